@@ -1,0 +1,164 @@
+"""The `llmrun` command line. User errors print one line to stderr and exit 1."""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections import Counter
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Run LLaMA-style models from one memory-mapped .llmr file.")
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+class _Progress:
+    """A progress bar on stderr fed (done, total) byte counts; silent when stderr is not a
+    terminal, so logs and pipes get no bar debris."""
+
+    def __init__(self, label: str):
+        self.label, self.bar, self.done = label, None, 0
+        self.shown = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.shown:
+            return
+        if self.bar is None:
+            self.bar = typer.progressbar(length=total, label=self.label, file=sys.stderr, show_pos=False)
+            self.bar.__enter__()
+        self.bar.update(done - self.done)
+        self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+@app.command()
+def convert(src: str = typer.Argument(..., help="Hugging Face checkpoint directory"),
+            out: str = typer.Argument(..., help="the .llmr file to write"),
+            type: str = typer.Option("f16", "--type", "-t", help="f32, f16, bf16, q8_0, q4_0 or q4_1")):
+    """Convert a checkpoint into one .llmr file (norms and biases stay f32)."""
+    from llmrun.models import convert as run_convert
+    from llmrun.quant import qtype
+    qtype(type)  # a bad --type fails before any work
+    bar = _Progress(f"converting to {type}")
+    try:
+        meta = run_convert(src, out, type, bar)
+    finally:
+        bar.close()
+    cfg = meta["config"]
+    typer.echo(f"wrote {out}: {cfg['arch']}, {cfg['n_layers']} layers, dim {cfg['dim']}, "
+               f"{type}, {_bytes(os.path.getsize(out))}", err=True)
+
+
+@app.command()
+def generate(model: str = typer.Argument(..., help=".llmr model file"),
+             prompt: str = typer.Option(..., "--prompt", "-p"),
+             n: int = typer.Option(128, "--n-predict", "-n", min=1, help="tokens to generate"),
+             temp: float = typer.Option(0.8, "--temp", min=0.0, help="0 is greedy"),
+             top_k: int = typer.Option(40, "--top-k", min=0, help="0 disables"),
+             top_p: float = typer.Option(0.95, "--top-p", min=0.0, max=1.0),
+             seed: Optional[int] = typer.Option(None, "--seed"),
+             ctx: Optional[int] = typer.Option(None, "--ctx", min=1, help="context size (default: prompt + n)")):
+    """Stream a continuation of a prompt to stdout; speeds go to stderr."""
+    import llmrun
+    m = llmrun.load(model)
+    cache = m.new_cache(ctx) if ctx else None
+    last = None
+    for last in llmrun.generate(m, prompt, max_tokens=n, temperature=temp, top_k=top_k,
+                                top_p=top_p if top_p > 0 else 1.0, seed=seed, cache=cache):
+        sys.stdout.write(last.text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    typer.echo(f"prompt: {last.prompt_tokens} tokens, {last.prompt_tps:.1f} tok/s | "
+               f"generated: {last.generation_tokens} tokens, {last.generation_tps:.1f} tok/s | "
+               f"finish: {last.finish_reason}", err=True)
+
+
+@app.command()
+def info(model: str = typer.Argument(..., help=".llmr model file"),
+         verify: bool = typer.Option(False, "--verify", help="check every tensor's checksum"),
+         tensors: bool = typer.Option(False, "--tensors", help="list every tensor")):
+    """Show a model's config, tensor types and sizes, and the kernel path in use."""
+    import llmrun
+    from llmrun import cpu
+    m = llmrun.load(model)
+    f = m.file
+    cfg = m.config
+    typer.echo(f"file:        {model} ({_bytes(os.path.getsize(model))})")
+    typer.echo(f"model:       {cfg.arch}, {cfg.n_layers} layers, dim {cfg.dim}, ffn {cfg.ffn_dim}, "
+               f"heads {cfg.n_heads}/{cfg.n_kv_heads} (q/kv), head dim {cfg.head_dim}, vocab {cfg.vocab_size}")
+    typer.echo(f"context:     {cfg.max_seq_len}, rope theta {cfg.rope_theta:g}"
+               + (f", scaling {cfg.rope_scaling}" if cfg.rope_scaling else ""))
+    typer.echo(f"embeddings:  {'tied' if cfg.tie_embeddings else 'untied'}"
+               f"{', q/k/v biases' if cfg.attn_bias else ''}")
+    tok = m.tokenizer
+    typer.echo(f"tokenizer:   {tok.kind}, {tok.vocab_size} tokens, bos {tok.bos_id}, eos {tok.eos_ids}"
+               f"{', chat template' if m.chat_template else ''}")
+    count, size = Counter(), Counter()
+    for t in f.tensors.values():
+        count[t.type.name] += 1
+        size[t.type.name] += t.nbytes
+    n_params = sum(math.prod(t.shape) for t in f.tensors.values())
+    typer.echo(f"tensors:     {len(f.tensors)}, {n_params / 1e6:.1f}M parameters: "
+               + ", ".join(f"{k} x{count[k]} ({_bytes(size[k])})" for k in sorted(count)))
+    prov = f.metadata.get("provenance", {})
+    typer.echo(f"provenance:  {prov.get('source_format', '?')} {prov.get('source', '')}, "
+               f"{prov.get('converter', '?')}, type {prov.get('type', '?')}")
+    typer.echo(f"kernels:     {cpu.isa()}")
+    if tensors:
+        for t in f.tensors.values():
+            typer.echo(f"  {t.name:40s} {t.type.name:5s} {str(list(t.shape)):16s} crc32 {t.crc32:08x}")
+    if verify:
+        bar = _Progress("verifying")
+        total = sum(t.nbytes for t in f.tensors.values())
+        done = 0
+
+        def step(nbytes):
+            nonlocal done
+            done += nbytes
+            bar(done, total)
+        try:
+            bad = f.verify(step)
+        finally:
+            bar.close()
+        if bad:
+            typer.echo(f"llmrun: error: {model}: checksum mismatch in {len(bad)} tensors: "
+                       f"{', '.join(bad[:5])}; the file is corrupt", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"verify:      all {len(f.tensors)} tensor checksums match")
+
+
+@app.command()
+def tokenize(model: str = typer.Argument(..., help=".llmr model file"),
+             text: str = typer.Argument(...),
+             no_special: bool = typer.Option(False, "--no-special", help="do not add BOS or other special tokens")):
+    """Print the token ids of TEXT."""
+    import llmrun
+    m = llmrun.load(model)
+    typer.echo(" ".join(map(str, m.tokenizer.encode(text, add_special_tokens=not no_special))))
+
+
+def main() -> None:
+    from llmrun.errors import LlmrunError
+    try:
+        app()
+    except (LlmrunError, ValueError, OSError) as e:
+        msg = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
+        print(f"llmrun: error: {msg}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

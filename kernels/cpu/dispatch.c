@@ -1,0 +1,64 @@
+/* Which kernels run: every ISA's table, best first, each with a test of whether this CPU can
+ * run it. Chosen once at import, so one wheel runs on any x86-64 or arm64 and the hot loops
+ * never branch on the CPU. */
+#include <stdio.h>
+
+#include "llmrun.h"
+
+const llmr_kernels llmr_kernels_scalar = {
+    .isa = "scalar",
+    .vec_dot = {
+        [LLMR_TYPE_F32] = vec_dot_f32_f32_ref,
+        [LLMR_TYPE_F16] = vec_dot_f16_f32_ref,
+        [LLMR_TYPE_BF16] = vec_dot_bf16_f32_ref,
+        [LLMR_TYPE_Q8_0] = vec_dot_q8_0_q8_a_ref,
+        [LLMR_TYPE_Q4_0] = vec_dot_q4_0_q8_a_ref,
+        [LLMR_TYPE_Q4_1] = vec_dot_q4_1_q8_a_ref,
+    },
+    .quantize_q8_a = quantize_row_q8_a_ref,
+    .rmsnorm = rmsnorm_ref,
+    .rope = rope_ref,
+    .attention = attention_ref,
+    .silu_mul = silu_mul_ref,
+};
+
+static int always(void) { return 1; }
+
+/* An ISA file adds a row here, e.g. { &llmr_kernels_avx2, has_avx2 } with has_avx2 built on
+ * __builtin_cpu_supports("avx2") && ("fma") under #if defined(__x86_64__) || defined(_M_X64). */
+static const struct {
+    const llmr_kernels *kernels;
+    int (*supported)(void);
+} ISAS[] = {
+    {&llmr_kernels_scalar, always},
+};
+
+enum { N_ISAS = sizeof ISAS / sizeof ISAS[0] };
+
+int llmr_isas(const char **names, int cap) {
+    int n = 0;
+    for (int i = 0; i < N_ISAS && n < cap; i++)
+        if (ISAS[i].supported())
+            names[n++] = ISAS[i].kernels->isa;
+    return n;
+}
+
+const llmr_kernels *llmr_dispatch(const char *forced, char *err, size_t err_size) {
+    const int want = forced != NULL && forced[0] != '\0';
+    for (int i = 0; i < N_ISAS; i++) {
+        if (want && strcmp(forced, ISAS[i].kernels->isa) != 0)
+            continue;
+        if (ISAS[i].supported())
+            return ISAS[i].kernels;
+        snprintf(err, err_size, "LLMRUN_ISA=%s: this CPU cannot run it", forced);
+        return NULL;
+    }
+    /* The scalar row always runs, so only an unknown name gets here. */
+    char known[256] = "";
+    for (int i = 0; i < N_ISAS; i++) {
+        if (i) strncat(known, ", ", sizeof known - strlen(known) - 1);
+        strncat(known, ISAS[i].kernels->isa, sizeof known - strlen(known) - 1);
+    }
+    snprintf(err, err_size, "LLMRUN_ISA=%s: unknown kernel path; known: %s", forced, known);
+    return NULL;
+}

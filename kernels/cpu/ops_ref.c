@@ -1,0 +1,91 @@
+/* Scalar reference for the float ops of the LLaMA graph: rmsnorm, rope, attention, silu_mul.
+ * Shapes and conventions are Hugging Face's LLaMA, so converted checkpoints match it. */
+#include <math.h>
+
+#include "llmrun.h"
+
+void rmsnorm_ref(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps) {
+    for (int64_t r = 0; r < rows; r++, x += d, out += d) {
+        /* Squares summed in double: d is in the thousands, and float would lose ~log2(d) bits. */
+        double ss = 0.0;
+        for (int64_t i = 0; i < d; i++)
+            ss += (double)x[i] * x[i];
+        const float scale = (float)(1.0 / sqrt(ss / (double)d + (double)eps));
+        /* HF order: normalise, round to f32, then multiply by the weight. */
+        for (int64_t i = 0; i < d; i++)
+            out[i] = (x[i] * scale) * w[i];
+    }
+}
+
+void rope_ref(float *x, const int32_t *pos, const float *inv_freq, int64_t t, int64_t h, int64_t hd) {
+    const int64_t half = hd / 2;
+    for (int64_t ti = 0; ti < t; ti++) {
+        float *xt = x + ti * h * hd;
+        for (int64_t i = 0; i < half; i++) {
+            /* The angle is the f32 product, as HF computes it; cos/sin of that f32 in double
+             * then rounded, so the result does not depend on the libm's cosf accuracy. */
+            const float angle = (float)pos[ti] * inv_freq[i];
+            const float c = (float)cos((double)angle);
+            const float s = (float)sin((double)angle);
+            for (int64_t hi = 0; hi < h; hi++) {
+                float *v = xt + hi * hd;
+                const float a = v[i], b = v[i + half];
+                v[i] = a * c - b * s;
+                v[i + half] = b * c + a * s;
+            }
+        }
+    }
+}
+
+static float dot(const float *a, const float *b, int64_t n) {
+    float acc[4] = {0};
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int l = 0; l < 4; l++)
+            acc[l] += a[i + l] * b[i + l];
+    for (; i < n; i++)
+        acc[0] += a[i] * b[i];
+    return (acc[0] + acc[2]) + (acc[1] + acc[3]);
+}
+
+void attention_ref(float *out, const float *q, const float *k, const float *v, int64_t t,
+                   int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, float *scores) {
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int64_t group = hq / hkv; /* query heads per kv head */
+    const int64_t kv_stride = hkv * hd; /* floats between positions in the cache */
+    for (int64_t ti = 0; ti < t; ti++) {
+        const int64_t n_kv = n_past + ti + 1; /* causal: positions 0 .. n_past + ti */
+        for (int64_t h = 0; h < hq; h++) {
+            const float *qh = q + (ti * hq + h) * hd;
+            const float *kh = k + (h / group) * hd;
+            const float *vh = v + (h / group) * hd;
+            float *oh = out + (ti * hq + h) * hd;
+
+            float max = -INFINITY;
+            for (int64_t j = 0; j < n_kv; j++) {
+                scores[j] = dot(qh, kh + j * kv_stride, hd) * scale;
+                max = scores[j] > max ? scores[j] : max;
+            }
+            /* Subtracting the max keeps every exp in (0, 1], so nothing overflows. */
+            float sum = 0.0f;
+            for (int64_t j = 0; j < n_kv; j++) {
+                scores[j] = expf(scores[j] - max);
+                sum += scores[j];
+            }
+            const float inv_sum = 1.0f / sum;
+            for (int64_t i = 0; i < hd; i++)
+                oh[i] = 0.0f;
+            for (int64_t j = 0; j < n_kv; j++) {
+                const float p = scores[j] * inv_sum;
+                const float *vj = vh + j * kv_stride;
+                for (int64_t i = 0; i < hd; i++)
+                    oh[i] += p * vj[i];
+            }
+        }
+    }
+}
+
+void silu_mul_ref(float *out, const float *gate, const float *up, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}

@@ -1,0 +1,163 @@
+/* Scalar quantisers and dequantisers, one pair per type, plus the q8_a activation quantiser.
+ *
+ * Byte-exact with quant/reference.py, which follows GGUF's reference quantisers: every step is
+ * one float32 operation in the same order (the build turns off FMA contraction, which would
+ * skip a rounding), and scales are computed in f32 and only stored as f16. */
+#include <math.h>
+
+#include "llmrun.h"
+
+/* C's roundf, halves away from zero, as GGUF's quantisers and quant.reference._round_away. */
+static inline int round_away(float v) {
+    return (int)roundf(v);
+}
+
+void quantize_row_f32_ref(const float *x, void *y, int64_t k) {
+    memcpy(y, x, (size_t)k * sizeof(float));
+}
+
+void dequantize_row_f32_ref(const void *x, float *y, int64_t k) {
+    memcpy(y, x, (size_t)k * sizeof(float));
+}
+
+/* f16 and bf16 rows go through memcpy per element: a row of a bytes object or an mmap'd file
+ * need not be 2-byte aligned. */
+void quantize_row_f16_ref(const float *x, void *y, int64_t k) {
+    uint8_t *out = y;
+    for (int64_t i = 0; i < k; i++) {
+        const uint16_t h = llmr_f32_to_f16(x[i]);
+        memcpy(out + 2 * i, &h, 2);
+    }
+}
+
+void dequantize_row_f16_ref(const void *x, float *y, int64_t k) {
+    /* Through an aligned buffer, so the conversion loop vectorises. */
+    uint16_t h[256];
+    for (int64_t i = 0; i < k; i += 256) {
+        const int64_t n = k - i < 256 ? k - i : 256;
+        memcpy(h, (const uint8_t *)x + 2 * i, (size_t)n * 2);
+        for (int64_t j = 0; j < n; j++)
+            y[i + j] = llmr_f16_to_f32(h[j]);
+    }
+}
+
+void quantize_row_bf16_ref(const float *x, void *y, int64_t k) {
+    uint8_t *out = y;
+    for (int64_t i = 0; i < k; i++) {
+        const uint16_t h = llmr_f32_to_bf16(x[i]);
+        memcpy(out + 2 * i, &h, 2);
+    }
+}
+
+void dequantize_row_bf16_ref(const void *x, float *y, int64_t k) {
+    const uint8_t *in = x;
+    for (int64_t i = 0; i < k; i++) {
+        uint16_t h;
+        memcpy(&h, in + 2 * i, 2);
+        y[i] = llmr_bf16_to_f32(h);
+    }
+}
+
+static float abs_max(const float *x) {
+    float amax = 0.0f;
+    for (int j = 0; j < QK; j++)
+        amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
+    return amax;
+}
+
+void quantize_row_q8_0_ref(const float *x, void *y, int64_t k) {
+    block_q8_0 *b = y;
+    for (int64_t i = 0; i < k / QK; i++, x += QK) {
+        const float d = abs_max(x) / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        b[i].d = llmr_f32_to_f16(d);
+        for (int j = 0; j < QK; j++)
+            b[i].qs[j] = (int8_t)round_away(x[j] * id);
+    }
+}
+
+void dequantize_row_q8_0_ref(const void *x, float *y, int64_t k) {
+    const block_q8_0 *b = x;
+    for (int64_t i = 0; i < k / QK; i++, y += QK) {
+        const float d = llmr_f16_to_f32(b[i].d);
+        for (int j = 0; j < QK; j++)
+            y[j] = d * b[i].qs[j];
+    }
+}
+
+void quantize_row_q4_0_ref(const float *x, void *y, int64_t k) {
+    block_q4_0 *b = y;
+    for (int64_t i = 0; i < k / QK; i++, x += QK) {
+        /* The signed value of largest magnitude, first one on ties (numpy's argmax), maps to
+         * -8, so the full range -8 .. 7 is used on the side that needs it. */
+        float max = x[0];
+        for (int j = 1; j < QK; j++)
+            max = fabsf(x[j]) > fabsf(max) ? x[j] : max;
+        const float d = max / -8.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        b[i].d = llmr_f32_to_f16(d);
+        for (int j = 0; j < QK / 2; j++) {
+            const int lo = (int)(x[j] * id + 8.5f);
+            const int hi = (int)(x[j + QK / 2] * id + 8.5f);
+            b[i].qs[j] = (uint8_t)((lo < 15 ? lo : 15) | (hi < 15 ? hi : 15) << 4);
+        }
+    }
+}
+
+void dequantize_row_q4_0_ref(const void *x, float *y, int64_t k) {
+    const block_q4_0 *b = x;
+    for (int64_t i = 0; i < k / QK; i++, y += QK) {
+        const float d = llmr_f16_to_f32(b[i].d);
+        for (int j = 0; j < QK / 2; j++) {
+            y[j] = d * ((b[i].qs[j] & 0x0F) - 8);
+            y[j + QK / 2] = d * ((b[i].qs[j] >> 4) - 8);
+        }
+    }
+}
+
+void quantize_row_q4_1_ref(const float *x, void *y, int64_t k) {
+    block_q4_1 *b = y;
+    for (int64_t i = 0; i < k / QK; i++, x += QK) {
+        float lo = x[0], hi = x[0];
+        for (int j = 1; j < QK; j++) {
+            lo = x[j] < lo ? x[j] : lo;
+            hi = x[j] > hi ? x[j] : hi;
+        }
+        const float d = (hi - lo) / 15.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        b[i].d = llmr_f32_to_f16(d);
+        b[i].m = llmr_f32_to_f16(lo);
+        for (int j = 0; j < QK / 2; j++) {
+            const int q0 = (int)((x[j] - lo) * id + 0.5f);
+            const int q1 = (int)((x[j + QK / 2] - lo) * id + 0.5f);
+            b[i].qs[j] = (uint8_t)((q0 < 15 ? q0 : 15) | (q1 < 15 ? q1 : 15) << 4);
+        }
+    }
+}
+
+void dequantize_row_q4_1_ref(const void *x, float *y, int64_t k) {
+    const block_q4_1 *b = x;
+    for (int64_t i = 0; i < k / QK; i++, y += QK) {
+        const float d = llmr_f16_to_f32(b[i].d);
+        const float m = llmr_f16_to_f32(b[i].m);
+        for (int j = 0; j < QK / 2; j++) {
+            y[j] = d * (b[i].qs[j] & 0x0F) + m;
+            y[j + QK / 2] = d * (b[i].qs[j] >> 4) + m;
+        }
+    }
+}
+
+void quantize_row_q8_a_ref(const float *x, block_q8_a *y, int64_t k) {
+    for (int64_t i = 0; i < k / QK; i++, x += QK) {
+        const float d = abs_max(x) / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < QK; j++) {
+            const int q = round_away(x[j] * id);
+            y[i].qs[j] = (int8_t)q;
+            sum += q;
+        }
+        y[i].d = d;
+        y[i].s = d * (float)sum;
+    }
+}

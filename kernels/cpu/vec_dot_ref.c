@@ -1,0 +1,86 @@
+/* Scalar dot products, vec_dot_<weight type>_<activation type>: the reference every SIMD
+ * variant is held to (quant.reference.matmul spells out the same arithmetic). */
+#include "llmrun.h"
+
+/* Float weights: eight partial sums break the add-latency chain (and let the compiler put
+ * them in vector registers) without -ffast-math; the order is fixed, so results are
+ * reproducible. Float rows convert in chunks to an f32 buffer first for the same reason. */
+enum { LANES = 8, CHUNK = 256 };
+
+static float dot_f32(const float *w, const float *a, int64_t k) {
+    float acc[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= k; i += LANES)
+        for (int l = 0; l < LANES; l++)
+            acc[l] += w[i + l] * a[i + l];
+    for (int l = 0; i < k; i++, l++)
+        acc[l] += w[i] * a[i];
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+static void vec_dot_converted(int64_t k, float *s, const uint8_t *w, const float *a, int elem_size,
+                              llmr_dequantize_fn convert) {
+    float buf[CHUNK];
+    float sum = 0.0f;
+    for (int64_t i = 0; i < k; i += CHUNK) {
+        const int64_t n = k - i < CHUNK ? k - i : CHUNK;
+        convert(w + i * elem_size, buf, n);
+        sum += dot_f32(buf, a + i, n);
+    }
+    *s = sum;
+}
+
+void vec_dot_f32_f32_ref(int64_t k, float *s, const void *w, const void *a) {
+    *s = dot_f32(w, a, k);
+}
+
+void vec_dot_f16_f32_ref(int64_t k, float *s, const void *w, const void *a) {
+    vec_dot_converted(k, s, w, a, 2, dequantize_row_f16_ref);
+}
+
+void vec_dot_bf16_f32_ref(int64_t k, float *s, const void *w, const void *a) {
+    vec_dot_converted(k, s, w, a, 2, dequantize_row_bf16_ref);
+}
+
+/* Quantised weights: integer sums per block (exact in int32), one float step per block. */
+
+void vec_dot_q8_0_q8_a_ref(int64_t k, float *s, const void *w, const void *a) {
+    const block_q8_0 *x = w;
+    const block_q8_a *y = a;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < k / QK; i++) {
+        int32_t isum = 0;
+        for (int j = 0; j < QK; j++)
+            isum += x[i].qs[j] * y[i].qs[j];
+        sum += llmr_f16_to_f32(x[i].d) * y[i].d * (float)isum;
+    }
+    *s = sum;
+}
+
+/* sum d (q - 8) a = d (da sum(q qa) - 8 sa): the offset costs one multiply per block. */
+void vec_dot_q4_0_q8_a_ref(int64_t k, float *s, const void *w, const void *a) {
+    const block_q4_0 *x = w;
+    const block_q8_a *y = a;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < k / QK; i++) {
+        int32_t isum = 0;
+        for (int j = 0; j < QK / 2; j++)
+            isum += (x[i].qs[j] & 0x0F) * y[i].qs[j] + (x[i].qs[j] >> 4) * y[i].qs[j + QK / 2];
+        sum += llmr_f16_to_f32(x[i].d) * (y[i].d * (float)isum - 8.0f * y[i].s);
+    }
+    *s = sum;
+}
+
+/* sum (d q + m) a = d da sum(q qa) + m sa. */
+void vec_dot_q4_1_q8_a_ref(int64_t k, float *s, const void *w, const void *a) {
+    const block_q4_1 *x = w;
+    const block_q8_a *y = a;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < k / QK; i++) {
+        int32_t isum = 0;
+        for (int j = 0; j < QK / 2; j++)
+            isum += (x[i].qs[j] & 0x0F) * y[i].qs[j] + (x[i].qs[j] >> 4) * y[i].qs[j + QK / 2];
+        sum += llmr_f16_to_f32(x[i].d) * y[i].d * (float)isum + llmr_f16_to_f32(x[i].m) * y[i].s;
+    }
+    *s = sum;
+}

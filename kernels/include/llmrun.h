@@ -1,0 +1,227 @@
+/* llmrun kernels: block formats, f16/bf16 conversions, kernel signatures and the dispatch table.
+ *
+ * Plain C11 so that the CUDA (and other) backends can include it. The block layouts are
+ * GGUF's, byte for byte; quant/reference.py is the ground truth every kernel is tested against.
+ */
+#ifndef LLMRUN_H
+#define LLMRUN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- tensor types ------------------------------------------------------------------------ */
+
+/* GGML's ids, so a GGUF tensor keeps its type id when imported. */
+enum llmr_type {
+    LLMR_TYPE_F32 = 0,
+    LLMR_TYPE_F16 = 1,
+    LLMR_TYPE_Q4_0 = 2,
+    LLMR_TYPE_Q4_1 = 3,
+    LLMR_TYPE_Q8_0 = 8,
+    LLMR_TYPE_BF16 = 30,
+    LLMR_TYPE_COUNT = 31, /* bound for tables indexed by id; most ids below it are unused */
+};
+
+#define QK 32 /* elements per block, all block types */
+
+/* Packed so a block pointer may sit at any byte offset of a row (an mmap'd file, a bytes
+ * object): the compiler then emits unaligned loads for the f16 fields. */
+#pragma pack(push, 1)
+typedef struct {
+    uint16_t d; /* f16 scale */
+    int8_t qs[QK];
+} block_q8_0; /* x = d * q */
+
+typedef struct {
+    uint16_t d;          /* f16 scale */
+    uint8_t qs[QK / 2];  /* element j: low nibble of qs[j]; element j + 16: high nibble */
+} block_q4_0; /* x = d * (q - 8) */
+
+typedef struct {
+    uint16_t d; /* f16 scale */
+    uint16_t m; /* f16 minimum */
+    uint8_t qs[QK / 2];
+} block_q4_1; /* x = d * q + m */
+#pragma pack(pop)
+
+/* Activations quantised on the fly for the integer dot products. Never stored in a file, so
+ * the scales stay f32; s = d * sum(qs) lets q4_0 / q4_1 apply their offset once per block. */
+typedef struct {
+    float d;
+    float s;
+    int8_t qs[QK];
+} block_q8_a;
+
+_Static_assert(sizeof(block_q8_0) == 34, "block_q8_0 must be packed");
+_Static_assert(sizeof(block_q4_0) == 18, "block_q4_0 must be packed");
+_Static_assert(sizeof(block_q4_1) == 20, "block_q4_1 must be packed");
+_Static_assert(sizeof(block_q8_a) == 40, "block_q8_a has no padding");
+
+/* ---- f16 / bf16 <-> f32 --------------------------------------------------------------------
+ * Bit manipulation only, so results do not depend on the CPU having F16C or on the compiler
+ * supporting _Float16. */
+
+static inline float llmr_f32_from_bits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static inline uint32_t llmr_f32_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+/* Exact for every f16 value, subnormals included (Maratyszcza's FP16 method): the f16
+ * exponent and mantissa are moved into an f32 whose exponent is off by 112, which one
+ * multiply by 2^-112 fixes; subnormals are built as (1.m * 2^-1) - 0.5 scaled alike. */
+static inline float llmr_f16_to_f32(uint16_t h) {
+    const uint32_t w = (uint32_t)h << 16;
+    const uint32_t sign = w & 0x80000000u;
+    const uint32_t two_w = w + w;
+    const float normal = llmr_f32_from_bits((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+    const float subnormal = llmr_f32_from_bits((two_w >> 17) | (126u << 23)) - 0.5f;
+    /* A mask rather than ?: so that loops over this convert with vector selects. */
+    const uint32_t is_sub = 0u - (uint32_t)(two_w < (1u << 27));
+    const uint32_t bits = (llmr_f32_to_bits(subnormal) & is_sub) | (llmr_f32_to_bits(normal) & ~is_sub);
+    return llmr_f32_from_bits(sign | bits);
+}
+
+/* Round to nearest even, overflow to inf, NaN stays a quiet NaN: what numpy's astype(float16)
+ * (and F16C's vcvtps2ph) produce, so quantised scales match quant/reference.py bit for bit. */
+static inline uint16_t llmr_f32_to_f16(float f) {
+    const uint32_t x = llmr_f32_to_bits(f);
+    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    const uint32_t exp = (x >> 23) & 0xFFu;
+    uint32_t mant = x & 0x007FFFFFu;
+    if (exp == 0xFF) /* inf, or NaN with its top payload bits kept and quiet bit set */
+        return (uint16_t)(sign | 0x7C00u | (mant ? 0x0200u | (mant >> 13) : 0u));
+    if (exp > 142) /* >= 2^16 before rounding: beyond the largest finite f16 (65504) */
+        return (uint16_t)(sign | 0x7C00u);
+    if (exp < 113) { /* f16 subnormal or zero: the value in units of 2^-24, rounded */
+        if (exp < 102) /* below 2^-25: rounds to zero */
+            return sign;
+        mant |= 0x00800000u;
+        const uint32_t shift = 126 - exp; /* 14 .. 24 */
+        const uint32_t half = 1u << (shift - 1);
+        const uint32_t rest = mant & ((1u << shift) - 1);
+        uint32_t q = mant >> shift;
+        q += rest > half || (rest == half && (q & 1));
+        return (uint16_t)(sign | q); /* a carry into bit 10 is the smallest normal: correct */
+    }
+    uint32_t h = ((exp - 112) << 10) | (mant >> 13);
+    const uint32_t rest = mant & 0x1FFFu;
+    h += rest > 0x1000u || (rest == 0x1000u && (h & 1)); /* a carry may reach inf: correct */
+    return (uint16_t)(sign | h);
+}
+
+static inline float llmr_bf16_to_f32(uint16_t h) { return llmr_f32_from_bits((uint32_t)h << 16); }
+
+/* Round to nearest even; NaN stays a quiet NaN (as quant.reference.f32_to_bf16). */
+static inline uint16_t llmr_f32_to_bf16(float f) {
+    const uint32_t x = llmr_f32_to_bits(f);
+    if ((x & 0x7FFFFFFFu) > 0x7F800000u)
+        return (uint16_t)((x >> 16) | 0x0040u);
+    return (uint16_t)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
+}
+
+/* ---- kernel signatures ---------------------------------------------------------------------- */
+
+/* Row converters; k is the row length in elements (a multiple of the block size). */
+typedef void (*llmr_quantize_fn)(const float *x, void *y, int64_t k);
+typedef void (*llmr_dequantize_fn)(const void *x, float *y, int64_t k);
+/* *s = dot(weight row w, activation row a), both of k elements. */
+typedef void (*llmr_vec_dot_fn)(int64_t k, float *s, const void *w, const void *a);
+
+/* What a weight type's vec_dot multiplies against. */
+enum llmr_act { LLMR_ACT_F32, LLMR_ACT_Q8_A };
+
+/* Facts about a weight type that do not depend on the ISA. */
+typedef struct {
+    const char *name;
+    int block_size;   /* elements per block */
+    int type_size;    /* bytes per block */
+    enum llmr_act act;
+    llmr_quantize_fn quantize;     /* reference quantiser, byte-exact with quant/reference.py */
+    llmr_dequantize_fn dequantize;
+} llmr_type_traits;
+
+/* NULL for an id that is not a supported type. */
+const llmr_type_traits *llmr_type_traits_get(int type);
+/* Bytes in a row of k elements; -1 if k is negative or not a multiple of the block. */
+int64_t llmr_row_bytes(const llmr_type_traits *t, int64_t k);
+
+/* One ISA's kernels. Every entry is filled: an ISA file that speeds up only some kernels
+ * points the others at the scalar ones. */
+typedef struct {
+    const char *isa;
+    llmr_vec_dot_fn vec_dot[LLMR_TYPE_COUNT]; /* by weight type id */
+    void (*quantize_q8_a)(const float *x, block_q8_a *y, int64_t k);
+    /* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, for rows r of d elements */
+    void (*rmsnorm)(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
+    /* in place on x [t][h][hd], rotate-half convention, angle = pos[t] * inv_freq[i] */
+    void (*rope)(float *x, const int32_t *pos, const float *inv_freq, int64_t t, int64_t h, int64_t hd);
+    /* out [t][hq][hd]: causal grouped-query attention of q over k, v [n_ctx][hkv][hd];
+     * token i sees positions 0 .. n_past + i. scores: n_past + t floats of scratch. */
+    void (*attention)(float *out, const float *q, const float *k, const float *v, int64_t t,
+                      int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, float *scores);
+    /* out = silu(gate) * up */
+    void (*silu_mul)(float *out, const float *gate, const float *up, int64_t n);
+} llmr_kernels;
+
+/* The scalar reference, always available. Later: llmr_kernels_avx2, _avx512, _neon. */
+extern const llmr_kernels llmr_kernels_scalar;
+
+/* ---- scalar reference kernels (*_ref.c) ---------------------------------------------------- */
+
+void quantize_row_f32_ref(const float *x, void *y, int64_t k);
+void quantize_row_f16_ref(const float *x, void *y, int64_t k);
+void quantize_row_bf16_ref(const float *x, void *y, int64_t k);
+void quantize_row_q8_0_ref(const float *x, void *y, int64_t k);
+void quantize_row_q4_0_ref(const float *x, void *y, int64_t k);
+void quantize_row_q4_1_ref(const float *x, void *y, int64_t k);
+void quantize_row_q8_a_ref(const float *x, block_q8_a *y, int64_t k);
+
+void dequantize_row_f32_ref(const void *x, float *y, int64_t k);
+void dequantize_row_f16_ref(const void *x, float *y, int64_t k);
+void dequantize_row_bf16_ref(const void *x, float *y, int64_t k);
+void dequantize_row_q8_0_ref(const void *x, float *y, int64_t k);
+void dequantize_row_q4_0_ref(const void *x, float *y, int64_t k);
+void dequantize_row_q4_1_ref(const void *x, float *y, int64_t k);
+
+void vec_dot_f32_f32_ref(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_f16_f32_ref(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_bf16_f32_ref(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q8_0_q8_a_ref(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q4_0_q8_a_ref(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q4_1_q8_a_ref(int64_t k, float *s, const void *w, const void *a);
+
+void rmsnorm_ref(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
+void rope_ref(float *x, const int32_t *pos, const float *inv_freq, int64_t t, int64_t h, int64_t hd);
+void attention_ref(float *out, const float *q, const float *k, const float *v, int64_t t,
+                   int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, float *scores);
+void silu_mul_ref(float *out, const float *gate, const float *up, int64_t n);
+
+/* ---- dispatch (dispatch.c) ------------------------------------------------------------------ */
+
+/* Pick the kernels once. `forced` (LLMRUN_ISA) names an ISA or is NULL/empty for the best
+ * one this CPU runs. Returns NULL and a message in err if the forced ISA is unknown or this
+ * CPU cannot run it. */
+const llmr_kernels *llmr_dispatch(const char *forced, char *err, size_t err_size);
+/* The ISAs this CPU can run, best first; returns how many (at most cap) names it wrote. */
+int llmr_isas(const char **names, int cap);
+
+/* ---- type-agnostic loops (matmul.c) ------------------------------------------------------- */
+
+/* Bytes of q8_a scratch llmr_matmul needs for t rows of k (0 for float weight types). */
+size_t llmr_matmul_scratch(const llmr_type_traits *t, int64_t rows, int64_t k);
+/* out[t][n] = dot(W[n], x[t]) for W: n rows of `type`, x: t rows of k floats. */
+void llmr_matmul(const llmr_kernels *kern, int type, float *out, const float *x, const void *w,
+                 int64_t t, int64_t n, int64_t k, void *scratch);
+/* out[i] = dequantised row ids[i] of W [rows][k]. Each id is read once and checked here, not
+ * by the caller, as another thread may change ids while the GIL is released. Returns -1, or
+ * the position of the first id outside [0, rows) (*bad = its value) and stops there. */
+int64_t llmr_get_rows(int type, float *out, const void *w, int64_t rows, const int32_t *ids, int64_t n,
+                      int64_t k, int32_t *bad);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

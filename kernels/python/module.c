@@ -1,0 +1,509 @@
+/* llmrun._kernels: the CPython binding. Checks every buffer (format, contiguity, shape, byte
+ * length, overlap) so that no call can make a kernel read or write out of bounds, then
+ * releases the GIL for the compute. Buffers come through the buffer protocol: numpy arrays,
+ * bytes, memoryviews of an mmap; no numpy headers. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "llmrun.h"
+
+static const llmr_kernels *kern; /* chosen once, at import */
+
+/* ---- buffer checking ------------------------------------------------------------------------ */
+
+enum kind { RAW, F32, I32 };
+
+/* "(2, 3, 4)" for messages. */
+static const char *shape_str(const Py_buffer *v, char *buf, size_t size) {
+    size_t n = (size_t)snprintf(buf, size, "(");
+    for (int i = 0; i < v->ndim && n < size; i++)
+        n += (size_t)snprintf(buf + n, size - n, i ? ", %zd" : "%zd", v->shape[i]);
+    if (n < size)
+        snprintf(buf + n, size - n, v->ndim == 1 ? ",)" : ")");
+    return buf;
+}
+
+/* The format character of a native little-endian scalar of `size` bytes, or 0. */
+static char scalar_format(const Py_buffer *v) {
+    const char *f = v->format ? v->format : "B";
+    if (*f == '@' || *f == '=' || (*f == '<' && PY_LITTLE_ENDIAN))
+        f++;
+    return f[0] != '\0' && f[1] == '\0' ? f[0] : 0;
+}
+
+/* Get `obj` as a C-contiguous buffer of `kind` with ndim in [min_ndim, max_ndim]; RAW buffers
+ * are taken as their bytes whatever their format. On failure nothing is held. */
+static int get_buffer(PyObject *obj, Py_buffer *v, const char *name, enum kind kind, int writable,
+                      int min_ndim, int max_ndim) {
+    if (PyObject_GetBuffer(obj, v, PyBUF_RECORDS_RO) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_BufferError)) { /* e.g. numpy refusing a view */
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "%s: cannot export its buffer", name);
+        }
+        v->obj = NULL;
+        return -1;
+    }
+    const char *problem = NULL;
+    const char f = scalar_format(v);
+    if (!PyBuffer_IsContiguous(v, 'C'))
+        problem = "must be C-contiguous";
+    else if (writable && v->readonly)
+        problem = "must be writable";
+    else if (kind == F32 && !(f == 'f' && v->itemsize == 4))
+        problem = "must be float32";
+    else if (kind == I32 && !((f == 'i' || f == 'l') && v->itemsize == 4))
+        problem = "must be int32";
+    else if (kind != RAW && (uintptr_t)v->buf % 4)
+        problem = "must be 4-byte aligned";
+    else if (kind != RAW && (v->ndim < min_ndim || v->ndim > max_ndim)) {
+        char s[160];
+        if (min_ndim == max_ndim)
+            PyErr_Format(PyExc_ValueError, "%s: must have %d dimensions, got shape %s", name, min_ndim,
+                         shape_str(v, s, sizeof s));
+        else
+            PyErr_Format(PyExc_ValueError, "%s: must have %d to %d dimensions, got shape %s", name,
+                         min_ndim, max_ndim, shape_str(v, s, sizeof s));
+        PyBuffer_Release(v);
+        return -1;
+    }
+    if (problem) {
+        PyErr_Format(PyExc_ValueError, "%s: %s (got format '%s', itemsize %zd)", name, problem,
+                     v->format ? v->format : "B", v->itemsize);
+        PyBuffer_Release(v);
+        return -1;
+    }
+    return 0;
+}
+
+static void release(Py_buffer *views, int n) {
+    for (int i = 0; i < n; i++)
+        if (views[i].obj)
+            PyBuffer_Release(&views[i]);
+}
+
+static int overlaps(const Py_buffer *a, const Py_buffer *b) {
+    const char *pa = a->buf, *pb = b->buf;
+    return a->len > 0 && b->len > 0 && pa < pb + b->len && pb < pa + a->len;
+}
+
+/* Outputs must not share memory with inputs, except element-wise ops run in place. */
+static int check_disjoint(const Py_buffer *out, const Py_buffer *in, const char *names, int in_place_ok) {
+    if (in_place_ok && out->buf == in->buf && out->len == in->len)
+        return 0;
+    if (overlaps(out, in)) {
+        PyErr_Format(PyExc_ValueError, "%s: buffers overlap", names);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_shape(const Py_buffer *v, const char *name, int ndim, const Py_ssize_t *want) {
+    int ok = v->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++)
+        ok = v->shape[i] == want[i];
+    if (!ok) {
+        char got[160], exp[160];
+        const Py_buffer w = {.ndim = ndim, .shape = (Py_ssize_t *)want};
+        PyErr_Format(PyExc_ValueError, "%s: expected shape %s, got %s", name,
+                     shape_str(&w, exp, sizeof exp), shape_str(v, got, sizeof got));
+        return -1;
+    }
+    return 0;
+}
+
+static int check_same_shape(const Py_buffer *v, const char *name, const Py_buffer *like) {
+    return check_shape(v, name, like->ndim, like->shape);
+}
+
+static Py_ssize_t last_dim(const Py_buffer *v) { return v->shape[v->ndim - 1]; }
+static Py_ssize_t leading_rows(const Py_buffer *v) {
+    Py_ssize_t rows = 1;
+    for (int i = 0; i < v->ndim - 1; i++)
+        rows *= v->shape[i];
+    return rows;
+}
+
+static const llmr_type_traits *get_type(int type) {
+    const llmr_type_traits *t = llmr_type_traits_get(type);
+    if (!t)
+        PyErr_Format(PyExc_ValueError, "unknown tensor type id %d (known: f32=0, f16=1, q4_0=2, "
+                     "q4_1=3, q8_0=8, bf16=30)", type);
+    return t;
+}
+
+/* Bytes per row of k elements of t, or -1 with ValueError. */
+static Py_ssize_t row_bytes_or_error(const llmr_type_traits *t, Py_ssize_t k) {
+    const int64_t rb = llmr_row_bytes(t, k);
+    if (rb < 0)
+        PyErr_Format(PyExc_ValueError, "%s rows must have a multiple of %d elements, got %zd",
+                     t->name, t->block_size, k);
+    return (Py_ssize_t)rb;
+}
+
+/* Float weights are read as elements, so they must sit on their element size. */
+static int check_weight_alignment(const Py_buffer *w, const llmr_type_traits *t) {
+    if (t->block_size == 1 && (uintptr_t)w->buf % (uintptr_t)t->type_size) {
+        PyErr_Format(PyExc_ValueError, "w: %s weights must be %d-byte aligned", t->name, t->type_size);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- ops ------------------------------------------------------------------------------------ */
+
+enum { MAX_NDIM = 64 };
+
+static PyObject *py_matmul(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_x, *o_w;
+    int type;
+    if (!PyArg_ParseTuple(args, "OOOi:matmul", &o_out, &o_x, &o_w, &type))
+        return NULL;
+    const llmr_type_traits *t = get_type(type);
+    if (!t)
+        return NULL;
+    Py_buffer v[3] = {{0}}, *out = &v[0], *x = &v[1], *w = &v[2];
+    PyObject *ret = NULL;
+    void *scratch = NULL;
+    if (get_buffer(o_out, out, "out", F32, 1, 1, 2) || get_buffer(o_x, x, "x", F32, 0, 1, 2) ||
+        get_buffer(o_w, w, "w", RAW, 0, 0, MAX_NDIM))
+        goto done;
+    /* x [T, K] -> out [T, N]; or x [K] -> out [N] for one token. */
+    const Py_ssize_t k = last_dim(x), tok = leading_rows(x), n = last_dim(out);
+    const Py_ssize_t want[2] = {tok, n};
+    if (check_shape(out, "out", x->ndim, x->ndim == 2 ? want : want + 1))
+        goto done;
+    const Py_ssize_t rb = row_bytes_or_error(t, k);
+    if (rb < 0 || check_weight_alignment(w, t))
+        goto done;
+    if (w->len != n * rb) {
+        PyErr_Format(PyExc_ValueError, "w: expected %zd rows of %zd bytes (%s, K=%zd) = %zd bytes, got %zd",
+                     n, rb, t->name, k, n * rb, w->len);
+        goto done;
+    }
+    if (check_disjoint(out, x, "out and x", 0) || check_disjoint(out, w, "out and w", 0))
+        goto done;
+    const size_t scratch_size = llmr_matmul_scratch(t, tok, k);
+    if (scratch_size && !(scratch = malloc(scratch_size))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    llmr_matmul(kern, type, out->buf, x->buf, w->buf, tok, n, k, scratch);
+    Py_END_ALLOW_THREADS
+    ret = Py_NewRef(Py_None);
+done:
+    free(scratch);
+    release(v, 3);
+    return ret;
+}
+
+static PyObject *py_get_rows(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_w, *o_ids;
+    int type;
+    if (!PyArg_ParseTuple(args, "OOiO:get_rows", &o_out, &o_w, &type, &o_ids))
+        return NULL;
+    const llmr_type_traits *t = get_type(type);
+    if (!t)
+        return NULL;
+    Py_buffer v[3] = {{0}}, *out = &v[0], *w = &v[1], *ids = &v[2];
+    PyObject *ret = NULL;
+    if (get_buffer(o_out, out, "out", F32, 1, 2, 2) || get_buffer(o_w, w, "w", RAW, 0, 0, MAX_NDIM) ||
+        get_buffer(o_ids, ids, "ids", I32, 0, 1, 1))
+        goto done;
+    const Py_ssize_t n = out->shape[0], k = out->shape[1];
+    if (check_shape(ids, "ids", 1, &n))
+        goto done;
+    const Py_ssize_t rb = row_bytes_or_error(t, k);
+    if (rb < 0 || check_weight_alignment(w, t))
+        goto done;
+    if (rb == 0 || w->len % rb) {
+        PyErr_Format(PyExc_ValueError, "w: %zd bytes is not a whole number of %s rows of K=%zd (%zd bytes each)",
+                     w->len, t->name, k, rb);
+        goto done;
+    }
+    const Py_ssize_t rows = w->len / rb;
+    if (check_disjoint(out, w, "out and w", 0) || check_disjoint(out, ids, "out and ids", 0))
+        goto done;
+    int64_t bad_at;
+    int32_t bad;
+    Py_BEGIN_ALLOW_THREADS
+    bad_at = llmr_get_rows(type, out->buf, w->buf, rows, ids->buf, n, k, &bad);
+    Py_END_ALLOW_THREADS
+    if (bad_at >= 0) {
+        PyErr_Format(PyExc_ValueError, "ids[%zd] = %d is out of range [0, %zd)", (Py_ssize_t)bad_at, (int)bad, rows);
+        goto done;
+    }
+    ret = Py_NewRef(Py_None);
+done:
+    release(v, 3);
+    return ret;
+}
+
+/* Shared by quantize and quantize_q8a: x [..., K] float32 -> out, exactly rows * row_bytes. */
+static int get_quantize_buffers(PyObject *o_out, PyObject *o_x, Py_buffer *out, Py_buffer *x,
+                                Py_ssize_t block_size, Py_ssize_t block_bytes, const char *what) {
+    if (get_buffer(o_out, out, "out", RAW, 1, 0, MAX_NDIM) || get_buffer(o_x, x, "x", F32, 0, 1, MAX_NDIM))
+        return -1;
+    const Py_ssize_t k = last_dim(x);
+    if (k % block_size) {
+        PyErr_Format(PyExc_ValueError, "%s rows must have a multiple of %zd elements, got %zd", what,
+                     block_size, k);
+        return -1;
+    }
+    const Py_ssize_t want = leading_rows(x) * (k / block_size) * block_bytes;
+    if (out->len != want) {
+        PyErr_Format(PyExc_ValueError, "out: expected %zd bytes for %s, got %zd", want, what, out->len);
+        return -1;
+    }
+    return check_disjoint(out, x, "out and x", 0);
+}
+
+static PyObject *py_quantize(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_x;
+    int type;
+    if (!PyArg_ParseTuple(args, "OOi:quantize", &o_out, &o_x, &type))
+        return NULL;
+    const llmr_type_traits *t = get_type(type);
+    if (!t)
+        return NULL;
+    Py_buffer v[2] = {{0}}, *out = &v[0], *x = &v[1];
+    PyObject *ret = NULL;
+    if (get_quantize_buffers(o_out, o_x, out, x, t->block_size, t->type_size, t->name))
+        goto done;
+    const Py_ssize_t k = last_dim(x), rows = leading_rows(x), rb = (Py_ssize_t)llmr_row_bytes(t, k);
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t r = 0; r < rows; r++)
+        t->quantize((const float *)x->buf + r * k, (uint8_t *)out->buf + r * rb, k);
+    Py_END_ALLOW_THREADS
+    ret = Py_NewRef(Py_None);
+done:
+    release(v, 2);
+    return ret;
+}
+
+static PyObject *py_quantize_q8a(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_x;
+    if (!PyArg_ParseTuple(args, "OO:quantize_q8a", &o_out, &o_x))
+        return NULL;
+    Py_buffer v[2] = {{0}}, *out = &v[0], *x = &v[1];
+    PyObject *ret = NULL;
+    if (get_quantize_buffers(o_out, o_x, out, x, QK, sizeof(block_q8_a), "q8_a"))
+        goto done;
+    if ((uintptr_t)out->buf % _Alignof(block_q8_a)) {
+        PyErr_SetString(PyExc_ValueError, "out: q8_a blocks must be 4-byte aligned");
+        goto done;
+    }
+    const Py_ssize_t k = last_dim(x), rows = leading_rows(x);
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t r = 0; r < rows; r++)
+        kern->quantize_q8_a((const float *)x->buf + r * k, (block_q8_a *)out->buf + r * (k / QK), k);
+    Py_END_ALLOW_THREADS
+    ret = Py_NewRef(Py_None);
+done:
+    release(v, 2);
+    return ret;
+}
+
+static PyObject *py_row_bytes(PyObject *self, PyObject *args) {
+    int type;
+    Py_ssize_t k;
+    if (!PyArg_ParseTuple(args, "in:row_bytes", &type, &k))
+        return NULL;
+    const llmr_type_traits *t = get_type(type);
+    if (!t)
+        return NULL;
+    const Py_ssize_t rb = row_bytes_or_error(t, k);
+    return rb < 0 ? NULL : PyLong_FromSsize_t(rb);
+}
+
+static PyObject *py_rmsnorm(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_x, *o_w;
+    float eps;
+    if (!PyArg_ParseTuple(args, "OOOf:rmsnorm", &o_out, &o_x, &o_w, &eps))
+        return NULL;
+    Py_buffer v[3] = {{0}}, *out = &v[0], *x = &v[1], *w = &v[2];
+    PyObject *ret = NULL;
+    if (get_buffer(o_out, out, "out", F32, 1, 1, MAX_NDIM) || get_buffer(o_x, x, "x", F32, 0, 1, MAX_NDIM) ||
+        get_buffer(o_w, w, "w", F32, 0, 1, 1))
+        goto done;
+    const Py_ssize_t d = last_dim(x);
+    if (check_same_shape(out, "out", x) || check_shape(w, "w", 1, &d) ||
+        check_disjoint(out, x, "out and x", 1) || check_disjoint(out, w, "out and w", 0))
+        goto done;
+    if (!(eps >= 0.0f)) {
+        PyErr_SetString(PyExc_ValueError, "eps must be >= 0");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    kern->rmsnorm(out->buf, x->buf, w->buf, leading_rows(x), d, eps);
+    Py_END_ALLOW_THREADS
+    ret = Py_NewRef(Py_None);
+done:
+    release(v, 3);
+    return ret;
+}
+
+static PyObject *py_rope(PyObject *self, PyObject *args) {
+    PyObject *o_x, *o_pos, *o_freq;
+    if (!PyArg_ParseTuple(args, "OOO:rope", &o_x, &o_pos, &o_freq))
+        return NULL;
+    Py_buffer v[3] = {{0}}, *x = &v[0], *pos = &v[1], *freq = &v[2];
+    PyObject *ret = NULL;
+    if (get_buffer(o_x, x, "x", F32, 1, 3, 3) || get_buffer(o_pos, pos, "positions", I32, 0, 1, 1) ||
+        get_buffer(o_freq, freq, "inv_freq", F32, 0, 1, 1))
+        goto done;
+    const Py_ssize_t t = x->shape[0], h = x->shape[1], hd = x->shape[2], half = hd / 2;
+    if (hd % 2) {
+        PyErr_Format(PyExc_ValueError, "x: head dim must be even, got %zd", hd);
+        goto done;
+    }
+    if (check_shape(pos, "positions", 1, &t) || check_shape(freq, "inv_freq", 1, &half) ||
+        check_disjoint(x, pos, "x and positions", 0) || check_disjoint(x, freq, "x and inv_freq", 0))
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    kern->rope(x->buf, pos->buf, freq->buf, t, h, hd);
+    Py_END_ALLOW_THREADS
+    ret = Py_NewRef(Py_None);
+done:
+    release(v, 3);
+    return ret;
+}
+
+static PyObject *py_attention(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_q, *o_k, *o_v;
+    Py_ssize_t n_past;
+    if (!PyArg_ParseTuple(args, "OOOOn:attention", &o_out, &o_q, &o_k, &o_v, &n_past))
+        return NULL;
+    Py_buffer v[4] = {{0}}, *out = &v[0], *q = &v[1], *kc = &v[2], *vc = &v[3];
+    PyObject *ret = NULL;
+    float *scores = NULL;
+    if (get_buffer(o_out, out, "out", F32, 1, 3, 3) || get_buffer(o_q, q, "q", F32, 0, 3, 3) ||
+        get_buffer(o_k, kc, "k_cache", F32, 0, 3, 3) || get_buffer(o_v, vc, "v_cache", F32, 0, 3, 3))
+        goto done;
+    const Py_ssize_t t = q->shape[0], hq = q->shape[1], hd = q->shape[2];
+    const Py_ssize_t n_ctx = kc->shape[0], hkv = kc->shape[1];
+    if (check_same_shape(out, "out", q) || check_same_shape(vc, "v_cache", kc))
+        goto done;
+    if (kc->shape[2] != hd) {
+        PyErr_Format(PyExc_ValueError, "k_cache: head dim %zd differs from q's %zd", kc->shape[2], hd);
+        goto done;
+    }
+    if (hd < 1) {
+        PyErr_SetString(PyExc_ValueError, "q: head dim must be at least 1");
+        goto done;
+    }
+    if (hkv < 1 || hq % hkv) {
+        PyErr_Format(PyExc_ValueError, "q has %zd heads, not a multiple of k_cache's %zd", hq, hkv);
+        goto done;
+    }
+    if (n_past < 0 || n_past > n_ctx - t) {
+        PyErr_Format(PyExc_ValueError, "n_past=%zd with %zd new tokens does not fit n_ctx=%zd", n_past, t, n_ctx);
+        goto done;
+    }
+    if (check_disjoint(out, q, "out and q", 0) || check_disjoint(out, kc, "out and k_cache", 0) ||
+        check_disjoint(out, vc, "out and v_cache", 0))
+        goto done;
+    if (!(scores = malloc((size_t)(n_past + t + 1) * sizeof(float)))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    kern->attention(out->buf, q->buf, kc->buf, vc->buf, t, hq, hkv, hd, n_past, scores);
+    Py_END_ALLOW_THREADS
+    ret = Py_NewRef(Py_None);
+done:
+    free(scores);
+    release(v, 4);
+    return ret;
+}
+
+static PyObject *py_silu_mul(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_gate, *o_up;
+    if (!PyArg_ParseTuple(args, "OOO:silu_mul", &o_out, &o_gate, &o_up))
+        return NULL;
+    Py_buffer v[3] = {{0}}, *out = &v[0], *gate = &v[1], *up = &v[2];
+    PyObject *ret = NULL;
+    if (get_buffer(o_out, out, "out", F32, 1, 0, MAX_NDIM) || get_buffer(o_gate, gate, "gate", F32, 0, 0, MAX_NDIM) ||
+        get_buffer(o_up, up, "up", F32, 0, 0, MAX_NDIM))
+        goto done;
+    if (check_same_shape(gate, "gate", out) || check_same_shape(up, "up", out) ||
+        check_disjoint(out, gate, "out and gate", 1) || check_disjoint(out, up, "out and up", 1))
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    kern->silu_mul(out->buf, gate->buf, up->buf, out->len / (Py_ssize_t)sizeof(float));
+    Py_END_ALLOW_THREADS
+    ret = Py_NewRef(Py_None);
+done:
+    release(v, 3);
+    return ret;
+}
+
+static PyObject *py_isa(PyObject *self, PyObject *unused) {
+    return PyUnicode_FromString(kern->isa);
+}
+
+static PyObject *py_isas(PyObject *self, PyObject *unused) {
+    const char *names[16];
+    const int n = llmr_isas(names, 16);
+    PyObject *list = PyList_New(n);
+    for (int i = 0; list && i < n; i++) {
+        PyObject *s = PyUnicode_FromString(names[i]);
+        if (!s) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, i, s);
+    }
+    return list;
+}
+
+static PyMethodDef methods[] = {
+    {"matmul", py_matmul, METH_VARARGS,
+     "matmul(out, x, w, wtype): out[t, n] = dot(W[n], x[t]). x float32 [T, K] or [K]; out float32\n"
+     "[T, N] or [N]; w the bytes of N rows of type id wtype. Quantised types multiply x quantised\n"
+     "to q8_a blocks (K a multiple of 32)."},
+    {"get_rows", py_get_rows, METH_VARARGS,
+     "get_rows(out, w, wtype, ids): out[i] = dequantised row ids[i] of W. out float32 [n, K],\n"
+     "ids int32 [n] each in [0, rows of w)."},
+    {"quantize", py_quantize, METH_VARARGS,
+     "quantize(out, x, wtype): float32 x [..., K] -> the bytes of type wtype into out (exactly\n"
+     "rows * row_bytes(wtype, K) bytes); byte-exact with quant.reference.quantize."},
+    {"quantize_q8a", py_quantize_q8a, METH_VARARGS,
+     "quantize_q8a(out, x): float32 x [..., K] -> q8_a activation blocks {f32 d, f32 s, int8 qs[32]}."},
+    {"row_bytes", py_row_bytes, METH_VARARGS, "row_bytes(wtype, k) -> bytes in a row of k elements."},
+    {"rmsnorm", py_rmsnorm, METH_VARARGS,
+     "rmsnorm(out, x, w, eps): out = x / sqrt(mean(x^2, last axis) + eps) * w. x, out float32\n"
+     "[..., D] (out may be x), w float32 [D]."},
+    {"rope", py_rope, METH_VARARGS,
+     "rope(x, positions, inv_freq): rotate x float32 [T, H, hd] in place, rotate-half convention;\n"
+     "positions int32 [T], inv_freq float32 [hd/2]."},
+    {"attention", py_attention, METH_VARARGS,
+     "attention(out, q, k_cache, v_cache, n_past): causal grouped-query attention. q, out float32\n"
+     "[T, Hq, hd]; caches float32 [n_ctx, Hkv, hd] holding positions 0 .. n_past+T-1."},
+    {"silu_mul", py_silu_mul, METH_VARARGS,
+     "silu_mul(out, gate, up): out = gate * sigmoid(gate) * up, all float32 of one shape."},
+    {"isa", py_isa, METH_NOARGS, "isa() -> the kernel path in use, e.g. 'scalar'."},
+    {"isas", py_isas, METH_NOARGS, "isas() -> the kernel paths this CPU can run, best first."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_kernels",
+    .m_doc = "llmrun's native kernels. LLMRUN_ISA (read once, at import) forces a kernel path.",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__kernels(void) {
+    char err[512];
+    kern = llmr_dispatch(getenv("LLMRUN_ISA"), err, sizeof err);
+    if (!kern) {
+        PyErr_SetString(PyExc_ImportError, err);
+        return NULL;
+    }
+    return PyModule_Create(&module);
+}

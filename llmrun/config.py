@@ -1,0 +1,69 @@
+"""The model's hyper-parameters, as stored in a .llmr file's metadata, and the RoPE frequencies."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+ROPE_SCALINGS = ("linear", "llama3")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    dim: int  # residual stream width
+    n_layers: int
+    n_heads: int  # query heads
+    n_kv_heads: int  # key/value heads (grouped-query attention when fewer than n_heads)
+    head_dim: int
+    ffn_dim: int  # SwiGLU hidden width
+    norm_eps: float
+    rope_theta: float
+    max_seq_len: int  # the context the model was trained for
+    tie_embeddings: bool  # the output head is the embedding table
+    attn_bias: bool = False  # q/k/v projections carry biases (Qwen2)
+    rope_scaling: dict | None = None  # {"type": "linear" | "llama3", "factor": ..., ...}
+    arch: str = "llama"
+
+    def __post_init__(self):
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
+        if self.rope_scaling is not None and self.rope_scaling.get("type") not in ROPE_SCALINGS:
+            raise ValueError(f"unsupported RoPE scaling {self.rope_scaling.get('type')!r}; "
+                             f"supported: {', '.join(ROPE_SCALINGS)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}")
+        return cls(**d)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+    """Inverse frequencies theta^(-2i/d) for i < head_dim/2, with the config's scaling applied."""
+    d = cfg.head_dim
+    inv_freq = 1.0 / cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d)  # [hd/2]
+    s = cfg.rope_scaling
+    if s is None:
+        pass
+    elif s["type"] == "linear":
+        inv_freq = inv_freq / s["factor"]
+    elif s["type"] == "llama3":
+        # Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, the band between
+        # interpolated smoothly.
+        factor, lo, hi = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+        old_ctx = s["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old_ctx / wavelen - lo) / (hi - lo)
+        scaled = np.where(wavelen > old_ctx / lo, inv_freq / factor, inv_freq)
+        medium = (wavelen >= old_ctx / hi) & (wavelen <= old_ctx / lo)
+        inv_freq = np.where(medium, (1 - smooth) * inv_freq / factor + smooth * inv_freq, scaled)
+    return inv_freq.astype(np.float32)

@@ -1,0 +1,54 @@
+"""The CPU backend: the graph's op set on the C kernels in `llmrun._kernels`.
+
+Each op allocates its output and calls one kernel; the kernels check shapes and dtypes and
+release the GIL. Later backends (CUDA, WebGPU) provide the same functions.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _kernels as K
+from .format import Tensor
+
+
+def matmul(w: Tensor, x: np.ndarray) -> np.ndarray:
+    """x [T, K] @ W^T for W [N, K] of any type -> [T, N]."""
+    out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
+    K.matmul(out, x, w.data, w.type.id)
+    return out
+
+
+def embed(w: Tensor, ids: np.ndarray) -> np.ndarray:
+    """Rows `ids` [T] of the table W [V, D] -> [T, D] float32."""
+    out = np.empty((len(ids), w.shape[1]), dtype=np.float32)
+    K.get_rows(out, w.data, w.type.id, np.ascontiguousarray(ids, dtype=np.int32))
+    return out
+
+
+def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    out = np.empty_like(x)
+    K.rmsnorm(out, x, w, eps)
+    return out
+
+
+def rope_(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray) -> None:
+    """Rotate x [T, H, hd] in place by each token's position (rotate-half convention)."""
+    K.rope(x, positions, inv_freq)
+
+
+def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, n_past: int) -> np.ndarray:
+    """Causal grouped-query attention of q [T, Hq, hd] over cache positions [0, n_past + T)."""
+    out = np.empty_like(q)
+    K.attention(out, q, k_cache, v_cache, n_past)
+    return out
+
+
+def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    out = np.empty_like(gate)
+    K.silu_mul(out, gate, up)
+    return out
+
+
+def isa() -> str:
+    """The kernel path in use: "scalar" now; "avx2", "avx512", "neon" as they land."""
+    return K.isa()

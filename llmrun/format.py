@@ -1,0 +1,285 @@
+"""The .llmr file: one little-endian file that loads by mmap with no copying (docs/format.md).
+
+    header (128 bytes) | metadata (JSON) | tokenizer blob | tensor index | pad | data
+
+Writing streams the tensors one at a time into a temporary file beside the target, then
+fsyncs and renames it: an interrupted write never leaves a file under the final name.
+Reading validates the header, the section bounds, the header checksum and every index
+entry before any tensor data is touched; tensors are then zero-copy numpy views of the map.
+"""
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .errors import FormatError
+from .quant import QType, qtype
+
+MAGIC = b"\x89LLMR\r\n\x1a"  # the \r\n and \x1a catch text-mode and truncated transfers
+BYTE_ORDER_MARK = 0x01020304
+VERSION = (1, 0)
+HEADER = struct.Struct("<8sIHHIIQ" + "QQ" * 4 + "28xI")
+HEADER_SIZE = 128
+TENSOR_ALIGN = 64  # every tensor starts on a 64-byte boundary (a cache line, an AVX-512 load)
+DATA_ALIGN = 16384  # the data section starts on a 16 KiB page (Apple Silicon), so a GPU can map it
+LAYOUT_ROWS = 0  # rows of blocks along the last axis, the GGUF block layout
+MAX_RANK = 4
+MAX_NAME = 256
+CHECKSUM_OFFSET = HEADER_SIZE - 4
+assert HEADER.size == HEADER_SIZE
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    type: QType
+    shape: tuple
+    offset: int  # from the start of the data section
+    nbytes: int
+    crc32: int
+    layout: int = LAYOUT_ROWS
+
+
+@dataclass
+class Tensor:
+    """A weight: its type, logical shape and raw bytes (a view of the mapped file)."""
+    name: str
+    type: QType
+    shape: tuple
+    data: np.ndarray  # uint8 [nbytes]
+
+    def numpy(self) -> np.ndarray:
+        """The values as float32 of `shape` (a view for f32 tensors, a dequantised copy otherwise)."""
+        from .quant import dequantize
+        if self.type.name == "f32":
+            return self.data.view(np.float32).reshape(self.shape)
+        rows = self.data.reshape(-1, self.type.row_bytes(self.shape[-1]))
+        return dequantize(rows, self.type, self.shape[-1]).reshape(self.shape)
+
+
+@dataclass
+class PendingTensor:
+    """A tensor to write: `load()` produces its bytes when the writer gets to it."""
+    name: str
+    type: QType
+    shape: tuple
+    load: Callable[[], np.ndarray]
+
+
+def _align(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+# --- index entries -----------------------------------------------------------------------------
+# name_len u16 | name | type u32 | rank u8 | layout u8 | dims u64[rank] | offset u64 | nbytes u64 | crc32 u32
+
+def _index_entry_size(name: str, rank: int) -> int:
+    return 2 + len(name.encode()) + 6 + 8 * rank + 20
+
+
+def _pack_index(infos: Iterable[TensorInfo]) -> bytes:
+    out = bytearray()
+    for t in infos:
+        name = t.name.encode()
+        out += struct.pack("<H", len(name)) + name
+        out += struct.pack(f"<IBB{len(t.shape)}Q", t.type.id, len(t.shape), t.layout, *t.shape)
+        out += struct.pack("<QQI", t.offset, t.nbytes, t.crc32)
+    return bytes(out)
+
+
+def _unpack_index(buf: bytes, data_size: int, path: str) -> dict[str, TensorInfo]:
+    def fail(msg):
+        raise FormatError(f"{path}: corrupt tensor index: {msg}")
+
+    def take(fmt, pos):
+        size = struct.calcsize(fmt)
+        if pos + size > len(buf):
+            fail("entry runs past the end of the index")
+        return struct.unpack_from(fmt, buf, pos), pos + size
+
+    tensors: dict[str, TensorInfo] = {}
+    pos = 0
+    while pos < len(buf):
+        (name_len,), pos = take("<H", pos)
+        if not 0 < name_len <= MAX_NAME or pos + name_len > len(buf):
+            fail(f"bad name length {name_len}")
+        try:
+            name = buf[pos:pos + name_len].decode()
+        except UnicodeDecodeError:
+            fail("tensor name is not UTF-8")
+        pos += name_len
+        (type_id, rank, layout), pos = take("<IBB", pos)
+        if not 1 <= rank <= MAX_RANK:
+            fail(f"tensor {name!r} has rank {rank} (1..{MAX_RANK} allowed)")
+        shape, pos = take(f"<{rank}Q", pos)
+        (offset, nbytes, crc), pos = take("<QQI", pos)
+        try:
+            t = qtype(type_id)
+        except ValueError:
+            raise FormatError(f"{path}: tensor {name!r} has unknown type id {type_id}; "
+                              "a newer llmrun may read it") from None
+        if layout != LAYOUT_ROWS:
+            raise FormatError(f"{path}: tensor {name!r} has unknown layout {layout}; a newer llmrun may read it")
+        if name in tensors:
+            fail(f"tensor {name!r} appears twice")
+        if any(d == 0 or d > 1 << 40 for d in shape):
+            fail(f"tensor {name!r} has shape {list(shape)}")
+        try:
+            expected = t.nbytes(shape)
+        except ValueError as e:
+            fail(f"tensor {name!r}: {e}")
+        if nbytes != expected:
+            fail(f"tensor {name!r} is {nbytes} bytes but {t.name} {list(shape)} takes {expected}")
+        if offset % TENSOR_ALIGN or offset > data_size or nbytes > data_size - offset:
+            fail(f"tensor {name!r} at offset {offset} (+{nbytes}) lies outside the data section "
+                 f"of {data_size} bytes or is not {TENSOR_ALIGN}-byte aligned")
+        tensors[name] = TensorInfo(name, t, tuple(shape), offset, nbytes, crc, layout)
+    spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in tensors.values())
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+        if start < end:
+            fail(f"tensors {a!r} and {b!r} overlap")
+    return tensors
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+def write(path: str, metadata: dict, tokenizer_blob: bytes, tensors: list[PendingTensor],
+          progress: Callable[[int], None] | None = None) -> None:
+    """Write a .llmr file atomically. `progress(nbytes)` is called after each tensor."""
+    meta = json.dumps(metadata, ensure_ascii=False, indent=1).encode()
+    names = [t.name for t in tensors]
+    if len(set(names)) != len(names):
+        raise ValueError("duplicate tensor names")
+    meta_off = HEADER_SIZE
+    tok_off = meta_off + len(meta)
+    index_off = tok_off + len(tokenizer_blob)
+    index_size = sum(_index_entry_size(t.name, len(t.shape)) for t in tensors)
+    data_off = _align(index_off + index_size, DATA_ALIGN)
+    offsets, end = [], 0
+    for t in tensors:
+        offsets.append(end)
+        end = _align(end + t.type.nbytes(t.shape), TENSOR_ALIGN)
+    data_size = end
+    file_size = data_off + data_size
+
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            infos = []
+            for t, offset in zip(tensors, offsets):
+                data = np.ascontiguousarray(t.load()).view(np.uint8).reshape(-1)
+                expected = t.type.nbytes(t.shape)
+                if data.size != expected:
+                    raise ValueError(f"tensor {t.name}: {data.size} bytes, {t.type.name} {list(t.shape)} takes {expected}")
+                f.seek(data_off + offset)
+                f.write(data)
+                infos.append(TensorInfo(t.name, t.type, tuple(int(d) for d in t.shape), offset,
+                                        expected, zlib.crc32(data)))
+                if progress:
+                    progress(expected)
+            f.truncate(file_size)  # the last tensor's alignment padding
+            index = _pack_index(infos)
+            assert len(index) == index_size
+            header = HEADER.pack(MAGIC, BYTE_ORDER_MARK, *VERSION, HEADER_SIZE, TENSOR_ALIGN, file_size,
+                                 meta_off, len(meta), tok_off, len(tokenizer_blob), index_off, index_size,
+                                 data_off, data_size, 0)
+            crc = zlib.crc32(index, zlib.crc32(tokenizer_blob, zlib.crc32(meta, zlib.crc32(header[:CHECKSUM_OFFSET]))))
+            f.seek(0)
+            f.write(header[:CHECKSUM_OFFSET] + struct.pack("<I", crc) + meta + tokenizer_blob + index)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+class LlmrFile:
+    """An open .llmr file: metadata, tokenizer blob and zero-copy tensor views of the map."""
+
+    def __init__(self, path: str):
+        self.path = str(path)
+        with open(self.path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(HEADER_SIZE)
+            self._check_header(head, size)
+            self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        fields = HEADER.unpack(head)
+        meta_off, meta_size, tok_off, tok_size, index_off, index_size, self.data_offset, data_size = fields[7:15]
+        meta = self.mm[meta_off:meta_off + meta_size]
+        self.tokenizer_blob = self.mm[tok_off:tok_off + tok_size]
+        index = self.mm[index_off:index_off + index_size]
+        crc = zlib.crc32(index, zlib.crc32(self.tokenizer_blob, zlib.crc32(meta, zlib.crc32(head[:CHECKSUM_OFFSET]))))
+        if crc != fields[-1]:
+            raise FormatError(f"{self.path}: header checksum mismatch (the file is corrupt); convert the model again")
+        try:
+            self.metadata = json.loads(meta)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise FormatError(f"{self.path}: metadata is not valid JSON: {e}") from None
+        if not isinstance(self.metadata, dict):
+            raise FormatError(f"{self.path}: metadata is not a JSON object")
+        self.tensors = _unpack_index(index, data_size, self.path)
+
+    def _check_header(self, head: bytes, size: int) -> None:
+        p = self.path
+        if len(head) < 8 or head[:8] != MAGIC:
+            if head[:4] == b"GGUF":
+                raise FormatError(f"{p}: this is a GGUF file; convert it with `llmrun convert {p} OUT.llmr`")
+            raise FormatError(f"{p}: not a .llmr file (bad magic); convert a model with `llmrun convert`")
+        if len(head) < HEADER_SIZE:
+            raise FormatError(f"{p}: truncated: {size} bytes, shorter than the {HEADER_SIZE}-byte header")
+        (_, bom, major, minor, header_size, align, file_size,
+         meta_off, meta_size, tok_off, tok_size, index_off, index_size, data_off, data_size, _) = HEADER.unpack(head)
+        if bom != BYTE_ORDER_MARK:
+            raise FormatError(f"{p}: byte-order mark {bom:#010x} is not {BYTE_ORDER_MARK:#010x}: "
+                              "written big-endian or corrupt")
+        if major != VERSION[0]:
+            raise FormatError(f"{p}: format version {major}.{minor}; this llmrun reads {VERSION[0]}.x: "
+                              "upgrade llmrun or convert the model again")
+        if header_size != HEADER_SIZE or align != TENSOR_ALIGN:
+            raise FormatError(f"{p}: corrupt header (header size {header_size}, alignment {align})")
+        if file_size != size:
+            what = "truncated" if size < file_size else "has trailing bytes"
+            raise FormatError(f"{p}: {what}: {size} bytes on disk, the header records {file_size}; "
+                              "the copy or conversion did not finish")
+        sections = [("metadata", meta_off, meta_size), ("tokenizer", tok_off, tok_size),
+                    ("index", index_off, index_size), ("data", data_off, data_size)]
+        pos = HEADER_SIZE
+        for name, off, length in sections:
+            if off < pos or off > size or length > size - off:
+                raise FormatError(f"{p}: corrupt header: {name} section at {off} (+{length}) "
+                                  f"overlaps another or lies outside the {size}-byte file")
+            pos = off + length
+        if data_off % DATA_ALIGN:
+            raise FormatError(f"{p}: corrupt header: data section at {data_off} is not {DATA_ALIGN}-aligned")
+
+    def tensor(self, name: str) -> Tensor:
+        info = self.tensors[name]
+        data = np.frombuffer(self.mm, dtype=np.uint8, count=info.nbytes, offset=self.data_offset + info.offset)
+        return Tensor(info.name, info.type, info.shape, data)
+
+    def verify(self, progress: Callable[[int], None] | None = None) -> list[str]:
+        """Check every tensor's CRC32; return the names of those that do not match."""
+        bad = []
+        for name, info in self.tensors.items():
+            if zlib.crc32(self.tensor(name).data) != info.crc32:
+                bad.append(name)
+            if progress:
+                progress(info.nbytes)
+        return bad

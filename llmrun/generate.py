@@ -1,0 +1,106 @@
+"""Generation: tokenize → prefill → decode loop → sampler → streaming detokeniser.
+
+`generate()` is the one loop that chat, generate, bench and the server consume.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from .errors import ContextError
+from .model import KVCache, Model
+from .tokenizer import StreamDecoder
+
+
+@dataclass
+class GenerationResponse:
+    text: str  # the new piece of text (possibly empty while a character is incomplete)
+    token: int | None  # the token just sampled (None on the closing record of a stop string)
+    prompt_tokens: int  # tokens processed in the prefill
+    prompt_tps: float  # prefill speed, tokens/s
+    generation_tokens: int  # tokens sampled so far
+    generation_tps: float  # decode speed, tokens/s
+    finish_reason: str | None = None  # "stop" (EOS or a stop string), "length", or None
+
+
+class Sampler:
+    """Temperature, then top-k, then top-p (nucleus) sampling; temperature 0 is greedy."""
+
+    def __init__(self, temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, seed: int | None = None):
+        if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
+            raise ValueError("need temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, logits: np.ndarray) -> int:
+        if self.temperature == 0:
+            return int(np.argmax(logits))
+        z = logits.astype(np.float64) / self.temperature  # [V]
+        order = np.argsort(-z, kind="stable")  # candidate ids, most likely first
+        if self.top_k:
+            order = order[:self.top_k]
+        p = np.exp(z[order] - z[order[0]])
+        p /= p.sum()
+        if self.top_p < 1:
+            keep = int(np.searchsorted(np.cumsum(p), self.top_p)) + 1  # smallest set with mass >= top_p
+            order, p = order[:keep], p[:keep] / p[:keep].sum()
+        return int(order[self.rng.choice(len(order), p=p)])
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """How many trailing characters of `text` could be the start of a stop string."""
+    for n in range(min(len(text), max(map(len, stops)) - 1), 0, -1):
+        if any(s.startswith(text[-n:]) for s in stops):
+            return n
+    return 0
+
+
+def generate(model: Model, prompt, max_tokens: int = 256, temperature: float = 0.8, top_k: int = 40,
+             top_p: float = 0.95, seed: int | None = None, stop: str | list[str] | None = None,
+             cache: KVCache | None = None) -> Iterator[GenerationResponse]:
+    """Stream a continuation of `prompt` (text, or a list of token ids).
+
+    Yields a record per sampled token with the new text; the last record has finish_reason
+    set. With `cache`, the prompt continues from what the cache already holds (chat turns).
+    """
+    ids = model.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+    if not ids:
+        raise ValueError("the prompt is empty")
+    cache = cache if cache is not None else model.new_cache(min(model.config.max_seq_len, len(ids) + max_tokens))
+    if cache.n + len(ids) > cache.n_ctx:
+        raise ContextError(f"the prompt is {len(ids)} tokens and {cache.n} are in use, but the context holds "
+                           f"{cache.n_ctx}: shorten the prompt or raise the context size")
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    sampler = Sampler(temperature, top_k, top_p, seed)
+    eos = set(model.tokenizer.eos_ids)
+    detok = StreamDecoder(model.tokenizer)
+
+    t0 = time.perf_counter()
+    logits = model.forward(ids, cache, last_only=True)[-1]  # [V]
+    prompt_tps = len(ids) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    text, sent = "", 0  # generated text so far, and how much of it has been yielded
+    n = 0
+    while True:
+        token = sampler(logits)
+        n += 1
+        tps = n / (time.perf_counter() - t0)
+        if token in eos:
+            yield GenerationResponse(text[sent:], token, len(ids), prompt_tps, n, tps, "stop")
+            return
+        text += detok.push(token)
+        hit = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+        if hit >= 0:
+            yield GenerationResponse(text[sent:hit], token, len(ids), prompt_tps, n, tps, "stop")
+            return
+        if n == max_tokens or cache.n >= cache.n_ctx:
+            text += detok.flush()
+            yield GenerationResponse(text[sent:], token, len(ids), prompt_tps, n, tps, "length")
+            return
+        upto = len(text) - (_held_back(text, stops) if stops else 0)
+        yield GenerationResponse(text[sent:upto], token, len(ids), prompt_tps, n, tps)
+        sent = upto
+        logits = model.forward([token], cache)[-1]  # [V]

@@ -1,0 +1,170 @@
+"""The one LLaMA graph: RMSNorm, RoPE, grouped-query attention over a KV cache, SwiGLU.
+
+Config (hyper-parameters), weights (views of the mapped file) and run state (the KV cache)
+are kept apart; `forward()` does no I/O and no sampling, and serves prefill (many tokens)
+and decode (one token) alike. Shapes: T new tokens, D model width, H query heads,
+Hkv key/value heads, hd head width, F feed-forward width, V vocabulary, C context length.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import cpu as ops
+from .config import ModelConfig, rope_inv_freq
+from .errors import ContextError, FormatError
+from .format import LlmrFile, Tensor
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: np.ndarray  # [D]
+    wq: Tensor  # [H*hd, D]
+    wk: Tensor  # [Hkv*hd, D]
+    wv: Tensor  # [Hkv*hd, D]
+    wo: Tensor  # [D, H*hd]
+    bq: np.ndarray | None  # [H*hd]  (Qwen2)
+    bk: np.ndarray | None  # [Hkv*hd]
+    bv: np.ndarray | None  # [Hkv*hd]
+    ffn_norm: np.ndarray  # [D]
+    w_gate: Tensor  # [F, D]
+    w_up: Tensor  # [F, D]
+    w_down: Tensor  # [D, F]
+
+
+@dataclass
+class Weights:
+    tok_embeddings: Tensor  # [V, D]
+    layers: list[LayerWeights]
+    norm: np.ndarray  # [D]
+    output: Tensor  # [V, D]  (the embedding table itself when tied)
+
+    @classmethod
+    def from_file(cls, f: LlmrFile, cfg: ModelConfig) -> "Weights":
+        D, hd, F = cfg.dim, cfg.head_dim, cfg.ffn_dim
+        q_dim, kv_dim = cfg.n_heads * hd, cfg.n_kv_heads * hd
+
+        def get(name, shape, vector=False):
+            if name not in f.tensors:
+                raise FormatError(f"{f.path}: tensor {name!r} is missing")
+            t = f.tensor(name)
+            if t.shape != shape:
+                raise FormatError(f"{f.path}: tensor {name!r} has shape {list(t.shape)}, expected {list(shape)}")
+            if vector:
+                if t.type.name != "f32":
+                    raise FormatError(f"{f.path}: tensor {name!r} is {t.type.name}; norms and biases must be f32")
+                return t.numpy()
+            return t
+
+        def layer(i):
+            p = f"layers.{i}."
+            bias = (lambda n, size: get(p + n, (size,), vector=True)) if cfg.attn_bias else (lambda n, size: None)
+            return LayerWeights(
+                attn_norm=get(p + "attn_norm", (D,), vector=True),
+                wq=get(p + "wq", (q_dim, D)), wk=get(p + "wk", (kv_dim, D)), wv=get(p + "wv", (kv_dim, D)),
+                wo=get(p + "wo", (D, q_dim)),
+                bq=bias("bq", q_dim), bk=bias("bk", kv_dim), bv=bias("bv", kv_dim),
+                ffn_norm=get(p + "ffn_norm", (D,), vector=True),
+                w_gate=get(p + "w_gate", (F, D)), w_up=get(p + "w_up", (F, D)), w_down=get(p + "w_down", (D, F)))
+
+        emb = get("tok_embeddings", (cfg.vocab_size, D))
+        return cls(tok_embeddings=emb, layers=[layer(i) for i in range(cfg.n_layers)],
+                   norm=get("norm", (D,), vector=True),
+                   output=emb if cfg.tie_embeddings else get("output", (cfg.vocab_size, D)))
+
+
+class KVCache:
+    """Keys and values of every position seen so far, per layer. Pages are committed lazily
+    (np.zeros maps untouched memory), so a long context costs only what is used."""
+
+    def __init__(self, cfg: ModelConfig, n_ctx: int):
+        shape = (cfg.n_layers, n_ctx, cfg.n_kv_heads, cfg.head_dim)
+        self.k = np.zeros(shape, dtype=np.float32)  # [L, C, Hkv, hd]
+        self.v = np.zeros(shape, dtype=np.float32)  # [L, C, Hkv, hd]
+        self.n_ctx = n_ctx
+        self.n = 0  # positions filled
+        self.tokens: list[int] = []  # the ids at those positions
+
+    def truncate(self, n: int) -> None:
+        """Forget positions n and later (the next forward overwrites them)."""
+        self.n = min(self.n, n)
+        del self.tokens[self.n:]
+
+
+def _add_bias(x: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    if b is not None:
+        x += b
+    return x
+
+
+def forward(cfg: ModelConfig, w: Weights, inv_freq: np.ndarray, tokens, cache: KVCache,
+            last_only: bool = False) -> np.ndarray:
+    """Run `tokens` at positions cache.n, cache.n+1, ... and return their logits [T, V]
+    (or [1, V] for the last token only)."""
+    T, H, Hkv, hd = len(tokens), cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    n_past = cache.n
+    if n_past + T > cache.n_ctx:
+        raise ContextError(f"{n_past} + {T} tokens do not fit in the context of {cache.n_ctx}; "
+                           "shorten the prompt or raise the context size")
+    positions = np.arange(n_past, n_past + T, dtype=np.int32)  # [T]
+
+    x = ops.embed(w.tok_embeddings, np.asarray(tokens))  # [T, D]
+    for l, layer in enumerate(w.layers):
+        # attention: x + Wo · attn(RoPE(Wq h), RoPE(Wk h), Wv h),  h = RMSNorm(x)
+        h = ops.rmsnorm(x, layer.attn_norm, cfg.norm_eps)  # [T, D]
+        q = _add_bias(ops.matmul(layer.wq, h), layer.bq).reshape(T, H, hd)  # [T, H, hd]
+        k = _add_bias(ops.matmul(layer.wk, h), layer.bk).reshape(T, Hkv, hd)  # [T, Hkv, hd]
+        v = _add_bias(ops.matmul(layer.wv, h), layer.bv).reshape(T, Hkv, hd)  # [T, Hkv, hd]
+        ops.rope_(q, positions, inv_freq)
+        ops.rope_(k, positions, inv_freq)
+        cache.k[l, n_past:n_past + T] = k
+        cache.v[l, n_past:n_past + T] = v
+        a = ops.attention(q, cache.k[l], cache.v[l], n_past)  # [T, H, hd]
+        x += ops.matmul(layer.wo, a.reshape(T, H * hd))  # [T, D]
+
+        # feed-forward: x + W_down · (silu(W_gate h) * W_up h),  h = RMSNorm(x)
+        h = ops.rmsnorm(x, layer.ffn_norm, cfg.norm_eps)  # [T, D]
+        g = ops.silu_mul(ops.matmul(layer.w_gate, h), ops.matmul(layer.w_up, h))  # [T, F]
+        x += ops.matmul(layer.w_down, g)  # [T, D]
+
+    cache.n += T
+    cache.tokens.extend(int(t) for t in tokens)
+    if last_only:
+        x = x[-1:]  # [1, D]
+    x = ops.rmsnorm(x, w.norm, cfg.norm_eps)  # [T, D]
+    return ops.matmul(w.output, x)  # [T, V]
+
+
+class Model:
+    """A loaded model: config, weights (zero-copy views of the file), tokenizer, chat template."""
+
+    def __init__(self, path: str):
+        from .tokenizer import Tokenizer
+        self.file = LlmrFile(path)
+        meta = self.file.metadata
+        try:
+            self.config = ModelConfig.from_dict(meta["config"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise FormatError(f"{path}: bad model config in metadata: {e}") from None
+        self.weights = Weights.from_file(self.file, self.config)
+        self.tokenizer = Tokenizer.from_metadata(meta.get("tokenizer"), bytes(self.file.tokenizer_blob), path)
+        self.chat_template: str | None = meta.get("chat_template")
+        self.inv_freq = rope_inv_freq(self.config)  # [hd/2]
+
+    def new_cache(self, n_ctx: int | None = None) -> KVCache:
+        """A fresh KV cache for up to n_ctx positions (default: the trained context)."""
+        return KVCache(self.config, n_ctx or self.config.max_seq_len)
+
+    def forward(self, tokens, cache: KVCache, last_only: bool = False) -> np.ndarray:
+        return forward(self.config, self.weights, self.inv_freq, tokens, cache, last_only)
+
+    def logits(self, ids) -> np.ndarray:
+        """float32 logits [len(ids), V] of `ids` run from a fresh cache."""
+        ids = list(ids)
+        return self.forward(ids, self.new_cache(len(ids)))
+
+
+def load(path) -> Model:
+    """Open a .llmr file. Weights stay in the page cache; nothing is copied or repacked."""
+    return Model(str(path))

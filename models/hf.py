@@ -1,0 +1,240 @@
+"""Hugging Face checkpoint directory → .llmr.
+
+Reads config.json, the safetensors weights (one file or sharded), the tokenizer
+(tokenizer.json or tokenizer.model), its special tokens and the chat template. Tensors are
+streamed one at a time from mmapped shards, so peak memory stays near one tensor's size.
+HF checkpoints already use the rotate-half RoPE convention that .llmr stores.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable
+
+import numpy as np
+
+from .. import __version__
+from ..config import ModelConfig
+from ..errors import ConvertError
+from ..format import PendingTensor, write
+from ..quant import choose_type, qtype, quantize
+from ..quant.reference import bf16_to_f32
+from ..tokenizer import BPETokenizer, SentencePieceTokenizer
+from .safetensors import SafetensorsFile
+
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
+SOURCE_TYPES = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
+
+# HF name (after "model.layers.{i}.") -> ours (after "layers.{i}.")
+LAYER_NAMES = {
+    "input_layernorm.weight": "attn_norm",
+    "self_attn.q_proj.weight": "wq", "self_attn.k_proj.weight": "wk",
+    "self_attn.v_proj.weight": "wv", "self_attn.o_proj.weight": "wo",
+    "self_attn.q_proj.bias": "bq", "self_attn.k_proj.bias": "bk", "self_attn.v_proj.bias": "bv",
+    "post_attention_layernorm.weight": "ffn_norm",
+    "mlp.gate_proj.weight": "w_gate", "mlp.up_proj.weight": "w_up", "mlp.down_proj.weight": "w_down",
+}
+TOP_NAMES = {"model.embed_tokens.weight": "tok_embeddings", "model.norm.weight": "norm", "lm_head.weight": "output"}
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # a cached buffer some old checkpoints saved
+
+
+def _read_json(path: str, required: bool = True) -> dict:
+    if not os.path.exists(path):
+        if required:
+            raise ConvertError(f"{path} not found; a Hugging Face checkpoint directory needs it")
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConvertError(f"{path}: not valid JSON: {e}") from None
+
+
+def _rope(c: dict) -> tuple[float, dict | None]:
+    """(theta, scaling) from either spelling: top-level rope_theta + rope_scaling (older
+    transformers) or one rope_parameters dict (newer)."""
+    params = dict(c.get("rope_parameters") or c.get("rope_scaling") or {})
+    theta = float(params.get("rope_theta", c.get("rope_theta", 10000.0)))
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind == "default":
+        return theta, None
+    if kind == "linear":
+        return theta, {"type": "linear", "factor": float(params["factor"])}
+    if kind == "llama3":
+        keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        missing = [k for k in keys if k not in params]
+        if missing:
+            raise ConvertError(f"llama3 RoPE scaling lacks {missing}")
+        return theta, {"type": "llama3", **{k: float(params[k]) for k in keys}}
+    raise ConvertError(f"RoPE scaling type {kind!r} is not supported (supported: default, linear, llama3)")
+
+
+def read_config(c: dict, path: str, has_lm_head: bool, has_qkv_bias: bool) -> ModelConfig:
+    archs = c.get("architectures") or []
+    arch = next((ARCHITECTURES[a] for a in archs if a in ARCHITECTURES), None)
+    if arch is None:
+        raise ConvertError(f"{path}: architecture {archs or c.get('model_type')} is not supported; "
+                           f"supported: {', '.join(ARCHITECTURES)}")
+    for key, bad in (("hidden_act", lambda v: v not in ("silu", "swish")), ("mlp_bias", bool)):
+        if key in c and bad(c[key]):
+            raise ConvertError(f"{path}: {key}={c[key]!r} is not supported")
+    try:
+        dim, n_heads = int(c["hidden_size"]), int(c["num_attention_heads"])
+        max_seq = int(c.get("max_position_embeddings", 4096))
+        window = c.get("sliding_window") if c.get("use_sliding_window", arch == "mistral") else None
+        if window:  # attention is exact only inside the window, so that is the usable context
+            max_seq = min(max_seq, int(window))
+        theta, scaling = _rope(c)
+        return ModelConfig(
+            arch=arch, vocab_size=int(c["vocab_size"]), dim=dim, n_layers=int(c["num_hidden_layers"]),
+            n_heads=n_heads, n_kv_heads=int(c.get("num_key_value_heads") or n_heads),
+            head_dim=int(c.get("head_dim") or dim // n_heads), ffn_dim=int(c["intermediate_size"]),
+            norm_eps=float(c.get("rms_norm_eps", 1e-6)), rope_theta=theta, rope_scaling=scaling,
+            max_seq_len=max_seq, tie_embeddings=bool(c.get("tie_word_embeddings", False)) or not has_lm_head,
+            attn_bias=has_qkv_bias)
+    except KeyError as e:
+        raise ConvertError(f"{path}: missing key {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        raise ConvertError(f"{path}: {e}") from None
+
+
+def open_weights(d: str) -> dict[str, SafetensorsFile]:
+    """Map every tensor name to the (mmapped) shard holding it."""
+    index = os.path.join(d, "model.safetensors.index.json")
+    single = os.path.join(d, "model.safetensors")
+    if os.path.exists(index):
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ConvertError(f"{index}: no weight_map")
+        shards = {f: SafetensorsFile(os.path.join(d, f)) for f in sorted(set(weight_map.values()))}
+        where = {}
+        for name, f in weight_map.items():
+            if name not in shards[f].entries:
+                raise ConvertError(f"{index}: {name} is not in {f}")
+            where[name] = shards[f]
+        return where
+    if os.path.exists(single):
+        f = SafetensorsFile(single)
+        return {name: f for name in f.names()}
+    hint = " (PyTorch .bin weights are not supported: save them as safetensors)" if any(
+        n.endswith(".bin") for n in os.listdir(d)) else ""
+    raise ConvertError(f"{d}: no model.safetensors or model.safetensors.index.json{hint}")
+
+
+def read_tokenizer(d: str, c: dict) -> tuple[dict, bytes]:
+    """The tokenizer metadata (kind, special ids) and blob, and check that it loads."""
+    tc = _read_json(os.path.join(d, "tokenizer_config.json"), required=False)
+    gc = _read_json(os.path.join(d, "generation_config.json"), required=False)
+    if os.path.exists(os.path.join(d, "tokenizer.json")):
+        kind, cls, blob_path = "bpe", BPETokenizer, os.path.join(d, "tokenizer.json")
+    elif os.path.exists(os.path.join(d, "tokenizer.model")):
+        kind, cls, blob_path = "spm", SentencePieceTokenizer, os.path.join(d, "tokenizer.model")
+    else:
+        raise ConvertError(f"{d}: no tokenizer.json or tokenizer.model")
+    with open(blob_path, "rb") as f:
+        blob = f.read()
+    try:
+        tok = cls(blob, {})
+    except Exception as e:
+        raise ConvertError(f"{blob_path}: cannot be loaded as a {kind} tokenizer: {e}") from None
+
+    def token_id(v):
+        text = v.get("content") if isinstance(v, dict) else v
+        return tok.token_to_id(text) if isinstance(text, str) else None
+
+    def ids(v):
+        return [int(i) for i in (v if isinstance(v, list) else [v]) if i is not None]
+
+    bos = token_id(tc.get("bos_token"))
+    if bos is None:
+        bos = c.get("bos_token_id")
+    eos = ids(gc.get("eos_token_id")) + ids(token_id(tc.get("eos_token"))) + ids(c.get("eos_token_id"))
+    info = {"kind": kind, "bos_id": bos, "eos_ids": sorted(set(eos)),
+            "add_bos": bool(tc.get("add_bos_token", kind == "spm"))}
+    return info, blob
+
+
+def read_chat_template(d: str) -> str | None:
+    path = os.path.join(d, "chat_template.jinja")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    t = _read_json(os.path.join(d, "tokenizer_config.json"), required=False).get("chat_template")
+    if isinstance(t, list):  # named templates: [{"name": "default", "template": ...}, ...]
+        t = next((x.get("template") for x in t if x.get("name") == "default"), None)
+    return t if isinstance(t, str) else None
+
+
+def _tensor_names(names, n_layers: int) -> dict[str, str]:
+    """HF name -> ours, refusing tensors the graph has no place for."""
+    out = {}
+    for name in names:
+        if name.endswith(IGNORED_SUFFIXES):
+            continue
+        if name in TOP_NAMES:
+            out[name] = TOP_NAMES[name]
+            continue
+        parts = name.split(".", 3)
+        if len(parts) == 4 and parts[:2] == ["model", "layers"] and parts[2].isdigit() and parts[3] in LAYER_NAMES:
+            if int(parts[2]) < n_layers:
+                out[name] = f"layers.{parts[2]}.{LAYER_NAMES[parts[3]]}"
+                continue
+        raise ConvertError(f"tensor {name} has no place in the LLaMA graph (unsupported variant)")
+    return out
+
+
+def _pending(name: str, src: SafetensorsFile, hf_name: str, target) -> PendingTensor:
+    shape = src.shape(hf_name)
+    t = choose_type(name, shape, target)
+    source_type = SOURCE_TYPES[src.dtype(hf_name)]
+
+    def load() -> np.ndarray:
+        raw = src.raw(hf_name)
+        if source_type == t.name:
+            return raw  # already in the target type: copy the bytes exactly
+        x = bf16_to_f32(raw) if source_type == "bf16" else raw.astype(np.float32)
+        return quantize(x, t)
+
+    return PendingTensor(name, t, shape, load)
+
+
+def convert(src: str, out: str, type: str = "f16",
+            progress: Callable[[int, int], None] | None = None) -> dict:
+    """Convert the checkpoint directory `src` into `out` with weights of `type`.
+    `progress(done_bytes, total_bytes)` is called as tensors are written. Returns the metadata."""
+    target = qtype(type)
+    if not os.path.isdir(src):
+        raise ConvertError(f"{src} is not a directory")
+    c = _read_json(os.path.join(src, "config.json"))
+    where = open_weights(src)
+    names = _tensor_names(where, int(c.get("num_hidden_layers", 0)))
+    ours = set(names.values())
+    cfg = read_config(c, os.path.join(src, "config.json"), "output" in ours, "layers.0.bq" in ours)
+    expected = {"tok_embeddings", "norm"} | ({"output"} if not cfg.tie_embeddings else set())
+    per_layer = [n for n in LAYER_NAMES.values() if cfg.attn_bias or n not in ("bq", "bk", "bv")]
+    expected |= {f"layers.{i}.{n}" for i in range(cfg.n_layers) for n in per_layer}
+    if expected - ours:
+        raise ConvertError(f"{src}: missing tensors {sorted(expected - ours)[:5]}")
+    tok_info, tok_blob = read_tokenizer(src, c)
+
+    tensors = [_pending(ours_name, where[hf], hf, target) for hf, ours_name in names.items()
+               if ours_name in expected]
+    meta = {
+        "config": cfg.to_dict(),
+        "tokenizer": tok_info,
+        "chat_template": read_chat_template(src),
+        "provenance": {"source": os.path.basename(os.path.abspath(src)), "source_format": "hf-safetensors",
+                       "converter": f"llmrun {__version__}", "type": target.name,
+                       "policy": "norms and biases f32; embeddings and output head at least q8_0 for 4-bit types"},
+    }
+    total = sum(t.type.nbytes(t.shape) for t in tensors)
+    done = 0
+
+    def advance(n):
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, total)
+
+    write(out, meta, tok_blob, tensors, advance)
+    return meta

@@ -1,0 +1,188 @@
+"""Numpy reference for every tensor type: the ground truth the C, SIMD and GPU kernels are held to.
+
+`quantize(x, t)` turns float32 rows into the bytes of type `t`; `dequantize(data, t, n)` turns
+them back. The rounding rules are the GGUF reference quantisers' (float32 arithmetic, scales
+stored as f16), so a tensor quantised here is what llama.cpp would write for it.
+
+Activations for the integer dot products are quantised on the fly into `q8_a` blocks:
+`{ f32 d; f32 s; int8 qs[32]; }` with d = max|x| / 127, q = round(x / d), s = d * sum(q).
+They never reach a file, so their scales stay f32; `s` lets q4_0 / q4_1 fold the weight's
+offset (-8 or m) into one multiply per block.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .types import BF16, F16, F32, Q4_0, Q4_1, Q8_0, QType, qtype
+
+QK = 32  # elements per block
+Q8A_BYTES = 40  # bytes per q8_a activation block
+
+
+def _round_away(v: np.ndarray) -> np.ndarray:
+    """C's roundf: halves round away from zero (numpy's round is half-to-even). Exact: the
+    fraction a - floor(a) is computed without rounding, unlike floor(a + 0.5), which rounds
+    0.49999997 up to 1."""
+    a = np.abs(v)
+    whole = np.floor(a)
+    return np.sign(v) * (whole + (a - whole >= np.float32(0.5)))
+
+
+def _inverse(d: np.ndarray) -> np.ndarray:
+    """1/d in float32, 0 where d is 0 (an all-zero block)."""
+    with np.errstate(divide="ignore"):
+        return np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+
+
+def _blocks(x: np.ndarray) -> np.ndarray:
+    """[..., n] float32 -> [..., n/32, 32]."""
+    if x.shape[-1] % QK:
+        raise ValueError(f"rows must be a multiple of {QK} elements to quantise, got {x.shape[-1]}")
+    return x.reshape(*x.shape[:-1], x.shape[-1] // QK, QK)
+
+
+def _pack_nibbles(q: np.ndarray) -> np.ndarray:
+    """[..., 32] ints in 0..15 -> [..., 16] bytes: element j low nibble, element j+16 high."""
+    q = q.astype(np.uint8)
+    return q[..., :16] | (q[..., 16:] << 4)
+
+
+def _unpack_nibbles(qs: np.ndarray) -> np.ndarray:
+    """[..., 16] bytes -> [..., 32] ints in 0..15."""
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
+
+
+def _to_bytes(fields, lead_shape) -> np.ndarray:
+    """Concatenate per-block fields (each [..., nb, k] of any dtype) into [..., nb * block bytes]."""
+    parts = [np.ascontiguousarray(f).view(np.uint8).reshape(*f.shape[:-1], -1) for f in fields]
+    blocks = np.concatenate(parts, axis=-1)
+    return blocks.reshape(*lead_shape, -1)
+
+
+def f32_to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits (uint16), rounding to nearest even; NaN stays NaN."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> 16) & 1)) >> 16
+    nan = (bits & 0x7FFFFFFF) > 0x7F800000
+    return np.where(nan, (bits >> 16) | 0x0040, rounded).astype(np.uint16)
+
+
+def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def quantize(x: np.ndarray, t) -> np.ndarray:
+    """float32 [..., n] -> uint8 [..., row_bytes(n)] in the layout of type `t`."""
+    t = qtype(t) if not isinstance(t, QType) else t
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    lead = x.shape[:-1]
+    if t is F32:
+        return x.view(np.uint8).reshape(*lead, -1)
+    if t is F16:
+        return x.astype(np.float16).view(np.uint8).reshape(*lead, -1)
+    if t is BF16:
+        return f32_to_bf16(x).view(np.uint8).reshape(*lead, -1)
+    b = _blocks(x)  # [..., nb, 32]
+    if t is Q8_0:
+        amax = np.abs(b).max(axis=-1, keepdims=True)
+        d = amax / np.float32(127)
+        q = _round_away(b * _inverse(d)).astype(np.int8)
+        return _to_bytes([d.astype(np.float16), q], lead)
+    if t is Q4_0:
+        idx = np.abs(b).argmax(axis=-1)[..., None]
+        signed_max = np.take_along_axis(b, idx, axis=-1)  # the value of largest magnitude
+        d = signed_max / np.float32(-8)
+        q = np.minimum(15, np.trunc(b * _inverse(d) + np.float32(8.5)))
+        return _to_bytes([d.astype(np.float16), _pack_nibbles(q)], lead)
+    if t is Q4_1:
+        lo = b.min(axis=-1, keepdims=True)
+        hi = b.max(axis=-1, keepdims=True)
+        d = (hi - lo) / np.float32(15)
+        q = np.minimum(15, np.trunc((b - lo) * _inverse(d) + np.float32(0.5)))
+        return _to_bytes([d.astype(np.float16), lo.astype(np.float16), _pack_nibbles(q)], lead)
+    raise ValueError(f"no quantiser for {t.name}")
+
+
+def _split_blocks(data: np.ndarray, t: QType, n: int) -> np.ndarray:
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    if data.shape[-1] != t.row_bytes(n):
+        raise ValueError(f"{t.name} row of {n} elements takes {t.row_bytes(n)} bytes, got {data.shape[-1]}")
+    return data.reshape(*data.shape[:-1], n // t.block_size, t.type_size)
+
+
+def _f16_field(blocks: np.ndarray, offset: int) -> np.ndarray:
+    """The f16 at byte `offset` of each block, as float32 [..., nb, 1]."""
+    return np.ascontiguousarray(blocks[..., offset:offset + 2]).view(np.float16).astype(np.float32)
+
+
+def dequantize(data: np.ndarray, t, n: int) -> np.ndarray:
+    """uint8 [..., row_bytes(n)] of type `t` -> float32 [..., n]."""
+    t = qtype(t) if not isinstance(t, QType) else t
+    blocks = _split_blocks(data, t, n)
+    lead = blocks.shape[:-2]
+    if t is F32:
+        return np.ascontiguousarray(blocks).view(np.float32).reshape(*lead, n)
+    if t is F16:
+        return np.ascontiguousarray(blocks).view(np.float16).astype(np.float32).reshape(*lead, n)
+    if t is BF16:
+        return bf16_to_f32(np.ascontiguousarray(blocks).view(np.uint16)).reshape(*lead, n)
+    if t is Q8_0:
+        q = np.ascontiguousarray(blocks[..., 2:]).view(np.int8).astype(np.float32)
+        return (_f16_field(blocks, 0) * q).reshape(*lead, n)
+    if t is Q4_0:
+        q = _unpack_nibbles(blocks[..., 2:]).astype(np.float32)
+        return (_f16_field(blocks, 0) * (q - 8)).reshape(*lead, n)
+    if t is Q4_1:
+        q = _unpack_nibbles(blocks[..., 4:]).astype(np.float32)
+        return (_f16_field(blocks, 0) * q + _f16_field(blocks, 2)).reshape(*lead, n)
+    raise ValueError(f"no dequantiser for {t.name}")
+
+
+# --- activations -------------------------------------------------------------------------------
+
+def quantize_q8a(x: np.ndarray):
+    """float32 [..., n] -> (d [..., nb], s [..., nb], q int8 [..., nb, 32]) as the kernels make them."""
+    b = _blocks(np.ascontiguousarray(x, dtype=np.float32))
+    d = np.abs(b).max(axis=-1) / np.float32(127)
+    q = _round_away(b * _inverse(d)[..., None]).astype(np.int8)
+    s = d * q.astype(np.int32).sum(axis=-1).astype(np.float32)
+    return d, s, q
+
+
+def q8a_to_bytes(d, s, q) -> np.ndarray:
+    """The q8_a blocks as bytes [..., nb * 40], for comparing with a kernel's output."""
+    return _to_bytes([d[..., None].astype(np.float32), s[..., None].astype(np.float32), q], d.shape[:-1])
+
+
+def matmul(w: np.ndarray, t, x: np.ndarray) -> np.ndarray:
+    """Reference y = x @ W^T with the kernels' arithmetic, in float64.
+
+    w: uint8 [N, row_bytes(K)] of type t; x: float32 [T, K]  ->  float32 [T, N].
+    Float weights multiply the float32 activations directly. Quantised weights multiply
+    q8_a activations block by block, with the integer sums exact:
+        q8_0:  sum_b dw * da * sum(qw * qa)
+        q4_0:  sum_b dw * (da * sum(qw * qa) - 8 * sa)
+        q4_1:  sum_b dw * da * sum(qw * qa) + mw * sa
+    """
+    t = qtype(t) if not isinstance(t, QType) else t
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    k = x.shape[-1]
+    if not t.quantized:
+        return (x.astype(np.float64) @ dequantize(w, t, k).astype(np.float64).T).astype(np.float32)
+    blocks = _split_blocks(w, t, k)  # [N, nb, type_size]
+    dw = _f16_field(blocks, 0)[..., 0].astype(np.float64)  # [N, nb]
+    da, sa, qa = quantize_q8a(x)  # [T, nb], [T, nb], [T, nb, 32]
+    if t is Q8_0:
+        qw = np.ascontiguousarray(blocks[..., 2:]).view(np.int8)
+    else:
+        qw = _unpack_nibbles(blocks[..., 4:] if t is Q4_1 else blocks[..., 2:])
+    isum = np.einsum("nbj,tbj->tnb", qw.astype(np.int64), qa.astype(np.int64)).astype(np.float64)
+    da, sa = da.astype(np.float64)[:, None, :], sa.astype(np.float64)[:, None, :]  # [T, 1, nb]
+    if t is Q8_0:
+        y = (dw * da * isum).sum(-1)
+    elif t is Q4_0:
+        y = (dw * (da * isum - 8 * sa)).sum(-1)
+    else:
+        mw = _f16_field(blocks, 2)[..., 0].astype(np.float64)
+        y = (dw * da * isum + mw * sa).sum(-1)
+    return y.astype(np.float32)

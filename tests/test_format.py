@@ -1,0 +1,189 @@
+"""The .llmr format: layout promises, zero-copy loading, and clear errors on damaged files."""
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+import llmrun
+from llmrun import format as fmt
+from llmrun.errors import ConvertError, FormatError
+from llmrun.models import convert
+
+from conftest import make_hf_checkpoint
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fmt") / "hf"
+    make_hf_checkpoint(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def good(hf_dir):
+    path = hf_dir.parent / "good.llmr"
+    convert(str(hf_dir), str(path), "q4_0")
+    return path
+
+
+def _header(path):
+    with open(path, "rb") as f:
+        return fmt.HEADER.unpack(f.read(fmt.HEADER_SIZE))
+
+
+def test_layout_alignment_and_zero_copy(good):
+    f = fmt.LlmrFile(good)
+    data_off = _header(good)[13]
+    assert data_off % fmt.DATA_ALIGN == 0
+    for name, info in f.tensors.items():
+        assert (data_off + info.offset) % fmt.TENSOR_ALIGN == 0
+        t = f.tensor(name)
+        assert t.data.nbytes == info.nbytes == info.type.nbytes(info.shape)
+        assert not t.data.flags.owndata and not t.data.flags.writeable  # a view of the read-only map
+    assert f.verify() == []
+
+
+def test_metadata_and_provenance(good):
+    f = fmt.LlmrFile(good)
+    assert f.metadata["provenance"]["type"] == "q4_0"
+    assert f.metadata["tokenizer"]["kind"] == "bpe"
+    assert "{% for m in messages %}" in f.metadata["chat_template"]
+    types = {n: t.type.name for n, t in f.tensors.items()}
+    assert types["layers.0.attn_norm"] == "f32" and types["layers.0.wq"] == "q4_0"
+    assert types["tok_embeddings"] == "q8_0"  # the policy keeps the tied embedding table at 8 bits
+
+
+def _damaged(tmp_path, good, edit):
+    raw = bytearray(good.read_bytes())
+    edit(raw)
+    path = tmp_path / "bad.llmr"
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda b: b.__delitem__(slice(len(b) - 1000, None)), "truncated"),
+    (lambda b: b.__delitem__(slice(100, None)), "truncated"),
+    (lambda b: b.__setitem__(slice(0, 8), b"NOTLLMR!"), "bad magic"),
+    (lambda b: b.__setitem__(slice(0, 4), b"GGUF"), "GGUF"),
+    (lambda b: b.__setitem__(slice(8, 12), struct.pack(">I", 0x01020304)), "byte-order"),
+    (lambda b: b.__setitem__(slice(12, 14), struct.pack("<H", 9)), "version 9"),
+    (lambda b: b.__setitem__(40, b[40] ^ 0xFF), "corrupt"),  # metadata size
+    (lambda b: b.__setitem__(200, b[200] ^ 0x01), "checksum"),  # a metadata byte
+    (lambda b: b.__setitem__(130, b[130] ^ 0x20), "checksum"),
+    (lambda b: b.__setitem__(slice(124, 128), b"\0\0\0\0"), "checksum"),
+    (lambda b: b.extend(b"junk"), "trailing"),
+])
+def test_damaged_files_give_clear_errors(tmp_path, good, edit, message):
+    path = _damaged(tmp_path, good, edit)
+    with pytest.raises(FormatError, match=message) as e:
+        llmrun.load(path)
+    assert str(path) in str(e.value)
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.llmr"
+    path.write_bytes(b"")
+    with pytest.raises(FormatError, match="not a .llmr file"):
+        llmrun.load(path)
+
+
+def _rewrite_index(tmp_path, good, mutate):
+    """Re-write the file with a mutated index entry and a *valid* checksum, so only the
+    index validation stands between the bad entry and the data."""
+    f = fmt.LlmrFile(good)
+    infos = [mutate(i) for i in f.tensors.values()]
+    raw = bytearray(good.read_bytes())
+    h = list(_header(good))
+    index = fmt._pack_index(infos)
+    assert len(index) == h[12]
+    raw[h[11]:h[11] + h[12]] = index
+    meta, tok = raw[h[7]:h[7] + h[8]], raw[h[9]:h[9] + h[10]]
+    import zlib
+    crc = zlib.crc32(index, zlib.crc32(tok, zlib.crc32(meta, zlib.crc32(raw[:fmt.CHECKSUM_OFFSET]))))
+    raw[fmt.CHECKSUM_OFFSET:fmt.HEADER_SIZE] = struct.pack("<I", crc)
+    path = tmp_path / "bad-index.llmr"
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda i: i if i.name != "norm" else fmt.TensorInfo(i.name, i.type, i.shape, 1 << 40, i.nbytes, 0), "outside"),
+    (lambda i: i if i.name != "norm" else fmt.TensorInfo(i.name, i.type, (i.shape[0] + 1,), i.offset, i.nbytes, 0), "takes"),
+    (lambda i: i if i.name != "norm" else fmt.TensorInfo(i.name, i.type, i.shape, i.offset + 4, i.nbytes, 0), "aligned"),
+    (lambda i: i if i.name != "norm" else fmt.TensorInfo(i.name, i.type, i.shape, 0, i.nbytes, 0), "overlap"),
+])
+def test_bad_index_entries(tmp_path, good, mutate, message):
+    with pytest.raises(FormatError, match=message):
+        llmrun.load(_rewrite_index(tmp_path, good, mutate))
+
+
+def test_verify_finds_flipped_data_byte(tmp_path, good):
+    h = _header(good)
+    path = _damaged(tmp_path, good, lambda b: b.__setitem__(h[13] + 5, b[h[13] + 5] ^ 0xFF))
+    bad = fmt.LlmrFile(path).verify()
+    assert len(bad) == 1
+
+
+def test_interrupted_write_leaves_no_file(tmp_path, hf_dir):
+    out = tmp_path / "never.llmr"
+
+    def fail(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        convert(str(hf_dir), str(out), "f16", progress=fail)
+    assert os.listdir(tmp_path) == []
+
+
+# --- converter errors ------------------------------------------------------------------------
+
+def _copy(hf_dir, tmp_path):
+    import shutil
+    d = tmp_path / "hf"
+    shutil.copytree(hf_dir, d)
+    return d
+
+
+def test_config_missing_key(tmp_path, hf_dir):
+    d = _copy(hf_dir, tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["hidden_size"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConvertError, match="missing key 'hidden_size'"):
+        convert(str(d), str(tmp_path / "x.llmr"))
+
+
+def test_no_weights(tmp_path, hf_dir):
+    d = _copy(hf_dir, tmp_path)
+    os.remove(d / "model.safetensors")
+    with pytest.raises(ConvertError, match="no model.safetensors"):
+        convert(str(d), str(tmp_path / "x.llmr"))
+
+
+def test_unknown_architecture(tmp_path, hf_dir):
+    d = _copy(hf_dir, tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["architectures"] = ["GPTNeoXForCausalLM"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConvertError, match="not supported"):
+        convert(str(d), str(tmp_path / "x.llmr"))
+
+
+def test_missing_tokenizer(tmp_path, hf_dir):
+    d = _copy(hf_dir, tmp_path)
+    os.remove(d / "tokenizer.json")
+    with pytest.raises(ConvertError, match="no tokenizer"):
+        convert(str(d), str(tmp_path / "x.llmr"))
+
+
+def test_truncated_safetensors(tmp_path, hf_dir):
+    d = _copy(hf_dir, tmp_path)
+    st = d / "model.safetensors"
+    st.write_bytes(st.read_bytes()[:-100])
+    with pytest.raises(ConvertError, match="truncated or corrupt"):
+        convert(str(d), str(tmp_path / "x.llmr"))

@@ -1,0 +1,446 @@
+"""The C kernels (llmrun._kernels) held to the numpy reference (llmrun.quant.reference) and to
+float64 maths, each with a named error bound derived below, plus the argument checking that
+keeps every call in bounds, and the LLMRUN_ISA switch."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+import llmrun._kernels as K
+from llmrun.quant import reference as ref
+from llmrun.quant.types import BF16, F16, F32, Q4_0, Q4_1, Q8_0
+
+ALL_TYPES = [F32, F16, BF16, Q8_0, Q4_0, Q4_1]
+QUANTISED = [t for t in ALL_TYPES if t.quantized]
+
+# --- error bounds ------------------------------------------------------------------------------
+# u is float32's unit roundoff: one f32 operation is off by at most u times its result.
+U = 2.0 ** -24
+
+# Quantisers and dequantisers do the reference's f32 operations in the reference's order, so
+# bytes (and dequantised floats) must be identical: the bound is zero.
+
+# Float-weight matmul vs the reference (float64): K products (1 rounding each) summed in any
+# order (at most K - 1 roundings on partial sums, each bounded by the sum of |terms|) and one
+# final rounding: |err| <= (K + 1) u sum_k |x_k w_k|. One more u of slack.
+def FLOAT_DOT_BOUND(k):
+    return (k + 2) * U
+
+# Quantised matmul vs the reference: integer block sums are exact on both sides; each block
+# term (dw*da*isum, dw*(da*isum - 8*sa), dw*da*isum + mw*sa) takes at most 3 roundings, the
+# nb terms are summed with nb - 1 more and the result rounded once: |err| <= (nb + 3) u M with
+# M = sum_b (|dw| da sum_j |qw_j qa_j| + |offset_b sa_b|), which bounds every partial sum.
+def QUANT_DOT_BOUND(nb):
+    return (nb + 4) * U
+
+# Quantised matmul vs float64 x @ dequantised(W).T: the q8_a activations differ from x by at
+# most half a step d per element (q = round(x/d)); x*id is computed in f32 with relative error
+# ~2u at |x*id| <= 127, i.e. 254u of a step, covered by the 0.1% margin.
+ACT_QUANT_HALF_STEP = 0.5 * 1.001
+
+# rmsnorm vs float64: the sum of squares is in double (negligible error); 1/sqrt rounded to
+# f32, x*scale and *w each add one rounding: 3u relative; one u of slack.
+RMSNORM_BOUND = 4 * U
+
+# rope vs float64 with the same f32 angle and f32 cos/sin: two products and one sum or
+# difference, 2u of (|a c| + |b s|) plus 1u; one u of slack for a libm whose cos/sin rounds
+# differently to f32 than numpy's.
+ROPE_BOUND = 4 * U
+
+# silu_mul vs float64: expf (<= 1 ulp, so 2u), 1 + e (u; e's error is scaled down by e/(1+e)),
+# division (u), multiply by up (u): 5u relative; one u of slack.
+SILU_BOUND = 6 * U
+
+
+def ATTENTION_BOUND(q, k, hd, n_kv):
+    """Absolute bound per output element, relative to max|v|: the scaled scores are f32 dots
+    of hd terms, off by at most E = (hd + 2) u sum_i |q_i k_i| / sqrt(hd); a score error E
+    changes its softmax weight by a factor within exp(+-2E) (its own exp and, through the
+    max and the sum, the others'); expf (2u), the sum of n_kv weights (n_kv u) and the
+    division (u) are relative errors on every weight; the weighted sum of values adds n_kv u.
+    So |err| <= (2E + (2 n_kv + 4) u) max|v|, with E the largest over the keys."""
+    e = (hd + 2) * U * (np.abs(q) @ np.abs(k).T).max() / np.sqrt(hd)
+    return 2 * e + (2 * n_kv + 4) * U
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+def rng_for(*key) -> np.random.Generator:
+    """A generator seeded by the test's parameters, the same in every run."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def rand(rng, *shape, scale=1.0) -> np.ndarray:
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def kernel_quantize(x: np.ndarray, t) -> np.ndarray:
+    rows = x.shape[:-1]
+    out = np.empty((*rows, t.row_bytes(x.shape[-1])), np.uint8)
+    K.quantize(out, x, t.id)
+    return out
+
+
+def kernel_matmul(x: np.ndarray, w: np.ndarray, t, n: int) -> np.ndarray:
+    out = np.empty((*x.shape[:-1], n), np.float32)
+    K.matmul(out, x, w, t.id)
+    return out
+
+
+def block_fields(w: np.ndarray, t):
+    """Quantised rows [N, row_bytes] -> (d [N, nb], offset [N, nb], q [N, nb, 32]) with
+    W = d * q + offset; the layout the kernels must read (see quant/types.py)."""
+    nb = w.shape[-1] // t.type_size
+    blocks = w.reshape(w.shape[0], nb, t.type_size)
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float64)
+    if t is Q8_0:
+        return d, np.zeros_like(d), blocks[..., 2:].copy().view(np.int8).astype(np.float64)
+    first = 4 if t is Q4_1 else 2
+    q = np.concatenate([blocks[..., first:] & 0x0F, blocks[..., first:] >> 4], axis=-1).astype(np.float64)
+    if t is Q4_1:
+        return d, blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float64), q
+    return d, -8 * d, q
+
+
+def matmul_magnitude(w: np.ndarray, t, x: np.ndarray) -> np.ndarray:
+    """[T, N]: the sum of |terms| that the matmul rounding bounds are relative to."""
+    if not t.quantized:
+        wd = ref.dequantize(w, t, x.shape[-1]).astype(np.float64)
+        return np.abs(x.astype(np.float64)) @ np.abs(wd).T
+    d, off, qw = block_fields(w, t)
+    da, sa, qa = (a.astype(np.float64) for a in ref.quantize_q8a(x))
+    isum_abs = np.einsum("nbj,tbj->tnb", np.abs(qw), np.abs(qa))
+    return (np.abs(d)[None] * da[:, None] * isum_abs + np.abs(off)[None] * np.abs(sa)[:, None]).sum(-1)
+
+
+# --- quantisers ---------------------------------------------------------------------------------
+
+def edge_rows() -> np.ndarray:
+    """Blocks of 32 that exercise ties, zeros and rounding corners, as float32 [rows, 64]."""
+    ramp = np.arange(32, dtype=np.float32)
+    blocks = [
+        np.zeros(32),                                    # all zero: d = 0, id = 0
+        np.full(32, 3.0),                                # all equal: q4_1 range 0
+        np.full(32, -0.75),                              # all equal, negative
+        np.r_[127.0, np.arange(31) + 0.5],               # d = 1: x*id lands on .5 ties
+        np.r_[-8.0, (ramp[:31] % 16) - 7.5],             # q4_0 with d = 1: ties at +8.5
+        np.r_[0.0, 15.0, ramp[:30] / 2],                 # q4_1 with d = 1: (x - min) + 0.5 whole
+        np.r_[127.0, 0.49999997, -0.49999997, np.zeros(29)],  # roundf gives 0; floor(|v| + 0.5f) would give 1
+        np.r_[1e4, np.full(31, 1e-4)],                   # one huge value, the rest tiny
+        np.r_[7.0, -7.0, np.ones(30)],                   # equal magnitudes: the first wins
+        np.r_[-7.0, 7.0, np.ones(30)],
+        np.r_[65504.0, 65519.0, 65520.0, 1e5, 6e-8, 2.0 ** -25, 3e-8, -1e-7, np.ones(24)],  # f16 corners
+        ramp * 2.0 ** -20,                               # f16 subnormal scales
+    ]
+    return np.stack([np.r_[b, b[::-1] * -0.5] for b in blocks]).astype(np.float32)
+
+
+@pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("shape,scale", [((1, 32), 1.0), ((5, 64), 1e-3), ((3, 2, 256), 50.0)])
+def test_quantize_random_matches_reference(t, shape, scale):
+    x = rand(rng_for("quantize", t.name, shape), *shape, scale=scale)
+    np.testing.assert_array_equal(kernel_quantize(x, t), ref.quantize(x, t))
+
+
+@pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: t.name)
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # numpy, on the f16 corners
+def test_quantize_edge_cases_match_reference(t):
+    x = edge_rows()
+    np.testing.assert_array_equal(kernel_quantize(x, t), ref.quantize(x, t))
+
+
+@pytest.mark.parametrize("t", [F32, F16, BF16], ids=lambda t: t.name)
+def test_quantize_float_types_any_row_length(t):
+    x = rand(rng_for("float rows", t.name), 3, 37, scale=100.0)
+    np.testing.assert_array_equal(kernel_quantize(x, t), ref.quantize(x, t))
+
+
+def test_quantize_q8a_matches_reference():
+    for shape in [(1, 32), (4, 96), (2, 3, 64)]:
+        x = rand(rng_for("q8a", shape), *shape, scale=3.0)
+        out = np.empty((*shape[:-1], shape[-1] // 32 * ref.Q8A_BYTES), np.uint8)
+        K.quantize_q8a(out, x)
+        np.testing.assert_array_equal(out, ref.q8a_to_bytes(*ref.quantize_q8a(x)))
+    x = edge_rows()
+    out = np.empty((x.shape[0], 2 * ref.Q8A_BYTES), np.uint8)
+    K.quantize_q8a(out, x)
+    np.testing.assert_array_equal(out, ref.q8a_to_bytes(*ref.quantize_q8a(x)))
+
+
+@pytest.mark.parametrize("t,k,expected", [(F32, 5, 20), (F16, 7, 14), (BF16, 3, 6), (Q8_0, 64, 68),
+                                          (Q4_0, 32, 18), (Q4_1, 96, 60)], ids=lambda v: str(v))
+def test_row_bytes(t, k, expected):
+    assert K.row_bytes(t.id, k) == t.row_bytes(k) == expected
+
+
+# --- get_rows -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: t.name)
+def test_get_rows_matches_dequantize(t):
+    rng = rng_for("get_rows", t.name)
+    rows, k = 11, 64
+    w = ref.quantize(rand(rng, rows, k), t)
+    ids = np.array([3, 0, 10, 3, 7], np.int32)
+    out = np.empty((len(ids), k), np.float32)
+    K.get_rows(out, w, t.id, ids)
+    np.testing.assert_array_equal(out, ref.dequantize(w, t, k)[ids])  # bound 0: same f32 ops
+
+
+# --- matmul -------------------------------------------------------------------------------------
+
+MATMUL_SHAPES = {False: [(1, 7, 33), (3, 5, 100), (4, 16, 256)],  # float weights: any K
+                 True: [(1, 7, 64), (3, 5, 96), (5, 16, 256)]}    # quantised: K % 32 == 0
+
+
+def matmul_cases():
+    for t in ALL_TYPES:
+        for shape in MATMUL_SHAPES[t.quantized]:
+            yield pytest.param(t, *shape, id=f"{t.name}-T{shape[0]}-N{shape[1]}-K{shape[2]}")
+
+
+@pytest.mark.parametrize("t,T,N,Kd", list(matmul_cases()))
+def test_matmul_matches_reference(t, T, N, Kd):
+    rng = rng_for("matmul", t.name, T, N, Kd)
+    x = rand(rng, T, Kd, scale=2.0)
+    w = ref.quantize(rand(rng, N, Kd, scale=0.1), t)
+    got = kernel_matmul(x, w, t, N).astype(np.float64)
+
+    mag = matmul_magnitude(w, t, x)
+    bound = (QUANT_DOT_BOUND(Kd // 32) if t.quantized else FLOAT_DOT_BOUND(Kd)) * mag
+    err = np.abs(got - ref.matmul(w, t, x))
+    assert (err <= bound).all(), f"max err {err.max():.3g}, bound there {bound.flat[err.argmax()]:.3g}"
+
+    # Against exact maths on the dequantised weights, the activation quantisation adds at
+    # most half a step per element, weighted by |W|.
+    wd = ref.dequantize(w, t, Kd).astype(np.float64)
+    exact = x.astype(np.float64) @ wd.T
+    if t.quantized:
+        step = np.repeat(ref.quantize_q8a(x)[0].astype(np.float64), 32, axis=-1)  # da per element
+        bound = bound + ACT_QUANT_HALF_STEP * (step @ np.abs(wd).T) + U * np.abs(exact)
+    err = np.abs(got - exact)
+    assert (err <= bound).all(), f"max err {err.max():.3g}, bound there {bound.flat[err.argmax()]:.3g}"
+
+
+@pytest.mark.parametrize("t", [F32, Q4_0], ids=lambda t: t.name)
+def test_matmul_one_token_1d(t):
+    rng = rng_for("decode", t.name)
+    x = rand(rng, 64)
+    w = ref.quantize(rand(rng, 9, 64), t)
+    out = kernel_matmul(x, w, t, 9)
+    assert out.shape == (9,)
+    np.testing.assert_array_equal(out, kernel_matmul(x[None], w, t, 9)[0])
+
+
+def test_matmul_accepts_any_weight_buffer():
+    rng = rng_for("buffers")
+    x = rand(rng, 2, 64)
+    w = ref.quantize(rand(rng, 4, 64), Q8_0)
+    want = kernel_matmul(x, w, Q8_0, 4)
+    for buf in (w.tobytes(), memoryview(w.tobytes()), w.view(np.int8)):
+        np.testing.assert_array_equal(kernel_matmul(x, buf, Q8_0, 4), want)
+
+
+# --- float ops ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(1, 64), (5, 96), (2, 3, 40)])
+def test_rmsnorm(shape):
+    rng = rng_for("rmsnorm", shape)
+    x, w, eps = rand(rng, *shape, scale=3.0), rand(rng, shape[-1]), 1e-5
+    out = np.empty_like(x)
+    K.rmsnorm(out, x, w, eps)
+    x64 = x.astype(np.float64)
+    want = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + np.float64(np.float32(eps))) * w
+    assert (np.abs(out - want) <= RMSNORM_BOUND * np.abs(want)).all()
+    K.rmsnorm(x, x, w, eps)  # in place is allowed
+    np.testing.assert_array_equal(x, out)
+
+
+def rope_reference(x, pos, inv_freq):
+    half = x.shape[-1] // 2
+    angle = pos.astype(np.float32)[:, None] * inv_freq[None, :]  # f32 product, as the kernel
+    c = np.cos(angle.astype(np.float64)).astype(np.float32).astype(np.float64)[:, None, :]
+    s = np.sin(angle.astype(np.float64)).astype(np.float32).astype(np.float64)[:, None, :]
+    a, b = x[..., :half].astype(np.float64), x[..., half:].astype(np.float64)
+    want = np.concatenate([a * c - b * s, b * c + a * s], axis=-1)
+    scale = np.concatenate([np.abs(a * c) + np.abs(b * s), np.abs(b * c) + np.abs(a * s)], axis=-1)
+    return want, scale
+
+
+@pytest.mark.parametrize("T,H,hd,start", [(1, 4, 16, 0), (6, 3, 64, 0), (2, 2, 8, 4000)])
+def test_rope(T, H, hd, start):
+    rng = rng_for("rope", T, H, hd, start)
+    x = rand(rng, T, H, hd)
+    pos = (start + np.arange(T)).astype(np.int32)
+    inv_freq = (10000.0 ** (-np.arange(0, hd, 2) / hd)).astype(np.float32)
+    want, scale = rope_reference(x, pos, inv_freq)
+    K.rope(x, pos, inv_freq)
+    assert (np.abs(x - want) <= ROPE_BOUND * scale).all()
+
+
+def attention_reference(q, kc, vc, n_past):
+    T, Hq, hd = q.shape
+    group = Hq // kc.shape[1]
+    out = np.empty(q.shape, np.float64)
+    for t in range(T):
+        n_kv = n_past + t + 1
+        for h in range(Hq):
+            k, v = kc[:n_kv, h // group].astype(np.float64), vc[:n_kv, h // group].astype(np.float64)
+            s = k @ q[t, h].astype(np.float64) / np.sqrt(hd)
+            p = np.exp(s - s.max())
+            out[t, h] = (p / p.sum()) @ v
+    return out
+
+
+@pytest.mark.parametrize("T,Hq,Hkv,hd,n_past,n_ctx", [
+    (1, 4, 4, 16, 0, 1),     # first token
+    (5, 4, 4, 16, 0, 8),     # prefill, Hq/Hkv = 1
+    (1, 6, 2, 32, 9, 16),    # decode after a prompt, Hq/Hkv = 3
+    (4, 6, 2, 8, 3, 7),      # chunked prefill filling the cache exactly
+])
+def test_attention(T, Hq, Hkv, hd, n_past, n_ctx):
+    rng = rng_for("attention", T, Hq, Hkv, hd, n_past)
+    q = rand(rng, T, Hq, hd, scale=2.0)
+    kc, vc = rand(rng, n_ctx, Hkv, hd), rand(rng, n_ctx, Hkv, hd)
+    out = np.empty_like(q)
+    K.attention(out, q, kc, vc, n_past)
+    want = attention_reference(q, kc, vc, n_past)
+    group = Hq // Hkv
+    for t in range(T):
+        n_kv = n_past + t + 1
+        for h in range(Hq):
+            k = kc[:n_kv, h // group]
+            bound = ATTENTION_BOUND(q[t, h][None], k, hd, n_kv) * np.abs(vc[:n_kv, h // group]).max()
+            assert np.abs(out[t, h] - want[t, h]).max() <= bound, (t, h)
+
+
+def test_attention_is_causal():
+    """Cache entries past n_past + t must not change token t's output."""
+    rng = rng_for("causal")
+    q, kc, vc = rand(rng, 3, 2, 8), rand(rng, 6, 2, 8), rand(rng, 6, 2, 8)
+    a, b = np.empty_like(q), np.empty_like(q)
+    K.attention(a, q, kc, vc, 2)
+    kc[5], vc[5] = 100.0, -100.0  # beyond n_past + T - 1 = 4
+    kc[4:, :], vc[4:, :] = kc[4:] * 7, vc[4:] * 7  # position 4 is seen only by the last token
+    K.attention(b, q, kc, vc, 2)
+    np.testing.assert_array_equal(a[:2], b[:2])
+    assert not np.array_equal(a[2], b[2])
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 50), (2, 2, 33)])
+def test_silu_mul(shape):
+    rng = rng_for("silu", shape)
+    g, up = rand(rng, *shape, scale=4.0), rand(rng, *shape)
+    g.flat[:3] = [0.0, -80.0, 100.0]  # zero, exp(80) large but finite, exp(-100) below f32
+    out = np.empty_like(g)
+    K.silu_mul(out, g, up)
+    g64 = g.astype(np.float64)
+    want = g64 / (1 + np.exp(-g64)) * up
+    assert (np.abs(out - want) <= SILU_BOUND * np.abs(want)).all()
+
+
+# --- argument checking --------------------------------------------------------------------------
+
+def read_only(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+def q8_weights(rows=4, k=64):
+    return ref.quantize(rand(rng_for("w", rows, k), rows, k), Q8_0)
+
+
+@pytest.mark.parametrize("call,match", [
+    # dtype
+    (lambda: K.matmul(np.empty((2, 4), np.float32), np.zeros((2, 64)), q8_weights(), Q8_0.id), "float32"),
+    (lambda: K.matmul(np.empty((2, 4), np.int32), np.zeros((2, 64), np.float32), q8_weights(), Q8_0.id),
+     "float32"),
+    (lambda: K.get_rows(np.empty((1, 64), np.float32), q8_weights(), Q8_0.id, np.zeros(1, np.int64)), "int32"),
+    # shapes
+    (lambda: K.matmul(np.empty((3, 4), np.float32), np.zeros((2, 64), np.float32), q8_weights(), Q8_0.id),
+     "shape"),
+    (lambda: K.matmul(np.empty((2, 5), np.float32), np.zeros((2, 64), np.float32), q8_weights(), Q8_0.id),
+     "bytes"),
+    (lambda: K.matmul(np.empty((2, 4), np.float32), np.zeros((2, 48), np.float32), np.zeros(4 * 51, np.uint8),
+                      Q8_0.id), "multiple of 32"),
+    (lambda: K.rmsnorm(np.empty((2, 8), np.float32), np.zeros((2, 8), np.float32), np.ones(9, np.float32),
+                       1e-5), "shape"),
+    (lambda: K.rope(np.zeros((2, 1, 8), np.float32), np.zeros(2, np.int32), np.ones(3, np.float32)), "shape"),
+    (lambda: K.rope(np.zeros((2, 1, 7), np.float32), np.zeros(2, np.int32), np.ones(3, np.float32)), "even"),
+    (lambda: K.silu_mul(np.empty(4, np.float32), np.zeros(4, np.float32), np.zeros(5, np.float32)), "shape"),
+    # weight buffers
+    (lambda: K.matmul(np.empty((2, 4), np.float32), np.zeros((2, 64), np.float32), q8_weights().ravel()[:-1],
+                      Q8_0.id), "bytes"),
+    (lambda: K.get_rows(np.empty((1, 64), np.float32), q8_weights().ravel()[:-2], Q8_0.id,
+                        np.zeros(1, np.int32)), "whole number"),
+    (lambda: K.matmul(np.empty((2, 4), np.float32), np.zeros((2, 64), np.float32), q8_weights(), 7), "type"),
+    (lambda: K.matmul(np.empty((1, 2), np.float32), np.zeros((1, 4), np.float32),
+                      np.zeros(33, np.uint8)[1:], F32.id), "aligned"),
+    # ids
+    (lambda: K.get_rows(np.empty((2, 64), np.float32), q8_weights(), Q8_0.id, np.array([0, 4], np.int32)),
+     "out of range"),
+    (lambda: K.get_rows(np.empty((1, 64), np.float32), q8_weights(), Q8_0.id, np.array([-1], np.int32)),
+     "out of range"),
+    # attention
+    (lambda: K.attention(np.empty((3, 2, 8), np.float32), np.zeros((3, 2, 8), np.float32),
+                         np.zeros((4, 2, 8), np.float32), np.zeros((4, 2, 8), np.float32), 2), "n_ctx"),
+    (lambda: K.attention(np.empty((1, 2, 8), np.float32), np.zeros((1, 2, 8), np.float32),
+                         np.zeros((4, 2, 8), np.float32), np.zeros((4, 2, 8), np.float32), -1), "n_ctx"),
+    (lambda: K.attention(np.empty((1, 4, 8), np.float32), np.zeros((1, 4, 8), np.float32),
+                         np.zeros((4, 3, 8), np.float32), np.zeros((4, 3, 8), np.float32), 0), "multiple"),
+    (lambda: K.attention(np.empty((1, 2, 8), np.float32), np.zeros((1, 2, 8), np.float32),
+                         np.zeros((4, 2, 8), np.float32), np.zeros((5, 2, 8), np.float32), 0), "shape"),
+    # layout and writability
+    (lambda: K.matmul(np.empty((2, 4), np.float32), np.zeros((2, 128), np.float32)[:, ::2], q8_weights(),
+                      Q8_0.id), "contiguous"),
+    (lambda: K.silu_mul(np.empty((4, 4), np.float32).T, np.zeros((4, 4), np.float32),
+                        np.zeros((4, 4), np.float32)), "contiguous"),
+    (lambda: K.rope(read_only(np.zeros((2, 1, 8), np.float32)), np.zeros(2, np.int32), np.ones(4, np.float32)),
+     "writable"),
+    (lambda: K.silu_mul(np.broadcast_to(np.empty(4, np.float32), (4,)), np.zeros(4, np.float32),
+                        np.zeros(4, np.float32)), "writable"),
+    (lambda: K.quantize(bytes(68), np.zeros((1, 64), np.float32), Q8_0.id), "writable"),
+    (lambda: K.quantize(np.empty(67, np.uint8), np.zeros((1, 64), np.float32), Q8_0.id), "bytes"),
+    (lambda: K.quantize_q8a(np.empty(80, np.uint8), np.zeros((1, 48), np.float32)), "multiple of 32"),
+    (lambda: K.row_bytes(Q4_0.id, 48), "multiple of 32"),
+    (lambda: K.row_bytes(99, 32), "type"),
+])
+def test_bad_arguments_raise_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_overlapping_output_is_rejected():
+    buf = np.zeros(2 * 64 + 2 * 4, np.float32)
+    x, out = buf[:128].reshape(2, 64), buf[126:134].reshape(2, 4)
+    with pytest.raises(ValueError, match="overlap"):
+        K.matmul(out, x, q8_weights(), Q8_0.id)
+
+
+# --- dispatch -----------------------------------------------------------------------------------
+
+def import_with_isa(value: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LLMRUN_ISA": value}
+    return subprocess.run([sys.executable, "-c", "import llmrun._kernels as K; print(K.isa())"],
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_isa_is_one_this_cpu_runs():
+    assert K.isa() in K.isas()
+    assert "scalar" in K.isas()
+
+
+def test_forced_isa():
+    r = import_with_isa("scalar")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "scalar"
+
+
+def test_unknown_isa_fails_at_import_with_a_clear_message():
+    r = import_with_isa("vax")
+    assert r.returncode != 0
+    assert "LLMRUN_ISA=vax" in r.stderr and "unknown" in r.stderr and "scalar" in r.stderr
