@@ -67,11 +67,12 @@ class Tensor:
 
 @dataclass
 class PendingTensor:
-    """A tensor to write: `load()` produces its bytes when the writer gets to it."""
+    """A tensor to write: `chunks()` yields its bytes, in order, when the writer gets to it,
+    so that only a chunk of it need be in memory at a time."""
     name: str
     type: QType
     shape: tuple
-    load: Callable[[], np.ndarray]
+    chunks: Callable[[], Iterable[np.ndarray]]
 
 
 def _align(n: int, a: int) -> int:
@@ -176,16 +177,18 @@ def write(path: str, metadata: dict, tokenizer_blob: bytes, tensors: list[Pendin
         with os.fdopen(fd, "wb") as f:
             infos = []
             for t, offset in zip(tensors, offsets):
-                data = np.ascontiguousarray(t.load()).view(np.uint8).reshape(-1)
-                expected = t.type.nbytes(t.shape)
-                if data.size != expected:
-                    raise ValueError(f"tensor {t.name}: {data.size} bytes, {t.type.name} {list(t.shape)} takes {expected}")
                 f.seek(data_off + offset)
-                f.write(data)
-                infos.append(TensorInfo(t.name, t.type, tuple(int(d) for d in t.shape), offset,
-                                        expected, zlib.crc32(data)))
-                if progress:
-                    progress(expected)
+                crc, written = 0, 0
+                for chunk in t.chunks():
+                    data = np.ascontiguousarray(chunk).view(np.uint8).reshape(-1)
+                    f.write(data)
+                    crc, written = zlib.crc32(data, crc), written + data.size
+                    if progress:
+                        progress(data.size)
+                expected = t.type.nbytes(t.shape)
+                if written != expected:
+                    raise ValueError(f"tensor {t.name}: {written} bytes, {t.type.name} {list(t.shape)} takes {expected}")
+                infos.append(TensorInfo(t.name, t.type, tuple(int(d) for d in t.shape), offset, expected, crc))
             f.truncate(file_size)  # the last tensor's alignment padding
             index = _pack_index(infos)
             assert len(index) == index_size

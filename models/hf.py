@@ -183,19 +183,25 @@ def _tensor_names(names, n_layers: int) -> dict[str, str]:
     return out
 
 
+CHUNK_BYTES = 16 << 20  # source bytes converted at a time: bounds the converter's memory
+
+
 def _pending(name: str, src: SafetensorsFile, hf_name: str, target) -> PendingTensor:
     shape = src.shape(hf_name)
     t = choose_type(name, shape, target)
     source_type = SOURCE_TYPES[src.dtype(hf_name)]
 
-    def load() -> np.ndarray:
-        raw = src.raw(hf_name)
-        if source_type == t.name:
-            return raw  # already in the target type: copy the bytes exactly
-        x = bf16_to_f32(raw) if source_type == "bf16" else raw.astype(np.float32)
-        return quantize(x, t)
+    def chunks():
+        rows = src.rows(hf_name)
+        step = max(1, CHUNK_BYTES // max(1, src.nbytes(hf_name) // rows))
+        for start in range(0, rows, step):
+            raw = src.read_rows(hf_name, start, min(rows, start + step))
+            if source_type == t.name:
+                yield raw  # already in the target type: the bytes exactly
+            else:
+                yield quantize(bf16_to_f32(raw) if source_type == "bf16" else raw.astype(np.float32), t)
 
-    return PendingTensor(name, t, shape, load)
+    return PendingTensor(name, t, shape, chunks)
 
 
 def convert(src: str, out: str, type: str = "f16",

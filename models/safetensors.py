@@ -1,12 +1,14 @@
-"""Lazy safetensors reading by mmap: one tensor at a time, bf16 included.
+"""Lazy safetensors reading: rows of one tensor at a time, bf16 included.
 
+Rows are read with pread rather than through a map, so memory holds only the rows being
+converted (a map would keep every page read so far in the process's resident set).
 (The `safetensors` package's numpy API cannot return bf16, the dtype most checkpoints use.)
 Format: u64 header length | JSON {name: {dtype, shape, data_offsets: [begin, end]}} | data.
 """
 from __future__ import annotations
 
 import json
-import mmap
+import os
 import struct
 
 import numpy as np
@@ -33,7 +35,8 @@ class SafetensorsFile:
                 header = json.loads(f.read(n))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise ConvertError(f"{path}: corrupt safetensors header: {e}") from None
-            self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if not isinstance(header, dict):
+            raise ConvertError(f"{path}: corrupt safetensors header")
         header.pop("__metadata__", None)
         self.data_start = 8 + n
         self.entries = header
@@ -62,10 +65,28 @@ class SafetensorsFile:
     def shape(self, name: str) -> tuple:
         return tuple(self.entries[name]["shape"])
 
-    def raw(self, name: str) -> np.ndarray:
-        """The stored values, zero-copy: float32, float16, or bf16 bits as uint16."""
+    def nbytes(self, name: str) -> int:
+        begin, end = self.entries[name]["data_offsets"]
+        return end - begin
+
+    def rows(self, name: str) -> int:
+        """Rows of a tensor: its first axis, or 1 for a vector."""
+        shape = self.shape(name)
+        return shape[0] if len(shape) > 1 else 1
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as stored: float32, float16, or bf16 bits as uint16."""
         e = self.entries[name]
-        begin, end = e["data_offsets"]
         dt = np.dtype(DTYPES[e["dtype"]])
-        return np.frombuffer(self.mm, dtype=dt, count=(end - begin) // dt.itemsize,
-                             offset=self.data_start + begin).reshape(e["shape"])
+        begin = e["data_offsets"][0]
+        row_bytes = self.nbytes(name) // self.rows(name)
+        out = np.empty((stop - start) * row_bytes // dt.itemsize, dtype=dt)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            n = os.preadv(fd, [memoryview(out).cast("B")], self.data_start + begin + start * row_bytes)
+        finally:
+            os.close(fd)
+        if n != out.nbytes:
+            raise ConvertError(f"{self.path}: tensor {name} is cut short (did the file change while reading?)")
+        shape = e["shape"]
+        return out.reshape(stop - start, *shape[1:]) if len(shape) > 1 else out
