@@ -103,6 +103,8 @@ def forward(cfg: ModelConfig, w: Weights, inv_freq: np.ndarray, tokens, cache: K
     """Run `tokens` at positions cache.n, cache.n+1, ... and return their logits [T, V]
     (or [1, V] for the last token only)."""
     T, H, Hkv, hd = len(tokens), cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    if T == 0:
+        raise ValueError("forward() needs at least one token")
     n_past = cache.n
     if n_past + T > cache.n_ctx:
         raise ContextError(f"{n_past} + {T} tokens do not fit in the context of {cache.n_ctx}; "
