@@ -68,6 +68,7 @@ def generate(model: str = typer.Argument(..., help=".llmr model file"),
              top_k: int = typer.Option(40, "--top-k", min=0, help="0 disables"),
              top_p: float = typer.Option(0.95, "--top-p", min=0.0, max=1.0),
              seed: Optional[int] = typer.Option(None, "--seed"),
+             stop: Optional[list[str]] = typer.Option(None, "--stop", help="end at this text (repeatable)"),
              ctx: Optional[int] = typer.Option(None, "--ctx", min=1, help="context size (default: prompt + n)")):
     """Stream a continuation of a prompt to stdout; speeds go to stderr."""
     import llmrun
@@ -75,7 +76,7 @@ def generate(model: str = typer.Argument(..., help=".llmr model file"),
     cache = m.new_cache(ctx) if ctx else None
     last = None
     for last in llmrun.generate(m, prompt, max_tokens=n, temperature=temp, top_k=top_k,
-                                top_p=top_p if top_p > 0 else 1.0, seed=seed, cache=cache):
+                                top_p=top_p if top_p > 0 else 1.0, seed=seed, stop=stop, cache=cache):
         sys.stdout.write(last.text)
         sys.stdout.flush()
     sys.stdout.write("\n")

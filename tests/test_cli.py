@@ -41,6 +41,16 @@ def test_generate_streams_text(converted):
     assert "tok/s" in r.stderr
 
 
+def test_generate_stop_string(converted):
+    _, out = converted
+    m = llmrun.load(out)
+    free = "".join(x.text for x in llmrun.generate(m, "the", max_tokens=12, temperature=0))
+    stop = free[3:5]
+    r = run_cli("generate", out, "-p", "the", "-n", "12", "--temp", "0", "--stop", "zzz", "--stop", stop, check=True)
+    assert r.stdout == free[:free.find(stop)] + "\n"
+    assert "finish: stop" in r.stderr
+
+
 def test_tokenize(converted):
     _, out = converted
     r = run_cli("tokenize", out, "the theme", check=True)
