@@ -4,8 +4,8 @@
 them back. The rounding rules are the GGUF reference quantisers' (float32 arithmetic, scales
 stored as f16), so a tensor quantised here is what llama.cpp would write for it.
 
-Activations for the integer dot products are quantised on the fly into `q8_a` blocks:
-`{ f32 d; f32 s; int8 qs[32]; }` with d = max|x| / 127, q = round(x / d), s = d * sum(q).
+Activations for the integer dot products are quantised on the fly into `q16_a` blocks:
+`{ f32 d; f32 s; int16 qs[32]; }` with d = max|x| / 32767, q = round(x / d), s = d * sum(q).
 They never reach a file, so their scales stay f32; `s` lets q4_0 / q4_1 fold the weight's
 offset (-8 or m) into one multiply per block.
 """
@@ -16,7 +16,7 @@ import numpy as np
 from .types import BF16, F16, F32, Q4_0, Q4_1, Q8_0, QType, qtype
 
 QK = 32  # elements per block
-Q8A_BYTES = 40  # bytes per q8_a activation block
+Q16A_BYTES = 72  # bytes per q16_a activation block
 
 
 def _round_away(v: np.ndarray) -> np.ndarray:
@@ -140,17 +140,17 @@ def dequantize(data: np.ndarray, t, n: int) -> np.ndarray:
 
 # --- activations -------------------------------------------------------------------------------
 
-def quantize_q8a(x: np.ndarray):
-    """float32 [..., n] -> (d [..., nb], s [..., nb], q int8 [..., nb, 32]) as the kernels make them."""
+def quantize_q16a(x: np.ndarray):
+    """float32 [..., n] -> (d [..., nb], s [..., nb], q int16 [..., nb, 32]) as the kernels make them."""
     b = _blocks(np.ascontiguousarray(x, dtype=np.float32))
-    d = np.abs(b).max(axis=-1) / np.float32(127)
-    q = _round_away(b * _inverse(d)[..., None]).astype(np.int8)
+    d = np.abs(b).max(axis=-1) / np.float32(32767)
+    q = _round_away(b * _inverse(d)[..., None]).astype(np.int16)
     s = d * q.astype(np.int32).sum(axis=-1).astype(np.float32)
     return d, s, q
 
 
-def q8a_to_bytes(d, s, q) -> np.ndarray:
-    """The q8_a blocks as bytes [..., nb * 40], for comparing with a kernel's output."""
+def q16a_to_bytes(d, s, q) -> np.ndarray:
+    """The q16_a blocks as bytes [..., nb * 72], for comparing with a kernel's output."""
     return _to_bytes([d[..., None].astype(np.float32), s[..., None].astype(np.float32), q], d.shape[:-1])
 
 
@@ -159,7 +159,7 @@ def matmul(w: np.ndarray, t, x: np.ndarray) -> np.ndarray:
 
     w: uint8 [N, row_bytes(K)] of type t; x: float32 [T, K]  ->  float32 [T, N].
     Float weights multiply the float32 activations directly. Quantised weights multiply
-    q8_a activations block by block, with the integer sums exact:
+    q16_a activations block by block, with the integer sums exact:
         q8_0:  sum_b dw * da * sum(qw * qa)
         q4_0:  sum_b dw * (da * sum(qw * qa) - 8 * sa)
         q4_1:  sum_b dw * da * sum(qw * qa) + mw * sa
@@ -171,7 +171,7 @@ def matmul(w: np.ndarray, t, x: np.ndarray) -> np.ndarray:
         return (x.astype(np.float64) @ dequantize(w, t, k).astype(np.float64).T).astype(np.float32)
     blocks = _split_blocks(w, t, k)  # [N, nb, type_size]
     dw = _f16_field(blocks, 0)[..., 0].astype(np.float64)  # [N, nb]
-    da, sa, qa = quantize_q8a(x)  # [T, nb], [T, nb], [T, nb, 32]
+    da, sa, qa = quantize_q16a(x)  # [T, nb], [T, nb], [T, nb, 32]
     if t is Q8_0:
         qw = np.ascontiguousarray(blocks[..., 2:]).view(np.int8)
     else:

@@ -3,7 +3,7 @@
 #include "llmrun.h"
 
 size_t llmr_matmul_scratch(const llmr_type_traits *t, int64_t rows, int64_t k) {
-    return t->act == LLMR_ACT_Q8_A ? (size_t)rows * (size_t)(k / QK) * sizeof(block_q8_a) : 0;
+    return t->act == LLMR_ACT_Q16_A ? (size_t)rows * (size_t)(k / QK) * sizeof(block_q16_a) : 0;
 }
 
 void llmr_matmul(const llmr_kernels *kern, int type, float *out, const float *x, const void *w,
@@ -15,11 +15,11 @@ void llmr_matmul(const llmr_kernels *kern, int type, float *out, const float *x,
     /* Quantise each activation row once; every weight row then reuses it. */
     const void *act = x;
     size_t act_row = (size_t)k * sizeof(float);
-    if (tr->act == LLMR_ACT_Q8_A) {
+    if (tr->act == LLMR_ACT_Q16_A) {
         for (int64_t ti = 0; ti < t; ti++)
-            kern->quantize_q8_a(x + ti * k, (block_q8_a *)scratch + ti * (k / QK), k);
+            kern->quantize_q16_a(x + ti * k, (block_q16_a *)scratch + ti * (k / QK), k);
         act = scratch;
-        act_row = (size_t)(k / QK) * sizeof(block_q8_a);
+        act_row = (size_t)(k / QK) * sizeof(block_q16_a);
     }
 
     /* Weight rows outer: a row stays in cache while every token uses it, and the weights,

@@ -1,4 +1,4 @@
-/* Scalar quantisers and dequantisers, one pair per type, plus the q8_a activation quantiser.
+/* Scalar quantisers and dequantisers, one pair per type, plus the q16_a activation quantiser.
  *
  * Byte-exact with quant/reference.py, which follows GGUF's reference quantisers: every step is
  * one float32 operation in the same order (the build turns off FMA contraction, which would
@@ -147,14 +147,14 @@ void dequantize_row_q4_1_ref(const void *x, float *y, int64_t k) {
     }
 }
 
-void quantize_row_q8_a_ref(const float *x, block_q8_a *y, int64_t k) {
+void quantize_row_q16_a_ref(const float *x, block_q16_a *y, int64_t k) {
     for (int64_t i = 0; i < k / QK; i++, x += QK) {
-        const float d = abs_max(x) / 127.0f;
+        const float d = abs_max(x) / 32767.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
         int sum = 0;
         for (int j = 0; j < QK; j++) {
             const int q = round_away(x[j] * id);
-            y[i].qs[j] = (int8_t)q;
+            y[i].qs[j] = (int16_t)q;
             sum += q;
         }
         y[i].d = d;

@@ -6,11 +6,11 @@ static const llmr_type_traits TRAITS[LLMR_TYPE_COUNT] = {
     [LLMR_TYPE_F32] = {"f32", 1, 4, LLMR_ACT_F32, quantize_row_f32_ref, dequantize_row_f32_ref},
     [LLMR_TYPE_F16] = {"f16", 1, 2, LLMR_ACT_F32, quantize_row_f16_ref, dequantize_row_f16_ref},
     [LLMR_TYPE_BF16] = {"bf16", 1, 2, LLMR_ACT_F32, quantize_row_bf16_ref, dequantize_row_bf16_ref},
-    [LLMR_TYPE_Q8_0] = {"q8_0", QK, sizeof(block_q8_0), LLMR_ACT_Q8_A, quantize_row_q8_0_ref,
+    [LLMR_TYPE_Q8_0] = {"q8_0", QK, sizeof(block_q8_0), LLMR_ACT_Q16_A, quantize_row_q8_0_ref,
                         dequantize_row_q8_0_ref},
-    [LLMR_TYPE_Q4_0] = {"q4_0", QK, sizeof(block_q4_0), LLMR_ACT_Q8_A, quantize_row_q4_0_ref,
+    [LLMR_TYPE_Q4_0] = {"q4_0", QK, sizeof(block_q4_0), LLMR_ACT_Q16_A, quantize_row_q4_0_ref,
                         dequantize_row_q4_0_ref},
-    [LLMR_TYPE_Q4_1] = {"q4_1", QK, sizeof(block_q4_1), LLMR_ACT_Q8_A, quantize_row_q4_1_ref,
+    [LLMR_TYPE_Q4_1] = {"q4_1", QK, sizeof(block_q4_1), LLMR_ACT_Q16_A, quantize_row_q4_1_ref,
                         dequantize_row_q4_1_ref},
 };
 

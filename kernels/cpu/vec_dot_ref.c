@@ -44,9 +44,9 @@ void vec_dot_bf16_f32_ref(int64_t k, float *s, const void *w, const void *a) {
 
 /* Quantised weights: integer sums per block (exact in int32), one float step per block. */
 
-void vec_dot_q8_0_q8_a_ref(int64_t k, float *s, const void *w, const void *a) {
+void vec_dot_q8_0_q16_a_ref(int64_t k, float *s, const void *w, const void *a) {
     const block_q8_0 *x = w;
-    const block_q8_a *y = a;
+    const block_q16_a *y = a;
     float sum = 0.0f;
     for (int64_t i = 0; i < k / QK; i++) {
         int32_t isum = 0;
@@ -58,7 +58,7 @@ void vec_dot_q8_0_q8_a_ref(int64_t k, float *s, const void *w, const void *a) {
 }
 
 /* sum(q * qa) for one block of 4-bit weights (element j low nibble, j + 16 high nibble). */
-static inline int32_t isum_q4(const uint8_t *qs, const int8_t *qa) {
+static inline int32_t isum_q4(const uint8_t *qs, const int16_t *qa) {
     int32_t isum = 0;
     for (int j = 0; j < QK / 2; j++)
         isum += (qs[j] & 0x0F) * qa[j] + (qs[j] >> 4) * qa[j + QK / 2];
@@ -66,9 +66,9 @@ static inline int32_t isum_q4(const uint8_t *qs, const int8_t *qa) {
 }
 
 /* sum d (q - 8) a = d (da sum(q qa) - 8 sa): the offset costs one multiply per block. */
-void vec_dot_q4_0_q8_a_ref(int64_t k, float *s, const void *w, const void *a) {
+void vec_dot_q4_0_q16_a_ref(int64_t k, float *s, const void *w, const void *a) {
     const block_q4_0 *x = w;
-    const block_q8_a *y = a;
+    const block_q16_a *y = a;
     float sum = 0.0f;
     for (int64_t i = 0; i < k / QK; i++)
         sum += llmr_f16_to_f32(x[i].d) * (y[i].d * (float)isum_q4(x[i].qs, y[i].qs) - 8.0f * y[i].s);
@@ -76,9 +76,9 @@ void vec_dot_q4_0_q8_a_ref(int64_t k, float *s, const void *w, const void *a) {
 }
 
 /* sum (d q + m) a = d da sum(q qa) + m sa. */
-void vec_dot_q4_1_q8_a_ref(int64_t k, float *s, const void *w, const void *a) {
+void vec_dot_q4_1_q16_a_ref(int64_t k, float *s, const void *w, const void *a) {
     const block_q4_1 *x = w;
-    const block_q8_a *y = a;
+    const block_q16_a *y = a;
     float sum = 0.0f;
     for (int64_t i = 0; i < k / QK; i++)
         sum += llmr_f16_to_f32(x[i].d) * y[i].d * (float)isum_q4(x[i].qs, y[i].qs) + llmr_f16_to_f32(x[i].m) * y[i].s;

@@ -49,18 +49,21 @@ typedef struct {
 } block_q4_1; /* x = d * q + m */
 #pragma pack(pop)
 
-/* Activations quantised on the fly for the integer dot products. Never stored in a file, so
- * the scales stay f32; s = d * sum(qs) lets q4_0 / q4_1 apply their offset once per block. */
+/* Activations quantised on the fly for the integer dot products. 16 bits, not 8: activations
+ * carry outliers that set a block's scale, and at 8 bits the rest of the block loses enough to
+ * move SmolLM2's logits by KL 2.6e-3 against exact weights (at 16 bits: below 1e-6). Never
+ * stored in a file, so the scales stay f32; s = d * sum(qs) lets q4_0 / q4_1 apply their
+ * offset once per block. Integer sums fit int32: 32 * 128 * 32767 < 2^31. */
 typedef struct {
     float d;
     float s;
-    int8_t qs[QK];
-} block_q8_a;
+    int16_t qs[QK];
+} block_q16_a;
 
 _Static_assert(sizeof(block_q8_0) == 34, "block_q8_0 must be packed");
 _Static_assert(sizeof(block_q4_0) == 18, "block_q4_0 must be packed");
 _Static_assert(sizeof(block_q4_1) == 20, "block_q4_1 must be packed");
-_Static_assert(sizeof(block_q8_a) == 40, "block_q8_a has no padding");
+_Static_assert(sizeof(block_q16_a) == 72, "block_q16_a has no padding");
 
 /* ---- f16 / bf16 <-> f32 --------------------------------------------------------------------
  * Bit manipulation only, so results do not depend on the CPU having F16C or on the compiler
@@ -131,7 +134,7 @@ typedef void (*llmr_dequantize_fn)(const void *x, float *y, int64_t k);
 typedef void (*llmr_vec_dot_fn)(int64_t k, float *s, const void *w, const void *a);
 
 /* What a weight type's vec_dot multiplies against. */
-enum llmr_act { LLMR_ACT_F32, LLMR_ACT_Q8_A };
+enum llmr_act { LLMR_ACT_F32, LLMR_ACT_Q16_A };
 
 /* Facts about a weight type that do not depend on the ISA. */
 typedef struct {
@@ -153,7 +156,7 @@ int64_t llmr_row_bytes(const llmr_type_traits *t, int64_t k);
 typedef struct {
     const char *isa;
     llmr_vec_dot_fn vec_dot[LLMR_TYPE_COUNT]; /* by weight type id */
-    void (*quantize_q8_a)(const float *x, block_q8_a *y, int64_t k);
+    void (*quantize_q16_a)(const float *x, block_q16_a *y, int64_t k);
     /* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, for rows r of d elements */
     void (*rmsnorm)(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
     /* in place on x [t][h][hd], rotate-half convention, angle = pos[t] * inv_freq[i] */
@@ -177,7 +180,7 @@ void quantize_row_bf16_ref(const float *x, void *y, int64_t k);
 void quantize_row_q8_0_ref(const float *x, void *y, int64_t k);
 void quantize_row_q4_0_ref(const float *x, void *y, int64_t k);
 void quantize_row_q4_1_ref(const float *x, void *y, int64_t k);
-void quantize_row_q8_a_ref(const float *x, block_q8_a *y, int64_t k);
+void quantize_row_q16_a_ref(const float *x, block_q16_a *y, int64_t k);
 
 void dequantize_row_f32_ref(const void *x, float *y, int64_t k);
 void dequantize_row_f16_ref(const void *x, float *y, int64_t k);
@@ -189,9 +192,9 @@ void dequantize_row_q4_1_ref(const void *x, float *y, int64_t k);
 void vec_dot_f32_f32_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_f16_f32_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_bf16_f32_ref(int64_t k, float *s, const void *w, const void *a);
-void vec_dot_q8_0_q8_a_ref(int64_t k, float *s, const void *w, const void *a);
-void vec_dot_q4_0_q8_a_ref(int64_t k, float *s, const void *w, const void *a);
-void vec_dot_q4_1_q8_a_ref(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q8_0_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q4_0_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q4_1_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
 
 void rmsnorm_ref(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
 void rope_ref(float *x, const int32_t *pos, const float *inv_freq, int64_t t, int64_t h, int64_t hd);
@@ -210,7 +213,7 @@ int llmr_isas(const char **names, int cap);
 
 /* ---- type-agnostic loops (matmul.c) ------------------------------------------------------- */
 
-/* Bytes of q8_a scratch llmr_matmul needs for t rows of k (0 for float weight types). */
+/* Bytes of q16_a scratch llmr_matmul needs for t rows of k (0 for float weight types). */
 size_t llmr_matmul_scratch(const llmr_type_traits *t, int64_t rows, int64_t k);
 /* out[t][n] = dot(W[n], x[t]) for W: n rows of `type`, x: t rows of k floats. */
 void llmr_matmul(const llmr_kernels *kern, int type, float *out, const float *x, const void *w,

@@ -242,7 +242,7 @@ done:
     return ret;
 }
 
-/* Shared by quantize and quantize_q8a: x [..., K] float32 -> out, exactly rows * row_bytes. */
+/* Shared by quantize and quantize_q16a: x [..., K] float32 -> out, exactly rows * row_bytes. */
 static int get_quantize_buffers(PyObject *o_out, PyObject *o_x, Py_buffer *out, Py_buffer *x,
                                 Py_ssize_t block_size, Py_ssize_t block_bytes, const char *what) {
     if (get_buffer(o_out, out, "out", RAW, 1, 0, MAX_NDIM) || get_buffer(o_x, x, "x", F32, 0, 1, MAX_NDIM))
@@ -284,22 +284,22 @@ done:
     return ret;
 }
 
-static PyObject *py_quantize_q8a(PyObject *self, PyObject *args) {
+static PyObject *py_quantize_q16a(PyObject *self, PyObject *args) {
     PyObject *o_out, *o_x;
-    if (!PyArg_ParseTuple(args, "OO:quantize_q8a", &o_out, &o_x))
+    if (!PyArg_ParseTuple(args, "OO:quantize_q16a", &o_out, &o_x))
         return NULL;
     Py_buffer v[2] = {{0}}, *out = &v[0], *x = &v[1];
     PyObject *ret = NULL;
-    if (get_quantize_buffers(o_out, o_x, out, x, QK, sizeof(block_q8_a), "q8_a"))
+    if (get_quantize_buffers(o_out, o_x, out, x, QK, sizeof(block_q16_a), "q16_a"))
         goto done;
-    if ((uintptr_t)out->buf % _Alignof(block_q8_a)) {
-        PyErr_SetString(PyExc_ValueError, "out: q8_a blocks must be 4-byte aligned");
+    if ((uintptr_t)out->buf % _Alignof(block_q16_a)) {
+        PyErr_SetString(PyExc_ValueError, "out: q16_a blocks must be 4-byte aligned");
         goto done;
     }
     const Py_ssize_t k = last_dim(x), rows = leading_rows(x);
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t r = 0; r < rows; r++)
-        kern->quantize_q8_a((const float *)x->buf + r * k, (block_q8_a *)out->buf + r * (k / QK), k);
+        kern->quantize_q16_a((const float *)x->buf + r * k, (block_q16_a *)out->buf + r * (k / QK), k);
     Py_END_ALLOW_THREADS
     ret = Py_NewRef(Py_None);
 done:
@@ -464,15 +464,15 @@ static PyMethodDef methods[] = {
     {"matmul", py_matmul, METH_VARARGS,
      "matmul(out, x, w, wtype): out[t, n] = dot(W[n], x[t]). x float32 [T, K] or [K]; out float32\n"
      "[T, N] or [N]; w the bytes of N rows of type id wtype. Quantised types multiply x quantised\n"
-     "to q8_a blocks (K a multiple of 32)."},
+     "to q16_a blocks (K a multiple of 32)."},
     {"get_rows", py_get_rows, METH_VARARGS,
      "get_rows(out, w, wtype, ids): out[i] = dequantised row ids[i] of W. out float32 [n, K],\n"
      "ids int32 [n] each in [0, rows of w)."},
     {"quantize", py_quantize, METH_VARARGS,
      "quantize(out, x, wtype): float32 x [..., K] -> the bytes of type wtype into out (exactly\n"
      "rows * row_bytes(wtype, K) bytes); byte-exact with quant.reference.quantize."},
-    {"quantize_q8a", py_quantize_q8a, METH_VARARGS,
-     "quantize_q8a(out, x): float32 x [..., K] -> q8_a activation blocks {f32 d, f32 s, int8 qs[32]}."},
+    {"quantize_q16a", py_quantize_q16a, METH_VARARGS,
+     "quantize_q16a(out, x): float32 x [..., K] -> q16_a activation blocks {f32 d, f32 s, int16 qs[32]}."},
     {"row_bytes", py_row_bytes, METH_VARARGS, "row_bytes(wtype, k) -> bytes in a row of k elements."},
     {"rmsnorm", py_rmsnorm, METH_VARARGS,
      "rmsnorm(out, x, w, eps): out = x / sqrt(mean(x^2, last axis) + eps) * w. x, out float32\n"
