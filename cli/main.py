@@ -43,25 +43,45 @@ class _Progress:
 
 
 @app.command()
-def convert(src: str = typer.Argument(..., help="Hugging Face checkpoint directory"),
+def convert(src: str = typer.Argument(..., help="Hugging Face checkpoint directory or GGUF file"),
             out: str = typer.Argument(..., help="the .llmr file to write"),
-            type: str = typer.Option("f16", "--type", "-t", help="f32, f16, bf16, q8_0, q4_0 or q4_1")):
+            type: Optional[str] = typer.Option(None, "--type", "-t", help="f32, f16, bf16, q8_0, q4_0 or q4_1 "
+                                               "(default: a GGUF's own types, f16 for a checkpoint)")):
     """Convert a checkpoint into one .llmr file (norms and biases stay f32)."""
     from llmrun.models import convert as run_convert
     from llmrun.quant import qtype
-    qtype(type)  # a bad --type fails before any work
-    bar = _Progress(f"converting to {type}")
+    if type is not None:
+        qtype(type)  # a bad --type fails before any work
+    bar = _Progress(f"converting to {type or 'llmr'}")
     try:
         meta = run_convert(src, out, type, bar)
     finally:
         bar.close()
-    cfg = meta["config"]
+    cfg, prov = meta["config"], meta["provenance"]
+    types = ", ".join(f"{k} x{v}" for k, v in prov["tensor_types"].items())
     typer.echo(f"wrote {out}: {cfg['arch']}, {cfg['n_layers']} layers, dim {cfg['dim']}, "
-               f"{type}, {_bytes(os.path.getsize(out))}", err=True)
+               f"{_bytes(os.path.getsize(out))}; tensors: {types}", err=True)
+
+
+MODEL_HELP = (".llmr file, GGUF file, Hugging Face checkpoint directory or model name "
+              "(default: smollm2-135m-instruct, downloaded on first use)")
+
+
+def _open_model(model: Optional[str]):
+    """Load what the user named, fetching the default model or converting a GGUF/checkpoint
+    into the cache on first use."""
+    import llmrun
+    from llmrun import store
+    bar = _Progress("converting")
+    try:
+        path = store.resolve(model, download=True, progress=bar)
+    finally:
+        bar.close()
+    return llmrun.load(path)
 
 
 @app.command()
-def generate(model: str = typer.Argument(..., help=".llmr model file"),
+def generate(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
              prompt: str = typer.Option(..., "--prompt", "-p"),
              n: int = typer.Option(128, "--n-predict", "-n", min=1, help="tokens to generate"),
              temp: float = typer.Option(0.8, "--temp", min=0.0, help="0 is greedy"),
@@ -72,7 +92,7 @@ def generate(model: str = typer.Argument(..., help=".llmr model file"),
              ctx: Optional[int] = typer.Option(None, "--ctx", min=1, help="context size (default: prompt + n)")):
     """Stream a continuation of a prompt to stdout; speeds go to stderr."""
     import llmrun
-    m = llmrun.load(model)
+    m = _open_model(model)
     cache = m.new_cache(ctx) if ctx else None
     last = None
     for last in llmrun.generate(m, prompt, max_tokens=n, temperature=temp, top_k=top_k,
@@ -86,16 +106,15 @@ def generate(model: str = typer.Argument(..., help=".llmr model file"),
 
 
 @app.command()
-def info(model: str = typer.Argument(..., help=".llmr model file"),
+def info(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
          verify: bool = typer.Option(False, "--verify", help="check every tensor's checksum"),
          tensors: bool = typer.Option(False, "--tensors", help="list every tensor")):
     """Show a model's config, tensor types and sizes, and the kernel path in use."""
-    import llmrun
     from llmrun import cpu
-    m = llmrun.load(model)
+    m = _open_model(model)
     f = m.file
     cfg = m.config
-    typer.echo(f"file:        {model} ({_bytes(os.path.getsize(model))})")
+    typer.echo(f"file:        {f.path} ({_bytes(os.path.getsize(f.path))})")
     typer.echo(f"model:       {cfg.arch}, {cfg.n_layers} layers, dim {cfg.dim}, ffn {cfg.ffn_dim}, "
                f"heads {cfg.n_heads}/{cfg.n_kv_heads} (q/kv), head dim {cfg.head_dim}, vocab {cfg.vocab_size}")
     typer.echo(f"context:     {cfg.max_seq_len}, rope theta {cfg.rope_theta:g}"
@@ -115,6 +134,8 @@ def info(model: str = typer.Argument(..., help=".llmr model file"),
     prov = f.metadata.get("provenance", {})
     typer.echo(f"provenance:  {prov.get('source_format', '?')} {prov.get('source', '')}, "
                f"{prov.get('converter', '?')}, type {prov.get('type', '?')}")
+    if prov.get("tensor_types"):
+        typer.echo("conversion:  " + ", ".join(f"{k} x{v}" for k, v in prov["tensor_types"].items()))
     typer.echo(f"kernels:     {cpu.isa()}")
     if tensors:
         for t in f.tensors.values():
@@ -133,20 +154,44 @@ def info(model: str = typer.Argument(..., help=".llmr model file"),
         finally:
             bar.close()
         if bad:
-            typer.echo(f"llmrun: error: {model}: checksum mismatch in {len(bad)} tensors: "
+            typer.echo(f"llmrun: error: {f.path}: checksum mismatch in {len(bad)} tensors: "
                        f"{', '.join(bad[:5])}; the file is corrupt", err=True)
             raise typer.Exit(1)
         typer.echo(f"verify:      all {len(f.tensors)} tensor checksums match")
 
 
 @app.command()
-def tokenize(model: str = typer.Argument(..., help=".llmr model file"),
+def tokenize(model: str = typer.Argument(..., help=".llmr, GGUF (vocabulary-only too), tokenizer.model, "
+                                                  "tokenizer.json or Hugging Face directory"),
              text: str = typer.Argument(...),
              no_special: bool = typer.Option(False, "--no-special", help="do not add BOS or other special tokens")):
     """Print the token ids of TEXT."""
     import llmrun
-    m = llmrun.load(model)
-    typer.echo(" ".join(map(str, m.tokenizer.encode(text, add_special_tokens=not no_special))))
+    tok = llmrun.load_tokenizer(model)
+    typer.echo(" ".join(map(str, tok.encode(text, add_special_tokens=not no_special))))
+
+
+@app.command()
+def pull(model: str = typer.Argument("smollm2-135m-instruct", help="model name, GGUF file or checkpoint directory")):
+    """Download a named model (or convert a GGUF/checkpoint) into the cache."""
+    from llmrun import store
+    bar = _Progress("converting")
+    try:
+        path = store.resolve(model, download=True, progress=bar)
+    finally:
+        bar.close()
+    typer.echo(path)
+
+
+@app.command("list")
+def list_models():
+    """Show the models in the cache ($LLMRUN_HOME, default ~/.cache/llmrun)."""
+    from llmrun import store
+    models = store.cached()
+    if not models:
+        typer.echo(f"no models in {store.home()}; `llmrun pull` fetches the default one", err=True)
+    for path, size in models:
+        typer.echo(f"{_bytes(size):>10}  {path}")
 
 
 def main() -> None:

@@ -8,8 +8,9 @@
 from .errors import ContextError, ConvertError, FormatError, LlmrunError
 from .model import KVCache, Model, load
 from .generate import GenerationResponse, Sampler, generate
+from .tokenizer import Tokenizer, load_tokenizer
 
 __version__ = "0.1.0"
 
-__all__ = ["load", "generate", "Model", "KVCache", "Sampler", "GenerationResponse",
+__all__ = ["load", "load_tokenizer", "Tokenizer", "generate", "Model", "KVCache", "Sampler", "GenerationResponse",
            "LlmrunError", "FormatError", "ConvertError", "ContextError", "__version__"]

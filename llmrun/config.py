@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-ROPE_SCALINGS = ("linear", "llama3")
+ROPE_SCALINGS = ("linear", "llama3", "factors")
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,9 @@ class ModelConfig:
     max_seq_len: int  # the context the model was trained for
     tie_embeddings: bool  # the output head is the embedding table
     attn_bias: bool = False  # q/k/v projections carry biases (Qwen2)
-    rope_scaling: dict | None = None  # {"type": "linear" | "llama3", "factor": ..., ...}
+    # {"type": "linear", "factor"}, {"type": "llama3", "factor", ...} or
+    # {"type": "factors", "factors": [hd/2 divisors]} (what Llama 3.1 GGUFs store)
+    rope_scaling: dict | None = None
     arch: str = "llama"
 
     def __post_init__(self):
@@ -66,4 +68,6 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
         scaled = np.where(wavelen > old_ctx / lo, inv_freq / factor, inv_freq)
         medium = (wavelen >= old_ctx / hi) & (wavelen <= old_ctx / lo)
         inv_freq = np.where(medium, (1 - smooth) * inv_freq / factor + smooth * inv_freq, scaled)
+    elif s["type"] == "factors":
+        inv_freq = inv_freq / np.asarray(s["factors"], dtype=np.float64)
     return inv_freq.astype(np.float32)

@@ -243,8 +243,7 @@ class LlmrFile:
         p = self.path
         if len(head) < 8 or head[:8] != MAGIC:
             if head[:4] == b"GGUF":
-                raise FormatError(f"{p}: this is a GGUF file, not .llmr; GGUF import is not supported yet: "
-                                  "convert the Hugging Face checkpoint with `llmrun convert`")
+                raise FormatError(f"{p}: this is a GGUF file, not .llmr; convert it with `llmrun convert`")
             raise FormatError(f"{p}: not a .llmr file (bad magic); convert a model with `llmrun convert`")
         if len(head) < HEADER_SIZE:
             raise FormatError(f"{p}: truncated: {size} bytes, shorter than the {HEADER_SIZE}-byte header")

@@ -7,6 +7,7 @@ Hkv key/value heads, hd head width, F feed-forward width, V vocabulary, C contex
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,5 +169,19 @@ class Model:
 
 
 def load(path) -> Model:
-    """Open a .llmr file. Weights stay in the page cache; nothing is copied or repacked."""
-    return Model(str(path))
+    """Open a .llmr file: weights stay in the page cache; nothing is copied or repacked.
+    A GGUF file or a Hugging Face checkpoint directory is converted into the model cache on
+    first use (see llmrun.store) and loaded from there."""
+    path = str(path)
+    if os.path.isdir(path) or _is_gguf(path):
+        from .store import convert_into_cache
+        path = convert_into_cache(path)
+    return Model(path)
+
+
+def _is_gguf(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False

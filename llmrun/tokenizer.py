@@ -18,6 +18,7 @@ class Tokenizer:
         self.bos_id = special.get("bos_id")
         self.eos_ids = list(special.get("eos_ids") or [])
         self.add_bos = bool(special.get("add_bos", False))
+        self.add_eos = bool(special.get("add_eos", False))  # a few GGUF vocabularies ask for it
 
     @staticmethod
     def from_metadata(info: dict | None, blob: bytes, path: str = "model") -> "Tokenizer":
@@ -79,6 +80,8 @@ class SentencePieceTokenizer(Tokenizer):
         ids = self._sp.encode(text)
         if add_special_tokens and self.add_bos and self.bos_id is not None:
             ids = [self.bos_id] + ids
+        if add_special_tokens and self.add_eos and self._sp.eos_id() >= 0:
+            ids = ids + [self._sp.eos_id()]
         return ids
 
     def decode(self, ids):
@@ -122,3 +125,42 @@ class StreamDecoder:
         text = self.tok.decode(self.ids[self.prefix:])
         self.prefix = self.read = len(self.ids)
         return text[len(emitted):]
+
+
+def load_tokenizer(path) -> Tokenizer:
+    """The tokenizer of a .llmr file, a GGUF file (vocabulary-only ones too), a
+    `tokenizer.model`, a `tokenizer.json`, or a Hugging Face checkpoint directory, without
+    loading any weights."""
+    import os
+    from .errors import LlmrunError
+    path = str(path)
+    if os.path.isdir(path):
+        from .models.hf import _read_json, read_tokenizer
+        info, blob = read_tokenizer(path, _read_json(os.path.join(path, "config.json"), required=False))
+        return Tokenizer.from_metadata(info, blob, path)
+    if not os.path.isfile(path):
+        raise LlmrunError(f"{path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:4] == b"GGUF":
+        from .models.gguf_file import GGUFFile
+        from .models.gguf_tokenizer import tokenizer_from_gguf
+        info, blob = tokenizer_from_gguf(GGUFFile(path).metadata)
+        return Tokenizer.from_metadata(info, blob, path)
+    from .format import MAGIC, LlmrFile
+    if head == MAGIC:
+        f = LlmrFile(path)
+        return Tokenizer.from_metadata(f.metadata.get("tokenizer"), bytes(f.tokenizer_blob), path)
+    with open(path, "rb") as f:
+        blob = f.read()
+    if path.endswith(".json"):
+        return Tokenizer.from_metadata({"kind": "bpe"}, blob, path)
+    import sentencepiece as spm
+    try:
+        sp = spm.SentencePieceProcessor(model_proto=blob)
+    except Exception:
+        raise LlmrunError(f"{path}: not a .llmr, GGUF, tokenizer.json or sentencepiece model") from None
+    bos = sp.bos_id()
+    return Tokenizer.from_metadata({"kind": "spm", "bos_id": bos if bos >= 0 else None,
+                                    "eos_ids": [sp.eos_id()] if sp.eos_id() >= 0 else [], "add_bos": bos >= 0},
+                                   blob, path)

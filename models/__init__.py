@@ -7,15 +7,29 @@ from typing import Callable
 from ..errors import ConvertError
 
 
-def convert(src: str, out: str, type: str = "f16", progress: Callable[[int, int], None] | None = None) -> dict:
-    """Convert `src` (a Hugging Face checkpoint directory) into the .llmr file `out`."""
+def source_kind(src: str) -> str:
+    """"hf" (a checkpoint directory), "gguf", "llmr", or "other" (any other file)."""
+    if os.path.isdir(src):
+        return "hf"
     if not os.path.exists(src):
         raise ConvertError(f"{src} does not exist")
-    if os.path.isdir(src):
-        from .hf import convert as convert_hf
-        return convert_hf(src, out, type, progress)
     with open(src, "rb") as f:
-        magic = f.read(4)
-    if magic == b"GGUF":
-        raise ConvertError(f"{src}: GGUF import is not supported yet; convert the Hugging Face checkpoint instead")
-    raise ConvertError(f"{src}: not a Hugging Face checkpoint directory")
+        magic = f.read(8)
+    from ..format import MAGIC
+    return "gguf" if magic[:4] == b"GGUF" else "llmr" if magic == MAGIC else "other"
+
+
+def convert(src: str, out: str, type: str | None = None,
+            progress: Callable[[int, int], None] | None = None) -> dict:
+    """Convert `src` (a Hugging Face checkpoint directory or a GGUF file) into the .llmr file
+    `out`. `type` None keeps a GGUF's types where we run them, and means f16 for a checkpoint."""
+    kind = source_kind(src)
+    if kind == "hf":
+        from .hf import convert as convert_hf
+        return convert_hf(src, out, type or "f16", progress)
+    if kind == "gguf":
+        from .gguf import convert as convert_gguf
+        return convert_gguf(src, out, type, progress)
+    if kind == "llmr":
+        raise ConvertError(f"{src} is already a .llmr file")
+    raise ConvertError(f"{src}: neither a Hugging Face checkpoint directory nor a GGUF file")

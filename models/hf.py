@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from typing import Callable
 
 import numpy as np
@@ -223,14 +224,16 @@ def convert(src: str, out: str, type: str = "f16",
         raise ConvertError(f"{src}: missing tensors {sorted(expected - ours)[:5]}")
     tok_info, tok_blob = read_tokenizer(src, c)
 
-    tensors = [_pending(ours_name, where[hf], hf, target) for hf, ours_name in names.items()
-               if ours_name in expected]
+    kept = [(hf, ours_name) for hf, ours_name in names.items() if ours_name in expected]
+    tensors = [_pending(ours_name, where[hf], hf, target) for hf, ours_name in kept]
+    conversions = Counter(f"{SOURCE_TYPES[where[hf].dtype(hf)]}->{t.type.name}" for (hf, _), t in zip(kept, tensors))
     meta = {
         "config": cfg.to_dict(),
         "tokenizer": tok_info,
         "chat_template": read_chat_template(src),
         "provenance": {"source": os.path.basename(os.path.abspath(src)), "source_format": "hf-safetensors",
                        "converter": f"llmrun {__version__}", "type": target.name,
+                       "tensor_types": dict(sorted(conversions.items())),
                        "policy": "norms and biases f32; embeddings and output head at least q8_0 for 4-bit types"},
     }
     total = sum(t.type.nbytes(t.shape) for t in tensors)

@@ -17,6 +17,13 @@ SHARED = ROOT.parent / "shared"
 ASSETS = Path(os.environ.get("LLMRUN_TEST_ASSETS", Path.home() / ".cache" / "llmrun-test-assets"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_model_cache(tmp_path_factory):
+    """Models converted or pulled by tests go to a temporary $LLMRUN_HOME, not the user's cache
+    (subprocesses inherit it)."""
+    os.environ["LLMRUN_HOME"] = str(tmp_path_factory.mktemp("llmrun-home"))
+
+
 # --- tiny tokenizers ---------------------------------------------------------------------------
 
 def byte_level_tokenizer_json(specials=("<s>", "</s>")) -> str:

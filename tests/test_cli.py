@@ -75,7 +75,7 @@ def test_info_verify_reports_corruption(converted, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["info", "/nonexistent.llmr"], "No such file"),
+    (["info", "/nonexistent.llmr"], "does not exist"),
     (["generate", "{bad}", "-p", "x"], "bad magic"),
     (["convert", "/nonexistent-dir", "{tmp}/x.llmr"], "does not exist"),
     (["convert", "{hf}", "{tmp}/x.llmr", "--type", "q5_9"], "unknown tensor type"),

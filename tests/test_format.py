@@ -69,7 +69,6 @@ def _damaged(tmp_path, good, edit):
     (lambda b: b.__delitem__(slice(len(b) - 1000, None)), "truncated"),
     (lambda b: b.__delitem__(slice(100, None)), "truncated"),
     (lambda b: b.__setitem__(slice(0, 8), b"NOTLLMR!"), "bad magic"),
-    (lambda b: b.__setitem__(slice(0, 4), b"GGUF"), "GGUF"),
     (lambda b: b.__setitem__(slice(8, 12), struct.pack(">I", 0x01020304)), "byte-order"),
     (lambda b: b.__setitem__(slice(12, 14), struct.pack("<H", 9)), "version 9"),
     (lambda b: b.__setitem__(40, b[40] ^ 0xFF), "corrupt"),  # metadata size
@@ -83,6 +82,15 @@ def test_damaged_files_give_clear_errors(tmp_path, good, edit, message):
     with pytest.raises(FormatError, match=message) as e:
         llmrun.load(path)
     assert str(path) in str(e.value)
+
+
+def test_llmr_file_with_gguf_magic_is_read_as_a_broken_gguf(tmp_path, good):
+    path = _damaged(tmp_path, good, lambda b: b.__setitem__(slice(0, 4), b"GGUF"))
+    with pytest.raises(ConvertError, match="GGUF version") as e:
+        llmrun.load(path)
+    assert str(path) in str(e.value)
+    with pytest.raises(FormatError, match="this is a GGUF file"):
+        fmt.LlmrFile(path)
 
 
 def test_empty_file(tmp_path):

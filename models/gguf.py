@@ -1,0 +1,173 @@
+"""GGUF file → .llmr.
+
+Tensors of a type we run (F32, F16, BF16, Q8_0, Q4_0, Q4_1) are copied block for block; other
+types (Q5_x, k-quants) are dequantised exactly and re-quantised to q8_0, the nearest type we run
+that loses nothing measurable against them. llama.cpp's converter permutes the q/k rows of
+`llama` models so that its RoPE rotates adjacent pairs; .llmr uses the rotate-half order, so
+those rows are put back (a permutation of whole rows: lossless for every type). `qwen2` GGUFs
+keep the rotate-half order already.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Callable
+
+import numpy as np
+
+from .. import __version__
+from ..config import ModelConfig
+from ..errors import ConvertError
+from ..format import PendingTensor, write
+from ..quant import F32, Q8_0, TYPES, choose_type, qtype, quantize
+from ..quant.kquants import dequantize_ggml
+from .gguf_file import GGUFFile
+from .gguf_tokenizer import tokenizer_from_gguf
+
+ARCHITECTURES = ("llama", "qwen2")
+TOP_NAMES = {"token_embd.weight": "tok_embeddings", "output_norm.weight": "norm", "output.weight": "output"}
+LAYER_NAMES = {
+    "attn_norm.weight": "attn_norm", "ffn_norm.weight": "ffn_norm",
+    "attn_q.weight": "wq", "attn_k.weight": "wk", "attn_v.weight": "wv", "attn_output.weight": "wo",
+    "attn_q.bias": "bq", "attn_k.bias": "bk", "attn_v.bias": "bv",
+    "ffn_gate.weight": "w_gate", "ffn_up.weight": "w_up", "ffn_down.weight": "w_down",
+}
+ROPE_FREQS = "rope_freqs.weight"  # Llama 3.1: per-dimension divisors of the RoPE frequencies
+CHUNK_ROWS_BYTES = 16 << 20
+
+
+def read_config(g: GGUFFile) -> ModelConfig:
+    m = g.metadata
+    arch = m.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise ConvertError(f"{g.path}: architecture {arch!r} is not supported; supported: {', '.join(ARCHITECTURES)}")
+
+    def key(name, default=None):
+        v = m.get(f"{arch}.{name}", default)
+        if v is None:
+            raise ConvertError(f"{g.path}: missing metadata key {arch}.{name}")
+        return v
+
+    try:
+        dim, n_heads = int(key("embedding_length")), int(key("attention.head_count"))
+        emb = g.tensors.get("token_embd.weight")
+        vocab = m.get(f"{arch}.vocab_size") or (emb.shape[0] if emb else len(m.get("tokenizer.ggml.tokens", [])))
+        scaling = None
+        kind = m.get(f"{arch}.rope.scaling.type", "none")
+        if kind == "linear":
+            scaling = {"type": "linear", "factor": float(key("rope.scaling.factor"))}
+        elif kind not in ("none", None):
+            raise ConvertError(f"{g.path}: RoPE scaling {kind!r} is not supported (supported: none, linear)")
+        if ROPE_FREQS in g.tensors:
+            factors = dequantize_ggml(g.data(ROPE_FREQS), g.tensors[ROPE_FREQS].type, g.tensors[ROPE_FREQS].shape[-1])
+            scaling = {"type": "factors", "factors": [float(f) for f in factors.reshape(-1)]}
+        head_dim = int(m.get(f"{arch}.attention.key_length") or dim // n_heads)
+        return ModelConfig(
+            arch=arch, vocab_size=int(vocab), dim=dim, n_layers=int(key("block_count")), n_heads=n_heads,
+            n_kv_heads=int(m.get(f"{arch}.attention.head_count_kv") or n_heads), head_dim=head_dim,
+            ffn_dim=int(key("feed_forward_length")), norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
+            rope_theta=float(key("rope.freq_base", 10000.0)), rope_scaling=scaling,
+            max_seq_len=int(key("context_length")), tie_embeddings="output.weight" not in g.tensors,
+            attn_bias="blk.0.attn_q.bias" in g.tensors)
+    except (TypeError, ValueError) as e:
+        raise ConvertError(f"{g.path}: {e}") from None
+
+
+def _names(g: GGUFFile, n_layers: int) -> dict[str, str]:
+    """GGUF name -> ours, refusing tensors the graph has no place for."""
+    out = {}
+    for name in g.tensors:
+        if name == ROPE_FREQS:
+            continue
+        if name in TOP_NAMES:
+            out[name] = TOP_NAMES[name]
+            continue
+        parts = name.split(".", 2)
+        if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and int(parts[1]) < n_layers \
+                and parts[2] in LAYER_NAMES:
+            out[name] = f"layers.{parts[1]}.{LAYER_NAMES[parts[2]]}"
+            continue
+        raise ConvertError(f"{g.path}: tensor {name} has no place in the LLaMA graph (unsupported variant)")
+    return out
+
+
+def _unpermute_rows(rows: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's q/k row order: within each head, rows (0, 2, 4, ..., 1, 3, 5, ...)
+    come back as (0, 1, 2, ...); rows [N, ...] of any type, whole rows moved."""
+    n = rows.shape[0]
+    return rows.reshape(n_heads, n // n_heads // 2, 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
+
+
+def _pending(g: GGUFFile, src: str, ours: str, cfg: ModelConfig, target) -> tuple[PendingTensor, str]:
+    """The tensor to write, and how its type was chosen (for the log)."""
+    info = g.tensors[src]
+    shape = info.shape
+    if target is not None:
+        t = choose_type(ours, shape, target)
+    elif info.type.name in TYPES and (len(shape) > 1 or info.type is F32):
+        t = info.type  # stored in a type we run: copy the blocks
+    else:
+        t = F32 if len(shape) == 1 else Q8_0
+    heads = {"wq": cfg.n_heads, "wk": cfg.n_kv_heads, "bq": cfg.n_heads, "bk": cfg.n_kv_heads}.get(ours.rsplit(".", 1)[-1])
+    permuted = heads if cfg.arch == "llama" else None
+
+    def chunks():
+        rows = g.data(src)  # [R, row_bytes]
+        if permuted:  # as [out features, bytes of each]: a matrix's rows, a bias's elements
+            rows = _unpermute_rows(rows.reshape(shape[0], -1), permuted).reshape(rows.shape)
+        step = max(1, CHUNK_ROWS_BYTES // rows.shape[1])
+        for start in range(0, rows.shape[0], step):
+            block = rows[start:start + step]
+            if t is info.type:
+                yield block
+            else:
+                yield quantize(dequantize_ggml(block, info.type, shape[-1]), t)
+
+    how = info.type.name if t is info.type else f"{info.type.name}->{t.name}"
+    return PendingTensor(ours, t, shape, chunks), how
+
+
+def convert(src: str, out: str, type: str | None = None,
+            progress: Callable[[int, int], None] | None = None) -> dict:
+    """Convert the GGUF file `src` into `out`. With `type` None, tensors keep their type where
+    we run it (lossless); with a type, every tensor is re-quantised by the usual policy."""
+    target = qtype(type) if type is not None else None
+    g = GGUFFile(src)
+    if not g.tensors:
+        raise ConvertError(f"{src}: a vocabulary-only GGUF (no tensors): use it as a tokenizer "
+                           "(`llmrun tokenize`), not as a model")
+    cfg = read_config(g)
+    names = _names(g, cfg.n_layers)
+    tok_info, tok_blob = tokenizer_from_gguf(g.metadata)
+    expected = {"tok_embeddings", "norm"} | ({"output"} if not cfg.tie_embeddings else set())
+    per_layer = [n for n in LAYER_NAMES.values() if cfg.attn_bias or n not in ("bq", "bk", "bv")]
+    expected |= {f"layers.{i}.{n}" for i in range(cfg.n_layers) for n in per_layer}
+    missing = expected - set(names.values())
+    if missing:
+        raise ConvertError(f"{src}: missing tensors {sorted(missing)[:5]}")
+    pending = [_pending(g, s, o, cfg, target) for s, o in names.items() if o in expected]
+    tensors = [p for p, _ in pending]
+    conversions = Counter(how for _, how in pending)
+    meta = {
+        "config": cfg.to_dict(),
+        "tokenizer": tok_info,
+        "chat_template": g.metadata.get("tokenizer.chat_template"),
+        "provenance": {"source": os.path.basename(src), "source_format": f"gguf v{g.version}",
+                       "source_name": g.metadata.get("general.name"),
+                       "converter": f"llmrun {__version__}", "type": target.name if target else "as stored",
+                       "tensor_types": dict(sorted(conversions.items())),
+                       "policy": "GGUF types we run kept block for block; others dequantised exactly, "
+                                 "then q8_0 (f32 for vectors)" if target is None else
+                                 "norms and biases f32; see quant/policy.py"},
+    }
+    total = sum(t.type.nbytes(t.shape) for t in tensors)
+    done = 0
+
+    def advance(n):
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, total)
+
+    write(out, meta, tok_blob, tensors, advance)
+    return meta

@@ -1,0 +1,136 @@
+"""GGUF import-only types: our dequantisers must be bit-identical to gguf-py's (and ggml's)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
+
+from llmrun.quant import (GGML_TYPES_BY_ID, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K,
+                          Q8_0, Q8_K, TYPES, dequantize, dequantize_ggml, ggml_type, qtype)
+from llmrun.quant.types import TYPES_BY_ID
+
+IMPORT_ONLY = [Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K]
+
+# Byte offsets of each block's scale fields, set to finite values so no inf/nan appears.
+F16_FIELDS = {Q5_0: [0], Q5_1: [0, 2], Q2_K: [80, 82], Q3_K: [108], Q4_K: [0, 2], Q5_K: [0, 2],
+              Q6_K: [208]}
+F32_FIELDS = {Q8_K: [0]}
+
+SHAPES = [(1, 1), (3, 2), (2, 5, 4)]  # (leading dims..., blocks per row)
+
+
+def random_blocks(t, shape, rng) -> np.ndarray:
+    """uint8 [*shape[:-1], shape[-1] * type_size]: random quants, finite random scales."""
+    *lead, nb = shape
+    blk = rng.integers(0, 256, size=(*lead, nb, t.type_size), dtype=np.uint8)
+    for off in F16_FIELDS.get(t, []):
+        # moderate magnitudes, both signs; includes subnormal-ish small values and zeros
+        v = (rng.standard_normal((*lead, nb)) * rng.choice([1e-4, 1e-2, 1.0, 30.0], (*lead, nb)))
+        v[rng.random((*lead, nb)) < 0.05] = 0.0
+        blk[..., off:off + 2] = v.astype(np.float16)[..., None].view(np.uint8)
+    for off in F32_FIELDS.get(t, []):
+        v = (rng.standard_normal((*lead, nb)) * 1e-2).astype(np.float32)
+        blk[..., off:off + 4] = v[..., None].view(np.uint8)
+    return blk.reshape(*lead, nb * t.type_size)
+
+
+def bits(x: np.ndarray) -> np.ndarray:
+    """float32 as its bit pattern: equal bits, not just equal values (-0.0 != 0.0)."""
+    return np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+
+
+def test_sizes_match_ggml():
+    for t in GGML_TYPES_BY_ID.values():
+        g = GGMLQuantizationType(t.id)
+        assert g.name.lower() == t.name
+        assert GGML_QUANT_SIZES[g] == (t.block_size, t.type_size)
+
+
+def test_runnable_types_unchanged():
+    assert sorted(TYPES) == ["bf16", "f16", "f32", "q4_0", "q4_1", "q8_0"]
+    assert sorted(TYPES_BY_ID) == [0, 1, 2, 3, 8, 30]
+    assert len(GGML_TYPES_BY_ID) == 14
+    for t in IMPORT_ONLY:
+        assert ggml_type(t.id) is t
+        with pytest.raises(ValueError):
+            qtype(t.id)  # k-quants are not storable
+        with pytest.raises(ValueError):
+            qtype(t.name)
+
+
+@pytest.mark.parametrize("t", [t for t in IMPORT_ONLY if t is not Q8_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_bit_identical_to_gguf(t, shape):
+    rng = np.random.default_rng(t.id * 100 + len(shape))
+    data = random_blocks(t, shape, rng)
+    n = shape[-1] * t.block_size
+    ours = dequantize_ggml(data, t, n)
+    theirs = quants.dequantize(data, GGMLQuantizationType(t.id))
+    assert ours.dtype == np.float32 and ours.shape == (*shape[:-1], n)
+    assert np.isfinite(ours).all()
+    assert np.array_equal(bits(ours), bits(theirs))
+
+
+def test_q8_k_exact():
+    # gguf-py has no q8_k; ggml computes y = d * q in float32. A float32 times an int8 is exact
+    # in float64, so rounding that product once to float32 is the correctly rounded answer.
+    rng = np.random.default_rng(15)
+    for shape in SHAPES:
+        data = random_blocks(Q8_K, shape, rng)
+        blk = data.reshape(*shape, Q8_K.type_size)
+        d = blk[..., 0:4].copy().view(np.float32).astype(np.float64)  # [..., nb, 1]
+        q = blk[..., 4:260].copy().view(np.int8).astype(np.float64)  # [..., nb, 256]
+        want = (d * q).astype(np.float32).reshape(*shape[:-1], -1)
+        got = dequantize_ggml(data, Q8_K, shape[-1] * 256)
+        assert np.array_equal(bits(got), bits(want))
+
+
+def test_id_and_large_tensor():
+    # a type id works in place of a QType; many blocks at once (the vectorised path)
+    rng = np.random.default_rng(0)
+    data = random_blocks(Q4_K, (64, 16), rng)  # 64 rows of 4096
+    got = dequantize_ggml(data, 12, 4096)
+    assert np.array_equal(bits(got), bits(quants.dequantize(data, GGMLQuantizationType.Q4_K)))
+
+
+@pytest.mark.parametrize("t", [Q5_0, Q5_1, Q8_0, Q4_0, Q4_1], ids=lambda t: t.name)
+def test_gguf_quantised_round_trip(t):
+    # gguf-py quantises only these of ours (no k-quant quantiser); its bytes, our dequantiser
+    rng = np.random.default_rng(t.id)
+    x = rng.standard_normal((4, 256)).astype(np.float32)
+    g = GGMLQuantizationType(t.id)
+    data = quants.quantize(x, g)
+    got = dequantize_ggml(data, t, 256)
+    assert np.array_equal(bits(got), bits(quants.dequantize(data, g)))
+    assert np.abs(got - x).max() < 0.5  # and it is a quantisation of x
+
+
+@pytest.mark.parametrize("t", [TYPES["f32"], TYPES["f16"], TYPES["bf16"], Q8_0, Q4_0, Q4_1],
+                         ids=lambda t: t.name)
+def test_runnable_types_delegate(t):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    from llmrun.quant import quantize
+    data = quantize(x, t)
+    assert np.array_equal(bits(dequantize_ggml(data, t, 64)), bits(dequantize(data, t, 64)))
+    assert np.array_equal(bits(dequantize_ggml(data, t.id, 64)), bits(dequantize(data, t, 64)))
+
+
+@pytest.mark.parametrize("t", IMPORT_ONLY, ids=lambda t: t.name)
+def test_wrong_row_length(t):
+    data = np.zeros((2, t.type_size + 1), np.uint8)
+    with pytest.raises(ValueError, match=t.name):
+        dequantize_ggml(data, t, t.block_size)
+    with pytest.raises(ValueError, match="multiple"):
+        dequantize_ggml(np.zeros((2, t.type_size), np.uint8), t, t.block_size + 1)
+
+
+def test_unsupported_ids_named():
+    with pytest.raises(ValueError, match=r"GGML type id 99 \(unknown\) is not supported"):
+        ggml_type(99)
+    with pytest.raises(ValueError, match=r"GGML type id 16 \(iq2_xxs\) is not supported"):
+        ggml_type(16)
+    with pytest.raises(ValueError, match=r"\(iq4_xs\)"):
+        dequantize_ggml(np.zeros((1, 136), np.uint8), 23, 256)
+    with pytest.raises(ValueError, match=r"\(mxfp4\)"):
+        ggml_type(39)
