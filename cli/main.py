@@ -89,11 +89,16 @@ def generate(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
              top_p: float = typer.Option(0.95, "--top-p", min=0.0, max=1.0),
              seed: Optional[int] = typer.Option(None, "--seed"),
              stop: Optional[list[str]] = typer.Option(None, "--stop", help="end at this text (repeatable)"),
-             ctx: Optional[int] = typer.Option(None, "--ctx", min=1, help="context size (default: prompt + n)")):
-    """Stream a continuation of a prompt to stdout; speeds go to stderr."""
+             ctx: Optional[int] = typer.Option(None, "--ctx", min=1, help="context size (default: prompt + n)"),
+             raw: bool = typer.Option(False, "--raw", help="continue the prompt as is, without the model's chat template")):
+    """Answer a prompt (through the model's chat template, if it has one) or, with --raw,
+    continue it; text streams to stdout, speeds to stderr."""
     import llmrun
+    from llmrun.chat import chat_ids
     m = _open_model(model)
     cache = m.new_cache(ctx) if ctx else None
+    if m.chat_template and not raw:
+        prompt = chat_ids(m, [{"role": "user", "content": prompt}])
     last = None
     for last in llmrun.generate(m, prompt, max_tokens=n, temperature=temp, top_k=top_k,
                                 top_p=top_p if top_p > 0 else 1.0, seed=seed, stop=stop, cache=cache):

@@ -87,7 +87,10 @@ def generate(model: Model, prompt, max_tokens: int = 256, temperature: float = 0
     while True:
         token = sampler(logits)
         n += 1
-        tps = n / (time.perf_counter() - t0)
+        # decode speed: the n - 1 forwards since the first token (which came with the prompt)
+        tps = (n - 1) / (time.perf_counter() - t0) if n > 1 else 0.0
+        if n == 1:
+            t0 = time.perf_counter()
         if token in eos:
             yield GenerationResponse(text[sent:], token, len(ids), prompt_tps, n, tps, "stop")
             return

@@ -191,10 +191,11 @@ def reference_forward(ckpt: dict, ids) -> np.ndarray:
 
 # --- CLI -------------------------------------------------------------------------------------
 
-def run_cli(*args, check=False, input=None):
-    """Run `python -m llmrun.cli.main ARGS` the way a user would; returns CompletedProcess."""
+def run_cli(*args, check=False, input=None, env=None):
+    """Run `python -m llmrun.cli.main ARGS` the way a user would (`env` adds variables);
+    returns the CompletedProcess."""
     r = subprocess.run([sys.executable, "-m", "llmrun.cli.main", *map(str, args)],
-                       capture_output=True, text=True, input=input, timeout=600)
+                       capture_output=True, text=True, input=input, timeout=600, env={**os.environ, **(env or {})})
     if check and r.returncode != 0:
         raise AssertionError(f"llmrun {args} failed ({r.returncode}):\n{r.stderr}")
     return r

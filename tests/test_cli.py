@@ -34,11 +34,22 @@ def test_convert_writes_loadable_model(converted):
 
 def test_generate_streams_text(converted):
     _, out = converted
-    r = run_cli("generate", out, "-p", "the", "-n", "8", "--temp", "0", check=True)
+    r = run_cli("generate", out, "-p", "the", "-n", "8", "--temp", "0", "--raw", check=True)
     m = llmrun.load(out)
     want = "".join(x.text for x in llmrun.generate(m, "the", max_tokens=8, temperature=0))
     assert r.stdout == want + "\n"
     assert "tok/s" in r.stderr
+
+
+def test_generate_uses_the_chat_template_unless_raw(converted):
+    from llmrun.chat import chat_ids
+    _, out = converted
+    m = llmrun.load(out)
+    ids = chat_ids(m, [{"role": "user", "content": "the"}])
+    assert ids[:2] == [0, m.tokenizer.encode("user", add_special_tokens=False)[0]]  # <s>user... from the template
+    want = "".join(x.text for x in llmrun.generate(m, ids, max_tokens=8, temperature=0))
+    r = run_cli("generate", out, "-p", "the", "-n", "8", "--temp", "0", check=True)
+    assert r.stdout == want + "\n"
 
 
 def test_generate_stop_string(converted):
@@ -46,7 +57,8 @@ def test_generate_stop_string(converted):
     m = llmrun.load(out)
     free = "".join(x.text for x in llmrun.generate(m, "the", max_tokens=12, temperature=0))
     stop = free[3:5]
-    r = run_cli("generate", out, "-p", "the", "-n", "12", "--temp", "0", "--stop", "zzz", "--stop", stop, check=True)
+    r = run_cli("generate", out, "-p", "the", "-n", "12", "--temp", "0", "--raw", "--stop", "zzz", "--stop", stop,
+                check=True)
     assert r.stdout == free[:free.find(stop)] + "\n"
     assert "finish: stop" in r.stderr
 
