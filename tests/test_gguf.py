@@ -57,8 +57,24 @@ def _tokens_for_gguf():
     return tokens, merges, types
 
 
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16}
+
+
+def _llama3_rope_factors(hd: int, theta: float, s: dict) -> np.ndarray:
+    """What llama.cpp's converter stores as rope_freqs.weight for Llama 3.1 scaling: the
+    divisor of each RoPE frequency (written here from Meta's description of the scaling)."""
+    inv_freq = 1.0 / theta ** (np.arange(0, hd, 2) / hd)
+    wavelen = 2 * np.pi / inv_freq
+    old = s["original_max_position_embeddings"]
+    lo_wl, hi_wl = old / s["low_freq_factor"], old / s["high_freq_factor"]
+    smooth = (old / wavelen - s["low_freq_factor"]) / (s["high_freq_factor"] - s["low_freq_factor"])
+    return np.where(wavelen < hi_wl, 1.0, np.where(wavelen > lo_wl, s["factor"],
+                                                   1 / ((1 - smooth) / s["factor"] + smooth))).astype(np.float32)
+
+
 def write_tiny_gguf(path, arch: str, types: dict, seed: int = 0, vocab: int = 320, dim: int = 256,
-                    ffn: int = 512, n_layers: int = 2, n_heads: int = 4, n_kv: int = 2):
+                    ffn: int = 512, n_layers: int = 2, n_heads: int = 4, n_kv: int = 2, llama3_rope: bool = False):
     """A tiny `arch` model in GGUF, tensors in the given GGML types (by our name: wq, wk, ...).
     Returns the HF-layout float32 weights that the file's exact dequantisation means."""
     rng = np.random.default_rng(seed)
@@ -99,6 +115,8 @@ def write_tiny_gguf(path, arch: str, types: dict, seed: int = 0, vocab: int = 32
         hf[hf_name] = _unpermute_rows(values, heads) if heads else values  # the HF (rotate-half) order
 
     qk_heads = (n_heads, n_kv) if arch == "llama" else (None, None)
+    if llama3_rope:
+        w.add_tensor("rope_freqs.weight", _llama3_rope_factors(hd, 10000.0, LLAMA3_ROPE))
     add("token_embd.weight", "model.embed_tokens.weight", types.get("emb", G.Q8_0), vocab, dim, std=1.0)
     add("output_norm.weight", "model.norm.weight", None, dim)
     for i in range(n_layers):
@@ -122,6 +140,8 @@ def write_tiny_gguf(path, arch: str, types: dict, seed: int = 0, vocab: int = 32
     w.close()
     config = {"hidden_size": dim, "num_attention_heads": n_heads, "num_key_value_heads": n_kv,
               "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "num_hidden_layers": n_layers, "vocab_size": vocab}
+    if llama3_rope:
+        config["rope_scaling"] = LLAMA3_ROPE
     return {"config": config, "weights": hf}
 
 
@@ -151,6 +171,20 @@ def test_tiny_gguf_matches_reference_forward(tmp_path, mix):
         src, _, dst = how.partition("->")
         assert (src in runnable) == (dst == ""), how  # runnable types are kept, others re-quantised
         assert dst in ("", "q8_0", "f32")
+
+
+def test_llama31_rope_factors(tmp_path):
+    """Llama 3.1 GGUFs carry their RoPE scaling as per-frequency divisors (rope_freqs.weight)."""
+    arch, types = TYPE_MIXES["llama-runnable"]
+    ckpt = write_tiny_gguf(tmp_path / "tiny.gguf", arch, types, llama3_rope=True)
+    convert(str(tmp_path / "tiny.gguf"), str(tmp_path / "tiny.llmr"))
+    model = llmrun.load(tmp_path / "tiny.llmr")
+    assert model.config.rope_scaling["type"] == "factors"
+    ids = IDS * 4  # positions past the original context of 16, where the scaling matters
+    logits, ref = model.logits(ids), reference_forward(ckpt, ids)
+    assert np.abs(logits - ref).max() / np.abs(ref).max() < REQUANT_TOL
+    unscaled = reference_forward({**ckpt, "config": {k: v for k, v in ckpt["config"].items() if k != "rope_scaling"}}, ids)
+    assert np.abs(unscaled - ref).max() / np.abs(ref).max() > 3 * REQUANT_TOL  # the test can tell
 
 
 def test_runnable_blocks_are_copied_exactly(tmp_path):
