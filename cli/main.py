@@ -147,15 +147,8 @@ def info(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
             typer.echo(f"  {t.name:40s} {t.type.name:5s} {str(list(t.shape)):16s} crc32 {t.crc32:08x}")
     if verify:
         bar = _Progress("verifying")
-        total = sum(t.nbytes for t in f.tensors.values())
-        done = 0
-
-        def step(nbytes):
-            nonlocal done
-            done += nbytes
-            bar(done, total)
         try:
-            bad = f.verify(step)
+            bad = f.verify(bar)
         finally:
             bar.close()
         if bad:

@@ -153,8 +153,8 @@ def _unpack_index(buf: bytes, data_size: int, path: str) -> dict[str, TensorInfo
 # --- writing -----------------------------------------------------------------------------------
 
 def write(path: str, metadata: dict, tokenizer_blob: bytes, tensors: list[PendingTensor],
-          progress: Callable[[int], None] | None = None) -> None:
-    """Write a .llmr file atomically. `progress(nbytes)` is called after each tensor."""
+          progress: Callable[[int, int], None] | None = None) -> None:
+    """Write a .llmr file atomically. `progress(bytes written, total bytes)` follows each chunk."""
     meta = json.dumps(metadata, ensure_ascii=False, indent=1).encode()
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
@@ -176,15 +176,16 @@ def write(path: str, metadata: dict, tokenizer_blob: bytes, tensors: list[Pendin
     try:
         with os.fdopen(fd, "wb") as f:
             infos = []
+            done, payload = 0, sum(t.type.nbytes(t.shape) for t in tensors)
             for t, offset in zip(tensors, offsets):
                 f.seek(data_off + offset)
                 crc, written = 0, 0
                 for chunk in t.chunks():
                     data = np.ascontiguousarray(chunk).view(np.uint8).reshape(-1)
                     f.write(data)
-                    crc, written = zlib.crc32(data, crc), written + data.size
+                    crc, written, done = zlib.crc32(data, crc), written + data.size, done + data.size
                     if progress:
-                        progress(data.size)
+                        progress(done, payload)
                 expected = t.type.nbytes(t.shape)
                 if written != expected:
                     raise ValueError(f"tensor {t.name}: {written} bytes, {t.type.name} {list(t.shape)} takes {expected}")
@@ -277,12 +278,14 @@ class LlmrFile:
         data = np.frombuffer(self.mm, dtype=np.uint8, count=info.nbytes, offset=self.data_offset + info.offset)
         return Tensor(info.name, info.type, info.shape, data)
 
-    def verify(self, progress: Callable[[int], None] | None = None) -> list[str]:
-        """Check every tensor's CRC32; return the names of those that do not match."""
-        bad = []
+    def verify(self, progress: Callable[[int, int], None] | None = None) -> list[str]:
+        """Check every tensor's CRC32; return the names of those that do not match.
+        `progress(bytes checked, total bytes)` follows each tensor."""
+        bad, done, total = [], 0, sum(t.nbytes for t in self.tensors.values())
         for name, info in self.tensors.items():
             if zlib.crc32(self.tensor(name).data) != info.crc32:
                 bad.append(name)
+            done += info.nbytes
             if progress:
-                progress(info.nbytes)
+                progress(done, total)
         return bad

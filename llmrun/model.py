@@ -75,6 +75,14 @@ class Weights:
                    output=emb if cfg.tie_embeddings else get("output", (cfg.vocab_size, D)))
 
 
+def tensor_names(cfg: ModelConfig) -> set[str]:
+    """Every tensor a model of this config has in a .llmr file."""
+    per_layer = ["attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_up", "w_down"]
+    per_layer += ["bq", "bk", "bv"] if cfg.attn_bias else []
+    return ({"tok_embeddings", "norm"} | (set() if cfg.tie_embeddings else {"output"})
+            | {f"layers.{i}.{n}" for i in range(cfg.n_layers) for n in per_layer})
+
+
 class KVCache:
     """Keys and values of every position seen so far, per layer. Pages are committed lazily
     (np.zeros maps untouched memory), so a long context costs only what is used."""

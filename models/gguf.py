@@ -19,6 +19,7 @@ from .. import __version__
 from ..config import ModelConfig
 from ..errors import ConvertError
 from ..format import PendingTensor, write
+from ..model import tensor_names
 from ..quant import F32, Q8_0, TYPES, choose_type, qtype, quantize
 from ..quant.kquants import dequantize_ggml
 from .gguf_file import GGUFFile
@@ -139,9 +140,7 @@ def convert(src: str, out: str, type: str | None = None,
     cfg = read_config(g)
     names = _names(g, cfg.n_layers)
     tok_info, tok_blob = tokenizer_from_gguf(g.metadata)
-    expected = {"tok_embeddings", "norm"} | ({"output"} if not cfg.tie_embeddings else set())
-    per_layer = [n for n in LAYER_NAMES.values() if cfg.attn_bias or n not in ("bq", "bk", "bv")]
-    expected |= {f"layers.{i}.{n}" for i in range(cfg.n_layers) for n in per_layer}
+    expected = tensor_names(cfg)
     missing = expected - set(names.values())
     if missing:
         raise ConvertError(f"{src}: missing tensors {sorted(missing)[:5]}")
@@ -158,16 +157,8 @@ def convert(src: str, out: str, type: str | None = None,
                        "tensor_types": dict(sorted(conversions.items())),
                        "policy": "GGUF types we run kept block for block; others dequantised exactly, "
                                  "then q8_0 (f32 for vectors)" if target is None else
-                                 "norms and biases f32; see quant/policy.py"},
+                                 "quant/policy.py: norms and biases f32; embeddings and output head one "
+                                 "step above the type; wk, wv, w_down q8_0 at 4 bits"},
     }
-    total = sum(t.type.nbytes(t.shape) for t in tensors)
-    done = 0
-
-    def advance(n):
-        nonlocal done
-        done += n
-        if progress:
-            progress(done, total)
-
-    write(out, meta, tok_blob, tensors, advance)
+    write(out, meta, tok_blob, tensors, progress)
     return meta
