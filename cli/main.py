@@ -5,7 +5,7 @@ import math
 import os
 import sys
 from collections import Counter
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -80,34 +80,77 @@ def _open_model(model: Optional[str]):
     return llmrun.load(path)
 
 
+# Sampling options shared by generate and chat.
+Temp = Annotated[float, typer.Option("--temp", min=0.0, help="temperature; 0 is greedy")]
+TopK = Annotated[int, typer.Option("--top-k", min=0, help="keep the k likeliest tokens; 0 disables")]
+TopP = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="keep the likeliest tokens up to this mass")]
+MinP = Annotated[float, typer.Option("--min-p", min=0.0, max=0.99, help="drop tokens under this fraction of the top one's probability")]
+RepeatPenalty = Annotated[float, typer.Option("--repeat-penalty", min=0.01, help="1.0 disables")]
+RepeatWindow = Annotated[int, typer.Option("--repeat-window", min=0, help="tokens the repeat penalty looks back over")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="fix the random draws")]
+Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="end the reply at this text (repeatable)")]
+Ctx = Annotated[Optional[int], typer.Option("--ctx", min=16, help="context size in tokens")]
+
+
 @app.command()
 def generate(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
-             prompt: str = typer.Option(..., "--prompt", "-p"),
-             n: int = typer.Option(128, "--n-predict", "-n", min=1, help="tokens to generate"),
-             temp: float = typer.Option(0.8, "--temp", min=0.0, help="0 is greedy"),
-             top_k: int = typer.Option(40, "--top-k", min=0, help="0 disables"),
-             top_p: float = typer.Option(0.95, "--top-p", min=0.0, max=1.0),
-             seed: Optional[int] = typer.Option(None, "--seed"),
-             stop: Optional[list[str]] = typer.Option(None, "--stop", help="end at this text (repeatable)"),
-             ctx: Optional[int] = typer.Option(None, "--ctx", min=1, help="context size (default: prompt + n)"),
+             prompt: str = typer.Option(..., "--prompt", "-p", help="the prompt; - reads it from stdin"),
+             n: int = typer.Option(128, "--n-predict", "--max-tokens", "-n", min=1, help="tokens to generate"),
+             temp: Temp = 0.8, top_k: TopK = 40, top_p: TopP = 0.95, min_p: MinP = 0.0,
+             repeat_penalty: RepeatPenalty = 1.0, repeat_window: RepeatWindow = 64, seed: Seed = None,
+             stop: Stop = None, ctx: Ctx = None,
              raw: bool = typer.Option(False, "--raw", help="continue the prompt as is, without the model's chat template")):
     """Answer a prompt (through the model's chat template, if it has one) or, with --raw,
     continue it; text streams to stdout, speeds to stderr."""
     import llmrun
     from llmrun.chat import chat_ids
+    if prompt == "-":
+        prompt = sys.stdin.read()
     m = _open_model(model)
     cache = m.new_cache(ctx) if ctx else None
     if m.chat_template and not raw:
         prompt = chat_ids(m, [{"role": "user", "content": prompt}])
     last = None
     for last in llmrun.generate(m, prompt, max_tokens=n, temperature=temp, top_k=top_k,
-                                top_p=top_p if top_p > 0 else 1.0, seed=seed, stop=stop, cache=cache):
+                                top_p=top_p if top_p > 0 else 1.0, min_p=min_p, repeat_penalty=repeat_penalty,
+                                repeat_window=repeat_window, seed=seed, stop=stop, cache=cache):
         sys.stdout.write(last.text)
         sys.stdout.flush()
     sys.stdout.write("\n")
     typer.echo(f"prompt: {last.prompt_tokens} tokens, {last.prompt_tps:.1f} tok/s | "
                f"generated: {last.generation_tokens} tokens, {last.generation_tps:.1f} tok/s | "
                f"finish: {last.finish_reason}", err=True)
+
+
+@app.command()
+def chat(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
+         system: Optional[str] = typer.Option(None, "--system", help="system message"),
+         system_file: Optional[str] = typer.Option(None, "--system-file", help="read the system message from a file"),
+         chat_template: Optional[str] = typer.Option(None, "--chat-template", help="Jinja file to use instead of the model's template"),
+         max_tokens: int = typer.Option(1024, "--max-tokens", "-n", min=1, help="longest reply, in tokens"),
+         temp: Temp = 0.8, top_k: TopK = 40, top_p: TopP = 0.95, min_p: MinP = 0.05,
+         repeat_penalty: RepeatPenalty = 1.0, repeat_window: RepeatWindow = 64, seed: Seed = None,
+         stop: Stop = None, ctx: Ctx = None,
+         context_overflow: str = typer.Option("shift", "--context-overflow", help="when the context is full: "
+                                              "shift (drop the oldest turns) or stop"),
+         verbose: bool = typer.Option(False, "--verbose", "-v", help="speeds and context use after each reply"),
+         single: bool = typer.Option(False, "--single", help="without a terminal: the whole input is one message")):
+    """Talk with a model in the terminal (one message per line when stdin is not a terminal)."""
+    from llmrun.chat import ChatSession, Settings
+    from .chat import run
+    if system_file:
+        with open(system_file, encoding="utf-8") as f:
+            system = f.read()
+    template = None
+    if chat_template:
+        with open(chat_template, encoding="utf-8") as f:
+            template = f.read()
+    m = _open_model(model)
+    settings = Settings(temperature=temp, top_k=top_k, top_p=top_p if top_p > 0 else 1.0, min_p=min_p,
+                        repeat_penalty=repeat_penalty, repeat_window=repeat_window, seed=seed, max_tokens=max_tokens)
+    session = ChatSession(m, system=system, template=template, n_ctx=ctx, overflow=context_overflow,
+                          settings=settings, stop=stop or ())
+    raise typer.Exit(run(session, verbose=verbose, single=single))
 
 
 @app.command()

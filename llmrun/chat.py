@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from functools import lru_cache
+from typing import Iterator
 
-from .errors import LlmrunError
+from .errors import ContextError, LlmrunError
+from .generate import GenerationResponse, generate
 
 
 @lru_cache(maxsize=8)
@@ -27,18 +31,176 @@ def _compile(template: str):
         raise LlmrunError(f"the model's chat template does not parse: {e}") from None
 
 
-def render_chat(model, messages: list[dict], add_generation_prompt: bool = True) -> str:
-    """The conversation as the model was trained to see it, ending with the assistant's cue."""
-    if not model.chat_template:
-        raise LlmrunError("this model has no chat template; use a raw prompt (`--raw`)")
+def render_chat(model, messages: list[dict], add_generation_prompt: bool = True, template: str | None = None) -> str:
+    """The conversation as the model was trained to see it, ending with the assistant's cue
+    (`template` overrides the model's own)."""
+    template = template or model.chat_template
+    if not template:
+        raise LlmrunError("this model has no chat template: give one with --chat-template, or use `generate --raw`")
     tok = model.tokenizer
     names = {"bos_token": tok.bos_id, "eos_token": tok.eos_ids[0] if tok.eos_ids else None}
     special = {k: tok.decode([v]) if v is not None else "" for k, v in names.items()}
-    return _compile(model.chat_template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                                **special)
+    try:
+        return _compile(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **special)
+    except LlmrunError:
+        raise
+    except Exception as e:  # a template's own error (bad field access and the like)
+        raise LlmrunError(f"the chat template failed: {e}") from None
 
 
 def chat_ids(model, messages: list[dict]) -> list[int]:
     """Token ids of the rendered conversation. The template writes any BOS itself, so the
     tokenizer adds no special tokens of its own."""
     return model.tokenizer.encode(render_chat(model, messages), add_special_tokens=False)
+
+
+@dataclass
+class Settings:
+    """What shapes a reply; saved with the conversation."""
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    repeat_window: int = 64
+    seed: int | None = None
+    max_tokens: int = 1024
+
+    def sampling(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "max_tokens"}
+
+
+@dataclass
+class TurnStats:
+    evaluated: int = 0  # prompt tokens run this turn (only what the cache lacked)
+    prompt_tps: float = 0.0
+    generated: int = 0
+    generation_tps: float = 0.0
+    ttft: float = 0.0  # seconds from the turn's start to its first token
+    context_used: int = 0
+    context_size: int = 0
+    finish_reason: str | None = None
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class ChatSession:
+    """A conversation with a model. The KV cache outlives turns: each turn renders the whole
+    conversation, keeps the cached prefix it shares with it, and runs only the rest."""
+
+    def __init__(self, model, system: str | None = None, template: str | None = None, n_ctx: int | None = None,
+                 overflow: str = "shift", settings: Settings | None = None, stop=()):
+        if overflow not in ("shift", "stop"):
+            raise ValueError(f"context overflow must be 'shift' or 'stop', not {overflow!r}")
+        self.model, self.template, self.overflow, self.stop = model, template, overflow, list(stop)
+        self.settings = settings or Settings()
+        self.cache = model.new_cache(n_ctx)
+        self.system = system
+        self.messages: list[dict] = []
+        self.stats = TurnStats(context_size=self.cache.n_ctx)
+        self.dropped_turns = 0  # oldest turns let go to fit the context (overflow "shift")
+
+    def conversation(self) -> list[dict]:
+        return ([{"role": "system", "content": self.system}] if self.system else []) + self.messages
+
+    def prompt_ids(self) -> list[int]:
+        text = render_chat(self.model, self.conversation(), template=self.template)
+        return self.model.tokenizer.encode(text, add_special_tokens=False)
+
+    def _fit(self) -> list[int]:
+        """The prompt for the next reply, dropping the oldest turns (never the system message
+        or the newest user message) until it leaves room to answer."""
+        room = min(self.settings.max_tokens, self.cache.n_ctx // 4)
+        ids = self.prompt_ids()
+        while len(ids) + room > self.cache.n_ctx:
+            if self.overflow == "stop" or len(self.messages) <= 1:
+                raise ContextError(f"the conversation ({len(ids)} tokens) leaves no room to answer in the "
+                                   f"context of {self.cache.n_ctx}: /clear it, or raise --ctx")
+            del self.messages[:2 if self.messages[0]["role"] == "user" and len(self.messages) > 2 else 1]
+            self.dropped_turns += 1
+            ids = self.prompt_ids()
+        return ids
+
+    def say(self, text: str) -> Iterator[GenerationResponse]:
+        """Add a user message and stream the reply."""
+        self.messages.append({"role": "user", "content": text})
+        return self._reply()
+
+    def regenerate(self) -> Iterator[GenerationResponse]:
+        """Drop the last reply and answer the same message again."""
+        if self.messages and self.messages[-1]["role"] == "assistant":
+            self.messages.pop()
+        if not self.messages or self.messages[-1]["role"] != "user":
+            raise LlmrunError("there is no message to answer again")
+        return self._reply()
+
+    def _reply(self) -> Iterator[GenerationResponse]:
+        start = time.perf_counter()
+        try:
+            ids = self._fit()
+        except LlmrunError:
+            self.messages.pop()  # the message that did not fit
+            raise
+        keep = _common_prefix(self.cache.tokens, ids)
+        keep = min(keep, len(ids) - 1)  # the last prompt token must run: its logits pick the first reply token
+        self.cache.truncate(keep)
+        self.stats = TurnStats(evaluated=len(ids) - keep, context_size=self.cache.n_ctx)
+        s = self.settings
+        reply = ""
+        try:
+            for r in generate(self.model, ids[keep:], max_tokens=min(s.max_tokens, self.cache.n_ctx - len(ids)),
+                              stop=self.stop, cache=self.cache, **s.sampling()):
+                if not self.stats.generated:
+                    self.stats.ttft = time.perf_counter() - start
+                reply += r.text
+                self.stats.prompt_tps, self.stats.generated = r.prompt_tps, r.generation_tokens
+                self.stats.generation_tps, self.stats.finish_reason = r.generation_tps, r.finish_reason
+                yield r
+        finally:  # a reply cut short by Ctrl-C is kept as far as it got
+            self.messages.append({"role": "assistant", "content": reply})
+            self.cache.truncate(self.cache.n)
+            self.stats.context_used = self.cache.n
+
+    def clear(self) -> None:
+        self.messages.clear()
+        self.cache.truncate(0)
+
+    def save(self, path: str) -> None:
+        state = {"system": self.system, "messages": self.messages, "settings": asdict(self.settings)}
+        _write_atomically(path, json.dumps(state, ensure_ascii=False, indent=1))
+
+    def load(self, path: str) -> None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                state = json.load(f)
+            messages = state["messages"]
+            if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                       for m in messages):
+                raise ValueError("each message needs a role and a content")
+            settings = Settings(**state.get("settings", {}))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise LlmrunError(f"{path}: not a saved conversation ({e})") from None
+        self.system, self.messages, self.settings = state.get("system"), messages, settings
+
+
+def _write_atomically(path: str, text: str) -> None:
+    import os
+    import tempfile
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -34,12 +34,14 @@ def _held_back(text: str, stops: list[str]) -> int:
 
 
 def generate(model: Model, prompt, max_tokens: int = 256, temperature: float = 0.8, top_k: int = 40,
-             top_p: float = 0.95, seed: int | None = None, stop: str | list[str] | None = None,
+             top_p: float = 0.95, min_p: float = 0.0, repeat_penalty: float = 1.0, repeat_window: int = 64,
+             seed: int | None = None, stop: str | list[str] | None = None,
              cache: KVCache | None = None) -> Iterator[GenerationResponse]:
     """Stream a continuation of `prompt` (text, or a list of token ids).
 
     Yields a record per sampled token with the new text; the last record has finish_reason
-    set. With `cache`, the prompt continues from what the cache already holds (chat turns).
+    set. With `cache`, the prompt continues from what the cache already holds (chat turns);
+    the repeat penalty looks back over everything in the cache.
     """
     ids = model.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
     if not ids:
@@ -49,7 +51,8 @@ def generate(model: Model, prompt, max_tokens: int = 256, temperature: float = 0
         raise ContextError(f"the prompt is {len(ids)} tokens and {cache.n} are in use, but the context holds "
                            f"{cache.n_ctx}: shorten the prompt or raise the context size")
     stops = [stop] if isinstance(stop, str) else list(stop or [])
-    sampler = Sampler(temperature, top_k, top_p, seed)
+    sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                      repeat_penalty=repeat_penalty, repeat_window=repeat_window, seed=seed)
     eos = set(model.tokenizer.eos_ids)
     detok = StreamDecoder(model.tokenizer)
 
@@ -60,7 +63,7 @@ def generate(model: Model, prompt, max_tokens: int = 256, temperature: float = 0
     text, sent = "", 0  # generated text so far, and how much of it has been yielded
     n = 0
     while True:
-        token = sampler(logits)
+        token = sampler(logits, cache.tokens)
         n += 1
         # decode speed: the n - 1 forwards since the first token (which came with the prompt)
         tps = (n - 1) / (time.perf_counter() - t0) if n > 1 else 0.0

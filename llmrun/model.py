@@ -96,8 +96,9 @@ class KVCache:
         self.tokens: list[int] = []  # the ids at those positions
 
     def truncate(self, n: int) -> None:
-        """Forget positions n and later (the next forward overwrites them)."""
-        self.n = min(self.n, n)
+        """Forget positions n and later (the next forward overwrites them). Also mends a cache
+        whose forward was interrupted between its two bookkeeping steps."""
+        self.n = min(self.n, n, len(self.tokens))
         del self.tokens[self.n:]
 
 

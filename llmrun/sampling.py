@@ -1,28 +1,71 @@
 """Sampling the next token from logits."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 
 class Sampler:
-    """Temperature, then top-k, then top-p (nucleus) sampling; temperature 0 is greedy."""
+    """Repeat penalty, then greedy (temperature 0) or top-k → temperature → softmax → top-p → min-p → draw.
 
-    def __init__(self, temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, seed: int | None = None):
-        if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
-            raise ValueError("need temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
-        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+    `seed` stays fourth so `Sampler(temperature, top_k, top_p, seed)` keeps working; the newer
+    options are keyword-only, so no positional call can bind a seed to them by mistake.
+    """
+
+    def __init__(self, temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, seed: int | None = None, *,
+                 min_p: float = 0.0, repeat_penalty: float = 1.0, repeat_window: int = 64):
+        for ok, need in ((temperature >= 0, "temperature >= 0 (0 is greedy)"), (top_k >= 0, "top_k >= 0 (0 disables)"),
+                         (0 < top_p <= 1, "0 < top_p <= 1 (1 disables)"), (0 <= min_p < 1, "0 <= min_p < 1 (0 disables)"),
+                         (repeat_penalty > 0, "repeat_penalty > 0 (1 disables)"),
+                         (repeat_window >= 0, "repeat_window >= 0 (0 disables)")):
+            if not ok:
+                raise ValueError(f"need {need}")
+        self.temperature, self.top_k, self.top_p, self.min_p = temperature, top_k, top_p, min_p
+        self.repeat_penalty, self.repeat_window = repeat_penalty, repeat_window
         self.rng = np.random.default_rng(seed)
 
-    def __call__(self, logits: np.ndarray) -> int:
+    def __call__(self, logits: np.ndarray, recent: Sequence[int] = ()) -> int:
+        """Draw the next token id; `recent` is the ids seen so far (prompt + generated), for the penalty."""
+        ids, p = self._candidates(logits, recent)
+        return int(ids[self.rng.choice(len(ids), p=p)])
+
+    def probabilities(self, logits: np.ndarray, recent: Sequence[int] = ()) -> np.ndarray:
+        """The distribution `__call__` draws from, over the whole vocabulary (0 outside the kept set)."""
+        ids, p = self._candidates(logits, recent)
+        out = np.zeros(len(logits))  # [V] float64
+        out[ids] = p
+        return out
+
+    def _candidates(self, logits: np.ndarray, recent: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The kept token ids and their renormalised probabilities (float64, summing to 1)."""
+        z = self._penalised(logits, recent)  # [V] float64
         if self.temperature == 0:
-            return int(np.argmax(logits))
-        z = logits.astype(np.float64) / self.temperature  # [V]
-        order = np.argsort(-z, kind="stable")  # candidate ids, most likely first
-        if self.top_k:
-            order = order[:self.top_k]
-        p = np.exp(z[order] - z[order[0]])
+            return np.array([np.argmax(z)]), np.ones(1)
+        if 0 < self.top_k < len(z):
+            # once per token on a ~150k vocabulary: a partition is O(V), a full sort is not
+            ids = np.argpartition(-z, self.top_k - 1)[:self.top_k]
+        else:
+            ids = np.arange(len(z))
+        if self.top_p < 1:  # only top-p needs the candidates in order
+            ids = ids[np.argsort(-z[ids], kind="stable")]
+        zk = z[ids] / self.temperature
+        p = np.exp(zk - zk.max())
         p /= p.sum()
         if self.top_p < 1:
-            keep = int(np.searchsorted(np.cumsum(p), self.top_p)) + 1  # smallest set with mass >= top_p
-            order, p = order[:keep], p[:keep] / p[:keep].sum()
-        return int(order[self.rng.choice(len(order), p=p)])
+            # smallest prefix with mass >= top_p (capped: rounding may leave the total a hair below)
+            keep = min(int(np.searchsorted(np.cumsum(p), self.top_p)) + 1, len(p))
+            ids, p = ids[:keep], p[:keep]
+        if self.min_p > 0:
+            kept = p >= self.min_p * p.max()  # always holds the most likely token, since min_p < 1
+            ids, p = ids[kept], p[kept]
+        return ids, p / p.sum()
+
+    def _penalised(self, logits: np.ndarray, recent: Sequence[int]) -> np.ndarray:
+        """A float64 copy of `logits` with each distinct id of the last `repeat_window` made less likely."""
+        z = np.array(logits, dtype=np.float64)  # copy: the caller's logits stay as they were
+        if self.repeat_penalty != 1 and self.repeat_window and len(recent):
+            seen = np.unique(np.asarray(recent[-self.repeat_window:], dtype=np.int64))  # once per id, as llama.cpp
+            # dividing a negative logit would raise it, so llama.cpp multiplies those instead
+            z[seen] = np.where(z[seen] > 0, z[seen] / self.repeat_penalty, z[seen] * self.repeat_penalty)
+        return z

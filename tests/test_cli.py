@@ -91,7 +91,7 @@ def test_info_verify_reports_corruption(converted, tmp_path):
     (["generate", "{bad}", "-p", "x"], "bad magic"),
     (["convert", "/nonexistent-dir", "{tmp}/x.llmr"], "does not exist"),
     (["convert", "{hf}", "{tmp}/x.llmr", "--type", "q5_9"], "unknown tensor type"),
-    (["generate", "{model}", "-p", "a b c d e f g h i j k l m n o p", "-n", "4", "--ctx", "8"], "context"),
+    (["generate", "{model}", "-p", "a b c d e f g h i j k l m n o p", "-n", "4", "--ctx", "16"], "context"),
 ])
 def test_user_errors_are_one_line(converted, tmp_path, args, message):
     d, out = converted
