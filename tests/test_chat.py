@@ -268,3 +268,21 @@ def test_terminal_second_ctrl_c_within_a_second_exits_130(terminal):
     c.expect(pexpect_eof())
     c.close()
     assert c.exitstatus == 130
+
+
+def test_chat_flags_template_system_and_context_warnings(tmp_path):
+    make_hf_checkpoint(tmp_path / "hf", max_position_embeddings=512)
+    raising = tmp_path / "raising.jinja"
+    raising.write_text("{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system messages') }}{% endif %}")
+    r = run_cli("chat", tmp_path / "hf", "--chat-template", raising, "--system", "be brief", input="hi\n")
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert lines[-1] == "llmrun: error: the chat template refused the conversation: no system messages"
+    (tmp_path / "system.txt").write_text("be brief")
+    assert run_cli("chat", tmp_path / "hf", "--system-file", tmp_path / "system.txt", "-n", "3", input="hi\n",
+                   check=True).stdout
+    many = "".join(f"message number {i}\n" for i in range(8))
+    r = run_cli("chat", tmp_path / "hf", "--ctx", "96", "-n", "6", "--temp", "0", input=many, check=True)
+    assert "oldest turns were dropped" in r.stderr or "context nearly full" in r.stderr, r.stderr
+    r = run_cli("chat", tmp_path / "hf", "--ctx", "96", "-n", "6", "--context-overflow", "stop", input=many)
+    assert r.returncode == 1 and "no room to answer" in r.stderr
