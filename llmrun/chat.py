@@ -8,6 +8,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Iterator
 
+from .atomic import atomic_file
 from .errors import ContextError, LlmrunError
 from .generate import GenerationResponse, generate
 
@@ -174,7 +175,8 @@ class ChatSession:
 
     def save(self, path: str) -> None:
         state = {"system": self.system, "messages": self.messages, "settings": asdict(self.settings)}
-        _write_atomically(path, json.dumps(state, ensure_ascii=False, indent=1))
+        with atomic_file(path, "w") as f:
+            f.write(json.dumps(state, ensure_ascii=False, indent=1))
 
     def load(self, path: str) -> None:
         try:
@@ -189,18 +191,3 @@ class ChatSession:
             raise LlmrunError(f"{path}: not a saved conversation ({e})") from None
         self.system, self.messages, self.settings = state.get("system"), messages, settings
 
-
-def _write_atomically(path: str, text: str) -> None:
-    import os
-    import tempfile
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -3,7 +3,8 @@
     header (128 bytes) | metadata (JSON) | tokenizer blob | tensor index | pad | data
 
 Writing streams the tensors one at a time into a temporary file beside the target, then
-fsyncs and renames it: an interrupted write never leaves a file under the final name.
+fsyncs and renames it (llmrun.atomic): an interrupted write never leaves a file under the
+final name.
 Reading validates the header, the section bounds, the header checksum and every index
 entry before any tensor data is touched; tensors are then zero-copy numpy views of the map.
 """
@@ -13,13 +14,13 @@ import json
 import mmap
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
 
+from .atomic import atomic_file
 from .errors import FormatError
 from .quant import QType, qtype
 
@@ -171,45 +172,31 @@ def write(path: str, metadata: dict, tokenizer_blob: bytes, tensors: list[Pendin
     data_size = end
     file_size = data_off + data_size
 
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            infos = []
-            done, payload = 0, sum(t.type.nbytes(t.shape) for t in tensors)
-            for t, offset in zip(tensors, offsets):
-                f.seek(data_off + offset)
-                crc, written = 0, 0
-                for chunk in t.chunks():
-                    data = np.ascontiguousarray(chunk).view(np.uint8).reshape(-1)
-                    f.write(data)
-                    crc, written, done = zlib.crc32(data, crc), written + data.size, done + data.size
-                    if progress:
-                        progress(done, payload)
-                expected = t.type.nbytes(t.shape)
-                if written != expected:
-                    raise ValueError(f"tensor {t.name}: {written} bytes, {t.type.name} {list(t.shape)} takes {expected}")
-                infos.append(TensorInfo(t.name, t.type, tuple(int(d) for d in t.shape), offset, expected, crc))
-            f.truncate(file_size)  # the last tensor's alignment padding
-            index = _pack_index(infos)
-            assert len(index) == index_size
-            header = HEADER.pack(MAGIC, BYTE_ORDER_MARK, *VERSION, HEADER_SIZE, TENSOR_ALIGN, file_size,
-                                 meta_off, len(meta), tok_off, len(tokenizer_blob), index_off, index_size,
-                                 data_off, data_size, 0)
-            crc = zlib.crc32(index, zlib.crc32(tokenizer_blob, zlib.crc32(meta, zlib.crc32(header[:CHECKSUM_OFFSET]))))
-            f.seek(0)
-            f.write(header[:CHECKSUM_OFFSET] + struct.pack("<I", crc) + meta + tokenizer_blob + index)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_file(path) as f:
+        infos = []
+        done, payload = 0, sum(t.type.nbytes(t.shape) for t in tensors)
+        for t, offset in zip(tensors, offsets):
+            f.seek(data_off + offset)
+            crc, written = 0, 0
+            for chunk in t.chunks():
+                data = np.ascontiguousarray(chunk).view(np.uint8).reshape(-1)
+                f.write(data)
+                crc, written, done = zlib.crc32(data, crc), written + data.size, done + data.size
+                if progress:
+                    progress(done, payload)
+            expected = t.type.nbytes(t.shape)
+            if written != expected:
+                raise ValueError(f"tensor {t.name}: {written} bytes, {t.type.name} {list(t.shape)} takes {expected}")
+            infos.append(TensorInfo(t.name, t.type, tuple(int(d) for d in t.shape), offset, expected, crc))
+        f.truncate(file_size)  # the last tensor's alignment padding
+        index = _pack_index(infos)
+        assert len(index) == index_size
+        header = HEADER.pack(MAGIC, BYTE_ORDER_MARK, *VERSION, HEADER_SIZE, TENSOR_ALIGN, file_size,
+                             meta_off, len(meta), tok_off, len(tokenizer_blob), index_off, index_size,
+                             data_off, data_size, 0)
+        crc = zlib.crc32(index, zlib.crc32(tokenizer_blob, zlib.crc32(meta, zlib.crc32(header[:CHECKSUM_OFFSET]))))
+        f.seek(0)
+        f.write(header[:CHECKSUM_OFFSET] + struct.pack("<I", crc) + meta + tokenizer_blob + index)
 
 
 # --- reading -----------------------------------------------------------------------------------

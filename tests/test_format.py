@@ -195,3 +195,9 @@ def test_truncated_safetensors(tmp_path, hf_dir):
     st.write_bytes(st.read_bytes()[:-100])
     with pytest.raises(ConvertError, match="truncated or corrupt"):
         convert(str(d), str(tmp_path / "x.llmr"))
+
+
+def test_written_file_has_ordinary_permissions(good):
+    umask = os.umask(0)
+    os.umask(umask)
+    assert good.stat().st_mode & 0o777 == 0o666 & ~umask  # not the temporary file's 0600
