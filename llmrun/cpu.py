@@ -50,5 +50,10 @@ def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
 
 
 def isa() -> str:
-    """The kernel path in use: "scalar" now; "avx2", "avx512", "neon" as they land."""
+    """The kernel path in use: "scalar", "avx2", "avx512", "avx512vnni" (LLMRUN_ISA forces one)."""
     return K.isa()
+
+
+def threads() -> int:
+    """Threads the kernels use (LLMRUN_THREADS, else the physical cores; set_threads changes it)."""
+    return K.get_threads()

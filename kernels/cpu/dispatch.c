@@ -24,12 +24,87 @@ const llmr_kernels llmr_kernels_scalar = {
 
 static int always(void) { return 1; }
 
-/* An ISA file adds a row here, e.g. { &llmr_kernels_avx2, has_avx2 } with has_avx2 built on
- * __builtin_cpu_supports("avx2") && ("fma") under #if defined(__x86_64__) || defined(_M_X64). */
+/* x86-64: CMakeLists.txt builds the *_avx2.c / *_avx512.c files for exactly these targets. The
+ * ops that are a small share of the time (rmsnorm, rope, attention, silu_mul) stay scalar. */
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define LLMR_X86 1
+
+static const llmr_kernels llmr_kernels_avx2 = {
+    .isa = "avx2",
+    .vec_dot = {
+        [LLMR_TYPE_F32] = vec_dot_f32_f32_avx2,
+        [LLMR_TYPE_F16] = vec_dot_f16_f32_avx2,
+        [LLMR_TYPE_BF16] = vec_dot_bf16_f32_avx2,
+        [LLMR_TYPE_Q8_0] = vec_dot_q8_0_q16_a_avx2,
+        [LLMR_TYPE_Q4_0] = vec_dot_q4_0_q16_a_avx2,
+        [LLMR_TYPE_Q4_1] = vec_dot_q4_1_q16_a_avx2,
+    },
+    .quantize_q16_a = quantize_row_q16_a_avx2,
+    .rmsnorm = rmsnorm_ref,
+    .rope = rope_ref,
+    .attention = attention_ref,
+    .silu_mul = silu_mul_ref,
+};
+
+static const llmr_kernels llmr_kernels_avx512 = {
+    .isa = "avx512",
+    .vec_dot = {
+        [LLMR_TYPE_F32] = vec_dot_f32_f32_avx512,
+        [LLMR_TYPE_F16] = vec_dot_f16_f32_avx512,
+        [LLMR_TYPE_BF16] = vec_dot_bf16_f32_avx512,
+        [LLMR_TYPE_Q8_0] = vec_dot_q8_0_q16_a_avx512,
+        [LLMR_TYPE_Q4_0] = vec_dot_q4_0_q16_a_avx512,
+        [LLMR_TYPE_Q4_1] = vec_dot_q4_1_q16_a_avx512,
+    },
+    .quantize_q16_a = quantize_row_q16_a_avx512,
+    .rmsnorm = rmsnorm_ref,
+    .rope = rope_ref,
+    .attention = attention_ref,
+    .silu_mul = silu_mul_ref,
+};
+
+/* avx512 with the integer dots built for VNNI (vpdpwssd); the rest is avx512's. */
+static const llmr_kernels llmr_kernels_avx512vnni = {
+    .isa = "avx512vnni",
+    .vec_dot = {
+        [LLMR_TYPE_F32] = vec_dot_f32_f32_avx512,
+        [LLMR_TYPE_F16] = vec_dot_f16_f32_avx512,
+        [LLMR_TYPE_BF16] = vec_dot_bf16_f32_avx512,
+        [LLMR_TYPE_Q8_0] = vec_dot_q8_0_q16_a_avx512vnni,
+        [LLMR_TYPE_Q4_0] = vec_dot_q4_0_q16_a_avx512vnni,
+        [LLMR_TYPE_Q4_1] = vec_dot_q4_1_q16_a_avx512vnni,
+    },
+    .quantize_q16_a = quantize_row_q16_a_avx512,
+    .rmsnorm = rmsnorm_ref,
+    .rope = rope_ref,
+    .attention = attention_ref,
+    .silu_mul = silu_mul_ref,
+};
+
+/* __builtin_cpu_supports also checks that the OS saves the AVX / AVX-512 registers. */
+static int has_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+
+/* The avx512 files are also built with -mavx2 -mfma -mf16c, which every AVX-512 BW CPU has. */
+static int has_avx512(void) {
+    return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
+}
+
+static int has_avx512vnni(void) { return has_avx512() && __builtin_cpu_supports("avx512vnni"); }
+#endif
+
 static const struct {
     const llmr_kernels *kernels;
     int (*supported)(void);
 } ISAS[] = {
+#ifdef LLMR_X86
+    {&llmr_kernels_avx512vnni, has_avx512vnni},
+    {&llmr_kernels_avx512, has_avx512},
+    {&llmr_kernels_avx2, has_avx2},
+#endif
     {&llmr_kernels_scalar, always},
 };
 

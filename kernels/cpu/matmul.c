@@ -6,29 +6,111 @@ size_t llmr_matmul_scratch(const llmr_type_traits *t, int64_t rows, int64_t k) {
     return t->act == LLMR_ACT_Q16_A ? (size_t)rows * (size_t)(k / QK) * sizeof(block_q16_a) : 0;
 }
 
+/* Work is split into items that each own whole outputs, so a result never depends on how many
+ * threads ran or which ran what. */
+
+/* Bytes of weights per matmul item: enough that handing out an item (one atomic add) is noise
+ * beside its work, small enough that the items even out between threads. */
+#define ITEM_BYTES 16384
+
+typedef struct {
+    const llmr_kernels *kern;
+    llmr_vec_dot_fn vec_dot;
+    float *out;
+    const float *x;
+    const void *w, *act;
+    size_t w_row, act_row;
+    int64_t t, n, k, rows_per_item;
+} matmul_job;
+
+/* Activation rows [item * rows_per_item, ...) quantised to q16_a. */
+static void quantize_item(void *ctx, int64_t item) {
+    const matmul_job *j = ctx;
+    const int64_t nb = j->k / QK, r1 = (item + 1) * j->rows_per_item;
+    for (int64_t ti = item * j->rows_per_item; ti < (r1 < j->t ? r1 : j->t); ti++)
+        j->kern->quantize_q16_a(j->x + ti * j->k, (block_q16_a *)j->act + ti * nb, j->k);
+}
+
+/* Outputs out[:, n0:n1] for weight rows [n0, n1). Weight rows outer: a row stays in cache
+ * while every token uses it, and the weights, by far the larger operand, stream through
+ * memory once. */
+static void matmul_item(void *ctx, int64_t item) {
+    const matmul_job *j = ctx;
+    const int64_t n0 = item * j->rows_per_item, n1 = n0 + j->rows_per_item < j->n ? n0 + j->rows_per_item : j->n;
+    for (int64_t ni = n0; ni < n1; ni++) {
+        const uint8_t *wr = (const uint8_t *)j->w + ni * j->w_row;
+        for (int64_t ti = 0; ti < j->t; ti++)
+            j->vec_dot(j->k, j->out + ti * j->n + ni, wr, (const uint8_t *)j->act + ti * j->act_row);
+    }
+}
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 void llmr_matmul(const llmr_kernels *kern, int type, float *out, const float *x, const void *w,
                  int64_t t, int64_t n, int64_t k, void *scratch) {
     const llmr_type_traits *tr = llmr_type_traits_get(type);
-    const llmr_vec_dot_fn vec_dot = kern->vec_dot[type];
-    const size_t w_row = (size_t)llmr_row_bytes(tr, k);
+    const int64_t threads = llmr_threads_get();
+    matmul_job j = {
+        .kern = kern, .vec_dot = kern->vec_dot[type], .out = out, .x = x, .w = w, .act = x,
+        .w_row = (size_t)llmr_row_bytes(tr, k), .act_row = (size_t)k * sizeof(float), .t = t, .n = n, .k = k,
+    };
+    if (t <= 0 || n <= 0)
+        return;
 
-    /* Quantise each activation row once; every weight row then reuses it. */
-    const void *act = x;
-    size_t act_row = (size_t)k * sizeof(float);
+    /* Quantise each activation row once; every weight row then reuses it. A few rows (decode)
+     * are not worth a job of their own. */
     if (tr->act == LLMR_ACT_Q16_A) {
-        for (int64_t ti = 0; ti < t; ti++)
-            kern->quantize_q16_a(x + ti * k, (block_q16_a *)scratch + ti * (k / QK), k);
-        act = scratch;
-        act_row = (size_t)(k / QK) * sizeof(block_q16_a);
+        j.act = scratch;
+        j.act_row = (size_t)(k / QK) * sizeof(block_q16_a);
+        j.rows_per_item = t * k >= 16 * 1024 ? ceil_div(t, threads) : t;
+        llmr_parallel_for(ceil_div(t, j.rows_per_item), quantize_item, &j);
     }
 
-    /* Weight rows outer: a row stays in cache while every token uses it, and the weights,
-     * by far the larger operand, stream through memory once. */
-    for (int64_t ni = 0; ni < n; ni++) {
-        const uint8_t *wr = (const uint8_t *)w + ni * w_row;
-        for (int64_t ti = 0; ti < t; ti++)
-            vec_dot(k, out + ti * n + ni, wr, (const uint8_t *)act + ti * act_row);
+    /* Items of about ITEM_BYTES of weights (times the tokens each row meets), and at least
+     * one item per thread. */
+    const int64_t item_rows = ITEM_BYTES / ((int64_t)j.w_row * t);
+    j.rows_per_item = item_rows < 1 ? 1 : item_rows;
+    if (ceil_div(n, j.rows_per_item) < threads)
+        j.rows_per_item = ceil_div(n, threads);
+    if ((int64_t)j.w_row * n * t < ITEM_BYTES / 4) /* less work than waking a thread costs */
+        j.rows_per_item = n;
+    llmr_parallel_for(ceil_div(n, j.rows_per_item), matmul_item, &j);
+}
+
+typedef struct {
+    const llmr_kernels *kern;
+    float *out;
+    const float *q, *k, *v;
+    float *scores;
+    int64_t t, hq, hkv, hd, n_past, slots;
+} attention_job;
+
+/* Tokens item, item + slots, ...: interleaved, as causal attention's cost grows with the
+ * token; each token by the table's kernel on its own, with this item's scores. */
+static void attention_item(void *ctx, int64_t item) {
+    const attention_job *j = ctx;
+    float *scores = j->scores + item * (j->n_past + j->t);
+    for (int64_t ti = item; ti < j->t; ti += j->slots) {
+        const int64_t off = ti * j->hq * j->hd;
+        j->kern->attention(j->out + off, j->q + off, j->k, j->v, 1, j->hq, j->hkv, j->hd, j->n_past + ti,
+                           scores);
     }
+}
+
+int64_t llmr_attention_slots(int64_t t) {
+    const int64_t threads = llmr_threads_get();
+    return t < 1 ? 1 : t < threads ? t : threads;
+}
+
+void llmr_attention(const llmr_kernels *kern, float *out, const float *q, const float *k, const float *v,
+                    int64_t t, int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, float *scores,
+                    int64_t slots) {
+    if (slots <= 1 || t <= 1) {
+        kern->attention(out, q, k, v, t, hq, hkv, hd, n_past, scores);
+        return;
+    }
+    attention_job j = {kern, out, q, k, v, scores, t, hq, hkv, hd, n_past, slots < t ? slots : t};
+    llmr_parallel_for(j.slots, attention_item, &j);
 }
 
 int64_t llmr_get_rows(int type, float *out, const void *w, int64_t rows, const int32_t *ids, int64_t n,

@@ -169,7 +169,7 @@ typedef struct {
     void (*silu_mul)(float *out, const float *gate, const float *up, int64_t n);
 } llmr_kernels;
 
-/* The scalar reference, always available. Later: llmr_kernels_avx2, _avx512, _neon. */
+/* The scalar reference, always available; x86-64 adds avx2, avx512, avx512vnni (dispatch.c). */
 extern const llmr_kernels llmr_kernels_scalar;
 
 /* ---- scalar reference kernels (*_ref.c) ---------------------------------------------------- */
@@ -202,6 +202,29 @@ void attention_ref(float *out, const float *q, const float *k, const float *v, i
                    int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, float *scores);
 void silu_mul_ref(float *out, const float *gate, const float *up, int64_t n);
 
+/* ---- x86-64 SIMD kernels (*_avx2.c, *_avx512.c; built and called only on x86-64) ---------- */
+
+/* AVX2 + FMA + F16C */
+void quantize_row_q16_a_avx2(const float *x, block_q16_a *y, int64_t k);
+void vec_dot_f32_f32_avx2(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_f16_f32_avx2(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_bf16_f32_avx2(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q8_0_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q4_0_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q4_1_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
+
+/* AVX-512 F + BW + VL; the _avx512vnni dots are the same source built with VNNI */
+void quantize_row_q16_a_avx512(const float *x, block_q16_a *y, int64_t k);
+void vec_dot_f32_f32_avx512(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_f16_f32_avx512(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_bf16_f32_avx512(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q8_0_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q4_0_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q4_1_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q8_0_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q4_0_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q4_1_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
+
 /* ---- dispatch (dispatch.c) ------------------------------------------------------------------ */
 
 /* Pick the kernels once. `forced` (LLMRUN_ISA) names an ISA or is NULL/empty for the best
@@ -223,6 +246,29 @@ void llmr_matmul(const llmr_kernels *kern, int type, float *out, const float *x,
  * the position of the first id outside [0, rows) (*bad = its value) and stops there. */
 int64_t llmr_get_rows(int type, float *out, const void *w, int64_t rows, const int32_t *ids, int64_t n,
                       int64_t k, int32_t *bad);
+/* Threaded attention (the table's kernel on token ranges; the kernel takes whole heads, so a
+ * single token, decode, runs on the caller alone). scores: slots * (n_past + t) floats, with
+ * slots = llmr_attention_slots(t) read when the scratch was sized. */
+int64_t llmr_attention_slots(int64_t t);
+void llmr_attention(const llmr_kernels *kern, float *out, const float *q, const float *k, const float *v,
+                    int64_t t, int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, float *scores,
+                    int64_t slots);
+
+/* ---- thread pool (threads.c) ---------------------------------------------------------------- */
+
+#define LLMR_MAX_THREADS 512
+/* Work item `item` of a job; each output element must be written by exactly one item. */
+typedef void (*llmr_task_fn)(void *ctx, int64_t item);
+/* Run fn(ctx, i) for i in [0, n_items) on the pool (the caller takes part); returns when all
+ * are done. Jobs from two threads at once: the second runs on its caller alone. */
+void llmr_parallel_for(int64_t n_items, llmr_task_fn fn, void *ctx);
+/* Physical cores this process may use (affinity, cgroup quota), at least 1. */
+int llmr_threads_default(void);
+/* Set the thread count (at import, and from set_threads); -1 if n is outside [1, LLMR_MAX_THREADS].
+ * The pool is (re)made lazily by the next job. */
+int llmr_threads_init(int n);
+int llmr_threads_set(int n);
+int llmr_threads_get(void);
 
 #ifdef __cplusplus
 }

@@ -5,6 +5,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -191,7 +192,7 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    llmr_matmul(kern, type, out->buf, x->buf, w->buf, tok, n, k, scratch);
+    llmr_matmul(kern, type, out->buf, x->buf, w->buf, tok, n, k, scratch); /* on the thread pool */
     Py_END_ALLOW_THREADS
     ret = Py_NewRef(Py_None);
 done:
@@ -406,12 +407,14 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
     if (check_disjoint(out, q, "out and q", 0) || check_disjoint(out, kc, "out and k_cache", 0) ||
         check_disjoint(out, vc, "out and v_cache", 0))
         goto done;
-    if (!(scores = malloc((size_t)(n_past + t + 1) * sizeof(float)))) {
+    /* One scores row per slot (thread) working on tokens at once. */
+    const int64_t slots = llmr_attention_slots(t);
+    if (!(scores = malloc((size_t)slots * (size_t)(n_past + t + 1) * sizeof(float)))) {
         PyErr_NoMemory();
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    kern->attention(out->buf, q->buf, kc->buf, vc->buf, t, hq, hkv, hd, n_past, scores);
+    llmr_attention(kern, out->buf, q->buf, kc->buf, vc->buf, t, hq, hkv, hd, n_past, scores, slots);
     Py_END_ALLOW_THREADS
     ret = Py_NewRef(Py_None);
 done:
@@ -460,6 +463,33 @@ static PyObject *py_isas(PyObject *self, PyObject *unused) {
     return list;
 }
 
+static PyObject *py_set_threads(PyObject *self, PyObject *arg) {
+    const long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "set_threads: n must be in [1, %d]", LLMR_MAX_THREADS);
+        }
+        return NULL;
+    }
+    if (PyBool_Check(arg) || n < 1 || n > LLMR_MAX_THREADS) {
+        PyErr_Format(PyExc_ValueError, "set_threads: n must be an integer in [1, %d], got %R", LLMR_MAX_THREADS, arg);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS /* waits for a kernel running on the pool in another thread */
+    llmr_threads_set((int)n); /* cannot fail: n was checked above */
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_threads(PyObject *self, PyObject *unused) {
+    return PyLong_FromLong(llmr_threads_get());
+}
+
+static PyObject *py_default_threads(PyObject *self, PyObject *unused) {
+    return PyLong_FromLong(llmr_threads_default());
+}
+
 static PyMethodDef methods[] = {
     {"matmul", py_matmul, METH_VARARGS,
      "matmul(out, x, w, wtype): out[t, n] = dot(W[n], x[t]). x float32 [T, K] or [K]; out float32\n"
@@ -487,13 +517,22 @@ static PyMethodDef methods[] = {
      "silu_mul(out, gate, up): out = gate * sigmoid(gate) * up, all float32 of one shape."},
     {"isa", py_isa, METH_NOARGS, "isa() -> the kernel path in use, e.g. 'scalar'."},
     {"isas", py_isas, METH_NOARGS, "isas() -> the kernel paths this CPU can run, best first."},
+    {"set_threads", py_set_threads, METH_O,
+     "set_threads(n): run kernels on n threads (1 .. 512), the caller included. Results are\n"
+     "bit-identical for any n."},
+    {"get_threads", py_get_threads, METH_NOARGS,
+     "get_threads() -> the thread count: LLMRUN_THREADS at import, else the physical cores, or\n"
+     "the last set_threads."},
+    {"default_threads", py_default_threads, METH_NOARGS,
+     "default_threads() -> the physical cores this process may use (affinity, cgroup quota)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "_kernels",
-    .m_doc = "llmrun's native kernels. LLMRUN_ISA (read once, at import) forces a kernel path.",
+    .m_doc = "llmrun's native kernels. LLMRUN_ISA (read once, at import) forces a kernel path;\n"
+             "LLMRUN_THREADS (read once, at import) sets the thread count (default: physical cores).",
     .m_size = -1,
     .m_methods = methods,
 };
@@ -505,5 +544,23 @@ PyMODINIT_FUNC PyInit__kernels(void) {
         PyErr_SetString(PyExc_ImportError, err);
         return NULL;
     }
+    /* LLMRUN_THREADS: a whole number in [1, LLMR_MAX_THREADS]; anything else is an error, not
+     * a silent fallback. Unset or empty: the physical cores. */
+    const char *env = getenv("LLMRUN_THREADS");
+    int threads;
+    if (!env || env[0] == '\0')
+        threads = llmr_threads_default();
+    else {
+        char *end;
+        errno = 0;
+        const long n = strtol(env, &end, 10);
+        if (errno || end == env || *end != '\0' || n < 1 || n > LLMR_MAX_THREADS) {
+            PyErr_Format(PyExc_ImportError, "LLMRUN_THREADS=%s: must be a whole number of threads in [1, %d]",
+                         env, LLMR_MAX_THREADS);
+            return NULL;
+        }
+        threads = (int)n;
+    }
+    llmr_threads_init(threads);
     return PyModule_Create(&module);
 }

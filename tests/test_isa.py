@@ -1,0 +1,238 @@
+"""Every SIMD kernel path this CPU runs, held to the scalar path and to the numpy reference.
+
+The ISA is chosen once, at import (LLMRUN_ISA), so each path runs in its own subprocess: this
+file, run as a script, computes every case below with the kernels of its LLMRUN_ISA and saves
+the outputs to an .npz; the tests compare those files. All paths run at once, in parallel.
+
+Sizes are awkward on purpose: N rows that fill no tile (1, 3, 17, 67), K of 1, 3 and 65
+blocks, 1 and 7 tokens, and for float weights K that is no multiple of 8 or 16 (a vector
+tail)."""
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import llmrun._kernels as K
+from llmrun.quant import reference as ref
+from llmrun.quant.types import BF16, F16, F32, Q4_0, Q4_1, Q8_0
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_kernels import (FLOAT_DOT_BOUND, QUANT_DOT_BOUND, edge_rows, matmul_magnitude,  # noqa: E402
+                          rand, rng_for)
+
+ALL_TYPES = [F32, F16, BF16, Q8_0, Q4_0, Q4_1]
+SIMD_ISAS = ["avx2", "avx512", "avx512vnni"]  # x86-64; each needs the CPU features below
+CPU_FLAGS = {"avx2": {"avx2", "fma", "f16c"},  # /proc/cpuinfo spellings
+             "avx512": {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl"},
+             "avx512vnni": {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"}}
+
+ROWS = [1, 3, 17, 67]
+TOKENS = [1, 7]
+K_QUANT = [32, 96, 2080]
+K_FLOAT = K_QUANT + [5, 33, 100]  # below one vector, and vector tails of 1 and 4 (or 4 and 4)
+
+# --- error bounds ------------------------------------------------------------------------------
+# Quantised weights: the SIMD kernels compute each block's integer sum exactly (as the scalar
+# kernel) and then do the scalar kernel's float steps, operation for operation and in the same
+# order, so their outputs must equal the scalar path's: bound 0. Against the float64 reference
+# they meet the scalar kernel's bound, QUANT_DOT_BOUND (tests/test_kernels.py).
+#
+# Float weights: the SIMD kernels sum the K products in another order (several FMA accumulators,
+# then a tree). For any order, K products (one rounding each, none when fused) and at most K - 1
+# additions, each off by u times a partial sum bounded by M = sum_k |x_k w_k|, plus the final
+# rounding give |err| <= (K + 1) u M against float64: FLOAT_DOT_BOUND(K) = (K + 2) u (one u of
+# slack), the scalar kernel's own bound. Scalar and SIMD are each within it of float64, so
+# within twice it of each other.
+FLOAT_VS_SCALAR = 2
+
+# The q16_a quantiser does the scalar f32 operations (max, one division, one reciprocal, one
+# product, roundf per element, one product for s): its bytes must be the scalar's: bound 0.
+# rmsnorm, rope, attention and silu_mul are the scalar kernels in every table today: bound 0.
+
+
+# --- the cases, computed by each path in its subprocess -----------------------------------------
+
+def matmul_cases():
+    for t in ALL_TYPES:
+        for k in K_QUANT if t.quantized else K_FLOAT:
+            for n in ROWS:
+                for tokens in TOKENS:
+                    yield t, tokens, n, k
+
+
+def matmul_inputs(t, tokens, n, k):
+    rng = rng_for("isa matmul", t.name, tokens, n, k)
+    x = rand(rng, tokens, k, scale=2.0)
+    x[:, : min(k, 3)] *= 50.0  # an outlier or three, which sets an activation block's scale
+    return x, ref.quantize(rand(rng, n, k, scale=0.1), t)
+
+
+def q16a_inputs():
+    rng = rng_for("isa q16a")
+    scales = np.repeat(10.0 ** rng.uniform(-4, 4, (5, 65)), 32, axis=-1)  # a scale per block
+    return {"random": (rng.standard_normal((5, 65 * 32)) * scales).astype(np.float32),
+            "edges": edge_rows()}
+
+
+def other_inputs():
+    rng = rng_for("isa ops")
+    return {"x": rand(rng, 7, 100, scale=3.0), "w": rand(rng, 100), "q": rand(rng, 7, 6, 16),
+            "kc": rand(rng, 12, 2, 16), "vc": rand(rng, 12, 2, 16), "gate": rand(rng, 7, 33, scale=4.0),
+            "pos": np.arange(3, 10, dtype=np.int32),
+            "inv_freq": (10000.0 ** (-np.arange(0, 16, 2) / 16)).astype(np.float32)}
+
+
+def compute_all() -> dict[str, np.ndarray]:
+    """Every output of this process's kernel path, by name."""
+    out = {"isa": np.array(K.isa())}
+    for t, tokens, n, k in matmul_cases():
+        x, w = matmul_inputs(t, tokens, n, k)
+        y = np.empty((tokens, n), np.float32)
+        K.matmul(y, x, w, t.id)
+        out[f"matmul/{t.name}/{tokens}/{n}/{k}"] = y
+    for name, x in q16a_inputs().items():
+        q = np.empty((x.shape[0], x.shape[1] // 32 * ref.Q16A_BYTES), np.uint8)
+        K.quantize_q16a(q, x)
+        out[f"q16a/{name}"] = q
+    ids = np.array([2, 0, 66, 2], np.int32)
+    for t in ALL_TYPES:
+        _, w = matmul_inputs(t, 1, 67, 96)
+        rows = np.empty((len(ids), 96), np.float32)
+        K.get_rows(rows, w, t.id, ids)
+        out[f"get_rows/{t.name}"] = rows
+    a = other_inputs()
+    y = np.empty_like(a["x"])
+    K.rmsnorm(y, a["x"], a["w"], 1e-5)
+    out["rmsnorm"] = y
+    y = a["q"].copy()
+    K.rope(y, a["pos"], a["inv_freq"])
+    out["rope"] = y
+    y = np.empty_like(a["q"])
+    K.attention(y, a["q"], a["kc"], a["vc"], 5)
+    out["attention"] = y
+    y = np.empty_like(a["gate"])
+    K.silu_mul(y, a["gate"], a["x"][:, :33].copy())
+    out["silu_mul"] = y
+    return out
+
+
+if __name__ == "__main__":  # the subprocess: python tests/test_isa.py OUT.npz
+    np.savez(sys.argv[1], **compute_all())
+    sys.exit(0)
+
+
+# --- the tests ----------------------------------------------------------------------------------
+
+def cpu_flags() -> set[str] | None:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    m = re.search(r"^flags\s*:(.*)$", text, re.M)
+    return set(m.group(1).split()) if m else None
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict[str, dict[str, np.ndarray]]:
+    """isa -> its outputs, for scalar and every SIMD path this CPU runs (all started at once)."""
+    tmp = tmp_path_factory.mktemp("isa")
+    procs = {}
+    for isa in ["scalar"] + [i for i in SIMD_ISAS if i in K.isas()]:
+        env = {**os.environ, "LLMRUN_ISA": isa}
+        procs[isa] = subprocess.Popen([sys.executable, __file__, str(tmp / f"{isa}.npz")], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = {}
+    for isa, p in procs.items():
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, f"LLMRUN_ISA={isa}: {err}"
+        with np.load(tmp / f"{isa}.npz") as f:
+            out[isa] = dict(f)
+    return out
+
+
+def needs(isa):
+    if isa not in K.isas():
+        pytest.skip(f"this CPU cannot run {isa}")
+
+
+@pytest.mark.parametrize("isa", SIMD_ISAS)
+def test_this_cpu_lists_the_isas_it_has(isa):
+    flags = cpu_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo to say what this CPU has")
+    if platform.machine() not in ("x86_64", "AMD64"):
+        assert isa not in K.isas()
+        pytest.skip("not x86-64: no x86 kernels are built")
+    if not CPU_FLAGS[isa] <= flags:
+        assert isa not in K.isas()
+        pytest.skip(f"this CPU lacks {sorted(CPU_FLAGS[isa] - flags)}")
+    assert isa in K.isas()
+    assert K.isas().index(isa) < K.isas().index("scalar")
+
+
+def test_best_isa_is_the_default():
+    assert K.isa() == K.isas()[0]
+
+
+def test_unknown_isa_fails_listing_the_known_ones():
+    env = {**os.environ, "LLMRUN_ISA": "avx1024"}
+    r = subprocess.run([sys.executable, "-c", "import llmrun._kernels"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode != 0
+    assert "LLMRUN_ISA=avx1024" in r.stderr and "unknown" in r.stderr
+    for isa in K.isas():
+        assert isa in r.stderr
+
+
+@pytest.mark.parametrize("isa", SIMD_ISAS)
+def test_forced_isa_runs(results, isa):
+    needs(isa)
+    assert str(results[isa]["isa"]) == isa
+
+
+@pytest.mark.parametrize("isa", SIMD_ISAS)
+def test_quantize_q16a_is_byte_identical(results, isa):
+    needs(isa)
+    for name, x in q16a_inputs().items():
+        want = ref.q16a_to_bytes(*ref.quantize_q16a(x))
+        np.testing.assert_array_equal(results["scalar"][f"q16a/{name}"], want)
+        np.testing.assert_array_equal(results[isa][f"q16a/{name}"], want, err_msg=name)
+
+
+@pytest.mark.parametrize("isa", SIMD_ISAS)
+@pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: t.name)
+def test_matmul(results, isa, t):
+    needs(isa)
+    for tt, tokens, n, k in matmul_cases():
+        if tt is not t:
+            continue
+        key = f"matmul/{t.name}/{tokens}/{n}/{k}"
+        got, scalar = results[isa][key].astype(np.float64), results["scalar"][key].astype(np.float64)
+        x, w = matmul_inputs(t, tokens, n, k)
+        mag = matmul_magnitude(w, t, x)
+        bound = (QUANT_DOT_BOUND(k // 32) if t.quantized else FLOAT_DOT_BOUND(k)) * mag
+        err = np.abs(got - ref.matmul(w, t, x))
+        assert (err <= bound).all(), f"{key}: max err {err.max():.3g}, bound {bound.flat[err.argmax()]:.3g}"
+        if t.quantized:
+            np.testing.assert_array_equal(got, scalar, err_msg=key)
+        else:
+            err = np.abs(got - scalar)
+            assert (err <= FLOAT_VS_SCALAR * bound).all(), f"{key}: vs scalar, max err {err.max():.3g}"
+
+
+@pytest.mark.parametrize("isa", SIMD_ISAS)
+def test_other_ops_equal_scalar(results, isa):
+    needs(isa)
+    for key in [k for k in results["scalar"] if not k.startswith(("matmul/", "q16a/", "isa"))]:
+        np.testing.assert_array_equal(results[isa][key], results["scalar"][key], err_msg=key)
+    for t in ALL_TYPES:  # get_rows dequantises with the reference: exact
+        _, w = matmul_inputs(t, 1, 67, 96)
+        np.testing.assert_array_equal(results[isa][f"get_rows/{t.name}"],
+                                      ref.dequantize(w, t, 96)[[2, 0, 66, 2]])
