@@ -90,6 +90,14 @@ RepeatWindow = Annotated[int, typer.Option("--repeat-window", min=0, help="token
 Seed = Annotated[Optional[int], typer.Option("--seed", help="fix the random draws")]
 Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="end the reply at this text (repeatable)")]
 Ctx = Annotated[Optional[int], typer.Option("--ctx", min=16, help="context size in tokens")]
+Threads = Annotated[Optional[int], typer.Option("--threads", min=1, max=512,
+                                                help="kernel threads (default: LLMRUN_THREADS, else physical cores)")]
+
+
+def _set_threads(n: Optional[int]) -> None:
+    if n is not None:
+        from llmrun import _kernels
+        _kernels.set_threads(n)
 
 
 @app.command()
@@ -98,7 +106,7 @@ def generate(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
              n: int = typer.Option(128, "--n-predict", "--max-tokens", "-n", min=1, help="tokens to generate"),
              temp: Temp = 0.8, top_k: TopK = 40, top_p: TopP = 0.95, min_p: MinP = 0.0,
              repeat_penalty: RepeatPenalty = 1.0, repeat_window: RepeatWindow = 64, seed: Seed = None,
-             stop: Stop = None, ctx: Ctx = None,
+             stop: Stop = None, ctx: Ctx = None, threads: Threads = None,
              raw: bool = typer.Option(False, "--raw", help="continue the prompt as is, without the model's chat template")):
     """Answer a prompt (through the model's chat template, if it has one) or, with --raw,
     continue it; text streams to stdout, speeds to stderr."""
@@ -106,6 +114,7 @@ def generate(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
     from llmrun.chat import chat_ids
     if prompt == "-":
         prompt = sys.stdin.read()
+    _set_threads(threads)
     m = _open_model(model)
     cache = m.new_cache(ctx) if ctx else None
     if m.chat_template and not raw:
@@ -130,7 +139,7 @@ def chat(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
          max_tokens: int = typer.Option(1024, "--max-tokens", "-n", min=1, help="longest reply, in tokens"),
          temp: Temp = 0.8, top_k: TopK = 40, top_p: TopP = 0.95, min_p: MinP = 0.05,
          repeat_penalty: RepeatPenalty = 1.0, repeat_window: RepeatWindow = 64, seed: Seed = None,
-         stop: Stop = None, ctx: Ctx = None,
+         stop: Stop = None, ctx: Ctx = None, threads: Threads = None,
          context_overflow: str = typer.Option("shift", "--context-overflow", help="when the context is full: "
                                               "shift (drop the oldest turns) or stop"),
          verbose: bool = typer.Option(False, "--verbose", "-v", help="speeds and context use after each reply"),
@@ -145,12 +154,49 @@ def chat(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
     if chat_template:
         with open(chat_template, encoding="utf-8") as f:
             template = f.read()
+    _set_threads(threads)
     m = _open_model(model)
     settings = Settings(temperature=temp, top_k=top_k, top_p=top_p if top_p > 0 else 1.0, min_p=min_p,
                         repeat_penalty=repeat_penalty, repeat_window=repeat_window, seed=seed, max_tokens=max_tokens)
     session = ChatSession(m, system=system, template=template, n_ctx=ctx, overflow=context_overflow,
                           settings=settings, stop=stop or ())
     raise typer.Exit(run(session, verbose=verbose, single=single))
+
+
+@app.command()
+def bench(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
+          n_prompt: int = typer.Option(512, "--n-prompt", "-p", min=0, help="prompt tokens (pp test); 0 skips"),
+          n_gen: int = typer.Option(128, "--n-gen", "-n", min=0, help="generated tokens (tg test); 0 skips"),
+          threads: str = typer.Option("1,2", "--threads", "-t", help="comma-separated thread counts"),
+          repetitions: int = typer.Option(3, "--repetitions", "-r", min=1),
+          output: str = typer.Option("md", "--output", "-o", help="md, json or csv")):
+    """Measure prompt and generation speed, like llama-bench."""
+    import json
+    from llmrun.bench import bench as run_bench
+    try:
+        counts = [int(t) for t in threads.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"{threads!r} is not a list of numbers", param_hint="--threads") from None
+    if output not in ("md", "json", "csv"):
+        raise typer.BadParameter(f"{output!r}: use md, json or csv", param_hint="--output")
+    m = _open_model(model)
+    results = run_bench(m, os.path.basename(m.file.path), n_prompt, n_gen, counts, repetitions)
+    if output == "json":
+        typer.echo(json.dumps([r.to_dict() for r in results], indent=1))
+        return
+    rows = [(r.model, _bytes(r.model_bytes), f"{r.params / 1e6:.1f}M", r.type, r.isa, str(r.threads), r.test,
+             f"{r.avg_ts:.2f} ± {r.stddev_ts:.2f}", f"{r.gb_s:.1f}" if r.gb_s is not None else "")
+            for r in results]
+    head = ("model", "size", "params", "type", "isa", "threads", "test", "t/s", "GB/s")
+    if output == "csv":
+        for row in [head, *rows]:
+            typer.echo(",".join(row))
+        return
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+    typer.echo("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
+    typer.echo("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        typer.echo("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
 
 
 @app.command()
@@ -184,7 +230,7 @@ def info(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
                f"{prov.get('converter', '?')}, type {prov.get('type', '?')}")
     if prov.get("tensor_types"):
         typer.echo("conversion:  " + ", ".join(f"{k} x{v}" for k, v in prov["tensor_types"].items()))
-    typer.echo(f"kernels:     {cpu.isa()}")
+    typer.echo(f"kernels:     {cpu.isa()}, {cpu.threads()} threads")
     if tensors:
         for t in f.tensors.values():
             typer.echo(f"  {t.name:40s} {t.type.name:5s} {str(list(t.shape)):16s} crc32 {t.crc32:08x}")

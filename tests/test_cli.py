@@ -72,7 +72,8 @@ def test_tokenize(converted):
 def test_info_and_verify(converted):
     _, out = converted
     r = run_cli("info", out, "--verify", check=True)
-    assert "2 layers" in r.stdout and "q8_0" in r.stdout and "scalar" in r.stdout
+    from llmrun import cpu
+    assert "2 layers" in r.stdout and "q8_0" in r.stdout and f"kernels:     {cpu.isa()}, " in r.stdout
     assert "checksums match" in r.stdout
 
 

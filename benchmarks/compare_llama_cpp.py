@@ -1,0 +1,61 @@
+"""llmrun against llama.cpp on the same model file, runs alternating, medians and ratios.
+
+    LLAMA_BENCH=/path/to/llama-bench python benchmarks/compare_llama_cpp.py MODEL.gguf [-t 1,2] [--rounds 3]
+
+llama-bench reads the GGUF; llmrun benchmarks its own lossless import of it (converted into the
+model cache once). Each round runs both tools once per thread count, one after the other, so a
+drift in the machine's speed hits both; the table shows the median of the rounds' tokens/s and
+llmrun / llama.cpp. llama.cpp is built outside this repository and never committed: its source
+ships in the llama-cpp-python sdist (`pip download --no-deps --no-build-isolation --no-binary llama-cpp-python
+llama-cpp-python==0.3.36`, unpack, `cmake -B build vendor/llama.cpp && cmake --build build
+--target llama-bench`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+
+def run_json(cmd: list[str]) -> list[dict]:
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("gguf")
+    ap.add_argument("-p", "--n-prompt", type=int, default=512)
+    ap.add_argument("-n", "--n-gen", type=int, default=128)
+    ap.add_argument("-t", "--threads", default="2")
+    ap.add_argument("-r", "--repetitions", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
+    a = ap.parse_args()
+    llama_bench = os.environ.get("LLAMA_BENCH")
+    if not llama_bench:
+        sys.exit("set LLAMA_BENCH to the llama-bench binary")
+    rates: dict[tuple, list[float]] = {}
+    for _ in range(a.rounds):
+        for t in a.threads.split(","):
+            common = ["-p", str(a.n_prompt), "-n", str(a.n_gen), "-r", str(a.repetitions), "-o", "json"]
+            for row in run_json([llama_bench, "-m", a.gguf, "-t", t, *common]):
+                test = f"pp{row['n_prompt']}" if row["n_prompt"] else f"tg{row['n_gen']}"
+                rates.setdefault(("llama.cpp", test, int(t)), []).append(row["avg_ts"])
+            for row in run_json([sys.executable, "-m", "llmrun.cli.main", "bench", a.gguf, "-t", t, *common]):
+                rates.setdefault(("llmrun", row["test"], row["threads"]), []).append(row["avg_ts"])
+    print(f"| test | threads | llama.cpp t/s | llmrun t/s | llmrun / llama.cpp |")
+    print("|---|---|---|---|---|")
+    for (tool, test, t), values in sorted(rates.items(), key=lambda kv: (kv[0][2], kv[0][1])):
+        if tool != "llama.cpp":
+            continue
+        theirs, ours = statistics.median(values), statistics.median(rates[("llmrun", test, t)])
+        print(f"| {test} | {t} | {theirs:.1f} | {ours:.1f} | {ours / theirs:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
