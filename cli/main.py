@@ -285,6 +285,9 @@ def main() -> None:
     from llmrun.errors import LlmrunError
     try:
         app()
+    except BrokenPipeError:  # the reader left (`| head`): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except (LlmrunError, ValueError, OSError) as e:
         msg = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
         print(f"llmrun: error: {msg}", file=sys.stderr)
