@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -218,9 +219,12 @@ def smollm2_hf():
     dirs = {}
     for dtype in ("float32", "float16"):
         d = ASSETS / f"smollm2-hf-{dtype}"
-        if not (d / "model.safetensors").exists():
-            subprocess.run([sys.executable, str(SHARED / "tools" / "make_smollm2_hf.py"), str(d),
+        if not d.exists():  # made beside, then renamed: an interrupted run leaves no half checkpoint
+            part = ASSETS / f"smollm2-hf-{dtype}.part"
+            shutil.rmtree(part, ignore_errors=True)
+            subprocess.run([sys.executable, str(SHARED / "tools" / "make_smollm2_hf.py"), str(part),
                             "--dtype", dtype, "--gguf", gguf], check=True, capture_output=True)
+            part.rename(d)
         dirs[dtype] = d
     return dirs
 
