@@ -1,0 +1,73 @@
+/* arm64 NEON dot products for quantised weights (q8_0, q4_0, q4_1) against q16_a activations.
+ * NEON is baseline on arm64: no extra flags, no CPU test (dispatch.c, under __aarch64__).
+ *
+ * Each block's weights are widened to int16 (vmovl_s8, or nibble masks and vmovl_u8) and
+ * multiplied with the int16 activations by vmull_s16 / vmlal_s16 (int16 x int16 -> int32,
+ * exact, no dot-product extension needed); the block's integer sum is reduced exactly
+ * (vaddvq_s32; every partial sum fits int32, see block_q16_a), and the float step per block is
+ * the scalar kernel's, operation for operation and in the same order: the results equal
+ * vec_dot_*_ref's bit for bit (the build has -ffp-contract=off, so nothing is fused). */
+#include <arm_neon.h>
+
+#include "llmrun.h"
+
+/* sum(w * a) for one block given as four int16 quarters w0..w3 (elements 0..7, .., 24..31). */
+static inline int32_t isum_i16(int16x8_t w0, int16x8_t w1, int16x8_t w2, int16x8_t w3, const int16_t *a) {
+    const int16x8_t a0 = vld1q_s16(a), a1 = vld1q_s16(a + 8), a2 = vld1q_s16(a + 16), a3 = vld1q_s16(a + 24);
+    int32x4_t acc0 = vmull_s16(vget_low_s16(w0), vget_low_s16(a0));
+    int32x4_t acc1 = vmull_high_s16(w0, a0);
+    acc0 = vmlal_s16(acc0, vget_low_s16(w1), vget_low_s16(a1));
+    acc1 = vmlal_high_s16(acc1, w1, a1);
+    acc0 = vmlal_s16(acc0, vget_low_s16(w2), vget_low_s16(a2));
+    acc1 = vmlal_high_s16(acc1, w2, a2);
+    acc0 = vmlal_s16(acc0, vget_low_s16(w3), vget_low_s16(a3));
+    acc1 = vmlal_high_s16(acc1, w3, a3);
+    return vaddvq_s32(vaddq_s32(acc0, acc1));
+}
+
+static inline int32_t isum_q8(const int8_t *q, const int16_t *a) {
+    const int8x16_t b0 = vld1q_s8(q), b1 = vld1q_s8(q + 16);
+    return isum_i16(vmovl_s8(vget_low_s8(b0)), vmovl_high_s8(b0), vmovl_s8(vget_low_s8(b1)), vmovl_high_s8(b1), a);
+}
+
+/* Element j is the low nibble of qs[j], element j + 16 the high nibble (both 0..15, so the
+ * unsigned widening reinterpreted as int16 is exact). */
+static inline int32_t isum_q4(const uint8_t *qs, const int16_t *a) {
+    const uint8x16_t b = vld1q_u8(qs);
+    const uint8x16_t lo = vandq_u8(b, vdupq_n_u8(0x0F));
+    const uint8x16_t hi = vshrq_n_u8(b, 4);
+    return isum_i16(vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(lo))), vreinterpretq_s16_u16(vmovl_high_u8(lo)),
+                    vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(hi))), vreinterpretq_s16_u16(vmovl_high_u8(hi)), a);
+}
+
+/* f16 -> f32 by the hardware conversion: exact, so equal to llmr_f16_to_f32. */
+static inline float f16(uint16_t h) {
+    return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0);
+}
+
+void vec_dot_q8_0_q16_a_neon(int64_t k, float *s, const void *w, const void *a) {
+    const block_q8_0 *x = w;
+    const block_q16_a *y = a;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < k / QK; i++)
+        sum += f16(x[i].d) * y[i].d * (float)isum_q8(x[i].qs, y[i].qs);
+    *s = sum;
+}
+
+void vec_dot_q4_0_q16_a_neon(int64_t k, float *s, const void *w, const void *a) {
+    const block_q4_0 *x = w;
+    const block_q16_a *y = a;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < k / QK; i++)
+        sum += f16(x[i].d) * (y[i].d * (float)isum_q4(x[i].qs, y[i].qs) - 8.0f * y[i].s);
+    *s = sum;
+}
+
+void vec_dot_q4_1_q16_a_neon(int64_t k, float *s, const void *w, const void *a) {
+    const block_q4_1 *x = w;
+    const block_q16_a *y = a;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < k / QK; i++)
+        sum += f16(x[i].d) * y[i].d * (float)isum_q4(x[i].qs, y[i].qs) + f16(x[i].m) * y[i].s;
+    *s = sum;
+}

@@ -1,0 +1,170 @@
+/* The arm64 NEON kernels against the scalar references, built for aarch64 and run under qemu by
+ * tests/test_neon.py (or natively on arm64):
+ *
+ *   aarch64-linux-gnu-gcc -O2 -static -ffp-contract=off -Ikernels/include tests/neon/test_neon.c \
+ *       kernels/cpu/{vec_dot_quant,vec_dot_float,quants}_neon.c kernels/cpu/{vec_dot,quants}_ref.c -lm
+ *
+ * - q8_0 / q4_0 / q4_1 dots against q16_a, and quantize_q16_a: bit-identical to _ref (the NEON
+ *   kernels sum each block's integers exactly and repeat the scalar float steps in order).
+ * - f32 / f16 / bf16 dots: the NEON sum order differs, so each of NEON and _ref must be within
+ *   FLOAT_DOT_BOUND = (K + 2) u sum_k |x_k w_k| of the float64 dot (u = 2^-24; K products and at
+ *   most K - 1 additions, each off by u times a partial sum <= sum|x w|, plus one final rounding,
+ *   give (K + 1) u; one u of slack: the bound of tests/test_kernels.py), and so within twice it of
+ *   each other.
+ * Sizes are awkward: N rows 1, 3, 17; K 32, 96, 2080 (1, 3, 65 blocks), float K also 5, 33, 100
+ * (vector tails); weight rows start at an odd byte address. Prints "N passed, M failed"; exits 1
+ * on any failure. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "llmrun.h"
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static uint64_t next_u64(void) { /* xorshift64* */
+    rng_state ^= rng_state >> 12; rng_state ^= rng_state << 25; rng_state ^= rng_state >> 27;
+    return rng_state * 0x2545F4914F6CDD1Dull;
+}
+static float uniform(void) { return (float)((next_u64() >> 40) * 0x1.0p-24) * 2.0f - 1.0f; } /* [-1, 1) */
+
+static int passed, failed;
+static void check(int ok, const char *what, int64_t n, int64_t k, int64_t row, const char *detail) {
+    if (ok) { passed++; return; }
+    failed++;
+    if (failed <= 20) printf("FAIL %s N=%lld K=%lld row=%lld: %s\n", what, (long long)n, (long long)k, (long long)row, detail);
+}
+
+static const int ROWS[] = {1, 3, 17};
+static const int K_QUANT[] = {32, 96, 2080};
+static const int K_FLOAT[] = {32, 96, 2080, 5, 33, 100};
+#define U 0x1.0p-24
+
+/* Activations with a few outliers (which set a block's scale) and a wide range of scales. */
+static void fill_x(float *x, int64_t k) {
+    const float scale = powf(10.0f, 3.0f * uniform());
+    for (int64_t i = 0; i < k; i++) x[i] = 2.0f * scale * uniform();
+    for (int64_t i = 0; i < k && i < 3; i++) x[i] *= 50.0f;
+}
+
+static void test_quant_dots(void) {
+    static const struct { const char *name; int type_size; llmr_vec_dot_fn neon, ref; } T[] = {
+        {"q8_0", 34, vec_dot_q8_0_q16_a_neon, vec_dot_q8_0_q16_a_ref},
+        {"q4_0", 18, vec_dot_q4_0_q16_a_neon, vec_dot_q4_0_q16_a_ref},
+        {"q4_1", 20, vec_dot_q4_1_q16_a_neon, vec_dot_q4_1_q16_a_ref},
+    };
+    for (int t = 0; t < 3; t++)
+        for (int ki = 0; ki < 3; ki++)
+            for (int ni = 0; ni < 3; ni++) {
+                const int64_t k = K_QUANT[ki], n = ROWS[ni], nb = k / QK, row = nb * T[t].type_size;
+                uint8_t *buf = malloc((size_t)(n * row + 1)), *w = buf + 1; /* odd address */
+                float *x = malloc((size_t)k * sizeof(float));
+                block_q16_a *a = malloc((size_t)nb * sizeof(block_q16_a));
+                for (int64_t i = 0; i < n * row; i++) w[i] = (uint8_t)next_u64();
+                for (int64_t r = 0; r < n; r++) /* finite scales (and minimums) */
+                    for (int64_t b = 0; b < nb; b++) {
+                        uint8_t *blk = w + r * row + b * T[t].type_size;
+                        const uint16_t d = llmr_f32_to_f16(0.01f * uniform()), m = llmr_f32_to_f16(0.1f * uniform());
+                        memcpy(blk, &d, 2);
+                        if (t == 2) memcpy(blk + 2, &m, 2);
+                    }
+                fill_x(x, k);
+                quantize_row_q16_a_ref(x, a, k);
+                for (int64_t r = 0; r < n; r++) {
+                    float got = NAN, want = NAN;
+                    T[t].neon(k, &got, w + r * row, a);
+                    T[t].ref(k, &want, w + r * row, a);
+                    char detail[96];
+                    snprintf(detail, sizeof detail, "neon %a, ref %a", got, want);
+                    check(llmr_f32_to_bits(got) == llmr_f32_to_bits(want), T[t].name, n, k, r, detail);
+                }
+                free(buf); free(x); free(a);
+            }
+}
+
+static float w_to_f32(int t, const uint8_t *p) {
+    if (t == 0) { float f; memcpy(&f, p, 4); return f; }
+    uint16_t h; memcpy(&h, p, 2);
+    return t == 1 ? llmr_f16_to_f32(h) : llmr_bf16_to_f32(h);
+}
+
+static void test_float_dots(void) {
+    static const struct { const char *name; int size; llmr_vec_dot_fn neon, ref; } T[] = {
+        {"f32", 4, vec_dot_f32_f32_neon, vec_dot_f32_f32_ref},
+        {"f16", 2, vec_dot_f16_f32_neon, vec_dot_f16_f32_ref},
+        {"bf16", 2, vec_dot_bf16_f32_neon, vec_dot_bf16_f32_ref},
+    };
+    for (int t = 0; t < 3; t++)
+        for (int ki = 0; ki < 6; ki++)
+            for (int ni = 0; ni < 3; ni++) {
+                const int64_t k = K_FLOAT[ki], n = ROWS[ni], row = k * T[t].size;
+                uint8_t *buf = malloc((size_t)(n * row + 1)), *w = buf + 1; /* odd address */
+                float *x = malloc((size_t)k * sizeof(float));
+                for (int64_t i = 0; i < n * k; i++) {
+                    /* f16 includes subnormals (scale 1e-6 now and then); all values finite */
+                    const float v = 0.1f * uniform() * (next_u64() % 16 == 0 ? 1e-5f : 1.0f);
+                    if (t == 0) memcpy(w + 4 * i, &v, 4);
+                    else { const uint16_t h = t == 1 ? llmr_f32_to_f16(v) : llmr_f32_to_bf16(v); memcpy(w + 2 * i, &h, 2); }
+                }
+                fill_x(x, k);
+                for (int64_t r = 0; r < n; r++) {
+                    double exact = 0.0, mag = 0.0;
+                    for (int64_t i = 0; i < k; i++) {
+                        const double p = (double)w_to_f32(t, w + r * row + i * T[t].size) * x[i];
+                        exact += p; mag += fabs(p);
+                    }
+                    const double bound = (double)(k + 2) * U * mag; /* FLOAT_DOT_BOUND(K) * sum|x w| */
+                    float got = NAN, want = NAN;
+                    T[t].neon(k, &got, w + r * row, x);
+                    T[t].ref(k, &want, w + r * row, x);
+                    const double e_neon = fabs(got - exact), e_ref = fabs(want - exact), e_pair = fabs((double)got - want);
+                    char detail[160];
+                    snprintf(detail, sizeof detail, "neon %.9g ref %.9g exact %.9g; errs %.3g %.3g %.3g, bound %.3g",
+                             got, want, exact, e_neon, e_ref, e_pair, bound);
+                    check(e_neon <= bound && e_ref <= bound && e_pair <= 2 * bound, T[t].name, n, k, r, detail);
+                }
+                free(buf); free(x);
+            }
+}
+
+static void check_q16a(const float *x, int64_t k, const char *what) {
+    const int64_t nb = k / QK;
+    block_q16_a *got = calloc((size_t)nb, sizeof *got), *want = calloc((size_t)nb, sizeof *want);
+    quantize_row_q16_a_neon(x, got, k);
+    quantize_row_q16_a_ref(x, want, k);
+    for (int64_t b = 0; b < nb; b++) {
+        char detail[96];
+        snprintf(detail, sizeof detail, "block %lld differs (d %a/%a, s %a/%a)", (long long)b, got[b].d, want[b].d, got[b].s, want[b].s);
+        check(memcmp(&got[b], &want[b], sizeof got[b]) == 0, what, 1, k, b, detail);
+    }
+    free(got); free(want);
+}
+
+static void test_quantize_q16a(void) {
+    for (int ki = 0; ki < 3; ki++)
+        for (int rep = 0; rep < 17; rep++) {
+            const int64_t k = K_QUANT[ki];
+            float *x = malloc((size_t)k * sizeof(float));
+            for (int64_t i = 0; i < k; i++) /* a scale per block across 1e-4 .. 1e4 */
+                x[i] = uniform() * powf(10.0f, 4.0f * ((float)((i / QK * 7919 + rep * 31) % 97) / 48.0f - 1.0f));
+            fill_x(x, k);
+            check_q16a(x, k, "quantize_q16_a random");
+            free(x);
+        }
+    /* Ties and near-ties: max|x| = 32767 makes d = 1 and id = 1 exactly, so x * id = x. */
+    float x[4 * QK];
+    const float special[] = {0.5f, -0.5f, 1.5f, -1.5f, 2.5f, -2.5f, 0.49999997f, -0.49999997f,
+                             0.50000006f, 32766.5f, -32766.5f, 1e-30f, -0.0f, 0.0f, 3.4999998f, 100.5f};
+    for (int j = 0; j < QK; j++) x[j] = j == 0 ? 32767.0f : special[j % 16];
+    for (int j = 0; j < QK; j++) x[QK + j] = 0.0f;                 /* all zero: d = 0, id = 0 */
+    for (int j = 0; j < QK; j++) x[2 * QK + j] = j == 5 ? -32767.0f : (float)j - 15.5f;
+    for (int j = 0; j < QK; j++) x[3 * QK + j] = 1e-3f * special[j % 16] + (j == 0 ? 7.0f : 0.0f);
+    check_q16a(x, 4 * QK, "quantize_q16_a ties");
+}
+
+int main(void) {
+    test_quant_dots();
+    test_float_dots();
+    test_quantize_q16a();
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed != 0;
+}
