@@ -67,6 +67,21 @@ def matmul_cases():
                     yield t, tokens, n, k
 
 
+# Quantised matmuls run tokens in tiles of LLMR_TILE (4) where the path has a tile kernel and the
+# rest one by one: token counts around the tile (none full, exact tiles, tiles plus a remainder).
+TILE_TOKENS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 17]
+TILE_ROWS = [3, 17]
+TILE_K = [32, 96, 2080]
+
+
+def tile_cases():
+    for t in [Q8_0, Q4_0, Q4_1]:
+        for k in TILE_K:
+            for n in TILE_ROWS:
+                for tokens in TILE_TOKENS:
+                    yield t, tokens, n, k
+
+
 def matmul_inputs(t, tokens, n, k):
     rng = rng_for("isa matmul", t.name, tokens, n, k)
     x = rand(rng, tokens, k, scale=2.0)
@@ -97,6 +112,11 @@ def compute_all() -> dict[str, np.ndarray]:
         y = np.empty((tokens, n), np.float32)
         K.matmul(y, x, w, t.id)
         out[f"matmul/{t.name}/{tokens}/{n}/{k}"] = y
+    for t, tokens, n, k in tile_cases():
+        x, w = matmul_inputs(t, tokens, n, k)
+        y = np.empty((tokens, n), np.float32)
+        K.matmul(y, x, w, t.id)
+        out[f"tile/{t.name}/{tokens}/{n}/{k}"] = y
     for name, x in q16a_inputs().items():
         q = np.empty((x.shape[0], x.shape[1] // 32 * ref.Q16A_BYTES), np.uint8)
         K.quantize_q16a(q, x)
@@ -228,9 +248,27 @@ def test_matmul(results, isa, t):
 
 
 @pytest.mark.parametrize("isa", SIMD_ISAS)
+@pytest.mark.parametrize("t", [Q8_0, Q4_0, Q4_1], ids=lambda t: t.name)
+def test_matmul_token_tiles_equal_scalar(results, isa, t):
+    """Each output of a token tile is the single-token kernel's arithmetic: bit-identical to the
+    scalar path (which has no tile kernel), whatever the token count, and within the bound."""
+    needs(isa)
+    for tt, tokens, n, k in tile_cases():
+        if tt is not t:
+            continue
+        key = f"tile/{t.name}/{tokens}/{n}/{k}"
+        got = results[isa][key]
+        np.testing.assert_array_equal(got, results["scalar"][key], err_msg=key)
+        x, w = matmul_inputs(t, tokens, n, k)
+        bound = QUANT_DOT_BOUND(k // 32) * matmul_magnitude(w, t, x)
+        err = np.abs(got.astype(np.float64) - ref.matmul(w, t, x))
+        assert (err <= bound).all(), f"{key}: max err {err.max():.3g}"
+
+
+@pytest.mark.parametrize("isa", SIMD_ISAS)
 def test_other_ops_equal_scalar(results, isa):
     needs(isa)
-    for key in [k for k in results["scalar"] if not k.startswith(("matmul/", "q16a/", "isa"))]:
+    for key in [k for k in results["scalar"] if not k.startswith(("matmul/", "tile/", "q16a/", "isa"))]:
         np.testing.assert_array_equal(results[isa][key], results["scalar"][key], err_msg=key)
     for t in ALL_TYPES:  # get_rows dequantises with the reference: exact
         _, w = matmul_inputs(t, 1, 67, 96)

@@ -39,6 +39,11 @@ static const llmr_kernels llmr_kernels_avx2 = {
         [LLMR_TYPE_Q4_0] = vec_dot_q4_0_q16_a_avx2,
         [LLMR_TYPE_Q4_1] = vec_dot_q4_1_q16_a_avx2,
     },
+    .vec_dot_tile = {
+        [LLMR_TYPE_Q8_0] = vec_dot_tile_q8_0_q16_a_avx2,
+        [LLMR_TYPE_Q4_0] = vec_dot_tile_q4_0_q16_a_avx2,
+        [LLMR_TYPE_Q4_1] = vec_dot_tile_q4_1_q16_a_avx2,
+    },
     .quantize_q16_a = quantize_row_q16_a_avx2,
     .rmsnorm = rmsnorm_ref,
     .rope = rope_ref,
@@ -55,6 +60,11 @@ static const llmr_kernels llmr_kernels_avx512 = {
         [LLMR_TYPE_Q8_0] = vec_dot_q8_0_q16_a_avx512,
         [LLMR_TYPE_Q4_0] = vec_dot_q4_0_q16_a_avx512,
         [LLMR_TYPE_Q4_1] = vec_dot_q4_1_q16_a_avx512,
+    },
+    .vec_dot_tile = {
+        [LLMR_TYPE_Q8_0] = vec_dot_tile_q8_0_q16_a_avx512,
+        [LLMR_TYPE_Q4_0] = vec_dot_tile_q4_0_q16_a_avx512,
+        [LLMR_TYPE_Q4_1] = vec_dot_tile_q4_1_q16_a_avx512,
     },
     .quantize_q16_a = quantize_row_q16_a_avx512,
     .rmsnorm = rmsnorm_ref,
@@ -73,6 +83,11 @@ static const llmr_kernels llmr_kernels_avx512vnni = {
         [LLMR_TYPE_Q8_0] = vec_dot_q8_0_q16_a_avx512vnni,
         [LLMR_TYPE_Q4_0] = vec_dot_q4_0_q16_a_avx512vnni,
         [LLMR_TYPE_Q4_1] = vec_dot_q4_1_q16_a_avx512vnni,
+    },
+    .vec_dot_tile = {
+        [LLMR_TYPE_Q8_0] = vec_dot_tile_q8_0_q16_a_avx512vnni,
+        [LLMR_TYPE_Q4_0] = vec_dot_tile_q4_0_q16_a_avx512vnni,
+        [LLMR_TYPE_Q4_1] = vec_dot_tile_q4_1_q16_a_avx512vnni,
     },
     .quantize_q16_a = quantize_row_q16_a_avx512,
     .rmsnorm = rmsnorm_ref,
@@ -96,6 +111,29 @@ static int has_avx512(void) {
 static int has_avx512vnni(void) { return has_avx512() && __builtin_cpu_supports("avx512vnni"); }
 #endif
 
+/* arm64: CMakeLists.txt builds the *_neon.c files for exactly these targets. NEON (Advanced
+ * SIMD) is part of the arm64 baseline, so the row needs no CPU test. */
+#if defined(__aarch64__)
+#define LLMR_ARM64 1
+
+static const llmr_kernels llmr_kernels_neon = {
+    .isa = "neon",
+    .vec_dot = {
+        [LLMR_TYPE_F32] = vec_dot_f32_f32_neon,
+        [LLMR_TYPE_F16] = vec_dot_f16_f32_neon,
+        [LLMR_TYPE_BF16] = vec_dot_bf16_f32_neon,
+        [LLMR_TYPE_Q8_0] = vec_dot_q8_0_q16_a_neon,
+        [LLMR_TYPE_Q4_0] = vec_dot_q4_0_q16_a_neon,
+        [LLMR_TYPE_Q4_1] = vec_dot_q4_1_q16_a_neon,
+    },
+    .quantize_q16_a = quantize_row_q16_a_neon,
+    .rmsnorm = rmsnorm_ref,
+    .rope = rope_ref,
+    .attention = attention_ref,
+    .silu_mul = silu_mul_ref,
+};
+#endif
+
 static const struct {
     const llmr_kernels *kernels;
     int (*supported)(void);
@@ -104,6 +142,9 @@ static const struct {
     {&llmr_kernels_avx512vnni, has_avx512vnni},
     {&llmr_kernels_avx512, has_avx512},
     {&llmr_kernels_avx2, has_avx2},
+#endif
+#ifdef LLMR_ARM64
+    {&llmr_kernels_neon, always},
 #endif
     {&llmr_kernels_scalar, always},
 };

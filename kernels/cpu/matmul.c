@@ -16,6 +16,7 @@ size_t llmr_matmul_scratch(const llmr_type_traits *t, int64_t rows, int64_t k) {
 typedef struct {
     const llmr_kernels *kern;
     llmr_vec_dot_fn vec_dot;
+    llmr_vec_dot_tile_fn vec_dot_tile; /* NULL: vec_dot per token */
     float *out;
     const float *x;
     const void *w, *act;
@@ -37,9 +38,16 @@ static void quantize_item(void *ctx, int64_t item) {
 static void matmul_item(void *ctx, int64_t item) {
     const matmul_job *j = ctx;
     const int64_t n0 = item * j->rows_per_item, n1 = n0 + j->rows_per_item < j->n ? n0 + j->rows_per_item : j->n;
+    /* Tokens in tiles of LLMR_TILE where the table has a tile kernel for the type (it unpacks
+     * each weight block once per tile, and equals vec_dot bit for bit), the rest one by one. */
+    const int64_t t_tiled = j->vec_dot_tile ? j->t / LLMR_TILE * LLMR_TILE : 0;
     for (int64_t ni = n0; ni < n1; ni++) {
         const uint8_t *wr = (const uint8_t *)j->w + ni * j->w_row;
-        for (int64_t ti = 0; ti < j->t; ti++)
+        int64_t ti = 0;
+        for (; ti < t_tiled; ti += LLMR_TILE)
+            j->vec_dot_tile(j->k, j->out + ti * j->n + ni, (size_t)j->n, wr,
+                            (const uint8_t *)j->act + ti * j->act_row, j->act_row);
+        for (; ti < j->t; ti++)
             j->vec_dot(j->k, j->out + ti * j->n + ni, wr, (const uint8_t *)j->act + ti * j->act_row);
     }
 }
@@ -51,7 +59,8 @@ void llmr_matmul(const llmr_kernels *kern, int type, float *out, const float *x,
     const llmr_type_traits *tr = llmr_type_traits_get(type);
     const int64_t threads = llmr_threads_get();
     matmul_job j = {
-        .kern = kern, .vec_dot = kern->vec_dot[type], .out = out, .x = x, .w = w, .act = x,
+        .kern = kern, .vec_dot = kern->vec_dot[type], .vec_dot_tile = kern->vec_dot_tile[type],
+        .out = out, .x = x, .w = w, .act = x,
         .w_row = (size_t)llmr_row_bytes(tr, k), .act_row = (size_t)k * sizeof(float), .t = t, .n = n, .k = k,
     };
     if (t <= 0 || n <= 0)

@@ -98,3 +98,62 @@ void AVX512_FN(vec_dot_q4_0_q16_a)(int64_t k, float *s, const void *w, const voi
 void AVX512_FN(vec_dot_q4_1_q16_a)(int64_t k, float *s, const void *w, const void *a) {
     VEC_DOT_BLOCKS(block_q4_1, widen_q4, term_q4_1)
 }
+
+/* ---- LLMR_TILE (4) tokens per weight row ---------------------------------------------------
+ * Each weight block is widened once and meets the four tokens' activations (one multiply-add
+ * each); the four int32 block sums are reduced together (integer additions in another order:
+ * still exact, the same sums), and the per-block float step above is done for the four tokens
+ * in the lanes of an __m128 (the same IEEE operations per lane, in the same order, no FMA):
+ * each output equals the single-token kernel's, and the scalar kernel's, bit for bit. */
+
+/* {sum(v0), sum(v1), sum(v2), sum(v3)} of four 16-lane int32 vectors (exact). */
+static inline __m128i hsum4_i32x16(__m512i v0, __m512i v1, __m512i v2, __m512i v3) {
+#define FOLD(v) _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1))
+    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(FOLD(v0), FOLD(v1)), _mm256_hadd_epi32(FOLD(v2), FOLD(v3)));
+#undef FOLD
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+#define TILE_ACT(i) ((const block_q16_a *)((const uint8_t *)a + (i) * a_stride))
+
+#define TILE_LOOP(block_t, widen, TERM)                                                      \
+    const block_t *x = w;                                                                    \
+    const block_q16_a *y0 = TILE_ACT(0), *y1 = TILE_ACT(1), *y2 = TILE_ACT(2), *y3 = TILE_ACT(3); \
+    __m128 sum = _mm_setzero_ps();                                                           \
+    for (int64_t b = 0; b < k / QK; b++) {                                                   \
+        const __m512i wb = widen(x[b].qs);                                                   \
+        const __m512i z = _mm512_setzero_si512();                                            \
+        const __m128 fi = _mm_cvtepi32_ps(hsum4_i32x16(madd(z, wb, act(&y0[b])), madd(z, wb, act(&y1[b])), \
+                                                       madd(z, wb, act(&y2[b])), madd(z, wb, act(&y3[b])))); \
+        const __m128 yd = _mm_set_ps(y3[b].d, y2[b].d, y1[b].d, y0[b].d);                   \
+        const __m128 ys = _mm_set_ps(y3[b].s, y2[b].s, y1[b].s, y0[b].s);                   \
+        (void)ys;                                                                            \
+        sum = _mm_add_ps(sum, TERM);                                                         \
+    }                                                                                        \
+    float out[4];                                                                            \
+    _mm_storeu_ps(out, sum);                                                                 \
+    for (int i = 0; i < 4; i++)                                                              \
+        s[i * s_stride] = out[i];
+
+/* f16(x.d) * y.d * isum */
+#define TERM_Q8_0 _mm_mul_ps(_mm_mul_ps(_mm_set1_ps(f16(x[b].d)), yd), fi)
+/* f16(x.d) * (y.d * isum - 8 * y.s) */
+#define TERM_Q4_0 _mm_mul_ps(_mm_set1_ps(f16(x[b].d)), _mm_sub_ps(_mm_mul_ps(yd, fi), _mm_mul_ps(_mm_set1_ps(8.0f), ys)))
+/* f16(x.d) * y.d * isum + f16(x.m) * y.s */
+#define TERM_Q4_1                                                                            \
+    _mm_add_ps(_mm_mul_ps(_mm_mul_ps(_mm_set1_ps(f16(x[b].d)), yd), fi), _mm_mul_ps(_mm_set1_ps(f16(x[b].m)), ys))
+
+void AVX512_FN(vec_dot_tile_q8_0_q16_a)(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                        size_t a_stride) {
+    TILE_LOOP(block_q8_0, widen_q8, TERM_Q8_0)
+}
+
+void AVX512_FN(vec_dot_tile_q4_0_q16_a)(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                        size_t a_stride) {
+    TILE_LOOP(block_q4_0, widen_q4, TERM_Q4_0)
+}
+
+void AVX512_FN(vec_dot_tile_q4_1_q16_a)(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                        size_t a_stride) {
+    TILE_LOOP(block_q4_1, widen_q4, TERM_Q4_1)
+}

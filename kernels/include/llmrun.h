@@ -132,6 +132,13 @@ typedef void (*llmr_quantize_fn)(const float *x, void *y, int64_t k);
 typedef void (*llmr_dequantize_fn)(const void *x, float *y, int64_t k);
 /* *s = dot(weight row w, activation row a), both of k elements. */
 typedef void (*llmr_vec_dot_fn)(int64_t k, float *s, const void *w, const void *a);
+/* LLMR_TILE tokens at once: s[i * s_stride] = dot(w, a + i * a_stride bytes) for i < LLMR_TILE.
+ * Each weight block is unpacked once for the tile; every output is computed with exactly the
+ * arithmetic of the same table's vec_dot (same exact int32 block sums, same float steps in the
+ * same block order), so it equals vec_dot's result bit for bit. */
+#define LLMR_TILE 4
+typedef void (*llmr_vec_dot_tile_fn)(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                     size_t a_stride);
 
 /* What a weight type's vec_dot multiplies against. */
 enum llmr_act { LLMR_ACT_F32, LLMR_ACT_Q16_A };
@@ -156,6 +163,8 @@ int64_t llmr_row_bytes(const llmr_type_traits *t, int64_t k);
 typedef struct {
     const char *isa;
     llmr_vec_dot_fn vec_dot[LLMR_TYPE_COUNT]; /* by weight type id */
+    /* by weight type id; NULL (the default): matmul calls vec_dot once per token */
+    llmr_vec_dot_tile_fn vec_dot_tile[LLMR_TYPE_COUNT];
     void (*quantize_q16_a)(const float *x, block_q16_a *y, int64_t k);
     /* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, for rows r of d elements */
     void (*rmsnorm)(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
@@ -169,7 +178,8 @@ typedef struct {
     void (*silu_mul)(float *out, const float *gate, const float *up, int64_t n);
 } llmr_kernels;
 
-/* The scalar reference, always available; x86-64 adds avx2, avx512, avx512vnni (dispatch.c). */
+/* The scalar reference, always available; x86-64 adds avx2, avx512, avx512vnni, arm64 neon
+ * (dispatch.c). */
 extern const llmr_kernels llmr_kernels_scalar;
 
 /* ---- scalar reference kernels (*_ref.c) ---------------------------------------------------- */
@@ -224,6 +234,35 @@ void vec_dot_q4_1_q16_a_avx512(int64_t k, float *s, const void *w, const void *a
 void vec_dot_q8_0_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_0_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_1_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
+/* LLMR_TILE-token tiles of the quantised dots above (llmr_vec_dot_tile_fn) */
+void vec_dot_tile_q8_0_q16_a_avx2(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                size_t a_stride);
+void vec_dot_tile_q4_0_q16_a_avx2(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                size_t a_stride);
+void vec_dot_tile_q4_1_q16_a_avx2(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                size_t a_stride);
+void vec_dot_tile_q8_0_q16_a_avx512(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                size_t a_stride);
+void vec_dot_tile_q4_0_q16_a_avx512(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                size_t a_stride);
+void vec_dot_tile_q4_1_q16_a_avx512(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                size_t a_stride);
+void vec_dot_tile_q8_0_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                size_t a_stride);
+void vec_dot_tile_q4_0_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                size_t a_stride);
+void vec_dot_tile_q4_1_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                size_t a_stride);
+
+/* ---- arm64 NEON kernels (*_neon.c; built and called only on arm64, where NEON is baseline) -- */
+
+void quantize_row_q16_a_neon(const float *x, block_q16_a *y, int64_t k);
+void vec_dot_f32_f32_neon(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_f16_f32_neon(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_bf16_f32_neon(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q8_0_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q4_0_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q4_1_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
 
 /* ---- dispatch (dispatch.c) ------------------------------------------------------------------ */
 
