@@ -59,7 +59,6 @@ def generate(model: Model, prompt, max_tokens: int = 256, temperature: float = 0
     t0 = time.perf_counter()
     logits = model.forward(ids, cache, last_only=True)[-1]  # [V]
     prompt_tps = len(ids) / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
     text, sent = "", 0  # generated text so far, and how much of it has been yielded
     n = 0
     while True:
@@ -73,7 +72,8 @@ def generate(model: Model, prompt, max_tokens: int = 256, temperature: float = 0
             yield GenerationResponse(text[sent:], token, len(ids), prompt_tps, n, tps, "stop")
             return
         text += detok.push(token)
-        hit = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+        # a stop string cannot start in yielded text: what might begin one is held back
+        hit = min((i for i in (text.find(s, sent) for s in stops) if i >= 0), default=-1)
         if hit >= 0:
             yield GenerationResponse(text[sent:hit], token, len(ids), prompt_tps, n, tps, "stop")
             return

@@ -118,3 +118,12 @@ def test_sentencepiece_llama_vectors(tmp_path):
     for text, want in zip(inputs, outputs):
         assert tok.encode(text, add_special_tokens=False) == [int(x) for x in want.split()], repr(text)
     assert tok.encode("Hello world!") == [1, 15043, 3186, 29991]
+
+
+def test_text_held_back_for_a_stop_string_that_never_completes_is_released(model):
+    free = "".join(r.text for r in llmrun.generate(model, "the", max_tokens=20, temperature=0))
+    stop = free[-1] + "\x00"  # text keeps ending with its first character; the whole never comes
+    records = list(llmrun.generate(model, "the", max_tokens=20, temperature=0, stop=[stop]))
+    assert "".join(r.text for r in records) == free
+    last_piece = model.tokenizer.decode([records[-1].token])
+    assert len(records[-1].text) > len(last_piece)  # the held-back character came out at the end
