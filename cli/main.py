@@ -292,6 +292,11 @@ def main() -> None:
         msg = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
         print(f"llmrun: error: {msg}", file=sys.stderr)
         sys.exit(1)
+    except ImportError as e:
+        if not str(e).startswith("LLMRUN_"):  # a broken install, not a setting: keep the traceback
+            raise
+        print(f"llmrun: error: {e}", file=sys.stderr)  # a bad LLMRUN_ISA / LLMRUN_THREADS
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
 

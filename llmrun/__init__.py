@@ -5,12 +5,24 @@
     for r in llmrun.generate(model, "The capital of France is", max_tokens=16, temperature=0):
         print(r.text, end="", flush=True)
 """
+import importlib
+
 from .errors import ContextError, ConvertError, FormatError, LlmrunError
-from .model import KVCache, Model, load
-from .generate import GenerationResponse, Sampler, generate
-from .tokenizer import Tokenizer, load_tokenizer
 
 __version__ = "0.1.0"
 
-__all__ = ["load", "load_tokenizer", "Tokenizer", "generate", "Model", "KVCache", "Sampler", "GenerationResponse",
-           "LlmrunError", "FormatError", "ConvertError", "ContextError", "__version__"]
+# Loaded on first use, not at `import llmrun`: the kernels read LLMRUN_ISA / LLMRUN_THREADS when
+# they load, and the command line must be running (to report a bad setting in one line) by then.
+_LAZY = {"load": "model", "Model": "model", "KVCache": "model", "generate": "generation",
+         "GenerationResponse": "generation", "Sampler": "sampling", "Tokenizer": "tokenizer",
+         "load_tokenizer": "tokenizer"}
+
+__all__ = [*_LAZY, "LlmrunError", "FormatError", "ConvertError", "ContextError", "__version__"]
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'llmrun' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -10,7 +10,7 @@ from typing import Iterator
 
 from .atomic import atomic_file
 from .errors import ContextError, LlmrunError
-from .generate import GenerationResponse, generate
+from .generation import GenerationResponse, generate
 
 
 @lru_cache(maxsize=8)

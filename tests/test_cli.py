@@ -106,3 +106,10 @@ def test_bad_flag_is_a_usage_error(converted):
     _, out = converted
     r = run_cli("generate", out, "--no-such-flag")
     assert r.returncode == 2 and "Traceback" not in r.stderr and "No such option" in r.stderr
+
+
+@pytest.mark.parametrize("env, message", [({"LLMRUN_ISA": "vax"}, "LLMRUN_ISA=vax"),
+                                          ({"LLMRUN_THREADS": "lots"}, "LLMRUN_THREADS=lots")])
+def test_bad_environment_settings_are_one_line(converted, env, message):
+    _, out = converted
+    assert message in _one_line_error(run_cli("info", out, env=env))

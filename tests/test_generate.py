@@ -6,7 +6,7 @@ import pytest
 
 import llmrun
 from llmrun.errors import ContextError
-from llmrun.generate import Sampler
+from llmrun.sampling import Sampler
 from llmrun.models import convert
 from llmrun.tokenizer import StreamDecoder
 
