@@ -2,37 +2,23 @@
  * activations. Compiled with -mavx512f -mavx512bw -mavx512vl -mfma -mf16c as the `avx512`
  * kernels, and compiled again by vec_dot_quant_avx512vnni.c with -mavx512vnni added as the
  * `avx512vnni` kernels (one source, two builds: the multiply-add below is the only change).
- *
- * A block's 32 weights widen to int16 in one register and meet its 32 int16 activations in
- * one multiply-add (pmaddwd, or VNNI's vpdpwssd): 16 int32 lanes, folded to 8 lanes of four
- * products each (exact). From there the arithmetic is vec_dot_quant_avx2.c's: no horizontal
- * reduction per block; four blocks' lanes are paired by two rounds of phaddd (exact) into one
- * vector whose lanes j and j + 4 hold the halves of block j's sum, converted to float and
- * multiplied-added (FMA) with the block's dw*da into one float accumulator; the offsets
- * (-8 dw sa for q4_0, mw sa for q4_1) go by FMA into a four-lane accumulator; the row is
- * reduced once, at the end. Not bit-identical to vec_dot_*_ref (another summation order):
- * within QUANT_DOT_SIMD_BOUND(nb) = (nb + 7) u of the sum of |terms| (derived in
- * vec_dot_quant_avx2.c; the same lanes, operations and rounding count here).
- *
- * The 4-token tile kernels below do the same operations, on the same lanes, in the same order,
- * per token: each output equals the single-token kernel's bit for bit. */
+ * A block's 32 weights widen to int16 in one register and meet its 32 int16 activations in one
+ * multiply-add (pmaddwd, or VNNI's vpdpwssd): 16 int32 lanes, folded to 8 (exact). The row loop
+ * and the error bound are vec_dot_q16a_x86.h's, so the three x86 paths agree bit for bit. */
 #include <immintrin.h>
 #include <string.h>
 
 #include "llmrun.h"
 
-#ifndef AVX512_FN /* this file's own build: the avx512 names */
-#define AVX512_FN(name) name##_avx512
+#ifndef ISA_FN /* this file's own build: the avx512 names */
+#define ISA_FN(name) name##_avx512
 #endif
 
-#ifdef _MSC_VER
-#define ALWAYS_INLINE static __forceinline
-#else
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
-#endif
+typedef __m512i wblock;
+#define WBLOCK_ZERO _mm512_setzero_si512()
 
 /* acc + pairwise sums of w * a, int16 x int16 -> int32 (exact). */
-ALWAYS_INLINE __m512i madd(__m512i acc, __m512i w, __m512i a) {
+static inline __m512i madd(__m512i acc, __m512i w, __m512i a) {
 #ifdef __AVX512VNNI__
     return _mm512_dpwssd_epi32(acc, w, a);
 #else
@@ -41,155 +27,21 @@ ALWAYS_INLINE __m512i madd(__m512i acc, __m512i w, __m512i a) {
 }
 
 /* One block's weights as 32 int16. */
-ALWAYS_INLINE __m512i widen_q8(const int8_t *q) {
+static inline __m512i widen_q8(const int8_t *q) {
     return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)q));
 }
 
 /* Element j is the low nibble of qs[j], element j + 16 the high nibble. */
-ALWAYS_INLINE __m512i widen_q4(const uint8_t *qs) {
+static inline __m512i widen_q4(const uint8_t *qs) {
     const __m128i b = _mm_loadu_si128((const __m128i *)qs);
     const __m256i lh = _mm256_inserti128_si256(_mm256_castsi128_si256(b), _mm_srli_epi16(b, 4), 1);
     return _mm512_cvtepu8_epi16(_mm256_and_si256(lh, _mm256_set1_epi8(0x0F)));
 }
 
 /* One block's weights wb against activation block y: eight int32 lanes (exact). */
-ALWAYS_INLINE __m256i lanes(__m512i wb, const block_q16_a *y) {
+static inline __m256i lanes(__m512i wb, const block_q16_a *y) {
     const __m512i p = madd(_mm512_setzero_si512(), wb, _mm512_loadu_si512(y->qs));
     return _mm256_add_epi32(_mm512_castsi512_si256(p), _mm512_extracti64x4_epi64(p, 1));
 }
 
-/* Two blocks' lanes (p, q) -> {p0+p1, p2+p3, q0+q1, q2+q3 | p4+p5, p6+p7, q4+q5, q6+q7}. */
-ALWAYS_INLINE __m256i pair(__m256i p, __m256i q) { return _mm256_hadd_epi32(p, q); }
-
-/* Four blocks' sums as floats: lanes j and j + 4 hold the halves of block j (exact integers;
- * converted with one rounding at most). */
-ALWAYS_INLINE __m256 quad(__m256i h01, __m256i h23) { return _mm256_cvtepi32_ps(_mm256_hadd_epi32(h01, h23)); }
-
-/* {v, v}: a block's scale for both lanes that hold its halves. */
-ALWAYS_INLINE __m256 twice(__m128 v) { return _mm256_set_m128(v, v); }
-
-/* The end of a row: the 8 lanes folded to 4, the offsets added, a fixed tree. */
-ALWAYS_INLINE float finish(__m256 acc, __m128 off) {
-    __m128 v = _mm_add_ps(_mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1)), off);
-    v = _mm_add_ps(v, _mm_movehl_ps(v, v));            /* {v0 + v2, v1 + v3, ..} */
-    v = _mm_add_ss(v, _mm_shuffle_ps(v, v, 1));        /* (v0 + v2) + (v1 + v3) */
-    return _mm_cvtss_f32(v);
-}
-
-/* f16 scales of blocks x[0..n) (field at byte offset `at`, blocks `size` bytes apart), 0 past n. */
-ALWAYS_INLINE __m128 f16x4(const void *x, size_t size, size_t at, int n) {
-    const uint8_t *p = (const uint8_t *)x + at;
-    uint16_t h[4];
-    for (int j = 0; j < 4; j++)
-        h[j] = j < n ? *(const uint16_t *)(p + j * size) : 0;
-    return _mm_cvtph_ps(_mm_setr_epi16((short)h[0], (short)h[1], (short)h[2], (short)h[3], 0, 0, 0, 0));
-}
-
-/* da (s = 0) or sa (s = 1) of activation blocks y[0..n), 0 past n. */
-ALWAYS_INLINE __m128 act4(const block_q16_a *y, int s, int n) {
-    float v[4];
-    for (int j = 0; j < 4; j++)
-        v[j] = j < n ? (s ? y[j].s : y[j].d) : 0.0f;
-    return _mm_setr_ps(v[0], v[1], v[2], v[3]);
-}
-
-/* Q8_0 = 0, Q4_0 = 1, Q4_1 = 2 below. */
-enum { F_Q8_0, F_Q4_0, F_Q4_1 };
-
-/* One group of n <= 4 blocks, x[0..n) against T tokens' activation blocks y[t][0..n). */
-#define GROUP(fmt, block_t, WIDEN, T, x, y, n, acc, off)                                        \
-    do {                                                                                         \
-        __m256i h_[2][T];                                                                        \
-        for (int g_ = 0; g_ < 2; g_++) {                                                         \
-            __m512i wa_ = _mm512_setzero_si512(), wb_ = wa_;                                     \
-            const int ja_ = 2 * g_, jb_ = 2 * g_ + 1;                                            \
-            if (ja_ < (n)) wa_ = WIDEN((x)[ja_].qs);                                             \
-            if (jb_ < (n)) wb_ = WIDEN((x)[jb_].qs);                                             \
-            for (int t_ = 0; t_ < T; t_++) {                                                     \
-                const __m256i pa_ = ja_ < (n) ? lanes(wa_, &(y)[t_][ja_]) : _mm256_setzero_si256(); \
-                const __m256i pb_ = jb_ < (n) ? lanes(wb_, &(y)[t_][jb_]) : _mm256_setzero_si256(); \
-                h_[g_][t_] = pair(pa_, pb_);                                                     \
-            }                                                                                    \
-        }                                                                                        \
-        const __m128 dw_ = f16x4((x), sizeof(block_t), 0, (n));                                  \
-        const __m128 mw_ = (fmt) == F_Q4_1 ? f16x4((x), sizeof(block_t), 2, (n)) : _mm_setzero_ps(); \
-        for (int t_ = 0; t_ < T; t_++) {                                                         \
-            const __m128 c_ = _mm_mul_ps(dw_, act4((y)[t_], 0, (n)));                            \
-            (acc)[t_] = _mm256_fmadd_ps(twice(c_), quad(h_[0][t_], h_[1][t_]), (acc)[t_]);       \
-            if ((fmt) == F_Q4_0)                                                                 \
-                (off)[t_] = _mm_fmadd_ps(dw_, _mm_mul_ps(_mm_set1_ps(-8.0f), act4((y)[t_], 1, (n))), (off)[t_]); \
-            else if ((fmt) == F_Q4_1)                                                            \
-                (off)[t_] = _mm_fmadd_ps(mw_, act4((y)[t_], 1, (n)), (off)[t_]);                 \
-        }                                                                                        \
-    } while (0)
-
-/* A row against T tokens (T = 1 or LLMR_TILE): ys[t] is token t's activation row. */
-#define ROW(fmt, block_t, WIDEN, T)                                                             \
-    const block_t *x = w;                                                                        \
-    const int64_t nb = k / QK;                                                                   \
-    __m256 acc[T];                                                                               \
-    __m128 off[T];                                                                               \
-    for (int t = 0; t < T; t++) {                                                                \
-        acc[t] = _mm256_setzero_ps();                                                            \
-        off[t] = _mm_setzero_ps();                                                               \
-    }                                                                                            \
-    int64_t i = 0;                                                                               \
-    for (; i + 4 <= nb; i += 4) {                                                                \
-        const block_q16_a *yi[T];                                                                \
-        for (int t = 0; t < T; t++) yi[t] = ys[t] + i;                                           \
-        GROUP(fmt, block_t, WIDEN, T, x + i, yi, 4, acc, off);                                   \
-    }                                                                                            \
-    if (i < nb) {                                                                                \
-        const int n = (int)(nb - i);                                                             \
-        const block_q16_a *yi[T];                                                                \
-        for (int t = 0; t < T; t++) yi[t] = ys[t] + i;                                           \
-        GROUP(fmt, block_t, WIDEN, T, x + i, yi, n, acc, off);                                   \
-    }
-
-void AVX512_FN(vec_dot_q8_0_q16_a)(int64_t k, float *s, const void *w, const void *a) {
-    const block_q16_a *ys[1] = {a};
-    ROW(F_Q8_0, block_q8_0, widen_q8, 1)
-    *s = finish(acc[0], off[0]);
-}
-
-void AVX512_FN(vec_dot_q4_0_q16_a)(int64_t k, float *s, const void *w, const void *a) {
-    const block_q16_a *ys[1] = {a};
-    ROW(F_Q4_0, block_q4_0, widen_q4, 1)
-    *s = finish(acc[0], off[0]);
-}
-
-void AVX512_FN(vec_dot_q4_1_q16_a)(int64_t k, float *s, const void *w, const void *a) {
-    const block_q16_a *ys[1] = {a};
-    ROW(F_Q4_1, block_q4_1, widen_q4, 1)
-    *s = finish(acc[0], off[0]);
-}
-
-/* ---- LLMR_TILE (4) tokens per weight row: each weight block is unpacked once and meets the
- * four tokens' activations; per token, the same lanes, operations and order as above. */
-
-#define TILE_ACTS                                                                                \
-    const block_q16_a *ys[4];                                                                    \
-    for (int t = 0; t < 4; t++) ys[t] = (const block_q16_a *)((const uint8_t *)a + t * a_stride);
-#define TILE_OUT                                                                                 \
-    for (int t = 0; t < 4; t++) s[t * s_stride] = finish(acc[t], off[t]);
-
-void AVX512_FN(vec_dot_tile_q8_0_q16_a)(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
-                                  size_t a_stride) {
-    TILE_ACTS
-    ROW(F_Q8_0, block_q8_0, widen_q8, 4)
-    TILE_OUT
-}
-
-void AVX512_FN(vec_dot_tile_q4_0_q16_a)(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
-                                  size_t a_stride) {
-    TILE_ACTS
-    ROW(F_Q4_0, block_q4_0, widen_q4, 4)
-    TILE_OUT
-}
-
-void AVX512_FN(vec_dot_tile_q4_1_q16_a)(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
-                                  size_t a_stride) {
-    TILE_ACTS
-    ROW(F_Q4_1, block_q4_1, widen_q4, 4)
-    TILE_OUT
-}
+#include "vec_dot_q16a_x86.h"
