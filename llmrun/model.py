@@ -7,7 +7,6 @@ Hkv key/value heads, hd head width, F feed-forward width, V vocabulary, C contex
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,16 +180,9 @@ def load(path) -> Model:
     """Open a .llmr file: weights stay in the page cache; nothing is copied or repacked.
     A GGUF file or a Hugging Face checkpoint directory is converted into the model cache on
     first use (see llmrun.store) and loaded from there."""
+    from .models import source_kind
     path = str(path)
-    if os.path.isdir(path) or _is_gguf(path):
+    if source_kind(path) in ("hf", "gguf"):
         from .store import convert_into_cache
         path = convert_into_cache(path)
     return Model(path)
-
-
-def _is_gguf(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"GGUF"
-    except OSError:
-        return False

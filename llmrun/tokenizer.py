@@ -133,22 +133,20 @@ def load_tokenizer(path) -> Tokenizer:
     loading any weights."""
     import os
     from .errors import LlmrunError
+    from .models import source_kind
     path = str(path)
-    if os.path.isdir(path):
+    kind = source_kind(path)
+    if kind == "hf":
         from .models.hf import _read_json, read_tokenizer
         info, blob = read_tokenizer(path, _read_json(os.path.join(path, "config.json"), required=False))
         return Tokenizer.from_metadata(info, blob, path)
-    if not os.path.isfile(path):
-        raise LlmrunError(f"{path} does not exist")
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:4] == b"GGUF":
+    if kind == "gguf":
         from .models.gguf_file import GGUFFile
         from .models.gguf_tokenizer import tokenizer_from_gguf
         info, blob = tokenizer_from_gguf(GGUFFile(path).metadata)
         return Tokenizer.from_metadata(info, blob, path)
-    from .format import MAGIC, LlmrFile
-    if head == MAGIC:
+    if kind == "llmr":
+        from .format import LlmrFile
         f = LlmrFile(path)
         return Tokenizer.from_metadata(f.metadata.get("tokenizer"), bytes(f.tokenizer_blob), path)
     with open(path, "rb") as f:
