@@ -205,6 +205,7 @@ def info(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
          tensors: bool = typer.Option(False, "--tensors", help="list every tensor")):
     """Show a model's config, tensor types and sizes, and the kernel path in use."""
     from llmrun import cpu
+    from llmrun.quant.layout import NAMES as LAYOUT_NAMES
     m = _open_model(model)
     f = m.file
     cfg = m.config
@@ -233,7 +234,8 @@ def info(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
     typer.echo(f"kernels:     {cpu.isa()}, {cpu.threads()} threads")
     if tensors:
         for t in f.tensors.values():
-            typer.echo(f"  {t.name:40s} {t.type.name:5s} {str(list(t.shape)):16s} crc32 {t.crc32:08x}")
+            layout = LAYOUT_NAMES[t.layout]
+            typer.echo(f"  {t.name:40s} {t.type.name:5s} {str(list(t.shape)):16s} {layout:4s} crc32 {t.crc32:08x}")
     if verify:
         bar = _Progress("verifying")
         try:

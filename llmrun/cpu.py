@@ -14,14 +14,14 @@ from .format import Tensor
 def matmul(w: Tensor, x: np.ndarray) -> np.ndarray:
     """x [T, K] @ W^T for W [N, K] of any type -> [T, N]."""
     out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
-    K.matmul(out, x, w.data, w.type.id)
+    K.matmul(out, x, w.data, w.type.id, w.layout)
     return out
 
 
 def embed(w: Tensor, ids: np.ndarray) -> np.ndarray:
     """Rows `ids` [T] of the table W [V, D] -> [T, D] float32."""
     out = np.empty((len(ids), w.shape[1]), dtype=np.float32)
-    K.get_rows(out, w.data, w.type.id, np.ascontiguousarray(ids, dtype=np.int32))
+    K.get_rows(out, w.data, w.type.id, np.ascontiguousarray(ids, dtype=np.int32), w.layout)
     return out
 
 

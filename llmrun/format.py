@@ -23,15 +23,16 @@ import numpy as np
 from .atomic import atomic_file
 from .errors import FormatError
 from .quant import QType, qtype
+from .quant.layout import NAMES as LAYOUT_NAMES, ROWS as LAYOUT_ROWS, X16 as LAYOUT_X16
+from .quant.layout import deinterleave, interleave, kernel_layout
 
 MAGIC = b"\x89LLMR\r\n\x1a"  # the \r\n and \x1a catch text-mode and truncated transfers
 BYTE_ORDER_MARK = 0x01020304
-VERSION = (1, 0)
+VERSION = (1, 1)  # 1.1: the X16 layout
 HEADER = struct.Struct("<8sIHHIIQ" + "QQ" * 4 + "28xI")
 HEADER_SIZE = 128
 TENSOR_ALIGN = 64  # every tensor starts on a 64-byte boundary (a cache line, an AVX-512 load)
 DATA_ALIGN = 16384  # the data section starts on a 16 KiB page (Apple Silicon), so a GPU can map it
-LAYOUT_ROWS = 0  # rows of blocks along the last axis, the GGUF block layout
 MAX_RANK = 4
 MAX_NAME = 256
 CHECKSUM_OFFSET = HEADER_SIZE - 4
@@ -51,29 +52,57 @@ class TensorInfo:
 
 @dataclass
 class Tensor:
-    """A weight: its type, logical shape and raw bytes (a view of the mapped file)."""
+    """A weight: its type, logical shape, layout (quant.layout) and raw bytes (a view of the
+    mapped file)."""
     name: str
     type: QType
     shape: tuple
     data: np.ndarray  # uint8 [nbytes]
+    layout: int = LAYOUT_ROWS
+
+    def rows(self) -> np.ndarray:
+        """The blocks as uint8 [rows, row bytes] in the ROWS layout (a view where stored so)."""
+        row_bytes = self.type.row_bytes(self.shape[-1])
+        if self.layout == LAYOUT_X16:
+            return deinterleave(self.data, self.type, row_bytes)
+        return self.data.reshape(-1, row_bytes)
 
     def numpy(self) -> np.ndarray:
         """The values as float32 of `shape` (a view for f32 tensors, a dequantised copy otherwise)."""
         from .quant import dequantize
         if self.type.name == "f32":
             return self.data.view(np.float32).reshape(self.shape)
-        rows = self.data.reshape(-1, self.type.row_bytes(self.shape[-1]))
-        return dequantize(rows, self.type, self.shape[-1]).reshape(self.shape)
+        return dequantize(self.rows(), self.type, self.shape[-1]).reshape(self.shape)
 
 
 @dataclass
 class PendingTensor:
-    """A tensor to write: `chunks()` yields its bytes, in order, when the writer gets to it,
-    so that only a chunk of it need be in memory at a time."""
+    """A tensor to write: `chunks()` yields its bytes in the ROWS layout, in order, when the
+    writer gets to it, so that only a chunk of it need be in memory at a time. The writer
+    stores it in `layout` (None: the kernels' layout for its type and shape)."""
     name: str
     type: QType
     shape: tuple
     chunks: Callable[[], Iterable[np.ndarray]]
+    layout: int | None = None
+
+
+def _in_layout(t: PendingTensor, layout: int) -> Iterable[np.ndarray]:
+    """t's chunks as bytes in `layout`: X16 regroups them into whole groups of 16 rows."""
+    chunks = (np.ascontiguousarray(c).view(np.uint8).reshape(-1) for c in t.chunks())
+    if layout == LAYOUT_ROWS:
+        yield from chunks
+        return
+    group = t.type.row_bytes(t.shape[-1]) * 16
+    pending = np.empty(0, np.uint8)
+    for chunk in chunks:
+        pending = np.concatenate([pending, chunk]) if pending.size else chunk
+        whole = pending.size - pending.size % group
+        if whole:
+            yield interleave(pending[:whole].reshape(-1, group // 16), t.type).reshape(-1)
+            pending = pending[whole:]
+    if pending.size:
+        raise ValueError(f"tensor {t.name}: {pending.size} bytes past its last whole group of 16 rows")
 
 
 def _align(n: int, a: int) -> int:
@@ -128,8 +157,10 @@ def _unpack_index(buf: bytes, data_size: int, path: str) -> dict[str, TensorInfo
         except ValueError:
             raise FormatError(f"{path}: tensor {name!r} has unknown type id {type_id}; "
                               "a newer llmrun may read it") from None
-        if layout != LAYOUT_ROWS:
+        if layout not in LAYOUT_NAMES:
             raise FormatError(f"{path}: tensor {name!r} has unknown layout {layout}; a newer llmrun may read it")
+        if layout == LAYOUT_X16 and kernel_layout(t, shape) != LAYOUT_X16:
+            fail(f"tensor {name!r} is {t.name} {list(shape)}, which cannot be stored in the x16 layout")
         if name in tensors:
             fail(f"tensor {name!r} appears twice")
         if any(d == 0 or d > 1 << 40 for d in shape):
@@ -178,8 +209,8 @@ def write(path: str, metadata: dict, tokenizer_blob: bytes, tensors: list[Pendin
         for t, offset in zip(tensors, offsets):
             f.seek(data_off + offset)
             crc, written = 0, 0
-            for chunk in t.chunks():
-                data = np.ascontiguousarray(chunk).view(np.uint8).reshape(-1)
+            layout = kernel_layout(t.type, t.shape) if t.layout is None else t.layout
+            for data in _in_layout(t, layout):
                 f.write(data)
                 crc, written, done = zlib.crc32(data, crc), written + data.size, done + data.size
                 if progress:
@@ -187,7 +218,7 @@ def write(path: str, metadata: dict, tokenizer_blob: bytes, tensors: list[Pendin
             expected = t.type.nbytes(t.shape)
             if written != expected:
                 raise ValueError(f"tensor {t.name}: {written} bytes, {t.type.name} {list(t.shape)} takes {expected}")
-            infos.append(TensorInfo(t.name, t.type, tuple(int(d) for d in t.shape), offset, expected, crc))
+            infos.append(TensorInfo(t.name, t.type, tuple(int(d) for d in t.shape), offset, expected, crc, layout))
         f.truncate(file_size)  # the last tensor's alignment padding
         index = _pack_index(infos)
         assert len(index) == index_size
@@ -263,7 +294,7 @@ class LlmrFile:
     def tensor(self, name: str) -> Tensor:
         info = self.tensors[name]
         data = np.frombuffer(self.mm, dtype=np.uint8, count=info.nbytes, offset=self.data_offset + info.offset)
-        return Tensor(info.name, info.type, info.shape, data)
+        return Tensor(info.name, info.type, info.shape, data, info.layout)
 
     def verify(self, progress: Callable[[int, int], None] | None = None) -> list[str]:
         """Check every tensor's CRC32; return the names of those that do not match.

@@ -57,6 +57,18 @@ def test_metadata_and_provenance(good):
     assert types["tok_embeddings"] == "q8_0"  # the policy keeps the tied embedding table at 8 bits
 
 
+def test_quantised_matrices_are_stored_for_the_kernels(good):
+    """Matrices of whole 16-row groups in q8_0 / q4_0 / q4_1 are written in the X16 layout; norms
+    and float tensors in rows; and every tensor reads back as the same row blocks."""
+    f = fmt.LlmrFile(good)
+    for name, info in f.tensors.items():
+        x16 = info.type.name in ("q8_0", "q4_0", "q4_1") and info.shape[0] % 16 == 0
+        assert info.layout == (fmt.LAYOUT_X16 if x16 else fmt.LAYOUT_ROWS), name
+    wq = f.tensor("layers.0.wq")
+    assert wq.rows().tobytes() != wq.data.tobytes()  # moved ...
+    assert sorted(wq.rows().tobytes()) == sorted(wq.data.tobytes())  # ... not changed
+
+
 def _damaged(tmp_path, good, edit):
     raw = bytearray(good.read_bytes())
     edit(raw)
@@ -124,6 +136,10 @@ def _rewrite_index(tmp_path, good, mutate):
     (lambda i: i if i.name != "norm" else fmt.TensorInfo(i.name, i.type, (i.shape[0] + 1,), i.offset, i.nbytes, 0), "takes"),
     (lambda i: i if i.name != "norm" else fmt.TensorInfo(i.name, i.type, i.shape, i.offset + 4, i.nbytes, 0), "aligned"),
     (lambda i: i if i.name != "norm" else fmt.TensorInfo(i.name, i.type, i.shape, 0, i.nbytes, 0), "overlap"),
+    (lambda i: i if i.name != "norm" else fmt.TensorInfo(i.name, i.type, i.shape, i.offset, i.nbytes, 0, fmt.LAYOUT_X16),
+     "cannot be stored in the x16 layout"),
+    (lambda i: i if i.name != "norm" else fmt.TensorInfo(i.name, i.type, i.shape, i.offset, i.nbytes, 0, 9),
+     "unknown layout 9"),
 ])
 def test_bad_index_entries(tmp_path, good, mutate, message):
     with pytest.raises(FormatError, match=message):

@@ -201,7 +201,7 @@ def test_runnable_blocks_are_copied_exactly(tmp_path):
         src = np.asarray(t.data).reshape(ours.shape[0], -1).view(np.uint8)
         if t.name.startswith("blk.0.attn_q") or t.name.startswith("blk.0.attn_k"):
             src = _unpermute_rows(src, 4 if "attn_q" in t.name else 2)
-        assert ours.data.tobytes() == np.ascontiguousarray(src).tobytes(), t.name
+        assert ours.rows().tobytes() == np.ascontiguousarray(src).tobytes(), t.name
 
 
 # --- the real SmolLM2 Q4_1 GGUF ----------------------------------------------------------------

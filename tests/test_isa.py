@@ -21,11 +21,12 @@ import pytest
 
 import llmrun._kernels as K
 from llmrun.quant import reference as ref
+from llmrun.quant.layout import X16, interleave
 from llmrun.quant.types import BF16, F16, F32, Q4_0, Q4_1, Q8_0
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_kernels import (FLOAT_DOT_BOUND, QUANT_DOT_BOUND, QUANT_DOT_SIMD_BOUND, U, edge_rows,  # noqa: E402
-                          matmul_magnitude, rand, rng_for)
+from test_kernels import (FLOAT_DOT_BOUND, QUANT_DOT_BOUND, QUANT_DOT_SIMD_BOUND, U, X16_DOT_BOUND,  # noqa: E402
+                          edge_rows, matmul_magnitude, rand, rng_for)
 
 ALL_TYPES = [F32, F16, BF16, Q8_0, Q4_0, Q4_1]
 SIMD_ISAS = ["avx2", "avx512", "avx512vnni"]  # x86-64; each needs the CPU features below
@@ -81,6 +82,21 @@ def tile_cases():
                     yield t, tokens, n, k
 
 
+# The X16 layout: whole groups of 16 rows (one, three); token counts around the 4-token tile and
+# past the 64-token chunk of a pass.
+X16_TOKENS = [1, 2, 3, 4, 5, 7, 9, 17, 70]
+X16_ROWS = [16, 48]
+
+
+def x16_cases():
+    for t in [Q8_0, Q4_0, Q4_1]:
+        for k in TILE_K:
+            for n in X16_ROWS:
+                for tokens in X16_TOKENS:
+                    if tokens < 70 or k < 2080:
+                        yield t, tokens, n, k
+
+
 def matmul_inputs(t, tokens, n, k):
     rng = rng_for("isa matmul", t.name, tokens, n, k)
     x = rand(rng, tokens, k, scale=2.0)
@@ -120,6 +136,16 @@ def compute_all() -> dict[str, np.ndarray]:
         for i in range(tokens):  # one token per call: the single-token kernel, never a tile
             K.matmul(y1[i], x[i], w, t.id)
         out[f"single/{t.name}/{tokens}/{n}/{k}"] = y1
+    for t, tokens, n, k in x16_cases():
+        x, w = matmul_inputs(t, tokens, n, k)
+        y = np.empty((tokens, n), np.float32)
+        K.matmul(y, x, interleave(w, t), t.id, X16)
+        out[f"x16/{t.name}/{tokens}/{n}/{k}"] = y
+        K.matmul(y, x, w, t.id)
+        out[f"x16-as-rows/{t.name}/{tokens}/{n}/{k}"] = y.copy()
+        rows = np.empty((3, k), np.float32)
+        K.get_rows(rows, interleave(w, t), t.id, np.array([n - 1, 0, 5], np.int32), X16)
+        out[f"x16-get_rows/{t.name}/{tokens}/{n}/{k}"] = rows
     for name, x in q16a_inputs().items():
         q = np.empty((x.shape[0], x.shape[1] // 32 * ref.Q16A_BYTES), np.uint8)
         K.quantize_q16a(q, x)
@@ -275,10 +301,40 @@ def test_matmul_token_tiles_equal_single_token(results, isa, t):
         assert (err <= bound + QUANT_DOT_BOUND(k // 32) * mag).all(), f"{key}: vs scalar, max err {err.max():.3g}"
 
 
+def test_x16_scalar_equals_rows_layout(results):
+    """The scalar X16 kernels copy each block out of its group and run the rows layout's block
+    arithmetic in the same order: bit-identical to the rows layout, for every token count."""
+    for t, tokens, n, k in x16_cases():
+        key = f"{t.name}/{tokens}/{n}/{k}"
+        np.testing.assert_array_equal(results["scalar"]["x16/" + key], results["scalar"]["x16-as-rows/" + key],
+                                      err_msg=key)
+
+
+@pytest.mark.parametrize("isa", ["scalar"] + SIMD_ISAS)
+@pytest.mark.parametrize("t", [Q8_0, Q4_0, Q4_1], ids=lambda t: t.name)
+def test_x16_matmul(results, isa, t):
+    """Every path's X16 kernel within X16_DOT_BOUND of the reference and of the scalar path; rows
+    copied out of their groups by get_rows exactly."""
+    needs(isa)
+    for tt, tokens, n, k in x16_cases():
+        if tt is not t:
+            continue
+        key = f"{t.name}/{tokens}/{n}/{k}"
+        got = results[isa]["x16/" + key].astype(np.float64)
+        x, w = matmul_inputs(t, tokens, n, k)
+        mag = matmul_magnitude(w, t, x)
+        bound = X16_DOT_BOUND(k // 32) * mag
+        err = np.abs(got - ref.matmul(w, t, x))
+        assert (err <= bound).all(), f"{key}: max err {err.max():.3g}, bound {bound.flat[err.argmax()]:.3g}"
+        err = np.abs(got - results["scalar"]["x16/" + key])
+        assert (err <= bound + QUANT_DOT_BOUND(k // 32) * mag).all(), f"{key}: vs scalar, max err {err.max():.3g}"
+        np.testing.assert_array_equal(results[isa]["x16-get_rows/" + key], ref.dequantize(w, t, k)[[n - 1, 0, 5]])
+
+
 @pytest.mark.parametrize("isa", SIMD_ISAS)
 def test_other_ops_equal_scalar(results, isa):
     needs(isa)
-    for key in [k for k in results["scalar"] if not k.startswith(("matmul/", "tile/", "single/", "q16a/", "isa"))]:
+    for key in [k for k in results["scalar"] if not k.startswith(("matmul/", "tile/", "single/", "q16a/", "isa", "x16"))]:
         np.testing.assert_array_equal(results[isa][key], results["scalar"][key], err_msg=key)
     for t in ALL_TYPES:  # get_rows dequantises with the reference: exact
         _, w = matmul_inputs(t, 1, 67, 96)

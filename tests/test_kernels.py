@@ -13,6 +13,7 @@ import pytest
 
 import llmrun._kernels as K
 from llmrun.quant import reference as ref
+from llmrun.quant.layout import X16, deinterleave, interleave
 from llmrun.quant.types import BF16, F16, F32, Q4_0, Q4_1, Q8_0
 
 ALL_TYPES = [F32, F16, BF16, Q8_0, Q4_0, Q4_1]
@@ -54,6 +55,15 @@ def QUANT_DOT_BOUND(nb):
 # single-token outputs bit for bit.
 def QUANT_DOT_SIMD_BOUND(nb):
     return (nb + 7) * U
+
+# The X16 layout's SIMD kernels (kernels/cpu/gemm_x16_avx512.c) sum the same exact integers in
+# int32 lanes, lane (r, p) holding half of row r's block; per block the lane gets c_b * P
+# (c_b = fl(dw*da): 1 rounding; P to float: 1 for q8_0 past 2^24) by one FMA, and the q4 offset
+# by a second FMA into the p = 0 lane, so a term meets at most 2 nb accumulations; the two lanes
+# of a row are added at the end (1): |err| <= (2 nb + 3) u M + O(u^2), X16_DOT_BOUND(nb) =
+# (2 nb + 4) u (one u of slack). The scalar X16 kernels are the rows layout's, bit for bit.
+def X16_DOT_BOUND(nb):
+    return (2 * nb + 4) * U
 
 # Quantised matmul vs float64 x @ dequantised(W).T: the q16_a activations differ from x by at
 # most half a step d per element (q = round(x/d)); x*id is computed in f32 with relative error
@@ -206,6 +216,59 @@ def test_get_rows_matches_dequantize(t):
     out = np.empty((len(ids), k), np.float32)
     K.get_rows(out, w, t.id, ids)
     np.testing.assert_array_equal(out, ref.dequantize(w, t, k)[ids])  # bound 0: same f32 ops
+
+
+# --- the X16 layout -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("t", [Q8_0, Q4_0, Q4_1], ids=lambda t: t.name)
+def test_x16_layout_puts_each_byte_where_documented(t):
+    """Group g, block b: the 16 rows' f16 fields, then quant word c of row r at (c * 16 + r) * 4
+    (kernels/include/llmrun.h); and back again exactly."""
+    rng = rng_for("x16 layout", t.name)
+    rows = ref.quantize(rand(rng, 32, 96), t)  # two groups of three blocks
+    flat = interleave(rows, t).reshape(-1)
+    n_scales = 2 if t is Q4_1 else 1
+    size, nb = t.type_size, 3
+    for g in range(2):
+        for b in range(nb):
+            base = (g * nb + b) * 16 * size
+            for r in range(16):
+                block = rows[g * 16 + r, b * size:(b + 1) * size]
+                for f in range(n_scales):
+                    at = base + (f * 16 + r) * 2
+                    np.testing.assert_array_equal(flat[at:at + 2], block[2 * f:2 * f + 2])
+                for c in range((size - 2 * n_scales) // 4):
+                    at = base + n_scales * 32 + (c * 16 + r) * 4
+                    np.testing.assert_array_equal(flat[at:at + 4], block[2 * n_scales + 4 * c:2 * n_scales + 4 * c + 4])
+    np.testing.assert_array_equal(deinterleave(flat, t, rows.shape[1]), rows)
+
+
+@pytest.mark.parametrize("t", [Q8_0, Q4_0, Q4_1], ids=lambda t: t.name)
+def test_x16_matmul_and_get_rows_agree_with_rows_layout(t):
+    rng = rng_for("x16 vs rows", t.name)
+    x, w = rand(rng, 6, 128), ref.quantize(rand(rng, 48, 128, scale=0.1), t)
+    got = np.empty((6, 48), np.float32)
+    K.matmul(got, x, interleave(w, t), t.id, X16)
+    mag = matmul_magnitude(w, t, x)
+    bound = (X16_DOT_BOUND(4) if K.isa() != "scalar" else QUANT_DOT_BOUND(4)) * mag
+    assert (np.abs(got - ref.matmul(w, t, x)) <= bound).all()
+    ids = np.array([47, 0, 16, 15], np.int32)
+    rows = np.empty((4, 128), np.float32)
+    K.get_rows(rows, interleave(w, t), t.id, ids, X16)
+    np.testing.assert_array_equal(rows, ref.dequantize(w, t, 128)[ids])
+
+
+def test_x16_bad_input_is_a_clear_error():
+    x, w = np.zeros((1, 64), np.float32), ref.quantize(np.zeros((16, 64), np.float32), Q4_0)
+    out = np.empty((1, 16), np.float32)
+    with pytest.raises(ValueError, match="layout 7"):
+        K.matmul(out, x, w, Q4_0.id, 7)
+    with pytest.raises(ValueError, match="layout 1 is not one llmrun reads for f32"):
+        K.matmul(out, x, ref.quantize(np.zeros((16, 64), np.float32), F32), F32.id, X16)
+    with pytest.raises(ValueError, match="17 rows is not a whole number of X16 groups"):
+        K.matmul(np.empty((1, 17), np.float32), x, ref.quantize(np.zeros((17, 64), np.float32), Q4_0), Q4_0.id, X16)
+    with pytest.raises(ValueError, match="X16 groups"):
+        K.get_rows(np.empty((1, 64), np.float32), w[:8], Q4_0.id, np.zeros(1, np.int32), X16)
 
 
 # --- matmul -------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ typedef struct {
     const llmr_kernels *kern;
     llmr_vec_dot_fn vec_dot;
     llmr_vec_dot_tile_fn vec_dot_tile; /* NULL: vec_dot per token */
+    llmr_gemm_x16_fn gemm_x16;         /* the X16 layout's kernel */
     float *out;
     const float *x;
     const void *w, *act;
@@ -52,14 +53,31 @@ static void matmul_item(void *ctx, int64_t item) {
     }
 }
 
+/* Tokens per pass over an item's X16 groups: their activations (72 bytes per 32 elements)
+ * stay in the core's cache while each group meets them. */
+#define X16_TOKEN_CHUNK 64
+
+/* The X16 layout: rows [n0, n1) are whole groups of 16. */
+static void matmul_x16_item(void *ctx, int64_t item) {
+    const matmul_job *j = ctx;
+    const int64_t n0 = item * j->rows_per_item, n1 = n0 + j->rows_per_item < j->n ? n0 + j->rows_per_item : j->n;
+    for (int64_t t0 = 0; t0 < j->t; t0 += X16_TOKEN_CHUNK) {
+        const int64_t tn = j->t - t0 < X16_TOKEN_CHUNK ? j->t - t0 : X16_TOKEN_CHUNK;
+        for (int64_t ni = n0; ni < n1; ni += LLMR_X16)
+            j->gemm_x16(j->k, tn, j->out + t0 * j->n + ni, (size_t)j->n, (const uint8_t *)j->w + ni * j->w_row,
+                        (const uint8_t *)j->act + t0 * j->act_row, j->act_row);
+    }
+}
+
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-void llmr_matmul(const llmr_kernels *kern, int type, float *out, const float *x, const void *w,
+void llmr_matmul(const llmr_kernels *kern, int type, int layout, float *out, const float *x, const void *w,
                  int64_t t, int64_t n, int64_t k, void *scratch) {
     const llmr_type_traits *tr = llmr_type_traits_get(type);
     const int64_t threads = llmr_threads_get();
     matmul_job j = {
         .kern = kern, .vec_dot = kern->vec_dot[type], .vec_dot_tile = kern->vec_dot_tile[type],
+        .gemm_x16 = kern->gemm_x16[type],
         .out = out, .x = x, .w = w, .act = x,
         .w_row = (size_t)llmr_row_bytes(tr, k), .act_row = (size_t)k * sizeof(float), .t = t, .n = n, .k = k,
     };
@@ -76,14 +94,16 @@ void llmr_matmul(const llmr_kernels *kern, int type, float *out, const float *x,
     }
 
     /* Items of about ITEM_BYTES of weights (times the tokens each row meets), and at least
-     * one item per thread. */
+     * one item per thread; whole groups in the X16 layout. */
+    const int64_t unit = layout == LLMR_LAYOUT_X16 ? LLMR_X16 : 1;
     const int64_t item_rows = ITEM_BYTES / ((int64_t)j.w_row * t);
     j.rows_per_item = item_rows < 1 ? 1 : item_rows;
     if (ceil_div(n, j.rows_per_item) < threads)
         j.rows_per_item = ceil_div(n, threads);
     if ((int64_t)j.w_row * n * t < ITEM_BYTES / 4) /* less work than waking a thread costs */
         j.rows_per_item = n;
-    llmr_parallel_for(ceil_div(n, j.rows_per_item), matmul_item, &j);
+    j.rows_per_item = ceil_div(j.rows_per_item, unit) * unit;
+    llmr_parallel_for(ceil_div(n, j.rows_per_item), layout == LLMR_LAYOUT_X16 ? matmul_x16_item : matmul_item, &j);
 }
 
 typedef struct {
@@ -122,8 +142,8 @@ void llmr_attention(const llmr_kernels *kern, float *out, const float *q, const 
     llmr_parallel_for(j.slots, attention_item, &j);
 }
 
-int64_t llmr_get_rows(int type, float *out, const void *w, int64_t rows, const int32_t *ids, int64_t n,
-                      int64_t k, int32_t *bad) {
+int64_t llmr_get_rows(int type, int layout, float *out, const void *w, int64_t rows, const int32_t *ids,
+                      int64_t n, int64_t k, int32_t *bad) {
     const llmr_type_traits *tr = llmr_type_traits_get(type);
     const size_t w_row = (size_t)llmr_row_bytes(tr, k);
     for (int64_t i = 0; i < n; i++) {
@@ -132,7 +152,16 @@ int64_t llmr_get_rows(int type, float *out, const void *w, int64_t rows, const i
             *bad = id;
             return i;
         }
-        tr->dequantize((const uint8_t *)w + (size_t)id * w_row, out + i * k, k);
+        if (layout == LLMR_LAYOUT_X16) { /* the row's blocks, each copied out of its group */
+            const uint8_t *group = (const uint8_t *)w + (size_t)(id - id % LLMR_X16) * w_row;
+            uint8_t block[sizeof(block_q8_0)]; /* the largest X16 block */
+            for (int64_t b = 0; b < k / QK; b++) {
+                llmr_x16_get_block(tr, group, id % LLMR_X16, b, block);
+                tr->dequantize(block, out + i * k + b * QK, QK);
+            }
+        } else {
+            tr->dequantize((const uint8_t *)w + (size_t)id * w_row, out + i * k, k);
+        }
     }
     return -1;
 }

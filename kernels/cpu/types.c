@@ -3,14 +3,14 @@
 #include "llmrun.h"
 
 static const llmr_type_traits TRAITS[LLMR_TYPE_COUNT] = {
-    [LLMR_TYPE_F32] = {"f32", 1, 4, LLMR_ACT_F32, quantize_row_f32_ref, dequantize_row_f32_ref},
-    [LLMR_TYPE_F16] = {"f16", 1, 2, LLMR_ACT_F32, quantize_row_f16_ref, dequantize_row_f16_ref},
-    [LLMR_TYPE_BF16] = {"bf16", 1, 2, LLMR_ACT_F32, quantize_row_bf16_ref, dequantize_row_bf16_ref},
-    [LLMR_TYPE_Q8_0] = {"q8_0", QK, sizeof(block_q8_0), LLMR_ACT_Q16_A, quantize_row_q8_0_ref,
+    [LLMR_TYPE_F32] = {"f32", 1, 4, 0, LLMR_ACT_F32, quantize_row_f32_ref, dequantize_row_f32_ref},
+    [LLMR_TYPE_F16] = {"f16", 1, 2, 0, LLMR_ACT_F32, quantize_row_f16_ref, dequantize_row_f16_ref},
+    [LLMR_TYPE_BF16] = {"bf16", 1, 2, 0, LLMR_ACT_F32, quantize_row_bf16_ref, dequantize_row_bf16_ref},
+    [LLMR_TYPE_Q8_0] = {"q8_0", QK, sizeof(block_q8_0), 1, LLMR_ACT_Q16_A, quantize_row_q8_0_ref,
                         dequantize_row_q8_0_ref},
-    [LLMR_TYPE_Q4_0] = {"q4_0", QK, sizeof(block_q4_0), LLMR_ACT_Q16_A, quantize_row_q4_0_ref,
+    [LLMR_TYPE_Q4_0] = {"q4_0", QK, sizeof(block_q4_0), 1, LLMR_ACT_Q16_A, quantize_row_q4_0_ref,
                         dequantize_row_q4_0_ref},
-    [LLMR_TYPE_Q4_1] = {"q4_1", QK, sizeof(block_q4_1), LLMR_ACT_Q16_A, quantize_row_q4_1_ref,
+    [LLMR_TYPE_Q4_1] = {"q4_1", QK, sizeof(block_q4_1), 2, LLMR_ACT_Q16_A, quantize_row_q4_1_ref,
                         dequantize_row_q4_1_ref},
 };
 
@@ -24,4 +24,15 @@ int64_t llmr_row_bytes(const llmr_type_traits *t, int64_t k) {
     if (k < 0 || k % t->block_size)
         return -1;
     return k / t->block_size * t->type_size;
+}
+
+void llmr_x16_get_block(const llmr_type_traits *t, const void *group, int r, int64_t b, void *out) {
+    const uint8_t *g = (const uint8_t *)group + (size_t)b * LLMR_X16 * (size_t)t->type_size;
+    uint8_t *o = out;
+    for (int f = 0; f < t->n_scales; f++, o += 2)
+        memcpy(o, g + (f * LLMR_X16 + r) * 2, 2);
+    const uint8_t *q = g + t->n_scales * LLMR_X16 * 2;
+    const int words = (t->type_size - 2 * t->n_scales) / 4;
+    for (int c = 0; c < words; c++, o += 4)
+        memcpy(o, q + (c * LLMR_X16 + r) * 4, 4);
 }

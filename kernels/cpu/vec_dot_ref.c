@@ -42,19 +42,16 @@ void vec_dot_bf16_f32_ref(int64_t k, float *s, const void *w, const void *a) {
     vec_dot_converted(k, s, w, a, 2, dequantize_row_bf16_ref);
 }
 
-/* Quantised weights: integer sums per block (exact in int32), one float step per block. */
+/* Quantised weights: integer sums per block (exact in int32), one float step per block. The
+ * rows layout and the X16 layout (each block copied out of its group first) share the block
+ * functions, so the two give the same result bit for bit. */
 
-void vec_dot_q8_0_q16_a_ref(int64_t k, float *s, const void *w, const void *a) {
+static inline float block_dot_q8_0(const void *w, const block_q16_a *y) {
     const block_q8_0 *x = w;
-    const block_q16_a *y = a;
-    float sum = 0.0f;
-    for (int64_t i = 0; i < k / QK; i++) {
-        int32_t isum = 0;
-        for (int j = 0; j < QK; j++)
-            isum += x[i].qs[j] * y[i].qs[j];
-        sum += llmr_f16_to_f32(x[i].d) * y[i].d * (float)isum;
-    }
-    *s = sum;
+    int32_t isum = 0;
+    for (int j = 0; j < QK; j++)
+        isum += x->qs[j] * y->qs[j];
+    return llmr_f16_to_f32(x->d) * y->d * (float)isum;
 }
 
 /* sum(q * qa) for one block of 4-bit weights (element j low nibble, j + 16 high nibble). */
@@ -66,21 +63,43 @@ static inline int32_t isum_q4(const uint8_t *qs, const int16_t *qa) {
 }
 
 /* sum d (q - 8) a = d (da sum(q qa) - 8 sa): the offset costs one multiply per block. */
-void vec_dot_q4_0_q16_a_ref(int64_t k, float *s, const void *w, const void *a) {
+static inline float block_dot_q4_0(const void *w, const block_q16_a *y) {
     const block_q4_0 *x = w;
-    const block_q16_a *y = a;
-    float sum = 0.0f;
-    for (int64_t i = 0; i < k / QK; i++)
-        sum += llmr_f16_to_f32(x[i].d) * (y[i].d * (float)isum_q4(x[i].qs, y[i].qs) - 8.0f * y[i].s);
-    *s = sum;
+    return llmr_f16_to_f32(x->d) * (y->d * (float)isum_q4(x->qs, y->qs) - 8.0f * y->s);
 }
 
 /* sum (d q + m) a = d da sum(q qa) + m sa. */
-void vec_dot_q4_1_q16_a_ref(int64_t k, float *s, const void *w, const void *a) {
+static inline float block_dot_q4_1(const void *w, const block_q16_a *y) {
     const block_q4_1 *x = w;
-    const block_q16_a *y = a;
-    float sum = 0.0f;
-    for (int64_t i = 0; i < k / QK; i++)
-        sum += llmr_f16_to_f32(x[i].d) * y[i].d * (float)isum_q4(x[i].qs, y[i].qs) + llmr_f16_to_f32(x[i].m) * y[i].s;
-    *s = sum;
+    return llmr_f16_to_f32(x->d) * y->d * (float)isum_q4(x->qs, y->qs) + llmr_f16_to_f32(x->m) * y->s;
 }
+
+#define QUANT_KERNELS(type, block_t, id)                                                                \
+    void vec_dot_##type##_q16_a_ref(int64_t k, float *s, const void *w, const void *a) {              \
+        const block_t *x = w;                                                                         \
+        const block_q16_a *y = a;                                                                     \
+        float sum = 0.0f;                                                                             \
+        for (int64_t i = 0; i < k / QK; i++)                                                          \
+            sum += block_dot_##type(&x[i], &y[i]);                                                    \
+        *s = sum;                                                                                     \
+    }                                                                                                 \
+    void gemm_x16_##type##_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
+                                     const void *a, size_t a_stride) {                                \
+        const llmr_type_traits *tr = llmr_type_traits_get(id);                                         \
+        block_t x;                                                                                    \
+        for (int64_t ti = 0; ti < t; ti++) {                                                          \
+            const block_q16_a *y = (const block_q16_a *)((const uint8_t *)a + ti * a_stride);         \
+            for (int r = 0; r < LLMR_X16; r++) {                                                      \
+                float sum = 0.0f;                                                                     \
+                for (int64_t i = 0; i < k / QK; i++) {                                                \
+                    llmr_x16_get_block(tr, w, r, i, &x);                                              \
+                    sum += block_dot_##type(&x, &y[i]);                                               \
+                }                                                                                     \
+                out[ti * out_stride + r] = sum;                                                       \
+            }                                                                                         \
+        }                                                                                             \
+    }
+
+QUANT_KERNELS(q8_0, block_q8_0, LLMR_TYPE_Q8_0)
+QUANT_KERNELS(q4_0, block_q4_0, LLMR_TYPE_Q4_0)
+QUANT_KERNELS(q4_1, block_q4_1, LLMR_TYPE_Q4_1)

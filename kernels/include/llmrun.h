@@ -139,6 +139,22 @@ typedef void (*llmr_vec_dot_fn)(int64_t k, float *s, const void *w, const void *
 #define LLMR_TILE 4
 typedef void (*llmr_vec_dot_tile_fn)(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                      size_t a_stride);
+/* One X16 group of 16 weight rows against t activation rows (a + i * a_stride bytes):
+ * out[i * out_stride + r] = dot(row r, activation row i) for r < 16, i < t. */
+typedef void (*llmr_gemm_x16_fn)(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
+                                 const void *a, size_t a_stride);
+
+/* How a weight matrix's blocks lie in memory (recorded per tensor in a .llmr file).
+ *
+ * LLMR_LAYOUT_ROWS: GGUF's; each row its blocks in order.
+ * LLMR_LAYOUT_X16 (q8_0, q4_0, q4_1; rows a multiple of 16): groups of 16 consecutive rows,
+ * each group its blocks in order, each block of the group as the 16 rows' first f16 field
+ * (d), then (q4_1) their second (m), then the rows' quant bytes in 4-byte words, word c of
+ * row r at (c * 16 + r) * 4. Same bytes as 16 row blocks, moved: one SIMD load then holds a
+ * word of 16 rows, and 16 dot products advance in lanes, with no horizontal sums per block. */
+enum llmr_layout { LLMR_LAYOUT_ROWS = 0, LLMR_LAYOUT_X16 = 1 };
+#define LLMR_X16 16
+
 
 /* What a weight type's vec_dot multiplies against. */
 enum llmr_act { LLMR_ACT_F32, LLMR_ACT_Q16_A };
@@ -148,6 +164,7 @@ typedef struct {
     const char *name;
     int block_size;   /* elements per block */
     int type_size;    /* bytes per block */
+    int n_scales;     /* f16 fields at the start of a block (d; d and m), before its quants */
     enum llmr_act act;
     llmr_quantize_fn quantize;     /* reference quantiser, byte-exact with quant/reference.py */
     llmr_dequantize_fn dequantize;
@@ -158,6 +175,9 @@ const llmr_type_traits *llmr_type_traits_get(int type);
 /* Bytes in a row of k elements; -1 if k is negative or not a multiple of the block. */
 int64_t llmr_row_bytes(const llmr_type_traits *t, int64_t k);
 
+/* Block b of row r (r < 16) of an X16 group, copied out in the rows layout (type_size bytes). */
+void llmr_x16_get_block(const llmr_type_traits *t, const void *group, int r, int64_t b, void *out);
+
 /* One ISA's kernels. Every entry is filled: an ISA file that speeds up only some kernels
  * points the others at the scalar ones. */
 typedef struct {
@@ -165,6 +185,7 @@ typedef struct {
     llmr_vec_dot_fn vec_dot[LLMR_TYPE_COUNT]; /* by weight type id */
     /* by weight type id; NULL (the default): matmul calls vec_dot once per token */
     llmr_vec_dot_tile_fn vec_dot_tile[LLMR_TYPE_COUNT];
+    llmr_gemm_x16_fn gemm_x16[LLMR_TYPE_COUNT]; /* by weight type id, for the X16 layout */
     void (*quantize_q16_a)(const float *x, block_q16_a *y, int64_t k);
     /* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, for rows r of d elements */
     void (*rmsnorm)(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
@@ -205,6 +226,13 @@ void vec_dot_bf16_f32_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q8_0_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_0_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_1_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
+
+void gemm_x16_q8_0_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
+                             const void *a, size_t a_stride);
+void gemm_x16_q4_0_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
+                             const void *a, size_t a_stride);
+void gemm_x16_q4_1_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
+                             const void *a, size_t a_stride);
 
 void rmsnorm_ref(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
 void rope_ref(float *x, const int32_t *pos, const float *inv_freq, int64_t t, int64_t h, int64_t hd);
@@ -254,6 +282,17 @@ void vec_dot_tile_q4_0_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, co
 void vec_dot_tile_q4_1_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                 size_t a_stride);
 
+#define LLMR_DECLARE_GEMM_X16(isa)                                                                 \
+    void gemm_x16_q8_0_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
+                                   const void *a, size_t a_stride);                                 \
+    void gemm_x16_q4_0_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
+                                   const void *a, size_t a_stride);                                 \
+    void gemm_x16_q4_1_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
+                                   const void *a, size_t a_stride);
+LLMR_DECLARE_GEMM_X16(avx2)
+LLMR_DECLARE_GEMM_X16(avx512)
+LLMR_DECLARE_GEMM_X16(avx512vnni)
+
 /* ---- arm64 NEON kernels (*_neon.c; built and called only on arm64, where NEON is baseline) -- */
 
 void quantize_row_q16_a_neon(const float *x, block_q16_a *y, int64_t k);
@@ -277,14 +316,14 @@ int llmr_isas(const char **names, int cap);
 
 /* Bytes of q16_a scratch llmr_matmul needs for t rows of k (0 for float weight types). */
 size_t llmr_matmul_scratch(const llmr_type_traits *t, int64_t rows, int64_t k);
-/* out[t][n] = dot(W[n], x[t]) for W: n rows of `type`, x: t rows of k floats. */
-void llmr_matmul(const llmr_kernels *kern, int type, float *out, const float *x, const void *w,
+/* out[t][n] = dot(W[n], x[t]) for W: n rows of `type` in `layout`, x: t rows of k floats. */
+void llmr_matmul(const llmr_kernels *kern, int type, int layout, float *out, const float *x, const void *w,
                  int64_t t, int64_t n, int64_t k, void *scratch);
 /* out[i] = dequantised row ids[i] of W [rows][k]. Each id is read once and checked here, not
  * by the caller, as another thread may change ids while the GIL is released. Returns -1, or
  * the position of the first id outside [0, rows) (*bad = its value) and stops there. */
-int64_t llmr_get_rows(int type, float *out, const void *w, int64_t rows, const int32_t *ids, int64_t n,
-                      int64_t k, int32_t *bad);
+int64_t llmr_get_rows(int type, int layout, float *out, const void *w, int64_t rows, const int32_t *ids,
+                      int64_t n, int64_t k, int32_t *bad);
 /* Threaded attention (the table's kernel on token ranges; the kernel takes whole heads, so a
  * single token, decode, runs on the caller alone). scores: slots * (n_past + t) floats, with
  * slots = llmr_attention_slots(t) read when the scratch was sized. */

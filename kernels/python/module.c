@@ -153,17 +153,32 @@ static int check_weight_alignment(const Py_buffer *w, const llmr_type_traits *t)
     return 0;
 }
 
+/* The layouts a type may be stored in: rows always; X16 where the kernels have it. */
+static int check_layout(const llmr_type_traits *t, int type, int layout) {
+    if (layout == LLMR_LAYOUT_ROWS || (layout == LLMR_LAYOUT_X16 && kern->gemm_x16[type]))
+        return 0;
+    PyErr_Format(PyExc_ValueError, "layout %d is not one llmrun reads for %s weights", layout, t->name);
+    return -1;
+}
+
+static int check_x16_rows(int layout, Py_ssize_t rows) {
+    if (layout != LLMR_LAYOUT_X16 || rows % LLMR_X16 == 0)
+        return 0;
+    PyErr_Format(PyExc_ValueError, "w: %zd rows is not a whole number of X16 groups of %d", rows, LLMR_X16);
+    return -1;
+}
+
 /* ---- ops ------------------------------------------------------------------------------------ */
 
 enum { MAX_NDIM = 64 };
 
 static PyObject *py_matmul(PyObject *self, PyObject *args) {
     PyObject *o_out, *o_x, *o_w;
-    int type;
-    if (!PyArg_ParseTuple(args, "OOOi:matmul", &o_out, &o_x, &o_w, &type))
+    int type, layout = LLMR_LAYOUT_ROWS;
+    if (!PyArg_ParseTuple(args, "OOOi|i:matmul", &o_out, &o_x, &o_w, &type, &layout))
         return NULL;
     const llmr_type_traits *t = get_type(type);
-    if (!t)
+    if (!t || check_layout(t, type, layout))
         return NULL;
     Py_buffer v[3] = {{0}}, *out = &v[0], *x = &v[1], *w = &v[2];
     PyObject *ret = NULL;
@@ -184,6 +199,8 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
                      n, rb, t->name, k, n * rb, w->len);
         goto done;
     }
+    if (check_x16_rows(layout, n))
+        goto done;
     if (check_disjoint(out, x, "out and x", 0) || check_disjoint(out, w, "out and w", 0))
         goto done;
     const size_t scratch_size = llmr_matmul_scratch(t, tok, k);
@@ -192,7 +209,7 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    llmr_matmul(kern, type, out->buf, x->buf, w->buf, tok, n, k, scratch); /* on the thread pool */
+    llmr_matmul(kern, type, layout, out->buf, x->buf, w->buf, tok, n, k, scratch); /* on the thread pool */
     Py_END_ALLOW_THREADS
     ret = Py_NewRef(Py_None);
 done:
@@ -203,11 +220,11 @@ done:
 
 static PyObject *py_get_rows(PyObject *self, PyObject *args) {
     PyObject *o_out, *o_w, *o_ids;
-    int type;
-    if (!PyArg_ParseTuple(args, "OOiO:get_rows", &o_out, &o_w, &type, &o_ids))
+    int type, layout = LLMR_LAYOUT_ROWS;
+    if (!PyArg_ParseTuple(args, "OOiO|i:get_rows", &o_out, &o_w, &type, &o_ids, &layout))
         return NULL;
     const llmr_type_traits *t = get_type(type);
-    if (!t)
+    if (!t || check_layout(t, type, layout))
         return NULL;
     Py_buffer v[3] = {{0}}, *out = &v[0], *w = &v[1], *ids = &v[2];
     PyObject *ret = NULL;
@@ -226,12 +243,14 @@ static PyObject *py_get_rows(PyObject *self, PyObject *args) {
         goto done;
     }
     const Py_ssize_t rows = w->len / rb;
+    if (check_x16_rows(layout, rows))
+        goto done;
     if (check_disjoint(out, w, "out and w", 0) || check_disjoint(out, ids, "out and ids", 0))
         goto done;
     int64_t bad_at;
     int32_t bad;
     Py_BEGIN_ALLOW_THREADS
-    bad_at = llmr_get_rows(type, out->buf, w->buf, rows, ids->buf, n, k, &bad);
+    bad_at = llmr_get_rows(type, layout, out->buf, w->buf, rows, ids->buf, n, k, &bad);
     Py_END_ALLOW_THREADS
     if (bad_at >= 0) {
         PyErr_Format(PyExc_ValueError, "ids[%zd] = %d is out of range [0, %zd)", (Py_ssize_t)bad_at, (int)bad, rows);
@@ -492,11 +511,11 @@ static PyObject *py_default_threads(PyObject *self, PyObject *unused) {
 
 static PyMethodDef methods[] = {
     {"matmul", py_matmul, METH_VARARGS,
-     "matmul(out, x, w, wtype): out[t, n] = dot(W[n], x[t]). x float32 [T, K] or [K]; out float32\n"
+     "matmul(out, x, w, wtype, layout=0): out[t, n] = dot(W[n], x[t]). x float32 [T, K] or [K]; out float32\n"
      "[T, N] or [N]; w the bytes of N rows of type id wtype. Quantised types multiply x quantised\n"
      "to q16_a blocks (K a multiple of 32)."},
     {"get_rows", py_get_rows, METH_VARARGS,
-     "get_rows(out, w, wtype, ids): out[i] = dequantised row ids[i] of W. out float32 [n, K],\n"
+     "get_rows(out, w, wtype, ids, layout=0): out[i] = dequantised row ids[i] of W. out float32 [n, K],\n"
      "ids int32 [n] each in [0, rows of w)."},
     {"quantize", py_quantize, METH_VARARGS,
      "quantize(out, x, wtype): float32 x [..., K] -> the bytes of type wtype into out (exactly\n"

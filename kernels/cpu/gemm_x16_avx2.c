@@ -1,0 +1,105 @@
+/* AVX2 (+FMA, F16C) products of X16 weight groups (q8_0, q4_0, q4_1) with q16_a activations,
+ * one token at a time. The arithmetic of gemm_x16_avx512.c on quarter-width vectors: a 16-byte
+ * load holds word c of four rows, widened to int16 it is 8 lanes (r, p) of int16 pairs, and
+ * pmaddwd with a broadcast of activation elements 4c .. 4c + 3 sums half of row r's block into
+ * lane (r, p), exact in int32. Per block: one conversion to float and one FMA with the rows'
+ * scales times the activation's per lane, one more FMA for the q4 offsets into the p = 0 lanes;
+ * the lane pairs are added at the end. Same error bound as there (X16_DOT_BOUND). Sixteen ymm
+ * registers hold one token's four quarters (int and float accumulators) with room for the
+ * weights, so tokens go one by one; the group's weights stay in L1 between them. */
+#include <immintrin.h>
+#include <string.h>
+
+#include "llmrun.h"
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+enum { F_Q8_0, F_Q4_0, F_Q4_1 };
+
+ALWAYS_INLINE __m256i madd(__m256i acc, __m256i w, __m256i a) { return _mm256_add_epi32(acc, _mm256_madd_epi16(w, a)); }
+
+/* Activation elements 4c .. 4c + 3, to every lane pair. */
+ALWAYS_INLINE __m256i act4(const block_q16_a *y, int c) {
+    long long v;
+    memcpy(&v, &y->qs[4 * c], 8);
+    return _mm256_set1_epi64x(v);
+}
+
+ALWAYS_INLINE __m128i load16(const uint8_t *p) { return _mm_loadu_si128((const __m128i *)p); }
+
+/* Scales of rows 4q .. 4q + 3 (from the 8 of their half) to lanes (r, 0) and (r, 1). */
+ALWAYS_INLINE __m256 pairs(__m256 half, int q) {
+    const int o = (q & 1) * 4;
+    return _mm256_permutevar8x32_ps(half, _mm256_setr_epi32(o, o, o + 1, o + 1, o + 2, o + 2, o + 3, o + 3));
+}
+
+ALWAYS_INLINE void one_token(const int fmt, int64_t nb, float *out, const uint8_t *w, const block_q16_a *y) {
+    const int n_scales = fmt == F_Q4_1 ? 2 : 1;
+    const size_t group_block = LLMR_X16 * (fmt == F_Q8_0 ? sizeof(block_q8_0)
+                                           : fmt == F_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q4_1));
+    const __m256i nibble = _mm256_set1_epi16(0x0F);
+    const __m256 even_lanes = _mm256_castsi256_ps(_mm256_setr_epi32(-1, 0, -1, 0, -1, 0, -1, 0));
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+
+    for (int64_t b = 0; b < nb; b++, y++) {
+        const uint8_t *g = w + b * group_block;
+        const uint8_t *q = g + n_scales * LLMR_X16 * 2;
+        __m256i isum[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                           _mm256_setzero_si256()};
+        if (fmt == F_Q8_0) {
+            for (int c = 0; c < 8; c++) {
+                const __m256i a = act4(y, c);
+                for (int r = 0; r < 4; r++)
+                    isum[r] = madd(isum[r], _mm256_cvtepi8_epi16(load16(q + c * 64 + r * 16)), a);
+            }
+        } else {
+            for (int c = 0; c < 4; c++) {
+                const __m256i alo = act4(y, c), ahi = act4(y, c + 4);
+                for (int r = 0; r < 4; r++) {
+                    const __m256i raw = _mm256_cvtepu8_epi16(load16(q + c * 64 + r * 16));
+                    isum[r] = madd(madd(isum[r], _mm256_and_si256(raw, nibble), alo), _mm256_srli_epi16(raw, 4), ahi);
+                }
+            }
+        }
+
+        const __m256 d[2] = {_mm256_cvtph_ps(load16(g)), _mm256_cvtph_ps(load16(g + 16))};
+        const __m256 da = _mm256_set1_ps(y->d), sa = _mm256_set1_ps(y->s);
+        for (int r = 0; r < 4; r++) {
+            const __m256 dp = pairs(d[r / 2], r);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), _mm256_mul_ps(dp, da), acc[r]);
+            if (fmt != F_Q8_0) {
+                const __m256 off = fmt == F_Q4_0 ? _mm256_mul_ps(dp, _mm256_set1_ps(-8.0f))
+                                                 : pairs(_mm256_cvtph_ps(load16(g + 32 + r / 2 * 16)), r);
+                acc[r] = _mm256_fmadd_ps(_mm256_and_ps(off, even_lanes), sa, acc[r]);
+            }
+        }
+    }
+
+    /* hadd pairs lanes (r, 0) + (r, 1) of two quarters as {r0 r1 r4 r5 | r2 r3 r6 r7}; the 64-bit
+     * permute puts the rows in order. */
+    for (int h = 0; h < 2; h++) {
+        const __m256 s = _mm256_hadd_ps(acc[2 * h], acc[2 * h + 1]);
+        _mm256_storeu_ps(out + 8 * h, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), 0xD8)));
+    }
+}
+
+ALWAYS_INLINE void gemm(const int fmt, int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
+                        const void *a, size_t a_stride) {
+    for (int64_t i = 0; i < t; i++)
+        one_token(fmt, k / QK, out + i * out_stride, w, (const block_q16_a *)((const uint8_t *)a + i * a_stride));
+}
+
+void gemm_x16_q8_0_q16_a_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                              size_t a_stride) {
+    gemm(F_Q8_0, k, t, out, out_stride, w, a, a_stride);
+}
+
+void gemm_x16_q4_0_q16_a_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                              size_t a_stride) {
+    gemm(F_Q4_0, k, t, out, out_stride, w, a, a_stride);
+}
+
+void gemm_x16_q4_1_q16_a_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                              size_t a_stride) {
+    gemm(F_Q4_1, k, t, out, out_stride, w, a, a_stride);
+}

@@ -1,0 +1,58 @@
+"""Weight layouts: how a matrix's blocks lie in a .llmr file (recorded per tensor).
+
+ROWS is GGUF's: each row its blocks in order. X16 (q8_0, q4_0, q4_1, rows a multiple of 16)
+is what the SIMD kernels read: groups of 16 consecutive rows; each group its blocks in order;
+each block of a group stored as the 16 rows' first f16 field (d), then (q4_1) their second
+(m), then the rows' quant bytes as 4-byte words, word c of row r at (c * 16 + r) * 4. The
+bytes are the row blocks' own, moved, so the file is no larger and a row comes back exactly.
+A SIMD load then holds one word of 16 rows, and 16 dot products advance in lanes without
+horizontal sums (kernels/cpu/gemm_x16_*.c). The converter picks X16 wherever it applies.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .types import Q4_0, Q4_1, Q8_0, QType
+
+ROWS = 0
+X16 = 1
+NAMES = {ROWS: "rows", X16: "x16"}
+GROUP = 16
+_SCALES = {Q8_0.name: 1, Q4_0.name: 1, Q4_1.name: 2}  # f16 fields before a block's quants
+
+
+def kernel_layout(t: QType, shape) -> int:
+    """The layout a tensor of this type and shape is written in."""
+    return X16 if t.name in _SCALES and len(shape) == 2 and shape[0] % GROUP == 0 else ROWS
+
+
+def _split(t: QType, nb: int):
+    """(scales, quant words) of blocks as uint8 [..., nb, type_size] views' shapes."""
+    n_scales = _SCALES[t.name]
+    return n_scales, (t.type_size - 2 * n_scales) // 4
+
+
+def interleave(rows: np.ndarray, t: QType) -> np.ndarray:
+    """uint8 [R, row_bytes] in the ROWS layout (R a multiple of 16) -> the same bytes in X16."""
+    R, row_bytes = rows.shape
+    nb = row_bytes // t.type_size
+    n_scales, words = _split(t, nb)
+    b = rows.reshape(R // GROUP, GROUP, nb, t.type_size).transpose(0, 2, 1, 3)  # [G, nb, 16, size]
+    scales = b[..., :2 * n_scales].reshape(R // GROUP, nb, GROUP, n_scales, 2).transpose(0, 1, 3, 2, 4)
+    quants = b[..., 2 * n_scales:].reshape(R // GROUP, nb, GROUP, words, 4).transpose(0, 1, 3, 2, 4)
+    out = np.concatenate([scales.reshape(R // GROUP, nb, -1), quants.reshape(R // GROUP, nb, -1)], axis=2)
+    return np.ascontiguousarray(out).reshape(R, row_bytes)
+
+
+def deinterleave(data: np.ndarray, t: QType, row_bytes: int) -> np.ndarray:
+    """X16 bytes of R rows -> uint8 [R, row_bytes] in the ROWS layout."""
+    data = np.asarray(data, dtype=np.uint8).reshape(-1, row_bytes)
+    R = data.shape[0]
+    nb = row_bytes // t.type_size
+    n_scales, words = _split(t, nb)
+    g = data.reshape(R // GROUP, nb, GROUP * t.type_size)
+    scales = g[..., :2 * n_scales * GROUP].reshape(R // GROUP, nb, n_scales, GROUP, 2).transpose(0, 1, 3, 2, 4)
+    quants = g[..., 2 * n_scales * GROUP:].reshape(R // GROUP, nb, words, GROUP, 4).transpose(0, 1, 3, 2, 4)
+    blocks = np.concatenate([scales.reshape(R // GROUP, nb, GROUP, -1), quants.reshape(R // GROUP, nb, GROUP, -1)],
+                            axis=3)  # [G, nb, 16, size]
+    return np.ascontiguousarray(blocks.transpose(0, 2, 1, 3)).reshape(R, row_bytes)
