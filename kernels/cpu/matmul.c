@@ -106,42 +106,6 @@ void llmr_matmul(const llmr_kernels *kern, int type, int layout, float *out, con
     llmr_parallel_for(ceil_div(n, j.rows_per_item), layout == LLMR_LAYOUT_X16 ? matmul_x16_item : matmul_item, &j);
 }
 
-typedef struct {
-    const llmr_kernels *kern;
-    float *out;
-    const float *q, *k, *v;
-    float *scores;
-    int64_t t, hq, hkv, hd, n_past, slots;
-} attention_job;
-
-/* Tokens item, item + slots, ...: interleaved, as causal attention's cost grows with the
- * token; each token by the table's kernel on its own, with this item's scores. */
-static void attention_item(void *ctx, int64_t item) {
-    const attention_job *j = ctx;
-    float *scores = j->scores + item * (j->n_past + j->t);
-    for (int64_t ti = item; ti < j->t; ti += j->slots) {
-        const int64_t off = ti * j->hq * j->hd;
-        j->kern->attention(j->out + off, j->q + off, j->k, j->v, 1, j->hq, j->hkv, j->hd, j->n_past + ti,
-                           scores);
-    }
-}
-
-int64_t llmr_attention_slots(int64_t t) {
-    const int64_t threads = llmr_threads_get();
-    return t < 1 ? 1 : t < threads ? t : threads;
-}
-
-void llmr_attention(const llmr_kernels *kern, float *out, const float *q, const float *k, const float *v,
-                    int64_t t, int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, float *scores,
-                    int64_t slots) {
-    if (slots <= 1 || t <= 1) {
-        kern->attention(out, q, k, v, t, hq, hkv, hd, n_past, scores);
-        return;
-    }
-    attention_job j = {kern, out, q, k, v, scores, t, hq, hkv, hd, n_past, slots < t ? slots : t};
-    llmr_parallel_for(j.slots, attention_item, &j);
-}
-
 int64_t llmr_get_rows(int type, int layout, float *out, const void *w, int64_t rows, const int32_t *ids,
                       int64_t n, int64_t k, int32_t *bad) {
     const llmr_type_traits *tr = llmr_type_traits_get(type);

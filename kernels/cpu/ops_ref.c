@@ -49,13 +49,15 @@ static float dot(const float *a, const float *b, int64_t n) {
 }
 
 void attention_ref(float *out, const float *q, const float *k, const float *v, int64_t t,
-                   int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, float *scores) {
+                   int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, int64_t h0, int64_t h1,
+                   float *scratch) {
+    float *scores = scratch, *acc = scratch + n_past + t; /* acc: one head's sums, out of out */
     const float scale = 1.0f / sqrtf((float)hd);
     const int64_t group = hq / hkv; /* query heads per kv head */
     const int64_t kv_stride = hkv * hd; /* floats between positions in the cache */
     for (int64_t ti = 0; ti < t; ti++) {
         const int64_t n_kv = n_past + ti + 1; /* causal: positions 0 .. n_past + ti */
-        for (int64_t h = 0; h < hq; h++) {
+        for (int64_t h = h0; h < h1; h++) {
             const float *qh = q + (ti * hq + h) * hd;
             const float *kh = k + (h / group) * hd;
             const float *vh = v + (h / group) * hd;
@@ -74,13 +76,14 @@ void attention_ref(float *out, const float *q, const float *k, const float *v, i
             }
             const float inv_sum = 1.0f / sum;
             for (int64_t i = 0; i < hd; i++)
-                oh[i] = 0.0f;
+                acc[i] = 0.0f;
             for (int64_t j = 0; j < n_kv; j++) {
                 const float p = scores[j] * inv_sum;
                 const float *vj = vh + j * kv_stride;
                 for (int64_t i = 0; i < hd; i++)
-                    oh[i] += p * vj[i];
+                    acc[i] += p * vj[i];
             }
+            memcpy(oh, acc, (size_t)hd * sizeof(float));
         }
     }
 }

@@ -192,9 +192,13 @@ typedef struct {
     /* in place on x [t][h][hd], rotate-half convention, angle = pos[t] * inv_freq[i] */
     void (*rope)(float *x, const int32_t *pos, const float *inv_freq, int64_t t, int64_t h, int64_t hd);
     /* out [t][hq][hd]: causal grouped-query attention of q over k, v [n_ctx][hkv][hd];
-     * token i sees positions 0 .. n_past + i. scores: n_past + t floats of scratch. */
+     * token i sees positions 0 .. n_past + i. Only query heads [h0, h1) are computed, each
+     * with the same arithmetic whatever the range, so ranges can go to different threads.
+     * scratch: n_past + t + hq * hd floats of this call's own (a row of scores, and running
+     * sums kept out of out, whose cache lines neighbouring heads on other threads may share). */
     void (*attention)(float *out, const float *q, const float *k, const float *v, int64_t t,
-                      int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, float *scores);
+                      int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, int64_t h0, int64_t h1,
+                      float *scratch);
     /* out = silu(gate) * up */
     void (*silu_mul)(float *out, const float *gate, const float *up, int64_t n);
 } llmr_kernels;
@@ -237,7 +241,8 @@ void gemm_x16_q4_1_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride
 void rmsnorm_ref(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
 void rope_ref(float *x, const int32_t *pos, const float *inv_freq, int64_t t, int64_t h, int64_t hd);
 void attention_ref(float *out, const float *q, const float *k, const float *v, int64_t t,
-                   int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, float *scores);
+                   int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, int64_t h0, int64_t h1,
+                   float *scratch);
 void silu_mul_ref(float *out, const float *gate, const float *up, int64_t n);
 
 /* ---- x86-64 SIMD kernels (*_avx2.c, *_avx512.c; built and called only on x86-64) ---------- */
@@ -324,12 +329,16 @@ void llmr_matmul(const llmr_kernels *kern, int type, int layout, float *out, con
  * the position of the first id outside [0, rows) (*bad = its value) and stops there. */
 int64_t llmr_get_rows(int type, int layout, float *out, const void *w, int64_t rows, const int32_t *ids,
                       int64_t n, int64_t k, int32_t *bad);
-/* Threaded attention (the table's kernel on token ranges; the kernel takes whole heads, so a
- * single token, decode, runs on the caller alone). scores: slots * (n_past + t) floats, with
- * slots = llmr_attention_slots(t) read when the scratch was sized. */
-int64_t llmr_attention_slots(int64_t t);
+
+/* ---- threaded attention (attention.c) ------------------------------------------------------ */
+
+/* The table's attention kernel on the pool, in units of one token and a range of query heads.
+ * scratch: slots * llmr_attention_scratch(...) floats, with slots = llmr_attention_slots(...)
+ * read when the scratch was sized (the thread count may change in between). */
+int64_t llmr_attention_slots(int64_t t, int64_t hq, int64_t hd, int64_t n_past);
+int64_t llmr_attention_scratch(int64_t t, int64_t hq, int64_t hd, int64_t n_past); /* floats per slot */
 void llmr_attention(const llmr_kernels *kern, float *out, const float *q, const float *k, const float *v,
-                    int64_t t, int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, float *scores,
+                    int64_t t, int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, float *scratch,
                     int64_t slots);
 
 /* ---- thread pool (threads.c) ---------------------------------------------------------------- */

@@ -399,7 +399,7 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
         return NULL;
     Py_buffer v[4] = {{0}}, *out = &v[0], *q = &v[1], *kc = &v[2], *vc = &v[3];
     PyObject *ret = NULL;
-    float *scores = NULL;
+    float *scratch = NULL;
     if (get_buffer(o_out, out, "out", F32, 1, 3, 3) || get_buffer(o_q, q, "q", F32, 0, 3, 3) ||
         get_buffer(o_k, kc, "k_cache", F32, 0, 3, 3) || get_buffer(o_v, vc, "v_cache", F32, 0, 3, 3))
         goto done;
@@ -426,18 +426,18 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
     if (check_disjoint(out, q, "out and q", 0) || check_disjoint(out, kc, "out and k_cache", 0) ||
         check_disjoint(out, vc, "out and v_cache", 0))
         goto done;
-    /* One scores row per slot (thread) working on tokens at once. */
-    const int64_t slots = llmr_attention_slots(t);
-    if (!(scores = malloc((size_t)slots * (size_t)(n_past + t + 1) * sizeof(float)))) {
+    /* Scratch for each slot (thread) working at once. */
+    const int64_t slots = llmr_attention_slots(t, hq, hd, n_past);
+    if (!(scratch = malloc((size_t)slots * (size_t)llmr_attention_scratch(t, hq, hd, n_past) * sizeof(float)))) {
         PyErr_NoMemory();
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    llmr_attention(kern, out->buf, q->buf, kc->buf, vc->buf, t, hq, hkv, hd, n_past, scores, slots);
+    llmr_attention(kern, out->buf, q->buf, kc->buf, vc->buf, t, hq, hkv, hd, n_past, scratch, slots);
     Py_END_ALLOW_THREADS
     ret = Py_NewRef(Py_None);
 done:
-    free(scores);
+    free(scratch);
     release(v, 4);
     return ret;
 }
