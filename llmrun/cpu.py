@@ -49,6 +49,26 @@ def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     return out
 
 
+def graph(cfg, w, inv_freq: np.ndarray):
+    """The model's weights (llmrun.model.Weights) bound for forward(): views, nothing copied."""
+    def weight(t: Tensor):
+        return (t.data, t.type.id, t.layout, t.shape[0], t.shape[1])
+
+    layers = [(l.attn_norm, l.ffn_norm, l.bq, l.bk, l.bv,
+               *(weight(m) for m in (l.wq, l.wk, l.wv, l.wo, l.w_gate, l.w_up, l.w_down))) for l in w.layers]
+    config = (cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim, cfg.norm_eps)
+    return K.graph(config, inv_freq, w.norm, weight(w.tok_embeddings), weight(w.output), layers)
+
+
+def forward(graph, tokens: np.ndarray, n_past: int, k_cache: np.ndarray, v_cache: np.ndarray,
+            last_only: bool, vocab: int) -> np.ndarray:
+    """llmrun.model.forward() in one kernel call: the same ops in the same order, so the same
+    logits bit for bit. Writes the caches' rows n_past ..; returns logits [T or 1, V]."""
+    logits = np.empty((1 if last_only else len(tokens), vocab), dtype=np.float32)
+    K.forward(graph, tokens, n_past, k_cache, v_cache, logits, last_only)
+    return logits
+
+
 def isa() -> str:
     """The kernel path in use: "scalar", "avx2", "avx512", "avx512vnni" (LLMRUN_ISA forces one)."""
     return K.isa()

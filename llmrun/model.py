@@ -107,17 +107,21 @@ def _add_bias(x: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     return x
 
 
+def _check_fits(cache: KVCache, T: int) -> None:
+    if T == 0:
+        raise ValueError("forward() needs at least one token")
+    if cache.n + T > cache.n_ctx:
+        raise ContextError(f"{cache.n} + {T} tokens do not fit in the context of {cache.n_ctx}; "
+                           "shorten the prompt or raise the context size")
+
+
 def forward(cfg: ModelConfig, w: Weights, inv_freq: np.ndarray, tokens, cache: KVCache,
             last_only: bool = False) -> np.ndarray:
     """Run `tokens` at positions cache.n, cache.n+1, ... and return their logits [T, V]
-    (or [1, V] for the last token only)."""
+    (or [1, V] for the last token only). Model.forward runs this same graph in C."""
     T, H, Hkv, hd = len(tokens), cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    if T == 0:
-        raise ValueError("forward() needs at least one token")
+    _check_fits(cache, T)
     n_past = cache.n
-    if n_past + T > cache.n_ctx:
-        raise ContextError(f"{n_past} + {T} tokens do not fit in the context of {cache.n_ctx}; "
-                           "shorten the prompt or raise the context size")
     positions = np.arange(n_past, n_past + T, dtype=np.int32)  # [T]
 
     x = ops.embed(w.tok_embeddings, np.asarray(tokens))  # [T, D]
@@ -162,13 +166,27 @@ class Model:
         self.tokenizer = Tokenizer.from_metadata(meta.get("tokenizer"), bytes(self.file.tokenizer_blob), path)
         self.chat_template: str | None = meta.get("chat_template")
         self.inv_freq = rope_inv_freq(self.config)  # [hd/2]
+        self.graph = ops.graph(self.config, self.weights, self.inv_freq)
 
     def new_cache(self, n_ctx: int | None = None) -> KVCache:
         """A fresh KV cache for up to n_ctx positions (default: the trained context)."""
         return KVCache(self.config, n_ctx or self.config.max_seq_len)
 
-    def forward(self, tokens, cache: KVCache, last_only: bool = False) -> np.ndarray:
-        return forward(self.config, self.weights, self.inv_freq, tokens, cache, last_only)
+    def forward(self, tokens, cache: KVCache, last_only: bool = False, reference: bool = False) -> np.ndarray:
+        """forward() above: as one call into the kernels (the same ops in the same order, so the
+        same logits bit for bit), or with `reference`, step by step in Python."""
+        if reference:
+            return forward(self.config, self.weights, self.inv_freq, tokens, cache, last_only)
+        _check_fits(cache, len(tokens))
+        ids = np.asarray(tokens, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            bad = int(ids[(ids < 0) | (ids >= self.config.vocab_size)][0])
+            raise ValueError(f"token id {bad} is out of range [0, {self.config.vocab_size})")
+        logits = ops.forward(self.graph, ids.astype(np.int32), cache.n, cache.k, cache.v, last_only,
+                             self.config.vocab_size)
+        cache.n += len(ids)
+        cache.tokens.extend(int(t) for t in ids)
+        return logits
 
     def logits(self, ids) -> np.ndarray:
         """float32 logits [len(ids), V] of `ids` run from a fresh cache."""

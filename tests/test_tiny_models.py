@@ -115,3 +115,59 @@ def test_config_roundtrip(tiny):
     assert cfg.attn_bias == VARIANTS[name].get("bias", False)
     if "sliding_window" in c:
         assert cfg.max_seq_len == c["sliding_window"]  # exact attention only inside the window
+
+
+@pytest.mark.parametrize("qtype", ["f32", "q4_1"])
+def test_forward_in_c_equals_the_python_graph(tiny, qtype):
+    """Model.forward (one call into the kernels) is the Python graph op for op: the same logits
+    and cache bit for bit, in prefill and in decode, on every variant (biases, untied heads)."""
+    name, d, ckpt = tiny
+    out = d / f"c-{qtype}.llmr"
+    convert(str(d / "hf"), str(out), qtype)
+    model = llmrun.load(out)
+    fast, slow = model.new_cache(32), model.new_cache(32)
+    for chunk in (IDS[:6], IDS[6:7], IDS[7:]):
+        for last_only in (False, True):
+            a, b = model.new_cache(32), model.new_cache(32)
+            for c in (a, b):
+                c.k[:], c.v[:], c.n, c.tokens = fast.k, fast.v, fast.n, list(fast.tokens)
+            np.testing.assert_array_equal(model.forward(chunk, a, last_only), model.forward(chunk, b, last_only,
+                                                                                              reference=True))
+        np.testing.assert_array_equal(model.forward(chunk, fast), model.forward(chunk, slow, reference=True))
+        np.testing.assert_array_equal(fast.k, slow.k)
+        np.testing.assert_array_equal(fast.v, slow.v)
+        assert fast.n == slow.n and fast.tokens == slow.tokens
+
+
+def test_forward_refuses_token_ids_outside_the_vocabulary(tiny):
+    name, d, ckpt = tiny
+    out = d / "ids.llmr"
+    convert(str(d / "hf"), str(out), "q8_0")
+    model = llmrun.load(out)
+    cache = model.new_cache(8)
+    for bad in (-1, model.config.vocab_size):
+        with pytest.raises(ValueError, match=f"token id {bad} is out of range"):
+            model.forward([1, bad], cache)
+        assert cache.n == 0 and cache.tokens == []
+
+
+def test_graph_checks_every_weight_it_binds(tiny):
+    """The C graph never trusts the Python side's shapes: a short buffer or a wrong shape is a
+    ValueError naming the tensor, not a read past the end."""
+    import dataclasses
+    import types
+
+    from llmrun import cpu
+    name, d, ckpt = tiny
+    out = d / "graph.llmr"
+    convert(str(d / "hf"), str(out), "q4_0")
+    model = llmrun.load(out)
+    w, cfg = model.weights, model.config
+    short = dataclasses.replace(w.layers[0].w_up, data=w.layers[0].w_up.data[:-1])
+    bad = dataclasses.replace(w, layers=[dataclasses.replace(w.layers[0], w_up=short), *w.layers[1:]])
+    with pytest.raises(ValueError, match="w_up"):
+        cpu.graph(cfg, bad, model.inv_freq)
+    with pytest.raises(ValueError, match="inv_freq"):
+        cpu.graph(cfg, w, model.inv_freq[:-1])
+    with pytest.raises(ValueError, match="config"):
+        cpu.graph(types.SimpleNamespace(**{**vars(cfg), "n_kv_heads": cfg.n_heads + 1}), w, model.inv_freq)

@@ -341,6 +341,38 @@ void llmr_attention(const llmr_kernels *kern, float *out, const float *q, const 
                     int64_t t, int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, float *scratch,
                     int64_t slots);
 
+/* ---- the forward pass (forward.c) ----------------------------------------------------------- */
+
+typedef struct {
+    const void *data;
+    int type, layout;
+    int64_t rows, cols;
+} llmr_weight;
+
+typedef struct {
+    const float *attn_norm, *ffn_norm;  /* [D] */
+    const float *bq, *bk, *bv;          /* NULL without q/k/v biases */
+    llmr_weight wq, wk, wv, wo, w_gate, w_up, w_down;
+} llmr_layer;
+
+typedef struct {
+    int64_t dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim;
+    float norm_eps;
+    const float *inv_freq; /* [head_dim / 2] */
+    const float *norm;     /* [D] */
+    llmr_weight tok_embeddings, output;
+    const llmr_layer *layers;
+} llmr_model;
+
+/* llmrun/model.py's forward() for tokens[0 .. t) at positions n_past ..: writes their keys and
+ * values into the caches [n_layers][n_ctx][n_kv_heads][head_dim] and the logits of every token
+ * (or of the last, last_only) into logits [t or 1][vocab]. The caller has checked the shapes.
+ * Returns -1 when done, -2 if out of memory, or the position of the first token id outside
+ * the vocabulary (*bad_token = its value; nothing is written then). */
+int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const int32_t *tokens, int64_t t,
+                     int64_t n_past, float *k_cache, float *v_cache, int64_t n_ctx, int last_only, float *logits,
+                     int32_t *bad_token);
+
 /* ---- thread pool (threads.c) ---------------------------------------------------------------- */
 
 #define LLMR_MAX_THREADS 512

@@ -509,7 +509,182 @@ static PyObject *py_default_threads(PyObject *self, PyObject *unused) {
     return PyLong_FromLong(llmr_threads_default());
 }
 
+
+/* ---- the forward pass ----------------------------------------------------------------------- */
+
+/* A model's weights as the C forward pass reads them, with the buffer views that keep their
+ * memory alive: held by a capsule, released with it. */
+typedef struct {
+    llmr_model m;
+    llmr_layer *layers;
+    Py_buffer *views;
+    int n_views;
+} graph_t;
+
+static void graph_free(PyObject *capsule) {
+    graph_t *g = PyCapsule_GetPointer(capsule, "llmrun.graph");
+    if (!g)
+        return;
+    release(g->views, g->n_views);
+    free(g->views);
+    free(g->layers);
+    free(g);
+}
+
+/* A float32 vector of n elements (NULL from None where optional). */
+static int take_vector(graph_t *g, PyObject *obj, const char *name, Py_ssize_t n, int optional, const float **out) {
+    if (optional && obj == Py_None) {
+        *out = NULL;
+        return 0;
+    }
+    Py_buffer *v = &g->views[g->n_views];
+    if (get_buffer(obj, v, name, F32, 0, 1, 1))
+        return -1;
+    g->n_views++;
+    if (check_shape(v, name, 1, &n))
+        return -1;
+    *out = v->buf;
+    return 0;
+}
+
+/* A weight (data, type id, layout, rows, cols) of `rows` x `cols` (rows < 0: any). */
+static int take_weight(graph_t *g, PyObject *obj, const char *name, Py_ssize_t rows, Py_ssize_t cols, llmr_weight *out) {
+    PyObject *data;
+    Py_ssize_t r, c;
+    if (!PyArg_ParseTuple(obj, "Oiinn", &data, &out->type, &out->layout, &r, &c))
+        return -1;
+    const llmr_type_traits *t = get_type(out->type);
+    if (!t || check_layout(t, out->type, out->layout))
+        return -1;
+    if ((rows >= 0 && r != rows) || c != cols || r < 1) {
+        PyErr_Format(PyExc_ValueError, "%s: shape [%zd, %zd], expected [%zd, %zd]", name, r, c, rows, cols);
+        return -1;
+    }
+    Py_buffer *v = &g->views[g->n_views];
+    if (get_buffer(data, v, name, RAW, 0, 0, MAX_NDIM))
+        return -1;
+    g->n_views++;
+    const Py_ssize_t rb = row_bytes_or_error(t, c);
+    if (rb < 0 || check_weight_alignment(v, t) || check_x16_rows(out->layout, r))
+        return -1;
+    if (v->len != r * rb) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd bytes, %s [%zd, %zd] takes %zd", name, v->len, t->name, r, c, r * rb);
+        return -1;
+    }
+    out->data = v->buf;
+    out->rows = r;
+    out->cols = c;
+    return 0;
+}
+
+static PyObject *py_graph(PyObject *self, PyObject *args) {
+    Py_ssize_t D, L, H, Hkv, hd, F;
+    float eps;
+    PyObject *o_freq, *o_norm, *o_emb, *o_out, *o_layers;
+    if (!PyArg_ParseTuple(args, "(nnnnnnf)OOOOO!:graph", &D, &L, &H, &Hkv, &hd, &F, &eps, &o_freq, &o_norm, &o_emb,
+                          &o_out, &PyList_Type, &o_layers))
+        return NULL;
+    if (D < 1 || L < 1 || H < 1 || Hkv < 1 || H % Hkv || hd < 2 || hd % 2 || F < 1 || PyList_GET_SIZE(o_layers) != L) {
+        PyErr_SetString(PyExc_ValueError, "graph: inconsistent config");
+        return NULL;
+    }
+    graph_t *g = calloc(1, sizeof *g);
+    const int max_views = 4 + 12 * (int)L;
+    if (!g || !(g->layers = calloc((size_t)L, sizeof *g->layers)) ||
+        !(g->views = calloc((size_t)max_views, sizeof *g->views))) {
+        if (g)
+            free(g->layers);
+        free(g);
+        return PyErr_NoMemory();
+    }
+    PyObject *capsule = PyCapsule_New(g, "llmrun.graph", graph_free);
+    if (!capsule) {
+        free(g->views);
+        free(g->layers);
+        free(g);
+        return NULL;
+    }
+    llmr_model *m = &g->m;
+    *m = (llmr_model){.dim = D, .n_layers = L, .n_heads = H, .n_kv_heads = Hkv, .head_dim = hd, .ffn_dim = F,
+                      .norm_eps = eps, .layers = g->layers};
+    if (take_vector(g, o_freq, "inv_freq", hd / 2, 0, &m->inv_freq) || take_vector(g, o_norm, "norm", D, 0, &m->norm) ||
+        take_weight(g, o_emb, "tok_embeddings", -1, D, &m->tok_embeddings) ||
+        take_weight(g, o_out, "output", m->tok_embeddings.rows, D, &m->output))
+        goto fail;
+    for (Py_ssize_t l = 0; l < L; l++) {
+        PyObject *an, *fn, *bq, *bk, *bv, *wq, *wk, *wv, *wo, *wg, *wu, *wd;
+        llmr_layer *y = &g->layers[l];
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(o_layers, l), "OOOOOOOOOOOO:graph layer", &an, &fn, &bq, &bk, &bv, &wq,
+                              &wk, &wv, &wo, &wg, &wu, &wd) ||
+            take_vector(g, an, "attn_norm", D, 0, &y->attn_norm) || take_vector(g, fn, "ffn_norm", D, 0, &y->ffn_norm) ||
+            take_vector(g, bq, "bq", H * hd, 1, &y->bq) || take_vector(g, bk, "bk", Hkv * hd, 1, &y->bk) ||
+            take_vector(g, bv, "bv", Hkv * hd, 1, &y->bv) || take_weight(g, wq, "wq", H * hd, D, &y->wq) ||
+            take_weight(g, wk, "wk", Hkv * hd, D, &y->wk) || take_weight(g, wv, "wv", Hkv * hd, D, &y->wv) ||
+            take_weight(g, wo, "wo", D, H * hd, &y->wo) || take_weight(g, wg, "w_gate", F, D, &y->w_gate) ||
+            take_weight(g, wu, "w_up", F, D, &y->w_up) || take_weight(g, wd, "w_down", D, F, &y->w_down))
+            goto fail;
+    }
+    return capsule;
+fail:
+    Py_DECREF(capsule);
+    return NULL;
+}
+
+static PyObject *py_forward(PyObject *self, PyObject *args) {
+    PyObject *o_graph, *o_tokens, *o_k, *o_v, *o_logits;
+    Py_ssize_t n_past;
+    int last_only;
+    if (!PyArg_ParseTuple(args, "OOnOOOp:forward", &o_graph, &o_tokens, &n_past, &o_k, &o_v, &o_logits, &last_only))
+        return NULL;
+    const graph_t *g = PyCapsule_GetPointer(o_graph, "llmrun.graph");
+    if (!g)
+        return NULL;
+    const llmr_model *m = &g->m;
+    Py_buffer v[4] = {{0}}, *tokens = &v[0], *kc = &v[1], *vc = &v[2], *logits = &v[3];
+    PyObject *ret = NULL;
+    if (get_buffer(o_tokens, tokens, "tokens", I32, 0, 1, 1) || get_buffer(o_k, kc, "k_cache", F32, 1, 4, 4) ||
+        get_buffer(o_v, vc, "v_cache", F32, 1, 4, 4) || get_buffer(o_logits, logits, "logits", F32, 1, 2, 2))
+        goto done;
+    const Py_ssize_t t = tokens->shape[0], n_ctx = kc->shape[1];
+    const Py_ssize_t cache[4] = {m->n_layers, n_ctx, m->n_kv_heads, m->head_dim};
+    const Py_ssize_t want_logits[2] = {last_only ? 1 : t, m->output.rows};
+    if (check_shape(kc, "k_cache", 4, cache) || check_same_shape(vc, "v_cache", kc) ||
+        check_shape(logits, "logits", 2, want_logits))
+        goto done;
+    if (t < 1 || n_past < 0 || n_past > n_ctx - t) {
+        PyErr_Format(PyExc_ValueError, "n_past=%zd with %zd tokens does not fit n_ctx=%zd", n_past, t, n_ctx);
+        goto done;
+    }
+    if (check_disjoint(kc, vc, "k_cache and v_cache", 0) || check_disjoint(logits, kc, "logits and k_cache", 0) ||
+        check_disjoint(logits, vc, "logits and v_cache", 0))
+        goto done;
+    int64_t bad_at;
+    int32_t bad;
+    Py_BEGIN_ALLOW_THREADS
+    bad_at = llmr_forward(kern, m, tokens->buf, t, n_past, kc->buf, vc->buf, n_ctx, last_only, logits->buf, &bad);
+    Py_END_ALLOW_THREADS
+    if (bad_at == -2)
+        PyErr_NoMemory();
+    else if (bad_at >= 0)
+        PyErr_Format(PyExc_ValueError, "tokens[%zd] = %d is out of range [0, %zd)", (Py_ssize_t)bad_at, (int)bad,
+                     (Py_ssize_t)m->tok_embeddings.rows);
+    else
+        ret = Py_NewRef(Py_None);
+done:
+    release(v, 4);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
+    {"graph", py_graph, METH_VARARGS,
+     "graph((D, layers, heads, kv_heads, head_dim, ffn, eps), inv_freq, norm, tok_embeddings, output, layers):\n"
+     "a model's weights for forward(). A weight is (buffer, type id, layout, rows, cols); a layer is\n"
+     "(attn_norm, ffn_norm, bq, bk, bv, wq, wk, wv, wo, w_gate, w_up, w_down), biases None if absent.\n"
+     "The buffers stay referenced while the graph lives."},
+    {"forward", py_forward, METH_VARARGS,
+     "forward(graph, tokens, n_past, k_cache, v_cache, logits, last_only): llmrun.model.forward in C.\n"
+     "tokens int32 [T]; caches float32 [layers, n_ctx, kv_heads, head_dim], rows n_past .. written;\n"
+     "logits float32 [T or 1, V]."},
     {"matmul", py_matmul, METH_VARARGS,
      "matmul(out, x, w, wtype, layout=0): out[t, n] = dot(W[n], x[t]). x float32 [T, K] or [K]; out float32\n"
      "[T, N] or [N]; w the bytes of N rows of type id wtype. Quantised types multiply x quantised\n"
