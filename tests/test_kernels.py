@@ -95,6 +95,37 @@ def ATTENTION_BOUND(q, k, hd, n_kv):
     return 2 * e + (2 * n_kv + 4) * U
 
 
+# The ISAs whose attention is the SIMD kernel (attention_avx2.c, attention_avx512.c); the others
+# run the scalar one.
+ATTENTION_SIMD_ISAS = {"avx2", "avx512", "avx512vnni"}
+# Their polynomial exp, measured against float64 over every f32 in [-1, 0] and every 64th in
+# [-87, -1]: within 1.97 u relative; below -87.7 it returns 0 (e^x < 2^-126, nothing beside the
+# max's e^0 = 1). Bounded here by 2u.
+EXP_POLY = 2 * U
+
+
+def ATTENTION_SIMD_BOUND(q, k, hd, n_kv):
+    """ATTENTION_BOUND's reasoning for the online softmax, which keeps a running max M and
+    rescales the sums by e^(M_old - M_new) whenever a block of B positions raises it. With A
+    bounding every |score|: scores off by E = (hd + 2) u A (FMA dots in any order, then the
+    scale); the exponents' arguments, s_j - M_block and each M_old - M_new, are rounded, in
+    total at most u (M - s_j) <= 2 u A, which counts like E (twice: its own weight and the
+    sum): 2E + 4uA. Each weight takes the exp's 2u and, from up to ceil(n_kv / B) - 1 rescales,
+    the factor's exp (2u) and a product's rounding for the value sums and for the weight sum
+    (2u): (2 + 4 (nb - 1)) u <= 4 nb u, doubled by the normalisation that every weight enters
+    twice: 8 nb u. The
+    sum of n_kv weights, of n_kv weighted values (two chains and their sum), 1/sum and its
+    product: (2 n_kv + 3) u. So |err| <= (2(hd + 4) u A + (2 n_kv + 8 nb + 3) u) max|v|, taking
+    B = 8 (AVX2's block; AVX-512's 16 rescales less), with one u of slack."""
+    a = (np.abs(q) @ np.abs(k).T).max() / np.sqrt(hd)
+    nb = -(-n_kv // 8)
+    return 2 * (hd + 4) * U * a + (2 * n_kv + 8 * nb + 4) * U
+
+
+def attention_bound_for(isa):
+    return ATTENTION_SIMD_BOUND if isa in ATTENTION_SIMD_ISAS else ATTENTION_BOUND
+
+
 # --- helpers ------------------------------------------------------------------------------------
 
 def rng_for(*key) -> np.random.Generator:
@@ -389,14 +420,20 @@ def test_attention(T, Hq, Hkv, hd, n_past, n_ctx):
     kc, vc = rand(rng, n_ctx, Hkv, hd), rand(rng, n_ctx, Hkv, hd)
     out = np.empty_like(q)
     K.attention(out, q, kc, vc, n_past)
+    check_attention(out, q, kc, vc, n_past, attention_bound_for(K.isa()))
+
+
+def check_attention(out, q, kc, vc, n_past, bound_fn):
     want = attention_reference(q, kc, vc, n_past)
-    group = Hq // Hkv
+    T, Hq, hd = q.shape
+    group = Hq // kc.shape[1]
     for t in range(T):
         n_kv = n_past + t + 1
         for h in range(Hq):
             k = kc[:n_kv, h // group]
-            bound = ATTENTION_BOUND(q[t, h][None], k, hd, n_kv) * np.abs(vc[:n_kv, h // group]).max()
-            assert np.abs(out[t, h] - want[t, h]).max() <= bound, (t, h)
+            bound = bound_fn(q[t, h][None], k, hd, n_kv) * np.abs(vc[:n_kv, h // group]).max()
+            err = np.abs(out[t, h] - want[t, h]).max()
+            assert err <= bound, f"token {t} head {h}: err {err:.3g} > bound {bound:.3g}"
 
 
 def test_attention_is_causal():
@@ -410,6 +447,85 @@ def test_attention_is_causal():
     K.attention(b, q, kc, vc, 2)
     np.testing.assert_array_equal(a[:2], b[:2])
     assert not np.array_equal(a[2], b[2])
+
+
+# Every path this CPU runs, each forced in a subprocess (the ISA is chosen at import): shapes
+# around the blocks (n_past + t of 1, 2, 38, 40, 317), head dims with and without a vector tail,
+# GQA groups of 3, 1 and 8.
+ATTENTION_N_PAST = [0, 1, 37, 300]
+ATTENTION_TOKENS = [1, 3, 17]
+ATTENTION_HEADS = [(9, 3), (4, 4), (8, 1)]
+ATTENTION_HD = [8, 24, 64, 80, 128]
+
+
+def attention_cases():
+    for n_past in ATTENTION_N_PAST:
+        for t in ATTENTION_TOKENS:
+            for hq, hkv in ATTENTION_HEADS:
+                for hd in ATTENTION_HD:
+                    yield n_past, t, hq, hkv, hd
+
+
+def attention_inputs(n_past, t, hq, hkv, hd):
+    """q, and caches with 5 rows beyond the last position any token sees, all NaN."""
+    rng = rng_for("attention paths", n_past, t, hq, hkv, hd)
+    q = rand(rng, t, hq, hd, scale=2.0)
+    kc, vc = rand(rng, n_past + t + 5, hkv, hd), rand(rng, n_past + t + 5, hkv, hd)
+    kc[n_past + t:], vc[n_past + t:] = np.nan, np.nan
+    return q, kc, vc
+
+
+def attention_outputs(path):
+    """Run in the subprocess: every case on this process's path, on 1 and 2 threads, and the
+    first token alone (from a cache cut after the last position it sees), saved to path."""
+    out = {"isa": np.array(K.isa())}
+    for case in attention_cases():
+        q, kc, vc = attention_inputs(*case)
+        n_past = case[0]
+        for threads in (1, 2):
+            K.set_threads(threads)
+            y = np.full_like(q, np.nan)
+            K.attention(y, q, kc, vc, n_past)
+            out[f"{case}/{threads}"] = y
+        y = np.full_like(q[:1], np.nan)
+        K.attention(y, q[:1], kc[:n_past + 1].copy(), vc[:n_past + 1].copy(), n_past)
+        out[f"{case}/first"] = y
+    np.savez(path, **out)
+
+
+@pytest.fixture(scope="module")
+def attention_paths(tmp_path_factory):
+    """isa -> attention_outputs of that path, for every path this CPU runs (run at once)."""
+    tmp = tmp_path_factory.mktemp("attention")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_kernels; "
+            "test_kernels.attention_outputs(sys.argv[2])")
+    procs = {isa: subprocess.Popen([sys.executable, "-c", code, os.path.dirname(__file__), str(tmp / f"{isa}.npz")],
+                                   env={**os.environ, "LLMRUN_ISA": isa}, stderr=subprocess.PIPE, text=True)
+             for isa in K.isas()}
+    out = {}
+    for isa, p in procs.items():
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, f"LLMRUN_ISA={isa}: {err}"
+        with np.load(tmp / f"{isa}.npz") as f:
+            out[isa] = dict(f)
+    return out
+
+
+@pytest.mark.parametrize("isa", ["scalar", "neon", *sorted(ATTENTION_SIMD_ISAS)])
+def test_attention_every_path(attention_paths, isa):
+    """Within the path's bound of float64 for every case; bit-identical on 1 and 2 threads;
+    causal: no NaN from the positions no token sees, and the first token's output the same
+    from a cache that ends at its own position."""
+    if isa not in attention_paths:
+        pytest.skip(f"this CPU cannot run {isa}")
+    got = attention_paths[isa]
+    assert str(got["isa"]) == isa
+    for case in attention_cases():
+        q, kc, vc = attention_inputs(*case)
+        one, two = got[f"{case}/1"], got[f"{case}/2"]
+        assert one.tobytes() == two.tobytes(), f"{case}: 2 threads differ from 1"
+        np.testing.assert_array_equal(got[f"{case}/first"], one[:1], err_msg=f"{case}: first token")
+        check_attention(one, q, kc, vc, case[0], attention_bound_for(isa))
 
 
 @pytest.mark.parametrize("shape", [(7,), (3, 50), (2, 2, 33)])

@@ -30,7 +30,7 @@ const llmr_kernels llmr_kernels_scalar = {
 static int always(void) { return 1; }
 
 /* x86-64: CMakeLists.txt builds the *_avx2.c / *_avx512.c files for exactly these targets. The
- * ops that are a small share of the time (rmsnorm, rope, attention, silu_mul) stay scalar. */
+ * ops that are a small share of the time (rmsnorm, rope, silu_mul) stay scalar. */
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #define LLMR_X86 1
 
@@ -57,7 +57,7 @@ static const llmr_kernels llmr_kernels_avx2 = {
     .quantize_q16_a = quantize_row_q16_a_avx2,
     .rmsnorm = rmsnorm_ref,
     .rope = rope_ref,
-    .attention = attention_ref,
+    .attention = attention_avx2,
     .silu_mul = silu_mul_ref,
 };
 
@@ -84,7 +84,7 @@ static const llmr_kernels llmr_kernels_avx512 = {
     .quantize_q16_a = quantize_row_q16_a_avx512,
     .rmsnorm = rmsnorm_ref,
     .rope = rope_ref,
-    .attention = attention_ref,
+    .attention = attention_avx512,
     .silu_mul = silu_mul_ref,
 };
 
@@ -112,7 +112,7 @@ static const llmr_kernels llmr_kernels_avx512vnni = {
     .quantize_q16_a = quantize_row_q16_a_avx512,
     .rmsnorm = rmsnorm_ref,
     .rope = rope_ref,
-    .attention = attention_ref,
+    .attention = attention_avx512,
     .silu_mul = silu_mul_ref,
 };
 

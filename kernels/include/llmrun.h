@@ -248,6 +248,8 @@ void silu_mul_ref(float *out, const float *gate, const float *up, int64_t n);
 /* ---- x86-64 SIMD kernels (*_avx2.c, *_avx512.c; built and called only on x86-64) ---------- */
 
 /* AVX2 + FMA + F16C */
+void attention_avx2(float *out, const float *q, const float *k, const float *v, int64_t t, int64_t hq,
+                    int64_t hkv, int64_t hd, int64_t n_past, int64_t h0, int64_t h1, float *scratch);
 void quantize_row_q16_a_avx2(const float *x, block_q16_a *y, int64_t k);
 void vec_dot_f32_f32_avx2(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_f16_f32_avx2(int64_t k, float *s, const void *w, const void *a);
@@ -257,6 +259,8 @@ void vec_dot_q4_0_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_1_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 
 /* AVX-512 F + BW + VL; the _avx512vnni dots are the same source built with VNNI */
+void attention_avx512(float *out, const float *q, const float *k, const float *v, int64_t t, int64_t hq,
+                      int64_t hkv, int64_t hd, int64_t n_past, int64_t h0, int64_t h1, float *scratch);
 void quantize_row_q16_a_avx512(const float *x, block_q16_a *y, int64_t k);
 void vec_dot_f32_f32_avx512(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_f16_f32_avx512(int64_t k, float *s, const void *w, const void *a);
