@@ -46,8 +46,10 @@ def _named_path(name: str) -> str:
 
 def _source_key(src: str) -> str:
     """Identifies a source file or directory by size, mtime and a hash of its first MiB, so an
-    edited or replaced source is converted again."""
-    h = hashlib.sha256()
+    edited or replaced source is converted again; and the format version written, so a newer
+    llmrun converts again into its own layouts."""
+    from .format import VERSION
+    h = hashlib.sha256(f"llmr {VERSION[0]}.{VERSION[1]}".encode())
     files = [src] if os.path.isfile(src) else sorted(
         os.path.join(src, f) for f in os.listdir(src) if os.path.isfile(os.path.join(src, f)))
     for path in files:
