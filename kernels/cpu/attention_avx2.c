@@ -9,6 +9,7 @@
 #include <immintrin.h>
 #include <math.h>
 
+#include "exp_x86.h"
 #include "llmrun.h"
 
 #define BLOCK 8 /* cache positions per step */
@@ -20,23 +21,6 @@ static inline __m256i lanes(int64_t r) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-/* e^x for x <= 0, within 2 ulp; see exp_nonpos in attention_avx512.c. */
-static inline __m256 exp_nonpos(__m256 x) {
-    x = _mm256_max_ps(x, _mm256_set1_ps(-88.0f));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
 
 /* Lane c = the sum of a[c]'s lanes: a transpose folded into the adds. */
 static inline __m256 hsum8(const __m256 a[8]) {
@@ -139,7 +123,7 @@ static void attend(float *out, float *acc, const float *q, const float *k, const
             const float block_max = hmax(s);
             float *o = acc + h * hd;
             if (block_max > max[h]) { /* rescale what was summed to the new max (first block: by 0) */
-                const __m256 f = exp_nonpos(_mm256_set1_ps(max[h] - block_max));
+                const __m256 f = exp_nonpos8(_mm256_set1_ps(max[h] - block_max));
                 sum[h] = _mm256_mul_ps(sum[h], f);
                 for (int64_t i = 0; i < hd; i += 8) {
                     const __m256i m = lanes(hd - i);
@@ -147,7 +131,7 @@ static void attend(float *out, float *acc, const float *q, const float *k, const
                 }
                 max[h] = block_max;
             }
-            const __m256 p = exp_nonpos(_mm256_sub_ps(s, _mm256_set1_ps(max[h])));
+            const __m256 p = exp_nonpos8(_mm256_sub_ps(s, _mm256_set1_ps(max[h])));
             sum[h] = _mm256_add_ps(sum[h], p);
             float pc[BLOCK];
             _mm256_storeu_ps(pc, p);

@@ -10,6 +10,7 @@
 #include <immintrin.h>
 #include <math.h>
 
+#include "exp_x86.h"
 #include "llmrun.h"
 
 #define BLOCK 16 /* cache positions per step */
@@ -18,26 +19,6 @@
 /* The first r of 16 lanes (none for r <= 0). */
 static inline __mmask16 lanes(int64_t r) { return r >= 16 ? 0xFFFF : r <= 0 ? 0 : (__mmask16)((1u << r) - 1); }
 
-/* e^x for x <= 0, within 2 ulp: x = n ln2 + r with |r| <= ln2/2 (ln2 in two parts, so r is
- * nearly exact), e^r by Cephes' expf polynomial, 2^n made in the exponent bits. The clamp at
- * -88 keeps -inf (a masked lane) finite and gives n = -127, whose bits are 0.0f: below
- * x = -87.7 the result is 0, where e^x < 2^-126 is nothing beside the max's e^0 = 1. */
-static inline __m512 exp_nonpos(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-88.0f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
-}
 
 /* Lane c = the sum of a[c]'s lanes: a transpose folded into the adds, about 3 operations per
  * sum where 16 separate reductions would take 8. */
@@ -131,7 +112,7 @@ static void attend(float *out, float *acc, const float *q, const float *k, const
             const float block_max = _mm512_reduce_max_ps(s);
             float *o = acc + h * hd;
             if (block_max > max[h]) { /* rescale what was summed to the new max (first block: by 0) */
-                const __m512 f = exp_nonpos(_mm512_set1_ps(max[h] - block_max));
+                const __m512 f = exp_nonpos16(_mm512_set1_ps(max[h] - block_max));
                 sum[h] = _mm512_mul_ps(sum[h], f);
                 for (int64_t i = 0; i < hd; i += 16) {
                     const __mmask16 m = lanes(hd - i);
@@ -139,7 +120,7 @@ static void attend(float *out, float *acc, const float *q, const float *k, const
                 }
                 max[h] = block_max;
             }
-            const __m512 p = exp_nonpos(_mm512_sub_ps(s, _mm512_set1_ps(max[h])));
+            const __m512 p = exp_nonpos16(_mm512_sub_ps(s, _mm512_set1_ps(max[h])));
             sum[h] = _mm512_add_ps(sum[h], p);
             float pc[BLOCK];
             _mm512_storeu_ps(pc, p);
