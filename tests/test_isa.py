@@ -25,8 +25,8 @@ from llmrun.quant.layout import X16, interleave
 from llmrun.quant.types import BF16, F16, F32, Q4_0, Q4_1, Q8_0
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_kernels import (FLOAT_DOT_BOUND, QUANT_DOT_BOUND, QUANT_DOT_SIMD_BOUND, U, X16_DOT_BOUND,  # noqa: E402
-                          edge_rows, matmul_magnitude, rand, rng_for)
+from test_kernels import (FLOAT_DOT_BOUND, QUANT_DOT_BOUND, QUANT_DOT_SIMD_BOUND, RMSNORM_BOUND,  # noqa: E402
+                          SILU_BOUND, U, X16_DOT_BOUND, edge_rows, matmul_magnitude, rand, rng_for)
 
 ALL_TYPES = [F32, F16, BF16, Q8_0, Q4_0, Q4_1]
 SIMD_ISAS = ["avx2", "avx512", "avx512vnni"]  # x86-64; each needs the CPU features below
@@ -329,10 +329,25 @@ def test_x16_matmul(results, isa, t):
         np.testing.assert_array_equal(results[isa]["x16-get_rows/" + key], ref.dequantize(w, t, k)[[n - 1, 0, 5]])
 
 
+@pytest.mark.parametrize("isa", ["scalar"] + SIMD_ISAS)
+def test_rmsnorm_and_silu_mul_within_their_bounds(results, isa):
+    """The SIMD rmsnorm sums the squares (in double) in another order, and silu_mul takes its
+    exponential from a polynomial: both within the scalar kernels' bounds of float64."""
+    needs(isa)
+    a = other_inputs()
+    x64 = a["x"].astype(np.float64)
+    want = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + np.float64(np.float32(1e-5))) * a["w"]
+    assert (np.abs(results[isa]["rmsnorm"] - want) <= RMSNORM_BOUND * np.abs(want)).all()
+    g64 = a["gate"].astype(np.float64)
+    want = g64 / (1 + np.exp(-g64)) * a["x"][:, :33]
+    assert (np.abs(results[isa]["silu_mul"] - want) <= SILU_BOUND * np.abs(want)).all()
+
+
 @pytest.mark.parametrize("isa", SIMD_ISAS)
 def test_other_ops_equal_scalar(results, isa):
     needs(isa)
-    for key in [k for k in results["scalar"] if not k.startswith(("matmul/", "tile/", "single/", "q16a/", "isa", "x16"))]:
+    skip = ("matmul/", "tile/", "single/", "q16a/", "isa", "x16", "rmsnorm", "silu_mul")
+    for key in [k for k in results["scalar"] if not k.startswith(skip)]:
         np.testing.assert_array_equal(results[isa][key], results["scalar"][key], err_msg=key)
     for t in ALL_TYPES:  # get_rows dequantises with the reference: exact
         _, w = matmul_inputs(t, 1, 67, 96)

@@ -70,8 +70,8 @@ def X16_DOT_BOUND(nb):
 # ~2u at |x*id| <= 32767, i.e. 65534u (0.4%) of a step, covered by the 1% margin.
 ACT_QUANT_HALF_STEP = 0.5 * 1.01
 
-# rmsnorm vs float64: the sum of squares is in double (negligible error); 1/sqrt rounded to
-# f32, x*scale and *w each add one rounding: 3u relative; one u of slack.
+# rmsnorm vs float64: the sum of squares is in double, in any order (negligible error); 1/sqrt
+# rounded to f32, x*scale and *w each add one rounding: 3u relative; one u of slack.
 RMSNORM_BOUND = 4 * U
 
 # rope vs float64 with the same f32 angle and f32 cos/sin: two products and one sum or
@@ -80,7 +80,10 @@ RMSNORM_BOUND = 4 * U
 ROPE_BOUND = 4 * U
 
 # silu_mul vs float64: expf (<= 1 ulp, so 2u), 1 + e (u; e's error is scaled down by e/(1+e)),
-# division (u), multiply by up (u): 5u relative; one u of slack.
+# division (u), multiply by up (u): 5u relative; one u of slack. The SIMD kernels take
+# z = e^-|g| from a polynomial (<= 2 ulp, kernels/cpu/exp_x86.h) and sigmoid as 1/(1+z) (z's
+# error scaled by z/(1+z) <= 1/2) or z/(1+z) (scaled by 1/(1+z) <= 1): 2u, then 1 + z, the
+# division, * g and * up: 6u, the same bound.
 SILU_BOUND = 6 * U
 
 

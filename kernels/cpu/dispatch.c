@@ -55,10 +55,10 @@ static const llmr_kernels llmr_kernels_avx2 = {
         [LLMR_TYPE_Q4_1] = gemm_x16_q4_1_q16_a_avx2,
     },
     .quantize_q16_a = quantize_row_q16_a_avx2,
-    .rmsnorm = rmsnorm_ref,
+    .rmsnorm = rmsnorm_avx2,
     .rope = rope_ref,
     .attention = attention_avx2,
-    .silu_mul = silu_mul_ref,
+    .silu_mul = silu_mul_avx2,
 };
 
 static const llmr_kernels llmr_kernels_avx512 = {
@@ -82,10 +82,10 @@ static const llmr_kernels llmr_kernels_avx512 = {
         [LLMR_TYPE_Q4_1] = gemm_x16_q4_1_q16_a_avx512,
     },
     .quantize_q16_a = quantize_row_q16_a_avx512,
-    .rmsnorm = rmsnorm_ref,
+    .rmsnorm = rmsnorm_avx512,
     .rope = rope_ref,
     .attention = attention_avx512,
-    .silu_mul = silu_mul_ref,
+    .silu_mul = silu_mul_avx512,
 };
 
 /* avx512 with the integer dots built for VNNI (vpdpwssd); the rest is avx512's. */
@@ -110,10 +110,10 @@ static const llmr_kernels llmr_kernels_avx512vnni = {
         [LLMR_TYPE_Q4_1] = gemm_x16_q4_1_q16_a_avx512vnni,
     },
     .quantize_q16_a = quantize_row_q16_a_avx512,
-    .rmsnorm = rmsnorm_ref,
+    .rmsnorm = rmsnorm_avx512,
     .rope = rope_ref,
     .attention = attention_avx512,
-    .silu_mul = silu_mul_ref,
+    .silu_mul = silu_mul_avx512,
 };
 
 /* __builtin_cpu_supports also checks that the OS saves the AVX / AVX-512 registers. */

@@ -35,8 +35,8 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const int32_
     const int64_t D = m->dim, H = m->n_heads, Hkv = m->n_kv_heads, hd = m->head_dim, F = m->ffn_dim;
     const int64_t q_dim = H * hd, kv_dim = Hkv * hd;
 
-    /* One allocation for the run state: x, h [T, D]; q, a [T, H*hd]; g, u [T, F]; the matmul
-     * and attention scratch; positions. */
+    /* One allocation for the run state: x, h [T, D]; q, a [T, H*hd]; g, u [T, F]; the RoPE
+     * table [T, hd]; the attention and matmul scratch; positions. */
     size_t act = 0;
     for (int64_t l = 0; l < m->n_layers; l++) {
         const llmr_layer *L = &m->layers[l];
@@ -50,16 +50,17 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const int32_
     act = head_scratch > act ? head_scratch : act;
     const int64_t slots = llmr_attention_slots(t, H, hd, n_past);
     const size_t att = (size_t)slots * (size_t)llmr_attention_scratch(t, H, hd, n_past);
-    const size_t floats = (size_t)t * (2 * D + 2 * q_dim + 2 * F) + att;
+    const size_t floats = (size_t)t * (2 * D + 2 * q_dim + 2 * F + hd) + att;
     float *x = malloc(floats * sizeof(float) + act + (size_t)t * sizeof(int32_t) + 64);
     if (!x)
         return -2;
     float *h = x + t * D, *q = h + t * D, *a = q + t * q_dim, *g = a + t * q_dim, *u = g + t * F;
-    float *att_scratch = u + t * F;
+    float *cos_t = u + t * F, *sin_t = cos_t + t * hd / 2, *att_scratch = cos_t + t * hd;
     int32_t *pos = (int32_t *)(att_scratch + att);
     void *act_scratch = (void *)(((uintptr_t)(pos + t) + 63) & ~(uintptr_t)63);
     for (int64_t i = 0; i < t; i++)
         pos[i] = (int32_t)(n_past + i);
+    llmr_rope_table(cos_t, sin_t, pos, m->inv_freq, t, hd / 2);
 
     const int64_t bad = llmr_get_rows(m->tok_embeddings.type, m->tok_embeddings.layout, x, m->tok_embeddings.data,
                                       m->tok_embeddings.rows, tokens, t, D, bad_token); /* x [T, D] */
@@ -80,8 +81,8 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const int32_
         add_bias_(k, L->bk, t, kv_dim);
         matmul(kern, &L->wv, v, h, t, act_scratch);
         add_bias_(v, L->bv, t, kv_dim);
-        kern->rope(q, pos, m->inv_freq, t, H, hd);
-        kern->rope(k, pos, m->inv_freq, t, Hkv, hd);
+        kern->rope(q, cos_t, sin_t, t, H, hd);
+        kern->rope(k, cos_t, sin_t, t, Hkv, hd);
         llmr_attention(kern, a, q, kc, vc, t, H, Hkv, hd, n_past, att_scratch, slots);
         matmul(kern, &L->wo, h, a, t, act_scratch);
         add_(x, h, t * D);

@@ -17,24 +17,29 @@ void rmsnorm_ref(float *out, const float *x, const float *w, int64_t rows, int64
     }
 }
 
-void rope_ref(float *x, const int32_t *pos, const float *inv_freq, int64_t t, int64_t h, int64_t hd) {
-    const int64_t half = hd / 2;
-    for (int64_t ti = 0; ti < t; ti++) {
-        float *xt = x + ti * h * hd;
+void llmr_rope_table(float *cos_t, float *sin_t, const int32_t *pos, const float *inv_freq, int64_t t,
+                     int64_t half) {
+    for (int64_t ti = 0; ti < t; ti++)
         for (int64_t i = 0; i < half; i++) {
             /* The angle is the f32 product, as HF computes it; cos/sin of that f32 in double
              * then rounded, so the result does not depend on the libm's cosf accuracy. */
             const float angle = (float)pos[ti] * inv_freq[i];
-            const float c = (float)cos((double)angle);
-            const float s = (float)sin((double)angle);
-            for (int64_t hi = 0; hi < h; hi++) {
-                float *v = xt + hi * hd;
+            cos_t[ti * half + i] = (float)cos((double)angle);
+            sin_t[ti * half + i] = (float)sin((double)angle);
+        }
+}
+
+void rope_ref(float *x, const float *cos_t, const float *sin_t, int64_t t, int64_t h, int64_t hd) {
+    const int64_t half = hd / 2;
+    for (int64_t ti = 0; ti < t; ti++, cos_t += half, sin_t += half)
+        for (int64_t hi = 0; hi < h; hi++) {
+            float *v = x + (ti * h + hi) * hd;
+            for (int64_t i = 0; i < half; i++) {
                 const float a = v[i], b = v[i + half];
-                v[i] = a * c - b * s;
-                v[i + half] = b * c + a * s;
+                v[i] = a * cos_t[i] - b * sin_t[i];
+                v[i + half] = b * cos_t[i] + a * sin_t[i];
             }
         }
-    }
 }
 
 static float dot(const float *a, const float *b, int64_t n) {

@@ -189,8 +189,8 @@ typedef struct {
     void (*quantize_q16_a)(const float *x, block_q16_a *y, int64_t k);
     /* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, for rows r of d elements */
     void (*rmsnorm)(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
-    /* in place on x [t][h][hd], rotate-half convention, angle = pos[t] * inv_freq[i] */
-    void (*rope)(float *x, const int32_t *pos, const float *inv_freq, int64_t t, int64_t h, int64_t hd);
+    /* in place on x [t][h][hd], rotate-half convention, by the angles of llmr_rope_table */
+    void (*rope)(float *x, const float *cos_t, const float *sin_t, int64_t t, int64_t h, int64_t hd);
     /* out [t][hq][hd]: causal grouped-query attention of q over k, v [n_ctx][hkv][hd];
      * token i sees positions 0 .. n_past + i. Only query heads [h0, h1) are computed, each
      * with the same arithmetic whatever the range, so ranges can go to different threads.
@@ -239,7 +239,11 @@ void gemm_x16_q4_1_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride
                              const void *a, size_t a_stride);
 
 void rmsnorm_ref(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
-void rope_ref(float *x, const int32_t *pos, const float *inv_freq, int64_t t, int64_t h, int64_t hd);
+void rope_ref(float *x, const float *cos_t, const float *sin_t, int64_t t, int64_t h, int64_t hd);
+/* cos_t, sin_t [t][half] of the angles pos[t] * inv_freq[i], for rope: once per forward call,
+ * not once per layer and head. */
+void llmr_rope_table(float *cos_t, float *sin_t, const int32_t *pos, const float *inv_freq, int64_t t,
+                     int64_t half);
 void attention_ref(float *out, const float *q, const float *k, const float *v, int64_t t,
                    int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, int64_t h0, int64_t h1,
                    float *scratch);
@@ -299,6 +303,10 @@ void vec_dot_tile_q4_1_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, co
     void gemm_x16_q4_1_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
                                    const void *a, size_t a_stride);
 LLMR_DECLARE_GEMM_X16(avx2)
+void rmsnorm_avx2(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
+void rmsnorm_avx512(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
+void silu_mul_avx2(float *out, const float *gate, const float *up, int64_t n);
+void silu_mul_avx512(float *out, const float *gate, const float *up, int64_t n);
 LLMR_DECLARE_GEMM_X16(avx512)
 LLMR_DECLARE_GEMM_X16(avx512vnni)
 

@@ -372,6 +372,7 @@ static PyObject *py_rope(PyObject *self, PyObject *args) {
         return NULL;
     Py_buffer v[3] = {{0}}, *x = &v[0], *pos = &v[1], *freq = &v[2];
     PyObject *ret = NULL;
+    float *table = NULL;
     if (get_buffer(o_x, x, "x", F32, 1, 3, 3) || get_buffer(o_pos, pos, "positions", I32, 0, 1, 1) ||
         get_buffer(o_freq, freq, "inv_freq", F32, 0, 1, 1))
         goto done;
@@ -383,11 +384,17 @@ static PyObject *py_rope(PyObject *self, PyObject *args) {
     if (check_shape(pos, "positions", 1, &t) || check_shape(freq, "inv_freq", 1, &half) ||
         check_disjoint(x, pos, "x and positions", 0) || check_disjoint(x, freq, "x and inv_freq", 0))
         goto done;
+    if (!(table = malloc(2 * (size_t)(t * half + 1) * sizeof(float)))) {
+        PyErr_NoMemory();
+        goto done;
+    }
     Py_BEGIN_ALLOW_THREADS
-    kern->rope(x->buf, pos->buf, freq->buf, t, h, hd);
+    llmr_rope_table(table, table + t * half, pos->buf, freq->buf, t, half);
+    kern->rope(x->buf, table, table + t * half, t, h, hd);
     Py_END_ALLOW_THREADS
     ret = Py_NewRef(Py_None);
 done:
+    free(table);
     release(v, 3);
     return ret;
 }
