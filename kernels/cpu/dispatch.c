@@ -147,9 +147,9 @@ static const llmr_kernels llmr_kernels_neon = {
         [LLMR_TYPE_Q4_1] = vec_dot_q4_1_q16_a_neon,
     },
     .gemm_x16 = {
-        [LLMR_TYPE_Q8_0] = gemm_x16_q8_0_q16_a_ref,
-        [LLMR_TYPE_Q4_0] = gemm_x16_q4_0_q16_a_ref,
-        [LLMR_TYPE_Q4_1] = gemm_x16_q4_1_q16_a_ref,
+        [LLMR_TYPE_Q8_0] = gemm_x16_q8_0_q16_a_neon,
+        [LLMR_TYPE_Q4_0] = gemm_x16_q4_0_q16_a_neon,
+        [LLMR_TYPE_Q4_1] = gemm_x16_q4_1_q16_a_neon,
     },
     .quantize_q16_a = quantize_row_q16_a_neon,
     .rmsnorm = rmsnorm_ref,

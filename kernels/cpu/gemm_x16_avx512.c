@@ -39,6 +39,9 @@ ALWAYS_INLINE __m512i madd(__m512i acc, __m512i w, __m512i a) {
 }
 
 enum { F_Q8_0, F_Q4_0, F_Q4_1 };
+#ifndef PREFETCH_AHEAD
+#define PREFETCH_AHEAD 16384
+#endif
 
 /* Row r's scale to lanes 2r and 2r + 1: rows 0-7, rows 8-15. */
 static const int32_t PAIR_IDX[2][16] = {{0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7},
@@ -70,6 +73,8 @@ ALWAYS_INLINE void tile(const int fmt, const int T, int64_t nb, float *out, size
 
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *g = w + b * group_block;
+        for (size_t line = 0; line < group_block; line += 64)
+            _mm_prefetch((const char *)g + PREFETCH_AHEAD + line, _MM_HINT_T0);
         const uint8_t *q = g + n_scales * LLMR_X16 * 2;
         __m512i isum[4][2];
         if (fmt == F_Q8_0) {

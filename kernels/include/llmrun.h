@@ -319,6 +319,7 @@ void vec_dot_bf16_f32_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q8_0_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_0_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_1_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
+LLMR_DECLARE_GEMM_X16(neon)
 
 /* ---- dispatch (dispatch.c) ------------------------------------------------------------------ */
 

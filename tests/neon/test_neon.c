@@ -11,6 +11,7 @@
  *   most K - 1 additions, each off by u times a partial sum <= sum|x w|, plus one final rounding,
  *   give (K + 1) u; one u of slack: the bound of tests/test_kernels.py), and so within twice it of
  *   each other.
+ * - X16 groups (kernels/cpu/gemm_x16_neon.c): within X16_DOT_BOUND of the scalar X16 kernels.
  * Sizes are awkward: N rows 1, 3, 17; K 32, 96, 2080 (1, 3, 65 blocks), float K also 5, 33, 100
  * (vector tails); weight rows start at an odd byte address. Prints "N passed, M failed"; exits 1
  * on any failure. */
@@ -161,7 +162,74 @@ static void test_quantize_q16a(void) {
     check_q16a(x, 4 * QK, "quantize_q16_a ties");
 }
 
+/* The X16 layout (16 rows interleaved per block): NEON against the scalar X16 kernels (which
+ * are the rows layout's arithmetic, bit for bit), within X16_DOT_BOUND(nb) = (2 nb + 4) u M of
+ * each other's exact value, M = sum_b (|d| da sum|qw qa| + |offset| |sa|) (tests/test_kernels.py);
+ * so within twice that of each other. Groups of 16 rows: one and three; 1 and 3 tokens. */
+static void test_x16(void) {
+    static const struct { const char *name; int type; llmr_gemm_x16_fn neon, ref; } T[] = {
+        {"x16 q8_0", LLMR_TYPE_Q8_0, gemm_x16_q8_0_q16_a_neon, gemm_x16_q8_0_q16_a_ref},
+        {"x16 q4_0", LLMR_TYPE_Q4_0, gemm_x16_q4_0_q16_a_neon, gemm_x16_q4_0_q16_a_ref},
+        {"x16 q4_1", LLMR_TYPE_Q4_1, gemm_x16_q4_1_q16_a_neon, gemm_x16_q4_1_q16_a_ref},
+    };
+    static const int GROUP_ROWS[] = {16, 48}, TOKENS[] = {1, 3};
+    for (int t = 0; t < 3; t++)
+        for (int ki = 0; ki < 3; ki++)
+            for (int ni = 0; ni < 2; ni++)
+                for (int ti = 0; ti < 2; ti++) {
+                    const llmr_type_traits *tr = llmr_type_traits_get(T[t].type);
+                    const int64_t k = K_QUANT[ki], n = GROUP_ROWS[ni], tokens = TOKENS[ti], nb = k / QK;
+                    const int64_t row = nb * tr->type_size, group = 16 * row;
+                    uint8_t *buf = malloc((size_t)(n * row + 1)), *w = buf + 1; /* odd address */
+                    float *x = malloc((size_t)(tokens * k) * sizeof(float));
+                    block_q16_a *a = malloc((size_t)(tokens * nb) * sizeof(block_q16_a));
+                    float *got = malloc((size_t)(tokens * n) * sizeof(float)), *want = malloc((size_t)(tokens * n) * sizeof(float));
+                    for (int64_t i = 0; i < n * row; i++) w[i] = (uint8_t)next_u64();
+                    for (int64_t g = 0; g < n / 16; g++) /* finite scales (and minimums): the f16 fields */
+                        for (int64_t b = 0; b < nb; b++)
+                            for (int f = 0; f < 16 * tr->n_scales; f++) {
+                                const uint16_t h = llmr_f32_to_f16((f < 16 ? 0.01f : 0.1f) * uniform());
+                                memcpy(w + g * group + b * 16 * tr->type_size + 2 * f, &h, 2);
+                            }
+                    for (int64_t i = 0; i < tokens; i++) {
+                        fill_x(x + i * k, k);
+                        quantize_row_q16_a_ref(x + i * k, a + i * nb, k);
+                    }
+                    for (int64_t g = 0; g < n / 16; g++) {
+                        T[t].neon(k, tokens, got + g * 16, (size_t)n, w + g * group, a, nb * sizeof(block_q16_a));
+                        T[t].ref(k, tokens, want + g * 16, (size_t)n, w + g * group, a, nb * sizeof(block_q16_a));
+                    }
+                    for (int64_t i = 0; i < tokens; i++)
+                        for (int64_t r = 0; r < n; r++) {
+                            double mag = 0.0;
+                            for (int64_t b = 0; b < nb; b++) {
+                                uint8_t blk[sizeof(block_q8_0)];
+                                llmr_x16_get_block(tr, w + r / 16 * group, (int)(r % 16), b, blk);
+                                float wq[QK];
+                                tr->dequantize(blk, wq, QK); /* d q + offset, exactly */
+                                uint16_t d16, m16 = 0;
+                                memcpy(&d16, blk, 2);
+                                if (tr->n_scales == 2) memcpy(&m16, blk + 2, 2);
+                                const double d = llmr_f16_to_f32(d16);
+                                const double off = T[t].type == LLMR_TYPE_Q4_0 ? -8.0 * d : llmr_f16_to_f32(m16);
+                                const block_q16_a *y = &a[i * nb + b];
+                                for (int j = 0; j < QK; j++) /* |d q qa da| from the value: |w - off| = |d q| */
+                                    mag += fabs(((double)wq[j] - off) * y->qs[j] * y->d);
+                                mag += fabs(off * y->s);
+                            }
+                            const double bound = 2.0 * (double)(2 * nb + 4) * U * mag;
+                            const float gv = got[i * n + r], wv = want[i * n + r];
+                            char detail[128];
+                            snprintf(detail, sizeof detail, "neon %.9g ref %.9g, err %.3g, bound %.3g", gv, wv,
+                                     fabs((double)gv - wv), bound);
+                            check(fabs((double)gv - wv) <= bound, T[t].name, n, k, r, detail);
+                        }
+                    free(buf); free(x); free(a); free(got); free(want);
+                }
+}
+
 int main(void) {
+    test_x16();
     test_quant_dots();
     test_float_dots();
     test_quantize_q16a();

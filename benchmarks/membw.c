@@ -1,0 +1,79 @@
+/* Read bandwidth of this machine: each of N threads sums its own contiguous slice of one large
+ * buffer (bigger than any cache), 32 bytes per load, four independent chains; the best of R
+ * passes, in GB/s. The yardstick for decode, which reads every weight once per token.
+ *
+ *     cc -O2 -mavx2 -pthread benchmarks/membw.c -o membw && ./membw THREADS [MiB] [PASSES]
+ */
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct {
+    const __m256i *p;
+    size_t n;
+    pthread_barrier_t *start;
+    long long sink;
+} slice;
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void *read_slice(void *arg) {
+    slice *s = arg;
+    pthread_barrier_wait(s->start);
+    __m256i a = _mm256_setzero_si256(), b = a, c = a, d = a;
+    for (size_t i = 0; i + 4 <= s->n; i += 4) {
+        a = _mm256_add_epi64(a, _mm256_load_si256(s->p + i));
+        b = _mm256_add_epi64(b, _mm256_load_si256(s->p + i + 1));
+        c = _mm256_add_epi64(c, _mm256_load_si256(s->p + i + 2));
+        d = _mm256_add_epi64(d, _mm256_load_si256(s->p + i + 3));
+    }
+    long long out[4];
+    _mm256_storeu_si256((__m256i *)out, _mm256_add_epi64(_mm256_add_epi64(a, b), _mm256_add_epi64(c, d)));
+    s->sink = out[0] + out[1] + out[2] + out[3];
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    const int threads = argc > 1 ? atoi(argv[1]) : 1;
+    const size_t bytes = (size_t)(argc > 2 ? atol(argv[2]) : 1024) << 20;
+    const int passes = argc > 3 ? atoi(argv[3]) : 5;
+    if (threads < 1 || threads > 256 || bytes < (1u << 20) || passes < 1) {
+        fprintf(stderr, "usage: membw THREADS [MiB >= 1] [PASSES >= 1]\n");
+        return 2;
+    }
+    __m256i *buf = aligned_alloc(64, bytes);
+    if (!buf) {
+        fprintf(stderr, "membw: cannot allocate %zu MiB\n", bytes >> 20);
+        return 1;
+    }
+    memset(buf, 1, bytes); /* commit the pages */
+    const size_t per = bytes / sizeof(__m256i) / (size_t)threads;
+    double best = 0;
+    for (int r = 0; r < passes; r++) {
+        pthread_barrier_t start;
+        pthread_barrier_init(&start, NULL, (unsigned)threads + 1);
+        pthread_t tid[256];
+        slice s[256];
+        for (int i = 0; i < threads; i++) {
+            s[i] = (slice){buf + i * per, per, &start, 0};
+            pthread_create(&tid[i], NULL, read_slice, &s[i]);
+        }
+        pthread_barrier_wait(&start);
+        const double t0 = now();
+        for (int i = 0; i < threads; i++)
+            pthread_join(tid[i], NULL);
+        const double gbs = (double)(per * (size_t)threads * sizeof(__m256i)) / (now() - t0) / 1e9;
+        best = gbs > best ? gbs : best;
+        pthread_barrier_destroy(&start);
+    }
+    printf("%.2f\n", best);
+    free(buf);
+    return 0;
+}

@@ -1,0 +1,102 @@
+/* NEON products of X16 weight groups (q8_0, q4_0, q4_1) with q16_a activations, one token at a
+ * time (NEON is the arm64 baseline: no flags, no dotprod extension).
+ *
+ * A 16-byte load holds quant word c of four rows (rows 4j .. 4j + 3 of the group); widened to
+ * int16, each row's four elements meet activation elements 4c .. 4c + 3 in vmlal_s16, so row r's
+ * int32x4 accumulator sums its block in four lanes, exact. At the block's end two rounds of
+ * pairwise adds (exact) turn four rows' accumulators into one int32x4 of four rows' block sums,
+ * and from there each lane is one row: converted to float once and multiply-added with the
+ * rows' scales times the activation's, then the q4 offset (-8 d sa, m sa) by a second FMA. The
+ * error is gemm_x16_avx512.c's: within X16_DOT_BOUND (tests/neon/test_neon.c). */
+#include <arm_neon.h>
+#include <string.h>
+
+#include "llmrun.h"
+
+enum { F_Q8_0, F_Q4_0, F_Q4_1 };
+
+/* Four f16 fields (of four consecutive rows) as f32; p may sit at any byte. */
+static inline float32x4_t f16x4(const uint8_t *p) {
+    uint16_t h[4];
+    memcpy(h, p, sizeof h);
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
+}
+
+/* Row accumulators s[0..3] += the rows' four int16 weights (two rows per vector) times a. */
+static inline void mla4(int32x4_t *s, int16x8_t w01, int16x8_t w23, int16x4_t a) {
+    s[0] = vmlal_s16(s[0], vget_low_s16(w01), a);
+    s[1] = vmlal_s16(s[1], vget_high_s16(w01), a);
+    s[2] = vmlal_s16(s[2], vget_low_s16(w23), a);
+    s[3] = vmlal_s16(s[3], vget_high_s16(w23), a);
+}
+
+static inline int16x8_t widen_u8(uint8x8_t v) { return vreinterpretq_s16_u16(vmovl_u8(v)); }
+
+static inline void one_token(const int fmt, int64_t nb, float *out, const uint8_t *w, const block_q16_a *y) {
+    const int n_scales = fmt == F_Q4_1 ? 2 : 1;
+    const size_t group_block = LLMR_X16 * (fmt == F_Q8_0 ? sizeof(block_q8_0)
+                                           : fmt == F_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q4_1));
+    float32x4_t acc[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
+
+    for (int64_t b = 0; b < nb; b++, y++) {
+        const uint8_t *g = w + b * group_block;
+        const uint8_t *q = g + n_scales * LLMR_X16 * 2;
+        int32x4_t s[16];
+        for (int r = 0; r < 16; r++)
+            s[r] = vdupq_n_s32(0);
+        if (fmt == F_Q8_0) {
+            for (int c = 0; c < 8; c++) {
+                const int16x4_t a = vld1_s16(&y->qs[4 * c]);
+                for (int j = 0; j < 4; j++) {
+                    const int8x16_t raw = vld1q_s8((const int8_t *)q + c * 64 + j * 16);
+                    mla4(&s[4 * j], vmovl_s8(vget_low_s8(raw)), vmovl_s8(vget_high_s8(raw)), a);
+                }
+            }
+        } else {
+            const uint8x16_t nibble = vdupq_n_u8(0x0F);
+            for (int c = 0; c < 4; c++) {
+                const int16x4_t alo = vld1_s16(&y->qs[4 * c]), ahi = vld1_s16(&y->qs[16 + 4 * c]);
+                for (int j = 0; j < 4; j++) {
+                    const uint8x16_t raw = vld1q_u8(q + c * 64 + j * 16);
+                    const uint8x16_t lo = vandq_u8(raw, nibble), hi = vshrq_n_u8(raw, 4);
+                    mla4(&s[4 * j], widen_u8(vget_low_u8(lo)), widen_u8(vget_high_u8(lo)), alo);
+                    mla4(&s[4 * j], widen_u8(vget_low_u8(hi)), widen_u8(vget_high_u8(hi)), ahi);
+                }
+            }
+        }
+
+        const float32x4_t sa = vdupq_n_f32(y->s);
+        for (int j = 0; j < 4; j++) {
+            const int32x4_t isum = vpaddq_s32(vpaddq_s32(s[4 * j], s[4 * j + 1]), vpaddq_s32(s[4 * j + 2], s[4 * j + 3]));
+            const float32x4_t d = f16x4(g + j * 8);
+            acc[j] = vfmaq_f32(acc[j], vcvtq_f32_s32(isum), vmulq_n_f32(d, y->d));
+            if (fmt == F_Q4_0)
+                acc[j] = vfmaq_f32(acc[j], vmulq_n_f32(d, -8.0f), sa);
+            else if (fmt == F_Q4_1)
+                acc[j] = vfmaq_f32(acc[j], f16x4(g + 32 + j * 8), sa);
+        }
+    }
+    for (int j = 0; j < 4; j++)
+        vst1q_f32(out + 4 * j, acc[j]);
+}
+
+static inline void gemm(const int fmt, int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
+                        const void *a, size_t a_stride) {
+    for (int64_t i = 0; i < t; i++)
+        one_token(fmt, k / QK, out + i * out_stride, w, (const block_q16_a *)((const uint8_t *)a + i * a_stride));
+}
+
+void gemm_x16_q8_0_q16_a_neon(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                              size_t a_stride) {
+    gemm(F_Q8_0, k, t, out, out_stride, w, a, a_stride);
+}
+
+void gemm_x16_q4_0_q16_a_neon(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                              size_t a_stride) {
+    gemm(F_Q4_0, k, t, out, out_stride, w, a, a_stride);
+}
+
+void gemm_x16_q4_1_q16_a_neon(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                              size_t a_stride) {
+    gemm(F_Q4_1, k, t, out, out_stride, w, a, a_stride);
+}
