@@ -9,6 +9,10 @@ llmrun / llama.cpp. llama.cpp is built outside this repository and never committ
 ships in the llama-cpp-python sdist (`pip download --no-deps --no-build-isolation --no-binary llama-cpp-python
 llama-cpp-python==0.3.36`, unpack, `cmake -B build vendor/llama.cpp && cmake --build build
 --target llama-bench`).
+
+Each round also measures the machine's memory read bandwidth (benchmarks/membw.c, compiled here
+with the system C compiler) at each thread count, so decode's achieved GB/s (every weight read
+once per token) can be set against what the memory gives in the same run.
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 
 def run_json(cmd: list[str]) -> list[dict]:
@@ -25,6 +31,16 @@ def run_json(cmd: list[str]) -> list[dict]:
     if out.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout)
+
+
+def build_membw(out_dir: str) -> str:
+    exe = os.path.join(out_dir, "membw")
+    src = Path(__file__).with_name("membw.c")
+    cc = os.environ.get("CC", "cc")
+    done = subprocess.run([cc, "-O2", "-mavx2", "-pthread", str(src), "-o", exe], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"cannot build {src} with {cc}:\n{done.stderr[-2000:]}")
+    return exe
 
 
 def main():
@@ -40,14 +56,20 @@ def main():
     if not llama_bench:
         sys.exit("set LLAMA_BENCH to the llama-bench binary")
     rates: dict[tuple, list[float]] = {}
+    gbs: dict[tuple, list[float]] = {}
+    membw = build_membw(tempfile.mkdtemp())
     for _ in range(a.rounds):
         for t in a.threads.split(","):
+            bw = subprocess.run([membw, t], capture_output=True, text=True, check=True).stdout
+            gbs.setdefault(("memory", int(t)), []).append(float(bw))
             common = ["-p", str(a.n_prompt), "-n", str(a.n_gen), "-r", str(a.repetitions), "-o", "json"]
             for row in run_json([llama_bench, "-m", a.gguf, "-t", t, *common]):
                 test = f"pp{row['n_prompt']}" if row["n_prompt"] else f"tg{row['n_gen']}"
                 rates.setdefault(("llama.cpp", test, int(t)), []).append(row["avg_ts"])
             for row in run_json([sys.executable, "-m", "llmrun.cli.main", "bench", a.gguf, "-t", t, *common]):
                 rates.setdefault(("llmrun", row["test"], row["threads"]), []).append(row["avg_ts"])
+                if row.get("gb_s"):
+                    gbs.setdefault(("llmrun", row["threads"]), []).append(row["gb_s"])
     print(f"| test | threads | llama.cpp t/s | llmrun t/s | llmrun / llama.cpp |")
     print("|---|---|---|---|---|")
     for (tool, test, t), values in sorted(rates.items(), key=lambda kv: (kv[0][2], kv[0][1])):
@@ -55,6 +77,12 @@ def main():
             continue
         theirs, ours = statistics.median(values), statistics.median(rates[("llmrun", test, t)])
         print(f"| {test} | {t} | {theirs:.1f} | {ours:.1f} | {ours / theirs:.2f} |")
+    print()
+    print("| threads | memory read GB/s | llmrun decode GB/s | share |")
+    print("|---|---|---|---|")
+    for t in a.threads.split(","):
+        mem, ours = statistics.median(gbs[("memory", int(t))]), statistics.median(gbs[("llmrun", int(t))])
+        print(f"| {t} | {mem:.1f} | {ours:.1f} | {ours / mem:.0%} |")
 
 
 if __name__ == "__main__":
