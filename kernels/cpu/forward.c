@@ -25,6 +25,21 @@ static void matmul(const llmr_kernels *kern, const llmr_weight *w, float *out, c
     llmr_matmul(kern, w->type, w->layout, out, x, w->data, t, w->rows, w->cols, scratch);
 }
 
+/* Weights of the same input x in one job where their activations are of one kind (all
+ * quantised, or all float), else one by one: the same outputs either way. */
+static void matmul_same_input(const llmr_kernels *kern, int n, const llmr_weight *ws, float *const *outs,
+                              const float *x, int64_t t, void *scratch) {
+    int same = 1;
+    for (int i = 1; i < n; i++)
+        same &= llmr_type_traits_get(ws[i].type)->act == llmr_type_traits_get(ws[0].type)->act;
+    if (same) {
+        llmr_matmul_many(kern, n, ws, outs, x, t, scratch);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        matmul(kern, &ws[i], outs[i], x, t, scratch);
+}
+
 static size_t matmul_scratch(const llmr_weight *w, int64_t t) {
     return llmr_matmul_scratch(llmr_type_traits_get(w->type), t, w->cols);
 }
@@ -75,11 +90,9 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const int32_
 
         /* attention: x + Wo . attn(RoPE(Wq h), RoPE(Wk h), Wv h),  h = RMSNorm(x) */
         kern->rmsnorm(h, x, L->attn_norm, t, D, m->norm_eps);
-        matmul(kern, &L->wq, q, h, t, act_scratch);
+        matmul_same_input(kern, 3, (llmr_weight[]){L->wq, L->wk, L->wv}, (float *[]){q, k, v}, h, t, act_scratch);
         add_bias_(q, L->bq, t, q_dim);
-        matmul(kern, &L->wk, k, h, t, act_scratch);
         add_bias_(k, L->bk, t, kv_dim);
-        matmul(kern, &L->wv, v, h, t, act_scratch);
         add_bias_(v, L->bv, t, kv_dim);
         kern->rope(q, cos_t, sin_t, t, H, hd);
         kern->rope(k, cos_t, sin_t, t, Hkv, hd);
@@ -89,8 +102,7 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const int32_
 
         /* feed-forward: x + W_down . (silu(W_gate h) * W_up h),  h = RMSNorm(x) */
         kern->rmsnorm(h, x, L->ffn_norm, t, D, m->norm_eps);
-        matmul(kern, &L->w_gate, g, h, t, act_scratch);
-        matmul(kern, &L->w_up, u, h, t, act_scratch);
+        matmul_same_input(kern, 2, (llmr_weight[]){L->w_gate, L->w_up}, (float *[]){g, u}, h, t, act_scratch);
         kern->silu_mul(g, g, u, t * F);
         matmul(kern, &L->w_down, h, g, t, act_scratch);
         add_(x, h, t * D);

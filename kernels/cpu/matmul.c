@@ -17,16 +17,28 @@ size_t llmr_matmul_scratch(const llmr_type_traits *t, int64_t rows, int64_t k) {
 /* Less work than this is not worth waking a thread for. */
 #define MIN_THREADED_WORK 4096
 
+/* One weight of a job: its rows are items first_item, first_item + 1, ... */
 typedef struct {
-    const llmr_kernels *kern;
     llmr_vec_dot_fn vec_dot;
     llmr_vec_dot_tile_fn vec_dot_tile; /* NULL: vec_dot per token */
     llmr_gemm_x16_fn gemm_x16;         /* the X16 layout's kernel */
+    int layout;
+    const void *w;
     float *out;
+    size_t w_row;
+    int64_t n, rows_per_item, first_item;
+} matmul_part;
+
+/* Weights that multiply the same input (q, k, v; gate, up) in one job: the input is quantised
+ * once, and the threads meet once, after the last of them. */
+typedef struct {
+    const llmr_kernels *kern;
     const float *x;
-    const void *w, *act;
-    size_t w_row, act_row;
-    int64_t t, n, k, rows_per_item;
+    const void *act;
+    size_t act_row;
+    int64_t t, k, rows_per_item; /* rows_per_item: activation rows per quantising item */
+    int n_parts;
+    matmul_part parts[LLMR_MAX_MATMUL_PARTS];
 } matmul_job;
 
 /* Activation rows [item * rows_per_item, ...) quantised to q16_a. */
@@ -37,55 +49,52 @@ static void quantize_item(void *ctx, int64_t item) {
         j->kern->quantize_q16_a(j->x + ti * j->k, (block_q16_a *)j->act + ti * nb, j->k);
 }
 
-/* Outputs out[:, n0:n1] for weight rows [n0, n1). Weight rows outer: a row stays in cache
- * while every token uses it, and the weights, by far the larger operand, stream through
- * memory once. */
-static void matmul_item(void *ctx, int64_t item) {
-    const matmul_job *j = ctx;
-    const int64_t n0 = item * j->rows_per_item, n1 = n0 + j->rows_per_item < j->n ? n0 + j->rows_per_item : j->n;
-    /* Tokens in tiles of LLMR_TILE where the table has a tile kernel for the type (it unpacks
-     * each weight block once per tile, and equals vec_dot bit for bit), the rest one by one. */
-    const int64_t t_tiled = j->vec_dot_tile ? j->t / LLMR_TILE * LLMR_TILE : 0;
-    for (int64_t ni = n0; ni < n1; ni++) {
-        const uint8_t *wr = (const uint8_t *)j->w + ni * j->w_row;
-        int64_t ti = 0;
-        for (; ti < t_tiled; ti += LLMR_TILE)
-            j->vec_dot_tile(j->k, j->out + ti * j->n + ni, (size_t)j->n, wr,
-                            (const uint8_t *)j->act + ti * j->act_row, j->act_row);
-        for (; ti < j->t; ti++)
-            j->vec_dot(j->k, j->out + ti * j->n + ni, wr, (const uint8_t *)j->act + ti * j->act_row);
-    }
-}
-
 /* Tokens per pass over an item's X16 groups: their activations (72 bytes per 32 elements)
  * stay in the core's cache while each group meets them. */
 #define X16_TOKEN_CHUNK 64
 
-/* The X16 layout: rows [n0, n1) are whole groups of 16. */
-static void matmul_x16_item(void *ctx, int64_t item) {
+/* Outputs out[:, n0:n1] of one weight for its rows [n0, n1). Weight rows outer: a row (a group
+ * of 16 in the X16 layout) stays in cache while the tokens use it, and the weights, by far the
+ * larger operand, stream through memory once. */
+static void matmul_item(void *ctx, int64_t item) {
     const matmul_job *j = ctx;
-    const int64_t n0 = item * j->rows_per_item, n1 = n0 + j->rows_per_item < j->n ? n0 + j->rows_per_item : j->n;
-    for (int64_t t0 = 0; t0 < j->t; t0 += X16_TOKEN_CHUNK) {
-        const int64_t tn = j->t - t0 < X16_TOKEN_CHUNK ? j->t - t0 : X16_TOKEN_CHUNK;
-        for (int64_t ni = n0; ni < n1; ni += LLMR_X16)
-            j->gemm_x16(j->k, tn, j->out + t0 * j->n + ni, (size_t)j->n, (const uint8_t *)j->w + ni * j->w_row,
-                        (const uint8_t *)j->act + t0 * j->act_row, j->act_row);
+    const matmul_part *p = &j->parts[0];
+    while (p + 1 < j->parts + j->n_parts && item >= p[1].first_item)
+        p++;
+    const int64_t n0 = (item - p->first_item) * p->rows_per_item;
+    const int64_t n1 = n0 + p->rows_per_item < p->n ? n0 + p->rows_per_item : p->n;
+    const uint8_t *act = j->act;
+    if (p->layout == LLMR_LAYOUT_X16) {
+        for (int64_t t0 = 0; t0 < j->t; t0 += X16_TOKEN_CHUNK) {
+            const int64_t tn = j->t - t0 < X16_TOKEN_CHUNK ? j->t - t0 : X16_TOKEN_CHUNK;
+            for (int64_t ni = n0; ni < n1; ni += LLMR_X16)
+                p->gemm_x16(j->k, tn, p->out + t0 * p->n + ni, (size_t)p->n, (const uint8_t *)p->w + ni * p->w_row,
+                            act + t0 * j->act_row, j->act_row);
+        }
+        return;
+    }
+    /* Tokens in tiles of LLMR_TILE where the table has a tile kernel for the type (it unpacks
+     * each weight block once per tile, and equals vec_dot bit for bit), the rest one by one. */
+    const int64_t t_tiled = p->vec_dot_tile ? j->t / LLMR_TILE * LLMR_TILE : 0;
+    for (int64_t ni = n0; ni < n1; ni++) {
+        const uint8_t *wr = (const uint8_t *)p->w + ni * p->w_row;
+        int64_t ti = 0;
+        for (; ti < t_tiled; ti += LLMR_TILE)
+            p->vec_dot_tile(j->k, p->out + ti * p->n + ni, (size_t)p->n, wr, act + ti * j->act_row, j->act_row);
+        for (; ti < j->t; ti++)
+            p->vec_dot(j->k, p->out + ti * p->n + ni, wr, act + ti * j->act_row);
     }
 }
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-void llmr_matmul(const llmr_kernels *kern, int type, int layout, float *out, const float *x, const void *w,
-                 int64_t t, int64_t n, int64_t k, void *scratch) {
-    const llmr_type_traits *tr = llmr_type_traits_get(type);
-    const int64_t threads = llmr_threads_get();
-    matmul_job j = {
-        .kern = kern, .vec_dot = kern->vec_dot[type], .vec_dot_tile = kern->vec_dot_tile[type],
-        .gemm_x16 = kern->gemm_x16[type],
-        .out = out, .x = x, .w = w, .act = x,
-        .w_row = (size_t)llmr_row_bytes(tr, k), .act_row = (size_t)k * sizeof(float), .t = t, .n = n, .k = k,
-    };
-    if (t <= 0 || n <= 0)
+void llmr_matmul_many(const llmr_kernels *kern, int n_weights, const llmr_weight *ws, float *const *outs,
+                      const float *x, int64_t t, void *scratch) {
+    const llmr_type_traits *tr = llmr_type_traits_get(ws[0].type);
+    const int64_t threads = llmr_threads_get(), k = ws[0].cols;
+    matmul_job j = {.kern = kern, .x = x, .act = x, .act_row = (size_t)k * sizeof(float), .t = t, .k = k,
+                    .n_parts = n_weights};
+    if (t <= 0)
         return;
 
     /* Quantise each activation row once; every weight row then reuses it. A few rows (decode)
@@ -97,13 +106,35 @@ void llmr_matmul(const llmr_kernels *kern, int type, int layout, float *out, con
         llmr_parallel_for(ceil_div(t, j.rows_per_item), quantize_item, &j);
     }
 
-    /* Items of about ITEM_WORK, as many for each thread (so they even out), of whole groups in
-     * the X16 layout. */
-    const int64_t unit = layout == LLMR_LAYOUT_X16 ? LLMR_X16 : 1;
-    const int64_t work = (int64_t)j.w_row * n * t;
-    const int64_t items = threads * ceil_div(work, threads * ITEM_WORK);
-    j.rows_per_item = work < MIN_THREADED_WORK ? n : ceil_div(ceil_div(n, items), unit) * unit;
-    llmr_parallel_for(ceil_div(n, j.rows_per_item), layout == LLMR_LAYOUT_X16 ? matmul_x16_item : matmul_item, &j);
+    /* Each weight in items of about ITEM_WORK, as many for each thread (so they even out), of
+     * whole groups in the X16 layout; all of them on the pool at once when there is enough. */
+    int64_t items = 0, work = 0;
+    for (int i = 0; i < n_weights; i++) {
+        const llmr_weight *w = &ws[i];
+        matmul_part *p = &j.parts[i];
+        const int type = w->type;
+        *p = (matmul_part){.vec_dot = kern->vec_dot[type], .vec_dot_tile = kern->vec_dot_tile[type],
+                           .gemm_x16 = kern->gemm_x16[type], .layout = w->layout, .w = w->data, .out = outs[i],
+                           .w_row = (size_t)llmr_row_bytes(llmr_type_traits_get(type), k), .n = w->rows,
+                           .first_item = items};
+        const int64_t unit = w->layout == LLMR_LAYOUT_X16 ? LLMR_X16 : 1;
+        const int64_t w_work = (int64_t)p->w_row * p->n * t;
+        p->rows_per_item = ceil_div(ceil_div(p->n, threads * ceil_div(w_work, threads * ITEM_WORK)), unit) * unit;
+        items += ceil_div(p->n, p->rows_per_item);
+        work += w_work;
+    }
+    if (work < MIN_THREADED_WORK) /* run it all here: less work than waking a thread costs */
+        for (int64_t i = 0; i < items; i++)
+            matmul_item(&j, i);
+    else
+        llmr_parallel_for(items, matmul_item, &j);
+}
+
+void llmr_matmul(const llmr_kernels *kern, int type, int layout, float *out, const float *x, const void *w,
+                 int64_t t, int64_t n, int64_t k, void *scratch) {
+    const llmr_weight weight = {.data = w, .type = type, .layout = layout, .rows = n, .cols = k};
+    if (n > 0)
+        llmr_matmul_many(kern, 1, &weight, &out, x, t, scratch);
 }
 
 int64_t llmr_get_rows(int type, int layout, float *out, const void *w, int64_t rows, const int32_t *ids,

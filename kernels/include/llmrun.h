@@ -334,9 +334,22 @@ int llmr_isas(const char **names, int cap);
 
 /* Bytes of q16_a scratch llmr_matmul needs for t rows of k (0 for float weight types). */
 size_t llmr_matmul_scratch(const llmr_type_traits *t, int64_t rows, int64_t k);
+typedef struct {
+    const void *data;
+    int type, layout;
+    int64_t rows, cols;
+} llmr_weight;
+
 /* out[t][n] = dot(W[n], x[t]) for W: n rows of `type` in `layout`, x: t rows of k floats. */
 void llmr_matmul(const llmr_kernels *kern, int type, int layout, float *out, const float *x, const void *w,
                  int64_t t, int64_t n, int64_t k, void *scratch);
+/* llmr_matmul for up to LLMR_MAX_MATMUL_PARTS weights of the same input x [t][k] (all with
+ * cols k, all quantised or all float), outs[i] [t][ws[i].rows], in one job: x is quantised
+ * once and the threads meet once. Each output equals llmr_matmul's bit for bit. Scratch: the
+ * first weight's llmr_matmul_scratch. */
+#define LLMR_MAX_MATMUL_PARTS 3
+void llmr_matmul_many(const llmr_kernels *kern, int n_weights, const llmr_weight *ws, float *const *outs,
+                      const float *x, int64_t t, void *scratch);
 /* out[i] = dequantised row ids[i] of W [rows][k]. Each id is read once and checked here, not
  * by the caller, as another thread may change ids while the GIL is released. Returns -1, or
  * the position of the first id outside [0, rows) (*bad = its value) and stops there. */
@@ -355,12 +368,6 @@ void llmr_attention(const llmr_kernels *kern, float *out, const float *q, const 
                     int64_t slots);
 
 /* ---- the forward pass (forward.c) ----------------------------------------------------------- */
-
-typedef struct {
-    const void *data;
-    int type, layout;
-    int64_t rows, cols;
-} llmr_weight;
 
 typedef struct {
     const float *attn_norm, *ffn_norm;  /* [D] */
