@@ -11,10 +11,9 @@
 #include <string.h>
 
 #include "llmrun.h"
+#include "gemm_x16.h"
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
-
-enum { F_Q8_0, F_Q4_0, F_Q4_1 };
 
 ALWAYS_INLINE __m256i madd(__m256i acc, __m256i w, __m256i a) { return _mm256_add_epi32(acc, _mm256_madd_epi16(w, a)); }
 
@@ -35,8 +34,7 @@ ALWAYS_INLINE __m256 pairs(__m256 half, int q) {
 
 ALWAYS_INLINE void one_token(const int fmt, int64_t nb, float *out, const uint8_t *w, const block_q16_a *y) {
     const int n_scales = fmt == F_Q4_1 ? 2 : 1;
-    const size_t group_block = LLMR_X16 * (fmt == F_Q8_0 ? sizeof(block_q8_0)
-                                           : fmt == F_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q4_1));
+    const size_t group_block = X16_GROUP_BLOCK(fmt);
     const __m256i nibble = _mm256_set1_epi16(0x0F);
     const __m256 even_lanes = _mm256_castsi256_ps(_mm256_setr_epi32(-1, 0, -1, 0, -1, 0, -1, 0));
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
@@ -89,17 +87,4 @@ ALWAYS_INLINE void gemm(const int fmt, int64_t k, int64_t t, float *out, size_t 
         one_token(fmt, k / QK, out + i * out_stride, w, (const block_q16_a *)((const uint8_t *)a + i * a_stride));
 }
 
-void gemm_x16_q8_0_q16_a_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
-                              size_t a_stride) {
-    gemm(F_Q8_0, k, t, out, out_stride, w, a, a_stride);
-}
-
-void gemm_x16_q4_0_q16_a_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
-                              size_t a_stride) {
-    gemm(F_Q4_0, k, t, out, out_stride, w, a, a_stride);
-}
-
-void gemm_x16_q4_1_q16_a_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
-                              size_t a_stride) {
-    gemm(F_Q4_1, k, t, out, out_stride, w, a, a_stride);
-}
+LLMR_GEMM_X16_KERNELS(avx2)

@@ -22,9 +22,10 @@
 #include <string.h>
 
 #include "llmrun.h"
+#include "gemm_x16.h"
 
-#ifndef ISA_FN /* this file's own build: the avx512 names */
-#define ISA_FN(name) name##_avx512
+#ifndef X16_ISA /* this file's own build: the avx512 names */
+#define X16_ISA avx512
 #endif
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
@@ -38,7 +39,6 @@ ALWAYS_INLINE __m512i madd(__m512i acc, __m512i w, __m512i a) {
 #endif
 }
 
-enum { F_Q8_0, F_Q4_0, F_Q4_1 };
 #ifndef PREFETCH_AHEAD
 #define PREFETCH_AHEAD 16384
 #endif
@@ -63,8 +63,7 @@ ALWAYS_INLINE __m512 f16x16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_lo
 ALWAYS_INLINE void tile(const int fmt, const int T, int64_t nb, float *out, size_t out_stride,
                         const uint8_t *w, const block_q16_a *const *ys) {
     const int n_scales = fmt == F_Q4_1 ? 2 : 1;
-    const size_t group_block = LLMR_X16 * (fmt == F_Q8_0 ? sizeof(block_q8_0)
-                                           : fmt == F_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q4_1));
+    const size_t group_block = X16_GROUP_BLOCK(fmt);
     const __m512i pair_lo = _mm512_loadu_si512(PAIR_IDX[0]), pair_hi = _mm512_loadu_si512(PAIR_IDX[1]);
     const __m512i nibble = _mm512_set1_epi16(0x0F);
     __m512 acc[4][2];
@@ -146,17 +145,4 @@ ALWAYS_INLINE void gemm(const int fmt, int64_t k, int64_t t, float *out, size_t 
     }
 }
 
-void ISA_FN(gemm_x16_q8_0_q16_a)(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
-                                 const void *a, size_t a_stride) {
-    gemm(F_Q8_0, k, t, out, out_stride, w, a, a_stride);
-}
-
-void ISA_FN(gemm_x16_q4_0_q16_a)(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
-                                 const void *a, size_t a_stride) {
-    gemm(F_Q4_0, k, t, out, out_stride, w, a, a_stride);
-}
-
-void ISA_FN(gemm_x16_q4_1_q16_a)(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
-                                 const void *a, size_t a_stride) {
-    gemm(F_Q4_1, k, t, out, out_stride, w, a, a_stride);
-}
+LLMR_GEMM_X16_KERNELS(X16_ISA)

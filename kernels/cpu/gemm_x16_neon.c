@@ -12,8 +12,7 @@
 #include <string.h>
 
 #include "llmrun.h"
-
-enum { F_Q8_0, F_Q4_0, F_Q4_1 };
+#include "gemm_x16.h"
 
 /* Four f16 fields (of four consecutive rows) as f32; p may sit at any byte. */
 static inline float32x4_t f16x4(const uint8_t *p) {
@@ -34,8 +33,7 @@ static inline int16x8_t widen_u8(uint8x8_t v) { return vreinterpretq_s16_u16(vmo
 
 static inline void one_token(const int fmt, int64_t nb, float *out, const uint8_t *w, const block_q16_a *y) {
     const int n_scales = fmt == F_Q4_1 ? 2 : 1;
-    const size_t group_block = LLMR_X16 * (fmt == F_Q8_0 ? sizeof(block_q8_0)
-                                           : fmt == F_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q4_1));
+    const size_t group_block = X16_GROUP_BLOCK(fmt);
     float32x4_t acc[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
 
     for (int64_t b = 0; b < nb; b++, y++) {
@@ -86,17 +84,4 @@ static inline void gemm(const int fmt, int64_t k, int64_t t, float *out, size_t 
         one_token(fmt, k / QK, out + i * out_stride, w, (const block_q16_a *)((const uint8_t *)a + i * a_stride));
 }
 
-void gemm_x16_q8_0_q16_a_neon(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
-                              size_t a_stride) {
-    gemm(F_Q8_0, k, t, out, out_stride, w, a, a_stride);
-}
-
-void gemm_x16_q4_0_q16_a_neon(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
-                              size_t a_stride) {
-    gemm(F_Q4_0, k, t, out, out_stride, w, a, a_stride);
-}
-
-void gemm_x16_q4_1_q16_a_neon(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
-                              size_t a_stride) {
-    gemm(F_Q4_1, k, t, out, out_stride, w, a, a_stride);
-}
+LLMR_GEMM_X16_KERNELS(neon)
