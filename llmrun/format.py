@@ -232,16 +232,36 @@ def write(path: str, metadata: dict, tokenizer_blob: bytes, tensors: list[Pendin
 
 # --- reading -----------------------------------------------------------------------------------
 
-class LlmrFile:
-    """An open .llmr file: metadata, tokenizer blob and zero-copy tensor views of the map."""
+def _read_into_huge_pages(f, size: int) -> mmap.mmap:
+    """The whole file in anonymous memory that the kernel may back with transparent huge pages:
+    decode reads every weight once per token, and 2 MiB pages spare it the TLB misses of 4 KiB
+    ones (a 1B-parameter q4_0 model: 41.6 -> 43.8 tok/s on one thread, 50.0 -> 52.1 on two).
+    The price: a copy beside the page cache's, and reading the file at load."""
+    mm = mmap.mmap(-1, size)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        mm.madvise(mmap.MADV_HUGEPAGE)
+    f.seek(0)
+    view, done = memoryview(mm), 0
+    while done < size:
+        n = f.readinto(view[done:])
+        if not n:
+            raise FormatError(f"{f.name}: the file shrank while it was read")
+        done += n
+    view.release()
+    return mm
 
-    def __init__(self, path: str):
+
+class LlmrFile:
+    """An open .llmr file: metadata, tokenizer blob and zero-copy tensor views of the map (or,
+    with `huge_pages`, of a copy in memory backed by transparent huge pages)."""
+
+    def __init__(self, path: str, huge_pages: bool = False):
         self.path = str(path)
         with open(self.path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             head = f.read(HEADER_SIZE)
             self._check_header(head, size)
-            self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self.mm = _read_into_huge_pages(f, size) if huge_pages else mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         fields = HEADER.unpack(head)
         meta_off, meta_size, tok_off, tok_size, index_off, index_size, self.data_offset, data_size = fields[7:15]
         meta = self.mm[meta_off:meta_off + meta_size]
@@ -294,6 +314,7 @@ class LlmrFile:
     def tensor(self, name: str) -> Tensor:
         info = self.tensors[name]
         data = np.frombuffer(self.mm, dtype=np.uint8, count=info.nbytes, offset=self.data_offset + info.offset)
+        data.flags.writeable = False
         return Tensor(info.name, info.type, info.shape, data, info.layout)
 
     def verify(self, progress: Callable[[int, int], None] | None = None) -> list[str]:

@@ -217,3 +217,14 @@ def test_written_file_has_ordinary_permissions(good):
     umask = os.umask(0)
     os.umask(umask)
     assert good.stat().st_mode & 0o777 == 0o666 & ~umask  # not the temporary file's 0600
+
+
+def test_huge_pages_copy_reads_the_same_tensors(good):
+    """LLMRUN_HUGEPAGES=1's copy of the file in anonymous memory gives the same (read-only)
+    tensors and the same logits as the map."""
+    mapped, copied = llmrun.load(good, huge_pages=False), llmrun.load(good, huge_pages=True)
+    for name in mapped.file.tensors:
+        a, b = mapped.file.tensor(name), copied.file.tensor(name)
+        assert a.data.tobytes() == b.data.tobytes() and not b.data.flags.writeable
+    assert copied.file.verify() == []
+    np.testing.assert_array_equal(mapped.logits([1, 2, 3]), copied.logits([1, 2, 3]))
