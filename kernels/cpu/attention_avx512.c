@@ -2,11 +2,14 @@
  * -mfma -mf16c; dispatch.c calls it only on a CPU that has AVX-512 F, BW and VL.
  *
  * Flash attention's online softmax over blocks of 16 cache positions, one position per lane:
- * a block's scores never leave a register, and each block of K and V rows is loaded once for
- * all the query heads that share it (grouped-query attention) and reused from L1 by the rest.
- * Not the scalar kernel's arithmetic (another sum order, a polynomial exp, a running max);
- * tests/test_kernels.py bounds the difference. A head's arithmetic does not depend on which
- * other heads share its pass, so any split of heads between threads gives the same bits. */
+ * a block's scores never leave a register, and each block of K and V rows is loaded once for a
+ * tile of query rows (up to 4 tokens x the query heads that share the kv head) and reused from
+ * L1 by the rest; each V vector feeds the FMAs of all of a token's heads. Prefill thus reads the
+ * cache a quarter as often, and the tile's independent rows keep the FMA units busy. Not the
+ * scalar kernel's arithmetic (another sum order, a polynomial exp, a running max);
+ * tests/test_kernels.py bounds the difference. A row's arithmetic does not depend on which
+ * other tokens and heads share its tile, so any split between threads, or of a prompt into
+ * calls, gives the same bits. */
 #include <immintrin.h>
 #include <math.h>
 
@@ -14,7 +17,8 @@
 #include "llmrun.h"
 
 #define BLOCK 16 /* cache positions per step */
-#define HEADS 8  /* at most this many query heads share a pass over K and V */
+#define HEADS 8  /* at most this many query heads and */
+#define TOKENS LLMR_ATTENTION_TOKENS /* this many tokens share a pass over K and V */
 
 /* The first r of 16 lanes (none for r <= 0). */
 static inline __mmask16 lanes(int64_t r) { return r >= 16 ? 0xFFFF : r <= 0 ? 0 : (__mmask16)((1u << r) - 1); }
@@ -58,93 +62,117 @@ static inline __m512 dots(const float *q, const float *const row[BLOCK], int64_t
     return hsum16(acc);
 }
 
-/* o[0 .. hd) += sum of p[c] * row c, for n rows stride floats apart. Four vectors of o at a
- * time stay in registers, each as two chains (even and odd rows), so that eight FMAs are in
- * flight and their latency is hidden. */
-static inline void add_rows(float *o, const float *p, const float *row, int64_t n, int64_t stride, int64_t hd) {
+/* For the nr query rows r < nr of one token (sums at o + r * hd, weights at p + r * BLOCK):
+ * o_r = f_r * o_r + sum over c < n of p_r[c] * V row c (rows stride floats apart), with the
+ * online softmax's rescale (f_r = 1, exact, when the max stayed) folded in so that no branch
+ * depends on the data. One FMA chain per vector of o, over c in order, whatever nr: each V
+ * vector is loaded once for all the rows, and rows x 4 vectors of o stay in registers, enough
+ * chains in flight to hide the FMA latency. */
+static inline __attribute__((always_inline)) void add_rows_n(float *o, const __m512 *f, const float *p, int nr,
+                                                             const float *row, int64_t n, int64_t stride, int64_t hd) {
     for (int64_t i0 = 0; i0 < hd; i0 += 64) {
         __mmask16 m[4];
-        __m512 even[4], odd[4];
-        for (int r = 0; r < 4; r++) {
-            m[r] = lanes(hd - i0 - 16 * r);
-            even[r] = _mm512_maskz_loadu_ps(m[r], o + i0 + 16 * r);
-            odd[r] = _mm512_setzero_ps();
+        __m512 acc[4][4];
+        for (int e = 0; e < 4; e++) {
+            m[e] = lanes(hd - i0 - 16 * e);
+            for (int r = 0; r < nr; r++)
+                acc[r][e] = _mm512_mul_ps(_mm512_maskz_loadu_ps(m[e], o + r * hd + i0 + 16 * e), f[r]);
         }
-        int64_t c = 0;
-        for (; c + 2 <= n; c += 2) {
-            const float *a = row + c * stride + i0, *b = a + stride;
-            for (int r = 0; r < 4; r++) {
-                even[r] = _mm512_fmadd_ps(_mm512_set1_ps(p[c]), _mm512_maskz_loadu_ps(m[r], a + 16 * r), even[r]);
-                odd[r] = _mm512_fmadd_ps(_mm512_set1_ps(p[c + 1]), _mm512_maskz_loadu_ps(m[r], b + 16 * r), odd[r]);
+        for (int64_t c = 0; c < n; c++) {
+            const float *vc = row + c * stride + i0;
+            for (int e = 0; e < 4; e++) {
+                const __m512 x = _mm512_maskz_loadu_ps(m[e], vc + 16 * e);
+                for (int r = 0; r < nr; r++)
+                    acc[r][e] = _mm512_fmadd_ps(_mm512_set1_ps(p[r * BLOCK + c]), x, acc[r][e]);
             }
         }
-        for (int r = 0; r < 4; r++) {
-            if (c < n) /* an odd row out */
-                even[r] = _mm512_fmadd_ps(_mm512_set1_ps(p[c]),
-                                          _mm512_maskz_loadu_ps(m[r], row + c * stride + i0 + 16 * r), even[r]);
-            _mm512_mask_storeu_ps(o + i0 + 16 * r, m[r], _mm512_add_ps(even[r], odd[r]));
-        }
+        for (int e = 0; e < 4; e++)
+            for (int r = 0; r < nr; r++)
+                _mm512_mask_storeu_ps(o + r * hd + i0 + 16 * e, m[e], acc[r][e]);
     }
 }
 
-/* nh query heads (rows of hd at q) of one token over positions [0, n_kv) of one kv head (rows
- * kv_stride floats apart at k, v). The running sums live in acc (nh * hd floats, this thread's
- * own), not in out, which neighbouring heads on other threads may share cache lines with. */
-static void attend(float *out, float *acc, const float *q, const float *k, const float *v, int64_t nh, int64_t hd,
-                   int64_t kv_stride, int64_t n_kv, float scale) {
-    float max[HEADS];  /* the largest score so far */
-    __m512 sum[HEADS]; /* per lane, the weights so far, relative to e^max */
-    for (int64_t h = 0; h < nh; h++) {
-        max[h] = -INFINITY;
-        sum[h] = _mm512_setzero_ps();
+/* add_rows_n for any nr, in groups of at most 4 compiled with their count fixed. */
+static void add_rows(float *o, const __m512 *f, const float *p, int64_t nr, const float *row, int64_t n,
+                     int64_t stride, int64_t hd) {
+    for (; nr >= 4; nr -= 4, o += 4 * hd, f += 4, p += 4 * BLOCK)
+        add_rows_n(o, f, p, 4, row, n, stride, hd);
+    if (nr == 3)
+        add_rows_n(o, f, p, 3, row, n, stride, hd);
+    else if (nr == 2)
+        add_rows_n(o, f, p, 2, row, n, stride, hd);
+    else if (nr == 1)
+        add_rows_n(o, f, p, 1, row, n, stride, hd);
+}
+
+/* A tile of query rows: nt consecutive tokens x nh query heads of one kv head, row (i, h) at
+ * q + i * q_stride + h * hd, token i seeing positions [0, n_kv + i) of the kv head's rows
+ * (kv_stride floats apart at k, v). Each block of K and V rows is loaded once for the tile and
+ * reused from L1 by its rows, and the rows' independent chains overlap. A row's arithmetic is
+ * that of the row alone (the lanes past its own positions are masked, the rows it adds are its
+ * own), so no result depends on which tokens or heads share its tile. The running sums live
+ * in acc (nt * nh * hd floats, this thread's own), not in out, which neighbouring heads on
+ * other threads may share cache lines with. */
+static void attend(float *out, float *acc, const float *q, const float *k, const float *v, int64_t nt, int64_t nh,
+                   int64_t q_stride, int64_t hd, int64_t kv_stride, int64_t n_kv, float scale) {
+    float max[TOKENS * HEADS];  /* per row, the largest score so far */
+    __m512 sum[TOKENS * HEADS]; /* per row and lane, the weights so far, relative to e^max */
+    for (int64_t r = 0; r < nt * nh; r++) {
+        max[r] = -INFINITY;
+        sum[r] = _mm512_setzero_ps();
     }
-    memset(acc, 0, (size_t)(nh * hd) * sizeof(float));
-    for (int64_t j0 = 0; j0 < n_kv; j0 += BLOCK) {
-        const int64_t n = n_kv - j0 < BLOCK ? n_kv - j0 : BLOCK;
+    memset(acc, 0, (size_t)(nt * nh * hd) * sizeof(float));
+    const int64_t end = n_kv + nt - 1; /* the last token's positions */
+    for (int64_t j0 = 0; j0 < end; j0 += BLOCK) {
+        const int64_t n = end - j0 < BLOCK ? end - j0 : BLOCK;
         /* A short last block repeats its last row in the spare lanes, so that the dot loop
          * below always has 16 accumulators (kept in registers); those lanes are masked out. */
         const float *kr[BLOCK];
         for (int c = 0; c < BLOCK; c++)
             kr[c] = k + (j0 + (c < n ? c : n - 1)) * kv_stride;
-        for (int64_t h = 0; h < nh; h++) {
-            const __m512 s = _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), lanes(n), dots(q + h * hd, kr, hd),
-                                                _mm512_set1_ps(scale));
-            const float block_max = _mm512_reduce_max_ps(s);
-            float *o = acc + h * hd;
-            if (block_max > max[h]) { /* rescale what was summed to the new max (first block: by 0) */
-                const __m512 f = exp_nonpos16(_mm512_set1_ps(max[h] - block_max));
-                sum[h] = _mm512_mul_ps(sum[h], f);
-                for (int64_t i = 0; i < hd; i += 16) {
-                    const __mmask16 m = lanes(hd - i);
-                    _mm512_mask_storeu_ps(o + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, o + i), f));
-                }
-                max[h] = block_max;
+        for (int64_t i = j0 < n_kv ? 0 : j0 - n_kv + 1; i < nt; i++) { /* the tokens that see the block */
+            const int64_t ni = n_kv + i - j0 < BLOCK ? n_kv + i - j0 : BLOCK;
+            __m512 f[HEADS];
+            float pc[HEADS * BLOCK];
+            for (int64_t h = 0; h < nh; h++) {
+                const int64_t r = i * nh + h;
+                const __m512 s = _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), lanes(ni),
+                                                    dots(q + i * q_stride + h * hd, kr, hd), _mm512_set1_ps(scale));
+                const float block_max = _mm512_reduce_max_ps(s);
+                const float new_max = block_max > max[r] ? block_max : max[r];
+                /* what was summed, rescaled to the new max (first block: by 0) */
+                f[h] = exp_nonpos16(_mm512_set1_ps(max[r] - new_max));
+                max[r] = new_max;
+                const __m512 p = exp_nonpos16(_mm512_sub_ps(s, _mm512_set1_ps(new_max)));
+                sum[r] = _mm512_add_ps(_mm512_mul_ps(sum[r], f[h]), p);
+                _mm512_storeu_ps(pc + h * BLOCK, p);
             }
-            const __m512 p = exp_nonpos16(_mm512_sub_ps(s, _mm512_set1_ps(max[h])));
-            sum[h] = _mm512_add_ps(sum[h], p);
-            float pc[BLOCK];
-            _mm512_storeu_ps(pc, p);
-            add_rows(o, pc, v + j0 * kv_stride, n, kv_stride, hd);
+            add_rows(acc + i * nh * hd, f, pc, nh, v + j0 * kv_stride, ni, kv_stride, hd);
         }
     }
-    for (int64_t h = 0; h < nh; h++) {
-        const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum[h]));
-        for (int64_t i = 0; i < hd; i += 16)
-            _mm512_mask_storeu_ps(out + h * hd + i, lanes(hd - i),
-                                  _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes(hd - i), acc + h * hd + i), inv));
-    }
+    for (int64_t i = 0; i < nt; i++)
+        for (int64_t h = 0; h < nh; h++) {
+            const float *o = acc + (i * nh + h) * hd;
+            const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum[i * nh + h]));
+            for (int64_t e = 0; e < hd; e += 16)
+                _mm512_mask_storeu_ps(out + i * q_stride + h * hd + e, lanes(hd - e),
+                                      _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes(hd - e), o + e), inv));
+        }
 }
 
 void attention_avx512(float *out, const float *q, const float *k, const float *v, int64_t t, int64_t hq,
                       int64_t hkv, int64_t hd, int64_t n_past, int64_t h0, int64_t h1, float *scratch) {
     const float scale = 1.0f / sqrtf((float)hd);
     const int64_t group = hq / hkv;
-    for (int64_t ti = 0; ti < t; ti++)
+    for (int64_t t0 = 0, nt; t0 < t; t0 += nt) {
+        nt = t - t0 < TOKENS ? t - t0 : TOKENS;
         for (int64_t h = h0, nh; h < h1; h += nh) {
             /* h and the heads after it in [h, h1) that share its kv head, at most HEADS */
             const int64_t g = h / group, end = (g + 1) * group < h1 ? (g + 1) * group : h1;
             nh = end - h < HEADS ? end - h : HEADS;
-            const int64_t off = (ti * hq + h) * hd;
-            attend(out + off, scratch, q + off, k + g * hd, v + g * hd, nh, hd, hkv * hd, n_past + ti + 1, scale);
+            const int64_t off = (t0 * hq + h) * hd;
+            attend(out + off, scratch, q + off, k + g * hd, v + g * hd, nt, nh, hq * hd, hd, hkv * hd,
+                   n_past + t0 + 1, scale);
         }
+    }
 }

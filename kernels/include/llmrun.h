@@ -180,6 +180,9 @@ void llmr_x16_get_block(const llmr_type_traits *t, const void *group, int r, int
 
 /* One ISA's kernels. Every entry is filled: an ISA file that speeds up only some kernels
  * points the others at the scalar ones. */
+/* Query tokens whose running sums an attention kernel may hold at once (its scratch). */
+#define LLMR_ATTENTION_TOKENS 4
+
 typedef struct {
     const char *isa;
     llmr_vec_dot_fn vec_dot[LLMR_TYPE_COUNT]; /* by weight type id */
@@ -194,8 +197,9 @@ typedef struct {
     /* out [t][hq][hd]: causal grouped-query attention of q over k, v [n_ctx][hkv][hd];
      * token i sees positions 0 .. n_past + i. Only query heads [h0, h1) are computed, each
      * with the same arithmetic whatever the range, so ranges can go to different threads.
-     * scratch: n_past + t + hq * hd floats of this call's own (a row of scores, and running
-     * sums kept out of out, whose cache lines neighbouring heads on other threads may share). */
+     * scratch: n_past + t + LLMR_ATTENTION_TOKENS * hq * hd floats of this call's own (a row of
+     * scores, and running sums kept out of out, whose cache lines neighbouring heads on other
+     * threads may share). */
     void (*attention)(float *out, const float *q, const float *k, const float *v, int64_t t,
                       int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, int64_t h0, int64_t h1,
                       float *scratch);
