@@ -117,8 +117,10 @@ def ATTENTION_SIMD_BOUND(q, k, hd, n_kv):
     the factor's exp (2u) and a product's rounding for the value sums and for the weight sum
     (2u): (2 + 4 (nb - 1)) u <= 4 nb u, doubled by the normalisation that every weight enters
     twice: 8 nb u. The
-    sum of n_kv weights, of n_kv weighted values (two chains and their sum), 1/sum and its
-    product: (2 n_kv + 3) u. So |err| <= (2(hd + 4) u A + (2 n_kv + 8 nb + 3) u) max|v|, taking
+    sum of n_kv weights, of n_kv weighted values (one FMA chain per element over the positions
+    in order, the rescales folded in), 1/sum and its product: (2 n_kv + 3) u. A row's
+    arithmetic does not depend on the tokens and heads that share its tile, so the bound is
+    the row's alone. So |err| <= (2(hd + 4) u A + (2 n_kv + 8 nb + 3) u) max|v|, taking
     B = 8 (AVX2's block; AVX-512's 16 rescales less), with one u of slack."""
     a = (np.abs(q) @ np.abs(k).T).max() / np.sqrt(hd)
     nb = -(-n_kv // 8)
@@ -453,11 +455,12 @@ def test_attention_is_causal():
 
 
 # Every path this CPU runs, each forced in a subprocess (the ISA is chosen at import): shapes
-# around the blocks (n_past + t of 1, 2, 38, 40, 317), head dims with and without a vector tail,
-# GQA groups of 3, 1 and 8.
+# around the blocks (n_past + t of 1, 2, 38, 40, 317), runs of tokens that fill the kernels'
+# 4-token tiles and leave 1, 2 or 3 over (t of 3, 17, 70), head dims with and without a vector
+# tail, GQA groups of 3, 1, 8 and 4 (LLaMA-3.2-1B's 32 / 8).
 ATTENTION_N_PAST = [0, 1, 37, 300]
-ATTENTION_TOKENS = [1, 3, 17]
-ATTENTION_HEADS = [(9, 3), (4, 4), (8, 1)]
+ATTENTION_TOKENS = [1, 3, 17, 70]
+ATTENTION_HEADS = [(9, 3), (4, 4), (8, 1), (32, 8)]
 ATTENTION_HD = [8, 24, 64, 80, 128]
 
 

@@ -66,9 +66,10 @@ def test_matmul_long_prefill_bit_identical():
     assert all(o == outs[0] for o in outs)
 
 
-# Decode (one token: its heads are split between threads) and prefill, each large enough to be
-# threaded, and a first token small enough to run on the caller alone.
-@pytest.mark.parametrize("t,n_past", [(1, 0), (1, 300), (7, 9), (13, 5), (40, 200)])
+# Decode (one token: its heads are split between threads) and prefill (runs of 4 tokens, or of
+# one when there are too few for the threads), each large enough to be threaded, and a first
+# token small enough to run on the caller alone.
+@pytest.mark.parametrize("t,n_past", [(1, 0), (1, 300), (7, 9), (13, 5), (40, 200), (70, 0)])
 def test_attention_bit_identical_for_any_thread_count(t, n_past):
     rng = np.random.default_rng(t * 31 + n_past)
     hq, hkv, hd, n_ctx = 9, 3, 64, 320
