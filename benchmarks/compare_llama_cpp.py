@@ -11,8 +11,9 @@ llama-cpp-python==0.3.36`, unpack, `cmake -B build vendor/llama.cpp && cmake --b
 --target llama-bench`).
 
 Each round also measures the machine's memory read bandwidth (benchmarks/membw.c, compiled here
-with the system C compiler) at each thread count, so decode's achieved GB/s (every weight read
-once per token) can be set against what the memory gives in the same run.
+with the system C compiler: the median of passes over about a second) at each thread count,
+just before and just after llmrun's runs, so decode's achieved GB/s (every weight read once per
+token) can be set against what the memory gave in the same minute.
 """
 from __future__ import annotations
 
@@ -43,6 +44,11 @@ def build_membw(out_dir: str) -> str:
     return exe
 
 
+def read_bandwidth(membw: str, threads: str) -> float:
+    """The median read GB/s of membw's passes."""
+    return float(subprocess.run([membw, threads], capture_output=True, text=True, check=True).stdout.split()[0])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("gguf")
@@ -60,16 +66,16 @@ def main():
     membw = build_membw(tempfile.mkdtemp())
     for _ in range(a.rounds):
         for t in a.threads.split(","):
-            bw = subprocess.run([membw, t], capture_output=True, text=True, check=True).stdout
-            gbs.setdefault(("memory", int(t)), []).append(float(bw))
             common = ["-p", str(a.n_prompt), "-n", str(a.n_gen), "-r", str(a.repetitions), "-o", "json"]
             for row in run_json([llama_bench, "-m", a.gguf, "-t", t, *common]):
                 test = f"pp{row['n_prompt']}" if row["n_prompt"] else f"tg{row['n_gen']}"
                 rates.setdefault(("llama.cpp", test, int(t)), []).append(row["avg_ts"])
+            before = read_bandwidth(membw, t)
             for row in run_json([sys.executable, "-m", "llmrun.cli.main", "bench", a.gguf, "-t", t, *common]):
                 rates.setdefault(("llmrun", row["test"], row["threads"]), []).append(row["avg_ts"])
                 if row.get("gb_s"):
                     gbs.setdefault(("llmrun", row["threads"]), []).append(row["gb_s"])
+            gbs.setdefault(("memory", int(t)), []).append((before + read_bandwidth(membw, t)) / 2)
     print(f"| test | threads | llama.cpp t/s | llmrun t/s | llmrun / llama.cpp |")
     print("|---|---|---|---|---|")
     for (tool, test, t), values in sorted(rates.items(), key=lambda kv: (kv[0][2], kv[0][1])):
