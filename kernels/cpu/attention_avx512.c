@@ -105,6 +105,20 @@ static void add_rows(float *o, const __m512 *f, const float *p, int64_t nr, cons
         add_rows_n(o, f, p, 1, row, n, stride, hd);
 }
 
+/* In decode the cache comes from memory (a step's weights have streamed through the caches
+ * since the last one), one strided row after another: fetching the K and V rows of the block
+ * PREFETCH_BLOCKS ahead keeps more of them in flight. SmolLM2, 30 layers at 600 positions, a
+ * cold cache: 2.16 -> 1.74 ms (4 and 8 blocks ahead: no better). */
+#define PREFETCH_BLOCKS 2
+static inline void prefetch_block(const float *k, const float *v, int64_t j0, int64_t end, int64_t kv_stride,
+                                  int64_t hd) {
+    for (int64_t j = j0; j < j0 + BLOCK && j < end; j++)
+        for (int64_t i = 0; i < hd; i += 16) {
+            _mm_prefetch((const char *)(k + j * kv_stride + i), _MM_HINT_T0);
+            _mm_prefetch((const char *)(v + j * kv_stride + i), _MM_HINT_T0);
+        }
+}
+
 /* A tile of query rows: nt consecutive tokens x nh query heads of one kv head, row (i, h) at
  * q + i * q_stride + h * hd, token i seeing positions [0, n_kv + i) of the kv head's rows
  * (kv_stride floats apart at k, v). Each block of K and V rows is loaded once for the tile and
@@ -125,6 +139,8 @@ static void attend(float *out, float *acc, const float *q, const float *k, const
     const int64_t end = n_kv + nt - 1; /* the last token's positions */
     for (int64_t j0 = 0; j0 < end; j0 += BLOCK) {
         const int64_t n = end - j0 < BLOCK ? end - j0 : BLOCK;
+        if (nt == 1) /* decode; a prefill tile reads its blocks from the cache the last tile warmed */
+            prefetch_block(k, v, j0 + PREFETCH_BLOCKS * BLOCK, end, kv_stride, hd);
         /* A short last block repeats its last row in the spare lanes, so that the dot loop
          * below always has 16 accumulators (kept in registers); those lanes are masked out. */
         const float *kr[BLOCK];
