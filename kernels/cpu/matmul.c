@@ -18,7 +18,7 @@ size_t llmr_matmul_scratch(const llmr_type_traits *t, int64_t rows, int64_t k) {
 /* Less work than this is not worth waking a thread for. */
 #define MIN_THREADED_WORK 4096
 
-/* One weight of a job: its rows are items first_item, first_item + 1, ... */
+/* Rows [row0, row1) of one weight of a job, as items first_item, first_item + 1, ... */
 typedef struct {
     llmr_vec_dot_fn vec_dot;
     llmr_vec_dot_tile_fn vec_dot_tile; /* NULL: vec_dot per token */
@@ -27,7 +27,7 @@ typedef struct {
     const void *w;
     float *out;
     size_t w_row;
-    int64_t n, rows_per_item, first_item;
+    int64_t n, row0, row1, rows_per_item, first_item; /* n: the weight's rows (out's row length) */
 } matmul_part;
 
 /* Weights that multiply the same input (q, k, v; gate, up) in one job: the input is quantised
@@ -39,7 +39,7 @@ typedef struct {
     size_t act_row;
     int64_t t, k, rows_per_item; /* rows_per_item: activation rows per quantising item */
     int n_parts;
-    matmul_part parts[LLMR_MAX_MATMUL_PARTS];
+    matmul_part parts[LLMR_MAX_MATMUL_PARTS + 1]; /* + the last weight's tail */
 } matmul_job;
 
 /* Activation rows [item * rows_per_item, ...) quantised to q16_a. */
@@ -62,8 +62,8 @@ static void matmul_item(void *ctx, int64_t item) {
     const matmul_part *p = &j->parts[0];
     while (p + 1 < j->parts + j->n_parts && item >= p[1].first_item)
         p++;
-    const int64_t n0 = (item - p->first_item) * p->rows_per_item;
-    const int64_t n1 = n0 + p->rows_per_item < p->n ? n0 + p->rows_per_item : p->n;
+    const int64_t n0 = p->row0 + (item - p->first_item) * p->rows_per_item;
+    const int64_t n1 = n0 + p->rows_per_item < p->row1 ? n0 + p->rows_per_item : p->row1;
     const uint8_t *act = j->act;
     if (p->layout == LLMR_LAYOUT_X16) {
         for (int64_t t0 = 0; t0 < j->t; t0 += X16_TOKEN_CHUNK) {
@@ -93,8 +93,7 @@ void llmr_matmul_many(const llmr_kernels *kern, int n_weights, const llmr_weight
                       const float *x, int64_t t, void *scratch) {
     const llmr_type_traits *tr = llmr_type_traits_get(ws[0].type);
     const int64_t threads = llmr_threads_get(), k = ws[0].cols;
-    matmul_job j = {.kern = kern, .x = x, .act = x, .act_row = (size_t)k * sizeof(float), .t = t, .k = k,
-                    .n_parts = n_weights};
+    matmul_job j = {.kern = kern, .x = x, .act = x, .act_row = (size_t)k * sizeof(float), .t = t, .k = k};
     if (t <= 0)
         return;
 
@@ -108,20 +107,38 @@ void llmr_matmul_many(const llmr_kernels *kern, int n_weights, const llmr_weight
     }
 
     /* Each weight in items of about ITEM_WORK, as many for each thread (so they even out), of
-     * whole groups in the X16 layout; all of them on the pool at once when there is enough. */
+     * whole groups in the X16 layout; all of them on the pool at once when there is enough. The
+     * last weight ends in items an eighth the size, so that the threads finish the job nearly
+     * together: a decode step ends some 80 jobs, and a thread idle for half a large item at
+     * each end cost 1B-parameter decode on two threads a few percent. */
     int64_t items = 0, work = 0;
+    j.n_parts = 0;
     for (int i = 0; i < n_weights; i++) {
         const llmr_weight *w = &ws[i];
-        matmul_part *p = &j.parts[i];
         const int type = w->type;
-        *p = (matmul_part){.vec_dot = kern->vec_dot[type], .vec_dot_tile = kern->vec_dot_tile[type],
-                           .gemm_x16 = kern->gemm_x16[type], .layout = w->layout, .w = w->data, .out = outs[i],
-                           .w_row = (size_t)llmr_row_bytes(llmr_type_traits_get(type), k), .n = w->rows,
-                           .first_item = items};
+        const matmul_part part = {.vec_dot = kern->vec_dot[type], .vec_dot_tile = kern->vec_dot_tile[type],
+                                  .gemm_x16 = kern->gemm_x16[type], .layout = w->layout, .w = w->data,
+                                  .out = outs[i], .w_row = (size_t)llmr_row_bytes(llmr_type_traits_get(type), k),
+                                  .n = w->rows, .row0 = 0, .row1 = w->rows};
         const int64_t unit = w->layout == LLMR_LAYOUT_X16 ? LLMR_X16 : 1;
-        const int64_t w_work = (int64_t)p->w_row * p->n * t;
-        p->rows_per_item = ceil_div(ceil_div(p->n, threads * ceil_div(w_work, threads * ITEM_WORK)), unit) * unit;
-        items += ceil_div(p->n, p->rows_per_item);
+        const int64_t w_work = (int64_t)part.w_row * w->rows * t;
+        const int64_t rows = ceil_div(ceil_div(w->rows, threads * ceil_div(w_work, threads * ITEM_WORK)), unit) * unit;
+        const int64_t tail_rows = i == n_weights - 1 && w_work > threads * ITEM_WORK
+                                      ? ceil_div(w->rows / 8, rows) * rows : 0;
+        matmul_part *p = &j.parts[j.n_parts++];
+        *p = part;
+        p->row1 = w->rows - tail_rows;
+        p->rows_per_item = rows;
+        p->first_item = items;
+        items += ceil_div(p->row1, rows);
+        if (tail_rows) {
+            matmul_part *tail = &j.parts[j.n_parts++];
+            *tail = part;
+            tail->row0 = p->row1;
+            tail->rows_per_item = ceil_div(ceil_div(rows, 8), unit) * unit;
+            tail->first_item = items;
+            items += ceil_div(tail_rows, tail->rows_per_item);
+        }
         work += w_work;
     }
     if (work < MIN_THREADED_WORK) /* run it all here: less work than waking a thread costs */
