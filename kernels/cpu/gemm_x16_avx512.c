@@ -40,7 +40,7 @@ ALWAYS_INLINE __m512i madd(__m512i acc, __m512i w, __m512i a) {
 }
 
 #ifndef PREFETCH_AHEAD
-#define PREFETCH_AHEAD 16384
+#define PREFETCH_AHEAD 8192
 #endif
 
 /* Row r's scale to lanes 2r and 2r + 1: rows 0-7, rows 8-15. */
