@@ -34,6 +34,7 @@ class _Progress:
         if self.bar is None:
             self.bar = typer.progressbar(length=total, label=self.label, file=sys.stderr, show_pos=False)
             self.bar.__enter__()
+        self.bar.label = self.label  # a label may carry a running figure
         self.bar.update(done - self.done)
         self.done = done
 
@@ -197,6 +198,58 @@ def bench(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
     typer.echo("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
         typer.echo("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+
+
+@app.command()
+def perplexity(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
+               text_file: str = typer.Option(..., "--file", "-f", help="the text to score (UTF-8)"),
+               ctx: int = typer.Option(512, "--ctx-size", "-c", min=4, help="tokens per chunk"),
+               chunks: Optional[int] = typer.Option(None, "--chunks", min=1, help="score only the first N chunks"),
+               batch: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1,
+                                                   help="tokens per forward call (default: a whole chunk)"),
+               save_logits: Optional[str] = typer.Option(None, "--save-logits",
+                                                         help="save this model's top log-probabilities (a .npz) "
+                                                              "for --kl-divergence"),
+               kl_divergence: Optional[str] = typer.Option(None, "--kl-divergence",
+                                                           help="compare with log-probabilities saved by "
+                                                                "--save-logits: KLD, top-1 agreement, PPL ratio"),
+               output: str = typer.Option("md", "--output", "-o", help="md or json")):
+    """Perplexity of a text, by llama.cpp's method: chunks of -c tokens, the second half of each scored."""
+    import json
+    from llmrun import perplexity as ppl
+    from llmrun.errors import LlmrunError
+    if output not in ("md", "json"):
+        raise typer.BadParameter(f"{output!r}: use md or json", param_hint="--output")
+    try:
+        with open(text_file, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise LlmrunError(f"cannot read {text_file}: {e}") from None
+    base = ppl.load(kl_divergence) if kl_divergence else None
+    m = _open_model(model)
+    tokens = m.tokenizer.encode(text)
+    bar = _Progress("perplexity")
+
+    def progress(done, total, running):
+        bar.label = f"perplexity [{done}/{total}] PPL {running:.4f}"
+        bar(done, total)
+
+    try:
+        run = ppl.perplexity(m, tokens, ctx, chunks, batch, keep_top=bool(save_logits), base=base, progress=progress)
+    finally:
+        bar.close()
+    if save_logits:
+        ppl.save(save_logits, run)
+    r = run.report()
+    if output == "json":
+        typer.echo(json.dumps(r, indent=1))
+        return
+    typer.echo(f"PPL = {r['ppl']:.4f} +/- {r['ppl_err']:.4f}  ({r['chunks']} chunks of {ctx}, {r['scored']} tokens scored)")
+    if base is not None:
+        typer.echo(f"base PPL = {r['base_ppl']:.4f} +/- {r['base_ppl_err']:.4f}; ratio {r['ppl_ratio']:.5f} +/- "
+                   f"{r['ppl_ratio_err']:.5f}; delta {r['ppl_delta']:+.4f} +/- {r['ppl_delta_err']:.4f}")
+        typer.echo(f"KLD mean {r['kld_mean']:.6f} +/- {r['kld_mean_err']:.6f}, median {r['kld_median']:.6f}, "
+                   f"p99 {r['kld_p99']:.6f}, max {r['kld_max']:.6f}; top-1 agreement {r['top1_agreement']:.2f}%")
 
 
 @app.command()
