@@ -201,6 +201,48 @@ def bench(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
 
 
 @app.command()
+def quantize(src: str = typer.Argument(..., help="a .llmr file, Hugging Face checkpoint directory or GGUF file"),
+             out: Optional[str] = typer.Argument(None, help="the .llmr file to write (default: SRC's name with "
+                                                                 "the type, beside it)"),
+             type: str = typer.Option(..., "--type", "-t", help="q4_0, q4_1, q8_0, f16, bf16 or f32"),
+             output_type: Optional[str] = typer.Option(None, "--output-type", help="type of the output head"),
+             embedding_type: Optional[str] = typer.Option(None, "--embedding-type", help="type of the embedding table"),
+             tensor_type: list[str] = typer.Option([], "--tensor-type",
+                                                   help="REGEX=TYPE: tensors whose name matches REGEX get TYPE "
+                                                        "(repeatable; the first match wins)"),
+             pure: bool = typer.Option(False, "--pure", help="every matrix in --type (no default policy)"),
+             allow_requantize: bool = typer.Option(False, "--allow-requantize",
+                                                   help="quantise tensors that are already quantised")):
+    """Quantise a model by a per-tensor policy: norms f32, embeddings and output head one step up,
+    wk / wv / w_down at q8_0 for 4-bit types, unless overridden."""
+    import re
+    from llmrun.models import quantize as run_quantize
+    from llmrun.quant import Policy, qtype
+    try:
+        overrides = []
+        for spec in tensor_type:
+            pattern, sep, name = spec.rpartition("=")
+            if not sep or not pattern:
+                raise typer.BadParameter(f"{spec!r}: use REGEX=TYPE", param_hint="--tensor-type")
+            re.compile(pattern)
+            overrides.append((pattern, qtype(name)))
+        policy = Policy(qtype(type), qtype(output_type) if output_type else None,
+                        qtype(embedding_type) if embedding_type else None, tuple(overrides), pure, allow_requantize)
+    except re.error as e:
+        raise typer.BadParameter(f"bad regular expression: {e}", param_hint="--tensor-type") from None
+    if out is None:
+        stem = os.path.splitext(os.path.basename(os.path.normpath(src)))[0]
+        out = os.path.join(os.path.dirname(os.path.abspath(src)), f"{stem}-{policy.type.name}{'-pure' if pure else ''}.llmr")
+    bar = _Progress(f"quantizing to {policy.type.name}")
+    try:
+        meta = run_quantize(src, out, policy, bar)
+    finally:
+        bar.close()
+    types = meta["provenance"]["tensor_types"]
+    typer.echo(f"wrote {out} ({_bytes(os.path.getsize(out))}): " + ", ".join(f"{k} x{v}" for k, v in types.items()))
+
+
+@app.command()
 def perplexity(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
                text_file: str = typer.Option(..., "--file", "-f", help="the text to score (UTF-8)"),
                ctx: int = typer.Option(512, "--ctx-size", "-c", min=4, help="tokens per chunk"),

@@ -33,3 +33,15 @@ def convert(src: str, out: str, type: str | None = None,
     if kind == "llmr":
         raise ConvertError(f"{src} is already a .llmr file")
     raise ConvertError(f"{src}: neither a Hugging Face checkpoint directory nor a GGUF file")
+
+
+def quantize(src: str, out: str, policy, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Write `src` (a .llmr file, a Hugging Face checkpoint directory or a GGUF file) as the
+    .llmr file `out` with each tensor in the type `policy` (llmrun.quant.Policy) gives it."""
+    kind = source_kind(src)
+    if kind == "llmr":
+        from .llmr import requantize
+        return requantize(src, out, policy, progress)
+    if kind in ("hf", "gguf"):
+        return convert(src, out, policy, progress)
+    raise ConvertError(f"{src}: neither a .llmr file, a Hugging Face checkpoint directory nor a GGUF file")

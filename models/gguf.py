@@ -9,6 +9,7 @@ keep the rotate-half order already.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
 from typing import Callable
@@ -20,7 +21,8 @@ from ..config import ModelConfig
 from ..errors import ConvertError
 from ..format import PendingTensor, write
 from ..model import tensor_names
-from ..quant import F32, Q8_0, TYPES, choose_type, qtype, quantize
+from ..quant import F32, Q8_0, TYPES, Policy, choose_type, qtype, quantize
+from ..quant.policy import DEFAULT_POLICY
 from ..quant.kquants import dequantize_ggml
 from .gguf_file import GGUFFile
 from .gguf_tokenizer import tokenizer_from_gguf
@@ -105,6 +107,9 @@ def _pending(g: GGUFFile, src: str, ours: str, cfg: ModelConfig, target) -> tupl
     shape = info.shape
     if target is not None:
         t = choose_type(ours, shape, target)
+        if isinstance(target, Policy) and info.type.quantized and t is not info.type and not target.allow_requantize:
+            raise ConvertError(f"{g.path}: tensor {src} is already {info.type.name}; quantising it again to "
+                               f"{t.name} compounds the error: pass --allow-requantize to do it anyway")
     elif info.type.name in TYPES and (len(shape) > 1 or info.type is F32):
         t = info.type  # stored in a type we run: copy the blocks
     else:
@@ -132,12 +137,14 @@ def convert(src: str, out: str, type: str | None = None,
             progress: Callable[[int, int], None] | None = None) -> dict:
     """Convert the GGUF file `src` into `out`. With `type` None, tensors keep their type where
     we run it (lossless); with a type, every tensor is re-quantised by the usual policy."""
-    target = qtype(type) if type is not None else None
+    target = type if isinstance(type, Policy) or type is None else qtype(type)
     g = GGUFFile(src)
     if not g.tensors:
         raise ConvertError(f"{src}: a vocabulary-only GGUF (no tensors): use it as a tokenizer "
                            "(`llmrun tokenize`), not as a model")
     cfg = read_config(g)
+    if isinstance(target, Policy):
+        target = dataclasses.replace(target, tied=cfg.tie_embeddings)
     names = _names(g, cfg.n_layers)
     tok_info, tok_blob = tokenizer_from_gguf(g.metadata)
     expected = tensor_names(cfg)
@@ -157,8 +164,7 @@ def convert(src: str, out: str, type: str | None = None,
                        "tensor_types": dict(sorted(conversions.items())),
                        "policy": "GGUF types we run kept block for block; others dequantised exactly, "
                                  "then q8_0 (f32 for vectors)" if target is None else
-                                 "quant/policy.py: norms and biases f32; embeddings and output head one "
-                                 "step above the type; wk, wv, w_down q8_0 at 4 bits"},
+                                 target.describe() if isinstance(target, Policy) else DEFAULT_POLICY},
     }
     write(out, meta, tok_blob, tensors, progress)
     return meta

@@ -7,6 +7,7 @@ HF checkpoints already use the rotate-half RoPE convention that .llmr stores.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections import Counter
@@ -19,7 +20,8 @@ from ..config import ModelConfig
 from ..errors import ConvertError
 from ..format import PendingTensor, write
 from ..model import tensor_names
-from ..quant import choose_type, qtype, quantize
+from ..quant import Policy, choose_type, qtype, quantize
+from ..quant.policy import DEFAULT_POLICY
 from ..quant.reference import bf16_to_f32
 from ..tokenizer import BPETokenizer, SentencePieceTokenizer
 from .safetensors import SafetensorsFile
@@ -210,7 +212,7 @@ def convert(src: str, out: str, type: str = "f16",
             progress: Callable[[int, int], None] | None = None) -> dict:
     """Convert the checkpoint directory `src` into `out` with weights of `type`.
     `progress(done_bytes, total_bytes)` is called as tensors are written. Returns the metadata."""
-    target = qtype(type)
+    target = type if isinstance(type, Policy) else qtype(type)
     if not os.path.isdir(src):
         raise ConvertError(f"{src} is not a directory")
     c = _read_json(os.path.join(src, "config.json"))
@@ -222,6 +224,8 @@ def convert(src: str, out: str, type: str = "f16",
     if expected - ours:
         raise ConvertError(f"{src}: missing tensors {sorted(expected - ours)[:5]}")
     tok_info, tok_blob = read_tokenizer(src, c)
+    if isinstance(target, Policy):
+        target = dataclasses.replace(target, tied=cfg.tie_embeddings)
 
     kept = [(hf, ours_name) for hf, ours_name in names.items() if ours_name in expected]
     tensors = [_pending(ours_name, where[hf], hf, target) for hf, ours_name in kept]
@@ -233,8 +237,7 @@ def convert(src: str, out: str, type: str = "f16",
         "provenance": {"source": os.path.basename(os.path.abspath(src)), "source_format": "hf-safetensors",
                        "converter": f"llmrun {__version__}", "type": target.name,
                        "tensor_types": dict(sorted(conversions.items())),
-                       "policy": "quant/policy.py: norms and biases f32; embeddings and output head one "
-                                 "step above the type; wk, wv, w_down q8_0 at 4 bits"},
+                       "policy": target.describe() if isinstance(target, Policy) else DEFAULT_POLICY},
     }
     write(out, meta, tok_blob, tensors, progress)
     return meta

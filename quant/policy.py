@@ -1,15 +1,62 @@
 """Which type each tensor gets when a model is quantised to a target type."""
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 from .types import F16, F32, Q8_0, QType, qtype
 
 EMBEDDINGS = ("tok_embeddings", "output")
+DEFAULT_POLICY = ("quant/policy.py: norms and biases f32; embeddings and output head one step above the "
+                  "type; wk, wv, w_down q8_0 at 4 bits")
 # Measured on SmolLM2-135M (benchmarks/quality.py, and ablations quantising one kind of
 # tensor at a time to q4_0, mean KL over the three reference prompts): w_down 0.17, wv 0.08,
 # wk 0.013 (and the only other kind to flip an argmax); wq, wo, w_gate, w_up 0.006-0.019.
 # Keeping these three at 8 bits takes q4_0's KL on "The capital of France is" from 3.2 to 0.09
 # for 1% more file.
 SENSITIVE_AT_4_BITS = ("wk", "wv", "w_down")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A quantisation the user asked for (`llmrun quantize`): the target type and overrides.
+
+    type_for(name, shape) decides, first match wins: 1-D tensors f32; a `tensor_types`
+    (regex, type) whose regex matches the name (re.search); the embedding table
+    `embedding_type`, the output head `output_type` (a tied table is the head: `output_type`,
+    else `embedding_type`); with `pure`, the target for every matrix; else choose_type's
+    defaults. Rows that are not a whole number of the type's blocks fall back to f16."""
+    type: QType
+    output_type: QType | None = None
+    embedding_type: QType | None = None
+    tensor_types: tuple = ()  # ((regex, QType), ...)
+    pure: bool = False
+    allow_requantize: bool = False
+    tied: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.type.name
+
+    def type_for(self, name: str, shape) -> QType:
+        if len(shape) < 2:
+            return F32
+        chosen = next((t for pattern, t in self.tensor_types if re.search(pattern, name)), None)
+        if chosen is None and name == "tok_embeddings":
+            chosen = (self.output_type or self.embedding_type) if self.tied else self.embedding_type
+        if chosen is None and name == "output":
+            chosen = self.output_type
+        if chosen is None and not self.pure:
+            return choose_type(name, shape, self.type)
+        chosen = chosen or self.type
+        return chosen if shape[-1] % chosen.block_size == 0 else F16
+
+    def describe(self) -> dict:
+        """For the output file's metadata."""
+        return {"type": self.type.name, "output_type": self.output_type and self.output_type.name,
+                "embedding_type": self.embedding_type and self.embedding_type.name,
+                "tensor_types": [[p, t.name] for p, t in self.tensor_types], "pure": self.pure,
+                "allow_requantize": self.allow_requantize}
 
 
 def choose_type(name: str, shape, target) -> QType:
@@ -21,6 +68,8 @@ def choose_type(name: str, shape, target) -> QType:
     - At 4 bits, `wk`, `wv` and `w_down` get q8_0 (see SENSITIVE_AT_4_BITS).
     - Rows that are not a whole number of blocks fall back to f16.
     """
+    if isinstance(target, Policy):
+        return target.type_for(name, shape)
     target = qtype(target) if not isinstance(target, QType) else target
     if len(shape) < 2:
         return F32

@@ -1,0 +1,54 @@
+"""A .llmr file -> another, each tensor in the type a quantisation policy gives it."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import Counter
+from typing import Callable
+
+import numpy as np
+
+from .. import __version__
+from ..errors import ConvertError
+from ..format import LlmrFile, PendingTensor, write
+from ..quant import Policy, choose_type, quantize
+
+CHUNK_BYTES = 16 << 20  # float32 bytes converted at a time: bounds the memory
+
+
+def requantize(src: str, out: str, policy: Policy, progress: Callable[[int, int], None] | None = None) -> dict:
+    f = LlmrFile(src)
+    meta = dict(f.metadata)
+    policy = dataclasses.replace(policy, tied="output" not in f.tensors)
+    tensors, conversions = [], Counter()
+    for name, info in f.tensors.items():
+        t = choose_type(name, info.shape, policy)
+        if info.type.quantized and t is not info.type and not policy.allow_requantize:
+            raise ConvertError(f"{src}: tensor {name} is already {info.type.name}; quantising it again to {t.name} "
+                               "compounds the error: pass --allow-requantize to do it anyway")
+        conversions[info.type.name if t is info.type else f"{info.type.name}->{t.name}"] += 1
+        tensors.append(PendingTensor(name, t, info.shape, _chunks(f, name, t)))
+    meta["provenance"] = {
+        "source": os.path.basename(os.path.abspath(src)), "source_format": "llmr",
+        "source_provenance": f.metadata.get("provenance"), "converter": f"llmrun {__version__}",
+        "type": policy.type.name, "tensor_types": dict(sorted(conversions.items())), "policy": policy.describe(),
+    }
+    write(out, meta, bytes(f.tokenizer_blob), tensors, progress)
+    return meta
+
+
+def _chunks(f: LlmrFile, name: str, t):
+    def chunks():
+        tensor = f.tensor(name)
+        rows = tensor.rows().reshape(-1, tensor.type.row_bytes(tensor.shape[-1]))
+        if t is tensor.type:
+            yield rows  # the same type: the blocks exactly
+            return
+        step = max(1, CHUNK_BYTES // (4 * tensor.shape[-1]))
+        for start in range(0, rows.shape[0], step):
+            part = rows[start:start + step]
+            values = dataclasses.replace(tensor, shape=(part.shape[0], tensor.shape[-1]),
+                                         data=np.ascontiguousarray(part).reshape(-1), layout=0).numpy()
+            yield quantize(values.reshape(-1, tensor.shape[-1]), t).reshape(part.shape[0], -1) if t.quantized \
+                else quantize(values, t)
+    return chunks
