@@ -242,6 +242,37 @@ def quantize(src: str = typer.Argument(..., help="a .llmr file, Hugging Face che
     typer.echo(f"wrote {out} ({_bytes(os.path.getsize(out))}): " + ", ".join(f"{k} x{v}" for k, v in types.items()))
 
 
+@app.command("quant-report")
+def quant_report(src: str = typer.Argument(..., help="the model to sweep: a checkpoint directory, GGUF or .llmr"),
+                 types: str = typer.Option("f16,q8_0,q4_1,q4_0", "--types", help="comma-separated types"),
+                 text_file: str = typer.Option(..., "--file", "-f", help="the text for perplexity and KLD"),
+                 ctx: int = typer.Option(512, "--ctx-size", "-c", min=4),
+                 chunks: Optional[int] = typer.Option(None, "--chunks", min=1, help="score only the first N chunks"),
+                 out_dir: Optional[str] = typer.Option(None, "--out-dir", "-o",
+                                                       help="where the quantised models and the report go "
+                                                            "(default: quant-report-<name> here)"),
+                 threads: Optional[int] = typer.Option(None, "--threads", min=1, help="threads for the speed test")):
+    """Quantise a model to several types and measure each: size, PPL, KLD and top-1 agreement against
+    the highest-precision type, pp512 / tg128; a Markdown table, CSV, JSON and a PNG."""
+    from llmrun import quant_report as qr
+    from llmrun.errors import LlmrunError
+    try:
+        with open(text_file, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise LlmrunError(f"cannot read {text_file}: {e}") from None
+    name = os.path.splitext(os.path.basename(os.path.normpath(src)))[0]
+    out_dir = out_dir or f"quant-report-{name}"
+    rows = qr.sweep(src, [t for t in types.split(",") if t], text, out_dir, ctx, chunks, threads=threads,
+                    say=lambda msg: print(msg, file=sys.stderr, flush=True))
+    written = qr.write(rows, out_dir, f"{name}: {os.path.basename(text_file)}, c={ctx}, "
+                                      f"{rows[0]['chunks']} chunks; KLD against {rows[0]['type']}")
+    typer.echo(qr.markdown(rows))
+    typer.echo("wrote " + ", ".join(written))
+    if not any(p.endswith(".png") for p in written):
+        typer.echo("for the picture: pip install 'llmrun[plot]' (matplotlib) and run again", err=True)
+
+
 @app.command()
 def perplexity(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
                text_file: str = typer.Option(..., "--file", "-f", help="the text to score (UTF-8)"),

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -144,3 +146,22 @@ def test_cli_perplexity_errors_are_one_line(tmp_path, tiny):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     r = run_cli("perplexity", d / "f32.llmr", "-f", tmp_path / "short.txt", "--kl-divergence", tmp_path / "junk.npz")
     assert r.returncode == 1 and "saved log-probabilities" in r.stderr
+
+
+def test_quant_report_writes_the_table_the_data_and_the_picture(tiny, tmp_path, monkeypatch):
+    from llmrun import quant_report as qr
+    d, models, tokens = tiny
+    text = " ".join(["the cat sat on the mat"] * 80)
+    rows = qr.sweep(str(d / "hf"), ["q4_0", "f32", "q8_0"], text, str(tmp_path / "out"), N_CTX, 3,
+                    n_prompt=8, n_gen=4, threads=1, say=lambda msg: None)
+    assert [r["type"] for r in rows] == ["f32", "q8_0", "q4_0"]  # highest precision first: the base
+    assert rows[0]["kld_mean"] == 0.0 and rows[0]["top1_agreement"] == 100.0
+    assert rows[2]["kld_mean"] > 0 and rows[0]["bpw"] > rows[1]["bpw"] > rows[2]["bpw"]
+    assert all(r["pp_ts"] > 0 and r["tg_ts"] > 0 for r in rows)
+    written = qr.write(rows, str(tmp_path / "out"), "tiny")
+    assert {os.path.basename(p) for p in written} == {"report.md", "report.csv", "report.json", "report.png"}
+    assert (tmp_path / "out" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| q4_0 |" in (tmp_path / "out" / "report.md").read_text()
+    assert json.loads((tmp_path / "out" / "report.json").read_text())[1]["type"] == "q8_0"
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # without matplotlib: the tables, no picture
+    assert qr.plot(rows, str(tmp_path / "none.png"), "tiny") is None and not (tmp_path / "none.png").exists()

@@ -1,0 +1,134 @@
+"""A quantisation sweep: one model in several types, each measured for size, quality against the
+highest-precision type (perplexity, KL divergence, top-1 agreement) and speed (pp / tg), written
+as a Markdown table, CSV, JSON and, with matplotlib (`pip install 'llmrun[plot]'`), a PNG of
+quality and speed against bits per weight."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from typing import Callable
+
+import numpy as np
+
+from .atomic import atomic_file
+from .errors import LlmrunError
+from .quant import Policy, qtype
+
+COLUMNS = [("type", "type", "{}"), ("size_mib", "size MiB", "{:.1f}"), ("bpw", "bits/weight", "{:.2f}"),
+           ("ppl", "PPL", "{:.4f}"), ("ppl_err", "± PPL", "{:.4f}"), ("kld_mean", "KLD mean", "{:.5f}"),
+           ("kld_p99", "KLD p99", "{:.4f}"), ("top1_agreement", "top-1 %", "{:.2f}"),
+           ("pp_ts", "pp t/s", "{:.1f}"), ("tg_ts", "tg t/s", "{:.1f}")]
+
+
+def bits_per_weight(model) -> float:
+    """Bits per parameter over every tensor of the file (norms and embeddings included)."""
+    f = model.file
+    n_bytes = sum(i.nbytes for i in f.tensors.values())
+    n_params = sum(math.prod(i.shape) for i in f.tensors.values())
+    return 8.0 * n_bytes / n_params
+
+
+def sweep(src: str, type_names: list[str], text: str, out_dir: str, n_ctx: int = 512, n_chunks: int | None = None,
+          n_prompt: int = 512, n_gen: int = 128, threads: int | None = None,
+          say: Callable[[str], None] = print) -> list[dict]:
+    """Quantise `src` to each type (kept in out_dir and reused), measure each, return the rows,
+    highest precision first; the KLD columns are against that first row."""
+    import llmrun
+    from . import _kernels
+    from .bench import bench
+    from .models import quantize
+    from .perplexity import perplexity
+    types = sorted({qtype(t) for t in type_names}, key=lambda t: -t.bits_per_weight)
+    if not types:
+        raise LlmrunError("give at least one type")
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.splitext(os.path.basename(os.path.normpath(src)))[0]
+    threads = threads or _kernels.get_threads()
+    rows, base = [], None
+    for t in types:
+        path = os.path.join(out_dir, f"{stem}-{t.name}.llmr")
+        if not os.path.exists(path):
+            say(f"quantising {src} to {t.name} -> {path}")
+            quantize(src, path, Policy(t, allow_requantize=True))
+        model = llmrun.load(path)
+        tokens = model.tokenizer.encode(text)
+        say(f"{t.name}: perplexity")
+        run = perplexity(model, tokens, n_ctx, n_chunks, keep_top=base is None, base=base)
+        if base is None:
+            base = {"n_ctx": n_ctx, "tokens": run.tokens, "nll": run.nll, "top_ids": run.top_ids,
+                    "top_logp": run.top_logp}
+            # against itself: what a second run would measure (tests/test_perplexity.py shows it)
+            run.kld, run.same_top, run.base_nll = np.zeros_like(run.nll), np.ones(len(run.nll), bool), run.nll
+        row = {"type": t.name, "file": path, "size_mib": os.path.getsize(path) / 2 ** 20,
+               "bpw": bits_per_weight(model), **run.report()}
+        say(f"{t.name}: speed")
+        for r in bench(model, os.path.basename(path), n_prompt, n_gen, [threads], 1):
+            row[f"{r.test[:2]}_ts"] = r.avg_ts
+        row["threads"] = threads
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    head = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    lines = [head, "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt.format(r[key]) if key in r else "" for key, _, fmt in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write(rows: list[dict], out_dir: str, title: str) -> list[str]:
+    """report.md, report.csv, report.json and (with matplotlib) report.png in out_dir; returns
+    the paths written."""
+    written = []
+    with atomic_file(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write(f"# {title}\n\n" + markdown(rows))
+    with atomic_file(os.path.join(out_dir, "report.csv"), "w") as f:
+        w = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
+        w.writeheader()
+        w.writerows(rows)
+    with atomic_file(os.path.join(out_dir, "report.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    written += [os.path.join(out_dir, n) for n in ("report.md", "report.csv", "report.json")]
+    png = plot(rows, os.path.join(out_dir, "report.png"), title)
+    return written + ([png] if png else [])
+
+
+def plot(rows: list[dict], path: str, title: str) -> str | None:
+    """Two panels against bits per weight: quality (KLD mean, PPL), speed (pp, tg). None without
+    matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    bpw = [r["bpw"] for r in rows]
+    fig, (quality, speed) = plt.subplots(1, 2, figsize=(11, 4.2))
+    quality.plot(bpw, [r["kld_mean"] for r in rows], "o-", color="tab:red", label="KLD mean vs " + rows[0]["type"])
+    quality.set_xlabel("bits per weight")
+    quality.set_ylabel("KL divergence (nats)", color="tab:red")
+    ppl_axis = quality.twinx()
+    ppl_axis.errorbar(bpw, [r["ppl"] for r in rows], yerr=[r["ppl_err"] for r in rows], fmt="s--", color="tab:blue")
+    ppl_axis.set_ylabel("perplexity", color="tab:blue")
+    for r in rows:
+        quality.annotate(r["type"], (r["bpw"], r["kld_mean"]), textcoords="offset points", xytext=(4, 6))
+    quality.set_title("quality")
+    for key, label, style in (("pp_ts", "prompt (pp)", "o-"), ("tg_ts", "generation (tg)", "s-")):
+        if all(key in r for r in rows):
+            speed.plot(bpw, [r[key] for r in rows], style, label=label)
+    for r in rows:
+        if "tg_ts" in r:
+            speed.annotate(r["type"], (r["bpw"], r["tg_ts"]), textcoords="offset points", xytext=(4, 6))
+    speed.set_xlabel("bits per weight")
+    speed.set_ylabel("tokens/s")
+    speed.set_title(f"speed ({rows[0].get('threads', '?')} threads)")
+    speed.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+    return path
