@@ -20,6 +20,16 @@ def _bytes(n: float) -> str:
         n /= 1024
 
 
+def _read_text(path: str) -> str:
+    """A UTF-8 text file the user named, or one error line saying why not."""
+    from llmrun.errors import LlmrunError
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise LlmrunError(f"cannot read {path}: {e}") from None
+
+
 class _Progress:
     """A progress bar on stderr fed (done, total) byte counts; silent when stderr is not a
     terminal, so logs and pipes get no bar debris."""
@@ -212,7 +222,12 @@ def quantize(src: str = typer.Argument(..., help="a .llmr file, Hugging Face che
                                                         "(repeatable; the first match wins)"),
              pure: bool = typer.Option(False, "--pure", help="every matrix in --type (no default policy)"),
              allow_requantize: bool = typer.Option(False, "--allow-requantize",
-                                                   help="quantise tensors that are already quantised")):
+                                                   help="quantise tensors that are already quantised"),
+             calibrate: Optional[str] = typer.Option(None, "--calibrate",
+                                                     help="a text to measure activations on: q4_0 / q4_1 "
+                                                          "scales then minimise the error weighted by them"),
+             calibrate_chunks: int = typer.Option(16, "--calibrate-chunks", min=1,
+                                                  help="512-token chunks of the --calibrate text to run")):
     """Quantise a model by a per-tensor policy: norms f32, embeddings and output head one step up,
     wk / wv / w_down at q8_0 for 4-bit types, unless overridden."""
     import re
@@ -230,9 +245,23 @@ def quantize(src: str = typer.Argument(..., help="a .llmr file, Hugging Face che
                         qtype(embedding_type) if embedding_type else None, tuple(overrides), pure, allow_requantize)
     except re.error as e:
         raise typer.BadParameter(f"bad regular expression: {e}", param_hint="--tensor-type") from None
+    if calibrate:
+        import dataclasses
+        import llmrun
+        from llmrun.quant.calibrate import importance_of_text
+        text = _read_text(calibrate)
+        shown = sys.stderr.isatty()
+        # a checkpoint or GGUF runs as its lossless import, from the cache
+        stats, n = importance_of_text(llmrun.load(src), text, calibrate_chunks,
+                                      say=(lambda m: print(f"\r{m}", end="", file=sys.stderr, flush=True))
+                                      if shown else None)
+        if shown:
+            print(file=sys.stderr)
+        policy = dataclasses.replace(policy, importance=stats, calibration=f"{os.path.basename(calibrate)}, {n} tokens")
     if out is None:
         stem = os.path.splitext(os.path.basename(os.path.normpath(src)))[0]
-        out = os.path.join(os.path.dirname(os.path.abspath(src)), f"{stem}-{policy.type.name}{'-pure' if pure else ''}.llmr")
+        scheme = policy.type.name + ("-pure" if pure else "") + ("-cal" if calibrate else "")
+        out = os.path.join(os.path.dirname(os.path.abspath(src)), f"{stem}-{scheme}.llmr")
     bar = _Progress(f"quantizing to {policy.type.name}")
     try:
         meta = run_quantize(src, out, policy, bar)
@@ -251,20 +280,18 @@ def quant_report(src: str = typer.Argument(..., help="the model to sweep: a chec
                  out_dir: Optional[str] = typer.Option(None, "--out-dir", "-o",
                                                        help="where the quantised models and the report go "
                                                             "(default: quant-report-<name> here)"),
-                 threads: Optional[int] = typer.Option(None, "--threads", min=1, help="threads for the speed test")):
+                 threads: Optional[int] = typer.Option(None, "--threads", min=1, help="threads for the speed test"),
+                 calibrate: Optional[str] = typer.Option(None, "--calibrate",
+                                                         help="also q4_0 / q4_1 calibrated on this text (rows *-cal)")):
     """Quantise a model to several types and measure each: size, PPL, KLD and top-1 agreement against
     the highest-precision type, pp512 / tg128; a Markdown table, CSV, JSON and a PNG."""
     from llmrun import quant_report as qr
-    from llmrun.errors import LlmrunError
-    try:
-        with open(text_file, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise LlmrunError(f"cannot read {text_file}: {e}") from None
+    text = _read_text(text_file)
+    calibration = _read_text(calibrate) if calibrate else None
     name = os.path.splitext(os.path.basename(os.path.normpath(src)))[0]
     out_dir = out_dir or f"quant-report-{name}"
     rows = qr.sweep(src, [t for t in types.split(",") if t], text, out_dir, ctx, chunks, threads=threads,
-                    say=lambda msg: print(msg, file=sys.stderr, flush=True))
+                    say=lambda msg: print(msg, file=sys.stderr, flush=True), calibration=calibration)
     written = qr.write(rows, out_dir, f"{name}: {os.path.basename(text_file)}, c={ctx}, "
                                       f"{rows[0]['chunks']} chunks; KLD against {rows[0]['type']}")
     typer.echo(qr.markdown(rows))
@@ -290,14 +317,9 @@ def perplexity(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
     """Perplexity of a text, by llama.cpp's method: chunks of -c tokens, the second half of each scored."""
     import json
     from llmrun import perplexity as ppl
-    from llmrun.errors import LlmrunError
     if output not in ("md", "json"):
         raise typer.BadParameter(f"{output!r}: use md or json", param_hint="--output")
-    try:
-        with open(text_file, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise LlmrunError(f"cannot read {text_file}: {e}") from None
+    text = _read_text(text_file)
     base = ppl.load(kl_divergence) if kl_divergence else None
     m = _open_model(model)
     tokens = m.tokenizer.encode(text)

@@ -32,9 +32,11 @@ def bits_per_weight(model) -> float:
 
 def sweep(src: str, type_names: list[str], text: str, out_dir: str, n_ctx: int = 512, n_chunks: int | None = None,
           n_prompt: int = 512, n_gen: int = 128, threads: int | None = None,
-          say: Callable[[str], None] = print) -> list[dict]:
+          say: Callable[[str], None] = print, calibration: str | None = None, calibration_chunks: int = 16) -> list[dict]:
     """Quantise `src` to each type (kept in out_dir and reused), measure each, return the rows,
-    highest precision first; the KLD columns are against that first row."""
+    highest precision first; the KLD columns are against that first row. With a `calibration`
+    text, q4_0 and q4_1 also come calibrated on it (quant/calibrate.py), as rows "q4_0-cal",
+    "q4_1-cal"."""
     import llmrun
     from . import _kernels
     from .bench import bench
@@ -46,24 +48,36 @@ def sweep(src: str, type_names: list[str], text: str, out_dir: str, n_ctx: int =
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.splitext(os.path.basename(os.path.normpath(src)))[0]
     threads = threads or _kernels.get_threads()
-    rows, base = [], None
+    variants = []
     for t in types:
-        path = os.path.join(out_dir, f"{stem}-{t.name}.llmr")
+        variants.append((t.name, t, False))
+        if calibration is not None and t.name in ("q4_0", "q4_1"):
+            variants.append((t.name + "-cal", t, True))
+    rows, base, stats = [], None, None
+    for label, t, calibrated in variants:
+        path = os.path.join(out_dir, f"{stem}-{label}.llmr")
         if not os.path.exists(path):
-            say(f"quantising {src} to {t.name} -> {path}")
-            quantize(src, path, Policy(t, allow_requantize=True))
+            policy = Policy(t, allow_requantize=True)
+            if calibrated:  # the activations measured once, on the source's own import
+                from .quant.calibrate import importance_of_text
+                if stats is None:
+                    say("calibrating")
+                    stats = importance_of_text(llmrun.load(src), calibration, calibration_chunks, n_ctx)
+                policy = Policy(t, allow_requantize=True, importance=stats[0], calibration=f"{stats[1]} tokens")
+            say(f"quantising {src} to {label} -> {path}")
+            quantize(src, path, policy)
         model = llmrun.load(path)
         tokens = model.tokenizer.encode(text)
-        say(f"{t.name}: perplexity")
+        say(f"{label}: perplexity")
         run = perplexity(model, tokens, n_ctx, n_chunks, keep_top=base is None, base=base)
         if base is None:
             base = {"n_ctx": n_ctx, "tokens": run.tokens, "nll": run.nll, "top_ids": run.top_ids,
                     "top_logp": run.top_logp}
             # against itself: what a second run would measure (tests/test_perplexity.py shows it)
             run.kld, run.same_top, run.base_nll = np.zeros_like(run.nll), np.ones(len(run.nll), bool), run.nll
-        row = {"type": t.name, "file": path, "size_mib": os.path.getsize(path) / 2 ** 20,
+        row = {"type": label, "file": path, "size_mib": os.path.getsize(path) / 2 ** 20,
                "bpw": bits_per_weight(model), **run.report()}
-        say(f"{t.name}: speed")
+        say(f"{label}: speed")
         for r in bench(model, os.path.basename(path), n_prompt, n_gen, [threads], 1):
             row[f"{r.test[:2]}_ts"] = r.avg_ts
         row["threads"] = threads

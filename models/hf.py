@@ -203,7 +203,8 @@ def _pending(name: str, src: SafetensorsFile, hf_name: str, target) -> PendingTe
             if source_type == t.name:
                 yield raw  # already in the target type: the bytes exactly
             else:
-                yield quantize(bf16_to_f32(raw) if source_type == "bf16" else raw.astype(np.float32), t)
+                values = bf16_to_f32(raw) if source_type == "bf16" else raw.astype(np.float32)
+                yield target.quantize(name, values, t) if isinstance(target, Policy) else quantize(values, t)
 
     return PendingTensor(name, t, shape, chunks)
 

@@ -11,7 +11,7 @@ import numpy as np
 from .. import __version__
 from ..errors import ConvertError
 from ..format import LlmrFile, PendingTensor, write
-from ..quant import Policy, choose_type, quantize
+from ..quant import Policy, choose_type
 
 CHUNK_BYTES = 16 << 20  # float32 bytes converted at a time: bounds the memory
 
@@ -27,7 +27,7 @@ def requantize(src: str, out: str, policy: Policy, progress: Callable[[int, int]
             raise ConvertError(f"{src}: tensor {name} is already {info.type.name}; quantising it again to {t.name} "
                                "compounds the error: pass --allow-requantize to do it anyway")
         conversions[info.type.name if t is info.type else f"{info.type.name}->{t.name}"] += 1
-        tensors.append(PendingTensor(name, t, info.shape, _chunks(f, name, t)))
+        tensors.append(PendingTensor(name, t, info.shape, _chunks(f, name, t, policy)))
     meta["provenance"] = {
         "source": os.path.basename(os.path.abspath(src)), "source_format": "llmr",
         "source_provenance": f.metadata.get("provenance"), "converter": f"llmrun {__version__}",
@@ -37,7 +37,7 @@ def requantize(src: str, out: str, policy: Policy, progress: Callable[[int, int]
     return meta
 
 
-def _chunks(f: LlmrFile, name: str, t):
+def _chunks(f: LlmrFile, name: str, t, policy: Policy):
     def chunks():
         tensor = f.tensor(name)
         rows = tensor.rows().reshape(-1, tensor.type.row_bytes(tensor.shape[-1]))
@@ -49,6 +49,5 @@ def _chunks(f: LlmrFile, name: str, t):
             part = rows[start:start + step]
             values = dataclasses.replace(tensor, shape=(part.shape[0], tensor.shape[-1]),
                                          data=np.ascontiguousarray(part).reshape(-1), layout=0).numpy()
-            yield quantize(values.reshape(-1, tensor.shape[-1]), t).reshape(part.shape[0], -1) if t.quantized \
-                else quantize(values, t)
+            yield policy.quantize(name, values.reshape(-1, tensor.shape[-1]), t)
     return chunks

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .types import F16, F32, Q8_0, QType, qtype
+from .types import F16, F32, Q4_0, Q4_1, Q8_0, QType, qtype
 
 EMBEDDINGS = ("tok_embeddings", "output")
 DEFAULT_POLICY = ("quant/policy.py: norms and biases f32; embeddings and output head one step above the "
@@ -33,6 +33,8 @@ class Policy:
     pure: bool = False
     allow_requantize: bool = False
     tied: bool = False
+    importance: dict | None = None  # tensor name -> column importance, for calibrated q4_0 / q4_1
+    calibration: str | None = None  # what the importance was measured on
 
     @property
     def name(self) -> str:
@@ -56,7 +58,17 @@ class Policy:
         return {"type": self.type.name, "output_type": self.output_type and self.output_type.name,
                 "embedding_type": self.embedding_type and self.embedding_type.name,
                 "tensor_types": [[p, t.name] for p, t in self.tensor_types], "pure": self.pure,
-                "allow_requantize": self.allow_requantize}
+                "allow_requantize": self.allow_requantize, "calibration": self.calibration}
+
+    def quantize(self, name: str, values, t: QType):
+        """values float32 [rows, n] -> bytes of type t: importance-weighted for q4_0 and q4_1
+        where the policy is calibrated (quant/calibrate.py), else the reference quantiser."""
+        from .calibrate import quantize_q4_0_weighted, quantize_q4_1_weighted
+        from .reference import quantize
+        weighted = {Q4_0: quantize_q4_0_weighted, Q4_1: quantize_q4_1_weighted}.get(t)
+        if weighted and self.importance and name in self.importance:
+            return weighted(values, self.importance[name])
+        return quantize(values, t)
 
 
 def choose_type(name: str, shape, target) -> QType:

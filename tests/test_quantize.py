@@ -87,3 +87,56 @@ def test_a_quantised_gguf_is_not_requantised_silently(tmp_path):
     r = run_cli("quantize", gguf, tmp_path / "q4_0.llmr", "--type", "q4_0")
     assert r.returncode == 1 and "is already q" in r.stderr and "--allow-requantize" in r.stderr
     assert not (tmp_path / "q4_0.llmr").exists()
+
+
+# --- calibrated q4_0 ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["q4_0", "q4_1"])
+def test_weighted_4_bit_lowers_the_weighted_error_and_keeps_the_format(name):
+    import numpy as np
+    from llmrun.quant import reference as ref
+    from llmrun.quant.calibrate import quantize_q4_0_weighted, quantize_q4_1_weighted
+    t, weighted = qtype(name), {"q4_0": quantize_q4_0_weighted, "q4_1": quantize_q4_1_weighted}[name]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 256)).astype(np.float32)
+    importance = rng.uniform(0, 10, 256) ** 2  # a few columns matter much more
+    cal = weighted(x, importance)
+    assert cal.shape == ref.quantize(x, t).shape and cal.dtype == np.uint8
+
+    def weighted_error(q):
+        return float((importance * (ref.dequantize(q, t, 256) - x) ** 2).sum())
+
+    assert weighted_error(cal) < 0.9 * weighted_error(ref.quantize(x, t))
+    zero = np.zeros((1, 32), np.float32)
+    np.testing.assert_array_equal(ref.dequantize(weighted(zero, np.ones(32)), t, 32), zero)
+    if name == "q4_1":  # a constant block is m exactly
+        const = np.full((1, 32), 3.0, np.float32)
+        np.testing.assert_array_equal(ref.dequantize(weighted(const, np.ones(32)), t, 32), const)
+
+
+def test_importance_covers_every_matrix_input(tiny):
+    import numpy as np
+    from llmrun.quant.calibrate import importance
+    model = llmrun.load(tiny / "f32.llmr")
+    stats = importance(model, [[3, 4, 5, 6, 7], [8, 9, 10]])
+    matrices = {n for n, i in model.file.tensors.items() if len(i.shape) == 2 and n != "tok_embeddings"}
+    assert matrices <= set(stats)  # and the output head (the tied table, or `output`)
+    for name, v in stats.items():
+        assert v.shape == (model.file.tensors[name].shape[1],) and (v > 0).all() and np.isfinite(v).all()
+
+
+def test_cli_calibrate_records_the_calibration_and_changes_the_4_bit_blocks(tiny, tmp_path):
+    text = tmp_path / "cal.txt"
+    text.write_text(" ".join(["the cat sat on the mat and the dog ran"] * 40))
+    run_cli("quantize", tiny / "f32.llmr", tiny / "plain.llmr", "--type", "q4_0", check=True)
+    r = run_cli("quantize", tiny / "f32.llmr", "--type", "q4_0", "--calibrate", text, "--calibrate-chunks", 2,
+                check=True)
+    out = tiny / "f32-q4_0-cal.llmr"
+    assert out.exists() and "f32-q4_0-cal.llmr" in r.stdout
+    cal, plain = LlmrFile(out), LlmrFile(tiny / "plain.llmr")
+    assert "cal.txt" in cal.metadata["provenance"]["policy"]["calibration"]
+    assert types(out) == types(tiny / "plain.llmr")  # the same size
+    assert cal.tensor("layers.0.wq").data.tobytes() != plain.tensor("layers.0.wq").data.tobytes()
+    assert cal.tensor("layers.0.w_down").data.tobytes() == plain.tensor("layers.0.w_down").data.tobytes()  # q8_0
+    r = run_cli("quantize", tiny / "f32.llmr", tmp_path / "x.llmr", "--type", "q4_0", "--calibrate", tmp_path / "no.txt")
+    assert r.returncode == 1 and "cannot read" in r.stderr and not (tmp_path / "x.llmr").exists()
