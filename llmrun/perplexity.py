@@ -17,7 +17,7 @@ its own saved run gives exactly 0 (the same logits, the same float64 steps).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -70,7 +70,6 @@ class Run:
     kld: np.ndarray | None = None  # float64 [N] against a base
     same_top: np.ndarray | None = None  # bool [N]: the base's most likely token is ours too
     base_nll: np.ndarray | None = None  # float64 [N]
-    extra: dict = field(default_factory=dict)
 
     @property
     def ppl(self) -> tuple[float, float]:
