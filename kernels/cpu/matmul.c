@@ -120,7 +120,8 @@ void llmr_matmul_many(const llmr_kernels *kern, int n_weights, const llmr_weight
                                   .gemm_x16 = kern->gemm_x16[type], .layout = w->layout, .w = w->data,
                                   .out = outs[i], .w_row = (size_t)llmr_row_bytes(llmr_type_traits_get(type), k),
                                   .n = w->rows, .row0 = 0, .row1 = w->rows};
-        const int64_t unit = w->layout == LLMR_LAYOUT_X16 ? LLMR_X16 : 1;
+        /* whole X16 groups; and 16 rows anyway, so that no two threads write one cache line of out */
+        const int64_t unit = LLMR_X16;
         const int64_t w_work = (int64_t)part.w_row * w->rows * t;
         const int64_t rows = ceil_div(ceil_div(w->rows, threads * ceil_div(w_work, threads * ITEM_WORK)), unit) * unit;
         const int64_t tail_rows = i == n_weights - 1 && w_work > threads * ITEM_WORK
