@@ -50,9 +50,10 @@ static void quantize_item(void *ctx, int64_t item) {
         j->kern->quantize_q16_a(j->x + ti * j->k, (block_q16_a *)j->act + ti * nb, j->k);
 }
 
-/* Tokens per pass over an item's X16 groups: their activations (72 bytes per 32 elements)
- * stay in the core's cache while each group meets them. */
-#define X16_TOKEN_CHUNK 64
+/* Tokens per pass over an item's rows: their activations (72 bytes per 32 elements quantised,
+ * 128 as f32) stay in the core's cache while each row meets them. Float weights in prefill
+ * streamed all 512 tokens' activations (1.2 MB for SmolLM2) from L3 for every row before. */
+#define TOKEN_CHUNK 64
 
 /* Outputs out[:, n0:n1] of one weight for its rows [n0, n1). Weight rows outer: a row (a group
  * of 16 in the X16 layout) stays in cache while the tokens use it, and the weights, by far the
@@ -66,24 +67,29 @@ static void matmul_item(void *ctx, int64_t item) {
     const int64_t n1 = n0 + p->rows_per_item < p->row1 ? n0 + p->rows_per_item : p->row1;
     const uint8_t *act = j->act;
     if (p->layout == LLMR_LAYOUT_X16) {
-        for (int64_t t0 = 0; t0 < j->t; t0 += X16_TOKEN_CHUNK) {
-            const int64_t tn = j->t - t0 < X16_TOKEN_CHUNK ? j->t - t0 : X16_TOKEN_CHUNK;
+        for (int64_t t0 = 0; t0 < j->t; t0 += TOKEN_CHUNK) {
+            const int64_t tn = j->t - t0 < TOKEN_CHUNK ? j->t - t0 : TOKEN_CHUNK;
             for (int64_t ni = n0; ni < n1; ni += LLMR_X16)
                 p->gemm_x16(j->k, tn, p->out + t0 * p->n + ni, (size_t)p->n, (const uint8_t *)p->w + ni * p->w_row,
                             act + t0 * j->act_row, j->act_row);
         }
         return;
     }
-    /* Tokens in tiles of LLMR_TILE where the table has a tile kernel for the type (it unpacks
+    /* Tokens in chunks whose activations stay in cache while the item's rows meet them; within a
+     * chunk, in tiles of LLMR_TILE where the table has a tile kernel for the type (it unpacks
      * each weight block once per tile, and equals vec_dot bit for bit), the rest one by one. */
-    const int64_t t_tiled = p->vec_dot_tile ? j->t / LLMR_TILE * LLMR_TILE : 0;
-    for (int64_t ni = n0; ni < n1; ni++) {
-        const uint8_t *wr = (const uint8_t *)p->w + ni * p->w_row;
-        int64_t ti = 0;
-        for (; ti < t_tiled; ti += LLMR_TILE)
-            p->vec_dot_tile(j->k, p->out + ti * p->n + ni, (size_t)p->n, wr, act + ti * j->act_row, j->act_row);
-        for (; ti < j->t; ti++)
-            p->vec_dot(j->k, p->out + ti * p->n + ni, wr, act + ti * j->act_row);
+    for (int64_t t0 = 0; t0 < j->t; t0 += TOKEN_CHUNK) {
+        const int64_t t1 = j->t - t0 < TOKEN_CHUNK ? j->t : t0 + TOKEN_CHUNK;
+        const int64_t t_tiled = p->vec_dot_tile ? t0 + (t1 - t0) / LLMR_TILE * LLMR_TILE : t0;
+        for (int64_t ni = n0; ni < n1; ni++) {
+            const uint8_t *wr = (const uint8_t *)p->w + ni * p->w_row;
+            int64_t ti = t0;
+            for (; ti < t_tiled; ti += LLMR_TILE)
+                p->vec_dot_tile(j->k, p->out + ti * p->n + ni, (size_t)p->n, wr, act + ti * j->act_row,
+                                j->act_row);
+            for (; ti < t1; ti++)
+                p->vec_dot(j->k, p->out + ti * p->n + ni, wr, act + ti * j->act_row);
+        }
     }
 }
 
