@@ -61,11 +61,12 @@ def graph(cfg, w, inv_freq: np.ndarray):
 
 
 def forward(graph, tokens: np.ndarray, n_past: int, k_cache: np.ndarray, v_cache: np.ndarray,
-            last_only: bool, vocab: int) -> np.ndarray:
+            first: int, vocab: int) -> np.ndarray:
     """llmrun.model.forward() in one kernel call: the same ops in the same order, so the same
-    logits bit for bit. Writes the caches' rows n_past ..; returns logits [T or 1, V]."""
-    logits = np.empty((1 if last_only else len(tokens), vocab), dtype=np.float32)
-    K.forward(graph, tokens, n_past, k_cache, v_cache, logits, last_only)
+    logits bit for bit. Writes the caches' rows n_past ..; returns logits [T - first, V] of
+    the tokens from `first` on."""
+    logits = np.empty((len(tokens) - first, vocab), dtype=np.float32)
+    K.forward(graph, tokens, n_past, k_cache, v_cache, logits, first)
     return logits
 
 

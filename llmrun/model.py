@@ -116,12 +116,21 @@ def _check_fits(cache: KVCache, T: int) -> None:
                            "shorten the prompt or raise the context size")
 
 
+def _first_logit(T: int, last_only: bool, logits_from: int) -> int:
+    first = T - 1 if last_only else logits_from
+    if not 0 <= first < T:
+        raise ValueError(f"logits from token {first}: there are {T} tokens")
+    return first
+
+
 def forward(cfg: ModelConfig, w: Weights, inv_freq: np.ndarray, tokens, cache: KVCache,
-            last_only: bool = False) -> np.ndarray:
-    """Run `tokens` at positions cache.n, cache.n+1, ... and return their logits [T, V]
-    (or [1, V] for the last token only). Model.forward runs this same graph in C."""
+            last_only: bool = False, logits_from: int = 0) -> np.ndarray:
+    """Run `tokens` at positions cache.n, cache.n+1, ... and return the logits [T - first, V]
+    of the tokens from `first` = logits_from on (the last only: first = T - 1). Model.forward
+    runs this same graph in C."""
     T, H, Hkv, hd = len(tokens), cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     _check_fits(cache, T)
+    first = _first_logit(T, last_only, logits_from)
     n_past = cache.n
     positions = np.arange(n_past, n_past + T, dtype=np.int32)  # [T]
 
@@ -146,10 +155,8 @@ def forward(cfg: ModelConfig, w: Weights, inv_freq: np.ndarray, tokens, cache: K
 
     cache.n += T
     cache.tokens.extend(int(t) for t in tokens)
-    if last_only:
-        x = x[-1:]  # [1, D]
-    x = ops.rmsnorm(x, w.norm, cfg.norm_eps)  # [T, D]
-    return ops.matmul(w.output, x)  # [T, V]
+    x = ops.rmsnorm(x[first:], w.norm, cfg.norm_eps)  # [T - first, D]
+    return ops.matmul(w.output, x)  # [T - first, V]
 
 
 class Model:
@@ -173,17 +180,19 @@ class Model:
         """A fresh KV cache for up to n_ctx positions (default: the trained context)."""
         return KVCache(self.config, n_ctx or self.config.max_seq_len)
 
-    def forward(self, tokens, cache: KVCache, last_only: bool = False, reference: bool = False) -> np.ndarray:
+    def forward(self, tokens, cache: KVCache, last_only: bool = False, reference: bool = False,
+                logits_from: int = 0) -> np.ndarray:
         """forward() above: as one call into the kernels (the same ops in the same order, so the
         same logits bit for bit), or with `reference`, step by step in Python."""
         if reference:
-            return forward(self.config, self.weights, self.inv_freq, tokens, cache, last_only)
+            return forward(self.config, self.weights, self.inv_freq, tokens, cache, last_only, logits_from)
         _check_fits(cache, len(tokens))
+        first = _first_logit(len(tokens), last_only, logits_from)
         ids = np.asarray(tokens, dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
             bad = int(ids[(ids < 0) | (ids >= self.config.vocab_size)][0])
             raise ValueError(f"token id {bad} is out of range [0, {self.config.vocab_size})")
-        logits = ops.forward(self.graph, ids.astype(np.int32), cache.n, cache.k, cache.v, last_only,
+        logits = ops.forward(self.graph, ids.astype(np.int32), cache.n, cache.k, cache.v, first,
                              self.config.vocab_size)
         cache.n += len(ids)
         cache.tokens.extend(int(t) for t in ids)

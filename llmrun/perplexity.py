@@ -134,8 +134,13 @@ def perplexity(model, tokens: list[int], n_ctx: int = 512, n_chunks: int | None 
     nll, top_ids, top_logp, kld, same_top = [], [], [], [], []
     for i, chunk in enumerate(pieces):
         cache = model.new_cache(n_ctx)
-        logits = np.concatenate([model.forward(chunk[s:s + batch], cache) for s in range(0, n_ctx, batch)])
-        logp = log_softmax(logits[first:n_ctx - 1])  # [n_ctx - 1 - first, V]
+        logits = []  # of positions first .. n_ctx - 1: the head runs on no more rows than scored
+        for s in range(0, n_ctx, batch):
+            piece = chunk[s:s + batch]
+            out = model.forward(piece, cache, logits_from=min(max(first - s, 0), len(piece) - 1))
+            if s + len(piece) > first:
+                logits.append(out)
+        logp = log_softmax(np.concatenate(logits)[:n_ctx - 1 - first])  # [n_ctx - 1 - first, V]
         targets = np.asarray(chunk[first + 1:], dtype=np.int64)
         nll.append(-logp[np.arange(len(targets)), targets])
         rows = slice(i * len(targets), (i + 1) * len(targets))

@@ -171,3 +171,18 @@ def test_graph_checks_every_weight_it_binds(tiny):
         cpu.graph(cfg, w, model.inv_freq[:-1])
     with pytest.raises(ValueError, match="config"):
         cpu.graph(types.SimpleNamespace(**{**vars(cfg), "n_kv_heads": cfg.n_heads + 1}), w, model.inv_freq)
+
+
+def test_logits_from_a_position_are_the_full_logits_rows(tiny):
+    """forward(..., logits_from=i) runs the head on rows i.. only: the same values as the full
+    logits' rows, in C and in the Python graph; a position outside the tokens is refused."""
+    name, d, ckpt = tiny
+    out = d / "from.llmr"
+    convert(str(d / "hf"), str(out), "q4_0")
+    model = llmrun.load(out)
+    full = model.logits(IDS)
+    for reference in (False, True):
+        part = model.forward(IDS, model.new_cache(len(IDS)), logits_from=4, reference=reference)
+        np.testing.assert_array_equal(part, full[4:])
+        with pytest.raises(ValueError, match="logits from token 11"):
+            model.forward(IDS, model.new_cache(len(IDS)), logits_from=len(IDS), reference=reference)

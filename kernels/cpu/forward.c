@@ -45,7 +45,7 @@ static size_t matmul_scratch(const llmr_weight *w, int64_t t) {
 }
 
 int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const int32_t *tokens, int64_t t,
-                     int64_t n_past, float *k_cache, float *v_cache, int64_t n_ctx, int last_only, float *logits,
+                     int64_t n_past, float *k_cache, float *v_cache, int64_t n_ctx, int64_t first, float *logits,
                      int32_t *bad_token) {
     const int64_t D = m->dim, H = m->n_heads, Hkv = m->n_kv_heads, hd = m->head_dim, F = m->ffn_dim;
     const int64_t q_dim = H * hd, kv_dim = Hkv * hd;
@@ -61,7 +61,7 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const int32_
             act = s > act ? s : act;
         }
     }
-    const size_t head_scratch = matmul_scratch(&m->output, last_only ? 1 : t);
+    const size_t head_scratch = matmul_scratch(&m->output, t - first);
     act = head_scratch > act ? head_scratch : act;
     const int64_t slots = llmr_attention_slots(t, H, hd, n_past);
     const size_t att = (size_t)slots * (size_t)llmr_attention_scratch(t, H, hd, n_past);
@@ -107,8 +107,8 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const int32_
         matmul(kern, &L->w_down, h, g, t, act_scratch);
         add_(x, h, t * D);
     }
-    const int64_t rows = last_only ? 1 : t;
-    kern->rmsnorm(h, x + (t - rows) * D, m->norm, rows, D, m->norm_eps);
+    const int64_t rows = t - first;
+    kern->rmsnorm(h, x + first * D, m->norm, rows, D, m->norm_eps);
     matmul(kern, &m->output, logits, h, rows, act_scratch); /* [rows, V] */
     free(x);
     return -1;

@@ -390,11 +390,12 @@ typedef struct {
 
 /* llmrun/model.py's forward() for tokens[0 .. t) at positions n_past ..: writes their keys and
  * values into the caches [n_layers][n_ctx][n_kv_heads][head_dim] and the logits of every token
- * (or of the last, last_only) into logits [t or 1][vocab]. The caller has checked the shapes.
+ * from position `first` on (0 <= first < t) into logits [t - first][vocab]. The caller has checked
+ * the shapes.
  * Returns -1 when done, -2 if out of memory, or the position of the first token id outside
  * the vocabulary (*bad_token = its value; nothing is written then). */
 int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const int32_t *tokens, int64_t t,
-                     int64_t n_past, float *k_cache, float *v_cache, int64_t n_ctx, int last_only, float *logits,
+                     int64_t n_past, float *k_cache, float *v_cache, int64_t n_ctx, int64_t first, float *logits,
                      int32_t *bad_token);
 
 /* ---- thread pool (threads.c) ---------------------------------------------------------------- */

@@ -640,8 +640,8 @@ fail:
 static PyObject *py_forward(PyObject *self, PyObject *args) {
     PyObject *o_graph, *o_tokens, *o_k, *o_v, *o_logits;
     Py_ssize_t n_past;
-    int last_only;
-    if (!PyArg_ParseTuple(args, "OOnOOOp:forward", &o_graph, &o_tokens, &n_past, &o_k, &o_v, &o_logits, &last_only))
+    Py_ssize_t first;
+    if (!PyArg_ParseTuple(args, "OOnOOOn:forward", &o_graph, &o_tokens, &n_past, &o_k, &o_v, &o_logits, &first))
         return NULL;
     const graph_t *g = PyCapsule_GetPointer(o_graph, "llmrun.graph");
     if (!g)
@@ -654,7 +654,11 @@ static PyObject *py_forward(PyObject *self, PyObject *args) {
         goto done;
     const Py_ssize_t t = tokens->shape[0], n_ctx = kc->shape[1];
     const Py_ssize_t cache[4] = {m->n_layers, n_ctx, m->n_kv_heads, m->head_dim};
-    const Py_ssize_t want_logits[2] = {last_only ? 1 : t, m->output.rows};
+    if (first < 0 || first >= t) {
+        PyErr_Format(PyExc_ValueError, "logits from position %zd: there are %zd tokens", first, t);
+        goto done;
+    }
+    const Py_ssize_t want_logits[2] = {t - first, m->output.rows};
     if (check_shape(kc, "k_cache", 4, cache) || check_same_shape(vc, "v_cache", kc) ||
         check_shape(logits, "logits", 2, want_logits))
         goto done;
@@ -668,7 +672,7 @@ static PyObject *py_forward(PyObject *self, PyObject *args) {
     int64_t bad_at;
     int32_t bad;
     Py_BEGIN_ALLOW_THREADS
-    bad_at = llmr_forward(kern, m, tokens->buf, t, n_past, kc->buf, vc->buf, n_ctx, last_only, logits->buf, &bad);
+    bad_at = llmr_forward(kern, m, tokens->buf, t, n_past, kc->buf, vc->buf, n_ctx, first, logits->buf, &bad);
     Py_END_ALLOW_THREADS
     if (bad_at == -2)
         PyErr_NoMemory();
@@ -689,9 +693,9 @@ static PyMethodDef methods[] = {
      "(attn_norm, ffn_norm, bq, bk, bv, wq, wk, wv, wo, w_gate, w_up, w_down), biases None if absent.\n"
      "The buffers stay referenced while the graph lives."},
     {"forward", py_forward, METH_VARARGS,
-     "forward(graph, tokens, n_past, k_cache, v_cache, logits, last_only): llmrun.model.forward in C.\n"
+     "forward(graph, tokens, n_past, k_cache, v_cache, logits, first): llmrun.model.forward in C.\n"
      "tokens int32 [T]; caches float32 [layers, n_ctx, kv_heads, head_dim], rows n_past .. written;\n"
-     "logits float32 [T or 1, V]."},
+     "logits float32 [T - first, V]: those of tokens first .. T-1."},
     {"matmul", py_matmul, METH_VARARGS,
      "matmul(out, x, w, wtype, layout=0): out[t, n] = dot(W[n], x[t]). x float32 [T, K] or [K]; out float32\n"
      "[T, N] or [N]; w the bytes of N rows of type id wtype. Quantised types multiply x quantised\n"
