@@ -6,12 +6,10 @@ import os
 from collections import Counter
 from typing import Callable
 
-import numpy as np
-
 from .. import __version__
 from ..errors import ConvertError
 from ..format import LlmrFile, PendingTensor, write
-from ..quant import Policy, choose_type
+from ..quant import Policy, choose_type, dequantize
 
 CHUNK_BYTES = 16 << 20  # float32 bytes converted at a time: bounds the memory
 
@@ -40,14 +38,12 @@ def requantize(src: str, out: str, policy: Policy, progress: Callable[[int, int]
 def _chunks(f: LlmrFile, name: str, t, policy: Policy):
     def chunks():
         tensor = f.tensor(name)
-        rows = tensor.rows().reshape(-1, tensor.type.row_bytes(tensor.shape[-1]))
+        rows = tensor.rows()  # [R, row bytes], GGUF block order whatever the stored layout
         if t is tensor.type:
             yield rows  # the same type: the blocks exactly
             return
-        step = max(1, CHUNK_BYTES // (4 * tensor.shape[-1]))
+        n = tensor.shape[-1]
+        step = max(1, CHUNK_BYTES // (4 * n))
         for start in range(0, rows.shape[0], step):
-            part = rows[start:start + step]
-            values = dataclasses.replace(tensor, shape=(part.shape[0], tensor.shape[-1]),
-                                         data=np.ascontiguousarray(part).reshape(-1), layout=0).numpy()
-            yield policy.quantize(name, values.reshape(-1, tensor.shape[-1]), t)
+            yield policy.quantize(name, dequantize(rows[start:start + step], tensor.type, n), t)
     return chunks

@@ -26,8 +26,8 @@ def kernel_layout(t: QType, shape) -> int:
     return X16 if t.name in _SCALES and len(shape) == 2 and shape[0] % GROUP == 0 else ROWS
 
 
-def _split(t: QType, nb: int):
-    """(scales, quant words) of blocks as uint8 [..., nb, type_size] views' shapes."""
+def _split(t: QType):
+    """(f16 fields, 4-byte quant words) of one block of type t."""
     n_scales = _SCALES[t.name]
     return n_scales, (t.type_size - 2 * n_scales) // 4
 
@@ -36,7 +36,7 @@ def interleave(rows: np.ndarray, t: QType) -> np.ndarray:
     """uint8 [R, row_bytes] in the ROWS layout (R a multiple of 16) -> the same bytes in X16."""
     R, row_bytes = rows.shape
     nb = row_bytes // t.type_size
-    n_scales, words = _split(t, nb)
+    n_scales, words = _split(t)
     b = rows.reshape(R // GROUP, GROUP, nb, t.type_size).transpose(0, 2, 1, 3)  # [G, nb, 16, size]
     scales = b[..., :2 * n_scales].reshape(R // GROUP, nb, GROUP, n_scales, 2).transpose(0, 1, 3, 2, 4)
     quants = b[..., 2 * n_scales:].reshape(R // GROUP, nb, GROUP, words, 4).transpose(0, 1, 3, 2, 4)
@@ -49,7 +49,7 @@ def deinterleave(data: np.ndarray, t: QType, row_bytes: int) -> np.ndarray:
     data = np.asarray(data, dtype=np.uint8).reshape(-1, row_bytes)
     R = data.shape[0]
     nb = row_bytes // t.type_size
-    n_scales, words = _split(t, nb)
+    n_scales, words = _split(t)
     g = data.reshape(R // GROUP, nb, GROUP * t.type_size)
     scales = g[..., :2 * n_scales * GROUP].reshape(R // GROUP, nb, n_scales, GROUP, 2).transpose(0, 1, 3, 2, 4)
     quants = g[..., 2 * n_scales * GROUP:].reshape(R // GROUP, nb, words, GROUP, 4).transpose(0, 1, 3, 2, 4)
