@@ -10,10 +10,11 @@ import os
 import select
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from llmrun.chat import ChatSession, Settings
-from llmrun.errors import LlmrunError
+from llmrun.errors import LlmrunError, SettingError
+from llmrun.sampling import Sampler
 
 HELP = """commands:
   /help               this list
@@ -197,7 +198,15 @@ class _Repl:
                     int(value) if isinstance(current, int) or field == "seed" else float(value))
             except ValueError:
                 raise LlmrunError(f"{key}: {value!r} is not a number") from None
-            setattr(s.settings, field, parsed)
+            before = s.settings
+            s.settings = replace(before, **{field: parsed})
+            try:
+                Sampler(**s.settings.sampling())  # refuses what is out of range, in one line
+                if s.settings.max_tokens < 1:
+                    raise SettingError("need max_tokens >= 1")
+            except SettingError:
+                s.settings = before
+                raise
             _err(f"[{field} = {parsed}]")
         elif name == "/save":
             if not arg:

@@ -94,7 +94,13 @@ def _open_model(model: Optional[str]):
 # Sampling options shared by generate and chat.
 Temp = Annotated[float, typer.Option("--temp", min=0.0, help="temperature; 0 is greedy")]
 TopK = Annotated[int, typer.Option("--top-k", min=0, help="keep the k likeliest tokens; 0 disables")]
-TopP = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="keep the likeliest tokens up to this mass")]
+def _top_p(value: float) -> float:
+    if not 0 < value <= 1:
+        raise typer.BadParameter(f"{value} is not in (0, 1]; 1 keeps every token")
+    return value
+
+
+TopP = Annotated[float, typer.Option("--top-p", callback=_top_p, help="keep the likeliest tokens up to this mass (0, 1]")]
 MinP = Annotated[float, typer.Option("--min-p", min=0.0, max=0.99, help="drop tokens under this fraction of the top one's probability")]
 RepeatPenalty = Annotated[float, typer.Option("--repeat-penalty", min=0.01, help="1.0 disables")]
 RepeatWindow = Annotated[int, typer.Option("--repeat-window", min=0, help="tokens the repeat penalty looks back over")]
@@ -132,7 +138,7 @@ def generate(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
         prompt = chat_ids(m, [{"role": "user", "content": prompt}])
     last = None
     for last in llmrun.generate(m, prompt, max_tokens=n, temperature=temp, top_k=top_k,
-                                top_p=top_p if top_p > 0 else 1.0, min_p=min_p, repeat_penalty=repeat_penalty,
+                                top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
                                 repeat_window=repeat_window, seed=seed, stop=stop, cache=cache):
         sys.stdout.write(last.text)
         sys.stdout.flush()
@@ -167,7 +173,7 @@ def chat(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
             template = f.read()
     _set_threads(threads)
     m = _open_model(model)
-    settings = Settings(temperature=temp, top_k=top_k, top_p=top_p if top_p > 0 else 1.0, min_p=min_p,
+    settings = Settings(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
                         repeat_penalty=repeat_penalty, repeat_window=repeat_window, seed=seed, max_tokens=max_tokens)
     session = ChatSession(m, system=system, template=template, n_ctx=ctx, overflow=context_overflow,
                           settings=settings, stop=stop or ())
@@ -391,8 +397,8 @@ def info(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
         finally:
             bar.close()
         if bad:
-            typer.echo(f"llmrun: error: {f.path}: checksum mismatch in {len(bad)} tensors: "
-                       f"{', '.join(bad[:5])}; the file is corrupt", err=True)
+            typer.echo(f"llmrun: error: {f.path}: checksum mismatch in {len(bad)} tensors, the first {bad[0]}: "
+                       "the file is corrupt; download or convert it again", err=True)
             raise typer.Exit(1)
         typer.echo(f"verify:      all {len(f.tensors)} tensor checksums match")
 
@@ -433,8 +439,21 @@ def list_models():
 
 def main() -> None:
     from llmrun.errors import LlmrunError
+    # click's UsageError, from click itself or from the copy newer typers carry
+    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
     try:
-        app()
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except usage_error as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # plain `llmrun`: the help
+            e.show()
+            sys.exit(2)
+        # a bad flag or value: one line, and where to look
+        where = f"llmrun {e.ctx.info_name} --help" if e.ctx and e.ctx.parent else "llmrun --help"
+        print(f"llmrun: error: {e.format_message()} (see `{where}`)", file=sys.stderr)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
     except BrokenPipeError:  # the reader left (`| head`): nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)

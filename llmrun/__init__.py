@@ -6,8 +6,11 @@
         print(r.text, end="", flush=True)
 """
 import importlib
+import importlib.util
+import os
+import sys
 
-from .errors import ContextError, ConvertError, FormatError, LlmrunError
+from .errors import ContextError, ConvertError, FormatError, LlmrunError, SettingError
 
 __version__ = "0.1.0"
 
@@ -17,7 +20,14 @@ _LAZY = {"load": "model", "Model": "model", "KVCache": "model", "generate": "gen
          "GenerationResponse": "generation", "Sampler": "sampling", "Tokenizer": "tokenizer",
          "load_tokenizer": "tokenizer"}
 
-__all__ = [*_LAZY, "LlmrunError", "FormatError", "ConvertError", "ContextError", "__version__"]
+# LLMRUN_KERNELS_PATH: load the kernels from this file instead of the installed one (a build of
+# one's own: tests/test_sanitizers.py runs the tests on an AddressSanitizer build this way).
+if os.environ.get("LLMRUN_KERNELS_PATH"):
+    _spec = importlib.util.spec_from_file_location(f"{__name__}._kernels", os.environ["LLMRUN_KERNELS_PATH"])
+    sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules[_spec.name])
+
+__all__ = [*_LAZY, "LlmrunError", "FormatError", "ConvertError", "ContextError", "SettingError", "__version__"]
 
 
 def __getattr__(name):

@@ -1,7 +1,10 @@
 """Chat templates: the model's own Jinja template (Hugging Face compatible), rendered with jinja2."""
 from __future__ import annotations
 
+import functools
 import json
+import re
+import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -13,23 +16,84 @@ from .errors import ContextError, LlmrunError
 from .generation import GenerationResponse, generate
 
 
+RENDER_SECONDS = 2.0  # chat templates render in milliseconds; one that runs longer is refused
+TEMPLATE_MAX_INT = 1 << 20  # bound on a number in `*`, `**` and calls: no template needs more
+
+
+def _bounded(value) -> bool:
+    """A number no template needs more than, or a %-format whose widths are such numbers."""
+    if isinstance(value, str) and "%" in value:
+        return all(int(w) <= TEMPLATE_MAX_INT for w in re.findall(r"%[-+ #0]*(\d*)(?:\.(\d*))?", value)
+                   for w in w if w)
+    return not isinstance(value, int) or abs(value) <= TEMPLATE_MAX_INT
+
+
+def _bounded_filter(f):
+    """A jinja2 filter that refuses huge numbers (`center(10**9)`, `'%999999999d'|format`)."""
+    @functools.wraps(f)  # keeps jinja2's pass_context/pass_environment marks
+    def checked(*args, **kwargs):
+        if not all(map(_bounded, (*args, *kwargs.values()))):
+            raise LlmrunError(f"the chat template calls {f.__name__} with a number over {TEMPLATE_MAX_INT}: refused")
+        return f(*args, **kwargs)
+    return checked
+
+
 @lru_cache(maxsize=8)
 def _compile(template: str):
     import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+    class Sandbox(ImmutableSandboxedEnvironment):
+        """jinja2's sandbox (no Python internals, no mutation of what it is given), and no
+        huge numbers: `'x' * 10**9`, `9**9**9` and `'x'.ljust(10**9)` are refused before they run."""
+        intercepted_binops = frozenset(["*", "**", "%"])
+
+        def call_binop(self, context, operator, left, right):
+            if not (_bounded(left) and _bounded(right)) or operator == "**" and isinstance(right, int) and right > 64:
+                raise LlmrunError(f"the chat template computes {left!r} {operator} {right!r}: too large")
+            return super().call_binop(context, operator, left, right)
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja2's signature)
+            if not all(map(_bounded, (*args, *kwargs.values()))):
+                raise LlmrunError("the chat template calls a function with a number over "
+                                  f"{TEMPLATE_MAX_INT}: refused")
+            return super().call(__context, __obj, *args, **kwargs)
+
     def raise_exception(message):
         raise LlmrunError(f"the chat template refused the conversation: {message}")
 
     # Sandboxed: a template comes from a model file, which may come from anywhere.
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, ensure_ascii=False, indent=indent)
+    env.filters = {name: _bounded_filter(f) for name, f in env.filters.items()}
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     try:
         return env.from_string(template)
-    except jinja2.TemplateError as e:
+    except (jinja2.TemplateError, RecursionError, MemoryError) as e:
         raise LlmrunError(f"the model's chat template does not parse: {e}") from None
+
+
+def _render(template, seconds: float, **context) -> str:
+    """template.render(**context), refused once it has run `seconds`: a loop in a template
+    from a file must not hang the program. The deadline is checked on every line the template
+    runs (sys.settrace, on the template's own frames only)."""
+    deadline = time.monotonic() + seconds
+
+    def each_line(frame, event, arg):
+        if time.monotonic() > deadline:
+            raise LlmrunError(f"the chat template ran for over {seconds:g} s: refused")
+        return each_line
+
+    def each_call(frame, event, arg):
+        return each_line if frame.f_code.co_filename == "<template>" else None
+
+    before = sys.gettrace()
+    sys.settrace(each_call)
+    try:
+        return template.render(**context)
+    finally:
+        sys.settrace(before)
 
 
 def render_chat(model, messages: list[dict], add_generation_prompt: bool = True, template: str | None = None) -> str:
@@ -42,7 +106,8 @@ def render_chat(model, messages: list[dict], add_generation_prompt: bool = True,
     names = {"bos_token": tok.bos_id, "eos_token": tok.eos_ids[0] if tok.eos_ids else None}
     special = {k: tok.decode([v]) if v is not None else "" for k, v in names.items()}
     try:
-        return _compile(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **special)
+        return _render(_compile(template), RENDER_SECONDS, messages=messages,
+                       add_generation_prompt=add_generation_prompt, **special)
     except LlmrunError:
         raise
     except Exception as e:  # a template's own error (bad field access and the like)
@@ -187,7 +252,7 @@ class ChatSession:
                        for m in messages):
                 raise ValueError("each message needs a role and a content")
             settings = Settings(**state.get("settings", {}))
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
             raise LlmrunError(f"{path}: not a saved conversation ({e})") from None
         self.system, self.messages, self.settings = state.get("system"), messages, settings
 

@@ -9,6 +9,32 @@ import numpy as np
 ROPE_SCALINGS = ("linear", "llama3", "factors")
 
 
+LIMITS = {"vocab_size": (1, 1 << 22), "dim": (1, 1 << 17), "n_layers": (1, 1 << 12), "n_heads": (1, 1 << 12),
+          "n_kv_heads": (1, 1 << 12), "head_dim": (2, 1 << 12), "ffn_dim": (1, 1 << 20),
+          "max_seq_len": (1, 1 << 24)}
+ROPE_KEYS = {"linear": ("factor",),
+             "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+             "factors": ("factors",)}
+
+
+def _positive(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and 0 < v < math.inf
+
+
+def _check_rope_scaling(s, head_dim: int) -> None:
+    kind = s.get("type") if isinstance(s, dict) else None
+    if kind not in ROPE_SCALINGS:
+        raise ValueError(f"unsupported RoPE scaling {kind!r}; supported: {', '.join(ROPE_SCALINGS)}")
+    for key in ROPE_KEYS[kind]:
+        v = s.get(key)
+        ok = (isinstance(v, list) and len(v) == head_dim // 2 and all(map(_positive, v))) if key == "factors" \
+            else _positive(v)
+        if not ok:
+            raise ValueError(f"RoPE scaling {kind}: bad {key} {v!r}")
+    if kind == "llama3" and not s["high_freq_factor"] > s["low_freq_factor"]:
+        raise ValueError("RoPE scaling llama3: high_freq_factor must exceed low_freq_factor")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int
@@ -29,13 +55,23 @@ class ModelConfig:
     arch: str = "llama"
 
     def __post_init__(self):
+        # Bounds well past any released model, so a corrupt or hostile config fails here, in
+        # one line, not in an allocation or a division.
+        for name, (lo, hi) in LIMITS.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ValueError(f"{name} = {v!r} is not a whole number in [{lo}, {hi}]")
+        for name in ("norm_eps", "rope_theta"):
+            if not _positive(getattr(self, name)):
+                raise ValueError(f"{name} = {getattr(self, name)!r} is not a positive number")
+        if not isinstance(self.tie_embeddings, bool) or not isinstance(self.attn_bias, bool):
+            raise ValueError("tie_embeddings and attn_bias must be true or false")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
-        if self.rope_scaling is not None and self.rope_scaling.get("type") not in ROPE_SCALINGS:
-            raise ValueError(f"unsupported RoPE scaling {self.rope_scaling.get('type')!r}; "
-                             f"supported: {', '.join(ROPE_SCALINGS)}")
+        if self.rope_scaling is not None:
+            _check_rope_scaling(self.rope_scaling, self.head_dim)
 
     def to_dict(self) -> dict:
         return asdict(self)

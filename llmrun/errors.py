@@ -13,5 +13,9 @@ class ConvertError(LlmrunError, ValueError):
     """A checkpoint that cannot be converted: missing files or keys, unsupported architecture."""
 
 
+class SettingError(LlmrunError, ValueError):
+    """A setting out of its range: a sampling parameter, a token id, a length to generate."""
+
+
 class ContextError(LlmrunError, ValueError):
     """A prompt (plus what is to be generated) that does not fit in the model's context."""

@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .atomic import atomic_file
-from .errors import FormatError
+from .errors import FormatError, LlmrunError
 from .quant import QType, qtype
 from .quant.layout import NAMES as LAYOUT_NAMES, ROWS as LAYOUT_ROWS, X16 as LAYOUT_X16
 from .quant.layout import deinterleave, interleave, kernel_layout
@@ -210,11 +210,14 @@ def write(path: str, metadata: dict, tokenizer_blob: bytes, tensors: list[Pendin
             f.seek(data_off + offset)
             crc, written = 0, 0
             layout = kernel_layout(t.type, t.shape) if t.layout is None else t.layout
-            for data in _in_layout(t, layout):
-                f.write(data)
-                crc, written, done = zlib.crc32(data, crc), written + data.size, done + data.size
-                if progress:
-                    progress(done, payload)
+            try:
+                for data in _in_layout(t, layout):
+                    f.write(data)
+                    crc, written, done = zlib.crc32(data, crc), written + data.size, done + data.size
+                    if progress:
+                        progress(done, payload)
+            except LlmrunError as e:
+                raise type(e)(f"tensor {t.name}: {e}") from None
             expected = t.type.nbytes(t.shape)
             if written != expected:
                 raise ValueError(f"tensor {t.name}: {written} bytes, {t.type.name} {list(t.shape)} takes {expected}")
@@ -272,7 +275,7 @@ class LlmrFile:
             raise FormatError(f"{self.path}: header checksum mismatch (the file is corrupt); convert the model again")
         try:
             self.metadata = json.loads(meta)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise FormatError(f"{self.path}: metadata is not valid JSON: {e}") from None
         if not isinstance(self.metadata, dict):
             raise FormatError(f"{self.path}: metadata is not a JSON object")

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
-from .errors import ContextError
+from .errors import ContextError, SettingError
 from .model import KVCache, Model
 from .sampling import Sampler
 from .tokenizer import StreamDecoder
@@ -43,16 +43,18 @@ def generate(model: Model, prompt, max_tokens: int = 256, temperature: float = 0
     set. With `cache`, the prompt continues from what the cache already holds (chat turns);
     the repeat penalty looks back over everything in the cache.
     """
+    sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                      repeat_penalty=repeat_penalty, repeat_window=repeat_window, seed=seed)
+    if max_tokens < 1:
+        raise SettingError(f"max_tokens is {max_tokens}: generate at least one token")
     ids = model.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
     if not ids:
-        raise ValueError("the prompt is empty")
+        raise SettingError("the prompt is empty")
     cache = cache if cache is not None else model.new_cache(min(model.config.max_seq_len, len(ids) + max_tokens))
     if cache.n + len(ids) > cache.n_ctx:
         raise ContextError(f"the prompt is {len(ids)} tokens and {cache.n} are in use, but the context holds "
                            f"{cache.n_ctx}: shorten the prompt or raise the context size")
     stops = [stop] if isinstance(stop, str) else list(stop or [])
-    sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                      repeat_penalty=repeat_penalty, repeat_window=repeat_window, seed=seed)
     eos = set(model.tokenizer.eos_ids)
     detok = StreamDecoder(model.tokenizer)
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import cpu as ops
 from .config import ModelConfig, rope_inv_freq
-from .errors import ContextError, FormatError
+from .errors import ContextError, FormatError, SettingError
 from .format import LlmrFile, Tensor
 
 
@@ -43,15 +43,14 @@ class Weights:
 
     @classmethod
     def from_file(cls, f: LlmrFile, cfg: ModelConfig) -> "Weights":
-        D, hd, F = cfg.dim, cfg.head_dim, cfg.ffn_dim
-        q_dim, kv_dim = cfg.n_heads * hd, cfg.n_kv_heads * hd
+        shapes = tensor_shapes(cfg)
 
-        def get(name, shape, vector=False):
+        def get(name, vector=False):
             if name not in f.tensors:
                 raise FormatError(f"{f.path}: tensor {name!r} is missing")
             t = f.tensor(name)
-            if t.shape != shape:
-                raise FormatError(f"{f.path}: tensor {name!r} has shape {list(t.shape)}, expected {list(shape)}")
+            if t.shape != shapes[name]:
+                raise FormatError(f"{f.path}: tensor {name!r} has shape {list(t.shape)}, expected {list(shapes[name])}")
             if vector:
                 if t.type.name != "f32":
                     raise FormatError(f"{f.path}: tensor {name!r} is {t.type.name}; norms and biases must be f32")
@@ -60,27 +59,29 @@ class Weights:
 
         def layer(i):
             p = f"layers.{i}."
-            bias = (lambda n, size: get(p + n, (size,), vector=True)) if cfg.attn_bias else (lambda n, size: None)
+            bias = (lambda n: get(p + n, vector=True)) if cfg.attn_bias else (lambda n: None)
             return LayerWeights(
-                attn_norm=get(p + "attn_norm", (D,), vector=True),
-                wq=get(p + "wq", (q_dim, D)), wk=get(p + "wk", (kv_dim, D)), wv=get(p + "wv", (kv_dim, D)),
-                wo=get(p + "wo", (D, q_dim)),
-                bq=bias("bq", q_dim), bk=bias("bk", kv_dim), bv=bias("bv", kv_dim),
-                ffn_norm=get(p + "ffn_norm", (D,), vector=True),
-                w_gate=get(p + "w_gate", (F, D)), w_up=get(p + "w_up", (F, D)), w_down=get(p + "w_down", (D, F)))
+                attn_norm=get(p + "attn_norm", vector=True),
+                wq=get(p + "wq"), wk=get(p + "wk"), wv=get(p + "wv"), wo=get(p + "wo"),
+                bq=bias("bq"), bk=bias("bk"), bv=bias("bv"),
+                ffn_norm=get(p + "ffn_norm", vector=True),
+                w_gate=get(p + "w_gate"), w_up=get(p + "w_up"), w_down=get(p + "w_down"))
 
-        emb = get("tok_embeddings", (cfg.vocab_size, D))
+        emb = get("tok_embeddings")
         return cls(tok_embeddings=emb, layers=[layer(i) for i in range(cfg.n_layers)],
-                   norm=get("norm", (D,), vector=True),
-                   output=emb if cfg.tie_embeddings else get("output", (cfg.vocab_size, D)))
+                   norm=get("norm", vector=True), output=emb if cfg.tie_embeddings else get("output"))
 
 
-def tensor_names(cfg: ModelConfig) -> set[str]:
-    """Every tensor a model of this config has in a .llmr file."""
-    per_layer = ["attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_up", "w_down"]
-    per_layer += ["bq", "bk", "bv"] if cfg.attn_bias else []
-    return ({"tok_embeddings", "norm"} | (set() if cfg.tie_embeddings else {"output"})
-            | {f"layers.{i}.{n}" for i in range(cfg.n_layers) for n in per_layer})
+def tensor_shapes(cfg: ModelConfig) -> dict[str, tuple]:
+    """Every tensor a model of this config has in a .llmr file, and its shape."""
+    D, hd, F, V = cfg.dim, cfg.head_dim, cfg.ffn_dim, cfg.vocab_size
+    q_dim, kv_dim = cfg.n_heads * hd, cfg.n_kv_heads * hd
+    layer = {"attn_norm": (D,), "wq": (q_dim, D), "wk": (kv_dim, D), "wv": (kv_dim, D), "wo": (D, q_dim),
+             "ffn_norm": (D,), "w_gate": (F, D), "w_up": (F, D), "w_down": (D, F)}
+    if cfg.attn_bias:
+        layer |= {"bq": (q_dim,), "bk": (kv_dim,), "bv": (kv_dim,)}
+    shapes = {"tok_embeddings": (V, D), "norm": (D,)} | ({} if cfg.tie_embeddings else {"output": (V, D)})
+    return shapes | {f"layers.{i}.{n}": shape for i in range(cfg.n_layers) for n, shape in layer.items()}
 
 
 class KVCache:
@@ -191,7 +192,7 @@ class Model:
         ids = np.asarray(tokens, dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
             bad = int(ids[(ids < 0) | (ids >= self.config.vocab_size)][0])
-            raise ValueError(f"token id {bad} is out of range [0, {self.config.vocab_size})")
+            raise SettingError(f"token id {bad} is out of range [0, {self.config.vocab_size})")
         logits = ops.forward(self.graph, ids.astype(np.int32), cache.n, cache.k, cache.v, first,
                              self.config.vocab_size)
         cache.n += len(ids)

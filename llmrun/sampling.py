@@ -5,6 +5,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import SettingError
+
 
 class Sampler:
     """Repeat penalty, then greedy (temperature 0) or top-k → temperature → softmax → top-p → min-p → draw.
@@ -20,7 +22,7 @@ class Sampler:
                          (repeat_penalty > 0, "repeat_penalty > 0 (1 disables)"),
                          (repeat_window >= 0, "repeat_window >= 0 (0 disables)")):
             if not ok:
-                raise ValueError(f"need {need}")
+                raise SettingError(f"need {need}")
         self.temperature, self.top_k, self.top_p, self.min_p = temperature, top_k, top_p, min_p
         self.repeat_penalty, self.repeat_window = repeat_penalty, repeat_window
         self.rng = np.random.default_rng(seed)

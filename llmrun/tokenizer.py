@@ -25,11 +25,15 @@ class Tokenizer:
         if not isinstance(info, dict) or info.get("kind") not in KINDS:
             raise FormatError(f"{path}: no usable tokenizer in the metadata; convert the model again")
         try:
-            return (BPETokenizer if info["kind"] == "bpe" else SentencePieceTokenizer)(blob, info)
-        except FormatError:
-            raise
+            tok = (BPETokenizer if info["kind"] == "bpe" else SentencePieceTokenizer)(blob, info)
         except Exception as e:
             raise FormatError(f"{path}: the {info['kind']} tokenizer could not be loaded: {e}") from None
+        special = [tok.bos_id] * (tok.bos_id is not None) + tok.eos_ids
+        bad = [i for i in special if not isinstance(i, int) or not 0 <= i < tok.vocab_size]
+        if bad:
+            raise FormatError(f"{path}: special token id {bad[0]!r} is not in the tokenizer's "
+                              f"{tok.vocab_size} tokens; convert the model again")
+        return tok
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         raise NotImplementedError
@@ -74,7 +78,11 @@ class SentencePieceTokenizer(Tokenizer):
     def __init__(self, blob: bytes, special: dict):
         import sentencepiece as spm
         super().__init__(special)
+        if not blob:  # sentencepiece takes an empty model without complaint, then fails to encode
+            raise ValueError("the model is empty")
         self._sp = spm.SentencePieceProcessor(model_proto=blob)
+        if self._sp.get_piece_size() == 0:
+            raise ValueError("the model has no pieces")
 
     def encode(self, text, add_special_tokens=True):
         ids = self._sp.encode(text)

@@ -6,10 +6,15 @@ from typing import Callable
 
 from ..errors import ConvertError
 
+HF_MARKERS = ("config.json", "tokenizer.json", "tokenizer.model")  # a checkpoint (or a tokenizer) directory
+
 
 def source_kind(src: str) -> str:
     """"hf" (a checkpoint directory), "gguf", "llmr", or "other" (any other file)."""
     if os.path.isdir(src):
+        if not any(os.path.exists(os.path.join(src, f)) for f in HF_MARKERS):
+            raise ConvertError(f"{src} is a directory but not a Hugging Face checkpoint (no config.json "
+                               "or tokenizer files in it)")
         return "hf"
     if not os.path.exists(src):
         raise ConvertError(f"{src} does not exist")
@@ -17,6 +22,21 @@ def source_kind(src: str) -> str:
         magic = f.read(8)
     from ..format import MAGIC
     return "gguf" if magic[:4] == b"GGUF" else "llmr" if magic == MAGIC else "other"
+
+
+def expected_tensors(src: str, cfg, found: dict) -> dict[str, tuple]:
+    """Our name -> shape of every tensor the graph needs, after checking that `found` (our
+    name -> shape, as the source stores it) has each in that shape: a source that disagrees
+    with its own config fails here, before any conversion."""
+    from ..model import tensor_shapes
+    shapes = tensor_shapes(cfg)
+    missing = shapes.keys() - found.keys()
+    if missing:
+        raise ConvertError(f"{src}: missing tensors {sorted(missing)[:5]}")
+    for name, shape in shapes.items():
+        if tuple(found[name]) != shape:
+            raise ConvertError(f"{src}: tensor {name} has shape {list(found[name])}; the config implies {list(shape)}")
+    return shapes
 
 
 def convert(src: str, out: str, type: str | None = None,

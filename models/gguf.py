@@ -20,10 +20,10 @@ from .. import __version__
 from ..config import ModelConfig
 from ..errors import ConvertError
 from ..format import PendingTensor, write
-from ..model import tensor_names
-from ..quant import F32, Q8_0, TYPES, Policy, choose_type, qtype, quantize
+from ..quant import F32, Q8_0, TYPES, Policy, choose_type, qtype, quantize_weights
 from ..quant.policy import DEFAULT_POLICY
 from ..quant.kquants import dequantize_ggml
+from . import expected_tensors
 from .gguf_file import GGUFFile
 from .gguf_tokenizer import tokenizer_from_gguf
 
@@ -72,7 +72,7 @@ def read_config(g: GGUFFile) -> ModelConfig:
             rope_theta=float(key("rope.freq_base", 10000.0)), rope_scaling=scaling,
             max_seq_len=int(key("context_length")), tie_embeddings="output.weight" not in g.tensors,
             attn_bias="blk.0.attn_q.bias" in g.tensors)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, ArithmeticError) as e:
         raise ConvertError(f"{g.path}: {e}") from None
 
 
@@ -127,7 +127,8 @@ def _pending(g: GGUFFile, src: str, ours: str, cfg: ModelConfig, target) -> tupl
             if t is info.type:
                 yield block
             else:
-                yield quantize(dequantize_ggml(block, info.type, shape[-1]), t)
+                values = dequantize_ggml(block, info.type, shape[-1])
+                yield quantize_weights(ours, values, t, target if isinstance(target, Policy) else None)
 
     how = info.type.name if t is info.type else f"{info.type.name}->{t.name}"
     return PendingTensor(ours, t, shape, chunks), how
@@ -147,10 +148,7 @@ def convert(src: str, out: str, type: str | None = None,
         target = dataclasses.replace(target, tied=cfg.tie_embeddings)
     names = _names(g, cfg.n_layers)
     tok_info, tok_blob = tokenizer_from_gguf(g.metadata)
-    expected = tensor_names(cfg)
-    missing = expected - set(names.values())
-    if missing:
-        raise ConvertError(f"{src}: missing tensors {sorted(missing)[:5]}")
+    expected = expected_tensors(src, cfg, {ours: g.tensors[s].shape for s, ours in names.items()})
     pending = [_pending(g, s, o, cfg, target) for s, o in names.items() if o in expected]
     tensors = [p for p, _ in pending]
     conversions = Counter(how for _, how in pending)

@@ -67,11 +67,32 @@ PRE_TOKENIZERS = {
 }
 
 
+# What each key must hold: a GGUF's metadata values are typed by the file, which may lie.
+LISTS = {"tokens": str, "merges": str, "token_type": int, "scores": (int, float)}
+SCALARS = {"bos_token_id": int, "eos_token_id": int, "eot_token_id": int, "eom_token_id": int,
+           "unknown_token_id": int, "padding_token_id": int, "add_bos_token": bool, "add_eos_token": bool,
+           "model": str, "pre": str}
+
+
+def _check_types(meta: dict) -> None:
+    def ok(v, t):
+        return isinstance(v, t) and (t is bool or not isinstance(v, bool))
+    for key, t in LISTS.items():
+        v = meta.get(f"tokenizer.ggml.{key}")
+        if v is not None and not (isinstance(v, list) and all(ok(x, t) for x in v)):
+            raise ConvertError(f"tokenizer.ggml.{key} is not a list of {getattr(t, '__name__', 'number')}s")
+    for key, t in SCALARS.items():
+        v = meta.get(f"tokenizer.ggml.{key}")
+        if v is not None and not ok(v, t):
+            raise ConvertError(f"tokenizer.ggml.{key} is {v!r}, not a {t.__name__}")
+
+
 def tokenizer_from_gguf(meta: dict) -> tuple[dict, bytes]:
     """(info, blob) for a GGUF's metadata dict (key → str/int/float/bool or a list of those).
 
     info is {"kind": "spm"|"bpe", "bos_id", "eos_ids", "add_bos", "add_eos"}: eos_ids are the
     ids the GGUF names as ending a turn (eos, eot, eom), nothing guessed from token texts."""
+    _check_types(meta)
     model = meta.get("tokenizer.ggml.model")
     tokens = meta.get("tokenizer.ggml.tokens")
     if model not in ("llama", "gpt2"):

@@ -19,11 +19,11 @@ from .. import __version__
 from ..config import ModelConfig
 from ..errors import ConvertError
 from ..format import PendingTensor, write
-from ..model import tensor_names
-from ..quant import Policy, choose_type, qtype, quantize
+from ..quant import Policy, choose_type, qtype, quantize_weights
 from ..quant.policy import DEFAULT_POLICY
 from ..quant.reference import bf16_to_f32
 from ..tokenizer import BPETokenizer, SentencePieceTokenizer
+from . import expected_tensors
 from .safetensors import SafetensorsFile
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
@@ -49,9 +49,12 @@ def _read_json(path: str, required: bool = True) -> dict:
         return {}
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            value = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ConvertError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise ConvertError(f"{path}: not a JSON object")
+    return value
 
 
 def _rope(c: dict) -> tuple[float, dict | None]:
@@ -98,7 +101,7 @@ def read_config(c: dict, path: str, has_lm_head: bool, has_qkv_bias: bool) -> Mo
             attn_bias=has_qkv_bias)
     except KeyError as e:
         raise ConvertError(f"{path}: missing key {e.args[0]!r}") from None
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, ArithmeticError) as e:
         raise ConvertError(f"{path}: {e}") from None
 
 
@@ -110,6 +113,10 @@ def open_weights(d: str) -> dict[str, SafetensorsFile]:
         weight_map = _read_json(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise ConvertError(f"{index}: no weight_map")
+        for f in set(map(str, weight_map.values())):
+            # only files beside the index: a name like ../../x must not reach outside the checkpoint
+            if os.path.basename(f) != f or not os.path.isfile(os.path.join(d, f)):
+                raise ConvertError(f"{index}: shard {f!r} is not a file in {d}")
         shards = {f: SafetensorsFile(os.path.join(d, f)) for f in sorted(set(weight_map.values()))}
         where = {}
         for name, f in weight_map.items():
@@ -204,7 +211,7 @@ def _pending(name: str, src: SafetensorsFile, hf_name: str, target) -> PendingTe
                 yield raw  # already in the target type: the bytes exactly
             else:
                 values = bf16_to_f32(raw) if source_type == "bf16" else raw.astype(np.float32)
-                yield target.quantize(name, values, t) if isinstance(target, Policy) else quantize(values, t)
+                yield quantize_weights(name, values, t, target if isinstance(target, Policy) else None)
 
     return PendingTensor(name, t, shape, chunks)
 
@@ -218,12 +225,13 @@ def convert(src: str, out: str, type: str = "f16",
         raise ConvertError(f"{src} is not a directory")
     c = _read_json(os.path.join(src, "config.json"))
     where = open_weights(src)
-    names = _tensor_names(where, int(c.get("num_hidden_layers", 0)))
+    n_layers = c.get("num_hidden_layers")
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int):
+        raise ConvertError(f"{src}: config.json's num_hidden_layers is {n_layers!r}, not a whole number")
+    names = _tensor_names(where, n_layers)
     ours = set(names.values())
     cfg = read_config(c, os.path.join(src, "config.json"), "output" in ours, "layers.0.bq" in ours)
-    expected = tensor_names(cfg)
-    if expected - ours:
-        raise ConvertError(f"{src}: missing tensors {sorted(expected - ours)[:5]}")
+    expected = expected_tensors(src, cfg, {ours_name: where[hf].shape(hf) for hf, ours_name in names.items()})
     tok_info, tok_blob = read_tokenizer(src, c)
     if isinstance(target, Policy):
         target = dataclasses.replace(target, tied=cfg.tie_embeddings)

@@ -9,7 +9,7 @@ from typing import Callable
 from .. import __version__
 from ..errors import ConvertError
 from ..format import LlmrFile, PendingTensor, write
-from ..quant import Policy, choose_type, dequantize
+from ..quant import Policy, choose_type, dequantize, quantize_weights
 
 CHUNK_BYTES = 16 << 20  # float32 bytes converted at a time: bounds the memory
 
@@ -45,5 +45,5 @@ def _chunks(f: LlmrFile, name: str, t, policy: Policy):
         n = tensor.shape[-1]
         step = max(1, CHUNK_BYTES // (4 * n))
         for start in range(0, rows.shape[0], step):
-            yield policy.quantize(name, dequantize(rows[start:start + step], tensor.type, n), t)
+            yield quantize_weights(name, dequantize(rows[start:start + step], tensor.type, n), t, policy)
     return chunks

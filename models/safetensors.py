@@ -8,6 +8,7 @@ Format: u64 header length | JSON {name: {dtype, shape, data_offsets: [begin, end
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 
@@ -33,7 +34,7 @@ class SafetensorsFile:
                 raise ConvertError(f"{path}: corrupt safetensors header (length {n})")
             try:
                 header = json.loads(f.read(n))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
                 raise ConvertError(f"{path}: corrupt safetensors header: {e}") from None
         if not isinstance(header, dict):
             raise ConvertError(f"{path}: corrupt safetensors header")
@@ -48,11 +49,13 @@ class SafetensorsFile:
             dtype = e["dtype"]
             shape = [int(d) for d in e["shape"]]
             begin, end = (int(o) for o in e["data_offsets"])
+            if len(shape) > 4 or min(shape, default=1) < 1:
+                raise ValueError
         except (KeyError, TypeError, ValueError):
             raise ConvertError(f"{self.path}: corrupt safetensors entry for {name}") from None
         if dtype not in DTYPES:
             raise ConvertError(f"{self.path}: tensor {name} has dtype {dtype}; supported: F32, F16, BF16")
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)  # Python ints: no overflow to wrap a huge shape into a small size
         if not 0 <= begin <= end <= data_size or end - begin != count * np.dtype(DTYPES[dtype]).itemsize:
             raise ConvertError(f"{self.path}: tensor {name} has bad data offsets (truncated or corrupt file)")
 

@@ -60,15 +60,20 @@ class Policy:
                 "tensor_types": [[p, t.name] for p, t in self.tensor_types], "pure": self.pure,
                 "allow_requantize": self.allow_requantize, "calibration": self.calibration}
 
-    def quantize(self, name: str, values, t: QType):
-        """values float32 [rows, n] -> bytes of type t: importance-weighted for q4_0 and q4_1
-        where the policy is calibrated (quant/calibrate.py), else the reference quantiser."""
-        from .calibrate import quantize_q4_0_weighted, quantize_q4_1_weighted
-        from .reference import quantize
-        weighted = {Q4_0: quantize_q4_0_weighted, Q4_1: quantize_q4_1_weighted}.get(t)
-        if weighted and self.importance and name in self.importance:
-            return weighted(values, self.importance[name])
-        return quantize(values, t)
+
+
+def quantize_weights(name: str, values, t: QType, policy: Policy | None = None):
+    """What the converters call: float32 rows [rows, n] of tensor `name` -> bytes of type t,
+    after refusing NaN, infinity and what f16 cannot hold (reference.check_weights);
+    importance-weighted for q4_0 and q4_1 where `policy` is calibrated (quant/calibrate.py),
+    else the reference quantiser."""
+    from .calibrate import quantize_q4_0_weighted, quantize_q4_1_weighted
+    from .reference import check_weights, quantize
+    check_weights(values, t)
+    weighted = {Q4_0: quantize_q4_0_weighted, Q4_1: quantize_q4_1_weighted}.get(t)
+    if weighted and policy and policy.importance and name in policy.importance:
+        return weighted(values, policy.importance[name])
+    return quantize(values, t)
 
 
 def choose_type(name: str, shape, target) -> QType:

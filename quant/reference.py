@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ConvertError
 from .types import BF16, F16, F32, Q4_0, Q4_1, Q8_0, QType, qtype
 
 QK = 32  # elements per block
+F16_MAX = 65504.0  # the largest finite float16: bounds f16 values, and the scales of the block types
 Q16A_BYTES = 72  # bytes per q16_a activation block
 
 
@@ -69,6 +71,19 @@ def f32_to_bf16(x: np.ndarray) -> np.ndarray:
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def check_weights(x: np.ndarray, t) -> None:
+    """Refuse model weights that `t` would store as garbage: NaN or infinity anywhere, or
+    magnitudes past what float16 values and scales hold (a block's scale is its largest value
+    over 127, 8 or 15: well inside f16 for any weight that fits in f16 itself). The converters
+    call this; `quantize` itself takes anything, as the kernels do."""
+    t = qtype(t) if not isinstance(t, QType) else t
+    if not np.isfinite(x).all():
+        raise ConvertError("the weights hold NaN or infinite values")
+    if t not in (F32, BF16) and x.size and np.abs(x).max() > F16_MAX:
+        raise ConvertError(f"weights of magnitude {np.abs(x).max():.4g} do not fit in {t.name} (float16 tops out "
+                           f"at {F16_MAX:g}): convert to f32 or bf16")
 
 
 def quantize(x: np.ndarray, t) -> np.ndarray:
@@ -144,7 +159,11 @@ def quantize_q16a(x: np.ndarray):
     """float32 [..., n] -> (d [..., nb], s [..., nb], q int16 [..., nb, 32]) as the kernels make them."""
     b = _blocks(np.ascontiguousarray(x, dtype=np.float32))
     d = np.abs(b).max(axis=-1) / np.float32(32767)
-    q = _round_away(b * _inverse(d)[..., None]).astype(np.int16)
+    # 1/d only where it is finite (llmr_q16_a_inverse), and NaN products to 0, as the kernels do
+    id = np.where((d >= np.float32(2.0 ** -126)) & (d <= np.finfo(np.float32).max), _inverse(d), np.float32(0))
+    with np.errstate(invalid="ignore"):
+        v = b * id.astype(np.float32)[..., None]
+    q = _round_away(np.where(np.isnan(v), np.float32(0), v)).astype(np.int16)
     s = d * q.astype(np.int32).sum(axis=-1).astype(np.float32)
     return d, s, q
 

@@ -43,14 +43,16 @@ def byte_level_tokenizer_json(specials=("<s>", "</s>")) -> str:
     return tok.to_str()
 
 
-def sentencepiece_model() -> bytes:
-    """A small unigram sentencepiece model trained on the spot (deterministic)."""
+def sentencepiece_model(normalization: str = "nmt_nfkc") -> bytes:
+    """A small unigram sentencepiece model trained on the spot (deterministic); "identity"
+    normalisation leaves out the 240 KB NFKC table."""
     import sentencepiece as spm
     text = ("the quick brown fox jumps over the lazy dog. " * 3 + "a model reads tokens and writes text. " * 3
             + "hello world, how are you today? " * 3).split(". ")
     out = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(text * 20), model_writer=out, vocab_size=40,
-                                   bos_id=1, eos_id=2, unk_id=0, minloglevel=2)
+                                   bos_id=1, eos_id=2, unk_id=0, minloglevel=2,
+                                   normalization_rule_name=normalization)
     return out.getvalue()
 
 

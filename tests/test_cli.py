@@ -80,36 +80,11 @@ def test_info_and_verify(converted):
 def test_info_verify_reports_corruption(converted, tmp_path):
     _, out = converted
     raw = bytearray(out.read_bytes())
+    f = llmrun.load(out).file
+    first = min(f.tensors.values(), key=lambda t: t.offset)
+    raw[f.data_offset + first.offset + first.nbytes // 2] ^= 0x01  # one bit of the first tensor's data
     raw[-100] ^= 0xFF  # a byte of the last tensor
     bad = tmp_path / "bad.llmr"
     bad.write_bytes(bytes(raw))
     line = _one_line_error(run_cli("info", bad, "--verify"))
-    assert "checksum mismatch" in line
-
-
-@pytest.mark.parametrize("args, message", [
-    (["info", "/nonexistent.llmr"], "does not exist"),
-    (["generate", "{bad}", "-p", "x"], "bad magic"),
-    (["convert", "/nonexistent-dir", "{tmp}/x.llmr"], "does not exist"),
-    (["convert", "{hf}", "{tmp}/x.llmr", "--type", "q5_9"], "unknown tensor type"),
-    (["generate", "{model}", "-p", "a b c d e f g h i j k l m n o p", "-n", "4", "--ctx", "16"], "context"),
-])
-def test_user_errors_are_one_line(converted, tmp_path, args, message):
-    d, out = converted
-    (tmp_path / "bad.llmr").write_bytes(b"this is not a model file at all" * 10)
-    subst = {"{bad}": str(tmp_path / "bad.llmr"), "{hf}": str(d / "hf"), "{model}": str(out)}
-    args = [subst.get(a, a).replace("{tmp}", str(tmp_path)) for a in args]
-    assert message in _one_line_error(run_cli(*args))
-
-
-def test_bad_flag_is_a_usage_error(converted):
-    _, out = converted
-    r = run_cli("generate", out, "--no-such-flag")
-    assert r.returncode == 2 and "Traceback" not in r.stderr and "No such option" in r.stderr
-
-
-@pytest.mark.parametrize("env, message", [({"LLMRUN_ISA": "vax"}, "LLMRUN_ISA=vax"),
-                                          ({"LLMRUN_THREADS": "lots"}, "LLMRUN_THREADS=lots")])
-def test_bad_environment_settings_are_one_line(converted, env, message):
-    _, out = converted
-    assert message in _one_line_error(run_cli("info", out, env=env))
+    assert f"checksum mismatch in 2 tensors, the first {first.name}" in line

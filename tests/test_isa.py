@@ -108,8 +108,14 @@ def matmul_inputs(t, tokens, n, k):
 def q16a_inputs():
     rng = rng_for("isa q16a")
     scales = np.repeat(10.0 ** rng.uniform(-4, 4, (5, 65)), 32, axis=-1)  # a scale per block
+    # What a corrupt file or an overflowing model feeds the quantiser: infinities, and blocks
+    # so small that 1/d is not finite (llmr_q16_a_inverse), beside ordinary blocks.
+    odd = rng.standard_normal((4, 4 * 32)).astype(np.float32)
+    odd[0, 5], odd[1, 40], odd[1, 41] = np.inf, -np.inf, np.inf
+    odd[2, 64:96] = 1e-40
+    odd[3, :32] = 3e-39
     return {"random": (rng.standard_normal((5, 65 * 32)) * scales).astype(np.float32),
-            "edges": edge_rows()}
+            "edges": edge_rows(), "non-finite": odd}
 
 
 def other_inputs():

@@ -28,11 +28,12 @@ void quantize_row_q16_a_avx2(const float *x, block_q16_a *y, int64_t k) {
         m = _mm_max_ps(m, _mm_movehl_ps(m, m));
         m = _mm_max_ss(m, _mm_movehdup_ps(m));
         const float d = _mm_cvtss_f32(m) / 32767.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        const float id = llmr_q16_a_inverse(d);
 
         __m256i q[4], sum = _mm256_setzero_si256();
         for (int j = 0; j < 4; j++) {
-            q[j] = round_away(_mm256_mul_ps(v[j], _mm256_set1_ps(id)));
+            const __m256 scaled = _mm256_mul_ps(v[j], _mm256_set1_ps(id));
+            q[j] = round_away(_mm256_and_ps(scaled, _mm256_cmp_ps(scaled, scaled, _CMP_ORD_Q))); /* NaN: 0 */
             sum = _mm256_add_epi32(sum, q[j]);
         }
         /* packs interleaves 128-bit lanes; the permute puts elements back in order. */

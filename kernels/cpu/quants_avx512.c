@@ -15,13 +15,18 @@ static inline __m512i round_away(__m512 v) {
     return _mm512_cvttps_epi32(_mm512_mask_add_ps(t, up, t, step));
 }
 
+/* NaN lanes to 0, as the reference does. */
+static inline __m512 not_nan(__m512 v) {
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), v);
+}
+
 void quantize_row_q16_a_avx512(const float *x, block_q16_a *y, int64_t k) {
     for (int64_t i = 0; i < k / QK; i++, x += QK) {
         const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
         const float d = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1))) / 32767.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        const __m512i q0 = round_away(_mm512_mul_ps(v0, _mm512_set1_ps(id)));
-        const __m512i q1 = round_away(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
+        const __m512 id = _mm512_set1_ps(llmr_q16_a_inverse(d));
+        const __m512i q0 = round_away(not_nan(_mm512_mul_ps(v0, id)));
+        const __m512i q1 = round_away(not_nan(_mm512_mul_ps(v1, id)));
         _mm256_storeu_si256((__m256i *)y[i].qs, _mm512_cvtepi32_epi16(q0));
         _mm256_storeu_si256((__m256i *)(y[i].qs + 16), _mm512_cvtepi32_epi16(q1));
         y[i].d = d;

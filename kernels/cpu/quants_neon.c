@@ -16,7 +16,7 @@ void quantize_row_q16_a_neon(const float *x, block_q16_a *y, int64_t k) {
         }
         /* max is exact and order-free (no NaN: unsupported, see docs/kernels.md). */
         const float d = vmaxvq_f32(amax) / 32767.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        const float id = llmr_q16_a_inverse(d); /* FCVTAS turns NaN into 0 itself */
 
         int32x4_t sum = vdupq_n_s32(0);
         for (int j = 0; j < 8; j += 2) {

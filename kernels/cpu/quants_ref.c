@@ -150,10 +150,11 @@ void dequantize_row_q4_1_ref(const void *x, float *y, int64_t k) {
 void quantize_row_q16_a_ref(const float *x, block_q16_a *y, int64_t k) {
     for (int64_t i = 0; i < k / QK; i++, x += QK) {
         const float d = abs_max(x) / 32767.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        const float id = llmr_q16_a_inverse(d);
         int sum = 0;
         for (int j = 0; j < QK; j++) {
-            const int q = round_away(x[j] * id);
+            const float v = x[j] * id;
+            const int q = v == v ? round_away(v) : 0; /* NaN: 0 */
             y[i].qs[j] = (int16_t)q;
             sum += q;
         }
