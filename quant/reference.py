@@ -158,7 +158,8 @@ def dequantize(data: np.ndarray, t, n: int) -> np.ndarray:
 def quantize_q16a(x: np.ndarray):
     """float32 [..., n] -> (d [..., nb], s [..., nb], q int16 [..., nb, 32]) as the kernels make them."""
     b = _blocks(np.ascontiguousarray(x, dtype=np.float32))
-    d = np.abs(b).max(axis=-1) / np.float32(32767)
+    a = np.abs(b)
+    d = np.where(np.isnan(a), np.float32(0), a).max(axis=-1) / np.float32(32767)  # NaN left out of the max
     # 1/d only where it is finite (llmr_q16_a_inverse), and NaN products to 0, as the kernels do
     id = np.where((d >= np.float32(2.0 ** -126)) & (d <= np.finfo(np.float32).max), _inverse(d), np.float32(0))
     with np.errstate(invalid="ignore"):

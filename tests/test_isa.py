@@ -114,6 +114,7 @@ def q16a_inputs():
     odd[0, 5], odd[1, 40], odd[1, 41] = np.inf, -np.inf, np.inf
     odd[2, 64:96] = 1e-40
     odd[3, :32] = 3e-39
+    odd[3, 32 + 3], odd[3, 64 + 17], odd[3, 96:128] = np.nan, np.nan, np.nan
     return {"random": (rng.standard_normal((5, 65 * 32)) * scales).astype(np.float32),
             "edges": edge_rows(), "non-finite": odd}
 

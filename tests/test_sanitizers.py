@@ -4,7 +4,8 @@ bounded fuzz run of the .llmr target on that build. Any report aborts the proces
 reports is a pass.
 
 Python itself is not built with ASan, so its runtime is preloaded (LD_PRELOAD) and leak
-detection is off (the interpreter keeps memory to the end by design).
+detection is off (the interpreter keeps memory to the end by design). Only our extension is
+instrumented: the libraries it sits beside (numpy, sentencepiece, tokenizers) run as they are.
 """
 from __future__ import annotations
 
@@ -40,7 +41,10 @@ def sanitized(tmp_path_factory):
                     f"-DPython_EXECUTABLE={sys.executable}"], check=True, capture_output=True)
     subprocess.run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2)], check=True, capture_output=True)
     so = next(build.glob(f"_kernels*{sysconfig.get_config_var('EXT_SUFFIX')}"))
-    env = {**os.environ, "LD_PRELOAD": asan, "LLMRUN_KERNELS_PATH": str(so),
+    # libstdc++ preloaded too: ASan intercepts C++ throws, and a C++ library that throws
+    # (sentencepiece, on a bad model) would otherwise find the interceptor unresolved.
+    preload = " ".join(p for p in (asan, _runtime("libstdc++.so")) if p)
+    env = {**os.environ, "LD_PRELOAD": preload, "LLMRUN_KERNELS_PATH": str(so),
            "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1:verify_asan_link_order=0",
            "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
     return env, so

@@ -22,7 +22,8 @@ void quantize_row_q16_a_avx2(const float *x, block_q16_a *y, int64_t k) {
         __m256 v[4], amax = _mm256_setzero_ps();
         for (int j = 0; j < 4; j++) {
             v[j] = _mm256_loadu_ps(x + 8 * j);
-            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[j]));
+            const __m256 a = _mm256_andnot_ps(sign, v[j]);
+            amax = _mm256_max_ps(amax, _mm256_and_ps(a, _mm256_cmp_ps(a, a, _CMP_ORD_Q))); /* NaN left out, as in the reference */
         }
         __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
         m = _mm_max_ps(m, _mm_movehl_ps(m, m));

@@ -23,7 +23,8 @@ static inline __m512 not_nan(__m512 v) {
 void quantize_row_q16_a_avx512(const float *x, block_q16_a *y, int64_t k) {
     for (int64_t i = 0; i < k / QK; i++, x += QK) {
         const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
-        const float d = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1))) / 32767.0f;
+        /* NaN left out of the max, as the reference's comparison leaves it out */
+        const float d = _mm512_reduce_max_ps(_mm512_max_ps(not_nan(_mm512_abs_ps(v0)), not_nan(_mm512_abs_ps(v1)))) / 32767.0f;
         const __m512 id = _mm512_set1_ps(llmr_q16_a_inverse(d));
         const __m512i q0 = round_away(not_nan(_mm512_mul_ps(v0, id)));
         const __m512i q1 = round_away(not_nan(_mm512_mul_ps(v1, id)));

@@ -12,10 +12,9 @@ void quantize_row_q16_a_neon(const float *x, block_q16_a *y, int64_t k) {
         float32x4_t amax = vdupq_n_f32(0.0f);
         for (int j = 0; j < 8; j++) {
             v[j] = vld1q_f32(x + 4 * j);
-            amax = vmaxq_f32(amax, vabsq_f32(v[j]));
+            amax = vmaxnmq_f32(amax, vabsq_f32(v[j])); /* maxNum: NaN left out, as in the reference */
         }
-        /* max is exact and order-free (no NaN: unsupported, see docs/kernels.md). */
-        const float d = vmaxvq_f32(amax) / 32767.0f;
+        const float d = vmaxnmvq_f32(amax) / 32767.0f;
         const float id = llmr_q16_a_inverse(d); /* FCVTAS turns NaN into 0 itself */
 
         int32x4_t sum = vdupq_n_s32(0);

@@ -60,11 +60,11 @@ typedef struct {
     int16_t qs[QK];
 } block_q16_a;
 
-/* 1 / d for a q16_a block of scale d, or 0 where that is not a finite number (d = 0, tiny,
- * infinite or NaN: the activations of a model gone to overflow or of a corrupt file). Every
- * q16_a quantiser also turns a NaN x * id into q = 0, so q always fits int16 and the sums
- * int32 (no undefined float-to-int conversion); inf and NaN still reach the result through d
- * and s. */
+/* 1 / d for a q16_a block of scale d, or 0 where that is not a finite number (d = 0, tiny or
+ * infinite: the activations of a model gone to overflow or of a corrupt file). Every q16_a
+ * quantiser also leaves NaN out of a block's max and turns a NaN x * id into q = 0, so q
+ * always fits int16 and the sums int32 (no undefined float-to-int conversion), the same on
+ * every ISA; inf still reaches the result through d and s. */
 static inline float llmr_q16_a_inverse(float d) {
     return d >= 0x1p-126f && d <= 0x1.fffffep127f ? 1.0f / d : 0.0f;
 }

@@ -160,6 +160,15 @@ static void test_quantize_q16a(void) {
     for (int j = 0; j < QK; j++) x[2 * QK + j] = j == 5 ? -32767.0f : (float)j - 15.5f;
     for (int j = 0; j < QK; j++) x[3 * QK + j] = 1e-3f * special[j % 16] + (j == 0 ? 7.0f : 0.0f);
     check_q16a(x, 4 * QK, "quantize_q16_a ties");
+    /* What a corrupt file feeds it: NaN among numbers (left out of the max, q = 0), an infinity
+     * (d = inf, id = 0), a block whose 1/d would not be finite (id = 0). */
+    for (int j = 0; j < QK; j++) {
+        x[j] = j == 3 || j == 20 ? NAN : (float)j - 9.25f;
+        x[QK + j] = j == 7 ? INFINITY : 1.0f;
+        x[2 * QK + j] = j % 2 ? 1e-40f : -3e-39f;
+        x[3 * QK + j] = NAN;
+    }
+    check_q16a(x, 4 * QK, "quantize_q16_a non-finite");
 }
 
 /* The X16 layout (16 rows interleaved per block): NEON against the scalar X16 kernels (which
