@@ -160,12 +160,13 @@ def quantize_q16a(x: np.ndarray):
     b = _blocks(np.ascontiguousarray(x, dtype=np.float32))
     a = np.abs(b)
     d = np.where(np.isnan(a), np.float32(0), a).max(axis=-1) / np.float32(32767)  # NaN left out of the max
-    # 1/d only where it is finite (llmr_q16_a_inverse), and NaN products to 0, as the kernels do
-    id = np.where((d >= np.float32(2.0 ** -126)) & (d <= np.finfo(np.float32).max), _inverse(d), np.float32(0))
-    with np.errstate(invalid="ignore"):
+    # 1/d only where it is finite (llmr_q16_a_inverse), and NaN products to 0, as the kernels do;
+    # inf and NaN in the input are expected here, so numpy need not warn of them
+    with np.errstate(over="ignore", invalid="ignore"):
+        id = np.where((d >= np.float32(2.0 ** -126)) & (d <= np.finfo(np.float32).max), _inverse(d), np.float32(0))
         v = b * id.astype(np.float32)[..., None]
-    q = _round_away(np.where(np.isnan(v), np.float32(0), v)).astype(np.int16)
-    s = d * q.astype(np.int32).sum(axis=-1).astype(np.float32)
+        q = _round_away(np.where(np.isnan(v), np.float32(0), v)).astype(np.int16)
+        s = d * q.astype(np.int32).sum(axis=-1).astype(np.float32)
     return d, s, q
 
 
