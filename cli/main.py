@@ -466,6 +466,9 @@ def main() -> None:
             raise
         print(f"llmrun: error: {e}", file=sys.stderr)  # a bad LLMRUN_ISA / LLMRUN_THREADS
         sys.exit(1)
+    except MemoryError:
+        print("llmrun: error: out of memory: use a smaller model or context (--ctx)", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
 

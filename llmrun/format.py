@@ -35,6 +35,8 @@ TENSOR_ALIGN = 64  # every tensor starts on a 64-byte boundary (a cache line, an
 DATA_ALIGN = 16384  # the data section starts on a 16 KiB page (Apple Silicon), so a GPU can map it
 MAX_RANK = 4
 MAX_NAME = 256
+MAX_METADATA = 64 << 20  # JSON: config, chat template, provenance; real ones are kilobytes
+MAX_TOKENIZER = 512 << 20  # the largest tokenizer.json files are tens of MiB
 CHECKSUM_OFFSET = HEADER_SIZE - 4
 assert HEADER.size == HEADER_SIZE
 
@@ -311,6 +313,9 @@ class LlmrFile:
                 raise FormatError(f"{p}: corrupt header: {name} section at {off} (+{length}) "
                                   f"overlaps another or lies outside the {size}-byte file")
             pos = off + length
+        if meta_size > MAX_METADATA or tok_size > MAX_TOKENIZER:
+            raise FormatError(f"{p}: corrupt header: {meta_size} bytes of metadata, {tok_size} of tokenizer "
+                              f"(at most {MAX_METADATA} and {MAX_TOKENIZER})")
         if data_off % DATA_ALIGN:
             raise FormatError(f"{p}: corrupt header: data section at {data_off} is not {DATA_ALIGN}-aligned")
 

@@ -90,8 +90,13 @@ class KVCache:
 
     def __init__(self, cfg: ModelConfig, n_ctx: int):
         shape = (cfg.n_layers, n_ctx, cfg.n_kv_heads, cfg.head_dim)
-        self.k = np.zeros(shape, dtype=np.float32)  # [L, C, Hkv, hd]
-        self.v = np.zeros(shape, dtype=np.float32)  # [L, C, Hkv, hd]
+        try:
+            self.k = np.zeros(shape, dtype=np.float32)  # [L, C, Hkv, hd]
+            self.v = np.zeros(shape, dtype=np.float32)  # [L, C, Hkv, hd]
+        except MemoryError:  # even unbacked: a context past what the machine can map
+            size = 8 * np.prod(shape, dtype=np.float64)
+            raise ContextError(f"a KV cache for {n_ctx} positions takes {size / 2**30:.1f} GiB, more than "
+                               "this machine can map: use a smaller context (--ctx)") from None
         self.n_ctx = n_ctx
         self.n = 0  # positions filled
         self.tokens: list[int] = []  # the ids at those positions

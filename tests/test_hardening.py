@@ -123,6 +123,18 @@ def test_config_out_of_bounds_is_a_format_error(tiny, tmp_path, key, value):
         Model(str(tmp_path / "bad.llmr"))
 
 
+def test_a_cache_past_what_the_machine_maps_is_a_context_error():
+    """The largest config the bounds allow asks for 2^63 bytes of KV cache at its full context:
+    one line naming --ctx, not a MemoryError."""
+    from llmrun.config import LIMITS, ModelConfig
+    from llmrun.errors import ContextError
+    from llmrun.model import KVCache
+    big = {k: hi for k, (lo, hi) in LIMITS.items()}
+    cfg = ModelConfig(**big, norm_eps=1e-5, rope_theta=1e4, tie_embeddings=True)
+    with pytest.raises(ContextError, match="--ctx"):
+        KVCache(cfg, cfg.max_seq_len)
+
+
 # --- chat templates ----------------------------------------------------------------------------
 
 RUNAWAY_TEMPLATES = {
