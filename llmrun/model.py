@@ -179,6 +179,8 @@ class Model:
         self.weights = Weights.from_file(self.file, self.config)
         self.tokenizer = Tokenizer.from_metadata(meta.get("tokenizer"), bytes(self.file.tokenizer_blob), path)
         self.chat_template: str | None = meta.get("chat_template")
+        if not isinstance(self.chat_template, (str, type(None))):
+            raise FormatError(f"{path}: the chat template in the metadata is not text; convert the model again")
         self.inv_freq = rope_inv_freq(self.config)  # [hd/2]
         self.graph = ops.graph(self.config, self.weights, self.inv_freq)
 

@@ -153,13 +153,18 @@ def read_tokenizer(d: str, c: dict) -> tuple[dict, bytes]:
         text = v.get("content") if isinstance(v, dict) else v
         return tok.token_to_id(text) if isinstance(text, str) else None
 
-    def ids(v):
-        return [int(i) for i in (v if isinstance(v, list) else [v]) if i is not None]
+    def ids(v, where):
+        v = v if isinstance(v, list) else [v]
+        for i in v:
+            if i is not None and (isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < tok.vocab_size):
+                raise ConvertError(f"{d}: {where} {i!r} is not a token id of the tokenizer ({tok.vocab_size} tokens)")
+        return [i for i in v if i is not None]
 
     bos = token_id(tc.get("bos_token"))
     if bos is None:
-        bos = c.get("bos_token_id")
-    eos = ids(gc.get("eos_token_id")) + ids(token_id(tc.get("eos_token"))) + ids(c.get("eos_token_id"))
+        bos = next(iter(ids(c.get("bos_token_id"), "config.json's bos_token_id")), None)
+    eos = (ids(gc.get("eos_token_id"), "generation_config.json's eos_token_id") + ids(token_id(tc.get("eos_token")), "")
+           + ids(c.get("eos_token_id"), "config.json's eos_token_id"))
     info = {"kind": kind, "bos_id": bos, "eos_ids": sorted(set(eos)),
             "add_bos": bool(tc.get("add_bos_token", kind == "spm"))}
     return info, blob
@@ -172,7 +177,7 @@ def read_chat_template(d: str) -> str | None:
             return f.read()
     t = _read_json(os.path.join(d, "tokenizer_config.json"), required=False).get("chat_template")
     if isinstance(t, list):  # named templates: [{"name": "default", "template": ...}, ...]
-        t = next((x.get("template") for x in t if x.get("name") == "default"), None)
+        t = next((x.get("template") for x in t if isinstance(x, dict) and x.get("name") == "default"), None)
     return t if isinstance(t, str) else None
 
 
