@@ -112,6 +112,9 @@ def main() -> None:
         path = tmp / f"{name}.gguf"
         write_tiny_gguf(path, a, types, vocab=272, dim=32, ffn=64, n_layers=1, n_heads=2, n_kv=1)
         write("gguf", name, path.read_bytes())
+    path = tmp / "kquants.gguf"  # k-quant blocks are 256 wide: the smallest model that holds them
+    write_tiny_gguf(path, *TYPE_MIXES["llama-kquants"], vocab=272, dim=256, ffn=256, n_layers=1, n_heads=2, n_kv=1)
+    write("gguf", "llama-kquants", path.read_bytes())
 
     # tokenizers: the kind byte indexes targets.TOKENIZER_NAMES
     write("tokenizer", "bpe-json", b"\x00" + byte_level_tokenizer_json().encode())
