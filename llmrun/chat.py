@@ -17,23 +17,27 @@ from .generation import GenerationResponse, generate
 
 
 RENDER_SECONDS = 2.0  # chat templates render in milliseconds; one that runs longer is refused
-TEMPLATE_MAX_INT = 1 << 20  # bound on a number in `*`, `**` and calls: no template needs more
+TEMPLATE_MAX_INT = 1 << 20  # bound on a number in `*`, `**`, `%`-widths and calls: no template needs more
+FORMAT_SPEC = re.compile(r"%[-+ #0]*(\d*)(?:\.(\d*))?")  # a %-format's width and precision
 
 
-def _bounded(value) -> bool:
-    """A number no template needs more than, or a %-format whose widths are such numbers."""
-    if isinstance(value, str) and "%" in value:
-        return all(int(w) <= TEMPLATE_MAX_INT for w in re.findall(r"%[-+ #0]*(\d*)(?:\.(\d*))?", value)
-                   for w in w if w)
-    return not isinstance(value, int) or abs(value) <= TEMPLATE_MAX_INT
+def _huge(value) -> bool:
+    return isinstance(value, int) and abs(value) > TEMPLATE_MAX_INT
 
 
-def _bounded_filter(f):
-    """A jinja2 filter that refuses huge numbers (`center(10**9)`, `'%999999999d'|format`)."""
+def _huge_format(fmt) -> bool:
+    """A %-format string with a width or precision over the bound ('%999999999d')."""
+    return isinstance(fmt, str) and any(len(n) > 7 or int(n) > TEMPLATE_MAX_INT
+                                        for spec in FORMAT_SPEC.findall(fmt) for n in spec if n)
+
+
+def _bounded_filter(name: str, f):
+    """A jinja2 filter that refuses huge numbers (`center(10**9)`, `'%999999999d' | format`)."""
     @functools.wraps(f)  # keeps jinja2's pass_context/pass_environment marks
     def checked(*args, **kwargs):
-        if not all(map(_bounded, (*args, *kwargs.values()))):
-            raise LlmrunError(f"the chat template calls {f.__name__} with a number over {TEMPLATE_MAX_INT}: refused")
+        values = (*args, *kwargs.values())
+        if any(map(_huge, values)) or name == "format" and any(map(_huge_format, values)):
+            raise LlmrunError(f"the chat template calls {name} with a number over {TEMPLATE_MAX_INT}: refused")
         return f(*args, **kwargs)
     return checked
 
@@ -49,12 +53,13 @@ def _compile(template: str):
         intercepted_binops = frozenset(["*", "**", "%"])
 
         def call_binop(self, context, operator, left, right):
-            if not (_bounded(left) and _bounded(right)) or operator == "**" and isinstance(right, int) and right > 64:
-                raise LlmrunError(f"the chat template computes {left!r} {operator} {right!r}: too large")
+            if (_huge(left) or _huge(right) or operator == "**" and isinstance(right, int) and right > 64
+                    or operator == "%" and _huge_format(left)):
+                raise LlmrunError(f"the chat template computes {left!r:.40} {operator} {right!r:.40}: too large")
             return super().call_binop(context, operator, left, right)
 
         def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja2's signature)
-            if not all(map(_bounded, (*args, *kwargs.values()))):
+            if any(map(_huge, (*args, *kwargs.values()))):
                 raise LlmrunError("the chat template calls a function with a number over "
                                   f"{TEMPLATE_MAX_INT}: refused")
             return super().call(__context, __obj, *args, **kwargs)
@@ -65,7 +70,7 @@ def _compile(template: str):
     # Sandboxed: a template comes from a model file, which may come from anywhere.
     env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, ensure_ascii=False, indent=indent)
-    env.filters = {name: _bounded_filter(f) for name, f in env.filters.items()}
+    env.filters = {name: _bounded_filter(name, f) for name, f in env.filters.items()}
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     try:

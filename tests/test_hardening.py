@@ -167,9 +167,12 @@ def test_ordinary_templates_still_render():
     from llmrun.chat import render_chat
     tok = SimpleNamespace(bos_id=1, eos_ids=[2], decode=lambda ids: {1: "<s>", 2: "</s>"}[ids[0]])
     t = ("{{ bos_token }}{% for m in messages %}{{ '%s: %s' % (m.role, m.content) }}{{ '-' * 3 }}"
-         "{{ m.content | center(9) }}{% endfor %}{{ range(3) | list | length }}")
+         "{{ m.content | center(9) }}{{ m.content | trim }}{% endfor %}{{ range(3) | list | length }}")
     model = SimpleNamespace(chat_template=t, tokenizer=tok)
-    assert render_chat(model, [{"role": "user", "content": "hi"}]) == "<s>user: hi---    hi   3"
+    assert render_chat(model, [{"role": "user", "content": "hi"}]) == "<s>user: hi---    hi   hi3"
+    # a message may hold anything, %-formats with huge widths included: only templates are bounded
+    said = "100%9999999999d sure"
+    assert render_chat(model, [{"role": "user", "content": said}]).count(said) == 3
 
 
 # --- nothing lost ------------------------------------------------------------------------------
