@@ -356,10 +356,15 @@ def perplexity(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
 @app.command()
 def info(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
          verify: bool = typer.Option(False, "--verify", help="check every tensor's checksum"),
-         tensors: bool = typer.Option(False, "--tensors", help="list every tensor")):
+         tensors: bool = typer.Option(False, "--tensors", help="list every tensor"),
+         backends: bool = typer.Option(False, "--backends", help="list the backends and GPU adapters found, "
+                                                                 "and load no model")):
     """Show a model's config, tensor types and sizes, and the kernel path in use."""
     from llmrun import cpu
     from llmrun.quant.layout import NAMES as LAYOUT_NAMES
+    if backends:
+        _show_backends()
+        return
     m = _open_model(model)
     f = m.file
     cfg = m.config
@@ -401,6 +406,22 @@ def info(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
                        "the file is corrupt; download or convert it again", err=True)
             raise typer.Exit(1)
         typer.echo(f"verify:      all {len(f.tensors)} tensor checksums match")
+
+
+def _show_backends() -> None:
+    from llmrun import cpu, webgpu
+    from llmrun.errors import LlmrunError
+    typer.echo(f"cpu:     {cpu.isa()}, {cpu.threads()} threads")
+    try:
+        found = webgpu.adapters()
+    except LlmrunError as e:
+        typer.echo(f"webgpu:  unavailable: {e}")
+        return
+    if not found:
+        typer.echo("webgpu:  no adapter found (on Linux: install a Vulkan driver, e.g. mesa-vulkan-drivers)")
+    for a in found:
+        typer.echo(f"webgpu:  {a['name']} ({a['backend']}, {a['type']}); shader-f16 {'yes' if a['f16'] else 'no'}, "
+                   f"subgroups {'yes' if a['subgroups'] else 'no'}, storage binding up to {_bytes(a['max_binding'])}")
 
 
 @app.command()

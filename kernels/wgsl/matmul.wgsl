@@ -1,0 +1,59 @@
+// out[t, row] = sum_k w[row, k] * x[t, k] for a range of weight rows and tokens: decode (one
+// token) and prefill (many) alike. The weight format comes from the stub prepended to this
+// file (matmul_<type>.wgsl), which defines `fn weights(row, b, nb) -> array<f32, 32>`: the 32
+// values of block b of a row, scales applied, read from `w` in the layout the CPU uses.
+//
+// A workgroup takes 16 rows and TOKENS tokens; 4 lanes share a row, each summing every 4th
+// block, so one block's weights are decoded once for all the tile's tokens. No subgroup
+// operations: the lanes meet in workgroup memory, whatever the device's subgroup size.
+
+struct Params {
+    k: u32,       // row length (a multiple of 32)
+    rows: u32,    // rows in this binding of w
+    tokens: u32,  // rows of x
+    row0: u32,    // the binding's first row in the whole matrix (where its outputs go)
+    out_rows: u32 // the whole matrix's rows: out's row stride
+}
+
+@group(0) @binding(0) var<storage, read> w: array<u32>;
+@group(0) @binding(1) var<storage, read> x: array<f32>;         // [tokens, k]
+@group(0) @binding(2) var<storage, read_write> out: array<f32>; // [tokens, out_rows]
+@group(0) @binding(3) var<uniform> p: Params;
+
+const LANES: u32 = 4u;
+const TOKENS: u32 = 8u;
+var<workgroup> partial: array<f32, 64 * TOKENS>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let row = wg.x * 16u + li / LANES;
+    let lane = li % LANES;
+    let t0 = wg.y * TOKENS;
+    let nb = p.k / 32u;
+    let live = row < p.rows;  // the last group of a rows-layout matrix may be partial
+    var acc: array<f32, TOKENS>;
+    for (var b = lane; b < nb && live; b += LANES) {
+        let v = weights(row, b, nb);
+        for (var t = 0u; t < TOKENS && t0 + t < p.tokens; t++) {
+            let xo = (t0 + t) * p.k + b * 32u;
+            var s = 0.0;
+            for (var i = 0u; i < 32u; i++) {
+                s += v[i] * x[xo + i];
+            }
+            acc[t] += s;
+        }
+    }
+    for (var t = 0u; t < TOKENS; t++) {
+        partial[li * TOKENS + t] = acc[t];
+    }
+    workgroupBarrier();
+    if (lane == 0u && live) {
+        for (var t = 0u; t < TOKENS && t0 + t < p.tokens; t++) {
+            var s = 0.0;
+            for (var l = 0u; l < LANES; l++) {
+                s += partial[(li + l) * TOKENS + t];
+            }
+            out[(t0 + t) * p.out_rows + p.row0 + row] = s;
+        }
+    }
+}
