@@ -78,9 +78,9 @@ MODEL_HELP = (".llmr file, GGUF file, Hugging Face checkpoint directory or model
               "(default: smollm2-135m-instruct, downloaded on first use)")
 
 
-def _open_model(model: Optional[str]):
+def _open_model(model: Optional[str], backend: Optional[str] = None):
     """Load what the user named, fetching the default model or converting a GGUF/checkpoint
-    into the cache on first use."""
+    into the cache on first use, for the backend asked for."""
     import llmrun
     from llmrun import store
     bar = _Progress("converting")
@@ -88,8 +88,10 @@ def _open_model(model: Optional[str]):
         path = store.resolve(model, download=True, progress=bar)
     finally:
         bar.close()
-    return llmrun.load(path)
+    return llmrun.load(path, backend=backend)
 
+
+Backend = Annotated[Optional[str], typer.Option("--backend", help="cpu or webgpu (default: LLMRUN_BACKEND, else cpu)")]
 
 # Sampling options shared by generate and chat.
 Temp = Annotated[float, typer.Option("--temp", min=0.0, help="temperature; 0 is greedy")]
@@ -123,7 +125,7 @@ def generate(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
              n: int = typer.Option(128, "--n-predict", "--max-tokens", "-n", min=1, help="tokens to generate"),
              temp: Temp = 0.8, top_k: TopK = 40, top_p: TopP = 0.95, min_p: MinP = 0.0,
              repeat_penalty: RepeatPenalty = 1.0, repeat_window: RepeatWindow = 64, seed: Seed = None,
-             stop: Stop = None, ctx: Ctx = None, threads: Threads = None,
+             stop: Stop = None, ctx: Ctx = None, threads: Threads = None, backend: Backend = None,
              raw: bool = typer.Option(False, "--raw", help="continue the prompt as is, without the model's chat template")):
     """Answer a prompt (through the model's chat template, if it has one) or, with --raw,
     continue it; text streams to stdout, speeds to stderr."""
@@ -132,7 +134,7 @@ def generate(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
     if prompt == "-":
         prompt = sys.stdin.read()
     _set_threads(threads)
-    m = _open_model(model)
+    m = _open_model(model, backend)
     cache = m.new_cache(ctx) if ctx else None
     if m.chat_template and not raw:
         prompt = chat_ids(m, [{"role": "user", "content": prompt}])
@@ -156,7 +158,7 @@ def chat(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
          max_tokens: int = typer.Option(1024, "--max-tokens", "-n", min=1, help="longest reply, in tokens"),
          temp: Temp = 0.8, top_k: TopK = 40, top_p: TopP = 0.95, min_p: MinP = 0.05,
          repeat_penalty: RepeatPenalty = 1.0, repeat_window: RepeatWindow = 64, seed: Seed = None,
-         stop: Stop = None, ctx: Ctx = None, threads: Threads = None,
+         stop: Stop = None, ctx: Ctx = None, threads: Threads = None, backend: Backend = None,
          context_overflow: str = typer.Option("shift", "--context-overflow", help="when the context is full: "
                                               "shift (drop the oldest turns) or stop"),
          verbose: bool = typer.Option(False, "--verbose", "-v", help="speeds and context use after each reply"),
@@ -172,7 +174,7 @@ def chat(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
         with open(chat_template, encoding="utf-8") as f:
             template = f.read()
     _set_threads(threads)
-    m = _open_model(model)
+    m = _open_model(model, backend)
     settings = Settings(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
                         repeat_penalty=repeat_penalty, repeat_window=repeat_window, seed=seed, max_tokens=max_tokens)
     session = ChatSession(m, system=system, template=template, n_ctx=ctx, overflow=context_overflow,
@@ -319,7 +321,7 @@ def perplexity(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
                kl_divergence: Optional[str] = typer.Option(None, "--kl-divergence",
                                                            help="compare with log-probabilities saved by "
                                                                 "--save-logits: KLD, top-1 agreement, PPL ratio"),
-               output: str = typer.Option("md", "--output", "-o", help="md or json")):
+               output: str = typer.Option("md", "--output", "-o", help="md or json"), backend: Backend = None):
     """Perplexity of a text, by llama.cpp's method: chunks of -c tokens, the second half of each scored."""
     import json
     from llmrun import perplexity as ppl
@@ -327,7 +329,7 @@ def perplexity(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
         raise typer.BadParameter(f"{output!r}: use md or json", param_hint="--output")
     text = _read_text(text_file)
     base = ppl.load(kl_divergence) if kl_divergence else None
-    m = _open_model(model)
+    m = _open_model(model, backend)
     tokens = m.tokenizer.encode(text)
     bar = _Progress("perplexity")
 
@@ -422,6 +424,19 @@ def _show_backends() -> None:
     for a in found:
         typer.echo(f"webgpu:  {a['name']} ({a['backend']}, {a['type']}); shader-f16 {'yes' if a['f16'] else 'no'}, "
                    f"subgroups {'yes' if a['subgroups'] else 'no'}, storage binding up to {_bytes(a['max_binding'])}")
+
+
+@app.command()
+def selftest(backend: str = typer.Option("webgpu", "--backend", help="the GPU backend to check against the CPU")):
+    """Check a GPU backend against the CPU on small random models, one per weight type; prints
+    PASS or FAIL (exit 1) for each."""
+    from llmrun import selftest as st
+    failed = 0
+    for c in st.run(backend):
+        failed += not c.passed
+        typer.echo(f"{'PASS' if c.passed else 'FAIL'}  {c.type:5s} argmax {'same' if c.argmax_same else 'DIFFERS'} "
+                   f"at every position, max |logit difference| {c.max_diff:.1e} of the largest (bound {st.BOUND:g})")
+    raise typer.Exit(1 if failed else 0)
 
 
 @app.command()

@@ -84,15 +84,22 @@ def tensor_shapes(cfg: ModelConfig) -> dict[str, tuple]:
     return shapes | {f"layers.{i}.{n}": shape for i in range(cfg.n_layers) for n, shape in layer.items()}
 
 
+BACKENDS = ("cpu", "webgpu")
+
+
 class KVCache:
     """Keys and values of every position seen so far, per layer. Pages are committed lazily
-    (np.zeros maps untouched memory), so a long context costs only what is used."""
+    (np.zeros maps untouched memory), so a long context costs only what is used. With `gpu`
+    (a webgpu.Graph) they live on the device instead, in `device`."""
 
-    def __init__(self, cfg: ModelConfig, n_ctx: int):
+    def __init__(self, cfg: ModelConfig, n_ctx: int, gpu=None):
         shape = (cfg.n_layers, n_ctx, cfg.n_kv_heads, cfg.head_dim)
+        self.device = gpu.new_cache(n_ctx) if gpu is not None else None
+        self.k = self.v = None
         try:
-            self.k = np.zeros(shape, dtype=np.float32)  # [L, C, Hkv, hd]
-            self.v = np.zeros(shape, dtype=np.float32)  # [L, C, Hkv, hd]
+            if self.device is None:
+                self.k = np.zeros(shape, dtype=np.float32)  # [L, C, Hkv, hd]
+                self.v = np.zeros(shape, dtype=np.float32)  # [L, C, Hkv, hd]
         except MemoryError:  # even unbacked: a context past what the machine can map
             size = 8 * np.prod(shape, dtype=np.float64)
             raise ContextError(f"a KV cache for {n_ctx} positions takes {size / 2**30:.1f} GiB, more than "
@@ -168,8 +175,10 @@ def forward(cfg: ModelConfig, w: Weights, inv_freq: np.ndarray, tokens, cache: K
 class Model:
     """A loaded model: config, weights (zero-copy views of the file), tokenizer, chat template."""
 
-    def __init__(self, path: str, huge_pages: bool = False):
+    def __init__(self, path: str, huge_pages: bool = False, backend: str = "cpu"):
         from .tokenizer import Tokenizer
+        if backend not in BACKENDS:
+            raise SettingError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
         self.file = LlmrFile(path, huge_pages)
         meta = self.file.metadata
         try:
@@ -182,17 +191,25 @@ class Model:
         if not isinstance(self.chat_template, (str, type(None))):
             raise FormatError(f"{path}: the chat template in the metadata is not text; convert the model again")
         self.inv_freq = rope_inv_freq(self.config)  # [hd/2]
+        self.backend = backend
         self.graph = ops.graph(self.config, self.weights, self.inv_freq)
+        self.gpu = None
+        if backend == "webgpu":  # the weights go to the device once, here
+            from . import webgpu
+            self.gpu = webgpu.Graph(webgpu.Device(), self.config, self.weights, self.inv_freq)
 
     def new_cache(self, n_ctx: int | None = None) -> KVCache:
-        """A fresh KV cache for up to n_ctx positions (default: the trained context)."""
-        return KVCache(self.config, n_ctx or self.config.max_seq_len)
+        """A fresh KV cache for up to n_ctx positions (default: the trained context), on the
+        backend's device."""
+        return KVCache(self.config, n_ctx or self.config.max_seq_len, self.gpu)
 
     def forward(self, tokens, cache: KVCache, last_only: bool = False, reference: bool = False,
                 logits_from: int = 0) -> np.ndarray:
         """forward() above: as one call into the kernels (the same ops in the same order, so the
         same logits bit for bit), or with `reference`, step by step in Python."""
         if reference:
+            if cache.device is not None:
+                raise SettingError("the Python reference forward runs on a CPU cache, not a device's")
             return forward(self.config, self.weights, self.inv_freq, tokens, cache, last_only, logits_from)
         _check_fits(cache, len(tokens))
         first = _first_logit(len(tokens), last_only, logits_from)
@@ -200,8 +217,11 @@ class Model:
         if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
             bad = int(ids[(ids < 0) | (ids >= self.config.vocab_size)][0])
             raise SettingError(f"token id {bad} is out of range [0, {self.config.vocab_size})")
-        logits = ops.forward(self.graph, ids.astype(np.int32), cache.n, cache.k, cache.v, first,
-                             self.config.vocab_size)
+        if cache.device is not None:
+            logits = cache.device.run(ids, cache.n, first)
+        else:
+            logits = ops.forward(self.graph, ids.astype(np.int32), cache.n, cache.k, cache.v, first,
+                                 self.config.vocab_size)
         cache.n += len(ids)
         cache.tokens.extend(int(t) for t in ids)
         return logits
@@ -212,12 +232,13 @@ class Model:
         return self.forward(ids, self.new_cache(len(ids)))
 
 
-def load(path, huge_pages: bool | None = None) -> Model:
+def load(path, huge_pages: bool | None = None, backend: str | None = None) -> Model:
     """Open a .llmr file: weights stay in the page cache; nothing is copied or repacked.
     A GGUF file or a Hugging Face checkpoint directory is converted into the model cache on
     first use (see llmrun.store) and loaded from there. `huge_pages` (default: the environment
     variable LLMRUN_HUGEPAGES=1) copies the file into memory backed by transparent huge pages,
-    a few percent faster decode for twice the memory (llmrun.format._read_into_huge_pages)."""
+    a few percent faster decode for twice the memory (llmrun.format._read_into_huge_pages).
+    `backend` is "cpu" or "webgpu" (default: the environment variable LLMRUN_BACKEND, else cpu)."""
     from .models import source_kind
     path = str(path)
     if source_kind(path) in ("hf", "gguf"):
@@ -225,4 +246,4 @@ def load(path, huge_pages: bool | None = None) -> Model:
         path = convert_into_cache(path)
     if huge_pages is None:
         huge_pages = os.environ.get("LLMRUN_HUGEPAGES", "") == "1"
-    return Model(path, huge_pages)
+    return Model(path, huge_pages, backend or os.environ.get("LLMRUN_BACKEND") or "cpu")

@@ -74,3 +74,64 @@ def test_info_lists_the_adapters(device):
     r = run_cli("info", "--backends", check=True)
     lines = r.stdout.splitlines()
     assert lines[0].startswith("cpu:") and any(line.startswith("webgpu:") and "shader-f16" in line for line in lines)
+
+
+# --- the whole graph on the device -------------------------------------------------------------
+
+def test_selftest_passes(device):
+    r = run_cli("selftest", "--backend", "webgpu")
+    assert r.returncode == 0 and r.stdout.count("PASS") == 4, r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    from conftest import make_hf_checkpoint
+    from llmrun.models import convert
+    d = tmp_path_factory.mktemp("webgpu-models")
+    out = {}
+    for arch, kw in {"llama": {}, "qwen2": dict(arch="Qwen2ForCausalLM", model_type="qwen2", bias=True, tied=False),
+                     "mistral": dict(arch="MistralForCausalLM", model_type="mistral", tied=False)}.items():
+        make_hf_checkpoint(d / arch, **kw)
+        for type in ("f16", "q8_0", "q4_0", "q4_1"):
+            out[arch, type] = d / f"{arch}-{type}.llmr"
+            convert(str(d / arch), str(out[arch, type]), type)
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("type", ["f16", "q8_0", "q4_0", "q4_1"])
+def test_graph_matches_the_cpu(device, tiny_models, arch, type):
+    """Prefill, then decode steps, on both backends: the same argmax at every position, logits
+    within 1e-3 of their range (the CPU's 16-bit activations against the GPU's f32)."""
+    import llmrun
+    cpu, gpu = llmrun.load(tiny_models[arch, type]), llmrun.load(tiny_models[arch, type], backend="webgpu")
+    ids = np.random.default_rng(5).integers(0, cpu.config.vocab_size, 24)
+    c_cache, g_cache = cpu.new_cache(32), gpu.new_cache(32)
+    for start, stop in ((0, 20), (20, 21), (21, 22), (22, 24)):
+        want, got = cpu.forward(ids[start:stop], c_cache), gpu.forward(ids[start:stop], g_cache)
+        assert (want.argmax(-1) == got.argmax(-1)).all()
+        assert np.abs(want - got).max() <= 1e-3 * np.abs(want).max()
+    # a step moves its ids and 12 bytes of state up, and only the logits down
+    assert g_cache.device.bytes_up == 2 * 4 + 12 and g_cache.device.bytes_down == 2 * cpu.config.vocab_size * 4
+
+
+def test_generate_on_the_device_gives_the_cpu_tokens(device, tiny_models):
+    import llmrun
+    path = tiny_models["qwen2", "q4_0"]
+    runs = [list(r.token for r in llmrun.generate(llmrun.load(path, backend=b), [3, 14, 15, 92, 65], max_tokens=12,
+                                                  temperature=0)) for b in ("cpu", "webgpu")]
+    assert runs[0] == runs[1]
+
+
+def test_generate_and_chat_commands(device, tiny_models):
+    path = tiny_models["llama", "q8_0"]
+    want = run_cli("generate", path, "-p", "the cat", "-n", "8", "--temp", "0", check=True).stdout
+    assert run_cli("generate", path, "-p", "the cat", "-n", "8", "--temp", "0", "--backend", "webgpu",
+                   check=True).stdout == want
+    r = run_cli("chat", path, "--backend", "webgpu", "--temp", "0", "-n", "6", input="hello\nmore\n", check=True)
+    assert r.stdout.count("\n") >= 2
+
+
+def test_unknown_backend_is_one_line(tiny_models):
+    r = run_cli("generate", tiny_models["llama", "q8_0"], "-p", "x", "--backend", "cuda9")
+    assert r.returncode == 1 and r.stderr.strip() == "llmrun: error: unknown backend 'cuda9'; known: cpu, webgpu"

@@ -8,17 +8,17 @@
 // operations: the lanes meet in workgroup memory, whatever the device's subgroup size.
 
 struct Params {
-    k: u32,       // row length (a multiple of 32)
-    rows: u32,    // rows in this binding of w
-    tokens: u32,  // rows of x
-    row0: u32,    // the binding's first row in the whole matrix (where its outputs go)
-    out_rows: u32 // the whole matrix's rows: out's row stride
+    k: u32,          // row length (a multiple of 32)
+    rows: u32,       // rows in this binding of w
+    row0: u32,       // the binding's first row in the whole matrix (where its outputs go)
+    out_rows: u32,   // the whole matrix's rows: out's row stride
+    from_first: u32, // 1: x holds only the tokens from step.first on (the output head)
 }
 
-@group(0) @binding(0) var<storage, read> w: array<u32>;
-@group(0) @binding(1) var<storage, read> x: array<f32>;         // [tokens, k]
-@group(0) @binding(2) var<storage, read_write> out: array<f32>; // [tokens, out_rows]
-@group(0) @binding(3) var<uniform> p: Params;
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(3) var<storage, read> x: array<f32>;         // [tokens, k]
+@group(0) @binding(4) var<storage, read_write> out: array<f32>; // [tokens, out_rows]
 
 const LANES: u32 = 4u;
 const TOKENS: u32 = 8u;
@@ -29,12 +29,13 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
     let row = wg.x * 16u + li / LANES;
     let lane = li % LANES;
     let t0 = wg.y * TOKENS;
+    let tokens = step.tokens - p.from_first * step.first;
     let nb = p.k / 32u;
     let live = row < p.rows;  // the last group of a rows-layout matrix may be partial
     var acc: array<f32, TOKENS>;
     for (var b = lane; b < nb && live; b += LANES) {
         let v = weights(row, b, nb);
-        for (var t = 0u; t < TOKENS && t0 + t < p.tokens; t++) {
+        for (var t = 0u; t < TOKENS && t0 + t < tokens; t++) {
             let xo = (t0 + t) * p.k + b * 32u;
             var s = 0.0;
             for (var i = 0u; i < 32u; i++) {
@@ -48,7 +49,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
     }
     workgroupBarrier();
     if (lane == 0u && live) {
-        for (var t = 0u; t < TOKENS && t0 + t < p.tokens; t++) {
+        for (var t = 0u; t < TOKENS && t0 + t < tokens; t++) {
             var s = 0.0;
             for (var l = 0u; l < LANES; l++) {
                 s += partial[(li + l) * TOKENS + t];

@@ -1,0 +1,80 @@
+"""`llmrun selftest`: a backend against the CPU on small random models, one per weight type,
+built in memory (nothing to download): the first thing to run on a new machine or GPU."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import cpu
+from .config import ModelConfig, rope_inv_freq
+from .errors import SettingError
+from .format import Tensor
+from .model import KVCache, LayerWeights, Weights
+from .quant import qtype, quantize
+from .quant.layout import X16, interleave, kernel_layout
+
+TYPES = ("f16", "q8_0", "q4_0", "q4_1")
+CONFIG = ModelConfig(vocab_size=256, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32, ffn_dim=256,
+                     norm_eps=1e-5, rope_theta=10000.0, max_seq_len=64, tie_embeddings=False, attn_bias=True)
+# Logits may differ by this much of their range: the CPU quantises activations to 16 bits per
+# block where a GPU keeps f32, and sums in another order (measured: ~5e-5).
+BOUND = 1e-3
+
+
+@dataclass
+class Check:
+    type: str
+    argmax_same: bool
+    max_diff: float  # max |logit difference| / max |logit|
+
+    @property
+    def passed(self) -> bool:
+        return self.argmax_same and self.max_diff <= BOUND
+
+
+def random_weights(type_name: str, cfg: ModelConfig = CONFIG, seed: int = 0) -> Weights:
+    """Random weights of one type (norms and biases f32), laid out as the converter lays them."""
+    rng = np.random.default_rng(seed)
+    t = qtype(type_name)
+
+    def matrix(rows, cols, scale=None):
+        w = (rng.standard_normal((rows, cols)) * (scale or cols ** -0.5)).astype(np.float32)
+        data = quantize(w, t)
+        layout = kernel_layout(t, w.shape)
+        return Tensor("w", t, w.shape, (interleave(data, t) if layout == X16 else data).reshape(-1), layout)
+
+    def vector(n, center=1.0):
+        return (center + 0.1 * rng.standard_normal(n)).astype(np.float32)
+
+    D, F, q_dim, kv_dim = cfg.dim, cfg.ffn_dim, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    layers = [LayerWeights(attn_norm=vector(D), wq=matrix(q_dim, D), wk=matrix(kv_dim, D), wv=matrix(kv_dim, D),
+                           wo=matrix(D, q_dim), bq=vector(q_dim, 0.0), bk=vector(kv_dim, 0.0), bv=vector(kv_dim, 0.0),
+                           ffn_norm=vector(D), w_gate=matrix(F, D), w_up=matrix(F, D), w_down=matrix(D, F))
+              for _ in range(cfg.n_layers)]
+    return Weights(tok_embeddings=matrix(cfg.vocab_size, D, 1.0), layers=layers, norm=vector(D),
+                   output=matrix(cfg.vocab_size, D))
+
+
+def run(backend: str = "webgpu") -> list[Check]:
+    """For each weight type: a 12-token prompt then 3 decode steps, on the CPU and on the
+    backend, compared position by position."""
+    from . import webgpu
+    if backend != "webgpu":
+        raise SettingError(f"selftest checks a GPU backend against the CPU: --backend webgpu, not {backend!r}")
+    device = webgpu.Device()
+    ids = np.random.default_rng(1).integers(0, CONFIG.vocab_size, 15).astype(np.int32)
+    inv_freq = rope_inv_freq(CONFIG)
+    checks = []
+    for type_name in TYPES:
+        w = random_weights(type_name)
+        graph, gpu = cpu.graph(CONFIG, w, inv_freq), webgpu.Graph(device, CONFIG, w, inv_freq)
+        cache, device_cache = KVCache(CONFIG, 16), gpu.new_cache(16)
+        want, got = [], []
+        for start, stop in ((0, 12), (12, 13), (13, 14), (14, 15)):
+            want.append(cpu.forward(graph, ids[start:stop], start, cache.k, cache.v, 0, CONFIG.vocab_size))
+            got.append(device_cache.run(ids[start:stop], start, 0))
+        want, got = np.concatenate(want), np.concatenate(got)
+        checks.append(Check(type_name, bool((want.argmax(-1) == got.argmax(-1)).all()),
+                            float(np.abs(want - got).max() / np.abs(want).max())))
+    return checks
