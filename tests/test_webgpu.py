@@ -135,3 +135,26 @@ def test_generate_and_chat_commands(device, tiny_models):
 def test_unknown_backend_is_one_line(tiny_models):
     r = run_cli("generate", tiny_models["llama", "q8_0"], "-p", "x", "--backend", "cuda9")
     assert r.returncode == 1 and r.stderr.strip() == "llmrun: error: unknown backend 'cuda9'; known: cpu, webgpu"
+
+
+@pytest.mark.parametrize("type", ["q8_0", "q4_0"])
+def test_smollm2_matches_the_cpu_at_every_position(device, smollm2_hf, tmp_path, type):
+    """The real model on the device, the reference prompts in one prefill each: the argmax of
+    every position as on the CPU. Measured max |logit difference| (of logits up to ~32) on
+    lavapipe: q8_0 0.007 / 0.009 / 0.011, q4_0 0.007 / 0.006 / 0.015 (`pytest -s` prints them);
+    the bound leaves room for other devices' summation order."""
+    import json
+    import llmrun
+    from conftest import SHARED
+    from llmrun.models import convert
+    path = tmp_path / f"smollm2-{type}.llmr"
+    convert(str(smollm2_hf["float32"]), str(path), type)
+    cpu, gpu = llmrun.load(path), llmrun.load(path, backend="webgpu")
+    for prompt in json.loads((SHARED / "reference" / "reference.json").read_text())["prompts"]:
+        ids = prompt["ids"]
+        want = cpu.forward(ids, cpu.new_cache(len(ids)))
+        got = gpu.forward(ids, gpu.new_cache(len(ids)))
+        diff = float(np.abs(want - got).max())
+        print(f"smollm2 {type} {prompt['name']}: max |logit difference| {diff:.4f}")
+        assert (want.argmax(-1) == got.argmax(-1)).all(), prompt["name"]
+        assert diff < 0.05, prompt["name"]

@@ -3,18 +3,17 @@
 // quant bytes at word 16 + c * 16 + r. Nibbles as q4_0; value d q + m.
 const BLOCK_WORDS: u32 = 80u;  // 16 rows * 20 bytes / 4
 
-fn weights(row: u32, b: u32, nb: u32) -> array<f32, 32> {
+fn block_base(row: u32, b: u32, nb: u32) -> u32 {
+    return ((row / 16u) * nb + b) * BLOCK_WORDS;
+}
+
+fn scale(row: u32, b: u32, nb: u32) -> vec2<f32> {
     let r = row % 16u;
-    let base = ((row / 16u) * nb + b) * BLOCK_WORDS;
-    let d = unpack2x16float(w[base + r / 2u])[r % 2u];
-    let m = unpack2x16float(w[base + 8u + r / 2u])[r % 2u];
-    var v: array<f32, 32>;
-    for (var c = 0u; c < 4u; c++) {
-        let q = w[base + 16u + c * 16u + r];
-        for (var j = 0u; j < 4u; j++) {
-            v[c * 4u + j] = d * f32(extractBits(q, j * 8u, 4u)) + m;
-            v[c * 4u + j + 16u] = d * f32(extractBits(q, j * 8u + 4u, 4u)) + m;
-        }
-    }
-    return v;
+    let base = block_base(row, b, nb);
+    return vec2<f32>(unpack2x16float(w[base + r / 2u])[r % 2u], unpack2x16float(w[base + 8u + r / 2u])[r % 2u]);
+}
+
+fn quants(row: u32, b: u32, nb: u32, i: u32) -> vec4<f32> {
+    let q = w[block_base(row, b, nb) + 16u + (i % 4u) * 16u + row % 16u] >> (4u * (i / 4u));
+    return vec4<f32>(f32(q & 15u), f32((q >> 8u) & 15u), f32((q >> 16u) & 15u), f32((q >> 24u) & 15u));
 }
