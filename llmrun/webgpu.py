@@ -21,7 +21,7 @@ from .quant.layout import X16
 TYPES = ("f16", "q8_0", "q4_0", "q4_1")  # the weight types with a WGSL matmul
 ROWS_PER_WORKGROUP = 16  # matmul.wgsl: a workgroup's rows...
 TOKENS_PER_WORKGROUP = 8  # ...and tokens (its TOKENS)
-ATTENTION_TOKENS = 16  # tokens per attention dispatch: its scratch is [16, heads, ctx]
+ATTENTION_TOKENS = 16  # tokens per attention dispatch (fewer if [16, heads, ctx] scores outgrow a binding)
 WORKGROUP = 64  # threads of the elementwise kernels' workgroups
 MAX_GROUPS = 65535  # workgroups per dimension, the WebGPU minimum every adapter allows
 
@@ -249,7 +249,8 @@ class DeviceCache:
         q, att = dev.zeros(T * q_dim * 4), dev.zeros(T * q_dim * 4)  # [T, H, hd]
         k, v = dev.zeros(T * kv_dim * 4), dev.zeros(T * kv_dim * 4)  # [T, Hkv, hd]
         gate, up = dev.zeros(T * F * 4), dev.zeros(T * F * 4)  # [T, F]
-        scores = dev.zeros(min(T, ATTENTION_TOKENS) * H * self.n_ctx * 4)  # [16, H, C]
+        chunk = max(1, min(T, ATTENTION_TOKENS, dev.max_binding // (H * self.n_ctx * 4)))
+        scores = dev.zeros(chunk * H * self.n_ctx * 4)  # [chunk, H, C]
         self.logits = dev.zeros(T * V * 4)  # [T - first, V]
 
         plan = Plan(dev)
@@ -270,9 +271,9 @@ class DeviceCache:
             plan.copy(lambda enc, n_past, T, kc=kc, vc=vc, row=kv_dim * 4: (
                 enc.copy_buffer_to_buffer(k, 0, kc, n_past * row, T * row),
                 enc.copy_buffer_to_buffer(v, 0, vc, n_past * row, T * row)))
-            for t0 in range(0, T, ATTENTION_TOKENS):
+            for t0 in range(0, T, chunk):
                 plan.op("attention", (H, Hkv, hd, self.n_ctx, t0, float(1 / np.sqrt(hd))), [q, kc, vc, att, scores],
-                        lambda T, first, t0=t0: (H, min(ATTENTION_TOKENS, T - t0)) if T > t0 else (0, 0))
+                        lambda T, first, t0=t0: (H, min(chunk, T - t0)) if T > t0 else (0, 0))
             plan.matmul(layer["wo"], att, tmp)
             plan.op("add", (D, T * D), [x, tmp], per_token(D))
 

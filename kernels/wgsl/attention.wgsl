@@ -1,4 +1,4 @@
-// Causal grouped-query attention for tokens [t0, t0 + TOKENS) of a step: one workgroup per
+// Causal grouped-query attention for a chunk of a step's tokens, from t0: one workgroup per
 // (head, token); token t (position n_past + t) sees cache positions 0 ..= n_past + t. Scores
 // go to a scratch row of the context's length, so any context fits; max and sum are reduced
 // in workgroup memory.
@@ -16,7 +16,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> kc: array<f32>;             // [ctx, kv_heads, hd]
 @group(0) @binding(4) var<storage, read> vc: array<f32>;             // [ctx, kv_heads, hd]
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;      // [tokens, heads, hd]
-@group(0) @binding(6) var<storage, read_write> scores: array<f32>;   // [TOKENS, heads, ctx]
+@group(0) @binding(6) var<storage, read_write> scores: array<f32>;   // [chunk, heads, ctx]
 
 var<workgroup> part: array<f32, 64>;
 
