@@ -158,3 +158,81 @@ def test_smollm2_matches_the_cpu_at_every_position(device, smollm2_hf, tmp_path,
         print(f"smollm2 {type} {prompt['name']}: max |logit difference| {diff:.4f}")
         assert (want.argmax(-1) == got.argmax(-1)).all(), prompt["name"]
         assert diff < 0.05, prompt["name"]
+
+
+# --- each kernel against numpy -----------------------------------------------------------------
+
+def _run_op(device, kernel, params, buffers, groups, T, n_past=0, weight_type=None, out=-1):
+    """One kernel on a step of T tokens (numpy arrays go up as buffers); buffer `out` afterwards."""
+    from llmrun.webgpu import Plan
+    u = device.wgpu.BufferUsage
+    bufs = [device.buffer(np.ascontiguousarray(b), u.STORAGE | u.COPY_SRC) if isinstance(b, np.ndarray) else b
+            for b in buffers]
+    plan = Plan(device)
+    plan.op(kernel, params, bufs, lambda T, first: groups, weight_type)
+    plan.run(device.uniform(n_past, T, 0), T, n_past)
+    return np.frombuffer(device.device.queue.read_buffer(bufs[out]), dtype=np.float32)
+
+
+def test_rmsnorm_kernel(device):
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((5, 96)).astype(np.float32), rng.standard_normal(96).astype(np.float32)
+    out = _run_op(device, "rmsnorm", (96, 1e-5, 0), [x, w, np.zeros_like(x)], (5, 1), 5).reshape(5, 96)
+    want = x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-5) * w
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+
+
+def test_rope_kernel(device):
+    from llmrun import cpu
+    rng = np.random.default_rng(2)
+    T, H, hd, n_past = 3, 4, 16, 5
+    x = rng.standard_normal((T, H, hd)).astype(np.float32)
+    inv_freq = (10000.0 ** (-np.arange(0, hd, 2) / hd)).astype(np.float32)
+    angle = np.arange(16, dtype=np.float32)[:, None] * inv_freq[None, :]
+    table = np.stack([np.cos(angle.astype(np.float64)), np.sin(angle.astype(np.float64))], -1).astype(np.float32)
+    got = _run_op(device, "rope", (H, hd), [x, table], (T * H * hd // 2 // 64 + 1, 1), T, n_past, out=0)
+    want = x.copy()
+    cpu.rope_(want, np.arange(n_past, n_past + T, dtype=np.int32), inv_freq)  # the CPU's kernel
+    np.testing.assert_allclose(got.reshape(T, H, hd), want, rtol=1e-6, atol=1e-6)
+
+
+def test_attention_kernel(device):
+    """Causal GQA over a cache of n_past + T positions, against numpy softmax attention."""
+    rng = np.random.default_rng(3)
+    T, H, Hkv, hd, n_past, C = 3, 4, 2, 16, 4, 8
+    q = rng.standard_normal((T, H, hd)).astype(np.float32)
+    k, v = rng.standard_normal((2, C, Hkv, hd)).astype(np.float32)
+    out = np.zeros_like(q)
+    scores = np.zeros((T, H, C), np.float32)
+    got = _run_op(device, "attention", (H, Hkv, hd, C, 0, float(1 / np.sqrt(hd))), [q, k, v, out, scores],
+                  (H, T), T, n_past, out=3).reshape(T, H, hd)
+    for t in range(T):
+        n = n_past + t + 1
+        for h in range(H):
+            s = k[:n, h // (H // Hkv)].astype(np.float64) @ q[t, h] / np.sqrt(hd)
+            p = np.exp(s - s.max())
+            np.testing.assert_allclose(got[t, h], p @ v[:n, h // (H // Hkv)] / p.sum(), rtol=1e-5, atol=1e-6)
+
+
+def test_elementwise_kernels(device):
+    rng = np.random.default_rng(4)
+    g, u = rng.standard_normal((2, 3, 40)).astype(np.float32) * 4
+    got = _run_op(device, "silu_mul", (40,), [g, u], (2, 1), 3, out=0)
+    np.testing.assert_allclose(got.reshape(3, 40), g / (1 + np.exp(-g.astype(np.float64))) * u, rtol=1e-5, atol=1e-6)
+    bias = rng.standard_normal(40).astype(np.float32)
+    got = _run_op(device, "add", (40, 40), [g, bias], (2, 1), 3, out=0)
+    np.testing.assert_array_equal(got.reshape(3, 40), g + bias)
+
+
+@pytest.mark.parametrize("type", ["q8_0", "q4_0", "q4_1", "f16"])
+def test_embed_kernel(device, type):
+    """Rows of the table, dequantised exactly as quant.dequantize does."""
+    t = qtype(type)
+    rng = np.random.default_rng(5)
+    tensor, blocks = _tensor(rng.standard_normal((48, 64)).astype(np.float32), t)
+    m = device.upload(tensor)
+    ids = np.array([47, 0, 16, 16], np.uint32)
+    out = np.zeros((4, 64), np.float32)
+    (w, row0, rows), = m.parts
+    got = _run_op(device, "embed", (64, rows, row0), [w, ids, out], (4, 1), 4, weight_type=type)
+    np.testing.assert_array_equal(got.reshape(4, 64), dequantize(blocks, t, 64)[ids])
