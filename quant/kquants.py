@@ -175,4 +175,5 @@ def dequantize_ggml(data: np.ndarray, t, n: int) -> np.ndarray:
     except KeyError:
         raise ValueError(f"no dequantiser for {t.name}") from None
     blocks = _split_blocks(data, t, n)  # [..., nb, type_size]; checks the row length
-    return fn(blocks).reshape(*blocks.shape[:-2], n)
+    with np.errstate(over="ignore", invalid="ignore"):  # a corrupt file's inf/NaN scales: the converter refuses them
+        return fn(blocks).reshape(*blocks.shape[:-2], n)
