@@ -19,6 +19,7 @@ from .format import Tensor
 from .quant.layout import X16
 
 TYPES = ("f16", "q8_0", "q4_0", "q4_1")  # the weight types with a WGSL matmul
+X16_TYPES = ("q8_0", "q4_0", "q4_1")  # ... read in the x16 layout
 ROWS_PER_WORKGROUP = 16  # matmul.wgsl: a workgroup's rows...
 TOKENS_PER_WORKGROUP = 8  # ...and tokens (its TOKENS)
 ATTENTION_TOKENS = 16  # tokens per attention dispatch (fewer if [16, heads, ctx] scores outgrow a binding)
@@ -85,12 +86,13 @@ class Device:
 
     def pipeline(self, kernel: str, weight_type: str | None = None):
         """kernels/wgsl/<kernel>.wgsl behind step.wgsl and, for kernels that read weights, the
-        weight type's stub (matmul_<type>.wgsl)."""
+        weight type's stub (matmul_<type>.wgsl, after x16.wgsl for the x16 types)."""
         key = (kernel, weight_type)
         if key not in self._pipelines:
             if weight_type is not None and weight_type not in TYPES:
                 raise LlmrunError(f"no WebGPU kernels for {weight_type} weights (have: {', '.join(TYPES)})")
-            code = wgsl("step") + (wgsl(f"matmul_{weight_type}") if weight_type else "") + wgsl(kernel)
+            stubs = ["x16"] * (weight_type in X16_TYPES) + [f"matmul_{weight_type}"] * bool(weight_type)
+            code = "".join(wgsl(name) for name in ["step", *stubs, kernel])
             module = self.device.create_shader_module(code=code)
             self._pipelines[key] = self.device.create_compute_pipeline(
                 layout="auto", compute={"module": module, "entry_point": "main"})
@@ -121,7 +123,7 @@ class Device:
         """A weight tensor's bytes as they are in the file, in buffers of whole 16-row groups
         within the binding limit."""
         rows, k = t.shape
-        if t.type.name in ("q8_0", "q4_0", "q4_1") and t.layout != X16:
+        if t.type.name in X16_TYPES and t.layout != X16:
             raise LlmrunError(f"{t.name}: the WebGPU kernels read {t.type.name} in the x16 layout only")
         row_bytes = t.data.size // rows
         step = max(ROWS_PER_WORKGROUP, self.max_binding // row_bytes // ROWS_PER_WORKGROUP * ROWS_PER_WORKGROUP)

@@ -4,13 +4,8 @@
 // 4i .. 4i + 3 are word i's low nibbles for i < 4, word i - 4's high ones after. Value d (q - 8).
 const BLOCK_WORDS: u32 = 72u;  // 16 rows * 18 bytes / 4
 
-fn block_base(row: u32, b: u32, nb: u32) -> u32 {
-    return ((row / 16u) * nb + b) * BLOCK_WORDS;
-}
-
 fn scale(row: u32, b: u32, nb: u32) -> vec2<f32> {
-    let r = row % 16u;
-    return vec2<f32>(unpack2x16float(w[block_base(row, b, nb) + r / 2u])[r % 2u], 0.0);
+    return vec2<f32>(x16_field(row, b, nb, 0u), 0.0);
 }
 
 fn quants(row: u32, b: u32, nb: u32, i: u32) -> vec4<f32> {

@@ -3,14 +3,8 @@
 // quant bytes at word 16 + c * 16 + r. Nibbles as q4_0; value d q + m.
 const BLOCK_WORDS: u32 = 80u;  // 16 rows * 20 bytes / 4
 
-fn block_base(row: u32, b: u32, nb: u32) -> u32 {
-    return ((row / 16u) * nb + b) * BLOCK_WORDS;
-}
-
 fn scale(row: u32, b: u32, nb: u32) -> vec2<f32> {
-    let r = row % 16u;
-    let base = block_base(row, b, nb);
-    return vec2<f32>(unpack2x16float(w[base + r / 2u])[r % 2u], unpack2x16float(w[base + 8u + r / 2u])[r % 2u]);
+    return vec2<f32>(x16_field(row, b, nb, 0u), x16_field(row, b, nb, 1u));
 }
 
 fn quants(row: u32, b: u32, nb: u32, i: u32) -> vec4<f32> {

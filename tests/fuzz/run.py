@@ -77,7 +77,7 @@ def run_mutations(fn, target: str, seconds: float, hang: int, seed: int) -> int:
     return n
 
 
-def run_atheris(fn, target: str, seconds: int, hang: int) -> None:
+def run_atheris(fn, target: str, seconds: int, hang: int, rss_mb: int) -> None:
     import atheris
     work = ROOT / ".fuzz-work" / target
     work.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ def run_atheris(fn, target: str, seconds: int, hang: int) -> None:
     max_len = 2 * max(p.stat().st_size for p in seeds.iterdir())
     args = [sys.argv[0], str(work), str(seeds), f"-max_total_time={seconds}", f"-timeout={hang}",
             f"-max_len={max_len}", f"-artifact_prefix={ROOT / '.fuzz-work'}/{target}-",
-            "-print_final_stats=1", "-rss_limit_mb=4096"]
+            "-print_final_stats=1", f"-rss_limit_mb={rss_mb}"]
     atheris.Setup(args, fn)
     atheris.Fuzz()
 
@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--replay", nargs="+", metavar="FILE", help="run these inputs once each")
     ap.add_argument("--hang", type=int, default=20, help="seconds one input may take")
     ap.add_argument("--seed", type=int, default=0, help="the mutator's seed")
+    ap.add_argument("--rss-mb", type=int, default=4096, help="atheris: memory at which the run stops as a failure")
     args = ap.parse_args()
     if args.mutate or args.replay:
         import targets
@@ -117,7 +118,7 @@ def main() -> None:
     for data in corpus(args.target):  # loads every module the target imports lazily
         fn(data)
     atheris.instrument_all()  # coverage of every Python function loaded so far (ours, jinja2's)
-    run_atheris(fn, args.target, int(args.seconds), args.hang)
+    run_atheris(fn, args.target, int(args.seconds), args.hang, args.rss_mb)
 
 
 if __name__ == "__main__":
