@@ -2,6 +2,7 @@
 An interrupted write never leaves a partial file under the final name."""
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from contextlib import contextmanager
@@ -12,6 +13,8 @@ def atomic_file(path: str, mode: str = "wb"):
     """Yield a file object opened on a temporary file; on success it replaces `path`."""
     path = os.path.abspath(path)
     directory = os.path.dirname(path)
+    if not os.path.isdir(directory):  # said of the folder asked for, not of our temporary file in it
+        raise FileNotFoundError(errno.ENOENT, "no such folder to write into", directory)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=directory)
     umask = os.umask(0)
     os.umask(umask)

@@ -59,7 +59,7 @@ BAD_INPUT = [
     ("generate {d}/photos -p hi", 1, "is a directory but not a Hugging Face checkpoint"),
     ("generate {d}/notes.txt -p hi", 1, "not a .llmr file (bad magic)"),
     ("generate {d}/absent.llmr -p hi", 1, "does not exist"),
-    ("convert {d}/hf {d}/no/such/dir/x.llmr", 1, "No such file or directory"),
+    ("convert {d}/hf {d}/no/such/dir/x.llmr", 1, "no/such/dir: no such folder to write into"),
     ("perplexity {m} -f {d}/absent.txt", 1, "cannot read"),
     ("info {m} --threads 3", 2, "No such option"),
 ]
