@@ -89,8 +89,6 @@ class Device:
         weight type's stub (matmul_<type>.wgsl, after x16.wgsl for the x16 types)."""
         key = (kernel, weight_type)
         if key not in self._pipelines:
-            if weight_type is not None and weight_type not in TYPES:
-                raise LlmrunError(f"no WebGPU kernels for {weight_type} weights (have: {', '.join(TYPES)})")
             stubs = ["x16"] * (weight_type in X16_TYPES) + [f"matmul_{weight_type}"] * bool(weight_type)
             code = "".join(wgsl(name) for name in ["step", *stubs, kernel])
             module = self.device.create_shader_module(code=code)
@@ -123,6 +121,9 @@ class Device:
         """A weight tensor's bytes as they are in the file, in buffers of whole 16-row groups
         within the binding limit."""
         rows, k = t.shape
+        if t.type.name not in TYPES:
+            raise LlmrunError(f"{t.name}: no WebGPU kernels for {t.type.name} weights (have: {', '.join(TYPES)}); "
+                              "convert the model to one of those, or use --backend cpu")
         if t.type.name in X16_TYPES and t.layout != X16:
             raise LlmrunError(f"{t.name}: the WebGPU kernels read {t.type.name} in the x16 layout only")
         row_bytes = t.data.size // rows

@@ -236,3 +236,11 @@ def test_embed_kernel(device, type):
     (w, row0, rows), = m.parts
     got = _run_op(device, "embed", (64, rows, row0), [w, ids, out], (4, 1), 4, weight_type=type)
     np.testing.assert_array_equal(got.reshape(4, 64), dequantize(blocks, t, 64)[ids])
+
+
+def test_weights_without_kernels_are_one_line(device, tiny_models, tmp_path):
+    from conftest import make_hf_checkpoint
+    make_hf_checkpoint(tmp_path / "hf")
+    run_cli("convert", tmp_path / "hf", tmp_path / "f32.llmr", "--type", "f32", check=True)
+    r = run_cli("generate", tmp_path / "f32.llmr", "-p", "x", "--backend", "webgpu")
+    assert r.returncode == 1 and "llmrun: error: " in r.stderr and "no WebGPU kernels for f32 weights" in r.stderr
