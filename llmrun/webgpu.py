@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import LlmrunError
+from .errors import ContextError, LlmrunError
 from .format import Tensor
 from .quant.layout import X16
 
@@ -230,8 +230,12 @@ class DeviceCache:
         dev, cfg = graph.dev, graph.cfg
         self.graph, self.dev, self.n_ctx = graph, dev, n_ctx
         self.kv_dim = cfg.n_kv_heads * cfg.head_dim
-        self.k = [dev.zeros(n_ctx * self.kv_dim * 4) for _ in graph.layers]  # [C, Hkv, hd] each
-        self.v = [dev.zeros(n_ctx * self.kv_dim * 4) for _ in graph.layers]
+        try:
+            self.k = [dev.zeros(n_ctx * self.kv_dim * 4) for _ in graph.layers]  # [C, Hkv, hd] each
+            self.v = [dev.zeros(n_ctx * self.kv_dim * 4) for _ in graph.layers]
+        except dev.wgpu.GPUError as e:
+            raise ContextError(f"the GPU cannot hold a KV cache of {n_ctx} positions ({e}): use a smaller "
+                               "context (--ctx)") from None
         # cos and sin of every position, as llmr_rope_table makes them: f32 angle, f64 cos/sin
         angle = np.arange(n_ctx, dtype=np.float32)[:, None] * graph.inv_freq.astype(np.float32)[None, :]
         table = np.stack([np.cos(angle.astype(np.float64)), np.sin(angle.astype(np.float64))], axis=-1)

@@ -244,3 +244,13 @@ def test_weights_without_kernels_are_one_line(device, tiny_models, tmp_path):
     run_cli("convert", tmp_path / "hf", tmp_path / "f32.llmr", "--type", "f32", check=True)
     r = run_cli("generate", tmp_path / "f32.llmr", "-p", "x", "--backend", "webgpu")
     assert r.returncode == 1 and "llmrun: error: " in r.stderr and "no WebGPU kernels for f32 weights" in r.stderr
+
+
+def test_a_cache_the_device_cannot_hold_is_one_line(device, tiny_models):
+    """A context whose KV cache is past the device's largest buffer: a ContextError naming --ctx."""
+    import llmrun
+    from llmrun.errors import ContextError
+    gpu = llmrun.load(tiny_models["llama", "q8_0"], backend="webgpu")
+    too_many = device.adapter.limits["max-buffer-size"] // (gpu.config.n_kv_heads * gpu.config.head_dim * 4) + 1
+    with pytest.raises(ContextError, match="--ctx"):
+        gpu.new_cache(too_many)
