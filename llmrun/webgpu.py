@@ -175,25 +175,31 @@ class Plan:
                     m.type)
 
     def run(self, step, T: int, n_past: int = 0, first: int = 0) -> int:
-        """Record and submit every entry for a step of T tokens; returns the dispatches."""
+        """Record and submit every entry for a step of T tokens; returns the dispatches. The
+        dispatches between two copies share one compute pass (WebGPU orders and makes visible
+        each dispatch's writes to the next within a pass)."""
         encoder = self.dev.device.create_command_encoder()
-        dispatches = 0
+        dispatches, compute = 0, None
         if self._bound_step is not step:
             self._binds = [None if e[0] == "copy" else self.dev.bind(e[0], step, *e[1]) for e in self.entries]
             self._bound_step = step
         for entry, bind in zip(self.entries, self._binds):
             if entry[0] == "copy":
+                if compute is not None:
+                    compute.end()
+                    compute = None
                 entry[1](encoder, n_past, T)
                 continue
             pipeline, _, groups = entry
             x, y = groups(T, first)
             if x and y:
-                compute = encoder.begin_compute_pass()
+                compute = compute or encoder.begin_compute_pass()
                 compute.set_pipeline(pipeline)
                 compute.set_bind_group(0, bind)
                 compute.dispatch_workgroups(x, y, 1)
-                compute.end()
                 dispatches += 1
+        if compute is not None:
+            compute.end()
         self.dev.device.queue.submit([encoder.finish()])
         return dispatches
 
