@@ -9,7 +9,6 @@ gguf = pytest.importorskip("gguf", reason="the gguf package (a test extra) write
 from gguf import GGMLQuantizationType as G
 
 import llmrun
-from llmrun.errors import ConvertError
 from llmrun.models import convert
 from llmrun.models.gguf import _unpermute_rows
 from llmrun.quant import GGML_TYPES_BY_ID

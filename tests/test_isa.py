@@ -26,7 +26,7 @@ from llmrun.quant.types import BF16, F16, F32, Q4_0, Q4_1, Q8_0
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_kernels import (FLOAT_DOT_BOUND, QUANT_DOT_BOUND, QUANT_DOT_SIMD_BOUND, RMSNORM_BOUND,  # noqa: E402
-                          SILU_BOUND, U, X16_DOT_BOUND, edge_rows, matmul_magnitude, rand, rng_for)
+                          SILU_BOUND, X16_DOT_BOUND, edge_rows, matmul_magnitude, rand, rng_for)
 
 ALL_TYPES = [F32, F16, BF16, Q8_0, Q4_0, Q4_1]
 SIMD_ISAS = ["avx2", "avx512", "avx512vnni"]  # x86-64; each needs the CPU features below
