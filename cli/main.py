@@ -188,7 +188,7 @@ def bench(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
           n_gen: int = typer.Option(128, "--n-gen", "-n", min=0, help="generated tokens (tg test); 0 skips"),
           threads: str = typer.Option("1,2", "--threads", "-t", help="comma-separated thread counts"),
           repetitions: int = typer.Option(3, "--repetitions", "-r", min=1),
-          output: str = typer.Option("md", "--output", "-o", help="md, json or csv")):
+          output: str = typer.Option("md", "--output", "-o", help="md, json or csv"), backend: Backend = None):
     """Measure prompt and generation speed, like llama-bench."""
     import json
     from llmrun.bench import bench as run_bench
@@ -198,7 +198,7 @@ def bench(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
         raise typer.BadParameter(f"{threads!r} is not a list of numbers", param_hint="--threads") from None
     if output not in ("md", "json", "csv"):
         raise typer.BadParameter(f"{output!r}: use md, json or csv", param_hint="--output")
-    m = _open_model(model)
+    m = _open_model(model, backend)
     results = run_bench(m, os.path.basename(m.file.path), n_prompt, n_gen, counts, repetitions)
     if output == "json":
         typer.echo(json.dumps([r.to_dict() for r in results], indent=1))

@@ -66,15 +66,18 @@ def _time_tg(model: Model, ids: list[int]) -> float:
 
 def bench(model: Model, name: str, n_prompt: int = 512, n_gen: int = 128, threads=(1,), repetitions: int = 3,
           seed: int = 0) -> list[BenchResult]:
-    """Run pp<n_prompt> and tg<n_gen> (either may be 0 to skip) for each thread count."""
+    """Run pp<n_prompt> and tg<n_gen> (either may be 0 to skip) for each thread count (once,
+    with threads 0, for a model on a GPU backend: its kernels use no CPU threads)."""
     rng = np.random.default_rng(seed)
     vocab = model.config.vocab_size
     tensors = model.file.tensors.values()
     size, params = sum(t.nbytes for t in tensors), sum(int(np.prod(t.shape)) for t in tensors)
     per_token = bytes_per_token(model)
     results = []
-    for n_threads in threads:
-        _kernels.set_threads(n_threads)
+    on_gpu = model.gpu is not None
+    for n_threads in (0,) if on_gpu else threads:
+        if not on_gpu:
+            _kernels.set_threads(n_threads)
         for test, n, timer in (("pp", n_prompt, _time_pp), ("tg", n_gen, _time_tg)):
             if not n:
                 continue
@@ -83,7 +86,8 @@ def bench(model: Model, name: str, n_prompt: int = 512, n_gen: int = 128, thread
             rates = [timer(model, ids) for _ in range(repetitions)]
             avg = statistics.fmean(rates)
             results.append(BenchResult(
-                model=name, type=_main_type(model), model_bytes=size, params=params, isa=_kernels.isa(),
+                model=name, type=_main_type(model), model_bytes=size, params=params,
+                isa=model.backend if on_gpu else _kernels.isa(),
                 threads=n_threads, test=f"{test}{n}", n_tokens=n, avg_ts=avg,
                 stddev_ts=statistics.stdev(rates) if len(rates) > 1 else 0.0,
                 gb_s=avg * per_token / 1e9 if test == "tg" else None))

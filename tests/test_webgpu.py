@@ -254,3 +254,12 @@ def test_a_cache_the_device_cannot_hold_is_one_line(device, tiny_models):
     too_many = device.adapter.limits["max-buffer-size"] // (gpu.config.n_kv_heads * gpu.config.head_dim * 4) + 1
     with pytest.raises(ContextError, match="--ctx"):
         gpu.new_cache(too_many)
+
+
+def test_bench_on_the_device(device, tiny_models):
+    import json
+    r = run_cli("bench", tiny_models["llama", "q4_0"], "--backend", "webgpu", "-p", "16", "-n", "4", "-r", "1",
+                "-o", "json", check=True)
+    results = json.loads(r.stdout)
+    assert [(x["test"], x["isa"], x["threads"]) for x in results] == [("pp16", "webgpu", 0), ("tg4", "webgpu", 0)]
+    assert all(x["avg_ts"] > 0 for x in results)
