@@ -69,12 +69,26 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+STALE_SECONDS = 24 * 3600  # a temporary file not written to for this long was left by a killed writer
+
+
+def _remove_stale_parts(folder: str) -> None:
+    """Temporary files (llmrun/atomic.py) that a killed conversion left behind: a live one is
+    written to as it goes, so an old one has no writer."""
+    import time
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if name.startswith(".") and name.endswith(".part") and time.time() - os.path.getmtime(path) > STALE_SECONDS:
+            os.unlink(path)
+
+
 def convert_into_cache(src: str, progress: Progress | None = None) -> str:
     """The cached .llmr of a GGUF file or checkpoint directory, converted on first use."""
     from .models import convert
     out = _converted_path(src)
     if not os.path.exists(out):
         os.makedirs(os.path.dirname(out), exist_ok=True)
+        _remove_stale_parts(os.path.dirname(out))
         _say(f"converting {src} into the cache ({out}), once")
         convert(src, out, None, progress)
     return out

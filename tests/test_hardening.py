@@ -239,6 +239,14 @@ def test_killed_conversion_is_never_used_from_the_cache(tiny, tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "converting" in r.stderr, r.stderr
     assert os.path.exists(r.stdout.strip())
+    # the killed run's temporary file stays until it is a day old; then a conversion removes it
+    left = [cache / f for f in os.listdir(cache) if f.endswith(".part")]
+    assert len(left) == 1
+    os.utime(left[0], (time.time() - 2 * 24 * 3600,) * 2)
+    make_hf_checkpoint(tmp_path / "other")
+    subprocess.run([sys.executable, "-m", "llmrun.cli.main", "pull", str(tmp_path / "other")], env=env,
+                   capture_output=True, text=True, timeout=300, check=True)
+    assert not left[0].exists()
 
 
 def test_chat_save_is_atomic(tiny, tmp_path, monkeypatch):
