@@ -33,16 +33,20 @@ class Check:
         return self.argmax_same and self.max_diff <= BOUND
 
 
+def tensor(w: np.ndarray, t) -> Tensor:
+    """float32 [R, K] as a weight of type t, in the layout the converter gives it."""
+    data = quantize(w, t)
+    layout = kernel_layout(t, w.shape)
+    return Tensor("w", t, w.shape, (interleave(data, t) if layout == X16 else data).reshape(-1), layout)
+
+
 def random_weights(type_name: str, cfg: ModelConfig = CONFIG, seed: int = 0) -> Weights:
     """Random weights of one type (norms and biases f32), laid out as the converter lays them."""
     rng = np.random.default_rng(seed)
     t = qtype(type_name)
 
     def matrix(rows, cols, scale=None):
-        w = (rng.standard_normal((rows, cols)) * (scale or cols ** -0.5)).astype(np.float32)
-        data = quantize(w, t)
-        layout = kernel_layout(t, w.shape)
-        return Tensor("w", t, w.shape, (interleave(data, t) if layout == X16 else data).reshape(-1), layout)
+        return tensor((rng.standard_normal((rows, cols)) * (scale or cols ** -0.5)).astype(np.float32), t)
 
     def vector(n, center=1.0):
         return (center + 0.1 * rng.standard_normal(n)).astype(np.float32)

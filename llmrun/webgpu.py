@@ -308,7 +308,11 @@ class DeviceCache:
         if n_past + T > self.n_ctx:
             raise LlmrunError(f"{n_past} + {T} tokens do not fit in the context of {self.n_ctx}")
         if T > self.capacity:
-            self._build(max(T, 2 * self.capacity))
+            try:
+                self._build(max(T, 2 * self.capacity))
+            except self.dev.wgpu.GPUError as e:  # e.g. logits [T, V] past the largest buffer
+                raise ContextError(f"the GPU cannot hold the activations of a {T}-token step ({e}): give fewer "
+                                   "tokens at a time") from None
         queue = self.dev.device.queue
         ids = np.ascontiguousarray(tokens, dtype=np.uint32)
         queue.write_buffer(self.ids, 0, ids)

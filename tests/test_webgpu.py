@@ -7,9 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from llmrun.format import Tensor
 from llmrun.quant import dequantize, qtype, quantize
-from llmrun.quant.layout import X16, interleave, kernel_layout
 
 wgpu = pytest.importorskip("wgpu", reason="the webgpu extra is not installed (pip install -e '.[test]' brings it)")
 
@@ -28,11 +26,10 @@ def device():
         pytest.skip(f"no WebGPU adapter: {e}")
 
 
-def _tensor(w: np.ndarray, t) -> tuple[Tensor, np.ndarray]:
-    rows = quantize(w, t)
-    layout = kernel_layout(t, w.shape)
-    data = interleave(rows, t) if layout == X16 else rows
-    return Tensor("w", t, w.shape, data.reshape(-1), layout), rows
+def _tensor(w: np.ndarray, t) -> tuple[object, np.ndarray]:
+    """The weight as the device gets it, and its blocks in rows (for the reference)."""
+    from llmrun.selftest import tensor
+    return tensor(w, t), quantize(w, t)
 
 
 @pytest.mark.parametrize("type", ["q8_0", "q4_0", "q4_1", "f16"])
@@ -263,3 +260,21 @@ def test_bench_on_the_device(device, tiny_models):
     results = json.loads(r.stdout)
     assert [(x["test"], x["isa"], x["threads"]) for x in results] == [("pp16", "webgpu", 0), ("tg4", "webgpu", 0)]
     assert all(x["avg_ts"] > 0 for x in results)
+
+
+def test_a_step_the_device_cannot_hold_is_one_line(device, tiny_models, monkeypatch):
+    import llmrun
+    from llmrun.errors import ContextError
+    gpu = llmrun.load(tiny_models["llama", "q8_0"], backend="webgpu")
+    cache = gpu.new_cache(64)
+    real_zeros = type(device).zeros
+
+    def small_device(dev, nbytes, usage=None):  # a device whose buffers stop at 64 KiB
+        if nbytes > 1 << 16:
+            raise device.wgpu.GPUValidationError("buffer too large")
+        return real_zeros(dev, nbytes, usage)
+
+    # a 64-token step's logits take 64 * 320 * 4 bytes: past that device's largest buffer
+    monkeypatch.setattr(type(device), "zeros", small_device)
+    with pytest.raises(ContextError, match="fewer tokens"):
+        gpu.forward(list(range(64)), cache)
