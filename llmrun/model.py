@@ -84,13 +84,24 @@ def tensor_shapes(cfg: ModelConfig) -> dict[str, tuple]:
     return shapes | {f"layers.{i}.{n}": shape for i in range(cfg.n_layers) for n, shape in layer.items()}
 
 
-BACKENDS = ("cpu", "webgpu")
+BACKENDS = ("cpu", "webgpu", "cuda")
+
+
+def device(backend: str):
+    """A GPU backend's device (webgpu or cuda), ready for a gpu.Graph."""
+    if backend == "webgpu":
+        from . import webgpu
+        return webgpu.Device()
+    if backend == "cuda":
+        from . import cuda
+        return cuda.Device()
+    raise SettingError(f"{backend!r} is not a GPU backend; GPU backends: webgpu, cuda")
 
 
 class KVCache:
     """Keys and values of every position seen so far, per layer. Pages are committed lazily
     (np.zeros maps untouched memory), so a long context costs only what is used. With `gpu`
-    (a webgpu.Graph) they live on the device instead, in `device`."""
+    (a gpu.Graph) they live on the device instead, in `device`."""
 
     def __init__(self, cfg: ModelConfig, n_ctx: int, gpu=None):
         shape = (cfg.n_layers, n_ctx, cfg.n_kv_heads, cfg.head_dim)
@@ -194,9 +205,9 @@ class Model:
         self.backend = backend
         self.graph = ops.graph(self.config, self.weights, self.inv_freq)
         self.gpu = None
-        if backend == "webgpu":  # the weights go to the device once, here
-            from . import webgpu
-            self.gpu = webgpu.Graph(webgpu.Device(), self.config, self.weights, self.inv_freq)
+        if backend != "cpu":  # the weights go to the device once, here
+            from . import gpu
+            self.gpu = gpu.Graph(device(backend), self.config, self.weights, self.inv_freq)
 
     def new_cache(self, n_ctx: int | None = None) -> KVCache:
         """A fresh KV cache for up to n_ctx positions (default: the trained context), on the
@@ -238,7 +249,7 @@ def load(path, huge_pages: bool | None = None, backend: str | None = None) -> Mo
     first use (see llmrun.store) and loaded from there. `huge_pages` (default: the environment
     variable LLMRUN_HUGEPAGES=1) copies the file into memory backed by transparent huge pages,
     a few percent faster decode for twice the memory (llmrun.format._read_into_huge_pages).
-    `backend` is "cpu" or "webgpu" (default: the environment variable LLMRUN_BACKEND, else cpu)."""
+    `backend` is "cpu", "webgpu" or "cuda" (default: the environment variable LLMRUN_BACKEND, else cpu)."""
     from .models import source_kind
     path = str(path)
     if source_kind(path) in ("hf", "gguf"):

@@ -10,7 +10,7 @@ from . import cpu
 from .config import ModelConfig, rope_inv_freq
 from .errors import SettingError
 from .format import Tensor
-from .model import KVCache, LayerWeights, Weights
+from .model import KVCache, LayerWeights, Weights, device
 from .quant import qtype, quantize
 from .quant.layout import X16, interleave, kernel_layout
 
@@ -63,17 +63,17 @@ def random_weights(type_name: str, cfg: ModelConfig = CONFIG, seed: int = 0) -> 
 def run(backend: str = "webgpu") -> list[Check]:
     """For each weight type: a 12-token prompt then 3 decode steps, on the CPU and on the
     backend, compared position by position."""
-    from . import webgpu
-    if backend != "webgpu":
-        raise SettingError(f"selftest checks a GPU backend against the CPU: --backend webgpu, not {backend!r}")
-    device = webgpu.Device()
+    from . import gpu
+    if backend == "cpu":
+        raise SettingError("selftest checks a GPU backend against the CPU: --backend webgpu or cuda")
+    dev = device(backend)
     ids = np.random.default_rng(1).integers(0, CONFIG.vocab_size, 15).astype(np.int32)
     inv_freq = rope_inv_freq(CONFIG)
     checks = []
     for type_name in TYPES:
         w = random_weights(type_name)
-        graph, gpu = cpu.graph(CONFIG, w, inv_freq), webgpu.Graph(device, CONFIG, w, inv_freq)
-        cache, device_cache = KVCache(CONFIG, 16), gpu.new_cache(16)
+        graph, on_device = cpu.graph(CONFIG, w, inv_freq), gpu.Graph(dev, CONFIG, w, inv_freq)
+        cache, device_cache = KVCache(CONFIG, 16), on_device.new_cache(16)
         want, got = [], []
         for start, stop in ((0, 12), (12, 13), (13, 14), (14, 15)):
             want.append(cpu.forward(graph, ids[start:stop], start, cache.k, cache.v, 0, CONFIG.vocab_size))

@@ -131,7 +131,7 @@ def test_generate_and_chat_commands(device, tiny_models):
 
 def test_unknown_backend_is_one_line(tiny_models):
     r = run_cli("generate", tiny_models["llama", "q8_0"], "-p", "x", "--backend", "cuda9")
-    assert r.returncode == 1 and r.stderr.strip() == "llmrun: error: unknown backend 'cuda9'; known: cpu, webgpu"
+    assert r.returncode == 1 and r.stderr.strip() == "llmrun: error: unknown backend 'cuda9'; known: cpu, webgpu, cuda"
 
 
 @pytest.mark.parametrize("type", ["q8_0", "q4_0"])
@@ -165,9 +165,9 @@ def _run_op(device, kernel, params, buffers, groups, T, n_past=0, weight_type=No
     u = device.wgpu.BufferUsage
     bufs = [device.buffer(np.ascontiguousarray(b), u.STORAGE | u.COPY_SRC) if isinstance(b, np.ndarray) else b
             for b in buffers]
-    plan = Plan(device)
+    plan = Plan(device, device.uniform(n_past, T, 0))
     plan.op(kernel, params, bufs, lambda T, first: groups, weight_type)
-    plan.run(device.uniform(n_past, T, 0), T, n_past)
+    plan.run(T, n_past)
     return np.frombuffer(device.device.queue.read_buffer(bufs[out]), dtype=np.float32)
 
 
