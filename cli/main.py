@@ -91,7 +91,7 @@ def _open_model(model: Optional[str], backend: Optional[str] = None):
     return llmrun.load(path, backend=backend)
 
 
-Backend = Annotated[Optional[str], typer.Option("--backend", help="cpu or webgpu (default: LLMRUN_BACKEND, else cpu)")]
+Backend = Annotated[Optional[str], typer.Option("--backend", help="cpu, webgpu or cuda (default: LLMRUN_BACKEND, else cpu)")]
 
 # Sampling options shared by generate and chat.
 Temp = Annotated[float, typer.Option("--temp", min=0.0, help="temperature; 0 is greedy")]
@@ -411,23 +411,31 @@ def info(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
 
 
 def _show_backends() -> None:
-    from llmrun import cpu, webgpu
+    from llmrun import cpu, cuda, webgpu
     from llmrun.errors import LlmrunError
     typer.echo(f"cpu:     {cpu.isa()}, {cpu.threads()} threads")
     try:
         found = webgpu.adapters()
+        if not found:
+            typer.echo("webgpu:  no adapter found (on Linux: install a Vulkan driver, e.g. mesa-vulkan-drivers)")
+        for a in found:
+            typer.echo(f"webgpu:  {a['name']} ({a['backend']}, {a['type']}); shader-f16 {'yes' if a['f16'] else 'no'}, "
+                       f"subgroups {'yes' if a['subgroups'] else 'no'}, storage binding up to {_bytes(a['max_binding'])}")
     except LlmrunError as e:
         typer.echo(f"webgpu:  unavailable: {e}")
-        return
-    if not found:
-        typer.echo("webgpu:  no adapter found (on Linux: install a Vulkan driver, e.g. mesa-vulkan-drivers)")
-    for a in found:
-        typer.echo(f"webgpu:  {a['name']} ({a['backend']}, {a['type']}); shader-f16 {'yes' if a['f16'] else 'no'}, "
-                   f"subgroups {'yes' if a['subgroups'] else 'no'}, storage binding up to {_bytes(a['max_binding'])}")
+    try:
+        found = cuda.devices()
+        if not found:
+            typer.echo("cuda:    no CUDA GPU found (check nvidia-smi and CUDA_VISIBLE_DEVICES)")
+        for i, d in enumerate(found):
+            typer.echo(f"cuda:    {i}: {d['name']}, compute capability {d['capability']}, {_bytes(d['memory'])}")
+    except LlmrunError as e:
+        typer.echo(f"cuda:    unavailable: {e}")
 
 
 @app.command()
-def selftest(backend: str = typer.Option("webgpu", "--backend", help="the GPU backend to check against the CPU")):
+def selftest(backend: str = typer.Option("webgpu", "--backend", help="the GPU backend to check against the CPU: "
+                                                                      "webgpu or cuda")):
     """Check a GPU backend against the CPU on small random models, one per weight type; prints
     PASS or FAIL (exit 1) for each."""
     from llmrun import selftest as st

@@ -236,3 +236,19 @@ def reference():
     _need_shared()
     npz = np.load(SHARED / "reference" / "reference.npz")
     return {k: npz[k] for k in npz.files}
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Tiny LLaMA, Qwen2 (biases, untied) and Mistral checkpoints in every type the GPU backends
+    run, converted to .llmr: {(arch, type): path}."""
+    from llmrun.models import convert
+    d = tmp_path_factory.mktemp("gpu-models")
+    out = {}
+    for arch, kw in {"llama": {}, "qwen2": dict(arch="Qwen2ForCausalLM", model_type="qwen2", bias=True, tied=False),
+                     "mistral": dict(arch="MistralForCausalLM", model_type="mistral", tied=False)}.items():
+        make_hf_checkpoint(d / arch, **kw)
+        for type in ("f16", "q8_0", "q4_0", "q4_1"):
+            out[arch, type] = d / f"{arch}-{type}.llmr"
+            convert(str(d / arch), str(out[arch, type]), type)
+    return out

@@ -69,10 +69,16 @@ static inline float llmr_q16_a_inverse(float d) {
     return d >= 0x1p-126f && d <= 0x1.fffffep127f ? 1.0f / d : 0.0f;
 }
 
-_Static_assert(sizeof(block_q8_0) == 34, "block_q8_0 must be packed");
-_Static_assert(sizeof(block_q4_0) == 18, "block_q4_0 must be packed");
-_Static_assert(sizeof(block_q4_1) == 20, "block_q4_1 must be packed");
-_Static_assert(sizeof(block_q16_a) == 72, "block_q16_a has no padding");
+/* C11's _Static_assert is static_assert in C++ (the CUDA kernels include this header). */
+#ifdef __cplusplus
+#define LLMR_STATIC_ASSERT static_assert
+#else
+#define LLMR_STATIC_ASSERT _Static_assert
+#endif
+LLMR_STATIC_ASSERT(sizeof(block_q8_0) == 34, "block_q8_0 must be packed");
+LLMR_STATIC_ASSERT(sizeof(block_q4_0) == 18, "block_q4_0 must be packed");
+LLMR_STATIC_ASSERT(sizeof(block_q4_1) == 20, "block_q4_1 must be packed");
+LLMR_STATIC_ASSERT(sizeof(block_q16_a) == 72, "block_q16_a has no padding");
 
 /* ---- f16 / bf16 <-> f32 --------------------------------------------------------------------
  * Bit manipulation only, so results do not depend on the CPU having F16C or on the compiler

@@ -1,0 +1,35 @@
+// What every CUDA kernel shares: the step state and the launch geometry of the elementwise
+// kernels, both as the WGSL kernels have them (kernels/wgsl/step.wgsl), so that one graph
+// builder (llmrun/gpu.py) drives either backend with the same parameters and grids.
+#pragma once
+
+#include <stdint.h>
+
+#include "llmrun.h"  // the block structs, shared with the CPU kernels
+
+// What changes from one forward step to the next, in device memory, written once per step:
+// every kernel argument is fixed when the graph is built, so a step can be replayed as a CUDA
+// graph.
+struct Step {
+    uint32_t n_past;  // positions already in the KV cache
+    uint32_t tokens;  // tokens in this step
+    uint32_t first;   // the first token whose logits are wanted
+};
+
+// An entry point of the module: C linkage (llmrun/cuda.py finds it by name), at most `threads`
+// threads a block.
+#define KERNEL(threads) extern "C" __global__ void __launch_bounds__(threads)
+
+constexpr uint32_t WORKGROUP = 64;      // threads of the elementwise, norm and embed kernels
+constexpr uint32_t MAX_GROUPS = 65535;  // blocks per grid row before a kernel's grid grows in y
+
+// Index of this thread in an elementwise kernel's grid (llmrun/gpu.py: groups()).
+__device__ inline uint32_t element_index() {
+    return blockIdx.x * WORKGROUP + threadIdx.x + blockIdx.y * MAX_GROUPS * WORKGROUP;
+}
+
+__device__ inline float warp_sum(float s) {
+    for (int lane_mask = 16; lane_mask > 0; lane_mask >>= 1)
+        s += __shfl_xor_sync(0xffffffffu, s, lane_mask);
+    return s;
+}

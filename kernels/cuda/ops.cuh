@@ -1,0 +1,82 @@
+// The small ops of the graph, each as its WGSL twin in kernels/wgsl/ (same arguments, same
+// grids): embedding rows, RMSNorm, RoPE, SiLU-gate, adds, and the KV cache's new rows.
+#pragma once
+
+#include "common.cuh"
+
+// out[t] = row ids[t] of the table, dequantised: d * q + m. One block per token; a table in
+// several parts runs once per part, each writing the tokens whose row it holds.
+template <class W>
+__device__ void embed(const Step *step, const uint32_t *w, const uint32_t *ids, float *out, uint32_t k,
+                      uint32_t rows, uint32_t row0) {
+    const uint32_t t = blockIdx.x;
+    if (t >= step->tokens || ids[t] < row0 || ids[t] >= row0 + rows)
+        return;
+    const uint32_t row = ids[t] - row0, nb = k / 32;
+    float4 *o = reinterpret_cast<float4 *>(out + (size_t)t * k);
+    for (uint32_t b = threadIdx.x; b < nb; b += WORKGROUP) {
+        const float2 dm = W::scale(w, row, b, nb);
+        for (uint32_t i = 0; i < 8; i++) {
+            const float4 q = W::quants(w, row, b, nb, i);
+            o[b * 8 + i] = make_float4(dm.x * q.x + dm.y, dm.x * q.y + dm.y, dm.x * q.z + dm.y, dm.x * q.w + dm.y);
+        }
+    }
+}
+
+// out[t] = x[skip + t] / sqrt(mean(x[skip + t]^2) + eps) * weight, skip = step.first when
+// from_first (the final norm). One block of 64 threads per output row.
+KERNEL(WORKGROUP) rmsnorm(const Step *step, const float *x, const float *weight, float *out, uint32_t d, float eps,
+                        uint32_t from_first) {
+    const uint32_t t = blockIdx.x, skip = from_first * step->first;
+    if (t + skip >= step->tokens)
+        return;
+    const float *xr = x + (size_t)(t + skip) * d;
+    float s = 0.0f;
+    for (uint32_t i = threadIdx.x; i < d; i += WORKGROUP)
+        s += xr[i] * xr[i];
+    __shared__ float part[WORKGROUP / 32];
+    s = warp_sum(s);
+    if (threadIdx.x % 32 == 0)
+        part[threadIdx.x / 32] = s;
+    __syncthreads();
+    const float scale = 1.0f / sqrtf((part[0] + part[1]) / float(d) + eps);
+    for (uint32_t i = threadIdx.x; i < d; i += WORKGROUP)
+        out[(size_t)t * d + i] = xr[i] * scale * weight[i];
+}
+
+// Rotate x [tokens, heads, hd] in place by each token's position (rotate-half: element i pairs
+// with i + hd/2), cos and sin from the table of every position [ctx, hd/2, 2] made on the host.
+KERNEL(WORKGROUP) rope(const Step *step, float *x, const float *table, uint32_t heads, uint32_t hd) {
+    const uint32_t half = hd / 2, i = element_index();
+    if (i >= step->tokens * heads * half)
+        return;
+    const uint32_t j = i % half, row = i / half, t = row / heads;  // row: token * heads + head
+    const float2 cs = reinterpret_cast<const float2 *>(table)[(size_t)(step->n_past + t) * half + j];
+    float *xr = x + (size_t)row * hd;
+    const float a = xr[j], b = xr[j + half];
+    xr[j] = a * cs.x - b * cs.y;
+    xr[j + half] = b * cs.x + a * cs.y;
+}
+
+// gate = silu(gate) * up = gate / (1 + exp(-gate)) * up, in place; row: elements per token.
+KERNEL(WORKGROUP) silu_mul(const Step *step, float *gate, const float *up, uint32_t row) {
+    const uint32_t i = element_index();
+    if (i < step->tokens * row) {
+        const float g = gate[i];
+        gate[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+// x[i] += y[i % n]: the residual add (n = the size of x) and a bias on every token's row.
+KERNEL(WORKGROUP) add(const Step *step, float *x, const float *y, uint32_t row, uint32_t n) {
+    const uint32_t i = element_index();
+    if (i < step->tokens * row)
+        x[i] += y[i % n];
+}
+
+// The step's keys or values [tokens, row] into the cache [ctx, row] at position n_past.
+KERNEL(WORKGROUP) store_rows(const Step *step, const float *src, float *cache, uint32_t row) {
+    const uint32_t i = element_index();
+    if (i < step->tokens * row)
+        cache[(size_t)step->n_past * row + i] = src[i];
+}

@@ -1,0 +1,56 @@
+"""Whole-graph checks every GPU backend must pass against the CPU backend, imported by each
+backend's test file (tests/test_webgpu.py, tests/test_cuda_device.py), which defines the
+fixtures `backend` (its name), `device` (skipping where it has none) and `bound` (how far its
+logits may be from the CPU's, relative to their range)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("type", ["f16", "q8_0", "q4_0", "q4_1"])
+def test_graph_matches_the_cpu(backend, device, bound, tiny_models, arch, type):
+    """Prefill, then decode steps, on both backends: the same argmax at every position."""
+    import llmrun
+    cpu, gpu = llmrun.load(tiny_models[arch, type]), llmrun.load(tiny_models[arch, type], backend=backend)
+    ids = np.random.default_rng(5).integers(0, cpu.config.vocab_size, 24)
+    c_cache, g_cache = cpu.new_cache(32), gpu.new_cache(32)
+    for start, stop in ((0, 20), (20, 21), (21, 22), (22, 24)):
+        want, got = cpu.forward(ids[start:stop], c_cache), gpu.forward(ids[start:stop], g_cache)
+        assert (want.argmax(-1) == got.argmax(-1)).all()
+        assert np.abs(want - got).max() <= bound * np.abs(want).max()
+    # a step moves its ids and 12 bytes of state up, and only the logits down
+    assert g_cache.device.bytes_up == 2 * 4 + 12 and g_cache.device.bytes_down == 2 * cpu.config.vocab_size * 4
+
+
+def test_generate_on_the_device_gives_the_cpu_tokens(backend, device, tiny_models):
+    import llmrun
+    path = tiny_models["qwen2", "q4_0"]
+    runs = [list(r.token for r in llmrun.generate(llmrun.load(path, backend=b), [3, 14, 15, 92, 65], max_tokens=12,
+                                                  temperature=0)) for b in ("cpu", backend)]
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("type", ["q8_0", "q4_0"])
+def test_smollm2_matches_the_cpu_at_every_position(backend, device, bound, smollm2_hf, tmp_path, type):
+    """The real model on the device, the reference prompts in one prefill each: the argmax of
+    every position as on the CPU. Measured max |logit difference| (of logits up to ~32) on
+    lavapipe: q8_0 0.007 / 0.009 / 0.011, q4_0 0.007 / 0.006 / 0.015 (`pytest -s` prints them);
+    the bound leaves room for other devices' summation order and f16 tensor-core inputs."""
+    import llmrun
+    from conftest import SHARED
+    from llmrun.models import convert
+    path = tmp_path / f"smollm2-{type}.llmr"
+    convert(str(smollm2_hf["float32"]), str(path), type)
+    cpu, gpu = llmrun.load(path), llmrun.load(path, backend=backend)
+    for prompt in json.loads((SHARED / "reference" / "reference.json").read_text())["prompts"]:
+        ids = prompt["ids"]
+        want = cpu.forward(ids, cpu.new_cache(len(ids)))
+        got = gpu.forward(ids, gpu.new_cache(len(ids)))
+        diff = float(np.abs(want - got).max())
+        print(f"smollm2 {type} {backend} {prompt['name']}: max |logit difference| {diff:.4f}")
+        assert (want.argmax(-1) == got.argmax(-1)).all(), prompt["name"]
+        assert diff < 50 * bound, prompt["name"]  # logits up to ~32: about 1.5 x the relative bound

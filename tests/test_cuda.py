@@ -1,0 +1,193 @@
+"""The CUDA backend without a GPU: the kernels compile with nvcc into the installed fatbin, and
+llmrun/cuda.py's plans, run on tests/cuda_emulator.py (a driver whose kernels are numpy twins
+of kernels/cuda/, each launch checked against the compiled kernel's parameters and block size),
+give the CPU backend's logits: launch geometry, arguments, buffers, uploads, graph capture.
+The CUDA code itself is tested on a GPU by tests/test_cuda_device.py."""
+from __future__ import annotations
+
+import ctypes
+import gc
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from cuda_emulator import Emulator, compile_ptx, constants, signatures
+from gpu_checks import *  # noqa: F401,F403 (the whole-graph checks, run here on the emulator)
+from llmrun.quant import dequantize, qtype, quantize
+
+if not shutil.which("nvcc"):
+    pytest.skip("nvcc is not installed: the CUDA kernels are neither built nor checked", allow_module_level=True)
+
+TYPES = ["q8_0", "q4_0", "q4_1", "f16"]
+# Relative to the largest output: f32 sums of K <= 512 terms; the tensor-core GEMM's activations
+# carry 22 significant bits (hi + lo in f16), its weights are exact.
+BOUND = {"matmul": 2e-6, "gemm": 4e-6}
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    return signatures(compile_ptx())
+
+
+@pytest.fixture
+def emulator(kernels, monkeypatch):
+    from llmrun import cuda
+    emu = Emulator(kernels)
+    monkeypatch.setattr(cuda, "Driver", lambda: emu)
+    monkeypatch.setattr(cuda, "fatbin", lambda: b"emulated")
+    return emu
+
+
+@pytest.fixture
+def backend():
+    return "cuda"
+
+
+@pytest.fixture
+def device(emulator):
+    return emulator
+
+
+@pytest.fixture
+def bound():
+    return 1e-3  # the CPU's 16-bit activations against f32 (hi + lo f16 on tensor cores)
+
+
+def test_the_module_has_every_kernel_the_plans_launch(kernels):
+    from llmrun import cuda
+    ops = {"rmsnorm", "rope", "silu_mul", "add", "store_rows", "attention"}
+    assert set(kernels) == {f"{op}_{t}" for op in ("matmul", "gemm", "embed") for t in cuda.TYPES} | ops
+    assert kernels["gemm_q4_0"][1] == cuda.GEMM_THREADS and kernels["matmul_q4_0"][1] == cuda.MATMUL_THREADS
+    assert kernels["attention"][1] == cuda.ATTENTION_THREADS
+
+
+def test_the_host_knows_the_kernels_tiles():
+    """llmrun/cuda.py's grids divide by the tiles kernels/cuda/ declares."""
+    from llmrun import cuda
+    c = constants()
+    assert (cuda.MATMUL_ROWS, cuda.MATMUL_TOKENS, cuda.GEMM_ROWS, cuda.GEMM_TOKENS, cuda.MAX_HEAD_DIM) == \
+        (c["MATMUL_ROWS"], c["MATMUL_TOKENS"], c["GEMM_ROWS"], c["GEMM_TOKENS"], c["MAX_HEAD_DIM"])
+    assert (cuda.MATMUL_THREADS, cuda.GEMM_THREADS, cuda.ATTENTION_THREADS) == \
+        (c["MATMUL_WARPS"] * 32, c["GEMM_THREADS"], c["ATTENTION_WARPS"] * 32)
+
+
+def test_the_fatbin_is_installed():
+    from llmrun import cuda
+    assert cuda.fatbin()[:4] == bytes.fromhex("50ed55ba")  # a fatbin's magic number
+
+
+def _tensor(w, t):
+    from llmrun.selftest import tensor
+    return tensor(w, t), quantize(w, t)
+
+
+@pytest.mark.parametrize("type", TYPES)
+@pytest.mark.parametrize("rows, k, tokens", [(16, 32, 1), (48, 96, 3), (64, 512, 16), (80, 64, 17), (144, 96, 70)])
+def test_matmul_geometry(emulator, type, rows, k, tokens):
+    """Up to 16 tokens read the weights once per 8 (matmul), more go to the tensor-core GEMM;
+    either grid covers every row and token."""
+    from llmrun import cuda
+    t = qtype(type)
+    rng = np.random.default_rng(rows + k + tokens)
+    tensor, blocks = _tensor(rng.standard_normal((rows, k)).astype(np.float32), t)
+    x = rng.standard_normal((tokens, k)).astype(np.float32)
+    dev = cuda.Device()
+    got = dev.matmul(dev.upload(tensor), x)
+    want = x.astype(np.float64) @ dequantize(blocks, t, k).astype(np.float64).T
+    kernel = "gemm" if tokens > cuda.GEMM_FROM else "matmul"
+    tile = (cuda.GEMM_ROWS, cuda.GEMM_TOKENS) if kernel == "gemm" else (cuda.MATMUL_ROWS, cuda.MATMUL_TOKENS)
+    assert emulator.launches == [(f"{kernel}_{type}", (-(-rows // tile[0]), -(-tokens // tile[1])),
+                                  cuda.GEMM_THREADS if kernel == "gemm" else cuda.MATMUL_THREADS)]
+    assert np.abs(got - want).max() <= BOUND[kernel] * np.abs(want).max()
+
+
+def test_weights_go_up_through_the_staging_buffer_in_pieces(emulator, monkeypatch):
+    from llmrun import cuda
+    monkeypatch.setattr(cuda, "STAGING", 1000)  # the matrix below is 2304 bytes: three pieces
+    tensor, blocks = _tensor(np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32), qtype("q8_0"))
+    dev = cuda.Device()
+    m = dev.upload(tensor)
+    (buffer, _, _), = m.parts
+    assert bytes(emulator.view(buffer.ptr, tensor.data.nbytes)) == tensor.data.tobytes()
+
+
+def test_selftest_on_the_emulator(emulator):
+    """Every weight type: a 12-token prefill and three decode steps, as the CPU computes them."""
+    from llmrun import selftest
+    checks = selftest.run("cuda")
+    assert [c.type for c in checks] == list(selftest.TYPES)
+    assert all(c.passed for c in checks), checks
+
+
+@pytest.fixture
+def models(tiny_models, emulator):
+    import llmrun
+
+    def load(kind, type):
+        path = tiny_models[kind, type]
+        return llmrun.load(path), llmrun.load(path, backend="cuda")
+    return load
+
+
+def test_decode_steps_replay_one_captured_graph(models, emulator):
+    """A prefill of more than 16 tokens runs on tensor cores; the first decode step is captured,
+    the next ones replay it: they read their positions from the step buffer, so their logits
+    are still the CPU's."""
+    cpu, gpu = models("llama", "q4_0")
+    cache, c_cache = gpu.new_cache(32), cpu.new_cache(32)
+    gpu.forward(list(range(1, 21)), cache)
+    cpu.forward(list(range(1, 21)), c_cache)
+    assert "gemm_q4_0" in {name for name, _, _ in emulator.launches}
+    for t in range(21, 25):
+        got, want = gpu.forward([t], cache), cpu.forward([t], c_cache)
+        assert got.argmax() == want.argmax() and np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
+    plan = cache.device.plan
+    assert list(plan.graphs) == [(1, 0)] and emulator.graph_launches == 4
+    assert cache.device.dispatches == len(emulator.graphs[plan.graphs[1, 0]])
+    assert cache.device.bytes_up == 4 + 12 and cache.device.bytes_down == cpu.config.vocab_size * 4
+
+
+def test_device_memory_is_freed_with_its_cache(models, emulator):
+    _, gpu = models("llama", "q8_0")
+    weights = len(emulator.memory)
+    cache = gpu.new_cache(32)
+    gpu.forward(list(range(20)), cache)
+    gpu.forward([3], cache)
+    assert len(emulator.memory) > weights
+    del cache
+    gc.collect()
+    assert len(emulator.memory) == weights
+
+
+def test_a_cache_the_device_cannot_hold_is_one_line(models, emulator):
+    from llmrun.errors import ContextError
+    _, gpu = models("llama", "q8_0")
+    emulator.capacity = sum(a.nbytes for a in emulator.memory.values()) + (1 << 20)
+    with pytest.raises(ContextError, match="cannot hold a KV cache of 100000 positions"):
+        gpu.new_cache(100000)
+
+
+def test_old_gpus_and_missing_kernels_are_one_line(kernels, monkeypatch, tiny_models):
+    import llmrun
+    from llmrun import cuda
+    from llmrun.errors import LlmrunError
+    monkeypatch.setattr(cuda, "Driver", lambda: Emulator(kernels, capability=(7, 0)))
+    monkeypatch.setattr(cuda, "fatbin", lambda: b"emulated")
+    with pytest.raises(LlmrunError, match="compute capability 7.0; the CUDA kernels need 7.5"):
+        llmrun.load(tiny_models["llama", "q8_0"], backend="cuda")
+
+
+def test_without_the_driver_the_backend_is_one_line(tiny_models):
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        pytest.skip("this machine has the NVIDIA driver: tests/test_cuda_device.py runs the backend")
+    except OSError:
+        pass
+    r = run_cli("generate", tiny_models["llama", "q8_0"], "-p", "x", "--backend", "cuda")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == ["llmrun: error: the cuda backend needs the NVIDIA driver "
+                                             "(libcuda.so.1 was not found); use --backend cpu or webgpu"]
+    r = run_cli("info", "--backends", check=True)
+    assert "cuda:    unavailable: the cuda backend needs the NVIDIA driver" in r.stdout
