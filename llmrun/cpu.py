@@ -60,14 +60,23 @@ def graph(cfg, w, inv_freq: np.ndarray):
     return K.graph(config, inv_freq, w.norm, weight(w.tok_embeddings), weight(w.output), layers)
 
 
+def forward_batch(graph, segments, vocab: int) -> np.ndarray:
+    """llmrun.model.forward() for several sequences in one kernel call: every weight is read once
+    for all their tokens; each segment attends over its own cache. A segment is (tokens int32
+    [T], n_past, k_cache, v_cache, first): it writes its caches' rows n_past .. and gets the
+    logits of its tokens from `first` on. Returns logits [sum(T - first), V], segment after
+    segment, each segment's bit for bit those it gets alone."""
+    logits = np.empty((sum(len(s[0]) - s[4] for s in segments), vocab), dtype=np.float32)
+    K.forward(graph, segments, logits)
+    return logits
+
+
 def forward(graph, tokens: np.ndarray, n_past: int, k_cache: np.ndarray, v_cache: np.ndarray,
             first: int, vocab: int) -> np.ndarray:
     """llmrun.model.forward() in one kernel call: the same ops in the same order, so the same
     logits bit for bit. Writes the caches' rows n_past ..; returns logits [T - first, V] of
-    the tokens from `first` on."""
-    logits = np.empty((len(tokens) - first, vocab), dtype=np.float32)
-    K.forward(graph, tokens, n_past, k_cache, v_cache, logits, first)
-    return logits
+    the tokens from `first` on. (forward_batch of one segment.)"""
+    return forward_batch(graph, [(tokens, n_past, k_cache, v_cache, first)], vocab)
 
 
 def isa() -> str:

@@ -8,6 +8,7 @@ Hkv key/value heads, hd head width, F feed-forward width, V vocabulary, C contex
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,6 +127,17 @@ class KVCache:
         del self.tokens[self.n:]
 
 
+@dataclass
+class Segment:
+    """One sequence's part of a batched forward (Model.forward_batch): `tokens` [T] run at
+    positions cache.n, cache.n+1, ... of its own cache, with the logits of the tokens from
+    `logits_from` on (the last only: last_only)."""
+    tokens: Sequence[int]
+    cache: KVCache
+    last_only: bool = False
+    logits_from: int = 0
+
+
 def _add_bias(x: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     if b is not None:
         x += b
@@ -145,6 +157,15 @@ def _first_logit(T: int, last_only: bool, logits_from: int) -> int:
     if not 0 <= first < T:
         raise ValueError(f"logits from token {first}: there are {T} tokens")
     return first
+
+
+def _token_ids(tokens, vocab_size: int) -> np.ndarray:
+    """tokens as int32 [T], each checked to be in [0, vocab_size)."""
+    ids = np.asarray(tokens, dtype=np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        bad = int(ids[(ids < 0) | (ids >= vocab_size)][0])
+        raise SettingError(f"token id {bad} is out of range [0, {vocab_size})")
+    return ids.astype(np.int32)
 
 
 def forward(cfg: ModelConfig, w: Weights, inv_freq: np.ndarray, tokens, cache: KVCache,
@@ -217,24 +238,40 @@ class Model:
     def forward(self, tokens, cache: KVCache, last_only: bool = False, reference: bool = False,
                 logits_from: int = 0) -> np.ndarray:
         """forward() above: as one call into the kernels (the same ops in the same order, so the
-        same logits bit for bit), or with `reference`, step by step in Python."""
+        same logits bit for bit; forward_batch of this one segment), or with `reference`, step by
+        step in Python."""
         if reference:
             if cache.device is not None:
                 raise SettingError("the Python reference forward runs on a CPU cache, not a device's")
             return forward(self.config, self.weights, self.inv_freq, tokens, cache, last_only, logits_from)
-        _check_fits(cache, len(tokens))
-        first = _first_logit(len(tokens), last_only, logits_from)
-        ids = np.asarray(tokens, dtype=np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
-            bad = int(ids[(ids < 0) | (ids >= self.config.vocab_size)][0])
-            raise SettingError(f"token id {bad} is out of range [0, {self.config.vocab_size})")
-        if cache.device is not None:
-            logits = cache.device.run(ids, cache.n, first)
+        return self.forward_batch([Segment(tokens, cache, last_only, logits_from)])[0]
+
+    def forward_batch(self, batch: Sequence[Segment]) -> list[np.ndarray]:
+        """forward() for several sequences at once, each with its own cache (a server decoding
+        many requests): one call into the kernels reads every weight once for all of them.
+        Returns each segment's logits [T - first, V], the same as forward() of that segment
+        alone. Everything is checked before anything runs, so a refused batch changes no cache."""
+        if not batch:
+            raise ValueError("forward_batch() needs at least one segment")
+        if len({id(s.cache) for s in batch}) < len(batch):
+            raise SettingError("a cache appears twice in one batch: its sequence's tokens go in one segment")
+        runs = []  # (ids [T], first) per segment
+        for s in batch:
+            _check_fits(s.cache, len(s.tokens))
+            runs.append((_token_ids(s.tokens, self.config.vocab_size),
+                         _first_logit(len(s.tokens), s.last_only, s.logits_from)))
+        if any(s.cache.device is not None for s in batch):
+            if len(batch) > 1:
+                raise SettingError("batched forward runs on the cpu backend; on a device, run one sequence a call")
+            (ids, first), cache = runs[0], batch[0].cache
+            logits = [cache.device.run(ids, cache.n, first)]
         else:
-            logits = ops.forward(self.graph, ids.astype(np.int32), cache.n, cache.k, cache.v, first,
-                                 self.config.vocab_size)
-        cache.n += len(ids)
-        cache.tokens.extend(int(t) for t in ids)
+            flat = ops.forward_batch(self.graph, [(ids, s.cache.n, s.cache.k, s.cache.v, first)
+                                                  for s, (ids, first) in zip(batch, runs)], self.config.vocab_size)
+            logits = np.split(flat, np.cumsum([len(ids) - first for ids, first in runs[:-1]]))
+        for s, (ids, _) in zip(batch, runs):
+            s.cache.n += len(ids)
+            s.cache.tokens.extend(ids.tolist())
         return logits
 
     def logits(self, ids) -> np.ndarray:

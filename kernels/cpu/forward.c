@@ -3,8 +3,15 @@
  * same order as there (residual and bias adds are the float adds numpy does), so the logits
  * equal the Python graph's bit for bit; model.py stays the readable reference the tests hold
  * this to. Shapes as there: T tokens, D width, H query heads, Hkv kv heads, hd head width,
- * F feed-forward width, V vocabulary, C context. */
+ * F feed-forward width, V vocabulary, C context.
+ *
+ * One call runs one or more segments, each a run of tokens of its own sequence (its own KV cache
+ * and positions): a server decoding N requests runs them in one pass, and every weight is read
+ * once per step for all of them (a small GEMM instead of N matrix-vector products). Only RoPE's
+ * positions and attention are per segment; every other op works on each row alone, with the same
+ * arithmetic whatever rows run beside it, so a segment's logits are those it gets on its own. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "llmrun.h"
 
@@ -44,14 +51,30 @@ static size_t matmul_scratch(const llmr_weight *w, int64_t t) {
     return llmr_matmul_scratch(llmr_type_traits_get(w->type), t, w->cols);
 }
 
-int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const int32_t *tokens, int64_t t,
-                     int64_t n_past, float *k_cache, float *v_cache, int64_t n_ctx, int64_t first, float *logits,
-                     int32_t *bad_token) {
+/* The attention scratch of every segment (segment by segment, so the largest one's), and each
+ * segment's slots as read now: the thread count may change before the pass runs. */
+static size_t attention_scratch(const llmr_segment *segs, int64_t n_segs, int64_t H, int64_t hd, int64_t *slots) {
+    size_t most = 0;
+    for (int64_t s = 0; s < n_segs; s++) {
+        slots[s] = llmr_attention_slots(segs[s].t, H, hd, segs[s].n_past);
+        const size_t n = (size_t)slots[s] * (size_t)llmr_attention_scratch(segs[s].t, H, hd, segs[s].n_past);
+        most = n > most ? n : most;
+    }
+    return most;
+}
+
+int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_segment *segs, int64_t n_segs,
+                     float *logits, int32_t *bad_token) {
     const int64_t D = m->dim, H = m->n_heads, Hkv = m->n_kv_heads, hd = m->head_dim, F = m->ffn_dim;
     const int64_t q_dim = H * hd, kv_dim = Hkv * hd;
+    int64_t t = 0, rows = 0; /* T: the segments' tokens together; rows: those that want logits */
+    for (int64_t s = 0; s < n_segs; s++) {
+        t += segs[s].t;
+        rows += segs[s].t - segs[s].first;
+    }
 
-    /* One allocation for the run state: x, h [T, D]; q, a [T, H*hd]; g, u [T, F]; the RoPE
-     * table [T, hd]; the attention and matmul scratch; positions. */
+    /* One allocation for the run state: x, h [T, D]; q, a [T, H*hd]; k, v [T, Hkv*hd]; g, u [T, F];
+     * the RoPE table [T, hd]; the attention and matmul scratch; positions [T]. */
     size_t act = 0;
     for (int64_t l = 0; l < m->n_layers; l++) {
         const llmr_layer *L = &m->layers[l];
@@ -61,32 +84,43 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const int32_
             act = s > act ? s : act;
         }
     }
-    const size_t head_scratch = matmul_scratch(&m->output, t - first);
+    const size_t head_scratch = matmul_scratch(&m->output, rows);
     act = head_scratch > act ? head_scratch : act;
-    const int64_t slots = llmr_attention_slots(t, H, hd, n_past);
-    const size_t att = (size_t)slots * (size_t)llmr_attention_scratch(t, H, hd, n_past);
-    const size_t floats = (size_t)t * (2 * D + 2 * q_dim + 2 * F + hd) + att;
-    float *x = malloc(floats * sizeof(float) + act + (size_t)t * sizeof(int32_t) + 64);
-    if (!x)
+    int64_t *slots = malloc((size_t)n_segs * sizeof *slots);
+    if (!slots)
         return -2;
-    float *h = x + t * D, *q = h + t * D, *a = q + t * q_dim, *g = a + t * q_dim, *u = g + t * F;
+    const size_t att = attention_scratch(segs, n_segs, H, hd, slots);
+    const size_t floats = (size_t)t * (2 * D + 2 * q_dim + 2 * kv_dim + 2 * F + hd) + att;
+    float *x = malloc(floats * sizeof(float) + act + (size_t)t * sizeof(int32_t) + 64);
+    if (!x) {
+        free(slots);
+        return -2;
+    }
+    float *h = x + t * D, *q = h + t * D, *a = q + t * q_dim, *k = a + t * q_dim, *v = k + t * kv_dim;
+    float *g = v + t * kv_dim, *u = g + t * F;
     float *cos_t = u + t * F, *sin_t = cos_t + t * hd / 2, *att_scratch = cos_t + t * hd;
     int32_t *pos = (int32_t *)(att_scratch + att);
     void *act_scratch = (void *)(((uintptr_t)(pos + t) + 63) & ~(uintptr_t)63);
-    for (int64_t i = 0; i < t; i++)
-        pos[i] = (int32_t)(n_past + i);
-    llmr_rope_table(cos_t, sin_t, pos, m->inv_freq, t, hd / 2);
 
-    const int64_t bad = llmr_get_rows(m->tok_embeddings.type, m->tok_embeddings.layout, x, m->tok_embeddings.data,
-                                      m->tok_embeddings.rows, tokens, t, D, bad_token); /* x [T, D] */
+    /* x [T, D]: every segment's embeddings, all ids checked before any cache is written */
+    int64_t bad = -1;
+    for (int64_t s = 0, off = 0; s < n_segs && bad < 0; off += segs[s++].t) {
+        const int64_t at = llmr_get_rows(m->tok_embeddings.type, m->tok_embeddings.layout, x + off * D,
+                                         m->tok_embeddings.data, m->tok_embeddings.rows, segs[s].tokens, segs[s].t,
+                                         D, bad_token);
+        bad = at >= 0 ? off + at : -1;
+        for (int64_t i = 0; i < segs[s].t; i++)
+            pos[off + i] = (int32_t)(segs[s].n_past + i);
+    }
     if (bad >= 0) {
         free(x);
+        free(slots);
         return bad;
     }
+    llmr_rope_table(cos_t, sin_t, pos, m->inv_freq, t, hd / 2);
+
     for (int64_t l = 0; l < m->n_layers; l++) {
         const llmr_layer *L = &m->layers[l];
-        float *kc = k_cache + l * n_ctx * kv_dim, *vc = v_cache + l * n_ctx * kv_dim; /* [C, Hkv, hd] */
-        float *k = kc + n_past * kv_dim, *v = vc + n_past * kv_dim; /* this call's rows, [T, Hkv, hd] */
 
         /* attention: x + Wo . attn(RoPE(Wq h), RoPE(Wk h), Wv h),  h = RMSNorm(x) */
         kern->rmsnorm(h, x, L->attn_norm, t, D, m->norm_eps);
@@ -96,7 +130,16 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const int32_
         add_bias_(v, L->bv, t, kv_dim);
         kern->rope(q, cos_t, sin_t, t, H, hd);
         kern->rope(k, cos_t, sin_t, t, Hkv, hd);
-        llmr_attention(kern, a, q, kc, vc, t, H, Hkv, hd, n_past, att_scratch, slots);
+        /* each segment's keys and values into its own cache, at its own positions, and its
+         * queries over that cache alone */
+        for (int64_t s = 0, off = 0; s < n_segs; off += segs[s++].t) {
+            const llmr_segment *S = &segs[s];
+            float *kc = S->k_cache + l * S->n_ctx * kv_dim, *vc = S->v_cache + l * S->n_ctx * kv_dim; /* [C, Hkv, hd] */
+            memcpy(kc + S->n_past * kv_dim, k + off * kv_dim, (size_t)(S->t * kv_dim) * sizeof(float));
+            memcpy(vc + S->n_past * kv_dim, v + off * kv_dim, (size_t)(S->t * kv_dim) * sizeof(float));
+            llmr_attention(kern, a + off * q_dim, q + off * q_dim, kc, vc, S->t, H, Hkv, hd, S->n_past, att_scratch,
+                           slots[s]);
+        }
         matmul(kern, &L->wo, h, a, t, act_scratch);
         add_(x, h, t * D);
 
@@ -107,9 +150,15 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const int32_
         matmul(kern, &L->w_down, h, g, t, act_scratch);
         add_(x, h, t * D);
     }
-    const int64_t rows = t - first;
-    kern->rmsnorm(h, x + first * D, m->norm, rows, D, m->norm_eps);
+    /* h [rows, D]: the rows that want logits, normed out of x segment by segment; one head matmul */
+    float *hr = h;
+    for (int64_t s = 0, off = 0; s < n_segs; off += segs[s++].t) {
+        const int64_t n = segs[s].t - segs[s].first;
+        kern->rmsnorm(hr, x + (off + segs[s].first) * D, m->norm, n, D, m->norm_eps);
+        hr += n * D;
+    }
     matmul(kern, &m->output, logits, h, rows, act_scratch); /* [rows, V] */
     free(x);
+    free(slots);
     return -1;
 }

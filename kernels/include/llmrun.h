@@ -403,15 +403,25 @@ typedef struct {
     const llmr_layer *layers;
 } llmr_model;
 
-/* llmrun/model.py's forward() for tokens[0 .. t) at positions n_past ..: writes their keys and
- * values into the caches [n_layers][n_ctx][n_kv_heads][head_dim] and the logits of every token
- * from position `first` on (0 <= first < t) into logits [t - first][vocab]. The caller has checked
- * the shapes.
- * Returns -1 when done, -2 if out of memory, or the position of the first token id outside
- * the vocabulary (*bad_token = its value; nothing is written then). */
-int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const int32_t *tokens, int64_t t,
-                     int64_t n_past, float *k_cache, float *v_cache, int64_t n_ctx, int64_t first, float *logits,
-                     int32_t *bad_token);
+/* One sequence's part of a forward pass: tokens[0 .. t) at positions n_past .. of its own caches
+ * k_cache, v_cache [n_layers][n_ctx][n_kv_heads][head_dim], with logits wanted from its token
+ * `first` on (0 <= first < t). */
+typedef struct {
+    const int32_t *tokens;
+    int64_t t, n_past, n_ctx, first;
+    float *k_cache, *v_cache;
+} llmr_segment;
+
+/* llmrun/model.py's forward() for n_segs >= 1 segments at once (one segment: a plain prefill or
+ * decode step): writes each segment's keys and values into its caches at its positions, and the
+ * logits of each segment's tokens from its `first` on into logits [sum(t - first)][vocab],
+ * segment after segment. A segment's results are those it gets alone. The caller has checked
+ * the shapes, and that no two segments' caches overlap.
+ * Returns -1 when done, -2 if out of memory, or the position of the first token id outside the
+ * vocabulary, counted over all segments' tokens in order (*bad_token = its value; nothing is
+ * written then, into any cache). */
+int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_segment *segs, int64_t n_segs,
+                     float *logits, int32_t *bad_token);
 
 /* ---- thread pool (threads.c) ---------------------------------------------------------------- */
 

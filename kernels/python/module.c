@@ -637,52 +637,109 @@ fail:
     return NULL;
 }
 
-static PyObject *py_forward(PyObject *self, PyObject *args) {
-    PyObject *o_graph, *o_tokens, *o_k, *o_v, *o_logits;
-    Py_ssize_t n_past;
-    Py_ssize_t first;
-    if (!PyArg_ParseTuple(args, "OOnOOOn:forward", &o_graph, &o_tokens, &n_past, &o_k, &o_v, &o_logits, &first))
-        return NULL;
-    const graph_t *g = PyCapsule_GetPointer(o_graph, "llmrun.graph");
-    if (!g)
-        return NULL;
-    const llmr_model *m = &g->m;
-    Py_buffer v[4] = {{0}}, *tokens = &v[0], *kc = &v[1], *vc = &v[2], *logits = &v[3];
-    PyObject *ret = NULL;
-    if (get_buffer(o_tokens, tokens, "tokens", I32, 0, 1, 1) || get_buffer(o_k, kc, "k_cache", F32, 1, 4, 4) ||
-        get_buffer(o_v, vc, "v_cache", F32, 1, 4, 4) || get_buffer(o_logits, logits, "logits", F32, 1, 2, 2))
-        goto done;
+/* Segment s, a tuple (tokens, n_past, k_cache, v_cache, first), checked (shapes, fit, no overlap
+ * with the logits or with the caches of the segments before it) into segs[s]; its buffers are
+ * held in views[3s .. 3s+2] (tokens, k_cache, v_cache). */
+static int take_segment(const llmr_model *m, PyObject *obj, Py_ssize_t s, Py_buffer *views, llmr_segment *segs,
+                        const Py_buffer *logits) {
+    PyObject *o_tokens, *o_k, *o_v;
+    Py_ssize_t n_past, first;
+    char name[3][64];
+    snprintf(name[0], sizeof name[0], "segments[%zd].tokens", s);
+    snprintf(name[1], sizeof name[1], "segments[%zd].k_cache", s);
+    snprintf(name[2], sizeof name[2], "segments[%zd].v_cache", s);
+    if (!PyTuple_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "segments[%zd]: expected a tuple (tokens, n_past, k_cache, v_cache, first)", s);
+        return -1;
+    }
+    Py_buffer *tokens = &views[3 * s], *kc = tokens + 1, *vc = tokens + 2;
+    if (!PyArg_ParseTuple(obj, "OnOOn:forward segment", &o_tokens, &n_past, &o_k, &o_v, &first) ||
+        get_buffer(o_tokens, tokens, name[0], I32, 0, 1, 1) || get_buffer(o_k, kc, name[1], F32, 1, 4, 4) ||
+        get_buffer(o_v, vc, name[2], F32, 1, 4, 4))
+        return -1;
     const Py_ssize_t t = tokens->shape[0], n_ctx = kc->shape[1];
     const Py_ssize_t cache[4] = {m->n_layers, n_ctx, m->n_kv_heads, m->head_dim};
+    if (check_shape(kc, name[1], 4, cache) || check_same_shape(vc, name[2], kc))
+        return -1;
     if (first < 0 || first >= t) {
-        PyErr_Format(PyExc_ValueError, "logits from position %zd: there are %zd tokens", first, t);
+        PyErr_Format(PyExc_ValueError, "segments[%zd]: logits from position %zd: there are %zd tokens", s, first, t);
+        return -1;
+    }
+    if (n_past < 0 || n_past > n_ctx - t) {
+        PyErr_Format(PyExc_ValueError, "segments[%zd]: n_past=%zd with %zd tokens does not fit n_ctx=%zd", s, n_past,
+                     t, n_ctx);
+        return -1;
+    }
+    /* every cache written here is disjoint from the logits and from every other cache */
+    if (check_disjoint(kc, vc, name[1], 0) || check_disjoint(logits, kc, name[1], 0) ||
+        check_disjoint(logits, vc, name[2], 0))
+        return -1;
+    for (Py_ssize_t e = 0; e < s; e++) /* the caches of the segments before */
+        for (int c = 1; c <= 2; c++)
+            if (overlaps(kc, &views[3 * e + c]) || overlaps(vc, &views[3 * e + c])) {
+                PyErr_Format(PyExc_ValueError, "segments[%zd] and segments[%zd] share cache memory", e, s);
+                return -1;
+            }
+    segs[s] = (llmr_segment){.tokens = tokens->buf, .t = t, .n_past = n_past, .n_ctx = n_ctx, .first = first,
+                             .k_cache = kc->buf, .v_cache = vc->buf};
+    return 0;
+}
+
+static PyObject *py_forward(PyObject *self, PyObject *args) {
+    PyObject *o_graph, *o_segs, *o_logits;
+    if (!PyArg_ParseTuple(args, "OOO:forward", &o_graph, &o_segs, &o_logits))
+        return NULL;
+    const graph_t *g = PyCapsule_GetPointer(o_graph, "llmrun.graph");
+    /* a tuple of our own: its segments stay referenced whatever the caller's list does meanwhile */
+    PyObject *segments = g ? PySequence_Tuple(o_segs) : NULL;
+    if (!segments)
+        return NULL;
+    const llmr_model *m = &g->m;
+    const Py_ssize_t n = PyTuple_GET_SIZE(segments);
+    Py_buffer logits = {0}, *views = calloc(3 * (size_t)n + 1, sizeof *views); /* tokens, k, v per segment */
+    llmr_segment *segs = calloc((size_t)n + 1, sizeof *segs);
+    PyObject *ret = NULL;
+    if (!views || !segs) {
+        PyErr_NoMemory();
         goto done;
     }
-    const Py_ssize_t want_logits[2] = {t - first, m->output.rows};
-    if (check_shape(kc, "k_cache", 4, cache) || check_same_shape(vc, "v_cache", kc) ||
-        check_shape(logits, "logits", 2, want_logits))
-        goto done;
-    if (t < 1 || n_past < 0 || n_past > n_ctx - t) {
-        PyErr_Format(PyExc_ValueError, "n_past=%zd with %zd tokens does not fit n_ctx=%zd", n_past, t, n_ctx);
+    if (n < 1) {
+        PyErr_SetString(PyExc_ValueError, "forward: no segments");
         goto done;
     }
-    if (check_disjoint(kc, vc, "k_cache and v_cache", 0) || check_disjoint(logits, kc, "logits and k_cache", 0) ||
-        check_disjoint(logits, vc, "logits and v_cache", 0))
+    if (get_buffer(o_logits, &logits, "logits", F32, 1, 2, 2))
+        goto done;
+    Py_ssize_t rows = 0;
+    for (Py_ssize_t s = 0; s < n; s++) {
+        if (take_segment(m, PyTuple_GET_ITEM(segments, s), s, views, segs, &logits))
+            goto done;
+        rows += segs[s].t - segs[s].first;
+    }
+    const Py_ssize_t want_logits[2] = {rows, m->output.rows};
+    if (check_shape(&logits, "logits", 2, want_logits))
         goto done;
     int64_t bad_at;
     int32_t bad;
     Py_BEGIN_ALLOW_THREADS
-    bad_at = llmr_forward(kern, m, tokens->buf, t, n_past, kc->buf, vc->buf, n_ctx, first, logits->buf, &bad);
+    bad_at = llmr_forward(kern, m, segs, n, logits.buf, &bad);
     Py_END_ALLOW_THREADS
     if (bad_at == -2)
         PyErr_NoMemory();
-    else if (bad_at >= 0)
-        PyErr_Format(PyExc_ValueError, "tokens[%zd] = %d is out of range [0, %zd)", (Py_ssize_t)bad_at, (int)bad,
-                     (Py_ssize_t)m->tok_embeddings.rows);
-    else
+    else if (bad_at >= 0) {
+        Py_ssize_t s = 0;
+        for (; bad_at >= segs[s].t; s++)
+            bad_at -= segs[s].t;
+        PyErr_Format(PyExc_ValueError, "segments[%zd].tokens[%zd] = %d is out of range [0, %zd)", s,
+                     (Py_ssize_t)bad_at, (int)bad, (Py_ssize_t)m->tok_embeddings.rows);
+    } else
         ret = Py_NewRef(Py_None);
 done:
-    release(v, 4);
+    if (views)
+        release(views, 3 * (int)n);
+    release(&logits, 1);
+    free(views);
+    free(segs);
+    Py_DECREF(segments);
     return ret;
 }
 
@@ -693,9 +750,10 @@ static PyMethodDef methods[] = {
      "(attn_norm, ffn_norm, bq, bk, bv, wq, wk, wv, wo, w_gate, w_up, w_down), biases None if absent.\n"
      "The buffers stay referenced while the graph lives."},
     {"forward", py_forward, METH_VARARGS,
-     "forward(graph, tokens, n_past, k_cache, v_cache, logits, first): llmrun.model.forward in C.\n"
-     "tokens int32 [T]; caches float32 [layers, n_ctx, kv_heads, head_dim], rows n_past .. written;\n"
-     "logits float32 [T - first, V]: those of tokens first .. T-1."},
+     "forward(graph, segments, logits): llmrun.model.forward in C, over one or more sequences at once.\n"
+     "segments: (tokens, n_past, k_cache, v_cache, first) each; tokens int32 [T]; caches float32\n"
+     "[layers, n_ctx, kv_heads, head_dim] of their own, rows n_past .. written. logits float32\n"
+     "[sum(T - first), V]: each segment's, of its tokens first .. T-1, segment after segment."},
     {"matmul", py_matmul, METH_VARARGS,
      "matmul(out, x, w, wtype, layout=0): out[t, n] = dot(W[n], x[t]). x float32 [T, K] or [K]; out float32\n"
      "[T, N] or [N]; w the bytes of N rows of type id wtype. Quantised types multiply x quantised\n"
