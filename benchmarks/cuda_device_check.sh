@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The CUDA backend's checks on a machine with an NVIDIA GPU, in one run (issue 9):
+#   bash benchmarks/cuda_device_check.sh [MODEL.llmr ...]
+# 1. builds llmrun there (nvcc's register/spill report of every kernel goes to build.txt);
+# 2. tests/test_cuda_device.py: each kernel against its numpy twin and quant/'s reference, the
+#    tiny models' whole graph against the CPU backend, and SmolLM2 q8_0 / q4_0 at every
+#    reference position (needs ../shared beside the repository, as on the team's machines;
+#    skipped without it), then tests/test_cuda.py (the host side, on the emulator);
+# 3. `llmrun bench` pp512 / tg128 with --backend cuda on each MODEL given (e.g. SmolLM2 q4_0 and
+#    q8_0) and on the synthetic LLaMA-3.2-1B shape in q4_0 (made here by benchmarks/synthetic.py,
+#    which needs the gguf package).
+# Results go to $OUT (or /tmp/cuda-check): gpu.txt, build.txt, tests.txt, bench.txt.
+set -uo pipefail
+out=${OUT:-/tmp/cuda-check}
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv | tee "$out/gpu.txt"
+python3 -m pip install --no-build-isolation --no-deps -e . -v >"$out/build-full.txt" 2>&1 || { tail -30 "$out/build-full.txt"; exit 1; }
+grep -E "Compiling entry|spill|Used [0-9]+ registers" "$out/build-full.txt" >"$out/build.txt"
+echo "kernels with spills: $(grep -cE "\b[1-9][0-9]* bytes spill stores" "$out/build.txt")"
+python3 -m pytest -q -p no:cacheprovider -s tests/test_cuda_device.py tests/test_cuda.py 2>&1 | tee "$out/tests.txt" | tail -15
+python3 -m llmrun.cli.main info --backends | tee -a "$out/bench.txt"
+python3 -m llmrun.cli.main selftest --backend cuda | tee -a "$out/bench.txt"
+models=("$@")
+if python3 benchmarks/synthetic.py llama-3.2-1b q4_0 /tmp/synthetic >/dev/null 2>&1; then
+    models+=(/tmp/synthetic/llama-3.2-1b-q4_0.llmr)
+else
+    echo "synthetic 1B: not made (the gguf package is missing?)" | tee -a "$out/bench.txt"
+fi
+for m in "${models[@]}"; do
+    for backend in cuda cpu; do
+        python3 -m llmrun.cli.main bench "$m" --backend "$backend" -p 512 -n 128 -r 3 2>&1 | tee -a "$out/bench.txt"
+    done
+done

@@ -1,0 +1,94 @@
+"""The CUDA kernels on a real NVIDIA GPU (skipped where the driver finds none; CI has none, so
+these run by benchmarks/cuda_device_check.sh on a GPU machine): each kernel against its numpy
+twin in tests/cuda_emulator.py (the products against quant/'s dequantised weights), then the
+whole graph against the CPU backend (tests/gpu_checks.py), SmolLM2 included."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cuda_emulator import Emulator
+from gpu_checks import *  # noqa: F401,F403 (the whole-graph checks, run here on the GPU)
+from llmrun.quant import dequantize, qtype, quantize
+
+
+@pytest.fixture(scope="module")
+def device():
+    from llmrun import cuda
+    from llmrun.errors import LlmrunError
+    try:
+        return cuda.Device()
+    except LlmrunError as e:
+        pytest.skip(f"no CUDA GPU: {e}")
+
+
+@pytest.fixture
+def backend():
+    return "cuda"
+
+
+@pytest.fixture
+def bound():
+    return 1e-3  # the CPU's 16-bit activations against f32 (hi + lo f16 on tensor cores)
+
+
+@pytest.mark.parametrize("type", ["q8_0", "q4_0", "q4_1", "f16"])
+@pytest.mark.parametrize("rows, k, tokens", [(16, 32, 1), (48, 96, 3), (64, 512, 16), (80, 64, 17),
+                                             (144, 2048, 70), (576, 1536, 300)])
+def test_matmul_matches_reference(device, type, rows, k, tokens):
+    """Both products (matvec up to 16 tokens, tensor cores beyond) against float64 over the
+    dequantised weights: f32 sums, relative to the largest output."""
+    from llmrun.selftest import tensor
+    t = qtype(type)
+    rng = np.random.default_rng(rows + k + tokens)
+    w = rng.standard_normal((rows, k)).astype(np.float32)
+    x = rng.standard_normal((tokens, k)).astype(np.float32)
+    got = device.matmul(device.upload(tensor(w, t)), x)
+    want = x.astype(np.float64) @ dequantize(quantize(w, t), t, k).astype(np.float64).T
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def _on_both(device, kernel, params, arrays, grid, T, n_past=0, first=0, weight_type=None, threads=64, out=-1):
+    """One launch on the GPU and on the emulator's numpy twin: buffer `out` from each."""
+    from llmrun import cuda
+    results = []
+    for dev in (device, cuda.Device(Emulator(None))):
+        buffers = [dev.buffer(np.ascontiguousarray(a)) for a in arrays]
+        plan = cuda.Plan(dev, dev.buffer(np.array([n_past, T, first, 0], np.uint32)))
+        plan.op(kernel, params, buffers, lambda T, first: grid, weight_type, threads)
+        plan.run(T, n_past, first)
+        results.append(dev.read(buffers[out], arrays[out].nbytes).view(np.float32))
+    return results
+
+
+def test_small_ops_match_their_twins(device):
+    rng = np.random.default_rng(1)
+    T, H, Hkv, hd, n_past, C = 5, 4, 2, 64, 7, 16
+    x, w = rng.standard_normal((T, 96)).astype(np.float32), rng.standard_normal(96).astype(np.float32)
+    got, want = _on_both(device, "rmsnorm", (96, 1e-5, 1), [x, w, np.zeros_like(x)], (T - 2, 1), T, first=2)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    q = rng.standard_normal((T, H, hd)).astype(np.float32)
+    angle = np.arange(C, dtype=np.float32)[:, None] * (10000.0 ** (-np.arange(0, hd, 2) / hd)).astype(np.float32)
+    table = np.stack([np.cos(angle), np.sin(angle)], -1).astype(np.float32)
+    got, want = _on_both(device, "rope", (H, hd), [q, table], (T * H * hd // 2 // 64 + 1, 1), T, n_past, out=0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    k, v = rng.standard_normal((2, C, Hkv, hd)).astype(np.float32)
+    got, want = _on_both(device, "attention", (H, Hkv, hd, float(1 / np.sqrt(hd))), [q, k, v, np.zeros_like(q)],
+                         (H, T), T, n_past - T + 1, threads=128, out=3)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    g, u = rng.standard_normal((2, T, 40)).astype(np.float32) * 4
+    for kernel, params, arrays in (("silu_mul", (40,), [g, u]), ("add", (40, 40), [g, u[0]]),
+                                   ("store_rows", (40,), [g, np.zeros((C, 40), np.float32)])):
+        got, want = _on_both(device, kernel, params, arrays, (4, 1), T, n_past, out=-1 if kernel == "store_rows" else 0)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("type", ["q8_0", "q4_0", "q4_1", "f16"])
+def test_embed_matches_its_twin(device, type):
+    from llmrun.selftest import tensor
+    w = np.random.default_rng(5).standard_normal((48, 64)).astype(np.float32)
+    data = np.ascontiguousarray(tensor(w, qtype(type)).data).view(np.uint8)
+    ids = np.array([47, 0, 16, 16], np.uint32)
+    got, want = _on_both(device, "embed", (64, 48, 0), [data, ids, np.zeros((4, 64), np.float32)], (4, 1), 4,
+                         weight_type=type)
+    np.testing.assert_array_equal(got, want)
