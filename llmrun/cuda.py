@@ -109,9 +109,12 @@ class Driver:
         return tuple(self._out("cuDeviceGetAttribute", ctypes.c_int, ctypes.c_int(a), ctypes.c_int(device))
                      for a in (CAPABILITY_MAJOR, CAPABILITY_MINOR))
 
-    def use(self, device: int) -> None:
-        """Make the device's primary context current (the one the runtime API would use)."""
-        context = self._out("cuDevicePrimaryCtxRetain", ctypes.c_void_p, ctypes.c_int(device))
+    def context(self, device: int) -> int:
+        """The device's primary context (the one the runtime API would use)."""
+        return self._out("cuDevicePrimaryCtxRetain", ctypes.c_void_p, ctypes.c_int(device))
+
+    def use(self, context: int) -> None:
+        """Make the context current on the calling thread (a server steps from its own)."""
         self._call("cuCtxSetCurrent", ctypes.c_void_p(context))
 
     def stream(self) -> int:
@@ -134,7 +137,9 @@ class Driver:
 
     def end_capture(self, stream: int) -> int:
         """The launches since begin_capture, as an executable graph."""
-        graph = self._out("cuStreamEndCapture", ctypes.c_void_p, ctypes.c_void_p(stream))
+        graph = ctypes.c_void_p()
+        self._call("cuStreamEndCapture", ctypes.c_void_p(stream), ctypes.byref(graph))  # the graph comes second
+        graph = graph.value
         try:
             return self._out("cuGraphInstantiateWithFlags", ctypes.c_void_p, ctypes.c_void_p(graph),
                              ctypes.c_ulonglong(0))
@@ -214,7 +219,8 @@ class Device:
         if self.capability < MIN_CAPABILITY:
             raise LlmrunError(f"{self.name} has compute capability {'.'.join(map(str, self.capability))}; the CUDA "
                               "kernels need 7.5 or newer: use --backend cpu or webgpu")
-        self.driver.use(self.handle)
+        self.context = self.driver.context(self.handle)
+        self.driver.use(self.context)
         self.module = self.driver.load_module(fatbin())
         self.stream = self.driver.stream()
         self._functions: dict[str, int] = {}
@@ -226,12 +232,14 @@ class Device:
         return self._functions[name]
 
     def zeros(self, nbytes: int) -> Buffer:
+        self.driver.use(self.context)
         b = Buffer(self.driver, nbytes)
         self.driver.zero(b.ptr, b.nbytes, self.stream)
         return b
 
     def write(self, buffer: Buffer, data: np.ndarray, offset: int = 0) -> None:
         data = np.ascontiguousarray(data)
+        self.driver.use(self.context)
         if offset + data.nbytes > buffer.nbytes:
             raise ValueError(f"{data.nbytes} bytes at {offset} do not fit a buffer of {buffer.nbytes}")
         self.driver.to_device(buffer.ptr + offset, data.ctypes.data, data.nbytes, self.stream)
@@ -239,12 +247,14 @@ class Device:
 
     def read(self, buffer: Buffer, nbytes: int) -> np.ndarray:
         out = np.empty(nbytes, np.uint8)
+        self.driver.use(self.context)
         self.driver.to_host(out.ctypes.data, buffer.ptr, nbytes, self.stream)
         self.driver.sync(self.stream)
         return out
 
     def buffer(self, data: np.ndarray) -> Buffer:
         data = np.ascontiguousarray(data)
+        self.driver.use(self.context)
         b = Buffer(self.driver, data.nbytes)
         self.write(b, data)
         return b
@@ -264,6 +274,7 @@ class Device:
         if t.type.name in X16_TYPES and t.layout != X16:
             raise LlmrunError(f"{t.name}: the CUDA kernels read {t.type.name} in the x16 layout only")
         data = np.ascontiguousarray(t.data).reshape(-1).view(np.uint8)
+        self.driver.use(self.context)
         b = Buffer(self.driver, data.nbytes)
         if self._staging is None:
             self._staging = self.driver.alloc_host(STAGING)
@@ -356,6 +367,7 @@ class Plan:
         """Launch every entry with work in a step of T tokens (the step buffer holds n_past, T and
         first already); returns the kernels launched."""
         driver, stream = self.dev.driver, self.dev.stream
+        driver.use(self.dev.context)
         live = [(launch, grid) for launch in self.launches for grid in [launch.grid(T, first)] if grid[0] and grid[1]]
         if T == 1:  # decode: the same launches every step
             if (T, first) not in self.graphs:

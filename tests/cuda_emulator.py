@@ -87,7 +87,10 @@ class Emulator:
     def capability(self, device):
         return self.capability_
 
-    def use(self, device):
+    def context(self, device):
+        return 1
+
+    def use(self, context):
         pass
 
     def stream(self):
