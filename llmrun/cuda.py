@@ -20,11 +20,8 @@ import numpy as np
 
 from .errors import LlmrunError
 from .format import Tensor
-from .gpu import WORKGROUP, Matrix, groups
-from .quant.layout import X16
+from .gpu import WORKGROUP, Matrix, check_weight, groups
 
-TYPES = ("f16", "q8_0", "q4_0", "q4_1")  # the weight types with CUDA kernels
-X16_TYPES = ("q8_0", "q4_0", "q4_1")  # ... read in the x16 layout
 MATMUL_ROWS, MATMUL_TOKENS, MATMUL_THREADS = 16, 8, 64  # kernels/cuda/matmul.cuh: a block's tile
 GEMM_ROWS, GEMM_TOKENS, GEMM_THREADS = 64, 64, 128  # kernels/cuda/gemm.cuh
 GEMM_FROM = 16  # steps of more tokens than this multiply on tensor cores (gemm), fewer read weights once (matmul)
@@ -268,11 +265,7 @@ class Device:
     def upload(self, t: Tensor) -> Matrix:
         """A weight tensor's bytes as they are in the file, in one buffer, through pinned memory."""
         rows, k = t.shape
-        if t.type.name not in TYPES:
-            raise LlmrunError(f"{t.name}: no CUDA kernels for {t.type.name} weights (have: {', '.join(TYPES)}); "
-                              "convert the model to one of those, or use --backend cpu")
-        if t.type.name in X16_TYPES and t.layout != X16:
-            raise LlmrunError(f"{t.name}: the CUDA kernels read {t.type.name} in the x16 layout only")
+        check_weight(t, "CUDA")
         data = np.ascontiguousarray(t.data).reshape(-1).view(np.uint8)
         self.driver.use(self.context)
         b = Buffer(self.driver, data.nbytes)

@@ -18,7 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ContextError, LlmrunError
+from .quant.layout import X16
 
+TYPES = ("f16", "q8_0", "q4_0", "q4_1")  # the weight types the GPU kernels read
+X16_TYPES = ("q8_0", "q4_0", "q4_1")  # ... in the x16 layout
 WORKGROUP = 64  # threads of the elementwise kernels' workgroups (CUDA: blocks)
 MAX_GROUPS = 65535  # workgroups per dimension, the WebGPU minimum every adapter allows
 
@@ -37,6 +40,15 @@ class Matrix:
     rows: int
     k: int
     parts: list
+
+
+def check_weight(t, backend: str) -> None:
+    """A weight the backend ("WebGPU", "CUDA") has kernels for, in the layout they read."""
+    if t.type.name not in TYPES:
+        raise LlmrunError(f"{t.name}: no {backend} kernels for {t.type.name} weights (have: {', '.join(TYPES)}); "
+                          "convert the model to one of those, or use --backend cpu")
+    if t.type.name in X16_TYPES and t.layout != X16:
+        raise LlmrunError(f"{t.name}: the {backend} kernels read {t.type.name} in the x16 layout only")
 
 
 def rope_table(inv_freq: np.ndarray, n_ctx: int) -> np.ndarray:

@@ -15,11 +15,8 @@ import numpy as np
 
 from .errors import LlmrunError
 from .format import Tensor
-from .gpu import Matrix
-from .quant.layout import X16
+from .gpu import X16_TYPES, Matrix, check_weight
 
-TYPES = ("f16", "q8_0", "q4_0", "q4_1")  # the weight types with a WGSL matmul
-X16_TYPES = ("q8_0", "q4_0", "q4_1")  # ... read in the x16 layout
 ROWS_PER_WORKGROUP = 16  # matmul.wgsl: a workgroup's rows...
 TOKENS_PER_WORKGROUP = 8  # ...and tokens (its TOKENS)
 ATTENTION_TOKENS = 16  # tokens per attention dispatch (fewer if [16, heads, ctx] scores outgrow a binding)
@@ -122,11 +119,7 @@ class Device:
         """A weight tensor's bytes as they are in the file, in buffers of whole 16-row groups
         within the binding limit."""
         rows, k = t.shape
-        if t.type.name not in TYPES:
-            raise LlmrunError(f"{t.name}: no WebGPU kernels for {t.type.name} weights (have: {', '.join(TYPES)}); "
-                              "convert the model to one of those, or use --backend cpu")
-        if t.type.name in X16_TYPES and t.layout != X16:
-            raise LlmrunError(f"{t.name}: the WebGPU kernels read {t.type.name} in the x16 layout only")
+        check_weight(t, "WebGPU")
         row_bytes = t.data.size // rows
         step = max(ROWS_PER_WORKGROUP, self.max_binding // row_bytes // ROWS_PER_WORKGROUP * ROWS_PER_WORKGROUP)
         parts = [(self.buffer(t.data[r0 * row_bytes:min(rows, r0 + step) * row_bytes]), r0, min(rows, r0 + step) - r0)
