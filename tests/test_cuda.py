@@ -145,7 +145,7 @@ def test_decode_steps_replay_one_captured_graph(models, emulator):
         assert got.argmax() == want.argmax() and np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
     plan = cache.device.plan
     assert list(plan.graphs) == [(1, 0)] and emulator.graph_launches == 4
-    assert cache.device.dispatches == len(emulator.graphs[plan.graphs[1, 0]])
+    assert cache.device.dispatches == len(emulator.graphs[plan.graphs[1, 0][0]])
     assert cache.device.bytes_up == 4 + 12 and cache.device.bytes_down == cpu.config.vocab_size * 4
 
 
