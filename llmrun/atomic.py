@@ -1,11 +1,11 @@
 """Atomic file writes: a temporary file beside the target, fsync, rename, fsync the directory.
-An interrupted write never leaves a partial file under the final name."""
+An interrupted write never leaves a partial file under the final name, nor the temporary file."""
 from __future__ import annotations
 
 import errno
 import os
-import tempfile
-from contextlib import contextmanager
+import secrets
+from contextlib import contextmanager, suppress
 
 
 @contextmanager
@@ -15,18 +15,18 @@ def atomic_file(path: str, mode: str = "wb"):
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):  # said of the folder asked for, not of our temporary file in it
         raise FileNotFoundError(errno.ENOENT, "no such folder to write into", directory)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=directory)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # what open() would have given it, not mkstemp's 0600
+    # The name is chosen before the file exists, so a Ctrl-C arriving at any moment after it
+    # (even inside open()) finds a name to clean up; mkstemp would only say it on return.
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.part")
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        with open(tmp, mode.replace("w", "x"), **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
     dir_fd = os.open(directory, os.O_RDONLY)
     try:

@@ -268,3 +268,20 @@ def test_chat_save_is_atomic(tiny, tmp_path, monkeypatch):
         s.save(str(path))
     assert path.read_bytes() == before and json.loads(before)["messages"][0]["content"] == "hi"
     assert _leftovers(tmp_path) == []
+
+
+def test_interrupt_as_the_temporary_file_appears_leaves_nothing(tmp_path, monkeypatch):
+    """The narrowest window: a Ctrl-C handled just after the temporary file is created, before
+    open() returns. (The whole-process test above lands there now and then, by timing.)"""
+    import builtins
+    import llmrun.atomic
+
+    def open_then_interrupt(name, *args, **kwargs):
+        builtins.open(name, *args, **kwargs)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(llmrun.atomic, "open", open_then_interrupt, raising=False)
+    (tmp_path / "out.llmr").write_bytes(b"the previous file")
+    with pytest.raises(KeyboardInterrupt):
+        with llmrun.atomic.atomic_file(str(tmp_path / "out.llmr")) as f:
+            f.write(b"new")
+    assert (tmp_path / "out.llmr").read_bytes() == b"the previous file" and _leftovers(tmp_path) == []
