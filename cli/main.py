@@ -219,6 +219,35 @@ def bench(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
 
 
 @app.command()
+def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
+          host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (loopback: this machine only)"),
+          port: int = typer.Option(8080, "--port", min=0, max=65535, help="port to listen on (0: any free one)"),
+          parallel: int = typer.Option(4, "--parallel", "-np", min=1, max=256,
+                                       help="requests decoded together, each in its own KV cache slot"),
+          ctx_size: Optional[int] = typer.Option(None, "--ctx-size", "-c", min=16,
+                                                 help="context of each slot in tokens (default: the model's)"),
+          api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LLMRUN_API_KEY",
+                                                help="require 'Authorization: Bearer KEY' (or set LLMRUN_API_KEY)"),
+          max_queue: int = typer.Option(64, "--max-queue", min=0, help="requests that may wait for a slot; "
+                                        "more are answered 503"),
+          batch_size: int = typer.Option(512, "--batch-size", "-b", min=1, help="prompt tokens run per step "
+                                         "(a long prompt runs in pieces, so the others keep streaming)"),
+          alias: Optional[str] = typer.Option(None, "--alias", help="the model's name in the API (default: its file's)"),
+          temp: Temp = 0.8, top_k: TopK = 40, top_p: TopP = 0.95, min_p: MinP = 0.0,
+          repeat_penalty: RepeatPenalty = 1.0, threads: Threads = None, backend: Backend = None):
+    """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions,
+    /v1/models), decoding concurrent requests together. Sampling options are the defaults for
+    requests that leave them out."""
+    from llmrun.server import serve as run_server
+    _set_threads(threads)
+    m = _open_model(model, backend)
+    run_server(m, host, port, parallel=parallel, n_ctx=ctx_size, api_key=api_key, max_queue=max_queue,
+               batch_size=batch_size, model_id=alias or (os.path.splitext(os.path.basename(model.rstrip("/")))[0] if model else None),
+               defaults={"temperature": temp, "top_k": top_k, "top_p": top_p, "min_p": min_p,
+                         "repeat_penalty": repeat_penalty})
+
+
+@app.command()
 def quantize(src: str = typer.Argument(..., help="a .llmr file, Hugging Face checkpoint directory or GGUF file"),
              out: Optional[str] = typer.Argument(None, help="the .llmr file to write (default: SRC's name with "
                                                                  "the type, beside it)"),

@@ -13,7 +13,7 @@ from typing import Iterator
 
 from .atomic import atomic_file
 from .errors import ContextError, LlmrunError
-from .generation import GenerationResponse, generate
+from .generation import GenerationResponse, common_prefix, generate
 
 
 RENDER_SECONDS = 2.0  # chat templates render in milliseconds; one that runs longer is refused
@@ -153,15 +153,6 @@ class TurnStats:
     finish_reason: str | None = None
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 class ChatSession:
     """A conversation with a model. The KV cache outlives turns: each turn renders the whole
     conversation, keeps the cached prefix it shares with it, and runs only the rest."""
@@ -219,7 +210,7 @@ class ChatSession:
         except LlmrunError:
             self.messages.pop()  # the message that did not fit
             raise
-        keep = _common_prefix(self.cache.tokens, ids)
+        keep = common_prefix(self.cache.tokens, ids)
         keep = min(keep, len(ids) - 1)  # the last prompt token must run: its logits pick the first reply token
         self.cache.truncate(keep)
         self.stats = TurnStats(evaluated=len(ids) - keep, context_size=self.cache.n_ctx)

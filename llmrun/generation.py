@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
+
 from .errors import ContextError, SettingError
 from .model import KVCache, Model
 from .sampling import Sampler
@@ -33,6 +35,79 @@ def _held_back(text: str, stops: list[str]) -> int:
     return 0
 
 
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many ids a and b share from the start (what a cache holding a can keep for b)."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def check_prompt(ids: list[int], n_ctx: int, used: int = 0) -> None:
+    """Refuse an empty prompt, or one a context of n_ctx positions, `used` of them taken, has no room for."""
+    if not ids:
+        raise SettingError("the prompt is empty")
+    if used + len(ids) > n_ctx:
+        raise ContextError(f"the prompt is {len(ids)} tokens and {used} are in use, but the context holds "
+                           f"{n_ctx}: shorten the prompt or raise the context size")
+
+
+class Decoding:
+    """One sequence's generation after its prompt: draws each token from the logits, turns the
+    tokens into text (holding back what might begin a stop string) and says when it is done.
+    generate() drives one; the server's engine drives several, one forward for all per step.
+    The settings are checked when it is made; begin() binds it to the cache its prompt runs in."""
+
+    def __init__(self, model: Model, max_tokens: int = 256, stop: str | list[str] | None = None, **sampling):
+        self.sampler = Sampler(**sampling)
+        if max_tokens < 1:
+            raise SettingError(f"max_tokens is {max_tokens}: generate at least one token")
+        self.max_tokens = max_tokens
+        self.stops = [stop] if isinstance(stop, str) else list(stop or [])
+        self.eos = set(model.tokenizer.eos_ids)
+        self.detok = StreamDecoder(model.tokenizer)
+        self.text, self.sent = "", 0  # generated text so far, and how much of it has been given out
+        self.n = 0  # tokens drawn
+        self.prompt_tps = 0.0
+        self.finish_reason: str | None = None
+
+    def begin(self, cache: KVCache, prompt_tokens: int) -> None:
+        """The prompt's `prompt_tokens` tokens start running in `cache` now."""
+        self.cache, self.prompt_tokens = cache, prompt_tokens
+        self.t0 = time.perf_counter()  # the prompt's start, then the first token's
+
+    def step(self, logits: np.ndarray) -> GenerationResponse:
+        """Draw the next token from `logits` [V] (the last position's, after the prompt or the
+        previous token ran) and say what it adds; the record has finish_reason set when done."""
+        if self.n == 0:
+            self.prompt_tps = self.prompt_tokens / (time.perf_counter() - self.t0)
+        token = self.sampler(logits, self.cache.tokens)
+        self.n += 1
+        # decode speed: the n - 1 forwards since the first token (which came with the prompt)
+        tps = (self.n - 1) / (time.perf_counter() - self.t0) if self.n > 1 else 0.0
+        if self.n == 1:
+            self.t0 = time.perf_counter()
+        if token in self.eos:
+            return self._record(self.text[self.sent:], token, tps, "stop")
+        self.text += self.detok.push(token)
+        # a stop string cannot start in text given out: what might begin one is held back
+        hit = min((i for i in (self.text.find(s, self.sent) for s in self.stops) if i >= 0), default=-1)
+        if hit >= 0:
+            return self._record(self.text[self.sent:hit], token, tps, "stop")
+        if self.n == self.max_tokens or self.cache.n >= self.cache.n_ctx:
+            self.text += self.detok.flush()
+            return self._record(self.text[self.sent:], token, tps, "length")
+        upto = len(self.text) - (_held_back(self.text, self.stops) if self.stops else 0)
+        piece, self.sent = self.text[self.sent:upto], upto
+        return self._record(piece, token, tps)
+
+    def _record(self, text: str, token: int, tps: float, finish_reason: str | None = None) -> GenerationResponse:
+        self.finish_reason = finish_reason
+        return GenerationResponse(text, token, self.prompt_tokens, self.prompt_tps, self.n, tps, finish_reason)
+
+
 def generate(model: Model, prompt, max_tokens: int = 256, temperature: float = 0.8, top_k: int = 40,
              top_p: float = 0.95, min_p: float = 0.0, repeat_penalty: float = 1.0, repeat_window: int = 64,
              seed: int | None = None, stop: str | list[str] | None = None,
@@ -43,47 +118,16 @@ def generate(model: Model, prompt, max_tokens: int = 256, temperature: float = 0
     set. With `cache`, the prompt continues from what the cache already holds (chat turns);
     the repeat penalty looks back over everything in the cache.
     """
-    sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                      repeat_penalty=repeat_penalty, repeat_window=repeat_window, seed=seed)
-    if max_tokens < 1:
-        raise SettingError(f"max_tokens is {max_tokens}: generate at least one token")
+    d = Decoding(model, max_tokens, stop, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                 repeat_penalty=repeat_penalty, repeat_window=repeat_window, seed=seed)
     ids = model.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
-    if not ids:
-        raise SettingError("the prompt is empty")
-    cache = cache if cache is not None else model.new_cache(min(model.config.max_seq_len, len(ids) + max_tokens))
-    if cache.n + len(ids) > cache.n_ctx:
-        raise ContextError(f"the prompt is {len(ids)} tokens and {cache.n} are in use, but the context holds "
-                           f"{cache.n_ctx}: shorten the prompt or raise the context size")
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    eos = set(model.tokenizer.eos_ids)
-    detok = StreamDecoder(model.tokenizer)
-
-    t0 = time.perf_counter()
+    cache = cache if cache is not None else model.new_cache(min(model.config.max_seq_len, max(len(ids), 1) + max_tokens))
+    check_prompt(ids, cache.n_ctx, cache.n)
+    d.begin(cache, len(ids))
     logits = model.forward(ids, cache, last_only=True)[-1]  # [V]
-    prompt_tps = len(ids) / (time.perf_counter() - t0)
-    text, sent = "", 0  # generated text so far, and how much of it has been yielded
-    n = 0
     while True:
-        token = sampler(logits, cache.tokens)
-        n += 1
-        # decode speed: the n - 1 forwards since the first token (which came with the prompt)
-        tps = (n - 1) / (time.perf_counter() - t0) if n > 1 else 0.0
-        if n == 1:
-            t0 = time.perf_counter()
-        if token in eos:
-            yield GenerationResponse(text[sent:], token, len(ids), prompt_tps, n, tps, "stop")
+        r = d.step(logits)
+        yield r
+        if r.finish_reason:
             return
-        text += detok.push(token)
-        # a stop string cannot start in yielded text: what might begin one is held back
-        hit = min((i for i in (text.find(s, sent) for s in stops) if i >= 0), default=-1)
-        if hit >= 0:
-            yield GenerationResponse(text[sent:hit], token, len(ids), prompt_tps, n, tps, "stop")
-            return
-        if n == max_tokens or cache.n >= cache.n_ctx:
-            text += detok.flush()
-            yield GenerationResponse(text[sent:], token, len(ids), prompt_tps, n, tps, "length")
-            return
-        upto = len(text) - (_held_back(text, stops) if stops else 0)
-        yield GenerationResponse(text[sent:upto], token, len(ids), prompt_tps, n, tps)
-        sent = upto
-        logits = model.forward([token], cache)[-1]  # [V]
+        logits = model.forward([r.token], cache)[-1]  # [V]

@@ -211,6 +211,7 @@ class Model:
         from .tokenizer import Tokenizer
         if backend not in BACKENDS:
             raise SettingError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+        self.path = path
         self.file = LlmrFile(path, huge_pages)
         meta = self.file.metadata
         try:

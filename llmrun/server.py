@@ -1,0 +1,465 @@
+"""An OpenAI-compatible HTTP server over the batching engine (llmrun.batching).
+
+    POST /v1/chat/completions   POST /v1/completions   (streamed as server-sent events, or not)
+    GET  /v1/models    GET /health    GET /slots    POST /tokenize    POST /detokenize
+
+The standard library's threaded HTTP server is all it needs: a thread per connection waits on
+its request's records while the engine's one thread runs the model, so no dependency is added.
+Every failure a client can cause is answered as OpenAI answers it, a JSON error with the
+right status, and touches no other request.
+"""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import os
+import queue
+import select
+import socket
+import sys
+import time
+import traceback
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .batching import Engine, QueueFull, Request
+from .chat import chat_ids
+from .errors import ContextError, LlmrunError
+from .model import Model
+
+MAX_BODY = 8 << 20  # bytes of JSON a request may carry
+MAX_STOPS = 16
+POLL_SECONDS = 0.25  # how often a waiting handler looks whether its client is still there
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class ClientGone(Exception):
+    """The client closed its connection while its request ran."""
+
+
+# --- reading a request's parameters ---------------------------------------------------------------
+
+def _field(body: dict, name: str, kinds: tuple, default=None, check=None, need: str = ""):
+    """body[name] if it is one of `kinds` (and passes `check`), the default if absent or null, else 400."""
+    value = body.get(name)
+    if value is None:
+        return default
+    # JSON true/false are Python ints too: a bool is only taken where a bool is asked for
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds) or (check and not check(value)):
+        raise HTTPError(400, f"'{name}' must be {need}, not {json.dumps(value)[:40]}", param=name)
+    return value
+
+
+def _sampling(body: dict, defaults: dict) -> dict:
+    num = (int, float)
+    # what this server does not do is refused, not silently ignored
+    for name in ("frequency_penalty", "presence_penalty"):
+        _field(body, name, (int, float), 0, lambda v: v == 0, "0: this server does not apply it (use repeat_penalty)")
+    _field(body, "n", (int,), 1, lambda v: v == 1, "1: one choice per request")
+    _field(body, "logprobs", (bool,), False, lambda v: not v, "false: log-probabilities are not returned")
+    _field(body, "tools", (list,), [], lambda v: not v, "empty: tool calls are not supported")
+    _field(body, "response_format", (dict,), None, lambda v: v.get("type") == "text",
+           '{"type": "text"}: structured output is not supported')
+    num = (int, float)
+    return {
+        "temperature": _field(body, "temperature", num, defaults["temperature"], lambda v: 0 <= v <= 2,
+                              "a number from 0 to 2"),
+        "top_p": _field(body, "top_p", num, defaults["top_p"], lambda v: 0 < v <= 1, "a number in (0, 1]"),
+        "top_k": _field(body, "top_k", (int,), defaults["top_k"], lambda v: v >= 0, "a whole number >= 0"),
+        "min_p": _field(body, "min_p", num, defaults["min_p"], lambda v: 0 <= v < 1, "a number in [0, 1)"),
+        "repeat_penalty": _field(body, "repeat_penalty", num, defaults["repeat_penalty"], lambda v: 0 < v <= 10,
+                                 "a number in (0, 10]"),
+        "seed": _field(body, "seed", (int,), None, None, "a whole number"),
+    }
+
+
+def _stops(body: dict) -> list[str]:
+    stop = body.get("stop")
+    stops = [stop] if isinstance(stop, str) else stop
+    if stop is not None and not (isinstance(stops, list) and len(stops) <= MAX_STOPS
+                                 and all(isinstance(s, str) and s for s in stops)):
+        raise HTTPError(400, f"'stop' must be a string or a list of up to {MAX_STOPS} non-empty strings", param="stop")
+    return stops or []
+
+
+def _content(message: dict, i: int) -> str:
+    content = message.get("content")
+    if content is None and message.get("role") == "assistant":
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                                         for p in content):
+        return "".join(p["text"] for p in content)
+    raise HTTPError(400, f"messages[{i}].content must be a string or a list of text parts", param="messages")
+
+
+def _messages(body: dict) -> list[dict]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise HTTPError(400, "'messages' must be a non-empty list", param="messages")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant"):
+            raise HTTPError(400, f"messages[{i}] needs a role of system, user or assistant", param="messages")
+        out.append({"role": "system" if m["role"] == "developer" else m["role"], "content": _content(m, i)})
+    return out
+
+
+def _prompt_ids(body: dict, model: Model) -> list[int]:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]  # a batch of one prompt
+    if isinstance(prompt, str):
+        return model.tokenizer.encode(prompt)
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        _check_ids(prompt, model, "prompt")
+        return prompt
+    raise HTTPError(400, "'prompt' must be a string or a list of token ids (one prompt per request)", param="prompt")
+
+
+def _check_ids(ids: list, model: Model, param: str) -> None:
+    vocab = model.config.vocab_size
+    if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in ids):
+        raise HTTPError(400, f"'{param}' must hold token ids from 0 to {vocab - 1}", param=param)
+
+
+# --- the server -----------------------------------------------------------------------------------
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], model: Model, engine: Engine, model_id: str,
+                 api_key: str | None = None, defaults: dict | None = None, log=sys.stderr):
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.model, self.engine, self.model_id, self.api_key, self.log = model, engine, model_id, api_key, log
+        self.defaults = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.0, "repeat_penalty": 1.0,
+                         **(defaults or {})}
+        self.created = int(time.time())
+        super().__init__(address, Handler)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Server
+    server_version = "llmrun"
+
+    # --- plumbing ---------------------------------------------------------------------------------
+
+    def do_GET(self):
+        self._handle("GET")
+
+    def do_POST(self):
+        self._handle("POST")
+
+    def _handle(self, method: str) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        try:
+            if path != "/health":
+                self._authorize()
+            route = ROUTES.get(path)
+            if route is None:
+                if path.startswith("/v1/models/"):
+                    return self._model(method, path[len("/v1/models/"):])
+                raise HTTPError(404, f"no route {path}: see /v1/models, /v1/chat/completions, /v1/completions",
+                                code="unknown_url")
+            if method not in route:
+                raise HTTPError(405, f"{path} takes {' or '.join(route)}, not {method}")
+            route[method](self, self._body() if method == "POST" else None)
+        except HTTPError as e:
+            self._send_json(e.status, e.body())
+        except ClientGone:
+            self.close_connection = True
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception:  # a fault of ours: logged here, answered as a 500, and the server goes on
+            traceback.print_exc(file=self.server.log)
+            self._send_json(500, HTTPError(500, "internal error (see the server's log)", "server_error").body())
+
+    def _authorize(self) -> None:
+        key = self.server.api_key
+        if key is None:
+            return
+        given = self.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            raise HTTPError(401, "invalid API key: send it as 'Authorization: Bearer KEY'", code="invalid_api_key")
+
+    def _body(self) -> dict:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            self.close_connection = True
+            raise HTTPError(411, "send the body with a Content-Length")
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self.close_connection = True
+            raise HTTPError(411 if "Content-Length" not in self.headers else 400,
+                            "the request needs a valid Content-Length") from None
+        if length > MAX_BODY:
+            self.close_connection = True  # the unread body would be taken for the next request
+            raise HTTPError(413, f"the body is {length} bytes; the most this server takes is {MAX_BODY}",
+                            code="request_too_large")
+        raw = self.rfile.read(length)
+        if len(raw) < length:
+            raise ClientGone
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise HTTPError(400, "the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise HTTPError(400, "the body must be a JSON object")
+        return body
+
+    def _send_json(self, status: int, obj) -> None:
+        if getattr(self, "_streaming", False):
+            # the head went out already: the error becomes the stream's last event
+            self._event(json.dumps(obj))
+            self._end_stream()
+            return
+        data = json.dumps(obj).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if status == 503:
+                self.send_header("Retry-After", "1")
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own refusals (a malformed request line, an unknown method) in OpenAI's form."""
+        self.close_connection = True
+        self._send_json(code, HTTPError(code, message or self.responses.get(code, ("error",))[0]).body())
+
+    def log_message(self, format, *args):
+        self.server.log.write(f"{time.strftime('%H:%M:%S')} {self.address_string()} {format % args}\n")
+
+    def _start_stream(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self._streaming = True
+
+    def _event(self, data: str) -> None:
+        payload = f"data: {data}\n\n".encode()
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+
+    def _end_stream(self) -> None:
+        self._event("[DONE]")
+        self.wfile.write(b"0\r\n\r\n")
+        self._streaming = False
+
+    def _client_gone(self) -> bool:
+        """Whether the client closed its end: its socket reads as ended (or reset)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def _records(self, request: Request):
+        """The request's records as they come; it is cancelled if the client leaves (or the
+        handler fails) before the last."""
+        try:
+            while True:
+                try:
+                    r = request.next(timeout=POLL_SECONDS)
+                except queue.Empty:
+                    if self._client_gone():
+                        raise ClientGone from None
+                    continue
+                yield r
+                if r.finish_reason:
+                    return
+        finally:
+            request.cancel()
+
+    # --- the endpoints ----------------------------------------------------------------------------
+
+    def _check_model(self, body: dict) -> None:
+        name = body.get("model")
+        if name is not None and name not in self._model_names():
+            raise HTTPError(404, f"the model '{name}' is not served here; this server has '{self.server.model_id}'",
+                            param="model", code="model_not_found")
+
+    def _model_names(self) -> set:
+        path = self.server.model.path
+        return {self.server.model_id, os.path.basename(path), os.path.splitext(os.path.basename(path))[0]}
+
+    def _model_object(self) -> dict:
+        return {"id": self.server.model_id, "object": "model", "created": self.server.created, "owned_by": "llmrun",
+                "meta": {"n_ctx": self.server.engine.n_ctx, "n_vocab": self.server.model.config.vocab_size}}
+
+    def _model(self, method: str, name: str) -> None:
+        if method != "GET":
+            raise HTTPError(405, f"/v1/models/{name} takes GET, not {method}")
+        if name not in self._model_names():
+            raise HTTPError(404, f"the model '{name}' is not served here", code="model_not_found")
+        self._send_json(200, self._model_object())
+
+    def models(self, _body) -> None:
+        self._send_json(200, {"object": "list", "data": [self._model_object()]})
+
+    def health(self, _body) -> None:
+        s = self.server.engine.status()
+        idle = sum(slot["state"] == "idle" for slot in s["slots"])
+        self._send_json(200, {"status": "ok", "slots_idle": idle, "slots_processing": len(s["slots"]) - idle,
+                              "requests_waiting": s["waiting"]})
+
+    def slots(self, _body) -> None:
+        self._send_json(200, self.server.engine.status()["slots"])
+
+    def tokenize(self, body: dict) -> None:
+        content = body.get("content")
+        if not isinstance(content, str):
+            raise HTTPError(400, "'content' must be a string", param="content")
+        add_special = _field(body, "add_special", (bool,), False, None, "true or false")
+        self._send_json(200, {"tokens": self.server.model.tokenizer.encode(content, add_special_tokens=add_special)})
+
+    def detokenize(self, body: dict) -> None:
+        tokens = body.get("tokens")
+        if not isinstance(tokens, list):
+            raise HTTPError(400, "'tokens' must be a list of token ids", param="tokens")
+        _check_ids(tokens, self.server.model, "tokens")
+        self._send_json(200, {"content": self.server.model.tokenizer.decode(tokens)})
+
+    def chat_completions(self, body: dict) -> None:
+        self._check_model(body)
+        messages = _messages(body)
+        try:
+            ids = chat_ids(self.server.model, messages)
+        except LlmrunError as e:
+            raise HTTPError(400, str(e), param="messages") from None
+        self._complete(body, ids, chat=True)
+
+    def completions(self, body: dict) -> None:
+        self._check_model(body)
+        _field(body, "echo", (bool,), False, lambda v: not v, "false: the prompt is not echoed")
+        _field(body, "suffix", (str,), "", lambda v: not v, "empty: insertion is not supported")
+        _field(body, "best_of", (int,), 1, lambda v: v == 1, "1: one choice per request")
+        self._complete(body, _prompt_ids(body, self.server.model), chat=False)
+
+    def _complete(self, body: dict, ids: list[int], chat: bool) -> None:
+        engine = self.server.engine
+        sampling = _sampling(body, self.server.defaults)
+        stops = _stops(body)
+        room = engine.n_ctx - len(ids)
+        max_tokens = _field(body, "max_completion_tokens", (int,), None, lambda v: v >= 1, "a whole number >= 1")
+        max_tokens = _field(body, "max_tokens", (int,), max_tokens, lambda v: v >= 1, "a whole number >= 1")
+        stream = _field(body, "stream", (bool,), False, None, "true or false")
+        options = _field(body, "stream_options", (dict,), {}, None, "an object")
+        usage_in_stream = _field(options, "include_usage", (bool,), False, None, "true or false")
+        try:
+            request = engine.submit(ids, max_tokens=min(max_tokens or room, max(room, 1)), stop=stops, **sampling)
+        except ContextError as e:
+            raise HTTPError(400, str(e), param="messages" if chat else "prompt", code="context_length_exceeded") from None
+        except QueueFull as e:
+            raise HTTPError(503, str(e), "server_error", code="overloaded") from None
+        except LlmrunError as e:
+            raise HTTPError(400, str(e)) from None
+        reply = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+                 "object": "chat.completion" if chat else "text_completion",
+                 "created": int(time.time()), "model": self.server.model_id}
+
+        def usage(last) -> dict:
+            return {"prompt_tokens": len(ids), "completion_tokens": last.generation_tokens,
+                    "total_tokens": len(ids) + last.generation_tokens,
+                    "prompt_tokens_details": {"cached_tokens": request.cached}}
+
+        def choice(text: str | None, finish_reason: str | None, first: bool = False) -> dict:
+            if not chat:
+                return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+            if not stream:
+                return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                        "finish_reason": finish_reason}
+            delta = ({"role": "assistant", "content": ""} if first else {}) | ({"content": text} if text else {})
+            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+        if not stream:
+            text, last = "", None
+            try:
+                for last in self._records(request):
+                    text += last.text
+            except LlmrunError as e:
+                raise HTTPError(500, f"the generation failed: {e}", "server_error") from None
+            self._send_json(200, reply | {"choices": [choice(text, last.finish_reason)], "usage": usage(last)})
+            return
+
+        chunk = reply | {"object": "chat.completion.chunk"} if chat else reply
+        self._start_stream()
+        try:
+            if chat:
+                self._event(json.dumps(chunk | {"choices": [choice(None, None, first=True)]}))
+            for r in self._records(request):
+                if r.text or r.finish_reason:
+                    self._event(json.dumps(chunk | {"choices": [choice(r.text, r.finish_reason)]}))
+                if r.finish_reason and usage_in_stream:
+                    self._event(json.dumps(chunk | {"choices": [], "usage": usage(r)}))
+        except LlmrunError as e:
+            raise HTTPError(500, f"the generation failed: {e}", "server_error") from None
+        self._end_stream()
+
+
+ROUTES = {
+    "/v1/chat/completions": {"POST": Handler.chat_completions},
+    "/v1/completions": {"POST": Handler.completions},
+    "/v1/models": {"GET": Handler.models},
+    "/health": {"GET": Handler.health},
+    "/slots": {"GET": Handler.slots},
+    "/tokenize": {"POST": Handler.tokenize},
+    "/detokenize": {"POST": Handler.detokenize},
+}
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(model: Model, host: str = "127.0.0.1", port: int = 8080, parallel: int = 4, n_ctx: int | None = None,
+          api_key: str | None = None, max_queue: int = 64, batch_size: int = 512, model_id: str | None = None,
+          defaults: dict | None = None, log=sys.stderr) -> None:
+    """Serve `model` until interrupted (Ctrl-C)."""
+    model_id = model_id or os.path.splitext(os.path.basename(model.path))[0]
+    engine = Engine(model, parallel=parallel, n_ctx=n_ctx, max_queue=max_queue, batch_size=batch_size)
+    try:
+        try:
+            server = Server((host, port), model, engine, model_id, api_key, defaults, log)
+        except OSError as e:
+            raise LlmrunError(f"cannot listen on {host}:{port}: {e.strerror or e}"
+                              + (" (choose another --port)" if e.errno == 98 else "")) from None
+        with server:
+            if not is_loopback(host):
+                log.write(f"llmrun: warning: listening on {host}: anyone who can reach this machine can use the model"
+                          + ("" if api_key else "; set --api-key") + "\n")
+            bound = server.server_address
+            shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+            log.write(f"llmrun: serving {model_id} at http://{shown}:{bound[1]}/v1 "
+                      f"({parallel} slots of {engine.n_ctx} tokens; Ctrl-C stops)\n")
+            log.flush()
+            server.serve_forever(poll_interval=0.5)
+    finally:
+        engine.close()
