@@ -150,6 +150,11 @@ class Server(ThreadingHTTPServer):
         self.created = int(time.time())
         super().__init__(address, Handler)
 
+    def handle_error(self, request, client_address):
+        """A client that resets its connection is routine, not worth a traceback in the log."""
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            traceback.print_exc(file=self.log)
+
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -279,13 +284,18 @@ class Handler(BaseHTTPRequestHandler):
     def _records(self, request: Request):
         """The request's records as they come; it is cancelled if the client leaves (or the
         handler fails) before the last."""
+        looked = time.monotonic()
         try:
             while True:
                 try:
                     r = request.next(timeout=POLL_SECONDS)
                 except queue.Empty:
+                    r = None
+                if time.monotonic() - looked >= POLL_SECONDS:
                     if self._client_gone():
-                        raise ClientGone from None
+                        raise ClientGone
+                    looked = time.monotonic()
+                if r is None:
                     continue
                 yield r
                 if r.finish_reason:

@@ -232,6 +232,15 @@ def smollm2_hf():
 
 
 @pytest.fixture(scope="session")
+def smollm2_q4_0(smollm2_hf, tmp_path_factory):
+    """SmolLM2-135M-Instruct converted to q4_0 from the float32 checkpoint: its .llmr path."""
+    from llmrun.models import convert
+    path = tmp_path_factory.mktemp("smollm2-q4_0") / "smollm2-q4_0.llmr"
+    convert(str(smollm2_hf["float32"]), str(path), "q4_0")
+    return path
+
+
+@pytest.fixture(scope="session")
 def reference():
     _need_shared()
     npz = np.load(SHARED / "reference" / "reference.npz")

@@ -208,13 +208,11 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, i
 STEPS = 16
 
 
-def test_smollm2_greedy_decode_batched_equals_alone(smollm2_hf, tmp_path):
+def test_smollm2_greedy_decode_batched_equals_alone(smollm2_q4_0):
     """SmolLM2-135M q4_0: four prompts prefilled as segments of one call, then decoded 16 steps
     with all four in one forward_batch per step, give each prompt the tokens (and logits, bit for
     bit) it gets decoded alone."""
-    path = tmp_path / "q4_0.llmr"
-    convert(str(smollm2_hf["float32"]), str(path), "q4_0")
-    model = llmrun.load(path)
+    model = llmrun.load(smollm2_q4_0)
     prompts = [model.tokenizer.encode(p) for p in PROMPTS]
     assert len({len(p) for p in prompts}) > 1  # the segments differ in length and position
 

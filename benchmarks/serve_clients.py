@@ -1,0 +1,158 @@
+"""Aggregate decode speed of `llmrun serve` under C concurrent streaming clients, end to end:
+HTTP, SSE, the engine's continuous batching and the model together.
+
+    python benchmarks/serve_clients.py [MODEL.llmr] [-c 1,2,4] [--parallel 4] [-t 2] [-n 128] [-R 3] [-r 3]
+
+Without MODEL: SmolLM2-135M-Instruct q4_0, converted into a temporary folder as in
+batch_decode.py. The script starts one server (--port 0) and, for each C, runs C threads, each
+with its own openai client, that each send -R streamed /v1/completions requests in sequence
+(max_tokens -n, temperature 0.8, a seed per request, one of a few story openings as the prompt so
+that an end-of-text token rarely cuts a reply short). Tokens are counted from each stream's usage
+chunk (include_usage). Prints aggregate tokens/s (all completion tokens over the wall time of the
+C round), its ratio to the first C, tokens/s per client and mean time to first token. Medians of
+-r rounds, each round every C in turn, after a warm-up request. The server is stopped at the end,
+on an error and on Ctrl-C; its log is kept in a temporary file and its tail shown if it fails.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import openai
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from batch_decode import default_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+# story openings that stop mid-sentence: SmolLM2 ends a short complete one early with end-of-text
+PROMPTS = [
+    "The rain had not stopped for three days. Anna stood at the window of the old house, watching the river rise, and",
+    "Captain Reyes looked at the map again. The island was not where it should have been, and the crew were",
+    "When the last train left the station, Tom realised he had missed it. He walked out into the empty town, where",
+    "The dragon slept on a hill of gold at the heart of the mountain. Every hundred years, a young thief",
+    "My grandmother kept a wooden box under her bed, and nobody was allowed to open it. The summer I turned ten,",
+    "The letter arrived on a Tuesday morning, written in a hand that Elena had not seen for twenty years. It said",
+]
+
+
+def wait_ready(proc: subprocess.Popen, log) -> tuple[str, str]:
+    """The server's base URL and the model's name in the API, once it listens."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        m = re.search(r"serving (\S+) at (http://\S+/v1)", Path(log.name).read_text())
+        if m:
+            return m.group(2), m.group(1)
+        time.sleep(0.2)
+    raise RuntimeError("the server did not start")
+
+
+def one_request(client, name: str, prompt: str, n: int, seed: int) -> tuple[int, float]:
+    """Completion tokens of one streamed request, and its time to first token in seconds."""
+    start = time.perf_counter()
+    ttft, tokens = None, None
+    stream = client.completions.create(model=name, prompt=prompt, max_tokens=n, temperature=0.8, seed=seed,
+                                       stream=True, stream_options={"include_usage": True})
+    for chunk in stream:
+        if ttft is None and chunk.choices and chunk.choices[0].text:
+            ttft = time.perf_counter() - start
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+    if tokens is None:
+        raise RuntimeError("the stream ended without a usage chunk")
+    return tokens, ttft if ttft is not None else time.perf_counter() - start
+
+
+def run_round(url: str, name: str, clients: int, requests: int, n: int, seed0: int) -> tuple[float, float, float]:
+    """Aggregate tokens/s, mean time to first token and mean tokens a request of `clients`
+    threads, each sending `requests` requests in sequence."""
+    results, errors = [], []
+
+    def worker(k: int):
+        client = openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=600)  # a client per thread
+        i = 0
+        try:
+            for i in range(requests):
+                j = k * requests + i
+                # a number first, so the server's prefix cache cannot skip the prompt: TTFT includes its prefill
+                prompt = f"({seed0 + j}) {PROMPTS[j % len(PROMPTS)]}"
+                results.append(one_request(client, name, prompt, n, seed0 + j))
+        except Exception as e:  # reported by the main thread, so that a failure stops the run
+            cause = f" ({type(e.__cause__).__name__}: {e.__cause__})" if e.__cause__ else ""  # openai hides it
+            errors.append(f"client {k}, request {i}: {type(e).__name__}: {e}{cause}")
+
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    if errors:
+        raise RuntimeError("; ".join(errors))
+    tokens = [tok for tok, _ in results]
+    return sum(tokens) / wall, statistics.mean(t for _, t in results), statistics.mean(tokens)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", nargs="?", help="a .llmr file (default: SmolLM2-135M q4_0)")
+    ap.add_argument("-c", "--clients", default="1,2,4", help="concurrent client counts, comma-separated")
+    ap.add_argument("--parallel", type=int, default=4, help="the server's slots")
+    ap.add_argument("-t", "--threads", type=int, default=2, help="the server's compute threads")
+    ap.add_argument("-n", "--max-tokens", type=int, default=128, help="tokens asked of each request")
+    ap.add_argument("-R", "--requests", type=int, default=3, help="requests each client sends in sequence")
+    ap.add_argument("-r", "--repetitions", type=int, default=3)
+    a = ap.parse_args()
+    counts = [int(c) for c in a.clients.split(",")]
+    with tempfile.TemporaryDirectory() as tmp, open(os.path.join(tmp, "server.log"), "w") as log:
+        # the log is a file, not a pipe: the server writes a line per request, and a pipe nobody
+        # drains would stall it
+        proc = subprocess.Popen([sys.executable, "-m", "llmrun.cli.main", "serve", a.model or default_model(tmp),
+                                 "--port", "0", "--parallel", str(a.parallel), "--threads", str(a.threads)],
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            url, name = wait_ready(proc, log)
+            print(f"{a.model or 'SmolLM2-135M q4_0'}: {url}, {a.parallel} slots, {a.threads} threads, "
+                  f"{a.requests} x {a.max_tokens} tokens a client, median of {a.repetitions}", flush=True)
+            # warm-up, a request in every slot: a slot's first use maps its KV cache's pages (numpy asks
+            # for huge pages: about 0.3 s a slot here), which is start-up, not serving
+            run_round(url, name, a.parallel, 1, a.max_tokens, 0)
+            # rounds of every C in turn, so that a neighbour's load or a clock change falls on all alike
+            speed, ttft, length = ({c: [] for c in counts} for _ in range(3))
+            for r in range(a.repetitions):
+                for c in counts:  # the same prompts and seeds for every C of a round: like work
+                    s, t, n = run_round(url, name, c, a.requests, a.max_tokens, 1000 * (r + 1))
+                    speed[c].append(s)
+                    ttft[c].append(t)
+                    length[c].append(n)
+            # tok/req: end-of-text can stop a reply before -n tokens; the speeds count what was made
+            print(f"{'clients':>7} {'tok/s':>8} {f'vs C={counts[0]}':>7} {'tok/s/client':>12} {'TTFT ms':>8} "
+                  f"{'tok/req':>7}")
+            base = statistics.median(speed[counts[0]])
+            for c in counts:
+                s = statistics.median(speed[c])
+                print(f"{c:7d} {s:8.1f} {s / base:7.2f} {s / c:12.1f} {statistics.median(ttft[c]) * 1e3:8.1f} "
+                      f"{statistics.median(length[c]):7.1f}")
+        except BaseException:
+            log.flush()
+            print(f"server log (tail):\n{Path(log.name).read_text()[-2000:]}", file=sys.stderr)
+            raise
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+if __name__ == "__main__":
+    main()
