@@ -6,12 +6,13 @@ HTTP, SSE, the engine's continuous batching and the model together.
 Without MODEL: SmolLM2-135M-Instruct q4_0, converted into a temporary folder as in
 batch_decode.py. The script starts one server (--port 0) and, for each C, runs C threads, each
 with its own openai client, that each send -R streamed /v1/completions requests in sequence
-(max_tokens -n, temperature 0.8, a seed per request, one of a few story openings as the prompt so
-that an end-of-text token rarely cuts a reply short). Tokens are counted from each stream's usage
-chunk (include_usage). Prints aggregate tokens/s (all completion tokens over the wall time of the
-C round), its ratio to the first C, tokens/s per client and mean time to first token. Medians of
--r rounds, each round every C in turn, after a warm-up request. The server is stopped at the end,
-on an error and on Ctrl-C; its log is kept in a temporary file and its tail shown if it fails.
+(max_tokens -n, temperature 0.8, a seed per request, a story opening numbered by that seed as the
+prompt). Tokens are counted from each stream's usage chunk (include_usage). Prints aggregate
+tokens/s (all completion tokens over the wall time of the C round), its ratio to the first C,
+tokens/s per client, mean time to first token, and mean tokens a request (end-of-text can stop
+one before -n). Medians of -r rounds, each round every C in turn, after a warm-up request in
+every slot. The server is stopped at the end, on an error and on Ctrl-C; its log goes to a
+temporary file, whose tail is shown if the run fails.
 """
 from __future__ import annotations
 
@@ -76,14 +77,14 @@ def run_round(url: str, name: str, clients: int, requests: int, n: int, seed0: i
     results, errors = [], []
 
     def worker(k: int):
-        client = openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=600)  # a client per thread
         i = 0
-        try:
-            for i in range(requests):
-                j = k * requests + i
-                # a number first, so the server's prefix cache cannot skip the prompt: TTFT includes its prefill
-                prompt = f"({seed0 + j}) {PROMPTS[j % len(PROMPTS)]}"
-                results.append(one_request(client, name, prompt, n, seed0 + j))
+        try:  # a client per thread, closed when it is done rather than whenever it is collected
+            with openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=600) as client:
+                for i in range(requests):
+                    j = k * requests + i
+                    # a number first, so the server's prefix cache cannot skip the prompt: TTFT has its prefill
+                    prompt = f"({seed0 + j}) {PROMPTS[j % len(PROMPTS)]}"
+                    results.append(one_request(client, name, prompt, n, seed0 + j))
         except Exception as e:  # reported by the main thread, so that a failure stops the run
             cause = f" ({type(e.__cause__).__name__}: {e.__cause__})" if e.__cause__ else ""  # openai hides it
             errors.append(f"client {k}, request {i}: {type(e).__name__}: {e}{cause}")
@@ -122,13 +123,13 @@ def main():
             url, name = wait_ready(proc, log)
             print(f"{a.model or 'SmolLM2-135M q4_0'}: {url}, {a.parallel} slots, {a.threads} threads, "
                   f"{a.requests} x {a.max_tokens} tokens a client, median of {a.repetitions}", flush=True)
-            # warm-up, a request in every slot: a slot's first use maps its KV cache's pages (numpy asks
-            # for huge pages: about 0.3 s a slot here), which is start-up, not serving
+            # warm-up, a request in every slot: a slot's first use commits its KV cache's first pages
+            # and the kernels' scratch, which is start-up, not serving
             run_round(url, name, a.parallel, 1, a.max_tokens, 0)
             # rounds of every C in turn, so that a neighbour's load or a clock change falls on all alike
             speed, ttft, length = ({c: [] for c in counts} for _ in range(3))
             for r in range(a.repetitions):
-                for c in counts:  # the same prompts and seeds for every C of a round: like work
+                for c in counts:  # seeds fixed by round and request: a run makes the same tokens each time
                     s, t, n = run_round(url, name, c, a.requests, a.max_tokens, 1000 * (r + 1))
                     speed[c].append(s)
                     ttft[c].append(t)
@@ -141,7 +142,7 @@ def main():
                 s = statistics.median(speed[c])
                 print(f"{c:7d} {s:8.1f} {s / base:7.2f} {s / c:12.1f} {statistics.median(ttft[c]) * 1e3:8.1f} "
                       f"{statistics.median(length[c]):7.1f}")
-        except BaseException:
+        except Exception:  # the server's side of a failure; Ctrl-C needs no log
             log.flush()
             print(f"server log (tail):\n{Path(log.name).read_text()[-2000:]}", file=sys.stderr)
             raise

@@ -1,6 +1,9 @@
 """Generation: tokenize → prefill → decode loop → sampler → streaming detokeniser.
 
-`generate()` is the one loop that chat, generate, bench and the server consume.
+`generate()` is the one loop that chat, generate and bench consume. Its per-token work (draw,
+detokenise, stop strings, finish reason) is `Decoding`, which the server's engine
+(llmrun.batching) drives for many sequences at once, one forward for all of them per step:
+a loop that owns the forward cannot batch, so the loop and the per-sequence state are apart.
 """
 from __future__ import annotations
 

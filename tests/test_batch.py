@@ -235,3 +235,19 @@ def test_smollm2_greedy_decode_batched_equals_alone(smollm2_q4_0):
     for (want, want_logits), got, got_logits in zip(alone, batched, logits):
         assert got == want
         np.testing.assert_array_equal(got_logits, want_logits)
+
+
+def test_a_fresh_cache_commits_only_what_is_written(smollm2_q4_0):
+    """A server holds several long-context caches: the first tokens into one commit a few
+    small pages per layer, not the 2 MiB huge pages numpy's own zeros would ask for (~120 MiB
+    each for SmolLM2's 30 layers)."""
+    def rss_kib():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    model = llmrun.load(smollm2_q4_0)
+    model.forward([1, 2, 3], model.new_cache(64))  # the scratch buffers, once
+    caches = [model.new_cache(8192) for _ in range(4)]
+    before = rss_kib()
+    for c in caches:
+        model.forward([1, 2, 3], c, last_only=True)
+    assert rss_kib() - before < 16 * 1024
