@@ -7,7 +7,8 @@ Without MODEL: SmolLM2-135M-Instruct q4_0, converted into a temporary folder as 
 batch_decode.py. The script starts one server (--port 0) and, for each C, runs C threads, each
 with its own openai client, that each send -R streamed /v1/completions requests in sequence
 (max_tokens -n, temperature 0.8, a seed per request, a story opening numbered by that seed as the
-prompt). Tokens are counted from each stream's usage chunk (include_usage). Prints aggregate
+prompt; with --prompt-ids N, N random token ids instead, for a model whose vocabulary is not a
+real one, such as benchmarks/synthetic.py's). Tokens are counted from each stream's usage chunk (include_usage). Prints aggregate
 tokens/s (all completion tokens over the wall time of the C round), its ratio to the first C,
 tokens/s per client, mean time to first token, and mean tokens a request (end-of-text can stop
 one before -n). Medians of -r rounds, each round every C in turn, after a warm-up request in
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import re
 import statistics
 import subprocess
@@ -55,7 +57,7 @@ def wait_ready(proc: subprocess.Popen, log) -> tuple[str, str]:
     raise RuntimeError("the server did not start")
 
 
-def one_request(client, name: str, prompt: str, n: int, seed: int) -> tuple[int, float]:
+def one_request(client, name: str, prompt, n: int, seed: int) -> tuple[int, float]:
     """Completion tokens of one streamed request, and its time to first token in seconds."""
     start = time.perf_counter()
     ttft, tokens = None, None
@@ -71,7 +73,8 @@ def one_request(client, name: str, prompt: str, n: int, seed: int) -> tuple[int,
     return tokens, ttft if ttft is not None else time.perf_counter() - start
 
 
-def run_round(url: str, name: str, clients: int, requests: int, n: int, seed0: int) -> tuple[float, float, float]:
+def run_round(url: str, name: str, clients: int, requests: int, n: int, seed0: int,
+              prompt_ids: int = 0) -> tuple[float, float, float]:
     """Aggregate tokens/s, mean time to first token and mean tokens a request of `clients`
     threads, each sending `requests` requests in sequence."""
     results, errors = [], []
@@ -84,6 +87,8 @@ def run_round(url: str, name: str, clients: int, requests: int, n: int, seed0: i
                     j = k * requests + i
                     # a number first, so the server's prefix cache cannot skip the prompt: TTFT has its prefill
                     prompt = f"({seed0 + j}) {PROMPTS[j % len(PROMPTS)]}"
+                    if prompt_ids:
+                        prompt = random.Random(seed0 + j).choices(range(1000, 30000), k=prompt_ids)
                     results.append(one_request(client, name, prompt, n, seed0 + j))
         except Exception as e:  # reported by the main thread, so that a failure stops the run
             cause = f" ({type(e.__cause__).__name__}: {e.__cause__})" if e.__cause__ else ""  # openai hides it
@@ -111,6 +116,7 @@ def main():
     ap.add_argument("-n", "--max-tokens", type=int, default=128, help="tokens asked of each request")
     ap.add_argument("-R", "--requests", type=int, default=3, help="requests each client sends in sequence")
     ap.add_argument("-r", "--repetitions", type=int, default=3)
+    ap.add_argument("--prompt-ids", type=int, default=0, help="send N random token ids as each prompt, not text")
     a = ap.parse_args()
     counts = [int(c) for c in a.clients.split(",")]
     with tempfile.TemporaryDirectory() as tmp, open(os.path.join(tmp, "server.log"), "w") as log:
@@ -125,12 +131,12 @@ def main():
                   f"{a.requests} x {a.max_tokens} tokens a client, median of {a.repetitions}", flush=True)
             # warm-up, a request in every slot: a slot's first use commits its KV cache's first pages
             # and the kernels' scratch, which is start-up, not serving
-            run_round(url, name, a.parallel, 1, a.max_tokens, 0)
+            run_round(url, name, a.parallel, 1, a.max_tokens, 0, a.prompt_ids)
             # rounds of every C in turn, so that a neighbour's load or a clock change falls on all alike
             speed, ttft, length = ({c: [] for c in counts} for _ in range(3))
             for r in range(a.repetitions):
                 for c in counts:  # seeds fixed by round and request: a run makes the same tokens each time
-                    s, t, n = run_round(url, name, c, a.requests, a.max_tokens, 1000 * (r + 1))
+                    s, t, n = run_round(url, name, c, a.requests, a.max_tokens, 1000 * (r + 1), a.prompt_ids)
                     speed[c].append(s)
                     ttft[c].append(t)
                     length[c].append(n)
