@@ -160,6 +160,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: Server
     server_version = "llmrun"
+    timeout = 300  # seconds a connection may sit idle (or a client leave a stream unread): its thread then ends
 
     # --- plumbing ---------------------------------------------------------------------------------
 

@@ -34,6 +34,24 @@ def test_generate_on_the_device_gives_the_cpu_tokens(backend, device, tiny_model
     assert runs[0] == runs[1]
 
 
+def test_the_server_engine_runs_on_the_device(backend, device, tiny_models):
+    """`llmrun serve`'s continuous batching on a device (one sequence a call there): requests
+    sharing the engine get the tokens generate() gives each alone on the device, and slot caches
+    reused for a second round give them again."""
+    import llmrun
+    from llmrun.batching import Engine
+    model = llmrun.load(tiny_models["llama", "q8_0"], backend=backend)
+    prompts = [[3, 14, 15], [92, 65, 35, 89], [7], [3, 14, 15, 9]]
+    want = [[r.token for r in llmrun.generate(model, p, max_tokens=8, temperature=0)] for p in prompts]
+    engine = Engine(model, parallel=2, n_ctx=32)
+    try:
+        for _ in range(2):
+            requests = [engine.submit(p, max_tokens=8, temperature=0) for p in prompts]
+            assert [[r.token for r in request] for request in requests] == want
+    finally:
+        engine.close()
+
+
 @pytest.mark.parametrize("type", ["q8_0", "q4_0"])
 def test_smollm2_matches_the_cpu_at_every_position(backend, device, bound, smollm2_hf, tmp_path, type):
     """The real model on the device, the reference prompts in one prefill each: the argmax of
