@@ -102,14 +102,6 @@ class Engine:
             self.wake.notify()
         return r
 
-    def generate(self, prompt: list[int], **settings) -> Iterator[GenerationResponse]:
-        """submit() and stream the records; leaving the loop early cancels the request."""
-        r = self.submit(prompt, **settings)
-        try:
-            yield from r
-        finally:
-            r.cancel()
-
     def close(self) -> None:
         with self.wake:
             self.closed = True
