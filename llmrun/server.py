@@ -10,6 +10,7 @@ right status, and touches no other request.
 """
 from __future__ import annotations
 
+import errno
 import hmac
 import ipaddress
 import json
@@ -461,7 +462,7 @@ def serve(model: Model, host: str = "127.0.0.1", port: int = 8080, parallel: int
             server = Server((host, port), model, engine, model_id, api_key, defaults, log)
         except OSError as e:
             raise LlmrunError(f"cannot listen on {host}:{port}: {e.strerror or e}"
-                              + (" (choose another --port)" if e.errno == 98 else "")) from None
+                              + (" (choose another --port)" if e.errno == errno.EADDRINUSE else "")) from None
         with server:
             if not is_loopback(host):
                 log.write(f"llmrun: warning: listening on {host}: anyone who can reach this machine can use the model"
