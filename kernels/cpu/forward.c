@@ -51,18 +51,6 @@ static size_t matmul_scratch(const llmr_weight *w, int64_t t) {
     return llmr_matmul_scratch(llmr_type_traits_get(w->type), t, w->cols);
 }
 
-/* The attention scratch of every segment (segment by segment, so the largest one's), and each
- * segment's slots as read now: the thread count may change before the pass runs. */
-static size_t attention_scratch(const llmr_segment *segs, int64_t n_segs, int64_t H, int64_t hd, int64_t *slots) {
-    size_t most = 0;
-    for (int64_t s = 0; s < n_segs; s++) {
-        slots[s] = llmr_attention_slots(segs[s].t, H, hd, segs[s].n_past);
-        const size_t n = (size_t)slots[s] * (size_t)llmr_attention_scratch(segs[s].t, H, hd, segs[s].n_past);
-        most = n > most ? n : most;
-    }
-    return most;
-}
-
 int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_segment *segs, int64_t n_segs,
                      float *logits, int32_t *bad_token) {
     const int64_t D = m->dim, H = m->n_heads, Hkv = m->n_kv_heads, hd = m->head_dim, F = m->ffn_dim;
@@ -86,14 +74,18 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_s
     }
     const size_t head_scratch = matmul_scratch(&m->output, rows);
     act = head_scratch > act ? head_scratch : act;
-    int64_t *slots = malloc((size_t)n_segs * sizeof *slots);
-    if (!slots)
+    /* each segment's attention, one job per layer: t and n_past now, the pointers per layer */
+    llmr_attention_seq *att_seqs = malloc((size_t)n_segs * sizeof *att_seqs);
+    if (!att_seqs)
         return -2;
-    const size_t att = attention_scratch(segs, n_segs, H, hd, slots);
+    for (int64_t s = 0; s < n_segs; s++)
+        att_seqs[s] = (llmr_attention_seq){.t = segs[s].t, .n_past = segs[s].n_past};
+    const int64_t att_slots = llmr_attention_slots(att_seqs, n_segs, H, hd); /* read once: threads may change */
+    const size_t att = (size_t)att_slots * (size_t)llmr_attention_scratch(att_seqs, n_segs, H, hd);
     const size_t floats = (size_t)t * (2 * D + 2 * q_dim + 2 * kv_dim + 2 * F + hd) + att;
     float *x = malloc(floats * sizeof(float) + act + (size_t)t * sizeof(int32_t) + 64);
     if (!x) {
-        free(slots);
+        free(att_seqs);
         return -2;
     }
     float *h = x + t * D, *q = h + t * D, *a = q + t * q_dim, *k = a + t * q_dim, *v = k + t * kv_dim;
@@ -114,7 +106,7 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_s
     }
     if (bad >= 0) {
         free(x);
-        free(slots);
+        free(att_seqs);
         return bad;
     }
     llmr_rope_table(cos_t, sin_t, pos, m->inv_freq, t, hd / 2);
@@ -137,9 +129,9 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_s
             float *kc = S->k_cache + l * S->n_ctx * kv_dim, *vc = S->v_cache + l * S->n_ctx * kv_dim; /* [C, Hkv, hd] */
             memcpy(kc + S->n_past * kv_dim, k + off * kv_dim, (size_t)(S->t * kv_dim) * sizeof(float));
             memcpy(vc + S->n_past * kv_dim, v + off * kv_dim, (size_t)(S->t * kv_dim) * sizeof(float));
-            llmr_attention(kern, a + off * q_dim, q + off * q_dim, kc, vc, S->t, H, Hkv, hd, S->n_past, att_scratch,
-                           slots[s]);
+            att_seqs[s].out = a + off * q_dim, att_seqs[s].q = q + off * q_dim, att_seqs[s].k = kc, att_seqs[s].v = vc;
         }
+        llmr_attention(kern, att_seqs, n_segs, H, Hkv, hd, att_scratch, att_slots);
         matmul(kern, &L->wo, h, a, t, act_scratch);
         add_(x, h, t * D);
 
@@ -159,6 +151,6 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_s
     }
     matmul(kern, &m->output, logits, h, rows, act_scratch); /* [rows, V] */
     free(x);
-    free(slots);
+    free(att_seqs);
     return -1;
 }

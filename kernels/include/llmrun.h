@@ -377,14 +377,22 @@ int64_t llmr_get_rows(int type, int layout, float *out, const void *w, int64_t r
 
 /* ---- threaded attention (attention.c) ------------------------------------------------------ */
 
-/* The table's attention kernel on the pool, in units of one token and a range of query heads.
- * scratch: slots * llmr_attention_scratch(...) floats, with slots = llmr_attention_slots(...)
- * read when the scratch was sized (the thread count may change in between). */
-int64_t llmr_attention_slots(int64_t t, int64_t hq, int64_t hd, int64_t n_past);
-int64_t llmr_attention_scratch(int64_t t, int64_t hq, int64_t hd, int64_t n_past); /* floats per slot */
-void llmr_attention(const llmr_kernels *kern, float *out, const float *q, const float *k, const float *v,
-                    int64_t t, int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, float *scratch,
-                    int64_t slots);
+/* One sequence's attention in a layer: its t new tokens' queries q [t][hq*hd] over its own cache
+ * k, v [C][hkv*hd] (positions 0 .. n_past + t - 1 filled), into out [t][hq*hd]. */
+typedef struct {
+    float *out;
+    const float *q, *k, *v;
+    int64_t t, n_past;
+} llmr_attention_seq;
+
+/* The table's attention kernel on the pool for n sequences in one job, in units of tokens and a
+ * range of query heads. scratch: slots * llmr_attention_scratch(...) floats, with slots =
+ * llmr_attention_slots(...) read when the scratch was sized (the thread count may change in
+ * between); both read only t and n_past of the sequences. */
+int64_t llmr_attention_slots(const llmr_attention_seq *seqs, int64_t n, int64_t hq, int64_t hd);
+int64_t llmr_attention_scratch(const llmr_attention_seq *seqs, int64_t n, int64_t hq, int64_t hd); /* per slot */
+void llmr_attention(const llmr_kernels *kern, const llmr_attention_seq *seqs, int64_t n, int64_t hq, int64_t hkv,
+                    int64_t hd, float *scratch, int64_t slots);
 
 /* ---- the forward pass (forward.c) ----------------------------------------------------------- */
 

@@ -434,13 +434,14 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
         check_disjoint(out, vc, "out and v_cache", 0))
         goto done;
     /* Scratch for each slot (thread) working at once. */
-    const int64_t slots = llmr_attention_slots(t, hq, hd, n_past);
-    if (!(scratch = malloc((size_t)slots * (size_t)llmr_attention_scratch(t, hq, hd, n_past) * sizeof(float)))) {
+    const llmr_attention_seq seq = {out->buf, q->buf, kc->buf, vc->buf, t, n_past};
+    const int64_t slots = llmr_attention_slots(&seq, 1, hq, hd);
+    if (!(scratch = malloc((size_t)slots * (size_t)llmr_attention_scratch(&seq, 1, hq, hd) * sizeof(float)))) {
         PyErr_NoMemory();
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    llmr_attention(kern, out->buf, q->buf, kc->buf, vc->buf, t, hq, hkv, hd, n_past, scratch, slots);
+    llmr_attention(kern, &seq, 1, hq, hkv, hd, scratch, slots);
     Py_END_ALLOW_THREADS
     ret = Py_NewRef(Py_None);
 done:
