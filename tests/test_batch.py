@@ -251,3 +251,24 @@ def test_a_fresh_cache_commits_only_what_is_written(smollm2_q4_0):
     for c in caches:
         model.forward([1, 2, 3], c, last_only=True)
     assert rss_kib() - before < 16 * 1024
+
+
+def test_smollm2_batch_is_the_same_on_any_thread_count(smollm2_q4_0):
+    """Four sequences' attention runs as one job split over the threads (and on one thread, as
+    a loop): the logits of a batched decode step do not depend on the thread count."""
+    from llmrun import _kernels
+    model = llmrun.load(smollm2_q4_0)
+    prompts = [model.tokenizer.encode(p) for p in PROMPTS]
+    before = _kernels.get_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            _kernels.set_threads(threads)
+            caches = [model.new_cache(64) for _ in prompts]
+            model.forward_batch([Segment(ids, c, last_only=True) for ids, c in zip(prompts, caches)])
+            results.append(model.forward_batch([Segment([7], c) for c in caches]))
+    finally:
+        _kernels.set_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
