@@ -94,6 +94,7 @@ class Engine:
         with self.wake:
             if self.closed:
                 raise LlmrunError("the engine is closed")
+            self._prune()
             free = sum(s.request is None for s in self.slots)  # each takes one waiting request next step
             if len(self.waiting) >= free + self.max_queue:
                 raise QueueFull(f"all {len(self.slots)} slots are busy and {self.max_queue} requests wait: "
@@ -111,9 +112,15 @@ class Engine:
     def status(self) -> dict:
         """How busy the engine is: each slot's state and cache use, and the requests waiting."""
         with self.wake:
+            self._prune()
             return {"waiting": len(self.waiting),
                     "slots": [{"id": i, "state": "idle" if s.request is None else "prompt" if s.pending else "generating",
                                "n_ctx": s.cache.n_ctx, "n_cached": s.cache.n} for i, s in enumerate(self.slots)]}
+
+    def _prune(self) -> None:
+        """Forget waiting requests cancelled before they had a slot (their clients left): they
+        hold no place in the queue. With the lock held."""
+        self.waiting = deque(r for r in self.waiting if not r.cancelled.is_set())
 
     # --- the engine's thread -------------------------------------------------------------------
 

@@ -20,7 +20,8 @@ class Sampler:
         for ok, need in ((temperature >= 0, "temperature >= 0 (0 is greedy)"), (top_k >= 0, "top_k >= 0 (0 disables)"),
                          (0 < top_p <= 1, "0 < top_p <= 1 (1 disables)"), (0 <= min_p < 1, "0 <= min_p < 1 (0 disables)"),
                          (repeat_penalty > 0, "repeat_penalty > 0 (1 disables)"),
-                         (repeat_window >= 0, "repeat_window >= 0 (0 disables)")):
+                         (repeat_window >= 0, "repeat_window >= 0 (0 disables)"),
+                         (seed is None or seed >= 0, "seed >= 0")):
             if not ok:
                 raise SettingError(f"need {need}")
         self.temperature, self.top_k, self.top_p, self.min_p = temperature, top_k, top_p, min_p

@@ -19,9 +19,11 @@ import queue
 import select
 import socket
 import sys
+import threading
 import time
 import traceback
 import uuid
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .batching import Engine, QueueFull, Request
@@ -31,6 +33,9 @@ from .model import Model
 
 MAX_BODY = 8 << 20  # bytes of JSON a request may carry
 MAX_STOPS = 16
+# Longest text a token stands for, as far as the length check goes: text past n_ctx times this
+# cannot fit, and is refused before tokenising it (which holds the GIL: ~0.4 s a megabyte).
+MAX_CHARS_PER_TOKEN = 32
 POLL_SECONDS = 0.25  # how often a waiting handler looks whether its client is still there
 
 
@@ -80,7 +85,7 @@ def _sampling(body: dict, defaults: dict) -> dict:
         "min_p": _field(body, "min_p", num, defaults["min_p"], lambda v: 0 <= v < 1, "a number in [0, 1)"),
         "repeat_penalty": _field(body, "repeat_penalty", num, defaults["repeat_penalty"], lambda v: 0 < v <= 10,
                                  "a number in (0, 10]"),
-        "seed": _field(body, "seed", (int,), None, None, "a whole number"),
+        "seed": _field(body, "seed", (int,), None, lambda v: v >= 0, "a whole number >= 0"),
     }
 
 
@@ -117,11 +122,18 @@ def _messages(body: dict) -> list[dict]:
     return out
 
 
-def _prompt_ids(body: dict, model: Model) -> list[int]:
+def _check_length(chars: int, n_ctx: int, param: str) -> None:
+    if chars > n_ctx * MAX_CHARS_PER_TOKEN:
+        raise HTTPError(400, f"the {param} is {chars} characters, more than a context of {n_ctx} tokens can hold",
+                        param=param, code="context_length_exceeded")
+
+
+def _prompt_ids(body: dict, model: Model, n_ctx: int) -> list[int]:
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]  # a batch of one prompt
     if isinstance(prompt, str):
+        _check_length(len(prompt), n_ctx, "prompt")
         return model.tokenizer.encode(prompt)
     if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         _check_ids(prompt, model, "prompt")
@@ -149,7 +161,26 @@ class Server(ThreadingHTTPServer):
         self.defaults = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.0, "repeat_penalty": 1.0,
                          **(defaults or {})}
         self.created = int(time.time())
+        self.responding = 0  # completions being answered
+        self.idle = threading.Condition()
         super().__init__(address, Handler)
+
+    @contextmanager
+    def response(self):
+        """Count a completion as being answered while in the block."""
+        with self.idle:
+            self.responding += 1
+        try:
+            yield
+        finally:
+            with self.idle:
+                self.responding -= 1
+                self.idle.notify_all()
+
+    def drain(self, seconds: float) -> None:
+        """Wait (up to `seconds`) for the completions being answered to be written out."""
+        with self.idle:
+            self.idle.wait_for(lambda: self.responding == 0, timeout=seconds)
 
     def handle_error(self, request, client_address):
         """A client that resets its connection is routine, not worth a traceback in the log."""
@@ -173,6 +204,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _handle(self, method: str) -> None:
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        # a body left unread by an early refusal would be read as the next request: close instead
+        self._unread = self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers
+        self._streaming = False
         try:
             if path != "/health":
                 self._authorize()
@@ -187,9 +221,7 @@ class Handler(BaseHTTPRequestHandler):
             route[method](self, self._body() if method == "POST" else None)
         except HTTPError as e:
             self._send_json(e.status, e.body())
-        except ClientGone:
-            self.close_connection = True
-        except (BrokenPipeError, ConnectionResetError):
+        except (ClientGone, ConnectionError, TimeoutError):  # gone, or not reading for `timeout` seconds
             self.close_connection = True
         except Exception:  # a fault of ours: logged here, answered as a 500, and the server goes on
             traceback.print_exc(file=self.server.log)
@@ -220,6 +252,7 @@ class Handler(BaseHTTPRequestHandler):
             raise HTTPError(413, f"the body is {length} bytes; the most this server takes is {MAX_BODY}",
                             code="request_too_large")
         raw = self.rfile.read(length)
+        self._unread = False
         if len(raw) < length:
             raise ClientGone
         try:
@@ -231,7 +264,9 @@ class Handler(BaseHTTPRequestHandler):
         return body
 
     def _send_json(self, status: int, obj) -> None:
-        if getattr(self, "_streaming", False):
+        if self._unread:
+            self.close_connection = True
+        if self._streaming:
             # the head went out already: the error becomes the stream's last event
             self._event(json.dumps(obj))
             self._end_stream()
@@ -247,32 +282,41 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
+        except (ConnectionError, TimeoutError):
             self.close_connection = True
 
     def send_error(self, code, message=None, explain=None):
         """http.server's own refusals (a malformed request line, an unknown method) in OpenAI's form."""
         self.close_connection = True
+        self._unread, self._streaming = False, False
         self._send_json(code, HTTPError(code, message or self.responses.get(code, ("error",))[0]).body())
 
     def log_message(self, format, *args):
         self.server.log.write(f"{time.strftime('%H:%M:%S')} {self.address_string()} {format % args}\n")
 
     def _start_stream(self) -> None:
+        """Server-sent events in HTTP/1.1 chunks (the connection stays open), or, to an HTTP/1.0
+        client, which knows no chunks, as the body up to the connection's close."""
+        self._chunked = self.request_version != "HTTP/1.0"
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
+        if self._chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self._streaming = True
 
     def _event(self, data: str) -> None:
         payload = f"data: {data}\n\n".encode()
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(payload), payload) if self._chunked else payload)
 
     def _end_stream(self) -> None:
         self._event("[DONE]")
-        self.wfile.write(b"0\r\n\r\n")
+        if self._chunked:
+            self.wfile.write(b"0\r\n\r\n")
         self._streaming = False
 
     def _client_gone(self) -> bool:
@@ -284,31 +328,27 @@ class Handler(BaseHTTPRequestHandler):
             return True
 
     def _records(self, request: Request):
-        """The request's records as they come; it is cancelled if the client leaves (or the
-        handler fails) before the last."""
+        """The request's records as they come, looking every POLL_SECONDS whether the client left."""
         looked = time.monotonic()
-        try:
-            while True:
-                try:
-                    r = request.next(timeout=POLL_SECONDS)
-                except queue.Empty:
-                    r = None
-                if time.monotonic() - looked >= POLL_SECONDS:
-                    if self._client_gone():
-                        raise ClientGone
-                    looked = time.monotonic()
-                if r is None:
-                    continue
-                yield r
-                if r.finish_reason:
-                    return
-        finally:
-            request.cancel()
+        while True:
+            try:
+                r = request.next(timeout=POLL_SECONDS)
+            except queue.Empty:
+                r = None
+            if time.monotonic() - looked >= POLL_SECONDS:
+                if self._client_gone():
+                    raise ClientGone
+                looked = time.monotonic()
+            if r is None:
+                continue
+            yield r
+            if r.finish_reason:
+                return
 
     # --- the endpoints ----------------------------------------------------------------------------
 
     def _check_model(self, body: dict) -> None:
-        name = body.get("model")
+        name = _field(body, "model", (str,), None, None, "a string")
         if name is not None and name not in self._model_names():
             raise HTTPError(404, f"the model '{name}' is not served here; this server has '{self.server.model_id}'",
                             param="model", code="model_not_found")
@@ -344,6 +384,7 @@ class Handler(BaseHTTPRequestHandler):
         content = body.get("content")
         if not isinstance(content, str):
             raise HTTPError(400, "'content' must be a string", param="content")
+        _check_length(len(content), self.server.engine.n_ctx, "content")
         add_special = _field(body, "add_special", (bool,), False, None, "true or false")
         self._send_json(200, {"tokens": self.server.model.tokenizer.encode(content, add_special_tokens=add_special)})
 
@@ -357,6 +398,7 @@ class Handler(BaseHTTPRequestHandler):
     def chat_completions(self, body: dict) -> None:
         self._check_model(body)
         messages = _messages(body)
+        _check_length(sum(len(m["content"]) for m in messages), self.server.engine.n_ctx, "messages")
         try:
             ids = chat_ids(self.server.model, messages)
         except LlmrunError as e:
@@ -368,7 +410,7 @@ class Handler(BaseHTTPRequestHandler):
         _field(body, "echo", (bool,), False, lambda v: not v, "false: the prompt is not echoed")
         _field(body, "suffix", (str,), "", lambda v: not v, "empty: insertion is not supported")
         _field(body, "best_of", (int,), 1, lambda v: v == 1, "1: one choice per request")
-        self._complete(body, _prompt_ids(body, self.server.model), chat=False)
+        self._complete(body, _prompt_ids(body, self.server.model, self.server.engine.n_ctx), chat=False)
 
     def _complete(self, body: dict, ids: list[int], chat: bool) -> None:
         engine = self.server.engine
@@ -406,29 +448,28 @@ class Handler(BaseHTTPRequestHandler):
             delta = ({"role": "assistant", "content": ""} if first else {}) | ({"content": text} if text else {})
             return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
-        if not stream:
-            text, last = "", None
+        with self.server.response():  # written out before the server exits
             try:
-                for last in self._records(request):
-                    text += last.text
-            except LlmrunError as e:
-                raise HTTPError(500, f"the generation failed: {e}", "server_error") from None
-            self._send_json(200, reply | {"choices": [choice(text, last.finish_reason)], "usage": usage(last)})
-            return
-
-        chunk = reply | {"object": "chat.completion.chunk"} if chat else reply
-        self._start_stream()
-        try:
-            if chat:
-                self._event(json.dumps(chunk | {"choices": [choice(None, None, first=True)]}))
-            for r in self._records(request):
-                if r.text or r.finish_reason:
-                    self._event(json.dumps(chunk | {"choices": [choice(r.text, r.finish_reason)]}))
-                if r.finish_reason and usage_in_stream:
-                    self._event(json.dumps(chunk | {"choices": [], "usage": usage(r)}))
-        except LlmrunError as e:
-            raise HTTPError(500, f"the generation failed: {e}", "server_error") from None
-        self._end_stream()
+                if not stream:
+                    text, last = "", None
+                    for last in self._records(request):
+                        text += last.text
+                    self._send_json(200, reply | {"choices": [choice(text, last.finish_reason)], "usage": usage(last)})
+                    return
+                chunk = reply | {"object": "chat.completion.chunk"} if chat else reply
+                self._start_stream()
+                if chat:
+                    self._event(json.dumps(chunk | {"choices": [choice(None, None, first=True)]}))
+                for r in self._records(request):
+                    if r.text or r.finish_reason:
+                        self._event(json.dumps(chunk | {"choices": [choice(r.text, r.finish_reason)]}))
+                    if r.finish_reason and usage_in_stream:
+                        self._event(json.dumps(chunk | {"choices": [], "usage": usage(r)}))
+                self._end_stream()
+            except LlmrunError as e:  # the engine's failure, or its shutdown: said here, inside the count
+                self._send_json(500, HTTPError(500, f"the generation failed: {e}", "server_error").body())
+            finally:
+                request.cancel()  # however this ends (done, the client gone, a failure), the slot is freed
 
 
 ROUTES = {
@@ -472,6 +513,10 @@ def serve(model: Model, host: str = "127.0.0.1", port: int = 8080, parallel: int
             log.write(f"llmrun: serving {model_id} at http://{shown}:{bound[1]}/v1 "
                       f"({parallel} slots of {engine.n_ctx} tokens; Ctrl-C stops)\n")
             log.flush()
-            server.serve_forever(poll_interval=0.5)
+            try:
+                server.serve_forever(poll_interval=0.5)
+            finally:
+                engine.close()  # requests in flight end with an error record...
+                server.drain(5)  # ...which their handlers write out before the process exits
     finally:
         engine.close()

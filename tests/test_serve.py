@@ -109,6 +109,22 @@ def test_cancel_frees_the_slot(model):
         engine.close()
 
 
+def test_a_request_cancelled_while_waiting_gives_up_its_place(model):
+    engine = Engine(model, parallel=1, max_queue=1, n_ctx=512)
+    try:
+        ids = model.tokenizer.encode("Once upon a time")
+        running = engine.submit(ids, max_tokens=200, temperature=0)
+        running.next(timeout=60)  # it has the slot
+        waiting = engine.submit(ids, max_tokens=4, temperature=0)
+        waiting.cancel()  # its client left before it had a slot
+        assert engine.status()["waiting"] == 0
+        third = engine.submit(ids, max_tokens=4, temperature=0)  # not refused: the queue is empty
+        running.cancel()
+        assert _engine_run(third) == _alone(model, ids, 4)
+    finally:
+        engine.close()
+
+
 def test_full_queue_and_bad_settings_are_refused_at_once(model):
     engine = Engine(model, parallel=1, max_queue=1, n_ctx=64)
     try:
@@ -282,7 +298,8 @@ def test_follow_up_turn_is_served_from_the_cache(server, model):
 @pytest.mark.parametrize("params, param", [
     ({"temperature": 5}, "temperature"), ({"n": 2}, "n"), ({"top_p": 0}, "top_p"), ({"max_tokens": 0}, "max_tokens"),
     ({"stop": [1]}, "stop"), ({"messages": []}, "messages"), ({"messages": [{"role": "wizard", "content": "x"}]}, "messages"),
-    ({"presence_penalty": 1}, "presence_penalty"), ({"seed": "x"}, "seed"), ({"stream": "yes"}, "stream")])
+    ({"presence_penalty": 1}, "presence_penalty"), ({"seed": "x"}, "seed"), ({"seed": -1}, "seed"),
+    ({"stream": "yes"}, "stream"), ({"model": ["smollm2-q4_0"]}, "model")])
 def test_invalid_parameters_are_400(server, params, param):
     with pytest.raises(openai.BadRequestError) as e:
         server.client().chat.completions.create(**{"model": "smollm2-q4_0", "max_tokens": 4,
@@ -293,6 +310,10 @@ def test_invalid_parameters_are_400(server, params, param):
 def test_prompt_longer_than_the_context_is_400(server):
     with pytest.raises(openai.BadRequestError, match="context holds 1024") as e:
         server.client().completions.create(model="smollm2-q4_0", prompt="word " * 1500, max_tokens=4)
+    assert e.value.code == "context_length_exceeded"
+    # text too long to fit whatever its tokens is refused before it is tokenised
+    with pytest.raises(openai.BadRequestError, match="33000 characters") as e:
+        server.client().chat.completions.create(model="smollm2-q4_0", messages=[{"role": "user", "content": "x" * 33000}])
     assert e.value.code == "context_length_exceeded"
 
 
@@ -319,6 +340,19 @@ def test_malformed_bodies_get_json_errors(server, body, headers, status):
     assert got == status and answer["error"]["message"]
 
 
+def test_a_refused_request_with_a_body_does_not_spoil_the_connection(server):
+    """A refusal before the body is read (a wrong key, an unknown route or method) closes the
+    connection, so the body is not read as the next request; the client reconnects."""
+    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+    body = json.dumps({"prompt": "Hi", "max_tokens": 2})
+    for path, key, status in (("/v1/completions", "wrong", 401), ("/v1/embeddings", KEY, 404), ("/v1/models", KEY, 405),
+                              ("/v1/completions", KEY, 200)):
+        c.request("POST", path, body, {"Authorization": f"Bearer {key}"})
+        r = c.getresponse()
+        assert r.status == status and json.loads(r.read())
+    c.close()
+
+
 def test_wrong_method_and_garbage_requests(server):
     status, body, _ = server.http("GET", "/v1/chat/completions")
     assert status == 405 and "POST" in body["error"]["message"]
@@ -331,6 +365,20 @@ def test_wrong_method_and_garbage_requests(server):
         reply = reply.decode()
     assert reply.startswith("HTTP/1.") and " 400 " in reply.split("\r\n")[0] and '"error"' in reply
     assert server.client().models.list().data  # and the server carries on
+
+
+def test_a_stream_to_an_http_1_0_client_is_not_chunked(server):
+    import socket
+    body = json.dumps({"prompt": "Hi", "max_tokens": 3, "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as s:
+        s.sendall(b"POST /v1/completions HTTP/1.0\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s"
+                  % (KEY.encode(), len(body), body))
+        reply = b""
+        while chunk := s.recv(65536):  # to the close that ends the body
+            reply += chunk
+    head, _, events = reply.decode().partition("\r\n\r\n")
+    assert " 200 " in head.split("\r\n")[0] and "chunked" not in head.lower()
+    assert events.startswith("data: {") and events.endswith("data: [DONE]\n\n")
 
 
 def test_tokenize_and_detokenize(server, model):
@@ -376,6 +424,20 @@ def test_serve_command_line_errors(smollm2_q4_0, server, tmp_path):
     r = run_cli("serve", smollm2_q4_0, "--port", server.port, check=False)
     assert r.returncode == 1 and f"cannot listen on 127.0.0.1:{server.port}" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_stopping_the_server_ends_streams_with_an_error_event(smollm2_q4_0, tmp_path):
+    """Ctrl-C while a stream runs: its client gets an error event and data: [DONE], not a cut."""
+    s = Server(smollm2_q4_0, tmp_path, "--parallel", "1", "--ctx-size", "1024")
+    c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=120)
+    c.request("POST", "/v1/completions", json.dumps({"prompt": "Once upon a time", "max_tokens": 900, "stream": True}))
+    r = c.getresponse()
+    assert r.readline().startswith(b"data: {")
+    s.proc.send_signal(signal.SIGINT)
+    events = [line.removeprefix(b"data: ") for line in r.read().split(b"\n") if line.startswith(b"data: ")]
+    c.close()
+    assert events[-1] == b"[DONE]" and "shutting down" in json.loads(events[-2])["error"]["message"]
+    assert s.proc.wait(timeout=60) == 130 and "Traceback" not in s.log.read_text()
 
 
 def test_listening_beyond_loopback_warns(smollm2_q4_0, tmp_path):
