@@ -7,9 +7,9 @@ the busy slots: one read of the weights serves every sequence. A request that fi
 cancelled frees its slot at once; the slot keeps its cache, so a follow-up whose prompt starts
 the same way (the next turn of a chat) runs only what is new.
 
-    engine = Engine(model, parallel=4)
-    for r in engine.submit(ids, max_tokens=64, temperature=0):
-        print(r.text, end="")
+    with Engine(model, parallel=4) as engine:
+        for r in engine.submit(ids, max_tokens=64, temperature=0):
+            print(r.text, end="")
 """
 from __future__ import annotations
 
@@ -103,7 +103,14 @@ class Engine:
             self.wake.notify()
         return r
 
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Stop the engine's thread; requests still running or waiting end with Cancelled."""
         with self.wake:
             self.closed = True
             self.wake.notify()

@@ -497,8 +497,7 @@ def serve(model: Model, host: str = "127.0.0.1", port: int = 8080, parallel: int
           defaults: dict | None = None, log=sys.stderr) -> None:
     """Serve `model` until interrupted (Ctrl-C)."""
     model_id = model_id or os.path.splitext(os.path.basename(model.path))[0]
-    engine = Engine(model, parallel=parallel, n_ctx=n_ctx, max_queue=max_queue, batch_size=batch_size)
-    try:
+    with Engine(model, parallel=parallel, n_ctx=n_ctx, max_queue=max_queue, batch_size=batch_size) as engine:
         try:
             server = Server((host, port), model, engine, model_id, api_key, defaults, log)
         except OSError as e:
@@ -518,5 +517,3 @@ def serve(model: Model, host: str = "127.0.0.1", port: int = 8080, parallel: int
             finally:
                 engine.close()  # requests in flight end with an error record...
                 server.drain(5)  # ...which their handlers write out before the process exits
-    finally:
-        engine.close()

@@ -43,13 +43,10 @@ def test_the_server_engine_runs_on_the_device(backend, device, tiny_models):
     model = llmrun.load(tiny_models["llama", "q8_0"], backend=backend)
     prompts = [[3, 14, 15], [92, 65, 35, 89], [7], [3, 14, 15, 9]]
     want = [[r.token for r in llmrun.generate(model, p, max_tokens=8, temperature=0)] for p in prompts]
-    engine = Engine(model, parallel=2, n_ctx=32)
-    try:
+    with Engine(model, parallel=2, n_ctx=32) as engine:
         for _ in range(2):
             requests = [engine.submit(p, max_tokens=8, temperature=0) for p in prompts]
             assert [[r.token for r in request] for request in requests] == want
-    finally:
-        engine.close()
 
 
 @pytest.mark.parametrize("type", ["q8_0", "q4_0"])

@@ -53,12 +53,9 @@ def test_engine_batches_without_changing_answers(model):
     settings = [{}, {}, {"temperature": 0.8, "seed": 7}, {}, {"temperature": 1.0, "seed": 3, "top_k": 0},
                 {"max_tokens": 5}]
     prompts += prompts[:2]
-    engine = Engine(model, parallel=4)
-    try:
+    with Engine(model, parallel=4) as engine:
         requests = [engine.submit(p, **{"max_tokens": N, "temperature": 0, **s}) for p, s in zip(prompts, settings)]
         got = [_engine_run(r) for r in requests]
-    finally:
-        engine.close()
     for p, s, g in zip(prompts, settings, got):
         assert g == _alone(model, p, **{"max_tokens": N, **s})
     # shared steps: far fewer forwards than one per token of every request
@@ -67,35 +64,28 @@ def test_engine_batches_without_changing_answers(model):
 
 def test_long_prompt_runs_in_pieces_with_the_same_answer(model):
     ids = chat_ids(model, [{"role": "user", "content": " ".join(QUESTIONS * 3)}])
-    engine = Engine(model, parallel=2, batch_size=16)
-    try:
+    with Engine(model, parallel=2, batch_size=16) as engine:
         other = engine.submit(chat_ids(model, [{"role": "user", "content": QUESTIONS[0]}]), max_tokens=N, temperature=0)
         long = engine.submit(ids, max_tokens=16, temperature=0)
         assert _engine_run(long) == _alone(model, ids, 16)
         _engine_run(other)
-    finally:
-        engine.close()
     assert len(ids) > 100 and engine.steps >= len(ids) // 16
 
 
 def test_follow_up_turn_reuses_the_slot_cache(model):
-    engine = Engine(model, parallel=2)
-    try:
+    with Engine(model, parallel=2) as engine:
         turn = [{"role": "user", "content": QUESTIONS[0]}]
         answer, _ = _engine_run(engine.submit(chat_ids(model, turn), max_tokens=N, temperature=0))
         follow = chat_ids(model, turn + [{"role": "assistant", "content": answer},
                                          {"role": "user", "content": "And of Germany?"}])
         r = engine.submit(follow, max_tokens=N, temperature=0)
         got = _engine_run(r)
-    finally:
-        engine.close()
     assert r.cached > len(chat_ids(model, turn)) - 2
     assert got == _alone(model, follow)
 
 
 def test_cancel_frees_the_slot(model):
-    engine = Engine(model, parallel=1)
-    try:
+    with Engine(model, parallel=1) as engine:
         ids = chat_ids(model, [{"role": "user", "content": QUESTIONS[3]}])
         r = engine.submit(ids, max_tokens=500, temperature=0)
         r.next()
@@ -105,13 +95,10 @@ def test_cancel_frees_the_slot(model):
                 r.next(timeout=60)
         assert _engine_run(engine.submit(ids, max_tokens=4, temperature=0)) == _alone(model, ids, 4)
         assert engine.status()["slots"][0]["state"] == "idle"
-    finally:
-        engine.close()
 
 
 def test_a_request_cancelled_while_waiting_gives_up_its_place(model):
-    engine = Engine(model, parallel=1, max_queue=1, n_ctx=512)
-    try:
+    with Engine(model, parallel=1, max_queue=1, n_ctx=512) as engine:
         ids = model.tokenizer.encode("Once upon a time")
         running = engine.submit(ids, max_tokens=200, temperature=0)
         running.next(timeout=60)  # it has the slot
@@ -121,13 +108,10 @@ def test_a_request_cancelled_while_waiting_gives_up_its_place(model):
         third = engine.submit(ids, max_tokens=4, temperature=0)  # not refused: the queue is empty
         running.cancel()
         assert _engine_run(third) == _alone(model, ids, 4)
-    finally:
-        engine.close()
 
 
 def test_full_queue_and_bad_settings_are_refused_at_once(model):
-    engine = Engine(model, parallel=1, max_queue=1, n_ctx=64)
-    try:
+    with Engine(model, parallel=1, max_queue=1, n_ctx=64) as engine:
         ids = model.tokenizer.encode("Once upon a time")
         first, second = (engine.submit(ids, max_tokens=20, temperature=0) for _ in range(2))
         with pytest.raises(QueueFull, match="try again"):
@@ -142,8 +126,6 @@ def test_full_queue_and_bad_settings_are_refused_at_once(model):
             engine.submit(ids * 20, max_tokens=1)
         want = _alone(model, ids, 20)
         assert _engine_run(first) == want and _engine_run(second) == want
-    finally:
-        engine.close()
 
 
 # --- the server ------------------------------------------------------------------------------
