@@ -10,6 +10,16 @@ import numpy as np
 import pytest
 
 
+def device_or_skip(backend: str, lacking: str):
+    """The backend's device (llmrun.model.device), or a skip that says why this machine has none."""
+    from llmrun.errors import LlmrunError
+    from llmrun.model import device
+    try:
+        return device(backend)
+    except LlmrunError as e:
+        pytest.skip(f"{lacking}: {e}")
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
 @pytest.mark.parametrize("type", ["f16", "q8_0", "q4_0", "q4_1"])
 def test_graph_matches_the_cpu(backend, device, bound, tiny_models, arch, type):

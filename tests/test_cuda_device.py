@@ -14,12 +14,7 @@ from llmrun.quant import dequantize, qtype, quantize
 
 @pytest.fixture(scope="module")
 def device():
-    from llmrun import cuda
-    from llmrun.errors import LlmrunError
-    try:
-        return cuda.Device()
-    except LlmrunError as e:
-        pytest.skip(f"no CUDA GPU: {e}")
+    return device_or_skip("cuda", "no CUDA GPU")
 
 
 @pytest.fixture

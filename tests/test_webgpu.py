@@ -29,12 +29,7 @@ def bound():
 
 @pytest.fixture(scope="module")
 def device():
-    from llmrun import webgpu
-    from llmrun.errors import LlmrunError
-    try:
-        return webgpu.Device()
-    except LlmrunError as e:
-        pytest.skip(f"no WebGPU adapter: {e}")
+    return device_or_skip("webgpu", "no WebGPU adapter")
 
 
 def _tensor(w: np.ndarray, t) -> tuple[object, np.ndarray]:
