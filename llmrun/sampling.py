@@ -5,6 +5,7 @@ from typing import Sequence
 
 import numpy as np
 
+from . import _kernels
 from .errors import SettingError
 
 
@@ -46,12 +47,14 @@ class Sampler:
         if self.temperature == 0:
             return np.array([np.argmax(z)]), np.ones(1)
         if 0 < self.top_k < len(z):
-            # once per token on a ~150k vocabulary: a partition is O(V), a full sort is not
-            ids = np.argpartition(-z, self.top_k - 1)[:self.top_k]
+            # in C, once per token of every sequence: about 20 us for 49k logits, where numpy's
+            # argpartition of the float64 row took 80 to 330 us (more when its buffers fault in)
+            ids = np.empty(self.top_k, np.int32)
+            ids = ids[:_kernels.top_k(ids, z)]  # largest first
+        elif self.top_p < 1:  # only top-p needs the candidates in order
+            ids = np.argsort(-z, kind="stable")
         else:
             ids = np.arange(len(z))
-        if self.top_p < 1:  # only top-p needs the candidates in order
-            ids = ids[np.argsort(-z[ids], kind="stable")]
         zk = z[ids] / self.temperature
         p = np.exp(zk - zk.max())
         p /= p.sum()

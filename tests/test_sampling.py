@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from llmrun import _kernels
 from llmrun.sampling import Sampler
 
 # Logits whose softmax at temperature 1 is q, with the ids shuffled so "most likely" is not "lowest id".
@@ -70,6 +71,45 @@ def test_top_k_on_a_large_vocabulary_keeps_the_k_largest():
     assert set(np.flatnonzero(p)) == set(best)
     z = logits[best].astype(np.float64)
     np.testing.assert_allclose(p[best], np.exp(z - z.max()) / np.exp(z - z.max()).sum(), rtol=0, atol=1e-12)
+
+
+def reference_top_k(x, k):
+    """The k largest of x, largest first, a tie to the lower index, NaN left out."""
+    order = [i for i in np.lexsort((np.arange(len(x)), -x)) if not np.isnan(x[i])]
+    return order[:k]
+
+
+@pytest.mark.parametrize("n, k", [(1, 1), (5, 3), (5, 5), (5, 9), (1000, 1), (1000, 40), (49152, 40), (300, 300)])
+def test_top_k_kernel_against_a_sort(n, k):
+    rng = np.random.default_rng(n * 1000 + k)
+    rows = [rng.standard_normal(n),
+            rng.integers(-3, 4, n).astype(np.float64),  # many ties
+            np.sort(rng.standard_normal(n)),  # every new value the best so far
+            np.sort(rng.standard_normal(n))[::-1].copy()]
+    spiked = rng.standard_normal(n)
+    spiked[rng.integers(0, n, max(n // 7, 1))] = np.nan
+    spiked[rng.integers(0, n, max(n // 11, 1))] = -np.inf
+    spiked[rng.integers(0, n, max(n // 13, 1))] = np.inf
+    rows.append(spiked)
+    for x in rows:
+        ids = np.full(k, -1, np.int32)
+        kept = _kernels.top_k(ids, x)
+        assert ids[:kept].tolist() == reference_top_k(x, k)
+
+
+def test_top_k_kernel_refuses_wrong_buffers():
+    with pytest.raises(ValueError, match="float64"):
+        _kernels.top_k(np.zeros(3, np.int32), np.zeros(10, np.float32))
+    with pytest.raises(ValueError, match="int32"):
+        _kernels.top_k(np.zeros(3, np.int64), np.zeros(10))
+    assert _kernels.top_k(np.zeros(0, np.int32), np.zeros(10)) == 0
+
+
+def test_top_k_among_ties_keeps_the_lowest_ids():
+    logits = np.zeros(100)
+    logits[[7, 50, 90]] = 1.0
+    p = Sampler(temperature=1.0, top_k=5, top_p=1.0).probabilities(logits)
+    assert np.flatnonzero(p).tolist() == [0, 1, 7, 50, 90]
 
 
 def test_fixed_seed_reproduces_and_seeds_differ():

@@ -394,6 +394,13 @@ int64_t llmr_attention_scratch(const llmr_attention_seq *seqs, int64_t n, int64_
 void llmr_attention(const llmr_kernels *kern, const llmr_attention_seq *seqs, int64_t n, int64_t hq, int64_t hkv,
                     int64_t hd, float *scratch, int64_t slots);
 
+/* ---- sampling (top_k.c) --------------------------------------------------------------------- */
+
+/* ids[0 .. returned) = the indices of the k largest of x[0 .. n), largest first, a tie to the
+ * lower index; NaN is left out, so fewer than k come back only from a row with fewer than k
+ * other values. n < 2^31. */
+int64_t llmr_top_k(const double *x, int64_t n, int64_t k, int32_t *ids);
+
 /* ---- the forward pass (forward.c) ----------------------------------------------------------- */
 
 typedef struct {

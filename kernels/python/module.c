@@ -15,7 +15,7 @@ static const llmr_kernels *kern; /* chosen once, at import */
 
 /* ---- buffer checking ------------------------------------------------------------------------ */
 
-enum kind { RAW, F32, I32 };
+enum kind { RAW, F32, F64, I32 };
 
 /* "(2, 3, 4)" for messages. */
 static const char *shape_str(const Py_buffer *v, char *buf, size_t size) {
@@ -55,8 +55,12 @@ static int get_buffer(PyObject *obj, Py_buffer *v, const char *name, enum kind k
         problem = "must be writable";
     else if (kind == F32 && !(f == 'f' && v->itemsize == 4))
         problem = "must be float32";
+    else if (kind == F64 && !(f == 'd' && v->itemsize == 8))
+        problem = "must be float64";
     else if (kind == I32 && !((f == 'i' || f == 'l') && v->itemsize == 4))
         problem = "must be int32";
+    else if (kind == F64 && (uintptr_t)v->buf % 8)
+        problem = "must be 8-byte aligned";
     else if (kind != RAW && (uintptr_t)v->buf % 4)
         problem = "must be 4-byte aligned";
     else if (kind != RAW && (v->ndim < min_ndim || v->ndim > max_ndim)) {
@@ -471,6 +475,28 @@ done:
     return ret;
 }
 
+static PyObject *py_top_k(PyObject *self, PyObject *args) {
+    PyObject *o_ids, *o_x;
+    if (!PyArg_ParseTuple(args, "OO:top_k", &o_ids, &o_x))
+        return NULL;
+    Py_buffer v[2] = {{0}}, *ids = &v[0], *x = &v[1];
+    PyObject *ret = NULL;
+    if (get_buffer(o_ids, ids, "ids", I32, 1, 1, 1) || get_buffer(o_x, x, "x", F64, 0, 1, 1))
+        goto done;
+    if (x->shape[0] > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "x: more than 2^31 - 1 values");
+        goto done;
+    }
+    int64_t kept;
+    Py_BEGIN_ALLOW_THREADS
+    kept = llmr_top_k(x->buf, x->shape[0], ids->shape[0], ids->buf);
+    Py_END_ALLOW_THREADS
+    ret = PyLong_FromLongLong(kept);
+done:
+    release(v, 2);
+    return ret;
+}
+
 static PyObject *py_isa(PyObject *self, PyObject *unused) {
     return PyUnicode_FromString(kern->isa);
 }
@@ -779,6 +805,9 @@ static PyMethodDef methods[] = {
      "[T, Hq, hd]; caches float32 [n_ctx, Hkv, hd] holding positions 0 .. n_past+T-1."},
     {"silu_mul", py_silu_mul, METH_VARARGS,
      "silu_mul(out, gate, up): out = gate * sigmoid(gate) * up, all float32 of one shape."},
+    {"top_k", py_top_k, METH_VARARGS,
+     "top_k(ids, x) -> m: ids[:m] = the indices of the len(ids) largest of x (float64 [n]), largest\n"
+     "first, a tie to the lower index; NaN never taken, so m < len(ids) only when x has too few others."},
     {"isa", py_isa, METH_NOARGS, "isa() -> the kernel path in use, e.g. 'scalar'."},
     {"isas", py_isas, METH_NOARGS, "isas() -> the kernel paths this CPU can run, best first."},
     {"set_threads", py_set_threads, METH_O,
