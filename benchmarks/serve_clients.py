@@ -1,19 +1,22 @@
 """Aggregate decode speed of `llmrun serve` under C concurrent streaming clients, end to end:
 HTTP, SSE, the engine's continuous batching and the model together.
 
-    python benchmarks/serve_clients.py [MODEL.llmr] [-c 1,2,4] [--parallel 4] [-t 2] [-n 128] [-R 3] [-r 3]
+    python benchmarks/serve_clients.py [MODEL.llmr] [-c 1,2,4] [--parallel 4] [-t 2] [-n 128] [-s 5] [-r 3]
 
 Without MODEL: SmolLM2-135M-Instruct q4_0, converted into a temporary folder as in
 batch_decode.py. The script starts one server (--port 0) and, for each C, runs C threads, each
-with its own openai client, that each send -R streamed /v1/completions requests in sequence
-(max_tokens -n, temperature 0.8, a seed per request, a story opening numbered by that seed as the
-prompt; with --prompt-ids N, N random token ids instead, for a model whose vocabulary is not a
-real one, such as benchmarks/synthetic.py's). Tokens are counted from each stream's usage chunk (include_usage). Prints aggregate
-tokens/s (all completion tokens over the wall time of the C round), its ratio to the first C,
-tokens/s per client, mean time to first token, and mean tokens a request (end-of-text can stop
-one before -n). Medians of -r rounds, each round every C in turn, after a warm-up request in
-every slot. The server is stopped at the end, on an error and on Ctrl-C; its log goes to a
-temporary file, whose tail is shown if the run fails.
+with its own openai client, that send streamed /v1/completions requests back to back (max_tokens
+-n, temperature 0.8, a seed per request, a story opening numbered by that seed as the prompt;
+with --prompt-ids N, N random token ids instead, for a model whose vocabulary is not a real one,
+such as benchmarks/synthetic.py's). The rate is taken in a window of -s seconds that opens once
+every client has its first token, so all C stream throughout it: tokens arriving in the window
+over its length, each request's usage count (include_usage) spread over its chunks. (Counting
+a fixed number of requests a client instead would end with a tail in which fewer than C
+stream.) Prints aggregate tokens/s, its ratio to the first C, tokens/s per client, mean time to
+first token (prefill included: new requests keep arriving) and mean tokens a request
+(end-of-text can stop one before -n). Medians of -r rounds, each round every C in turn, after a
+warm-up with every slot busy. The server is stopped at the end, on an error and on Ctrl-C; its
+log goes to a temporary file, whose tail is shown if the run fails.
 """
 from __future__ import annotations
 
@@ -57,54 +60,71 @@ def wait_ready(proc: subprocess.Popen, log) -> tuple[str, str]:
     raise RuntimeError("the server did not start")
 
 
-def one_request(client, name: str, prompt, n: int, seed: int) -> tuple[int, float]:
-    """Completion tokens of one streamed request, and its time to first token in seconds."""
+def one_request(client, name: str, prompt, n: int, seed: int, first=lambda: None) -> tuple[list[float], float, int]:
+    """One streamed request: the arrival time of each chunk that carries text (calling first()
+    at the first), its start, and the completion tokens its usage chunk counts."""
     start = time.perf_counter()
-    ttft, tokens = None, None
+    times, tokens = [], None
     stream = client.completions.create(model=name, prompt=prompt, max_tokens=n, temperature=0.8, seed=seed,
                                        stream=True, stream_options={"include_usage": True})
     for chunk in stream:
-        if ttft is None and chunk.choices and chunk.choices[0].text:
-            ttft = time.perf_counter() - start
+        if chunk.choices and chunk.choices[0].text:
+            times.append(time.perf_counter())
+            if len(times) == 1:
+                first()
         if chunk.usage is not None:
             tokens = chunk.usage.completion_tokens
     if tokens is None:
         raise RuntimeError("the stream ended without a usage chunk")
-    return tokens, ttft if ttft is not None else time.perf_counter() - start
+    return times, start, tokens
 
 
-def run_round(url: str, name: str, clients: int, requests: int, n: int, seed0: int,
+def run_round(url: str, name: str, clients: int, seconds: float, n: int, seed0: int,
               prompt_ids: int = 0) -> tuple[float, float, float]:
-    """Aggregate tokens/s, mean time to first token and mean tokens a request of `clients`
-    threads, each sending `requests` requests in sequence."""
+    """Aggregate tokens/s while all `clients` threads stream, mean time to first token and mean
+    tokens a request. Each thread sends requests back to back; the window opens when every
+    thread has its first token and stays open `seconds`; the threads then finish the request
+    they are in. A request's tokens are spread over its chunks (a token whose text is not
+    complete yet comes with the next chunk), and those in the window are counted."""
     results, errors = [], []
+    started = threading.Semaphore(0)  # a release per thread, at its first token
+    done = threading.Event()
 
     def worker(k: int):
         i = 0
         try:  # a client per thread, closed when it is done rather than whenever it is collected
             with openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=600) as client:
-                for i in range(requests):
-                    j = k * requests + i
+                while not done.is_set():
+                    j = seed0 + 1000 * k + i
                     # a number first, so the server's prefix cache cannot skip the prompt: TTFT has its prefill
-                    prompt = f"({seed0 + j}) {PROMPTS[j % len(PROMPTS)]}"
+                    prompt = f"({j}) {PROMPTS[j % len(PROMPTS)]}"
                     if prompt_ids:
-                        prompt = random.Random(seed0 + j).choices(range(1000, 30000), k=prompt_ids)
-                    results.append(one_request(client, name, prompt, n, seed0 + j))
+                        prompt = random.Random(j).choices(range(1000, 30000), k=prompt_ids)
+                    results.append(one_request(client, name, prompt, n, j, started.release if i == 0 else lambda: None))
+                    i += 1
         except Exception as e:  # reported by the main thread, so that a failure stops the run
             cause = f" ({type(e.__cause__).__name__}: {e.__cause__})" if e.__cause__ else ""  # openai hides it
             errors.append(f"client {k}, request {i}: {type(e).__name__}: {e}{cause}")
 
     threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(clients)]
-    start = time.perf_counter()
     for t in threads:
         t.start()
+    waiting = clients
+    while waiting and not errors:
+        waiting -= started.acquire(timeout=0.1)
+    opened = time.perf_counter()
+    while not errors and time.perf_counter() - opened < seconds:
+        time.sleep(0.05)
+    closed = time.perf_counter()
+    done.set()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - start
     if errors:
         raise RuntimeError("; ".join(errors))
-    tokens = [tok for tok, _ in results]
-    return sum(tokens) / wall, statistics.mean(t for _, t in results), statistics.mean(tokens)
+    counted = sum(sum(opened <= t < closed for t in times) * tokens / max(len(times), 1)
+                  for times, _, tokens in results)
+    ttft = [times[0] - start for times, start, _ in results if times]
+    return counted / (closed - opened), statistics.mean(ttft), statistics.mean(tok for _, _, tok in results)
 
 
 def main():
@@ -114,7 +134,7 @@ def main():
     ap.add_argument("--parallel", type=int, default=4, help="the server's slots")
     ap.add_argument("-t", "--threads", type=int, default=2, help="the server's compute threads")
     ap.add_argument("-n", "--max-tokens", type=int, default=128, help="tokens asked of each request")
-    ap.add_argument("-R", "--requests", type=int, default=3, help="requests each client sends in sequence")
+    ap.add_argument("-s", "--seconds", type=float, default=5.0, help="each round's window, in seconds")
     ap.add_argument("-r", "--repetitions", type=int, default=3)
     ap.add_argument("--prompt-ids", type=int, default=0, help="send N random token ids as each prompt, not text")
     a = ap.parse_args()
@@ -128,7 +148,7 @@ def main():
         try:
             url, name = wait_ready(proc, log)
             print(f"{a.model or 'SmolLM2-135M q4_0'}: {url}, {a.parallel} slots, {a.threads} threads, "
-                  f"{a.requests} x {a.max_tokens} tokens a client, median of {a.repetitions}", flush=True)
+                  f"{a.seconds:g} s windows of requests of {a.max_tokens} tokens, median of {a.repetitions}", flush=True)
             # warm-up, a request in every slot: a slot's first use commits its KV cache's first pages
             # and the kernels' scratch, which is start-up, not serving
             run_round(url, name, a.parallel, 1, a.max_tokens, 0, a.prompt_ids)
@@ -136,7 +156,7 @@ def main():
             speed, ttft, length = ({c: [] for c in counts} for _ in range(3))
             for r in range(a.repetitions):
                 for c in counts:  # seeds fixed by round and request: a run makes the same tokens each time
-                    s, t, n = run_round(url, name, c, a.requests, a.max_tokens, 1000 * (r + 1), a.prompt_ids)
+                    s, t, n = run_round(url, name, c, a.seconds, a.max_tokens, 100000 * (r + 1), a.prompt_ids)
                     speed[c].append(s)
                     ttft[c].append(t)
                     length[c].append(n)
