@@ -112,6 +112,22 @@ def test_top_k_among_ties_keeps_the_lowest_ids():
     assert np.flatnonzero(p).tolist() == [0, 1, 7, 50, 90]
 
 
+@pytest.mark.parametrize("scale", [8.0, 4.0, 3.5, 3.0, 1.0, 0.01])  # nuclei of 1 to 46k ids
+@pytest.mark.parametrize("top_p", [0.5, 0.95])
+def test_top_p_alone_on_a_large_vocabulary_is_the_sorted_prefix(scale, top_p):
+    logits = (np.random.default_rng(int(scale * 100)).standard_normal(49152) * scale).astype(np.float32)
+    got = Sampler(temperature=0.8, top_k=0, top_p=top_p).probabilities(logits)
+    z = logits.astype(np.float64) / 0.8  # the definition: sort all, softmax over all, smallest prefix with top_p
+    order = np.argsort(-z, kind="stable")
+    p = np.exp(z[order] - z.max())
+    p /= p.sum()
+    keep = np.searchsorted(np.cumsum(p), top_p) + 1
+    expected = np.zeros(len(z))
+    expected[order[:keep]] = p[:keep] / p[:keep].sum()
+    assert np.count_nonzero(got) == keep
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+
 def test_fixed_seed_reproduces_and_seeds_differ():
     logits = np.zeros(1000)  # uniform: any two seeds would have to agree by chance 50 times
     run = lambda seed: draws(Sampler(temperature=1.0, top_k=0, top_p=1.0, seed=seed), logits, 50).tolist()
