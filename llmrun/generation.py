@@ -15,8 +15,20 @@ import numpy as np
 
 from .errors import ContextError, SettingError
 from .model import KVCache, Model
-from .sampling import Sampler
+from .sampling import Sampler, top_ids
 from .tokenizer import StreamDecoder
+
+
+MAX_LOGPROBS = 20  # alternatives a token's log-probability may come with, as OpenAI allows
+
+
+@dataclass
+class TokenLogprob:
+    """A drawn token's log-probability under the model (its logits' log-softmax, before any
+    sampling setting), with the `n` most likely tokens' (id, log-probability), most likely first."""
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
 
 
 @dataclass
@@ -28,6 +40,7 @@ class GenerationResponse:
     generation_tokens: int  # tokens sampled so far
     generation_tps: float  # decode speed, tokens/s
     finish_reason: str | None = None  # "stop" (EOS or a stop string), "length", or None
+    logprob: TokenLogprob | None = None  # asked for with Decoding(logprobs=n); none for end-of-text
 
 
 def _held_back(text: str, stops: list[str]) -> int:
@@ -63,10 +76,14 @@ class Decoding:
     generate() drives one; the server's engine drives several, one forward for all per step.
     The settings are checked when it is made; begin() binds it to the cache its prompt runs in."""
 
-    def __init__(self, model: Model, max_tokens: int = 256, stop: str | list[str] | None = None, **sampling):
+    def __init__(self, model: Model, max_tokens: int = 256, stop: str | list[str] | None = None,
+                 logprobs: int | None = None, **sampling):
         self.sampler = Sampler(**sampling)
         if max_tokens < 1:
             raise SettingError(f"max_tokens is {max_tokens}: generate at least one token")
+        if logprobs is not None and not 0 <= logprobs <= MAX_LOGPROBS:
+            raise SettingError(f"logprobs is {logprobs}: ask for 0 to {MAX_LOGPROBS} alternatives")
+        self.logprobs = logprobs
         self.max_tokens = max_tokens
         self.stops = [stop] if isinstance(stop, str) else list(stop or [])
         self.eos = set(model.tokenizer.eos_ids)
@@ -75,6 +92,7 @@ class Decoding:
         self.n = 0  # tokens drawn
         self.prompt_tps = 0.0
         self.finish_reason: str | None = None
+        self.logprob: TokenLogprob | None = None  # the token being recorded's
 
     def begin(self, cache: KVCache, prompt_tokens: int) -> None:
         """The prompt's `prompt_tokens` tokens start running in `cache` now."""
@@ -94,6 +112,7 @@ class Decoding:
             self.t0 = time.perf_counter()
         if token in self.eos:
             return self._record(self.text[self.sent:], token, tps, "stop")
+        self.logprob = None if self.logprobs is None else _logprob(logits, token, self.logprobs)
         self.text += self.detok.push(token)
         # a stop string cannot start in text given out: what might begin one is held back
         hit = min((i for i in (self.text.find(s, self.sent) for s in self.stops) if i >= 0), default=-1)
@@ -108,20 +127,28 @@ class Decoding:
 
     def _record(self, text: str, token: int, tps: float, finish_reason: str | None = None) -> GenerationResponse:
         self.finish_reason = finish_reason
-        return GenerationResponse(text, token, self.prompt_tokens, self.prompt_tps, self.n, tps, finish_reason)
+        logprob, self.logprob = self.logprob, None
+        return GenerationResponse(text, token, self.prompt_tokens, self.prompt_tps, self.n, tps, finish_reason, logprob)
+
+
+def _logprob(logits: np.ndarray, token: int, n: int) -> TokenLogprob:
+    z = logits.astype(np.float64)
+    z -= z.max() + np.log(np.exp(z - z.max()).sum())  # log-softmax
+    return TokenLogprob(token, float(z[token]), [(int(i), float(z[i])) for i in top_ids(z, n)] if n else [])
 
 
 def generate(model: Model, prompt, max_tokens: int = 256, temperature: float = 0.8, top_k: int = 40,
              top_p: float = 0.95, min_p: float = 0.0, repeat_penalty: float = 1.0, repeat_window: int = 64,
              seed: int | None = None, stop: str | list[str] | None = None,
-             cache: KVCache | None = None) -> Iterator[GenerationResponse]:
+             cache: KVCache | None = None, logprobs: int | None = None) -> Iterator[GenerationResponse]:
     """Stream a continuation of `prompt` (text, or a list of token ids).
 
     Yields a record per sampled token with the new text; the last record has finish_reason
     set. With `cache`, the prompt continues from what the cache already holds (chat turns);
-    the repeat penalty looks back over everything in the cache.
+    the repeat penalty looks back over everything in the cache. With `logprobs` (0 to 20), each
+    record but an end-of-text one carries its token's log-probability and that many alternatives.
     """
-    d = Decoding(model, max_tokens, stop, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+    d = Decoding(model, max_tokens, stop, logprobs, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                  repeat_penalty=repeat_penalty, repeat_window=repeat_window, seed=seed)
     ids = model.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
     cache = cache if cache is not None else model.new_cache(min(model.config.max_seq_len, max(len(ids), 1) + max_tokens))

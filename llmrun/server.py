@@ -29,6 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from .batching import Engine, QueueFull, Request
 from .chat import chat_ids
 from .errors import ContextError, LlmrunError
+from .generation import MAX_LOGPROBS
 from .model import Model
 
 MAX_BODY = 8 << 20  # bytes of JSON a request may carry
@@ -72,7 +73,6 @@ def _sampling(body: dict, defaults: dict) -> dict:
     for name in ("frequency_penalty", "presence_penalty"):
         _field(body, name, (int, float), 0, lambda v: v == 0, "0: this server does not apply it (use repeat_penalty)")
     _field(body, "n", (int,), 1, lambda v: v == 1, "1: one choice per request")
-    _field(body, "logprobs", (bool,), False, lambda v: not v, "false: log-probabilities are not returned")
     _field(body, "tools", (list,), [], lambda v: not v, "empty: tool calls are not supported")
     _field(body, "response_format", (dict,), None, lambda v: v.get("type") == "text",
            '{"type": "text"}: structured output is not supported')
@@ -87,6 +87,20 @@ def _sampling(body: dict, defaults: dict) -> dict:
                                  "a number in (0, 10]"),
         "seed": _field(body, "seed", (int,), None, lambda v: v >= 0, "a whole number >= 0"),
     }
+
+
+def _logprobs(body: dict, chat: bool) -> int | None:
+    """How many alternatives each token's log-probability comes with, or None for none: chat's
+    logprobs (true or false) and top_logprobs, or the completions' logprobs (a count)."""
+    need = f"a whole number from 0 to {MAX_LOGPROBS}"
+    if not chat:
+        return _field(body, "logprobs", (int,), None, lambda v: 0 <= v <= MAX_LOGPROBS, need)
+    top = _field(body, "top_logprobs", (int,), None, lambda v: 0 <= v <= MAX_LOGPROBS, need)
+    if not _field(body, "logprobs", (bool,), False, None, "true or false"):
+        if top is not None:
+            raise HTTPError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+        return None
+    return top or 0
 
 
 def _stops(body: dict) -> list[str]:
@@ -422,8 +436,10 @@ class Handler(BaseHTTPRequestHandler):
         stream = _field(body, "stream", (bool,), False, None, "true or false")
         options = _field(body, "stream_options", (dict,), {}, None, "an object")
         usage_in_stream = _field(options, "include_usage", (bool,), False, None, "true or false")
+        n_logprobs = _logprobs(body, chat)
         try:
-            request = engine.submit(ids, max_tokens=min(max_tokens or room, max(room, 1)), stop=stops, **sampling)
+            request = engine.submit(ids, max_tokens=min(max_tokens or room, max(room, 1)), stop=stops,
+                                    logprobs=n_logprobs, **sampling)
         except ContextError as e:
             raise HTTPError(400, str(e), param="messages" if chat else "prompt", code="context_length_exceeded") from None
         except QueueFull as e:
@@ -439,30 +455,33 @@ class Handler(BaseHTTPRequestHandler):
                     "total_tokens": len(ids) + last.generation_tokens,
                     "prompt_tokens_details": {"cached_tokens": request.cached}}
 
-        def choice(text: str | None, finish_reason: str | None, first: bool = False) -> dict:
+        logprobs = _Logprobs(self.server.model.tokenizer, ids[-1], chat) if n_logprobs is not None else None
+
+        def choice(text: str | None, finish_reason: str | None, first: bool = False, records=()) -> dict:
+            lp = logprobs.of(records) if logprobs else None
             if not chat:
-                return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+                return {"index": 0, "text": text or "", "logprobs": lp, "finish_reason": finish_reason}
             if not stream:
-                return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": lp,
                         "finish_reason": finish_reason}
             delta = ({"role": "assistant", "content": ""} if first else {}) | ({"content": text} if text else {})
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            return {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}
 
         with self.server.response():  # written out before the server exits
             try:
                 if not stream:
-                    text, last = "", None
-                    for last in self._records(request):
-                        text += last.text
-                    self._send_json(200, reply | {"choices": [choice(text, last.finish_reason)], "usage": usage(last)})
+                    records = list(self._records(request))
+                    last = records[-1]
+                    self._send_json(200, reply | {"choices": [choice("".join(r.text for r in records), last.finish_reason,
+                                                                     records=records)], "usage": usage(last)})
                     return
                 chunk = reply | {"object": "chat.completion.chunk"} if chat else reply
                 self._start_stream()
                 if chat:
                     self._event(json.dumps(chunk | {"choices": [choice(None, None, first=True)]}))
                 for r in self._records(request):
-                    if r.text or r.finish_reason:
-                        self._event(json.dumps(chunk | {"choices": [choice(r.text, r.finish_reason)]}))
+                    if r.text or r.finish_reason or (logprobs and r.logprob):
+                        self._event(json.dumps(chunk | {"choices": [choice(r.text, r.finish_reason, records=[r])]}))
                     if r.finish_reason and usage_in_stream:
                         self._event(json.dumps(chunk | {"choices": [], "usage": usage(r)}))
                 self._end_stream()
@@ -470,6 +489,41 @@ class Handler(BaseHTTPRequestHandler):
                 self._send_json(500, HTTPError(500, f"the generation failed: {e}", "server_error").body())
             finally:
                 request.cancel()  # however this ends (done, the client gone, a failure), the slot is freed
+
+
+class _Logprobs:
+    """Tokens' log-probabilities in OpenAI's shapes: chat's {"content": [{token, logprob, bytes,
+    top_logprobs}]} or the completions' {tokens, token_logprobs, top_logprobs, text_offset}. A
+    token's text is what it adds after the token before it (a character split over tokens shows
+    as U+FFFD in each part); offsets count from the completion's start."""
+
+    def __init__(self, tokenizer, before: int, chat: bool):
+        self.tokenizer, self.before, self.chat, self.offset = tokenizer, before, chat, 0
+
+    def _text(self, token: int, base: str) -> str:
+        text = self.tokenizer.decode([self.before, token])
+        return text[len(base):] if text.startswith(base) else self.tokenizer.decode([token])
+
+    def of(self, records) -> dict | None:
+        entries = [r.logprob for r in records if r.logprob]
+        if not entries:  # an end-of-text record, or a stream's closing one
+            return None
+        rows = []
+        for e in entries:
+            base = self.tokenizer.decode([self.before])
+            rows.append((self._text(e.token, base), e.logprob, [(self._text(i, base), lp) for i, lp in e.top]))
+            self.before = e.token
+        if self.chat:
+            def item(text: str, lp: float) -> dict:
+                return {"token": text, "logprob": lp, "bytes": list(text.encode())}
+            return {"content": [item(t, lp) | {"top_logprobs": [item(a, alp) for a, alp in top]} for t, lp, top in rows],
+                    "refusal": None}
+        offsets = []
+        for t, _, _ in rows:
+            offsets.append(self.offset)
+            self.offset += len(t)
+        return {"tokens": [t for t, _, _ in rows], "token_logprobs": [lp for _, lp, _ in rows],
+                "top_logprobs": [dict(top) for _, _, top in rows], "text_offset": offsets}
 
 
 ROUTES = {

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import openai
 import pytest
 
@@ -60,6 +61,18 @@ def test_engine_batches_without_changing_answers(model):
         assert g == _alone(model, p, **{"max_tokens": N, **s})
     # shared steps: far fewer forwards than one per token of every request
     assert engine.steps < 0.6 * sum(len(tokens) for _, tokens in got)
+
+
+def test_engine_logprobs_unchanged_by_batching(model):
+    prompts = [chat_ids(model, [{"role": "user", "content": q}]) for q in QUESTIONS[:3]]
+    with Engine(model, parallel=3) as engine:
+        requests = [engine.submit(p, max_tokens=12, temperature=0.8, seed=i, logprobs=2) for i, p in enumerate(prompts)]
+        got = [[r.logprob for r in request] for request in requests]
+        with pytest.raises(SettingError, match="logprobs"):
+            engine.submit(prompts[0], logprobs=21)
+    for i, (p, g) in enumerate(zip(prompts, got)):
+        alone = [r.logprob for r in llmrun.generate(model, p, max_tokens=12, temperature=0.8, seed=i, logprobs=2)]
+        assert g == alone and all(e is None or len(e.top) == 2 for e in g)
 
 
 def test_long_prompt_runs_in_pieces_with_the_same_answer(model):
@@ -259,6 +272,62 @@ def test_stop_strings_and_max_tokens(server, generated):
     assert (text, finish) == (generated[q][:cut], "stop")
     text, finish, usage = _chat(server.client(), q, stream=True, max_tokens=3)
     assert finish == "length" and usage.completion_tokens == 3 and generated[q].startswith(text)
+
+
+def _log_softmax(logits):
+    z = logits.astype(np.float64)
+    z -= z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def test_completion_logprobs_are_the_model_log_softmax(server, model):
+    """Each token's log-probability and its alternatives, against the logits of the whole
+    sequence run at once; the token texts make up the completion."""
+    prompt = "The capital of France is"
+    r = server.client().completions.create(model="smollm2-q4_0", prompt=prompt, max_tokens=8, temperature=0,
+                                           logprobs=3)
+    lp, text = r.choices[0].logprobs, r.choices[0].text
+    ids = model.tokenizer.encode(prompt)
+    tokens = _alone(model, ids, 8)[1]
+    expected = _log_softmax(model.logits(ids + tokens[:-1])[len(ids) - 1:])  # [8, V]
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 8
+    assert "".join(lp.tokens) == text and lp.text_offset == [sum(map(len, lp.tokens[:i])) for i in range(8)]
+    for row, token, text, got, top in zip(expected, tokens, lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert got == pytest.approx(row[token], abs=1e-6)
+        assert list(top.values()) == pytest.approx(list(np.sort(row)[::-1][:3]), abs=1e-6)  # most likely first
+        assert list(top)[0] == text  # greedy: the token drawn is the likeliest
+
+
+def test_chat_logprobs_streamed_and_not(server, model):
+    kw = {"model": "smollm2-q4_0", "messages": [{"role": "user", "content": QUESTIONS[1]}], "max_tokens": 12,
+          "temperature": 0.9, "seed": 5, "logprobs": True, "top_logprobs": 2}
+    client = server.client()
+    whole = client.chat.completions.create(**kw).choices[0]
+    streamed = [e for c in client.chat.completions.create(stream=True, **kw) if c.choices and c.choices[0].logprobs
+                for e in c.choices[0].logprobs.content]
+    assert [e.model_dump() for e in streamed] == [e.model_dump() for e in whole.logprobs.content]
+    assert "".join(e.token for e in whole.logprobs.content) == whole.message.content
+    ids = chat_ids(model, kw["messages"])
+    tokens = _alone(model, ids, 12, temperature=0.9, seed=5)[1]
+    expected = _log_softmax(model.logits(ids + tokens[:-1])[len(ids) - 1:])
+    for row, token, e in zip(expected, tokens, whole.logprobs.content):
+        assert e.logprob == pytest.approx(row[token], abs=1e-6) and bytes(e.bytes).decode() == e.token
+        assert [a.logprob for a in e.top_logprobs] == pytest.approx(list(np.sort(row)[::-1][:2]), abs=1e-6)
+    plain = client.chat.completions.create(**{**kw, "logprobs": False, "top_logprobs": None}).choices[0]
+    assert plain.logprobs is None and plain.message.content == whole.message.content
+
+
+@pytest.mark.parametrize("params, param", [({"top_logprobs": 2}, "top_logprobs"),
+                                           ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+                                           ({"logprobs": 3}, "logprobs")])
+def test_bad_logprobs_are_400(server, params, param):
+    with pytest.raises(openai.BadRequestError) as e:
+        server.client().chat.completions.create(model="smollm2-q4_0", max_tokens=4,
+                                                messages=[{"role": "user", "content": "Hi"}], **params)
+    assert e.value.param == param
+    with pytest.raises(openai.BadRequestError) as e:
+        server.client().completions.create(model="smollm2-q4_0", prompt="Hi", max_tokens=4, logprobs=-1)
+    assert e.value.param == "logprobs"
 
 
 def test_sampling_with_a_seed_repeats(server):
