@@ -91,7 +91,13 @@ def run_round(url: str, name: str, clients: int, seconds: float, n: int, seed0: 
     done = threading.Event()
 
     def worker(k: int):
-        i = 0
+        i, streamed = 0, []
+
+        def first():  # this client's first token (a request may end before any text)
+            if not streamed:
+                streamed.append(True)
+                started.release()
+
         try:  # a client per thread, closed when it is done rather than whenever it is collected
             with openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=600) as client:
                 while not done.is_set():
@@ -100,7 +106,7 @@ def run_round(url: str, name: str, clients: int, seconds: float, n: int, seed0: 
                     prompt = f"({j}) {PROMPTS[j % len(PROMPTS)]}"
                     if prompt_ids:
                         prompt = random.Random(j).choices(range(1000, 30000), k=prompt_ids)
-                    results.append(one_request(client, name, prompt, n, j, started.release if i == 0 else lambda: None))
+                    results.append(one_request(client, name, prompt, n, j, first))
                     i += 1
         except Exception as e:  # reported by the main thread, so that a failure stops the run
             cause = f" ({type(e.__cause__).__name__}: {e.__cause__})" if e.__cause__ else ""  # openai hides it

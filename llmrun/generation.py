@@ -81,7 +81,7 @@ class Decoding:
         self.sampler = Sampler(**sampling)
         if max_tokens < 1:
             raise SettingError(f"max_tokens is {max_tokens}: generate at least one token")
-        if logprobs is not None and not 0 <= logprobs <= MAX_LOGPROBS:
+        if logprobs is not None and (isinstance(logprobs, bool) or not 0 <= logprobs <= MAX_LOGPROBS):
             raise SettingError(f"logprobs is {logprobs}: ask for 0 to {MAX_LOGPROBS} alternatives")
         self.logprobs = logprobs
         self.max_tokens = max_tokens

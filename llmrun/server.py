@@ -455,7 +455,7 @@ class Handler(BaseHTTPRequestHandler):
                     "total_tokens": len(ids) + last.generation_tokens,
                     "prompt_tokens_details": {"cached_tokens": request.cached}}
 
-        logprobs = _Logprobs(self.server.model.tokenizer, ids[-1], chat) if n_logprobs is not None else None
+        logprobs = _Logprobs(self.server.model.tokenizer, chat) if n_logprobs is not None else None
 
         def choice(text: str | None, finish_reason: str | None, first: bool = False, records=()) -> dict:
             lp = logprobs.of(records) if logprobs else None
@@ -494,36 +494,36 @@ class Handler(BaseHTTPRequestHandler):
 class _Logprobs:
     """Tokens' log-probabilities in OpenAI's shapes: chat's {"content": [{token, logprob, bytes,
     top_logprobs}]} or the completions' {tokens, token_logprobs, top_logprobs, text_offset}. A
-    token's text is what it adds after the token before it (a character split over tokens shows
-    as U+FFFD in each part); offsets count from the completion's start."""
+    token is its own bytes (Tokenizer.token_bytes), as text with U+FFFD for a split character's
+    pieces; offsets count from the completion's start."""
 
-    def __init__(self, tokenizer, before: int, chat: bool):
-        self.tokenizer, self.before, self.chat, self.offset = tokenizer, before, chat, 0
+    def __init__(self, tokenizer, chat: bool):
+        self.tokenizer, self.chat, self.offset = tokenizer, chat, 0
 
-    def _text(self, token: int, base: str) -> str:
-        text = self.tokenizer.decode([self.before, token])
-        return text[len(base):] if text.startswith(base) else self.tokenizer.decode([token])
+    def _item(self, token: int, logprob: float) -> dict:
+        raw = self.tokenizer.token_bytes(token)
+        # JSON has no infinity: a token the model rules out gets OpenAI's floor
+        return {"token": raw.decode(errors="replace"), "logprob": max(logprob, -9999.0), "bytes": list(raw)}
 
     def of(self, records) -> dict | None:
         entries = [r.logprob for r in records if r.logprob]
         if not entries:  # an end-of-text record, or a stream's closing one
             return None
-        rows = []
-        for e in entries:
-            base = self.tokenizer.decode([self.before])
-            rows.append((self._text(e.token, base), e.logprob, [(self._text(i, base), lp) for i, lp in e.top]))
-            self.before = e.token
+        items = [(self._item(e.token, e.logprob), [self._item(i, lp) for i, lp in e.top]) for e in entries]
         if self.chat:
-            def item(text: str, lp: float) -> dict:
-                return {"token": text, "logprob": lp, "bytes": list(text.encode())}
-            return {"content": [item(t, lp) | {"top_logprobs": [item(a, alp) for a, alp in top]} for t, lp, top in rows],
-                    "refusal": None}
+            return {"content": [chosen | {"top_logprobs": top} for chosen, top in items], "refusal": None}
         offsets = []
-        for t, _, _ in rows:
+        for chosen, _ in items:
             offsets.append(self.offset)
-            self.offset += len(t)
-        return {"tokens": [t for t, _, _ in rows], "token_logprobs": [lp for _, lp, _ in rows],
-                "top_logprobs": [dict(top) for _, _, top in rows], "text_offset": offsets}
+            self.offset += len(chosen["token"])
+        alternatives = []
+        for chosen, top in items:  # the drawn token always among them, as OpenAI's legacy completions have it
+            alternatives.append({})
+            for a in top + [chosen]:  # two tokens of one text: the likelier's
+                alternatives[-1].setdefault(a["token"], a["logprob"])
+        return {"tokens": [chosen["token"] for chosen, _ in items],
+                "token_logprobs": [chosen["logprob"] for chosen, _ in items],
+                "top_logprobs": alternatives, "text_offset": offsets}
 
 
 ROUTES = {

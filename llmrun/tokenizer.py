@@ -2,6 +2,8 @@
 sentencepiece (a `.model`), behind one interface, plus a streaming detokeniser."""
 from __future__ import annotations
 
+import json
+
 from .errors import FormatError
 
 KINDS = ("bpe", "spm")
@@ -44,6 +46,11 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         raise NotImplementedError
 
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes the token stands for, a word-start space included: part of a character
+        for some tokens, so decode() of one token alone cannot give them."""
+        raise NotImplementedError
+
     @property
     def vocab_size(self) -> int:
         raise NotImplementedError
@@ -56,6 +63,7 @@ class BPETokenizer(Tokenizer):
         from tokenizers import Tokenizer as HFTokenizer
         super().__init__(special)
         self._tok = HFTokenizer.from_str(blob.decode())
+        self._byte_level = "ByteLevel" in json.dumps(json.loads(blob).get("decoder"))
 
     def encode(self, text, add_special_tokens=True):
         # The tokenizer's own post-processor decides what "special tokens" means (BOS for Llama 3).
@@ -66,6 +74,12 @@ class BPETokenizer(Tokenizer):
 
     def token_to_id(self, token):
         return self._tok.token_to_id(token)
+
+    def token_bytes(self, token):
+        piece = self._tok.id_to_token(int(token))
+        if piece is not None and self._byte_level and all(c in BYTE_LEVEL for c in piece):
+            return bytes(BYTE_LEVEL[c] for c in piece)
+        return self.decode([token]).encode()  # an added token written as itself
 
     @property
     def vocab_size(self):
@@ -99,9 +113,32 @@ class SentencePieceTokenizer(Tokenizer):
         i = self._sp.piece_to_id(token)
         return None if i == self._sp.unk_id() and token != self._sp.id_to_piece(i) else i
 
+    def token_bytes(self, token):
+        piece = self._sp.id_to_piece(int(token))
+        if self._sp.is_byte(int(token)):  # <0xNN>
+            return bytes([int(piece[3:5], 16)])
+        return piece.replace("\u2581", " ").encode()
+
     @property
     def vocab_size(self):
         return self._sp.get_piece_size()
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE's characters → the bytes they stand for: a printable Latin-1 byte is
+    itself, the others (controls, space, a few more) are the code points from 256 up, in order."""
+    printable = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
+    out, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            out[chr(b)] = b
+        else:
+            out[chr(256 + extra)] = b
+            extra += 1
+    return out
+
+
+BYTE_LEVEL = _byte_level_alphabet()
 
 
 class StreamDecoder:

@@ -90,6 +90,16 @@ def test_decode_round_trips(name):
     assert not bad, f"{len(bad)} strings do not round-trip, e.g. {bad[:3]}"
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_token_bytes_make_up_the_text(name):
+    """Each token's own bytes, a split character's pieces included (what the server's logprobs
+    give as `bytes`); sentencepiece's dummy prefix shows as a leading space."""
+    _, _, tok = built(name)
+    for text, ids in cases(name):
+        want = (" " + text if tok.kind == "spm" and text else text).encode()
+        assert b"".join(tok.token_bytes(i) for i in ids) == want, text
+
+
 SPECIALS = {  # bos, eos ids, add_bos (llama.cpp: true for sentencepiece and LLaMA 3, else false)
     "llama-spm": (1, [2], True), "phi-3": (1, [32000], True), "llama-bpe": (128000, [128001], True),
     "qwen2": (151643, [151643], False), "gpt-2": (50256, [50256], False),

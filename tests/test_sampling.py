@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from llmrun import _kernels
-from llmrun.sampling import Sampler
+from llmrun.sampling import KERNEL_K, Sampler, top_ids
 
 # Logits whose softmax at temperature 1 is q, with the ids shuffled so "most likely" is not "lowest id".
 Q = np.array([0.05, 0.4, 0.1, 0.2, 0.25])  # sorted by p: ids 1 (0.4), 4 (0.25), 3 (0.2), 2 (0.1), 0 (0.05)
@@ -103,6 +103,17 @@ def test_top_k_kernel_refuses_wrong_buffers():
     with pytest.raises(ValueError, match="int32"):
         _kernels.top_k(np.zeros(3, np.int64), np.zeros(10))
     assert _kernels.top_k(np.zeros(0, np.int32), np.zeros(10)) == 0
+    x = np.zeros(10)
+    with pytest.raises(ValueError, match="overlap"):
+        _kernels.top_k(x.view(np.int32)[:2], x)
+
+
+@pytest.mark.parametrize("k", [KERNEL_K, KERNEL_K + 1, 300, 5000, 49152, 60000])
+def test_top_ids_past_the_kernel_partitions_alike(k):
+    """Above KERNEL_K (where the kernel's insertions could cost V * k) a partition: the same ids, in the same order."""
+    rng = np.random.default_rng(k)
+    for x in (rng.standard_normal(49152), rng.integers(-3, 4, 49152).astype(np.float64), np.arange(49152.0)):
+        assert top_ids(x, k).tolist() == reference_top_k(x, k)
 
 
 def test_top_k_among_ties_keeps_the_lowest_ids():

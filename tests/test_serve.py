@@ -317,6 +317,20 @@ def test_chat_logprobs_streamed_and_not(server, model):
     assert plain.logprobs is None and plain.message.content == whole.message.content
 
 
+def test_logprobs_of_characters_split_over_tokens(server):
+    """Byte-level BPE spells an emoji in several tokens: each gives its own bytes, and they add
+    up to the text; logprobs=0 still names the drawn token."""
+    client = server.client()
+    r = client.completions.create(model="smollm2-q4_0", prompt="Emoji: 😀😀😀😀", max_tokens=8, temperature=0,
+                                  logprobs=0).choices[0]
+    assert all(list(top) == [token] for top, token in zip(r.logprobs.top_logprobs, r.logprobs.tokens))
+    c = client.chat.completions.create(model="smollm2-q4_0", max_tokens=12, temperature=0, logprobs=True,
+                                       messages=[{"role": "user", "content": "Repeat exactly: 😀😀😀😀"}]).choices[0]
+    raw = [bytes(e.bytes) for e in c.logprobs.content]
+    assert b"".join(raw) == c.message.content.encode() and "😀" in c.message.content
+    assert any(len(b) < 4 and b[-1:] >= b"\x80" for b in raw)  # a piece of a character among them
+
+
 @pytest.mark.parametrize("params, param", [({"top_logprobs": 2}, "top_logprobs"),
                                            ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
                                            ({"logprobs": 3}, "logprobs")])

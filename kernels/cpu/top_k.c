@@ -1,7 +1,9 @@
 /* The sampler's top-k: the k largest of a row of logits, in one pass. A vocabulary-sized row
  * (49k to 150k) against k of about 40: after the first k, nearly every element is turned away
  * by one comparison with the k-th best so far, where a partition (numpy's argpartition) moves
- * the whole row about: about 20 us against 80 to 330 us, for each token of every sequence. */
+ * the whole row about: about 20 us against 80 to 330 us, for each token of every sequence.
+ * An insertion shifts up to k kept ids, so a row in ascending order costs n * k: the sampler
+ * takes k up to 64 here (llmrun/sampling.py, KERNEL_K) and partitions beyond. */
 #include "llmrun.h"
 
 int64_t llmr_top_k(const double *x, int64_t n, int64_t k, int32_t *ids) {

@@ -481,7 +481,8 @@ static PyObject *py_top_k(PyObject *self, PyObject *args) {
         return NULL;
     Py_buffer v[2] = {{0}}, *ids = &v[0], *x = &v[1];
     PyObject *ret = NULL;
-    if (get_buffer(o_ids, ids, "ids", I32, 1, 1, 1) || get_buffer(o_x, x, "x", F64, 0, 1, 1))
+    if (get_buffer(o_ids, ids, "ids", I32, 1, 1, 1) || get_buffer(o_x, x, "x", F64, 0, 1, 1) ||
+        check_disjoint(ids, x, "ids and x", 0))
         goto done;
     if (x->shape[0] > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "x: more than 2^31 - 1 values");
