@@ -92,7 +92,6 @@ class Decoding:
         self.n = 0  # tokens drawn
         self.prompt_tps = 0.0
         self.finish_reason: str | None = None
-        self.logprob: TokenLogprob | None = None  # the token being recorded's
 
     def begin(self, cache: KVCache, prompt_tokens: int) -> None:
         """The prompt's `prompt_tokens` tokens start running in `cache` now."""
@@ -112,29 +111,30 @@ class Decoding:
             self.t0 = time.perf_counter()
         if token in self.eos:
             return self._record(self.text[self.sent:], token, tps, "stop")
-        self.logprob = None if self.logprobs is None else _logprob(logits, token, self.logprobs)
+        lp = None if self.logprobs is None else _logprob(logits, token, self.logprobs)
         self.text += self.detok.push(token)
         # a stop string cannot start in text given out: what might begin one is held back
         hit = min((i for i in (self.text.find(s, self.sent) for s in self.stops) if i >= 0), default=-1)
         if hit >= 0:
-            return self._record(self.text[self.sent:hit], token, tps, "stop")
+            return self._record(self.text[self.sent:hit], token, tps, "stop", lp)
         if self.n == self.max_tokens or self.cache.n >= self.cache.n_ctx:
             self.text += self.detok.flush()
-            return self._record(self.text[self.sent:], token, tps, "length")
+            return self._record(self.text[self.sent:], token, tps, "length", lp)
         upto = len(self.text) - (_held_back(self.text, self.stops) if self.stops else 0)
         piece, self.sent = self.text[self.sent:upto], upto
-        return self._record(piece, token, tps)
+        return self._record(piece, token, tps, None, lp)
 
-    def _record(self, text: str, token: int, tps: float, finish_reason: str | None = None) -> GenerationResponse:
+    def _record(self, text: str, token: int, tps: float, finish_reason: str | None = None,
+                logprob: TokenLogprob | None = None) -> GenerationResponse:
         self.finish_reason = finish_reason
-        logprob, self.logprob = self.logprob, None
         return GenerationResponse(text, token, self.prompt_tokens, self.prompt_tps, self.n, tps, finish_reason, logprob)
 
 
 def _logprob(logits: np.ndarray, token: int, n: int) -> TokenLogprob:
     z = logits.astype(np.float64)
-    z -= z.max() + np.log(np.exp(z - z.max()).sum())  # log-softmax
-    return TokenLogprob(token, float(z[token]), [(int(i), float(z[i])) for i in top_ids(z, n)] if n else [])
+    z -= z.max()
+    z -= np.log(np.exp(z).sum())  # log-softmax
+    return TokenLogprob(token, float(z[token]), [(int(i), float(z[i])) for i in top_ids(z, n)])
 
 
 def generate(model: Model, prompt, max_tokens: int = 256, temperature: float = 0.8, top_k: int = 40,
