@@ -502,8 +502,9 @@ class _Logprobs:
 
     def _item(self, token: int, logprob: float) -> dict:
         raw = self.tokenizer.token_bytes(token)
-        # JSON has no infinity: a token the model rules out gets OpenAI's floor
-        return {"token": raw.decode(errors="replace"), "logprob": max(logprob, -9999.0), "bytes": list(raw)}
+        # JSON has no infinity or NaN: a token the model rules out (or a broken row) gets OpenAI's floor
+        return {"token": raw.decode(errors="replace"), "logprob": logprob if logprob > -9999.0 else -9999.0,
+                "bytes": list(raw)}
 
     def of(self, records) -> dict | None:
         entries = [r.logprob for r in records if r.logprob]
@@ -512,15 +513,13 @@ class _Logprobs:
         items = [(self._item(e.token, e.logprob), [self._item(i, lp) for i, lp in e.top]) for e in entries]
         if self.chat:
             return {"content": [chosen | {"top_logprobs": top} for chosen, top in items], "refusal": None}
-        offsets = []
-        for chosen, _ in items:
+        offsets, alternatives = [], []
+        for chosen, top in items:
             offsets.append(self.offset)
             self.offset += len(chosen["token"])
-        alternatives = []
-        for chosen, top in items:  # the drawn token always among them, as OpenAI's legacy completions have it
             alternatives.append({})
-            for a in top + [chosen]:  # two tokens of one text: the likelier's
-                alternatives[-1].setdefault(a["token"], a["logprob"])
+            for a in top + [chosen]:  # the drawn token always among them, as OpenAI's legacy API has it;
+                alternatives[-1].setdefault(a["token"], a["logprob"])  # two tokens of one text: the likelier's
         return {"tokens": [chosen["token"] for chosen, _ in items],
                 "token_logprobs": [chosen["logprob"] for chosen, _ in items],
                 "top_logprobs": alternatives, "text_offset": offsets}
