@@ -384,6 +384,17 @@ def perplexity(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
                    f"p99 {r['kld_p99']:.6f}, max {r['kld_max']:.6f}; top-1 agreement {r['top1_agreement']:.2f}%")
 
 
+def _switch(name: str, value) -> str:
+    """One family switch as `info` shows it: a flag by its name, a number or list after it."""
+    if value is True:
+        return name
+    if isinstance(value, float):
+        return f"{name} {value:.6g}"
+    if isinstance(value, list):
+        return f"{name} {','.join(map(str, value))}"
+    return f"{name} {value}"
+
+
 @app.command()
 def info(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
          verify: bool = typer.Option(False, "--verify", help="check every tensor's checksum"),
@@ -391,7 +402,7 @@ def info(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
          backends: bool = typer.Option(False, "--backends", help="list the backends and GPU adapters found, "
                                                                  "and load no model")):
     """Show a model's config, tensor types and sizes, and the kernel path in use."""
-    from llmrun import cpu
+    from llmrun.backends import cpu
     from llmrun.quant.layout import NAMES as LAYOUT_NAMES
     if backends:
         _show_backends()
@@ -402,6 +413,10 @@ def info(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
     typer.echo(f"file:        {f.path} ({_bytes(os.path.getsize(f.path))})")
     typer.echo(f"model:       {cfg.arch}, {cfg.n_layers} layers, dim {cfg.dim}, ffn {cfg.ffn_dim}, "
                f"heads {cfg.n_heads}/{cfg.n_kv_heads} (q/kv), head dim {cfg.head_dim}, vocab {cfg.vocab_size}")
+    from llmrun.families import family, switches_of
+    typer.echo(f"family:      {cfg.arch}: {family(cfg.arch).summary}")
+    if switches_of(cfg):
+        typer.echo("switches:    " + ", ".join(_switch(k, v) for k, v in switches_of(cfg).items()))
     typer.echo(f"context:     {cfg.max_seq_len}, rope theta {cfg.rope_theta:g}"
                + (f", scaling {cfg.rope_scaling}" if cfg.rope_scaling else ""))
     typer.echo(f"embeddings:  {'tied' if cfg.tie_embeddings else 'untied'}"
@@ -440,7 +455,7 @@ def info(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
 
 
 def _show_backends() -> None:
-    from llmrun import cpu, cuda, webgpu
+    from llmrun.backends import cpu, cuda, webgpu
     from llmrun.errors import LlmrunError
     typer.echo(f"cpu:     {cpu.isa()}, {cpu.threads()} threads")
     try:

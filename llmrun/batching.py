@@ -189,10 +189,9 @@ class Engine:
             else:
                 batch.append((s, Segment([s.token], s.cache, last_only=True)))
         try:
-            if self.model.gpu is not None:  # a device runs one sequence a call
-                logits = [self.model.forward_batch([seg])[0] for _, seg in batch]
-            else:
-                logits = self.model.forward_batch([seg for _, seg in batch])
+            most = self.model.backend.max_segments or len(batch)  # a GPU runs one sequence a call
+            segments = [seg for _, seg in batch]
+            logits = [x for i in range(0, len(segments), most) for x in self.model.forward_batch(segments[i:i + most])]
         except Exception as e:  # noqa: BLE001 (handed to the requests' threads, which answer it)
             for s, _ in batch:
                 s.request.records.put(e)

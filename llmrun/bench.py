@@ -74,9 +74,9 @@ def bench(model: Model, name: str, n_prompt: int = 512, n_gen: int = 128, thread
     size, params = sum(t.nbytes for t in tensors), sum(int(np.prod(t.shape)) for t in tensors)
     per_token = bytes_per_token(model)
     results = []
-    on_gpu = model.gpu is not None
-    for n_threads in (0,) if on_gpu else threads:
-        if not on_gpu:
+    sweep = model.backend.cpu_threads
+    for n_threads in threads if sweep else (0,):
+        if sweep:
             _kernels.set_threads(n_threads)
         for test, n, timer in (("pp", n_prompt, _time_pp), ("tg", n_gen, _time_tg)):
             if not n:
@@ -87,7 +87,7 @@ def bench(model: Model, name: str, n_prompt: int = 512, n_gen: int = 128, thread
             avg = statistics.fmean(rates)
             results.append(BenchResult(
                 model=name, type=_main_type(model), model_bytes=size, params=params,
-                isa=model.backend if on_gpu else _kernels.isa(),
+                isa=_kernels.isa() if model.backend.name == "cpu" else model.backend.name,
                 threads=n_threads, test=f"{test}{n}", n_tokens=n, avg_ts=avg,
                 stddev_ts=statistics.stdev(rates) if len(rates) > 1 else 0.0,
                 gb_s=avg * per_token / 1e9 if test == "tg" else None))

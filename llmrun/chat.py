@@ -45,6 +45,7 @@ def _bounded_filter(name: str, f):
 @lru_cache(maxsize=8)
 def _compile(template: str):
     import jinja2
+    import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class Sandbox(ImmutableSandboxedEnvironment):
@@ -64,12 +65,30 @@ def _compile(template: str):
                                   f"{TEMPLATE_MAX_INT}: refused")
             return super().call(__context, __obj, *args, **kwargs)
 
+    class Generation(jinja2.ext.Extension):
+        """`{% generation %}...{% endgeneration %}`, which transformers reads to mark the assistant's
+        tokens: its body renders as it is."""
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
+
     def raise_exception(message):
         raise LlmrunError(f"the chat template refused the conversation: {message}")
 
-    # Sandboxed: a template comes from a model file, which may come from anywhere.
-    env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, ensure_ascii=False, indent=indent)
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    # Sandboxed: a template comes from a model file, which may come from anywhere. Set up as
+    # transformers' apply_chat_template sets up its own (utils/chat_template_utils.py), so that a
+    # template renders here as it does there.
+    env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, "jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = tojson  # json.dumps as it is (jinja2's own tojson escapes < > & ')
     env.filters = {name: _bounded_filter(name, f) for name, f in env.filters.items()}
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -101,9 +120,11 @@ def _render(template, seconds: float, **context) -> str:
         sys.settrace(before)
 
 
-def render_chat(model, messages: list[dict], add_generation_prompt: bool = True, template: str | None = None) -> str:
+def render_chat(model, messages: list[dict], add_generation_prompt: bool = True, template: str | None = None,
+                template_kwargs: dict | None = None) -> str:
     """The conversation as the model was trained to see it, ending with the assistant's cue
-    (`template` overrides the model's own)."""
+    (`template` overrides the model's own). `template_kwargs` are more variables for the template,
+    as transformers' apply_chat_template(**kwargs) passes them: enable_thinking=False, tools, documents..."""
     template = template or model.chat_template
     if not template:
         raise LlmrunError("this model has no chat template: give one with --chat-template, or use `generate --raw`")
@@ -111,18 +132,22 @@ def render_chat(model, messages: list[dict], add_generation_prompt: bool = True,
     names = {"bos_token": tok.bos_id, "eos_token": tok.eos_ids[0] if tok.eos_ids else None}
     special = {k: tok.decode([v]) if v is not None else "" for k, v in names.items()}
     try:
-        return _render(_compile(template), RENDER_SECONDS, messages=messages,
-                       add_generation_prompt=add_generation_prompt, **special)
+        # as apply_chat_template: the special tokens, tools and documents (None unless given), the
+        # caller's variables over them, then the conversation
+        context = {**special, "tools": None, "documents": None, **(template_kwargs or {}),
+                   "messages": messages, "add_generation_prompt": add_generation_prompt}
+        return _render(_compile(template), RENDER_SECONDS, **context)
     except LlmrunError:
         raise
     except Exception as e:  # a template's own error (bad field access and the like)
         raise LlmrunError(f"the chat template failed: {e}") from None
 
 
-def chat_ids(model, messages: list[dict]) -> list[int]:
+def chat_ids(model, messages: list[dict], template_kwargs: dict | None = None) -> list[int]:
     """Token ids of the rendered conversation. The template writes any BOS itself, so the
     tokenizer adds no special tokens of its own."""
-    return model.tokenizer.encode(render_chat(model, messages), add_special_tokens=False)
+    text = render_chat(model, messages, template_kwargs=template_kwargs)
+    return model.tokenizer.encode(text, add_special_tokens=False)
 
 
 @dataclass
@@ -158,10 +183,12 @@ class ChatSession:
     conversation, keeps the cached prefix it shares with it, and runs only the rest."""
 
     def __init__(self, model, system: str | None = None, template: str | None = None, n_ctx: int | None = None,
-                 overflow: str = "shift", settings: Settings | None = None, stop=()):
+                 overflow: str = "shift", settings: Settings | None = None, stop=(),
+                 template_kwargs: dict | None = None):
         if overflow not in ("shift", "stop"):
             raise ValueError(f"context overflow must be 'shift' or 'stop', not {overflow!r}")
         self.model, self.template, self.overflow, self.stop = model, template, overflow, list(stop)
+        self.template_kwargs = template_kwargs  # more variables for the template (enable_thinking=False...)
         self.settings = settings or Settings()
         self.cache = model.new_cache(n_ctx)
         self.system = system
@@ -173,7 +200,8 @@ class ChatSession:
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.messages
 
     def prompt_ids(self) -> list[int]:
-        text = render_chat(self.model, self.conversation(), template=self.template)
+        text = render_chat(self.model, self.conversation(), template=self.template,
+                           template_kwargs=self.template_kwargs)
         return self.model.tokenizer.encode(text, add_special_tokens=False)
 
     def _fit(self) -> list[int]:

@@ -1,4 +1,8 @@
-"""The model's hyper-parameters, as stored in a .llmr file's metadata, and the RoPE frequencies."""
+"""The model's hyper-parameters, as stored in a .llmr file's metadata, and the RoPE frequencies.
+
+Besides LLaMA's sizes, a config holds the switches by which the families differ (llmrun/families.py
+reads them from each family's checkpoints): every one has the value that leaves a LLaMA block as
+it is, so a LLaMA config names none of them."""
 from __future__ import annotations
 
 import math
@@ -7,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 ROPE_SCALINGS = ("linear", "llama3", "factors")
+ACTIVATIONS = ("silu", "gelu_tanh")  # the feed-forward gate's: SwiGLU, or GeGLU with GELU's tanh form (Gemma)
 
 
 LIMITS = {"vocab_size": (1, 1 << 22), "dim": (1, 1 << 17), "n_layers": (1, 1 << 12), "n_heads": (1, 1 << 12),
@@ -52,7 +57,20 @@ class ModelConfig:
     # {"type": "linear", "factor"}, {"type": "llama3", "factor", ...} or
     # {"type": "factors", "factors": [hd/2 divisors]} (what Llama 3.1 GGUFs store)
     rope_scaling: dict | None = None
-    arch: str = "llama"
+    arch: str = "llama"  # the family (llmrun/families.py)
+    # --- the family switches ---
+    qk_norm: bool = False  # RMSNorm over each head of q and of k before RoPE (Qwen3, Gemma 3)
+    post_norms: bool = False  # each sublayer's output normed before the residual add (Gemma 3)
+    act: str = "silu"  # the feed-forward gate's activation, one of ACTIVATIONS
+    embed_scale: float = 1.0  # the embeddings times this on the way in (Gemma 3: sqrt(dim); Granite)
+    residual_scale: float = 1.0  # each sublayer's output times this before the add (Granite)
+    attn_scale: float | None = None  # q.k times this; None: head_dim ** -0.5
+    logit_scale: float = 1.0  # the logits times this (Granite: 1 / logits_scaling)
+    rope_dims: int | None = None  # RoPE turns the first rope_dims of each head; None: all (Phi-4-mini: 3/4)
+    no_rope_layers: tuple = ()  # layers without RoPE (SmolLM3: every fourth)
+    sliding_window: int = 0  # windowed layers see the last sliding_window positions (Mistral v0.1, Gemma 3)
+    window_layers: tuple = ()  # which layers are windowed
+    rope_local_theta: float | None = None  # the windowed layers' own RoPE base, unscaled (Gemma 3)
 
     def __post_init__(self):
         # Bounds well past any released model, so a corrupt or hostile config fails here, in
@@ -70,11 +88,52 @@ class ModelConfig:
             raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
+        for name in ("qk_norm", "post_norms"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false")
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f"act = {self.act!r}; supported: {', '.join(ACTIVATIONS)}")
+        for name in ("embed_scale", "residual_scale", "logit_scale") + (("attn_scale",) if self.attn_scale is not None else ()) \
+                + (("rope_local_theta",) if self.rope_local_theta is not None else ()):
+            if not _positive(getattr(self, name)):
+                raise ValueError(f"{name} = {getattr(self, name)!r} is not a positive number")
+        if self.rope_dims is not None and (isinstance(self.rope_dims, bool) or not isinstance(self.rope_dims, int)
+                                           or not 2 <= self.rope_dims <= self.head_dim or self.rope_dims % 2):
+            raise ValueError(f"rope_dims = {self.rope_dims!r} is not an even number in [2, head_dim {self.head_dim}]")
+        if isinstance(self.sliding_window, bool) or not isinstance(self.sliding_window, int) or not 0 <= self.sliding_window <= 1 << 24:
+            raise ValueError(f"sliding_window = {self.sliding_window!r} is not a whole number in [0, {1 << 24}]")
+        for name in ("no_rope_layers", "window_layers"):
+            layers = getattr(self, name)
+            if not isinstance(layers, (list, tuple)) or any(isinstance(i, bool) or not isinstance(i, int)
+                                                            or not 0 <= i < self.n_layers for i in layers):
+                raise ValueError(f"{name} = {layers!r} is not a list of layer numbers below {self.n_layers}")
+            object.__setattr__(self, name, tuple(sorted(set(layers))))
+        if bool(self.window_layers) != bool(self.sliding_window):
+            raise ValueError("sliding_window and window_layers go together")
         if self.rope_scaling is not None:
-            _check_rope_scaling(self.rope_scaling, self.head_dim)
+            _check_rope_scaling(self.rope_scaling, self.rotary_dims)
+
+    @property
+    def rotary_dims(self) -> int:
+        """The elements of each head RoPE turns."""
+        return self.rope_dims or self.head_dim
+
+    def layer_rope(self, layer: int) -> str:
+        """"none", "global" (rope_theta and its scaling) or "local" (a windowed layer's own base)."""
+        if layer in self.no_rope_layers:
+            return "none"
+        return "local" if self.rope_local_theta is not None and layer in self.window_layers else "global"
+
+    def layer_window(self, layer: int) -> int:
+        """The positions a token of this layer sees back (itself included); 0: all."""
+        return self.sliding_window if layer in self.window_layers else 0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The metadata form: the family switches only where they differ from LLaMA's."""
+        d = asdict(self)
+        defaults = {f.name: f.default for f in fields(self) if f.name in SWITCHES}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()
+                if k not in defaults or v != defaults[k]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -85,11 +144,23 @@ class ModelConfig:
         return cls(**d)
 
 
-def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
-    """Inverse frequencies theta^(-2i/d) for i < head_dim/2, with the config's scaling applied."""
-    d = cfg.head_dim
-    inv_freq = 1.0 / cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d)  # [hd/2]
-    s = cfg.rope_scaling
+SWITCHES = ("qk_norm", "post_norms", "act", "embed_scale", "residual_scale", "attn_scale", "logit_scale",
+            "rope_dims", "no_rope_layers", "sliding_window", "window_layers", "rope_local_theta")
+
+
+def rope_frequencies(cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """The RoPE frequencies by kind: "global", and "local" where windowed layers have their own base."""
+    return {"global": rope_inv_freq(cfg)} | ({"local": rope_inv_freq(cfg, local=True)}
+                                             if cfg.rope_local_theta is not None else {})
+
+
+def rope_inv_freq(cfg: ModelConfig, local: bool = False) -> np.ndarray:
+    """Inverse frequencies theta^(-2i/d) for i < d/2 (d: the rotated dims), with the config's
+    scaling applied; `local`: the windowed layers' own base (rope_local_theta), unscaled."""
+    d = cfg.rotary_dims
+    theta = cfg.rope_local_theta if local else cfg.rope_theta
+    inv_freq = 1.0 / theta ** (np.arange(0, d, 2, dtype=np.float64) / d)  # [d/2]
+    s = None if local else cfg.rope_scaling
     if s is None:
         pass
     elif s["type"] == "linear":

@@ -1,4 +1,7 @@
-"""The one LLaMA graph: RMSNorm, RoPE, grouped-query attention over a KV cache, SwiGLU.
+"""The one LLaMA graph: RMSNorm, RoPE, grouped-query attention over a KV cache, SwiGLU, and
+the switches by which the LLaMA-style families differ from it (llmrun/config.py, set from each
+family's checkpoints by llmrun/families.py): per-head q/k norms, post-norms, a GELU gate,
+embedding, residual, attention and logit scalars, a partial or absent RoPE, a sliding window.
 
 Config (hyper-parameters), weights (views of the mapped file) and run state (the KV cache)
 are kept apart; `forward()` does no I/O and no sampling, and serves prefill (many tokens)
@@ -7,15 +10,15 @@ Hkv key/value heads, hd head width, F feed-forward width, V vocabulary, C contex
 """
 from __future__ import annotations
 
-import mmap
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import cpu as ops
-from .config import ModelConfig, rope_inv_freq
+from . import backends
+from .backends import cpu as ops
+from .config import ModelConfig, rope_frequencies
 from .errors import ContextError, FormatError, SettingError
 from .format import LlmrFile, Tensor
 
@@ -34,6 +37,13 @@ class LayerWeights:
     w_gate: Tensor  # [F, D]
     w_up: Tensor  # [F, D]
     w_down: Tensor  # [D, F]
+    q_norm: np.ndarray | None = None  # [hd]  (qk_norm: Qwen3, Gemma 3)
+    k_norm: np.ndarray | None = None  # [hd]
+    attn_post_norm: np.ndarray | None = None  # [D]  (post_norms: Gemma 3)
+    ffn_post_norm: np.ndarray | None = None  # [D]
+
+
+VECTORS = ("attn_norm", "ffn_norm", "bq", "bk", "bv", "q_norm", "k_norm", "attn_post_norm", "ffn_post_norm")
 
 
 @dataclass
@@ -61,13 +71,10 @@ class Weights:
 
         def layer(i):
             p = f"layers.{i}."
-            bias = (lambda n: get(p + n, vector=True)) if cfg.attn_bias else (lambda n: None)
-            return LayerWeights(
-                attn_norm=get(p + "attn_norm", vector=True),
-                wq=get(p + "wq"), wk=get(p + "wk"), wv=get(p + "wv"), wo=get(p + "wo"),
-                bq=bias("bq"), bk=bias("bk"), bv=bias("bv"),
-                ffn_norm=get(p + "ffn_norm", vector=True),
-                w_gate=get(p + "w_gate"), w_up=get(p + "w_up"), w_down=get(p + "w_down"))
+            # what the config says the layer has; LayerWeights' other fields stay None
+            have = {n for n in (k.split(".", 2)[2] for k in shapes if k.startswith(p))}
+            return LayerWeights(**{n: get(p + n, vector=n in VECTORS) for n in sorted(have)},
+                                **{n: None for n in ("bq", "bk", "bv") if n not in have})
 
         emb = get("tok_embeddings")
         return cls(tok_embeddings=emb, layers=[layer(i) for i in range(cfg.n_layers)],
@@ -82,56 +89,33 @@ def tensor_shapes(cfg: ModelConfig) -> dict[str, tuple]:
              "ffn_norm": (D,), "w_gate": (F, D), "w_up": (F, D), "w_down": (D, F)}
     if cfg.attn_bias:
         layer |= {"bq": (q_dim,), "bk": (kv_dim,), "bv": (kv_dim,)}
+    if cfg.qk_norm:
+        layer |= {"q_norm": (hd,), "k_norm": (hd,)}
+    if cfg.post_norms:
+        layer |= {"attn_post_norm": (D,), "ffn_post_norm": (D,)}
     shapes = {"tok_embeddings": (V, D), "norm": (D,)} | ({} if cfg.tie_embeddings else {"output": (V, D)})
     return shapes | {f"layers.{i}.{n}": shape for i in range(cfg.n_layers) for n, shape in layer.items()}
 
 
-BACKENDS = ("cpu", "webgpu", "cuda")
-
-
-def device(backend: str):
-    """A GPU backend's device (webgpu or cuda), ready for a gpu.Graph."""
-    if backend == "webgpu":
-        from . import webgpu
-        return webgpu.Device()
-    if backend == "cuda":
-        from . import cuda
-        return cuda.Device()
-    raise SettingError(f"{backend!r} is not a GPU backend; GPU backends: webgpu, cuda")
-
-
-def _lazy_zeros(shape: tuple) -> np.ndarray:
-    """float32 zeros in fresh anonymous memory, committed a small page at a time as it is
-    written. (np.zeros asks Linux for 2 MiB huge pages on large arrays: a KV cache's first token
-    would then commit 2 MiB per layer for K and V alike, ~120 MiB for SmolLM2, and zeroing them
-    made its first prefill 20x slower.)"""
-    size = int(np.prod(shape, dtype=np.int64)) * 4
-    buf = mmap.mmap(-1, max(size, 1))
-    if hasattr(mmap, "MADV_NOHUGEPAGE"):
-        buf.madvise(mmap.MADV_NOHUGEPAGE)
-    return np.frombuffer(buf, dtype=np.float32, count=size // 4).reshape(shape)
-
-
 class KVCache:
-    """Keys and values of every position seen so far, per layer. Pages are committed lazily
-    (_lazy_zeros), so a long context costs only what is used. With `gpu` (a gpu.Graph) they
-    live on the device instead, in `device`."""
+    """Keys and values of every position seen so far, per layer, where the backend keeps them
+    (`store`: host arrays k, v [L, C, Hkv, hd] on the CPU, committed as they are written; device
+    buffers on a GPU), and the token ids at those positions."""
 
-    def __init__(self, cfg: ModelConfig, n_ctx: int, gpu=None):
-        shape = (cfg.n_layers, n_ctx, cfg.n_kv_heads, cfg.head_dim)
-        self.device = gpu.new_cache(n_ctx) if gpu is not None else None
-        self.k = self.v = None
-        try:
-            if self.device is None:
-                self.k = _lazy_zeros(shape)  # [L, C, Hkv, hd]
-                self.v = _lazy_zeros(shape)  # [L, C, Hkv, hd]
-        except (MemoryError, OSError, OverflowError):  # even unbacked: a context past what the machine can map
-            size = 8 * np.prod(shape, dtype=np.float64)
-            raise ContextError(f"a KV cache for {n_ctx} positions takes {size / 2**30:.1f} GiB, more than "
-                               "this machine can map: use a smaller context (--ctx)") from None
+    def __init__(self, cfg: ModelConfig, n_ctx: int, backend=None):
+        self.store = backend.new_cache(n_ctx) if backend else ops.new_cache(cfg, n_ctx)
         self.n_ctx = n_ctx
         self.n = 0  # positions filled
         self.tokens: list[int] = []  # the ids at those positions
+
+    @property
+    def k(self) -> np.ndarray | None:
+        """[L, C, Hkv, hd] on the host, or None on a device."""
+        return getattr(self.store, "k", None)
+
+    @property
+    def v(self) -> np.ndarray | None:
+        return getattr(self.store, "v", None)
 
     def truncate(self, n: int) -> None:
         """Forget positions n and later (the next forward overwrites them). Also mends a cache
@@ -181,40 +165,62 @@ def _token_ids(tokens, vocab_size: int) -> np.ndarray:
     return ids.astype(np.int32)
 
 
-def forward(cfg: ModelConfig, w: Weights, inv_freq: np.ndarray, tokens, cache: KVCache,
+def _sublayer_out(cfg: ModelConfig, y: np.ndarray, post_norm: np.ndarray | None) -> np.ndarray:
+    """A sublayer's output [T, D] as it joins the residual stream: normed where the family has
+    post-norms (Gemma 3), scaled where it has a residual multiplier (Granite)."""
+    if post_norm is not None:
+        y = ops.rmsnorm(y, post_norm, cfg.norm_eps)
+    if cfg.residual_scale != 1.0:
+        y *= np.float32(cfg.residual_scale)
+    return y
+
+
+def forward(cfg: ModelConfig, w: Weights, inv_freq: dict, tokens, cache: KVCache,
             last_only: bool = False, logits_from: int = 0) -> np.ndarray:
     """Run `tokens` at positions cache.n, cache.n+1, ... and return the logits [T - first, V]
-    of the tokens from `first` = logits_from on (the last only: first = T - 1). Model.forward
+    of the tokens from `first` = logits_from on (the last only: first = T - 1). `inv_freq`: the
+    RoPE frequencies by kind ("global", and "local" for Gemma 3's windowed layers). Model.forward
     runs this same graph in C."""
     T, H, Hkv, hd = len(tokens), cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     _check_fits(cache, T)
     first = _first_logit(T, last_only, logits_from)
     n_past = cache.n
     positions = np.arange(n_past, n_past + T, dtype=np.int32)  # [T]
+    gate = ops.gelu_mul if cfg.act == "gelu_tanh" else ops.silu_mul
 
     x = ops.embed(w.tok_embeddings, np.asarray(tokens))  # [T, D]
+    if cfg.embed_scale != 1.0:
+        x *= np.float32(cfg.embed_scale)
     for l, layer in enumerate(w.layers):
         # attention: x + Wo · attn(RoPE(Wq h), RoPE(Wk h), Wv h),  h = RMSNorm(x)
         h = ops.rmsnorm(x, layer.attn_norm, cfg.norm_eps)  # [T, D]
         q = _add_bias(ops.matmul(layer.wq, h), layer.bq).reshape(T, H, hd)  # [T, H, hd]
         k = _add_bias(ops.matmul(layer.wk, h), layer.bk).reshape(T, Hkv, hd)  # [T, Hkv, hd]
         v = _add_bias(ops.matmul(layer.wv, h), layer.bv).reshape(T, Hkv, hd)  # [T, Hkv, hd]
-        ops.rope_(q, positions, inv_freq)
-        ops.rope_(k, positions, inv_freq)
+        if cfg.qk_norm:  # each head normed on its own
+            q = ops.rmsnorm(q.reshape(T * H, hd), layer.q_norm, cfg.norm_eps).reshape(T, H, hd)
+            k = ops.rmsnorm(k.reshape(T * Hkv, hd), layer.k_norm, cfg.norm_eps).reshape(T, Hkv, hd)
+        rope = cfg.layer_rope(l)
+        if rope != "none":
+            ops.rope_(q, positions, inv_freq[rope])
+            ops.rope_(k, positions, inv_freq[rope])
         cache.k[l, n_past:n_past + T] = k
         cache.v[l, n_past:n_past + T] = v
-        a = ops.attention(q, cache.k[l], cache.v[l], n_past)  # [T, H, hd]
-        x += ops.matmul(layer.wo, a.reshape(T, H * hd))  # [T, D]
+        a = ops.attention(q, cache.k[l], cache.v[l], n_past, cfg.layer_window(l), cfg.attn_scale)  # [T, H, hd]
+        x += _sublayer_out(cfg, ops.matmul(layer.wo, a.reshape(T, H * hd)), layer.attn_post_norm)  # [T, D]
 
-        # feed-forward: x + W_down · (silu(W_gate h) * W_up h),  h = RMSNorm(x)
+        # feed-forward: x + W_down · (act(W_gate h) * W_up h),  h = RMSNorm(x)
         h = ops.rmsnorm(x, layer.ffn_norm, cfg.norm_eps)  # [T, D]
-        g = ops.silu_mul(ops.matmul(layer.w_gate, h), ops.matmul(layer.w_up, h))  # [T, F]
-        x += ops.matmul(layer.w_down, g)  # [T, D]
+        g = gate(ops.matmul(layer.w_gate, h), ops.matmul(layer.w_up, h))  # [T, F]
+        x += _sublayer_out(cfg, ops.matmul(layer.w_down, g), layer.ffn_post_norm)  # [T, D]
 
     cache.n += T
     cache.tokens.extend(int(t) for t in tokens)
     x = ops.rmsnorm(x[first:], w.norm, cfg.norm_eps)  # [T - first, D]
-    return ops.matmul(w.output, x)  # [T - first, V]
+    logits = ops.matmul(w.output, x)  # [T - first, V]
+    if cfg.logit_scale != 1.0:
+        logits *= np.float32(cfg.logit_scale)
+    return logits
 
 
 class Model:
@@ -222,8 +228,8 @@ class Model:
 
     def __init__(self, path: str, huge_pages: bool = False, backend: str = "cpu"):
         from .tokenizer import Tokenizer
-        if backend not in BACKENDS:
-            raise SettingError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+        if backend not in backends.NAMES:
+            raise SettingError(f"unknown backend {backend!r}; known: {', '.join(backends.NAMES)}")
         self.path = path
         self.file = LlmrFile(path, huge_pages)
         meta = self.file.metadata
@@ -236,18 +242,13 @@ class Model:
         self.chat_template: str | None = meta.get("chat_template")
         if not isinstance(self.chat_template, (str, type(None))):
             raise FormatError(f"{path}: the chat template in the metadata is not text; convert the model again")
-        self.inv_freq = rope_inv_freq(self.config)  # [hd/2]
-        self.backend = backend
-        self.graph = ops.graph(self.config, self.weights, self.inv_freq)
-        self.gpu = None
-        if backend != "cpu":  # the weights go to the device once, here
-            from . import gpu
-            self.gpu = gpu.Graph(device(backend), self.config, self.weights, self.inv_freq)
+        self.inv_freq = rope_frequencies(self.config)  # {"global": [rd/2], "local": [rd/2] (Gemma 3)}
+        self.backend = backends.bind(backend, self.config, self.weights, self.inv_freq)  # a GPU's upload: once, here
 
     def new_cache(self, n_ctx: int | None = None) -> KVCache:
         """A fresh KV cache for up to n_ctx positions (default: the trained context), on the
         backend's device."""
-        return KVCache(self.config, n_ctx or self.config.max_seq_len, self.gpu)
+        return KVCache(self.config, n_ctx or self.config.max_seq_len, self.backend)
 
     def forward(self, tokens, cache: KVCache, last_only: bool = False, reference: bool = False,
                 logits_from: int = 0) -> np.ndarray:
@@ -255,7 +256,7 @@ class Model:
         same logits bit for bit; forward_batch of this one segment), or with `reference`, step by
         step in Python."""
         if reference:
-            if cache.device is not None:
+            if cache.k is None:
                 raise SettingError("the Python reference forward runs on a CPU cache, not a device's")
             return forward(self.config, self.weights, self.inv_freq, tokens, cache, last_only, logits_from)
         return self.forward_batch([Segment(tokens, cache, last_only, logits_from)])[0]
@@ -274,15 +275,10 @@ class Model:
             _check_fits(s.cache, len(s.tokens))
             runs.append((_token_ids(s.tokens, self.config.vocab_size),
                          _first_logit(len(s.tokens), s.last_only, s.logits_from)))
-        if any(s.cache.device is not None for s in batch):
-            if len(batch) > 1:
-                raise SettingError("batched forward runs on the cpu backend; on a device, run one sequence a call")
-            (ids, first), cache = runs[0], batch[0].cache
-            logits = [cache.device.run(ids, cache.n, first)]
-        else:
-            flat = ops.forward_batch(self.graph, [(ids, s.cache.n, s.cache.k, s.cache.v, first)
-                                                  for s, (ids, first) in zip(batch, runs)], self.config.vocab_size)
-            logits = np.split(flat, np.cumsum([len(ids) - first for ids, first in runs[:-1]]))
+        most = self.backend.max_segments
+        if most is not None and len(batch) > most:
+            raise SettingError(f"the {self.backend.name} backend runs {most} sequence(s) a call, not {len(batch)}")
+        logits = self.backend.forward([(ids, s.cache.n, s.cache.store, first) for s, (ids, first) in zip(batch, runs)])
         for s, (ids, _) in zip(batch, runs):
             s.cache.n += len(ids)
             s.cache.tokens.extend(ids.tolist())

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import cpu
-from .config import ModelConfig, rope_inv_freq
+from .backends import cpu, device
+from .config import ModelConfig, rope_frequencies
 from .errors import SettingError
 from .format import Tensor
-from .model import KVCache, LayerWeights, Weights, device
+from .model import KVCache, LayerWeights, Weights
 from .quant import qtype, quantize
 from .quant.layout import X16, interleave, kernel_layout
 
@@ -63,16 +63,16 @@ def random_weights(type_name: str, cfg: ModelConfig = CONFIG, seed: int = 0) -> 
 def run(backend: str = "webgpu") -> list[Check]:
     """For each weight type: a 12-token prompt then 3 decode steps, on the CPU and on the
     backend, compared position by position."""
-    from . import gpu
+    from .backends import gpu
     if backend == "cpu":
         raise SettingError("selftest checks a GPU backend against the CPU: --backend webgpu or cuda")
     dev = device(backend)
     ids = np.random.default_rng(1).integers(0, CONFIG.vocab_size, 15).astype(np.int32)
-    inv_freq = rope_inv_freq(CONFIG)
+    inv_freq = rope_frequencies(CONFIG)
     checks = []
     for type_name in TYPES:
         w = random_weights(type_name)
-        graph, on_device = cpu.graph(CONFIG, w, inv_freq), gpu.Graph(dev, CONFIG, w, inv_freq)
+        graph, on_device = cpu.graph(CONFIG, w, inv_freq), gpu.Graph(dev, CONFIG, w, inv_freq, backend)
         cache, device_cache = KVCache(CONFIG, 16), on_device.new_cache(16)
         want, got = [], []
         for start, stop in ((0, 12), (12, 13), (13, 14), (14, 15)):

@@ -3,9 +3,10 @@
 Tensors of a type we run (F32, F16, BF16, Q8_0, Q4_0, Q4_1) are copied block for block; other
 types (Q5_x, k-quants) are dequantised exactly and re-quantised to q8_0, the nearest type we run
 that loses nothing measurable against them. llama.cpp's converter permutes the q/k rows of
-`llama` models so that its RoPE rotates adjacent pairs; .llmr uses the rotate-half order, so
-those rows are put back (a permutation of whole rows: lossless for every type). `qwen2` GGUFs
-keep the rotate-half order already.
+`llama`-style models so that its RoPE rotates adjacent pairs; .llmr uses the rotate-half
+order, so those rows are put back (a permutation of whole rows: lossless for every type). Which
+architectures were permuted, their tensor names and the metadata their switches come from are
+each family's entry in llmrun/families.py.
 """
 from __future__ import annotations
 
@@ -19,31 +20,31 @@ import numpy as np
 from .. import __version__
 from ..config import ModelConfig
 from ..errors import ConvertError
+from ..families import BY_GGUF_ARCH, GGUF_TOP, Family
 from ..format import PendingTensor, write
 from ..quant import F32, Q8_0, TYPES, Policy, choose_type, qtype, quantize_weights
 from ..quant.policy import DEFAULT_POLICY
 from ..quant.kquants import dequantize_ggml
 from . import expected_tensors
 from .gguf_file import GGUFFile
+from .hf import part_shape, split_rows
 from .gguf_tokenizer import tokenizer_from_gguf
 
-ARCHITECTURES = ("llama", "qwen2")
-TOP_NAMES = {"token_embd.weight": "tok_embeddings", "output_norm.weight": "norm", "output.weight": "output"}
-LAYER_NAMES = {
-    "attn_norm.weight": "attn_norm", "ffn_norm.weight": "ffn_norm",
-    "attn_q.weight": "wq", "attn_k.weight": "wk", "attn_v.weight": "wv", "attn_output.weight": "wo",
-    "attn_q.bias": "bq", "attn_k.bias": "bk", "attn_v.bias": "bv",
-    "ffn_gate.weight": "w_gate", "ffn_up.weight": "w_up", "ffn_down.weight": "w_down",
-}
 ROPE_FREQS = "rope_freqs.weight"  # Llama 3.1: per-dimension divisors of the RoPE frequencies
 CHUNK_ROWS_BYTES = 16 << 20
+
+
+def family_of(g: GGUFFile) -> Family:
+    arch = g.metadata.get("general.architecture")
+    if arch not in BY_GGUF_ARCH:
+        raise ConvertError(f"{g.path}: architecture {arch!r} is not supported; supported: {', '.join(BY_GGUF_ARCH)}")
+    return BY_GGUF_ARCH[arch]
 
 
 def read_config(g: GGUFFile) -> ModelConfig:
     m = g.metadata
     arch = m.get("general.architecture")
-    if arch not in ARCHITECTURES:
-        raise ConvertError(f"{g.path}: architecture {arch!r} is not supported; supported: {', '.join(ARCHITECTURES)}")
+    family = family_of(g)
 
     def key(name, default=None):
         v = m.get(f"{arch}.{name}", default)
@@ -65,32 +66,38 @@ def read_config(g: GGUFFile) -> ModelConfig:
             factors = dequantize_ggml(g.data(ROPE_FREQS), g.tensors[ROPE_FREQS].type, g.tensors[ROPE_FREQS].shape[-1])
             scaling = {"type": "factors", "factors": [float(f) for f in factors.reshape(-1)]}
         head_dim = int(m.get(f"{arch}.attention.key_length") or dim // n_heads)
+        n_layers = int(key("block_count"))
         return ModelConfig(
-            arch=arch, vocab_size=int(vocab), dim=dim, n_layers=int(key("block_count")), n_heads=n_heads,
+            arch=family.name, vocab_size=int(vocab), dim=dim, n_layers=n_layers, n_heads=n_heads,
             n_kv_heads=int(m.get(f"{arch}.attention.head_count_kv") or n_heads), head_dim=head_dim,
             ffn_dim=int(key("feed_forward_length")), norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
             rope_theta=float(key("rope.freq_base", 10000.0)), rope_scaling=scaling,
             max_seq_len=int(key("context_length")), tie_embeddings="output.weight" not in g.tensors,
-            attn_bias="blk.0.attn_q.bias" in g.tensors)
+            attn_bias="blk.0.attn_q.bias" in g.tensors, **family.gguf_switches(m, arch, n_layers))
+    except KeyError as e:
+        raise ConvertError(f"{g.path}: missing metadata key {e.args[0]}") from None
     except (TypeError, ValueError, ArithmeticError) as e:
         raise ConvertError(f"{g.path}: {e}") from None
 
 
-def _names(g: GGUFFile, n_layers: int) -> dict[str, str]:
-    """GGUF name -> ours, refusing tensors the graph has no place for."""
+def _names(g: GGUFFile, n_layers: int, family: Family) -> dict[str, str | tuple]:
+    """GGUF name -> ours (a tuple of ours for a fused tensor, its parts in row order), refusing
+    tensors the family's graph has no place for."""
     out = {}
     for name in g.tensors:
         if name == ROPE_FREQS:
             continue
-        if name in TOP_NAMES:
-            out[name] = TOP_NAMES[name]
+        if name in GGUF_TOP:
+            out[name] = GGUF_TOP[name]
             continue
         parts = name.split(".", 2)
         if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and int(parts[1]) < n_layers \
-                and parts[2] in LAYER_NAMES:
-            out[name] = f"layers.{parts[1]}.{LAYER_NAMES[parts[2]]}"
+                and parts[2] in family.gguf_layer:
+            ours = family.gguf_layer[parts[2]]
+            prefix = f"layers.{parts[1]}."
+            out[name] = tuple(prefix + o for o in ours) if isinstance(ours, tuple) else prefix + ours
             continue
-        raise ConvertError(f"{g.path}: tensor {name} has no place in the LLaMA graph (unsupported variant)")
+        raise ConvertError(f"{g.path}: tensor {name} has no place in the {family.name} graph (unsupported variant)")
     return out
 
 
@@ -101,10 +108,12 @@ def _unpermute_rows(rows: np.ndarray, n_heads: int) -> np.ndarray:
     return rows.reshape(n_heads, n // n_heads // 2, 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
 
 
-def _pending(g: GGUFFile, src: str, ours: str, cfg: ModelConfig, target) -> tuple[PendingTensor, str]:
-    """The tensor to write, and how its type was chosen (for the log)."""
+def _pending(g: GGUFFile, src: str, part: range | None, ours: str, cfg: ModelConfig, permuted: bool,
+             target) -> tuple[PendingTensor, str]:
+    """Rows `part` (all: None) of GGUF tensor `src` as our tensor `ours`, and how its type was
+    chosen (for the log)."""
     info = g.tensors[src]
-    shape = info.shape
+    shape = part_shape(info.shape, part)
     if target is not None:
         t = choose_type(ours, shape, target)
         if isinstance(target, Policy) and info.type.quantized and t is not info.type and not target.allow_requantize:
@@ -115,10 +124,12 @@ def _pending(g: GGUFFile, src: str, ours: str, cfg: ModelConfig, target) -> tupl
     else:
         t = F32 if len(shape) == 1 else Q8_0
     heads = {"wq": cfg.n_heads, "wk": cfg.n_kv_heads, "bq": cfg.n_heads, "bk": cfg.n_kv_heads}.get(ours.rsplit(".", 1)[-1])
-    permuted = heads if cfg.arch == "llama" else None
+    permuted = heads if permuted else None
 
     def chunks():
         rows = g.data(src)  # [R, row_bytes]
+        if part is not None:
+            rows = rows[part.start:part.stop]
         if permuted:  # as [out features, bytes of each]: a matrix's rows, a bias's elements
             rows = _unpermute_rows(rows.reshape(shape[0], -1), permuted).reshape(rows.shape)
         step = max(1, CHUNK_ROWS_BYTES // rows.shape[1])
@@ -144,12 +155,17 @@ def convert(src: str, out: str, type: str | None = None,
         raise ConvertError(f"{src}: a vocabulary-only GGUF (no tensors): use it as a tokenizer "
                            "(`llmrun tokenize`), not as a model")
     cfg = read_config(g)
+    family = family_of(g)
     if isinstance(target, Policy):
         target = dataclasses.replace(target, tied=cfg.tie_embeddings)
-    names = _names(g, cfg.n_layers)
+    names = _names(g, cfg.n_layers, family)
     tok_info, tok_blob = tokenizer_from_gguf(g.metadata)
-    expected = expected_tensors(src, cfg, {ours: g.tensors[s].shape for s, ours in names.items()})
-    pending = [_pending(g, s, o, cfg, target) for s, o in names.items() if o in expected]
+    from ..model import tensor_shapes
+    shapes = tensor_shapes(cfg)
+    parts = split_rows(src, names, lambda s: g.tensors[s].shape, shapes)
+    expected = expected_tensors(src, cfg, {o: part_shape(g.tensors[s].shape, rows) for o, (s, rows) in parts.items()})
+    pending = [_pending(g, s, rows, o, cfg, family.gguf_permuted, target)
+               for o, (s, rows) in parts.items() if o in expected]
     tensors = [p for p, _ in pending]
     conversions = Counter(how for _, how in pending)
     meta = {

@@ -3,7 +3,8 @@
 Reads config.json, the safetensors weights (one file or sharded), the tokenizer
 (tokenizer.json or tokenizer.model), its special tokens and the chat template. Tensors are
 streamed one at a time from mmapped shards, so peak memory stays near one tensor's size.
-HF checkpoints already use the rotate-half RoPE convention that .llmr stores.
+HF checkpoints already use the rotate-half RoPE convention that .llmr stores. What differs by
+family (names, fused tensors, config keys) is the family's entry in llmrun/families.py.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 from .. import __version__
 from ..config import ModelConfig
 from ..errors import ConvertError
+from ..families import BY_HF_ARCHITECTURE, HF_TOP, Family, Unsupported
 from ..format import PendingTensor, write
 from ..quant import Policy, choose_type, qtype, quantize_weights
 from ..quant.policy import DEFAULT_POLICY
@@ -26,19 +28,7 @@ from ..tokenizer import BPETokenizer, SentencePieceTokenizer
 from . import expected_tensors
 from .safetensors import SafetensorsFile
 
-ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
 SOURCE_TYPES = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
-
-# HF name (after "model.layers.{i}.") -> ours (after "layers.{i}.")
-LAYER_NAMES = {
-    "input_layernorm.weight": "attn_norm",
-    "self_attn.q_proj.weight": "wq", "self_attn.k_proj.weight": "wk",
-    "self_attn.v_proj.weight": "wv", "self_attn.o_proj.weight": "wo",
-    "self_attn.q_proj.bias": "bq", "self_attn.k_proj.bias": "bk", "self_attn.v_proj.bias": "bv",
-    "post_attention_layernorm.weight": "ffn_norm",
-    "mlp.gate_proj.weight": "w_gate", "mlp.up_proj.weight": "w_up", "mlp.down_proj.weight": "w_down",
-}
-TOP_NAMES = {"model.embed_tokens.weight": "tok_embeddings", "model.norm.weight": "norm", "lm_head.weight": "output"}
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # a cached buffer some old checkpoints saved
 
 
@@ -61,6 +51,8 @@ def _rope(c: dict) -> tuple[float, dict | None]:
     """(theta, scaling) from either spelling: top-level rope_theta + rope_scaling (older
     transformers) or one rope_parameters dict (newer)."""
     params = dict(c.get("rope_parameters") or c.get("rope_scaling") or {})
+    if "full_attention" in params:  # by layer type (Gemma 3): the global layers' (the windowed ones' are a switch)
+        params = dict(params["full_attention"] or {})
     theta = float(params.get("rope_theta", c.get("rope_theta", 10000.0)))
     kind = params.get("rope_type", params.get("type", "default"))
     if kind == "default":
@@ -76,29 +68,40 @@ def _rope(c: dict) -> tuple[float, dict | None]:
     raise ConvertError(f"RoPE scaling type {kind!r} is not supported (supported: default, linear, llama3)")
 
 
-def read_config(c: dict, path: str, has_lm_head: bool, has_qkv_bias: bool) -> ModelConfig:
+def family_of(c: dict, path: str) -> Family:
     archs = c.get("architectures") or []
-    arch = next((ARCHITECTURES[a] for a in archs if a in ARCHITECTURES), None)
-    if arch is None:
+    family = next((BY_HF_ARCHITECTURE[a] for a in archs if a in BY_HF_ARCHITECTURE), None)
+    if family is None:
         raise ConvertError(f"{path}: architecture {archs or c.get('model_type')} is not supported; "
-                           f"supported: {', '.join(ARCHITECTURES)}")
-    for key, bad in (("hidden_act", lambda v: v not in ("silu", "swish")), ("mlp_bias", bool)):
+                           f"supported: {', '.join(BY_HF_ARCHITECTURE)}")
+    return family
+
+
+def read_config(c: dict, path: str, has_lm_head: bool, has_qkv_bias: bool) -> ModelConfig:
+    family = family_of(c, path)
+    try:
+        switches = family.hf_switches(c, int(c["num_hidden_layers"]))
+    except Unsupported as e:
+        raise ConvertError(f"{path}: {e}") from None
+    except KeyError as e:
+        raise ConvertError(f"{path}: missing key {e.args[0]!r}") from None
+    except (TypeError, ValueError, ArithmeticError) as e:
+        raise ConvertError(f"{path}: {e}") from None
+    for key, bad in (("hidden_act", lambda v: switches.get("act", "silu") == "silu" and v not in ("silu", "swish")),
+                     ("mlp_bias", bool)):
         if key in c and bad(c[key]):
             raise ConvertError(f"{path}: {key}={c[key]!r} is not supported")
     try:
         dim, n_heads = int(c["hidden_size"]), int(c["num_attention_heads"])
-        max_seq = int(c.get("max_position_embeddings", 4096))
-        window = c.get("sliding_window") if c.get("use_sliding_window", arch == "mistral") else None
-        if window:  # attention is exact only inside the window, so that is the usable context
-            max_seq = min(max_seq, int(window))
         theta, scaling = _rope(c)
         return ModelConfig(
-            arch=arch, vocab_size=int(c["vocab_size"]), dim=dim, n_layers=int(c["num_hidden_layers"]),
+            arch=family.name, vocab_size=int(c["vocab_size"]), dim=dim, n_layers=int(c["num_hidden_layers"]),
             n_heads=n_heads, n_kv_heads=int(c.get("num_key_value_heads") or n_heads),
             head_dim=int(c.get("head_dim") or dim // n_heads), ffn_dim=int(c["intermediate_size"]),
             norm_eps=float(c.get("rms_norm_eps", 1e-6)), rope_theta=theta, rope_scaling=scaling,
-            max_seq_len=max_seq, tie_embeddings=bool(c.get("tie_word_embeddings", False)) or not has_lm_head,
-            attn_bias=has_qkv_bias)
+            max_seq_len=int(c.get("max_position_embeddings", 4096)),
+            tie_embeddings=bool(c.get("tie_word_embeddings", False)) or not has_lm_head, attn_bias=has_qkv_bias,
+            **switches)
     except KeyError as e:
         raise ConvertError(f"{path}: missing key {e.args[0]!r}") from None
     except (TypeError, ValueError, ArithmeticError) as e:
@@ -181,41 +184,71 @@ def read_chat_template(d: str) -> str | None:
     return t if isinstance(t, str) else None
 
 
-def _tensor_names(names, n_layers: int) -> dict[str, str]:
-    """HF name -> ours, refusing tensors the graph has no place for."""
+def _tensor_names(names, n_layers: int, family: Family) -> dict[str, str | tuple]:
+    """HF name -> ours (a tuple of ours for a fused tensor, its parts in row order), refusing
+    tensors the family's graph has no place for."""
     out = {}
     for name in names:
         if name.endswith(IGNORED_SUFFIXES):
             continue
-        if name in TOP_NAMES:
-            out[name] = TOP_NAMES[name]
+        if name in HF_TOP:
+            out[name] = HF_TOP[name]
             continue
         parts = name.split(".", 3)
-        if len(parts) == 4 and parts[:2] == ["model", "layers"] and parts[2].isdigit() and parts[3] in LAYER_NAMES:
+        if len(parts) == 4 and parts[:2] == ["model", "layers"] and parts[2].isdigit() and parts[3] in family.hf_layer:
             if int(parts[2]) < n_layers:
-                out[name] = f"layers.{parts[2]}.{LAYER_NAMES[parts[3]]}"
+                ours = family.hf_layer[parts[3]]
+                prefix = f"layers.{parts[2]}."
+                out[name] = tuple(prefix + o for o in ours) if isinstance(ours, tuple) else prefix + ours
                 continue
-        raise ConvertError(f"tensor {name} has no place in the LLaMA graph (unsupported variant)")
+        raise ConvertError(f"tensor {name} has no place in the {family.name} graph (unsupported variant)")
     return out
+
+
+def split_rows(src: str, names: dict, shape_of, shapes: dict) -> dict[str, tuple]:
+    """Ours -> (source name, rows): a whole tensor (rows None), or for each part of a fused one
+    the range of its rows the config gives that part (refused unless they add up to the source's)."""
+    out = {}
+    for source, ours in names.items():
+        if not isinstance(ours, tuple):
+            out[ours] = (source, None)
+            continue
+        sizes, found = [shapes.get(o, (0,))[0] for o in ours], shape_of(source)[0]
+        if sum(sizes) != found:
+            raise ConvertError(f"{src}: tensor {source} has {found} rows; its parts "
+                               f"{', '.join(o.rsplit('.', 1)[-1] for o in ours)} take {sum(sizes)}")
+        for o, start, size in zip(ours, np.cumsum([0, *sizes[:-1]]), sizes):
+            out[o] = (source, range(int(start), int(start) + size))
+    return out
+
+
+def part_shape(shape: tuple, rows: range | None) -> tuple:
+    """The shape of `rows` of a tensor of `shape` (all of it: None)."""
+    return tuple(shape) if rows is None else (len(rows), *shape[1:])
 
 
 CHUNK_BYTES = 16 << 20  # source bytes converted at a time: bounds the converter's memory
 
 
-def _pending(name: str, src: SafetensorsFile, hf_name: str, target) -> PendingTensor:
-    shape = src.shape(hf_name)
+def _pending(name: str, src: SafetensorsFile, hf_name: str, rows: range | None, target,
+             offset: float = 0.0) -> PendingTensor:
+    """`rows` of the source tensor (all: None) as our tensor `name`, plus `offset` (a family's
+    norms stored as offsets from 1)."""
+    shape = part_shape(src.shape(hf_name), rows)
     t = choose_type(name, shape, target)
     source_type = SOURCE_TYPES[src.dtype(hf_name)]
+    first, end = (rows.start, rows.stop) if rows is not None else (0, src.rows(hf_name))
 
     def chunks():
-        rows = src.rows(hf_name)
-        step = max(1, CHUNK_BYTES // max(1, src.nbytes(hf_name) // rows))
-        for start in range(0, rows, step):
-            raw = src.read_rows(hf_name, start, min(rows, start + step))
-            if source_type == t.name:
+        step = max(1, CHUNK_BYTES // max(1, src.nbytes(hf_name) // src.rows(hf_name)))
+        for start in range(first, end, step):
+            raw = src.read_rows(hf_name, start, min(end, start + step))
+            if source_type == t.name and not offset:
                 yield raw  # already in the target type: the bytes exactly
             else:
                 values = bf16_to_f32(raw) if source_type == "bf16" else raw.astype(np.float32)
+                if offset:
+                    values = values + np.float32(offset)
                 yield quantize_weights(name, values, t, target if isinstance(target, Policy) else None)
 
     return PendingTensor(name, t, shape, chunks)
@@ -233,17 +266,22 @@ def convert(src: str, out: str, type: str = "f16",
     n_layers = c.get("num_hidden_layers")
     if isinstance(n_layers, bool) or not isinstance(n_layers, int):
         raise ConvertError(f"{src}: config.json's num_hidden_layers is {n_layers!r}, not a whole number")
-    names = _tensor_names(where, n_layers)
-    ours = set(names.values())
+    family = family_of(c, os.path.join(src, "config.json"))
+    names = _tensor_names(where, n_layers, family)
+    ours = {o for v in names.values() for o in (v if isinstance(v, tuple) else (v,))}
     cfg = read_config(c, os.path.join(src, "config.json"), "output" in ours, "layers.0.bq" in ours)
-    expected = expected_tensors(src, cfg, {ours_name: where[hf].shape(hf) for hf, ours_name in names.items()})
+    from ..model import tensor_shapes
+    shapes = tensor_shapes(cfg)
+    parts = split_rows(src, names, lambda hf: where[hf].shape(hf), shapes)
+    expected = expected_tensors(src, cfg, {o: part_shape(where[hf].shape(hf), rows) for o, (hf, rows) in parts.items()})
     tok_info, tok_blob = read_tokenizer(src, c)
     if isinstance(target, Policy):
         target = dataclasses.replace(target, tied=cfg.tie_embeddings)
 
-    kept = [(hf, ours_name) for hf, ours_name in names.items() if ours_name in expected]
-    tensors = [_pending(ours_name, where[hf], hf, target) for hf, ours_name in kept]
-    conversions = Counter(f"{SOURCE_TYPES[where[hf].dtype(hf)]}->{t.type.name}" for (hf, _), t in zip(kept, tensors))
+    kept = [(o, parts[o]) for o in parts if o in expected]
+    tensors = [_pending(o, where[hf], hf, rows, target, family.hf_norm_offset if o.endswith("norm") else 0.0)
+               for o, (hf, rows) in kept]
+    conversions = Counter(f"{SOURCE_TYPES[where[hf].dtype(hf)]}->{t.type.name}" for (_, (hf, _)), t in zip(kept, tensors))
     meta = {
         "config": cfg.to_dict(),
         "tokenizer": tok_info,

@@ -63,9 +63,12 @@ TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_lay
 
 
 def make_hf_checkpoint(out: Path, *, arch="LlamaForCausalLM", model_type="llama", tied=True, bias=False,
-                       dtype="float32", tokenizer="bpe", shards=1, seed=0, rope=None, **overrides) -> dict:
-    """Write a random checkpoint: config.json, safetensors weights, tokenizer files.
-    Returns the float32 weights by HF name (what the independent reference forward uses)."""
+                       dtype="float32", tokenizer="bpe", shards=1, seed=0, rope=None, qk_norm=False,
+                       gemma_norms=False, fused=False, **overrides) -> dict:
+    """Write a random checkpoint: config.json, safetensors weights, tokenizer files. `qk_norm`
+    adds per-head q/k norms (Qwen3, Gemma 3), `gemma_norms` Gemma's four norms a block (offsets
+    from 1), `fused` Phi-3's fused qkv_proj and gate_up_proj. Returns the float32 weights by HF
+    name (what the independent reference forward uses, for the LLaMA block)."""
     from safetensors.numpy import save_file
     cfg = {**TINY, **overrides, "architectures": [arch], "model_type": model_type,
            "tie_word_embeddings": tied, "bos_token_id": 0, "eos_token_id": 1}
@@ -92,6 +95,19 @@ def make_hf_checkpoint(out: Path, *, arch="LlamaForCausalLM", model_type="llama"
         if bias:
             sd |= {p + "self_attn.q_proj.bias": w(H * hd, scale=0.5), p + "self_attn.k_proj.bias": w(Hkv * hd, scale=0.5),
                    p + "self_attn.v_proj.bias": w(Hkv * hd, scale=0.5)}
+        if qk_norm:
+            sd |= {p + "self_attn.q_norm.weight": 1 + 0.1 * w(hd, scale=1.0),
+                   p + "self_attn.k_norm.weight": 1 + 0.1 * w(hd, scale=1.0)}
+        if gemma_norms:  # stored as offsets from 1
+            for n in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                      "post_feedforward_layernorm", *(("self_attn.q_norm", "self_attn.k_norm") if qk_norm else ())):
+                sd[p + n + ".weight"] = 0.1 * w(hd if n.startswith("self_attn") else D, scale=1.0)
+        if fused:
+            sd[p + "self_attn.qkv_proj.weight"] = np.concatenate(
+                [sd.pop(p + f"self_attn.{x}_proj.weight") for x in "qkv"])
+            sd[p + "mlp.gate_up_proj.weight"] = np.concatenate([sd.pop(p + f"mlp.{x}_proj.weight") for x in ("gate", "up")])
+    if gemma_norms:
+        sd["model.norm.weight"] = 0.1 * w(D, scale=1.0)
     if dtype == "float16":
         sd = {k: v.astype(np.float16) for k, v in sd.items()}
     elif dtype == "bfloat16":
@@ -245,6 +261,36 @@ def reference():
     _need_shared()
     npz = np.load(SHARED / "reference" / "reference.npz")
     return {k: npz[k] for k in npz.files}
+
+
+# Tiny checkpoints of the families beyond LLaMA (llmrun/families.py), for what needs no reference
+# of their own (the GPU backends against the CPU, the fuzz corpus); ../shared's checkpoints and
+# transformers' logits check the families themselves (tests/test_families.py).
+FAMILY_CHECKPOINTS = {
+    "qwen3": dict(arch="Qwen3ForCausalLM", model_type="qwen3", head_dim=32, qk_norm=True),
+    "smollm3": dict(arch="SmolLM3ForCausalLM", model_type="smollm3", no_rope_layers=[1, 0]),
+    "phi3": dict(arch="Phi3ForCausalLM", model_type="phi3", fused=True, tied=False, partial_rotary_factor=0.75),
+    "gemma3": dict(arch="Gemma3ForCausalLM", model_type="gemma3_text", qk_norm=True, gemma_norms=True, head_dim=32,
+                   hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=24, sliding_window=4,
+                   layer_types=["sliding_attention", "full_attention"], rope_local_base_freq=10000.0),
+    "granite": dict(arch="GraniteForCausalLM", model_type="granite", embedding_multiplier=12.0,
+                    residual_multiplier=0.22, attention_multiplier=0.0625, logits_scaling=8.0),
+    "mistral-window": dict(arch="MistralForCausalLM", model_type="mistral", sliding_window=4, tied=False),
+}
+
+
+@pytest.fixture(scope="session")
+def family_models(tmp_path_factory):
+    """The FAMILY_CHECKPOINTS converted: {(family, type): .llmr path} for f32 and q8_0."""
+    from llmrun.models import convert
+    d = tmp_path_factory.mktemp("family-models")
+    out = {}
+    for family, kw in FAMILY_CHECKPOINTS.items():
+        make_hf_checkpoint(d / family, **kw)
+        for type in ("f32", "q8_0"):
+            out[family, type] = d / f"{family}-{type}.llmr"
+            convert(str(d / family), str(out[family, type]), type)
+    return out
 
 
 @pytest.fixture(scope="session")

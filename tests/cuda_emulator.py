@@ -1,5 +1,5 @@
-"""A CUDA driver in numpy, to test llmrun/cuda.py (launch geometry, arguments, buffers, graph
-capture) without a GPU. It has llmrun.cuda.Driver's methods: device memory is numpy arrays
+"""A CUDA driver in numpy, to test llmrun/backends/cuda.py (launch geometry, arguments, buffers, graph
+capture) without a GPU. It has llmrun.backends.cuda.Driver's methods: device memory is numpy arrays
 (an access outside an allocation fails), and each kernel of kernels/cuda/llmrun.cu is its numpy
 twin, run over exactly the blocks its launch covers, so a grid that misses rows or tokens
 leaves them unwritten. Every launch is checked against the kernel as nvcc compiled it: its
@@ -100,14 +100,14 @@ class Emulator:
         return 1
 
     def function(self, module, name):
-        from llmrun.cuda import CudaError
+        from llmrun.backends.cuda import CudaError
         if self.kernels is not None and name not in self.kernels:
             raise CudaError(f"cuModuleGetFunction: CUDA_ERROR_NOT_FOUND ({name})", 500)
         return name
 
     # memory
     def alloc(self, nbytes):
-        from llmrun.cuda import OUT_OF_MEMORY, DeviceMemoryError
+        from llmrun.backends.cuda import OUT_OF_MEMORY, DeviceMemoryError
         if sum(a.nbytes for a in self.memory.values()) + nbytes > self.capacity:
             raise DeviceMemoryError("cuMemAlloc_v2: CUDA_ERROR_OUT_OF_MEMORY", OUT_OF_MEMORY)
         ptr = self.next

@@ -11,9 +11,9 @@ import pytest
 
 
 def device_or_skip(backend: str, lacking: str):
-    """The backend's device (llmrun.model.device), or a skip that says why this machine has none."""
+    """The backend's device (llmrun.backends.device), or a skip that says why this machine has none."""
     from llmrun.errors import LlmrunError
-    from llmrun.model import device
+    from llmrun.backends import device
     try:
         return device(backend)
     except LlmrunError as e:
@@ -33,7 +33,7 @@ def test_graph_matches_the_cpu(backend, device, bound, tiny_models, arch, type):
         assert (want.argmax(-1) == got.argmax(-1)).all()
         assert np.abs(want - got).max() <= bound * np.abs(want).max()
     # a step moves its ids and 12 bytes of state up, and only the logits down
-    assert g_cache.device.bytes_up == 2 * 4 + 12 and g_cache.device.bytes_down == 2 * cpu.config.vocab_size * 4
+    assert g_cache.store.bytes_up == 2 * 4 + 12 and g_cache.store.bytes_down == 2 * cpu.config.vocab_size * 4
 
 
 def test_generate_on_the_device_gives_the_cpu_tokens(backend, device, tiny_models):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import llmrun
-from llmrun import cpu
+from llmrun.backends import cpu
 from llmrun.errors import ContextError, SettingError
 from llmrun.model import Segment
 from llmrun.models import convert
@@ -148,7 +148,7 @@ def test_caches_sharing_memory_are_refused_by_the_kernels(q8_model):
     """Two cache objects over one array are not the same object, but the binding sees the
     overlap before any row is written."""
     a, b = q8_model.new_cache(8), q8_model.new_cache(8)
-    b.v = a.v
+    b.store.v = a.store.v
     with pytest.raises(ValueError, match=r"segments\[0\] and segments\[1\] share cache memory"):
         q8_model.forward_batch([Segment([1], a), Segment([2], b)])
     assert a.n == b.n == 0 and not a.k.any() and not a.v.any()
@@ -186,19 +186,19 @@ def test_the_kernels_check_every_segments_ids_before_writing(q8_model):
     segments = [(np.array(ids, np.int32), c.n, c.k, c.v, 0)
                 for ids, c in zip([[1], [2, 3], [4, 5], [6, 7, 320]], caches)]
     with pytest.raises(ValueError, match=r"segments\[3\]\.tokens\[2\] = 320 is out of range \[0, 320\)"):
-        cpu.forward_batch(q8_model.graph, segments, q8_model.config.vocab_size)
+        cpu.forward_batch(q8_model.backend.graph, segments, q8_model.config.vocab_size)
     for c, s in zip(caches, before):
         _assert_unchanged(c, s)
 
 
-def test_device_caches_are_refused_in_a_batch(q8_model):
-    """The device graph runs one sequence a call: a batch with a device cache is refused, not
-    run one by one behind the caller's back. (A stand-in device: refused before it is used.)"""
+def test_a_batch_larger_than_the_backend_takes_is_refused(q8_model, monkeypatch):
+    """A GPU backend runs one sequence a call (max_segments 1): a larger batch is refused, not
+    run one by one behind the caller's back, and before anything runs."""
     a, b = q8_model.new_cache(8), q8_model.new_cache(8)
-    a.device = object()
-    with pytest.raises(SettingError, match="batched forward runs on the cpu backend"):
+    monkeypatch.setattr(q8_model.backend, "max_segments", 1)
+    with pytest.raises(SettingError, match="the cpu backend runs 1 sequence\\(s\\) a call, not 2"):
         q8_model.forward_batch([Segment([1], a), Segment([2], b)])
-    assert b.n == 0 and not b.k.any()
+    assert a.n == b.n == 0 and not a.k.any() and not b.k.any()
 
 
 # --- the real model -------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ def test_tokenize(converted):
 def test_info_and_verify(converted):
     _, out = converted
     r = run_cli("info", out, "--verify", check=True)
-    from llmrun import cpu
+    from llmrun.backends import cpu
     assert "2 layers" in r.stdout and "q8_0" in r.stdout and f"kernels:     {cpu.isa()}, " in r.stdout
     assert "checksums match" in r.stdout
 

@@ -1,5 +1,5 @@
 """The CUDA backend without a GPU: the kernels compile with nvcc into the installed fatbin, and
-llmrun/cuda.py's plans, run on tests/cuda_emulator.py (a driver whose kernels are numpy twins
+llmrun/backends/cuda.py's plans, run on tests/cuda_emulator.py (a driver whose kernels are numpy twins
 of kernels/cuda/, each launch checked against the compiled kernel's parameters and block size),
 give the CPU backend's logits: launch geometry, arguments, buffers, uploads, graph capture.
 The CUDA code itself is tested on a GPU by tests/test_cuda_device.py."""
@@ -33,7 +33,7 @@ def kernels():
 
 @pytest.fixture
 def emulator(kernels, monkeypatch):
-    from llmrun import cuda
+    from llmrun.backends import cuda
     emu = Emulator(kernels)
     monkeypatch.setattr(cuda, "Driver", lambda: emu)
     monkeypatch.setattr(cuda, "fatbin", lambda: b"emulated")
@@ -56,7 +56,7 @@ def bound():
 
 
 def test_the_module_has_every_kernel_the_plans_launch(kernels):
-    from llmrun import cuda, gpu
+    from llmrun.backends import cuda, gpu
     ops = {"rmsnorm", "rope", "silu_mul", "add", "store_rows", "attention"}
     assert set(kernels) == {f"{op}_{t}" for op in ("matmul", "gemm", "embed") for t in gpu.TYPES} | ops
     assert kernels["gemm_q4_0"][1] == cuda.GEMM_THREADS and kernels["matmul_q4_0"][1] == cuda.MATMUL_THREADS
@@ -64,8 +64,8 @@ def test_the_module_has_every_kernel_the_plans_launch(kernels):
 
 
 def test_the_host_knows_the_kernels_tiles():
-    """llmrun/cuda.py's grids divide by the tiles kernels/cuda/ declares."""
-    from llmrun import cuda
+    """llmrun/backends/cuda.py's grids divide by the tiles kernels/cuda/ declares."""
+    from llmrun.backends import cuda
     c = constants()
     assert (cuda.MATMUL_ROWS, cuda.MATMUL_TOKENS, cuda.GEMM_ROWS, cuda.GEMM_TOKENS, cuda.MAX_HEAD_DIM) == \
         (c["MATMUL_ROWS"], c["MATMUL_TOKENS"], c["GEMM_ROWS"], c["GEMM_TOKENS"], c["MAX_HEAD_DIM"])
@@ -74,7 +74,7 @@ def test_the_host_knows_the_kernels_tiles():
 
 
 def test_the_fatbin_is_installed():
-    from llmrun import cuda
+    from llmrun.backends import cuda
     assert cuda.fatbin()[:4] == bytes.fromhex("50ed55ba")  # a fatbin's magic number
 
 
@@ -88,7 +88,7 @@ def _tensor(w, t):
 def test_matmul_geometry(emulator, type, rows, k, tokens):
     """Up to 16 tokens read the weights once per 8 (matmul), more go to the tensor-core GEMM;
     either grid covers every row and token."""
-    from llmrun import cuda
+    from llmrun.backends import cuda
     t = qtype(type)
     rng = np.random.default_rng(rows + k + tokens)
     tensor, blocks = _tensor(rng.standard_normal((rows, k)).astype(np.float32), t)
@@ -104,7 +104,7 @@ def test_matmul_geometry(emulator, type, rows, k, tokens):
 
 
 def test_weights_go_up_through_the_staging_buffer_in_pieces(emulator, monkeypatch):
-    from llmrun import cuda
+    from llmrun.backends import cuda
     monkeypatch.setattr(cuda, "STAGING", 1000)  # the matrix below is 2304 bytes: three pieces
     tensor, blocks = _tensor(np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32), qtype("q8_0"))
     dev = cuda.Device()
@@ -143,10 +143,10 @@ def test_decode_steps_replay_one_captured_graph(models, emulator):
     for t in range(21, 25):
         got, want = gpu.forward([t], cache), cpu.forward([t], c_cache)
         assert got.argmax() == want.argmax() and np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
-    plan = cache.device.plan
+    plan = cache.store.plan
     assert list(plan.graphs) == [(1, 0)] and emulator.graph_launches == 4
-    assert cache.device.dispatches == len(emulator.graphs[plan.graphs[1, 0][0]])
-    assert cache.device.bytes_up == 4 + 12 and cache.device.bytes_down == cpu.config.vocab_size * 4
+    assert cache.store.dispatches == len(emulator.graphs[plan.graphs[1, 0][0]])
+    assert cache.store.bytes_up == 4 + 12 and cache.store.bytes_down == cpu.config.vocab_size * 4
 
 
 def test_device_memory_is_freed_with_its_cache(models, emulator):
@@ -171,7 +171,7 @@ def test_a_cache_the_device_cannot_hold_is_one_line(models, emulator):
 
 def test_old_gpus_and_missing_kernels_are_one_line(kernels, monkeypatch, tiny_models):
     import llmrun
-    from llmrun import cuda
+    from llmrun.backends import cuda
     from llmrun.errors import LlmrunError
     monkeypatch.setattr(cuda, "Driver", lambda: Emulator(kernels, capability=(7, 0)))
     monkeypatch.setattr(cuda, "fatbin", lambda: b"emulated")

@@ -45,7 +45,7 @@ def test_matmul_matches_reference(device, type, rows, k, tokens):
 
 def _on_both(device, kernel, params, arrays, grid, T, n_past=0, first=0, weight_type=None, threads=64, out=-1):
     """One launch on the GPU and on the emulator's numpy twin: buffer `out` from each."""
-    from llmrun import cuda
+    from llmrun.backends import cuda
     results = []
     for dev in (device, cuda.Device(Emulator(None))):
         buffers = [dev.buffer(np.ascontiguousarray(a)) for a in arrays]

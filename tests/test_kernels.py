@@ -399,15 +399,21 @@ def test_rope(T, H, hd, start):
     assert (np.abs(x - want) <= ROPE_BOUND * scale).all()
 
 
-def attention_reference(q, kc, vc, n_past):
+def seen(n_past, t, window):
+    """The cache positions token t sees: from 0, or its last `window`."""
+    end = n_past + t + 1
+    return slice(max(0, end - window) if window else 0, end)
+
+
+def attention_reference(q, kc, vc, n_past, window=0, scale=None):
     T, Hq, hd = q.shape
     group = Hq // kc.shape[1]
     out = np.empty(q.shape, np.float64)
     for t in range(T):
-        n_kv = n_past + t + 1
+        rows = seen(n_past, t, window)
         for h in range(Hq):
-            k, v = kc[:n_kv, h // group].astype(np.float64), vc[:n_kv, h // group].astype(np.float64)
-            s = k @ q[t, h].astype(np.float64) / np.sqrt(hd)
+            k, v = kc[rows, h // group].astype(np.float64), vc[rows, h // group].astype(np.float64)
+            s = k @ q[t, h].astype(np.float64) * (scale or 1 / np.sqrt(hd))
             p = np.exp(s - s.max())
             out[t, h] = (p / p.sum()) @ v
     return out
@@ -428,15 +434,15 @@ def test_attention(T, Hq, Hkv, hd, n_past, n_ctx):
     check_attention(out, q, kc, vc, n_past, attention_bound_for(K.isa()))
 
 
-def check_attention(out, q, kc, vc, n_past, bound_fn):
-    want = attention_reference(q, kc, vc, n_past)
+def check_attention(out, q, kc, vc, n_past, bound_fn, window=0):
+    want = attention_reference(q, kc, vc, n_past, window)
     T, Hq, hd = q.shape
     group = Hq // kc.shape[1]
     for t in range(T):
-        n_kv = n_past + t + 1
+        rows = seen(n_past, t, window)
         for h in range(Hq):
-            k = kc[:n_kv, h // group]
-            bound = bound_fn(q[t, h][None], k, hd, n_kv) * np.abs(vc[:n_kv, h // group]).max()
+            k = kc[rows, h // group]
+            bound = bound_fn(q[t, h][None], k, hd, len(k)) * np.abs(vc[rows, h // group]).max()
             err = np.abs(out[t, h] - want[t, h]).max()
             assert err <= bound, f"token {t} head {h}: err {err:.3g} > bound {bound:.3g}"
 
@@ -464,20 +470,32 @@ ATTENTION_HEADS = [(9, 3), (4, 4), (8, 1), (32, 8)]
 ATTENTION_HD = [8, 24, 64, 80, 128]
 
 
+# Sliding windows (Mistral v0.1, Gemma 3): shorter than a block, a block, across blocks, longer
+# than every prompt here.
+ATTENTION_WINDOWS = [5, 16, 23, 400]
+
+
 def attention_cases():
     for n_past in ATTENTION_N_PAST:
         for t in ATTENTION_TOKENS:
             for hq, hkv in ATTENTION_HEADS:
                 for hd in ATTENTION_HD:
-                    yield n_past, t, hq, hkv, hd
+                    yield n_past, t, hq, hkv, hd, 0
+    for n_past in ATTENTION_N_PAST[1:]:
+        for t in ATTENTION_TOKENS:
+            for window in ATTENTION_WINDOWS:
+                yield n_past, t, 9, 3, 24, window
 
 
-def attention_inputs(n_past, t, hq, hkv, hd):
-    """q, and caches with 5 rows beyond the last position any token sees, all NaN."""
-    rng = rng_for("attention paths", n_past, t, hq, hkv, hd)
+def attention_inputs(n_past, t, hq, hkv, hd, window):
+    """q, and caches with 5 rows beyond the last position any token sees, and with a window
+    every row before the first position any token sees, all NaN."""
+    rng = rng_for("attention paths", n_past, t, hq, hkv, hd, *((window,) if window else ()))
     q = rand(rng, t, hq, hd, scale=2.0)
     kc, vc = rand(rng, n_past + t + 5, hkv, hd), rand(rng, n_past + t + 5, hkv, hd)
     kc[n_past + t:], vc[n_past + t:] = np.nan, np.nan
+    first = seen(n_past, 0, window).start
+    kc[:first], vc[:first] = np.nan, np.nan
     return q, kc, vc
 
 
@@ -487,14 +505,14 @@ def attention_outputs(path):
     out = {"isa": np.array(K.isa())}
     for case in attention_cases():
         q, kc, vc = attention_inputs(*case)
-        n_past = case[0]
+        n_past, window = case[0], case[-1]
         for threads in (1, 2):
             K.set_threads(threads)
             y = np.full_like(q, np.nan)
-            K.attention(y, q, kc, vc, n_past)
+            K.attention(y, q, kc, vc, n_past, window)
             out[f"{case}/{threads}"] = y
         y = np.full_like(q[:1], np.nan)
-        K.attention(y, q[:1], kc[:n_past + 1].copy(), vc[:n_past + 1].copy(), n_past)
+        K.attention(y, q[:1], kc[:n_past + 1].copy(), vc[:n_past + 1].copy(), n_past, window)
         out[f"{case}/first"] = y
     np.savez(path, **out)
 
@@ -531,7 +549,49 @@ def test_attention_every_path(attention_paths, isa):
         one, two = got[f"{case}/1"], got[f"{case}/2"]
         assert one.tobytes() == two.tobytes(), f"{case}: 2 threads differ from 1"
         np.testing.assert_array_equal(got[f"{case}/first"], one[:1], err_msg=f"{case}: first token")
-        check_attention(one, q, kc, vc, case[0], attention_bound_for(isa))
+        check_attention(one, q, kc, vc, case[0], attention_bound_for(isa), case[-1])
+
+
+@pytest.mark.parametrize("window", [1, 3, 8])
+def test_attention_window_and_scale(window):
+    """A sliding window and a scale other than hd^-0.5 (Gemma 3, Granite) on this CPU's path, a
+    prefill and the decode steps after it, against float64; a window of 1 is the value row."""
+    rng = rng_for("window", window)
+    q, kc, vc = rand(rng, 12, 4, 16, scale=2.0), rand(rng, 12, 2, 16), rand(rng, 12, 2, 16)
+    for n_past, t in ((0, 9), (9, 1), (10, 2)):
+        out = np.empty_like(q[:t])
+        K.attention(out, q[n_past:n_past + t], kc, vc, n_past, window, 0.0625)
+        want = attention_reference(q[n_past:n_past + t], kc, vc, n_past, window, 0.0625)
+        np.testing.assert_allclose(out, want, atol=2e-6 * np.abs(vc).max())
+        if window == 1:
+            np.testing.assert_array_equal(out, vc[n_past:n_past + t].repeat(2, axis=1))
+
+
+def test_rope_turns_only_the_first_rotary_dims():
+    """A partial rotary (Phi-4-mini: 3/4 of each head): inv_freq's length says how many elements
+    turn, in rotate-half pairs among themselves; the rest pass unchanged."""
+    rng = rng_for("partial rope")
+    x = rand(rng, 3, 2, 16)
+    pos = np.arange(5, 8, dtype=np.int32)
+    inv_freq = (10000.0 ** (-np.arange(0, 12, 2) / 12)).astype(np.float32)  # 12 of 16 dims
+    want, scale = rope_reference(x[..., :12], pos, inv_freq)
+    y = x.copy()
+    K.rope(y, pos, inv_freq)
+    assert (np.abs(y[..., :12] - want) <= ROPE_BOUND * scale).all()
+    np.testing.assert_array_equal(y[..., 12:], x[..., 12:])
+
+
+def test_gelu_mul():
+    """GELU's tanh form (PyTorch's approximate="tanh", Gemma's gate) times up, against float64."""
+    rng = rng_for("gelu")
+    g, up = rand(rng, 3, 50, scale=4.0), rand(rng, 3, 50)
+    g.flat[:3] = [0.0, -30.0, 30.0]
+    out = np.empty_like(g)
+    K.gelu_mul(out, g, up)
+    x = g.astype(np.float64)
+    want = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))) * up
+    # for negative x, 1 + tanh cancels: the error is bounded by x * up's size, not the result's
+    assert (np.abs(out - want) <= 1e-6 * np.abs(x * up)).all()
 
 
 @pytest.mark.parametrize("shape", [(7,), (3, 50), (2, 2, 33)])
@@ -572,7 +632,7 @@ def q8_weights(rows=4, k=64):
                       Q8_0.id), "multiple of 32"),
     (lambda: K.rmsnorm(np.empty((2, 8), np.float32), np.zeros((2, 8), np.float32), np.ones(9, np.float32),
                        1e-5), "shape"),
-    (lambda: K.rope(np.zeros((2, 1, 8), np.float32), np.zeros(2, np.int32), np.ones(3, np.float32)), "shape"),
+    (lambda: K.rope(np.zeros((2, 1, 8), np.float32), np.zeros(2, np.int32), np.ones(5, np.float32)), "inv_freq"),
     (lambda: K.rope(np.zeros((2, 1, 7), np.float32), np.zeros(2, np.int32), np.ones(3, np.float32)), "even"),
     (lambda: K.silu_mul(np.empty(4, np.float32), np.zeros(4, np.float32), np.zeros(5, np.float32)), "shape"),
     # weight buffers

@@ -78,7 +78,7 @@ def test_quantized_conversion_matches_reference_on_stored_weights(tiny, qtype):
 
 
 def _name_map(ckpt):
-    from llmrun.models.hf import LAYER_NAMES, TOP_NAMES
+    from llmrun.families import HF_LAYER as LAYER_NAMES, HF_TOP as TOP_NAMES
     out = {}
     for h in ckpt["weights"]:
         if h in TOP_NAMES:
@@ -114,7 +114,9 @@ def test_config_roundtrip(tiny):
     assert cfg.tie_embeddings == VARIANTS[name].get("tied", True)
     assert cfg.attn_bias == VARIANTS[name].get("bias", False)
     if "sliding_window" in c:
-        assert cfg.max_seq_len == c["sliding_window"]  # exact attention only inside the window
+        # the window is honoured (each token sees its last 64), so the whole trained context is usable
+        assert cfg.max_seq_len == c["max_position_embeddings"] and cfg.sliding_window == c["sliding_window"]
+        assert cfg.window_layers == tuple(range(c["num_hidden_layers"]))
 
 
 @pytest.mark.parametrize("qtype", ["f32", "q4_1"])
@@ -154,10 +156,11 @@ def test_forward_refuses_token_ids_outside_the_vocabulary(tiny):
 def test_graph_checks_every_weight_it_binds(tiny):
     """The C graph never trusts the Python side's shapes: a short buffer or a wrong shape is a
     ValueError naming the tensor, not a read past the end."""
+    import copy
     import dataclasses
     import types
 
-    from llmrun import cpu
+    from llmrun.backends import cpu
     name, d, ckpt = tiny
     out = d / "graph.llmr"
     convert(str(d / "hf"), str(out), "q4_0")
@@ -168,9 +171,18 @@ def test_graph_checks_every_weight_it_binds(tiny):
     with pytest.raises(ValueError, match="w_up"):
         cpu.graph(cfg, bad, model.inv_freq)
     with pytest.raises(ValueError, match="inv_freq"):
-        cpu.graph(cfg, w, model.inv_freq[:-1])
+        cpu.graph(cfg, w, {"global": model.inv_freq["global"][:-1]})
+    inconsistent = copy.copy(cfg)
+    object.__setattr__(inconsistent, "n_kv_heads", cfg.n_heads + 1)  # past the config's own checks
     with pytest.raises(ValueError, match="config"):
-        cpu.graph(types.SimpleNamespace(**{**vars(cfg), "n_kv_heads": cfg.n_heads + 1}), w, model.inv_freq)
+        cpu.graph(inconsistent, w, model.inv_freq)
+    # weights go by name: a misspelt field is refused, not left out; a norm of q needs one of k
+    layer = dict(vars(w.layers[0]), q_norm=np.ones(cfg.head_dim, np.float32))
+    with pytest.raises(ValueError, match="one of q_norm and k_norm"):
+        cpu.graph(cfg, dataclasses.replace(w, layers=[types.SimpleNamespace(**layer), *w.layers[1:]]), model.inv_freq)
+    layer = dict(vars(w.layers[0]), w_upp=w.layers[0].w_up)
+    with pytest.raises(ValueError, match="unknown field 'w_upp'"):
+        cpu.graph(cfg, dataclasses.replace(w, layers=[types.SimpleNamespace(**layer), *w.layers[1:]]), model.inv_freq)
 
 
 def test_logits_from_a_position_are_the_full_logits_rows(tiny):

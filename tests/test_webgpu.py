@@ -104,7 +104,7 @@ def test_unknown_backend_is_one_line(tiny_models):
 
 def _run_op(device, kernel, params, buffers, groups, T, n_past=0, weight_type=None, out=-1):
     """One kernel on a step of T tokens (numpy arrays go up as buffers); buffer `out` afterwards."""
-    from llmrun.webgpu import Plan
+    from llmrun.backends.webgpu import Plan
     u = device.wgpu.BufferUsage
     bufs = [device.buffer(np.ascontiguousarray(b), u.STORAGE | u.COPY_SRC) if isinstance(b, np.ndarray) else b
             for b in buffers]
@@ -123,7 +123,7 @@ def test_rmsnorm_kernel(device):
 
 
 def test_rope_kernel(device):
-    from llmrun import cpu
+    from llmrun.backends import cpu
     rng = np.random.default_rng(2)
     T, H, hd, n_past = 3, 4, 16, 5
     x = rng.standard_normal((T, H, hd)).astype(np.float32)

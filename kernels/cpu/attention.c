@@ -32,7 +32,8 @@ typedef struct {
     const llmr_kernels *kern;
     const llmr_attention_seq *seqs;
     float *scratch;
-    int64_t hq, hkv, hd, scratch_per_slot;
+    int64_t hq, hkv, hd, window, scratch_per_slot;
+    float scale;
     int64_t tokens, heads, units_per_run, units, slots;
 } attention_job;
 
@@ -52,17 +53,17 @@ static void attention_item(void *ctx, int64_t item) {
             first += units_of(j, s++);
         const int64_t t0 = (u - first) / j->units_per_run * j->tokens, h0 = (u - first) % j->units_per_run * j->heads;
         const int64_t nt = s->t - t0 < j->tokens ? s->t - t0 : j->tokens, off = t0 * j->hq * j->hd;
-        j->kern->attention(s->out + off, s->q + off, s->k, s->v, nt, j->hq, j->hkv, j->hd, s->n_past + t0, h0,
-                           h0 + j->heads, scratch);
+        j->kern->attention(s->out + off, s->q + off, s->k, s->v, nt, j->hq, j->hkv, j->hd, s->n_past + t0, j->window,
+                           j->scale, h0, h0 + j->heads, scratch);
     }
 }
 
 void llmr_attention(const llmr_kernels *kern, const llmr_attention_seq *seqs, int64_t n, int64_t hq, int64_t hkv,
-                    int64_t hd, float *scratch, int64_t slots) {
+                    int64_t hd, int64_t window, float scale, float *scratch, int64_t slots) {
     if (slots <= 1) {
         for (int64_t s = 0; s < n; s++)
-            kern->attention(seqs[s].out, seqs[s].q, seqs[s].k, seqs[s].v, seqs[s].t, hq, hkv, hd, seqs[s].n_past, 0,
-                            hq, scratch);
+            kern->attention(seqs[s].out, seqs[s].q, seqs[s].k, seqs[s].v, seqs[s].t, hq, hkv, hd, seqs[s].n_past, window,
+                            scale, 0, hq, scratch);
         return;
     }
     /* A unit is a run of LLMR_ATTENTION_TOKENS tokens and the query heads of one kv head, which
@@ -75,8 +76,8 @@ void llmr_attention(const llmr_kernels *kern, const llmr_attention_seq *seqs, in
     }
     const int64_t tokens = runs * hkv >= 4 * slots ? LLMR_ATTENTION_TOKENS : 1;
     const int64_t heads = t * hkv >= 4 * slots ? hq / hkv : 1;
-    attention_job j = {kern, seqs, scratch, hq, hkv, hd, llmr_attention_scratch(seqs, n, hq, hd), tokens, heads,
-                       hq / heads, 0, slots};
+    attention_job j = {kern, seqs, scratch, hq, hkv, hd, window, llmr_attention_scratch(seqs, n, hq, hd), scale,
+                       tokens, heads, hq / heads, 0, slots};
     for (int64_t s = 0; s < n; s++)
         j.units += units_of(&j, &seqs[s]);
     llmr_parallel_for(slots, attention_item, &j);

@@ -128,7 +128,7 @@ static inline void prefetch_block(const float *k, const float *v, int64_t j0, in
  * in acc (nt * nh * hd floats, this thread's own), not in out, which neighbouring heads on
  * other threads may share cache lines with. */
 static void attend(float *out, float *acc, const float *q, const float *k, const float *v, int64_t nt, int64_t nh,
-                   int64_t q_stride, int64_t hd, int64_t kv_stride, int64_t n_kv, float scale) {
+                   int64_t q_stride, int64_t hd, int64_t kv_stride, int64_t n_kv, int64_t window, float scale) {
     float max[TOKENS * HEADS];  /* per row, the largest score so far */
     __m512 sum[TOKENS * HEADS]; /* per row and lane, the weights so far, relative to e^max */
     for (int64_t r = 0; r < nt * nh; r++) {
@@ -137,7 +137,11 @@ static void attend(float *out, float *acc, const float *q, const float *k, const
     }
     memset(acc, 0, (size_t)(nt * nh * hd) * sizeof(float));
     const int64_t end = n_kv + nt - 1; /* the last token's positions */
-    for (int64_t j0 = 0; j0 < end; j0 += BLOCK) {
+    /* Token i sees [LO(i), n_kv + i): every position from 0, or the last `window` of them. The
+     * blocks stay on the grid of multiples of BLOCK, and a token takes just the blocks its own
+     * positions meet, lanes outside them masked: the same blocks whatever tile it is in. */
+#define LO(i) (window > 0 && n_kv + (i) > window ? n_kv + (i) - window : 0)
+    for (int64_t j0 = LO(0) / BLOCK * BLOCK; j0 < end; j0 += BLOCK) {
         const int64_t n = end - j0 < BLOCK ? end - j0 : BLOCK;
         if (nt == 1) /* decode; a prefill tile reads its blocks from the cache the last tile warmed */
             prefetch_block(k, v, j0 + PREFETCH_BLOCKS * BLOCK, end, kv_stride, hd);
@@ -146,13 +150,13 @@ static void attend(float *out, float *acc, const float *q, const float *k, const
         const float *kr[BLOCK];
         for (int c = 0; c < BLOCK; c++)
             kr[c] = k + (j0 + (c < n ? c : n - 1)) * kv_stride;
-        for (int64_t i = j0 < n_kv ? 0 : j0 - n_kv + 1; i < nt; i++) { /* the tokens that see the block */
+        for (int64_t i = j0 < n_kv ? 0 : j0 - n_kv + 1; i < nt && LO(i) < j0 + n; i++) { /* the tokens that see the block */
             const int64_t ni = n_kv + i - j0 < BLOCK ? n_kv + i - j0 : BLOCK;
             __m512 f[HEADS];
             float pc[HEADS * BLOCK];
             for (int64_t h = 0; h < nh; h++) {
                 const int64_t r = i * nh + h;
-                const __m512 s = _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), lanes(ni),
+                const __m512 s = _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), lanes(ni) & ~lanes(LO(i) - j0),
                                                     dots(q + i * q_stride + h * hd, kr, hd), _mm512_set1_ps(scale));
                 const float block_max = _mm512_reduce_max_ps(s);
                 const float new_max = block_max > max[r] ? block_max : max[r];
@@ -163,7 +167,9 @@ static void attend(float *out, float *acc, const float *q, const float *k, const
                 sum[r] = _mm512_add_ps(_mm512_mul_ps(sum[r], f[h]), p);
                 _mm512_storeu_ps(pc + h * BLOCK, p);
             }
-            add_rows(acc + i * nh * hd, f, pc, nh, v + j0 * kv_stride, ni, kv_stride, hd);
+            /* V rows from the row's first position in the block: a window's earlier rows are not read */
+            const int64_t c0 = LO(i) > j0 ? LO(i) - j0 : 0;
+            add_rows(acc + i * nh * hd, f, pc + c0, nh, v + (j0 + c0) * kv_stride, ni - c0, kv_stride, hd);
         }
     }
     for (int64_t i = 0; i < nt; i++)
@@ -176,9 +182,11 @@ static void attend(float *out, float *acc, const float *q, const float *k, const
         }
 }
 
+#undef LO
+
 void attention_avx512(float *out, const float *q, const float *k, const float *v, int64_t t, int64_t hq,
-                      int64_t hkv, int64_t hd, int64_t n_past, int64_t h0, int64_t h1, float *scratch) {
-    const float scale = 1.0f / sqrtf((float)hd);
+                      int64_t hkv, int64_t hd, int64_t n_past, int64_t window, float scale, int64_t h0, int64_t h1,
+                      float *scratch) {
     const int64_t group = hq / hkv;
     for (int64_t t0 = 0, nt; t0 < t; t0 += nt) {
         nt = t - t0 < TOKENS ? t - t0 : TOKENS;
@@ -188,7 +196,7 @@ void attention_avx512(float *out, const float *q, const float *k, const float *v
             nh = end - h < HEADS ? end - h : HEADS;
             const int64_t off = (t0 * hq + h) * hd;
             attend(out + off, scratch, q + off, k + g * hd, v + g * hd, nt, nh, hq * hd, hd, hkv * hd,
-                   n_past + t0 + 1, scale);
+                   n_past + t0 + 1, window, scale);
         }
     }
 }

@@ -20,6 +20,12 @@ static void add_(float *x, const float *y, int64_t n) {
         x[i] += y[i];
 }
 
+static void scale_(float *x, float s, int64_t n) {
+    if (s != 1.0f)
+        for (int64_t i = 0; i < n; i++)
+            x[i] *= s;
+}
+
 /* x [T, n] += b [n] on every row (Qwen2's q/k/v biases). */
 static void add_bias_(float *x, const float *b, int64_t t, int64_t n) {
     if (b)
@@ -47,6 +53,16 @@ static void matmul_same_input(const llmr_kernels *kern, int n, const llmr_weight
         matmul(kern, &ws[i], outs[i], x, t, scratch);
 }
 
+/* x [T, D] += the sublayer's output h [T, D]: normed first where the family has a post-norm
+ * (Gemma 3), scaled where it has a residual multiplier (Granite). h is overwritten. */
+static void add_sublayer_(const llmr_kernels *kern, const llmr_model *m, float *x, float *h, const float *post_norm,
+                          int64_t t) {
+    if (post_norm)
+        kern->rmsnorm(h, h, post_norm, t, m->dim, m->norm_eps);
+    scale_(h, m->residual_scale, t * m->dim);
+    add_(x, h, t * m->dim);
+}
+
 static size_t matmul_scratch(const llmr_weight *w, int64_t t) {
     return llmr_matmul_scratch(llmr_type_traits_get(w->type), t, w->cols);
 }
@@ -54,7 +70,7 @@ static size_t matmul_scratch(const llmr_weight *w, int64_t t) {
 int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_segment *segs, int64_t n_segs,
                      float *logits, int32_t *bad_token) {
     const int64_t D = m->dim, H = m->n_heads, Hkv = m->n_kv_heads, hd = m->head_dim, F = m->ffn_dim;
-    const int64_t q_dim = H * hd, kv_dim = Hkv * hd;
+    const int64_t q_dim = H * hd, kv_dim = Hkv * hd, half = m->rope_dims / 2;
     int64_t t = 0, rows = 0; /* T: the segments' tokens together; rows: those that want logits */
     for (int64_t s = 0; s < n_segs; s++) {
         t += segs[s].t;
@@ -62,7 +78,8 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_s
     }
 
     /* One allocation for the run state: x, h [T, D]; q, a [T, H*hd]; k, v [T, Hkv*hd]; g, u [T, F];
-     * the RoPE table [T, hd]; the attention and matmul scratch; positions [T]. */
+     * the RoPE tables [T, rope_dims] global and local; the attention and matmul scratch;
+     * positions [T]. */
     size_t act = 0;
     for (int64_t l = 0; l < m->n_layers; l++) {
         const llmr_layer *L = &m->layers[l];
@@ -82,7 +99,7 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_s
         att_seqs[s] = (llmr_attention_seq){.t = segs[s].t, .n_past = segs[s].n_past};
     const int64_t att_slots = llmr_attention_slots(att_seqs, n_segs, H, hd); /* read once: threads may change */
     const size_t att = (size_t)att_slots * (size_t)llmr_attention_scratch(att_seqs, n_segs, H, hd);
-    const size_t floats = (size_t)t * (2 * D + 2 * q_dim + 2 * kv_dim + 2 * F + hd) + att;
+    const size_t floats = (size_t)t * (2 * D + 2 * q_dim + 2 * kv_dim + 2 * F + 4 * half) + att;
     float *x = malloc(floats * sizeof(float) + act + (size_t)t * sizeof(int32_t) + 64);
     if (!x) {
         free(att_seqs);
@@ -90,7 +107,8 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_s
     }
     float *h = x + t * D, *q = h + t * D, *a = q + t * q_dim, *k = a + t * q_dim, *v = k + t * kv_dim;
     float *g = v + t * kv_dim, *u = g + t * F;
-    float *cos_t = u + t * F, *sin_t = cos_t + t * hd / 2, *att_scratch = cos_t + t * hd;
+    float *cos_t = u + t * F, *sin_t = cos_t + t * half; /* [T, rope_dims / 2] each */
+    float *cos_l = sin_t + t * half, *sin_l = cos_l + t * half, *att_scratch = sin_l + t * half;
     int32_t *pos = (int32_t *)(att_scratch + att);
     void *act_scratch = (void *)(((uintptr_t)(pos + t) + 63) & ~(uintptr_t)63);
 
@@ -109,7 +127,10 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_s
         free(att_seqs);
         return bad;
     }
-    llmr_rope_table(cos_t, sin_t, pos, m->inv_freq, t, hd / 2);
+    scale_(x, m->embed_scale, t * D);
+    llmr_rope_table(cos_t, sin_t, pos, m->inv_freq, t, half);
+    if (m->inv_freq_local)
+        llmr_rope_table(cos_l, sin_l, pos, m->inv_freq_local, t, half);
 
     for (int64_t l = 0; l < m->n_layers; l++) {
         const llmr_layer *L = &m->layers[l];
@@ -120,8 +141,15 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_s
         add_bias_(q, L->bq, t, q_dim);
         add_bias_(k, L->bk, t, kv_dim);
         add_bias_(v, L->bv, t, kv_dim);
-        kern->rope(q, cos_t, sin_t, t, H, hd);
-        kern->rope(k, cos_t, sin_t, t, Hkv, hd);
+        if (L->q_norm) { /* each head of q and of k normed on its own */
+            kern->rmsnorm(q, q, L->q_norm, t * H, hd, m->norm_eps);
+            kern->rmsnorm(k, k, L->k_norm, t * Hkv, hd, m->norm_eps);
+        }
+        if (L->rope != LLMR_ROPE_NONE) {
+            const int local = L->rope == LLMR_ROPE_LOCAL;
+            kern->rope(q, local ? cos_l : cos_t, local ? sin_l : sin_t, t, H, hd, m->rope_dims);
+            kern->rope(k, local ? cos_l : cos_t, local ? sin_l : sin_t, t, Hkv, hd, m->rope_dims);
+        }
         /* each segment's keys and values into its own cache, at its own positions, and its
          * queries over that cache alone */
         for (int64_t s = 0, off = 0; s < n_segs; off += segs[s++].t) {
@@ -131,16 +159,16 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_s
             memcpy(vc + S->n_past * kv_dim, v + off * kv_dim, (size_t)(S->t * kv_dim) * sizeof(float));
             att_seqs[s].out = a + off * q_dim, att_seqs[s].q = q + off * q_dim, att_seqs[s].k = kc, att_seqs[s].v = vc;
         }
-        llmr_attention(kern, att_seqs, n_segs, H, Hkv, hd, att_scratch, att_slots);
+        llmr_attention(kern, att_seqs, n_segs, H, Hkv, hd, L->window, m->attn_scale, att_scratch, att_slots);
         matmul(kern, &L->wo, h, a, t, act_scratch);
-        add_(x, h, t * D);
+        add_sublayer_(kern, m, x, h, L->attn_post_norm, t);
 
-        /* feed-forward: x + W_down . (silu(W_gate h) * W_up h),  h = RMSNorm(x) */
+        /* feed-forward: x + W_down . (act(W_gate h) * W_up h),  h = RMSNorm(x) */
         kern->rmsnorm(h, x, L->ffn_norm, t, D, m->norm_eps);
         matmul_same_input(kern, 2, (llmr_weight[]){L->w_gate, L->w_up}, (float *[]){g, u}, h, t, act_scratch);
-        kern->silu_mul(g, g, u, t * F);
+        (m->act == LLMR_ACT_GELU_TANH ? kern->gelu_mul : kern->silu_mul)(g, g, u, t * F);
         matmul(kern, &L->w_down, h, g, t, act_scratch);
-        add_(x, h, t * D);
+        add_sublayer_(kern, m, x, h, L->ffn_post_norm, t);
     }
     /* h [rows, D]: the rows that want logits, normed out of x segment by segment; one head matmul */
     float *hr = h;
@@ -150,6 +178,7 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_s
         hr += n * D;
     }
     matmul(kern, &m->output, logits, h, rows, act_scratch); /* [rows, V] */
+    scale_(logits, m->logit_scale, rows * m->output.rows);
     free(x);
     free(att_seqs);
     return -1;

@@ -1,4 +1,4 @@
-/* Scalar reference for the float ops of the LLaMA graph: rmsnorm, rope, attention, silu_mul.
+/* Scalar reference for the float ops of the LLaMA graph: rmsnorm, rope, attention, silu_mul, gelu_mul.
  * Shapes and conventions are Hugging Face's LLaMA, so converted checkpoints match it. */
 #include <math.h>
 
@@ -29,8 +29,8 @@ void llmr_rope_table(float *cos_t, float *sin_t, const int32_t *pos, const float
         }
 }
 
-void rope_ref(float *x, const float *cos_t, const float *sin_t, int64_t t, int64_t h, int64_t hd) {
-    const int64_t half = hd / 2;
+void rope_ref(float *x, const float *cos_t, const float *sin_t, int64_t t, int64_t h, int64_t hd, int64_t rd) {
+    const int64_t half = rd / 2; /* pairs (i, i + rd/2) of the first rd elements; the rest pass */
     for (int64_t ti = 0; ti < t; ti++, cos_t += half, sin_t += half)
         for (int64_t hi = 0; hi < h; hi++) {
             float *v = x + (ti * h + hi) * hd;
@@ -54,18 +54,19 @@ static float dot(const float *a, const float *b, int64_t n) {
 }
 
 void attention_ref(float *out, const float *q, const float *k, const float *v, int64_t t,
-                   int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, int64_t h0, int64_t h1,
-                   float *scratch) {
+                   int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, int64_t window, float scale,
+                   int64_t h0, int64_t h1, float *scratch) {
     float *scores = scratch, *acc = scratch + n_past + t; /* acc: one head's sums, out of out */
-    const float scale = 1.0f / sqrtf((float)hd);
     const int64_t group = hq / hkv; /* query heads per kv head */
     const int64_t kv_stride = hkv * hd; /* floats between positions in the cache */
     for (int64_t ti = 0; ti < t; ti++) {
-        const int64_t n_kv = n_past + ti + 1; /* causal: positions 0 .. n_past + ti */
+        const int64_t end = n_past + ti + 1; /* causal: positions .. n_past + ti */
+        const int64_t start = window > 0 && end > window ? end - window : 0; /* a sliding window's first */
+        const int64_t n_kv = end - start;
         for (int64_t h = h0; h < h1; h++) {
             const float *qh = q + (ti * hq + h) * hd;
-            const float *kh = k + (h / group) * hd;
-            const float *vh = v + (h / group) * hd;
+            const float *kh = k + start * kv_stride + (h / group) * hd;
+            const float *vh = v + start * kv_stride + (h / group) * hd;
             float *oh = out + (ti * hq + h) * hd;
 
             float max = -INFINITY;
@@ -96,4 +97,13 @@ void attention_ref(float *out, const float *q, const float *k, const float *v, i
 void silu_mul_ref(float *out, const float *gate, const float *up, int64_t n) {
     for (int64_t i = 0; i < n; i++)
         out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+/* GELU's tanh approximation, as PyTorch's gelu(approximate="tanh") computes it in f32. */
+void gelu_mul_ref(float *out, const float *gate, const float *up, int64_t n) {
+    const float sqrt_2_over_pi = 0.7978845608028654f;
+    for (int64_t i = 0; i < n; i++) {
+        const float x = gate[i];
+        out[i] = 0.5f * x * (1.0f + tanhf(sqrt_2_over_pi * (x + 0.044715f * x * x * x))) * up[i];
+    }
 }

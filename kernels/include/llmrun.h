@@ -207,19 +207,25 @@ typedef struct {
     void (*quantize_q16_a)(const float *x, block_q16_a *y, int64_t k);
     /* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, for rows r of d elements */
     void (*rmsnorm)(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
-    /* in place on x [t][h][hd], rotate-half convention, by the angles of llmr_rope_table */
-    void (*rope)(float *x, const float *cos_t, const float *sin_t, int64_t t, int64_t h, int64_t hd);
-    /* out [t][hq][hd]: causal grouped-query attention of q over k, v [n_ctx][hkv][hd];
-     * token i sees positions 0 .. n_past + i. Only query heads [h0, h1) are computed, each
-     * with the same arithmetic whatever the range, so ranges can go to different threads.
+    /* in place on x [t][h][hd], rotate-half convention over the first rd (even, <= hd) of each
+     * head's hd elements (the rest kept: a partial rotary, Phi-4-mini), by the angles of
+     * llmr_rope_table [t][rd / 2] */
+    void (*rope)(float *x, const float *cos_t, const float *sin_t, int64_t t, int64_t h, int64_t hd, int64_t rd);
+    /* out [t][hq][hd]: causal grouped-query attention of q over k, v [n_ctx][hkv][hd], scores
+     * q.k * scale; token i sees positions 0 .. n_past + i, or with window > 0 only the last
+     * `window` of them (a sliding window: n_past + i - window + 1 .. n_past + i). Only query
+     * heads [h0, h1) are computed, each with the same arithmetic whatever the range, so ranges
+     * can go to different threads.
      * scratch: n_past + t + LLMR_ATTENTION_TOKENS * hq * hd floats of this call's own (a row of
      * scores, and running sums kept out of out, whose cache lines neighbouring heads on other
      * threads may share). */
     void (*attention)(float *out, const float *q, const float *k, const float *v, int64_t t,
-                      int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, int64_t h0, int64_t h1,
-                      float *scratch);
+                      int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, int64_t window, float scale,
+                      int64_t h0, int64_t h1, float *scratch);
     /* out = silu(gate) * up */
     void (*silu_mul)(float *out, const float *gate, const float *up, int64_t n);
+    /* out = gelu(gate) * up, GELU's tanh approximation (Gemma) */
+    void (*gelu_mul)(float *out, const float *gate, const float *up, int64_t n);
 } llmr_kernels;
 
 /* The scalar reference, always available; x86-64 adds avx2, avx512, avx512vnni, arm64 neon
@@ -258,21 +264,23 @@ void gemm_x16_q4_1_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride
                              const void *a, size_t a_stride);
 
 void rmsnorm_ref(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
-void rope_ref(float *x, const float *cos_t, const float *sin_t, int64_t t, int64_t h, int64_t hd);
+void rope_ref(float *x, const float *cos_t, const float *sin_t, int64_t t, int64_t h, int64_t hd, int64_t rd);
 /* cos_t, sin_t [t][half] of the angles pos[t] * inv_freq[i], for rope: once per forward call,
  * not once per layer and head. */
 void llmr_rope_table(float *cos_t, float *sin_t, const int32_t *pos, const float *inv_freq, int64_t t,
                      int64_t half);
 void attention_ref(float *out, const float *q, const float *k, const float *v, int64_t t,
-                   int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, int64_t h0, int64_t h1,
-                   float *scratch);
+                   int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, int64_t window, float scale,
+                   int64_t h0, int64_t h1, float *scratch);
 void silu_mul_ref(float *out, const float *gate, const float *up, int64_t n);
+void gelu_mul_ref(float *out, const float *gate, const float *up, int64_t n);
 
 /* ---- x86-64 SIMD kernels (*_avx2.c, *_avx512.c; built and called only on x86-64) ---------- */
 
 /* AVX2 + FMA + F16C */
 void attention_avx2(float *out, const float *q, const float *k, const float *v, int64_t t, int64_t hq,
-                    int64_t hkv, int64_t hd, int64_t n_past, int64_t h0, int64_t h1, float *scratch);
+                    int64_t hkv, int64_t hd, int64_t n_past, int64_t window, float scale, int64_t h0, int64_t h1,
+                    float *scratch);
 void quantize_row_q16_a_avx2(const float *x, block_q16_a *y, int64_t k);
 void vec_dot_f32_f32_avx2(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_f16_f32_avx2(int64_t k, float *s, const void *w, const void *a);
@@ -283,7 +291,8 @@ void vec_dot_q4_1_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 
 /* AVX-512 F + BW + VL; the _avx512vnni dots are the same source built with VNNI */
 void attention_avx512(float *out, const float *q, const float *k, const float *v, int64_t t, int64_t hq,
-                      int64_t hkv, int64_t hd, int64_t n_past, int64_t h0, int64_t h1, float *scratch);
+                      int64_t hkv, int64_t hd, int64_t n_past, int64_t window, float scale, int64_t h0, int64_t h1,
+                      float *scratch);
 void quantize_row_q16_a_avx512(const float *x, block_q16_a *y, int64_t k);
 void vec_dot_f32_f32_avx512(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_f16_f32_avx512(int64_t k, float *s, const void *w, const void *a);
@@ -392,7 +401,7 @@ typedef struct {
 int64_t llmr_attention_slots(const llmr_attention_seq *seqs, int64_t n, int64_t hq, int64_t hd);
 int64_t llmr_attention_scratch(const llmr_attention_seq *seqs, int64_t n, int64_t hq, int64_t hd); /* per slot */
 void llmr_attention(const llmr_kernels *kern, const llmr_attention_seq *seqs, int64_t n, int64_t hq, int64_t hkv,
-                    int64_t hd, float *scratch, int64_t slots);
+                    int64_t hd, int64_t window, float scale, float *scratch, int64_t slots);
 
 /* ---- sampling (top_k.c) --------------------------------------------------------------------- */
 
@@ -403,16 +412,32 @@ int64_t llmr_top_k(const double *x, int64_t n, int64_t k, int32_t *ids);
 
 /* ---- the forward pass (forward.c) ----------------------------------------------------------- */
 
+/* A layer's weights and switches (llmrun/model.py's LayerWeights and ModelConfig). A pointer
+ * left NULL is a tensor the family does not have. */
 typedef struct {
-    const float *attn_norm, *ffn_norm;  /* [D] */
-    const float *bq, *bk, *bv;          /* NULL without q/k/v biases */
+    const float *attn_norm, *ffn_norm;            /* [D] */
+    const float *bq, *bk, *bv;                    /* q/k/v biases (Qwen2) */
+    const float *q_norm, *k_norm;                 /* [hd]: RMSNorm of each head of q and k before RoPE (Qwen3, Gemma 3) */
+    const float *attn_post_norm, *ffn_post_norm;  /* [D]: a sublayer's output normed before the residual add (Gemma 3) */
     llmr_weight wq, wk, wv, wo, w_gate, w_up, w_down;
+    int rope;       /* LLMR_ROPE_NONE (SmolLM3's every fourth layer), _GLOBAL or _LOCAL (Gemma 3's windowed layers) */
+    int64_t window; /* attention sees the last `window` positions; 0: all */
 } llmr_layer;
+
+enum { LLMR_ROPE_NONE = 0, LLMR_ROPE_GLOBAL = 1, LLMR_ROPE_LOCAL = 2 };
+enum { LLMR_ACT_SILU = 0, LLMR_ACT_GELU_TANH = 1 };
 
 typedef struct {
     int64_t dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim;
+    int64_t rope_dims;     /* the first rope_dims of each head rotate (<= head_dim) */
+    int act;               /* the feed-forward gate's activation, LLMR_ACT_* */
     float norm_eps;
-    const float *inv_freq; /* [head_dim / 2] */
+    float embed_scale;     /* the embeddings times this on the way in (Gemma 3: sqrt(D); Granite) */
+    float residual_scale;  /* each sublayer's output times this before the add (Granite) */
+    float attn_scale;      /* q.k times this (head_dim^-0.5 unless the family says otherwise) */
+    float logit_scale;     /* the logits times this (Granite: 1 / logits_scaling) */
+    const float *inv_freq;       /* [rope_dims / 2] */
+    const float *inv_freq_local; /* [rope_dims / 2], LLMR_ROPE_LOCAL layers' (NULL if none) */
     const float *norm;     /* [D] */
     llmr_weight tok_embeddings, output;
     const llmr_layer *layers;

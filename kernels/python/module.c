@@ -6,6 +6,8 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -380,12 +382,17 @@ static PyObject *py_rope(PyObject *self, PyObject *args) {
     if (get_buffer(o_x, x, "x", F32, 1, 3, 3) || get_buffer(o_pos, pos, "positions", I32, 0, 1, 1) ||
         get_buffer(o_freq, freq, "inv_freq", F32, 0, 1, 1))
         goto done;
-    const Py_ssize_t t = x->shape[0], h = x->shape[1], hd = x->shape[2], half = hd / 2;
+    /* inv_freq's length says how many of a head's elements rotate: all (hd / 2) or fewer (a partial rotary) */
+    const Py_ssize_t t = x->shape[0], h = x->shape[1], hd = x->shape[2], half = freq->shape[0];
     if (hd % 2) {
         PyErr_Format(PyExc_ValueError, "x: head dim must be even, got %zd", hd);
         goto done;
     }
-    if (check_shape(pos, "positions", 1, &t) || check_shape(freq, "inv_freq", 1, &half) ||
+    if (half < 1 || 2 * half > hd) {
+        PyErr_Format(PyExc_ValueError, "inv_freq: shape [%zd], expected 1 to %zd (head dim / 2) elements", half, hd / 2);
+        goto done;
+    }
+    if (check_shape(pos, "positions", 1, &t) ||
         check_disjoint(x, pos, "x and positions", 0) || check_disjoint(x, freq, "x and inv_freq", 0))
         goto done;
     if (!(table = malloc(2 * (size_t)(t * half + 1) * sizeof(float)))) {
@@ -394,7 +401,7 @@ static PyObject *py_rope(PyObject *self, PyObject *args) {
     }
     Py_BEGIN_ALLOW_THREADS
     llmr_rope_table(table, table + t * half, pos->buf, freq->buf, t, half);
-    kern->rope(x->buf, table, table + t * half, t, h, hd);
+    kern->rope(x->buf, table, table + t * half, t, h, hd, 2 * half);
     Py_END_ALLOW_THREADS
     ret = Py_NewRef(Py_None);
 done:
@@ -405,9 +412,14 @@ done:
 
 static PyObject *py_attention(PyObject *self, PyObject *args) {
     PyObject *o_out, *o_q, *o_k, *o_v;
-    Py_ssize_t n_past;
-    if (!PyArg_ParseTuple(args, "OOOOn:attention", &o_out, &o_q, &o_k, &o_v, &n_past))
+    Py_ssize_t n_past, window = 0;
+    double scale = 0.0;
+    if (!PyArg_ParseTuple(args, "OOOOn|nd:attention", &o_out, &o_q, &o_k, &o_v, &n_past, &window, &scale))
         return NULL;
+    if (window < 0 || !(scale >= 0.0)) {
+        PyErr_Format(PyExc_ValueError, "attention: window %zd and scale %g must not be negative", window, scale);
+        return NULL;
+    }
     Py_buffer v[4] = {{0}}, *out = &v[0], *q = &v[1], *kc = &v[2], *vc = &v[3];
     PyObject *ret = NULL;
     float *scratch = NULL;
@@ -445,7 +457,8 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    llmr_attention(kern, &seq, 1, hq, hkv, hd, scratch, slots);
+    llmr_attention(kern, &seq, 1, hq, hkv, hd, window, scale > 0.0 ? (float)scale : 1.0f / sqrtf((float)hd), scratch,
+                   slots);
     Py_END_ALLOW_THREADS
     ret = Py_NewRef(Py_None);
 done:
@@ -454,9 +467,11 @@ done:
     return ret;
 }
 
-static PyObject *py_silu_mul(PyObject *self, PyObject *args) {
+/* out = act(gate) * up for the table's silu_mul or gelu_mul */
+static PyObject *gated(PyObject *args, const char *format,
+                       void (*act_mul)(float *out, const float *gate, const float *up, int64_t n)) {
     PyObject *o_out, *o_gate, *o_up;
-    if (!PyArg_ParseTuple(args, "OOO:silu_mul", &o_out, &o_gate, &o_up))
+    if (!PyArg_ParseTuple(args, format, &o_out, &o_gate, &o_up))
         return NULL;
     Py_buffer v[3] = {{0}}, *out = &v[0], *gate = &v[1], *up = &v[2];
     PyObject *ret = NULL;
@@ -467,13 +482,16 @@ static PyObject *py_silu_mul(PyObject *self, PyObject *args) {
         check_disjoint(out, gate, "out and gate", 1) || check_disjoint(out, up, "out and up", 1))
         goto done;
     Py_BEGIN_ALLOW_THREADS
-    kern->silu_mul(out->buf, gate->buf, up->buf, out->len / (Py_ssize_t)sizeof(float));
+    act_mul(out->buf, gate->buf, up->buf, out->len / (Py_ssize_t)sizeof(float));
     Py_END_ALLOW_THREADS
     ret = Py_NewRef(Py_None);
 done:
     release(v, 3);
     return ret;
 }
+
+static PyObject *py_silu_mul(PyObject *self, PyObject *args) { return gated(args, "OOO:silu_mul", kern->silu_mul); }
+static PyObject *py_gelu_mul(PyObject *self, PyObject *args) { return gated(args, "OOO:gelu_mul", kern->gelu_mul); }
 
 static PyObject *py_top_k(PyObject *self, PyObject *args) {
     PyObject *o_ids, *o_x;
@@ -566,12 +584,8 @@ static void graph_free(PyObject *capsule) {
     free(g);
 }
 
-/* A float32 vector of n elements (NULL from None where optional). */
-static int take_vector(graph_t *g, PyObject *obj, const char *name, Py_ssize_t n, int optional, const float **out) {
-    if (optional && obj == Py_None) {
-        *out = NULL;
-        return 0;
-    }
+/* A float32 vector of n elements. */
+static int take_vector(graph_t *g, PyObject *obj, const char *name, Py_ssize_t n, const float **out) {
     Py_buffer *v = &g->views[g->n_views];
     if (get_buffer(obj, v, name, F32, 0, 1, 1))
         return -1;
@@ -612,19 +626,182 @@ static int take_weight(graph_t *g, PyObject *obj, const char *name, Py_ssize_t r
     return 0;
 }
 
+/* The sizes a field's shape is made of. */
+enum size { SIZE_D, SIZE_Q, SIZE_KV, SIZE_HD, SIZE_F };
+
+static Py_ssize_t size_of(const llmr_model *m, enum size s) {
+    switch (s) {
+    case SIZE_D: return m->dim;
+    case SIZE_Q: return m->n_heads * m->head_dim;
+    case SIZE_KV: return m->n_kv_heads * m->head_dim;
+    case SIZE_HD: return m->head_dim;
+    default: return m->ffn_dim;
+    }
+}
+
+/* A layer's tensors by name (llmrun/model.py's LayerWeights): a family's new one is a line here
+ * and a field in llmr_layer. */
+static const struct {
+    const char *name;
+    size_t offset;
+    enum size n;
+    int required;
+} LAYER_VECTORS[] = {
+    {"attn_norm", offsetof(llmr_layer, attn_norm), SIZE_D, 1},
+    {"ffn_norm", offsetof(llmr_layer, ffn_norm), SIZE_D, 1},
+    {"bq", offsetof(llmr_layer, bq), SIZE_Q, 0},
+    {"bk", offsetof(llmr_layer, bk), SIZE_KV, 0},
+    {"bv", offsetof(llmr_layer, bv), SIZE_KV, 0},
+    {"q_norm", offsetof(llmr_layer, q_norm), SIZE_HD, 0},
+    {"k_norm", offsetof(llmr_layer, k_norm), SIZE_HD, 0},
+    {"attn_post_norm", offsetof(llmr_layer, attn_post_norm), SIZE_D, 0},
+    {"ffn_post_norm", offsetof(llmr_layer, ffn_post_norm), SIZE_D, 0},
+};
+static const struct {
+    const char *name;
+    size_t offset;
+    enum size rows, cols;
+} LAYER_WEIGHTS[] = {
+    {"wq", offsetof(llmr_layer, wq), SIZE_Q, SIZE_D},         {"wk", offsetof(llmr_layer, wk), SIZE_KV, SIZE_D},
+    {"wv", offsetof(llmr_layer, wv), SIZE_KV, SIZE_D},        {"wo", offsetof(llmr_layer, wo), SIZE_D, SIZE_Q},
+    {"w_gate", offsetof(llmr_layer, w_gate), SIZE_F, SIZE_D}, {"w_up", offsetof(llmr_layer, w_up), SIZE_F, SIZE_D},
+    {"w_down", offsetof(llmr_layer, w_down), SIZE_D, SIZE_F},
+};
+#define N_LAYER_VECTORS (sizeof LAYER_VECTORS / sizeof LAYER_VECTORS[0])
+#define N_LAYER_WEIGHTS (sizeof LAYER_WEIGHTS / sizeof LAYER_WEIGHTS[0])
+static const char *const LAYER_SWITCHES[] = {"rope", "window"};
+static const char *const MODEL_KEYS[] = {"dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim",
+                                         "rope_dims", "act", "norm_eps", "embed_scale", "residual_scale",
+                                         "attn_scale", "logit_scale", "inv_freq", "inv_freq_local", "norm",
+                                         "tok_embeddings", "output"};
+
+/* A dict whose every key is a known name (a misspelt field is an error, not a tensor left out). */
+static int check_keys(PyObject *d, const char *what, const char *const *known, size_t n_known,
+                      const char *const *more, size_t n_more) {
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(d, &pos, &key, &value)) {
+        const char *k = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
+        if (!k && PyErr_Occurred())
+            return -1;
+        int found = 0;
+        for (size_t i = 0; k && i < n_known + n_more && !found; i++)
+            found = !strcmp(k, i < n_known ? known[i] : more[i - n_known]);
+        if (!found) {
+            PyErr_Format(PyExc_ValueError, "graph: %s has an unknown field %R", what, key);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* d[key] as a whole number; `fallback` where absent (and not required). */
+static int dict_int(PyObject *d, const char *key, int required, long long fallback, long long *out) {
+    PyObject *v = PyDict_GetItemString(d, key);
+    if (!v) {
+        *out = fallback;
+        if (required)
+            PyErr_Format(PyExc_ValueError, "graph: %s is missing", key);
+        return required ? -1 : 0;
+    }
+    *out = PyLong_AsLongLong(v);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* d[key] as a finite float; `fallback` where absent. */
+static int dict_float(PyObject *d, const char *key, double fallback, float *out) {
+    PyObject *v = PyDict_GetItemString(d, key);
+    const double x = v ? PyFloat_AsDouble(v) : fallback;
+    if (x == -1.0 && PyErr_Occurred())
+        return -1;
+    if (!isfinite(x) || !isfinite((float)x)) {
+        PyErr_Format(PyExc_ValueError, "graph: %s = %g is not a finite float32", key, x);
+        return -1;
+    }
+    *out = (float)x;
+    return 0;
+}
+
+static int take_layer(graph_t *g, const llmr_model *m, PyObject *d, Py_ssize_t l) {
+    llmr_layer *y = &g->layers[l];
+    char where[32];
+    snprintf(where, sizeof where, "layers[%zd]", l);
+    const char *names[N_LAYER_VECTORS + N_LAYER_WEIGHTS];
+    for (size_t i = 0; i < N_LAYER_VECTORS; i++)
+        names[i] = LAYER_VECTORS[i].name;
+    for (size_t i = 0; i < N_LAYER_WEIGHTS; i++)
+        names[N_LAYER_VECTORS + i] = LAYER_WEIGHTS[i].name;
+    if (!PyDict_Check(d)) {
+        PyErr_Format(PyExc_TypeError, "graph: %s is not a dict", where);
+        return -1;
+    }
+    if (check_keys(d, where, names, N_LAYER_VECTORS + N_LAYER_WEIGHTS, LAYER_SWITCHES, 2))
+        return -1;
+    for (size_t i = 0; i < N_LAYER_VECTORS; i++) {
+        PyObject *v = PyDict_GetItemString(d, LAYER_VECTORS[i].name);
+        const float **field = (const float **)((char *)y + LAYER_VECTORS[i].offset);
+        if (!v || v == Py_None) {
+            if (LAYER_VECTORS[i].required) {
+                PyErr_Format(PyExc_ValueError, "graph: %s.%s is missing", where, LAYER_VECTORS[i].name);
+                return -1;
+            }
+            *field = NULL;
+        } else if (take_vector(g, v, LAYER_VECTORS[i].name, size_of(m, LAYER_VECTORS[i].n), field))
+            return -1;
+    }
+    for (size_t i = 0; i < N_LAYER_WEIGHTS; i++) {
+        PyObject *v = PyDict_GetItemString(d, LAYER_WEIGHTS[i].name);
+        if (!v) {
+            PyErr_Format(PyExc_ValueError, "graph: %s.%s is missing", where, LAYER_WEIGHTS[i].name);
+            return -1;
+        }
+        if (take_weight(g, v, LAYER_WEIGHTS[i].name, size_of(m, LAYER_WEIGHTS[i].rows),
+                        size_of(m, LAYER_WEIGHTS[i].cols), (llmr_weight *)((char *)y + LAYER_WEIGHTS[i].offset)))
+            return -1;
+    }
+    if (!y->q_norm != !y->k_norm) {
+        PyErr_Format(PyExc_ValueError, "graph: %s has one of q_norm and k_norm without the other", where);
+        return -1;
+    }
+    long long rope, window;
+    if (dict_int(d, "rope", 0, LLMR_ROPE_GLOBAL, &rope) || dict_int(d, "window", 0, 0, &window))
+        return -1;
+    if (rope < LLMR_ROPE_NONE || rope > LLMR_ROPE_LOCAL || (rope == LLMR_ROPE_LOCAL && !m->inv_freq_local) ||
+        window < 0) {
+        PyErr_Format(PyExc_ValueError, "graph: %s: rope %lld (2 needs inv_freq_local) or window %lld out of range",
+                     where, rope, window);
+        return -1;
+    }
+    y->rope = (int)rope;
+    y->window = window;
+    return 0;
+}
+
 static PyObject *py_graph(PyObject *self, PyObject *args) {
-    Py_ssize_t D, L, H, Hkv, hd, F;
-    float eps;
-    PyObject *o_freq, *o_norm, *o_emb, *o_out, *o_layers;
-    if (!PyArg_ParseTuple(args, "(nnnnnnf)OOOOO!:graph", &D, &L, &H, &Hkv, &hd, &F, &eps, &o_freq, &o_norm, &o_emb,
-                          &o_out, &PyList_Type, &o_layers))
+    PyObject *o_model, *o_layers;
+    if (!PyArg_ParseTuple(args, "O!O!:graph", &PyDict_Type, &o_model, &PyList_Type, &o_layers))
         return NULL;
-    if (D < 1 || L < 1 || H < 1 || Hkv < 1 || H % Hkv || hd < 2 || hd % 2 || F < 1 || PyList_GET_SIZE(o_layers) != L) {
+    if (check_keys(o_model, "the model", MODEL_KEYS, sizeof MODEL_KEYS / sizeof MODEL_KEYS[0], NULL, 0))
+        return NULL;
+    long long D, L, H, Hkv, hd, F, rd, act;
+    llmr_model cfg = {0};
+    if (dict_int(o_model, "dim", 1, 0, &D) || dict_int(o_model, "n_layers", 1, 0, &L) ||
+        dict_int(o_model, "n_heads", 1, 0, &H) || dict_int(o_model, "n_kv_heads", 1, 0, &Hkv) ||
+        dict_int(o_model, "head_dim", 1, 0, &hd) || dict_int(o_model, "ffn_dim", 1, 0, &F) ||
+        dict_int(o_model, "rope_dims", 0, hd, &rd) || dict_int(o_model, "act", 0, LLMR_ACT_SILU, &act) ||
+        dict_float(o_model, "norm_eps", 1e-5, &cfg.norm_eps) ||
+        dict_float(o_model, "embed_scale", 1.0, &cfg.embed_scale) ||
+        dict_float(o_model, "residual_scale", 1.0, &cfg.residual_scale) ||
+        dict_float(o_model, "attn_scale", hd > 0 ? 1.0 / sqrt((double)hd) : 1.0, &cfg.attn_scale) ||
+        dict_float(o_model, "logit_scale", 1.0, &cfg.logit_scale))
+        return NULL;
+    if (D < 1 || L < 1 || L > (1 << 20) || H < 1 || Hkv < 1 || H % Hkv || hd < 2 || hd % 2 || F < 1 || rd < 2 ||
+        rd % 2 || rd > hd || (act != LLMR_ACT_SILU && act != LLMR_ACT_GELU_TANH) || PyList_GET_SIZE(o_layers) != L) {
         PyErr_SetString(PyExc_ValueError, "graph: inconsistent config");
         return NULL;
     }
     graph_t *g = calloc(1, sizeof *g);
-    const int max_views = 4 + 12 * (int)L;
+    const int max_views = 5 + (int)((N_LAYER_VECTORS + N_LAYER_WEIGHTS) * (size_t)L);
     if (!g || !(g->layers = calloc((size_t)L, sizeof *g->layers)) ||
         !(g->views = calloc((size_t)max_views, sizeof *g->views))) {
         if (g)
@@ -640,25 +817,25 @@ static PyObject *py_graph(PyObject *self, PyObject *args) {
         return NULL;
     }
     llmr_model *m = &g->m;
-    *m = (llmr_model){.dim = D, .n_layers = L, .n_heads = H, .n_kv_heads = Hkv, .head_dim = hd, .ffn_dim = F,
-                      .norm_eps = eps, .layers = g->layers};
-    if (take_vector(g, o_freq, "inv_freq", hd / 2, 0, &m->inv_freq) || take_vector(g, o_norm, "norm", D, 0, &m->norm) ||
+    *m = cfg;
+    m->dim = D, m->n_layers = L, m->n_heads = H, m->n_kv_heads = Hkv, m->head_dim = hd, m->ffn_dim = F;
+    m->rope_dims = rd, m->act = (int)act, m->layers = g->layers;
+    PyObject *o_freq = PyDict_GetItemString(o_model, "inv_freq"), *o_local = PyDict_GetItemString(o_model, "inv_freq_local");
+    PyObject *o_norm = PyDict_GetItemString(o_model, "norm"), *o_emb = PyDict_GetItemString(o_model, "tok_embeddings");
+    PyObject *o_out = PyDict_GetItemString(o_model, "output");
+    if (!o_freq || !o_norm || !o_emb || !o_out) {
+        PyErr_SetString(PyExc_ValueError, "graph: inv_freq, norm, tok_embeddings and output are required");
+        goto fail;
+    }
+    if (take_vector(g, o_freq, "inv_freq", rd / 2, &m->inv_freq) ||
+        (o_local && o_local != Py_None && take_vector(g, o_local, "inv_freq_local", rd / 2, &m->inv_freq_local)) ||
+        take_vector(g, o_norm, "norm", D, &m->norm) ||
         take_weight(g, o_emb, "tok_embeddings", -1, D, &m->tok_embeddings) ||
         take_weight(g, o_out, "output", m->tok_embeddings.rows, D, &m->output))
         goto fail;
-    for (Py_ssize_t l = 0; l < L; l++) {
-        PyObject *an, *fn, *bq, *bk, *bv, *wq, *wk, *wv, *wo, *wg, *wu, *wd;
-        llmr_layer *y = &g->layers[l];
-        if (!PyArg_ParseTuple(PyList_GET_ITEM(o_layers, l), "OOOOOOOOOOOO:graph layer", &an, &fn, &bq, &bk, &bv, &wq,
-                              &wk, &wv, &wo, &wg, &wu, &wd) ||
-            take_vector(g, an, "attn_norm", D, 0, &y->attn_norm) || take_vector(g, fn, "ffn_norm", D, 0, &y->ffn_norm) ||
-            take_vector(g, bq, "bq", H * hd, 1, &y->bq) || take_vector(g, bk, "bk", Hkv * hd, 1, &y->bk) ||
-            take_vector(g, bv, "bv", Hkv * hd, 1, &y->bv) || take_weight(g, wq, "wq", H * hd, D, &y->wq) ||
-            take_weight(g, wk, "wk", Hkv * hd, D, &y->wk) || take_weight(g, wv, "wv", Hkv * hd, D, &y->wv) ||
-            take_weight(g, wo, "wo", D, H * hd, &y->wo) || take_weight(g, wg, "w_gate", F, D, &y->w_gate) ||
-            take_weight(g, wu, "w_up", F, D, &y->w_up) || take_weight(g, wd, "w_down", D, F, &y->w_down))
+    for (Py_ssize_t l = 0; l < L; l++)
+        if (take_layer(g, m, PyList_GET_ITEM(o_layers, l), l))
             goto fail;
-    }
     return capsule;
 fail:
     Py_DECREF(capsule);
@@ -773,10 +950,12 @@ done:
 
 static PyMethodDef methods[] = {
     {"graph", py_graph, METH_VARARGS,
-     "graph((D, layers, heads, kv_heads, head_dim, ffn, eps), inv_freq, norm, tok_embeddings, output, layers):\n"
-     "a model's weights for forward(). A weight is (buffer, type id, layout, rows, cols); a layer is\n"
-     "(attn_norm, ffn_norm, bq, bk, bv, wq, wk, wv, wo, w_gate, w_up, w_down), biases None if absent.\n"
-     "The buffers stay referenced while the graph lives."},
+     "graph(model, layers): a model's weights and switches for forward(), by name. model: a dict of\n"
+     "dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim, norm_eps, inv_freq, norm, tok_embeddings,\n"
+     "output and the optional rope_dims, act, embed_scale, residual_scale, attn_scale, logit_scale,\n"
+     "inv_freq_local; layers: a dict each of attn_norm, ffn_norm, wq, wk, wv, wo, w_gate, w_up, w_down\n"
+     "and the optional bq, bk, bv, q_norm, k_norm, attn_post_norm, ffn_post_norm, rope, window.\n"
+     "A weight is (buffer, type id, layout, rows, cols). The buffers stay referenced while the graph lives."},
     {"forward", py_forward, METH_VARARGS,
      "forward(graph, segments, logits): llmrun.model.forward in C, over one or more sequences at once.\n"
      "segments: (tokens, n_past, k_cache, v_cache, first) each; tokens int32 [T]; caches float32\n"
@@ -800,12 +979,15 @@ static PyMethodDef methods[] = {
      "[..., D] (out may be x), w float32 [D]."},
     {"rope", py_rope, METH_VARARGS,
      "rope(x, positions, inv_freq): rotate x float32 [T, H, hd] in place, rotate-half convention;\n"
-     "positions int32 [T], inv_freq float32 [hd/2]."},
+     "positions int32 [T], inv_freq float32 [rd/2]: the first rd (<= hd) of each head rotate."},
     {"attention", py_attention, METH_VARARGS,
-     "attention(out, q, k_cache, v_cache, n_past): causal grouped-query attention. q, out float32\n"
-     "[T, Hq, hd]; caches float32 [n_ctx, Hkv, hd] holding positions 0 .. n_past+T-1."},
+     "attention(out, q, k_cache, v_cache, n_past, window=0, scale=hd**-0.5): causal grouped-query\n"
+     "attention. q, out float32 [T, Hq, hd]; caches float32 [n_ctx, Hkv, hd] holding positions\n"
+     "0 .. n_past+T-1; window > 0: each token sees its last `window` positions only."},
     {"silu_mul", py_silu_mul, METH_VARARGS,
      "silu_mul(out, gate, up): out = gate * sigmoid(gate) * up, all float32 of one shape."},
+    {"gelu_mul", py_gelu_mul, METH_VARARGS,
+     "gelu_mul(out, gate, up): out = gelu(gate) * up (tanh approximation), all float32 of one shape."},
     {"top_k", py_top_k, METH_VARARGS,
      "top_k(ids, x) -> m: ids[:m] = the indices of the len(ids) largest of x (float64 [n]), largest\n"
      "first, a tie to the lower index; NaN never taken, so m < len(ids) only when x has too few others."},

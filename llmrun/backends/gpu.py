@@ -1,4 +1,4 @@
-"""What the GPU backends (llmrun/webgpu.py, llmrun/cuda.py) share: the model's weights on a
+"""What the GPU backends (webgpu.py, cuda.py beside it) share: the model's weights on a
 device, uploaded once, and a context's state there, with the plan of a step over it.
 
 The plan is llmrun.model.forward()'s graph, op for op in the same order, recorded once as
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ContextError, LlmrunError
-from .quant.layout import X16
+from ..errors import ContextError, LlmrunError
+from ..quant.layout import X16
 
 TYPES = ("f16", "q8_0", "q4_0", "q4_1")  # the weight types the GPU kernels read
 X16_TYPES = ("q8_0", "q4_0", "q4_1")  # ... in the x16 layout
@@ -51,6 +51,21 @@ def check_weight(t, backend: str) -> None:
         raise LlmrunError(f"{t.name}: the {backend} kernels read {t.type.name} in the x16 layout only")
 
 
+def check_config(cfg, backend: str) -> None:
+    """A model whose family switches (llmrun/config.py) the GPU graph runs; one line naming the
+    missing pieces otherwise."""
+    missing = [what for what, used in (
+        ("per-head q/k norms", cfg.qk_norm), ("post-norms", cfg.post_norms),
+        ("the GELU gate", cfg.act != "silu"),
+        ("scaled embeddings", cfg.embed_scale != 1.0), ("scaled residuals", cfg.residual_scale != 1.0),
+        ("an attention scale of its own", cfg.attn_scale is not None), ("scaled logits", cfg.logit_scale != 1.0),
+        ("a partial rotary", cfg.rotary_dims != cfg.head_dim), ("layers without RoPE", bool(cfg.no_rope_layers)),
+        ("a sliding window", cfg.sliding_window > 0)) if used]
+    if missing:
+        raise LlmrunError(f"the {backend} backend does not run {cfg.arch}'s {', '.join(missing)} yet: "
+                          "use --backend cpu")
+
+
 def rope_table(inv_freq: np.ndarray, n_ctx: int) -> np.ndarray:
     """cos and sin of every position [n_ctx, hd/2, 2], as llmr_rope_table makes them: the angle
     in f32, its cos and sin in f64."""
@@ -59,11 +74,14 @@ def rope_table(inv_freq: np.ndarray, n_ctx: int) -> np.ndarray:
 
 
 class Graph:
-    """The model's weights on the device, uploaded once; `new_cache(n_ctx)` makes the device
-    state of one context, whose run() does a step."""
+    """The model's weights on the device, uploaded once (llmrun.backends' interface);
+    `new_cache(n_ctx)` makes the device state of one context, whose run() does a step."""
+    max_segments = 1  # a step runs one sequence: the plans have no batch of caches yet
+    cpu_threads = False
 
-    def __init__(self, dev, cfg, w, inv_freq: np.ndarray):
-        self.dev, self.cfg, self.inv_freq = dev, cfg, inv_freq
+    def __init__(self, dev, cfg, w, inv_freq: dict, name: str = "gpu"):
+        check_config(cfg, name)
+        self.dev, self.cfg, self.inv_freq, self.name = dev, cfg, inv_freq, name
 
         def vec(a):
             return dev.buffer(np.asarray(a, np.float32))
@@ -78,6 +96,11 @@ class Graph:
 
     def new_cache(self, n_ctx: int) -> "DeviceCache":
         return DeviceCache(self, n_ctx)
+
+    def forward(self, runs) -> list[np.ndarray]:
+        if len(runs) > self.max_segments:
+            raise LlmrunError(f"the {self.name} backend runs one sequence a call, not {len(runs)}")
+        return [cache.run(ids, n_past, first) for ids, n_past, cache, first in runs]
 
 
 class DeviceCache:
@@ -94,7 +117,7 @@ class DeviceCache:
         except dev.OutOfMemory as e:
             raise ContextError(f"the GPU cannot hold a KV cache of {n_ctx} positions ({e}): use a smaller "
                                "context (--ctx)") from None
-        self.rope_table = dev.buffer(rope_table(graph.inv_freq, n_ctx))  # [C, hd/2, 2]
+        self.rope_table = dev.buffer(rope_table(graph.inv_freq["global"], n_ctx))  # [C, hd/2, 2]
         self.step = dev.step_buffer()
         self.capacity, self.plan = 0, None
         self.dispatches = 0  # kernels run in the last step

@@ -3,7 +3,7 @@ Vulkan elsewhere (here, Mesa's software Vulkan device, lavapipe).
 
 Weights go to the device once, as they lie in the .llmr file (the blocks and layouts the CPU
 kernels read), split into buffers no larger than the device's storage-binding limit. The graph
-and the KV cache are llmrun/gpu.py's, shared with the CUDA backend; here, a step's plan runs as
+and the KV cache are llmrun/backends/gpu.py's, shared with the CUDA backend; here, a step's plan runs as
 one command buffer.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import LlmrunError
-from .format import Tensor
+from ..errors import LlmrunError
+from ..format import Tensor
 from .gpu import X16_TYPES, Matrix, check_weight
 
 ROWS_PER_WORKGROUP = 16  # matmul.wgsl: a workgroup's rows...
@@ -32,9 +32,10 @@ def _wgpu():
 
 @lru_cache(maxsize=None)
 def wgsl(name: str) -> str:
-    """The source of kernels/wgsl/<name>.wgsl: installed beside this module as wgsl/, or read
+    """The source of kernels/wgsl/<name>.wgsl: installed beside the llmrun package as llmrun/wgsl/, or read
     from the source tree in an editable install."""
-    for folder in (Path(__file__).parent / "wgsl", Path(__file__).parent.parent / "kernels" / "wgsl"):
+    package = Path(__file__).parent.parent  # llmrun/
+    for folder in (package / "wgsl", package.parent / "kernels" / "wgsl"):
         if (folder / f"{name}.wgsl").exists():
             return (folder / f"{name}.wgsl").read_text()
     raise FileNotFoundError(f"WGSL kernel {name}.wgsl is not installed")

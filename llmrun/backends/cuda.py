@@ -3,7 +3,7 @@ the package is built where nvcc is, loaded at run time through the CUDA driver A
 (libcuda.so.1, which the NVIDIA driver installs) by ctypes: no CUDA toolkit, no PyTorch.
 
 Weights go to the device once, from the mapped file through a pinned staging buffer, as they
-lie in the .llmr file; the graph and the KV cache are llmrun/gpu.py's. Every launch's arguments
+lie in the .llmr file; the graph and the KV cache are llmrun/backends/gpu.py's. Every launch's arguments
 are fixed when a plan is built (pointers and sizes; what changes per step is in the step
 buffer), so a decode step, whose grids never change, is captured once as a CUDA graph and
 replayed: one driver call per token instead of one per kernel.
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import LlmrunError
-from .format import Tensor
+from ..errors import LlmrunError
+from ..format import Tensor
 from .gpu import WORKGROUP, Matrix, check_weight, groups
 
 MATMUL_ROWS, MATMUL_TOKENS, MATMUL_THREADS = 16, 8, 64  # kernels/cuda/matmul.cuh: a block's tile
@@ -53,8 +53,8 @@ CAPTURE_THREAD_LOCAL, STREAM_NON_BLOCKING, CAPABILITY_MAJOR, CAPABILITY_MINOR = 
 @lru_cache(maxsize=None)
 def fatbin() -> bytes:
     """The kernels' module, installed beside llmrun's compiled extension."""
-    from . import _kernels
-    for folder in (Path(__file__).parent, Path(_kernels.__file__).parent):
+    from .. import _kernels
+    for folder in (Path(_kernels.__file__).parent, Path(__file__).parent.parent):
         if (folder / "cuda.fatbin").exists():
             return (folder / "cuda.fatbin").read_bytes()
     raise LlmrunError("this llmrun was built without its CUDA kernels (nvcc was not found when it was built): "

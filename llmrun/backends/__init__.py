@@ -1,0 +1,45 @@
+"""The backends: where a model's forward pass runs. Each is bound to a model's weights once,
+with `bind`, and then answers one interface, so that nothing above this package asks which
+backend it has:
+
+    name                 "cpu", "webgpu" or "cuda"
+    max_segments         sequences one forward may run together (None: any number)
+    cpu_threads          whether the CPU's thread count sets its speed (bench sweeps threads then)
+    new_cache(n_ctx)     a context's keys and values, where this backend keeps them
+    forward(runs)        runs: [(ids int32 [T], n_past, cache, first)], at most max_segments of
+                         them; writes each cache's rows n_past .. n_past + T - 1 and returns the
+                         logits [T - first, V] of each run's tokens from `first` on
+
+cpu.py runs llmrun._kernels (C, built from kernels/cpu/); gpu.py is what the GPU backends share
+(the graph as a plan of kernel launches), with cuda.py (kernels/cuda/ through the driver API)
+and webgpu.py (kernels/wgsl/ through wgpu) as its devices.
+"""
+from __future__ import annotations
+
+from ..errors import SettingError
+
+NAMES = ("cpu", "webgpu", "cuda")
+GPU_NAMES = ("webgpu", "cuda")
+
+
+def device(name: str):
+    """A GPU backend's device, ready for gpu.Graph."""
+    if name == "webgpu":
+        from . import webgpu
+        return webgpu.Device()
+    if name == "cuda":
+        from . import cuda
+        return cuda.Device()
+    raise SettingError(f"{name!r} is not a GPU backend; GPU backends: {', '.join(GPU_NAMES)}")
+
+
+def bind(name: str, cfg, weights, inv_freq):
+    """The backend `name` with the model's weights (llmrun.model.Weights) bound: views of the
+    file on the CPU, uploaded once to a GPU."""
+    if name not in NAMES:
+        raise SettingError(f"unknown backend {name!r}; known: {', '.join(NAMES)}")
+    if name == "cpu":
+        from .cpu import Backend
+        return Backend(cfg, weights, inv_freq)
+    from .gpu import Graph
+    return Graph(device(name), cfg, weights, inv_freq, name)

@@ -1,0 +1,165 @@
+"""The CPU backend: the graph's op set on the C kernels in `llmrun._kernels` (what the Python
+reference forward in llmrun/model.py calls), and `Backend`, the whole forward pass in one C call.
+
+Each op allocates its output and calls one kernel; the kernels check shapes and dtypes and
+release the GIL.
+"""
+from __future__ import annotations
+
+import mmap
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import _kernels as K
+from ..errors import ContextError
+from ..format import Tensor
+
+
+def matmul(w: Tensor, x: np.ndarray) -> np.ndarray:
+    """x [T, K] @ W^T for W [N, K] of any type -> [T, N]."""
+    out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
+    K.matmul(out, x, w.data, w.type.id, w.layout)
+    return out
+
+
+def embed(w: Tensor, ids: np.ndarray) -> np.ndarray:
+    """Rows `ids` [T] of the table W [V, D] -> [T, D] float32."""
+    out = np.empty((len(ids), w.shape[1]), dtype=np.float32)
+    K.get_rows(out, w.data, w.type.id, np.ascontiguousarray(ids, dtype=np.int32), w.layout)
+    return out
+
+
+def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    out = np.empty_like(x)
+    K.rmsnorm(out, x, w, eps)
+    return out
+
+
+def rope_(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray) -> None:
+    """Rotate x [T, H, hd] in place by each token's position (rotate-half convention)."""
+    K.rope(x, positions, inv_freq)
+
+
+def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, n_past: int, window: int = 0,
+              scale: float | None = None) -> np.ndarray:
+    """Causal grouped-query attention of q [T, Hq, hd] over cache positions [0, n_past + T), each
+    token seeing its last `window` positions only where window > 0; scores q.k * scale
+    (default hd^-0.5)."""
+    out = np.empty_like(q)
+    K.attention(out, q, k_cache, v_cache, n_past, window, scale or 0.0)
+    return out
+
+
+def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    out = np.empty_like(gate)
+    K.silu_mul(out, gate, up)
+    return out
+
+
+def gelu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    out = np.empty_like(gate)
+    K.gelu_mul(out, gate, up)
+    return out
+
+
+ROPE_KINDS = {"none": 0, "global": 1, "local": 2}  # llmrun.h's LLMR_ROPE_*
+ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}  # llmrun.h's LLMR_ACT_*
+
+
+def graph(cfg, w, inv_freq: dict):
+    """The model's weights (llmrun.model.Weights) and switches bound for forward(), by name:
+    views, nothing copied. inv_freq: llmrun.config.rope_frequencies."""
+    def weight(t: Tensor):
+        return (t.data, t.type.id, t.layout, t.shape[0], t.shape[1])
+
+    def layer(i, l):
+        tensors = {name: value if isinstance(value, np.ndarray) else weight(value)
+                   for name, value in vars(l).items() if value is not None}
+        return tensors | {"rope": ROPE_KINDS[cfg.layer_rope(i)], "window": cfg.layer_window(i)}
+
+    model = {"dim": cfg.dim, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads,
+             "head_dim": cfg.head_dim, "ffn_dim": cfg.ffn_dim, "norm_eps": cfg.norm_eps, "rope_dims": cfg.rotary_dims,
+             "act": ACTIVATIONS[cfg.act], "embed_scale": cfg.embed_scale, "residual_scale": cfg.residual_scale,
+             "attn_scale": cfg.attn_scale or cfg.head_dim ** -0.5, "logit_scale": cfg.logit_scale,
+             "inv_freq": inv_freq["global"], "inv_freq_local": inv_freq.get("local"), "norm": w.norm,
+             "tok_embeddings": weight(w.tok_embeddings), "output": weight(w.output)}
+    return K.graph(model, [layer(i, l) for i, l in enumerate(w.layers)])
+
+
+def forward_batch(graph, segments, vocab: int) -> np.ndarray:
+    """llmrun.model.forward() for several sequences in one kernel call: every weight is read once
+    for all their tokens; each segment attends over its own cache. A segment is (tokens int32
+    [T], n_past, k_cache, v_cache, first): it writes its caches' rows n_past .. and gets the
+    logits of its tokens from `first` on. Returns logits [sum(T - first), V], segment after
+    segment, each segment's bit for bit those it gets alone."""
+    logits = np.empty((sum(len(s[0]) - s[4] for s in segments), vocab), dtype=np.float32)
+    K.forward(graph, segments, logits)
+    return logits
+
+
+def forward(graph, tokens: np.ndarray, n_past: int, k_cache: np.ndarray, v_cache: np.ndarray,
+            first: int, vocab: int) -> np.ndarray:
+    """llmrun.model.forward() in one kernel call: the same ops in the same order, so the same
+    logits bit for bit. Writes the caches' rows n_past ..; returns logits [T - first, V] of
+    the tokens from `first` on. (forward_batch of one segment.)"""
+    return forward_batch(graph, [(tokens, n_past, k_cache, v_cache, first)], vocab)
+
+
+def isa() -> str:
+    """The kernel path in use: "scalar", "avx2", "avx512", "avx512vnni" (LLMRUN_ISA forces one)."""
+    return K.isa()
+
+
+def threads() -> int:
+    """Threads the kernels use (LLMRUN_THREADS, else the physical cores; set_threads changes it)."""
+    return K.get_threads()
+
+
+def _lazy_zeros(shape: tuple) -> np.ndarray:
+    """float32 zeros in fresh anonymous memory, committed a small page at a time as it is
+    written. (np.zeros asks Linux for 2 MiB huge pages on large arrays: a KV cache's first token
+    would then commit 2 MiB per layer for K and V alike, ~120 MiB for SmolLM2, and zeroing them
+    made its first prefill 20x slower.)"""
+    size = int(np.prod(shape, dtype=np.int64)) * 4
+    buf = mmap.mmap(-1, max(size, 1))
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        buf.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(buf, dtype=np.float32, count=size // 4).reshape(shape)
+
+
+@dataclass
+class Cache:
+    """A context's keys and values in host memory, pages committed as they are written."""
+    k: np.ndarray  # [L, C, Hkv, hd]
+    v: np.ndarray  # [L, C, Hkv, hd]
+
+
+def new_cache(cfg, n_ctx: int) -> Cache:
+    """Host keys and values for n_ctx positions of a model of config `cfg`."""
+    shape = (cfg.n_layers, n_ctx, cfg.n_kv_heads, cfg.head_dim)
+    try:
+        return Cache(_lazy_zeros(shape), _lazy_zeros(shape))
+    except (MemoryError, OSError, OverflowError):  # even unbacked: a context past what the machine can map
+        size = 8 * np.prod(shape, dtype=np.float64)
+        raise ContextError(f"a KV cache for {n_ctx} positions takes {size / 2**30:.1f} GiB, more than "
+                           "this machine can map: use a smaller context (--ctx)") from None
+
+
+class Backend:
+    """The model's weights bound for the C forward pass (llmrun.backends' interface)."""
+    name = "cpu"
+    max_segments = None  # any number: one call reads every weight once for all of them
+    cpu_threads = True
+
+    def __init__(self, cfg, weights, inv_freq: dict):
+        self.cfg = cfg
+        self.graph = graph(cfg, weights, inv_freq)
+
+    def new_cache(self, n_ctx: int) -> Cache:
+        return new_cache(self.cfg, n_ctx)
+
+    def forward(self, runs) -> list[np.ndarray]:
+        flat = forward_batch(self.graph, [(ids, n_past, c.k, c.v, first) for ids, n_past, c, first in runs],
+                             self.cfg.vocab_size)
+        return np.split(flat, np.cumsum([len(ids) - first for ids, _, _, first in runs[:-1]]))
