@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import gguf  # noqa: E402
-from conftest import byte_level_tokenizer_json, make_hf_checkpoint, sentencepiece_model  # noqa: E402
+from conftest import FAMILY_CHECKPOINTS, byte_level_tokenizer_json, make_hf_checkpoint, sentencepiece_model  # noqa: E402
 from test_gguf import TYPE_MIXES, _tokens_for_gguf, write_tiny_gguf  # noqa: E402
 
 import targets  # noqa: E402
@@ -99,6 +99,16 @@ def main() -> None:
             body = out.read_bytes()
             write("llmr", f"{name}-{type}", b"\x00" + body)
             write("llmr", f"{name}-{type}-fix", b"\x03" + body)
+    # a checkpoint of each family beyond LLaMA (its own tensors and config keys), and its .llmr
+    # (the family switches in the metadata)
+    for family, kw in FAMILY_CHECKPOINTS.items():
+        d = tmp / family
+        make_hf_checkpoint(d, **{**kw, **MICRO, "head_dim": 16})
+        files = {f: (d / f).read_bytes() for f in targets.HF_FILES if (d / f).exists()}
+        write("hf", f"family-{family}", targets.pack_hf(files))
+        out = tmp / f"{family}.llmr"
+        convert(str(d), str(out), "q8_0")
+        write("llmr", f"family-{family}-q8_0", b"\x00" + out.read_bytes())
     d = tmp / "bpe-tied"  # once more with an index naming the shard of every tensor
     files = {f: (d / f).read_bytes() for f in targets.HF_FILES if (d / f).exists()}
     n = int.from_bytes(files["model.safetensors"][:8], "little")
