@@ -36,6 +36,8 @@ def _check_rope_scaling(s, head_dim: int) -> None:
             else _positive(v)
         if not ok:
             raise ValueError(f"RoPE scaling {kind}: bad {key} {v!r}")
+    if kind == "factors" and "attention_factor" in s and not _positive(s["attention_factor"]):
+        raise ValueError(f"RoPE scaling factors: bad attention_factor {s['attention_factor']!r}")
     if kind == "llama3" and not s["high_freq_factor"] > s["low_freq_factor"]:
         raise ValueError("RoPE scaling llama3: high_freq_factor must exceed low_freq_factor")
 
@@ -55,7 +57,8 @@ class ModelConfig:
     tie_embeddings: bool  # the output head is the embedding table
     attn_bias: bool = False  # q/k/v projections carry biases (Qwen2)
     # {"type": "linear", "factor"}, {"type": "llama3", "factor", ...} or
-    # {"type": "factors", "factors": [hd/2 divisors]} (what Llama 3.1 GGUFs store)
+    # {"type": "factors", "factors": [rotary dims / 2 divisors]} (what Llama 3.1 GGUFs store; with
+    # LongRoPE's short factors, also "attention_factor", which scales cos and sin)
     rope_scaling: dict | None = None
     arch: str = "llama"  # the family (llmrun/families.py)
     # --- the family switches ---
@@ -112,6 +115,11 @@ class ModelConfig:
             raise ValueError("sliding_window and window_layers go together")
         if self.rope_scaling is not None:
             _check_rope_scaling(self.rope_scaling, self.rotary_dims)
+
+    @property
+    def rope_mscale(self) -> float:
+        """cos and sin times this: LongRoPE's attention factor (Phi-3.5, Phi-4-mini), else 1."""
+        return float((self.rope_scaling or {}).get("attention_factor", 1.0))
 
     @property
     def rotary_dims(self) -> int:

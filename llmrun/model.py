@@ -202,8 +202,9 @@ def forward(cfg: ModelConfig, w: Weights, inv_freq: dict, tokens, cache: KVCache
             k = ops.rmsnorm(k.reshape(T * Hkv, hd), layer.k_norm, cfg.norm_eps).reshape(T, Hkv, hd)
         rope = cfg.layer_rope(l)
         if rope != "none":
-            ops.rope_(q, positions, inv_freq[rope])
-            ops.rope_(k, positions, inv_freq[rope])
+            mscale = cfg.rope_mscale if rope == "global" else 1.0
+            ops.rope_(q, positions, inv_freq[rope], mscale)
+            ops.rope_(k, positions, inv_freq[rope], mscale)
         cache.k[l, n_past:n_past + T] = k
         cache.v[l, n_past:n_past + T] = v
         a = ops.attention(q, cache.k[l], cache.v[l], n_past, cfg.layer_window(l), cfg.attn_scale)  # [T, H, hd]

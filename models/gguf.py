@@ -31,6 +31,9 @@ from .hf import part_shape, split_rows
 from .gguf_tokenizer import tokenizer_from_gguf
 
 ROPE_FREQS = "rope_freqs.weight"  # Llama 3.1: per-dimension divisors of the RoPE frequencies
+# LongRoPE (Phi-3 128k, Phi-3.5, Phi-4-mini): the divisors up to the original context, and past it
+ROPE_SHORT, ROPE_LONG = "rope_factors_short.weight", "rope_factors_long.weight"
+ROPE_TENSORS = (ROPE_FREQS, ROPE_SHORT, ROPE_LONG)
 CHUNK_ROWS_BYTES = 16 << 20
 
 
@@ -62,9 +65,14 @@ def read_config(g: GGUFFile) -> ModelConfig:
             scaling = {"type": "linear", "factor": float(key("rope.scaling.factor"))}
         elif kind not in ("none", None):
             raise ConvertError(f"{g.path}: RoPE scaling {kind!r} is not supported (supported: none, linear)")
-        if ROPE_FREQS in g.tensors:
-            factors = dequantize_ggml(g.data(ROPE_FREQS), g.tensors[ROPE_FREQS].type, g.tensors[ROPE_FREQS].shape[-1])
-            scaling = {"type": "factors", "factors": [float(f) for f in factors.reshape(-1)]}
+        context = int(key("context_length"))
+        for name in (ROPE_FREQS, ROPE_SHORT):
+            if name in g.tensors:
+                factors = dequantize_ggml(g.data(name), g.tensors[name].type, g.tensors[name].shape[-1])
+                scaling = {"type": "factors", "factors": [float(f) for f in factors.reshape(-1)]}
+        if ROPE_SHORT in g.tensors:  # LongRoPE's short factors: exact up to the original context (models/hf.py)
+            scaling["attention_factor"] = float(m.get(f"{arch}.rope.scaling.attn_factor", 1.0))
+            context = int(m.get(f"{arch}.rope.scaling.original_context_length", context))
         head_dim = int(m.get(f"{arch}.attention.key_length") or dim // n_heads)
         n_layers = int(key("block_count"))
         return ModelConfig(
@@ -72,7 +80,7 @@ def read_config(g: GGUFFile) -> ModelConfig:
             n_kv_heads=int(m.get(f"{arch}.attention.head_count_kv") or n_heads), head_dim=head_dim,
             ffn_dim=int(key("feed_forward_length")), norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
             rope_theta=float(key("rope.freq_base", 10000.0)), rope_scaling=scaling,
-            max_seq_len=int(key("context_length")), tie_embeddings="output.weight" not in g.tensors,
+            max_seq_len=context, tie_embeddings="output.weight" not in g.tensors,
             attn_bias="blk.0.attn_q.bias" in g.tensors, **family.gguf_switches(m, arch, n_layers))
     except KeyError as e:
         raise ConvertError(f"{g.path}: missing metadata key {e.args[0]}") from None
@@ -85,7 +93,7 @@ def _names(g: GGUFFile, n_layers: int, family: Family) -> dict[str, str | tuple]
     tensors the family's graph has no place for."""
     out = {}
     for name in g.tensors:
-        if name == ROPE_FREQS:
+        if name in ROPE_TENSORS:
             continue
         if name in GGUF_TOP:
             out[name] = GGUF_TOP[name]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections import Counter
 from typing import Callable
@@ -47,25 +48,44 @@ def _read_json(path: str, required: bool = True) -> dict:
     return value
 
 
-def _rope(c: dict) -> tuple[float, dict | None]:
-    """(theta, scaling) from either spelling: top-level rope_theta + rope_scaling (older
-    transformers) or one rope_parameters dict (newer)."""
+def _rope(c: dict) -> tuple[float, dict | None, int | None]:
+    """(theta, scaling, context) from either spelling: top-level rope_theta + rope_scaling (older
+    transformers) or one rope_parameters dict (newer). `context` caps the usable context where
+    only part of a scaling is run (LongRoPE: its short factors, exact up to the original context)."""
     params = dict(c.get("rope_parameters") or c.get("rope_scaling") or {})
     if "full_attention" in params:  # by layer type (Gemma 3): the global layers' (the windowed ones' are a switch)
         params = dict(params["full_attention"] or {})
     theta = float(params.get("rope_theta", c.get("rope_theta", 10000.0)))
     kind = params.get("rope_type", params.get("type", "default"))
     if kind == "default":
-        return theta, None
+        return theta, None, None
     if kind == "linear":
-        return theta, {"type": "linear", "factor": float(params["factor"])}
+        return theta, {"type": "linear", "factor": float(params["factor"])}, None
+    if kind == "longrope":
+        return (theta, *_longrope(c, params))
     if kind == "llama3":
         keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
         missing = [k for k in keys if k not in params]
         if missing:
             raise ConvertError(f"llama3 RoPE scaling lacks {missing}")
-        return theta, {"type": "llama3", **{k: float(params[k]) for k in keys}}
-    raise ConvertError(f"RoPE scaling type {kind!r} is not supported (supported: default, linear, llama3)")
+        return theta, {"type": "llama3", **{k: float(params[k]) for k in keys}}, None
+    raise ConvertError(f"RoPE scaling type {kind!r} is not supported (supported: default, linear, llama3, longrope)")
+
+
+def _longrope(c: dict, params: dict) -> tuple[dict, int]:
+    """LongRoPE (Phi-3 128k, Phi-3.5, Phi-4-mini), as transformers computes it: frequencies
+    divided by the short factors up to the original context (the long ones past it), cos and sin
+    times an attention factor, sqrt(1 + ln(s) / ln(original)) for s = the context's growth. We
+    run the short factors, so the context stops at the original one, exact there."""
+    original = params.get("original_max_position_embeddings", c.get("original_max_position_embeddings"))
+    if not original or "short_factor" not in params:
+        raise ConvertError("longrope RoPE scaling lacks original_max_position_embeddings or short_factor")
+    growth = float(c.get("max_position_embeddings", original)) / float(original) if \
+        c.get("original_max_position_embeddings") else float(params.get("factor", 1.0))
+    attention_factor = params.get("attention_factor") or (
+        1.0 if growth <= 1.0 else math.sqrt(1 + math.log(growth) / math.log(float(original))))
+    return ({"type": "factors", "factors": [float(f) for f in params["short_factor"]],
+             "attention_factor": float(attention_factor)}, int(original))
 
 
 def family_of(c: dict, path: str) -> Family:
@@ -93,13 +113,13 @@ def read_config(c: dict, path: str, has_lm_head: bool, has_qkv_bias: bool) -> Mo
             raise ConvertError(f"{path}: {key}={c[key]!r} is not supported")
     try:
         dim, n_heads = int(c["hidden_size"]), int(c["num_attention_heads"])
-        theta, scaling = _rope(c)
+        theta, scaling, context = _rope(c)
         return ModelConfig(
             arch=family.name, vocab_size=int(c["vocab_size"]), dim=dim, n_layers=int(c["num_hidden_layers"]),
             n_heads=n_heads, n_kv_heads=int(c.get("num_key_value_heads") or n_heads),
             head_dim=int(c.get("head_dim") or dim // n_heads), ffn_dim=int(c["intermediate_size"]),
             norm_eps=float(c.get("rms_norm_eps", 1e-6)), rope_theta=theta, rope_scaling=scaling,
-            max_seq_len=int(c.get("max_position_embeddings", 4096)),
+            max_seq_len=context or int(c.get("max_position_embeddings", 4096)),
             tie_embeddings=bool(c.get("tie_word_embeddings", False)) or not has_lm_head, attn_bias=has_qkv_bias,
             **switches)
     except KeyError as e:

@@ -201,3 +201,28 @@ def test_weights_sha256_is_the_tools_digest(checkpoints, reference):
         h.update(f"{name}{weights[name].shape}".encode())
         h.update(np.ascontiguousarray(weights[name], np.float32).tobytes())
     assert h.hexdigest() == reference[0]["families"]["granite"]["weights_sha256"]
+
+
+# A Phi-3.5 / Phi-4-mini style checkpoint with LongRoPE scaling (a partial rotary, short and long
+# factors, a context grown 8x from 64), made by conftest's make_hf_checkpoint; its logits on
+# ids 3..40 by transformers 5.25 (float32, PyTorch CPU) are in tests/data/phi3_longrope_transformers.npz.
+LONGROPE = dict(arch="Phi3ForCausalLM", model_type="phi3", fused=True, tied=False, partial_rotary_factor=0.75,
+                max_position_embeddings=512, original_max_position_embeddings=64, pad_token_id=0,
+                rope={"rope_theta": 10000.0, "rope_scaling": {
+                    "type": "longrope", "short_factor": [1.0, 1.25, 1.5, 2.0, 2.5, 3.0],
+                    "long_factor": [2.0, 3.0, 4.0, 5.0, 7.0, 9.0]}})
+
+
+def test_longrope_short_factors_match_transformers(tmp_path):
+    """LongRoPE runs its short factors and attention factor sqrt(1 + ln 8 / ln 64), exact up to
+    the original context, which becomes the model's (measured: 4.2e-7 of the logits' range)."""
+    from conftest import ROOT, make_hf_checkpoint
+    make_hf_checkpoint(tmp_path / "hf", **LONGROPE)
+    convert(str(tmp_path / "hf"), str(tmp_path / "m.llmr"), "f32")
+    model = llmrun.load(tmp_path / "m.llmr")
+    assert model.config.max_seq_len == 64 and model.config.rope_mscale == pytest.approx(1.5 ** 0.5)
+    with np.load(ROOT / "tests" / "data" / "phi3_longrope_transformers.npz") as ref:
+        want, ids = ref["logits"], ref["ids"]
+    logits = model.logits(ids)
+    assert np.abs(logits - want).max() <= REL_BOUND * np.abs(want).max()
+    np.testing.assert_array_equal(logits.argmax(-1), want.argmax(-1))

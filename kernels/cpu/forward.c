@@ -128,9 +128,9 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_s
         return bad;
     }
     scale_(x, m->embed_scale, t * D);
-    llmr_rope_table(cos_t, sin_t, pos, m->inv_freq, t, half);
+    llmr_rope_table(cos_t, sin_t, pos, m->inv_freq, t, half, m->rope_mscale);
     if (m->inv_freq_local)
-        llmr_rope_table(cos_l, sin_l, pos, m->inv_freq_local, t, half);
+        llmr_rope_table(cos_l, sin_l, pos, m->inv_freq_local, t, half, 1.0f);
 
     for (int64_t l = 0; l < m->n_layers; l++) {
         const llmr_layer *L = &m->layers[l];

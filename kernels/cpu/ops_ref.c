@@ -18,14 +18,14 @@ void rmsnorm_ref(float *out, const float *x, const float *w, int64_t rows, int64
 }
 
 void llmr_rope_table(float *cos_t, float *sin_t, const int32_t *pos, const float *inv_freq, int64_t t,
-                     int64_t half) {
+                     int64_t half, float mscale) {
     for (int64_t ti = 0; ti < t; ti++)
         for (int64_t i = 0; i < half; i++) {
             /* The angle is the f32 product, as HF computes it; cos/sin of that f32 in double
              * then rounded, so the result does not depend on the libm's cosf accuracy. */
             const float angle = (float)pos[ti] * inv_freq[i];
-            cos_t[ti * half + i] = (float)cos((double)angle);
-            sin_t[ti * half + i] = (float)sin((double)angle);
+            cos_t[ti * half + i] = (float)cos((double)angle) * mscale;
+            sin_t[ti * half + i] = (float)sin((double)angle) * mscale;
         }
 }
 

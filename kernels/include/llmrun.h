@@ -265,10 +265,10 @@ void gemm_x16_q4_1_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride
 
 void rmsnorm_ref(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
 void rope_ref(float *x, const float *cos_t, const float *sin_t, int64_t t, int64_t h, int64_t hd, int64_t rd);
-/* cos_t, sin_t [t][half] of the angles pos[t] * inv_freq[i], for rope: once per forward call,
- * not once per layer and head. */
+/* cos_t, sin_t [t][half] of the angles pos[t] * inv_freq[i], times mscale (LongRoPE's attention
+ * factor; 1 otherwise), for rope: once per forward call, not once per layer and head. */
 void llmr_rope_table(float *cos_t, float *sin_t, const int32_t *pos, const float *inv_freq, int64_t t,
-                     int64_t half);
+                     int64_t half, float mscale);
 void attention_ref(float *out, const float *q, const float *k, const float *v, int64_t t,
                    int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, int64_t window, float scale,
                    int64_t h0, int64_t h1, float *scratch);
@@ -436,6 +436,7 @@ typedef struct {
     float residual_scale;  /* each sublayer's output times this before the add (Granite) */
     float attn_scale;      /* q.k times this (head_dim^-0.5 unless the family says otherwise) */
     float logit_scale;     /* the logits times this (Granite: 1 / logits_scaling) */
+    float rope_mscale;     /* cos and sin times this (LongRoPE's attention factor; 1 otherwise) */
     const float *inv_freq;       /* [rope_dims / 2] */
     const float *inv_freq_local; /* [rope_dims / 2], LLMR_ROPE_LOCAL layers' (NULL if none) */
     const float *norm;     /* [D] */

@@ -374,8 +374,13 @@ done:
 
 static PyObject *py_rope(PyObject *self, PyObject *args) {
     PyObject *o_x, *o_pos, *o_freq;
-    if (!PyArg_ParseTuple(args, "OOO:rope", &o_x, &o_pos, &o_freq))
+    double mscale = 1.0;
+    if (!PyArg_ParseTuple(args, "OOO|d:rope", &o_x, &o_pos, &o_freq, &mscale))
         return NULL;
+    if (!isfinite(mscale) || !isfinite((float)mscale)) {
+        PyErr_Format(PyExc_ValueError, "rope: mscale %g is not a finite float32", mscale);
+        return NULL;
+    }
     Py_buffer v[3] = {{0}}, *x = &v[0], *pos = &v[1], *freq = &v[2];
     PyObject *ret = NULL;
     float *table = NULL;
@@ -400,7 +405,7 @@ static PyObject *py_rope(PyObject *self, PyObject *args) {
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    llmr_rope_table(table, table + t * half, pos->buf, freq->buf, t, half);
+    llmr_rope_table(table, table + t * half, pos->buf, freq->buf, t, half, (float)mscale);
     kern->rope(x->buf, table, table + t * half, t, h, hd, 2 * half);
     Py_END_ALLOW_THREADS
     ret = Py_NewRef(Py_None);
@@ -672,7 +677,8 @@ static const struct {
 static const char *const LAYER_SWITCHES[] = {"rope", "window"};
 static const char *const MODEL_KEYS[] = {"dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim",
                                          "rope_dims", "act", "norm_eps", "embed_scale", "residual_scale",
-                                         "attn_scale", "logit_scale", "inv_freq", "inv_freq_local", "norm",
+                                         "attn_scale", "logit_scale", "rope_mscale", "inv_freq", "inv_freq_local",
+                                         "norm",
                                          "tok_embeddings", "output"};
 
 /* A dict whose every key is a known name (a misspelt field is an error, not a tensor left out). */
@@ -793,7 +799,8 @@ static PyObject *py_graph(PyObject *self, PyObject *args) {
         dict_float(o_model, "embed_scale", 1.0, &cfg.embed_scale) ||
         dict_float(o_model, "residual_scale", 1.0, &cfg.residual_scale) ||
         dict_float(o_model, "attn_scale", hd > 0 ? 1.0 / sqrt((double)hd) : 1.0, &cfg.attn_scale) ||
-        dict_float(o_model, "logit_scale", 1.0, &cfg.logit_scale))
+        dict_float(o_model, "logit_scale", 1.0, &cfg.logit_scale) ||
+        dict_float(o_model, "rope_mscale", 1.0, &cfg.rope_mscale))
         return NULL;
     if (D < 1 || L < 1 || L > (1 << 20) || H < 1 || Hkv < 1 || H % Hkv || hd < 2 || hd % 2 || F < 1 || rd < 2 ||
         rd % 2 || rd > hd || (act != LLMR_ACT_SILU && act != LLMR_ACT_GELU_TANH) || PyList_GET_SIZE(o_layers) != L) {
@@ -953,7 +960,7 @@ static PyMethodDef methods[] = {
      "graph(model, layers): a model's weights and switches for forward(), by name. model: a dict of\n"
      "dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim, norm_eps, inv_freq, norm, tok_embeddings,\n"
      "output and the optional rope_dims, act, embed_scale, residual_scale, attn_scale, logit_scale,\n"
-     "inv_freq_local; layers: a dict each of attn_norm, ffn_norm, wq, wk, wv, wo, w_gate, w_up, w_down\n"
+     "rope_mscale, inv_freq_local; layers: a dict each of attn_norm, ffn_norm, wq, wk, wv, wo, w_gate, w_up, w_down\n"
      "and the optional bq, bk, bv, q_norm, k_norm, attn_post_norm, ffn_post_norm, rope, window.\n"
      "A weight is (buffer, type id, layout, rows, cols). The buffers stay referenced while the graph lives."},
     {"forward", py_forward, METH_VARARGS,
@@ -978,8 +985,9 @@ static PyMethodDef methods[] = {
      "rmsnorm(out, x, w, eps): out = x / sqrt(mean(x^2, last axis) + eps) * w. x, out float32\n"
      "[..., D] (out may be x), w float32 [D]."},
     {"rope", py_rope, METH_VARARGS,
-     "rope(x, positions, inv_freq): rotate x float32 [T, H, hd] in place, rotate-half convention;\n"
-     "positions int32 [T], inv_freq float32 [rd/2]: the first rd (<= hd) of each head rotate."},
+     "rope(x, positions, inv_freq, mscale=1): rotate x float32 [T, H, hd] in place, rotate-half\n"
+     "convention; positions int32 [T], inv_freq float32 [rd/2]: the first rd (<= hd) of each head\n"
+     "rotate; cos and sin are scaled by mscale (LongRoPE's attention factor)."},
     {"attention", py_attention, METH_VARARGS,
      "attention(out, q, k_cache, v_cache, n_past, window=0, scale=hd**-0.5): causal grouped-query\n"
      "attention. q, out float32 [T, Hq, hd]; caches float32 [n_ctx, Hkv, hd] holding positions\n"

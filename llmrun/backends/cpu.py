@@ -36,9 +36,10 @@ def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return out
 
 
-def rope_(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray) -> None:
-    """Rotate x [T, H, hd] in place by each token's position (rotate-half convention)."""
-    K.rope(x, positions, inv_freq)
+def rope_(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray, mscale: float = 1.0) -> None:
+    """Rotate x [T, H, hd] in place by each token's position (rotate-half convention, over the
+    first 2 * len(inv_freq) of each head), cos and sin scaled by mscale."""
+    K.rope(x, positions, inv_freq, mscale)
 
 
 def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, n_past: int, window: int = 0,
@@ -82,7 +83,7 @@ def graph(cfg, w, inv_freq: dict):
              "head_dim": cfg.head_dim, "ffn_dim": cfg.ffn_dim, "norm_eps": cfg.norm_eps, "rope_dims": cfg.rotary_dims,
              "act": ACTIVATIONS[cfg.act], "embed_scale": cfg.embed_scale, "residual_scale": cfg.residual_scale,
              "attn_scale": cfg.attn_scale or cfg.head_dim ** -0.5, "logit_scale": cfg.logit_scale,
-             "inv_freq": inv_freq["global"], "inv_freq_local": inv_freq.get("local"), "norm": w.norm,
+             "rope_mscale": cfg.rope_mscale, "inv_freq": inv_freq["global"], "inv_freq_local": inv_freq.get("local"), "norm": w.norm,
              "tok_embeddings": weight(w.tok_embeddings), "output": weight(w.output)}
     return K.graph(model, [layer(i, l) for i, l in enumerate(w.layers)])
 
