@@ -25,8 +25,9 @@ HELP = """commands:
   /load FILE          load a saved conversation
   /regen              drop the last reply and answer again
   /stats              speeds and context use of the last reply
-  /exit               leave (also Ctrl-D, or Ctrl-C at the prompt)
-\"\"\" opens and closes a multi-line message; Ctrl-C stops a reply and keeps what it said."""
+  /exit               leave (also Ctrl-D, or Ctrl-C twice within a second)
+\"\"\" opens and closes a multi-line message; Ctrl-C stops a reply and keeps what it said, and at
+the prompt clears the line."""
 SETTING_NAMES = {"temp": "temperature", **{f.name: f.name for f in fields(Settings)}}
 DOUBLE_INTERRUPT = 1.0  # seconds: a second Ctrl-C this soon after the first exits
 
@@ -144,8 +145,14 @@ class _Repl:
                 try:
                     text = self.read_message()
                 except KeyboardInterrupt:
+                    # A Ctrl-C meant to stop a reply often lands on the prompt (a short reply
+                    # ends first): it clears the line and ends nothing; a second one soon
+                    # after is a request to leave.
                     print()
-                    return 130 if self._interrupted() else 0
+                    if self._interrupted():
+                        return 130
+                    _err("(the line is cleared: Ctrl-D or /exit to leave, or Ctrl-C again within a second)")
+                    continue
                 if text is None:
                     print()
                     return 0

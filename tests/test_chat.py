@@ -223,11 +223,33 @@ def test_terminal_ctrl_c_stops_a_reply_and_the_chat_goes_on(terminal, tmp_path):
     messages = json.loads((tmp_path / "conv.json").read_text())["messages"]
     assert messages[1]["role"] == "assistant" and messages[1]["content"].startswith("Once")  # kept, partial
     assert len(messages) == 4
-    time.sleep(1.2)
-    c.sendintr()  # at the prompt: leaves cleanly
+    c.sendline("/exit")
     c.expect(pexpect_eof())
     c.close()
     assert c.exitstatus == 0
+
+
+def test_terminal_ctrl_c_at_an_idle_prompt_ends_nothing(terminal, tmp_path):
+    """A Ctrl-C at the prompt (as when it was meant for a reply that had just ended) clears the
+    line and says how to leave; the conversation goes on; two within a second leave with 130."""
+    c = terminal("-n", "12")
+    _turn(c, "My name is Alice.")
+    c.send("half a message")
+    c.sendintr()
+    c.expect_exact("Ctrl-D or /exit to leave")
+    c.expect_exact(">>> ")
+    time.sleep(1.2)
+    assert _turn(c, "What is the capital of France?")
+    _turn(c, f"/save {tmp_path / 'conv.json'}")
+    users = [m["content"] for m in json.loads((tmp_path / "conv.json").read_text())["messages"] if m["role"] == "user"]
+    assert users == ["My name is Alice.", "What is the capital of France?"]  # nothing lost, nothing half-sent
+    time.sleep(1.2)
+    c.sendintr()
+    c.expect_exact("Ctrl-D or /exit to leave")
+    c.sendintr()
+    c.expect(pexpect_eof())
+    c.close()
+    assert c.exitstatus == 130
 
 
 def test_terminal_save_load_gives_the_same_next_reply(terminal, tmp_path):
