@@ -52,9 +52,14 @@ TILES = {"matmul": ("MATMUL_ROWS", "MATMUL_TOKENS"), "gemm": ("GEMM_ROWS", "GEMM
 
 def _covered(grid) -> int:
     """Elements an elementwise launch reaches: index x * 64 + thread + y * 65535 * 64."""
+    return _rows_covered(grid) * WORKGROUP
+
+
+def _rows_covered(grid) -> int:
+    """Rows a launch of a block per row reaches: row x + y * 65535."""
     gx, gy = grid
     assert gy == 1 or gx == MAX_GROUPS, f"grid {grid}: y > 1 needs a full x"
-    return (gx if gy == 1 else gy * MAX_GROUPS) * WORKGROUP
+    return gx if gy == 1 else gy * MAX_GROUPS
 
 
 class Emulator:
@@ -223,20 +228,20 @@ class Emulator:
             if row0 <= i < row0 + rows:
                 self.f32(out, (t + 1) * k)[t * k:] = table[i - row0]
 
-    def k_rmsnorm(self, grid, step, x, weight, out, d, eps, from_first):
+    def k_rmsnorm(self, grid, step, x, weight, out, d, eps, from_first, per_token):
         _, T, first = self.step(step)
-        skip = from_first * first
-        for t in range(min(grid[0], T - skip)):
+        skip = from_first * first * per_token
+        for t in range(min(_rows_covered(grid), T * per_token - skip)):
             row = self.f32(x, (t + skip + 1) * d)[(t + skip) * d:].astype(np.float64)
             self.f32(out, (t + 1) * d)[t * d:] = row / np.sqrt((row ** 2).mean() + np.float32(eps)) * self.f32(weight, d)
 
-    def k_rope(self, grid, step, x, table, heads, hd):
+    def k_rope(self, grid, step, x, table, heads, hd, rd):
         n_past, T, _ = self.step(step)
-        half = hd // 2
+        half = rd // 2
         n = min(T * heads * half, _covered(grid))
         i = np.arange(n)
         j, row = i % half, i // half
-        cs = self.f32(table, (n_past + T) * hd).reshape(-1, half, 2)[n_past + row // heads, j]
+        cs = self.f32(table, (n_past + T) * rd).reshape(-1, half, 2)[n_past + row // heads, j]
         xs = self.f32(x, T * heads * hd).reshape(T * heads, hd)
         a, b = xs[row, j].copy(), xs[row, j + half].copy()
         xs[row, j], xs[row, j + half] = a * cs[:, 0] - b * cs[:, 1], b * cs[:, 0] + a * cs[:, 1]
@@ -246,6 +251,18 @@ class Emulator:
         n = min(T * row, _covered(grid))
         g, u = self.f32(gate, n), self.f32(up, n)
         g[:] = g / (1 + np.exp(-g.astype(np.float64))) * u
+
+    def k_gelu_mul(self, grid, step, gate, up, row):
+        _, T, _ = self.step(step)
+        n = min(T * row, _covered(grid))
+        g, u = self.f32(gate, n), self.f32(up, n)
+        x = g.astype(np.float64)
+        g[:] = 0.5 * x * (1 + np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3))) * u
+
+    def k_scale(self, grid, step, x, row, from_first, s):
+        _, T, first = self.step(step)
+        count = min((T - from_first * first) * row, _covered(grid))
+        self.f32(x, count)[:] *= np.float32(s)
 
     def k_add(self, grid, step, x, y, row, n):
         _, T, _ = self.step(step)
@@ -257,7 +274,7 @@ class Emulator:
         count = min(T * row, _covered(grid))
         self.f32(cache, n_past * row + count)[n_past * row:] = self.f32(src, count)
 
-    def k_attention(self, grid, step, q, kc, vc, out, heads, kv_heads, hd, scale):
+    def k_attention(self, grid, step, q, kc, vc, out, heads, kv_heads, hd, scale, window):
         n_past, T, _ = self.step(step)
         Q = self.f32(q, T * heads * hd).reshape(T, heads, hd)
         K = self.f32(kc, (n_past + T) * kv_heads * hd).reshape(-1, kv_heads, hd).astype(np.float64)
@@ -265,7 +282,8 @@ class Emulator:
         o = self.f32(out, T * heads * hd).reshape(T, heads, hd)
         for t in range(min(grid[1], T)):
             n = n_past + t + 1
+            start = n - window if 0 < window < n else 0  # a sliding window's first position
             for h in range(min(grid[0], heads)):
-                s = K[:n, h // (heads // kv_heads)] @ Q[t, h] * np.float32(scale)
+                s = K[start:n, h // (heads // kv_heads)] @ Q[t, h] * np.float32(scale)
                 p = np.exp(s - s.max())
-                o[t, h] = p @ V[:n, h // (heads // kv_heads)] / p.sum()
+                o[t, h] = p @ V[start:n, h // (heads // kv_heads)] / p.sum()

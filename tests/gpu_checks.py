@@ -79,3 +79,86 @@ def test_smollm2_matches_the_cpu_at_every_position(backend, device, bound, smoll
         print(f"smollm2 {type} {backend} {prompt['name']}: max |logit difference| {diff:.4f}")
         assert (want.argmax(-1) == got.argmax(-1)).all(), prompt["name"]
         assert diff < 50 * bound, prompt["name"]  # logits up to ~32: about 1.5 x the relative bound
+
+
+# --- the family switches (llmrun/config.py) on the device --------------------------------------
+
+FAMILIES = ["qwen3", "smollm3", "phi3", "gemma3", "granite", "mistral-window"]
+
+
+@pytest.fixture(scope="module")
+def family_models_f16(tmp_path_factory):
+    """conftest's FAMILY_CHECKPOINTS converted to f16 (family_models has f32, which no GPU kernel
+    reads, and q8_0): {family: .llmr path}."""
+    from conftest import FAMILY_CHECKPOINTS, make_hf_checkpoint
+    from llmrun.models import convert
+    d = tmp_path_factory.mktemp("family-models-f16")
+    out = {}
+    for family, kw in FAMILY_CHECKPOINTS.items():
+        make_hf_checkpoint(d / family, **kw)
+        out[family] = d / f"{family}-f16.llmr"
+        convert(str(d / family), str(out[family]), "f16")
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("type", ["f16", "q8_0"])
+def test_families_match_the_cpu(backend, device, bound, family_models, family_models_f16, family, type):
+    """Each family's tiny checkpoint (q/k norms, post-norms, the GELU gate, the four scalars, a
+    partial or absent RoPE, windows of 4 positions with their own RoPE base), prefill then
+    decode steps past the window: the same argmax at every position as the CPU, and logits
+    within the bound (`pytest -s` prints the largest difference)."""
+    import llmrun
+    path = family_models_f16[family] if type == "f16" else family_models[family, type]
+    cpu, gpu = llmrun.load(path), llmrun.load(path, backend=backend)
+    ids = np.random.default_rng(5).integers(0, cpu.config.vocab_size, 24)
+    c_cache, g_cache = cpu.new_cache(32), gpu.new_cache(32)
+    want, got = [], []
+    for start, stop in ((0, 20), (20, 21), (21, 22), (22, 24)):
+        want.append(cpu.forward(ids[start:stop], c_cache))
+        got.append(gpu.forward(ids[start:stop], g_cache))
+        assert (want[-1].argmax(-1) == got[-1].argmax(-1)).all(), (start, stop)
+    want, got = np.concatenate(want), np.concatenate(got)
+    diff = float(np.abs(want - got).max())
+    print(f"{family} {type} {backend}: max |logit difference| {diff:.2e} ({diff / np.abs(want).max():.1e} of the "
+          f"largest logit, {np.abs(want).max():.2f})")
+    assert diff <= bound * np.abs(want).max()
+
+
+def test_every_switch_at_once(backend, device, bound):
+    """`llmrun selftest`'s check on a model built in memory with every switch set together, in
+    combinations no family has (a partial rotary with a local RoPE base and a window, a windowed
+    layer without RoPE, LongRoPE's factors and attention factor beside a local base), f16 and
+    q8_0 weights."""
+    from dataclasses import replace
+    from llmrun import selftest
+    from llmrun.backends import cpu, gpu
+    from llmrun.backends import device as new_device
+    from llmrun.config import rope_frequencies
+    from llmrun.model import KVCache
+    cfg = replace(selftest.CONFIG, n_layers=3, qk_norm=True, post_norms=True, act="gelu_tanh", embed_scale=3.0,
+                  residual_scale=0.5, attn_scale=0.1, logit_scale=0.25, rope_dims=16, no_rope_layers=(2,),
+                  sliding_window=5, window_layers=(0, 2), rope_local_theta=1000.0,
+                  rope_scaling={"type": "factors", "factors": [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 9.0],
+                                "attention_factor": 1.2})
+    inv_freq = rope_frequencies(cfg)
+    ids = np.random.default_rng(1).integers(0, cfg.vocab_size, 24).astype(np.int32)
+    dev = new_device(backend)  # as a loaded model gets its own
+    for type_name in ("f16", "q8_0"):
+        w = selftest.random_weights(type_name, cfg)
+        rng = np.random.default_rng(2)
+        for layer in w.layers:
+            for name, n in (("q_norm", cfg.head_dim), ("k_norm", cfg.head_dim), ("attn_post_norm", cfg.dim),
+                            ("ffn_post_norm", cfg.dim)):
+                setattr(layer, name, (1 + 0.1 * rng.standard_normal(n)).astype(np.float32))
+        graph, on_device = cpu.graph(cfg, w, inv_freq), gpu.Graph(dev, cfg, w, inv_freq, backend)
+        cache, device_cache = KVCache(cfg, 32), on_device.new_cache(32)
+        want, got = [], []
+        for start, stop in ((0, 20), (20, 21), (21, 22), (22, 24)):
+            want.append(cpu.forward(graph, ids[start:stop], start, cache.k, cache.v, 0, cfg.vocab_size))
+            got.append(device_cache.run(ids[start:stop], start, 0))
+        want, got = np.concatenate(want), np.concatenate(got)
+        diff = float(np.abs(want - got).max())
+        print(f"every switch {type_name} {backend}: max |logit difference| {diff:.2e} ({diff / np.abs(want).max():.1e} "
+              f"of the largest logit, {np.abs(want).max():.2f})")
+        assert (want.argmax(-1) == got.argmax(-1)).all() and diff <= bound * np.abs(want).max()

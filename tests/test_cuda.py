@@ -57,7 +57,7 @@ def bound():
 
 def test_the_module_has_every_kernel_the_plans_launch(kernels):
     from llmrun.backends import cuda, gpu
-    ops = {"rmsnorm", "rope", "silu_mul", "add", "store_rows", "attention"}
+    ops = {"rmsnorm", "rope", "silu_mul", "gelu_mul", "scale", "add", "store_rows", "attention"}
     assert set(kernels) == {f"{op}_{t}" for op in ("matmul", "gemm", "embed") for t in gpu.TYPES} | ops
     assert kernels["gemm_q4_0"][1] == cuda.GEMM_THREADS and kernels["matmul_q4_0"][1] == cuda.MATMUL_THREADS
     assert kernels["attention"][1] == cuda.ATTENTION_THREADS

@@ -114,44 +114,48 @@ def _run_op(device, kernel, params, buffers, groups, T, n_past=0, weight_type=No
     return np.frombuffer(device.device.queue.read_buffer(bufs[out]), dtype=np.float32)
 
 
-def test_rmsnorm_kernel(device):
+@pytest.mark.parametrize("per_token", [1, 3])
+def test_rmsnorm_kernel(device, per_token):
+    """Rows of the residual stream (one a token), and heads of q (per_token a token: the per-head
+    q/k norms)."""
     rng = np.random.default_rng(1)
-    x, w = rng.standard_normal((5, 96)).astype(np.float32), rng.standard_normal(96).astype(np.float32)
-    out = _run_op(device, "rmsnorm", (96, 1e-5, 0), [x, w, np.zeros_like(x)], (5, 1), 5).reshape(5, 96)
+    x, w = rng.standard_normal((5 * per_token, 96)).astype(np.float32), rng.standard_normal(96).astype(np.float32)
+    out = _run_op(device, "rmsnorm", (96, 1e-5, 0, per_token), [x, w, np.zeros_like(x)], (5 * per_token, 1), 5)
     want = x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-5) * w
-    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.reshape(5 * per_token, 96), want, rtol=1e-5, atol=1e-6)
 
 
-def test_rope_kernel(device):
+@pytest.mark.parametrize("rd", [16, 12])
+def test_rope_kernel(device, rd):
+    """Every element of each head turned, or the first rd (a partial rotary): the rest pass."""
     from llmrun.backends import cpu
     rng = np.random.default_rng(2)
     T, H, hd, n_past = 3, 4, 16, 5
     x = rng.standard_normal((T, H, hd)).astype(np.float32)
-    inv_freq = (10000.0 ** (-np.arange(0, hd, 2) / hd)).astype(np.float32)
+    inv_freq = (10000.0 ** (-np.arange(0, rd, 2) / rd)).astype(np.float32)
     angle = np.arange(16, dtype=np.float32)[:, None] * inv_freq[None, :]
     table = np.stack([np.cos(angle.astype(np.float64)), np.sin(angle.astype(np.float64))], -1).astype(np.float32)
-    got = _run_op(device, "rope", (H, hd), [x, table], (T * H * hd // 2 // 64 + 1, 1), T, n_past, out=0)
+    got = _run_op(device, "rope", (H, hd, rd), [x, table], (T * H * rd // 2 // 64 + 1, 1), T, n_past, out=0)
     want = x.copy()
     cpu.rope_(want, np.arange(n_past, n_past + T, dtype=np.int32), inv_freq)  # the CPU's kernel
     np.testing.assert_allclose(got.reshape(T, H, hd), want, rtol=1e-6, atol=1e-6)
 
 
-def test_attention_kernel(device):
-    """Causal GQA over a cache of n_past + T positions, against numpy softmax attention."""
+@pytest.mark.parametrize("window, scale", [(0, None), (3, 0.3)])
+def test_attention_kernel(device, window, scale):
+    """Causal GQA over a cache of n_past + T positions, against the CPU's kernel: every position,
+    or a sliding window of the last 3, with the default or a family's scale."""
+    from llmrun.backends import cpu
     rng = np.random.default_rng(3)
     T, H, Hkv, hd, n_past, C = 3, 4, 2, 16, 4, 8
     q = rng.standard_normal((T, H, hd)).astype(np.float32)
     k, v = rng.standard_normal((2, C, Hkv, hd)).astype(np.float32)
     out = np.zeros_like(q)
     scores = np.zeros((T, H, C), np.float32)
-    got = _run_op(device, "attention", (H, Hkv, hd, C, 0, float(1 / np.sqrt(hd))), [q, k, v, out, scores],
+    got = _run_op(device, "attention", (H, Hkv, hd, C, 0, float(scale or hd ** -0.5), window), [q, k, v, out, scores],
                   (H, T), T, n_past, out=3).reshape(T, H, hd)
-    for t in range(T):
-        n = n_past + t + 1
-        for h in range(H):
-            s = k[:n, h // (H // Hkv)].astype(np.float64) @ q[t, h] / np.sqrt(hd)
-            p = np.exp(s - s.max())
-            np.testing.assert_allclose(got[t, h], p @ v[:n, h // (H // Hkv)] / p.sum(), rtol=1e-5, atol=1e-6)
+    want = cpu.attention(q, k, v, n_past, window, scale)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_elementwise_kernels(device):
@@ -159,9 +163,17 @@ def test_elementwise_kernels(device):
     g, u = rng.standard_normal((2, 3, 40)).astype(np.float32) * 4
     got = _run_op(device, "silu_mul", (40,), [g, u], (2, 1), 3, out=0)
     np.testing.assert_allclose(got.reshape(3, 40), g / (1 + np.exp(-g.astype(np.float64))) * u, rtol=1e-5, atol=1e-6)
+    g[0, :3] = [30.0, -30.0, 100.0]  # past where an exp-based tanh overflows
+    got = _run_op(device, "gelu_mul", (40,), [g, u], (2, 1), 3, out=0)
+    x = g.astype(np.float64)
+    want = 0.5 * x * (1 + np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3))) * u
+    # f32's tanh is good to ~1e-7 of 1: where 1 + tanh cancels, relative to the gate's size
+    assert (np.abs(got.reshape(3, 40) - want) <= 2e-6 * np.abs(g * u) + 1e-6).all()
     bias = rng.standard_normal(40).astype(np.float32)
     got = _run_op(device, "add", (40, 40), [g, bias], (2, 1), 3, out=0)
     np.testing.assert_array_equal(got.reshape(3, 40), g + bias)
+    got = _run_op(device, "scale", (40, 0, 0.3), [g], (2, 1), 3, out=0)
+    np.testing.assert_array_equal(got.reshape(3, 40), g * np.float32(0.3))
 
 
 @pytest.mark.parametrize("type", ["q8_0", "q4_0", "q4_1", "f16"])

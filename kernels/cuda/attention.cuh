@@ -1,5 +1,6 @@
 // Causal grouped-query attention: a block of ATTENTION_WARPS warps per (head, token); token t
-// (position n_past + t) sees cache positions 0 ..= n_past + t. Each warp takes every
+// (position n_past + t) sees cache positions 0 ..= n_past + t, or the last `window` of them in
+// a sliding-window layer (window > 0: Mistral, Gemma 3). Each warp takes every
 // ATTENTION_WARPS-th position with a running max and sum (online softmax), its lanes holding
 // head dimensions lane, lane + 32, ...; the warps' partial results meet in shared memory. No
 // scratch row per context, so any context length fits.
@@ -12,12 +13,13 @@ constexpr uint32_t MAX_HEAD_DIM = 256;  // llmrun/cuda.py refuses models with wi
 constexpr uint32_t DIMS_PER_LANE = MAX_HEAD_DIM / 32;
 
 KERNEL(ATTENTION_WARPS * 32) attention(const Step *step, const float *q, const float *kc, const float *vc, float *out,
-                          uint32_t heads, uint32_t kv_heads, uint32_t hd, float scale) {
+                          uint32_t heads, uint32_t kv_heads, uint32_t hd, float scale, uint32_t window) {
     const uint32_t h = blockIdx.x, t = blockIdx.y;
     const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     if (t >= step->tokens)
         return;  // the whole block: no barrier is skipped by part of it
-    const uint32_t n = step->n_past + t + 1;  // positions this token sees
+    const uint32_t n = step->n_past + t + 1;  // positions this token sees: start .. n - 1
+    const uint32_t start = window > 0 && n > window ? n - window : 0;
     const uint32_t kvh = h / (heads / kv_heads);
     const float *qv = q + ((size_t)t * heads + h) * hd;
 
@@ -29,7 +31,7 @@ KERNEL(ATTENTION_WARPS * 32) attention(const Step *step, const float *q, const f
         acc[i] = 0.0f;
     }
     float m = -INFINITY, l = 0.0f;  // running max of the scores, and sum of exp(score - m)
-    for (uint32_t j = warp; j < n; j += ATTENTION_WARPS) {
+    for (uint32_t j = start + warp; j < n; j += ATTENTION_WARPS) {
         const float *kj = kc + ((size_t)j * kv_heads + kvh) * hd, *vj = vc + ((size_t)j * kv_heads + kvh) * hd;
         float s = 0.0f;
 #pragma unroll

@@ -1,5 +1,6 @@
 // The small ops of the graph, each as its WGSL twin in kernels/wgsl/ (same arguments, same
-// grids): embedding rows, RMSNorm, RoPE, SiLU-gate, adds, and the KV cache's new rows.
+// grids): embedding rows, RMSNorm, RoPE, the SiLU and GELU gates, scales, adds, and the KV
+// cache's new rows.
 #pragma once
 
 #include "common.cuh"
@@ -23,12 +24,14 @@ __device__ void embed(const Step *step, const uint32_t *w, const uint32_t *ids, 
     }
 }
 
-// out[t] = x[skip + t] / sqrt(mean(x[skip + t]^2) + eps) * weight, skip = step.first when
-// from_first (the final norm). One block of 64 threads per output row.
+// out[r] = x[skip + r] / sqrt(mean(x[skip + r]^2) + eps) * weight, skip = step.first when
+// from_first (the final norm). One block of 64 threads per output row; a token has per_token
+// rows (1, or the heads of q or of k for the per-head q/k norms), and the rows past 65,535
+// blocks go on in y.
 KERNEL(WORKGROUP) rmsnorm(const Step *step, const float *x, const float *weight, float *out, uint32_t d, float eps,
-                        uint32_t from_first) {
-    const uint32_t t = blockIdx.x, skip = from_first * step->first;
-    if (t + skip >= step->tokens)
+                        uint32_t from_first, uint32_t per_token) {
+    const uint32_t t = blockIdx.x + blockIdx.y * MAX_GROUPS, skip = from_first * step->first * per_token;
+    if (t + skip >= step->tokens * per_token)
         return;
     const float *xr = x + (size_t)(t + skip) * d;
     float s = 0.0f;
@@ -44,10 +47,11 @@ KERNEL(WORKGROUP) rmsnorm(const Step *step, const float *x, const float *weight,
         out[(size_t)t * d + i] = xr[i] * scale * weight[i];
 }
 
-// Rotate x [tokens, heads, hd] in place by each token's position (rotate-half: element i pairs
-// with i + hd/2), cos and sin from the table of every position [ctx, hd/2, 2] made on the host.
-KERNEL(WORKGROUP) rope(const Step *step, float *x, const float *table, uint32_t heads, uint32_t hd) {
-    const uint32_t half = hd / 2, i = element_index();
+// Rotate x [tokens, heads, hd] in place by each token's position (rotate-half over the first
+// rd elements of each head: element i pairs with i + rd/2; the rest pass, as Phi-3's partial
+// rotary has it), cos and sin from the table of every position [ctx, rd/2, 2] made on the host.
+KERNEL(WORKGROUP) rope(const Step *step, float *x, const float *table, uint32_t heads, uint32_t hd, uint32_t rd) {
+    const uint32_t half = rd / 2, i = element_index();
     if (i >= step->tokens * heads * half)
         return;
     const uint32_t j = i % half, row = i / half, t = row / heads;  // row: token * heads + head
@@ -65,6 +69,25 @@ KERNEL(WORKGROUP) silu_mul(const Step *step, float *gate, const float *up, uint3
         const float g = gate[i];
         gate[i] = g / (1.0f + expf(-g)) * up[i];
     }
+}
+
+// gate = gelu(gate) * up, in place, GELU in its tanh form (Gemma's GeGLU), as the CPU computes
+// it: 0.5 * g * (1 + tanh(sqrt(2/pi) * (g + 0.044715 g^3))) * up.
+KERNEL(WORKGROUP) gelu_mul(const Step *step, float *gate, const float *up, uint32_t row) {
+    const uint32_t i = element_index();
+    if (i < step->tokens * row) {
+        const float g = gate[i];
+        gate[i] = 0.5f * g * (1.0f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g))) * up[i];
+    }
+}
+
+// x[i] *= s, in place: the embeddings (Gemma 3, Granite), a sublayer's output before its
+// residual add and the logits (Granite), each its own f32 product as on the CPU; from_first:
+// x holds only the tokens from step.first on (the logits).
+KERNEL(WORKGROUP) scale(const Step *step, float *x, uint32_t row, uint32_t from_first, float s) {
+    const uint32_t i = element_index();
+    if (i < (step->tokens - from_first * step->first) * row)
+        x[i] *= s;
 }
 
 // x[i] += y[i % n]: the residual add (n = the size of x) and a bias on every token's row.

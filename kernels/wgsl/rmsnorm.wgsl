@@ -1,23 +1,26 @@
-// out[t] = x[row0 + t] / sqrt(mean(x[row0 + t]^2) + eps) * weight: one workgroup per token,
-// the sum of squares reduced in workgroup memory.
+// out[r] = x[skip + r] / sqrt(mean(x[skip + r]^2) + eps) * weight: one workgroup per row, the
+// sum of squares reduced in workgroup memory. A token has `per_token` rows: 1 for the residual
+// stream's norms, the heads of q or of k for the per-head q/k norms (Qwen3, Gemma 3), whose
+// T * heads rows may pass 65,535 workgroups, so rows go on in y.
 struct Params {
     d: u32,          // row length
     eps: f32,
     from_first: u32, // 1: only the tokens from step.first on (the final norm)
+    per_token: u32,  // rows per token
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read> x: array<f32>;          // [tokens, d]
+@group(0) @binding(2) var<storage, read> x: array<f32>;          // [tokens * per_token, d]
 @group(0) @binding(3) var<storage, read> weight: array<f32>;     // [d]
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;  // [tokens - first, d]
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;  // [(tokens - first) * per_token, d]
 
 var<workgroup> part: array<f32, 64>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-    let t = wg.x;  // an output row; dispatched for every token a step can have
-    let skip = p.from_first * step.first;
-    let live = t + skip < step.tokens;
+    let t = wg.x + wg.y * 65535u;  // an output row; dispatched for every row a step can have
+    let skip = p.from_first * step.first * p.per_token;
+    let live = t + skip < step.tokens * p.per_token;
     let xo = (t + skip) * p.d;
     var s = 0.0;
     for (var i = li; i < p.d && live; i += 64u) {

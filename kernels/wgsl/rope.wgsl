@@ -1,9 +1,11 @@
-// Rotate x [tokens, heads, hd] in place by each token's position (rotate-half: element i pairs
-// with i + hd/2), cos and sin from a table of every position [ctx, hd/2, 2], computed once on
+// Rotate x [tokens, heads, hd] in place by each token's position (rotate-half over the first
+// rd elements of each head: element i pairs with i + rd/2; the rest pass, as Phi-3's partial
+// rotary has it), cos and sin from a table of every position [ctx, rd/2, 2], computed once on
 // the host exactly as the CPU computes its own (llmr_rope_table).
 struct Params {
     heads: u32,
     hd: u32,
+    rd: u32,  // the rotated elements of each head (hd, or fewer)
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
@@ -12,7 +14,7 @@ struct Params {
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let half = p.hd / 2u;
+    let half = p.rd / 2u;
     let i = gid.x + gid.y * 65535u * 64u;
     if (i >= step.tokens * p.heads * half) {
         return;

@@ -11,7 +11,6 @@ replayed: one driver call per token instead of one per kernel.
 from __future__ import annotations
 
 import ctypes
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -348,12 +347,13 @@ class Plan:
         captured step reads n_past from the step buffer)."""
         self.op("store_rows", (row,), [src, cache], lambda T, first: groups(T * row))
 
-    def attention(self, q, kc, vc, out, cfg, n_ctx: int, capacity: int) -> None:
+    def attention(self, q, kc, vc, out, cfg, n_ctx: int, capacity: int, scale: float, window: int) -> None:
+        """Scores q.k * scale, each token seeing its last `window` positions (0: all)."""
         H, Hkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         if hd > MAX_HEAD_DIM:
             raise LlmrunError(f"the CUDA attention kernel takes heads of up to {MAX_HEAD_DIM}, not {hd}; "
                               "use --backend cpu")
-        self.op("attention", (H, Hkv, hd, float(1 / math.sqrt(hd))), [q, kc, vc, out], lambda T, first: (H, T),
+        self.op("attention", (H, Hkv, hd, float(scale), window), [q, kc, vc, out], lambda T, first: (H, T),
                 threads=ATTENTION_THREADS)
 
     def run(self, T: int, n_past: int = 0, first: int = 0) -> int:

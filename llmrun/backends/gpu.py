@@ -28,8 +28,12 @@ MAX_GROUPS = 65535  # workgroups per dimension, the WebGPU minimum every adapter
 
 def groups(n: int) -> tuple[int, int]:
     """Workgroups (x, y) covering n elements: the kernels index x + y * MAX_GROUPS * WORKGROUP."""
-    g = -(-n // WORKGROUP)
-    return min(g, MAX_GROUPS), -(-g // MAX_GROUPS)
+    return row_groups(-(-n // WORKGROUP))
+
+
+def row_groups(n: int) -> tuple[int, int]:
+    """Workgroups (x, y), one per row, covering n rows: the kernels index x + y * MAX_GROUPS."""
+    return min(n, MAX_GROUPS), -(-n // MAX_GROUPS)
 
 
 @dataclass
@@ -51,26 +55,28 @@ def check_weight(t, backend: str) -> None:
         raise LlmrunError(f"{t.name}: the {backend} kernels read {t.type.name} in the x16 layout only")
 
 
+# Family switches (llmrun/config.py) the GPU kernels do not run yet, as (what, used by this
+# config?): none now; the plan runs q/k norms, post-norms, the GELU gate, the four scalars, a
+# partial or absent RoPE and sliding windows with their own RoPE base, as model.py does.
+NOT_YET: tuple = ()
+
+
 def check_config(cfg, backend: str) -> None:
-    """A model whose family switches (llmrun/config.py) the GPU graph runs; one line naming the
-    missing pieces otherwise."""
-    missing = [what for what, used in (
-        ("per-head q/k norms", cfg.qk_norm), ("post-norms", cfg.post_norms),
-        ("the GELU gate", cfg.act != "silu"),
-        ("scaled embeddings", cfg.embed_scale != 1.0), ("scaled residuals", cfg.residual_scale != 1.0),
-        ("an attention scale of its own", cfg.attn_scale is not None), ("scaled logits", cfg.logit_scale != 1.0),
-        ("a partial rotary", cfg.rotary_dims != cfg.head_dim), ("layers without RoPE", bool(cfg.no_rope_layers)),
-        ("a sliding window", cfg.sliding_window > 0)) if used]
+    """A model whose family switches the GPU graph runs; one line naming the missing pieces
+    otherwise."""
+    missing = [what for what, used in NOT_YET if used(cfg)]
     if missing:
         raise LlmrunError(f"the {backend} backend does not run {cfg.arch}'s {', '.join(missing)} yet: "
                           "use --backend cpu")
 
 
-def rope_table(inv_freq: np.ndarray, n_ctx: int) -> np.ndarray:
-    """cos and sin of every position [n_ctx, hd/2, 2], as llmr_rope_table makes them: the angle
-    in f32, its cos and sin in f64."""
+def rope_table(inv_freq: np.ndarray, n_ctx: int, mscale: float = 1.0) -> np.ndarray:
+    """cos and sin of every position [n_ctx, rd/2, 2] (rd: the rotated elements of a head), as
+    llmr_rope_table makes them: the angle in f32, its cos and sin in f64 rounded to f32, then
+    times mscale in f32 (LongRoPE's attention factor; 1 otherwise)."""
     angle = np.arange(n_ctx, dtype=np.float32)[:, None] * inv_freq.astype(np.float32)[None, :]
-    return np.stack([np.cos(angle.astype(np.float64)), np.sin(angle.astype(np.float64))], axis=-1).astype(np.float32)
+    table = np.stack([np.cos(angle.astype(np.float64)), np.sin(angle.astype(np.float64))], axis=-1).astype(np.float32)
+    return table * np.float32(mscale) if mscale != 1.0 else table
 
 
 class Graph:
@@ -89,10 +95,10 @@ class Graph:
         self.emb = dev.upload(w.tok_embeddings)
         self.output = self.emb if cfg.tie_embeddings else dev.upload(w.output)
         self.norm = vec(w.norm)
-        self.layers = [dict(attn_norm=vec(l.attn_norm), ffn_norm=vec(l.ffn_norm),
-                            **{n: dev.upload(getattr(l, n)) for n in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")},
-                            **{n: vec(getattr(l, n)) for n in ("bq", "bk", "bv") if getattr(l, n) is not None})
-                       for l in w.layers]
+        # each layer's weights by LayerWeights' names: the matrices, and the vectors it has (norms;
+        # biases, q/k norms and post-norms where the family has them)
+        self.layers = [{n: vec(a) if isinstance(a, np.ndarray) else dev.upload(a) for n, a in vars(l).items()
+                        if a is not None} for l in w.layers]
 
     def new_cache(self, n_ctx: int) -> "DeviceCache":
         return DeviceCache(self, n_ctx)
@@ -117,7 +123,10 @@ class DeviceCache:
         except dev.OutOfMemory as e:
             raise ContextError(f"the GPU cannot hold a KV cache of {n_ctx} positions ({e}): use a smaller "
                                "context (--ctx)") from None
-        self.rope_table = dev.buffer(rope_table(graph.inv_freq["global"], n_ctx))  # [C, hd/2, 2]
+        # [C, rd/2, 2] by kind: "global", and "local" for Gemma 3's windowed layers
+        # (the global table's cos and sin scaled as the CPU scales them: LongRoPE's attention factor)
+        mscale = {"global": cfg.rope_mscale, "local": 1.0}
+        self.rope_tables = {kind: dev.buffer(rope_table(f, n_ctx, mscale[kind])) for kind, f in graph.inv_freq.items()}
         self.step = dev.step_buffer()
         self.capacity, self.plan = 0, None
         self.dispatches = 0  # kernels run in the last step
@@ -127,45 +136,70 @@ class DeviceCache:
         """Activations for steps of up to `capacity` tokens, and the plan that runs on them."""
         g, dev, cfg = self.graph, self.dev, self.graph.cfg
         D, H, Hkv, hd, F, V = cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim, cfg.vocab_size
-        T, q_dim, kv_dim = capacity, H * hd, self.kv_dim
+        T, q_dim, kv_dim, rd, eps = capacity, H * hd, self.kv_dim, cfg.rotary_dims, float(cfg.norm_eps)
         self.ids = dev.zeros(T * 4)  # [T]
         x, h, tmp = dev.zeros(T * D * 4), dev.zeros(T * D * 4), dev.zeros(T * D * 4)  # [T, D]
         q, att = dev.zeros(T * q_dim * 4), dev.zeros(T * q_dim * 4)  # [T, H, hd]
         k, v = dev.zeros(T * kv_dim * 4), dev.zeros(T * kv_dim * 4)  # [T, Hkv, hd]
+        # q and k after their per-head norms (a WGSL kernel cannot read and write one buffer)
+        qn, kn = (dev.zeros(T * q_dim * 4), dev.zeros(T * kv_dim * 4)) if cfg.qk_norm else (q, k)
         gate, up = dev.zeros(T * F * 4), dev.zeros(T * F * 4)  # [T, F]
         self.logits = dev.zeros(T * V * 4)  # [T - first, V]
 
         plan = dev.plan(self.step)
         per_token = lambda n: (lambda T, first: groups(T * n))  # noqa: E731 (elementwise over T rows of n)
-        rows = lambda T, first: (T, 1)  # noqa: E731 (a workgroup per token)
+        rows = lambda n: (lambda T, first: row_groups(T * n))  # noqa: E731 (a workgroup per row, n rows a token)
+        gate_op = "gelu_mul" if cfg.act == "gelu_tanh" else "silu_mul"
+        attn_scale = float(cfg.attn_scale or hd ** -0.5)
+
+        def scale(buffer, row, s, from_first=0):
+            if s != 1.0:
+                plan.op("scale", (row, from_first, float(s)), [buffer],
+                        lambda T, first: groups((T - first * from_first) * row))
+
+        def add_sublayer(y, post_norm):
+            """x += y [T, D], a sublayer's output: normed first where the family has post-norms
+            (into h: the sublayer no longer needs it), scaled where it has a residual multiplier."""
+            if post_norm is not None:
+                plan.op("rmsnorm", (D, eps, 0, 1), [y, post_norm, h], rows(1))
+                y = h
+            scale(y, D, cfg.residual_scale)
+            plan.op("add", (D, T * D), [x, y], per_token(D))
 
         for part, row0, n_rows in g.emb.parts:
-            plan.op("embed", (D, n_rows, row0), [part, self.ids, x], rows, g.emb.type)
-        for layer, kc, vc in zip(g.layers, self.k, self.v):
+            plan.op("embed", (D, n_rows, row0), [part, self.ids, x], lambda T, first: (T, 1), g.emb.type)
+        scale(x, D, cfg.embed_scale)
+        for l, (layer, kc, vc) in enumerate(zip(g.layers, self.k, self.v)):
             # attention: x + Wo . attn(RoPE(Wq h), RoPE(Wk h), Wv h),  h = RMSNorm(x)
-            plan.op("rmsnorm", (D, float(cfg.norm_eps), 0), [x, layer["attn_norm"], h], rows)
+            plan.op("rmsnorm", (D, eps, 0, 1), [x, layer["attn_norm"], h], rows(1))
             for name, out, n in (("wq", q, q_dim), ("wk", k, kv_dim), ("wv", v, kv_dim)):
                 plan.matmul(layer[name], h, out)
                 if "b" + name[1] in layer:
                     plan.op("add", (n, n), [out, layer["b" + name[1]]], per_token(n))
-            plan.op("rope", (H, hd), [q, self.rope_table], per_token(q_dim // 2))
-            plan.op("rope", (Hkv, hd), [k, self.rope_table], per_token(kv_dim // 2))
-            plan.store_rows(k, kc, kv_dim)
+            if cfg.qk_norm:  # each head normed on its own: T * H rows of hd, T * Hkv
+                plan.op("rmsnorm", (hd, eps, 0, H), [q, layer["q_norm"], qn], rows(H))
+                plan.op("rmsnorm", (hd, eps, 0, Hkv), [k, layer["k_norm"], kn], rows(Hkv))
+            rope = cfg.layer_rope(l)
+            if rope != "none":
+                plan.op("rope", (H, hd, rd), [qn, self.rope_tables[rope]], per_token(H * rd // 2))
+                plan.op("rope", (Hkv, hd, rd), [kn, self.rope_tables[rope]], per_token(Hkv * rd // 2))
+            plan.store_rows(kn, kc, kv_dim)
             plan.store_rows(v, vc, kv_dim)
-            plan.attention(q, kc, vc, att, cfg, self.n_ctx, T)
+            plan.attention(qn, kc, vc, att, cfg, self.n_ctx, T, attn_scale, cfg.layer_window(l))
             plan.matmul(layer["wo"], att, tmp)
-            plan.op("add", (D, T * D), [x, tmp], per_token(D))
+            add_sublayer(tmp, layer.get("attn_post_norm"))
 
-            # feed-forward: x + W_down . (silu(W_gate h) * W_up h),  h = RMSNorm(x)
-            plan.op("rmsnorm", (D, float(cfg.norm_eps), 0), [x, layer["ffn_norm"], h], rows)
+            # feed-forward: x + W_down . (act(W_gate h) * W_up h),  h = RMSNorm(x)
+            plan.op("rmsnorm", (D, eps, 0, 1), [x, layer["ffn_norm"], h], rows(1))
             plan.matmul(layer["w_gate"], h, gate)
             plan.matmul(layer["w_up"], h, up)
-            plan.op("silu_mul", (F,), [gate, up], per_token(F))
+            plan.op(gate_op, (F,), [gate, up], per_token(F))
             plan.matmul(layer["w_down"], gate, tmp)
-            plan.op("add", (D, T * D), [x, tmp], per_token(D))
+            add_sublayer(tmp, layer.get("ffn_post_norm"))
 
-        plan.op("rmsnorm", (D, float(cfg.norm_eps), 1), [x, g.norm, h], lambda T, first: (T - first, 1))
+        plan.op("rmsnorm", (D, eps, 1, 1), [x, g.norm, h], lambda T, first: row_groups(T - first))
         plan.matmul(g.output, h, self.logits, from_first=True)
+        scale(self.logits, V, cfg.logit_scale, from_first=1)
         self.capacity, self.plan = capacity, plan
 
     def run(self, tokens: np.ndarray, n_past: int, first: int) -> np.ndarray:

@@ -165,14 +165,14 @@ class Plan:
         self.entries.append(("copy", lambda encoder, n_past, T: encoder.copy_buffer_to_buffer(
             src, 0, cache, n_past * row * 4, T * row * 4)))
 
-    def attention(self, q, kc, vc, out, cfg, n_ctx: int, capacity: int) -> None:
+    def attention(self, q, kc, vc, out, cfg, n_ctx: int, capacity: int, scale: float, window: int) -> None:
         """attention.wgsl over chunks of the step's tokens, whose scores [chunk, H, C] fit one
-        binding."""
+        binding; scores q.k * scale, each token seeing its last `window` positions (0: all)."""
         H, Hkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         chunk = max(1, min(capacity, ATTENTION_TOKENS, self.dev.max_binding // (H * n_ctx * 4)))
         self._scores = self._scores or self.dev.zeros(chunk * H * n_ctx * 4)
         for t0 in range(0, capacity, chunk):
-            self.op("attention", (H, Hkv, hd, n_ctx, t0, float(1 / np.sqrt(hd))), [q, kc, vc, out, self._scores],
+            self.op("attention", (H, Hkv, hd, n_ctx, t0, float(scale), window), [q, kc, vc, out, self._scores],
                     lambda T, first, t0=t0: (H, min(chunk, T - t0)) if T > t0 else (0, 0))
 
     def run(self, T: int, n_past: int = 0, first: int = 0) -> int:
