@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from llmrun.quant.types import names as _type_names  # the type table; no numpy, so cheap at start-up
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Run LLaMA-style models from one memory-mapped .llmr file.")
 
@@ -56,8 +58,8 @@ class _Progress:
 @app.command()
 def convert(src: str = typer.Argument(..., help="Hugging Face checkpoint directory or GGUF file"),
             out: str = typer.Argument(..., help="the .llmr file to write"),
-            type: Optional[str] = typer.Option(None, "--type", "-t", help="f32, f16, bf16, q8_0, q4_0 or q4_1 "
-                                               "(default: a GGUF's own types, f16 for a checkpoint)")):
+            type: Optional[str] = typer.Option(None, "--type", "-t", help=f"{_type_names()} (default: a GGUF's own "
+                                               "types, f16 for a checkpoint)")):
     """Convert a checkpoint into one .llmr file (norms and biases stay f32)."""
     from llmrun.models import convert as run_convert
     from llmrun.quant import qtype
@@ -251,7 +253,7 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
 def quantize(src: str = typer.Argument(..., help="a .llmr file, Hugging Face checkpoint directory or GGUF file"),
              out: Optional[str] = typer.Argument(None, help="the .llmr file to write (default: SRC's name with "
                                                                  "the type, beside it)"),
-             type: str = typer.Option(..., "--type", "-t", help="q4_0, q4_1, q8_0, f16, bf16 or f32"),
+             type: str = typer.Option(..., "--type", "-t", help=_type_names()),
              output_type: Optional[str] = typer.Option(None, "--output-type", help="type of the output head"),
              embedding_type: Optional[str] = typer.Option(None, "--embedding-type", help="type of the embedding table"),
              tensor_type: list[str] = typer.Option([], "--tensor-type",

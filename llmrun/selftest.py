@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backends import cpu, device
+from .backends.gpu import TYPES as GPU_TYPES
 from .config import ModelConfig, rope_frequencies
 from .errors import SettingError
 from .format import Tensor
@@ -14,7 +15,7 @@ from .model import KVCache, LayerWeights, Weights
 from .quant import qtype, quantize
 from .quant.layout import X16, interleave, kernel_layout
 
-TYPES = ("f16", "q8_0", "q4_0", "q4_1")
+TYPES = GPU_TYPES  # one model per weight type the GPU kernels read (gpu.py says which)
 CONFIG = ModelConfig(vocab_size=256, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32, ffn_dim=256,
                      norm_eps=1e-5, rope_theta=10000.0, max_seq_len=64, tie_embeddings=False, attn_bias=True)
 # Logits may differ by this much of their range: the CPU quantises activations to 16 bits per

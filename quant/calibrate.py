@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .reference import _blocks, _pack_nibbles, _to_bytes
+from .types import Q4_0, Q4_1, QType
 
 # Inverse scales tried per block: -(8 + k / 10) / max for k in -9 .. 9, around plain q4_0's -8 / max.
 CANDIDATES = np.arange(-9, 10, dtype=np.float32) / np.float32(10)
@@ -43,10 +44,10 @@ def importance(model, token_chunks, say=None) -> dict[str, np.ndarray]:
     return {name: sums[name] / counts[name] for name in sums}
 
 
-def _blocks_and_weights(x: np.ndarray, col_importance: np.ndarray):
+def _blocks_and_weights(x: np.ndarray, col_importance: np.ndarray, t: QType):
     x = np.ascontiguousarray(x, dtype=np.float32)
-    b = _blocks(x).astype(np.float64)  # [rows, nb, 32]
-    w = _blocks(np.broadcast_to(col_importance.astype(np.float32), x.shape)).astype(np.float64)
+    b = _blocks(x, t.block_size).astype(np.float64)  # [rows, nb, 32]
+    w = _blocks(np.broadcast_to(col_importance.astype(np.float32), x.shape), t.block_size).astype(np.float64)
     return b, w + 1e-6 * w.mean(axis=-1, keepdims=True) + 1e-30  # no column wholly ignored
 
 
@@ -63,7 +64,7 @@ def importance_of_text(model, text: str, n_chunks: int = 16, n_ctx: int = 512, s
 def quantize_q4_0_weighted(x: np.ndarray, col_importance: np.ndarray) -> np.ndarray:
     """float32 [rows, n] -> q4_0 bytes [rows, row_bytes], each block's scale chosen to minimise
     the importance-weighted squared error (module docstring)."""
-    b, w = _blocks_and_weights(x, col_importance)
+    b, w = _blocks_and_weights(x, col_importance, Q4_0)
     idx = np.abs(b).argmax(axis=-1)[..., None]
     signed_max = np.take_along_axis(b, idx, axis=-1)
     safe_max = np.where(signed_max == 0, 1.0, signed_max)
@@ -87,7 +88,7 @@ def quantize_q4_0_weighted(x: np.ndarray, col_importance: np.ndarray) -> np.ndar
 def quantize_q4_1_weighted(x: np.ndarray, col_importance: np.ndarray) -> np.ndarray:
     """float32 [rows, n] -> q4_1 bytes: per block, for each candidate step (max - min) / (15 + k/10),
     round, then fit d and m by weighted least squares (a 2x2 system), keep the best."""
-    b, w = _blocks_and_weights(x, col_importance)
+    b, w = _blocks_and_weights(x, col_importance, Q4_1)
     lo, hi = b.min(axis=-1, keepdims=True), b.max(axis=-1, keepdims=True)
     span = np.where(hi > lo, hi - lo, 1.0)
     best_err = np.full(lo.shape, np.inf)

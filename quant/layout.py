@@ -1,9 +1,10 @@
 """Weight layouts: how a matrix's blocks lie in a .llmr file (recorded per tensor).
 
-ROWS is GGUF's: each row its blocks in order. X16 (q8_0, q4_0, q4_1, rows a multiple of 16)
-is what the SIMD kernels read: groups of 16 consecutive rows; each group its blocks in order;
-each block of a group stored as the 16 rows' first f16 field (d), then (q4_1) their second
-(m), then the rows' quant bytes as 4-byte words, word c of row r at (c * 16 + r) * 4. The
+ROWS is GGUF's: each row its blocks in order. X16 (the types whose table entry says x16: q8_0,
+q4_0, q4_1; rows a multiple of 16) is what the SIMD kernels read: groups of 16 consecutive rows;
+each group its blocks in order; each block of a group stored as the 16 rows' first f16 field
+(d), then (q4_1: n_scales = 2) their second (m), then the rows' quant bytes as 4-byte words,
+word c of row r at (c * 16 + r) * 4. The
 bytes are the row blocks' own, moved, so the file is no larger and a row comes back exactly.
 A SIMD load then holds one word of 16 rows, and 16 dot products advance in lanes without
 horizontal sums (kernels/cpu/gemm_x16_*.c). The converter picks X16 wherever it applies.
@@ -12,24 +13,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from .types import Q4_0, Q4_1, Q8_0, QType
+from .types import QType
 
 ROWS = 0
 X16 = 1
 NAMES = {ROWS: "rows", X16: "x16"}
 GROUP = 16
-_SCALES = {Q8_0.name: 1, Q4_0.name: 1, Q4_1.name: 2}  # f16 fields before a block's quants
 
 
 def kernel_layout(t: QType, shape) -> int:
     """The layout a tensor of this type and shape is written in."""
-    return X16 if t.name in _SCALES and len(shape) == 2 and shape[0] % GROUP == 0 else ROWS
+    return X16 if t.x16 and len(shape) == 2 and shape[0] % GROUP == 0 else ROWS
 
 
 def _split(t: QType):
     """(f16 fields, 4-byte quant words) of one block of type t."""
-    n_scales = _SCALES[t.name]
-    return n_scales, (t.type_size - 2 * n_scales) // 4
+    if not t.x16:
+        raise ValueError(f"{t.name} has no X16 layout")
+    return t.n_scales, (t.type_size - 2 * t.n_scales) // 4
 
 
 def interleave(rows: np.ndarray, t: QType) -> np.ndarray:

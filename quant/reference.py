@@ -8,6 +8,8 @@ Activations for the integer dot products are quantised on the fly into `q16_a` b
 `{ f32 d; f32 s; int16 qs[32]; }` with d = max|x| / 32767, q = round(x / d), s = d * sum(q).
 They never reach a file, so their scales stay f32; `s` lets q4_0 / q4_1 fold the weight's
 offset (-8 or m) into one multiply per block.
+A q16_a block is 32 elements whatever the weight type: that is the activation format, not a
+weight fact (a weight's block size is its table entry's; a QK_K super-block spans 8 of them).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import numpy as np
 from ..errors import ConvertError
 from .types import BF16, F16, F32, Q4_0, Q4_1, Q8_0, QType, qtype
 
-QK = 32  # elements per block
+Q16A_BLOCK = 32  # elements per q16_a activation block (kernels/include/llmrun.h's QK_Q16_A)
 F16_MAX = 65504.0  # the largest finite float16: bounds f16 values, and the scales of the block types
 Q16A_BYTES = 72  # bytes per q16_a activation block
 
@@ -36,11 +38,11 @@ def _inverse(d: np.ndarray) -> np.ndarray:
         return np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
 
 
-def _blocks(x: np.ndarray) -> np.ndarray:
-    """[..., n] float32 -> [..., n/32, 32]."""
-    if x.shape[-1] % QK:
-        raise ValueError(f"rows must be a multiple of {QK} elements to quantise, got {x.shape[-1]}")
-    return x.reshape(*x.shape[:-1], x.shape[-1] // QK, QK)
+def _blocks(x: np.ndarray, size: int) -> np.ndarray:
+    """[..., n] float32 -> [..., n/size, size]: blocks of `size` elements."""
+    if x.shape[-1] % size:
+        raise ValueError(f"rows must be a multiple of {size} elements to quantise, got {x.shape[-1]}")
+    return x.reshape(*x.shape[:-1], x.shape[-1] // size, size)
 
 
 def _pack_nibbles(q: np.ndarray) -> np.ndarray:
@@ -97,7 +99,7 @@ def quantize(x: np.ndarray, t) -> np.ndarray:
         return x.astype(np.float16).view(np.uint8).reshape(*lead, -1)
     if t is BF16:
         return f32_to_bf16(x).view(np.uint8).reshape(*lead, -1)
-    b = _blocks(x)  # [..., nb, 32]
+    b = _blocks(x, t.block_size)  # [..., nb, 32]
     if t is Q8_0:
         amax = np.abs(b).max(axis=-1, keepdims=True)
         d = amax / np.float32(127)
@@ -157,7 +159,7 @@ def dequantize(data: np.ndarray, t, n: int) -> np.ndarray:
 
 def quantize_q16a(x: np.ndarray):
     """float32 [..., n] -> (d [..., nb], s [..., nb], q int16 [..., nb, 32]) as the kernels make them."""
-    b = _blocks(np.ascontiguousarray(x, dtype=np.float32))
+    b = _blocks(np.ascontiguousarray(x, dtype=np.float32), Q16A_BLOCK)
     a = np.abs(b)
     d = np.where(np.isnan(a), np.float32(0), a).max(axis=-1) / np.float32(32767)  # NaN left out of the max
     # 1/d only where it is finite (llmr_q16_a_inverse), and NaN products to 0, as the kernels do;
@@ -188,6 +190,9 @@ def matmul(w: np.ndarray, t, x: np.ndarray) -> np.ndarray:
     t = qtype(t) if not isinstance(t, QType) else t
     x = np.ascontiguousarray(x, dtype=np.float32)
     k = x.shape[-1]
+    # below, weight block b meets activation block b: true of these types, whose blocks are q16_a's size
+    if t.quantized and t not in (Q8_0, Q4_0, Q4_1):
+        raise ValueError(f"no reference matmul for {t.name}")
     if not t.quantized:
         return (x.astype(np.float64) @ dequantize(w, t, k).astype(np.float64).T).astype(np.float32)
     blocks = _split_blocks(w, t, k)  # [N, nb, type_size]

@@ -1,4 +1,4 @@
-"""Tensor types: the id stored in a .llmr index, block size, and bytes per block.
+"""Tensor types: every fact about a weight type, in one table.
 
 Ids are GGML's numbering, so a GGUF tensor keeps its type id when imported and the
 block formats below are byte-for-byte the GGUF ones:
@@ -8,22 +8,43 @@ block formats below are byte-for-byte the GGUF ones:
     q4_1  { f16 d; f16 m; uint8 qs[16]; }    x = d * q + m
     (4-bit: element j is the low nibble of qs[j], element j+16 the high nibble)
 
-Only those six (with f32, f16, bf16) are stored in .llmr files and named by `--type`: `TYPES`,
-`TYPES_BY_ID` and `qtype()`. GGUF files also carry q5_0, q5_1 and the k-quants (blocks of
-QK_K = 256); the importer dequantises them exactly (quant/kquants.py) and re-quantises into a
-type we run, so they are listed apart, in `GGML_TYPES_BY_ID` and `ggml_type()`.
+`TABLE` is the one place a type's facts live; everything else reads them from here: the
+names `--type` accepts and the command line's help, the X16 layout's scale fields
+(quant/layout.py), the test parametrisations. The C kernels keep their own table (TRAITS in
+kernels/cpu/types.c: C needs it at compile time), and tests/test_kernels.py holds it to this one
+field by field through `_kernels.type_traits()`, so the two cannot drift.
+
+Types with `act` set are stored in .llmr files and run by the CPU kernels: `TYPES`,
+`TYPES_BY_ID` and `qtype()`. The others are import-only: GGUF files carry q5_0, q5_1 and the
+k-quants (super-blocks of QK_K = 256); the importer dequantises them exactly (quant/kquants.py)
+and re-quantises into a type we run; `GGML_TYPES_BY_ID` and `ggml_type()` name them all.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
+
+QK_K = 256  # elements per k-quant super-block: a block size like any other, 8 q16_a blocks wide
 
 
 @dataclass(frozen=True)
 class QType:
     name: str
-    id: int
+    id: int  # GGML's
     block_size: int  # elements per block
     type_size: int  # bytes per block
+    # f16 fields at the start of a block (d; or d and m) before its quants: the X16 layout moves
+    # them to the front of a 16-row group
+    n_scales: int = 0
+    # what the CPU kernels multiply it against: "f32" (float weights) or "q16_a" (activations
+    # quantised in blocks of 32); None: the CPU has no kernels for it, so it is import-only
+    act: Optional[str] = None
+    x16: bool = False  # written in the X16 layout where a matrix has whole 16-row groups
+
+    @property
+    def stored(self) -> bool:
+        """Written into .llmr files and run on the CPU (the C traits table lists exactly these)."""
+        return self.act is not None
 
     @property
     def bits_per_weight(self) -> float:
@@ -47,18 +68,14 @@ class QType:
         return rows * self.row_bytes(shape[-1] if shape else 1)
 
 
-F32 = QType("f32", 0, 1, 4)
-F16 = QType("f16", 1, 1, 2)
-Q4_0 = QType("q4_0", 2, 32, 18)
-Q4_1 = QType("q4_1", 3, 32, 20)
-Q8_0 = QType("q8_0", 8, 32, 34)
-BF16 = QType("bf16", 30, 1, 2)
-
-TYPES = {t.name: t for t in (F32, F16, BF16, Q8_0, Q4_0, Q4_1)}
-TYPES_BY_ID = {t.id: t for t in TYPES.values()}
-
-# Import-only: readable from GGUF, never stored. Sizes are GGML's (gguf GGML_QUANT_SIZES).
-QK_K = 256  # elements per k-quant super-block
+# QType(name, GGML id, elements per block, bytes per block, ...); sizes as gguf's GGML_QUANT_SIZES.
+F32 = QType("f32", 0, 1, 4, act="f32")
+F16 = QType("f16", 1, 1, 2, act="f32")
+BF16 = QType("bf16", 30, 1, 2, act="f32")
+Q8_0 = QType("q8_0", 8, 32, 34, n_scales=1, act="q16_a", x16=True)
+Q4_0 = QType("q4_0", 2, 32, 18, n_scales=1, act="q16_a", x16=True)
+Q4_1 = QType("q4_1", 3, 32, 20, n_scales=2, act="q16_a", x16=True)
+# import-only
 Q5_0 = QType("q5_0", 6, 32, 22)  # { f16 d; u8 qh[4]; u8 qs[16]; }
 Q5_1 = QType("q5_1", 7, 32, 24)  # { f16 d; f16 m; u8 qh[4]; u8 qs[16]; }
 Q2_K = QType("q2_k", 10, QK_K, 84)  # { u8 scales[16]; u8 qs[64]; f16 d; f16 dmin; }
@@ -68,7 +85,12 @@ Q5_K = QType("q5_k", 13, QK_K, 176)  # { f16 d; f16 dmin; u8 scales[12]; u8 qh[3
 Q6_K = QType("q6_k", 14, QK_K, 210)  # { u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d; }
 Q8_K = QType("q8_k", 15, QK_K, 292)  # { f32 d; i8 qs[256]; i16 bsums[16]; }
 
-GGML_TYPES_BY_ID = {t.id: t for t in (*TYPES.values(), Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K)}
+# Every type, in the order the command line lists them.
+TABLE = (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K)
+
+TYPES = {t.name: t for t in TABLE if t.stored}
+TYPES_BY_ID = {t.id: t for t in TYPES.values()}
+GGML_TYPES_BY_ID = {t.id: t for t in TABLE}
 
 # GGML ids we cannot read, named only so the error says what the file holds.
 _UNSUPPORTED_GGML_NAMES = {
@@ -78,6 +100,12 @@ _UNSUPPORTED_GGML_NAMES = {
     34: "tq1_0", 35: "tq2_0", 36: "iq4_nl_4_4", 37: "iq4_nl_4_8", 38: "iq4_nl_8_8",
     39: "mxfp4", 40: "nvfp4", 41: "q1_0",
 }
+
+
+def names() -> str:
+    """'f32, f16, ... or q4_1': the stored types, for the command line's help."""
+    n = list(TYPES)
+    return f"{', '.join(n[:-1])} or {n[-1]}"
 
 
 def qtype(name_or_id) -> QType:

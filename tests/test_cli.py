@@ -88,3 +88,17 @@ def test_info_verify_reports_corruption(converted, tmp_path):
     bad.write_bytes(bytes(raw))
     line = _one_line_error(run_cli("info", bad, "--verify"))
     assert f"checksum mismatch in 2 tensors, the first {first.name}" in line
+
+
+def test_type_help_comes_from_the_type_table_without_loading_numpy():
+    """`--type`'s help lists quant/types.py's stored types; the table loads without numpy (or the
+    kernels), so the command line starts as fast as before."""
+    import subprocess
+    import sys
+    from llmrun.quant.types import names
+    code = ("import sys, llmrun.cli.main; "
+            "assert 'numpy' not in sys.modules and 'llmrun._kernels' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert names() == "f32, f16, bf16, q8_0, q4_0 or q4_1"
+    r = run_cli("quantize", "--help", check=True, env={"COLUMNS": "200"})  # wide enough not to wrap
+    assert names() in r.stdout

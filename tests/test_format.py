@@ -62,7 +62,7 @@ def test_quantised_matrices_are_stored_for_the_kernels(good):
     and float tensors in rows; and every tensor reads back as the same row blocks."""
     f = fmt.LlmrFile(good)
     for name, info in f.tensors.items():
-        x16 = info.type.name in ("q8_0", "q4_0", "q4_1") and info.shape[0] % 16 == 0
+        x16 = info.type.x16 and info.shape[0] % 16 == 0
         assert info.layout == (fmt.LAYOUT_X16 if x16 else fmt.LAYOUT_ROWS), name
     wq = f.tensor("layers.0.wq")
     assert wq.rows().tobytes() != wq.data.tobytes()  # moved ...

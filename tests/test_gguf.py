@@ -11,7 +11,7 @@ from gguf import GGMLQuantizationType as G
 import llmrun
 from llmrun.models import convert
 from llmrun.models.gguf import _unpermute_rows
-from llmrun.quant import GGML_TYPES_BY_ID
+from llmrun.quant import GGML_TYPES_BY_ID, TYPES
 
 from conftest import ASSETS, SHARED, byte_level_tokenizer_json, reference_forward, run_cli
 
@@ -165,7 +165,7 @@ def test_tiny_gguf_matches_reference_forward(tmp_path, mix):
     ref = reference_forward(ckpt, IDS)
     assert np.abs(logits - ref).max() / np.abs(ref).max() < REQUANT_TOL
     assert (logits.argmax(-1) == ref.argmax(-1)).mean() >= 0.8  # near-ties may swap
-    runnable = {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"}
+    runnable = set(TYPES)
     for how in meta["provenance"]["tensor_types"]:
         src, _, dst = how.partition("->")
         assert (src in runnable) == (dst == ""), how  # runnable types are kept, others re-quantised

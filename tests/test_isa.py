@@ -22,13 +22,15 @@ import pytest
 import llmrun._kernels as K
 from llmrun.quant import reference as ref
 from llmrun.quant.layout import X16, interleave
-from llmrun.quant.types import BF16, F16, F32, Q4_0, Q4_1, Q8_0
+from llmrun.quant.types import TYPES
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_kernels import (FLOAT_DOT_BOUND, QUANT_DOT_BOUND, QUANT_DOT_SIMD_BOUND, RMSNORM_BOUND,  # noqa: E402
                           SILU_BOUND, X16_DOT_BOUND, edge_rows, matmul_magnitude, rand, rng_for)
 
-ALL_TYPES = [F32, F16, BF16, Q8_0, Q4_0, Q4_1]
+ALL_TYPES = list(TYPES.values())  # every type the CPU runs, from the table in quant/types.py
+QUANTISED = [t for t in ALL_TYPES if t.quantized]
+X16_TYPES = [t for t in ALL_TYPES if t.x16]
 SIMD_ISAS = ["avx2", "avx512", "avx512vnni"]  # x86-64; each needs the CPU features below
 CPU_FLAGS = {"avx2": {"avx2", "fma", "f16c"},  # /proc/cpuinfo spellings
              "avx512": {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl"},
@@ -76,7 +78,7 @@ TILE_K = [32, 96, 2080]
 
 
 def tile_cases():
-    for t in [Q8_0, Q4_0, Q4_1]:
+    for t in QUANTISED:
         for k in TILE_K:
             for n in TILE_ROWS:
                 for tokens in TILE_TOKENS:
@@ -90,7 +92,7 @@ X16_ROWS = [16, 48]
 
 
 def x16_cases():
-    for t in [Q8_0, Q4_0, Q4_1]:
+    for t in X16_TYPES:
         for k in TILE_K:
             for n in X16_ROWS:
                 for tokens in X16_TOKENS:
@@ -284,7 +286,7 @@ def test_matmul(results, isa, t):
 
 
 @pytest.mark.parametrize("isa", SIMD_ISAS)
-@pytest.mark.parametrize("t", [Q8_0, Q4_0, Q4_1], ids=lambda t: t.name)
+@pytest.mark.parametrize("t", QUANTISED, ids=lambda t: t.name)
 def test_matmul_token_tiles_equal_single_token(results, isa, t):
     """Each output of a token tile is the same path's single-token kernel's arithmetic: bit-identical
     to it, whatever the token count, and within the bounds of scalar and of the reference."""
@@ -316,7 +318,7 @@ def test_x16_scalar_equals_rows_layout(results):
 
 
 @pytest.mark.parametrize("isa", ["scalar"] + SIMD_ISAS)
-@pytest.mark.parametrize("t", [Q8_0, Q4_0, Q4_1], ids=lambda t: t.name)
+@pytest.mark.parametrize("t", X16_TYPES, ids=lambda t: t.name)
 def test_x16_matmul(results, isa, t):
     """Every path's X16 kernel within X16_DOT_BOUND of the reference and of the scalar path; rows
     copied out of their groups by get_rows exactly."""

@@ -14,10 +14,11 @@ import pytest
 import llmrun._kernels as K
 from llmrun.quant import reference as ref
 from llmrun.quant.layout import X16, deinterleave, interleave
-from llmrun.quant.types import BF16, F16, F32, Q4_0, Q4_1, Q8_0
+from llmrun.quant.types import BF16, F16, F32, Q4_0, Q4_1, Q8_0, TABLE, TYPES
 
-ALL_TYPES = [F32, F16, BF16, Q8_0, Q4_0, Q4_1]
+ALL_TYPES = list(TYPES.values())  # every type the CPU runs, from the table in quant/types.py
 QUANTISED = [t for t in ALL_TYPES if t.quantized]
+X16_TYPES = [t for t in ALL_TYPES if t.x16]
 
 # --- error bounds ------------------------------------------------------------------------------
 # u is float32's unit roundoff: one f32 operation is off by at most u times its result.
@@ -217,7 +218,7 @@ def test_quantize_edge_cases_match_reference(t):
     np.testing.assert_array_equal(kernel_quantize(x, t), ref.quantize(x, t))
 
 
-@pytest.mark.parametrize("t", [F32, F16, BF16], ids=lambda t: t.name)
+@pytest.mark.parametrize("t", [t for t in ALL_TYPES if not t.quantized], ids=lambda t: t.name)
 def test_quantize_float_types_any_row_length(t):
     x = rand(rng_for("float rows", t.name), 3, 37, scale=100.0)
     np.testing.assert_array_equal(kernel_quantize(x, t), ref.quantize(x, t))
@@ -256,14 +257,14 @@ def test_get_rows_matches_dequantize(t):
 
 # --- the X16 layout -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("t", [Q8_0, Q4_0, Q4_1], ids=lambda t: t.name)
+@pytest.mark.parametrize("t", X16_TYPES, ids=lambda t: t.name)
 def test_x16_layout_puts_each_byte_where_documented(t):
     """Group g, block b: the 16 rows' f16 fields, then quant word c of row r at (c * 16 + r) * 4
     (kernels/include/llmrun.h); and back again exactly."""
     rng = rng_for("x16 layout", t.name)
     rows = ref.quantize(rand(rng, 32, 96), t)  # two groups of three blocks
     flat = interleave(rows, t).reshape(-1)
-    n_scales = 2 if t is Q4_1 else 1
+    n_scales = t.n_scales
     size, nb = t.type_size, 3
     for g in range(2):
         for b in range(nb):
@@ -279,7 +280,7 @@ def test_x16_layout_puts_each_byte_where_documented(t):
     np.testing.assert_array_equal(deinterleave(flat, t, rows.shape[1]), rows)
 
 
-@pytest.mark.parametrize("t", [Q8_0, Q4_0, Q4_1], ids=lambda t: t.name)
+@pytest.mark.parametrize("t", X16_TYPES, ids=lambda t: t.name)
 def test_x16_matmul_and_get_rows_agree_with_rows_layout(t):
     rng = rng_for("x16 vs rows", t.name)
     x, w = rand(rng, 6, 128), ref.quantize(rand(rng, 48, 128, scale=0.1), t)
@@ -707,3 +708,35 @@ def test_unknown_isa_fails_at_import_with_a_clear_message():
     r = import_with_isa("vax")
     assert r.returncode != 0
     assert "LLMRUN_ISA=vax" in r.stderr and "unknown" in r.stderr and "scalar" in r.stderr
+
+
+# --- the type table -----------------------------------------------------------------------------
+
+def test_c_traits_match_the_python_table():
+    """kernels/cpu/types.c's TRAITS holds the same facts as quant/types.py's table, for the same
+    types: a type added to one and not the other, or a field that differs, fails here."""
+    python = {t.id: {"name": t.name, "block_size": t.block_size, "type_size": t.type_size,
+                     "n_scales": t.n_scales, "act": t.act, "x16": t.x16} for t in TABLE if t.stored}
+    assert K.type_traits() == python
+
+
+def test_unknown_type_id_names_the_known_ones():
+    known = ", ".join(f"{t.name}={t.id}" for t in sorted(ALL_TYPES, key=lambda t: t.id))
+    with pytest.raises(ValueError, match=rf"^unknown tensor type id 6 \(known: {known}\)$"):
+        K.row_bytes(6, 32)  # q5_0: import-only, no kernels
+
+
+@pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: t.name)
+def test_a_missing_kernel_is_named_by_the_import_check(t):
+    """At import, llmr_dispatch runs llmr_kernels_check on every ISA table the build has (not only
+    the ones this CPU runs): a vec_dot for every type, a gemm_x16 for every X16 type. Here the
+    same check runs on a copy of the table in use with one entry removed: it names the ISA and
+    the type. The token-tile kernels are optional (NULL: vec_dot per token)."""
+    assert K._check_kernels("none", t.id) is None
+    assert K._check_kernels("vec_dot", t.id) == \
+        f"kernel table {K.isa()} has no vec_dot for {t.name} weights (kernels/cpu/dispatch.c)"
+    assert K._check_kernels("gemm_x16", t.id) == \
+        (f"kernel table {K.isa()} has no gemm_x16 for {t.name} weights (kernels/cpu/dispatch.c)" if t.x16 else None)
+    assert K._check_kernels("vec_dot_tile", t.id) is None
+    with pytest.raises(ValueError, match="vec_dot, vec_dot_tile, gemm_x16 or none"):
+        K._check_kernels("rope", t.id)

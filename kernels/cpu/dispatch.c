@@ -189,7 +189,45 @@ int llmr_isas(const char **names, int cap) {
     return n;
 }
 
+int llmr_kernels_check(const llmr_kernels *k, char *err, size_t err_size) {
+    for (int id = 0; id < LLMR_TYPE_COUNT; id++) {
+        const llmr_type_traits *t = llmr_type_traits_get(id);
+        if (!t) { /* a kernel for a type the traits do not list: one half of a type left out */
+            if (k->vec_dot[id] || k->vec_dot_tile[id] || k->gemm_x16[id]) {
+                snprintf(err, err_size, "kernel table %s has kernels for weight type id %d, which "
+                         "kernels/cpu/types.c's TRAITS does not list", k->isa, id);
+                return -1;
+            }
+            continue;
+        }
+        const char *missing = !k->vec_dot[id] ? "vec_dot" : t->x16 && !k->gemm_x16[id] ? "gemm_x16" : NULL;
+        if (missing) {
+            snprintf(err, err_size, "kernel table %s has no %s for %s weights (kernels/cpu/dispatch.c)", k->isa,
+                     missing, t->name);
+            return -1;
+        }
+        if (!t->x16 && k->gemm_x16[id]) {
+            snprintf(err, err_size, "kernel table %s has a gemm_x16 for %s weights, whose traits have no X16 "
+                     "layout (kernels/cpu/types.c)", k->isa, t->name);
+            return -1;
+        }
+    }
+    const char *op = !k->quantize_q16_a ? "quantize_q16_a" : !k->rmsnorm ? "rmsnorm" : !k->rope ? "rope"
+                     : !k->attention ? "attention" : !k->silu_mul ? "silu_mul" : !k->gelu_mul ? "gelu_mul" : NULL;
+    if (op) {
+        snprintf(err, err_size, "kernel table %s has no %s (kernels/cpu/dispatch.c)", k->isa, op);
+        return -1;
+    }
+    return 0;
+}
+
 const llmr_kernels *llmr_dispatch(const char *forced, char *err, size_t err_size) {
+    /* Every table this build has, not only those this CPU runs: a gap shows on any machine. */
+    if (llmr_types_check(err, err_size))
+        return NULL;
+    for (int i = 0; i < N_ISAS; i++)
+        if (llmr_kernels_check(ISAS[i].kernels, err, err_size))
+            return NULL;
     const int want = forced != NULL && forced[0] != '\0';
     for (int i = 0; i < N_ISAS; i++) {
         if (want && strcmp(forced, ISAS[i].kernels->isa) != 0)

@@ -33,9 +33,11 @@ static void add_bias_(float *x, const float *b, int64_t t, int64_t n) {
             add_(x + i * n, b, n);
 }
 
+/* llmr_forward checks every weight with llmr_matmul_supported before it starts, so the matmuls
+ * here cannot fail (and nothing is half-written when a weight has no kernel). */
 static void matmul(const llmr_kernels *kern, const llmr_weight *w, float *out, const float *x, int64_t t,
                    void *scratch) {
-    llmr_matmul(kern, w->type, w->layout, out, x, w->data, t, w->rows, w->cols, scratch);
+    (void)llmr_matmul(kern, w->type, w->layout, out, x, w->data, t, w->rows, w->cols, scratch);
 }
 
 /* Weights of the same input x in one job where their activations are of one kind (all
@@ -46,7 +48,7 @@ static void matmul_same_input(const llmr_kernels *kern, int n, const llmr_weight
     for (int i = 1; i < n; i++)
         same &= llmr_type_traits_get(ws[i].type)->act == llmr_type_traits_get(ws[0].type)->act;
     if (same) {
-        llmr_matmul_many(kern, n, ws, outs, x, t, scratch);
+        (void)llmr_matmul_many(kern, n, ws, outs, x, t, scratch);
         return;
     }
     for (int i = 0; i < n; i++)
@@ -81,10 +83,14 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_s
      * the RoPE tables [T, rope_dims] global and local; the attention and matmul scratch;
      * positions [T]. */
     size_t act = 0;
+    if (llmr_matmul_supported(kern, m->output.type, m->output.layout))
+        return -3;
     for (int64_t l = 0; l < m->n_layers; l++) {
         const llmr_layer *L = &m->layers[l];
         const llmr_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
         for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) {
+            if (llmr_matmul_supported(kern, ws[i]->type, ws[i]->layout))
+                return -3;
             const size_t s = matmul_scratch(ws[i], t);
             act = s > act ? s : act;
         }

@@ -84,7 +84,8 @@ ALWAYS_INLINE void one_token(const int fmt, int64_t nb, float *out, const uint8_
 ALWAYS_INLINE void gemm(const int fmt, int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                         const void *a, size_t a_stride) {
     for (int64_t i = 0; i < t; i++)
-        one_token(fmt, k / QK, out + i * out_stride, w, (const block_q16_a *)((const uint8_t *)a + i * a_stride));
+        one_token(fmt, k / QK_Q16_A, /* blocks: these types' are q16_a's (llmrun.h) */
+                   out + i * out_stride, w, (const block_q16_a *)((const uint8_t *)a + i * a_stride));
 }
 
 LLMR_GEMM_X16_KERNELS(avx2)

@@ -128,7 +128,7 @@ ALWAYS_INLINE void tile(const int fmt, const int T, int64_t nb, float *out, size
 /* All t tokens: tiles of four, then the rest. */
 ALWAYS_INLINE void gemm(const int fmt, int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                         const void *a, size_t a_stride) {
-    const int64_t nb = k / QK;
+    const int64_t nb = k / QK_Q16_A; /* blocks: these types' are q16_a's (llmrun.h) */
     const block_q16_a *ys[4];
     int64_t ti = 0;
     for (; ti < t; ti += 4) {

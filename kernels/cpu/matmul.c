@@ -2,8 +2,20 @@
  * and dispatch tables, so a new type or ISA never touches this file. */
 #include "llmrun.h"
 
+/* Activations are quantised in q16_a blocks of QK_Q16_A whatever the weight's block size: a
+ * weight block spans a whole number of them (llmr_types_check), so k is a multiple too. */
 size_t llmr_matmul_scratch(const llmr_type_traits *t, int64_t rows, int64_t k) {
-    return t->act == LLMR_ACT_Q16_A ? (size_t)rows * (size_t)(k / QK) * sizeof(block_q16_a) : 0;
+    return t->act == LLMR_ACT_Q16_A ? (size_t)rows * (size_t)(k / QK_Q16_A) * sizeof(block_q16_a) : 0;
+}
+
+int llmr_matmul_supported(const llmr_kernels *kern, int type, int layout) {
+    const llmr_type_traits *t = llmr_type_traits_get(type);
+    if (!t)
+        return -1;
+    /* the same question check_layout (module.c) asks; the kernels are there by llmr_kernels_check */
+    const int has = layout == LLMR_LAYOUT_X16 ? t->x16 && kern->gemm_x16[type] != NULL
+                    : layout == LLMR_LAYOUT_ROWS && kern->vec_dot[type] != NULL;
+    return has ? 0 : -1;
 }
 
 /* Work is split into items that each own whole outputs, so a result never depends on how many
@@ -45,7 +57,7 @@ typedef struct {
 /* Activation rows [item * rows_per_item, ...) quantised to q16_a. */
 static void quantize_item(void *ctx, int64_t item) {
     const matmul_job *j = ctx;
-    const int64_t nb = j->k / QK, r1 = (item + 1) * j->rows_per_item;
+    const int64_t nb = j->k / QK_Q16_A, r1 = (item + 1) * j->rows_per_item;
     for (int64_t ti = item * j->rows_per_item; ti < (r1 < j->t ? r1 : j->t); ti++)
         j->kern->quantize_q16_a(j->x + ti * j->k, (block_q16_a *)j->act + ti * nb, j->k);
 }
@@ -95,19 +107,22 @@ static void matmul_item(void *ctx, int64_t item) {
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-void llmr_matmul_many(const llmr_kernels *kern, int n_weights, const llmr_weight *ws, float *const *outs,
-                      const float *x, int64_t t, void *scratch) {
+int llmr_matmul_many(const llmr_kernels *kern, int n_weights, const llmr_weight *ws, float *const *outs,
+                     const float *x, int64_t t, void *scratch) {
+    for (int i = 0; i < n_weights; i++) /* every kernel below is then there: none is called through NULL */
+        if (llmr_matmul_supported(kern, ws[i].type, ws[i].layout))
+            return -1;
     const llmr_type_traits *tr = llmr_type_traits_get(ws[0].type);
     const int64_t threads = llmr_threads_get(), k = ws[0].cols;
     matmul_job j = {.kern = kern, .x = x, .act = x, .act_row = (size_t)k * sizeof(float), .t = t, .k = k};
     if (t <= 0)
-        return;
+        return 0;
 
     /* Quantise each activation row once; every weight row then reuses it. A few rows (decode)
      * are not worth a job of their own. */
     if (tr->act == LLMR_ACT_Q16_A) {
         j.act = scratch;
-        j.act_row = (size_t)(k / QK) * sizeof(block_q16_a);
+        j.act_row = (size_t)(k / QK_Q16_A) * sizeof(block_q16_a);
         j.rows_per_item = t * k >= 16 * 1024 ? ceil_div(t, threads) : t;
         llmr_parallel_for(ceil_div(t, j.rows_per_item), quantize_item, &j);
     }
@@ -153,13 +168,15 @@ void llmr_matmul_many(const llmr_kernels *kern, int n_weights, const llmr_weight
             matmul_item(&j, i);
     else
         llmr_parallel_for(items, matmul_item, &j);
+    return 0;
 }
 
-void llmr_matmul(const llmr_kernels *kern, int type, int layout, float *out, const float *x, const void *w,
-                 int64_t t, int64_t n, int64_t k, void *scratch) {
+int llmr_matmul(const llmr_kernels *kern, int type, int layout, float *out, const float *x, const void *w,
+                int64_t t, int64_t n, int64_t k, void *scratch) {
     const llmr_weight weight = {.data = w, .type = type, .layout = layout, .rows = n, .cols = k};
-    if (n > 0)
-        llmr_matmul_many(kern, 1, &weight, &out, x, t, scratch);
+    if (llmr_matmul_supported(kern, type, layout))
+        return -1;
+    return n > 0 ? llmr_matmul_many(kern, 1, &weight, &out, x, t, scratch) : 0;
 }
 
 int64_t llmr_get_rows(int type, int layout, float *out, const void *w, int64_t rows, const int32_t *ids,
@@ -174,10 +191,11 @@ int64_t llmr_get_rows(int type, int layout, float *out, const void *w, int64_t r
         }
         if (layout == LLMR_LAYOUT_X16) { /* the row's blocks, each copied out of its group */
             const uint8_t *group = (const uint8_t *)w + (size_t)(id - id % LLMR_X16) * w_row;
-            uint8_t block[sizeof(block_q8_0)]; /* the largest X16 block */
-            for (int64_t b = 0; b < k / QK; b++) {
+            const int bs = tr->block_size;
+            uint8_t block[LLMR_MAX_BLOCK_BYTES]; /* every type's blocks fit (llmr_types_check) */
+            for (int64_t b = 0; b < k / bs; b++) {
                 llmr_x16_get_block(tr, group, id % LLMR_X16, b, block);
-                tr->dequantize(block, out + i * k + b * QK, QK);
+                tr->dequantize(block, out + i * k + b * bs, bs);
             }
         } else {
             tr->dequantize((const uint8_t *)w + (size_t)id * w_row, out + i * k, k);

@@ -18,7 +18,7 @@ static inline __m256i round_away(__m256 v) {
 
 void quantize_row_q16_a_avx2(const float *x, block_q16_a *y, int64_t k) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
-    for (int64_t i = 0; i < k / QK; i++, x += QK) {
+    for (int64_t i = 0; i < k / QK_Q16_A; i++, x += QK_Q16_A) {
         __m256 v[4], amax = _mm256_setzero_ps();
         for (int j = 0; j < 4; j++) {
             v[j] = _mm256_loadu_ps(x + 8 * j);

@@ -21,7 +21,7 @@ static inline __m512 not_nan(__m512 v) {
 }
 
 void quantize_row_q16_a_avx512(const float *x, block_q16_a *y, int64_t k) {
-    for (int64_t i = 0; i < k / QK; i++, x += QK) {
+    for (int64_t i = 0; i < k / QK_Q16_A; i++, x += QK_Q16_A) {
         const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
         /* NaN left out of the max, as the reference's comparison leaves it out */
         const float d = _mm512_reduce_max_ps(_mm512_max_ps(not_nan(_mm512_abs_ps(v0)), not_nan(_mm512_abs_ps(v1)))) / 32767.0f;

@@ -7,7 +7,7 @@
 #include "llmrun.h"
 
 void quantize_row_q16_a_neon(const float *x, block_q16_a *y, int64_t k) {
-    for (int64_t i = 0; i < k / QK; i++, x += QK) {
+    for (int64_t i = 0; i < k / QK_Q16_A; i++, x += QK_Q16_A) {
         float32x4_t v[8];
         float32x4_t amax = vdupq_n_f32(0.0f);
         for (int j = 0; j < 8; j++) {

@@ -58,47 +58,48 @@ void dequantize_row_bf16_ref(const void *x, float *y, int64_t k) {
     }
 }
 
-static float abs_max(const float *x) {
+/* max |x| over a block of n (q8_0's and q16_a's blocks, both 32) */
+static float abs_max(const float *x, int n) {
     float amax = 0.0f;
-    for (int j = 0; j < QK; j++)
+    for (int j = 0; j < n; j++)
         amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
     return amax;
 }
 
 void quantize_row_q8_0_ref(const float *x, void *y, int64_t k) {
     block_q8_0 *b = y;
-    for (int64_t i = 0; i < k / QK; i++, x += QK) {
-        const float d = abs_max(x) / 127.0f;
+    for (int64_t i = 0; i < k / QK8_0; i++, x += QK8_0) {
+        const float d = abs_max(x, QK8_0) / 127.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
         b[i].d = llmr_f32_to_f16(d);
-        for (int j = 0; j < QK; j++)
+        for (int j = 0; j < QK8_0; j++)
             b[i].qs[j] = (int8_t)round_away(x[j] * id);
     }
 }
 
 void dequantize_row_q8_0_ref(const void *x, float *y, int64_t k) {
     const block_q8_0 *b = x;
-    for (int64_t i = 0; i < k / QK; i++, y += QK) {
+    for (int64_t i = 0; i < k / QK8_0; i++, y += QK8_0) {
         const float d = llmr_f16_to_f32(b[i].d);
-        for (int j = 0; j < QK; j++)
+        for (int j = 0; j < QK8_0; j++)
             y[j] = d * b[i].qs[j];
     }
 }
 
 void quantize_row_q4_0_ref(const float *x, void *y, int64_t k) {
     block_q4_0 *b = y;
-    for (int64_t i = 0; i < k / QK; i++, x += QK) {
+    for (int64_t i = 0; i < k / QK4_0; i++, x += QK4_0) {
         /* The signed value of largest magnitude, first one on ties (numpy's argmax), maps to
          * -8, so the full range -8 .. 7 is used on the side that needs it. */
         float max = x[0];
-        for (int j = 1; j < QK; j++)
+        for (int j = 1; j < QK4_0; j++)
             max = fabsf(x[j]) > fabsf(max) ? x[j] : max;
         const float d = max / -8.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
         b[i].d = llmr_f32_to_f16(d);
-        for (int j = 0; j < QK / 2; j++) {
+        for (int j = 0; j < QK4_0 / 2; j++) {
             const int lo = (int)(x[j] * id + 8.5f);
-            const int hi = (int)(x[j + QK / 2] * id + 8.5f);
+            const int hi = (int)(x[j + QK4_0 / 2] * id + 8.5f);
             b[i].qs[j] = (uint8_t)((lo < 15 ? lo : 15) | (hi < 15 ? hi : 15) << 4);
         }
     }
@@ -106,20 +107,20 @@ void quantize_row_q4_0_ref(const float *x, void *y, int64_t k) {
 
 void dequantize_row_q4_0_ref(const void *x, float *y, int64_t k) {
     const block_q4_0 *b = x;
-    for (int64_t i = 0; i < k / QK; i++, y += QK) {
+    for (int64_t i = 0; i < k / QK4_0; i++, y += QK4_0) {
         const float d = llmr_f16_to_f32(b[i].d);
-        for (int j = 0; j < QK / 2; j++) {
+        for (int j = 0; j < QK4_0 / 2; j++) {
             y[j] = d * ((b[i].qs[j] & 0x0F) - 8);
-            y[j + QK / 2] = d * ((b[i].qs[j] >> 4) - 8);
+            y[j + QK4_0 / 2] = d * ((b[i].qs[j] >> 4) - 8);
         }
     }
 }
 
 void quantize_row_q4_1_ref(const float *x, void *y, int64_t k) {
     block_q4_1 *b = y;
-    for (int64_t i = 0; i < k / QK; i++, x += QK) {
+    for (int64_t i = 0; i < k / QK4_1; i++, x += QK4_1) {
         float lo = x[0], hi = x[0];
-        for (int j = 1; j < QK; j++) {
+        for (int j = 1; j < QK4_1; j++) {
             lo = x[j] < lo ? x[j] : lo;
             hi = x[j] > hi ? x[j] : hi;
         }
@@ -127,9 +128,9 @@ void quantize_row_q4_1_ref(const float *x, void *y, int64_t k) {
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
         b[i].d = llmr_f32_to_f16(d);
         b[i].m = llmr_f32_to_f16(lo);
-        for (int j = 0; j < QK / 2; j++) {
+        for (int j = 0; j < QK4_1 / 2; j++) {
             const int q0 = (int)((x[j] - lo) * id + 0.5f);
-            const int q1 = (int)((x[j + QK / 2] - lo) * id + 0.5f);
+            const int q1 = (int)((x[j + QK4_1 / 2] - lo) * id + 0.5f);
             b[i].qs[j] = (uint8_t)((q0 < 15 ? q0 : 15) | (q1 < 15 ? q1 : 15) << 4);
         }
     }
@@ -137,22 +138,22 @@ void quantize_row_q4_1_ref(const float *x, void *y, int64_t k) {
 
 void dequantize_row_q4_1_ref(const void *x, float *y, int64_t k) {
     const block_q4_1 *b = x;
-    for (int64_t i = 0; i < k / QK; i++, y += QK) {
+    for (int64_t i = 0; i < k / QK4_1; i++, y += QK4_1) {
         const float d = llmr_f16_to_f32(b[i].d);
         const float m = llmr_f16_to_f32(b[i].m);
-        for (int j = 0; j < QK / 2; j++) {
+        for (int j = 0; j < QK4_1 / 2; j++) {
             y[j] = d * (b[i].qs[j] & 0x0F) + m;
-            y[j + QK / 2] = d * (b[i].qs[j] >> 4) + m;
+            y[j + QK4_1 / 2] = d * (b[i].qs[j] >> 4) + m;
         }
     }
 }
 
 void quantize_row_q16_a_ref(const float *x, block_q16_a *y, int64_t k) {
-    for (int64_t i = 0; i < k / QK; i++, x += QK) {
-        const float d = abs_max(x) / 32767.0f;
+    for (int64_t i = 0; i < k / QK_Q16_A; i++, x += QK_Q16_A) {
+        const float d = abs_max(x, QK_Q16_A) / 32767.0f;
         const float id = llmr_q16_a_inverse(d);
         int sum = 0;
-        for (int j = 0; j < QK; j++) {
+        for (int j = 0; j < QK_Q16_A; j++) {
             const float v = x[j] * id;
             const int q = v == v ? round_away(v) : 0; /* NaN: 0 */
             y[i].qs[j] = (int16_t)q;

@@ -1,16 +1,21 @@
 /* The traits table: for each weight type, its block geometry, what it multiplies against and
- * its reference converters. ISA-independent; the vec_dot kernels live in the dispatch table. */
+ * its reference converters. ISA-independent; the vec_dot kernels live in the dispatch table.
+ * The same facts as quant/types.py's table: tests/test_kernels.py compares the two through
+ * _kernels.type_traits(), so a type added here and not there (or the other way) fails a test. */
+#include <stdio.h>
+
 #include "llmrun.h"
 
 static const llmr_type_traits TRAITS[LLMR_TYPE_COUNT] = {
-    [LLMR_TYPE_F32] = {"f32", 1, 4, 0, LLMR_ACT_F32, quantize_row_f32_ref, dequantize_row_f32_ref},
-    [LLMR_TYPE_F16] = {"f16", 1, 2, 0, LLMR_ACT_F32, quantize_row_f16_ref, dequantize_row_f16_ref},
-    [LLMR_TYPE_BF16] = {"bf16", 1, 2, 0, LLMR_ACT_F32, quantize_row_bf16_ref, dequantize_row_bf16_ref},
-    [LLMR_TYPE_Q8_0] = {"q8_0", QK, sizeof(block_q8_0), 1, LLMR_ACT_Q16_A, quantize_row_q8_0_ref,
+    /* {name, block_size, type_size, n_scales, act, x16, quantize, dequantize} */
+    [LLMR_TYPE_F32] = {"f32", 1, 4, 0, LLMR_ACT_F32, 0, quantize_row_f32_ref, dequantize_row_f32_ref},
+    [LLMR_TYPE_F16] = {"f16", 1, 2, 0, LLMR_ACT_F32, 0, quantize_row_f16_ref, dequantize_row_f16_ref},
+    [LLMR_TYPE_BF16] = {"bf16", 1, 2, 0, LLMR_ACT_F32, 0, quantize_row_bf16_ref, dequantize_row_bf16_ref},
+    [LLMR_TYPE_Q8_0] = {"q8_0", QK8_0, sizeof(block_q8_0), 1, LLMR_ACT_Q16_A, 1, quantize_row_q8_0_ref,
                         dequantize_row_q8_0_ref},
-    [LLMR_TYPE_Q4_0] = {"q4_0", QK, sizeof(block_q4_0), 1, LLMR_ACT_Q16_A, quantize_row_q4_0_ref,
+    [LLMR_TYPE_Q4_0] = {"q4_0", QK4_0, sizeof(block_q4_0), 1, LLMR_ACT_Q16_A, 1, quantize_row_q4_0_ref,
                         dequantize_row_q4_0_ref},
-    [LLMR_TYPE_Q4_1] = {"q4_1", QK, sizeof(block_q4_1), 2, LLMR_ACT_Q16_A, quantize_row_q4_1_ref,
+    [LLMR_TYPE_Q4_1] = {"q4_1", QK4_1, sizeof(block_q4_1), 2, LLMR_ACT_Q16_A, 1, quantize_row_q4_1_ref,
                         dequantize_row_q4_1_ref},
 };
 
@@ -18,6 +23,27 @@ const llmr_type_traits *llmr_type_traits_get(int type) {
     if (type < 0 || type >= LLMR_TYPE_COUNT || TRAITS[type].name == NULL)
         return NULL;
     return &TRAITS[type];
+}
+
+int llmr_types_check(char *err, size_t err_size) {
+    for (int id = 0; id < LLMR_TYPE_COUNT; id++) {
+        const llmr_type_traits *t = &TRAITS[id];
+        const char *problem =
+            !t->name ? NULL
+            : !t->quantize || !t->dequantize ? "has no reference quantiser or dequantiser"
+            : t->block_size < 1 || t->type_size < 1 ? "has an empty block"
+            : t->type_size > LLMR_MAX_BLOCK_BYTES ? "has blocks larger than LLMR_MAX_BLOCK_BYTES"
+            /* matmul sizes and walks activations in q16_a blocks, the weight's blocks in step */
+            : t->act == LLMR_ACT_Q16_A && t->block_size % QK_Q16_A ? "has blocks that are not whole q16_a blocks"
+            /* llmr_x16_get_block moves n_scales f16 fields, then the quants as 4-byte words */
+            : t->x16 && (t->type_size - 2 * t->n_scales) % 4 ? "has X16 quants that are not 4-byte words"
+            : NULL;
+        if (problem) {
+            snprintf(err, err_size, "weight type %s (id %d) %s (kernels/cpu/types.c)", t->name, id, problem);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 int64_t llmr_row_bytes(const llmr_type_traits *t, int64_t k) {

@@ -98,7 +98,7 @@ enum { F_Q8_0, F_Q4_0, F_Q4_1 };
 /* A row against T tokens (T = 1 or LLMR_TILE): ys[t] is token t's activation row. */
 #define ROW(fmt, block_t, WIDEN, T)                                                             \
     const block_t *x = w;                                                                        \
-    const int64_t nb = k / QK;                                                                   \
+    const int64_t nb = k / QK_Q16_A; /* blocks: these types' are q16_a's (llmrun.h) */                                                                   \
     __m256 acc[T];                                                                               \
     __m128 off[T];                                                                               \
     for (int t = 0; t < T; t++) {                                                                \

@@ -49,7 +49,7 @@ void vec_dot_q8_0_q16_a_neon(int64_t k, float *s, const void *w, const void *a) 
     const block_q8_0 *x = w;
     const block_q16_a *y = a;
     float sum = 0.0f;
-    for (int64_t i = 0; i < k / QK; i++)
+    for (int64_t i = 0; i < k / QK8_0; i++)
         sum += f16(x[i].d) * y[i].d * (float)isum_q8(x[i].qs, y[i].qs);
     *s = sum;
 }
@@ -58,7 +58,7 @@ void vec_dot_q4_0_q16_a_neon(int64_t k, float *s, const void *w, const void *a) 
     const block_q4_0 *x = w;
     const block_q16_a *y = a;
     float sum = 0.0f;
-    for (int64_t i = 0; i < k / QK; i++)
+    for (int64_t i = 0; i < k / QK4_0; i++)
         sum += f16(x[i].d) * (y[i].d * (float)isum_q4(x[i].qs, y[i].qs) - 8.0f * y[i].s);
     *s = sum;
 }
@@ -67,7 +67,7 @@ void vec_dot_q4_1_q16_a_neon(int64_t k, float *s, const void *w, const void *a) 
     const block_q4_1 *x = w;
     const block_q16_a *y = a;
     float sum = 0.0f;
-    for (int64_t i = 0; i < k / QK; i++)
+    for (int64_t i = 0; i < k / QK4_1; i++)
         sum += f16(x[i].d) * y[i].d * (float)isum_q4(x[i].qs, y[i].qs) + f16(x[i].m) * y[i].s;
     *s = sum;
 }

@@ -49,16 +49,17 @@ void vec_dot_bf16_f32_ref(int64_t k, float *s, const void *w, const void *a) {
 static inline float block_dot_q8_0(const void *w, const block_q16_a *y) {
     const block_q8_0 *x = w;
     int32_t isum = 0;
-    for (int j = 0; j < QK; j++)
+    for (int j = 0; j < QK8_0; j++)
         isum += x->qs[j] * y->qs[j];
     return llmr_f16_to_f32(x->d) * y->d * (float)isum;
 }
 
-/* sum(q * qa) for one block of 4-bit weights (element j low nibble, j + 16 high nibble). */
+/* sum(q * qa) for one block of 4-bit weights, q4_0's or q4_1's (element j low nibble, j + 16
+ * high nibble). */
 static inline int32_t isum_q4(const uint8_t *qs, const int16_t *qa) {
     int32_t isum = 0;
-    for (int j = 0; j < QK / 2; j++)
-        isum += (qs[j] & 0x0F) * qa[j] + (qs[j] >> 4) * qa[j + QK / 2];
+    for (int j = 0; j < QK4_0 / 2; j++)
+        isum += (qs[j] & 0x0F) * qa[j] + (qs[j] >> 4) * qa[j + QK4_0 / 2];
     return isum;
 }
 
@@ -74,12 +75,12 @@ static inline float block_dot_q4_1(const void *w, const block_q16_a *y) {
     return llmr_f16_to_f32(x->d) * y->d * (float)isum_q4(x->qs, y->qs) + llmr_f16_to_f32(x->m) * y->s;
 }
 
-#define QUANT_KERNELS(type, block_t, id)                                                                \
+#define QUANT_KERNELS(type, block_t, id, qk)                                                            \
     void vec_dot_##type##_q16_a_ref(int64_t k, float *s, const void *w, const void *a) {              \
         const block_t *x = w;                                                                         \
         const block_q16_a *y = a;                                                                     \
         float sum = 0.0f;                                                                             \
-        for (int64_t i = 0; i < k / QK; i++)                                                          \
+        for (int64_t i = 0; i < k / (qk); i++)                                                        \
             sum += block_dot_##type(&x[i], &y[i]);                                                    \
         *s = sum;                                                                                     \
     }                                                                                                 \
@@ -91,7 +92,7 @@ static inline float block_dot_q4_1(const void *w, const block_q16_a *y) {
             const block_q16_a *y = (const block_q16_a *)((const uint8_t *)a + ti * a_stride);         \
             for (int r = 0; r < LLMR_X16; r++) {                                                      \
                 float sum = 0.0f;                                                                     \
-                for (int64_t i = 0; i < k / QK; i++) {                                                \
+                for (int64_t i = 0; i < k / (qk); i++) {                                              \
                     llmr_x16_get_block(tr, w, r, i, &x);                                              \
                     sum += block_dot_##type(&x, &y[i]);                                               \
                 }                                                                                     \
@@ -100,6 +101,7 @@ static inline float block_dot_q4_1(const void *w, const block_q16_a *y) {
         }                                                                                             \
     }
 
-QUANT_KERNELS(q8_0, block_q8_0, LLMR_TYPE_Q8_0)
-QUANT_KERNELS(q4_0, block_q4_0, LLMR_TYPE_Q4_0)
-QUANT_KERNELS(q4_1, block_q4_1, LLMR_TYPE_Q4_1)
+/* weight block i meets activation block i: these types' blocks are q16_a's (llmrun.h asserts it) */
+QUANT_KERNELS(q8_0, block_q8_0, LLMR_TYPE_Q8_0, QK8_0)
+QUANT_KERNELS(q4_0, block_q4_0, LLMR_TYPE_Q4_0, QK4_0)
+QUANT_KERNELS(q4_1, block_q4_1, LLMR_TYPE_Q4_1, QK4_1)

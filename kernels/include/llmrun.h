@@ -16,7 +16,10 @@ extern "C" {
 
 /* ---- tensor types ------------------------------------------------------------------------ */
 
-/* GGML's ids, so a GGUF tensor keeps its type id when imported. */
+/* GGML's ids, so a GGUF tensor keeps its type id when imported. A type's facts (name, block
+ * geometry, activations) are in types.c's TRAITS, which tests/test_kernels.py holds to
+ * quant/types.py's table, field by field; a type's kernels are in each ISA's table (dispatch.c),
+ * checked complete at import. */
 enum llmr_type {
     LLMR_TYPE_F32 = 0,
     LLMR_TYPE_F16 = 1,
@@ -27,25 +30,38 @@ enum llmr_type {
     LLMR_TYPE_COUNT = 31, /* bound for tables indexed by id; most ids below it are unused */
 };
 
-#define QK 32 /* elements per block, all block types */
+/* Elements per block. A weight type's own is its traits' block_size; these name them for the
+ * block structs and each type's kernels (GGML's names). */
+#define QK8_0 32
+#define QK4_0 32
+#define QK4_1 32
+#define QK_K 256 /* the k-quants' super-blocks */
+/* The activations' q16_a blocks hold 32 elements whatever the weight type: that is the
+ * activation format, not a weight fact. A quantised weight's block spans a whole number of them
+ * (a QK_K super-block: 8), so an activation row's blocks line up with every weight type's
+ * (llmr_types_check holds the traits table to it). */
+#define QK_Q16_A 32
+/* Bytes in the largest block of any type (q8_k's 292 fit): get_rows copies an X16 block out into
+ * a buffer of this size (llmr_types_check holds every type to it). */
+#define LLMR_MAX_BLOCK_BYTES 512
 
 /* Packed so a block pointer may sit at any byte offset of a row (an mmap'd file, a bytes
  * object): the compiler then emits unaligned loads for the f16 fields. */
 #pragma pack(push, 1)
 typedef struct {
     uint16_t d; /* f16 scale */
-    int8_t qs[QK];
+    int8_t qs[QK8_0];
 } block_q8_0; /* x = d * q */
 
 typedef struct {
     uint16_t d;          /* f16 scale */
-    uint8_t qs[QK / 2];  /* element j: low nibble of qs[j]; element j + 16: high nibble */
+    uint8_t qs[QK4_0 / 2]; /* element j: low nibble of qs[j]; element j + 16: high nibble */
 } block_q4_0; /* x = d * (q - 8) */
 
 typedef struct {
     uint16_t d; /* f16 scale */
     uint16_t m; /* f16 minimum */
-    uint8_t qs[QK / 2];
+    uint8_t qs[QK4_1 / 2];
 } block_q4_1; /* x = d * q + m */
 #pragma pack(pop)
 
@@ -57,7 +73,7 @@ typedef struct {
 typedef struct {
     float d;
     float s;
-    int16_t qs[QK];
+    int16_t qs[QK_Q16_A];
 } block_q16_a;
 
 /* 1 / d for a q16_a block of scale d, or 0 where that is not a finite number (d = 0, tiny or
@@ -79,6 +95,8 @@ LLMR_STATIC_ASSERT(sizeof(block_q8_0) == 34, "block_q8_0 must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q4_0) == 18, "block_q4_0 must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q4_1) == 20, "block_q4_1 must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q16_a) == 72, "block_q16_a has no padding");
+LLMR_STATIC_ASSERT(QK8_0 == QK_Q16_A && QK4_0 == QK_Q16_A && QK4_1 == QK_Q16_A,
+                   "the 32-element types' kernels pair weight block i with activation block i");
 
 /* ---- f16 / bf16 <-> f32 --------------------------------------------------------------------
  * Bit manipulation only, so results do not depend on the CPU having F16C or on the compiler
@@ -162,11 +180,12 @@ typedef void (*llmr_gemm_x16_fn)(int64_t k, int64_t t, float *out, size_t out_st
 /* How a weight matrix's blocks lie in memory (recorded per tensor in a .llmr file).
  *
  * LLMR_LAYOUT_ROWS: GGUF's; each row its blocks in order.
- * LLMR_LAYOUT_X16 (q8_0, q4_0, q4_1; rows a multiple of 16): groups of 16 consecutive rows,
- * each group its blocks in order, each block of the group as the 16 rows' first f16 field
- * (d), then (q4_1) their second (m), then the rows' quant bytes in 4-byte words, word c of
- * row r at (c * 16 + r) * 4. Same bytes as 16 row blocks, moved: one SIMD load then holds a
- * word of 16 rows, and 16 dot products advance in lanes, with no horizontal sums per block. */
+ * LLMR_LAYOUT_X16 (types whose traits say x16: q8_0, q4_0, q4_1; rows a multiple of 16):
+ * groups of 16 consecutive rows, each group its blocks in order, each block of the group as the
+ * 16 rows' first f16 field (d), then (q4_1: n_scales = 2) their second (m), then the rows' quant
+ * bytes in 4-byte words, word c of row r at (c * 16 + r) * 4. Same bytes as 16 row blocks,
+ * moved: one SIMD load then holds a word of 16 rows, and 16 dot products advance in lanes, with
+ * no horizontal sums per block. */
 enum llmr_layout { LLMR_LAYOUT_ROWS = 0, LLMR_LAYOUT_X16 = 1 };
 #define LLMR_X16 16
 
@@ -174,27 +193,35 @@ enum llmr_layout { LLMR_LAYOUT_ROWS = 0, LLMR_LAYOUT_X16 = 1 };
 /* What a weight type's vec_dot multiplies against. */
 enum llmr_act { LLMR_ACT_F32, LLMR_ACT_Q16_A };
 
-/* Facts about a weight type that do not depend on the ISA. */
+/* Facts about a weight type that do not depend on the ISA: one entry per type llmrun stores and
+ * runs, the same facts as quant/types.py's table (tests/test_kernels.py compares the two). */
 typedef struct {
     const char *name;
     int block_size;   /* elements per block */
     int type_size;    /* bytes per block */
     int n_scales;     /* f16 fields at the start of a block (d; d and m), before its quants */
     enum llmr_act act;
+    int x16;          /* has the X16 layout: every ISA table then has its gemm_x16 */
     llmr_quantize_fn quantize;     /* reference quantiser, byte-exact with quant/reference.py */
     llmr_dequantize_fn dequantize;
 } llmr_type_traits;
 
 /* NULL for an id that is not a supported type. */
 const llmr_type_traits *llmr_type_traits_get(int type);
+/* 0 if the traits table keeps the rules the type-agnostic code relies on (converters present,
+ * blocks of whole q16_a blocks and at most LLMR_MAX_BLOCK_BYTES, X16 quants in 4-byte words);
+ * else -1 and a message naming the type in err. */
+int llmr_types_check(char *err, size_t err_size);
 /* Bytes in a row of k elements; -1 if k is negative or not a multiple of the block. */
 int64_t llmr_row_bytes(const llmr_type_traits *t, int64_t k);
 
 /* Block b of row r (r < 16) of an X16 group, copied out in the rows layout (type_size bytes). */
 void llmr_x16_get_block(const llmr_type_traits *t, const void *group, int r, int64_t b, void *out);
 
-/* One ISA's kernels. Every entry is filled: an ISA file that speeds up only some kernels
- * points the others at the scalar ones. */
+/* One ISA's kernels. Every entry is filled -- vec_dot for every type the traits table lists,
+ * gemm_x16 for exactly those with the X16 layout, every op -- except vec_dot_tile, which is
+ * optional; llmr_kernels_check holds each table to that at import. An ISA file that speeds up
+ * only some kernels points the others at the scalar ones. */
 /* Query tokens whose running sums an attention kernel may hold at once (its scratch). */
 #define LLMR_ATTENTION_TOKENS 4
 
@@ -355,6 +382,10 @@ LLMR_DECLARE_GEMM_X16(neon)
  * one this CPU runs. Returns NULL and a message in err if the forced ISA is unknown or this
  * CPU cannot run it. */
 const llmr_kernels *llmr_dispatch(const char *forced, char *err, size_t err_size);
+/* 0 if the table is complete for the traits table (see llmr_kernels), else -1 and a message
+ * naming the ISA and the type or op in err. llmr_dispatch checks every table this build has,
+ * whatever the CPU, so a kernel left out fails the import instead of being called through NULL. */
+int llmr_kernels_check(const llmr_kernels *k, char *err, size_t err_size);
 /* The ISAs this CPU can run, best first; returns how many (at most cap) names it wrote. */
 int llmr_isas(const char **names, int cap);
 
@@ -368,16 +399,21 @@ typedef struct {
     int64_t rows, cols;
 } llmr_weight;
 
-/* out[t][n] = dot(W[n], x[t]) for W: n rows of `type` in `layout`, x: t rows of k floats. */
-void llmr_matmul(const llmr_kernels *kern, int type, int layout, float *out, const float *x, const void *w,
-                 int64_t t, int64_t n, int64_t k, void *scratch);
+/* 0 if kern multiplies weights of `type` in `layout`; -1 for an unknown type id or a layout the
+ * type does not have. A table from llmr_dispatch has every kernel the traits ask for, so this
+ * turns an unchecked id into an error instead of a call through NULL. */
+int llmr_matmul_supported(const llmr_kernels *kern, int type, int layout);
+/* out[t][n] = dot(W[n], x[t]) for W: n rows of `type` in `layout`, x: t rows of k floats.
+ * Returns 0, or -1 (nothing computed) where llmr_matmul_supported says no. */
+int llmr_matmul(const llmr_kernels *kern, int type, int layout, float *out, const float *x, const void *w,
+                int64_t t, int64_t n, int64_t k, void *scratch);
 /* llmr_matmul for up to LLMR_MAX_MATMUL_PARTS weights of the same input x [t][k] (all with
  * cols k, all quantised or all float), outs[i] [t][ws[i].rows], in one job: x is quantised
  * once and the threads meet once. Each output equals llmr_matmul's bit for bit. Scratch: the
- * first weight's llmr_matmul_scratch. */
+ * first weight's llmr_matmul_scratch. Returns as llmr_matmul: -1 if any weight is unsupported. */
 #define LLMR_MAX_MATMUL_PARTS 3
-void llmr_matmul_many(const llmr_kernels *kern, int n_weights, const llmr_weight *ws, float *const *outs,
-                      const float *x, int64_t t, void *scratch);
+int llmr_matmul_many(const llmr_kernels *kern, int n_weights, const llmr_weight *ws, float *const *outs,
+                     const float *x, int64_t t, void *scratch);
 /* out[i] = dequantised row ids[i] of W [rows][k]. Each id is read once and checked here, not
  * by the caller, as another thread may change ids while the GIL is released. Returns -1, or
  * the position of the first id outside [0, rows) (*bad = its value) and stops there. */
@@ -458,8 +494,9 @@ typedef struct {
  * logits of each segment's tokens from its `first` on into logits [sum(t - first)][vocab],
  * segment after segment. A segment's results are those it gets alone. The caller has checked
  * the shapes, and that no two segments' caches overlap.
- * Returns -1 when done, -2 if out of memory, or the position of the first token id outside the
- * vocabulary, counted over all segments' tokens in order (*bad_token = its value; nothing is
+ * Returns -1 when done, -2 if out of memory, -3 if a weight has no kernel in kern
+ * (llmr_matmul_supported; nothing is written then), or the position of the first token id outside
+ * the vocabulary, counted over all segments' tokens in order (*bad_token = its value; nothing is
  * written then, into any cache). */
 int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_segment *segs, int64_t n_segs,
                      float *logits, int32_t *bad_token);

@@ -135,9 +135,16 @@ static Py_ssize_t leading_rows(const Py_buffer *v) {
 
 static const llmr_type_traits *get_type(int type) {
     const llmr_type_traits *t = llmr_type_traits_get(type);
-    if (!t)
-        PyErr_Format(PyExc_ValueError, "unknown tensor type id %d (known: f32=0, f16=1, q4_0=2, "
-                     "q4_1=3, q8_0=8, bf16=30)", type);
+    if (!t) { /* the known ids, from the traits table: "f32=0, f16=1, ..." */
+        char known[512] = "";
+        for (int id = 0; id < LLMR_TYPE_COUNT; id++) {
+            const llmr_type_traits *k = llmr_type_traits_get(id);
+            if (k)
+                snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s=%d", known[0] ? ", " : "",
+                         k->name, id);
+        }
+        PyErr_Format(PyExc_ValueError, "unknown tensor type id %d (known: %s)", type, known);
+    }
     return t;
 }
 
@@ -159,9 +166,10 @@ static int check_weight_alignment(const Py_buffer *w, const llmr_type_traits *t)
     return 0;
 }
 
-/* The layouts a type may be stored in: rows always; X16 where the kernels have it. */
+/* The layouts a type may be stored in: rows always; X16 where its traits say so (and then every
+ * kernel table has its gemm_x16, checked at import). */
 static int check_layout(const llmr_type_traits *t, int type, int layout) {
-    if (layout == LLMR_LAYOUT_ROWS || (layout == LLMR_LAYOUT_X16 && kern->gemm_x16[type]))
+    if (!llmr_matmul_supported(kern, type, layout))
         return 0;
     PyErr_Format(PyExc_ValueError, "layout %d is not one llmrun reads for %s weights", layout, t->name);
     return -1;
@@ -214,10 +222,14 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
+    int rc;
     Py_BEGIN_ALLOW_THREADS
-    llmr_matmul(kern, type, layout, out->buf, x->buf, w->buf, tok, n, k, scratch); /* on the thread pool */
+    rc = llmr_matmul(kern, type, layout, out->buf, x->buf, w->buf, tok, n, k, scratch); /* on the thread pool */
     Py_END_ALLOW_THREADS
-    ret = Py_NewRef(Py_None);
+    if (rc) /* check_layout asked the same question above: cannot happen */
+        PyErr_Format(PyExc_SystemError, "matmul: no %s kernel for %s weights", kern->isa, t->name);
+    else
+        ret = Py_NewRef(Py_None);
 done:
     free(scratch);
     release(v, 3);
@@ -316,7 +328,7 @@ static PyObject *py_quantize_q16a(PyObject *self, PyObject *args) {
         return NULL;
     Py_buffer v[2] = {{0}}, *out = &v[0], *x = &v[1];
     PyObject *ret = NULL;
-    if (get_quantize_buffers(o_out, o_x, out, x, QK, sizeof(block_q16_a), "q16_a"))
+    if (get_quantize_buffers(o_out, o_x, out, x, QK_Q16_A, sizeof(block_q16_a), "q16_a"))
         goto done;
     if ((uintptr_t)out->buf % _Alignof(block_q16_a)) {
         PyErr_SetString(PyExc_ValueError, "out: q16_a blocks must be 4-byte aligned");
@@ -325,7 +337,7 @@ static PyObject *py_quantize_q16a(PyObject *self, PyObject *args) {
     const Py_ssize_t k = last_dim(x), rows = leading_rows(x);
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t r = 0; r < rows; r++)
-        kern->quantize_q16_a((const float *)x->buf + r * k, (block_q16_a *)out->buf + r * (k / QK), k);
+        kern->quantize_q16_a((const float *)x->buf + r * k, (block_q16_a *)out->buf + r * (k / QK_Q16_A), k);
     Py_END_ALLOW_THREADS
     ret = Py_NewRef(Py_None);
 done:
@@ -523,6 +535,53 @@ done:
 
 static PyObject *py_isa(PyObject *self, PyObject *unused) {
     return PyUnicode_FromString(kern->isa);
+}
+
+/* The C traits table as {id: {name, block_size, type_size, n_scales, act, x16}}, for the test
+ * that holds it to quant/types.py's. */
+static PyObject *py_type_traits(PyObject *self, PyObject *unused) {
+    PyObject *d = PyDict_New();
+    for (int id = 0; d && id < LLMR_TYPE_COUNT; id++) {
+        const llmr_type_traits *t = llmr_type_traits_get(id);
+        if (!t)
+            continue;
+        PyObject *key = PyLong_FromLong(id);
+        PyObject *v = Py_BuildValue("{s:s, s:i, s:i, s:i, s:s, s:O}", "name", t->name, "block_size", t->block_size,
+                                    "type_size", t->type_size, "n_scales", t->n_scales, "act",
+                                    t->act == LLMR_ACT_Q16_A ? "q16_a" : "f32", "x16", t->x16 ? Py_True : Py_False);
+        if (!key || !v || PyDict_SetItem(d, key, v) < 0)
+            Py_CLEAR(d);
+        Py_XDECREF(key);
+        Py_XDECREF(v);
+    }
+    return d;
+}
+
+/* For tests of the import-time check: llmr_kernels_check on a copy of the table in use with one
+ * entry (vec_dot, vec_dot_tile or gemm_x16 of type id `type`; or "none") set to NULL. Returns the
+ * check's message, or None where it passes. */
+static PyObject *py_check_kernels(PyObject *self, PyObject *args) {
+    const char *entry;
+    int type;
+    if (!PyArg_ParseTuple(args, "si:_check_kernels", &entry, &type))
+        return NULL;
+    if (type < 0 || type >= LLMR_TYPE_COUNT) {
+        PyErr_Format(PyExc_ValueError, "type id %d is outside [0, %d)", type, LLMR_TYPE_COUNT);
+        return NULL;
+    }
+    llmr_kernels k = *kern;
+    if (!strcmp(entry, "vec_dot"))
+        k.vec_dot[type] = NULL;
+    else if (!strcmp(entry, "vec_dot_tile"))
+        k.vec_dot_tile[type] = NULL;
+    else if (!strcmp(entry, "gemm_x16"))
+        k.gemm_x16[type] = NULL;
+    else if (strcmp(entry, "none")) {
+        PyErr_Format(PyExc_ValueError, "entry %R: vec_dot, vec_dot_tile, gemm_x16 or none", PyTuple_GET_ITEM(args, 0));
+        return NULL;
+    }
+    char err[512];
+    return llmr_kernels_check(&k, err, sizeof err) ? PyUnicode_FromString(err) : Py_NewRef(Py_None);
 }
 
 static PyObject *py_isas(PyObject *self, PyObject *unused) {
@@ -937,6 +996,8 @@ static PyObject *py_forward(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     if (bad_at == -2)
         PyErr_NoMemory();
+    else if (bad_at == -3) /* graph() checked every weight's type and layout: cannot happen */
+        PyErr_Format(PyExc_SystemError, "forward: a weight has no %s kernel", kern->isa);
     else if (bad_at >= 0) {
         Py_ssize_t s = 0;
         for (; bad_at >= segs[s].t; s++)
@@ -970,8 +1031,8 @@ static PyMethodDef methods[] = {
      "[sum(T - first), V]: each segment's, of its tokens first .. T-1, segment after segment."},
     {"matmul", py_matmul, METH_VARARGS,
      "matmul(out, x, w, wtype, layout=0): out[t, n] = dot(W[n], x[t]). x float32 [T, K] or [K]; out float32\n"
-     "[T, N] or [N]; w the bytes of N rows of type id wtype. Quantised types multiply x quantised\n"
-     "to q16_a blocks (K a multiple of 32)."},
+     "[T, N] or [N]; w the bytes of N rows of type id wtype (K a multiple of its block size).\n"
+     "Quantised types multiply x quantised to q16_a blocks of 32."},
     {"get_rows", py_get_rows, METH_VARARGS,
      "get_rows(out, w, wtype, ids, layout=0): out[i] = dequantised row ids[i] of W. out float32 [n, K],\n"
      "ids int32 [n] each in [0, rows of w)."},
@@ -1000,6 +1061,13 @@ static PyMethodDef methods[] = {
      "top_k(ids, x) -> m: ids[:m] = the indices of the len(ids) largest of x (float64 [n]), largest\n"
      "first, a tie to the lower index; NaN never taken, so m < len(ids) only when x has too few others."},
     {"isa", py_isa, METH_NOARGS, "isa() -> the kernel path in use, e.g. 'scalar'."},
+    {"type_traits", py_type_traits, METH_NOARGS,
+     "type_traits() -> {type id: {name, block_size, type_size, n_scales, act, x16}}: the C traits table\n"
+     "(kernels/cpu/types.c), which quant/types.py's table must match."},
+    {"_check_kernels", py_check_kernels, METH_VARARGS,
+     "_check_kernels(entry, type) -> the import-time completeness check's message for the table in use\n"
+     "with entry ('vec_dot', 'vec_dot_tile', 'gemm_x16' or 'none') of type id `type` removed; None if\n"
+     "it passes. For tests."},
     {"isas", py_isas, METH_NOARGS, "isas() -> the kernel paths this CPU can run, best first."},
     {"set_threads", py_set_threads, METH_O,
      "set_threads(n): run kernels on n threads (1 .. 512), the caller included. Results are\n"

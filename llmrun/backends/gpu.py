@@ -19,9 +19,10 @@ import numpy as np
 
 from ..errors import ContextError, LlmrunError
 from ..quant.layout import X16
+from ..quant.types import TABLE
 
 TYPES = ("f16", "q8_0", "q4_0", "q4_1")  # the weight types the GPU kernels read
-X16_TYPES = ("q8_0", "q4_0", "q4_1")  # ... in the x16 layout
+X16_TYPES = tuple(t.name for t in TABLE if t.x16 and t.name in TYPES)  # ... those in the x16 layout
 WORKGROUP = 64  # threads of the elementwise kernels' workgroups (CUDA: blocks)
 MAX_GROUPS = 65535  # workgroups per dimension, the WebGPU minimum every adapter allows
 

@@ -56,7 +56,7 @@ static void test_quant_dots(void) {
     for (int t = 0; t < 3; t++)
         for (int ki = 0; ki < 3; ki++)
             for (int ni = 0; ni < 3; ni++) {
-                const int64_t k = K_QUANT[ki], n = ROWS[ni], nb = k / QK, row = nb * T[t].type_size;
+                const int64_t k = K_QUANT[ki], n = ROWS[ni], nb = k / QK_Q16_A, row = nb * T[t].type_size;
                 uint8_t *buf = malloc((size_t)(n * row + 1)), *w = buf + 1; /* odd address */
                 float *x = malloc((size_t)k * sizeof(float));
                 block_q16_a *a = malloc((size_t)nb * sizeof(block_q16_a));
@@ -128,7 +128,7 @@ static void test_float_dots(void) {
 }
 
 static void check_q16a(const float *x, int64_t k, const char *what) {
-    const int64_t nb = k / QK;
+    const int64_t nb = k / QK_Q16_A;
     block_q16_a *got = calloc((size_t)nb, sizeof *got), *want = calloc((size_t)nb, sizeof *want);
     quantize_row_q16_a_neon(x, got, k);
     quantize_row_q16_a_ref(x, want, k);
@@ -146,29 +146,29 @@ static void test_quantize_q16a(void) {
             const int64_t k = K_QUANT[ki];
             float *x = malloc((size_t)k * sizeof(float));
             for (int64_t i = 0; i < k; i++) /* a scale per block across 1e-4 .. 1e4 */
-                x[i] = uniform() * powf(10.0f, 4.0f * ((float)((i / QK * 7919 + rep * 31) % 97) / 48.0f - 1.0f));
+                x[i] = uniform() * powf(10.0f, 4.0f * ((float)((i / QK_Q16_A * 7919 + rep * 31) % 97) / 48.0f - 1.0f));
             fill_x(x, k);
             check_q16a(x, k, "quantize_q16_a random");
             free(x);
         }
     /* Ties and near-ties: max|x| = 32767 makes d = 1 and id = 1 exactly, so x * id = x. */
-    float x[4 * QK];
+    float x[4 * QK_Q16_A];
     const float special[] = {0.5f, -0.5f, 1.5f, -1.5f, 2.5f, -2.5f, 0.49999997f, -0.49999997f,
                              0.50000006f, 32766.5f, -32766.5f, 1e-30f, -0.0f, 0.0f, 3.4999998f, 100.5f};
-    for (int j = 0; j < QK; j++) x[j] = j == 0 ? 32767.0f : special[j % 16];
-    for (int j = 0; j < QK; j++) x[QK + j] = 0.0f;                 /* all zero: d = 0, id = 0 */
-    for (int j = 0; j < QK; j++) x[2 * QK + j] = j == 5 ? -32767.0f : (float)j - 15.5f;
-    for (int j = 0; j < QK; j++) x[3 * QK + j] = 1e-3f * special[j % 16] + (j == 0 ? 7.0f : 0.0f);
-    check_q16a(x, 4 * QK, "quantize_q16_a ties");
+    for (int j = 0; j < QK_Q16_A; j++) x[j] = j == 0 ? 32767.0f : special[j % 16];
+    for (int j = 0; j < QK_Q16_A; j++) x[QK_Q16_A + j] = 0.0f;                 /* all zero: d = 0, id = 0 */
+    for (int j = 0; j < QK_Q16_A; j++) x[2 * QK_Q16_A + j] = j == 5 ? -32767.0f : (float)j - 15.5f;
+    for (int j = 0; j < QK_Q16_A; j++) x[3 * QK_Q16_A + j] = 1e-3f * special[j % 16] + (j == 0 ? 7.0f : 0.0f);
+    check_q16a(x, 4 * QK_Q16_A, "quantize_q16_a ties");
     /* What a corrupt file feeds it: NaN among numbers (left out of the max, q = 0), an infinity
      * (d = inf, id = 0), a block whose 1/d would not be finite (id = 0). */
-    for (int j = 0; j < QK; j++) {
+    for (int j = 0; j < QK_Q16_A; j++) {
         x[j] = j == 3 || j == 20 ? NAN : (float)j - 9.25f;
-        x[QK + j] = j == 7 ? INFINITY : 1.0f;
-        x[2 * QK + j] = j % 2 ? 1e-40f : -3e-39f;
-        x[3 * QK + j] = NAN;
+        x[QK_Q16_A + j] = j == 7 ? INFINITY : 1.0f;
+        x[2 * QK_Q16_A + j] = j % 2 ? 1e-40f : -3e-39f;
+        x[3 * QK_Q16_A + j] = NAN;
     }
-    check_q16a(x, 4 * QK, "quantize_q16_a non-finite");
+    check_q16a(x, 4 * QK_Q16_A, "quantize_q16_a non-finite");
 }
 
 /* The X16 layout (16 rows interleaved per block): NEON against the scalar X16 kernels (which
@@ -187,7 +187,7 @@ static void test_x16(void) {
             for (int ni = 0; ni < 2; ni++)
                 for (int ti = 0; ti < 2; ti++) {
                     const llmr_type_traits *tr = llmr_type_traits_get(T[t].type);
-                    const int64_t k = K_QUANT[ki], n = GROUP_ROWS[ni], tokens = TOKENS[ti], nb = k / QK;
+                    const int64_t k = K_QUANT[ki], n = GROUP_ROWS[ni], tokens = TOKENS[ti], nb = k / QK_Q16_A;
                     const int64_t row = nb * tr->type_size, group = 16 * row;
                     uint8_t *buf = malloc((size_t)(n * row + 1)), *w = buf + 1; /* odd address */
                     float *x = malloc((size_t)(tokens * k) * sizeof(float));
@@ -214,15 +214,15 @@ static void test_x16(void) {
                             for (int64_t b = 0; b < nb; b++) {
                                 uint8_t blk[sizeof(block_q8_0)];
                                 llmr_x16_get_block(tr, w + r / 16 * group, (int)(r % 16), b, blk);
-                                float wq[QK];
-                                tr->dequantize(blk, wq, QK); /* d q + offset, exactly */
+                                float wq[QK_Q16_A];
+                                tr->dequantize(blk, wq, QK_Q16_A); /* d q + offset, exactly */
                                 uint16_t d16, m16 = 0;
                                 memcpy(&d16, blk, 2);
                                 if (tr->n_scales == 2) memcpy(&m16, blk + 2, 2);
                                 const double d = llmr_f16_to_f32(d16);
                                 const double off = T[t].type == LLMR_TYPE_Q4_0 ? -8.0 * d : llmr_f16_to_f32(m16);
                                 const block_q16_a *y = &a[i * nb + b];
-                                for (int j = 0; j < QK; j++) /* |d q qa da| from the value: |w - off| = |d q| */
+                                for (int j = 0; j < QK_Q16_A; j++) /* |d q qa da| from the value: |w - off| = |d q| */
                                     mag += fabs(((double)wq[j] - off) * y->qs[j] * y->d);
                                 mag += fabs(off * y->s);
                             }
