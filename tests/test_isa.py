@@ -56,7 +56,8 @@ FLOAT_VS_SCALAR = 2
 
 # The q16_a quantiser does the scalar f32 operations (max, one division, one reciprocal, one
 # product, roundf per element, one product for s): its bytes must be the scalar's: bound 0.
-# rmsnorm, rope and silu_mul are the scalar kernels in every table today: bound 0. Attention has
+# rope is the scalar kernel in every table: bound 0; rmsnorm, silu_mul and gelu_mul are held to float64
+# (test_rmsnorm_silu_mul_and_gelu_mul_within_their_bounds). Attention has
 # SIMD kernels, each held to float64 on every path in test_kernels.py (test_attention_every_path).
 
 
@@ -176,6 +177,9 @@ def compute_all() -> dict[str, np.ndarray]:
     y = np.empty_like(a["gate"])
     K.silu_mul(y, a["gate"], a["x"][:, :33].copy())
     out["silu_mul"] = y
+    y = np.empty_like(a["gate"])
+    K.gelu_mul(y, a["gate"], a["x"][:, :33].copy())
+    out["gelu_mul"] = y
     return out
 
 
@@ -339,9 +343,9 @@ def test_x16_matmul(results, isa, t):
 
 
 @pytest.mark.parametrize("isa", ["scalar"] + SIMD_ISAS)
-def test_rmsnorm_and_silu_mul_within_their_bounds(results, isa):
-    """The SIMD rmsnorm sums the squares (in double) in another order, and silu_mul takes its
-    exponential from a polynomial: both within the scalar kernels' bounds of float64."""
+def test_rmsnorm_silu_mul_and_gelu_mul_within_their_bounds(results, isa):
+    """The SIMD rmsnorm sums the squares (in double) in another order, and silu_mul and gelu_mul
+    take their exponential from a polynomial: all within the scalar kernels' bounds of float64."""
     needs(isa)
     a = other_inputs()
     x64 = a["x"].astype(np.float64)
@@ -350,12 +354,16 @@ def test_rmsnorm_and_silu_mul_within_their_bounds(results, isa):
     g64 = a["gate"].astype(np.float64)
     want = g64 / (1 + np.exp(-g64)) * a["x"][:, :33]
     assert (np.abs(results[isa]["silu_mul"] - want) <= SILU_BOUND * np.abs(want)).all()
+    # GELU's tanh form (Gemma): the SIMD kernels take it as g sigmoid(2u), the same function; for
+    # negative g, 1 + tanh cancels, so the bound is on g u's size
+    want = 0.5 * g64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (g64 + 0.044715 * g64 ** 3))) * a["x"][:, :33]
+    assert (np.abs(results[isa]["gelu_mul"] - want) <= 1e-6 * np.abs(g64 * a["x"][:, :33])).all()
 
 
 @pytest.mark.parametrize("isa", SIMD_ISAS)
 def test_other_ops_equal_scalar(results, isa):
     needs(isa)
-    skip = ("matmul/", "tile/", "single/", "q16a/", "isa", "x16", "rmsnorm", "silu_mul")
+    skip = ("matmul/", "tile/", "single/", "q16a/", "isa", "x16", "rmsnorm", "silu_mul", "gelu_mul")
     for key in [k for k in results["scalar"] if not k.startswith(skip)]:
         np.testing.assert_array_equal(results[isa][key], results["scalar"][key], err_msg=key)
     for t in ALL_TYPES:  # get_rows dequantises with the reference: exact

@@ -31,7 +31,7 @@ const llmr_kernels llmr_kernels_scalar = {
 static int always(void) { return 1; }
 
 /* x86-64: CMakeLists.txt builds the *_avx2.c / *_avx512.c files for exactly these targets. The
- * ops that are a small share of the time (rope, gelu_mul) stay scalar. */
+ * ops that are a small share of the time (rope) stay scalar. */
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #define LLMR_X86 1
 
@@ -60,7 +60,7 @@ static const llmr_kernels llmr_kernels_avx2 = {
     .rope = rope_ref,
     .attention = attention_avx2,
     .silu_mul = silu_mul_avx2,
-    .gelu_mul = gelu_mul_ref,
+    .gelu_mul = gelu_mul_avx2,
 };
 
 static const llmr_kernels llmr_kernels_avx512 = {
@@ -88,7 +88,7 @@ static const llmr_kernels llmr_kernels_avx512 = {
     .rope = rope_ref,
     .attention = attention_avx512,
     .silu_mul = silu_mul_avx512,
-    .gelu_mul = gelu_mul_ref,
+    .gelu_mul = gelu_mul_avx512,
 };
 
 /* avx512 with the integer dots built for VNNI (vpdpwssd); the rest is avx512's. */
@@ -117,7 +117,7 @@ static const llmr_kernels llmr_kernels_avx512vnni = {
     .rope = rope_ref,
     .attention = attention_avx512,
     .silu_mul = silu_mul_avx512,
-    .gelu_mul = gelu_mul_ref,
+    .gelu_mul = gelu_mul_avx512,
 };
 
 /* __builtin_cpu_supports also checks that the OS saves the AVX / AVX-512 registers. */

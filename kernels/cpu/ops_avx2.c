@@ -1,4 +1,4 @@
-/* AVX2 (+FMA) rmsnorm and silu_mul: ops_avx512.c's arithmetic on 8 lanes (4 for the double
+/* AVX2 (+FMA) rmsnorm, silu_mul and gelu_mul: ops_avx512.c's arithmetic on 8 lanes (4 for the double
  * sum of squares), a scalar loop for the tail. */
 #include <immintrin.h>
 #include <math.h>
@@ -30,15 +30,32 @@ void rmsnorm_avx2(float *out, const float *x, const float *w, int64_t rows, int6
     }
 }
 
+/* sigmoid(a) from z = e^-|a|, as ops_avx512.c's */
+static inline __m256 sigmoid8(__m256 a) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    const __m256 z = exp_nonpos8(_mm256_or_ps(a, _mm256_set1_ps(-0.0f))); /* e^-|a| */
+    const __m256 num = _mm256_blendv_ps(one, z, a); /* the sign bit picks z: a < 0 (and -0) */
+    return _mm256_div_ps(num, _mm256_add_ps(one, z));
+}
+
 void silu_mul_avx2(float *out, const float *gate, const float *up, int64_t n) {
-    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
         const __m256 g = _mm256_loadu_ps(gate + i), u = _mm256_loadu_ps(up + i);
-        const __m256 z = exp_nonpos8(_mm256_or_ps(g, sign)); /* e^-|g| */
-        const __m256 num = _mm256_blendv_ps(one, z, g); /* the sign bit picks z: g < 0 (and -0) */
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(g, _mm256_div_ps(num, _mm256_add_ps(one, z))), u));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(g, sigmoid8(g)), u));
     }
     for (; i < n; i++)
         out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+/* gelu(g) u = g sigmoid(2c (g + 0.044715 g^3)) u, as ops_avx512.c's */
+void gelu_mul_avx2(float *out, const float *gate, const float *up, int64_t n) {
+    const __m256 k1 = _mm256_set1_ps(2.0f * 0.7978845608028654f), k3 = _mm256_set1_ps(2.0f * 0.7978845608028654f * 0.044715f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 g = _mm256_loadu_ps(gate + i), u = _mm256_loadu_ps(up + i);
+        const __m256 a = _mm256_mul_ps(g, _mm256_fmadd_ps(k3, _mm256_mul_ps(g, g), k1));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(g, sigmoid8(a)), u));
+    }
+    gelu_mul_ref(out + i, gate + i, up + i, n - i);
 }

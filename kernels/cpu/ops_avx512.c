@@ -1,4 +1,4 @@
-/* AVX-512 (F) rmsnorm and silu_mul. Compiled with -mavx512f -mavx512bw -mavx512vl -mavx2 -mfma
+/* AVX-512 (F) rmsnorm, silu_mul and gelu_mul. Compiled with -mavx512f -mavx512bw -mavx512vl -mavx2 -mfma
  * -mf16c; dispatch.c calls them only on a CPU that has AVX-512 F, BW and VL. */
 #include <immintrin.h>
 #include <math.h>
@@ -31,16 +31,32 @@ void rmsnorm_avx512(float *out, const float *x, const float *w, int64_t rows, in
     }
 }
 
-/* silu(g) u = g sigmoid(g) u, with sigmoid from z = e^-|g| <= 1 (no overflow for any g):
- * 1 / (1 + z) for g >= 0, z / (1 + z) for g < 0. */
-void silu_mul_avx512(float *out, const float *gate, const float *up, int64_t n) {
+/* sigmoid(a) from z = e^-|a| <= 1 (no overflow for any a): 1 / (1 + z) for a >= 0, z / (1 + z)
+ * for a < 0. */
+static inline __m512 sigmoid16(__m512 a) {
     const __m512 one = _mm512_set1_ps(1.0f);
+    const __m512 z = exp_nonpos16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(a)));
+    const __mmask16 negative = _mm512_cmp_ps_mask(a, _mm512_setzero_ps(), _CMP_LT_OQ);
+    return _mm512_div_ps(_mm512_mask_blend_ps(negative, one, z), _mm512_add_ps(one, z));
+}
+
+/* silu(g) u = g sigmoid(g) u */
+void silu_mul_avx512(float *out, const float *gate, const float *up, int64_t n) {
     for (int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = first(n - i);
         const __m512 g = _mm512_maskz_loadu_ps(m, gate + i), u = _mm512_maskz_loadu_ps(m, up + i);
-        const __m512 z = exp_nonpos16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(g)));
-        const __mmask16 negative = _mm512_cmp_ps_mask(g, _mm512_setzero_ps(), _CMP_LT_OQ);
-        const __m512 sigmoid = _mm512_div_ps(_mm512_mask_blend_ps(negative, one, z), _mm512_add_ps(one, z));
-        _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_mul_ps(g, sigmoid), u));
+        _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_mul_ps(g, sigmoid16(g)), u));
+    }
+}
+
+/* gelu(g) u with GELU's tanh form: 0.5 g (1 + tanh(c (g + 0.044715 g^3))) = g sigmoid(2c (g +
+ * 0.044715 g^3)), c = sqrt(2 / pi): silu's sigmoid at another point, no tanh needed. */
+void gelu_mul_avx512(float *out, const float *gate, const float *up, int64_t n) {
+    const __m512 k1 = _mm512_set1_ps(2.0f * 0.7978845608028654f), k3 = _mm512_set1_ps(2.0f * 0.7978845608028654f * 0.044715f);
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = first(n - i);
+        const __m512 g = _mm512_maskz_loadu_ps(m, gate + i), u = _mm512_maskz_loadu_ps(m, up + i);
+        const __m512 a = _mm512_mul_ps(g, _mm512_fmadd_ps(k3, _mm512_mul_ps(g, g), k1)); /* g (k1 + k3 g^2) */
+        _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_mul_ps(g, sigmoid16(a)), u));
     }
 }

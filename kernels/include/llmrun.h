@@ -362,6 +362,8 @@ void rmsnorm_avx2(float *out, const float *x, const float *w, int64_t rows, int6
 void rmsnorm_avx512(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
 void silu_mul_avx2(float *out, const float *gate, const float *up, int64_t n);
 void silu_mul_avx512(float *out, const float *gate, const float *up, int64_t n);
+void gelu_mul_avx2(float *out, const float *gate, const float *up, int64_t n);
+void gelu_mul_avx512(float *out, const float *gate, const float *up, int64_t n);
 LLMR_DECLARE_GEMM_X16(avx512)
 LLMR_DECLARE_GEMM_X16(avx512vnni)
 
