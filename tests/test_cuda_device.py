@@ -29,7 +29,7 @@ def bound():
 
 @pytest.mark.parametrize("type", ["q8_0", "q4_0", "q4_1", "f16"])
 @pytest.mark.parametrize("rows, k, tokens", [(16, 32, 1), (48, 96, 3), (64, 512, 16), (80, 64, 17),
-                                             (144, 2048, 70), (576, 1536, 300)])
+                                             (144, 2048, 70), (576, 1536, 300), (96, 4160, 1), (32, 8192, 2)])
 def test_matmul_matches_reference(device, type, rows, k, tokens):
     """Both products (matvec up to 16 tokens, tensor cores beyond) against float64 over the
     dequantised weights: f32 sums, relative to the largest output."""
@@ -41,6 +41,18 @@ def test_matmul_matches_reference(device, type, rows, k, tokens):
     got = device.matmul(device.upload(tensor(w, t)), x)
     want = x.astype(np.float64) @ dequantize(quantize(w, t), t, k).astype(np.float64).T
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_f16_matvec_of_a_partial_group(device):
+    """f16 keeps the rows layout: a last group of fewer than 16 rows reads no row past the matrix."""
+    from llmrun.selftest import tensor
+    t = qtype("f16")
+    rng = np.random.default_rng(7)
+    w, x = rng.standard_normal((40, 96)).astype(np.float32), rng.standard_normal((3, 96)).astype(np.float32)
+    for tokens in (1, 3):
+        got = device.matmul(device.upload(tensor(w, t)), x[:tokens])
+        want = x[:tokens].astype(np.float64) @ dequantize(quantize(w, t), t, 96).astype(np.float64).T
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
 def _on_both(device, kernel, params, arrays, grid, T, n_past=0, first=0, weight_type=None, threads=64, out=-1):
@@ -57,6 +69,7 @@ def _on_both(device, kernel, params, arrays, grid, T, n_past=0, first=0, weight_
 
 
 def test_small_ops_match_their_twins(device):
+    from llmrun.backends import cuda
     rng = np.random.default_rng(1)
     T, H, Hkv, hd, n_past, C = 5, 4, 2, 64, 7, 16
     x, w = rng.standard_normal((T, 96)).astype(np.float32), rng.standard_normal(96).astype(np.float32)
@@ -74,7 +87,7 @@ def test_small_ops_match_their_twins(device):
     k, v = rng.standard_normal((2, C, Hkv, hd)).astype(np.float32)
     for scale, window in ((float(1 / np.sqrt(hd)), 0), (0.3, 4)):  # every position, or a sliding window
         got, want = _on_both(device, "attention", (H, Hkv, hd, scale, window), [q, k, v, np.zeros_like(q)],
-                             (H, T), T, n_past - T + 1, threads=128, out=3)
+                             (H, T), T, n_past - T + 1, threads=cuda.ATTENTION_THREADS, out=3)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     g, u = rng.standard_normal((2, T, 40)).astype(np.float32) * 4
     for kernel, params, arrays in (("silu_mul", (40,), [g, u]), ("gelu_mul", (40,), [g, u]),
@@ -93,3 +106,17 @@ def test_embed_matches_its_twin(device, type):
     got, want = _on_both(device, "embed", (64, 48, 0), [data, ids, np.zeros((4, 64), np.float32)], (4, 1), 4,
                          weight_type=type)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("hd", [64, 96, 128, 256])
+def test_attention_over_a_long_cache_matches_its_twin(device, hd):
+    """Many batches of positions a warp, a partial last batch, each head width's registers."""
+    from llmrun.backends import cuda
+    rng = np.random.default_rng(hd)
+    T, H, Hkv, C = 2, 4, 2, 333
+    q = rng.standard_normal((T, H, hd)).astype(np.float32)
+    k, v = rng.standard_normal((2, C, Hkv, hd)).astype(np.float32)
+    for scale, window in ((float(1 / np.sqrt(hd)), 0), (0.3, 50)):
+        got, want = _on_both(device, "attention", (H, Hkv, hd, scale, window), [q, k, v, np.zeros_like(q)],
+                             (H, T), T, C - T, threads=cuda.ATTENTION_THREADS, out=3)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -1,19 +1,75 @@
 // out[t, row] = sum_k w[row, k] * x[t, k] for the few tokens of a decode step: weights read
-// once, activations in f32. The weight format W gives block b's (d, m) by scale() and its
-// values 4i .. 4i + 3 before scaling by quants(), so a block's dot with x is
-// d * sum(q x) + m * sum(x), as in kernels/wgsl/matmul.wgsl.
+// once, activations in f32, sums in f32.
 //
-// A block of 64 threads takes 16 rows (one x16 group) and MATMUL_TOKENS tokens. In a warp,
-// lane r and lane 16 + r share row r, each taking half of a block's values, so a warp's load
-// of a quant word is 32 consecutive words of the x16 layout; the block's two warps take every
-// other block of the row, and meet in shared memory.
+// Decode is a stream of weights that must keep every SM's share of HBM bytes in flight, so a
+// block of MATMUL_WARPS (8) warps takes 16 rows (one x16 group: ~1 block per SM on a 2048-row
+// matrix, 4 on an 8192-row one) and splits k among its warps (split-K in the block): warp w
+// takes every 8th step of MATMUL_STEP values, so each warp reads its own contiguous stretch of
+// the group. Every lane loads 16 bytes at a time: word c of 4 consecutive rows of the x16
+// layout (quant word c of row r at c * 16 + r), and for those 4 rows their f16 scales (8
+// bytes, the same 32-byte sector for the 4 lanes of a word's quad of rows); a warp's quant
+// load is 512 contiguous bytes. For one token the warp issues MATMUL_UNROLL steps of loads
+// (weights and activations) before it multiplies, so ~16 KB a block are in flight.
+//
+// Lane l holds the partial sums of rows 4 (l % 4) .. + 3 over its values; lanes of one quad
+// meet by three xor shuffles (4, 8, 16), the warps in shared memory. The weight format W gives
+// the lane's step loads (mv_load) and its dot with x (mv_dot): the x16 types take word c of a
+// block, values converted exactly by the 2^23 bit trick (kernels/cuda/x16.cuh); f16 (rows
+// layout) takes 8 values of each of its 4 rows. The other kernels use scale() and quants().
 #pragma once
 
 #include "common.cuh"
 
-constexpr uint32_t MATMUL_ROWS = 16;
-constexpr uint32_t MATMUL_TOKENS = 8;
-constexpr uint32_t MATMUL_WARPS = 2;
+constexpr uint32_t MATMUL_ROWS = 16;    // a block: one x16 group of rows
+constexpr uint32_t MATMUL_TOKENS = 8;   // ... and up to 8 tokens (blockIdx.y: the next 8)
+constexpr uint32_t MATMUL_WARPS = 8;    // k split among a block's warps
+constexpr uint32_t MATMUL_UNROLL = 4;   // steps a warp loads before it multiplies (one token)
+
+// One warp's partial sums of the block's 16 rows over its steps, for NT tokens (tokens <= NT):
+// acc[t][j] is row 4 (lane % 4) + j, token t; U steps' loads in flight before their products.
+template <class W, uint32_t NT, uint32_t U>
+__device__ void matvec_warp(const uint32_t *w, const float *x, uint32_t k, uint32_t rows, uint32_t tokens,
+                            float (&acc)[NT][4]) {
+    const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const uint32_t steps = (k + W::MV_STEP - 1) / W::MV_STEP;
+    for (uint32_t s0 = warp; s0 < steps; s0 += MATMUL_WARPS * U) {
+        typename W::Frag f[U];
+#pragma unroll
+        for (uint32_t u = 0; u < U; u++)
+            f[u] = W::mv_load(w, blockIdx.x, k, rows, s0 + u * MATMUL_WARPS, steps, lane, x);
+#pragma unroll
+        for (uint32_t u = 0; u < U; u++) {
+            if (!f[u].live)
+                continue;
+            W::mv_dot(f[u], f[u].x[0], f[u].x[1], acc[0]);  // token 0's activations came with the loads
+#pragma unroll
+            for (uint32_t t = 1; t < NT; t++) {
+                if (t < tokens) {
+                    const float4 *xt = reinterpret_cast<const float4 *>(x + (size_t)t * k + f[u].kx);
+                    W::mv_dot(f[u], __ldg(xt), __ldg(xt + W::MV_X_SECOND), acc[t]);
+                }
+            }
+        }
+    }
+}
+
+// The warps' sums of the block's rows into shared memory, part[warp][t][row].
+template <uint32_t NT>
+__device__ void matvec_reduce(float (&acc)[NT][4], float (*part)[MATMUL_TOKENS][MATMUL_ROWS]) {
+    const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+    for (uint32_t t = 0; t < NT; t++) {
+#pragma unroll
+        for (uint32_t j = 0; j < 4; j++) {
+            float v = acc[t][j];
+            v += __shfl_xor_sync(0xffffffffu, v, 4);
+            v += __shfl_xor_sync(0xffffffffu, v, 8);
+            v += __shfl_xor_sync(0xffffffffu, v, 16);
+            if (lane < 4)
+                part[warp][t][4 * lane + j] = v;
+        }
+    }
+}
 
 // Arguments as kernels/wgsl/matmul.wgsl's: k the row length (a multiple of 32); rows of w;
 // row0 the first row's place in out, whose rows are out_rows long; from_first: x holds only
@@ -21,50 +77,28 @@ constexpr uint32_t MATMUL_WARPS = 2;
 template <class W>
 __device__ void matmul(const Step *step, const uint32_t *w, const float *x, float *out, uint32_t k, uint32_t rows,
                        uint32_t row0, uint32_t out_rows, uint32_t from_first) {
-    const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32, half = lane / 16;
-    const uint32_t row = blockIdx.x * MATMUL_ROWS + lane % 16;
     const uint32_t t0 = blockIdx.y * MATMUL_TOKENS;
     const uint32_t tokens = min(MATMUL_TOKENS, step->tokens - from_first * step->first - t0);
-    const uint32_t nb = k / 32;
-    const bool live = row < rows;  // the last group of a rows-layout matrix may be partial
-    const float4 *x4 = reinterpret_cast<const float4 *>(x);
-
-    float acc[MATMUL_TOKENS] = {};
-    for (uint32_t b = warp; live && b < nb; b += MATMUL_WARPS) {
-        float qx[MATMUL_TOKENS] = {}, sx[MATMUL_TOKENS] = {};  // sum(q x) and sum(x) over the block
-#pragma unroll
-        for (uint32_t j = 0; j < 4; j++) {
-            const uint32_t i = half * 4 + j;
-            const float4 q = W::quants(w, row, b, nb, i);
-#pragma unroll
-            for (uint32_t t = 0; t < MATMUL_TOKENS; t++) {
-                if (t < tokens) {
-                    const float4 xv = x4[((size_t)(t0 + t) * k + b * 32) / 4 + i];
-                    qx[t] += q.x * xv.x + q.y * xv.y + q.z * xv.z + q.w * xv.w;
-                    sx[t] += xv.x + xv.y + xv.z + xv.w;
-                }
-            }
-        }
-        const float2 dm = W::scale(w, row, b, nb);
-#pragma unroll
-        for (uint32_t t = 0; t < MATMUL_TOKENS; t++)
-            acc[t] += dm.x * qx[t] + dm.y * sx[t];
-    }
-    __shared__ float part[MATMUL_WARPS][MATMUL_ROWS][MATMUL_TOKENS];
-#pragma unroll
-    for (uint32_t t = 0; t < MATMUL_TOKENS; t++) {
-        acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], 16);  // the other half of the row
-        if (half == 0)
-            part[warp][lane][t] = acc[t];
+    const float *xt = x + (size_t)t0 * k;
+    __shared__ float part[MATMUL_WARPS][MATMUL_TOKENS][MATMUL_ROWS];
+    if (tokens == 1) {  // decode: the most loads in flight
+        float acc[1][4] = {};
+        matvec_warp<W, 1, MATMUL_UNROLL>(w, xt, k, rows, tokens, acc);
+        matvec_reduce<1>(acc, part);
+    } else {
+        float acc[MATMUL_TOKENS][4] = {};
+        matvec_warp<W, MATMUL_TOKENS, 1>(w, xt, k, rows, tokens, acc);
+        matvec_reduce<MATMUL_TOKENS>(acc, part);
     }
     __syncthreads();
-    const uint32_t r = threadIdx.x % MATMUL_ROWS, t = threadIdx.x / MATMUL_ROWS;
-    for (uint32_t tt = t; tt < tokens; tt += blockDim.x / MATMUL_ROWS) {
-        if (blockIdx.x * MATMUL_ROWS + r < rows) {
+    for (uint32_t e = threadIdx.x; e < MATMUL_ROWS * tokens; e += blockDim.x) {
+        const uint32_t r = e % MATMUL_ROWS, t = e / MATMUL_ROWS, row = blockIdx.x * MATMUL_ROWS + r;
+        if (row < rows) {  // the last group of a rows-layout matrix may be partial
             float s = 0.0f;
+#pragma unroll
             for (uint32_t wi = 0; wi < MATMUL_WARPS; wi++)
-                s += part[wi][r][tt];
-            out[(size_t)(t0 + tt) * out_rows + row0 + blockIdx.x * MATMUL_ROWS + r] = s;
+                s += part[wi][t][r];
+            out[(size_t)(t0 + t) * out_rows + row0 + row] = s;
         }
     }
 }

@@ -13,4 +13,13 @@ struct Q4_0 : X16<block_q4_0> {
         const float4 q = nibbles(word(w, row, b, nb, 1, i % 4), 4 * (i / 4));
         return make_float4(q.x - 8.0f, q.y - 8.0f, q.z - 8.0f, q.w - 8.0f);
     }
+    // The matvec: word c of 4 rows, low nibbles against x[4c ..], high ones against x[16 + 4c ..].
+    __device__ static void mv_dot(const Frag &f, float4 lo, float4 hi, float (&acc)[4]) {
+        float d[4];
+        halves4(f.d, d);
+        const uint32_t q[4] = {f.q.x, f.q.y, f.q.z, f.q.w};
+#pragma unroll
+        for (uint32_t j = 0; j < 4; j++)
+            acc[j] += d[j] * (nibble_dot(q[j], lo, 8.0f) + nibble_dot(q[j] >> 4, hi, 8.0f));
+    }
 };

@@ -11,4 +11,17 @@ struct Q8_0 : X16<block_q8_0> {
         const uint32_t q = word(w, row, b, nb, 1, i);
         return make_float4(int8_t(q), int8_t(q >> 8), int8_t(q >> 16), int8_t(q >> 24));
     }
+    // The matvec: word c of 4 rows against x[4c ..]; a byte q is bits23(q ^ 128) - 2^23 - 128.
+    __device__ static void mv_dot(const Frag &f, float4 x, float4, float (&acc)[4]) {
+        float d[4];
+        halves4(f.d, d);
+        const uint32_t q[4] = {f.q.x, f.q.y, f.q.z, f.q.w};
+        const float o = 8388608.0f + 128.0f;
+#pragma unroll
+        for (uint32_t j = 0; j < 4; j++) {
+            const uint32_t v = q[j] ^ 0x80808080u;
+            acc[j] += d[j] * ((bits23(v & 255u) - o) * x.x + (bits23((v >> 8) & 255u) - o) * x.y +
+                              (bits23((v >> 16) & 255u) - o) * x.z + (bits23(v >> 24) - o) * x.w);
+        }
+    }
 };

@@ -21,10 +21,10 @@ from ..errors import LlmrunError
 from ..format import Tensor
 from .gpu import WORKGROUP, Matrix, check_weight, groups
 
-MATMUL_ROWS, MATMUL_TOKENS, MATMUL_THREADS = 16, 8, 64  # kernels/cuda/matmul.cuh: a block's tile
+MATMUL_ROWS, MATMUL_TOKENS, MATMUL_THREADS = 16, 8, 256  # kernels/cuda/matmul.cuh: a block's tile, 8 warps
 GEMM_ROWS, GEMM_TOKENS, GEMM_THREADS = 64, 64, 128  # kernels/cuda/gemm.cuh
 GEMM_FROM = 16  # steps of more tokens than this multiply on tensor cores (gemm), fewer read weights once (matmul)
-ATTENTION_THREADS, MAX_HEAD_DIM = 128, 256  # kernels/cuda/attention.cuh
+ATTENTION_THREADS, MAX_HEAD_DIM = 256, 256  # kernels/cuda/attention.cuh
 MIN_CAPABILITY = (7, 5)  # the oldest GPUs the fatbin is built for (Turing)
 STAGING = 32 << 20  # bytes of pinned host memory the weights go through
 
