@@ -280,3 +280,80 @@ class ChatSession:
             raise LlmrunError(f"{path}: not a saved conversation ({e})") from None
         self.system, self.messages, self.settings = state.get("system"), messages, settings
 
+
+
+# --- reasoning models: <think> ... </think> ------------------------------------------------------
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def reasons(template: str | None) -> bool:
+    """Whether a chat template knows the <think> ... </think> form (Qwen3, SmolLM3, DeepSeek-R1
+    distills): only then is a reply split into reasoning and content."""
+    return bool(template) and THINK_CLOSE in template
+
+
+def opens_reasoning(prompt: str) -> bool:
+    """Whether a rendered prompt ends inside a <think> the template opened for the model (the
+    reply then starts with reasoning, without the opening tag)."""
+    return prompt.rfind(THINK_OPEN) > prompt.rfind(THINK_CLOSE)
+
+
+class ReasoningSplit:
+    """A reply streamed in pieces, split into its reasoning (between <think> and </think>, the
+    opening tag at the start of the reply or already in the prompt) and its content (the rest),
+    as OpenAI-style servers give them (reasoning_content, content). Text that may be the start of
+    a tag is held back until the next piece says; the newlines that follow a tag are dropped, as
+    the templates that write these tags drop them when they render the reply back."""
+
+    def __init__(self, reasoning: bool = False):
+        self.state = "reasoning" if reasoning else "start"
+        self.held = ""
+        self.skip_newlines = reasoning
+
+    def feed(self, text: str) -> tuple[str, str]:
+        """(reasoning, content) that `text` makes certain."""
+        reasoning, content, text = [], [], self.held + text
+        self.held = ""
+        while text:
+            if self.skip_newlines:
+                text = text.lstrip("\n")
+                self.skip_newlines = bool(not text)
+                if not text:
+                    break
+            if self.state == "start":
+                stripped = text.lstrip()
+                if stripped.startswith(THINK_OPEN):
+                    text, self.state, self.skip_newlines = stripped[len(THINK_OPEN):], "reasoning", True
+                elif THINK_OPEN.startswith(stripped):  # perhaps the tag, cut short
+                    self.held = text
+                    break
+                else:
+                    self.state = "content"
+            elif self.state == "reasoning":
+                end = text.find(THINK_CLOSE)
+                if end >= 0:
+                    reasoning.append(text[:end])
+                    text, self.state, self.skip_newlines = text[end + len(THINK_CLOSE):], "content", True
+                else:
+                    keep = _partial_suffix(text, THINK_CLOSE)
+                    reasoning.append(text[:len(text) - keep])
+                    self.held = text[len(text) - keep:]
+                    break
+            else:
+                content.append(text)
+                break
+        return "".join(reasoning), "".join(content)
+
+    def flush(self) -> tuple[str, str]:
+        """What is still held, at the reply's end."""
+        held, self.held = self.held, ""
+        return (held, "") if self.state == "reasoning" else ("", held)
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """The length of the longest end of `text` that is a proper start of `tag`."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-n:]):
+            return n
+    return 0

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .batching import Engine, QueueFull, Request
-from .chat import chat_ids
+from .chat import ReasoningSplit, opens_reasoning, reasons, render_chat
 from .errors import ContextError, LlmrunError
 from .generation import MAX_LOGPROBS
 from .model import Model
@@ -413,11 +413,17 @@ class Handler(BaseHTTPRequestHandler):
         self._check_model(body)
         messages = _messages(body)
         _check_length(sum(len(m["content"]) for m in messages), self.server.engine.n_ctx, "messages")
+        # variables for the template, as transformers' apply_chat_template takes them ({"enable_thinking": false})
+        kwargs = _field(body, "chat_template_kwargs", (dict,), {}, None, "an object")
+        model = self.server.model
         try:
-            ids = chat_ids(self.server.model, messages)
+            prompt = render_chat(model, messages, template_kwargs=kwargs)
         except LlmrunError as e:
             raise HTTPError(400, str(e), param="messages") from None
-        self._complete(body, ids, chat=True)
+        ids = model.tokenizer.encode(prompt, add_special_tokens=False)
+        # a reasoning model's reply is split at <think> ... </think> into reasoning_content and content
+        split = ReasoningSplit(opens_reasoning(prompt)) if reasons(model.chat_template) else None
+        self._complete(body, ids, chat=True, split=split)
 
     def completions(self, body: dict) -> None:
         self._check_model(body)
@@ -426,7 +432,7 @@ class Handler(BaseHTTPRequestHandler):
         _field(body, "best_of", (int,), 1, lambda v: v == 1, "1: one choice per request")
         self._complete(body, _prompt_ids(body, self.server.model, self.server.engine.n_ctx), chat=False)
 
-    def _complete(self, body: dict, ids: list[int], chat: bool) -> None:
+    def _complete(self, body: dict, ids: list[int], chat: bool, split: ReasoningSplit | None = None) -> None:
         engine = self.server.engine
         sampling = _sampling(body, self.server.defaults)
         stops = _stops(body)
@@ -457,14 +463,28 @@ class Handler(BaseHTTPRequestHandler):
 
         logprobs = _Logprobs(self.server.model.tokenizer, chat) if n_logprobs is not None else None
 
+        def parts(text: str | None, finish_reason: str | None) -> dict:
+            """The message's fields for `text`: content, and a reasoning model's reasoning_content."""
+            if split is None:
+                return {"content": text}
+            reasoning, content = split.feed(text or "")
+            if finish_reason:
+                more = split.flush()
+                reasoning, content = reasoning + more[0], content + more[1]
+            return {"reasoning_content": reasoning, "content": content}
+
         def choice(text: str | None, finish_reason: str | None, first: bool = False, records=()) -> dict:
             lp = logprobs.of(records) if logprobs else None
             if not chat:
                 return {"index": 0, "text": text or "", "logprobs": lp, "finish_reason": finish_reason}
             if not stream:
-                return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": lp,
+                message = parts(text, finish_reason)
+                if split is not None:
+                    message["reasoning_content"] = message["reasoning_content"] or None
+                return {"index": 0, "message": {"role": "assistant", **message}, "logprobs": lp,
                         "finish_reason": finish_reason}
-            delta = ({"role": "assistant", "content": ""} if first else {}) | ({"content": text} if text else {})
+            delta = ({"role": "assistant", "content": ""} if first else {}) | \
+                {k: v for k, v in parts(text, finish_reason).items() if v}
             return {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}
 
         with self.server.response():  # written out before the server exits

@@ -594,3 +594,66 @@ def test_load_200_requests_from_8_clients(smollm2_q4_0, model, tmp_path):
         assert answers[i] == _alone(model, ids, n, **dict(sampling))[0], job
     print(f"server RSS after each 50 requests: {rss} KiB")
     assert rss[3] - rss[1] < 8 * 1024, rss  # KiB
+
+
+# --- reasoning models --------------------------------------------------------------------------
+
+# A ChatML template of the reasoning kind (as DeepSeek-R1's distills and Qwen3 do): the generation
+# prompt opens <think> for the model, or with enable_thinking false gives it an empty one.
+THINKING_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}"
+    "{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def thinking_server(smollm2_hf, tmp_path_factory):
+    """SmolLM2 with THINKING_TEMPLATE as its own chat template, served."""
+    import shutil
+    from llmrun.models import convert
+    d = tmp_path_factory.mktemp("thinking")
+    shutil.copytree(smollm2_hf["float32"], d / "hf")
+    (d / "hf" / "chat_template.jinja").write_text(THINKING_TEMPLATE)
+    convert(str(d / "hf"), str(d / "thinking.llmr"), "q4_0")
+    s = Server(d / "thinking.llmr", d, "--parallel", "2", "--ctx-size", "512", "--api-key", KEY)
+    yield s
+    assert "Traceback" not in s.stop()
+
+
+def test_reasoning_goes_to_reasoning_content(thinking_server):
+    """The template opened <think>: what the model writes (SmolLM2 never closes it) is reasoning,
+    streamed as delta.reasoning_content and given as message.reasoning_content, the content
+    empty; chat_template_kwargs {"enable_thinking": false} reaches the template, whose closed
+    think block leaves the reply all content."""
+    client = thinking_server.client()
+    kw = dict(model="thinking", max_tokens=12, temperature=0,
+              messages=[{"role": "user", "content": "What is the capital of France?"}])
+    r = client.chat.completions.create(**kw)
+    message = r.choices[0].message
+    assert message.reasoning_content and not message.content
+    streamed = {"reasoning_content": "", "content": ""}
+    for chunk in client.chat.completions.create(stream=True, **kw):
+        for key in streamed:
+            streamed[key] += getattr(chunk.choices[0].delta, key, None) or ""
+    assert streamed == {"reasoning_content": message.reasoning_content, "content": ""}
+    r = client.chat.completions.create(extra_body={"chat_template_kwargs": {"enable_thinking": False}}, **kw)
+    assert r.choices[0].message.content and r.choices[0].message.reasoning_content is None
+    status, body, _ = thinking_server.http("POST", "/v1/chat/completions", {**kw, "chat_template_kwargs": [1]})
+    assert status == 400 and "chat_template_kwargs" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("pieces,opened,want", [
+    (["<thi", "nk>\nI think", " hard</th", "ink>\n\nAnswer: 4"], False, ("I think hard", "Answer: 4")),
+    (["Answer", " 4"], False, ("", "Answer 4")),
+    (["<", "b>x"], False, ("", "<b>x")),  # a tag's first letters that turn out not to be one
+    (["I think</think>\n\nok"], True, ("I think", "ok")),  # the prompt opened it
+    (["thinking, cut off at max_tokens </thi"], True, ("thinking, cut off at max_tokens </thi", "")),
+])
+def test_reasoning_split_of_streamed_pieces(pieces, opened, want):
+    from llmrun.chat import ReasoningSplit
+    split, got = ReasoningSplit(opened), ["", ""]
+    for piece in [*pieces, None]:
+        r, c = split.feed(piece) if piece is not None else split.flush()
+        got = [got[0] + r, got[1] + c]
+    assert tuple(got) == want
