@@ -25,6 +25,7 @@ HELP = """commands:
   /load FILE          load a saved conversation
   /regen              drop the last reply and answer again
   /stats              speeds and context use of the last reply
+  /think on|off       let a reasoning model think first, or not (its template's enable_thinking)
   /exit               leave (also Ctrl-D, or Ctrl-C twice within a second)
 \"\"\" opens and closes a multi-line message; Ctrl-C stops a reply and keeps what it said, and at
 the prompt clears the line."""
@@ -42,10 +43,24 @@ def stats_line(session: ChatSession) -> str:
             f"{s.generation_tps:.1f} tok/s | first token after {s.ttft:.2f} s | context {s.context_used}/{s.context_size}]")
 
 
-def stream_reply(session: ChatSession, replies) -> None:
-    """Print a reply as it comes; warn when the context is nearly full."""
+DIM, UNDIM = "\x1b[2m", "\x1b[22m"
+
+
+def stream_reply(session: ChatSession, replies, dim_reasoning: bool = False) -> None:
+    """Print a reply as it comes (a reasoning model's thinking dimmed, with `dim_reasoning`);
+    warn when the context is nearly full."""
+    split = None
     for r in replies:
-        sys.stdout.write(r.text)
+        if dim_reasoning and split is None:
+            split = session.reasoning_split() or False  # the prompt is rendered by the first record
+        if split:
+            thought, said = split.feed(r.text)
+            if r.finish_reason:
+                more = split.flush()
+                thought, said = thought + more[0], said + more[1]
+            sys.stdout.write((f"{DIM}{thought}{UNDIM}" if thought else "") + said)
+        else:
+            sys.stdout.write(r.text)
         sys.stdout.flush()
     sys.stdout.write("\n")
     sys.stdout.flush()
@@ -175,7 +190,7 @@ class _Repl:
             self._save_history()
 
     def reply(self, replies) -> None:
-        stream_reply(self.session, replies)
+        stream_reply(self.session, replies, dim_reasoning=True)
         if self.verbose:
             _err(stats_line(self.session))
 
@@ -231,6 +246,13 @@ class _Repl:
             self.reply(s.regenerate())
         elif name == "/stats":
             _err(stats_line(s))
+        elif name == "/think":
+            if arg not in ("on", "off"):
+                raise LlmrunError("/think on or /think off")
+            if not s.reasoning_split():
+                raise LlmrunError("this model's chat template has no thinking to switch")
+            s.template_kwargs = {**(s.template_kwargs or {}), "enable_thinking": arg == "on"}
+            _err(f"[thinking {arg}]")
         else:
             raise LlmrunError(f"unknown command {name}; /help lists them")
         return None

@@ -189,6 +189,7 @@ class ChatSession:
             raise ValueError(f"context overflow must be 'shift' or 'stop', not {overflow!r}")
         self.model, self.template, self.overflow, self.stop = model, template, overflow, list(stop)
         self.template_kwargs = template_kwargs  # more variables for the template (enable_thinking=False...)
+        self.prompt = ""  # the conversation as last rendered
         self.settings = settings or Settings()
         self.cache = model.new_cache(n_ctx)
         self.system = system
@@ -202,7 +203,14 @@ class ChatSession:
     def prompt_ids(self) -> list[int]:
         text = render_chat(self.model, self.conversation(), template=self.template,
                            template_kwargs=self.template_kwargs)
+        self.prompt = text  # the last one rendered: whether it opened a <think> for the reply
         return self.model.tokenizer.encode(text, add_special_tokens=False)
+
+    def reasoning_split(self) -> "ReasoningSplit | None":
+        """A splitter for the reply being streamed, where the template reasons."""
+        if not reasons(self.template or self.model.chat_template):
+            return None
+        return ReasoningSplit(opens_reasoning(self.prompt))
 
     def _fit(self) -> list[int]:
         """The prompt for the next reply, dropping the oldest turns (never the system message

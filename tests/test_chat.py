@@ -235,6 +235,8 @@ def test_terminal_ctrl_c_at_an_idle_prompt_ends_nothing(terminal, tmp_path):
     c = terminal("-n", "12")
     _turn(c, "My name is Alice.")
     c.send("half a message")
+    c.expect_exact("half a message")  # in readline's line before the interrupt comes
+    time.sleep(0.5)
     c.sendintr()
     c.expect_exact("Ctrl-D or /exit to leave")
     c.expect_exact(">>> ")
@@ -246,6 +248,7 @@ def test_terminal_ctrl_c_at_an_idle_prompt_ends_nothing(terminal, tmp_path):
     time.sleep(1.2)
     c.sendintr()
     c.expect_exact("Ctrl-D or /exit to leave")
+    c.expect_exact(">>> ")  # back in the prompt: the second interrupt lands there, within the second
     c.sendintr()
     c.expect(pexpect_eof())
     c.close()
@@ -290,6 +293,30 @@ def test_terminal_second_ctrl_c_within_a_second_exits_130(terminal):
     c.expect(pexpect_eof())
     c.close()
     assert c.exitstatus == 130
+
+
+def test_terminal_shows_thinking_dimmed_and_think_switches_it(terminal, tmp_path):
+    """With a reasoning template (its generation prompt opens <think>, or with enable_thinking
+    false gives an empty one), the reply's thinking is printed dimmed; /think off renders the
+    template with enable_thinking false, so the reply is all content; /think on brings it back."""
+    template = tmp_path / "thinking.jinja"
+    template.write_text(
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n"
+        "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% else %}<think>\n"
+        "{% endif %}{% endif %}")
+    c = terminal("-n", "8", "--chat-template", str(template))
+    assert "\x1b[2m" in _turn(c, "What is the capital of France?")  # SmolLM2 never closes the think block
+    assert "[thinking off]" in _turn(c, "/think off")
+    assert "\x1b[2m" not in _turn(c, "And of Italy?")
+    assert "[thinking on]" in _turn(c, "/think on")
+    assert "\x1b[2m" in _turn(c, "And of Spain?")
+    assert "/think on or /think off" in _turn(c, "/think maybe")
+
+
+def test_think_needs_a_reasoning_template(terminal):
+    c = terminal("-n", "4")
+    assert "no thinking to switch" in _turn(c, "/think off")
 
 
 def test_chat_flags_template_system_and_context_warnings(tmp_path):
