@@ -23,6 +23,7 @@ from llmrun.quant.layout import deinterleave
 ROOT = Path(__file__).resolve().parent.parent
 CTYPES = {"u64": ctypes.c_uint64, "u32": ctypes.c_uint32, "f32": ctypes.c_float}
 WORKGROUP, MAX_GROUPS = 64, 65535
+WEIGHT_TYPES = ("q8_0", "q4_0", "q4_1", "f16")  # the weight kernels' name endings
 
 
 def compile_ptx() -> str:
@@ -163,10 +164,14 @@ class Emulator:
             self.capturing.append((launch, grid))
             return
         self.launches.append((launch.name, grid, launch.threads))
-        kernel, _, weight_type = launch.name.partition("_")
         values = [a.value for a in launch.args]
-        if kernel in ("matmul", "gemm", "embed"):  # <op>_<weight type>
-            getattr(self, "k_" + kernel)(grid, *values, type=weight_type)
+        if launch.name.startswith("matmul3_"):  # matmul3_<type of w0>_<type of w1 and w2>
+            a = next(t for t in WEIGHT_TYPES if launch.name[8:].startswith(t + "_"))
+            return self.k_matmul3(grid, *values, types=(a, launch.name[9 + len(a):]))
+        for weight_type in WEIGHT_TYPES:  # <op>_<weight type>
+            if launch.name.endswith("_" + weight_type):
+                getattr(self, "k_" + launch.name[:-len(weight_type) - 1])(grid, *values, type=weight_type)
+                break
         else:
             getattr(self, "k_" + launch.name)(grid, *values)
 
@@ -201,24 +206,53 @@ class Emulator:
             self._weights[key] = dequantize(data, t, k).reshape(rows, k).astype(np.float64)
         return self._weights[key]
 
-    def _product(self, grid, step, w, x, out, k, rows, row0, out_rows, from_first, type, tile, split=False):
+    def _product(self, grid, step, w, x, out, k, rows, row0, out_rows, from_first, accumulate, type, tile,
+                 split=False):
         n_past, T, first = self.step(step)
         tokens = T - from_first * first
         n_rows, n_tokens = min(rows, grid[0] * tile[0]), min(tokens, grid[1] * tile[1])
+        product = self._sums(w, x, k, rows, n_rows, n_tokens, type, split)
+        for t in range(n_tokens):
+            o = self.f32(out, t * out_rows + row0 + n_rows)[t * out_rows + row0:]
+            o[:] = o + product[t].astype(np.float32) if accumulate else product[t]  # x + W a in f32
+
+    def _sums(self, w, x, k, rows, n_rows, n_tokens, type, split=False) -> np.ndarray:
+        """The first n_tokens of x [., k] times the first n_rows of w, in float64 [n_tokens, n_rows]."""
         W = self.weights(w, type, rows, k)[:n_rows]
         X = self.f32(x, n_tokens * k).reshape(n_tokens, k)
         if split:  # the tensor cores take x as two f16 parts, hi + lo
             hi = X.astype(np.float16)
             X = hi.astype(np.float64) + (X - hi.astype(np.float32)).astype(np.float16)
-        product = X.astype(np.float64) @ W.T
-        for t in range(n_tokens):
-            self.f32(out, t * out_rows + row0 + n_rows)[t * out_rows + row0:] = product[t]
+        return X.astype(np.float64) @ W.T
 
     def k_matmul(self, grid, *args, type):
         self._product(grid, *args, type=type, tile=[self.constants[c] for c in TILES["matmul"]])
 
     def k_gemm(self, grid, *args, type):
         self._product(grid, *args, type=type, tile=[self.constants[c] for c in TILES["gemm"]], split=True)
+
+    def k_matmul3(self, grid, step, w0, w1, w2, x, out0, out1, out2, k, rows0, rows1, rows2, types):
+        """Blocks 0 .. g0 - 1 over w0's groups of 16 rows (type types[0]), then w1's, then w2's
+        (types[1])."""
+        _, T, _ = self.step(step)
+        tile_rows, tile_tokens = (self.constants[c] for c in TILES["matmul"])
+        n_tokens, left = min(T, grid[1] * tile_tokens), grid[0]
+        for w, out, rows, type in ((w0, out0, rows0, types[0]), (w1, out1, rows1, types[1]),
+                                   (w2, out2, rows2, types[1])):
+            n_rows = min(rows, left * tile_rows)
+            left -= min(left, -(-rows // tile_rows))
+            if n_rows:
+                sums = self._sums(w, x, k, rows, n_rows, n_tokens, type)
+                self.f32(out, n_tokens * rows).reshape(n_tokens, rows)[:, :n_rows] = sums
+
+    def k_matmul_gate(self, grid, step, wg, wu, x, out, k, rows, act, type):
+        """out = act(W_gate x) * (W_up x): silu_mul's or gelu_mul's formula on the f32 sums."""
+        _, T, _ = self.step(step)
+        tile_rows, tile_tokens = (self.constants[c] for c in TILES["matmul"])
+        n_rows, n_tokens = min(rows, grid[0] * tile_rows), min(T, grid[1] * tile_tokens)
+        g = self._sums(wg, x, k, rows, n_rows, n_tokens, type).astype(np.float32)
+        u = self._sums(wu, x, k, rows, n_rows, n_tokens, type).astype(np.float32)
+        self.f32(out, n_tokens * rows).reshape(n_tokens, rows)[:, :n_rows] = (gelu if act else silu)(g, u)
 
     def k_embed(self, grid, step, w, ids, out, k, rows, row0, type):
         _, T, _ = self.step(step)
@@ -239,25 +273,38 @@ class Emulator:
         n_past, T, _ = self.step(step)
         half = rd // 2
         n = min(T * heads * half, _covered(grid))
-        i = np.arange(n)
-        j, row = i % half, i // half
-        cs = self.f32(table, (n_past + T) * rd).reshape(-1, half, 2)[n_past + row // heads, j]
         xs = self.f32(x, T * heads * hd).reshape(T * heads, hd)
-        a, b = xs[row, j].copy(), xs[row, j + half].copy()
-        xs[row, j], xs[row, j + half] = a * cs[:, 0] - b * cs[:, 1], b * cs[:, 0] + a * cs[:, 1]
+        xs[:] = _turned(xs, self.f32(table, (n_past + T) * rd).reshape(-1, half, 2), n_past, heads, half, n)
+
+    def k_rope_store(self, grid, step, q, k, v, table, kc, vc, heads, kv_heads, hd, rd):
+        """rope on q in place and on k into the key cache, v into the value cache, over the
+        elements a grid covers: q's turned pairs first, then k's elements, then v's."""
+        n_past, T, _ = self.step(step)
+        half, kv = rd // 2, kv_heads * hd
+        n = _covered(grid)
+        cs = self.f32(table, (n_past + T) * rd).reshape(-1, half, 2) if half else None
+        xs = self.f32(q, T * heads * hd).reshape(T * heads, hd)
+        xs[:] = _turned(xs, cs, n_past, heads, half, min(n, T * heads * half))
+        n -= min(n, T * heads * half)
+        ks = self.f32(k, T * kv).reshape(T * kv_heads, hd)
+        keys = _turned(ks, cs, n_past, kv_heads, half, T * kv_heads * half).reshape(-1)
+        count = min(n, T * kv)
+        self.f32(kc, n_past * kv + count)[n_past * kv:] = keys[:count]
+        n -= count
+        count = min(n, T * kv)
+        self.f32(vc, n_past * kv + count)[n_past * kv:] = self.f32(v, count)
 
     def k_silu_mul(self, grid, step, gate, up, row):
         _, T, _ = self.step(step)
         n = min(T * row, _covered(grid))
         g, u = self.f32(gate, n), self.f32(up, n)
-        g[:] = g / (1 + np.exp(-g.astype(np.float64))) * u
+        g[:] = silu(g, u)
 
     def k_gelu_mul(self, grid, step, gate, up, row):
         _, T, _ = self.step(step)
         n = min(T * row, _covered(grid))
         g, u = self.f32(gate, n), self.f32(up, n)
-        x = g.astype(np.float64)
-        g[:] = 0.5 * x * (1 + np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3))) * u
+        g[:] = gelu(g, u)
 
     def k_scale(self, grid, step, x, row, from_first, s):
         _, T, first = self.step(step)
@@ -287,3 +334,27 @@ class Emulator:
                 s = K[start:n, h // (heads // kv_heads)] @ Q[t, h] * np.float32(scale)
                 p = np.exp(s - s.max())
                 o[t, h] = p @ V[start:n, h // (heads // kv_heads)] / p.sum()
+
+
+def silu(g, u):
+    """silu_gate of kernels/cuda/common.cuh: g / (1 + exp(-g)) * u."""
+    return g / (1 + np.exp(-g.astype(np.float64))) * u
+
+
+def gelu(g, u):
+    """gelu_gate of kernels/cuda/common.cuh: GELU in its tanh form, times u."""
+    x = g.astype(np.float64)
+    return 0.5 * x * (1 + np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3))) * u
+
+
+def _turned(xs, cs, n_past, heads, half, n):
+    """A copy of rows xs [tokens * heads, hd] with the first n of its pairs turned (pair i: row
+    i // half, element i % half with i % half + half) by the positions' cos and sin cs."""
+    out = xs.copy()
+    i = np.arange(n)
+    j, row = i % half if half else i, i // half if half else i
+    if n:
+        c = cs[n_past + row // heads, j]
+        a, b = xs[row, j], xs[row, j + half]
+        out[row, j], out[row, j + half] = a * c[:, 0] - b * c[:, 1], b * c[:, 0] + a * c[:, 1]
+    return out

@@ -57,8 +57,9 @@ def bound():
 
 def test_the_module_has_every_kernel_the_plans_launch(kernels):
     from llmrun.backends import cuda, gpu
-    ops = {"rmsnorm", "rope", "silu_mul", "gelu_mul", "scale", "add", "store_rows", "attention"}
-    assert set(kernels) == {f"{op}_{t}" for op in ("matmul", "gemm", "embed") for t in gpu.TYPES} | ops
+    ops = {"rmsnorm", "rope", "silu_mul", "gelu_mul", "scale", "add", "store_rows", "attention", "rope_store"}
+    assert set(kernels) == {f"{op}_{t}" for op in ("matmul", "matmul_gate", "gemm", "embed") for t in gpu.TYPES} | \
+        {f"matmul3_{a}_{b}" for a, b in cuda.MATMUL3_TYPES} | ops
     assert kernels["gemm_q4_0"][1] == cuda.GEMM_THREADS and kernels["matmul_q4_0"][1] == cuda.MATMUL_THREADS
     assert kernels["attention"][1] == cuda.ATTENTION_THREADS
 
@@ -147,6 +148,68 @@ def test_decode_steps_replay_one_captured_graph(models, emulator):
     assert list(plan.graphs) == [(1, 0)] and emulator.graph_launches == 4
     assert cache.store.dispatches == len(emulator.graphs[plan.graphs[1, 0][0]])
     assert cache.store.bytes_up == 4 + 12 and cache.store.bytes_down == cpu.config.vocab_size * 4
+
+
+def test_a_decode_step_runs_the_fused_launches(models, emulator):
+    """A LLaMA decode step launches 8 kernels a layer: the norm, q/k/v in one matvec, RoPE and
+    the cache's new rows in one, the attention, o with the residual add in its epilogue, the
+    norm, gate/up with the SiLU gate applied as they are stored, down with its residual add
+    (17 unfused); a prefill runs the same graph on tensor cores (GEMMs, separate gate op)."""
+    cpu, gpu = models("llama", "q4_0")
+    cache = gpu.new_cache(32)
+    gpu.forward(list(range(1, 21)), cache)
+    prefill = [name for name, _, _ in emulator.launches]
+    assert not any(n.startswith("matmul3") for n in prefill) and "silu_mul" in prefill and "add" not in prefill
+    gpu.forward([3], cache)
+    plan = cache.store.plan
+    names = [launch.name for launch, _ in emulator.graphs[plan.graphs[1, 0][0]]]
+    # quant/policy.py's q4_0: k, v, down and the (tied) embeddings in q8_0
+    layer = ["rmsnorm", "matmul3_q4_0_q8_0", "rope_store", "attention", "matmul_q4_0", "rmsnorm",
+             "matmul_gate_q4_0", "matmul_q8_0"]
+    assert names == ["embed_q8_0", *layer * cpu.config.n_layers, "rmsnorm", "matmul_q8_0"]
+    accumulate = [launch.args[-1].value for launch, _ in emulator.graphs[plan.graphs[1, 0][0]]
+                  if launch.name.startswith("matmul_q")]
+    assert accumulate == [1, 1] * cpu.config.n_layers + [0]
+
+
+@pytest.mark.parametrize("type", TYPES)
+def test_fused_matvecs_match_the_products(emulator, type):
+    """matmul3 (three matrices of one input), matmul_gate (the gate in the epilogue) and the
+    residual add of matmul, against float64, for 1 to 16 tokens."""
+    from llmrun.backends import cuda
+    t = qtype(type)
+    rng = np.random.default_rng(3)
+    k, rows = 96, (48, 16, 32)
+    ws = [_tensor(rng.standard_normal((r, k)).astype(np.float32), t) for r in rows]
+    want_w = [dequantize(b, t, k).astype(np.float64) for _, b in ws]
+    dev = cuda.Device()
+    ms = [dev.upload(w) for w, _ in ws]
+    for T in (1, 5, 16):
+        x = rng.standard_normal((T, k)).astype(np.float32)
+        outs = [dev.zeros(T * r * 4) for r in rows]
+        step = dev.buffer(np.array([0, T, 0, 0], np.uint32))
+        plan = cuda.Plan(dev, step)
+        xb = dev.buffer(x)
+        plan.matmul_qkv(*ms, xb, *outs)
+        g, u = ms[0], dev.upload(_tensor(rng.standard_normal((48, k)).astype(np.float32), t)[0])
+        gate, up = dev.zeros(T * 48 * 4), dev.zeros(T * 48 * 4)
+        plan.matmul_gate(g, u, xb, gate, up, "silu_mul")
+        res0 = rng.standard_normal((T, 48)).astype(np.float32)
+        res = dev.buffer(res0)
+        plan.matmul(ms[0], xb, res, accumulate=True)
+        assert plan.run(T) == 3
+        for out, r, w in zip(outs, rows, want_w):
+            got = dev.read(out, T * r * 4).view(np.float32).reshape(T, r)
+            want = x.astype(np.float64) @ w.T
+            assert np.abs(got - want).max() <= BOUND["matmul"] * np.abs(want).max()
+        wu = emulator.weights(u.parts[0][0].ptr, type, 48, k)
+        gs, us = x.astype(np.float64) @ want_w[0].T, x.astype(np.float64) @ wu.T
+        want = gs / (1 + np.exp(-gs)) * us
+        got = dev.read(gate, T * 48 * 4).view(np.float32).reshape(T, 48)
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+        got = dev.read(res, T * 48 * 4).view(np.float32).reshape(T, 48)
+        want = res0 + x.astype(np.float64) @ want_w[0].T
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
 def test_device_memory_is_freed_with_its_cache(models, emulator):

@@ -120,3 +120,69 @@ def test_attention_over_a_long_cache_matches_its_twin(device, hd):
         got, want = _on_both(device, "attention", (H, Hkv, hd, scale, window), [q, k, v, np.zeros_like(q)],
                              (H, T), T, C - T, threads=cuda.ATTENTION_THREADS, out=3)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def _plan_on_both(device, build, T, n_past=0):
+    """A plan built by build(dev, plan) -> [(buffer, nbytes)] run on the GPU and on the
+    emulator's twins: the buffers' bytes as float32 from each."""
+    from llmrun.backends import cuda
+    results = []
+    for dev in (device, cuda.Device(Emulator(None))):
+        plan = cuda.Plan(dev, dev.buffer(np.array([n_past, T, 0, 0], np.uint32)))
+        outs = build(dev, plan)
+        plan.run(T, n_past)
+        results.append([dev.read(b, n).view(np.float32) for b, n in outs])
+    return results
+
+
+@pytest.mark.parametrize("types", [("q4_0", "q4_0"), ("q4_0", "q8_0"), ("q4_1", "q8_0"), ("q8_0", "q8_0"),
+                                   ("f16", "f16")])
+@pytest.mark.parametrize("T", [1, 3, 20])
+def test_fused_matvecs_match_their_twins(device, types, T):
+    """q/k/v in one launch (matmul3, k and v of another type), gate/up with SiLU or GELU in the
+    epilogue (matmul_gate), the residual add in the product's epilogue (matmul and, T = 20, the
+    GEMM with accumulate): the GPU against the numpy twins."""
+    from llmrun.selftest import tensor
+    rng = np.random.default_rng(T)
+    k, rows = 256, (64, 32, 32)
+    ws = [rng.standard_normal((r, k)).astype(np.float32) for r in (*rows, 64)]
+    x = rng.standard_normal((T, k)).astype(np.float32)
+    res = rng.standard_normal((T, 64)).astype(np.float32)
+
+    def build(dev, plan):
+        mq, mk, mv = (dev.upload(tensor(w, qtype(t))) for w, t in zip(ws, (types[0], types[1], types[1])))
+        mu = dev.upload(tensor(ws[3], qtype(types[0])))
+        xb = dev.buffer(x)
+        q, kk, v = (dev.zeros(T * r * 4) for r in rows)
+        gs, us, gg, ug = (dev.zeros(T * 64 * 4) for _ in range(4))
+        r = dev.buffer(res)
+        plan.matmul_qkv(mq, mk, mv, xb, q, kk, v)
+        plan.matmul_gate(mq, mu, xb, gs, us, "silu_mul")
+        plan.matmul_gate(mq, mu, xb, gg, ug, "gelu_mul")
+        plan.matmul(mq, xb, r, accumulate=True)
+        return [(b, T * n * 4) for b, n in ((q, 64), (kk, 32), (v, 32), (gs, 64), (gg, 64), (r, 64))]
+    got, want = _plan_on_both(device, build, T)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * np.abs(w).max())
+
+
+@pytest.mark.parametrize("rd", [64, 48, 0])
+def test_rope_store_matches_its_twin(device, rd):
+    """RoPE on q in place, on k into the key cache, v into the value cache, in one launch: every
+    element turned (rd = hd), a partial rotary, none (a layer without RoPE)."""
+    rng = np.random.default_rng(rd)
+    T, H, Hkv, hd, n_past, C = 3, 4, 2, 64, 5, 16
+    q = rng.standard_normal((T, H, hd)).astype(np.float32)
+    k, v = rng.standard_normal((2, T, Hkv, hd)).astype(np.float32)
+    half = max(rd, 2) // 2
+    angle = np.arange(C, dtype=np.float32)[:, None] * (10000.0 ** (-np.arange(half) / half)).astype(np.float32)
+    table = np.stack([np.cos(angle), np.sin(angle)], -1).astype(np.float32)
+
+    def build(dev, plan):
+        qb, kb, vb, tb = (dev.buffer(a) for a in (q, k, v, table))
+        kc, vc = dev.zeros(C * Hkv * hd * 4), dev.zeros(C * Hkv * hd * 4)
+        plan.rope_store(qb, kb, vb, tb, kc, vc, H, Hkv, hd, rd)
+        return [(qb, q.nbytes), (kc, C * Hkv * hd * 4), (vc, C * Hkv * hd * 4)]
+    got, want = _plan_on_both(device, build, T, n_past)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)

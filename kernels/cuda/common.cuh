@@ -33,3 +33,11 @@ __device__ inline float warp_sum(float s) {
         s += __shfl_xor_sync(0xffffffffu, s, lane_mask);
     return s;
 }
+
+// The feed-forward's gates, shared by silu_mul / gelu_mul and the fused gate/up matvec:
+// silu(g) * u = g / (1 + exp(-g)) * u, and GELU in its tanh form (Gemma's GeGLU) as the CPU
+// computes it: 0.5 * g * (1 + tanh(sqrt(2/pi) * (g + 0.044715 g^3))) * u.
+__device__ inline float silu_gate(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+__device__ inline float gelu_gate(float g, float u) {
+    return 0.5f * g * (1.0f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g))) * u;
+}

@@ -19,7 +19,7 @@ constexpr uint32_t GEMM_PER_THREAD = GEMM_ROWS * GEMM_TOKENS / GEMM_THREADS;
 
 template <class W>
 __device__ void gemm(const Step *step, const uint32_t *w, const float *x, float *out, uint32_t k, uint32_t rows,
-                     uint32_t row0, uint32_t out_rows, uint32_t from_first) {
+                     uint32_t row0, uint32_t out_rows, uint32_t from_first, uint32_t accumulate) {
     using namespace nvcuda;
     // wmma wants 32-byte aligned tiles: row strides of 80 and 272 bytes keep every 16-row slab so
     __shared__ __align__(32) __half qs[GEMM_ROWS][32 + GEMM_PAD];         // quants [row, k]
@@ -88,7 +88,9 @@ __device__ void gemm(const Step *step, const uint32_t *w, const float *x, float 
 #pragma unroll
     for (uint32_t it = 0; it < GEMM_PER_THREAD; it++) {
         const uint32_t e = it * GEMM_THREADS + threadIdx.x, r = e % GEMM_ROWS, t = e / GEMM_ROWS;
-        if (r0 + r < rows && t < tokens)
-            out[(size_t)(t0 + t) * out_rows + row0 + r0 + r] = acc[it];
+        if (r0 + r < rows && t < tokens) {
+            float *o = out + (size_t)(t0 + t) * out_rows + row0 + r0 + r;
+            *o = accumulate ? *o + acc[it] : acc[it];  // accumulate: the residual add, as matmul's
+        }
     }
 }

@@ -14,13 +14,20 @@
 #define WEIGHT_KERNELS(name, W)                                                                             \
     KERNEL(MATMUL_WARPS * 32)                                                                               \
         matmul_##name(const Step *step, const uint32_t *w, const float *x, float *out, uint32_t k,          \
-                      uint32_t rows, uint32_t row0, uint32_t out_rows, uint32_t from_first) {               \
-        matmul<W>(step, w, x, out, k, rows, row0, out_rows, from_first);                                    \
+                      uint32_t rows, uint32_t row0, uint32_t out_rows, uint32_t from_first,                 \
+                      uint32_t accumulate) {                                                                \
+        matmul<W>(step, w, x, out, k, rows, row0, out_rows, from_first, accumulate);                        \
+    }                                                                                                       \
+    KERNEL(MATMUL_WARPS * 32)                                                                               \
+        matmul_gate_##name(const Step *step, const uint32_t *wg, const uint32_t *wu, const float *x,        \
+                           float *out, uint32_t k, uint32_t rows, uint32_t act) {                           \
+        matmul_gate<W>(step, wg, wu, x, out, k, rows, act);                                                 \
     }                                                                                                       \
     KERNEL(GEMM_THREADS)                                                                                    \
         gemm_##name(const Step *step, const uint32_t *w, const float *x, float *out, uint32_t k,            \
-                    uint32_t rows, uint32_t row0, uint32_t out_rows, uint32_t from_first) {                 \
-        gemm<W>(step, w, x, out, k, rows, row0, out_rows, from_first);                                      \
+                    uint32_t rows, uint32_t row0, uint32_t out_rows, uint32_t from_first,                   \
+                    uint32_t accumulate) {                                                                  \
+        gemm<W>(step, w, x, out, k, rows, row0, out_rows, from_first, accumulate);                          \
     }                                                                                                       \
     KERNEL(WORKGROUP)                                                                                       \
         embed_##name(const Step *step, const uint32_t *w, const uint32_t *ids, float *out, uint32_t k,      \
@@ -32,3 +39,20 @@ WEIGHT_KERNELS(q8_0, Q8_0)
 WEIGHT_KERNELS(q4_0, Q4_0)
 WEIGHT_KERNELS(q4_1, Q4_1)
 WEIGHT_KERNELS(f16, F16)
+
+// q, k and v in one launch: matmul3_<type of q>_<type of k and v>, every type with itself and
+// the 4-bit types with q8_0 (quant/policy.py keeps k and v in q8_0 at 4 bits).
+#define MATMUL3(a, b, WA, WB)                                                                               \
+    KERNEL(MATMUL_WARPS * 32)                                                                               \
+        matmul3_##a##_##b(const Step *step, const uint32_t *w0, const uint32_t *w1, const uint32_t *w2,     \
+                          const float *x, float *out0, float *out1, float *out2, uint32_t k, uint32_t rows0, \
+                          uint32_t rows1, uint32_t rows2) {                                                 \
+        matmul3<WA, WB>(step, w0, w1, w2, x, out0, out1, out2, k, rows0, rows1, rows2);                     \
+    }
+
+MATMUL3(q8_0, q8_0, Q8_0, Q8_0)
+MATMUL3(q4_0, q4_0, Q4_0, Q4_0)
+MATMUL3(q4_1, q4_1, Q4_1, Q4_1)
+MATMUL3(f16, f16, F16, F16)
+MATMUL3(q4_0, q8_0, Q4_0, Q8_0)
+MATMUL3(q4_1, q8_0, Q4_1, Q8_0)

@@ -25,18 +25,18 @@ constexpr uint32_t MATMUL_TOKENS = 8;   // ... and up to 8 tokens (blockIdx.y: t
 constexpr uint32_t MATMUL_WARPS = 8;    // k split among a block's warps
 constexpr uint32_t MATMUL_UNROLL = 4;   // steps a warp loads before it multiplies (one token)
 
-// One warp's partial sums of the block's 16 rows over its steps, for NT tokens (tokens <= NT):
-// acc[t][j] is row 4 (lane % 4) + j, token t; U steps' loads in flight before their products.
+// One warp's partial sums of group `group`'s 16 rows over its steps, for NT tokens (tokens <=
+// NT): acc[t][j] is row 4 (lane % 4) + j, token t; U steps' loads in flight before their products.
 template <class W, uint32_t NT, uint32_t U>
-__device__ void matvec_warp(const uint32_t *w, const float *x, uint32_t k, uint32_t rows, uint32_t tokens,
-                            float (&acc)[NT][4]) {
+__device__ void matvec_warp(const uint32_t *w, const float *x, uint32_t k, uint32_t rows, uint32_t group,
+                            uint32_t tokens, float (&acc)[NT][4]) {
     const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const uint32_t steps = (k + W::MV_STEP - 1) / W::MV_STEP;
     for (uint32_t s0 = warp; s0 < steps; s0 += MATMUL_WARPS * U) {
         typename W::Frag f[U];
 #pragma unroll
         for (uint32_t u = 0; u < U; u++)
-            f[u] = W::mv_load(w, blockIdx.x, k, rows, s0 + u * MATMUL_WARPS, steps, lane, x);
+            f[u] = W::mv_load(w, group, k, rows, s0 + u * MATMUL_WARPS, steps, lane, x);
 #pragma unroll
         for (uint32_t u = 0; u < U; u++) {
             if (!f[u].live)
@@ -71,34 +71,102 @@ __device__ void matvec_reduce(float (&acc)[NT][4], float (*part)[MATMUL_TOKENS][
     }
 }
 
-// Arguments as kernels/wgsl/matmul.wgsl's: k the row length (a multiple of 32); rows of w;
-// row0 the first row's place in out, whose rows are out_rows long; from_first: x holds only
-// the tokens from step.first on (the output head).
+using MatvecPart = float[MATMUL_WARPS][MATMUL_TOKENS][MATMUL_ROWS];
+
+// The block's partial sums of group `group` of w (16 rows) for `tokens` tokens of x into part;
+// they are whole after a __syncthreads().
 template <class W>
-__device__ void matmul(const Step *step, const uint32_t *w, const float *x, float *out, uint32_t k, uint32_t rows,
-                       uint32_t row0, uint32_t out_rows, uint32_t from_first) {
-    const uint32_t t0 = blockIdx.y * MATMUL_TOKENS;
-    const uint32_t tokens = min(MATMUL_TOKENS, step->tokens - from_first * step->first - t0);
-    const float *xt = x + (size_t)t0 * k;
-    __shared__ float part[MATMUL_WARPS][MATMUL_TOKENS][MATMUL_ROWS];
+__device__ void matvec_group(const uint32_t *w, const float *x, uint32_t k, uint32_t rows, uint32_t group,
+                             uint32_t tokens, MatvecPart &part) {
     if (tokens == 1) {  // decode: the most loads in flight
         float acc[1][4] = {};
-        matvec_warp<W, 1, MATMUL_UNROLL>(w, xt, k, rows, tokens, acc);
+        matvec_warp<W, 1, MATMUL_UNROLL>(w, x, k, rows, group, tokens, acc);
         matvec_reduce<1>(acc, part);
     } else {
         float acc[MATMUL_TOKENS][4] = {};
-        matvec_warp<W, MATMUL_TOKENS, 1>(w, xt, k, rows, tokens, acc);
+        matvec_warp<W, MATMUL_TOKENS, 1>(w, x, k, rows, group, tokens, acc);
         matvec_reduce<MATMUL_TOKENS>(acc, part);
     }
+}
+
+// Row r, token t of a block's product: the warps' partial sums, in warp order.
+__device__ inline float matvec_sum(const MatvecPart &part, uint32_t t, uint32_t r) {
+    float s = 0.0f;
+#pragma unroll
+    for (uint32_t wi = 0; wi < MATMUL_WARPS; wi++)
+        s += part[wi][t][r];
+    return s;
+}
+
+// Arguments as kernels/wgsl/matmul.wgsl's: k the row length (a multiple of 32); rows of w;
+// row0 the first row's place in out, whose rows are out_rows long; from_first: x holds only
+// the tokens from step.first on (the output head); accumulate: out += the product (the
+// residual add of the o and down projections, x = x + W a in model.py's f32 order), not =.
+template <class W>
+__device__ void matmul(const Step *step, const uint32_t *w, const float *x, float *out, uint32_t k, uint32_t rows,
+                       uint32_t row0, uint32_t out_rows, uint32_t from_first, uint32_t accumulate) {
+    const uint32_t t0 = blockIdx.y * MATMUL_TOKENS;
+    const uint32_t tokens = min(MATMUL_TOKENS, step->tokens - from_first * step->first - t0);
+    __shared__ MatvecPart part;
+    matvec_group<W>(w, x + (size_t)t0 * k, k, rows, blockIdx.x, tokens, part);
     __syncthreads();
     for (uint32_t e = threadIdx.x; e < MATMUL_ROWS * tokens; e += blockDim.x) {
         const uint32_t r = e % MATMUL_ROWS, t = e / MATMUL_ROWS, row = blockIdx.x * MATMUL_ROWS + r;
         if (row < rows) {  // the last group of a rows-layout matrix may be partial
-            float s = 0.0f;
-#pragma unroll
-            for (uint32_t wi = 0; wi < MATMUL_WARPS; wi++)
-                s += part[wi][t][r];
-            out[(size_t)(t0 + t) * out_rows + row0 + row] = s;
+            const float s = matvec_sum(part, t, r);
+            float *o = out + (size_t)(t0 + t) * out_rows + row0 + row;
+            *o = accumulate ? *o + s : s;
+        }
+    }
+}
+
+// Three matrices of one input in one launch (q, k and v of a decode step): blocks 0 .. g0 - 1
+// take w0's groups of 16 rows, the next g1 w1's, the rest w2's (g = rows / 16, rounded up),
+// each into its own out [tokens, rows_i]. w0 is of type WA, w1 and w2 of WB (a 4-bit model
+// keeps k and v in q8_0: quant/policy.py). A block's work is the same as matmul's.
+template <class WA, class WB>
+__device__ void matmul3(const Step *step, const uint32_t *w0, const uint32_t *w1, const uint32_t *w2, const float *x,
+                        float *out0, float *out1, float *out2, uint32_t k, uint32_t rows0, uint32_t rows1,
+                        uint32_t rows2) {
+    const uint32_t g0 = (rows0 + MATMUL_ROWS - 1) / MATMUL_ROWS, g1 = (rows1 + MATMUL_ROWS - 1) / MATMUL_ROWS;
+    uint32_t group = blockIdx.x, rows = rows0;
+    const uint32_t *w = w0;
+    float *out = out0;
+    if (group >= g0 + g1) {
+        group -= g0 + g1, w = w2, out = out2, rows = rows2;
+    } else if (group >= g0) {
+        group -= g0, w = w1, out = out1, rows = rows1;
+    }
+    const uint32_t t0 = blockIdx.y * MATMUL_TOKENS, tokens = min(MATMUL_TOKENS, step->tokens - t0);
+    __shared__ MatvecPart part;
+    if (blockIdx.x < g0)
+        matvec_group<WA>(w, x + (size_t)t0 * k, k, rows, group, tokens, part);
+    else
+        matvec_group<WB>(w, x + (size_t)t0 * k, k, rows, group, tokens, part);
+    __syncthreads();
+    for (uint32_t e = threadIdx.x; e < MATMUL_ROWS * tokens; e += blockDim.x) {
+        const uint32_t r = e % MATMUL_ROWS, t = e / MATMUL_ROWS, row = group * MATMUL_ROWS + r;
+        if (row < rows)
+            out[(size_t)(t0 + t) * rows + row] = matvec_sum(part, t, r);
+    }
+}
+
+// The feed-forward's gate and up matrices of one input in one launch, the gate applied as the
+// sums are stored: out = act(W_gate x) * (W_up x), act 0: SiLU, 1: GELU (tanh), computed as
+// silu_mul / gelu_mul compute them. A block takes the same 16 rows of both.
+template <class W>
+__device__ void matmul_gate(const Step *step, const uint32_t *wg, const uint32_t *wu, const float *x, float *out,
+                            uint32_t k, uint32_t rows, uint32_t act) {
+    const uint32_t t0 = blockIdx.y * MATMUL_TOKENS, tokens = min(MATMUL_TOKENS, step->tokens - t0);
+    __shared__ MatvecPart part[2];
+    matvec_group<W>(wg, x + (size_t)t0 * k, k, rows, blockIdx.x, tokens, part[0]);
+    matvec_group<W>(wu, x + (size_t)t0 * k, k, rows, blockIdx.x, tokens, part[1]);
+    __syncthreads();
+    for (uint32_t e = threadIdx.x; e < MATMUL_ROWS * tokens; e += blockDim.x) {
+        const uint32_t r = e % MATMUL_ROWS, t = e / MATMUL_ROWS, row = blockIdx.x * MATMUL_ROWS + r;
+        if (row < rows) {
+            const float g = matvec_sum(part[0], t, r), u = matvec_sum(part[1], t, r);
+            out[(size_t)(t0 + t) * rows + row] = act ? gelu_gate(g, u) : silu_gate(g, u);
         }
     }
 }

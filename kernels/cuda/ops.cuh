@@ -87,18 +87,16 @@ KERNEL(WORKGROUP) rope(const Step *step, float *x, const float *table, uint32_t 
 KERNEL(WORKGROUP) silu_mul(const Step *step, float *gate, const float *up, uint32_t row) {
     const uint32_t i = element_index();
     if (i < step->tokens * row) {
-        const float g = gate[i];
-        gate[i] = g / (1.0f + expf(-g)) * up[i];
+        gate[i] = silu_gate(gate[i], up[i]);
     }
 }
 
 // gate = gelu(gate) * up, in place, GELU in its tanh form (Gemma's GeGLU), as the CPU computes
-// it: 0.5 * g * (1 + tanh(sqrt(2/pi) * (g + 0.044715 g^3))) * up.
+// it (common.cuh: gelu_gate).
 KERNEL(WORKGROUP) gelu_mul(const Step *step, float *gate, const float *up, uint32_t row) {
     const uint32_t i = element_index();
     if (i < step->tokens * row) {
-        const float g = gate[i];
-        gate[i] = 0.5f * g * (1.0f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g))) * up[i];
+        gate[i] = gelu_gate(gate[i], up[i]);
     }
 }
 
@@ -123,4 +121,42 @@ KERNEL(WORKGROUP) store_rows(const Step *step, const float *src, float *cache, u
     const uint32_t i = element_index();
     if (i < step->tokens * row)
         cache[(size_t)step->n_past * row + i] = src[i];
+}
+
+// RoPE and the KV cache's new rows in one launch (a decode step's rope, rope, store_rows,
+// store_rows): q [tokens, heads, hd] turned in place as rope() turns it; k [tokens, kv_heads,
+// hd] turned into the key cache at position n_past (k itself is left as it was: nothing reads
+// it after); v copied into the value cache. rd = 0: no RoPE (a layer without it), stores only.
+// One thread per turned pair of q, then per element of k, then of v.
+KERNEL(WORKGROUP) rope_store(const Step *step, float *q, const float *k, const float *v, const float *table,
+                             float *kc, float *vc, uint32_t heads, uint32_t kv_heads, uint32_t hd, uint32_t rd) {
+    const uint32_t half = rd / 2, kv = kv_heads * hd, T = step->tokens;
+    uint32_t i = element_index();
+    const float2 *cs = reinterpret_cast<const float2 *>(table);
+    if (i < T * heads * half) {
+        const uint32_t j = i % half, row = i / half, t = row / heads;  // row: token * heads + head
+        const float2 c = cs[(size_t)(step->n_past + t) * half + j];
+        float *xr = q + (size_t)row * hd;
+        const float a = xr[j], b = xr[j + half];
+        xr[j] = a * c.x - b * c.y;
+        xr[j + half] = b * c.x + a * c.y;
+        return;
+    }
+    i -= T * heads * half;
+    if (i < T * kv) {
+        const uint32_t t = i / kv, j = i % hd;
+        const float *kr = k + (i - j);  // the element's head
+        float value = kr[j];
+        if (j < rd) {
+            const uint32_t p = j < half ? j : j - half;
+            const float2 c = cs[(size_t)(step->n_past + t) * half + p];
+            const float a = kr[p], b = kr[p + half];
+            value = j < half ? a * c.x - b * c.y : b * c.x + a * c.y;
+        }
+        kc[(size_t)step->n_past * kv + i] = value;
+        return;
+    }
+    i -= T * kv;
+    if (i < T * kv)
+        vc[(size_t)step->n_past * kv + i] = v[i];
 }

@@ -23,6 +23,9 @@ from .gpu import WORKGROUP, Matrix, check_weight, groups
 
 MATMUL_ROWS, MATMUL_TOKENS, MATMUL_THREADS = 16, 8, 256  # kernels/cuda/matmul.cuh: a block's tile, 8 warps
 GEMM_ROWS, GEMM_TOKENS, GEMM_THREADS = 64, 64, 128  # kernels/cuda/gemm.cuh
+# matmul3's (q type, k and v type): every type with itself, the 4-bit ones with q8_0 (quant/policy.py)
+MATMUL3_TYPES = {("q8_0", "q8_0"), ("q4_0", "q4_0"), ("q4_1", "q4_1"), ("f16", "f16"), ("q4_0", "q8_0"),
+                 ("q4_1", "q8_0")}
 GEMM_FROM = 16  # steps of more tokens than this multiply on tensor cores (gemm), fewer read weights once (matmul)
 ATTENTION_THREADS, MAX_HEAD_DIM = 256, 256  # kernels/cuda/attention.cuh
 MIN_CAPABILITY = (7, 5)  # the oldest GPUs the fatbin is built for (Turing)
@@ -327,20 +330,73 @@ class Plan:
         pointers = (ctypes.c_void_p * len(args))(*(ctypes.addressof(a) for a in args))
         self.launches.append(Launch(name, self.dev.function(name), threads, args, pointers, buffers, grid))
 
-    def matmul(self, m: Matrix, x, out, from_first: bool = False) -> None:
-        """Both products are planned; a step runs the one its token count calls for."""
+    # what gpu.py's plan may ask of this one beside the ops every backend has (WebGPU: none):
+    # "residual": matmul(..., accumulate=True) adds the product to out (x = x + W a);
+    # "qkv": matmul_qkv(); "gate": matmul_gate(); "rope_store": rope_store()
+    fuses = frozenset({"residual", "qkv", "gate", "rope_store"})
+
+    @staticmethod
+    def _grid(rows: int, from_first: bool, gemm: bool):
+        """A product's grid for a step of T tokens: the matvec's up to GEMM_FROM tokens, the
+        GEMM's beyond; (0, 0) for the other one."""
+        tile_rows, tile_tokens = (GEMM_ROWS, GEMM_TOKENS) if gemm else (MATMUL_ROWS, MATMUL_TOKENS)
+
+        def grid(T, first):
+            tokens = T - first * from_first
+            if (tokens > GEMM_FROM) != gemm:
+                return 0, 0
+            return -(-rows // tile_rows), -(-tokens // tile_tokens)
+        return grid
+
+    def matmul(self, m: Matrix, x, out, from_first: bool = False, accumulate: bool = False,
+               gemm_only: bool = False) -> None:
+        """Both products are planned; a step runs the one its token count calls for.
+        accumulate: out += the product (the residual add). gemm_only: the tensor-core product
+        alone (a fused matvec covers the short steps)."""
         for w, row0, rows in m.parts:
-            params = (m.k, rows, row0, m.rows, int(from_first))
+            params = (m.k, rows, row0, m.rows, int(from_first), int(accumulate))
+            if not gemm_only:
+                self.op("matmul", params, [w, x, out], self._grid(rows, from_first, False), m.type, MATMUL_THREADS)
+            self.op("gemm", params, [w, x, out], self._grid(rows, from_first, True), m.type, GEMM_THREADS)
 
-            def grid(T, first, rows=rows, tile_rows=MATMUL_ROWS, tile_tokens=MATMUL_TOKENS, gemm=False):
-                tokens = T - first * from_first
-                if (tokens > GEMM_FROM) != gemm:
-                    return 0, 0
-                return -(-rows // tile_rows), -(-tokens // tile_tokens)
+    @staticmethod
+    def _fusable(*ms: Matrix) -> bool:
+        return len({m.k for m in ms}) == 1 and all(len(m.parts) == 1 for m in ms)
 
-            self.op("matmul", params, [w, x, out], grid, m.type, MATMUL_THREADS)
-            self.op("gemm", params, [w, x, out], lambda T, first, grid=grid: grid(T, first, tile_rows=GEMM_ROWS,
-                    tile_tokens=GEMM_TOKENS, gemm=True), m.type, GEMM_THREADS)
+    def matmul_qkv(self, mq: Matrix, mk: Matrix, mv: Matrix, x, q, k, v) -> None:
+        """q, k, v = x Wq^T, x Wk^T, x Wv^T: short steps in one launch (matmul3), longer ones
+        as three GEMMs; three plain products where the matrices differ in type."""
+        if not self._fusable(mq, mk, mv) or mk.type != mv.type or (mq.type, mk.type) not in MATMUL3_TYPES:
+            for m, out in ((mq, q), (mk, k), (mv, v)):
+                self.matmul(m, x, out)
+            return
+        n_groups = sum(-(-m.rows // MATMUL_ROWS) for m in (mq, mk, mv))
+        self.op("matmul3", (mq.k, mq.rows, mk.rows, mv.rows), [mq.parts[0][0], mk.parts[0][0], mv.parts[0][0], x, q, k, v],
+                lambda T, first: (n_groups, -(-T // MATMUL_TOKENS)) if T <= GEMM_FROM else (0, 0),
+                f"{mq.type}_{mk.type}", MATMUL_THREADS)
+        for m, out in ((mq, q), (mk, k), (mv, v)):
+            self.matmul(m, x, out, gemm_only=True)
+
+    def matmul_gate(self, mg: Matrix, mu: Matrix, x, gate, up, act: str) -> None:
+        """gate = act(x Wg^T) * (x Wu^T), act "silu_mul" or "gelu_mul": short steps in one launch
+        (matmul_gate, the gate in its epilogue), longer ones as two GEMMs and the gate op."""
+        if not self._fusable(mg, mu) or mg.type != mu.type or mg.rows != mu.rows:
+            self.matmul(mg, x, gate)
+            self.matmul(mu, x, up)
+            self.op(act, (mg.rows,), [gate, up], lambda T, first: groups(T * mg.rows))
+            return
+        self.op("matmul_gate", (mg.k, mg.rows, int(act == "gelu_mul")), [mg.parts[0][0], mu.parts[0][0], x, gate],
+                lambda T, first: (-(-mg.rows // MATMUL_ROWS), -(-T // MATMUL_TOKENS)) if T <= GEMM_FROM else (0, 0),
+                mg.type, MATMUL_THREADS)
+        self.matmul(mg, x, gate, gemm_only=True)
+        self.matmul(mu, x, up, gemm_only=True)
+        self.op(act, (mg.rows,), [gate, up], lambda T, first: groups(T * mg.rows) if T > GEMM_FROM else (0, 0))
+
+    def rope_store(self, q, k, v, table, kc, vc, heads: int, kv_heads: int, hd: int, rd: int) -> None:
+        """RoPE on q (in place) and k (into the key cache) over the first rd of each head (0:
+        none), and v into the value cache, at the step's position: one launch."""
+        n = heads * (rd // 2) + 2 * kv_heads * hd
+        self.op("rope_store", (heads, kv_heads, hd, rd), [q, k, v, table, kc, vc], lambda T, first: groups(T * n))
 
     def store_rows(self, src, cache, row: int) -> None:
         """The step's rows of src [T, row] into cache [C, row] at row n_past (a kernel, so that a

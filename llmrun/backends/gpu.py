@@ -9,7 +9,12 @@ f32 where the CPU quantises them to 16 bits per block, so logits agree with the 
 
 A backend's device gives: upload(tensor) -> Matrix, buffer(array), zeros(nbytes),
 write(buffer, array), read(buffer, nbytes), step_buffer(), plan(step), and OutOfMemory (what
-it raises when memory runs out); its plan: op(), matmul(), attention(), store_rows(), run().
+it raises when memory runs out); its plan: op(), matmul(), attention(), store_rows(), run(),
+and `fuses`, the fused launches it has beyond those (CUDA's; WebGPU has none and runs the
+unfused ops): "qkv" (matmul_qkv: q, k and v of one input in one launch), "gate" (matmul_gate:
+gate and up, the gate applied as they are stored), "residual" (matmul(..., accumulate=True):
+x += W a, where no post-norm or residual scale comes between) and "rope_store" (both RoPEs and
+the KV cache's new rows in one launch).
 """
 from __future__ import annotations
 
@@ -158,6 +163,8 @@ class DeviceCache:
                 plan.op("scale", (row, from_first, float(s)), [buffer],
                         lambda T, first: groups((T - first * from_first) * row))
 
+        fuses = getattr(plan, "fuses", frozenset())
+
         def add_sublayer(y, post_norm):
             """x += y [T, D], a sublayer's output: normed first where the family has post-norms
             (into h: the sublayer no longer needs it), scaled where it has a residual multiplier."""
@@ -167,36 +174,53 @@ class DeviceCache:
             scale(y, D, cfg.residual_scale)
             plan.op("add", (D, T * D), [x, y], per_token(D))
 
+        def project(m, a, post_norm):
+            """x += W_m a (the o and down projections): the add in the product's epilogue where
+            nothing comes between (no post-norm, no residual scale) and the plan has it."""
+            if "residual" in fuses and post_norm is None and cfg.residual_scale == 1.0:
+                plan.matmul(m, a, x, accumulate=True)
+            else:
+                plan.matmul(m, a, tmp)
+                add_sublayer(tmp, post_norm)
+
         for part, row0, n_rows in g.emb.parts:
             plan.op("embed", (D, n_rows, row0), [part, self.ids, x], lambda T, first: (T, 1), g.emb.type)
         scale(x, D, cfg.embed_scale)
         for l, (layer, kc, vc) in enumerate(zip(g.layers, self.k, self.v)):
             # attention: x + Wo . attn(RoPE(Wq h), RoPE(Wk h), Wv h),  h = RMSNorm(x)
             plan.op("rmsnorm", (D, eps, 0, 1), [x, layer["attn_norm"], h], rows(1))
+            if "qkv" in fuses:
+                plan.matmul_qkv(layer["wq"], layer["wk"], layer["wv"], h, q, k, v)
             for name, out, n in (("wq", q, q_dim), ("wk", k, kv_dim), ("wv", v, kv_dim)):
-                plan.matmul(layer[name], h, out)
+                if "qkv" not in fuses:
+                    plan.matmul(layer[name], h, out)
                 if "b" + name[1] in layer:
                     plan.op("add", (n, n), [out, layer["b" + name[1]]], per_token(n))
             if cfg.qk_norm:  # each head normed on its own: T * H rows of hd, T * Hkv
                 plan.op("rmsnorm", (hd, eps, 0, H), [q, layer["q_norm"], qn], rows(H))
                 plan.op("rmsnorm", (hd, eps, 0, Hkv), [k, layer["k_norm"], kn], rows(Hkv))
             rope = cfg.layer_rope(l)
-            if rope != "none":
-                plan.op("rope", (H, hd, rd), [qn, self.rope_tables[rope]], per_token(H * rd // 2))
-                plan.op("rope", (Hkv, hd, rd), [kn, self.rope_tables[rope]], per_token(Hkv * rd // 2))
-            plan.store_rows(kn, kc, kv_dim)
-            plan.store_rows(v, vc, kv_dim)
+            if "rope_store" in fuses:
+                table = self.rope_tables[rope if rope != "none" else "global"]
+                plan.rope_store(qn, kn, v, table, kc, vc, H, Hkv, hd, rd if rope != "none" else 0)
+            else:
+                if rope != "none":
+                    plan.op("rope", (H, hd, rd), [qn, self.rope_tables[rope]], per_token(H * rd // 2))
+                    plan.op("rope", (Hkv, hd, rd), [kn, self.rope_tables[rope]], per_token(Hkv * rd // 2))
+                plan.store_rows(kn, kc, kv_dim)
+                plan.store_rows(v, vc, kv_dim)
             plan.attention(qn, kc, vc, att, cfg, self.n_ctx, T, attn_scale, cfg.layer_window(l))
-            plan.matmul(layer["wo"], att, tmp)
-            add_sublayer(tmp, layer.get("attn_post_norm"))
+            project(layer["wo"], att, layer.get("attn_post_norm"))
 
             # feed-forward: x + W_down . (act(W_gate h) * W_up h),  h = RMSNorm(x)
             plan.op("rmsnorm", (D, eps, 0, 1), [x, layer["ffn_norm"], h], rows(1))
-            plan.matmul(layer["w_gate"], h, gate)
-            plan.matmul(layer["w_up"], h, up)
-            plan.op(gate_op, (F,), [gate, up], per_token(F))
-            plan.matmul(layer["w_down"], gate, tmp)
-            add_sublayer(tmp, layer.get("ffn_post_norm"))
+            if "gate" in fuses:
+                plan.matmul_gate(layer["w_gate"], layer["w_up"], h, gate, up, gate_op)
+            else:
+                plan.matmul(layer["w_gate"], h, gate)
+                plan.matmul(layer["w_up"], h, up)
+                plan.op(gate_op, (F,), [gate, up], per_token(F))
+            project(layer["w_down"], gate, layer.get("ffn_post_norm"))
 
         plan.op("rmsnorm", (D, eps, 1, 1), [x, g.norm, h], lambda T, first: row_groups(T - first))
         plan.matmul(g.output, h, self.logits, from_first=True)
