@@ -98,7 +98,7 @@ def _compile(template: str):
         raise LlmrunError(f"the model's chat template does not parse: {e}") from None
 
 
-def _render(template, seconds: float, **context) -> str:
+def _render(template, seconds: float, context: dict) -> str:
     """template.render(**context), refused once it has run `seconds`: a loop in a template
     from a file must not hang the program. The deadline is checked on every line the template
     runs (sys.settrace, on the template's own frames only)."""
@@ -136,7 +136,7 @@ def render_chat(model, messages: list[dict], add_generation_prompt: bool = True,
         # caller's variables over them, then the conversation
         context = {**special, "tools": None, "documents": None, **(template_kwargs or {}),
                    "messages": messages, "add_generation_prompt": add_generation_prompt}
-        return _render(_compile(template), RENDER_SECONDS, **context)
+        return _render(_compile(template), RENDER_SECONDS, context)
     except LlmrunError:
         raise
     except Exception as e:  # a template's own error (bad field access and the like)
@@ -302,9 +302,10 @@ def reasons(template: str | None) -> bool:
 
 
 def opens_reasoning(prompt: str) -> bool:
-    """Whether a rendered prompt ends inside a <think> the template opened for the model (the
-    reply then starts with reasoning, without the opening tag)."""
-    return prompt.rfind(THINK_OPEN) > prompt.rfind(THINK_CLOSE)
+    """Whether the template's generation prompt opened a <think> for the model (DeepSeek-R1's
+    distills end it with "<think>\n"): the reply then starts with reasoning, without the tag. Only
+    the prompt's end counts: a message that merely mentions the tag opens nothing."""
+    return prompt.rstrip().endswith(THINK_OPEN)
 
 
 class ReasoningSplit:

@@ -132,7 +132,7 @@ def _gemma3(c: dict, n_layers: int) -> dict:
         pattern = int(c.get("sliding_window_pattern") or 6)
         windowed = [i for i in range(n_layers) if (i + 1) % pattern]
     params = c.get("rope_parameters") or {}
-    local = params.get("sliding_attention", {}).get("rope_theta", c.get("rope_local_base_freq", 10000.0))
+    local = (params.get("sliding_attention") or {}).get("rope_theta", c.get("rope_local_base_freq", 10000.0))
     hidden = int(c["hidden_size"])
     return {"qk_norm": True, "post_norms": True, "act": "gelu_tanh",
             "embed_scale": float(math.sqrt(hidden)),
@@ -143,7 +143,7 @@ def _gemma3(c: dict, n_layers: int) -> dict:
 def _granite(c: dict, n_layers: int) -> dict:
     return {"embed_scale": float(c.get("embedding_multiplier", 1.0)),
             "residual_scale": float(c.get("residual_multiplier", 1.0)),
-            "attn_scale": float(c["attention_multiplier"]) if c.get("attention_multiplier") else None,
+            "attn_scale": float(c.get("attention_multiplier", 1.0)),  # GraniteConfig's default: 1, not hd^-0.5
             "logit_scale": 1.0 / float(c.get("logits_scaling", 1.0))}
 
 

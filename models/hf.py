@@ -61,7 +61,7 @@ def _rope(c: dict) -> tuple[float, dict | None, int | None]:
         return theta, None, None
     if kind == "linear":
         return theta, {"type": "linear", "factor": float(params["factor"])}, None
-    if kind == "longrope":
+    if kind == "longrope" or kind in ("su", "yarn") and c.get("model_type") == "phi3":  # Phi-3's old names for it
         return (theta, *_longrope(c, params))
     if kind == "llama3":
         keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
@@ -80,8 +80,11 @@ def _longrope(c: dict, params: dict) -> tuple[dict, int]:
     original = params.get("original_max_position_embeddings", c.get("original_max_position_embeddings"))
     if not original or "short_factor" not in params:
         raise ConvertError("longrope RoPE scaling lacks original_max_position_embeddings or short_factor")
-    growth = float(c.get("max_position_embeddings", original)) / float(original) if \
-        c.get("original_max_position_embeddings") else float(params.get("factor", 1.0))
+    # transformers: the context's growth from the config's two lengths where the config has the
+    # original one, else the scaling's own factor, else the lengths again
+    max_position = float(c.get("max_position_embeddings", original))
+    growth = max_position / float(original) if c.get("original_max_position_embeddings") or not params.get("factor") \
+        else float(params["factor"])
     attention_factor = params.get("attention_factor") or (
         1.0 if growth <= 1.0 else math.sqrt(1 + math.log(growth) / math.log(float(original))))
     return ({"type": "factors", "factors": [float(f) for f in params["short_factor"]],
@@ -105,7 +108,7 @@ def read_config(c: dict, path: str, has_lm_head: bool, has_qkv_bias: bool) -> Mo
         raise ConvertError(f"{path}: {e}") from None
     except KeyError as e:
         raise ConvertError(f"{path}: missing key {e.args[0]!r}") from None
-    except (TypeError, ValueError, ArithmeticError) as e:
+    except (TypeError, ValueError, ArithmeticError, AttributeError) as e:  # a key of the wrong kind
         raise ConvertError(f"{path}: {e}") from None
     for key, bad in (("hidden_act", lambda v: switches.get("act", "silu") == "silu" and v not in ("silu", "swish")),
                      ("mlp_bias", bool)):
@@ -124,7 +127,7 @@ def read_config(c: dict, path: str, has_lm_head: bool, has_qkv_bias: bool) -> Mo
             **switches)
     except KeyError as e:
         raise ConvertError(f"{path}: missing key {e.args[0]!r}") from None
-    except (TypeError, ValueError, ArithmeticError) as e:
+    except (TypeError, ValueError, ArithmeticError, AttributeError) as e:  # a key of the wrong kind
         raise ConvertError(f"{path}: {e}") from None
 
 

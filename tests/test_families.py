@@ -226,3 +226,46 @@ def test_longrope_short_factors_match_transformers(tmp_path):
     logits = model.logits(ids)
     assert np.abs(logits - want).max() <= REL_BOUND * np.abs(want).max()
     np.testing.assert_array_equal(logits.argmax(-1), want.argmax(-1))
+
+
+def test_phi3_old_longrope_names_read_as_longrope(tmp_path):
+    """Early Phi-3 128k configs call LongRoPE "su" (transformers maps it, and "yarn", to longrope)."""
+    from conftest import ROOT, make_hf_checkpoint
+    scaling = {**LONGROPE["rope"]["rope_scaling"], "type": "su"}
+    make_hf_checkpoint(tmp_path / "hf", **{**LONGROPE, "rope": {"rope_theta": 10000.0, "rope_scaling": scaling}})
+    convert(str(tmp_path / "hf"), str(tmp_path / "m.llmr"), "f32")
+    with np.load(ROOT / "tests" / "data" / "phi3_longrope_transformers.npz") as ref:
+        want, ids = ref["logits"], ref["ids"]
+    assert np.abs(llmrun.load(tmp_path / "m.llmr").logits(ids) - want).max() <= REL_BOUND * np.abs(want).max()
+
+
+@pytest.mark.parametrize("config,want", [
+    # transformers 5's rope spelling by layer type, the windowed layers' entry left null
+    (dict(rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e6}, "sliding_attention": None}),
+     dict(rope_theta=1e6, rope_local_theta=10000.0)),
+    (dict(rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                           "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}),
+     dict(rope_theta=1e6, rope_scaling={"type": "linear", "factor": 8.0}, rope_local_theta=1e4)),
+])
+def test_gemma3_rope_spellings(tmp_path, config, want):
+    from conftest import FAMILY_CHECKPOINTS, make_hf_checkpoint
+    make_hf_checkpoint(tmp_path / "hf", **{**FAMILY_CHECKPOINTS["gemma3"], "rope": config})
+    convert(str(tmp_path / "hf"), str(tmp_path / "m.llmr"), "f32")
+    cfg = llmrun.load(tmp_path / "m.llmr").config
+    assert {k: getattr(cfg, k) for k in want} == want
+
+
+def test_granite_without_attention_multiplier_scales_by_one(tmp_path):
+    """GraniteConfig's default attention_multiplier is 1.0, not head_dim^-0.5."""
+    from conftest import FAMILY_CHECKPOINTS, make_hf_checkpoint
+    kw = {k: v for k, v in FAMILY_CHECKPOINTS["granite"].items() if k != "attention_multiplier"}
+    make_hf_checkpoint(tmp_path / "hf", **kw)
+    convert(str(tmp_path / "hf"), str(tmp_path / "m.llmr"), "f32")
+    assert llmrun.load(tmp_path / "m.llmr").config.attn_scale == 1.0
+
+
+def test_a_config_key_of_the_wrong_kind_is_one_line(tmp_path):
+    from conftest import FAMILY_CHECKPOINTS, make_hf_checkpoint
+    make_hf_checkpoint(tmp_path / "hf", **{**FAMILY_CHECKPOINTS["phi3"], "rope": {"rope_theta": 1e4, "rope_scaling": [1]}})
+    r = run_cli("convert", tmp_path / "hf", tmp_path / "m.llmr")
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "config.json" in r.stderr

@@ -657,3 +657,19 @@ def test_reasoning_split_of_streamed_pieces(pieces, opened, want):
         r, c = split.feed(piece) if piece is not None else split.flush()
         got = [got[0] + r, got[1] + c]
     assert tuple(got) == want
+
+
+def test_only_the_generation_prompt_opens_reasoning():
+    """A message that mentions <think> opens nothing; the generation prompt's own tag does."""
+    from llmrun.chat import opens_reasoning
+    asked = "<|im_start|>user\nWhat does the <think> tag do?<|im_end|>\n<|im_start|>assistant\n"
+    assert not opens_reasoning(asked)
+    assert opens_reasoning(asked + "<think>\n")
+
+
+def test_template_variables_may_be_named_anything(model):
+    """chat_template_kwargs are the template's variables: names like template or seconds included."""
+    from llmrun.chat import render_chat
+    text = render_chat(model, [{"role": "user", "content": "hi"}], template="{{ template }} {{ seconds }}",
+                       template_kwargs={"template": "a", "seconds": "b"})
+    assert text == "a b"

@@ -180,6 +180,9 @@ def test_graph_checks_every_weight_it_binds(tiny):
     layer = dict(vars(w.layers[0]), q_norm=np.ones(cfg.head_dim, np.float32))
     with pytest.raises(ValueError, match="one of q_norm and k_norm"):
         cpu.graph(cfg, dataclasses.replace(w, layers=[types.SimpleNamespace(**layer), *w.layers[1:]]), model.inv_freq)
+    layer = dict(vars(w.layers[0]), wq=np.zeros(3, np.float32))  # a vector where a weight goes
+    with pytest.raises(TypeError, match="wq must be a tuple"):
+        cpu.graph(cfg, dataclasses.replace(w, layers=[types.SimpleNamespace(**layer), *w.layers[1:]]), model.inv_freq)
     layer = dict(vars(w.layers[0]), w_upp=w.layers[0].w_up)
     with pytest.raises(ValueError, match="unknown field 'w_upp'"):
         cpu.graph(cfg, dataclasses.replace(w, layers=[types.SimpleNamespace(**layer), *w.layers[1:]]), model.inv_freq)

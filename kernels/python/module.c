@@ -664,6 +664,10 @@ static int take_vector(graph_t *g, PyObject *obj, const char *name, Py_ssize_t n
 static int take_weight(graph_t *g, PyObject *obj, const char *name, Py_ssize_t rows, Py_ssize_t cols, llmr_weight *out) {
     PyObject *data;
     Py_ssize_t r, c;
+    if (!PyTuple_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "graph: %s must be a tuple (data, type, layout, rows, cols)", name);
+        return -1;
+    }
     if (!PyArg_ParseTuple(obj, "Oiinn", &data, &out->type, &out->layout, &r, &c))
         return -1;
     const llmr_type_traits *t = get_type(out->type);
