@@ -216,10 +216,11 @@ class Emulator:
             o = self.f32(out, t * out_rows + row0 + n_rows)[t * out_rows + row0:]
             o[:] = o + product[t].astype(np.float32) if accumulate else product[t]  # x + W a in f32
 
-    def _sums(self, w, x, k, rows, n_rows, n_tokens, type, split=False) -> np.ndarray:
-        """The first n_tokens of x [., k] times the first n_rows of w, in float64 [n_tokens, n_rows]."""
+    def _sums(self, w, x, k, rows, n_rows, n_tokens, type, split=False, X=None) -> np.ndarray:
+        """The first n_tokens of x [., k] (or of X, given) times the first n_rows of w, in
+        float64 [n_tokens, n_rows]."""
         W = self.weights(w, type, rows, k)[:n_rows]
-        X = self.f32(x, n_tokens * k).reshape(n_tokens, k)
+        X = self.f32(x, n_tokens * k).reshape(n_tokens, k) if X is None else X
         if split:  # the tensor cores take x as two f16 parts, hi + lo
             hi = X.astype(np.float16)
             X = hi.astype(np.float64) + (X - hi.astype(np.float32)).astype(np.float16)
@@ -231,27 +232,36 @@ class Emulator:
     def k_gemm(self, grid, *args, type):
         self._product(grid, *args, type=type, tile=[self.constants[c] for c in TILES["gemm"]], split=True)
 
-    def k_matmul3(self, grid, step, w0, w1, w2, x, out0, out1, out2, k, rows0, rows1, rows2, types):
+    def _input(self, x, norm, k, n_tokens, eps) -> np.ndarray:
+        """A fused matvec's activations [n_tokens, k]: x, or RMSNorm(x) * norm where norm is
+        not null (the pre-norm in its prologue: norm_scales, as the CPU's rmsnorm_ref computes it)."""
+        X = self.f32(x, n_tokens * k).reshape(n_tokens, k)
+        return X if not norm else prenormed(X, self.f32(norm, k), eps)
+
+    def k_matmul3(self, grid, step, w0, w1, w2, x, norm, out0, out1, out2, k, rows0, rows1, rows2, eps, types):
         """Blocks 0 .. g0 - 1 over w0's groups of 16 rows (type types[0]), then w1's, then w2's
-        (types[1])."""
+        (types[1]); of RMSNorm(x) * norm where norm is not null."""
         _, T, _ = self.step(step)
         tile_rows, tile_tokens = (self.constants[c] for c in TILES["matmul"])
         n_tokens, left = min(T, grid[1] * tile_tokens), grid[0]
+        X = self._input(x, norm, k, n_tokens, eps)
         for w, out, rows, type in ((w0, out0, rows0, types[0]), (w1, out1, rows1, types[1]),
                                    (w2, out2, rows2, types[1])):
             n_rows = min(rows, left * tile_rows)
             left -= min(left, -(-rows // tile_rows))
             if n_rows:
-                sums = self._sums(w, x, k, rows, n_rows, n_tokens, type)
+                sums = self._sums(w, x, k, rows, n_rows, n_tokens, type, X=X)
                 self.f32(out, n_tokens * rows).reshape(n_tokens, rows)[:, :n_rows] = sums
 
-    def k_matmul_gate(self, grid, step, wg, wu, x, out, k, rows, act, type):
-        """out = act(W_gate x) * (W_up x): silu_mul's or gelu_mul's formula on the f32 sums."""
+    def k_matmul_gate(self, grid, step, wg, wu, x, norm, out, k, rows, act, eps, type):
+        """out = act(W_gate x) * (W_up x): silu_mul's or gelu_mul's formula on the f32 sums; x
+        RMSNorm(x) * norm where norm is not null."""
         _, T, _ = self.step(step)
         tile_rows, tile_tokens = (self.constants[c] for c in TILES["matmul"])
         n_rows, n_tokens = min(rows, grid[0] * tile_rows), min(T, grid[1] * tile_tokens)
-        g = self._sums(wg, x, k, rows, n_rows, n_tokens, type).astype(np.float32)
-        u = self._sums(wu, x, k, rows, n_rows, n_tokens, type).astype(np.float32)
+        X = self._input(x, norm, k, n_tokens, eps)
+        g = self._sums(wg, x, k, rows, n_rows, n_tokens, type, X=X).astype(np.float32)
+        u = self._sums(wu, x, k, rows, n_rows, n_tokens, type, X=X).astype(np.float32)
         self.f32(out, n_tokens * rows).reshape(n_tokens, rows)[:, :n_rows] = (gelu if act else silu)(g, u)
 
     def k_embed(self, grid, step, w, ids, out, k, rows, row0, type):
@@ -334,6 +344,15 @@ class Emulator:
                 s = K[start:n, h // (heads // kv_heads)] @ Q[t, h] * np.float32(scale)
                 p = np.exp(s - s.max())
                 o[t, h] = p @ V[start:n, h // (heads // kv_heads)] / p.sum()
+
+
+def prenormed(x, w, eps):
+    """The pre-norm a fused matvec folds in (kernels/cuda/matmul.cuh: norm_scales), as the CPU's
+    rmsnorm_ref: each row's squares summed in float64, scale = 1 / sqrt(ss / d + eps) in float64
+    rounded to f32, then (x * scale) * w in f32. x [T, d] f32."""
+    ss = (x.astype(np.float64) ** 2).sum(axis=1, keepdims=True)
+    scale = (1.0 / np.sqrt(ss / x.shape[1] + float(np.float32(eps)))).astype(np.float32)
+    return (x * scale) * w.astype(np.float32)
 
 
 def silu(g, u):

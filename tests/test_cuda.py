@@ -151,25 +151,41 @@ def test_decode_steps_replay_one_captured_graph(models, emulator):
 
 
 def test_a_decode_step_runs_the_fused_launches(models, emulator):
-    """A LLaMA decode step launches 8 kernels a layer: the norm, q/k/v in one matvec, RoPE and
-    the cache's new rows in one, the attention, o with the residual add in its epilogue, the
-    norm, gate/up with the SiLU gate applied as they are stored, down with its residual add
-    (17 unfused); a prefill runs the same graph on tensor cores (GEMMs, separate gate op)."""
+    """A LLaMA decode step launches 6 kernels a layer: q/k/v in one matvec with the attention's
+    pre-norm in its prologue, RoPE and the cache's new rows in one, the attention, o with the
+    residual add in its epilogue, gate/up with the feed-forward's pre-norm in its prologue and
+    the SiLU gate applied as they are stored, down with its residual add (17 unfused); a
+    prefill runs the same graph on tensor cores (the norms, GEMMs, separate gate op)."""
     cpu, gpu = models("llama", "q4_0")
     cache = gpu.new_cache(32)
     gpu.forward(list(range(1, 21)), cache)
     prefill = [name for name, _, _ in emulator.launches]
     assert not any(n.startswith("matmul3") for n in prefill) and "silu_mul" in prefill and "add" not in prefill
+    assert prefill.count("rmsnorm") == 2 * cpu.config.n_layers + 1
     gpu.forward([3], cache)
     plan = cache.store.plan
     names = [launch.name for launch, _ in emulator.graphs[plan.graphs[1, 0][0]]]
     # quant/policy.py's q4_0: k, v, down and the (tied) embeddings in q8_0
-    layer = ["rmsnorm", "matmul3_q4_0_q8_0", "rope_store", "attention", "matmul_q4_0", "rmsnorm",
-             "matmul_gate_q4_0", "matmul_q8_0"]
+    layer = ["matmul3_q4_0_q8_0", "rope_store", "attention", "matmul_q4_0", "matmul_gate_q4_0", "matmul_q8_0"]
     assert names == ["embed_q8_0", *layer * cpu.config.n_layers, "rmsnorm", "matmul_q8_0"]
     accumulate = [launch.args[-1].value for launch, _ in emulator.graphs[plan.graphs[1, 0][0]]
                   if launch.name.startswith("matmul_q")]
     assert accumulate == [1, 1] * cpu.config.n_layers + [0]
+    norms = [(launch.name, launch.args[5].value) for launch, _ in emulator.graphs[plan.graphs[1, 0][0]]
+             if launch.name.startswith(("matmul3", "matmul_gate"))]
+    assert all(ptr != 0 for _, ptr in norms) and len(norms) == 2 * cpu.config.n_layers  # each with its norm
+
+
+def test_the_folded_norm_is_the_cpus():
+    """The twin of the pre-norm a fused matvec folds in gives the CPU's rmsnorm bit for bit
+    (squares summed in double, the scale rounded to f32, (x * scale) * w in f32)."""
+    from cuda_emulator import prenormed
+    from llmrun.backends import cpu
+    rng = np.random.default_rng(11)
+    for d in (64, 2048, 8192):
+        x = (rng.standard_normal((5, d)) * rng.uniform(0.01, 100, (5, 1))).astype(np.float32)
+        w = rng.standard_normal(d).astype(np.float32)
+        np.testing.assert_array_equal(prenormed(x, w, 1e-5), cpu.rmsnorm(x, w, 1e-5))
 
 
 @pytest.mark.parametrize("type", TYPES)
@@ -184,24 +200,31 @@ def test_fused_matvecs_match_the_products(emulator, type):
     want_w = [dequantize(b, t, k).astype(np.float64) for _, b in ws]
     dev = cuda.Device()
     ms = [dev.upload(w) for w, _ in ws]
-    for T in (1, 5, 16):
+    for T, folded in ((1, False), (5, False), (16, False), (1, True), (7, True), (16, True), (20, True)):
         x = rng.standard_normal((T, k)).astype(np.float32)
         outs = [dev.zeros(T * r * 4) for r in rows]
         step = dev.buffer(np.array([0, T, 0, 0], np.uint32))
         plan = cuda.Plan(dev, step)
         xb = dev.buffer(x)
-        plan.matmul_qkv(*ms, xb, *outs)
+        norm = None
+        if folded:  # the products of RMSNorm(x) * nw: in the matvec's prologue, or the rmsnorm op then GEMMs
+            from cuda_emulator import prenormed
+            nw = rng.standard_normal(k).astype(np.float32)
+            xb, norm = dev.zeros(T * k * 4), (xb, dev.buffer(nw), 1e-5)  # xb: h, written for the GEMMs only
+            x = prenormed(x, nw, 1e-5)
+        plan.matmul_qkv(*ms, xb, *outs, norm=norm)
         g, u = ms[0], dev.upload(_tensor(rng.standard_normal((48, k)).astype(np.float32), t)[0])
         gate, up = dev.zeros(T * 48 * 4), dev.zeros(T * 48 * 4)
-        plan.matmul_gate(g, u, xb, gate, up, "silu_mul")
+        plan.matmul_gate(g, u, xb, gate, up, "silu_mul", norm=norm)
         res0 = rng.standard_normal((T, 48)).astype(np.float32)
         res = dev.buffer(res0)
-        plan.matmul(ms[0], xb, res, accumulate=True)
-        assert plan.run(T) == 3
+        plan.matmul(ms[0], dev.buffer(x), res, accumulate=True)
+        assert plan.run(T) == (3 if T <= cuda.GEMM_FROM else 9)  # + two rmsnorm ops, 5 GEMMs, the gate op
+        bound = BOUND["matmul" if T <= cuda.GEMM_FROM else "gemm"]
         for out, r, w in zip(outs, rows, want_w):
             got = dev.read(out, T * r * 4).view(np.float32).reshape(T, r)
             want = x.astype(np.float64) @ w.T
-            assert np.abs(got - want).max() <= BOUND["matmul"] * np.abs(want).max()
+            assert np.abs(got - want).max() <= bound * np.abs(want).max()
         wu = emulator.weights(u.parts[0][0].ptr, type, 48, k)
         gs, us = x.astype(np.float64) @ want_w[0].T, x.astype(np.float64) @ wu.T
         want = gs / (1 + np.exp(-gs)) * us

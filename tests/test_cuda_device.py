@@ -140,14 +140,17 @@ def _plan_on_both(device, build, T, n_past=0):
 @pytest.mark.parametrize("T", [1, 3, 20])
 def test_fused_matvecs_match_their_twins(device, types, T):
     """q/k/v in one launch (matmul3, k and v of another type), gate/up with SiLU or GELU in the
-    epilogue (matmul_gate), the residual add in the product's epilogue (matmul and, T = 20, the
-    GEMM with accumulate): the GPU against the numpy twins."""
+    epilogue (matmul_gate), each also with the pre-norm folded into its prologue (T = 20: the
+    rmsnorm op then the GEMMs), the residual add in the product's epilogue (matmul and, T = 20,
+    the GEMM with accumulate): the GPU against the numpy twins."""
     from llmrun.selftest import tensor
     rng = np.random.default_rng(T)
     k, rows = 256, (64, 32, 32)
     ws = [rng.standard_normal((r, k)).astype(np.float32) for r in (*rows, 64)]
     x = rng.standard_normal((T, k)).astype(np.float32)
     res = rng.standard_normal((T, 64)).astype(np.float32)
+    nw = rng.standard_normal(k).astype(np.float32)
+    xs = x * np.float32(30.0)  # the residual stream's scale: the norm brings it back
 
     def build(dev, plan):
         mq, mk, mv = (dev.upload(tensor(w, qtype(t))) for w, t in zip(ws, (types[0], types[1], types[1])))
@@ -160,7 +163,13 @@ def test_fused_matvecs_match_their_twins(device, types, T):
         plan.matmul_gate(mq, mu, xb, gs, us, "silu_mul")
         plan.matmul_gate(mq, mu, xb, gg, ug, "gelu_mul")
         plan.matmul(mq, xb, r, accumulate=True)
-        return [(b, T * n * 4) for b, n in ((q, 64), (kk, 32), (v, 32), (gs, 64), (gg, 64), (r, 64))]
+        nq, nk, nv = (dev.zeros(T * r * 4) for r in rows)
+        ng, nu, h = dev.zeros(T * 64 * 4), dev.zeros(T * 64 * 4), dev.zeros(T * k * 4)
+        norm = (dev.buffer(xs), dev.buffer(nw), 1e-5)
+        plan.matmul_qkv(mq, mk, mv, h, nq, nk, nv, norm=norm)
+        plan.matmul_gate(mq, mu, h, ng, nu, "silu_mul", norm=norm)
+        return [(b, T * n * 4) for b, n in ((q, 64), (kk, 32), (v, 32), (gs, 64), (gg, 64), (r, 64), (nq, 64),
+                                           (nk, 32), (nv, 32), (ng, 64))]
     got, want = _plan_on_both(device, build, T)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * np.abs(w).max())

@@ -11,6 +11,10 @@
 #include "q4_1.cuh"
 #include "q8_0.cuh"
 
+// The fused matvecs, held to two blocks an SM (128 registers a thread), as the plain matvec fits:
+// the folded norm's second path would otherwise take the f16 and q4_1 kernels past it.
+#define KERNEL_2(threads) extern "C" __global__ void __launch_bounds__(threads, 2)
+
 #define WEIGHT_KERNELS(name, W)                                                                             \
     KERNEL(MATMUL_WARPS * 32)                                                                               \
         matmul_##name(const Step *step, const uint32_t *w, const float *x, float *out, uint32_t k,          \
@@ -18,10 +22,11 @@
                       uint32_t accumulate) {                                                                \
         matmul<W>(step, w, x, out, k, rows, row0, out_rows, from_first, accumulate);                        \
     }                                                                                                       \
-    KERNEL(MATMUL_WARPS * 32)                                                                               \
+    KERNEL_2(MATMUL_WARPS * 32)                                                                             \
         matmul_gate_##name(const Step *step, const uint32_t *wg, const uint32_t *wu, const float *x,        \
-                           float *out, uint32_t k, uint32_t rows, uint32_t act) {                           \
-        matmul_gate<W>(step, wg, wu, x, out, k, rows, act);                                                 \
+                           const float *norm, float *out, uint32_t k, uint32_t rows, uint32_t act,          \
+                           float eps) {                                                                     \
+        matmul_gate<W>(step, wg, wu, x, norm, out, k, rows, act, eps);                                      \
     }                                                                                                       \
     KERNEL(GEMM_THREADS)                                                                                    \
         gemm_##name(const Step *step, const uint32_t *w, const float *x, float *out, uint32_t k,            \
@@ -43,11 +48,11 @@ WEIGHT_KERNELS(f16, F16)
 // q, k and v in one launch: matmul3_<type of q>_<type of k and v>, every type with itself and
 // the 4-bit types with q8_0 (quant/policy.py keeps k and v in q8_0 at 4 bits).
 #define MATMUL3(a, b, WA, WB)                                                                               \
-    KERNEL(MATMUL_WARPS * 32)                                                                               \
+    KERNEL_2(MATMUL_WARPS * 32)                                                                             \
         matmul3_##a##_##b(const Step *step, const uint32_t *w0, const uint32_t *w1, const uint32_t *w2,     \
-                          const float *x, float *out0, float *out1, float *out2, uint32_t k, uint32_t rows0, \
-                          uint32_t rows1, uint32_t rows2) {                                                 \
-        matmul3<WA, WB>(step, w0, w1, w2, x, out0, out1, out2, k, rows0, rows1, rows2);                     \
+                          const float *x, const float *norm, float *out0, float *out1, float *out2,       \
+                          uint32_t k, uint32_t rows0, uint32_t rows1, uint32_t rows2, float eps) {          \
+        matmul3<WA, WB>(step, w0, w1, w2, x, norm, out0, out1, out2, k, rows0, rows1, rows2, eps);          \
     }
 
 MATMUL3(q8_0, q8_0, Q8_0, Q8_0)

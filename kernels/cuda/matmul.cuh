@@ -25,11 +25,16 @@ constexpr uint32_t MATMUL_TOKENS = 8;   // ... and up to 8 tokens (blockIdx.y: t
 constexpr uint32_t MATMUL_WARPS = 8;    // k split among a block's warps
 constexpr uint32_t MATMUL_UNROLL = 4;   // steps a warp loads before it multiplies (one token)
 
+// RMSNorm's output for four activations: (x * scale) * g in f32, the CPU's order.
+__device__ inline float4 normed(float4 x, float s, float4 g) {
+    return make_float4(x.x * s * g.x, x.y * s * g.y, x.z * s * g.z, x.w * s * g.w);
+}
+
 // One warp's partial sums of group `group`'s 16 rows over its steps, for NT tokens (tokens <=
 // NT): acc[t][j] is row 4 (lane % 4) + j, token t; U steps' loads in flight before their products.
-template <class W, uint32_t NT, uint32_t U>
+template <class W, uint32_t NT, uint32_t U, bool Norm>
 __device__ void matvec_warp(const uint32_t *w, const float *x, uint32_t k, uint32_t rows, uint32_t group,
-                            uint32_t tokens, float (&acc)[NT][4]) {
+                            uint32_t tokens, const float *norm, const float *scale, float (&acc)[NT][4]) {
     const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const uint32_t steps = (k + W::MV_STEP - 1) / W::MV_STEP;
     for (uint32_t s0 = warp; s0 < steps; s0 += MATMUL_WARPS * U) {
@@ -41,12 +46,23 @@ __device__ void matvec_warp(const uint32_t *w, const float *x, uint32_t k, uint3
         for (uint32_t u = 0; u < U; u++) {
             if (!f[u].live)
                 continue;
-            W::mv_dot(f[u], f[u].x[0], f[u].x[1], acc[0]);  // token 0's activations came with the loads
+            float4 g0, g1;  // the norm's weights for the fragment's activations
+            if (Norm) {
+                const float4 *g = reinterpret_cast<const float4 *>(norm + f[u].kx);
+                g0 = __ldg(g), g1 = __ldg(g + W::MV_X_SECOND);
+                W::mv_dot(f[u], normed(f[u].x[0], scale[0], g0), normed(f[u].x[1], scale[0], g1), acc[0]);
+            } else {
+                W::mv_dot(f[u], f[u].x[0], f[u].x[1], acc[0]);  // token 0's activations came with the loads
+            }
 #pragma unroll
             for (uint32_t t = 1; t < NT; t++) {
                 if (t < tokens) {
                     const float4 *xt = reinterpret_cast<const float4 *>(x + (size_t)t * k + f[u].kx);
-                    W::mv_dot(f[u], __ldg(xt), __ldg(xt + W::MV_X_SECOND), acc[t]);
+                    if (Norm)
+                        W::mv_dot(f[u], normed(__ldg(xt), scale[t], g0), normed(__ldg(xt + W::MV_X_SECOND), scale[t], g1),
+                                  acc[t]);
+                    else
+                        W::mv_dot(f[u], __ldg(xt), __ldg(xt + W::MV_X_SECOND), acc[t]);
                 }
             }
         }
@@ -74,19 +90,62 @@ __device__ void matvec_reduce(float (&acc)[NT][4], float (*part)[MATMUL_TOKENS][
 using MatvecPart = float[MATMUL_WARPS][MATMUL_TOKENS][MATMUL_ROWS];
 
 // The block's partial sums of group `group` of w (16 rows) for `tokens` tokens of x into part;
-// they are whole after a __syncthreads().
-template <class W>
-__device__ void matvec_group(const uint32_t *w, const float *x, uint32_t k, uint32_t rows, uint32_t group,
-                             uint32_t tokens, MatvecPart &part) {
+// they are whole after a __syncthreads(). norm: the product takes RMSNorm(x) * norm, each
+// token's scale in scale[t] (norm_scales), applied as the activations are loaded; null: x.
+template <class W, bool Norm>
+__device__ void matvec_group_(const uint32_t *w, const float *x, uint32_t k, uint32_t rows, uint32_t group,
+                              uint32_t tokens, const float *norm, const float *scale, MatvecPart &part) {
     if (tokens == 1) {  // decode: the most loads in flight
         float acc[1][4] = {};
-        matvec_warp<W, 1, MATMUL_UNROLL>(w, x, k, rows, group, tokens, acc);
+        matvec_warp<W, 1, MATMUL_UNROLL, Norm>(w, x, k, rows, group, tokens, norm, scale, acc);
         matvec_reduce<1>(acc, part);
     } else {
         float acc[MATMUL_TOKENS][4] = {};
-        matvec_warp<W, MATMUL_TOKENS, 1>(w, x, k, rows, group, tokens, acc);
+        matvec_warp<W, MATMUL_TOKENS, 1, Norm>(w, x, k, rows, group, tokens, norm, scale, acc);
         matvec_reduce<MATMUL_TOKENS>(acc, part);
     }
+}
+
+template <class W>
+__device__ void matvec_group(const uint32_t *w, const float *x, uint32_t k, uint32_t rows, uint32_t group,
+                             uint32_t tokens, MatvecPart &part, const float *norm = nullptr,
+                             const float *scale = nullptr) {
+    if (norm)
+        matvec_group_<W, true>(w, x, k, rows, group, tokens, norm, scale, part);
+    else
+        matvec_group_<W, false>(w, x, k, rows, group, tokens, nullptr, nullptr, part);
+}
+
+// The RMSNorm folded into a matvec's prologue (the pre-norms of q/k/v and of gate/up): every
+// block computes the scale of each of its tokens' rows of x [tokens, k] itself, as the CPU's
+// rmsnorm does (llmr rmsnorm_ref): the squares summed in double, 1 / sqrt(ss / k + eps) in
+// double rounded to f32, so h = (x * scale) * norm in f32 is the CPU's h (up to the order of
+// the double sum). x is k floats a token (<= 8k, read from L2); k is a multiple of 4. The
+// scales are in scale[] when this returns (it synchronises the block).
+__device__ inline void norm_scales(const float *x, uint32_t k, uint32_t tokens, float eps, float *scale) {
+    __shared__ double part[MATMUL_WARPS][MATMUL_TOKENS];
+    const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    for (uint32_t t = 0; t < tokens; t++) {
+        const float4 *x4 = reinterpret_cast<const float4 *>(x + (size_t)t * k);
+        double s = 0.0;
+#pragma unroll 4
+        for (uint32_t i = threadIdx.x; i < k / 4; i += MATMUL_WARPS * 32) {
+            const float4 v = __ldg(x4 + i);
+            s += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
+        }
+        for (int m = 16; m > 0; m >>= 1)
+            s += __shfl_xor_sync(0xffffffffu, s, m);
+        if (lane == 0)
+            part[warp][t] = s;
+    }
+    __syncthreads();
+    if (threadIdx.x < tokens) {
+        double ss = 0.0;
+        for (uint32_t wi = 0; wi < MATMUL_WARPS; wi++)
+            ss += part[wi][threadIdx.x];
+        scale[threadIdx.x] = (float)(1.0 / sqrt(ss / (double)k + (double)eps));
+    }
+    __syncthreads();
 }
 
 // Row r, token t of a block's product: the warps' partial sums, in warp order.
@@ -120,14 +179,15 @@ __device__ void matmul(const Step *step, const uint32_t *w, const float *x, floa
     }
 }
 
-// Three matrices of one input in one launch (q, k and v of a decode step): blocks 0 .. g0 - 1
+// Three matrices of one input in one launch (q, k and v of a decode step), of RMSNorm(x) * norm
+// where norm is not null (the attention's pre-norm folded in: norm_scales): blocks 0 .. g0 - 1
 // take w0's groups of 16 rows, the next g1 w1's, the rest w2's (g = rows / 16, rounded up),
 // each into its own out [tokens, rows_i]. w0 is of type WA, w1 and w2 of WB (a 4-bit model
 // keeps k and v in q8_0: quant/policy.py). A block's work is the same as matmul's.
 template <class WA, class WB>
 __device__ void matmul3(const Step *step, const uint32_t *w0, const uint32_t *w1, const uint32_t *w2, const float *x,
-                        float *out0, float *out1, float *out2, uint32_t k, uint32_t rows0, uint32_t rows1,
-                        uint32_t rows2) {
+                        const float *norm, float *out0, float *out1, float *out2, uint32_t k, uint32_t rows0,
+                        uint32_t rows1, uint32_t rows2, float eps) {
     const uint32_t g0 = (rows0 + MATMUL_ROWS - 1) / MATMUL_ROWS, g1 = (rows1 + MATMUL_ROWS - 1) / MATMUL_ROWS;
     uint32_t group = blockIdx.x, rows = rows0;
     const uint32_t *w = w0;
@@ -139,10 +199,13 @@ __device__ void matmul3(const Step *step, const uint32_t *w0, const uint32_t *w1
     }
     const uint32_t t0 = blockIdx.y * MATMUL_TOKENS, tokens = min(MATMUL_TOKENS, step->tokens - t0);
     __shared__ MatvecPart part;
+    __shared__ float scale[MATMUL_TOKENS];
+    if (norm)
+        norm_scales(x + (size_t)t0 * k, k, tokens, eps, scale);
     if (blockIdx.x < g0)
-        matvec_group<WA>(w, x + (size_t)t0 * k, k, rows, group, tokens, part);
+        matvec_group<WA>(w, x + (size_t)t0 * k, k, rows, group, tokens, part, norm, scale);
     else
-        matvec_group<WB>(w, x + (size_t)t0 * k, k, rows, group, tokens, part);
+        matvec_group<WB>(w, x + (size_t)t0 * k, k, rows, group, tokens, part, norm, scale);
     __syncthreads();
     for (uint32_t e = threadIdx.x; e < MATMUL_ROWS * tokens; e += blockDim.x) {
         const uint32_t r = e % MATMUL_ROWS, t = e / MATMUL_ROWS, row = group * MATMUL_ROWS + r;
@@ -153,14 +216,18 @@ __device__ void matmul3(const Step *step, const uint32_t *w0, const uint32_t *w1
 
 // The feed-forward's gate and up matrices of one input in one launch, the gate applied as the
 // sums are stored: out = act(W_gate x) * (W_up x), act 0: SiLU, 1: GELU (tanh), computed as
-// silu_mul / gelu_mul compute them. A block takes the same 16 rows of both.
+// silu_mul / gelu_mul compute them. A block takes the same 16 rows of both. norm: x is
+// RMSNorm(x) * norm (the feed-forward's pre-norm folded in, as matmul3's).
 template <class W>
-__device__ void matmul_gate(const Step *step, const uint32_t *wg, const uint32_t *wu, const float *x, float *out,
-                            uint32_t k, uint32_t rows, uint32_t act) {
+__device__ void matmul_gate(const Step *step, const uint32_t *wg, const uint32_t *wu, const float *x,
+                            const float *norm, float *out, uint32_t k, uint32_t rows, uint32_t act, float eps) {
     const uint32_t t0 = blockIdx.y * MATMUL_TOKENS, tokens = min(MATMUL_TOKENS, step->tokens - t0);
     __shared__ MatvecPart part[2];
-    matvec_group<W>(wg, x + (size_t)t0 * k, k, rows, blockIdx.x, tokens, part[0]);
-    matvec_group<W>(wu, x + (size_t)t0 * k, k, rows, blockIdx.x, tokens, part[1]);
+    __shared__ float scale[MATMUL_TOKENS];
+    if (norm)
+        norm_scales(x + (size_t)t0 * k, k, tokens, eps, scale);
+    matvec_group<W>(wg, x + (size_t)t0 * k, k, rows, blockIdx.x, tokens, part[0], norm, scale);
+    matvec_group<W>(wu, x + (size_t)t0 * k, k, rows, blockIdx.x, tokens, part[1], norm, scale);
     __syncthreads();
     for (uint32_t e = threadIdx.x; e < MATMUL_ROWS * tokens; e += blockDim.x) {
         const uint32_t r = e % MATMUL_ROWS, t = e / MATMUL_ROWS, row = blockIdx.x * MATMUL_ROWS + r;

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import LlmrunError
 from ..format import Tensor
-from .gpu import WORKGROUP, Matrix, check_weight, groups
+from .gpu import WORKGROUP, Matrix, check_weight, groups, row_groups
 
 MATMUL_ROWS, MATMUL_TOKENS, MATMUL_THREADS = 16, 8, 256  # kernels/cuda/matmul.cuh: a block's tile, 8 warps
 GEMM_ROWS, GEMM_TOKENS, GEMM_THREADS = 64, 64, 128  # kernels/cuda/gemm.cuh
@@ -203,6 +203,15 @@ class Buffer:
             pass
 
 
+class _Null:
+    """The null pointer as a buffer argument (a fused matvec without its norm)."""
+    ptr = 0
+    nbytes = 0
+
+
+NULL = _Null()
+
+
 class Device:
     """The first CUDA device (CUDA_VISIBLE_DEVICES chooses which), its context, stream and the
     loaded kernels."""
@@ -332,8 +341,9 @@ class Plan:
 
     # what gpu.py's plan may ask of this one beside the ops every backend has (WebGPU: none):
     # "residual": matmul(..., accumulate=True) adds the product to out (x = x + W a);
-    # "qkv": matmul_qkv(); "gate": matmul_gate(); "rope_store": rope_store()
-    fuses = frozenset({"residual", "qkv", "gate", "rope_store"})
+    # "qkv": matmul_qkv(); "gate": matmul_gate(); "rope_store": rope_store(); "norm": the
+    # pre-norm given to matmul_qkv / matmul_gate (norm=(x, weight, eps)), folded into the matvec
+    fuses = frozenset({"residual", "qkv", "gate", "rope_store", "norm"})
 
     @staticmethod
     def _grid(rows: int, from_first: bool, gemm: bool):
@@ -363,29 +373,50 @@ class Plan:
     def _fusable(*ms: Matrix) -> bool:
         return len({m.k for m in ms}) == 1 and all(len(m.parts) == 1 for m in ms)
 
-    def matmul_qkv(self, mq: Matrix, mk: Matrix, mv: Matrix, x, q, k, v) -> None:
+    def _prenorm(self, norm, x, d: int, fused: bool):
+        """norm = (src, weight, eps): x = RMSNorm(src) * weight [T, d]. The fused matvec (fused)
+        computes it in its prologue for the short steps, so the rmsnorm op into x runs only for
+        the longer ones (the GEMMs read x); for every step where nothing fuses. Returns the
+        matvec's input, its norm weights (NULL: none) and eps."""
+        if norm is None:
+            return x, NULL, 0.0
+        src, weight, eps = norm
+        self.op("rmsnorm", (d, float(eps), 0, 1), [src, weight, x],
+                lambda T, first: row_groups(T) if T > GEMM_FROM or not fused else (0, 0))
+        return src, weight, float(eps)
+
+    def matmul_qkv(self, mq: Matrix, mk: Matrix, mv: Matrix, x, q, k, v, norm=None) -> None:
         """q, k, v = x Wq^T, x Wk^T, x Wv^T: short steps in one launch (matmul3), longer ones
-        as three GEMMs; three plain products where the matrices differ in type."""
-        if not self._fusable(mq, mk, mv) or mk.type != mv.type or (mq.type, mk.type) not in MATMUL3_TYPES:
+        as three GEMMs; three plain products where the matrices differ in type. norm = (src,
+        weight, eps): x is RMSNorm(src) * weight first (written to x only where a GEMM or a
+        plain product reads it; matmul3 folds it into its prologue)."""
+        fused = self._fusable(mq, mk, mv) and mk.type == mv.type and (mq.type, mk.type) in MATMUL3_TYPES
+        src, weight, eps = self._prenorm(norm, x, mq.k, fused)
+        if not fused:
             for m, out in ((mq, q), (mk, k), (mv, v)):
                 self.matmul(m, x, out)
             return
         n_groups = sum(-(-m.rows // MATMUL_ROWS) for m in (mq, mk, mv))
-        self.op("matmul3", (mq.k, mq.rows, mk.rows, mv.rows), [mq.parts[0][0], mk.parts[0][0], mv.parts[0][0], x, q, k, v],
+        self.op("matmul3", (mq.k, mq.rows, mk.rows, mv.rows, eps),
+                [mq.parts[0][0], mk.parts[0][0], mv.parts[0][0], src, weight, q, k, v],
                 lambda T, first: (n_groups, -(-T // MATMUL_TOKENS)) if T <= GEMM_FROM else (0, 0),
                 f"{mq.type}_{mk.type}", MATMUL_THREADS)
         for m, out in ((mq, q), (mk, k), (mv, v)):
             self.matmul(m, x, out, gemm_only=True)
 
-    def matmul_gate(self, mg: Matrix, mu: Matrix, x, gate, up, act: str) -> None:
+    def matmul_gate(self, mg: Matrix, mu: Matrix, x, gate, up, act: str, norm=None) -> None:
         """gate = act(x Wg^T) * (x Wu^T), act "silu_mul" or "gelu_mul": short steps in one launch
-        (matmul_gate, the gate in its epilogue), longer ones as two GEMMs and the gate op."""
-        if not self._fusable(mg, mu) or mg.type != mu.type or mg.rows != mu.rows:
+        (matmul_gate, the gate in its epilogue), longer ones as two GEMMs and the gate op. norm:
+        as matmul_qkv's."""
+        fused = self._fusable(mg, mu) and mg.type == mu.type and mg.rows == mu.rows
+        src, weight, eps = self._prenorm(norm, x, mg.k, fused)
+        if not fused:
             self.matmul(mg, x, gate)
             self.matmul(mu, x, up)
             self.op(act, (mg.rows,), [gate, up], lambda T, first: groups(T * mg.rows))
             return
-        self.op("matmul_gate", (mg.k, mg.rows, int(act == "gelu_mul")), [mg.parts[0][0], mu.parts[0][0], x, gate],
+        self.op("matmul_gate", (mg.k, mg.rows, int(act == "gelu_mul"), eps),
+                [mg.parts[0][0], mu.parts[0][0], src, weight, gate],
                 lambda T, first: (-(-mg.rows // MATMUL_ROWS), -(-T // MATMUL_TOKENS)) if T <= GEMM_FROM else (0, 0),
                 mg.type, MATMUL_THREADS)
         self.matmul(mg, x, gate, gemm_only=True)

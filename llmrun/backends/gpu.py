@@ -13,8 +13,10 @@ it raises when memory runs out); its plan: op(), matmul(), attention(), store_ro
 and `fuses`, the fused launches it has beyond those (CUDA's; WebGPU has none and runs the
 unfused ops): "qkv" (matmul_qkv: q, k and v of one input in one launch), "gate" (matmul_gate:
 gate and up, the gate applied as they are stored), "residual" (matmul(..., accumulate=True):
-x += W a, where no post-norm or residual scale comes between) and "rope_store" (both RoPEs and
-the KV cache's new rows in one launch).
+x += W a, where no post-norm or residual scale comes between), "rope_store" (both RoPEs and
+the KV cache's new rows in one launch) and "norm" (with "qkv" and "gate": the pre-norm before
+them given as norm=(x, weight, eps), folded into the fused matvec's prologue; the plan runs the
+rmsnorm op itself for the steps the matvec does not take).
 """
 from __future__ import annotations
 
@@ -174,6 +176,15 @@ class DeviceCache:
             scale(y, D, cfg.residual_scale)
             plan.op("add", (D, T * D), [x, y], per_token(D))
 
+        def prenorm(weight, fold=True):
+            """h = RMSNorm(x) * weight before a sublayer's products: given to the fused matvec as
+            norm=(x, weight, eps) where the plan folds it into its prologue (fold and "norm"),
+            planned as the rmsnorm op into h otherwise (None)."""
+            if fold and "norm" in fuses:
+                return x, weight, eps
+            plan.op("rmsnorm", (D, eps, 0, 1), [x, weight, h], rows(1))
+            return None
+
         def project(m, a, post_norm):
             """x += W_m a (the o and down projections): the add in the product's epilogue where
             nothing comes between (no post-norm, no residual scale) and the plan has it."""
@@ -188,9 +199,10 @@ class DeviceCache:
         scale(x, D, cfg.embed_scale)
         for l, (layer, kc, vc) in enumerate(zip(g.layers, self.k, self.v)):
             # attention: x + Wo . attn(RoPE(Wq h), RoPE(Wk h), Wv h),  h = RMSNorm(x)
-            plan.op("rmsnorm", (D, eps, 0, 1), [x, layer["attn_norm"], h], rows(1))
             if "qkv" in fuses:
-                plan.matmul_qkv(layer["wq"], layer["wk"], layer["wv"], h, q, k, v)
+                plan.matmul_qkv(layer["wq"], layer["wk"], layer["wv"], h, q, k, v, norm=prenorm(layer["attn_norm"]))
+            else:
+                prenorm(layer["attn_norm"], fold=False)
             for name, out, n in (("wq", q, q_dim), ("wk", k, kv_dim), ("wv", v, kv_dim)):
                 if "qkv" not in fuses:
                     plan.matmul(layer[name], h, out)
@@ -213,10 +225,10 @@ class DeviceCache:
             project(layer["wo"], att, layer.get("attn_post_norm"))
 
             # feed-forward: x + W_down . (act(W_gate h) * W_up h),  h = RMSNorm(x)
-            plan.op("rmsnorm", (D, eps, 0, 1), [x, layer["ffn_norm"], h], rows(1))
             if "gate" in fuses:
-                plan.matmul_gate(layer["w_gate"], layer["w_up"], h, gate, up, gate_op)
+                plan.matmul_gate(layer["w_gate"], layer["w_up"], h, gate, up, gate_op, norm=prenorm(layer["ffn_norm"]))
             else:
+                prenorm(layer["ffn_norm"], fold=False)
                 plan.matmul(layer["w_gate"], h, gate)
                 plan.matmul(layer["w_up"], h, up)
                 plan.op(gate_op, (F,), [gate, up], per_token(F))
