@@ -1,4 +1,4 @@
-"""Exact dequantisers for the GGUF types we import but do not run: q5_0, q5_1 and the k-quants.
+"""Exact dequantisers for the GGUF types we import but do not run: the k-quants.
 
 The GGUF importer turns these tensors into float32 here and re-quantises them into a runnable
 type. "Exact" means the same float32 operations in the same order as ggml's
@@ -11,11 +11,10 @@ has 11 significant bits, a sub-block scale at most 7, a quant at most 6: under f
 so the one rounding is the final `+ m` / `- dmin * m`. A C build that fuses it into an FMA
 gives the same bits. q8_k's f32 scale times an int8 rounds once, as in ggml.
 
-Layouts (little-endian; "element e" counts within the block):
+q5_0 and q5_1 are runnable, stored types now: their exact dequantisers are in reference.py
+(bit-identical to gguf-py's, tests/test_kquants.py), which dequantize_ggml calls for them.
 
-    q5_0  { f16 d; u8 qh[4]; u8 qs[16]; }          x = d * (q - 16)
-    q5_1  { f16 d; f16 m; u8 qh[4]; u8 qs[16]; }   x = d * q + m
-          q = low nibble of qs (elements 0..15 low, 16..31 high, as q4_0) | bit e of qh << 4
+Layouts (little-endian; "element e" counts within the block):
 
 k-quants: super-blocks of 256 in sub-blocks of 16 or 32, each with a small integer scale that
 multiplies the f16 super-block scale d (and a min that multiplies dmin):
@@ -47,8 +46,7 @@ from __future__ import annotations
 import numpy as np
 
 from .reference import _f16_field, _split_blocks, dequantize
-from .types import (Q2_K, Q3_K, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_K, TYPES_BY_ID, QType,
-                    ggml_type)
+from .types import Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, TYPES_BY_ID, QType, ggml_type
 
 
 def _planes(b: np.ndarray, width: int, count: int) -> np.ndarray:
@@ -70,23 +68,6 @@ def _k_scales(scales: np.ndarray):
 
 def _f32(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32)
-
-
-def _q5_0(blk: np.ndarray) -> np.ndarray:
-    """[..., nb, 22] -> [..., nb, 32]"""
-    d = _f16_field(blk, 0)  # [..., nb, 1]
-    qh = np.unpackbits(blk[..., 2:6], axis=-1, bitorder="little")  # [..., nb, 32]: bit e of the u32
-    ql = _planes(blk[..., 6:22], 4, 2).reshape(*blk.shape[:-1], 32)  # [..., nb, 32]
-    q = _f32(ql | qh << 4) - np.float32(16)  # exact: small integers
-    return d * q
-
-
-def _q5_1(blk: np.ndarray) -> np.ndarray:
-    """[..., nb, 24] -> [..., nb, 32]"""
-    d, m = _f16_field(blk, 0), _f16_field(blk, 2)  # [..., nb, 1]
-    qh = np.unpackbits(blk[..., 4:8], axis=-1, bitorder="little")  # [..., nb, 32]
-    ql = _planes(blk[..., 8:24], 4, 2).reshape(*blk.shape[:-1], 32)  # [..., nb, 32]
-    return d * _f32(ql | qh << 4) + m
 
 
 def _q2_k(blk: np.ndarray) -> np.ndarray:
@@ -158,7 +139,7 @@ def _q8_k(blk: np.ndarray) -> np.ndarray:
     return d * _f32(q)
 
 
-_DEQUANTIZERS = {Q5_0: _q5_0, Q5_1: _q5_1, Q2_K: _q2_k, Q3_K: _q3_k, Q4_K: _q4_k,
+_DEQUANTIZERS = {Q2_K: _q2_k, Q3_K: _q3_k, Q4_K: _q4_k,
                  Q5_K: _q5_k, Q6_K: _q6_k, Q8_K: _q8_k}
 
 

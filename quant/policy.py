@@ -81,8 +81,9 @@ def choose_type(name: str, shape, target) -> QType:
 
     - 1-D tensors (norm weights, biases) stay f32: they are tiny and precision-critical.
     - The embedding table and output head (one table when tied) get one step more than the
-      target: f16 for q8_0, q8_0 for 4-bit types. They set every logit directly.
-    - At 4 bits, `wk`, `wv` and `w_down` get q8_0 (see SENSITIVE_AT_4_BITS).
+      target: f16 for q8_0, q8_0 for 4- and 5-bit types. They set every logit directly.
+    - At 4 and 5 bits (q4_*, q5_*: under 6 bits per weight), `wk`, `wv` and `w_down` get q8_0
+      (see SENSITIVE_AT_4_BITS).
     - Rows that are not a whole number of blocks fall back to f16.
     """
     if isinstance(target, Policy):
@@ -94,7 +95,7 @@ def choose_type(name: str, shape, target) -> QType:
         return target
     if shape[-1] % target.block_size:
         return F16
-    four_bit = target.bits_per_weight < 6
+    four_bit = target.bits_per_weight < 6  # q4_0 .. q5_1
     if name in EMBEDDINGS:
         return Q8_0 if four_bit else F16
     if four_bit and name.rsplit(".", 1)[-1] in SENSITIVE_AT_4_BITS:

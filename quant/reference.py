@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConvertError
-from .types import BF16, F16, F32, Q4_0, Q4_1, Q8_0, QType, qtype
+from .types import BF16, F16, F32, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, QType, qtype
 
 Q16A_BLOCK = 32  # elements per q16_a activation block (kernels/include/llmrun.h's QK_Q16_A)
 F16_MAX = 65504.0  # the largest finite float16: bounds f16 values, and the scales of the block types
@@ -54,6 +54,19 @@ def _pack_nibbles(q: np.ndarray) -> np.ndarray:
 def _unpack_nibbles(qs: np.ndarray) -> np.ndarray:
     """[..., 16] bytes -> [..., 32] ints in 0..15."""
     return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
+
+
+def _pack_q5(q: np.ndarray):
+    """[..., 32] ints in 0..31 -> (qh [..., 4] bytes, qs [..., 16] bytes): the low four bits as
+    q4's nibbles, bit 4 of element j as bit j of the little-endian u32 qh."""
+    q = q.astype(np.uint8)
+    qh = np.packbits(q >> 4, axis=-1, bitorder="little")
+    return qh, _pack_nibbles(q & 0x0F)
+
+
+def _unpack_q5(qh: np.ndarray, qs: np.ndarray) -> np.ndarray:
+    """(qh [..., 4], qs [..., 16]) bytes -> [..., 32] ints in 0..31."""
+    return _unpack_nibbles(qs) | np.unpackbits(qh, axis=-1, bitorder="little") << 4
 
 
 def _to_bytes(fields, lead_shape) -> np.ndarray:
@@ -117,6 +130,17 @@ def quantize(x: np.ndarray, t) -> np.ndarray:
         d = (hi - lo) / np.float32(15)
         q = np.minimum(15, np.trunc((b - lo) * _inverse(d) + np.float32(0.5)))
         return _to_bytes([d.astype(np.float16), lo.astype(np.float16), _pack_nibbles(q)], lead)
+    if t is Q5_0:  # llama.cpp's quantize_row_q5_0_ref: as q4_0, the largest magnitude maps to -16
+        idx = np.abs(b).argmax(axis=-1)[..., None]
+        d = np.take_along_axis(b, idx, axis=-1) / np.float32(-16)
+        q = np.minimum(31, np.trunc(b * _inverse(d) + np.float32(16.5)))
+        return _to_bytes([d.astype(np.float16), *_pack_q5(q)], lead)
+    if t is Q5_1:  # quantize_row_q5_1_ref: as q4_1 with 31 steps
+        lo = b.min(axis=-1, keepdims=True)
+        hi = b.max(axis=-1, keepdims=True)
+        d = (hi - lo) / np.float32(31)
+        q = np.minimum(31, np.trunc((b - lo) * _inverse(d) + np.float32(0.5)))
+        return _to_bytes([d.astype(np.float16), lo.astype(np.float16), *_pack_q5(q)], lead)
     raise ValueError(f"no quantiser for {t.name}")
 
 
@@ -152,6 +176,12 @@ def dequantize(data: np.ndarray, t, n: int) -> np.ndarray:
     if t is Q4_1:
         q = _unpack_nibbles(blocks[..., 4:]).astype(np.float32)
         return (_f16_field(blocks, 0) * q + _f16_field(blocks, 2)).reshape(*lead, n)
+    if t is Q5_0:  # gguf-py's and ggml's order: (q - 16) exact, then one rounding of d * it
+        q = _unpack_q5(blocks[..., 2:6], blocks[..., 6:]).astype(np.float32) - np.float32(16)
+        return (_f16_field(blocks, 0) * q).reshape(*lead, n)
+    if t is Q5_1:  # d * q exact (11 x 5 bits), so the one rounding is + m
+        q = _unpack_q5(blocks[..., 4:8], blocks[..., 8:]).astype(np.float32)
+        return (_f16_field(blocks, 0) * q + _f16_field(blocks, 2)).reshape(*lead, n)
     raise ValueError(f"no dequantiser for {t.name}")
 
 
@@ -186,12 +216,14 @@ def matmul(w: np.ndarray, t, x: np.ndarray) -> np.ndarray:
         q8_0:  sum_b dw * da * sum(qw * qa)
         q4_0:  sum_b dw * (da * sum(qw * qa) - 8 * sa)
         q4_1:  sum_b dw * da * sum(qw * qa) + mw * sa
+        q5_0:  sum_b dw * da * sum((qw - 16) * qa)    (signed weights, no offset term)
+        q5_1:  sum_b dw * da * sum(qw * qa) + mw * sa
     """
     t = qtype(t) if not isinstance(t, QType) else t
     x = np.ascontiguousarray(x, dtype=np.float32)
     k = x.shape[-1]
     # below, weight block b meets activation block b: true of these types, whose blocks are q16_a's size
-    if t.quantized and t not in (Q8_0, Q4_0, Q4_1):
+    if t.quantized and t not in (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1):
         raise ValueError(f"no reference matmul for {t.name}")
     if not t.quantized:
         return (x.astype(np.float64) @ dequantize(w, t, k).astype(np.float64).T).astype(np.float32)
@@ -200,11 +232,15 @@ def matmul(w: np.ndarray, t, x: np.ndarray) -> np.ndarray:
     da, sa, qa = quantize_q16a(x)  # [T, nb], [T, nb], [T, nb, 32]
     if t is Q8_0:
         qw = np.ascontiguousarray(blocks[..., 2:]).view(np.int8)
+    elif t is Q5_0:
+        qw = _unpack_q5(blocks[..., 2:6], blocks[..., 6:]).astype(np.int64) - 16
+    elif t is Q5_1:
+        qw = _unpack_q5(blocks[..., 4:8], blocks[..., 8:])
     else:
         qw = _unpack_nibbles(blocks[..., 4:] if t is Q4_1 else blocks[..., 2:])
     isum = np.einsum("nbj,tbj->tnb", qw.astype(np.int64), qa.astype(np.int64)).astype(np.float64)
     da, sa = da.astype(np.float64)[:, None, :], sa.astype(np.float64)[:, None, :]  # [T, 1, nb]
-    if t is Q8_0:
+    if t in (Q8_0, Q5_0):
         y = (dw * da * isum).sum(-1)
     elif t is Q4_0:
         y = (dw * (da * isum - 8 * sa)).sum(-1)

@@ -6,7 +6,10 @@ block formats below are byte-for-byte the GGUF ones:
     q8_0  { f16 d; int8 qs[32]; }            x = d * q
     q4_0  { f16 d; uint8 qs[16]; }           x = d * (q - 8)
     q4_1  { f16 d; f16 m; uint8 qs[16]; }    x = d * q + m
-    (4-bit: element j is the low nibble of qs[j], element j+16 the high nibble)
+    q5_0  { f16 d; u8 qh[4]; u8 qs[16]; }    x = d * (q - 16)
+    q5_1  { f16 d; f16 m; u8 qh[4]; u8 qs[16]; }   x = d * q + m
+    (4-bit: element j is the low nibble of qs[j], element j+16 the high nibble; 5-bit: the
+    same, plus bit j of the little-endian u32 qh as the fifth bit, << 4)
 
 `TABLE` is the one place a type's facts live; everything else reads them from here: the
 names `--type` accepts and the command line's help, the X16 layout's scale fields
@@ -15,7 +18,7 @@ kernels/cpu/types.c: C needs it at compile time), and tests/test_kernels.py hold
 field by field through `_kernels.type_traits()`, so the two cannot drift.
 
 Types with `act` set are stored in .llmr files and run by the CPU kernels: `TYPES`,
-`TYPES_BY_ID` and `qtype()`. The others are import-only: GGUF files carry q5_0, q5_1 and the
+`TYPES_BY_ID` and `qtype()`. The others are import-only: GGUF files carry the
 k-quants (super-blocks of QK_K = 256); the importer dequantises them exactly (quant/kquants.py)
 and re-quantises into a type we run; `GGML_TYPES_BY_ID` and `ggml_type()` name them all.
 """
@@ -75,9 +78,9 @@ BF16 = QType("bf16", 30, 1, 2, act="f32")
 Q8_0 = QType("q8_0", 8, 32, 34, n_scales=1, act="q16_a", x16=True)
 Q4_0 = QType("q4_0", 2, 32, 18, n_scales=1, act="q16_a", x16=True)
 Q4_1 = QType("q4_1", 3, 32, 20, n_scales=2, act="q16_a", x16=True)
+Q5_0 = QType("q5_0", 6, 32, 22, n_scales=1, act="q16_a", x16=True)  # { f16 d; u8 qh[4]; u8 qs[16]; }
+Q5_1 = QType("q5_1", 7, 32, 24, n_scales=2, act="q16_a", x16=True)  # { f16 d; f16 m; u8 qh[4]; u8 qs[16]; }
 # import-only
-Q5_0 = QType("q5_0", 6, 32, 22)  # { f16 d; u8 qh[4]; u8 qs[16]; }
-Q5_1 = QType("q5_1", 7, 32, 24)  # { f16 d; f16 m; u8 qh[4]; u8 qs[16]; }
 Q2_K = QType("q2_k", 10, QK_K, 84)  # { u8 scales[16]; u8 qs[64]; f16 d; f16 dmin; }
 Q3_K = QType("q3_k", 11, QK_K, 110)  # { u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d; }
 Q4_K = QType("q4_k", 12, QK_K, 144)  # { f16 d; f16 dmin; u8 scales[12]; u8 qs[128]; }

@@ -17,7 +17,7 @@ from llmrun.models import convert
 
 from conftest import make_hf_checkpoint
 
-TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"]
+TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
 VARIANTS = {
     "llama": dict(),  # tied head, 4 query heads on 2 kv heads
     "qwen2-bias": dict(arch="Qwen2ForCausalLM", model_type="qwen2", bias=True, tied=False,

@@ -30,7 +30,7 @@ def _permute(w: np.ndarray, n_heads: int) -> np.ndarray:
 def _blocks(t: G, rows: int, cols: int, std: float, rng) -> np.ndarray:
     """Random blocks of type t whose values have about `std`: random quants, and the f16
     scale fields (all values are linear in them) scaled to hit the target."""
-    if t in (G.F32, G.F16, G.Q8_0, G.Q4_0, G.Q4_1):
+    if t in (G.F32, G.F16, G.Q8_0, G.Q4_0, G.Q4_1, G.Q5_0, G.Q5_1):
         x = (rng.standard_normal((rows, cols)) * std).astype(np.float32)
         return gguf.quants.quantize(x, t) if t != G.F32 else x
     from test_kquants import F16_FIELDS, random_blocks
@@ -149,6 +149,9 @@ TYPE_MIXES = {
                                     w_down=G.Q5_1, emb=G.Q6_K)),
     "llama-runnable": ("llama", dict(wq=G.Q4_1, wk=G.Q4_0, wv=G.Q8_0, wo=G.F16, w_gate=G.Q4_0, w_up=G.F32,
                                      w_down=G.Q4_1, emb=G.F16)),
+    # the types Q4_K_M files fall back to where a row is not a multiple of 256, run natively
+    "llama-q5": ("llama", dict(wq=G.Q5_0, wk=G.Q5_1, wv=G.Q5_1, wo=G.Q5_0, w_gate=G.Q5_0, w_up=G.Q5_1,
+                               w_down=G.Q5_0, emb=G.Q5_0)),
     "qwen2-mixed": ("qwen2", dict(wq=G.Q4_K, wk=G.Q8_0, wv=G.Q6_K, wo=G.Q4_1, w_gate=G.Q4_0, w_up=G.Q6_K,
                                   w_down=G.Q8_0, emb=G.Q4_0)),
 }
@@ -186,9 +189,11 @@ def test_llama31_rope_factors(tmp_path):
     assert np.abs(unscaled - ref).max() / np.abs(ref).max() > 3 * REQUANT_TOL  # the test can tell
 
 
-def test_runnable_blocks_are_copied_exactly(tmp_path):
-    """q4_0 / q4_1 / q8_0 / f16 blocks land in the .llmr byte for byte (q/k rows reordered whole)."""
-    arch, types = TYPE_MIXES["llama-runnable"]
+@pytest.mark.parametrize("mix", ["llama-runnable", "llama-q5"])
+def test_runnable_blocks_are_copied_exactly(tmp_path, mix):
+    """q4_0 / q4_1 / q5_0 / q5_1 / q8_0 / f16 blocks land in the .llmr byte for byte (q/k rows
+    reordered whole)."""
+    arch, types = TYPE_MIXES[mix]
     write_tiny_gguf(tmp_path / "tiny.gguf", arch, types)
     convert(str(tmp_path / "tiny.gguf"), str(tmp_path / "tiny.llmr"))
     g = gguf.GGUFReader(str(tmp_path / "tiny.gguf"))

@@ -151,7 +151,14 @@ def compute_all() -> dict[str, np.ndarray]:
         x, w = matmul_inputs(t, tokens, n, k)
         y = np.empty((tokens, n), np.float32)
         K.matmul(y, x, interleave(w, t), t.id, X16)
-        out[f"x16/{t.name}/{tokens}/{n}/{k}"] = y
+        out[f"x16/{t.name}/{tokens}/{n}/{k}"] = y.copy()  # a copy: y is reused below
+        if tokens > 1 and k < 2080:  # token by token (one kernel call each): a tiling must not change a bit
+            y1 = np.empty((1, n), np.float32)
+            single = np.empty_like(y)
+            for i in range(tokens):
+                K.matmul(y1, x[i:i + 1], interleave(w, t), t.id, X16)
+                single[i] = y1[0]
+            out[f"x16-single/{t.name}/{tokens}/{n}/{k}"] = single
         K.matmul(y, x, w, t.id)
         out[f"x16-as-rows/{t.name}/{tokens}/{n}/{k}"] = y.copy()
         rows = np.empty((3, k), np.float32)
@@ -319,6 +326,18 @@ def test_x16_scalar_equals_rows_layout(results):
         key = f"{t.name}/{tokens}/{n}/{k}"
         np.testing.assert_array_equal(results["scalar"]["x16/" + key], results["scalar"]["x16-as-rows/" + key],
                                       err_msg=key)
+
+
+@pytest.mark.parametrize("isa", ["scalar"] + SIMD_ISAS)
+@pytest.mark.parametrize("t", X16_TYPES, ids=lambda t: t.name)
+def test_x16_token_count_does_not_change_a_bit(results, isa, t):
+    """A token's X16 outputs are the same bits whether it comes alone or among others (the
+    AVX-512 tiles of four, AVX2's q5 blocks unpacked once for up to 64 tokens)."""
+    needs(isa)
+    for tt, tokens, n, k in x16_cases():
+        key = f"{t.name}/{tokens}/{n}/{k}"
+        if tt is t and "x16-single/" + key in results[isa]:
+            np.testing.assert_array_equal(results[isa]["x16/" + key], results[isa]["x16-single/" + key], err_msg=key)
 
 
 @pytest.mark.parametrize("isa", ["scalar"] + SIMD_ISAS)

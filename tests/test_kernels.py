@@ -14,7 +14,7 @@ import pytest
 import llmrun._kernels as K
 from llmrun.quant import reference as ref
 from llmrun.quant.layout import X16, deinterleave, interleave
-from llmrun.quant.types import BF16, F16, F32, Q4_0, Q4_1, Q8_0, TABLE, TYPES
+from llmrun.quant.types import BF16, F16, F32, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, TABLE, TYPES
 
 ALL_TYPES = list(TYPES.values())  # every type the CPU runs, from the table in quant/types.py
 QUANTISED = [t for t in ALL_TYPES if t.quantized]
@@ -164,6 +164,12 @@ def block_fields(w: np.ndarray, t):
     d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float64)
     if t is Q8_0:
         return d, np.zeros_like(d), blocks[..., 2:].copy().view(np.int8).astype(np.float64)
+    if t in (Q5_0, Q5_1):  # q5_0: signed q - 16 (no offset); q5_1: q, offset m
+        first = 2 if t is Q5_0 else 4
+        q = ref._unpack_q5(blocks[..., first:first + 4], blocks[..., first + 4:]).astype(np.float64)
+        if t is Q5_0:
+            return d, np.zeros_like(d), q - 16
+        return d, blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float64), q
     first = 4 if t is Q4_1 else 2
     q = np.concatenate([blocks[..., first:] & 0x0F, blocks[..., first:] >> 4], axis=-1).astype(np.float64)
     if t is Q4_1:
@@ -237,7 +243,8 @@ def test_quantize_q16a_matches_reference():
 
 
 @pytest.mark.parametrize("t,k,expected", [(F32, 5, 20), (F16, 7, 14), (BF16, 3, 6), (Q8_0, 64, 68),
-                                          (Q4_0, 32, 18), (Q4_1, 96, 60)], ids=lambda v: str(v))
+                                          (Q4_0, 32, 18), (Q4_1, 96, 60), (Q5_0, 64, 44), (Q5_1, 32, 24)],
+                         ids=lambda v: str(v))
 def test_row_bytes(t, k, expected):
     assert K.row_bytes(t.id, k) == t.row_bytes(k) == expected
 
@@ -641,7 +648,7 @@ def q8_weights(rows=4, k=64):
                       Q8_0.id), "bytes"),
     (lambda: K.get_rows(np.empty((1, 64), np.float32), q8_weights().ravel()[:-2], Q8_0.id,
                         np.zeros(1, np.int32)), "whole number"),
-    (lambda: K.matmul(np.empty((2, 4), np.float32), np.zeros((2, 64), np.float32), q8_weights(), 7), "type"),
+    (lambda: K.matmul(np.empty((2, 4), np.float32), np.zeros((2, 64), np.float32), q8_weights(), 9), "type"),
     (lambda: K.matmul(np.empty((1, 2), np.float32), np.zeros((1, 4), np.float32),
                       np.zeros(33, np.uint8)[1:], F32.id), "aligned"),
     # ids
@@ -722,8 +729,8 @@ def test_c_traits_match_the_python_table():
 
 def test_unknown_type_id_names_the_known_ones():
     known = ", ".join(f"{t.name}={t.id}" for t in sorted(ALL_TYPES, key=lambda t: t.id))
-    with pytest.raises(ValueError, match=rf"^unknown tensor type id 6 \(known: {known}\)$"):
-        K.row_bytes(6, 32)  # q5_0: import-only, no kernels
+    with pytest.raises(ValueError, match=rf"^unknown tensor type id 12 \(known: {known}\)$"):
+        K.row_bytes(12, 256)  # q4_k: import-only, no kernels
 
 
 @pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: t.name)

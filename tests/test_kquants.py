@@ -47,8 +47,8 @@ def test_sizes_match_ggml():
 
 
 def test_runnable_types_unchanged():
-    assert sorted(TYPES) == ["bf16", "f16", "f32", "q4_0", "q4_1", "q8_0"]
-    assert sorted(TYPES_BY_ID) == [0, 1, 2, 3, 8, 30]
+    assert sorted(TYPES) == ["bf16", "f16", "f32", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0"]
+    assert sorted(TYPES_BY_ID) == [0, 1, 2, 3, 6, 7, 8, 30]
     assert len(GGML_TYPES_BY_ID) == 14
     for t in IMPORT_ONLY:
         assert ggml_type(t.id) is t
@@ -58,7 +58,7 @@ def test_runnable_types_unchanged():
             qtype(t.name)
 
 
-@pytest.mark.parametrize("t", [t for t in IMPORT_ONLY if t is not Q8_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("t", [t for t in IMPORT_ONLY if t is not Q8_K] + [Q5_0, Q5_1], ids=lambda t: t.name)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_bit_identical_to_gguf(t, shape):
     rng = np.random.default_rng(t.id * 100 + len(shape))
@@ -103,6 +103,19 @@ def test_gguf_quantised_round_trip(t):
     got = dequantize_ggml(data, t, 256)
     assert np.array_equal(bits(got), bits(quants.dequantize(data, g)))
     assert np.abs(got - x).max() < 0.5  # and it is a quantisation of x
+
+
+@pytest.mark.parametrize("t", [Q5_0, Q5_1, Q8_0, Q4_0, Q4_1], ids=lambda t: t.name)
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 300.0])
+def test_reference_quantiser_matches_gguf(t, scale):
+    # our numpy quantiser (llama.cpp's quantize_row_*_ref rounding) against gguf-py's, byte for byte
+    from llmrun.quant import quantize
+    rng = np.random.default_rng(t.id * 7 + int(scale * 1000))
+    x = (rng.standard_normal((6, 512)) * scale).astype(np.float32)
+    x[0, :32] = 0.0  # an all-zero block
+    x[1, :32] = 2.5  # a constant block
+    x[2, :64] = np.arange(64, dtype=np.float32) - 31  # ramps: exact ties
+    assert np.array_equal(quantize(x, t), quants.quantize(x, GGMLQuantizationType(t.id)))
 
 
 @pytest.mark.parametrize("t", list(TYPES.values()), ids=lambda t: t.name)

@@ -1,15 +1,42 @@
-/* What the gemm_x16_<isa>.c files share: the weight formats they tell apart, and their three
+/* What the gemm_x16_<isa>.c files share: the weight formats they tell apart, and their five
  * exported kernels, made from the file's own
  *     gemm(fmt, k, t, out, out_stride, w, a, a_stride)
  * by LLMR_GEMM_X16_KERNELS(isa) at the end of the file. */
 #ifndef LLMRUN_GEMM_X16_H
 #define LLMRUN_GEMM_X16_H
 
-enum { F_Q8_0, F_Q4_0, F_Q4_1 };
+enum { F_Q8_0, F_Q4_0, F_Q4_1, F_Q5_0, F_Q5_1 };
 
 /* Bytes of one block of an X16 group (16 rows' blocks) of format fmt. */
 #define X16_GROUP_BLOCK(fmt)                                                                         \
-    (LLMR_X16 * ((fmt) == F_Q8_0 ? sizeof(block_q8_0) : (fmt) == F_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q4_1)))
+    (LLMR_X16 * ((fmt) == F_Q8_0 ? sizeof(block_q8_0) : (fmt) == F_Q4_0 ? sizeof(block_q4_0)          \
+                 : (fmt) == F_Q4_1 ? sizeof(block_q4_1) : (fmt) == F_Q5_0 ? sizeof(block_q5_0)        \
+                 : sizeof(block_q5_1)))
+/* The formats with a second f16 field, m (the group's 16 m after its 16 d): offset m sa. */
+#define X16_HAS_M(fmt) ((fmt) == F_Q4_1 || (fmt) == F_Q5_1)
+/* The formats with an offset term per block: q4_0's -8 d sa, and m sa. q8_0's and q5_0's
+ * weights are signed integers (q5_0's q - 16 is taken before the multiply-add): none. */
+#define X16_HAS_OFFSET(fmt) ((fmt) == F_Q4_0 || X16_HAS_M(fmt))
+/* 5-bit formats: the block's quant word 0 (16 rows' u32 qh, 64 bytes) comes before its four qs
+ * words. Within 4 consecutive rows' 16 bytes of a qs word c, byte 4r + i is element 4c + i (low
+ * nibble) and 16 + 4c + i (high nibble) of row r: its fifth bit is bit 4 (c % 2) + i of byte
+ * c / 2 (low) or 2 + c / 2 (high) of row r's qh. X16_Q5_SEL[s] picks byte s of each row's qh
+ * (a byte shuffle within 16 bytes), X16_Q5_BIT[c % 2] the bit. */
+#define X16_IS_Q5(fmt) ((fmt) == F_Q5_0 || (fmt) == F_Q5_1)
+static const uint8_t X16_Q5_SEL[4][16] = {
+    {0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12},
+    {1, 1, 1, 1, 5, 5, 5, 5, 9, 9, 9, 9, 13, 13, 13, 13},
+    {2, 2, 2, 2, 6, 6, 6, 6, 10, 10, 10, 10, 14, 14, 14, 14},
+    {3, 3, 3, 3, 7, 7, 7, 7, 11, 11, 11, 11, 15, 15, 15, 15}};
+/* The same bits for int16 lanes (the bytes widened): lane 4r + i of a word c tests bit 4c + i of
+ * row r's low (or high) qh half; 8 rows, for AVX-512's 32 lanes (AVX2 reads the first 16). */
+#define X16_Q5_BITS(c) 1 << (4 * (c)), 2 << (4 * (c)), 4 << (4 * (c)), (8 << (4 * (c))) & 0xFFFF
+#define X16_Q5_BITS8(c) X16_Q5_BITS(c), X16_Q5_BITS(c), X16_Q5_BITS(c), X16_Q5_BITS(c), \
+                        X16_Q5_BITS(c), X16_Q5_BITS(c), X16_Q5_BITS(c), X16_Q5_BITS(c)
+static const uint16_t X16_Q5_BIT16[4][32] = {{X16_Q5_BITS8(0)}, {X16_Q5_BITS8(1)}, {X16_Q5_BITS8(2)},
+                                             {X16_Q5_BITS8(3)}};
+static const uint8_t X16_Q5_BIT[2][16] = {{1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8},
+                                          {16, 32, 64, 128, 16, 32, 64, 128, 16, 32, 64, 128, 16, 32, 64, 128}};
 
 #define LLMR_GEMM_X16_KERNEL(type, fmt, isa)                                                         \
     void gemm_x16_##type##_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
@@ -19,6 +46,8 @@ enum { F_Q8_0, F_Q4_0, F_Q4_1 };
 #define LLMR_GEMM_X16_KERNELS(isa)                                                                   \
     LLMR_GEMM_X16_KERNEL(q8_0, F_Q8_0, isa)                                                          \
     LLMR_GEMM_X16_KERNEL(q4_0, F_Q4_0, isa)                                                          \
-    LLMR_GEMM_X16_KERNEL(q4_1, F_Q4_1, isa)
+    LLMR_GEMM_X16_KERNEL(q4_1, F_Q4_1, isa)                                                          \
+    LLMR_GEMM_X16_KERNEL(q5_0, F_Q5_0, isa)                                                          \
+    LLMR_GEMM_X16_KERNEL(q5_1, F_Q5_1, isa)
 
 #endif

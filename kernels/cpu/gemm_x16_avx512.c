@@ -1,4 +1,4 @@
-/* AVX-512 (F, BW, VL) products of X16 weight groups (q8_0, q4_0, q4_1) with q16_a activations:
+/* AVX-512 (F, BW, VL) products of X16 weight groups (q8_0, q4_0, q4_1, q5_0, q5_1) with q16_a activations:
  * decode (one token) and prefill (tokens in tiles of up to four) alike. Compiled as the
  * `avx512` kernels, and again by gemm_x16_avx512vnni.c with -mavx512vnni, where the int16
  * multiply-add becomes one vpdpwssd.
@@ -11,7 +11,9 @@
  * (rows 0-7, rows 8-15), converted to float once and multiplied-added with the rows' scales
  * (each duplicated to its two lanes) times the activation's. The q4 offsets (-8 d sa for q4_0,
  * m sa for q4_1) go into the p = 0 lanes by one more FMA; the two lanes of a row are added at
- * the end.
+ * the end. q5: the same lanes, each widened nibble plus its fifth bit (a bit test of the rows' qh
+ * halves, copied to their lanes once per block, and a masked add); q5_0's weights are q - 16
+ * (signed, no offset).
  *
  * Error against the scalar kernel (same exact block sums, other float order): each lane's
  * accumulator meets at most two FMAs per block, so a term's relative error is at most
@@ -57,12 +59,29 @@ ALWAYS_INLINE __m512i act4(const block_q16_a *y, int c) {
     return _mm512_set1_epi64(v);
 }
 
+/* 5-bit weights: a quant-word load of rows 0-7 (or 8-15) widened to int16 is lane 4r + i for row r,
+ * byte i: elements 4c + i (low nibble) and 16 + 4c + i (high nibble), whose fifth bits are bits
+ * 4c + i of the low and of the high half of row r's qh. Q5_HALF[h] copies half h of each of the
+ * 8 rows' qh words (16-bit lanes 2r + h of the 8 u32) to its row's four lanes, once per block;
+ * X16_Q5_BIT16[c] (gemm_x16.h) tests bit 4c + i in lane 4r + i. */
+static const int16_t Q5_HALF[2][32] = {{0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6,
+                                        8, 8, 8, 8, 10, 10, 10, 10, 12, 12, 12, 12, 14, 14, 14, 14},
+                                       {1, 1, 1, 1, 3, 3, 3, 3, 5, 5, 5, 5, 7, 7, 7, 7,
+                                        9, 9, 9, 9, 11, 11, 11, 11, 13, 13, 13, 13, 15, 15, 15, 15}};
+/* Nibbles q (int16) plus 16 where the bit of h is set; q5_0 (signed): minus 16, i.e. q where the
+ * bit is set and q - 16 where it is clear. */
+ALWAYS_INLINE __m512i q5_fifth(const int fmt, __m512i q, __m512i h, __m512i bit) {
+    const __m512i sixteen = _mm512_set1_epi16(16);
+    return fmt == F_Q5_0 ? _mm512_mask_sub_epi16(q, _mm512_testn_epi16_mask(h, bit), q, sixteen)
+                         : _mm512_mask_add_epi16(q, _mm512_test_epi16_mask(h, bit), q, sixteen);
+}
+
 ALWAYS_INLINE __m512 f16x16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
 
 /* 16 rows (one group) against T <= 4 tokens: ys[i] is token i's activation row. */
 ALWAYS_INLINE void tile(const int fmt, const int T, int64_t nb, float *out, size_t out_stride,
                         const uint8_t *w, const block_q16_a *const *ys) {
-    const int n_scales = fmt == F_Q4_1 ? 2 : 1;
+    const int n_scales = X16_HAS_M(fmt) ? 2 : 1;
     const size_t group_block = X16_GROUP_BLOCK(fmt);
     const __m512i pair_lo = _mm512_loadu_si512(PAIR_IDX[0]), pair_hi = _mm512_loadu_si512(PAIR_IDX[1]);
     const __m512i nibble = _mm512_set1_epi16(0x0F);
@@ -86,6 +105,27 @@ ALWAYS_INLINE void tile(const int fmt, const int T, int64_t nb, float *out, size
                     isum[i][1] = madd(c ? isum[i][1] : _mm512_setzero_si512(), w1, a);
                 }
             }
+        } else if (X16_IS_Q5(fmt)) {
+            __m512i h[2][2]; /* [rows 0-7, 8-15][low, high half of qh] */
+            for (int v = 0; v < 2; v++) {
+                const __m512i qh = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(q + v * 32)));
+                h[v][0] = _mm512_permutexvar_epi16(_mm512_loadu_si512(Q5_HALF[0]), qh);
+                h[v][1] = _mm512_permutexvar_epi16(_mm512_loadu_si512(Q5_HALF[1]), qh);
+            }
+            for (int c = 0; c < 4; c++) {
+                const __m512i bit = _mm512_loadu_si512(X16_Q5_BIT16[c]);
+                __m512i lo[2], hi[2];
+                for (int v = 0; v < 2; v++) {
+                    const __m512i raw = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(q + 64 + c * 64 + v * 32)));
+                    lo[v] = q5_fifth(fmt, _mm512_and_si512(raw, nibble), h[v][0], bit);
+                    hi[v] = q5_fifth(fmt, _mm512_srli_epi16(raw, 4), h[v][1], bit);
+                }
+                for (int i = 0; i < T; i++) {
+                    const __m512i alo = act4(ys[i] + b, c), ahi = act4(ys[i] + b, c + 4);
+                    isum[i][0] = madd(madd(c ? isum[i][0] : _mm512_setzero_si512(), lo[0], alo), hi[0], ahi);
+                    isum[i][1] = madd(madd(c ? isum[i][1] : _mm512_setzero_si512(), lo[1], alo), hi[1], ahi);
+                }
+            }
         } else {
             for (int c = 0; c < 4; c++) {
                 const __m512i r0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(q + c * 64)));
@@ -103,7 +143,7 @@ ALWAYS_INLINE void tile(const int fmt, const int T, int64_t nb, float *out, size
         const __m512 d = f16x16(g);
         const __m512 dp[2] = {_mm512_permutexvar_ps(pair_lo, d), _mm512_permutexvar_ps(pair_hi, d)};
         __m512 offp[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-        if (fmt != F_Q8_0) {
+        if (X16_HAS_OFFSET(fmt)) {
             const __m512 off = fmt == F_Q4_0 ? _mm512_mul_ps(d, _mm512_set1_ps(-8.0f)) : f16x16(g + 32);
             offp[0] = _mm512_maskz_permutexvar_ps(0x5555, pair_lo, off);
             offp[1] = _mm512_maskz_permutexvar_ps(0x5555, pair_hi, off);
@@ -113,7 +153,7 @@ ALWAYS_INLINE void tile(const int fmt, const int T, int64_t nb, float *out, size
             const __m512 da = _mm512_set1_ps(y->d), sa = _mm512_set1_ps(y->s);
             for (int h = 0; h < 2; h++) {
                 acc[i][h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i][h]), _mm512_mul_ps(dp[h], da), acc[i][h]);
-                if (fmt != F_Q8_0)
+                if (X16_HAS_OFFSET(fmt))
                     acc[i][h] = _mm512_fmadd_ps(offp[h], sa, acc[i][h]);
             }
         }

@@ -1,4 +1,4 @@
-/* NEON products of X16 weight groups (q8_0, q4_0, q4_1) with q16_a activations, one token at a
+/* NEON products of X16 weight groups (q8_0, q4_0, q4_1, q5_0, q5_1) with q16_a activations, one token at a
  * time (NEON is the arm64 baseline: no flags, no dotprod extension).
  *
  * A 16-byte load holds quant word c of four rows (rows 4j .. 4j + 3 of the group); widened to
@@ -31,8 +31,15 @@ static inline void mla4(int32x4_t *s, int16x8_t w01, int16x8_t w23, int16x4_t a)
 
 static inline int16x8_t widen_u8(uint8x8_t v) { return vreinterpretq_s16_u16(vmovl_u8(v)); }
 
+/* 5-bit weights of four rows' quant word: nibble bytes nib plus 16 where their bit of the rows'
+ * qh words h is set (X16_Q5_SEL / X16_Q5_BIT, gemm_x16.h), minus off; as int8 (-16..31). */
+static inline int8x16_t q5_bytes(uint8x16_t nib, uint8x16_t h, uint8x16_t sel, uint8x16_t bit, uint8x16_t off) {
+    const uint8x16_t set = vtstq_u8(vqtbl1q_u8(h, sel), bit);
+    return vreinterpretq_s8_u8(vsubq_u8(vorrq_u8(nib, vandq_u8(set, vdupq_n_u8(0x10))), off));
+}
+
 static inline void one_token(const int fmt, int64_t nb, float *out, const uint8_t *w, const block_q16_a *y) {
-    const int n_scales = fmt == F_Q4_1 ? 2 : 1;
+    const int n_scales = X16_HAS_M(fmt) ? 2 : 1;
     const size_t group_block = X16_GROUP_BLOCK(fmt);
     float32x4_t acc[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
 
@@ -48,6 +55,20 @@ static inline void one_token(const int fmt, int64_t nb, float *out, const uint8_
                 for (int j = 0; j < 4; j++) {
                     const int8x16_t raw = vld1q_s8((const int8_t *)q + c * 64 + j * 16);
                     mla4(&s[4 * j], vmovl_s8(vget_low_s8(raw)), vmovl_s8(vget_high_s8(raw)), a);
+                }
+            }
+        } else if (X16_IS_Q5(fmt)) {
+            const uint8x16_t nibble = vdupq_n_u8(0x0F), off = vdupq_n_u8(fmt == F_Q5_0 ? 16 : 0);
+            for (int c = 0; c < 4; c++) {
+                const int16x4_t alo = vld1_s16(&y->qs[4 * c]), ahi = vld1_s16(&y->qs[16 + 4 * c]);
+                const uint8x16_t sel_lo = vld1q_u8(X16_Q5_SEL[c >> 1]), sel_hi = vld1q_u8(X16_Q5_SEL[2 + (c >> 1)]);
+                const uint8x16_t bit = vld1q_u8(X16_Q5_BIT[c & 1]);
+                for (int j = 0; j < 4; j++) {
+                    const uint8x16_t raw = vld1q_u8(q + 64 + c * 64 + j * 16), h = vld1q_u8(q + j * 16);
+                    const int8x16_t lo = q5_bytes(vandq_u8(raw, nibble), h, sel_lo, bit, off);
+                    const int8x16_t hi = q5_bytes(vshrq_n_u8(raw, 4), h, sel_hi, bit, off);
+                    mla4(&s[4 * j], vmovl_s8(vget_low_s8(lo)), vmovl_high_s8(lo), alo);
+                    mla4(&s[4 * j], vmovl_s8(vget_low_s8(hi)), vmovl_high_s8(hi), ahi);
                 }
             }
         } else {
@@ -70,7 +91,7 @@ static inline void one_token(const int fmt, int64_t nb, float *out, const uint8_
             acc[j] = vfmaq_f32(acc[j], vcvtq_f32_s32(isum), vmulq_n_f32(d, y->d));
             if (fmt == F_Q4_0)
                 acc[j] = vfmaq_f32(acc[j], vmulq_n_f32(d, -8.0f), sa);
-            else if (fmt == F_Q4_1)
+            else if (X16_HAS_M(fmt))
                 acc[j] = vfmaq_f32(acc[j], f16x4(g + 32 + j * 8), sa);
         }
     }

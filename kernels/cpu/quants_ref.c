@@ -148,6 +148,83 @@ void dequantize_row_q4_1_ref(const void *x, float *y, int64_t k) {
     }
 }
 
+/* The fifth bits of a block's 32 values q (0..31): bit j of the little-endian u32 qh. */
+static void pack_q5(const int *q, uint8_t *qh, uint8_t *qs) {
+    uint32_t h = 0;
+    for (int j = 0; j < 16; j++) {
+        qs[j] = (uint8_t)((q[j] & 0x0F) | (q[j + 16] & 0x0F) << 4);
+        h |= (uint32_t)(q[j] >> 4 & 1) << j | (uint32_t)(q[j + 16] >> 4 & 1) << (j + 16);
+    }
+    for (int b = 0; b < 4; b++)
+        qh[b] = (uint8_t)(h >> 8 * b);
+}
+
+static inline int q5_at(const uint8_t *qh, const uint8_t *qs, int j) {
+    const int nib = j < 16 ? qs[j] & 0x0F : qs[j - 16] >> 4;
+    return nib | (qh[j / 8] >> (j % 8) & 1) << 4;
+}
+
+/* llama.cpp's quantize_row_q5_0_ref: as q4_0, the value of largest magnitude (first on ties)
+ * maps to -16. */
+void quantize_row_q5_0_ref(const float *x, void *y, int64_t k) {
+    block_q5_0 *b = y;
+    for (int64_t i = 0; i < k / QK5_0; i++, x += QK5_0) {
+        float max = x[0];
+        for (int j = 1; j < QK5_0; j++)
+            max = fabsf(x[j]) > fabsf(max) ? x[j] : max;
+        const float d = max / -16.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        int q[QK5_0];
+        for (int j = 0; j < QK5_0; j++) {
+            const int v = (int)(x[j] * id + 16.5f);
+            q[j] = v < 31 ? v : 31;
+        }
+        b[i].d = llmr_f32_to_f16(d);
+        pack_q5(q, b[i].qh, b[i].qs);
+    }
+}
+
+void dequantize_row_q5_0_ref(const void *x, float *y, int64_t k) {
+    const block_q5_0 *b = x;
+    for (int64_t i = 0; i < k / QK5_0; i++, y += QK5_0) {
+        const float d = llmr_f16_to_f32(b[i].d);
+        for (int j = 0; j < QK5_0; j++)
+            y[j] = d * (float)(q5_at(b[i].qh, b[i].qs, j) - 16);
+    }
+}
+
+/* quantize_row_q5_1_ref: as q4_1, with 31 steps. */
+void quantize_row_q5_1_ref(const float *x, void *y, int64_t k) {
+    block_q5_1 *b = y;
+    for (int64_t i = 0; i < k / QK5_1; i++, x += QK5_1) {
+        float lo = x[0], hi = x[0];
+        for (int j = 1; j < QK5_1; j++) {
+            lo = x[j] < lo ? x[j] : lo;
+            hi = x[j] > hi ? x[j] : hi;
+        }
+        const float d = (hi - lo) / 31.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        int q[QK5_1];
+        for (int j = 0; j < QK5_1; j++) {
+            const int v = (int)((x[j] - lo) * id + 0.5f);
+            q[j] = v < 31 ? v : 31;
+        }
+        b[i].d = llmr_f32_to_f16(d);
+        b[i].m = llmr_f32_to_f16(lo);
+        pack_q5(q, b[i].qh, b[i].qs);
+    }
+}
+
+void dequantize_row_q5_1_ref(const void *x, float *y, int64_t k) {
+    const block_q5_1 *b = x;
+    for (int64_t i = 0; i < k / QK5_1; i++, y += QK5_1) {
+        const float d = llmr_f16_to_f32(b[i].d);
+        const float m = llmr_f16_to_f32(b[i].m);
+        for (int j = 0; j < QK5_1; j++)
+            y[j] = d * (float)q5_at(b[i].qh, b[i].qs, j) + m;
+    }
+}
+
 void quantize_row_q16_a_ref(const float *x, block_q16_a *y, int64_t k) {
     for (int64_t i = 0; i < k / QK_Q16_A; i++, x += QK_Q16_A) {
         const float d = abs_max(x, QK_Q16_A) / 32767.0f;

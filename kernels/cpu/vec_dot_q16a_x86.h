@@ -4,18 +4,20 @@
  *   ISA_FN(name)                      the kernel names' suffix, e.g. name##_avx2
  *   wblock, WBLOCK_ZERO               one block's 32 weights widened to int16, and a zero one
  *   widen_q8(const int8_t *q), widen_q4(const uint8_t *qs) -> wblock
+ *   widen_q5(const uint8_t *qh, const uint8_t *qs, int offset) -> wblock of q - offset (16 for
+ *       q5_0's signed weights, 0 for q5_1's)
  *   lanes(wblock, const block_q16_a *) -> __m256i, eight int32 lanes of the block's products
- * and this file defines the three vec_dots and the three 4-token tiles.
+ * and this file defines the five vec_dots and the five 4-token tiles.
  *
  * From the lanes on, the arithmetic is the same on every ISA: no horizontal reduction per
  * block; four blocks' lanes are paired by two rounds of phaddd (integer adds: exact) into one
  * vector whose lanes j and j + 4 hold the halves of block j's sum, converted to float and
  * multiplied-added (FMA) with the block's dw*da into one float accumulator; the offsets
- * (-8 dw sa for q4_0, mw sa for q4_1) go by FMA into a four-lane accumulator; the row is
- * reduced once, at the end. Not bit-identical to vec_dot_*_ref (another summation order).
+ * (-8 dw sa for q4_0, mw sa for q4_1 and q5_1; q5_0's weights, q - 16, are signed as q8_0's
+ * and have none) go by FMA into a four-lane accumulator; the row is reduced once, at the end. Not bit-identical to vec_dot_*_ref (another summation order).
  * Error: every term is c_b * P (P a half-block integer sum, c_b = fl(dw*da)) or an offset o_b;
  * sum |terms| <= M = sum_b (|dw| da sum|qw qa| + |off| |sa|), the scalar kernel's magnitude.
- * c_b: 1 rounding; int -> float of P: 1 (|P| may pass 2^24 for q8_0, never for q4); -8 sa:
+ * c_b: 1 rounding; int -> float of P: 1 (|P| may pass 2^24 for q8_0, never for q4 or q5); -8 sa:
  * exact; then each term meets at most G = ceil(nb/4) FMAs in its lane, one fold of the 8 lanes
  * to 4, one add of the offset lanes and two adds of the final 4-lane tree: relative error
  * <= (G + 6) u <= (nb + 6) u per term, so |err| <= (nb + 6) u M (+ O(u^2)):
@@ -65,8 +67,15 @@ ALWAYS_INLINE __m128 act4(const block_q16_a *y, int s, int n) {
     return _mm_setr_ps(v[0], v[1], v[2], v[3]);
 }
 
-/* Q8_0 = 0, Q4_0 = 1, Q4_1 = 2 below. */
-enum { F_Q8_0, F_Q4_0, F_Q4_1 };
+enum { F_Q8_0, F_Q4_0, F_Q4_1, F_Q5_0, F_Q5_1 };
+#define HAS_M(fmt) ((fmt) == F_Q4_1 || (fmt) == F_Q5_1) /* an f16 minimum at byte 2: offset m sa */
+
+/* A block's 32 weights widened, from its block pointer. */
+ALWAYS_INLINE wblock widen_b_q8_0(const block_q8_0 *b) { return widen_q8(b->qs); }
+ALWAYS_INLINE wblock widen_b_q4_0(const block_q4_0 *b) { return widen_q4(b->qs); }
+ALWAYS_INLINE wblock widen_b_q4_1(const block_q4_1 *b) { return widen_q4(b->qs); }
+ALWAYS_INLINE wblock widen_b_q5_0(const block_q5_0 *b) { return widen_q5(b->qh, b->qs, 16); }
+ALWAYS_INLINE wblock widen_b_q5_1(const block_q5_1 *b) { return widen_q5(b->qh, b->qs, 0); }
 
 /* One group of n <= 4 blocks, x[0..n) against T tokens' activation blocks y[t][0..n). */
 #define GROUP(fmt, block_t, WIDEN, T, x, y, n, acc, off)                                        \
@@ -75,8 +84,8 @@ enum { F_Q8_0, F_Q4_0, F_Q4_1 };
         for (int g_ = 0; g_ < 2; g_++) {                                                         \
             wblock wa_ = WBLOCK_ZERO, wb_ = WBLOCK_ZERO;                                         \
             const int ja_ = 2 * g_, jb_ = 2 * g_ + 1;                                            \
-            if (ja_ < (n)) wa_ = WIDEN((x)[ja_].qs);                                             \
-            if (jb_ < (n)) wb_ = WIDEN((x)[jb_].qs);                                             \
+            if (ja_ < (n)) wa_ = WIDEN(&(x)[ja_]);                                               \
+            if (jb_ < (n)) wb_ = WIDEN(&(x)[jb_]);                                               \
             for (int t_ = 0; t_ < T; t_++) {                                                     \
                 const __m256i pa_ = ja_ < (n) ? lanes(wa_, &(y)[t_][ja_]) : _mm256_setzero_si256(); \
                 const __m256i pb_ = jb_ < (n) ? lanes(wb_, &(y)[t_][jb_]) : _mm256_setzero_si256(); \
@@ -84,13 +93,13 @@ enum { F_Q8_0, F_Q4_0, F_Q4_1 };
             }                                                                                    \
         }                                                                                        \
         const __m128 dw_ = f16x4((x), sizeof(block_t), 0, (n));                                  \
-        const __m128 mw_ = (fmt) == F_Q4_1 ? f16x4((x), sizeof(block_t), 2, (n)) : _mm_setzero_ps(); \
+        const __m128 mw_ = HAS_M(fmt) ? f16x4((x), sizeof(block_t), 2, (n)) : _mm_setzero_ps(); \
         for (int t_ = 0; t_ < T; t_++) {                                                         \
             const __m128 c_ = _mm_mul_ps(dw_, act4((y)[t_], 0, (n)));                            \
             (acc)[t_] = _mm256_fmadd_ps(twice(c_), quad(h_[0][t_], h_[1][t_]), (acc)[t_]);       \
             if ((fmt) == F_Q4_0)                                                                 \
                 (off)[t_] = _mm_fmadd_ps(dw_, _mm_mul_ps(_mm_set1_ps(-8.0f), act4((y)[t_], 1, (n))), (off)[t_]); \
-            else if ((fmt) == F_Q4_1)                                                            \
+            else if (HAS_M(fmt))                                                                 \
                 (off)[t_] = _mm_fmadd_ps(mw_, act4((y)[t_], 1, (n)), (off)[t_]);                 \
         }                                                                                        \
     } while (0)
@@ -118,23 +127,18 @@ enum { F_Q8_0, F_Q4_0, F_Q4_1 };
         GROUP(fmt, block_t, WIDEN, T, x + i, yi, n, acc, off);                                   \
     }
 
-void ISA_FN(vec_dot_q8_0_q16_a)(int64_t k, float *s, const void *w, const void *a) {
-    const block_q16_a *ys[1] = {a};
-    ROW(F_Q8_0, block_q8_0, widen_q8, 1)
-    *s = finish(acc[0], off[0]);
-}
+#define VEC_DOT(type, fmt)                                                                       \
+    void ISA_FN(vec_dot_##type##_q16_a)(int64_t k, float *s, const void *w, const void *a) {     \
+        const block_q16_a *ys[1] = {a};                                                          \
+        ROW(fmt, block_##type, widen_b_##type, 1)                                                \
+        *s = finish(acc[0], off[0]);                                                             \
+    }
 
-void ISA_FN(vec_dot_q4_0_q16_a)(int64_t k, float *s, const void *w, const void *a) {
-    const block_q16_a *ys[1] = {a};
-    ROW(F_Q4_0, block_q4_0, widen_q4, 1)
-    *s = finish(acc[0], off[0]);
-}
-
-void ISA_FN(vec_dot_q4_1_q16_a)(int64_t k, float *s, const void *w, const void *a) {
-    const block_q16_a *ys[1] = {a};
-    ROW(F_Q4_1, block_q4_1, widen_q4, 1)
-    *s = finish(acc[0], off[0]);
-}
+VEC_DOT(q8_0, F_Q8_0)
+VEC_DOT(q4_0, F_Q4_0)
+VEC_DOT(q4_1, F_Q4_1)
+VEC_DOT(q5_0, F_Q5_0)
+VEC_DOT(q5_1, F_Q5_1)
 
 /* ---- LLMR_TILE (4) tokens per weight row: each weight block is unpacked once and meets the
  * four tokens' activations; per token, the same lanes, operations and order as above. */
@@ -145,23 +149,16 @@ void ISA_FN(vec_dot_q4_1_q16_a)(int64_t k, float *s, const void *w, const void *
 #define TILE_OUT                                                                                 \
     for (int t = 0; t < 4; t++) s[t * s_stride] = finish(acc[t], off[t]);
 
-void ISA_FN(vec_dot_tile_q8_0_q16_a)(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
-                             size_t a_stride) {
-    TILE_ACTS
-    ROW(F_Q8_0, block_q8_0, widen_q8, 4)
-    TILE_OUT
-}
+#define VEC_DOT_TILE(type, fmt)                                                                  \
+    void ISA_FN(vec_dot_tile_##type##_q16_a)(int64_t k, float *s, size_t s_stride, const void *w, \
+                                             const void *a, size_t a_stride) {                   \
+        TILE_ACTS                                                                                \
+        ROW(fmt, block_##type, widen_b_##type, 4)                                                \
+        TILE_OUT                                                                                 \
+    }
 
-void ISA_FN(vec_dot_tile_q4_0_q16_a)(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
-                             size_t a_stride) {
-    TILE_ACTS
-    ROW(F_Q4_0, block_q4_0, widen_q4, 4)
-    TILE_OUT
-}
-
-void ISA_FN(vec_dot_tile_q4_1_q16_a)(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
-                             size_t a_stride) {
-    TILE_ACTS
-    ROW(F_Q4_1, block_q4_1, widen_q4, 4)
-    TILE_OUT
-}
+VEC_DOT_TILE(q8_0, F_Q8_0)
+VEC_DOT_TILE(q4_0, F_Q4_0)
+VEC_DOT_TILE(q4_1, F_Q4_1)
+VEC_DOT_TILE(q5_0, F_Q5_0)
+VEC_DOT_TILE(q5_1, F_Q5_1)

@@ -1,4 +1,4 @@
-/* AVX2 dot products for quantised weights (q8_0, q4_0, q4_1) against q16_a activations.
+/* AVX2 dot products for quantised weights (q8_0, q4_0, q4_1, q5_0, q5_1) against q16_a activations.
  * Compiled with -mavx2 -mfma -mf16c; dispatch.c calls them only on a CPU that has all three.
  * This file widens a block's weights to two registers of 16 int16 and multiplies them with the
  * int16 activations by pmaddwd (pairs summed into int32, exact: see block_q16_a); the row loop
@@ -26,6 +26,25 @@ static inline wblock widen_q4(const uint8_t *qs) {
     const __m128i m = _mm_set1_epi8(0x0F);
     return (wblock){_mm256_cvtepu8_epi16(_mm_and_si128(b, m)),
                     _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(b, 4), m))};
+}
+
+/* 5-bit: the nibbles as q4's, bit j of qh (little-endian u32) adds 16 to element j; minus
+ * `offset` (16: q5_0's signed weights, -16..15; 0: q5_1's, 0..31), so int8 widens exactly.
+ * Each byte j of a 16-byte vector takes qh's byte j / 8 (pshufb) and tests bit j % 8. */
+static inline wblock widen_q5(const uint8_t *qh, const uint8_t *qs, int offset) {
+    uint32_t h;
+    memcpy(&h, qh, 4);
+    const __m128i b = _mm_loadu_si128((const __m128i *)qs);
+    const __m128i m = _mm_set1_epi8(0x0F), sixteen = _mm_set1_epi8(0x10), off = _mm_set1_epi8((char)offset);
+    const __m128i hv = _mm_set1_epi32((int)h);
+    const __m128i bit = _mm_set1_epi64x((long long)0x8040201008040201ULL);
+    const __m128i hlo = _mm_shuffle_epi8(hv, _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
+    const __m128i hhi = _mm_shuffle_epi8(hv, _mm_setr_epi8(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+    const __m128i flo = _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(hlo, bit), bit), sixteen);
+    const __m128i fhi = _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(hhi, bit), bit), sixteen);
+    const __m128i lo = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(b, m), flo), off);
+    const __m128i hi = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(b, 4), m), fhi), off);
+    return (wblock){_mm256_cvtepi8_epi16(lo), _mm256_cvtepi8_epi16(hi)};
 }
 
 /* The pmaddwd sums of one block's weights with activation block y: eight int32 lanes. */

@@ -1,4 +1,4 @@
-/* AVX-512 (F, BW, VL) dot products for quantised weights (q8_0, q4_0, q4_1) against q16_a
+/* AVX-512 (F, BW, VL) dot products for quantised weights (q8_0, q4_0, q4_1, q5_0, q5_1) against q16_a
  * activations. Compiled with -mavx512f -mavx512bw -mavx512vl -mfma -mf16c as the `avx512`
  * kernels, and compiled again by vec_dot_quant_avx512vnni.c with -mavx512vnni added as the
  * `avx512vnni` kernels (one source, two builds: the multiply-add below is the only change).
@@ -36,6 +36,23 @@ static inline __m512i widen_q4(const uint8_t *qs) {
     const __m128i b = _mm_loadu_si128((const __m128i *)qs);
     const __m256i lh = _mm256_inserti128_si256(_mm256_castsi128_si256(b), _mm_srli_epi16(b, 4), 1);
     return _mm512_cvtepu8_epi16(_mm256_and_si256(lh, _mm256_set1_epi8(0x0F)));
+}
+
+/* 5-bit: the nibbles as widen_q4, bit j of qh (little-endian u32) adds 16 to element j (byte j
+ * of the 32 takes qh's byte j / 8 by pshufb, a bit test gives the mask), minus `offset` (16:
+ * q5_0's signed weights, 0: q5_1's), so the int8 widening is exact. */
+static inline __m512i widen_q5(const uint8_t *qh, const uint8_t *qs, int offset) {
+    uint32_t h;
+    memcpy(&h, qh, 4);
+    const __m128i b = _mm_loadu_si128((const __m128i *)qs);
+    const __m256i lh = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(b), _mm_srli_epi16(b, 4), 1),
+                                        _mm256_set1_epi8(0x0F));
+    const __m256i idx = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                         2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __mmask32 k = _mm256_test_epi8_mask(_mm256_shuffle_epi8(_mm256_set1_epi32((int)h), idx),
+                                              _mm256_set1_epi64x((long long)0x8040201008040201ULL));
+    const __m256i q = _mm256_mask_add_epi8(lh, k, lh, _mm256_set1_epi8(0x10));
+    return _mm512_cvtepi8_epi16(_mm256_sub_epi8(q, _mm256_set1_epi8((char)offset)));
 }
 
 /* One block's weights wb against activation block y: eight int32 lanes (exact). */

@@ -1,4 +1,4 @@
-/* arm64 NEON dot products for quantised weights (q8_0, q4_0, q4_1) against q16_a activations.
+/* arm64 NEON dot products for quantised weights (q8_0, q4_0, q4_1, q5_0, q5_1) against q16_a activations.
  * NEON is baseline on arm64: no extra flags, no CPU test (dispatch.c, under __aarch64__).
  *
  * Each block's weights are widened to int16 (vmovl_s8, or nibble masks and vmovl_u8) and
@@ -8,6 +8,7 @@
  * the scalar kernel's, operation for operation and in the same order: the results equal
  * vec_dot_*_ref's bit for bit (the build has -ffp-contract=off, so nothing is fused). */
 #include <arm_neon.h>
+#include <string.h>
 
 #include "llmrun.h"
 
@@ -40,6 +41,24 @@ static inline int32_t isum_q4(const uint8_t *qs, const int16_t *a) {
                     vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(hi))), vreinterpretq_s16_u16(vmovl_high_u8(hi)), a);
 }
 
+/* 5-bit: the nibbles as q4's, bit j of qh (little-endian u32) adds 16 to element j (byte j of
+ * a 16-byte vector takes qh's byte j / 8 and tests bit j % 8), minus `offset` (16: q5_0's signed
+ * weights; 0: q5_1's), widened as int8 (-16..31: exact). */
+static inline int32_t isum_q5(const uint8_t *qh, const uint8_t *qs, int offset, const int16_t *a) {
+    uint8_t h[4];
+    memcpy(h, qh, 4);
+    static const uint8_t BITS[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+    const uint8x16_t bit = vld1q_u8(BITS), sixteen = vdupq_n_u8(0x10), off = vdupq_n_u8((uint8_t)offset);
+    const uint8x16_t hlo = vcombine_u8(vdup_n_u8(h[0]), vdup_n_u8(h[1]));
+    const uint8x16_t hhi = vcombine_u8(vdup_n_u8(h[2]), vdup_n_u8(h[3]));
+    const uint8x16_t b = vld1q_u8(qs);
+    const int8x16_t lo = vreinterpretq_s8_u8(
+        vsubq_u8(vorrq_u8(vandq_u8(b, vdupq_n_u8(0x0F)), vandq_u8(vtstq_u8(hlo, bit), sixteen)), off));
+    const int8x16_t hi =
+        vreinterpretq_s8_u8(vsubq_u8(vorrq_u8(vshrq_n_u8(b, 4), vandq_u8(vtstq_u8(hhi, bit), sixteen)), off));
+    return isum_i16(vmovl_s8(vget_low_s8(lo)), vmovl_high_s8(lo), vmovl_s8(vget_low_s8(hi)), vmovl_high_s8(hi), a);
+}
+
 /* f16 -> f32 by the hardware conversion: exact, so equal to llmr_f16_to_f32. */
 static inline float f16(uint16_t h) {
     return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0);
@@ -69,5 +88,23 @@ void vec_dot_q4_1_q16_a_neon(int64_t k, float *s, const void *w, const void *a) 
     float sum = 0.0f;
     for (int64_t i = 0; i < k / QK4_1; i++)
         sum += f16(x[i].d) * y[i].d * (float)isum_q4(x[i].qs, y[i].qs) + f16(x[i].m) * y[i].s;
+    *s = sum;
+}
+
+void vec_dot_q5_0_q16_a_neon(int64_t k, float *s, const void *w, const void *a) {
+    const block_q5_0 *x = w;
+    const block_q16_a *y = a;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < k / QK5_0; i++)
+        sum += f16(x[i].d) * y[i].d * (float)isum_q5(x[i].qh, x[i].qs, 16, y[i].qs);
+    *s = sum;
+}
+
+void vec_dot_q5_1_q16_a_neon(int64_t k, float *s, const void *w, const void *a) {
+    const block_q5_1 *x = w;
+    const block_q16_a *y = a;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < k / QK5_1; i++)
+        sum += f16(x[i].d) * y[i].d * (float)isum_q5(x[i].qh, x[i].qs, 0, y[i].qs) + f16(x[i].m) * y[i].s;
     *s = sum;
 }

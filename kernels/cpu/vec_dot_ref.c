@@ -75,6 +75,31 @@ static inline float block_dot_q4_1(const void *w, const block_q16_a *y) {
     return llmr_f16_to_f32(x->d) * y->d * (float)isum_q4(x->qs, y->qs) + llmr_f16_to_f32(x->m) * y->s;
 }
 
+/* sum(q * qa) for one block of 5-bit weights, q5_0's (q - 16, signed) or q5_1's (q). */
+static inline int32_t isum_q5(const uint8_t *qh, const uint8_t *qs, int offset, const int16_t *qa) {
+    uint32_t h;
+    memcpy(&h, qh, 4);
+    int32_t isum = 0;
+    for (int j = 0; j < QK5_0 / 2; j++) {
+        const int lo = ((qs[j] & 0x0F) | (int)(h >> j & 1) << 4) - offset;
+        const int hi = ((qs[j] >> 4) | (int)(h >> (j + 16) & 1) << 4) - offset;
+        isum += lo * qa[j] + hi * qa[j + QK5_0 / 2];
+    }
+    return isum;
+}
+
+/* sum d (q - 16) a = d da sum((q - 16) qa): signed weights, as q8_0, so no offset term. */
+static inline float block_dot_q5_0(const void *w, const block_q16_a *y) {
+    const block_q5_0 *x = w;
+    return llmr_f16_to_f32(x->d) * y->d * (float)isum_q5(x->qh, x->qs, 16, y->qs);
+}
+
+/* sum (d q + m) a = d da sum(q qa) + m sa, as q4_1. */
+static inline float block_dot_q5_1(const void *w, const block_q16_a *y) {
+    const block_q5_1 *x = w;
+    return llmr_f16_to_f32(x->d) * y->d * (float)isum_q5(x->qh, x->qs, 0, y->qs) + llmr_f16_to_f32(x->m) * y->s;
+}
+
 #define QUANT_KERNELS(type, block_t, id, qk)                                                            \
     void vec_dot_##type##_q16_a_ref(int64_t k, float *s, const void *w, const void *a) {              \
         const block_t *x = w;                                                                         \
@@ -105,3 +130,5 @@ static inline float block_dot_q4_1(const void *w, const block_q16_a *y) {
 QUANT_KERNELS(q8_0, block_q8_0, LLMR_TYPE_Q8_0, QK8_0)
 QUANT_KERNELS(q4_0, block_q4_0, LLMR_TYPE_Q4_0, QK4_0)
 QUANT_KERNELS(q4_1, block_q4_1, LLMR_TYPE_Q4_1, QK4_1)
+QUANT_KERNELS(q5_0, block_q5_0, LLMR_TYPE_Q5_0, QK5_0)
+QUANT_KERNELS(q5_1, block_q5_1, LLMR_TYPE_Q5_1, QK5_1)

@@ -25,6 +25,8 @@ enum llmr_type {
     LLMR_TYPE_F16 = 1,
     LLMR_TYPE_Q4_0 = 2,
     LLMR_TYPE_Q4_1 = 3,
+    LLMR_TYPE_Q5_0 = 6,
+    LLMR_TYPE_Q5_1 = 7,
     LLMR_TYPE_Q8_0 = 8,
     LLMR_TYPE_BF16 = 30,
     LLMR_TYPE_COUNT = 31, /* bound for tables indexed by id; most ids below it are unused */
@@ -35,6 +37,8 @@ enum llmr_type {
 #define QK8_0 32
 #define QK4_0 32
 #define QK4_1 32
+#define QK5_0 32
+#define QK5_1 32
 #define QK_K 256 /* the k-quants' super-blocks */
 /* The activations' q16_a blocks hold 32 elements whatever the weight type: that is the
  * activation format, not a weight fact. A quantised weight's block spans a whole number of them
@@ -63,6 +67,21 @@ typedef struct {
     uint16_t m; /* f16 minimum */
     uint8_t qs[QK4_1 / 2];
 } block_q4_1; /* x = d * q + m */
+
+/* 5-bit: q = the 4-bit nibble as q4's (element j low nibble of qs[j], j + 16 high nibble) with
+ * bit j of the little-endian u32 qh as its fifth bit (value 16). qh sits right before qs. */
+typedef struct {
+    uint16_t d; /* f16 scale */
+    uint8_t qh[4];
+    uint8_t qs[QK5_0 / 2];
+} block_q5_0; /* x = d * (q - 16) */
+
+typedef struct {
+    uint16_t d; /* f16 scale */
+    uint16_t m; /* f16 minimum */
+    uint8_t qh[4];
+    uint8_t qs[QK5_1 / 2];
+} block_q5_1; /* x = d * q + m */
 #pragma pack(pop)
 
 /* Activations quantised on the fly for the integer dot products. 16 bits, not 8: activations
@@ -94,8 +113,11 @@ static inline float llmr_q16_a_inverse(float d) {
 LLMR_STATIC_ASSERT(sizeof(block_q8_0) == 34, "block_q8_0 must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q4_0) == 18, "block_q4_0 must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q4_1) == 20, "block_q4_1 must be packed");
+LLMR_STATIC_ASSERT(sizeof(block_q5_0) == 22, "block_q5_0 must be packed");
+LLMR_STATIC_ASSERT(sizeof(block_q5_1) == 24, "block_q5_1 must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q16_a) == 72, "block_q16_a has no padding");
-LLMR_STATIC_ASSERT(QK8_0 == QK_Q16_A && QK4_0 == QK_Q16_A && QK4_1 == QK_Q16_A,
+LLMR_STATIC_ASSERT(QK8_0 == QK_Q16_A && QK4_0 == QK_Q16_A && QK4_1 == QK_Q16_A && QK5_0 == QK_Q16_A &&
+                       QK5_1 == QK_Q16_A,
                    "the 32-element types' kernels pair weight block i with activation block i");
 
 /* ---- f16 / bf16 <-> f32 --------------------------------------------------------------------
@@ -180,11 +202,11 @@ typedef void (*llmr_gemm_x16_fn)(int64_t k, int64_t t, float *out, size_t out_st
 /* How a weight matrix's blocks lie in memory (recorded per tensor in a .llmr file).
  *
  * LLMR_LAYOUT_ROWS: GGUF's; each row its blocks in order.
- * LLMR_LAYOUT_X16 (types whose traits say x16: q8_0, q4_0, q4_1; rows a multiple of 16):
+ * LLMR_LAYOUT_X16 (types whose traits say x16: q8_0, q4_0, q4_1, q5_0, q5_1; rows a multiple of 16):
  * groups of 16 consecutive rows, each group its blocks in order, each block of the group as the
  * 16 rows' first f16 field (d), then (q4_1: n_scales = 2) their second (m), then the rows' quant
  * bytes in 4-byte words, word c of row r at (c * 16 + r) * 4. Same bytes as 16 row blocks,
- * moved: one SIMD load then holds a word of 16 rows, and 16 dot products advance in lanes, with
+ * moved (q5's word 0 is its qh, words 1-4 its qs): one SIMD load then holds a word of 16 rows, and 16 dot products advance in lanes, with
  * no horizontal sums per block. */
 enum llmr_layout { LLMR_LAYOUT_ROWS = 0, LLMR_LAYOUT_X16 = 1 };
 #define LLMR_X16 16
@@ -267,6 +289,8 @@ void quantize_row_bf16_ref(const float *x, void *y, int64_t k);
 void quantize_row_q8_0_ref(const float *x, void *y, int64_t k);
 void quantize_row_q4_0_ref(const float *x, void *y, int64_t k);
 void quantize_row_q4_1_ref(const float *x, void *y, int64_t k);
+void quantize_row_q5_0_ref(const float *x, void *y, int64_t k);
+void quantize_row_q5_1_ref(const float *x, void *y, int64_t k);
 void quantize_row_q16_a_ref(const float *x, block_q16_a *y, int64_t k);
 
 void dequantize_row_f32_ref(const void *x, float *y, int64_t k);
@@ -275,6 +299,8 @@ void dequantize_row_bf16_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q8_0_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q4_0_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q4_1_ref(const void *x, float *y, int64_t k);
+void dequantize_row_q5_0_ref(const void *x, float *y, int64_t k);
+void dequantize_row_q5_1_ref(const void *x, float *y, int64_t k);
 
 void vec_dot_f32_f32_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_f16_f32_ref(int64_t k, float *s, const void *w, const void *a);
@@ -282,12 +308,18 @@ void vec_dot_bf16_f32_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q8_0_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_0_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_1_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q5_0_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q5_1_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
 
 void gemm_x16_q8_0_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                              const void *a, size_t a_stride);
 void gemm_x16_q4_0_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                              const void *a, size_t a_stride);
 void gemm_x16_q4_1_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
+                             const void *a, size_t a_stride);
+void gemm_x16_q5_0_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
+                             const void *a, size_t a_stride);
+void gemm_x16_q5_1_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                              const void *a, size_t a_stride);
 
 void rmsnorm_ref(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
@@ -315,6 +347,8 @@ void vec_dot_bf16_f32_avx2(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q8_0_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_0_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_1_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q5_0_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q5_1_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 
 /* AVX-512 F + BW + VL; the _avx512vnni dots are the same source built with VNNI */
 void attention_avx512(float *out, const float *q, const float *k, const float *v, int64_t t, int64_t hq,
@@ -327,9 +361,13 @@ void vec_dot_bf16_f32_avx512(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q8_0_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_0_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_1_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q5_0_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q5_1_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q8_0_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_0_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_1_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q5_0_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q5_1_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
 /* LLMR_TILE-token tiles of the quantised dots above (llmr_vec_dot_tile_fn) */
 void vec_dot_tile_q8_0_q16_a_avx2(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                 size_t a_stride);
@@ -337,17 +375,29 @@ void vec_dot_tile_q4_0_q16_a_avx2(int64_t k, float *s, size_t s_stride, const vo
                                 size_t a_stride);
 void vec_dot_tile_q4_1_q16_a_avx2(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                 size_t a_stride);
+void vec_dot_tile_q5_0_q16_a_avx2(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                size_t a_stride);
+void vec_dot_tile_q5_1_q16_a_avx2(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                size_t a_stride);
 void vec_dot_tile_q8_0_q16_a_avx512(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                 size_t a_stride);
 void vec_dot_tile_q4_0_q16_a_avx512(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                 size_t a_stride);
 void vec_dot_tile_q4_1_q16_a_avx512(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                 size_t a_stride);
+void vec_dot_tile_q5_0_q16_a_avx512(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                size_t a_stride);
+void vec_dot_tile_q5_1_q16_a_avx512(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                size_t a_stride);
 void vec_dot_tile_q8_0_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                 size_t a_stride);
 void vec_dot_tile_q4_0_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                 size_t a_stride);
 void vec_dot_tile_q4_1_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                size_t a_stride);
+void vec_dot_tile_q5_0_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                size_t a_stride);
+void vec_dot_tile_q5_1_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                 size_t a_stride);
 
 #define LLMR_DECLARE_GEMM_X16(isa)                                                                 \
@@ -356,6 +406,10 @@ void vec_dot_tile_q4_1_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, co
     void gemm_x16_q4_0_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
                                    const void *a, size_t a_stride);                                 \
     void gemm_x16_q4_1_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
+                                   const void *a, size_t a_stride);                                 \
+    void gemm_x16_q5_0_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
+                                   const void *a, size_t a_stride);                                 \
+    void gemm_x16_q5_1_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
                                    const void *a, size_t a_stride);
 LLMR_DECLARE_GEMM_X16(avx2)
 void rmsnorm_avx2(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
@@ -376,6 +430,8 @@ void vec_dot_bf16_f32_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q8_0_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_0_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_1_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q5_0_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q5_1_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
 LLMR_DECLARE_GEMM_X16(neon)
 
 /* ---- dispatch (dispatch.c) ------------------------------------------------------------------ */

@@ -52,8 +52,10 @@ static void test_quant_dots(void) {
         {"q8_0", 34, vec_dot_q8_0_q16_a_neon, vec_dot_q8_0_q16_a_ref},
         {"q4_0", 18, vec_dot_q4_0_q16_a_neon, vec_dot_q4_0_q16_a_ref},
         {"q4_1", 20, vec_dot_q4_1_q16_a_neon, vec_dot_q4_1_q16_a_ref},
+        {"q5_0", 22, vec_dot_q5_0_q16_a_neon, vec_dot_q5_0_q16_a_ref},
+        {"q5_1", 24, vec_dot_q5_1_q16_a_neon, vec_dot_q5_1_q16_a_ref},
     };
-    for (int t = 0; t < 3; t++)
+    for (int t = 0; t < 5; t++)
         for (int ki = 0; ki < 3; ki++)
             for (int ni = 0; ni < 3; ni++) {
                 const int64_t k = K_QUANT[ki], n = ROWS[ni], nb = k / QK_Q16_A, row = nb * T[t].type_size;
@@ -66,7 +68,7 @@ static void test_quant_dots(void) {
                         uint8_t *blk = w + r * row + b * T[t].type_size;
                         const uint16_t d = llmr_f32_to_f16(0.01f * uniform()), m = llmr_f32_to_f16(0.1f * uniform());
                         memcpy(blk, &d, 2);
-                        if (t == 2) memcpy(blk + 2, &m, 2);
+                        if (t == 2 || t == 4) memcpy(blk + 2, &m, 2); /* q4_1, q5_1 */
                     }
                 fill_x(x, k);
                 quantize_row_q16_a_ref(x, a, k);
@@ -180,9 +182,11 @@ static void test_x16(void) {
         {"x16 q8_0", LLMR_TYPE_Q8_0, gemm_x16_q8_0_q16_a_neon, gemm_x16_q8_0_q16_a_ref},
         {"x16 q4_0", LLMR_TYPE_Q4_0, gemm_x16_q4_0_q16_a_neon, gemm_x16_q4_0_q16_a_ref},
         {"x16 q4_1", LLMR_TYPE_Q4_1, gemm_x16_q4_1_q16_a_neon, gemm_x16_q4_1_q16_a_ref},
+        {"x16 q5_0", LLMR_TYPE_Q5_0, gemm_x16_q5_0_q16_a_neon, gemm_x16_q5_0_q16_a_ref},
+        {"x16 q5_1", LLMR_TYPE_Q5_1, gemm_x16_q5_1_q16_a_neon, gemm_x16_q5_1_q16_a_ref},
     };
     static const int GROUP_ROWS[] = {16, 48}, TOKENS[] = {1, 3};
-    for (int t = 0; t < 3; t++)
+    for (int t = 0; t < 5; t++)
         for (int ki = 0; ki < 3; ki++)
             for (int ni = 0; ni < 2; ni++)
                 for (int ti = 0; ti < 2; ti++) {
