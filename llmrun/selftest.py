@@ -64,22 +64,27 @@ def random_weights(type_name: str, cfg: ModelConfig = CONFIG, seed: int = 0) -> 
 def run(backend: str = "webgpu") -> list[Check]:
     """For each weight type: a 12-token prompt then 3 decode steps, on the CPU and on the
     backend, compared position by position."""
-    from .backends import gpu
     if backend == "cpu":
         raise SettingError("selftest checks a GPU backend against the CPU: --backend webgpu or cuda")
     dev = device(backend)
     ids = np.random.default_rng(1).integers(0, CONFIG.vocab_size, 15).astype(np.int32)
-    inv_freq = rope_frequencies(CONFIG)
     checks = []
     for type_name in TYPES:
-        w = random_weights(type_name)
-        graph, on_device = cpu.graph(CONFIG, w, inv_freq), gpu.Graph(dev, CONFIG, w, inv_freq, backend)
-        cache, device_cache = KVCache(CONFIG, 16), on_device.new_cache(16)
-        want, got = [], []
-        for start, stop in ((0, 12), (12, 13), (13, 14), (14, 15)):
-            want.append(cpu.forward(graph, ids[start:stop], start, cache.k, cache.v, 0, CONFIG.vocab_size))
-            got.append(device_cache.run(ids[start:stop], start, 0))
-        want, got = np.concatenate(want), np.concatenate(got)
+        want, got = cpu_and_device_logits(dev, backend, CONFIG, random_weights(type_name), ids, (12, 13, 14, 15))
         checks.append(Check(type_name, bool((want.argmax(-1) == got.argmax(-1)).all()),
                             float(np.abs(want - got).max() / np.abs(want).max())))
     return checks
+
+
+def cpu_and_device_logits(dev, backend: str, cfg, w, ids, ends) -> tuple[np.ndarray, np.ndarray]:
+    """The logits of `ids` run as a prefill up to ends[0], then steps to each next end, on the
+    CPU and on the device `dev` of `backend`, each with the weights `w`."""
+    from .backends import gpu
+    inv_freq = rope_frequencies(cfg)
+    graph, on_device = cpu.graph(cfg, w, inv_freq), gpu.Graph(dev, cfg, w, inv_freq, backend)
+    cache, device_cache = KVCache(cfg, ends[-1]), on_device.new_cache(ends[-1])
+    want, got = [], []
+    for start, stop in zip((0, *ends[:-1]), ends):
+        want.append(cpu.forward(graph, ids[start:stop], start, cache.k, cache.v, 0, cfg.vocab_size))
+        got.append(device_cache.run(ids[start:stop], start, 0))
+    return np.concatenate(want), np.concatenate(got)

@@ -132,16 +132,12 @@ def test_every_switch_at_once(backend, device, bound):
     q8_0 weights."""
     from dataclasses import replace
     from llmrun import selftest
-    from llmrun.backends import cpu, gpu
     from llmrun.backends import device as new_device
-    from llmrun.config import rope_frequencies
-    from llmrun.model import KVCache
     cfg = replace(selftest.CONFIG, n_layers=3, qk_norm=True, post_norms=True, act="gelu_tanh", embed_scale=3.0,
                   residual_scale=0.5, attn_scale=0.1, logit_scale=0.25, rope_dims=16, no_rope_layers=(2,),
                   sliding_window=5, window_layers=(0, 2), rope_local_theta=1000.0,
                   rope_scaling={"type": "factors", "factors": [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 9.0],
                                 "attention_factor": 1.2})
-    inv_freq = rope_frequencies(cfg)
     ids = np.random.default_rng(1).integers(0, cfg.vocab_size, 24).astype(np.int32)
     dev = new_device(backend)  # as a loaded model gets its own
     for type_name in ("f16", "q8_0"):
@@ -151,13 +147,7 @@ def test_every_switch_at_once(backend, device, bound):
             for name, n in (("q_norm", cfg.head_dim), ("k_norm", cfg.head_dim), ("attn_post_norm", cfg.dim),
                             ("ffn_post_norm", cfg.dim)):
                 setattr(layer, name, (1 + 0.1 * rng.standard_normal(n)).astype(np.float32))
-        graph, on_device = cpu.graph(cfg, w, inv_freq), gpu.Graph(dev, cfg, w, inv_freq, backend)
-        cache, device_cache = KVCache(cfg, 32), on_device.new_cache(32)
-        want, got = [], []
-        for start, stop in ((0, 20), (20, 21), (21, 22), (22, 24)):
-            want.append(cpu.forward(graph, ids[start:stop], start, cache.k, cache.v, 0, cfg.vocab_size))
-            got.append(device_cache.run(ids[start:stop], start, 0))
-        want, got = np.concatenate(want), np.concatenate(got)
+        want, got = selftest.cpu_and_device_logits(dev, backend, cfg, w, ids, (20, 21, 22, 24))
         diff = float(np.abs(want - got).max())
         print(f"every switch {type_name} {backend}: max |logit difference| {diff:.2e} ({diff / np.abs(want).max():.1e} "
               f"of the largest logit, {np.abs(want).max():.2f})")
