@@ -1,4 +1,5 @@
-"""Exact dequantisers for the GGUF types we import but do not run: the k-quants.
+"""Exact dequantisers for the k-quants (GGUF types we import; of them we run q4_k, whose
+dequantiser here is also reference.dequantize's).
 
 The GGUF importer turns these tensors into float32 here and re-quantises them into a runnable
 type. "Exact" means the same float32 operations in the same order as ggml's
@@ -11,7 +12,8 @@ has 11 significant bits, a sub-block scale at most 7, a quant at most 6: under f
 so the one rounding is the final `+ m` / `- dmin * m`. A C build that fuses it into an FMA
 gives the same bits. q8_k's f32 scale times an int8 rounds once, as in ggml.
 
-q5_0 and q5_1 are runnable, stored types now: their exact dequantisers are in reference.py
+q4_k is stored and run too: reference.py uses _q4_k below (bit-identical to gguf-py's,
+tests/test_kquants.py) and dequantize_ggml sends it there. q5_0 and q5_1 are runnable, stored types now: their exact dequantisers are in reference.py
 (bit-identical to gguf-py's, tests/test_kquants.py), which dequantize_ggml calls for them.
 
 Layouts (little-endian; "element e" counts within the block):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConvertError
-from .types import BF16, F16, F32, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, QType, qtype
+from .types import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q8_0, QType, qtype
 
 Q16A_BLOCK = 32  # elements per q16_a activation block (kernels/include/llmrun.h's QK_Q16_A)
 F16_MAX = 65504.0  # the largest finite float16: bounds f16 values, and the scales of the block types
@@ -88,6 +88,128 @@ def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
+# --- q4_k: llama.cpp's quantize_row_q4_K_ref, vectorised over sub-blocks -----------------------
+# Every float32 operation of the C (kernels/cpu/quants_ref.c) in the same order, the sums taken
+# element by element as the C loops take them, so the bytes match it (and llama.cpp) exactly.
+
+def _nearest_int(v: np.ndarray) -> np.ndarray:
+    """llama.cpp's nearest_int: the low mantissa bits of v + 1.5 * 2^23 (round half to even for
+    |v| < 2^22; the same bits as the C beyond that)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        val = (v.astype(np.float32) + np.float32(12582912.0)).astype(np.float32)
+    return (val.view(np.int32) & 0x007FFFFF) - 0x00400000
+
+
+def _make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int):
+    """make_qkx2_quants(use_mad = false) on each row of x [M, n] with weights w [M, n] ->
+    (scale [M], the_min [M], L [M, n] uint8)."""
+    f = np.float32
+    n = x.shape[1]
+    lo, hi = x[:, 0].copy(), x[:, 0].copy()
+    sum_w = w[:, 0].copy()
+    sum_x = sum_w * x[:, 0]
+    for i in range(1, n):
+        lo = np.where(x[:, i] < lo, x[:, i], lo)
+        hi = np.where(x[:, i] > hi, x[:, i], hi)
+        sum_w = sum_w + w[:, i]
+        sum_x = sum_x + w[:, i] * x[:, i]
+    lo = np.where(lo > 0, f(0), lo)
+    flat = hi == lo
+    start_min = lo
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        span = hi - lo
+        iscale = f(nmax) / span
+        scale = f(1) / iscale
+        L = np.clip(_nearest_int(iscale[:, None] * (x - lo[:, None])), 0, nmax).astype(f)
+        best = np.zeros_like(lo)
+        for i in range(n):
+            diff = scale * L[:, i] + lo - x[:, i]
+            best = best + w[:, i] * (diff * diff)
+        for step in range(nstep + 1):
+            # as the C: min (lo) is the best fit's so far, so later steps scale from it
+            iscale = (f(rmin) + f(rdelta) * f(step) + f(nmax)) / (hi - lo)
+            La = np.clip(_nearest_int(iscale[:, None] * (x - lo[:, None])), 0, nmax).astype(f)
+            sum_l = np.zeros_like(lo)
+            sum_l2 = np.zeros_like(lo)
+            sum_xl = np.zeros_like(lo)
+            for i in range(n):
+                wl = w[:, i] * La[:, i]
+                sum_l = sum_l + wl
+                sum_l2 = sum_l2 + wl * La[:, i]
+                sum_xl = sum_xl + wl * x[:, i]
+            D = sum_w * sum_l2 - sum_l * sum_l
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+            pos = this_min > 0
+            this_min = np.where(pos, f(0), this_min)
+            this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
+            mad = np.zeros_like(lo)
+            for i in range(n):
+                diff = this_scale * La[:, i] + this_min - x[:, i]
+                mad = mad + w[:, i] * (diff * diff)
+            better = (D > 0) & (mad < best)
+            L = np.where(better[:, None], La, L)
+            best = np.where(better, mad, best)
+            scale = np.where(better, this_scale, scale)
+            lo = np.where(better, this_min, lo)
+    scale = np.where(flat, f(0), scale).astype(f)
+    the_min = -np.where(flat, start_min, lo).astype(f)
+    L = np.where(flat[:, None], f(0), L)
+    return scale, the_min, L.astype(np.uint8)
+
+
+def _quantize_q4_k(b: np.ndarray, lead) -> np.ndarray:
+    """b float32 [..., nb, 256] -> the q4_k bytes [..., nb * 144]."""
+    f = np.float32
+    sb = b.reshape(-1, 8, 32)  # [S, 8 sub-blocks, 32]
+    S = sb.shape[0]
+    xs = sb.reshape(-1, 32)  # [S * 8, 32]
+    sum_x2 = np.zeros(xs.shape[0], f)
+    for i in range(32):
+        sum_x2 = sum_x2 + xs[:, i] * xs[:, i]
+    av_x = np.sqrt(sum_x2 / f(32))
+    weights = av_x[:, None] + np.abs(xs)
+    scales, mins, L = _make_qkx2_quants(xs, weights, 15, -1.0, 0.1, 20)
+    scales, mins, L = scales.reshape(S, 8), mins.reshape(S, 8), L.reshape(S, 8, 32)
+    max_scale = np.zeros(S, f)  # [S]; `if (v > max) max = v` from +0: a -0.0 min never gets in
+    max_min = np.zeros(S, f)
+    for j in range(8):
+        max_scale = np.where(scales[:, j] > max_scale, scales[:, j], max_scale)
+        max_min = np.where(mins[:, j] > max_min, mins[:, j], max_min)
+    with np.errstate(divide="ignore"):
+        inv_scale = np.where(max_scale > 0, f(63) / max_scale, f(0)).astype(f)
+        inv_min = np.where(max_min > 0, f(63) / max_min, f(0)).astype(f)
+    ls = np.minimum(63, _nearest_int(inv_scale[:, None] * scales) & 0xFF).astype(np.uint8)  # [S, 8]
+    lm = np.minimum(63, _nearest_int(inv_min[:, None] * mins) & 0xFF).astype(np.uint8)
+    packed = np.zeros((S, 12), np.uint8)
+    packed[:, 0:4] = ls[:, :4] | (ls[:, 4:] >> 4) << 6
+    packed[:, 4:8] = lm[:, :4] | (lm[:, 4:] >> 4) << 6
+    packed[:, 8:12] = (ls[:, 4:] & 0xF) | (lm[:, 4:] & 0xF) << 4
+    d = (max_scale / f(63)).astype(np.float16)
+    dmin = (max_min / f(63)).astype(np.float16)
+    d1 = d.astype(f)[:, None] * ls.astype(f)  # [S, 8]
+    dm = dmin.astype(f)[:, None] * lm.astype(f)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        requant = np.clip(_nearest_int((sb + dm[..., None]) / d1[..., None]), 0, 15).astype(np.uint8)
+    L = np.where((d1 != 0)[..., None], requant, L)  # d = 0: the sub-block keeps make_qkx2_quants' L
+    L = L.reshape(S, 4, 2, 32)
+    qs = (L[:, :, 0] | L[:, :, 1] << 4).reshape(S, 128)
+    out = np.concatenate([d[:, None].view(np.uint8), dmin[:, None].view(np.uint8), packed, qs], axis=-1)
+    return out.reshape(*lead, -1)
+
+
+def q4_k_fields(blocks: np.ndarray):
+    """q4_k blocks [..., nb, 144] -> (d * sc, dmin * m) float64 [..., nb, 8] and the quants uint8
+    [..., nb, 8, 32]: sub-block j is x = (d sc_j) q - (dmin m_j), lined up with q16_a block j."""
+    from .kquants import _k_scales
+    lead = blocks.shape[:-1]
+    d = _f16_field(blocks, 0).astype(np.float64)  # [..., nb, 1]
+    dmin = _f16_field(blocks, 2).astype(np.float64)
+    sc, m = _k_scales(blocks[..., 4:16])
+    qs = blocks[..., 16:].reshape(*lead, 4, 1, 32) >> np.array([0, 4], np.uint8)[:, None]
+    return d * sc, dmin * m, (qs & 0x0F).reshape(*lead, 8, 32)
+
+
 def check_weights(x: np.ndarray, t) -> None:
     """Refuse model weights that `t` would store as garbage: NaN or infinity anywhere, or
     magnitudes past what float16 values and scales hold (a block's scale is its largest value
@@ -141,6 +263,8 @@ def quantize(x: np.ndarray, t) -> np.ndarray:
         d = (hi - lo) / np.float32(31)
         q = np.minimum(31, np.trunc((b - lo) * _inverse(d) + np.float32(0.5)))
         return _to_bytes([d.astype(np.float16), lo.astype(np.float16), *_pack_q5(q)], lead)
+    if t is Q4_K:  # llama.cpp's quantize_row_q4_K_ref (make_qkx2_quants per sub-block, 6-bit scales)
+        return _quantize_q4_k(b, lead)
     raise ValueError(f"no quantiser for {t.name}")
 
 
@@ -182,6 +306,9 @@ def dequantize(data: np.ndarray, t, n: int) -> np.ndarray:
     if t is Q5_1:  # d * q exact (11 x 5 bits), so the one rounding is + m
         q = _unpack_q5(blocks[..., 4:8], blocks[..., 8:]).astype(np.float32)
         return (_f16_field(blocks, 0) * q + _f16_field(blocks, 2)).reshape(*lead, n)
+    if t is Q4_K:  # gguf-py's arithmetic (quant/kquants.py, tested bit-identical against it)
+        from .kquants import _q4_k
+        return _q4_k(blocks).reshape(*lead, n)
     raise ValueError(f"no dequantiser for {t.name}")
 
 
@@ -218,16 +345,26 @@ def matmul(w: np.ndarray, t, x: np.ndarray) -> np.ndarray:
         q4_1:  sum_b dw * da * sum(qw * qa) + mw * sa
         q5_0:  sum_b dw * da * sum((qw - 16) * qa)    (signed weights, no offset term)
         q5_1:  sum_b dw * da * sum(qw * qa) + mw * sa
+        q4_k:  sum over sub-blocks j (32 each, q16_a block j): (d sc_j) * da * sum(qw * qa) - (dmin m_j) * sa
     """
     t = qtype(t) if not isinstance(t, QType) else t
     x = np.ascontiguousarray(x, dtype=np.float32)
     k = x.shape[-1]
     # below, weight block b meets activation block b: true of these types, whose blocks are q16_a's size
-    if t.quantized and t not in (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1):
+    if t.quantized and t not in (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K):
         raise ValueError(f"no reference matmul for {t.name}")
     if not t.quantized:
         return (x.astype(np.float64) @ dequantize(w, t, k).astype(np.float64).T).astype(np.float32)
     blocks = _split_blocks(w, t, k)  # [N, nb, type_size]
+    if t is Q4_K:
+        dsc, dmm, qw = q4_k_fields(blocks)  # [N, nb, 8], [N, nb, 8], [N, nb, 8, 32]
+        n_rows = blocks.shape[0]
+        da, sa, qa = quantize_q16a(x)  # [T, nb * 8], ...
+        isum = np.einsum("nbj,tbj->tnb", qw.reshape(n_rows, -1, 32).astype(np.int64),
+                         qa.astype(np.int64)).astype(np.float64)
+        da, sa = da.astype(np.float64)[:, None, :], sa.astype(np.float64)[:, None, :]
+        y = (dsc.reshape(n_rows, -1) * da * isum - dmm.reshape(n_rows, -1) * sa).sum(-1)
+        return y.astype(np.float32)
     dw = _f16_field(blocks, 0)[..., 0].astype(np.float64)  # [N, nb]
     da, sa, qa = quantize_q16a(x)  # [T, nb], [T, nb], [T, nb, 32]
     if t is Q8_0:

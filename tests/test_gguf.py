@@ -152,6 +152,9 @@ TYPE_MIXES = {
     # the types Q4_K_M files fall back to where a row is not a multiple of 256, run natively
     "llama-q5": ("llama", dict(wq=G.Q5_0, wk=G.Q5_1, wv=G.Q5_1, wo=G.Q5_0, w_gate=G.Q5_0, w_up=G.Q5_1,
                                w_down=G.Q5_0, emb=G.Q5_0)),
+    # Q4_K, run natively (rows multiples of 256), beside Q5_0 as in a Q4_K_M file
+    "llama-q4k": ("llama", dict(wq=G.Q4_K, wk=G.Q4_K, wv=G.Q4_K, wo=G.Q4_K, w_gate=G.Q4_K, w_up=G.Q4_K,
+                                w_down=G.Q5_0, emb=G.Q4_K)),
     "qwen2-mixed": ("qwen2", dict(wq=G.Q4_K, wk=G.Q8_0, wv=G.Q6_K, wo=G.Q4_1, w_gate=G.Q4_0, w_up=G.Q6_K,
                                   w_down=G.Q8_0, emb=G.Q4_0)),
 }
@@ -189,7 +192,7 @@ def test_llama31_rope_factors(tmp_path):
     assert np.abs(unscaled - ref).max() / np.abs(ref).max() > 3 * REQUANT_TOL  # the test can tell
 
 
-@pytest.mark.parametrize("mix", ["llama-runnable", "llama-q5"])
+@pytest.mark.parametrize("mix", ["llama-runnable", "llama-q5", "llama-q4k"])
 def test_runnable_blocks_are_copied_exactly(tmp_path, mix):
     """q4_0 / q4_1 / q5_0 / q5_1 / q8_0 / f16 blocks land in the .llmr byte for byte (q/k rows
     reordered whole)."""

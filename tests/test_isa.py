@@ -63,9 +63,18 @@ FLOAT_VS_SCALAR = 2
 
 # --- the cases, computed by each path in its subprocess -----------------------------------------
 
+def k_for(t, ks):
+    """Row lengths for type t: ks for 32-element blocks; for a super-block type (q4_k, 256), one,
+    three and nine blocks (the last past the tiles' and unrolls' strides)."""
+    return ks if t.block_size <= 32 else [t.block_size, 3 * t.block_size, 9 * t.block_size]
+
+
+GET_ROWS_K = {32: 96, 256: 256}  # get_rows' row length per block size
+
+
 def matmul_cases():
     for t in ALL_TYPES:
-        for k in K_QUANT if t.quantized else K_FLOAT:
+        for k in k_for(t, K_QUANT) if t.quantized else K_FLOAT:
             for n in ROWS:
                 for tokens in TOKENS:
                     yield t, tokens, n, k
@@ -80,7 +89,7 @@ TILE_K = [32, 96, 2080]
 
 def tile_cases():
     for t in QUANTISED:
-        for k in TILE_K:
+        for k in k_for(t, TILE_K):
             for n in TILE_ROWS:
                 for tokens in TILE_TOKENS:
                     yield t, tokens, n, k
@@ -170,8 +179,9 @@ def compute_all() -> dict[str, np.ndarray]:
         out[f"q16a/{name}"] = q
     ids = np.array([2, 0, 66, 2], np.int32)
     for t in ALL_TYPES:
-        _, w = matmul_inputs(t, 1, 67, 96)
-        rows = np.empty((len(ids), 96), np.float32)
+        kg = GET_ROWS_K.get(t.block_size, 96)
+        _, w = matmul_inputs(t, 1, 67, kg)
+        rows = np.empty((len(ids), kg), np.float32)
         K.get_rows(rows, w, t.id, ids)
         out[f"get_rows/{t.name}"] = rows
     a = other_inputs()
@@ -386,6 +396,7 @@ def test_other_ops_equal_scalar(results, isa):
     for key in [k for k in results["scalar"] if not k.startswith(skip)]:
         np.testing.assert_array_equal(results[isa][key], results["scalar"][key], err_msg=key)
     for t in ALL_TYPES:  # get_rows dequantises with the reference: exact
-        _, w = matmul_inputs(t, 1, 67, 96)
+        kg = GET_ROWS_K.get(t.block_size, 96)
+        _, w = matmul_inputs(t, 1, 67, kg)
         np.testing.assert_array_equal(results[isa][f"get_rows/{t.name}"],
-                                      ref.dequantize(w, t, 96)[[2, 0, 66, 2]])
+                                      ref.dequantize(w, t, kg)[[2, 0, 66, 2]])

@@ -14,7 +14,7 @@ import pytest
 import llmrun._kernels as K
 from llmrun.quant import reference as ref
 from llmrun.quant.layout import X16, deinterleave, interleave
-from llmrun.quant.types import BF16, F16, F32, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, TABLE, TYPES
+from llmrun.quant.types import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q8_0, TABLE, TYPES
 
 ALL_TYPES = list(TYPES.values())  # every type the CPU runs, from the table in quant/types.py
 QUANTISED = [t for t in ALL_TYPES if t.quantized]
@@ -161,6 +161,9 @@ def block_fields(w: np.ndarray, t):
     W = d * q + offset; the layout the kernels must read (see quant/types.py)."""
     nb = w.shape[-1] // t.type_size
     blocks = w.reshape(w.shape[0], nb, t.type_size)
+    if t is Q4_K:  # per 32-value sub-block: d * sc, offset -dmin * m (quant/reference.py)
+        dsc, dmm, q = ref.q4_k_fields(blocks)
+        return dsc.reshape(w.shape[0], -1), -dmm.reshape(w.shape[0], -1), q.reshape(w.shape[0], -1, 32).astype(np.float64)
     d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float64)
     if t is Q8_0:
         return d, np.zeros_like(d), blocks[..., 2:].copy().view(np.int8).astype(np.float64)
@@ -213,6 +216,8 @@ def edge_rows() -> np.ndarray:
 @pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("shape,scale", [((1, 32), 1.0), ((5, 64), 1e-3), ((3, 2, 256), 50.0)])
 def test_quantize_random_matches_reference(t, shape, scale):
+    if t.block_size > 32:  # super-blocks (q4_k: 256): as many of them as the shape has blocks of 32
+        shape = (*shape[:-1], shape[-1] * t.block_size // 32)
     x = rand(rng_for("quantize", t.name, shape), *shape, scale=scale)
     np.testing.assert_array_equal(kernel_quantize(x, t), ref.quantize(x, t))
 
@@ -221,6 +226,8 @@ def test_quantize_random_matches_reference(t, shape, scale):
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # numpy, on the f16 corners
 def test_quantize_edge_cases_match_reference(t):
     x = edge_rows()
+    if t.block_size > 32:  # the same blocks of 32, as the sub-blocks of super-blocks
+        x = x.reshape(-1, t.block_size)
     np.testing.assert_array_equal(kernel_quantize(x, t), ref.quantize(x, t))
 
 
@@ -254,7 +261,7 @@ def test_row_bytes(t, k, expected):
 @pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: t.name)
 def test_get_rows_matches_dequantize(t):
     rng = rng_for("get_rows", t.name)
-    rows, k = 11, 64
+    rows, k = 11, max(64, t.block_size)
     w = ref.quantize(rand(rng, rows, k), t)
     ids = np.array([3, 0, 10, 3, 7], np.int32)
     out = np.empty((len(ids), k), np.float32)
@@ -324,6 +331,8 @@ MATMUL_SHAPES = {False: [(1, 7, 33), (3, 5, 100), (4, 16, 256)],  # float weight
 def matmul_cases():
     for t in ALL_TYPES:
         for shape in MATMUL_SHAPES[t.quantized]:
+            if t.block_size > 32:  # super-blocks: K in whole ones (1, 3 and 8 of q4_k's)
+                shape = (*shape[:2], shape[2] * t.block_size // 32)
             yield pytest.param(t, *shape, id=f"{t.name}-T{shape[0]}-N{shape[1]}-K{shape[2]}")
 
 
@@ -729,8 +738,8 @@ def test_c_traits_match_the_python_table():
 
 def test_unknown_type_id_names_the_known_ones():
     known = ", ".join(f"{t.name}={t.id}" for t in sorted(ALL_TYPES, key=lambda t: t.id))
-    with pytest.raises(ValueError, match=rf"^unknown tensor type id 12 \(known: {known}\)$"):
-        K.row_bytes(12, 256)  # q4_k: import-only, no kernels
+    with pytest.raises(ValueError, match=rf"^unknown tensor type id 13 \(known: {known}\)$"):
+        K.row_bytes(13, 256)  # q5_k: import-only, no kernels
 
 
 @pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: t.name)

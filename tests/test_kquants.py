@@ -47,8 +47,8 @@ def test_sizes_match_ggml():
 
 
 def test_runnable_types_unchanged():
-    assert sorted(TYPES) == ["bf16", "f16", "f32", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0"]
-    assert sorted(TYPES_BY_ID) == [0, 1, 2, 3, 6, 7, 8, 30]
+    assert sorted(TYPES) == ["bf16", "f16", "f32", "q4_0", "q4_1", "q4_k", "q5_0", "q5_1", "q8_0"]
+    assert sorted(TYPES_BY_ID) == [0, 1, 2, 3, 6, 7, 8, 12, 30]
     assert len(GGML_TYPES_BY_ID) == 14
     for t in IMPORT_ONLY:
         assert ggml_type(t.id) is t
@@ -58,7 +58,7 @@ def test_runnable_types_unchanged():
             qtype(t.name)
 
 
-@pytest.mark.parametrize("t", [t for t in IMPORT_ONLY if t is not Q8_K] + [Q5_0, Q5_1], ids=lambda t: t.name)
+@pytest.mark.parametrize("t", [t for t in IMPORT_ONLY if t is not Q8_K] + [Q5_0, Q5_1, Q4_K], ids=lambda t: t.name)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_bit_identical_to_gguf(t, shape):
     rng = np.random.default_rng(t.id * 100 + len(shape))
@@ -121,11 +121,12 @@ def test_reference_quantiser_matches_gguf(t, scale):
 @pytest.mark.parametrize("t", list(TYPES.values()), ids=lambda t: t.name)
 def test_runnable_types_delegate(t):
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((3, 64)).astype(np.float32)
+    k = max(64, t.block_size)
+    x = rng.standard_normal((3, k)).astype(np.float32)
     from llmrun.quant import quantize
     data = quantize(x, t)
-    assert np.array_equal(bits(dequantize_ggml(data, t, 64)), bits(dequantize(data, t, 64)))
-    assert np.array_equal(bits(dequantize_ggml(data, t.id, 64)), bits(dequantize(data, t, 64)))
+    assert np.array_equal(bits(dequantize_ggml(data, t, k)), bits(dequantize(data, t, k)))
+    assert np.array_equal(bits(dequantize_ggml(data, t.id, k)), bits(dequantize(data, t, k)))
 
 
 @pytest.mark.parametrize("t", IMPORT_ONLY, ids=lambda t: t.name)
@@ -146,3 +147,49 @@ def test_unsupported_ids_named():
         dequantize_ggml(np.zeros((1, 136), np.uint8), 23, 256)
     with pytest.raises(ValueError, match=r"\(mxfp4\)"):
         ggml_type(39)
+
+
+def _q4_k_inputs() -> np.ndarray:
+    """64 super-blocks: scales from 1e-4 to 1e3, zero / constant / ramp / all-positive / tied rows."""
+    rng = np.random.default_rng(412)
+    x = rng.standard_normal((64, 256)) * 10.0 ** rng.uniform(-4, 3, (64, 1))
+    x[0] = 0.0
+    x[1] = 1.5
+    x[2] = np.arange(256) - 100.0
+    x[3] = np.abs(x[3]) + 1
+    x[4] = np.round(x[4] * 4) / 4
+    x[5, :32] = 0.0
+    x[6, 200:] = -3.0
+    return x.astype(np.float32)
+
+
+def test_q4_k_quantiser_is_llama_cpps():
+    """gguf-py has no q4_k quantiser. These are the bytes of llama.cpp's quantize_row_q4_K_ref
+    (ggml-quants.c, as vendored by llama-cpp-python 0.3.36, built with -ffp-contract=off) for the
+    inputs above; our numpy quantiser must give them (the C one is held to it in test_kernels)."""
+    import hashlib
+    from llmrun.quant import quantize
+    got = quantize(_q4_k_inputs(), Q4_K)
+    assert hashlib.sha256(got.tobytes()).hexdigest() == \
+        "66dc862261ea7fee6d780b4bff05f6addb4ccbe2905c5e64b90f8131b638e1a0"
+
+
+def test_q4_k_quantiser_round_trip_and_rules():
+    from llmrun.quant import quantize
+    x = _q4_k_inputs()
+    data = quantize(x, Q4_K)
+    blk = data.reshape(64, 144)
+    assert not blk[0].any()  # all zero: d = dmin = 0, every scale and quant 0
+    back = dequantize(data, Q4_K, 256)
+    sub = x.reshape(64, 8, 32)
+    span = np.maximum(sub.max(-1), 0) - np.minimum(sub.min(-1), 0)  # the range fitted, with 0 in it
+    err = np.abs(back - x).reshape(64, 8, 32).max(-1)
+    assert (err <= 0.25 * span + 1e-30).all()  # a few steps of 1/15 at most, after 6-bit scales
+    # the largest sub-block scale and min take the top 6-bit code: d = max scale / 63
+    sc, m = (a.astype(int) for a in __import__("llmrun.quant.kquants", fromlist=["_k_scales"])._k_scales(blk[:, 4:16]))
+    d = blk[:, 0:2].copy().view(np.float16)[:, 0]
+    dmin = blk[:, 2:4].copy().view(np.float16)[:, 0]
+    assert ((sc.max(1) == 63) | (d == 0)).all() and ((m.max(1) == 63) | (dmin == 0)).all()
+    g = np.random.default_rng(5).standard_normal((16, 4096)).astype(np.float32)
+    dg = dequantize(quantize(g, Q4_K), Q4_K, 4096)
+    assert np.sqrt(((dg - g) ** 2).mean()) < 0.08  # 4.5 bits per weight on N(0, 1): ~0.071

@@ -16,6 +16,7 @@ const llmr_kernels llmr_kernels_scalar = {
         [LLMR_TYPE_Q4_1] = vec_dot_q4_1_q16_a_ref,
         [LLMR_TYPE_Q5_0] = vec_dot_q5_0_q16_a_ref,
         [LLMR_TYPE_Q5_1] = vec_dot_q5_1_q16_a_ref,
+        [LLMR_TYPE_Q4_K] = vec_dot_q4_K_q16_a_ref,
     },
     .gemm_x16 = {
         [LLMR_TYPE_Q8_0] = gemm_x16_q8_0_q16_a_ref,
@@ -50,6 +51,7 @@ static const llmr_kernels llmr_kernels_avx2 = {
         [LLMR_TYPE_Q4_1] = vec_dot_q4_1_q16_a_avx2,
         [LLMR_TYPE_Q5_0] = vec_dot_q5_0_q16_a_avx2,
         [LLMR_TYPE_Q5_1] = vec_dot_q5_1_q16_a_avx2,
+        [LLMR_TYPE_Q4_K] = vec_dot_q4_K_q16_a_avx2,
     },
     .vec_dot_tile = {
         [LLMR_TYPE_Q8_0] = vec_dot_tile_q8_0_q16_a_avx2,
@@ -84,6 +86,7 @@ static const llmr_kernels llmr_kernels_avx512 = {
         [LLMR_TYPE_Q4_1] = vec_dot_q4_1_q16_a_avx512,
         [LLMR_TYPE_Q5_0] = vec_dot_q5_0_q16_a_avx512,
         [LLMR_TYPE_Q5_1] = vec_dot_q5_1_q16_a_avx512,
+        [LLMR_TYPE_Q4_K] = vec_dot_q4_K_q16_a_avx512,
     },
     .vec_dot_tile = {
         [LLMR_TYPE_Q8_0] = vec_dot_tile_q8_0_q16_a_avx512,
@@ -119,6 +122,7 @@ static const llmr_kernels llmr_kernels_avx512vnni = {
         [LLMR_TYPE_Q4_1] = vec_dot_q4_1_q16_a_avx512vnni,
         [LLMR_TYPE_Q5_0] = vec_dot_q5_0_q16_a_avx512vnni,
         [LLMR_TYPE_Q5_1] = vec_dot_q5_1_q16_a_avx512vnni,
+        [LLMR_TYPE_Q4_K] = vec_dot_q4_K_q16_a_avx512vnni,
     },
     .vec_dot_tile = {
         [LLMR_TYPE_Q8_0] = vec_dot_tile_q8_0_q16_a_avx512vnni,
@@ -173,6 +177,7 @@ static const llmr_kernels llmr_kernels_neon = {
         [LLMR_TYPE_Q4_1] = vec_dot_q4_1_q16_a_neon,
         [LLMR_TYPE_Q5_0] = vec_dot_q5_0_q16_a_neon,
         [LLMR_TYPE_Q5_1] = vec_dot_q5_1_q16_a_neon,
+        [LLMR_TYPE_Q4_K] = vec_dot_q4_K_q16_a_neon,
     },
     .gemm_x16 = {
         [LLMR_TYPE_Q8_0] = gemm_x16_q8_0_q16_a_neon,

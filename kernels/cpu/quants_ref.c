@@ -240,3 +240,149 @@ void quantize_row_q16_a_ref(const float *x, block_q16_a *y, int64_t k) {
         y[i].s = d * (float)sum;
     }
 }
+
+/* ---- q4_k: llama.cpp's quantize_row_q4_K_ref, operation for operation (float32, no FMA: the
+ * build has -ffp-contract=off), so the bytes are llama.cpp's and quant/reference.py's. */
+
+/* llama.cpp's nearest_int: round half to even (|v| < 2^22 here). */
+static inline int nearest_int(float v) {
+    float val = v + 12582912.f;
+    int i;
+    memcpy(&i, &val, sizeof(int));
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+/* make_qkx2_quants(n, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep, use_mad = false) */
+static float make_qkx2_quants(int n, int nmax, const float *x, const float *weights, uint8_t *L, float *the_min,
+                              uint8_t *Laux, float rmin, float rdelta, int nstep) {
+    float min = x[0], max = x[0];
+    float sum_w = weights[0];
+    float sum_x = sum_w * x[0];
+    for (int i = 1; i < n; ++i) {
+        if (x[i] < min) min = x[i];
+        if (x[i] > max) max = x[i];
+        const float w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if (min > 0) min = 0;
+    if (max == min) {
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        *the_min = -min;
+        return 0.f;
+    }
+    float iscale = nmax / (max - min);
+    float scale = 1 / iscale;
+    float best_mad = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = nearest_int(iscale * (x[i] - min));
+        L[i] = (uint8_t)(l < 0 ? 0 : l > nmax ? nmax : l);
+        float diff = scale * L[i] + min - x[i];
+        diff = diff * diff;
+        best_mad += weights[i] * diff;
+    }
+    for (int is = 0; is <= nstep; ++is) {
+        iscale = (rmin + rdelta * is + nmax) / (max - min);
+        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = nearest_int(iscale * (x[i] - min));
+            l = l < 0 ? 0 : l > nmax ? nmax : l;
+            Laux[i] = (uint8_t)l;
+            const float w = weights[i];
+            sum_l += w * l;
+            sum_l2 += w * l * l;
+            sum_xl += w * l * x[i];
+        }
+        const float D = sum_w * sum_l2 - sum_l * sum_l;
+        if (D > 0) {
+            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+            if (this_min > 0) {
+                this_min = 0;
+                this_scale = sum_xl / sum_l2;
+            }
+            float mad = 0;
+            for (int i = 0; i < n; ++i) {
+                float diff = this_scale * Laux[i] + this_min - x[i];
+                diff = diff * diff;
+                mad += weights[i] * diff;
+            }
+            if (mad < best_mad) {
+                for (int i = 0; i < n; ++i) L[i] = Laux[i];
+                best_mad = mad;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    *the_min = -min;
+    return scale;
+}
+
+void quantize_row_q4_K_ref(const float *x, void *y, int64_t k) {
+    block_q4_K *b = y;
+    uint8_t L[QK_K], Laux[32];
+    float weights[32], mins[QK_K / 32], scales[QK_K / 32];
+    for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
+        float max_scale = 0, max_min = 0;
+        for (int j = 0; j < QK_K / 32; ++j) {
+            float sum_x2 = 0;
+            for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
+            const float av_x = sqrtf(sum_x2 / 32);
+            for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(x[32 * j + l]);
+            scales[j] = make_qkx2_quants(32, 15, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.f, 0.1f, 20);
+            if (scales[j] > max_scale) max_scale = scales[j];
+            if (mins[j] > max_min) max_min = mins[j];
+        }
+        const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+        const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+        memset(b[i].scales, 0, sizeof b[i].scales);
+        for (int j = 0; j < QK_K / 32; ++j) {
+            int ls = (uint8_t)nearest_int(inv_scale * scales[j]), lm = (uint8_t)nearest_int(inv_min * mins[j]);
+            ls = ls > 63 ? 63 : ls;
+            lm = lm > 63 ? 63 : lm;
+            if (j < 4) {
+                b[i].scales[j] = (uint8_t)ls;
+                b[i].scales[j + 4] = (uint8_t)lm;
+            } else {
+                b[i].scales[j + 4] = (uint8_t)((ls & 0xF) | ((lm & 0xF) << 4));
+                b[i].scales[j - 4] |= (uint8_t)((ls >> 4) << 6);
+                b[i].scales[j - 0] |= (uint8_t)((lm >> 4) << 6);
+            }
+        }
+        b[i].d = llmr_f32_to_f16(max_scale / 63.f);
+        b[i].dmin = llmr_f32_to_f16(max_min / 63.f);
+        for (int j = 0; j < QK_K / 32; ++j) {
+            uint8_t sc, m;
+            llmr_q4_k_scale_min(j, b[i].scales, &sc, &m);
+            const float d = llmr_f16_to_f32(b[i].d) * sc;
+            if (!d) continue;
+            const float dm = llmr_f16_to_f32(b[i].dmin) * m;
+            for (int ii = 0; ii < 32; ++ii) {
+                const int l = nearest_int((x[32 * j + ii] + dm) / d);
+                L[32 * j + ii] = (uint8_t)(l < 0 ? 0 : l > 15 ? 15 : l);
+            }
+        }
+        uint8_t *q = b[i].qs;
+        for (int j = 0; j < QK_K; j += 64, q += 32)
+            for (int l = 0; l < 32; ++l) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+    }
+}
+
+/* ggml's dequantize_row_q4_K: d * sc and dmin * m first (exact), then d1 * q - m1 (one rounding
+ * each; -ffp-contract=off keeps them apart, as gguf-py's numpy). */
+void dequantize_row_q4_K_ref(const void *x, float *y, int64_t k) {
+    const block_q4_K *b = x;
+    for (int64_t i = 0; i < k / QK_K; i++) {
+        const float d = llmr_f16_to_f32(b[i].d), dmin = llmr_f16_to_f32(b[i].dmin);
+        const uint8_t *q = b[i].qs;
+        for (int j = 0; j < QK_K / 32; j++) {
+            uint8_t sc, m;
+            llmr_q4_k_scale_min(j, b[i].scales, &sc, &m);
+            const float d1 = d * sc, m1 = dmin * m;
+            const uint8_t *qj = q + 32 * (j / 2);
+            for (int l = 0; l < 32; l++)
+                *y++ = d1 * (float)(j % 2 ? qj[l] >> 4 : qj[l] & 0xF) - m1;
+        }
+    }
+}

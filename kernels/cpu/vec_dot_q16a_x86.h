@@ -162,3 +162,55 @@ VEC_DOT_TILE(q4_0, F_Q4_0)
 VEC_DOT_TILE(q4_1, F_Q4_1)
 VEC_DOT_TILE(q5_0, F_Q5_0)
 VEC_DOT_TILE(q5_1, F_Q5_1)
+
+/* ---- q4_K: a super-block of 256 is 8 sub-blocks of 32, each lined up with one q16_a block:
+ * sum_j c_j sum(q qa) - dmin m_j sa_j with c_j = fl(fl(d sc_j) da_j) (d sc_j is exact: 11 x 6
+ * bits). The file includes q4k_pair(qs, y, c_lo, c_hi, acc): sub-blocks 2p (low nibbles of the
+ * 32 bytes qs) and 2p + 1 (high) against y[0], y[1], their int32 lanes (exact) converted and
+ * FMA'd with c_lo, c_hi into the ISA's float accumulator (no horizontal sums per block); the
+ * offsets go by one 8-lane FMA per super-block into `off`. Each term meets at most k / 64 FMAs in
+ * its lane and the final reduction: inside the (nb + 6) u M bound above. */
+
+/* The 12 packed bytes -> bytes 0..7 the 6-bit scales, bytes 8..15 the mins (get_scale_min_k4). */
+ALWAYS_INLINE void q4k_scales(const uint8_t *scales, uint32_t u[4]) {
+    memcpy(u, scales, 12);
+    const uint32_t m1 = 0x3f3f3f3f, m2 = 0x0f0f0f0f, m3 = 0x03030303;
+    u[3] = ((u[2] >> 4) & m2) | (((u[1] >> 6) & m3) << 4);
+    const uint32_t mins_lo = u[1] & m1;
+    u[1] = (u[2] & m2) | (((u[0] >> 6) & m3) << 4);
+    u[2] = mins_lo;
+    u[0] &= m1;
+}
+
+/* The d and s of 8 consecutive q16_a blocks (each block's first 8 bytes): 8 loads, 2 shuffles. */
+ALWAYS_INLINE void q16a_d_s8(const block_q16_a *y, __m256 *da, __m256 *sa) {
+    __m128 v[4]; /* v[j] = {d, s} of blocks 2j and 2j + 1 */
+    for (int j = 0; j < 4; j++)
+        v[j] = _mm_loadh_pi(_mm_loadl_pi(_mm_setzero_ps(), (const __m64 *)&y[2 * j].d), (const __m64 *)&y[2 * j + 1].d);
+    const __m256 lo = _mm256_set_m128(v[2], v[0]), hi = _mm256_set_m128(v[3], v[1]); /* {0 1 | 4 5}, {2 3 | 6 7} */
+    *da = _mm256_shuffle_ps(lo, hi, 0x88);
+    *sa = _mm256_shuffle_ps(lo, hi, 0xDD);
+}
+
+void ISA_FN(vec_dot_q4_K_q16_a)(int64_t k, float *s, const void *w, const void *a) {
+    const block_q4_K *x = w;
+    const block_q16_a *y = a;
+    q4k_acc acc = Q4K_ACC_ZERO;
+    __m256 off = _mm256_setzero_ps();
+    for (int64_t i = 0; i < k / QK_K; i++, y += QK_K / QK_Q16_A) {
+        uint32_t dd, u[4];
+        memcpy(&dd, &x[i].d, 4); /* d, dmin */
+        const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd));
+        q4k_scales(x[i].scales, u);
+        const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)&u[0])));
+        const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)&u[2])));
+        __m256 da, sa;
+        q16a_d_s8(y, &da, &sa);
+        float c[8];
+        _mm256_storeu_ps(c, _mm256_mul_ps(_mm256_mul_ps(_mm256_broadcastss_ps(dm), sc), da));
+        off = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), mn), sa, off);
+        for (int j = 0; j < 4; j++)
+            q4k_pair(x[i].qs + 32 * j, &y[2 * j], c[2 * j], c[2 * j + 1], &acc);
+    }
+    *s = q4k_finish(acc, off);
+}

@@ -54,4 +54,27 @@ static inline __m256i lanes(wblock w, const block_q16_a *y) {
     return _mm256_add_epi32(_mm256_madd_epi16(w.lo, a0), _mm256_madd_epi16(w.hi, a1));
 }
 
+/* q4_K (vec_dot_q16a_x86.h): sub-blocks 2p (low nibbles of the 32 bytes q) and 2p + 1 (high)
+ * against y[0], y[1]: eight int32 lanes each, FMA'd with their c into two accumulators. */
+typedef struct {
+    __m256 lo, hi;
+} q4k_acc;
+#define Q4K_ACC_ZERO ((q4k_acc){_mm256_setzero_ps(), _mm256_setzero_ps()})
+static inline void q4k_pair(const uint8_t *q, const block_q16_a *y, float c_lo, float c_hi, q4k_acc *acc) {
+    const __m256i b = _mm256_loadu_si256((const __m256i *)q), m = _mm256_set1_epi8(0x0F);
+    const __m256i lo = _mm256_and_si256(b, m), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
+    const __m256i plo = lanes((wblock){_mm256_cvtepu8_epi16(_mm256_castsi256_si128(lo)),
+                                       _mm256_cvtepu8_epi16(_mm256_extracti128_si256(lo, 1))}, &y[0]);
+    const __m256i phi = lanes((wblock){_mm256_cvtepu8_epi16(_mm256_castsi256_si128(hi)),
+                                       _mm256_cvtepu8_epi16(_mm256_extracti128_si256(hi, 1))}, &y[1]);
+    acc->lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(plo), _mm256_set1_ps(c_lo), acc->lo);
+    acc->hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(phi), _mm256_set1_ps(c_hi), acc->hi);
+}
+static inline float q4k_finish(q4k_acc acc, __m256 off) {
+    __m256 v = _mm256_sub_ps(_mm256_add_ps(acc.lo, acc.hi), off);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+}
+
 #include "vec_dot_q16a_x86.h"

@@ -61,4 +61,27 @@ static inline __m256i lanes(__m512i wb, const block_q16_a *y) {
     return _mm256_add_epi32(_mm512_castsi512_si256(p), _mm512_extracti64x4_epi64(p, 1));
 }
 
+/* q4_K (vec_dot_q16a_x86.h): sub-blocks 2p (low nibbles of the 32 bytes q) and 2p + 1 (high)
+ * against y[0], y[1]: 16 int32 lanes each (not folded), FMA'd with their c into two accumulators. */
+typedef struct {
+    __m512 lo, hi;
+} q4k_acc;
+#define Q4K_ACC_ZERO ((q4k_acc){_mm512_setzero_ps(), _mm512_setzero_ps()})
+static inline void q4k_pair(const uint8_t *q, const block_q16_a *y, float c_lo, float c_hi, q4k_acc *acc) {
+    const __m256i b = _mm256_loadu_si256((const __m256i *)q), m = _mm256_set1_epi8(0x0F);
+    const __m512i plo = madd(_mm512_setzero_si512(), _mm512_cvtepu8_epi16(_mm256_and_si256(b, m)),
+                             _mm512_loadu_si512(y[0].qs));
+    const __m512i phi = madd(_mm512_setzero_si512(), _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(b, 4), m)),
+                             _mm512_loadu_si512(y[1].qs));
+    acc->lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(plo), _mm512_set1_ps(c_lo), acc->lo);
+    acc->hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(phi), _mm512_set1_ps(c_hi), acc->hi);
+}
+static inline float q4k_finish(q4k_acc acc, __m256 off) {
+    const __m512 v = _mm512_add_ps(acc.lo, acc.hi);
+    __m256 h8 = _mm256_sub_ps(_mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))), off);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps(h8, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+}
+
 #include "vec_dot_q16a_x86.h"

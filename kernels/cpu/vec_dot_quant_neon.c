@@ -108,3 +108,32 @@ void vec_dot_q5_1_q16_a_neon(int64_t k, float *s, const void *w, const void *a) 
         sum += f16(x[i].d) * y[i].d * (float)isum_q5(x[i].qh, x[i].qs, 0, y[i].qs) + f16(x[i].m) * y[i].s;
     *s = sum;
 }
+
+/* q4_K: vec_dot_q4_K_q16_a_ref's operations in its order, the integer sums by NEON: the low
+ * (j even) or high (j odd) nibbles of the 32 bytes qs[32 (j / 2) ..], widened exactly. */
+void vec_dot_q4_K_q16_a_neon(int64_t k, float *s, const void *w, const void *a) {
+    const block_q4_K *x = w;
+    const block_q16_a *y = a;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < k / QK_K; i++) {
+        const float d = f16(x[i].d), dmin = f16(x[i].dmin);
+        for (int j = 0; j < QK_K / QK_Q16_A; j++, y++) {
+            uint8_t sc, m;
+            llmr_q4_k_scale_min(j, x[i].scales, &sc, &m);
+            const uint8_t *q = x[i].qs + 32 * (j / 2);
+            uint8x16_t b0 = vld1q_u8(q), b1 = vld1q_u8(q + 16);
+            if (j % 2) {
+                b0 = vshrq_n_u8(b0, 4);
+                b1 = vshrq_n_u8(b1, 4);
+            } else {
+                b0 = vandq_u8(b0, vdupq_n_u8(0x0F));
+                b1 = vandq_u8(b1, vdupq_n_u8(0x0F));
+            }
+            const int32_t isum = isum_i16(
+                vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(b0))), vreinterpretq_s16_u16(vmovl_high_u8(b0)),
+                vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(b1))), vreinterpretq_s16_u16(vmovl_high_u8(b1)), y->qs);
+            sum += d * (float)sc * y->d * (float)isum - dmin * (float)m * y->s;
+        }
+    }
+    *s = sum;
+}

@@ -132,3 +132,26 @@ QUANT_KERNELS(q4_0, block_q4_0, LLMR_TYPE_Q4_0, QK4_0)
 QUANT_KERNELS(q4_1, block_q4_1, LLMR_TYPE_Q4_1, QK4_1)
 QUANT_KERNELS(q5_0, block_q5_0, LLMR_TYPE_Q5_0, QK5_0)
 QUANT_KERNELS(q5_1, block_q5_1, LLMR_TYPE_Q5_1, QK5_1)
+
+/* q4_K: sub-block j of a super-block (32 values: the low or high nibbles of qs[32 (j / 2) ..])
+ * meets activation block j: sum_j (d sc_j) da_j sum(q qa) - (dmin m_j) sa_j, in one running
+ * sum over the row's sub-blocks (vec_dot_q4_K_q16_a_neon does the same operations in order). */
+void vec_dot_q4_K_q16_a_ref(int64_t k, float *s, const void *w, const void *a) {
+    const block_q4_K *x = w;
+    const block_q16_a *y = a;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < k / QK_K; i++) {
+        const float d = llmr_f16_to_f32(x[i].d), dmin = llmr_f16_to_f32(x[i].dmin);
+        for (int j = 0; j < QK_K / QK_Q16_A; j++, y++) {
+            uint8_t sc, m;
+            llmr_q4_k_scale_min(j, x[i].scales, &sc, &m);
+            const uint8_t *q = x[i].qs + 32 * (j / 2);
+            const int shift = 4 * (j % 2);
+            int32_t isum = 0;
+            for (int l = 0; l < 32; l++)
+                isum += (q[l] >> shift & 0x0F) * y->qs[l];
+            sum += d * (float)sc * y->d * (float)isum - dmin * (float)m * y->s;
+        }
+    }
+    *s = sum;
+}

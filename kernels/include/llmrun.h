@@ -28,6 +28,7 @@ enum llmr_type {
     LLMR_TYPE_Q5_0 = 6,
     LLMR_TYPE_Q5_1 = 7,
     LLMR_TYPE_Q8_0 = 8,
+    LLMR_TYPE_Q4_K = 12,
     LLMR_TYPE_BF16 = 30,
     LLMR_TYPE_COUNT = 31, /* bound for tables indexed by id; most ids below it are unused */
 };
@@ -82,6 +83,27 @@ typedef struct {
     uint8_t qh[4];
     uint8_t qs[QK5_1 / 2];
 } block_q5_1; /* x = d * q + m */
+
+/* Q4_K: a QK_K super-block of 8 sub-blocks of 32, each with a 6-bit scale sc and a 6-bit min m
+ * packed in `scales` as llama.cpp's get_scale_min_k4 reads them (llmr_q4_k_scale_min). Sub-block
+ * s's 32 quants are the low (s even) or high (s odd) nibbles of qs[32 (s / 2) .. + 32]. */
+typedef struct {
+    uint16_t d;    /* f16 super-block scale of the sub-block scales */
+    uint16_t dmin; /* f16 super-block scale of the sub-block mins */
+    uint8_t scales[12];
+    uint8_t qs[QK_K / 2];
+} block_q4_K; /* x = d * sc * q - dmin * m */
+
+/* Sub-block j's (0..7) 6-bit scale and min (llama.cpp's get_scale_min_k4). */
+static inline void llmr_q4_k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
 #pragma pack(pop)
 
 /* Activations quantised on the fly for the integer dot products. 16 bits, not 8: activations
@@ -115,6 +137,7 @@ LLMR_STATIC_ASSERT(sizeof(block_q4_0) == 18, "block_q4_0 must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q4_1) == 20, "block_q4_1 must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q5_0) == 22, "block_q5_0 must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q5_1) == 24, "block_q5_1 must be packed");
+LLMR_STATIC_ASSERT(sizeof(block_q4_K) == 144, "block_q4_K must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q16_a) == 72, "block_q16_a has no padding");
 LLMR_STATIC_ASSERT(QK8_0 == QK_Q16_A && QK4_0 == QK_Q16_A && QK4_1 == QK_Q16_A && QK5_0 == QK_Q16_A &&
                        QK5_1 == QK_Q16_A,
@@ -291,6 +314,7 @@ void quantize_row_q4_0_ref(const float *x, void *y, int64_t k);
 void quantize_row_q4_1_ref(const float *x, void *y, int64_t k);
 void quantize_row_q5_0_ref(const float *x, void *y, int64_t k);
 void quantize_row_q5_1_ref(const float *x, void *y, int64_t k);
+void quantize_row_q4_K_ref(const float *x, void *y, int64_t k);
 void quantize_row_q16_a_ref(const float *x, block_q16_a *y, int64_t k);
 
 void dequantize_row_f32_ref(const void *x, float *y, int64_t k);
@@ -301,6 +325,7 @@ void dequantize_row_q4_0_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q4_1_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q5_0_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q5_1_ref(const void *x, float *y, int64_t k);
+void dequantize_row_q4_K_ref(const void *x, float *y, int64_t k);
 
 void vec_dot_f32_f32_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_f16_f32_ref(int64_t k, float *s, const void *w, const void *a);
@@ -310,6 +335,7 @@ void vec_dot_q4_0_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_1_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_0_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_1_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q4_K_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
 
 void gemm_x16_q8_0_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                              const void *a, size_t a_stride);
@@ -349,6 +375,7 @@ void vec_dot_q4_0_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_1_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_0_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_1_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q4_K_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 
 /* AVX-512 F + BW + VL; the _avx512vnni dots are the same source built with VNNI */
 void attention_avx512(float *out, const float *q, const float *k, const float *v, int64_t t, int64_t hq,
@@ -363,11 +390,13 @@ void vec_dot_q4_0_q16_a_avx512(int64_t k, float *s, const void *w, const void *a
 void vec_dot_q4_1_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_0_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_1_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q4_K_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q8_0_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_0_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_1_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_0_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_1_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q4_K_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
 /* LLMR_TILE-token tiles of the quantised dots above (llmr_vec_dot_tile_fn) */
 void vec_dot_tile_q8_0_q16_a_avx2(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                 size_t a_stride);
@@ -432,6 +461,7 @@ void vec_dot_q4_0_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_1_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_0_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_1_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q4_K_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
 LLMR_DECLARE_GEMM_X16(neon)
 
 /* ---- dispatch (dispatch.c) ------------------------------------------------------------------ */

@@ -48,27 +48,30 @@ static void fill_x(float *x, int64_t k) {
 }
 
 static void test_quant_dots(void) {
-    static const struct { const char *name; int type_size; llmr_vec_dot_fn neon, ref; } T[] = {
-        {"q8_0", 34, vec_dot_q8_0_q16_a_neon, vec_dot_q8_0_q16_a_ref},
-        {"q4_0", 18, vec_dot_q4_0_q16_a_neon, vec_dot_q4_0_q16_a_ref},
-        {"q4_1", 20, vec_dot_q4_1_q16_a_neon, vec_dot_q4_1_q16_a_ref},
-        {"q5_0", 22, vec_dot_q5_0_q16_a_neon, vec_dot_q5_0_q16_a_ref},
-        {"q5_1", 24, vec_dot_q5_1_q16_a_neon, vec_dot_q5_1_q16_a_ref},
+    static const struct { const char *name; int block_size, type_size; llmr_vec_dot_fn neon, ref; } T[] = {
+        {"q8_0", 32, 34, vec_dot_q8_0_q16_a_neon, vec_dot_q8_0_q16_a_ref},
+        {"q4_0", 32, 18, vec_dot_q4_0_q16_a_neon, vec_dot_q4_0_q16_a_ref},
+        {"q4_1", 32, 20, vec_dot_q4_1_q16_a_neon, vec_dot_q4_1_q16_a_ref},
+        {"q5_0", 32, 22, vec_dot_q5_0_q16_a_neon, vec_dot_q5_0_q16_a_ref},
+        {"q5_1", 32, 24, vec_dot_q5_1_q16_a_neon, vec_dot_q5_1_q16_a_ref},
+        {"q4_k", QK_K, 144, vec_dot_q4_K_q16_a_neon, vec_dot_q4_K_q16_a_ref}, /* d, dmin: 2 f16 */
     };
-    for (int t = 0; t < 5; t++)
+    for (int t = 0; t < 6; t++)
         for (int ki = 0; ki < 3; ki++)
             for (int ni = 0; ni < 3; ni++) {
-                const int64_t k = K_QUANT[ki], n = ROWS[ni], nb = k / QK_Q16_A, row = nb * T[t].type_size;
+                /* super-blocks: as many as K_QUANT has blocks of 32 */
+                const int64_t k = K_QUANT[ki] * (T[t].block_size / QK_Q16_A), n = ROWS[ni], nb = k / QK_Q16_A;
+                const int64_t row = k / T[t].block_size * T[t].type_size, nwb = k / T[t].block_size;
                 uint8_t *buf = malloc((size_t)(n * row + 1)), *w = buf + 1; /* odd address */
                 float *x = malloc((size_t)k * sizeof(float));
                 block_q16_a *a = malloc((size_t)nb * sizeof(block_q16_a));
                 for (int64_t i = 0; i < n * row; i++) w[i] = (uint8_t)next_u64();
                 for (int64_t r = 0; r < n; r++) /* finite scales (and minimums) */
-                    for (int64_t b = 0; b < nb; b++) {
+                    for (int64_t b = 0; b < nwb; b++) {
                         uint8_t *blk = w + r * row + b * T[t].type_size;
                         const uint16_t d = llmr_f32_to_f16(0.01f * uniform()), m = llmr_f32_to_f16(0.1f * uniform());
                         memcpy(blk, &d, 2);
-                        if (t == 2 || t == 4) memcpy(blk + 2, &m, 2); /* q4_1, q5_1 */
+                        if (t == 2 || t == 4 || t == 5) memcpy(blk + 2, &m, 2); /* q4_1, q5_1, q4_k */
                     }
                 fill_x(x, k);
                 quantize_row_q16_a_ref(x, a, k);
