@@ -95,10 +95,10 @@ def _mistral(c: dict, n_layers: int) -> dict:
     return _window_from_hf(c, n_layers, default_on=True)
 
 
-def _smollm3_layers(n_layers: int) -> list[int]:
-    """The layers without RoPE when a config does not list them: every fourth (transformers'
-    no_rope_layer_interval default, and what llama.cpp assumes, GGUFs recording none)."""
-    return [i for i in range(n_layers) if (i + 1) % 4 == 0]
+def _smollm3_layers(n_layers: int, interval: int = 4) -> list[int]:
+    """The layers without RoPE when a config does not list them: every `interval`-th (transformers'
+    no_rope_layer_interval, 4 by default, and what llama.cpp assumes, GGUFs recording none)."""
+    return [i for i in range(n_layers) if (i + 1) % interval == 0]
 
 
 def _smollm3(c: dict, n_layers: int) -> dict:
@@ -106,8 +106,7 @@ def _smollm3(c: dict, n_layers: int) -> dict:
     if isinstance(flags, list) and len(flags) == n_layers:
         no_rope = [i for i, use_rope in enumerate(flags) if not use_rope]
     else:
-        interval = int(c.get("no_rope_layer_interval") or 4)
-        no_rope = [i for i in range(n_layers) if (i + 1) % interval == 0]
+        no_rope = _smollm3_layers(n_layers, int(c.get("no_rope_layer_interval") or 4))
     return {"no_rope_layers": no_rope, **_window_from_hf(c, n_layers, default_on=False)}
 
 

@@ -63,21 +63,6 @@ def check_weight(t, backend: str) -> None:
         raise LlmrunError(f"{t.name}: the {backend} kernels read {t.type.name} in the x16 layout only")
 
 
-# Family switches (llmrun/config.py) the GPU kernels do not run yet, as (what, used by this
-# config?): none now; the plan runs q/k norms, post-norms, the GELU gate, the four scalars, a
-# partial or absent RoPE and sliding windows with their own RoPE base, as model.py does.
-NOT_YET: tuple = ()
-
-
-def check_config(cfg, backend: str) -> None:
-    """A model whose family switches the GPU graph runs; one line naming the missing pieces
-    otherwise."""
-    missing = [what for what, used in NOT_YET if used(cfg)]
-    if missing:
-        raise LlmrunError(f"the {backend} backend does not run {cfg.arch}'s {', '.join(missing)} yet: "
-                          "use --backend cpu")
-
-
 def rope_table(inv_freq: np.ndarray, n_ctx: int, mscale: float = 1.0) -> np.ndarray:
     """cos and sin of every position [n_ctx, rd/2, 2] (rd: the rotated elements of a head), as
     llmr_rope_table makes them: the angle in f32, its cos and sin in f64 rounded to f32, then
@@ -94,7 +79,6 @@ class Graph:
     cpu_threads = False
 
     def __init__(self, dev, cfg, w, inv_freq: dict, name: str = "gpu"):
-        check_config(cfg, name)
         self.dev, self.cfg, self.inv_freq, self.name = dev, cfg, inv_freq, name
 
         def vec(a):
