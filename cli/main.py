@@ -9,7 +9,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmrun.quant.types import names as _type_names  # the type table; no numpy, so cheap at start-up
+from llmrun.quant.mixes import names as _mix_names  # the type table and the mixes: no numpy, so
+from llmrun.quant.types import names as _type_names  # cheap at start-up
+
+
+
+def _types_help() -> str:
+    mixes = _mix_names()
+    return _type_names() + (f", or a k-quant mix: {mixes}" if mixes else "")
+
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Run LLaMA-style models from one memory-mapped .llmr file.")
@@ -58,13 +66,13 @@ class _Progress:
 @app.command()
 def convert(src: str = typer.Argument(..., help="Hugging Face checkpoint directory or GGUF file"),
             out: str = typer.Argument(..., help="the .llmr file to write"),
-            type: Optional[str] = typer.Option(None, "--type", "-t", help=f"{_type_names()} (default: a GGUF's own "
+            type: Optional[str] = typer.Option(None, "--type", "-t", help=f"{_types_help()} (default: a GGUF's own "
                                                "types, f16 for a checkpoint)")):
     """Convert a checkpoint into one .llmr file (norms and biases stay f32)."""
     from llmrun.models import convert as run_convert
-    from llmrun.quant import qtype
+    from llmrun.quant.policy import target
     if type is not None:
-        qtype(type)  # a bad --type fails before any work
+        target(type)  # a bad --type (or a mix of types we cannot store) fails before any work
     bar = _Progress(f"converting to {type or 'llmr'}")
     try:
         meta = run_convert(src, out, type, bar)
@@ -253,7 +261,7 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
 def quantize(src: str = typer.Argument(..., help="a .llmr file, Hugging Face checkpoint directory or GGUF file"),
              out: Optional[str] = typer.Argument(None, help="the .llmr file to write (default: SRC's name with "
                                                                  "the type, beside it)"),
-             type: str = typer.Option(..., "--type", "-t", help=_type_names()),
+             type: str = typer.Option(..., "--type", "-t", help=_types_help()),
              output_type: Optional[str] = typer.Option(None, "--output-type", help="type of the output head"),
              embedding_type: Optional[str] = typer.Option(None, "--embedding-type", help="type of the embedding table"),
              tensor_type: list[str] = typer.Option([], "--tensor-type",
@@ -269,9 +277,11 @@ def quantize(src: str = typer.Argument(..., help="a .llmr file, Hugging Face che
                                                   help="512-token chunks of the --calibrate text to run")):
     """Quantise a model by a per-tensor policy: norms f32, embeddings and output head one step up,
     wk / wv / w_down at q8_0 for 4-bit types, unless overridden."""
+    import dataclasses
     import re
     from llmrun.models import quantize as run_quantize
-    from llmrun.quant import Policy, qtype
+    from llmrun.quant import qtype
+    from llmrun.quant.policy import target
     try:
         overrides = []
         for spec in tensor_type:
@@ -280,12 +290,12 @@ def quantize(src: str = typer.Argument(..., help="a .llmr file, Hugging Face che
                 raise typer.BadParameter(f"{spec!r}: use REGEX=TYPE", param_hint="--tensor-type")
             re.compile(pattern)
             overrides.append((pattern, qtype(name)))
-        policy = Policy(qtype(type), qtype(output_type) if output_type else None,
-                        qtype(embedding_type) if embedding_type else None, tuple(overrides), pure, allow_requantize)
+        policy = dataclasses.replace(target(type), output_type=qtype(output_type) if output_type else None,
+                                     embedding_type=qtype(embedding_type) if embedding_type else None,
+                                     tensor_types=tuple(overrides), pure=pure, allow_requantize=allow_requantize)
     except re.error as e:
         raise typer.BadParameter(f"bad regular expression: {e}", param_hint="--tensor-type") from None
     if calibrate:
-        import dataclasses
         import llmrun
         from llmrun.quant.calibrate import importance_of_text
         text = _read_text(calibrate)
@@ -299,9 +309,9 @@ def quantize(src: str = typer.Argument(..., help="a .llmr file, Hugging Face che
         policy = dataclasses.replace(policy, importance=stats, calibration=f"{os.path.basename(calibrate)}, {n} tokens")
     if out is None:
         stem = os.path.splitext(os.path.basename(os.path.normpath(src)))[0]
-        scheme = policy.type.name + ("-pure" if pure else "") + ("-cal" if calibrate else "")
+        scheme = policy.name + ("-pure" if pure else "") + ("-cal" if calibrate else "")
         out = os.path.join(os.path.dirname(os.path.abspath(src)), f"{stem}-{scheme}.llmr")
-    bar = _Progress(f"quantizing to {policy.type.name}")
+    bar = _Progress(f"quantizing to {policy.name}")
     try:
         meta = run_quantize(src, out, policy, bar)
     finally:

@@ -42,7 +42,12 @@ def expected_tensors(src: str, cfg, found: dict) -> dict[str, tuple]:
 def convert(src: str, out: str, type: str | None = None,
             progress: Callable[[int, int], None] | None = None) -> dict:
     """Convert `src` (a Hugging Face checkpoint directory or a GGUF file) into the .llmr file
-    `out`. `type` None keeps a GGUF's types where we run them, and means f16 for a checkpoint."""
+    `out`. `type` None keeps a GGUF's types where we run them, and means f16 for a checkpoint; a
+    k-quant mix's name (q4_k_m) means its rules (quant/mixes.py)."""
+    from ..quant.mixes import MIXES
+    if isinstance(type, str) and type in MIXES:
+        from ..quant.policy import target
+        type = target(type)
     kind = source_kind(src)
     if kind == "hf":
         from .hf import convert as convert_hf

@@ -10,7 +10,6 @@ each family's entry in llmrun/families.py.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections import Counter
 from typing import Callable
@@ -165,7 +164,7 @@ def convert(src: str, out: str, type: str | None = None,
     cfg = read_config(g)
     family = family_of(g)
     if isinstance(target, Policy):
-        target = dataclasses.replace(target, tied=cfg.tie_embeddings)
+        target = target.for_model(cfg, tied=cfg.tie_embeddings)
     names = _names(g, cfg.n_layers, family)
     tok_info, tok_blob = tokenizer_from_gguf(g.metadata)
     from ..model import tensor_shapes

@@ -8,7 +8,6 @@ family (names, fused tensors, config keys) is the family's entry in llmrun/famil
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -299,7 +298,7 @@ def convert(src: str, out: str, type: str = "f16",
     expected = expected_tensors(src, cfg, {o: part_shape(where[hf].shape(hf), rows) for o, (hf, rows) in parts.items()})
     tok_info, tok_blob = read_tokenizer(src, c)
     if isinstance(target, Policy):
-        target = dataclasses.replace(target, tied=cfg.tie_embeddings)
+        target = target.for_model(cfg, tied=cfg.tie_embeddings)
 
     kept = [(o, parts[o]) for o in parts if o in expected]
     tensors = [_pending(o, where[hf], hf, rows, target, family.hf_norm_offset if o.endswith("norm") else 0.0)

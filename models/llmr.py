@@ -1,12 +1,12 @@
 """A .llmr file -> another, each tensor in the type a quantisation policy gives it."""
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections import Counter
 from typing import Callable
 
 from .. import __version__
+from ..config import ModelConfig
 from ..errors import ConvertError
 from ..format import LlmrFile, PendingTensor, write
 from ..quant import Policy, choose_type, dequantize, quantize_weights
@@ -17,7 +17,7 @@ CHUNK_BYTES = 16 << 20  # float32 bytes converted at a time: bounds the memory
 def requantize(src: str, out: str, policy: Policy, progress: Callable[[int, int], None] | None = None) -> dict:
     f = LlmrFile(src)
     meta = dict(f.metadata)
-    policy = dataclasses.replace(policy, tied="output" not in f.tensors)
+    policy = policy.for_model(ModelConfig.from_dict(meta["config"]), tied="output" not in f.tensors)
     tensors, conversions = [], Counter()
     for name, info in f.tensors.items():
         t = choose_type(name, info.shape, policy)

@@ -1,9 +1,11 @@
 """Which type each tensor gets when a model is quantised to a target type."""
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
+from .mixes import MIXES, Mix, fit, missing_types, mix_type
 from .types import F16, F32, Q4_0, Q4_1, Q8_0, QType, qtype
 
 EMBEDDINGS = ("tok_embeddings", "output")
@@ -24,8 +26,11 @@ class Policy:
     type_for(name, shape) decides, first match wins: 1-D tensors f32; a `tensor_types`
     (regex, type) whose regex matches the name (re.search); the embedding table
     `embedding_type`, the output head `output_type` (a tied table is the head: `output_type`,
-    else `embedding_type`); with `pure`, the target for every matrix; else choose_type's
-    defaults. Rows that are not a whole number of the type's blocks fall back to f16."""
+    else `embedding_type`); with `pure`, the target for every matrix; a k-quant `mix`'s rules
+    (quant/mixes.py); else choose_type's defaults. Rows that are not a whole number of the
+    type's blocks get its fallback (q4_k -> q5_0, ...; f16 for the 32-element types).
+
+    `tied`, `n_layers` and `gqa` are the model's, set by the converters (for_model)."""
     type: QType
     output_type: QType | None = None
     embedding_type: QType | None = None
@@ -35,10 +40,23 @@ class Policy:
     tied: bool = False
     importance: dict | None = None  # tensor name -> column importance, for calibrated q4_0 / q4_1
     calibration: str | None = None  # what the importance was measured on
+    mix: Mix | None = None  # a k-quant mix (q4_k_m, ...), whose base type is `type`
+    n_layers: int = 0
+    gqa: int = 1  # query heads per key/value head
+
+    def __post_init__(self):
+        if self.mix and missing_types(self.mix):
+            from .mixes import names
+            raise ValueError(f"{self.mix.name} needs {', '.join(missing_types(self.mix))}, which llmrun "
+                             f"cannot store yet (the mixes it writes: {names() or 'none yet'})")
+
+    def for_model(self, cfg, tied: bool) -> "Policy":
+        """This policy for a model of config `cfg` (the mixes' rules count layers and heads)."""
+        return dataclasses.replace(self, tied=tied, n_layers=cfg.n_layers, gqa=cfg.n_heads // cfg.n_kv_heads)
 
     @property
     def name(self) -> str:
-        return self.type.name
+        return self.mix.name if self.mix else self.type.name
 
     def type_for(self, name: str, shape) -> QType:
         if len(shape) < 2:
@@ -49,13 +67,14 @@ class Policy:
         if chosen is None and name == "output":
             chosen = self.output_type
         if chosen is None and not self.pure:
+            if self.mix:
+                return mix_type(self.mix, name, shape, self.n_layers, self.gqa, self.tied)
             return choose_type(name, shape, self.type)
-        chosen = chosen or self.type
-        return chosen if shape[-1] % chosen.block_size == 0 else F16
+        return fit(chosen or self.type, shape[-1])
 
     def describe(self) -> dict:
         """For the output file's metadata."""
-        return {"type": self.type.name, "output_type": self.output_type and self.output_type.name,
+        return {"type": self.type.name, "mix": self.mix and self.mix.name, "output_type": self.output_type and self.output_type.name,
                 "embedding_type": self.embedding_type and self.embedding_type.name,
                 "tensor_types": [[p, t.name] for p, t in self.tensor_types], "pure": self.pure,
                 "allow_requantize": self.allow_requantize, "calibration": self.calibration}
@@ -84,7 +103,7 @@ def choose_type(name: str, shape, target) -> QType:
       target: f16 for q8_0, q8_0 for 4- and 5-bit types. They set every logit directly.
     - At 4 and 5 bits (q4_*, q5_*: under 6 bits per weight), `wk`, `wv` and `w_down` get q8_0
       (see SENSITIVE_AT_4_BITS).
-    - Rows that are not a whole number of blocks fall back to f16.
+    - Rows that are not a whole number of blocks get the type's fallback (types.py).
     """
     if isinstance(target, Policy):
         return target.type_for(name, shape)
@@ -94,10 +113,17 @@ def choose_type(name: str, shape, target) -> QType:
     if not target.quantized:
         return target
     if shape[-1] % target.block_size:
-        return F16
+        return fit(target, shape[-1])
     four_bit = target.bits_per_weight < 6  # q4_0 .. q5_1
     if name in EMBEDDINGS:
         return Q8_0 if four_bit else F16
     if four_bit and name.rsplit(".", 1)[-1] in SENSITIVE_AT_4_BITS:
         return Q8_0
     return target
+
+
+def target(name: str) -> Policy:
+    """What `--type NAME` asks for: a k-quant mix (q4_k_m, ...; `q6_k` is the mix, as in
+    llama-quantize, with the output head q6_k too) or a type under the default policy."""
+    mix = MIXES.get(name)
+    return Policy(mix.base_type, mix=mix) if mix else Policy(qtype(name))

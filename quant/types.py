@@ -46,6 +46,9 @@ class QType:
     # quantised in blocks of 32); None: the CPU has no kernels for it, so it is import-only
     act: Optional[str] = None
     x16: bool = False  # written in the X16 layout where a matrix has whole 16-row groups
+    # the type a quantiser gives way to where a row is not a whole number of this type's blocks
+    # (llama-quantize's choice, so mixes match its files); None: f16
+    fallback: Optional[str] = None
 
     @property
     def stored(self) -> bool:
@@ -85,11 +88,11 @@ Q5_0 = QType("q5_0", 6, 32, 22, n_scales=1, act="q16_a", x16=True)  # { f16 d; u
 Q5_1 = QType("q5_1", 7, 32, 24, n_scales=2, act="q16_a", x16=True)  # { f16 d; f16 m; u8 qh[4]; u8 qs[16]; }
 # k-quants, in GGML's order: q4_k is stored and run (its sub-blocks of 32 line up with q16_a
 # blocks); the others are import-only
-Q2_K = QType("q2_k", 10, QK_K, 84)  # { u8 scales[16]; u8 qs[64]; f16 d; f16 dmin; }
-Q3_K = QType("q3_k", 11, QK_K, 110)  # { u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d; }
-Q4_K = QType("q4_k", 12, QK_K, 144, n_scales=2, act="q16_a")  # { f16 d; f16 dmin; u8 scales[12]; u8 qs[128]; }
-Q5_K = QType("q5_k", 13, QK_K, 176)  # { f16 d; f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]; }
-Q6_K = QType("q6_k", 14, QK_K, 210)  # { u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d; }
+Q2_K = QType("q2_k", 10, QK_K, 84, fallback="q4_0")  # { u8 scales[16]; u8 qs[64]; f16 d; f16 dmin; }
+Q3_K = QType("q3_k", 11, QK_K, 110, fallback="q4_0")  # { u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d; }
+Q4_K = QType("q4_k", 12, QK_K, 144, n_scales=2, act="q16_a", fallback="q5_0")  # { f16 d; f16 dmin; u8 scales[12]; u8 qs[128]; }
+Q5_K = QType("q5_k", 13, QK_K, 176, fallback="q5_1")  # { f16 d; f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]; }
+Q6_K = QType("q6_k", 14, QK_K, 210, fallback="q8_0")  # { u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d; }
 Q8_K = QType("q8_k", 15, QK_K, 292)  # { f32 d; i8 qs[256]; i16 bsums[16]; }
 
 # Every type, in the order the command line lists them.
