@@ -136,22 +136,32 @@ def generate(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
              temp: Temp = 0.8, top_k: TopK = 40, top_p: TopP = 0.95, min_p: MinP = 0.0,
              repeat_penalty: RepeatPenalty = 1.0, repeat_window: RepeatWindow = 64, seed: Seed = None,
              stop: Stop = None, ctx: Ctx = None, threads: Threads = None, backend: Backend = None,
-             raw: bool = typer.Option(False, "--raw", help="continue the prompt as is, without the model's chat template")):
+             raw: bool = typer.Option(False, "--raw", help="continue the prompt as is, without the model's chat template"),
+             json_schema: Optional[str] = typer.Option(None, "--json-schema", help="a JSON schema file: the answer is "
+                                                       "JSON valid against it (needs llmrun[agents])"),
+             grammar: Optional[str] = typer.Option(None, "--grammar", help="a Lark grammar file (llguidance's dialect): "
+                                                   "the answer is in its language (needs llmrun[agents])")):
     """Answer a prompt (through the model's chat template, if it has one) or, with --raw,
     continue it; text streams to stdout, speeds to stderr."""
     import llmrun
     from llmrun.chat import chat_ids
+    from llmrun.grammar import as_grammar
+    if json_schema and grammar:
+        raise typer.BadParameter("give --json-schema or --grammar, not both", param_hint="--grammar")
     if prompt == "-":
         prompt = sys.stdin.read()
     _set_threads(threads)
     m = _open_model(model, backend)
+    # checked before any work: a bad schema or grammar is one line
+    constraint = as_grammar(m.tokenizer, json_schema=_read_text(json_schema) if json_schema else None,
+                            grammar=_read_text(grammar) if grammar else None)
     cache = m.new_cache(ctx) if ctx else None
     if m.chat_template and not raw:
         prompt = chat_ids(m, [{"role": "user", "content": prompt}])
     last = None
     for last in llmrun.generate(m, prompt, max_tokens=n, temperature=temp, top_k=top_k,
                                 top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-                                repeat_window=repeat_window, seed=seed, stop=stop, cache=cache):
+                                repeat_window=repeat_window, seed=seed, stop=stop, cache=cache, grammar=constraint):
         sys.stdout.write(last.text)
         sys.stdout.flush()
     sys.stdout.write("\n")

@@ -30,6 +30,7 @@ from .batching import Engine, QueueFull, Request
 from .chat import ReasoningSplit, opens_reasoning, reasons, render_chat
 from .errors import ContextError, LlmrunError
 from .generation import MAX_LOGPROBS
+from .grammar import Grammar, GrammarError, GrammarUnavailable
 from .model import Model
 
 MAX_BODY = 8 << 20  # bytes of JSON a request may carry
@@ -74,9 +75,6 @@ def _sampling(body: dict, defaults: dict) -> dict:
         _field(body, name, (int, float), 0, lambda v: v == 0, "0: this server does not apply it (use repeat_penalty)")
     _field(body, "n", (int,), 1, lambda v: v == 1, "1: one choice per request")
     _field(body, "tools", (list,), [], lambda v: not v, "empty: tool calls are not supported")
-    _field(body, "response_format", (dict,), None, lambda v: v.get("type") == "text",
-           '{"type": "text"}: structured output is not supported')
-    num = (int, float)
     return {
         "temperature": _field(body, "temperature", num, defaults["temperature"], lambda v: 0 <= v <= 2,
                               "a number from 0 to 2"),
@@ -87,6 +85,35 @@ def _sampling(body: dict, defaults: dict) -> dict:
                                  "a number in (0, 10]"),
         "seed": _field(body, "seed", (int,), None, lambda v: v >= 0, "a whole number >= 0"),
     }
+
+
+def _response_format(body: dict, tokenizer, log) -> Grammar | None:
+    """The grammar `response_format` asks the reply to follow: none for text, any JSON object
+    for json_object, the schema of json_schema ({"name", "schema", "strict"}) for json_schema."""
+    fmt = _field(body, "response_format", (dict,), {"type": "text"}, None, "an object")
+    kind = fmt.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        schema = {"type": "object"}
+    elif kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not (isinstance(spec, dict) and isinstance(spec.get("schema", {}), dict)
+                and isinstance(spec.get("strict", False), (bool, type(None)))):
+            raise HTTPError(400, "a response_format of type json_schema needs 'json_schema': {\"name\": ..., "
+                            "\"schema\": {...}, \"strict\": true}", param="response_format")
+        schema = spec.get("schema", {"type": "object"})
+    else:
+        raise HTTPError(400, "'response_format' needs a type of text, json_object or json_schema, not "
+                        f"{json.dumps(kind)[:40]}", param="response_format")
+    try:
+        return Grammar.from_json_schema(tokenizer, schema)
+    except GrammarError as e:
+        raise HTTPError(400, str(e), param="response_format") from None
+    except GrammarUnavailable as e:  # the server's lack: said to its log too. A 400, as clients retry a 5xx
+        log.write(f"llmrun: {e}\n")
+        raise HTTPError(400, f"this server cannot constrain replies: {e}", param="response_format",
+                        code="unsupported") from None
 
 
 def _logprobs(body: dict, chat: bool) -> int | None:
@@ -443,9 +470,10 @@ class Handler(BaseHTTPRequestHandler):
         options = _field(body, "stream_options", (dict,), {}, None, "an object")
         usage_in_stream = _field(options, "include_usage", (bool,), False, None, "true or false")
         n_logprobs = _logprobs(body, chat)
+        grammar = _response_format(body, self.server.model.tokenizer, self.server.log)
         try:
             request = engine.submit(ids, max_tokens=min(max_tokens or room, max(room, 1)), stop=stops,
-                                    logprobs=n_logprobs, **sampling)
+                                    logprobs=n_logprobs, grammar=grammar, **sampling)
         except ContextError as e:
             raise HTTPError(400, str(e), param="messages" if chat else "prompt", code="context_length_exceeded") from None
         except QueueFull as e:
@@ -505,6 +533,8 @@ class Handler(BaseHTTPRequestHandler):
                     if r.finish_reason and usage_in_stream:
                         self._event(json.dumps(chunk | {"choices": [], "usage": usage(r)}))
                 self._end_stream()
+            except GrammarError as e:  # a grammar that fails as it runs (one forcing endless text)
+                self._send_json(400, HTTPError(400, str(e), param="response_format").body())
             except LlmrunError as e:  # the engine's failure, or its shutdown: said here, inside the count
                 self._send_json(500, HTTPError(500, f"the generation failed: {e}", "server_error").body())
             finally:

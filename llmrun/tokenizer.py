@@ -75,6 +75,10 @@ class BPETokenizer(Tokenizer):
     def token_to_id(self, token):
         return self._tok.token_to_id(token)
 
+    def to_json(self) -> str:
+        """The tokenizer as a tokenizer.json (what a grammar engine reads it from)."""
+        return self._tok.to_str()
+
     def token_bytes(self, token):
         piece = self._tok.id_to_token(int(token))
         if piece is not None and self._byte_level and all(c in BYTE_LEVEL for c in piece):
@@ -112,6 +116,10 @@ class SentencePieceTokenizer(Tokenizer):
     def token_to_id(self, token):
         i = self._sp.piece_to_id(token)
         return None if i == self._sp.unk_id() and token != self._sp.id_to_piece(i) else i
+
+    def special_ids(self) -> list[int]:
+        """The control and unknown pieces' ids (<s>, </s>, <unk>): no text stands for them."""
+        return [i for i in range(self.vocab_size) if self._sp.is_control(i) or self._sp.is_unknown(i)]
 
     def token_bytes(self, token):
         piece = self._sp.id_to_piece(int(token))
