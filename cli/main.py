@@ -253,14 +253,19 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
           batch_size: int = typer.Option(512, "--batch-size", "-b", min=1, help="prompt tokens run per step "
                                          "(a long prompt runs in pieces, so the others keep streaming)"),
           alias: Optional[str] = typer.Option(None, "--alias", help="the model's name in the API (default: its file's)"),
+          chat_template: Optional[str] = typer.Option(None, "--chat-template", help="Jinja file to use instead of the "
+                                                      "model's template (one that renders tools, say)"),
           temp: Temp = 0.8, top_k: TopK = 40, top_p: TopP = 0.95, min_p: MinP = 0.0,
           repeat_penalty: RepeatPenalty = 1.0, threads: Threads = None, backend: Backend = None):
     """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions,
     /v1/models), decoding concurrent requests together. Sampling options are the defaults for
     requests that leave them out."""
     from llmrun.server import serve as run_server
+    template = _read_text(chat_template) if chat_template else None
     _set_threads(threads)
     m = _open_model(model, backend)
+    if template is not None:
+        m.chat_template = template
     run_server(m, host, port, parallel=parallel, n_ctx=ctx_size, api_key=api_key, max_queue=max_queue,
                batch_size=batch_size, model_id=alias or (os.path.splitext(os.path.basename(model.rstrip("/")))[0] if model else None),
                defaults={"temperature": temp, "top_k": top_k, "top_p": top_p, "min_p": min_p,

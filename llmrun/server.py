@@ -4,7 +4,9 @@
     GET  /v1/models    GET /health    GET /slots    POST /tokenize    POST /detokenize
 
 The standard library's threaded HTTP server is all it needs: a thread per connection waits on
-its request's records while the engine's one thread runs the model, so no dependency is added.
+its request's records while the engine's one thread runs the model, so no dependency is added
+(structured output and forced tool calls need the grammar engine: llmrun.grammar).
+Chat replies are split into reasoning, content and tool calls (llmrun.chat, llmrun.tools).
 Every failure a client can cause is answered as OpenAI answers it, a JSON error with the
 right status, and touches no other request.
 """
@@ -24,6 +26,7 @@ import time
 import traceback
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .batching import Engine, QueueFull, Request
@@ -32,6 +35,7 @@ from .errors import ContextError, LlmrunError
 from .generation import MAX_LOGPROBS
 from .grammar import Grammar, GrammarError, GrammarUnavailable
 from .model import Model
+from .tools import ToolCallSplit, ToolError, ToolFormat, check_tool_calls, check_tools, renders_tools, tool_format
 
 MAX_BODY = 8 << 20  # bytes of JSON a request may carry
 MAX_STOPS = 16
@@ -74,7 +78,6 @@ def _sampling(body: dict, defaults: dict) -> dict:
     for name in ("frequency_penalty", "presence_penalty"):
         _field(body, name, (int, float), 0, lambda v: v == 0, "0: this server does not apply it (use repeat_penalty)")
     _field(body, "n", (int,), 1, lambda v: v == 1, "1: one choice per request")
-    _field(body, "tools", (list,), [], lambda v: not v, "empty: tool calls are not supported")
     return {
         "temperature": _field(body, "temperature", num, defaults["temperature"], lambda v: 0 <= v <= 2,
                               "a number from 0 to 2"),
@@ -106,14 +109,19 @@ def _response_format(body: dict, tokenizer, log) -> Grammar | None:
     else:
         raise HTTPError(400, "'response_format' needs a type of text, json_object or json_schema, not "
                         f"{json.dumps(kind)[:40]}", param="response_format")
+    return _constrain(lambda: Grammar.from_json_schema(tokenizer, schema), "response_format", log)
+
+
+def _constrain(make, param: str, log) -> Grammar:
+    """The grammar make() compiles, or a 400 naming `param`: what the engine refuses, or the
+    engine's absence, which the log is told too (a 400 all the same, as clients retry a 5xx)."""
     try:
-        return Grammar.from_json_schema(tokenizer, schema)
-    except GrammarError as e:
-        raise HTTPError(400, str(e), param="response_format") from None
-    except GrammarUnavailable as e:  # the server's lack: said to its log too. A 400, as clients retry a 5xx
+        return make()
+    except (GrammarError, ToolError) as e:
+        raise HTTPError(400, str(e), param=param) from None
+    except GrammarUnavailable as e:
         log.write(f"llmrun: {e}\n")
-        raise HTTPError(400, f"this server cannot constrain replies: {e}", param="response_format",
-                        code="unsupported") from None
+        raise HTTPError(400, f"this server cannot constrain replies: {e}", param=param, code="unsupported") from None
 
 
 def _logprobs(body: dict, chat: bool) -> int | None:
@@ -157,10 +165,68 @@ def _messages(body: dict) -> list[dict]:
         raise HTTPError(400, "'messages' must be a non-empty list", param="messages")
     out = []
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant"):
-            raise HTTPError(400, f"messages[{i}] needs a role of system, user or assistant", param="messages")
-        out.append({"role": "system" if m["role"] == "developer" else m["role"], "content": _content(m, i)})
+        if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant", "tool"):
+            raise HTTPError(400, f"messages[{i}] needs a role of system, user, assistant or tool", param="messages")
+        message = {"role": "system" if m["role"] == "developer" else m["role"], "content": _content(m, i)}
+        if m["role"] == "assistant" and m.get("tool_calls"):  # its calls, for the template to render back
+            try:
+                message["tool_calls"] = check_tool_calls(m["tool_calls"], i)
+            except ToolError as e:
+                raise HTTPError(400, str(e), param="messages") from None
+        if m["role"] == "tool":  # a call's result: which call it answers
+            if not isinstance(m.get("tool_call_id"), str):
+                raise HTTPError(400, f"messages[{i}], a tool's result, needs the 'tool_call_id' of its call",
+                                param="messages")
+            message |= {k: m[k] for k in ("tool_call_id", "name") if isinstance(m.get(k), str)}
+        out.append(message)
     return out
+
+
+@dataclass
+class _Tools:
+    """A request's tools, as its chat template takes them, the format its model calls them in,
+    and the choice: `forced`, the tools one of which must be called (tool_choice "required" or
+    a named function), or None for the model's own choice."""
+    tools: list[dict]
+    format: ToolFormat
+    forced: list[dict] | None
+    parallel: bool
+
+
+def _tools(body: dict, template: str | None) -> _Tools | None:
+    """The tools offered (`tools`, `tool_choice`, `parallel_tool_calls`); None where none may be
+    called (no tools, or tool_choice "none": then they are not shown to the model either)."""
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    parallel = _field(body, "parallel_tool_calls", (bool,), True, None, "true or false")
+    if not tools:
+        if choice not in (None, "none", "auto"):
+            raise HTTPError(400, "'tool_choice' needs 'tools' to choose from", param="tool_choice")
+        return None
+    try:
+        tools = check_tools(tools)
+    except ToolError as e:
+        raise HTTPError(400, str(e), param="tools") from None
+    names = [t["function"]["name"] for t in tools]
+    if choice in (None, "auto", "required"):
+        forced = tools if choice == "required" else None
+    elif choice == "none":
+        return None
+    elif isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict):
+        name = choice["function"].get("name")
+        if name not in names:
+            raise HTTPError(400, f"tool_choice names the function {json.dumps(name)[:70]}, which is not among the "
+                            f"tools ({', '.join(names)})", param="tool_choice")
+        forced, parallel = [tools[names.index(name)]], False  # that function, called once
+    else:
+        raise HTTPError(400, "'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", "
+                        "\"function\": {\"name\": ...}}", param="tool_choice")
+    fmt = tool_format(template)
+    if fmt is None:
+        raise HTTPError(400, "this model's chat template does not render tools" if not renders_tools(template) else
+                        "this model's chat template writes tool calls in a form llmrun does not read "
+                        "(it reads Hermes and Qwen's <tool_call>, Llama 3's JSON and Mistral's [TOOL_CALLS])",
+                        param="tools")
+    return _Tools(tools, fmt, forced, parallel)
 
 
 def _check_length(chars: int, n_ctx: int, param: str) -> None:
@@ -443,23 +509,35 @@ class Handler(BaseHTTPRequestHandler):
         # variables for the template, as transformers' apply_chat_template takes them ({"enable_thinking": false})
         kwargs = _field(body, "chat_template_kwargs", (dict,), {}, None, "an object")
         model = self.server.model
+        tools = _tools(body, model.chat_template)
+        grammar = _response_format(body, model.tokenizer, self.server.log)
+        if tools and grammar:
+            raise HTTPError(400, "a reply cannot both follow 'response_format' and call tools: leave one out, or give "
+                            "tool_choice \"none\"", param="response_format")
+        if tools and tools.forced:  # a call must come: the format's grammar, each tool's own schema
+            grammar = _constrain(lambda: tools.format.grammar(model.tokenizer, tools.forced, tools.parallel),
+                                 "tools", self.server.log)
         try:
-            prompt = render_chat(model, messages, template_kwargs=kwargs)
+            prompt = render_chat(model, messages, template_kwargs={**kwargs, **({"tools": tools.tools} if tools else {})})
         except LlmrunError as e:
             raise HTTPError(400, str(e), param="messages") from None
         ids = model.tokenizer.encode(prompt, add_special_tokens=False)
         # a reasoning model's reply is split at <think> ... </think> into reasoning_content and content
         split = ReasoningSplit(opens_reasoning(prompt)) if reasons(model.chat_template) else None
-        self._complete(body, ids, chat=True, split=split)
+        calls = ToolCallSplit(tools.format, tools.parallel) if tools else None
+        self._complete(body, ids, chat=True, grammar=grammar, split=split, calls=calls)
 
     def completions(self, body: dict) -> None:
         self._check_model(body)
         _field(body, "echo", (bool,), False, lambda v: not v, "false: the prompt is not echoed")
         _field(body, "suffix", (str,), "", lambda v: not v, "empty: insertion is not supported")
         _field(body, "best_of", (int,), 1, lambda v: v == 1, "1: one choice per request")
-        self._complete(body, _prompt_ids(body, self.server.model, self.server.engine.n_ctx), chat=False)
+        _field(body, "tools", (list,), [], lambda v: not v, "empty: tools are for /v1/chat/completions")
+        ids = _prompt_ids(body, self.server.model, self.server.engine.n_ctx)
+        self._complete(body, ids, chat=False, grammar=_response_format(body, self.server.model.tokenizer, self.server.log))
 
-    def _complete(self, body: dict, ids: list[int], chat: bool, split: ReasoningSplit | None = None) -> None:
+    def _complete(self, body: dict, ids: list[int], chat: bool, grammar: Grammar | None = None,
+                  split: ReasoningSplit | None = None, calls: ToolCallSplit | None = None) -> None:
         engine = self.server.engine
         sampling = _sampling(body, self.server.defaults)
         stops = _stops(body)
@@ -470,7 +548,6 @@ class Handler(BaseHTTPRequestHandler):
         options = _field(body, "stream_options", (dict,), {}, None, "an object")
         usage_in_stream = _field(options, "include_usage", (bool,), False, None, "true or false")
         n_logprobs = _logprobs(body, chat)
-        grammar = _response_format(body, self.server.model.tokenizer, self.server.log)
         try:
             request = engine.submit(ids, max_tokens=min(max_tokens or room, max(room, 1)), stop=stops,
                                     logprobs=n_logprobs, grammar=grammar, **sampling)
@@ -490,29 +567,27 @@ class Handler(BaseHTTPRequestHandler):
                     "prompt_tokens_details": {"cached_tokens": request.cached}}
 
         logprobs = _Logprobs(self.server.model.tokenizer, chat) if n_logprobs is not None else None
-
-        def parts(text: str | None, finish_reason: str | None) -> dict:
-            """The message's fields for `text`: content, and a reasoning model's reasoning_content."""
-            if split is None:
-                return {"content": text}
-            reasoning, content = split.feed(text or "")
-            if finish_reason:
-                more = split.flush()
-                reasoning, content = reasoning + more[0], content + more[1]
-            return {"reasoning_content": reasoning, "content": content}
+        fields = _ReplyFields(split, calls)
 
         def choice(text: str | None, finish_reason: str | None, first: bool = False, records=()) -> dict:
             lp = logprobs.of(records) if logprobs else None
             if not chat:
                 return {"index": 0, "text": text or "", "logprobs": lp, "finish_reason": finish_reason}
+            message = fields.feed(text or "", finish_reason is not None)
+            if message.get("tool_calls") and finish_reason == "stop":
+                finish_reason = "tool_calls"
             if not stream:
-                message = parts(text, finish_reason)
-                if split is not None:
+                called = message.pop("tool_calls", None)
+                if called:  # the content beside them, if none, is null (as OpenAI's)
+                    content = message["content"] if message["content"].strip() else None
+                    message |= {"content": content, "tool_calls": [c.openai() for c in called]}
+                if "reasoning_content" in message:
                     message["reasoning_content"] = message["reasoning_content"] or None
                 return {"index": 0, "message": {"role": "assistant", **message}, "logprobs": lp,
                         "finish_reason": finish_reason}
-            delta = ({"role": "assistant", "content": ""} if first else {}) | \
-                {k: v for k, v in parts(text, finish_reason).items() if v}
+            delta = ({"role": "assistant", "content": ""} if first else {}) | {k: v for k, v in message.items() if v}
+            if "tool_calls" in delta:
+                delta["tool_calls"] = [c.openai(i) for i, c in enumerate(delta["tool_calls"])]
             return {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}
 
         with self.server.response():  # written out before the server exits
@@ -539,6 +614,29 @@ class Handler(BaseHTTPRequestHandler):
                 self._send_json(500, HTTPError(500, f"the generation failed: {e}", "server_error").body())
             finally:
                 request.cancel()  # however this ends (done, the client gone, a failure), the slot is freed
+
+
+class _ReplyFields:
+    """A chat reply's text, as it comes, turned into its message's fields: `content`, a reasoning
+    model's `reasoning_content` (split at <think> ... </think>), and, on the last piece, the
+    `tool_calls` read from what the model wrote (where tools were offered)."""
+
+    def __init__(self, split: ReasoningSplit | None, calls: ToolCallSplit | None):
+        self.split, self.calls = split, calls
+
+    def feed(self, text: str, last: bool) -> dict:
+        reasoning, content = self.split.feed(text) if self.split else ("", text)
+        if last and self.split:
+            more = self.split.flush()
+            reasoning, content = reasoning + more[0], content + more[1]
+        fields = {"reasoning_content": reasoning} if self.split else {}
+        if self.calls is None:
+            return fields | {"content": content}
+        content = self.calls.feed(content)
+        if not last:
+            return fields | {"content": content}
+        rest, calls = self.calls.flush()
+        return fields | {"content": content + rest, "tool_calls": calls}
 
 
 class _Logprobs:

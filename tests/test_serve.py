@@ -489,6 +489,8 @@ def test_serve_command_line_errors(smollm2_q4_0, server, tmp_path):
     r = run_cli("serve", smollm2_q4_0, "--port", server.port, check=False)
     assert r.returncode == 1 and f"cannot listen on 127.0.0.1:{server.port}" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("serve", smollm2_q4_0, "--chat-template", tmp_path / "absent.jinja", check=False)
+    assert r.returncode == 1 and r.stderr.startswith("llmrun: error: cannot read") and len(r.stderr.splitlines()) == 1
 
 
 def test_stopping_the_server_ends_streams_with_an_error_event(smollm2_q4_0, tmp_path):
