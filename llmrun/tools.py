@@ -295,7 +295,9 @@ def check_tools(tools) -> list[dict]:
             parameters = {"type": "object", "properties": {}}
         if not isinstance(parameters, dict) or not isinstance(f.get("description", ""), str):
             raise ToolError(f"tools[{i}].function: 'parameters' must be a JSON schema object, 'description' a string")
-        out.append({"type": "function", "function": {**f, "parameters": parameters}})
+        # a description left out is empty: templates print it as they find it (Hermes 3's with '+')
+        out.append({"type": "function", "function": {**f, "description": f.get("description", ""),
+                                                      "parameters": parameters}})
     return out
 
 

@@ -214,6 +214,16 @@ def test_call_result_answer_round_trip(served, script, with_template, name, stre
     assert "get_weather" in script.prompts[0]  # the tools were rendered for the model
 
 
+def test_tools_without_description_or_parameters(served, script, with_template):
+    """OpenAI lets a function leave out its description and parameters; Hermes 3's template
+    prints both, so they are filled in (empty) before it sees them."""
+    with_template("NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja")
+    script.replies.append("<tool_call>\n{\"name\": \"ping\", \"arguments\": {}}\n</tool_call>")
+    message, finish = _ask(served, USER, tools=[{"type": "function", "function": {"name": "ping"}}])
+    assert finish == "tool_calls" and message["tool_calls"][0]["function"] == {"name": "ping", "arguments": "{}"}
+    assert '"name": "ping", "description": "ping() - ' in script.prompts[0]
+
+
 def test_parallel_calls_and_parallel_tool_calls_false(served, script, with_template):
     with_template("own")
     two = f"<tool_call>{json.dumps(CALL)}</tool_call>\n<tool_call>" + \
