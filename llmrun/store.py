@@ -49,8 +49,10 @@ def _source_key(src: str) -> str:
     edited or replaced source is converted again; and the format version written, so a newer
     llmrun converts again into its own layouts."""
     from .format import VERSION
+    from .models.gguf_file import split_parts
     h = hashlib.sha256(f"llmr {VERSION[0]}.{VERSION[1]}".encode())
-    files = [src] if os.path.isfile(src) else sorted(
+    parts = [p for p in split_parts(src) or [] if os.path.isfile(p)]  # a split GGUF: its parts
+    files = (parts or [src]) if os.path.isfile(src) else sorted(
         os.path.join(src, f) for f in os.listdir(src) if os.path.isfile(os.path.join(src, f)))
     for path in files:
         st = os.stat(path)

@@ -7,11 +7,16 @@
 
 Metadata values come back as plain Python (str, int, float, bool, and lists of those);
 tensors as zero-copy uint8 views of the mapped file, with numpy-order shapes (outermost first).
+
+Split files (llama.cpp's gguf-split: NAME-00001-of-00003.gguf, ...) are read as one: the first
+part holds the model's metadata, every part a whole GGUF with `split.no`, `split.count` and
+(in the first) `split.tensors.count`; opening the first part opens the others beside it.
 """
 from __future__ import annotations
 
 import mmap
 import os
+import re
 import struct
 from dataclasses import dataclass
 
@@ -31,6 +36,17 @@ SCALARS = {0: ("<B", np.uint8), 1: ("<b", np.int8), 2: ("<H", np.uint16), 3: ("<
            4: ("<I", np.uint32), 5: ("<i", np.int32), 6: ("<f", np.float32), 7: ("<?", np.bool_),
            10: ("<Q", np.uint64), 11: ("<q", np.int64), 12: ("<d", np.float64)}
 STRING, ARRAY = 8, 9
+SPLIT_NAME = re.compile(r"(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf")
+
+
+def split_parts(path: str) -> list[str] | None:
+    """The paths of every part of the split GGUF whose first part is `path` (None: not a
+    split file's name)."""
+    m = SPLIT_NAME.fullmatch(os.path.basename(path))
+    if not m:
+        return None
+    folder, count = os.path.dirname(path), int(m["count"])
+    return [os.path.join(folder, f"{m['stem']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
 
 
 @dataclass(frozen=True)
@@ -38,12 +54,13 @@ class GGUFTensor:
     name: str
     type: QType
     shape: tuple  # numpy order: outermost first ([rows, cols] for a matrix)
-    offset: int  # absolute, in the file
+    offset: int  # absolute, in the file (the part)
     nbytes: int
+    part: int = 0  # which part of a split file holds it
 
 
 class GGUFFile:
-    def __init__(self, path: str):
+    def __init__(self, path: str, part: int = 0):
         self.path = str(path)
         with open(self.path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -82,7 +99,37 @@ class GGUFFile:
                                   "or is misaligned: the file is truncated or corrupt")
             if name in self.tensors:
                 raise self._error(f"tensor {name} appears twice")
-            self.tensors[name] = GGUFTensor(name, t, shape, start, nbytes)
+            self.tensors[name] = GGUFTensor(name, t, shape, start, nbytes, part)
+        self.parts = [self.mm]
+        count = self.metadata.get("split.count", 1)
+        if part == 0 and count != 1:
+            self._open_parts(count)
+
+    def _open_parts(self, count) -> None:
+        """Read the other parts of a split file and add their tensors."""
+        paths, no = split_parts(self.path), self.metadata.get("split.no", 0)
+        if not isinstance(count, int) or count < 1 or not isinstance(no, int):
+            raise self._error(f"corrupt split metadata (split.count {count!r}, split.no {no!r})")
+        if no != 0:
+            raise self._error(f"part {no + 1} of {count} of a split GGUF: open the first part (-00001-of-{count:05d})")
+        if paths is None or len(paths) != count:
+            raise self._error(f"one of {count} parts of a split GGUF, but not named NAME-00001-of-"
+                              f"{count:05d}.gguf: name the parts as gguf-split wrote them")
+        for i, p in enumerate(paths[1:], 1):
+            if not os.path.exists(p):
+                raise self._error(f"part {i + 1} of {count}, {os.path.basename(p)}, is missing beside it")
+            other = GGUFFile(p, part=i)
+            if other.metadata.get("split.no") != i or other.metadata.get("split.count") != count:
+                raise ConvertError(f"{p}: not part {i + 1} of {count} of {os.path.basename(self.path)} "
+                                   f"(its split.no is {other.metadata.get('split.no')!r})")
+            for name, t in other.tensors.items():
+                if name in self.tensors:
+                    raise self._error(f"tensor {name} appears twice (in {os.path.basename(p)} too)")
+                self.tensors[name] = t
+            self.parts.append(other.mm)
+        expected = self.metadata.get("split.tensors.count", len(self.tensors))
+        if expected != len(self.tensors):
+            raise self._error(f"the {count} parts hold {len(self.tensors)} tensors; the first says {expected!r}")
 
     def _error(self, msg: str) -> ConvertError:
         return ConvertError(f"{self.path}: {msg}")
@@ -149,4 +196,4 @@ class GGUFFile:
         """The tensor's bytes as uint8 [rows, row_bytes] (zero-copy)."""
         t = self.tensors[name]
         rows = t.nbytes // t.type.row_bytes(t.shape[-1])
-        return np.frombuffer(self.mm, dtype=np.uint8, count=t.nbytes, offset=t.offset).reshape(rows, -1)
+        return np.frombuffer(self.parts[t.part], dtype=np.uint8, count=t.nbytes, offset=t.offset).reshape(rows, -1)

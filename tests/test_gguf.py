@@ -9,6 +9,7 @@ gguf = pytest.importorskip("gguf", reason="the gguf package (a test extra) write
 from gguf import GGMLQuantizationType as G
 
 import llmrun
+from llmrun.format import LlmrFile
 from llmrun.models import convert
 from llmrun.models.gguf import _unpermute_rows
 from llmrun.quant import GGML_TYPES_BY_ID, TYPES
@@ -73,12 +74,14 @@ def _llama3_rope_factors(hd: int, theta: float, s: dict) -> np.ndarray:
 
 
 def write_tiny_gguf(path, arch: str, types: dict, seed: int = 0, vocab: int = 320, dim: int = 256,
-                    ffn: int = 512, n_layers: int = 2, n_heads: int = 4, n_kv: int = 2, llama3_rope: bool = False):
-    """A tiny `arch` model in GGUF, tensors in the given GGML types (by our name: wq, wk, ...).
+                    ffn: int = 512, n_layers: int = 2, n_heads: int = 4, n_kv: int = 2, llama3_rope: bool = False,
+                    split_max_tensors: int = 0):
+    """A tiny `arch` model in GGUF, tensors in the given GGML types (by our name: wq, wk, ...);
+    with `split_max_tensors`, split as gguf-split does (PATH-00001-of-0000N.gguf, ...).
     Returns the HF-layout float32 weights that the file's exact dequantisation means."""
     rng = np.random.default_rng(seed)
     hd = dim // n_heads
-    w = gguf.GGUFWriter(str(path), arch)
+    w = gguf.GGUFWriter(str(path), arch, split_max_tensors=split_max_tensors)
     w.add_block_count(n_layers)
     w.add_context_length(128)
     w.add_embedding_length(dim)
@@ -275,6 +278,28 @@ def test_smollm2_blocks_are_bit_identical_to_gguf_dequantize(smollm2_gguf):
         got = model.file.tensor(ours).numpy()
         assert model.file.tensors[ours].type.name == t.tensor_type.name.lower()
         assert np.array_equal(got.view(np.uint32), want.astype(np.float32).view(np.uint32)), src_name
+
+
+def test_split_gguf_reads_as_one(tmp_path):
+    """gguf-split's parts (the gguf package writes them as llama.cpp does) convert as the whole
+    file does; a missing part, or a part opened first, is one line."""
+    whole, split = tmp_path / "whole" / "tiny.gguf", tmp_path / "split" / "tiny.gguf"
+    whole.parent.mkdir(), split.parent.mkdir()
+    write_tiny_gguf(whole, *TYPE_MIXES["llama-runnable"])
+    write_tiny_gguf(split, *TYPE_MIXES["llama-runnable"], split_max_tensors=8)
+    parts = sorted(split.parent.iterdir())
+    assert [p.name for p in parts] == [f"tiny-{i:05d}-of-00003.gguf" for i in (1, 2, 3)]
+    convert(str(whole), str(tmp_path / "whole.llmr"))
+    convert(str(parts[0]), str(tmp_path / "split.llmr"))
+    a, b = LlmrFile(str(tmp_path / "whole.llmr")), LlmrFile(str(tmp_path / "split.llmr"))
+    assert a.tensors.keys() == b.tensors.keys()
+    for name in a.tensors:
+        assert np.array_equal(a.tensor(name).data, b.tensor(name).data), name
+    line = _one_line_error(run_cli("convert", parts[1], tmp_path / "x.llmr"))
+    assert line.endswith("part 2 of 3 of a split GGUF: open the first part (-00001-of-00003)"), line
+    parts[2].unlink()
+    line = _one_line_error(run_cli("convert", parts[0], tmp_path / "x.llmr"))
+    assert line.endswith("part 3 of 3, tiny-00003-of-00003.gguf, is missing beside it"), line
 
 
 # --- bad files ---------------------------------------------------------------------------------
