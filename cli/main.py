@@ -64,15 +64,17 @@ class _Progress:
 
 
 @app.command()
-def convert(src: str = typer.Argument(..., help="Hugging Face checkpoint directory or GGUF file"),
+def convert(src: str = typer.Argument(..., help="Hugging Face checkpoint directory, GGUF file or Hub name (org/repo[:QUANT])"),
             out: str = typer.Argument(..., help="the .llmr file to write"),
             type: Optional[str] = typer.Option(None, "--type", "-t", help=f"{_types_help()} (default: a GGUF's own "
                                                "types, f16 for a checkpoint)")):
     """Convert a checkpoint into one .llmr file (norms and biases stay f32)."""
+    from llmrun import store
     from llmrun.models import convert as run_convert
     from llmrun.quant.policy import target
     if type is not None:
         target(type)  # a bad --type (or a mix of types we cannot store) fails before any work
+    src = store.source(src)
     bar = _Progress(f"converting to {type or 'llmr'}")
     try:
         meta = run_convert(src, out, type, bar)
@@ -84,8 +86,8 @@ def convert(src: str = typer.Argument(..., help="Hugging Face checkpoint directo
                f"{_bytes(os.path.getsize(out))}; tensors: {types}", err=True)
 
 
-MODEL_HELP = (".llmr file, GGUF file, Hugging Face checkpoint directory or model name "
-              "(default: smollm2-135m-instruct, downloaded on first use)")
+MODEL_HELP = (".llmr file, GGUF file, Hugging Face checkpoint directory, Hub name (org/repo[@REVISION][:QUANT], "
+              "or its address) or model name (default: smollm2-135m-instruct, downloaded on first use)")
 
 
 def _open_model(model: Optional[str], backend: Optional[str] = None):
@@ -267,13 +269,22 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
     if template is not None:
         m.chat_template = template
     run_server(m, host, port, parallel=parallel, n_ctx=ctx_size, api_key=api_key, max_queue=max_queue,
-               batch_size=batch_size, model_id=alias or (os.path.splitext(os.path.basename(model.rstrip("/")))[0] if model else None),
+               batch_size=batch_size, model_id=alias or _model_id(model),
                defaults={"temperature": temp, "top_k": top_k, "top_p": top_p, "min_p": min_p,
                          "repeat_penalty": repeat_penalty})
 
 
+def _model_id(model: Optional[str]) -> Optional[str]:
+    """The model's name in the API: a Hub name as given, else its file's name."""
+    from llmrun import store
+    if not model:
+        return None
+    return str(store.hub_name(model) or "") or os.path.splitext(os.path.basename(model.rstrip("/")))[0]
+
+
 @app.command()
-def quantize(src: str = typer.Argument(..., help="a .llmr file, Hugging Face checkpoint directory or GGUF file"),
+def quantize(src: str = typer.Argument(..., help="a .llmr file, Hugging Face checkpoint directory, GGUF file or "
+                                                  "Hub name (org/repo[:QUANT])"),
              out: Optional[str] = typer.Argument(None, help="the .llmr file to write (default: SRC's name with "
                                                                  "the type, beside it)"),
              type: str = typer.Option(..., "--type", "-t", help=_types_help()),
@@ -310,6 +321,9 @@ def quantize(src: str = typer.Argument(..., help="a .llmr file, Hugging Face che
                                      tensor_types=tuple(overrides), pure=pure, allow_requantize=allow_requantize)
     except re.error as e:
         raise typer.BadParameter(f"bad regular expression: {e}", param_hint="--tensor-type") from None
+    from llmrun import store
+    name = store.hub_name(src)
+    src = store.source(src)
     if calibrate:
         import llmrun
         from llmrun.quant.calibrate import importance_of_text
@@ -322,10 +336,10 @@ def quantize(src: str = typer.Argument(..., help="a .llmr file, Hugging Face che
         if shown:
             print(file=sys.stderr)
         policy = dataclasses.replace(policy, importance=stats, calibration=f"{os.path.basename(calibrate)}, {n} tokens")
-    if out is None:
-        stem = os.path.splitext(os.path.basename(os.path.normpath(src)))[0]
+    if out is None:  # beside the source; a Hub name's here, named after its repository
+        stem = name.repo.split("/")[1] if name else os.path.splitext(os.path.basename(os.path.normpath(src)))[0]
         scheme = policy.name + ("-pure" if pure else "") + ("-cal" if calibrate else "")
-        out = os.path.join(os.path.dirname(os.path.abspath(src)), f"{stem}-{scheme}.llmr")
+        out = os.path.join("." if name else os.path.dirname(os.path.abspath(src)), f"{stem}-{scheme}.llmr")
     bar = _Progress(f"quantizing to {policy.name}")
     try:
         meta = run_quantize(src, out, policy, bar)
@@ -530,26 +544,84 @@ def tokenize(model: str = typer.Argument(..., help=".llmr, GGUF (vocabulary-only
 
 
 @app.command()
-def pull(model: str = typer.Argument("smollm2-135m-instruct", help="model name, GGUF file or checkpoint directory")):
-    """Download a named model (or convert a GGUF/checkpoint) into the cache."""
+def pull(model: str = typer.Argument("smollm2-135m-instruct", help="Hub name (org/repo[@REVISION][:QUANT], or its "
+                                     "address), model name, GGUF file or checkpoint directory")):
+    """Download a model into the cache and convert it (a Hub name: asks the Hub for its newest
+    files, even when a copy is here); prints its path."""
     from llmrun import store
     bar = _Progress("converting")
     try:
-        path = store.resolve(model, download=True, progress=bar)
+        name = store.hub_name(model)
+        path = store.pull_hub(name, bar) if name else store.resolve(model, download=True, progress=bar)
     finally:
         bar.close()
     typer.echo(path)
 
 
+def _ago(t: float) -> str:
+    import time
+    s = max(0, time.time() - t)
+    for unit, n in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if s >= n:
+            return f"{int(s // n)} {unit}{'s' if s >= 2 * n else ''} ago"
+    return "just now"
+
+
+def _table(head: tuple, rows: list[tuple]) -> None:
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, *rows]:
+        typer.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
 @app.command("list")
-def list_models():
-    """Show the models in the cache ($LLMRUN_HOME, default ~/.cache/llmrun)."""
-    from llmrun import store
+def list_models(remote: Optional[str] = typer.Option(None, "--remote", metavar="ORG/REPO",
+                                                     help="list a Hub repository's quantisations and sizes instead")):
+    """Show the models in the cache ($LLMRUN_HOME, default ~/.cache/llmrun): name, quantisation,
+    size, path, last used."""
+    from llmrun import hub, store
+    if remote:
+        _list_remote(remote)
+        return
     models = store.cached()
     if not models:
-        typer.echo(f"no models in {store.home()}; `llmrun pull` fetches the default one", err=True)
-    for path, size in models:
-        typer.echo(f"{_bytes(size):>10}  {path}")
+        typer.echo(f"no models in {store.home()}; `llmrun pull` fetches the default one, `llmrun pull org/repo` "
+                   "one from the Hub", err=True)
+        return
+    _table(("NAME", "QUANT", "SIZE", "LAST USED", "PATH"),
+           [(m.name, m.quant, hub._size(m.size), _ago(m.last_used), m.path) for m in models])
+
+
+def _list_remote(text: str) -> None:
+    from llmrun import hub
+    from llmrun.errors import LlmrunError
+    name = hub.parse(text)
+    if name is None:
+        raise LlmrunError(f"{text}: not a Hub name (org/repo, or its address)")
+    commit, files = hub.list_files(name)
+    quants = hub.gguf_quants(files)
+    if quants:
+        chosen = hub.choose(hub.HubName(name.repo, revision=name.revision), files).quant
+        rows = [(q + (" (default)" if q == chosen else ""), hub._size(sum(f.size for f in fs)),
+                 f"{hub.bits(q):.2f}" if hub.bits(q) else "not readable by llmrun",
+                 fs[0].name + (f" (+{len(fs) - 1} parts)" if len(fs) > 1 else ""))
+                for q, fs in sorted(quants.items(), key=lambda kv: sum(f.size for f in kv[1]))]
+        typer.echo(f"{name.repo} at {commit[:12]}: GGUF files")
+        _table(("QUANT", "SIZE", "BITS/WEIGHT", "FILE"), rows)
+        return
+    hub.choose(hub.HubName(name.repo, revision=name.revision), files)  # neither GGUF nor a checkpoint: says so
+    weights = [f for f in files if f.name.endswith(".safetensors")]
+    typer.echo(f"{name.repo} at {commit[:12]}: a safetensors checkpoint, {hub._size(sum(f.size for f in weights))} "
+               f"in {len(weights)} file{'s' if len(weights) != 1 else ''}; converted to f16 by default, or to the "
+               f"type a tag names (:q8_0, :q4_0, ...)")
+
+
+@app.command("rm")
+def remove(model: str = typer.Argument(..., help="a name as `llmrun list` shows it (org/repo removes every "
+                                                 "quantisation of it), or a cached .llmr's path")):
+    """Delete a model from the cache (and the files downloaded for it)."""
+    from llmrun import store
+    for path in store.remove(model):
+        typer.echo(f"removed {path}")
 
 
 def main() -> None:

@@ -293,16 +293,14 @@ class Model:
 
 def load(path, huge_pages: bool | None = None, backend: str | None = None) -> Model:
     """Open a .llmr file: weights stay in the page cache; nothing is copied or repacked.
-    A GGUF file or a Hugging Face checkpoint directory is converted into the model cache on
-    first use (see llmrun.store) and loaded from there. `huge_pages` (default: the environment
+    A GGUF file, a Hugging Face checkpoint directory or a Hub name (`org/repo[:QUANT]`, fetched
+    with huggingface_hub) is converted into the model cache on first use (see llmrun.store) and
+    loaded from there. `huge_pages` (default: the environment
     variable LLMRUN_HUGEPAGES=1) copies the file into memory backed by transparent huge pages,
     a few percent faster decode for twice the memory (llmrun.format._read_into_huge_pages).
     `backend` is "cpu", "webgpu" or "cuda" (default: the environment variable LLMRUN_BACKEND, else cpu)."""
-    from .models import source_kind
-    path = str(path)
-    if source_kind(path) in ("hf", "gguf"):
-        from .store import convert_into_cache
-        path = convert_into_cache(path)
+    from .store import resolve
+    path = resolve(str(path), download=True)
     if huge_pages is None:
         huge_pages = os.environ.get("LLMRUN_HUGEPAGES", "") == "1"
     return Model(path, huge_pages, backend or os.environ.get("LLMRUN_BACKEND") or "cpu")

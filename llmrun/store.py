@@ -3,10 +3,19 @@ and .llmr files converted once from the GGUF files and checkpoint directories us
 
     $LLMRUN_HOME/models/<name>.llmr          pulled by name (`llmrun pull smollm2-135m-instruct`)
     $LLMRUN_HOME/converted/<stem>-<key>.llmr  converted from a path; key = size, mtime, header hash
+    $LLMRUN_HOME/hub/<org>/<repo>/            Hub names (llmrun/hub.py): <quant>-<commit>.llmr, and
+        <tag>[@<revision>].json               per name asked for, its entry: what it came to (the
+                                              commit, quantisation, files and their hashes); its
+                                              mtime is when it was last used
+
+The downloads themselves stay in huggingface_hub's cache (HF_HUB_CACHE), shared with other tools.
+A Hub name with an entry loads without the network; `llmrun pull NAME` asks the Hub again.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +23,9 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from typing import Callable
+from urllib.parse import quote
 
+from .atomic import atomic_file
 from .errors import LlmrunError
 
 Progress = Callable[[int, int], None]
@@ -130,10 +141,83 @@ def pull(name: str, progress: Progress | None = None) -> str:
     return out
 
 
+# --- Hub names ------------------------------------------------------------------------------------
+
+def _hub_dir(repo: str) -> str:
+    return os.path.join(home(), "hub", *repo.split("/"))
+
+
+def _entry_path(name) -> str:
+    key = quote(name.file, safe="") if name.file else (name.tag or "default").lower()
+    return os.path.join(_hub_dir(name.repo), key + (f"@{quote(name.revision, safe='')}" if name.revision else "") + ".json")
+
+
+def _read_entry(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            entry = json.load(f)
+    except (OSError, ValueError):
+        return None  # none, or unreadable: fetched again
+    return entry if isinstance(entry, dict) and isinstance(entry.get("llmr"), str) else None
+
+
+def pull_hub(name, progress: Progress | None = None) -> str:
+    """Ask the Hub what `name` is now, fetch and convert it unless that is here; its .llmr path."""
+    from . import hub
+    from .models import convert
+    plan = hub.plan(name, say=_say)
+    choice = plan.choice
+    folder = _hub_dir(name.repo)
+    out = os.path.join(folder, f"{choice.quant.lower()}-{plan.commit[:12]}.llmr")
+    if not os.path.exists(out):
+        size = sum(f.size for f in choice.files)  # the converted model: about the source's size
+        source = plan.fetch(extra_space=size)
+        os.makedirs(folder, exist_ok=True)
+        _remove_stale_parts(folder)
+        _say(f"converting into the cache ({out}), once")
+        try:
+            convert(source, out, choice.convert_type, progress)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise hub._disk_full(name, folder) from None
+            raise
+    entry = {"name": str(name), "repo": name.repo, "revision": name.revision, "tag": name.tag, "file": name.file,
+             "commit": plan.commit, "kind": choice.kind, "quant": choice.quant, "why": choice.why,
+             "llmr": os.path.basename(out), "files": [{"name": f.name, "size": f.size, "sha256": f.sha256}
+                                                     for f in choice.files]}
+    with atomic_file(_entry_path(name), "w") as f:
+        json.dump(entry, f, indent=1)
+    return out
+
+
+def _hub_model(name, download: bool, progress: Progress | None) -> str:
+    """A Hub name's .llmr: the one its entry names (no network), else fetched if allowed."""
+    path = _entry_path(name)
+    entry = _read_entry(path)
+    if entry is not None:
+        out = os.path.join(os.path.dirname(path), entry["llmr"])
+        if os.path.exists(out):
+            os.utime(path)  # last used
+            return out
+    if not download:
+        raise LlmrunError(f"{name} is not downloaded yet: run `llmrun pull {name}`")
+    return pull_hub(name, progress)
+
+
+def hub_name(model: str):
+    """The Hub name `model` is (llmrun.hub.HubName), or None: a path here, or a release's name."""
+    if model in RELEASES or os.path.exists(model):
+        return None
+    from . import hub
+    return hub.parse(model)
+
+
+# --- what the user named ---------------------------------------------------------------------------
+
 def resolve(model: str | None, download: bool = False, progress: Progress | None = None) -> str:
-    """The .llmr path for what the user named: None (the default model), a model name, a .llmr,
-    a GGUF file or a checkpoint directory (both converted into the cache on first use).
-    Names are fetched only with download=True (the user asked for it)."""
+    """The .llmr path for what the user named: None (the default model), a model name, a Hub
+    name (llmrun/hub.py), a .llmr, a GGUF file or a checkpoint directory (converted into the
+    cache on first use). Names are fetched only with download=True (the user asked for it)."""
     from .models import source_kind
     model = model or DEFAULT_MODEL
     if model in RELEASES and not os.path.exists(model):
@@ -142,17 +226,116 @@ def resolve(model: str | None, download: bool = False, progress: Progress | None
         if not download:
             raise LlmrunError(f"{model} is not downloaded yet: run `llmrun pull {model}`")
         return pull(model, progress)
+    name = hub_name(model)
+    if name is not None:
+        return _hub_model(name, download, progress)
     kind = source_kind(model)
     # Anything but a GGUF or a checkpoint is opened as .llmr, whose reader says what is wrong.
     return convert_into_cache(model, progress) if kind in ("gguf", "hf") else model
 
 
-def cached() -> list[tuple[str, int]]:
-    """(path, size) of every model in the cache."""
+def source(model: str) -> str:
+    """What `convert` and `quantize` read: a path as it is, a Hub name's downloaded GGUF or
+    checkpoint folder (not converted)."""
+    name = hub_name(model)
+    if name is None:
+        return model
+    from . import hub
+    plan = hub.plan(name, say=_say)
+    return plan.fetch()
+
+
+# --- what is here ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Cached:
+    name: str  # what to give llmrun to load it
+    quant: str
+    size: int
+    path: str
+    last_used: float  # seconds since the epoch
+
+
+def _hub_entries() -> list[tuple[str, dict]]:
+    root = os.path.join(home(), "hub")
     out = []
-    for sub in ("models", "converted"):
-        d = os.path.join(home(), sub)
-        if os.path.isdir(d):
-            out += [(os.path.join(d, f), os.path.getsize(os.path.join(d, f)))
-                    for f in sorted(os.listdir(d)) if f.endswith(".llmr")]
+    for folder, _, files in sorted(os.walk(root)):
+        for f in sorted(files):
+            if f.endswith(".json") and (entry := _read_entry(os.path.join(folder, f))) is not None:
+                out.append((os.path.join(folder, f), entry))
     return out
+
+
+def _main_type(path: str) -> str:
+    """The type most of a .llmr's tensors are in (its quantisation, roughly)."""
+    from .format import LlmrFile
+    try:
+        types = LlmrFile(path).metadata.get("provenance", {}).get("tensor_types", {})
+    except LlmrunError:
+        return "?"
+    named = {k.rsplit("->", 1)[-1].upper(): v for k, v in types.items() if "F32" not in k.upper()}
+    return max(named, key=named.get) if named else "?"
+
+
+def cached() -> list[Cached]:
+    """Every model in the cache: Hub names, named releases, converted paths."""
+    out = []
+    for path, entry in _hub_entries():
+        llmr = os.path.join(os.path.dirname(path), entry["llmr"])
+        if os.path.exists(llmr):
+            out.append(Cached(entry.get("name", "?"), entry.get("quant", "?"), os.path.getsize(llmr), llmr,
+                              os.path.getmtime(path)))
+    for name in RELEASES:
+        p = _named_path(name)
+        if os.path.exists(p):
+            out.append(Cached(name, _main_type(p), os.path.getsize(p), p, os.path.getatime(p)))
+    d = os.path.join(home(), "converted")
+    if os.path.isdir(d):
+        for f in sorted(os.listdir(d)):
+            if f.endswith(".llmr"):
+                p = os.path.join(d, f)
+                out.append(Cached(f, _main_type(p), os.path.getsize(p), p, os.path.getatime(p)))
+    return out
+
+
+def remove(model: str) -> list[str]:
+    """Delete a model from the cache: a Hub name (without a tag: every one of that repository),
+    a release's name, or a cached .llmr's path; the paths removed. The files a Hub name
+    downloaded are deleted from huggingface_hub's cache too, unless another entry uses them."""
+    if model in RELEASES:
+        return _unlink_all([_named_path(model)], model)
+    if os.path.isfile(model) and os.path.abspath(model).startswith(os.path.abspath(home()) + os.sep):
+        return _unlink_all([model], model)
+    from . import hub
+    name = hub.parse(model)
+    if name is None:
+        raise LlmrunError(f"{model} is not in the cache (`llmrun list` shows what is)")
+    entries = _hub_entries()
+    chosen = [(p, e) for p, e in entries if e.get("repo", "").lower() == name.repo.lower()
+              and (name.tag is None and name.file is None and name.revision is None or p == _entry_path(name))]
+    if not chosen:
+        raise LlmrunError(f"{name} is not in the cache (`llmrun list` shows what is)")
+    kept = [(p, e) for p, e in entries if (p, e) not in chosen]
+    removed = []
+    for path, entry in chosen:
+        removed += _unlink_all([path], model)
+        llmr = os.path.join(os.path.dirname(path), entry["llmr"])
+        if not any(os.path.join(os.path.dirname(p), e["llmr"]) == llmr for p, e in kept):
+            removed += _unlink_all([llmr], model, missing_ok=True)
+        used = {(e["repo"], e.get("commit"), f["name"]) for _, e in kept for f in e.get("files", [])}
+        removed += hub.forget_downloads(entry["repo"], entry.get("commit"),
+                                        [f["name"] for f in entry.get("files", [])
+                                         if (entry["repo"], entry.get("commit"), f["name"]) not in used])
+    return removed
+
+
+def _unlink_all(paths: list[str], model: str, missing_ok: bool = False) -> list[str]:
+    done = []
+    for p in paths:
+        try:
+            os.unlink(p)
+            done.append(p)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise LlmrunError(f"{model} is not in the cache (`llmrun list` shows what is)") from None
+    return done

@@ -24,7 +24,7 @@ def test_checkpoint_path_is_converted_once(tmp_path):
     config = src / "config.json"
     config.write_text(config.read_text() + " ")  # an edited source is a new source
     assert llmrun.load(src).file.path != first
-    assert any(path == first for path, _ in store.cached())
+    assert any(m.path == first for m in store.cached())
 
 
 def test_unknown_name_and_missing_path():
