@@ -298,16 +298,21 @@ def list_files(name: HubName) -> tuple[str, list[RemoteFile]]:
 
 def cached_files(name: HubName) -> tuple[str, list[RemoteFile]] | None:
     """(commit, files) of the name's revision as the library's cache holds it (what was
-    downloaded), or None; for running without the network what another tool, or an earlier
-    run, fetched."""
+    downloaded: the revision's ref, or the newest snapshot), or None; for running without the
+    network on what an earlier run, or another tool, fetched."""
     hf = _hf()
     try:
-        folder = hf.snapshot_download(name.repo, revision=name.revision, local_files_only=True)
-    except Exception:
+        repos = hf.scan_cache_dir(hf.constants.HF_HUB_CACHE).repos
+    except (hf.errors.CacheNotFound, OSError):
         return None
-    files = [RemoteFile(os.path.relpath(os.path.join(d, f), folder), os.path.getsize(os.path.join(d, f)))
-             for d, _, fs in os.walk(folder) for f in fs]
-    return os.path.basename(folder), files
+    revisions = [r for repo in repos if repo.repo_type == "model" and repo.repo_id == name.repo for r in repo.revisions]
+    if name.revision:
+        revisions = [r for r in revisions if name.revision in r.refs or r.commit_hash.startswith(name.revision)]
+    if not revisions:
+        return None
+    best = max(revisions, key=lambda r: ("main" in r.refs, r.last_modified))
+    files = [RemoteFile(os.path.relpath(f.file_path, best.snapshot_path), f.size_on_disk) for f in best.files]
+    return best.commit_hash, files
 
 
 def _hash(path: str, algorithm: str) -> str:

@@ -319,3 +319,25 @@ def test_list_and_rm(mock_hub, tmp_path):
     assert "Q4_K_M (default)  735.4 KiB  4.50" in out[3] and "not readable by llmrun" in out[2]
     r = run_cli("list", "--remote", "org/tiny-ckpt", env=env, check=True)
     assert "a safetensors checkpoint" in r.stdout and "in 2 files" in r.stdout
+
+
+def test_offline_converts_what_the_library_cached(mock_hub, tmp_path):
+    """Files in huggingface_hub's cache (an earlier download, or another tool's) convert without
+    the network when llmrun has no model made of them."""
+    env = mock_hub.env(tmp_path)
+    path = _pull(mock_hub, env, "org/tiny-GGUF").stdout.strip()
+    shutil.rmtree(tmp_path / "llmrun-home")
+    n = len(mock_hub.requests)
+    r = run_cli("pull", "org/tiny-GGUF", env={**env, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0 and r.stdout.strip() == path, r.stderr
+    assert "Q4_K_M (tiny-Q4_K_M.gguf" in r.stderr and len(mock_hub.requests) == n
+
+
+def test_convert_and_quantize_take_names(mock_hub, tmp_path):
+    env = mock_hub.env(tmp_path)
+    r = run_cli("convert", "org/tiny-ckpt", tmp_path / "c.llmr", "--type", "q4_0", env=env)
+    assert r.returncode == 0 and "wrote" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "llmrun.cli.main", "quantize", "org/tiny-GGUF:Q8_0", "--type", "q4_0",
+                        "--allow-requantize"],
+                       capture_output=True, text=True, cwd=tmp_path, env={**os.environ, **env})
+    assert r.returncode == 0 and (tmp_path / "tiny-GGUF-q4_0.llmr").exists(), r.stderr
