@@ -167,6 +167,10 @@ def generate(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
         sys.stdout.write(last.text)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    if last.finish_reason == "length" and last.generation_tokens < n:
+        size = cache.n_ctx if cache else m.config.max_seq_len
+        typer.echo(f"[the reply was cut after {last.generation_tokens} tokens: the context of {size} positions "
+                   "is full; --ctx sets it]", err=True)
     typer.echo(f"prompt: {last.prompt_tokens} tokens, {last.prompt_tps:.1f} tok/s | "
                f"generated: {last.generation_tokens} tokens, {last.generation_tps:.1f} tok/s | "
                f"finish: {last.finish_reason}", err=True)
@@ -201,6 +205,8 @@ def chat(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
                         repeat_penalty=repeat_penalty, repeat_window=repeat_window, seed=seed, max_tokens=max_tokens)
     session = ChatSession(m, system=system, template=template, n_ctx=ctx, overflow=context_overflow,
                           settings=settings, stop=stop or ())
+    if ctx is None and (why := m.default_context()[1]):
+        typer.echo(f"[context: {why}]", err=True)
     raise typer.Exit(run(session, verbose=verbose, single=single))
 
 

@@ -77,7 +77,9 @@ class Engine:
         if parallel < 1 or batch_size < 1 or max_queue < 0:
             raise SettingError("parallel and batch_size need to be at least 1, max_queue at least 0")
         self.model, self.max_queue, self.batch_size = model, max_queue, batch_size
-        self.slots = [Slot(model.new_cache(n_ctx)) for _ in range(parallel)]
+        # the default: the trained context, or what fits in memory for every slot (said in context_note)
+        self.context_note = None if n_ctx else model.default_context(parallel)[1]
+        self.slots = [Slot(model.new_cache(n_ctx or model.default_context(parallel)[0])) for _ in range(parallel)]
         self.n_ctx = self.slots[0].cache.n_ctx
         self.waiting: deque[Request] = deque()
         self.wake = threading.Condition()

@@ -224,6 +224,30 @@ def forward(cfg: ModelConfig, w: Weights, inv_freq: dict, tokens, cache: KVCache
     return logits
 
 
+MIN_DEFAULT_CONTEXT = 2048  # the default context is capped by memory, but not below this
+
+
+def kv_bytes_per_position(cfg: ModelConfig) -> int:
+    """Bytes the KV cache takes per position: float32 keys and values in every layer."""
+    return 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 4
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can give without swapping (Linux's MemAvailable; elsewhere
+    the free pages), or None where it cannot say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 class Model:
     """A loaded model: config, weights (zero-copy views of the file), tokenizer, chat template."""
 
@@ -247,9 +271,27 @@ class Model:
         self.backend = backends.bind(backend, self.config, self.weights, self.inv_freq)  # a GPU's upload: once, here
 
     def new_cache(self, n_ctx: int | None = None) -> KVCache:
-        """A fresh KV cache for up to n_ctx positions (default: the trained context), on the
+        """A fresh KV cache for up to n_ctx positions (default: default_context()), on the
         backend's device."""
-        return KVCache(self.config, n_ctx or self.config.max_seq_len, self.backend)
+        return KVCache(self.config, n_ctx or self.default_context()[0], self.backend)
+
+    def default_context(self, slots: int = 1) -> tuple[int, str | None]:
+        """(positions, why they are fewer than the trained context or None): the trained context,
+        capped so that `slots` KV caches fit in half the memory left beside the weights. The
+        cache is mapped lazily, so a too-long context does not fail at once: it runs the
+        machine out of memory when a conversation grows, which a cap turns into a notice."""
+        trained = self.config.max_seq_len
+        free = available_memory()
+        if free is None:
+            return trained, None
+        per_position = kv_bytes_per_position(self.config) * slots
+        room = (free - os.path.getsize(self.path)) // 2
+        fits = max(MIN_DEFAULT_CONTEXT, room // per_position // 1024 * 1024)
+        if fits >= trained:
+            return trained, None
+        return fits, (f"{fits} of the model's {trained} positions: what fits in half of the "
+                      f"{free / 2**30:.1f} GiB of free memory beside the weights ({per_position / 2**10:.0f} KiB a position"
+                      f"{f' for {slots} slots' if slots > 1 else ''}); --ctx sets it")
 
     def forward(self, tokens, cache: KVCache, last_only: bool = False, reference: bool = False,
                 logits_from: int = 0) -> np.ndarray:

@@ -712,6 +712,8 @@ def serve(model: Model, host: str = "127.0.0.1", port: int = 8080, parallel: int
             shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
             log.write(f"llmrun: serving {model_id} at http://{shown}:{bound[1]}/v1 "
                       f"({parallel} slots of {engine.n_ctx} tokens; Ctrl-C stops)\n")
+            if engine.context_note:
+                log.write(f"llmrun: context of each slot: {engine.context_note} (--ctx-size)\n")
             log.flush()
             try:
                 server.serve_forever(poll_interval=0.5)
