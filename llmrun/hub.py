@@ -103,8 +103,9 @@ def parse(text: str) -> HubName | None:
     hf = _hf()
     try:
         uri = hf.parse_hf_uri(rest, endpoint=endpoint())
-    except hf.errors.HfUriError as e:
-        raise LlmrunError(f"{text}: not a model's address on {endpoint()} ({str(e).splitlines()[0]})") from None
+    except hf.errors.HfUriError:
+        raise LlmrunError(f"{text}: not the address of a model on {endpoint()} (org/repo, or its page: "
+                          "/tree/REVISION, /blob/REVISION/FILE; HF_ENDPOINT names another Hub)") from None
     if uri.type != "model":
         raise LlmrunError(f"{text}: a {uri.type}, not a model")
     return HubName(uri.id, tag, uri.revision, uri.path_in_repo or None)

@@ -99,7 +99,7 @@ def test_name_forms(monkeypatch, tmp_path):
     # not names: paths (missing ones say so when opened), files, deeper paths
     for text in ("model.gguf", "dir/model.gguf", "dir/model.llmr", "a/b/c", "./a/b", "/a/b", "smollm2-135m-instruct"):
         assert hub.parse(text) is None or text == "smollm2-135m-instruct", text
-    with pytest.raises(LlmrunError, match="not a model's address on http://127.0.0.1:9"):
+    with pytest.raises(LlmrunError, match="not the address of a model on http://127.0.0.1:9"):
         hub.parse("https://example.org/org/repo")
     with pytest.raises(LlmrunError, match="a dataset, not a model"):
         hub.parse("http://127.0.0.1:9/datasets/org/data")
