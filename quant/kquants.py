@@ -1,5 +1,5 @@
-"""Exact dequantisers for the k-quants (GGUF types we import; of them we run q4_k, whose
-dequantiser here is also reference.dequantize's).
+"""Exact dequantisers for the k-quants (GGUF types we import; of them we run q4_k and q6_k, whose
+dequantisers here are also reference.dequantize's).
 
 The GGUF importer turns these tensors into float32 here and re-quantises them into a runnable
 type. "Exact" means the same float32 operations in the same order as ggml's
@@ -12,8 +12,8 @@ has 11 significant bits, a sub-block scale at most 7, a quant at most 6: under f
 so the one rounding is the final `+ m` / `- dmin * m`. A C build that fuses it into an FMA
 gives the same bits. q8_k's f32 scale times an int8 rounds once, as in ggml.
 
-q4_k is stored and run too: reference.py uses _q4_k below (bit-identical to gguf-py's,
-tests/test_kquants.py) and dequantize_ggml sends it there. q5_0 and q5_1 are runnable, stored types now: their exact dequantisers are in reference.py
+q4_k and q6_k are stored and run too: reference.py uses _q4_k and _q6_k below (bit-identical
+to gguf-py's, tests/test_kquants.py) and dequantize_ggml sends them there. q5_0 and q5_1 are runnable, stored types now: their exact dequantisers are in reference.py
 (bit-identical to gguf-py's, tests/test_kquants.py), which dequantize_ggml calls for them.
 
 Layouts (little-endian; "element e" counts within the block):
@@ -121,17 +121,25 @@ def _q5_k(blk: np.ndarray) -> np.ndarray:
     return _q45_k(blk, blk[..., 48:176], blk[..., 16:48])
 
 
-def _q6_k(blk: np.ndarray) -> np.ndarray:
-    """[..., nb, 210] -> [..., nb, 16, 16]: 16 groups of 16."""
+def _q6_k_fields(blk: np.ndarray):
+    """[..., nb, 210] -> (d float32 [..., nb, 1, 1], sc int8 [..., nb, 16], q - 32 int8
+    [..., nb, 16, 16] in -32..31): sub-block s is x = (d * sc_s) * (q - 32). Shared by the
+    dequantiser below and the reference dot product (reference.q6_k_fields)."""
     lead = blk.shape[:-1]
     ql = blk[..., 0:128].reshape(*lead, 2, 64)  # [..., nb, half, 64]
     qh = blk[..., 128:192].reshape(*lead, 2, 32)  # [..., nb, half, 32]
-    scales = np.ascontiguousarray(blk[..., 192:208]).view(np.int8)  # [..., nb, 16]
+    sc = np.ascontiguousarray(blk[..., 192:208]).view(np.int8)  # [..., nb, 16]
     d = _f16_field(blk, 208)[..., None]  # [..., nb, 1, 1]
     lo = _planes(ql, 4, 2).reshape(*lead, 256)  # [half, nibble, 64]: element 128h + 64 nibble + byte
     hi = _planes(qh, 2, 4).reshape(*lead, 256)  # [half, shift, 32]: element 128h + 32k + l
-    q = _f32(lo | hi << 4) - np.float32(32)  # -32..31
-    return (d * _f32(scales)[..., None]) * q.reshape(*lead, 16, 16)
+    q = (lo | hi << 4).astype(np.int8) - np.int8(32)  # -32..31
+    return d, sc, q.reshape(*lead, 16, 16)
+
+
+def _q6_k(blk: np.ndarray) -> np.ndarray:
+    """[..., nb, 210] -> [..., nb, 16, 16]: 16 groups of 16."""
+    d, sc, q = _q6_k_fields(blk)
+    return (d * _f32(sc)[..., None]) * _f32(q)
 
 
 def _q8_k(blk: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConvertError
-from .types import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q8_0, QType, qtype
+from .types import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q6_K, Q8_0, QType, qtype
 
 Q16A_BLOCK = 32  # elements per q16_a activation block (kernels/include/llmrun.h's QK_Q16_A)
 F16_MAX = 65504.0  # the largest finite float16: bounds f16 values, and the scales of the block types
@@ -210,6 +210,95 @@ def q4_k_fields(blocks: np.ndarray):
     return d * sc, dmin * m, (qs & 0x0F).reshape(*lead, 8, 32)
 
 
+# --- q6_k: llama.cpp's quantize_row_q6_K_ref, vectorised over sub-blocks -----------------------
+# As q4_k's above: kernels/cpu/quants_ref.c's float32 operations in its order (the sums element by
+# element), so the bytes are the C's and llama.cpp's (tests/test_kquants.py pins them).
+
+GROUP_MAX_EPS = np.float32(1e-15)  # ggml's: a sub-block (or super-block) of smaller values counts as zero
+
+
+def _make_qx_quants(x: np.ndarray, nmax: int):
+    """make_qx_quants(n, nmax, x, L, rmse_type = 1, qw = NULL) on each row of x [M, n]: the
+    signed scale of the best of 19 trial grids, each scored by the least-squares fit of x to
+    scale * l (l in -nmax .. nmax - 1) weighted by x^2 -> (scale [M], L [M, n] uint8, l + nmax)."""
+    f = np.float32
+    n = x.shape[1]
+    amax = np.zeros(x.shape[0], f)
+    top = np.zeros(x.shape[0], f)  # the value of largest magnitude, the first of equals
+    for i in range(n):
+        bigger = np.abs(x[:, i]) > amax
+        amax = np.where(bigger, np.abs(x[:, i]), amax)
+        top = np.where(bigger, x[:, i], top)
+    zero = amax < GROUP_MAX_EPS
+
+    def trial(iscale):
+        """The grid of 1 / iscale: its quants l and the weighted sums sum(w x l), sum(w l^2)."""
+        l = np.clip(_nearest_int(iscale[:, None] * x), -nmax, nmax - 1).astype(f)
+        sumlx = np.zeros_like(iscale)
+        suml2 = np.zeros_like(iscale)
+        for i in range(n):
+            w = x[:, i] * x[:, i]
+            sumlx = sumlx + w * x[:, i] * l[:, i]
+            suml2 = suml2 + w * l[:, i] * l[:, i]
+        return l, sumlx, suml2
+
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # all-zero rows: masked below
+        L, sumlx, suml2 = trial(f(-nmax) / top)
+        scale = np.where(suml2 != 0, sumlx / suml2, f(0)).astype(f)
+        best = scale * sumlx
+        for step in [*range(-9, 0), *range(1, 10)]:
+            la, sumlx, suml2 = trial(-(f(nmax) + f(0.1) * f(step)) / top)
+            better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+            L = np.where(better[:, None], la, L)
+            scale = np.where(better, sumlx / suml2, scale)
+            best = np.where(better, scale * sumlx, best)
+    scale = np.where(zero, f(0), scale).astype(f)
+    L = np.where(zero[:, None], f(0), L + f(nmax))
+    return scale, L.astype(np.uint8)
+
+
+def _quantize_q6_k(b: np.ndarray, lead) -> np.ndarray:
+    """b float32 [..., nb, 256] -> the q6_k bytes [..., nb * 210]."""
+    f = np.float32
+    sb = b.reshape(-1, 16, 16)  # [S, 16 sub-blocks, 16]
+    S = sb.shape[0]
+    scales, L = _make_qx_quants(sb.reshape(-1, 16), 32)
+    scales, L = scales.reshape(S, 16), L.reshape(S, 16, 16)
+    max_abs = np.zeros(S, f)  # `if (|v| > max_abs)` from 0: the first of equal magnitudes
+    max_scale = np.zeros(S, f)
+    for j in range(16):
+        bigger = np.abs(scales[:, j]) > max_abs
+        max_abs = np.where(bigger, np.abs(scales[:, j]), max_abs)
+        max_scale = np.where(bigger, scales[:, j], max_scale)
+    zero = max_abs < GROUP_MAX_EPS  # the whole block is stored as zero bytes
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        iscale = f(-128) / max_scale
+        d = (f(1) / iscale).astype(np.float16)
+        sc = np.minimum(127, _nearest_int(iscale[:, None] * scales)).astype(np.int8)  # [S, 16]
+        dq = d.astype(f)[:, None] * sc.astype(f)  # [S, 16]
+        requant = np.clip(_nearest_int(sb / dq[..., None]), -32, 31) + 32
+    L = np.where((dq != 0)[..., None], requant, L).astype(np.uint8)  # dq = 0: make_qx_quants' L stays
+    # element 128h + 32k + l: low nibble in ql[64h + 32(k % 2) + l] (nibble k // 2), high two
+    # bits in qh[32h + l] (bits 2k); quant/kquants.py reads them back
+    q = L.reshape(S, 2, 4, 32)  # [S, half, k, l]
+    ql = ((q[:, :, 0:2] & 0xF) | (q[:, :, 2:4] & 0xF) << 4).reshape(S, 128)
+    qh = (q[:, :, 0] >> 4 | (q[:, :, 1] >> 4) << 2 | (q[:, :, 2] >> 4) << 4 | (q[:, :, 3] >> 4) << 6).reshape(S, 64)
+    out = np.concatenate([ql, qh, sc.view(np.uint8), d[:, None].view(np.uint8)], axis=-1)
+    out[zero] = 0
+    return out.reshape(*lead, -1)
+
+
+def q6_k_fields(blocks: np.ndarray):
+    """q6_k blocks [..., nb, 210] -> d float64 [..., nb, 8] (the super-block's scale, once per
+    q16_a block it spans) and the integer weights sc * (q - 32) int32 [..., nb, 8, 32]: q16_a
+    block j meets sub-blocks 2j and 2j + 1, each with its own scale sc."""
+    from .kquants import _q6_k_fields
+    lead = blocks.shape[:-1]
+    d, sc, q = _q6_k_fields(blocks)  # [..., nb, 1, 1], [..., nb, 16], [..., nb, 16, 16]
+    wq = sc.astype(np.int32)[..., None] * q.astype(np.int32)
+    return np.broadcast_to(d.reshape(*lead, 1).astype(np.float64), (*lead, 8)), wq.reshape(*lead, 8, 32)
+
+
 def check_weights(x: np.ndarray, t) -> None:
     """Refuse model weights that `t` would store as garbage: NaN or infinity anywhere, or
     magnitudes past what float16 values and scales hold (a block's scale is its largest value
@@ -265,6 +354,8 @@ def quantize(x: np.ndarray, t) -> np.ndarray:
         return _to_bytes([d.astype(np.float16), lo.astype(np.float16), *_pack_q5(q)], lead)
     if t is Q4_K:  # llama.cpp's quantize_row_q4_K_ref (make_qkx2_quants per sub-block, 6-bit scales)
         return _quantize_q4_k(b, lead)
+    if t is Q6_K:  # llama.cpp's quantize_row_q6_K_ref (make_qx_quants per sub-block, int8 scales)
+        return _quantize_q6_k(b, lead)
     raise ValueError(f"no quantiser for {t.name}")
 
 
@@ -309,6 +400,9 @@ def dequantize(data: np.ndarray, t, n: int) -> np.ndarray:
     if t is Q4_K:  # gguf-py's arithmetic (quant/kquants.py, tested bit-identical against it)
         from .kquants import _q4_k
         return _q4_k(blocks).reshape(*lead, n)
+    if t is Q6_K:  # the same, for q6_k
+        from .kquants import _q6_k
+        return _q6_k(blocks).reshape(*lead, n)
     raise ValueError(f"no dequantiser for {t.name}")
 
 
@@ -346,12 +440,14 @@ def matmul(w: np.ndarray, t, x: np.ndarray) -> np.ndarray:
         q5_0:  sum_b dw * da * sum((qw - 16) * qa)    (signed weights, no offset term)
         q5_1:  sum_b dw * da * sum(qw * qa) + mw * sa
         q4_k:  sum over sub-blocks j (32 each, q16_a block j): (d sc_j) * da * sum(qw * qa) - (dmin m_j) * sa
+        q6_k:  sum over q16_a blocks j: d * da * sum(sc * (qw - 32) * qa), sc that of each
+               element's sub-block of 16 (two per q16_a block); signed weights, no offset
     """
     t = qtype(t) if not isinstance(t, QType) else t
     x = np.ascontiguousarray(x, dtype=np.float32)
     k = x.shape[-1]
     # below, weight block b meets activation block b: true of these types, whose blocks are q16_a's size
-    if t.quantized and t not in (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K):
+    if t.quantized and t not in (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K):
         raise ValueError(f"no reference matmul for {t.name}")
     if not t.quantized:
         return (x.astype(np.float64) @ dequantize(w, t, k).astype(np.float64).T).astype(np.float32)
@@ -364,6 +460,14 @@ def matmul(w: np.ndarray, t, x: np.ndarray) -> np.ndarray:
                          qa.astype(np.int64)).astype(np.float64)
         da, sa = da.astype(np.float64)[:, None, :], sa.astype(np.float64)[:, None, :]
         y = (dsc.reshape(n_rows, -1) * da * isum - dmm.reshape(n_rows, -1) * sa).sum(-1)
+        return y.astype(np.float32)
+    if t is Q6_K:
+        d, wq = q6_k_fields(blocks)  # [N, nb, 8], [N, nb, 8, 32]
+        n_rows = blocks.shape[0]
+        da, _, qa = quantize_q16a(x)  # [T, nb * 8], ..., [T, nb * 8, 32]
+        isum = np.einsum("nbj,tbj->tnb", wq.reshape(n_rows, -1, 32).astype(np.int64),
+                         qa.astype(np.int64)).astype(np.float64)
+        y = (d.reshape(n_rows, -1) * da.astype(np.float64)[:, None, :] * isum).sum(-1)
         return y.astype(np.float32)
     dw = _f16_field(blocks, 0)[..., 0].astype(np.float64)  # [N, nb]
     da, sa, qa = quantize_q16a(x)  # [T, nb], [T, nb], [T, nb, 32]

@@ -14,10 +14,13 @@ from llmrun.backends import cpu
 from llmrun.errors import ContextError, SettingError
 from llmrun.model import Segment
 from llmrun.models import convert
+from llmrun.quant import qtype
 
 from conftest import make_hf_checkpoint
 
-TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
+TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q6_k"]
+# A super-block type (q6_k: 256) needs rows of whole super-blocks: its model has these dimensions
+WIDE = dict(hidden_size=256, intermediate_size=512)
 VARIANTS = {
     "llama": dict(),  # tied head, 4 query heads on 2 kv heads
     "qwen2-bias": dict(arch="Qwen2ForCausalLM", model_type="qwen2", bias=True, tied=False,
@@ -30,14 +33,18 @@ N_CTX = 32
 def checkpoint(request, tmp_path_factory):
     d = tmp_path_factory.mktemp(f"batch-{request.param}")
     make_hf_checkpoint(d / "hf", **VARIANTS[request.param])
+    make_hf_checkpoint(d / "hf-wide", **VARIANTS[request.param], **WIDE)
     return d
 
 
 @pytest.fixture(scope="module", params=TYPES)
 def model(request, checkpoint):
     out = checkpoint / f"{request.param}.llmr"
-    convert(str(checkpoint / "hf"), str(out), request.param)
-    return llmrun.load(out)
+    wide = qtype(request.param).block_size > 32
+    convert(str(checkpoint / ("hf-wide" if wide else "hf")), str(out), request.param)
+    m = llmrun.load(out)
+    assert m.file.tensors["layers.0.wq"].type.name == request.param  # the type under test, not a fallback
+    return m
 
 
 def _clone(model, cache):

@@ -90,6 +90,21 @@ def test_info_verify_reports_corruption(converted, tmp_path):
     assert f"checksum mismatch in 2 tensors, the first {first.name}" in line
 
 
+def test_q6_k_from_the_command_line(tmp_path):
+    """`--type q6_k` (a super-block type: this checkpoint's rows are whole super-blocks of 256)
+    for convert and quantize alike, the same bytes either way; `llmrun info` names the type."""
+    from llmrun.quant import qtype
+    make_hf_checkpoint(tmp_path / "hf", hidden_size=256, intermediate_size=512)
+    run_cli("convert", tmp_path / "hf", tmp_path / "c.llmr", "--type", "q6_k", check=True)
+    run_cli("convert", tmp_path / "hf", tmp_path / "f32.llmr", "--type", "f32", check=True)
+    run_cli("quantize", tmp_path / "f32.llmr", tmp_path / "q.llmr", "--type", "q6_k", check=True)
+    r = run_cli("info", tmp_path / "q.llmr", "--tensors", check=True)
+    assert "q6_k x14" in r.stdout  # 7 matrices in each of 2 layers; the tied table is f16 (policy)
+    c, q = llmrun.load(tmp_path / "c.llmr").file, llmrun.load(tmp_path / "q.llmr").file
+    assert c.tensors["layers.1.w_down"].type is qtype("q6_k")
+    assert all(c.tensor(n).data.tobytes() == q.tensor(n).data.tobytes() for n in c.tensors)
+
+
 def test_type_help_comes_from_the_type_table_without_loading_numpy():
     """`--type`'s help lists quant/types.py's stored types; the table loads without numpy (or the
     kernels), so the command line starts as fast as before."""
@@ -99,6 +114,6 @@ def test_type_help_comes_from_the_type_table_without_loading_numpy():
     code = ("import sys, llmrun.cli.main; "
             "assert 'numpy' not in sys.modules and 'llmrun._kernels' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
-    assert names() == "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1 or q4_k"
+    assert names() == "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k or q6_k"
     r = run_cli("quantize", "--help", check=True, env={"COLUMNS": "200"})  # wide enough not to wrap
     assert names() in r.stdout

@@ -22,7 +22,7 @@ import pytest
 import llmrun._kernels as K
 from llmrun.quant import reference as ref
 from llmrun.quant.layout import X16, interleave
-from llmrun.quant.types import TYPES
+from llmrun.quant.types import Q6_K, TYPES
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_kernels import (FLOAT_DOT_BOUND, QUANT_DOT_BOUND, QUANT_DOT_SIMD_BOUND, RMSNORM_BOUND,  # noqa: E402
@@ -117,6 +117,23 @@ def matmul_inputs(t, tokens, n, k):
     return x, ref.quantize(rand(rng, n, k, scale=0.1), t)
 
 
+def q6_k_extremes():
+    """q6_k's largest integer terms: every sub-block scale -128 and every quant 0 (q - 32 = -32),
+    so each weight's sc * (q - 32) is 4096, against activations at +-32767 (constant rows): an x86
+    quad lane then holds 16 such products, 2,147,418,112, just under 2^31, and a q16_a block's
+    sum, twice that, needs scalar's int64. Rows of alternating signs cancel instead. 5 tokens: a
+    tile and one more; 3 super-blocks."""
+    blk = np.zeros((3, 3, Q6_K.type_size), np.uint8)  # ql = qh = 0: every q is 0
+    blk[..., 192:208] = np.array([-128], np.int8).view(np.uint8)
+    blk[..., 208:210] = np.array([1e-3], np.float16).view(np.uint8)
+    blk[1, :, 208:210] = np.array([-2.5], np.float16).view(np.uint8)
+    x = np.full((5, 3 * 256), 3.0, np.float32)
+    x[1] = -3.0
+    x[2, ::2] = -3.0
+    x[3, :256] = 1e-3
+    return x, blk.reshape(3, -1)
+
+
 def q16a_inputs():
     rng = rng_for("isa q16a")
     scales = np.repeat(10.0 ** rng.uniform(-4, 4, (5, 65)), 32, axis=-1)  # a scale per block
@@ -173,6 +190,10 @@ def compute_all() -> dict[str, np.ndarray]:
         rows = np.empty((3, k), np.float32)
         K.get_rows(rows, interleave(w, t), t.id, np.array([n - 1, 0, 5], np.int32), X16)
         out[f"x16-get_rows/{t.name}/{tokens}/{n}/{k}"] = rows
+    x, w = q6_k_extremes()
+    y = np.empty((x.shape[0], w.shape[0]), np.float32)
+    K.matmul(y, x, w, Q6_K.id)
+    out["q6k-extremes"] = y
     for name, x in q16a_inputs().items():
         q = np.empty((x.shape[0], x.shape[1] // 32 * ref.Q16A_BYTES), np.uint8)
         K.quantize_q16a(q, x)
@@ -329,6 +350,21 @@ def test_matmul_token_tiles_equal_single_token(results, isa, t):
         assert (err <= bound + QUANT_DOT_BOUND(k // 32) * mag).all(), f"{key}: vs scalar, max err {err.max():.3g}"
 
 
+@pytest.mark.parametrize("isa", ["scalar"] + SIMD_ISAS)
+def test_q6_k_largest_terms_stay_exact(results, isa):
+    """No integer sum of a q6_k kernel wraps: at its largest terms every path stays within its
+    bound (a wrapped int32 would be off by 2^32 d da)."""
+    needs(isa)
+    x, w = q6_k_extremes()
+    got = results[isa]["q6k-extremes"].astype(np.float64)
+    bound = (QUANT_DOT_BOUND if isa == "scalar" else QUANT_DOT_SIMD_BOUND)(x.shape[1] // 32)
+    _, wq = ref.q6_k_fields(w.reshape(3, -1, Q6_K.type_size))
+    qa = ref.quantize_q16a(x)[2]
+    assert (wq[0, 0, 0].astype(np.int64) * qa[0, 0]).sum() == 32 * 4096 * 32767 > 2 ** 31  # past int32
+    want = ref.matmul(w, Q6_K, x)
+    assert (np.abs(got - want) <= bound * matmul_magnitude(w, Q6_K, x)).all()
+
+
 def test_x16_scalar_equals_rows_layout(results):
     """The scalar X16 kernels copy each block out of its group and run the rows layout's block
     arithmetic in the same order: bit-identical to the rows layout, for every token count."""
@@ -392,7 +428,7 @@ def test_rmsnorm_silu_mul_and_gelu_mul_within_their_bounds(results, isa):
 @pytest.mark.parametrize("isa", SIMD_ISAS)
 def test_other_ops_equal_scalar(results, isa):
     needs(isa)
-    skip = ("matmul/", "tile/", "single/", "q16a/", "isa", "x16", "rmsnorm", "silu_mul", "gelu_mul")
+    skip = ("matmul/", "tile/", "single/", "q16a/", "isa", "x16", "rmsnorm", "silu_mul", "gelu_mul", "q6k-")
     for key in [k for k in results["scalar"] if not k.startswith(skip)]:
         np.testing.assert_array_equal(results[isa][key], results["scalar"][key], err_msg=key)
     for t in ALL_TYPES:  # get_rows dequantises with the reference: exact

@@ -14,7 +14,7 @@ import pytest
 import llmrun._kernels as K
 from llmrun.quant import reference as ref
 from llmrun.quant.layout import X16, deinterleave, interleave
-from llmrun.quant.types import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q8_0, TABLE, TYPES
+from llmrun.quant.types import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q6_K, Q8_0, TABLE, TYPES
 
 ALL_TYPES = list(TYPES.values())  # every type the CPU runs, from the table in quant/types.py
 QUANTISED = [t for t in ALL_TYPES if t.quantized]
@@ -34,7 +34,8 @@ def FLOAT_DOT_BOUND(k):
     return (k + 2) * U
 
 # Quantised matmul vs the reference: integer block sums are exact on both sides; each block
-# term (dw*da*isum, dw*(da*isum - 8*sa), dw*da*isum + mw*sa) takes at most 3 roundings, the
+# term (dw*da*isum, dw*(da*isum - 8*sa), dw*da*isum + mw*sa; for q6_k dw is the super-block's d
+# and qw the integer sc*(q - 32), its isum rounded to float once) takes at most 3 roundings, the
 # nb terms are summed with nb - 1 more and the result rounded once: |err| <= (nb + 3) u M with
 # M = sum_b (|dw| da sum_j |qw_j qa_j| + |offset_b sa_b|), which bounds every partial sum.
 def QUANT_DOT_BOUND(nb):
@@ -43,8 +44,8 @@ def QUANT_DOT_BOUND(nb):
 
 # Quantised weights: the SIMD kernels compute each block's integer sums exactly (as the scalar
 # kernel), in int32 vector lanes, with no reduction per block: each lane's partial sum P (half a
-# block, 16 products) is converted to float (exact for q4, at most one rounding for q8_0 where
-# |P| may pass 2^24) and fused-multiply-added with c_b = fl(dw*da) into a float accumulator, four
+# block, 16 products) is converted to float (exact for q4, at most one rounding for q8_0 and q6_k
+# where |P| may pass 2^24) and fused-multiply-added with c_b = fl(dw*da) into a float accumulator, four
 # blocks per step (G = ceil(nb/4) steps); the offsets (-8 dw sa for q4_0, exact -8 sa; mw sa for
 # q4_1) go by FMA into a 4-lane accumulator; at the end 8 lanes fold to 4 (1 add), the offsets are
 # added (1) and a 2-level tree sums the 4 lanes (2). Every term c_b*P or o_b is bounded in total
@@ -164,6 +165,10 @@ def block_fields(w: np.ndarray, t):
     if t is Q4_K:  # per 32-value sub-block: d * sc, offset -dmin * m (quant/reference.py)
         dsc, dmm, q = ref.q4_k_fields(blocks)
         return dsc.reshape(w.shape[0], -1), -dmm.reshape(w.shape[0], -1), q.reshape(w.shape[0], -1, 32).astype(np.float64)
+    if t is Q6_K:  # per q16_a block: the super-block's d, the integer weights sc * (q - 32)
+        d, wq = ref.q6_k_fields(blocks)
+        d = d.reshape(w.shape[0], -1)
+        return d, np.zeros_like(d), wq.reshape(w.shape[0], -1, 32).astype(np.float64)
     d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float64)
     if t is Q8_0:
         return d, np.zeros_like(d), blocks[..., 2:].copy().view(np.int8).astype(np.float64)
@@ -250,7 +255,8 @@ def test_quantize_q16a_matches_reference():
 
 
 @pytest.mark.parametrize("t,k,expected", [(F32, 5, 20), (F16, 7, 14), (BF16, 3, 6), (Q8_0, 64, 68),
-                                          (Q4_0, 32, 18), (Q4_1, 96, 60), (Q5_0, 64, 44), (Q5_1, 32, 24)],
+                                          (Q4_0, 32, 18), (Q4_1, 96, 60), (Q5_0, 64, 44), (Q5_1, 32, 24),
+                                          (Q6_K, 512, 420)],
                          ids=lambda v: str(v))
 def test_row_bytes(t, k, expected):
     assert K.row_bytes(t.id, k) == t.row_bytes(k) == expected

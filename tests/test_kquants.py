@@ -47,8 +47,8 @@ def test_sizes_match_ggml():
 
 
 def test_runnable_types_unchanged():
-    assert sorted(TYPES) == ["bf16", "f16", "f32", "q4_0", "q4_1", "q4_k", "q5_0", "q5_1", "q8_0"]
-    assert sorted(TYPES_BY_ID) == [0, 1, 2, 3, 6, 7, 8, 12, 30]
+    assert sorted(TYPES) == ["bf16", "f16", "f32", "q4_0", "q4_1", "q4_k", "q5_0", "q5_1", "q6_k", "q8_0"]
+    assert sorted(TYPES_BY_ID) == [0, 1, 2, 3, 6, 7, 8, 12, 14, 30]
     assert len(GGML_TYPES_BY_ID) == 14
     for t in IMPORT_ONLY:
         assert ggml_type(t.id) is t
@@ -58,7 +58,7 @@ def test_runnable_types_unchanged():
             qtype(t.name)
 
 
-@pytest.mark.parametrize("t", [t for t in IMPORT_ONLY if t is not Q8_K] + [Q5_0, Q5_1, Q4_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("t", [t for t in IMPORT_ONLY if t is not Q8_K] + [Q5_0, Q5_1, Q4_K, Q6_K], ids=lambda t: t.name)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_bit_identical_to_gguf(t, shape):
     rng = np.random.default_rng(t.id * 100 + len(shape))
@@ -193,3 +193,65 @@ def test_q4_k_quantiser_round_trip_and_rules():
     g = np.random.default_rng(5).standard_normal((16, 4096)).astype(np.float32)
     dg = dequantize(quantize(g, Q4_K), Q4_K, 4096)
     assert np.sqrt(((dg - g) ** 2).mean()) < 0.08  # 4.5 bits per weight on N(0, 1): ~0.071
+
+
+def _q6_k_inputs() -> np.ndarray:
+    """4,096 super-blocks: scales from 1e-4 to 1e3, and edge blocks."""
+    rng = np.random.default_rng(614)
+    x = rng.standard_normal((4096, 256)) * 10.0 ** rng.uniform(-4, 3, (4096, 1))
+    x[0] = 0.0  # all zero: every byte 0
+    x[1] = 1.5  # constant
+    x[2] = np.arange(256) - 100.0  # a ramp
+    x[3] = np.abs(x[3]) + 1  # all positive
+    x[4] = np.round(x[4] * 4) / 4  # ties
+    x[5, :16] = 0.0  # one zero sub-block
+    x[6, 200:] = -3.0
+    x[7, :] = 1e-4
+    x[7, 0] = 1e3  # one huge value: the other sub-blocks' int8 scales round to 0
+    x[8, 16:32] = 1e-17  # a sub-block under ggml's GROUP_MAX_EPS (1e-15), not zero
+    x[9] = np.arange(256) % 64 - 32.0  # every q - 32 once per 64
+    x[10] = -x[10]
+    x[11, ::2] = 0.0
+    return x.astype(np.float32)
+
+
+def test_q6_k_quantiser_is_llama_cpps():
+    """gguf-py has no q6_k quantiser. These are the bytes of llama.cpp's quantize_row_q6_K_ref
+    (ggml-quants.c, as vendored by llama-cpp-python 0.3.36, built alone with gcc -O2
+    -ffp-contract=off, its asserts on) for the inputs above; our numpy quantiser must give them
+    (the C one is held to it in test_kernels)."""
+    import hashlib
+    from llmrun.quant import quantize
+    got = quantize(_q6_k_inputs(), Q6_K)
+    assert got.shape == (4096, 210)
+    assert hashlib.sha256(got.tobytes()).hexdigest() == \
+        "f8ec99626a8f7322940922a4ce9e6be3d9f3ecb996c5b311ff7687862a1259d9"
+
+
+def test_q6_k_quantiser_round_trip_and_rules():
+    from llmrun.quant import quantize
+    from llmrun.quant.kquants import _q6_k_fields
+    x = _q6_k_inputs()
+    data = quantize(x, Q6_K)
+    blk = data.reshape(4096, 210)
+    assert not blk[0].any()  # all zero: d = 0, every scale and quant byte 0
+    d, sc, q = _q6_k_fields(blk)  # [S, 1, 1], [S, 16], [S, 16, 16]
+    d = d[:, 0, 0]
+    live = d != 0
+    # the sub-block scale of largest magnitude is -128 (d = its scale / -128), the rest within int8
+    assert (sc[live].astype(int).min(axis=1) == -128).all()
+    # every quant is x / (d sc) rounded to nearest, clamped to -32..31 (by float64 maths: within
+    # 1e-6 of a step of it, for the float32 division) where sc is not 0; where it is, x is stored as 0
+    v = q.astype(np.float64)  # [S, 16, 16], q - 32
+    step = (d[:, None] * sc)[..., None].astype(np.float64)  # [S, 16, 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = x.reshape(4096, 16, 16).astype(np.float64) / step
+    inner = (np.abs(ratio - v) <= 0.5 + 1e-6) & (v > -32) & (v < 31)
+    clamped = ((v == 31) & (ratio >= 30.5 - 1e-6)) | ((v == -32) & (ratio <= -31.5 + 1e-6))
+    assert (inner | clamped)[live[:, None] & (sc != 0)].all()
+    back = dequantize(data, Q6_K, 256)
+    assert (back.reshape(4096, 16, 16)[(sc == 0)] == 0).all()
+    assert (back[7, 16:] == 0).all() and back[7, 0] != 0  # scales that rounded to 0: exact zeros
+    g = np.random.default_rng(5).standard_normal((16, 4096)).astype(np.float32)
+    dg = dequantize(quantize(g, Q6_K), Q6_K, 4096)
+    assert np.sqrt(((dg - g) ** 2).mean()) < 0.025  # 6.56 bits per weight on N(0, 1)

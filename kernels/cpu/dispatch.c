@@ -17,6 +17,7 @@ const llmr_kernels llmr_kernels_scalar = {
         [LLMR_TYPE_Q5_0] = vec_dot_q5_0_q16_a_ref,
         [LLMR_TYPE_Q5_1] = vec_dot_q5_1_q16_a_ref,
         [LLMR_TYPE_Q4_K] = vec_dot_q4_K_q16_a_ref,
+        [LLMR_TYPE_Q6_K] = vec_dot_q6_K_q16_a_ref,
     },
     .gemm_x16 = {
         [LLMR_TYPE_Q8_0] = gemm_x16_q8_0_q16_a_ref,
@@ -52,6 +53,7 @@ static const llmr_kernels llmr_kernels_avx2 = {
         [LLMR_TYPE_Q5_0] = vec_dot_q5_0_q16_a_avx2,
         [LLMR_TYPE_Q5_1] = vec_dot_q5_1_q16_a_avx2,
         [LLMR_TYPE_Q4_K] = vec_dot_q4_K_q16_a_avx2,
+        [LLMR_TYPE_Q6_K] = vec_dot_q6_K_q16_a_avx2,
     },
     .vec_dot_tile = {
         [LLMR_TYPE_Q8_0] = vec_dot_tile_q8_0_q16_a_avx2,
@@ -59,6 +61,7 @@ static const llmr_kernels llmr_kernels_avx2 = {
         [LLMR_TYPE_Q4_1] = vec_dot_tile_q4_1_q16_a_avx2,
         [LLMR_TYPE_Q5_0] = vec_dot_tile_q5_0_q16_a_avx2,
         [LLMR_TYPE_Q5_1] = vec_dot_tile_q5_1_q16_a_avx2,
+        [LLMR_TYPE_Q6_K] = vec_dot_tile_q6_K_q16_a_avx2,
     },
     .gemm_x16 = {
         [LLMR_TYPE_Q8_0] = gemm_x16_q8_0_q16_a_avx2,
@@ -87,6 +90,7 @@ static const llmr_kernels llmr_kernels_avx512 = {
         [LLMR_TYPE_Q5_0] = vec_dot_q5_0_q16_a_avx512,
         [LLMR_TYPE_Q5_1] = vec_dot_q5_1_q16_a_avx512,
         [LLMR_TYPE_Q4_K] = vec_dot_q4_K_q16_a_avx512,
+        [LLMR_TYPE_Q6_K] = vec_dot_q6_K_q16_a_avx512,
     },
     .vec_dot_tile = {
         [LLMR_TYPE_Q8_0] = vec_dot_tile_q8_0_q16_a_avx512,
@@ -94,6 +98,7 @@ static const llmr_kernels llmr_kernels_avx512 = {
         [LLMR_TYPE_Q4_1] = vec_dot_tile_q4_1_q16_a_avx512,
         [LLMR_TYPE_Q5_0] = vec_dot_tile_q5_0_q16_a_avx512,
         [LLMR_TYPE_Q5_1] = vec_dot_tile_q5_1_q16_a_avx512,
+        [LLMR_TYPE_Q6_K] = vec_dot_tile_q6_K_q16_a_avx512,
     },
     .gemm_x16 = {
         [LLMR_TYPE_Q8_0] = gemm_x16_q8_0_q16_a_avx512,
@@ -123,6 +128,7 @@ static const llmr_kernels llmr_kernels_avx512vnni = {
         [LLMR_TYPE_Q5_0] = vec_dot_q5_0_q16_a_avx512vnni,
         [LLMR_TYPE_Q5_1] = vec_dot_q5_1_q16_a_avx512vnni,
         [LLMR_TYPE_Q4_K] = vec_dot_q4_K_q16_a_avx512vnni,
+        [LLMR_TYPE_Q6_K] = vec_dot_q6_K_q16_a_avx512vnni,
     },
     .vec_dot_tile = {
         [LLMR_TYPE_Q8_0] = vec_dot_tile_q8_0_q16_a_avx512vnni,
@@ -130,6 +136,7 @@ static const llmr_kernels llmr_kernels_avx512vnni = {
         [LLMR_TYPE_Q4_1] = vec_dot_tile_q4_1_q16_a_avx512vnni,
         [LLMR_TYPE_Q5_0] = vec_dot_tile_q5_0_q16_a_avx512vnni,
         [LLMR_TYPE_Q5_1] = vec_dot_tile_q5_1_q16_a_avx512vnni,
+        [LLMR_TYPE_Q6_K] = vec_dot_tile_q6_K_q16_a_avx512vnni,
     },
     .gemm_x16 = {
         [LLMR_TYPE_Q8_0] = gemm_x16_q8_0_q16_a_avx512vnni,
@@ -178,6 +185,10 @@ static const llmr_kernels llmr_kernels_neon = {
         [LLMR_TYPE_Q5_0] = vec_dot_q5_0_q16_a_neon,
         [LLMR_TYPE_Q5_1] = vec_dot_q5_1_q16_a_neon,
         [LLMR_TYPE_Q4_K] = vec_dot_q4_K_q16_a_neon,
+        [LLMR_TYPE_Q6_K] = vec_dot_q6_K_q16_a_neon,
+    },
+    .vec_dot_tile = {
+        [LLMR_TYPE_Q6_K] = vec_dot_tile_q6_K_q16_a_neon,
     },
     .gemm_x16 = {
         [LLMR_TYPE_Q8_0] = gemm_x16_q8_0_q16_a_neon,

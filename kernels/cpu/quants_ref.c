@@ -386,3 +386,110 @@ void dequantize_row_q4_K_ref(const void *x, float *y, int64_t k) {
         }
     }
 }
+
+/* ---- q6_k: llama.cpp's quantize_row_q6_K_ref, operation for operation (as q4_k's above), so
+ * the bytes are llama.cpp's and quant/reference.py's. */
+
+#define GROUP_MAX_EPS 1e-15f /* ggml's: a sub-block of smaller values counts as all zero */
+#define Q6_K_SUB 16           /* values per q6_k sub-block, each with its own int8 scale */
+
+/* One trial grid of make_qx_quants: l = round(iscale x) clamped to -nmax .. nmax - 1, and the
+ * sums of w x l and w l^2 with weights w = x^2, in element order. */
+static void qx_trial(const float *x, int nmax, float iscale, int8_t *l, float *sumlx, float *suml2) {
+    float lx = 0, l2 = 0;
+    for (int i = 0; i < Q6_K_SUB; i++) {
+        int q = nearest_int(iscale * x[i]);
+        q = q < -nmax ? -nmax : q > nmax - 1 ? nmax - 1 : q;
+        l[i] = (int8_t)q;
+        const float w = x[i] * x[i];
+        lx += w * x[i] * q;
+        l2 += w * q * q;
+    }
+    *sumlx = lx;
+    *suml2 = l2;
+}
+
+/* make_qx_quants(16, nmax, x, L, rmse_type = 1, qw = NULL): the signed scale whose grid fits x
+ * best (least squares weighted by x^2) among 1 / iscale for iscale = -(nmax + 0.1 s) / max,
+ * s = 0, -9 .. 9, max the value of largest magnitude; L = l + nmax. An all-zero sub-block (below
+ * GROUP_MAX_EPS) gets scale 0 and L = 0. */
+static float make_qx_quants(const float *x, int nmax, uint8_t *L) {
+    float amax = 0, max = 0;
+    for (int i = 0; i < Q6_K_SUB; i++)
+        if (fabsf(x[i]) > amax) {
+            amax = fabsf(x[i]);
+            max = x[i];
+        }
+    if (amax < GROUP_MAX_EPS) {
+        memset(L, 0, Q6_K_SUB);
+        return 0.f;
+    }
+    int8_t l[Q6_K_SUB];
+    float sumlx, suml2;
+    qx_trial(x, nmax, -nmax / max, l, &sumlx, &suml2);
+    for (int i = 0; i < Q6_K_SUB; i++) L[i] = (uint8_t)(l[i] + nmax);
+    float scale = suml2 ? sumlx / suml2 : 0.0f;
+    float best = scale * sumlx;
+    for (int s = -9; s <= 9; s++) {
+        if (s == 0) continue;
+        qx_trial(x, nmax, -(nmax + 0.1f * s) / max, l, &sumlx, &suml2);
+        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+            for (int i = 0; i < Q6_K_SUB; i++) L[i] = (uint8_t)(l[i] + nmax);
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
+void quantize_row_q6_K_ref(const float *x, void *y, int64_t k) {
+    block_q6_K *b = y;
+    uint8_t L[QK_K];
+    float scales[QK_K / Q6_K_SUB];
+    for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
+        /* each sub-block's own scale; the largest in magnitude (the first of equals) sets d */
+        float max_abs = 0, max_scale = 0;
+        for (int j = 0; j < QK_K / Q6_K_SUB; j++) {
+            scales[j] = make_qx_quants(x + Q6_K_SUB * j, 32, L + Q6_K_SUB * j);
+            if (fabsf(scales[j]) > max_abs) {
+                max_abs = fabsf(scales[j]);
+                max_scale = scales[j];
+            }
+        }
+        memset(&b[i], 0, sizeof b[i]);
+        if (max_abs < GROUP_MAX_EPS) /* all zero: d = 0, every byte 0 */
+            continue;
+        /* the scales as int8 in units of d = max_scale / -128, then the quants again against them */
+        const float iscale = -128.f / max_scale;
+        b[i].d = llmr_f32_to_f16(1 / iscale);
+        for (int j = 0; j < QK_K / Q6_K_SUB; j++) {
+            const int sc = nearest_int(iscale * scales[j]);
+            b[i].scales[j] = (int8_t)(sc < 127 ? sc : 127);
+        }
+        for (int j = 0; j < QK_K / Q6_K_SUB; j++) {
+            const float d = llmr_f16_to_f32(b[i].d) * b[i].scales[j];
+            if (!d) /* a scale that rounded to 0 keeps make_qx_quants' quants */
+                continue;
+            for (int e = Q6_K_SUB * j; e < Q6_K_SUB * (j + 1); e++) {
+                const int l = nearest_int(x[e] / d);
+                L[e] = (uint8_t)((l < -32 ? -32 : l > 31 ? 31 : l) + 32);
+            }
+        }
+        /* the bit layout llmr_q6_k_quant reads */
+        for (int e = 0; e < QK_K; e++) {
+            const int h = e / 128, kk = e % 128 / 32, l = e % 32;
+            b[i].ql[64 * h + 32 * (kk % 2) + l] |= (uint8_t)((L[e] & 0x0F) << 4 * (kk / 2));
+            b[i].qh[32 * h + l] |= (uint8_t)((L[e] >> 4) << 2 * kk);
+        }
+    }
+}
+
+/* ggml's dequantize_row_q6_K: d * sc first (exact: 11 x 8 bits), then times q - 32. */
+void dequantize_row_q6_K_ref(const void *x, float *y, int64_t k) {
+    const block_q6_K *b = x;
+    for (int64_t i = 0; i < k / QK_K; i++) {
+        const float d = llmr_f16_to_f32(b[i].d);
+        for (int e = 0; e < QK_K; e++)
+            *y++ = d * b[i].scales[e / Q6_K_SUB] * (float)llmr_q6_k_quant(&b[i], e);
+    }
+}

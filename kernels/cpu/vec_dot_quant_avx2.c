@@ -1,4 +1,4 @@
-/* AVX2 dot products for quantised weights (q8_0, q4_0, q4_1, q5_0, q5_1) against q16_a activations.
+/* AVX2 dot products for quantised weights (q8_0, q4_0, q4_1, q5_0, q5_1, q4_K, q6_K) against q16_a activations.
  * Compiled with -mavx2 -mfma -mf16c; dispatch.c calls them only on a CPU that has all three.
  * This file widens a block's weights to two registers of 16 int16 and multiplies them with the
  * int16 activations by pmaddwd (pairs summed into int32, exact: see block_q16_a); the row loop
@@ -75,6 +75,21 @@ static inline float q4k_finish(q4k_acc acc, __m256 off) {
     __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     h = _mm_add_ps(h, _mm_movehl_ps(h, h));
     return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+}
+
+/* q6_K (vec_dot_q16a_x86.h): half a super-block's 8 int8 scales as int16, in both 128-bit
+ * lanes, so one pshufb broadcasts any of them across a register. */
+typedef __m256i q6k_scales_t;
+static inline __m256i q6k_scales(const int8_t *sc) {
+    return _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)sc)));
+}
+/* Block b of the half (32 bytes q - 32) as int16 times its scales: elements 0..15 by scale 2b,
+ * 16..31 by scale 2b + 1 (a pshufb mask of the int16's two bytes picks each). */
+static inline wblock widen_q6k(__m256i q, __m256i sc, int b) {
+    const __m256i s0 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0404 * b)));
+    const __m256i s1 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0302 + 0x0404 * b)));
+    return (wblock){_mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(q)), s0),
+                    _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1)), s1)};
 }
 
 #include "vec_dot_q16a_x86.h"

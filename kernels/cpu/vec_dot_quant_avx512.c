@@ -1,4 +1,4 @@
-/* AVX-512 (F, BW, VL) dot products for quantised weights (q8_0, q4_0, q4_1, q5_0, q5_1) against q16_a
+/* AVX-512 (F, BW, VL) dot products for quantised weights (q8_0, q4_0, q4_1, q5_0, q5_1, q4_K, q6_K) against q16_a
  * activations. Compiled with -mavx512f -mavx512bw -mavx512vl -mfma -mf16c as the `avx512`
  * kernels, and compiled again by vec_dot_quant_avx512vnni.c with -mavx512vnni added as the
  * `avx512vnni` kernels (one source, two builds: the multiply-add below is the only change).
@@ -82,6 +82,20 @@ static inline float q4k_finish(q4k_acc acc, __m256 off) {
     __m128 h = _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps(h8, 1));
     h = _mm_add_ps(h, _mm_movehl_ps(h, h));
     return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+}
+
+/* q6_K (vec_dot_q16a_x86.h): half a super-block's 8 int8 scales as int16, in each 128-bit
+ * lane, so one pshufb broadcasts any of them across a lane. */
+typedef __m512i q6k_scales_t;
+static inline __m512i q6k_scales(const int8_t *sc) {
+    return _mm512_broadcast_i32x4(_mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)sc)));
+}
+/* Block b of the half (32 bytes q - 32) as 32 int16 times its scales: elements 0..15 (lanes 0
+ * and 1) by scale 2b, 16..31 (lanes 2 and 3) by scale 2b + 1. */
+static inline __m512i widen_q6k(__m256i q, __m512i sc, int b) {
+    const __m512i pick = _mm512_inserti64x4(_mm512_set1_epi16((short)(0x0100 + 0x0404 * b)),
+                                            _mm256_set1_epi16((short)(0x0302 + 0x0404 * b)), 1);
+    return _mm512_mullo_epi16(_mm512_cvtepi8_epi16(q), _mm512_shuffle_epi8(sc, pick));
 }
 
 #include "vec_dot_q16a_x86.h"

@@ -1,4 +1,4 @@
-/* arm64 NEON dot products for quantised weights (q8_0, q4_0, q4_1, q5_0, q5_1) against q16_a activations.
+/* arm64 NEON dot products for quantised weights (q8_0, q4_0, q4_1, q5_0, q5_1, q4_K, q6_K) against q16_a activations.
  * NEON is baseline on arm64: no extra flags, no CPU test (dispatch.c, under __aarch64__).
  *
  * Each block's weights are widened to int16 (vmovl_s8, or nibble masks and vmovl_u8) and
@@ -136,4 +136,76 @@ void vec_dot_q4_K_q16_a_neon(int64_t k, float *s, const void *w, const void *a) 
         }
     }
     *s = sum;
+}
+
+/* q6_K: vec_dot_q6_K_q16_a_ref's operations in its order, the integer sums by NEON. A sub-block
+ * of 16 weights is one int8x16 of q - 32 (-32..31). */
+
+/* Half h of a super-block (its 64 bytes ql, 32 bytes qh): q16_a block k (0..3) of the half as
+ * q[k][0] (elements 0..15, sub-block 2k of the half) and q[k][1] (16..31, sub-block 2k + 1). The
+ * low four bits from ql (k % 2 picks the 32 bytes, k / 2 the nibble), the top two from qh (bits 2k). */
+static inline void q6k_half(const uint8_t *ql, const uint8_t *qh, int8x16_t q[4][2]) {
+    const uint8x16_t m4 = vdupq_n_u8(0x0F), m2 = vdupq_n_u8(0x30), bias = vdupq_n_u8(32);
+    for (int p = 0; p < 2; p++) {
+        const uint8x16_t l0 = vld1q_u8(ql + 16 * p), l1 = vld1q_u8(ql + 32 + 16 * p), h = vld1q_u8(qh + 16 * p);
+        const uint8x16_t u[4] = {
+            vorrq_u8(vandq_u8(l0, m4), vandq_u8(vshlq_n_u8(h, 4), m2)),
+            vorrq_u8(vandq_u8(l1, m4), vandq_u8(vshlq_n_u8(h, 2), m2)),
+            vorrq_u8(vshrq_n_u8(l0, 4), vandq_u8(h, m2)),
+            vorrq_u8(vshrq_n_u8(l1, 4), vandq_u8(vshrq_n_u8(h, 2), m2)),
+        };
+        for (int k = 0; k < 4; k++)
+            q[k][p] = vreinterpretq_s8_u8(vsubq_u8(u[k], bias)); /* 0..63 - 32, as signed bytes */
+    }
+}
+
+/* sum(w * a) over a sub-block: 16 signed weights, 16 int16 activations; exact in int32. */
+static inline int32_t isum_sub(int8x16_t w, const int16_t *a) {
+    const int16x8_t w0 = vmovl_s8(vget_low_s8(w)), w1 = vmovl_high_s8(w);
+    const int16x8_t a0 = vld1q_s16(a), a1 = vld1q_s16(a + 8);
+    int32x4_t acc = vmull_s16(vget_low_s16(w0), vget_low_s16(a0));
+    acc = vmlal_high_s16(acc, w0, a0);
+    acc = vmlal_s16(acc, vget_low_s16(w1), vget_low_s16(a1));
+    acc = vmlal_high_s16(acc, w1, a1);
+    return vaddvq_s32(acc);
+}
+
+/* A row against T tokens' activation rows ys[t] into sums[t]: each half super-block unpacked
+ * once; per token the reference's operations in its order, whatever T. */
+static inline void q6k_row(int64_t k, const block_q6_K *x, const block_q16_a *const *ys, int T, float *sums) {
+    for (int t = 0; t < T; t++)
+        sums[t] = 0.0f;
+    for (int64_t i = 0; i < k / QK_K; i++) {
+        const float d = f16(x[i].d);
+        for (int h = 0; h < 2; h++) {
+            int8x16_t q[4][2];
+            q6k_half(x[i].ql + 64 * h, x[i].qh + 32 * h, q);
+            for (int kk = 0; kk < 4; kk++) {
+                const int j = 4 * h + kk; /* the q16_a block of the super-block */
+                const int64_t sc0 = x[i].scales[2 * j], sc1 = x[i].scales[2 * j + 1];
+                for (int t = 0; t < T; t++) {
+                    const block_q16_a *y = ys[t] + QK_K / QK_Q16_A * i + j;
+                    const int64_t isum = sc0 * isum_sub(q[kk][0], y->qs) + sc1 * isum_sub(q[kk][1], y->qs + 16);
+                    sums[t] += d * y->d * (float)isum;
+                }
+            }
+        }
+    }
+}
+
+void vec_dot_q6_K_q16_a_neon(int64_t k, float *s, const void *w, const void *a) {
+    const block_q16_a *ys[1] = {a};
+    q6k_row(k, w, ys, 1, s);
+}
+
+/* LLMR_TILE tokens: each output the single-token kernel's bit for bit (so the scalar one's). */
+void vec_dot_tile_q6_K_q16_a_neon(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                  size_t a_stride) {
+    const block_q16_a *ys[LLMR_TILE];
+    for (int t = 0; t < LLMR_TILE; t++)
+        ys[t] = (const block_q16_a *)((const uint8_t *)a + t * a_stride);
+    float sums[LLMR_TILE];
+    q6k_row(k, w, ys, LLMR_TILE, sums);
+    for (int t = 0; t < LLMR_TILE; t++)
+        s[t * s_stride] = sums[t];
 }

@@ -155,3 +155,25 @@ void vec_dot_q4_K_q16_a_ref(int64_t k, float *s, const void *w, const void *a) {
     }
     *s = sum;
 }
+
+/* q6_K: q16_a block j of a super-block spans sub-blocks 2j and 2j + 1 (16 values each, with its
+ * own int8 scale): sum_j d da_j (sc_2j P_2j + sc_2j+1 P_2j+1), P the sub-block's sum of
+ * (q - 32) qa, |P| <= 16 * 32 * 32767 < 2^24 (exact in int32); the two scaled sums, up to 2^32
+ * in magnitude, are added in int64 and rounded to float once. Signed weights: no offset term,
+ * so q16_a's s is not needed. vec_dot_q6_K_q16_a_neon does the same operations in order. */
+void vec_dot_q6_K_q16_a_ref(int64_t k, float *s, const void *w, const void *a) {
+    const block_q6_K *x = w;
+    const block_q16_a *y = a;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < k / QK_K; i++) {
+        const float d = llmr_f16_to_f32(x[i].d);
+        for (int j = 0; j < QK_K / QK_Q16_A; j++, y++) {
+            int32_t p[2] = {0, 0}; /* sub-blocks 2j, 2j + 1 */
+            for (int l = 0; l < QK_Q16_A; l++)
+                p[l / 16] += llmr_q6_k_quant(&x[i], QK_Q16_A * j + l) * y->qs[l];
+            const int64_t isum = (int64_t)x[i].scales[2 * j] * p[0] + (int64_t)x[i].scales[2 * j + 1] * p[1];
+            sum += d * y->d * (float)isum;
+        }
+    }
+    *s = sum;
+}

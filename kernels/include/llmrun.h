@@ -29,6 +29,7 @@ enum llmr_type {
     LLMR_TYPE_Q5_1 = 7,
     LLMR_TYPE_Q8_0 = 8,
     LLMR_TYPE_Q4_K = 12,
+    LLMR_TYPE_Q6_K = 14,
     LLMR_TYPE_BF16 = 30,
     LLMR_TYPE_COUNT = 31, /* bound for tables indexed by id; most ids below it are unused */
 };
@@ -104,6 +105,27 @@ static inline void llmr_q4_k_scale_min(int j, const uint8_t *q, uint8_t *sc, uin
         *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
     }
 }
+
+/* Q6_K: a QK_K super-block of 16 sub-blocks of 16, each with an int8 scale sc; 6-bit quants q,
+ * x = d * sc * (q - 32). Element 128h + 32k + l (h < 2, k < 4, l < 32) keeps its low four bits
+ * in ql[64h + 32 (k % 2) + l] (the low nibble for k < 2, the high one for k >= 2) and its top
+ * two in qh[32h + l] (bits 2k and 2k + 1) (llmr_q6_k_quant). So q16_a block j = 4h + k of a
+ * super-block reads 32 bytes of ql and 32 of qh, and spans sub-blocks 2j and 2j + 1. The f16 d
+ * comes last: the block has no leading scale fields. */
+typedef struct {
+    uint8_t ql[QK_K / 2];
+    uint8_t qh[QK_K / 4];
+    int8_t scales[QK_K / 16];
+    uint16_t d; /* f16 super-block scale of the sub-block scales */
+} block_q6_K; /* x = d * sc * (q - 32) */
+
+/* Element e's (0..255) quant minus 32: -32..31. */
+static inline int llmr_q6_k_quant(const block_q6_K *b, int e) {
+    const int h = e / 128, k = e % 128 / 32, l = e % 32;
+    const int lo = b->ql[64 * h + 32 * (k % 2) + l] >> 4 * (k / 2) & 0x0F;
+    const int hi = b->qh[32 * h + l] >> 2 * k & 3;
+    return (lo | hi << 4) - 32;
+}
 #pragma pack(pop)
 
 /* Activations quantised on the fly for the integer dot products. 16 bits, not 8: activations
@@ -138,6 +160,7 @@ LLMR_STATIC_ASSERT(sizeof(block_q4_1) == 20, "block_q4_1 must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q5_0) == 22, "block_q5_0 must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q5_1) == 24, "block_q5_1 must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q4_K) == 144, "block_q4_K must be packed");
+LLMR_STATIC_ASSERT(sizeof(block_q6_K) == 210, "block_q6_K must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q16_a) == 72, "block_q16_a has no padding");
 LLMR_STATIC_ASSERT(QK8_0 == QK_Q16_A && QK4_0 == QK_Q16_A && QK4_1 == QK_Q16_A && QK5_0 == QK_Q16_A &&
                        QK5_1 == QK_Q16_A,
@@ -315,6 +338,7 @@ void quantize_row_q4_1_ref(const float *x, void *y, int64_t k);
 void quantize_row_q5_0_ref(const float *x, void *y, int64_t k);
 void quantize_row_q5_1_ref(const float *x, void *y, int64_t k);
 void quantize_row_q4_K_ref(const float *x, void *y, int64_t k);
+void quantize_row_q6_K_ref(const float *x, void *y, int64_t k);
 void quantize_row_q16_a_ref(const float *x, block_q16_a *y, int64_t k);
 
 void dequantize_row_f32_ref(const void *x, float *y, int64_t k);
@@ -326,6 +350,7 @@ void dequantize_row_q4_1_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q5_0_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q5_1_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q4_K_ref(const void *x, float *y, int64_t k);
+void dequantize_row_q6_K_ref(const void *x, float *y, int64_t k);
 
 void vec_dot_f32_f32_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_f16_f32_ref(int64_t k, float *s, const void *w, const void *a);
@@ -336,6 +361,7 @@ void vec_dot_q4_1_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_0_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_1_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_K_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q6_K_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
 
 void gemm_x16_q8_0_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                              const void *a, size_t a_stride);
@@ -376,6 +402,7 @@ void vec_dot_q4_1_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_0_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_1_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_K_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q6_K_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 
 /* AVX-512 F + BW + VL; the _avx512vnni dots are the same source built with VNNI */
 void attention_avx512(float *out, const float *q, const float *k, const float *v, int64_t t, int64_t hq,
@@ -391,12 +418,14 @@ void vec_dot_q4_1_q16_a_avx512(int64_t k, float *s, const void *w, const void *a
 void vec_dot_q5_0_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_1_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_K_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q6_K_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q8_0_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_0_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_1_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_0_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_1_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_K_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q6_K_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
 /* LLMR_TILE-token tiles of the quantised dots above (llmr_vec_dot_tile_fn) */
 void vec_dot_tile_q8_0_q16_a_avx2(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                 size_t a_stride);
@@ -408,6 +437,8 @@ void vec_dot_tile_q5_0_q16_a_avx2(int64_t k, float *s, size_t s_stride, const vo
                                 size_t a_stride);
 void vec_dot_tile_q5_1_q16_a_avx2(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                 size_t a_stride);
+void vec_dot_tile_q6_K_q16_a_avx2(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                size_t a_stride);
 void vec_dot_tile_q8_0_q16_a_avx512(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                 size_t a_stride);
 void vec_dot_tile_q4_0_q16_a_avx512(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
@@ -418,6 +449,8 @@ void vec_dot_tile_q5_0_q16_a_avx512(int64_t k, float *s, size_t s_stride, const 
                                 size_t a_stride);
 void vec_dot_tile_q5_1_q16_a_avx512(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                 size_t a_stride);
+void vec_dot_tile_q6_K_q16_a_avx512(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                size_t a_stride);
 void vec_dot_tile_q8_0_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                 size_t a_stride);
 void vec_dot_tile_q4_0_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
@@ -427,6 +460,8 @@ void vec_dot_tile_q4_1_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, co
 void vec_dot_tile_q5_0_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                 size_t a_stride);
 void vec_dot_tile_q5_1_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                size_t a_stride);
+void vec_dot_tile_q6_K_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                 size_t a_stride);
 
 #define LLMR_DECLARE_GEMM_X16(isa)                                                                 \
@@ -462,6 +497,9 @@ void vec_dot_q4_1_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_0_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_1_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_K_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_q6_K_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_tile_q6_K_q16_a_neon(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                  size_t a_stride);
 LLMR_DECLARE_GEMM_X16(neon)
 
 /* ---- dispatch (dispatch.c) ------------------------------------------------------------------ */

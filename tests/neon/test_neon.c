@@ -4,8 +4,9 @@
  *   aarch64-linux-gnu-gcc -O2 -static -ffp-contract=off -Ikernels/include tests/neon/test_neon.c \
  *       kernels/cpu/{vec_dot_quant,vec_dot_float,quants}_neon.c kernels/cpu/{vec_dot,quants}_ref.c -lm
  *
- * - q8_0 / q4_0 / q4_1 dots against q16_a, and quantize_q16_a: bit-identical to _ref (the NEON
- *   kernels sum each block's integers exactly and repeat the scalar float steps in order).
+ * - q8_0 / q4_0 / q4_1 / q5_0 / q5_1 / q4_k / q6_k dots against q16_a, and quantize_q16_a:
+ *   bit-identical to _ref (the NEON kernels sum each block's integers exactly and repeat the
+ *   scalar float steps in order); q6_k's 4-token tile bit-identical to its single-token dot.
  * - f32 / f16 / bf16 dots: the NEON sum order differs, so each of NEON and _ref must be within
  *   FLOAT_DOT_BOUND = (K + 2) u sum_k |x_k w_k| of the float64 dot (u = 2^-24; K products and at
  *   most K - 1 additions, each off by u times a partial sum <= sum|x w|, plus one final rounding,
@@ -48,15 +49,17 @@ static void fill_x(float *x, int64_t k) {
 }
 
 static void test_quant_dots(void) {
-    static const struct { const char *name; int block_size, type_size; llmr_vec_dot_fn neon, ref; } T[] = {
-        {"q8_0", 32, 34, vec_dot_q8_0_q16_a_neon, vec_dot_q8_0_q16_a_ref},
-        {"q4_0", 32, 18, vec_dot_q4_0_q16_a_neon, vec_dot_q4_0_q16_a_ref},
-        {"q4_1", 32, 20, vec_dot_q4_1_q16_a_neon, vec_dot_q4_1_q16_a_ref},
-        {"q5_0", 32, 22, vec_dot_q5_0_q16_a_neon, vec_dot_q5_0_q16_a_ref},
-        {"q5_1", 32, 24, vec_dot_q5_1_q16_a_neon, vec_dot_q5_1_q16_a_ref},
-        {"q4_k", QK_K, 144, vec_dot_q4_K_q16_a_neon, vec_dot_q4_K_q16_a_ref}, /* d, dmin: 2 f16 */
+    /* d_at, m_at: the byte offsets of a block's f16 scale and minimum (-1: none) */
+    static const struct { const char *name; int block_size, type_size, d_at, m_at; llmr_vec_dot_fn neon, ref; } T[] = {
+        {"q8_0", 32, 34, 0, -1, vec_dot_q8_0_q16_a_neon, vec_dot_q8_0_q16_a_ref},
+        {"q4_0", 32, 18, 0, -1, vec_dot_q4_0_q16_a_neon, vec_dot_q4_0_q16_a_ref},
+        {"q4_1", 32, 20, 0, 2, vec_dot_q4_1_q16_a_neon, vec_dot_q4_1_q16_a_ref},
+        {"q5_0", 32, 22, 0, -1, vec_dot_q5_0_q16_a_neon, vec_dot_q5_0_q16_a_ref},
+        {"q5_1", 32, 24, 0, 2, vec_dot_q5_1_q16_a_neon, vec_dot_q5_1_q16_a_ref},
+        {"q4_k", QK_K, 144, 0, 2, vec_dot_q4_K_q16_a_neon, vec_dot_q4_K_q16_a_ref}, /* d, dmin */
+        {"q6_k", QK_K, 210, 208, -1, vec_dot_q6_K_q16_a_neon, vec_dot_q6_K_q16_a_ref}, /* d last */
     };
-    for (int t = 0; t < 6; t++)
+    for (int t = 0; t < (int)(sizeof T / sizeof T[0]); t++)
         for (int ki = 0; ki < 3; ki++)
             for (int ni = 0; ni < 3; ni++) {
                 /* super-blocks: as many as K_QUANT has blocks of 32 */
@@ -70,8 +73,8 @@ static void test_quant_dots(void) {
                     for (int64_t b = 0; b < nwb; b++) {
                         uint8_t *blk = w + r * row + b * T[t].type_size;
                         const uint16_t d = llmr_f32_to_f16(0.01f * uniform()), m = llmr_f32_to_f16(0.1f * uniform());
-                        memcpy(blk, &d, 2);
-                        if (t == 2 || t == 4 || t == 5) memcpy(blk + 2, &m, 2); /* q4_1, q5_1, q4_k */
+                        memcpy(blk + T[t].d_at, &d, 2);
+                        if (T[t].m_at >= 0) memcpy(blk + T[t].m_at, &m, 2);
                     }
                 fill_x(x, k);
                 quantize_row_q16_a_ref(x, a, k);
@@ -85,6 +88,43 @@ static void test_quant_dots(void) {
                 }
                 free(buf); free(x); free(a);
             }
+}
+
+/* The 4-token tiles: each output equals the same weight row's single-token dot bit for bit, for
+ * four different activation rows (the tile reads them a_stride bytes apart). */
+static void test_tiles(void) {
+    static const struct { const char *name; int type_size, d_at; llmr_vec_dot_tile_fn tile; llmr_vec_dot_fn dot; } T[] = {
+        {"tile q6_k", 210, 208, vec_dot_tile_q6_K_q16_a_neon, vec_dot_q6_K_q16_a_neon},
+    };
+    for (int t = 0; t < (int)(sizeof T / sizeof T[0]); t++)
+        for (int ki = 0; ki < 3; ki++) {
+            const int64_t k = K_QUANT[ki] * (QK_K / QK_Q16_A), nb = k / QK_Q16_A, row = k / QK_K * T[t].type_size;
+            const int64_t n = 3;
+            uint8_t *buf = malloc((size_t)(n * row + 1)), *w = buf + 1; /* odd address */
+            float *x = malloc((size_t)k * sizeof(float));
+            block_q16_a *a = malloc((size_t)(LLMR_TILE * nb) * sizeof(block_q16_a));
+            for (int64_t i = 0; i < n * row; i++) w[i] = (uint8_t)next_u64();
+            for (int64_t b = 0; b < n * row / T[t].type_size; b++) {
+                const uint16_t d = llmr_f32_to_f16(0.01f * uniform());
+                memcpy(w + b * T[t].type_size + T[t].d_at, &d, 2);
+            }
+            for (int i = 0; i < LLMR_TILE; i++) {
+                fill_x(x, k);
+                quantize_row_q16_a_ref(x, a + i * nb, k);
+            }
+            for (int64_t r = 0; r < n; r++) {
+                float got[2 * LLMR_TILE];
+                T[t].tile(k, got, 2, w + r * row, a, nb * sizeof(block_q16_a)); /* outputs 2 apart */
+                for (int i = 0; i < LLMR_TILE; i++) {
+                    float want = NAN;
+                    T[t].dot(k, &want, w + r * row, a + i * nb);
+                    char detail[96];
+                    snprintf(detail, sizeof detail, "token %d: tile %a, single %a", i, got[2 * i], want);
+                    check(llmr_f32_to_bits(got[2 * i]) == llmr_f32_to_bits(want), T[t].name, n, k, r, detail);
+                }
+            }
+            free(buf); free(x); free(a);
+        }
 }
 
 static float w_to_f32(int t, const uint8_t *p) {
@@ -247,6 +287,7 @@ static void test_x16(void) {
 int main(void) {
     test_x16();
     test_quant_dots();
+    test_tiles();
     test_float_dots();
     test_quantize_q16a();
     printf("%d passed, %d failed\n", passed, failed);
