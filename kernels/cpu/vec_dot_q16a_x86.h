@@ -216,69 +216,59 @@ void ISA_FN(vec_dot_q4_K_q16_a)(int64_t k, float *s, const void *w, const void *
     *s = q4k_finish(acc, off);
 }
 
-/* ---- q6_K: a super-block of 256 is 8 q16_a blocks of 32, each spanning two sub-blocks of 16
- * with their own int8 scales. Each block's 32 weights become int16 sc * (q - 32) (the file's
- * widen_q6k: |sc (q - 32)| <= 128 * 32 = 4096, exact), so from there a block is any signed
- * block of 32 (as q8_0's: no offset) and takes GROUP's arithmetic above: lanes, two phaddd,
- * one FMA with c = fl(d * da) per four blocks, finish. The int32 lanes stay exact: a quad lane
- * holds 16 products of at most 4096 * 32767, 2,147,418,112 < 2^31. So the same (nb + 6) u M
- * bound, M = sum_b |d| da sum |sc (q - 32) qa|, and the three x86 paths agree bit for bit. The
- * file includes q6k_scales_t, q6k_scales(sc) (half a super-block's 8 scales in the form
- * widen_q6k takes) and widen_q6k(q, scales, b) (block b of the half from its 32 bytes q - 32). */
-
-/* Half h of a super-block, its four q16_a blocks k = 0..3 as 32 signed bytes q - 32 each: low
- * nibbles from the 64 bytes ql (k % 2 picks the 32, k / 2 the nibble), the top two bits from the
- * 32 bytes qh (bits 2k). 16-bit shifts, masked back to bytes. */
-ALWAYS_INLINE void q6k_half(const uint8_t *ql, const uint8_t *qh, __m256i q[4]) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x30), bias = _mm256_set1_epi8(32);
-    const __m256i l0 = _mm256_loadu_si256((const __m256i *)ql), l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
-    const __m256i h = _mm256_loadu_si256((const __m256i *)qh);
-    q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m2));
-    q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m2));
-    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m2));
-    q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                           _mm256_and_si256(_mm256_srli_epi16(h, 2), m2));
-    for (int k = 0; k < 4; k++)
-        q[k] = _mm256_sub_epi8(q[k], bias);
-}
+/* ---- q6_K: a super-block of 256 is 8 q16_a blocks of 32, block j spanning sub-blocks 2j and
+ * 2j + 1 (16 values each, with an int8 scale). Per super-block the 16 factors d sc are made once
+ * (exact: 11 x 8 bits), and per token the coefficients c = fl(d sc da_j) of its 16 sub-blocks;
+ * each half super-block is unpacked once into its four blocks' int16 q - 32 (q6k_unpack: the
+ * low nibbles from the 64 bytes ql, k % 2 picking the 32 bytes of block k and k / 2 the nibble,
+ * the top two bits from the 32 bytes qh, bits 2k) and met by each token's activations
+ * (q6k_block): multiply-adds into int32 lanes of two products each (|.| <= 2 * 32 * 32767 <
+ * 2^24: exact as floats), no
+ * horizontal sums, converted and FMA'd with the lanes' sub-block coefficient into one of two
+ * float accumulators, which are added and reduced once at the end (q6k_finish). So a term
+ * d sc (q - 32) qa da takes c's one rounding and at most nb / 2 + 5 (AVX-512) or nb + 4 (AVX2)
+ * accumulations: inside the (nb + 6) u M bound above, M = sum_b |d| da sum |sc (q - 32) qa|.
+ * AVX2 and AVX-512 sum in different lanes (not bit-identical to each other); VNNI's multiply-add
+ * gives AVX-512's integers, so those two agree. The file includes q6k_acc and Q6K_ACC_ZERO,
+ * q6k_factors / q6k_factors_of(x), q6k_coeffs / q6k_coeffs_of(factors, da of the 8 blocks),
+ * q6k_unpack(ql, qh, wblock[4]), q6k_block(w, y, &coeffs, j, &acc) and q6k_finish(acc). */
 
 /* A row of q6_K super-blocks against T tokens' activation rows ys[t] (T = 1, or LLMR_TILE for
- * the tile): acc[t] as GROUP leaves it, for finish(). Each half super-block is unpacked once
- * and meets the T tokens; per token the operations and their order do not depend on T. */
-ALWAYS_INLINE void q6k_row(int64_t k, const block_q6_K *x, const block_q16_a *const *ys, int T, __m256 *acc) {
+ * the tile) into acc[t]. The weights are unpacked once for the T tokens; per token the
+ * operations and their order do not depend on T. */
+ALWAYS_INLINE void q6k_row(int64_t k, const block_q6_K *x, const block_q16_a *const *ys, int T, q6k_acc *acc) {
     for (int t = 0; t < T; t++)
-        acc[t] = _mm256_setzero_ps();
+        acc[t] = Q6K_ACC_ZERO;
     for (int64_t i = 0; i < k / QK_K; i++) {
-        const __m128 dw = _mm_cvtph_ps(_mm_set1_epi16((short)x[i].d));
+        const q6k_factors f = q6k_factors_of(&x[i]);
+        q6k_coeffs c[LLMR_TILE];
+        for (int t = 0; t < T; t++) {
+            __m256 da, sa;
+            q16a_d_s8(ys[t] + QK_K / QK_Q16_A * i, &da, &sa);
+            c[t] = q6k_coeffs_of(f, da);
+        }
         for (int h = 0; h < 2; h++) {
-            __m256i q[4];
-            q6k_half(x[i].ql + 64 * h, x[i].qh + 32 * h, q);
-            const q6k_scales_t sc = q6k_scales(x[i].scales + 8 * h);
-            wblock wb[4];
+            wblock w[4];
+            q6k_unpack(x[i].ql + 64 * h, x[i].qh + 32 * h, w);
             for (int b = 0; b < 4; b++)
-                wb[b] = widen_q6k(q[b], sc, b);
-            for (int t = 0; t < T; t++) {
-                const block_q16_a *y = ys[t] + QK_K / QK_Q16_A * i + 4 * h;
-                const __m256 sums = quad(pair(lanes(wb[0], &y[0]), lanes(wb[1], &y[1])),
-                                         pair(lanes(wb[2], &y[2]), lanes(wb[3], &y[3])));
-                acc[t] = _mm256_fmadd_ps(twice(_mm_mul_ps(dw, act4(y, 0, 4))), sums, acc[t]);
-            }
+                for (int t = 0; t < T; t++)
+                    q6k_block(w[b], ys[t] + QK_K / QK_Q16_A * i + 4 * h + b, &c[t], 4 * h + b, &acc[t]);
         }
     }
 }
 
 void ISA_FN(vec_dot_q6_K_q16_a)(int64_t k, float *s, const void *w, const void *a) {
     const block_q16_a *ys[1] = {a};
-    __m256 acc[1];
+    q6k_acc acc[1];
     q6k_row(k, w, ys, 1, acc);
-    *s = finish(acc[0], _mm_setzero_ps());
+    *s = q6k_finish(acc[0]);
 }
 
 void ISA_FN(vec_dot_tile_q6_K_q16_a)(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                      size_t a_stride) {
     TILE_ACTS
-    __m256 acc[4];
+    q6k_acc acc[4];
     q6k_row(k, w, ys, 4, acc);
     for (int t = 0; t < 4; t++)
-        s[t * s_stride] = finish(acc[t], _mm_setzero_ps());
+        s[t * s_stride] = q6k_finish(acc[t]);
 }

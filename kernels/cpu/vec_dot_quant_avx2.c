@@ -77,19 +77,64 @@ static inline float q4k_finish(q4k_acc acc, __m256 off) {
     return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
 }
 
-/* q6_K (vec_dot_q16a_x86.h): half a super-block's 8 int8 scales as int16, in both 128-bit
- * lanes, so one pshufb broadcasts any of them across a register. */
-typedef __m256i q6k_scales_t;
-static inline __m256i q6k_scales(const int8_t *sc) {
-    return _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)sc)));
+/* q6_K (vec_dot_q16a_x86.h): a block of 32 signed bytes q - 32 widened to int16 (elements 0..15,
+ * sub-block 2j, in .lo; 16..31, sub-block 2j + 1, in .hi); each half meets its activations in
+ * one pmaddwd (eight int32 lanes of two products, |.| < 2^22: exact as floats), converted and
+ * FMA'd with its own coefficient d sc da into the lo or hi accumulator. */
+typedef struct {
+    __m256 lo, hi;
+} q6k_acc;
+#define Q6K_ACC_ZERO ((q6k_acc){_mm256_setzero_ps(), _mm256_setzero_ps()})
+typedef struct {
+    __m256 lo, hi; /* d sc of sub-blocks 0..7, 8..15 */
+} q6k_factors;
+typedef struct {
+    float c[16]; /* d sc da of each sub-block: broadcast from memory */
+} q6k_coeffs;
+static inline q6k_factors q6k_factors_of(const block_q6_K *x) {
+    const __m256 d = _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(x->d))));
+    const __m128i sc = _mm_loadu_si128((const __m128i *)x->scales);
+    return (q6k_factors){_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc))),
+                         _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8))))};
 }
-/* Block b of the half (32 bytes q - 32) as int16 times its scales: elements 0..15 by scale 2b,
- * 16..31 by scale 2b + 1 (a pshufb mask of the int16's two bytes picks each). */
-static inline wblock widen_q6k(__m256i q, __m256i sc, int b) {
-    const __m256i s0 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0404 * b)));
-    const __m256i s1 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0302 + 0x0404 * b)));
-    return (wblock){_mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(q)), s0),
-                    _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1)), s1)};
+/* f times da, the da of q16_a block j (of da's 8) going to sub-blocks 2j and 2j + 1. */
+static inline q6k_coeffs q6k_coeffs_of(q6k_factors f, __m256 da) {
+    q6k_coeffs c;
+    const __m256i lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
+    _mm256_storeu_ps(c.c, _mm256_mul_ps(f.lo, _mm256_permutevar8x32_ps(da, lo)));
+    _mm256_storeu_ps(c.c + 8, _mm256_mul_ps(f.hi, _mm256_permutevar8x32_ps(da, hi)));
+    return c;
+}
+/* Half a super-block (64 bytes ql, 32 bytes qh) -> its four q16_a blocks k as int16 q - 32: the
+ * bytes by 16-bit shifts masked back to bytes, then widened. */
+static inline void q6k_unpack(const uint8_t *ql, const uint8_t *qh, wblock w[4]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x30), bias = _mm256_set1_epi8(32);
+    const __m256i l0 = _mm256_loadu_si256((const __m256i *)ql), l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+    const __m256i h = _mm256_loadu_si256((const __m256i *)qh);
+    const __m256i q[4] = {
+        _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m2)),
+        _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m2)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m2)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(h, 2), m2)),
+    };
+    for (int k = 0; k < 4; k++) {
+        const __m256i b = _mm256_sub_epi8(q[k], bias); /* 0..63 - 32 as signed bytes */
+        w[k] = (wblock){_mm256_cvtepi8_epi16(_mm256_castsi256_si128(b)),
+                        _mm256_cvtepi8_epi16(_mm256_extracti128_si256(b, 1))};
+    }
+}
+/* Block j of the super-block (w) against its activation block y: sub-block 2j into lo, 2j + 1 into hi. */
+static inline void q6k_block(wblock w, const block_q16_a *y, const q6k_coeffs *c, int j, q6k_acc *acc) {
+    const __m256i p0 = _mm256_madd_epi16(w.lo, _mm256_loadu_si256((const __m256i *)y->qs));
+    const __m256i p1 = _mm256_madd_epi16(w.hi, _mm256_loadu_si256((const __m256i *)(y->qs + 16)));
+    acc->lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(&c->c[2 * j]), acc->lo);
+    acc->hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_broadcast_ss(&c->c[2 * j + 1]), acc->hi);
+}
+static inline float q6k_finish(q6k_acc acc) {
+    const __m256 v = _mm256_add_ps(acc.lo, acc.hi);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
 }
 
 #include "vec_dot_q16a_x86.h"

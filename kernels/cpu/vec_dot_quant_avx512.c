@@ -84,18 +84,62 @@ static inline float q4k_finish(q4k_acc acc, __m256 off) {
     return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
 }
 
-/* q6_K (vec_dot_q16a_x86.h): half a super-block's 8 int8 scales as int16, in each 128-bit
- * lane, so one pshufb broadcasts any of them across a lane. */
-typedef __m512i q6k_scales_t;
-static inline __m512i q6k_scales(const int8_t *sc) {
-    return _mm512_broadcast_i32x4(_mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)sc)));
+/* q6_K (vec_dot_q16a_x86.h): a block of 32 signed bytes q - 32 widened to 32 int16 meets its
+ * activations in one multiply-add: 16 int32 lanes of two products (|.| < 2^22: exact as
+ * floats), lanes 0..7 sub-block 2j, 8..15 sub-block 2j + 1, converted and FMA'd with those
+ * sub-blocks' coefficients d sc da (a permute of the 16) into the even or odd block's accumulator. */
+typedef struct {
+    __m512 even, odd;
+} q6k_acc;
+#define Q6K_ACC_ZERO ((q6k_acc){_mm512_setzero_ps(), _mm512_setzero_ps()})
+typedef __m512 q6k_factors; /* d sc of the 16 sub-blocks */
+typedef __m512 q6k_coeffs;  /* d sc da of the 16 sub-blocks */
+static inline __m512 q6k_factors_of(const block_q6_K *x) {
+    const __m512 d = _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(x->d))));
+    return _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)x->scales))));
 }
-/* Block b of the half (32 bytes q - 32) as 32 int16 times its scales: elements 0..15 (lanes 0
- * and 1) by scale 2b, 16..31 (lanes 2 and 3) by scale 2b + 1. */
-static inline __m512i widen_q6k(__m256i q, __m512i sc, int b) {
-    const __m512i pick = _mm512_inserti64x4(_mm512_set1_epi16((short)(0x0100 + 0x0404 * b)),
-                                            _mm256_set1_epi16((short)(0x0302 + 0x0404 * b)), 1);
-    return _mm512_mullo_epi16(_mm512_cvtepi8_epi16(q), _mm512_shuffle_epi8(sc, pick));
+/* f times da, the da of q16_a block j (of da's 8) going to sub-blocks 2j and 2j + 1. */
+static inline __m512 q6k_coeffs_of(__m512 f, __m256 da) {
+    const __m512i twice_each = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    return _mm512_mul_ps(f, _mm512_permutexvar_ps(twice_each, _mm512_castps256_ps512(da)));
+}
+/* Half a super-block (64 bytes ql, 32 bytes qh) -> its four q16_a blocks k as 32 int16 q - 32,
+ * two blocks per 512-bit step: blocks 0 | 1 take the low nibbles of ql's two 32-byte halves and
+ * bits 0-1 | 2-3 of qh (shifted per half to bits 4-5), blocks 2 | 3 the high nibbles and bits
+ * 4-5 | 6-7; then widened. */
+static inline void q6k_unpack(const uint8_t *ql, const uint8_t *qh, __m512i w[4]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x30), bias = _mm512_set1_epi8(32);
+    const __m512i l = _mm512_loadu_si512(ql);
+    const __m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)qh));
+    const __m512i up01 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1); /* << per half */
+    const __m512i down23 = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1); /* >> per half */
+    const __m512i low01 = _mm512_and_si512(l, m4), low23 = _mm512_and_si512(_mm512_srli_epi16(l, 4), m4);
+    const __m512i top01 = _mm512_and_si512(_mm512_sllv_epi16(h, up01), m2);
+    const __m512i top23 = _mm512_and_si512(_mm512_srlv_epi16(h, down23), m2);
+    const __m512i b01 = _mm512_sub_epi8(_mm512_or_si512(low01, top01), bias); /* 0..63 - 32 as signed bytes */
+    const __m512i b23 = _mm512_sub_epi8(_mm512_or_si512(low23, top23), bias);
+    w[0] = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(b01));
+    w[1] = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(b01, 1));
+    w[2] = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(b23));
+    w[3] = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(b23, 1));
+}
+/* Block j of the super-block (w) against its activation block y: lanes 0..7 (sub-block 2j) and
+ * 8..15 (2j + 1) times their coefficients; even and odd blocks in two FMA chains. */
+static inline void q6k_block(__m512i w, const block_q16_a *y, const __m512 *c, int j, q6k_acc *acc) {
+    const __m512i p = madd(_mm512_setzero_si512(), w, _mm512_loadu_si512(y->qs));
+    const __m512i pick = _mm512_inserti64x4(_mm512_set1_epi32(2 * j), _mm256_set1_epi32(2 * j + 1), 1);
+    if (j % 2)
+        acc->odd = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(pick, *c), acc->odd);
+    else
+        acc->even = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(pick, *c), acc->even);
+}
+static inline float q6k_finish(q6k_acc acc) {
+    const __m512 v = _mm512_add_ps(acc.even, acc.odd);
+    const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+    const __m256 h8 = _mm256_add_ps(_mm512_castps512_ps256(v), hi);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps(h8, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
 }
 
 #include "vec_dot_q16a_x86.h"
