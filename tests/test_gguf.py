@@ -158,6 +158,10 @@ TYPE_MIXES = {
     # Q4_K, run natively (rows multiples of 256), beside Q5_0 as in a Q4_K_M file
     "llama-q4k": ("llama", dict(wq=G.Q4_K, wk=G.Q4_K, wv=G.Q4_K, wo=G.Q4_K, w_gate=G.Q4_K, w_up=G.Q4_K,
                                 w_down=G.Q5_0, emb=G.Q4_K)),
+    # Q6_K, run natively, where a Q4_K_M file has it (attn_v, ffn_down, the tied head) and on wq
+    # (rows reordered whole), beside Q4_K
+    "llama-q6k": ("llama", dict(wq=G.Q6_K, wk=G.Q4_K, wv=G.Q6_K, wo=G.Q4_K, w_gate=G.Q4_K, w_up=G.Q4_K,
+                                w_down=G.Q6_K, emb=G.Q6_K)),
     "qwen2-mixed": ("qwen2", dict(wq=G.Q4_K, wk=G.Q8_0, wv=G.Q6_K, wo=G.Q4_1, w_gate=G.Q4_0, w_up=G.Q6_K,
                                   w_down=G.Q8_0, emb=G.Q4_0)),
 }
@@ -195,10 +199,10 @@ def test_llama31_rope_factors(tmp_path):
     assert np.abs(unscaled - ref).max() / np.abs(ref).max() > 3 * REQUANT_TOL  # the test can tell
 
 
-@pytest.mark.parametrize("mix", ["llama-runnable", "llama-q5", "llama-q4k"])
+@pytest.mark.parametrize("mix", ["llama-runnable", "llama-q5", "llama-q4k", "llama-q6k"])
 def test_runnable_blocks_are_copied_exactly(tmp_path, mix):
-    """q4_0 / q4_1 / q5_0 / q5_1 / q8_0 / f16 blocks land in the .llmr byte for byte (q/k rows
-    reordered whole)."""
+    """Blocks of the types we run (q4_0 / q4_1 / q5_0 / q5_1 / q8_0 / f16, q4_k, q6_k) land in the
+    .llmr byte for byte (q/k rows reordered whole)."""
     arch, types = TYPE_MIXES[mix]
     write_tiny_gguf(tmp_path / "tiny.gguf", arch, types)
     convert(str(tmp_path / "tiny.gguf"), str(tmp_path / "tiny.llmr"))
