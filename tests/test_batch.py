@@ -14,13 +14,14 @@ from llmrun.backends import cpu
 from llmrun.errors import ContextError, SettingError
 from llmrun.model import Segment
 from llmrun.models import convert
-from llmrun.quant import qtype
+from llmrun.quant.types import TYPES as QTYPES
 
 from conftest import make_hf_checkpoint
 
-TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q6_k"]
-# A super-block type (q6_k: 256) needs rows of whole super-blocks: its model has these dimensions
-WIDE = dict(hidden_size=256, intermediate_size=512)
+TYPES = list(QTYPES)  # every type the CPU runs (quant/types.py)
+# Rows of 256 (hidden and FFN widths), so that a super-block type's (q4_k's) matrices are its
+# own rather than the f16 that narrower rows fall back to.
+WIDTHS = dict(hidden_size=256, intermediate_size=256)
 VARIANTS = {
     "llama": dict(),  # tied head, 4 query heads on 2 kv heads
     "qwen2-bias": dict(arch="Qwen2ForCausalLM", model_type="qwen2", bias=True, tied=False,
@@ -32,16 +33,14 @@ N_CTX = 32
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
 def checkpoint(request, tmp_path_factory):
     d = tmp_path_factory.mktemp(f"batch-{request.param}")
-    make_hf_checkpoint(d / "hf", **VARIANTS[request.param])
-    make_hf_checkpoint(d / "hf-wide", **VARIANTS[request.param], **WIDE)
+    make_hf_checkpoint(d / "hf", **WIDTHS, **VARIANTS[request.param])
     return d
 
 
 @pytest.fixture(scope="module", params=TYPES)
 def model(request, checkpoint):
     out = checkpoint / f"{request.param}.llmr"
-    wide = qtype(request.param).block_size > 32
-    convert(str(checkpoint / ("hf-wide" if wide else "hf")), str(out), request.param)
+    convert(str(checkpoint / "hf"), str(out), request.param)
     m = llmrun.load(out)
     assert m.file.tensors["layers.0.wq"].type.name == request.param  # the type under test, not a fallback
     return m

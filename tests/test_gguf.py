@@ -13,6 +13,7 @@ from llmrun.format import LlmrFile
 from llmrun.models import convert
 from llmrun.models.gguf import _unpermute_rows
 from llmrun.quant import GGML_TYPES_BY_ID, TYPES
+from llmrun.quant.layout import ROWS, X16
 
 from conftest import ASSETS, SHARED, byte_level_tokenizer_json, reference_forward, run_cli
 
@@ -201,8 +202,9 @@ def test_llama31_rope_factors(tmp_path):
 
 @pytest.mark.parametrize("mix", ["llama-runnable", "llama-q5", "llama-q4k", "llama-q6k"])
 def test_runnable_blocks_are_copied_exactly(tmp_path, mix):
-    """Blocks of the types we run (q4_0 / q4_1 / q5_0 / q5_1 / q8_0 / f16, q4_k, q6_k) land in the
-    .llmr byte for byte (q/k rows reordered whole)."""
+    """q4_0 / q4_1 / q5_0 / q5_1 / q8_0 / q4_k / q6_k / f16 blocks land in the .llmr byte for byte
+    (q/k rows reordered whole), in the X16 layout wherever their type has it (rows here are whole
+    groups of 16)."""
     arch, types = TYPE_MIXES[mix]
     write_tiny_gguf(tmp_path / "tiny.gguf", arch, types)
     convert(str(tmp_path / "tiny.gguf"), str(tmp_path / "tiny.llmr"))
@@ -216,6 +218,7 @@ def test_runnable_blocks_are_copied_exactly(tmp_path, mix):
         if t.name.startswith("blk.0.attn_q") or t.name.startswith("blk.0.attn_k"):
             src = _unpermute_rows(src, 4 if "attn_q" in t.name else 2)
         assert ours.rows().tobytes() == np.ascontiguousarray(src).tobytes(), t.name
+        assert ours.layout == (X16 if ours.type.x16 else ROWS), t.name
 
 
 # --- the real SmolLM2 Q4_1 GGUF ----------------------------------------------------------------

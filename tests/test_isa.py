@@ -103,7 +103,7 @@ X16_ROWS = [16, 48]
 
 def x16_cases():
     for t in X16_TYPES:
-        for k in TILE_K:
+        for k in k_for(t, TILE_K):
             for n in X16_ROWS:
                 for tokens in X16_TOKENS:
                     if tokens < 70 or k < 2080:

@@ -282,7 +282,7 @@ def test_x16_layout_puts_each_byte_where_documented(t):
     """Group g, block b: the 16 rows' f16 fields, then quant word c of row r at (c * 16 + r) * 4
     (kernels/include/llmrun.h); and back again exactly."""
     rng = rng_for("x16 layout", t.name)
-    rows = ref.quantize(rand(rng, 32, 96), t)  # two groups of three blocks
+    rows = ref.quantize(rand(rng, 32, 3 * t.block_size), t)  # two groups of three blocks
     flat = interleave(rows, t).reshape(-1)
     n_scales = t.n_scales
     size, nb = t.type_size, 3
@@ -303,16 +303,34 @@ def test_x16_layout_puts_each_byte_where_documented(t):
 @pytest.mark.parametrize("t", X16_TYPES, ids=lambda t: t.name)
 def test_x16_matmul_and_get_rows_agree_with_rows_layout(t):
     rng = rng_for("x16 vs rows", t.name)
-    x, w = rand(rng, 6, 128), ref.quantize(rand(rng, 48, 128, scale=0.1), t)
+    k = 4 * t.block_size  # four blocks (q4_k: four super-blocks)
+    x, w = rand(rng, 6, k), ref.quantize(rand(rng, 48, k, scale=0.1), t)
     got = np.empty((6, 48), np.float32)
     K.matmul(got, x, interleave(w, t), t.id, X16)
     mag = matmul_magnitude(w, t, x)
-    bound = (X16_DOT_BOUND(4) if K.isa() != "scalar" else QUANT_DOT_BOUND(4)) * mag
+    bound = (X16_DOT_BOUND(k // 32) if K.isa() != "scalar" else QUANT_DOT_BOUND(k // 32)) * mag
     assert (np.abs(got - ref.matmul(w, t, x)) <= bound).all()
     ids = np.array([47, 0, 16, 15], np.int32)
-    rows = np.empty((4, 128), np.float32)
+    rows = np.empty((4, k), np.float32)
     K.get_rows(rows, interleave(w, t), t.id, ids, X16)
-    np.testing.assert_array_equal(rows, ref.dequantize(w, t, 128)[ids])
+    np.testing.assert_array_equal(rows, ref.dequantize(w, t, k)[ids])
+
+
+def test_x16_q4_k_reads_every_bit_of_the_packed_scales():
+    """q4_k's X16 kernels unpack 16 rows' 6-bit scales and mins at once (gemm_x16.h): on random
+    bytes (every bit pattern of the 12 packed bytes; finite d and dmin of both signs) they must
+    agree with the numpy reference, whose unpacking is gguf-py's."""
+    rng = rng_for("x16 q4_k scales")
+    n, nb = 32, 3
+    blocks = rng.integers(0, 256, (n, nb, Q4_K.type_size), dtype=np.uint8)
+    blocks[..., 0:4] = (rng.uniform(-1, 1, (n, nb, 2)) * [0.01, 0.1]).astype(np.float16).view(np.uint8)
+    w = blocks.reshape(n, -1)
+    x = rand(rng, 5, nb * 256, scale=2.0)
+    got = np.empty((5, n), np.float32)
+    K.matmul(got, x, interleave(w, Q4_K), Q4_K.id, X16)
+    bound = (X16_DOT_BOUND(nb * 8) if K.isa() != "scalar" else QUANT_DOT_BOUND(nb * 8)) * matmul_magnitude(w, Q4_K, x)
+    err = np.abs(got - ref.matmul(w, Q4_K, x))
+    assert (err <= bound).all(), f"max err {err.max():.3g}"
 
 
 def test_x16_bad_input_is_a_clear_error():

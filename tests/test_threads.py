@@ -12,6 +12,7 @@ import pytest
 
 import llmrun._kernels as K
 from llmrun.quant import reference as ref
+from llmrun.quant.layout import X16, interleave
 from llmrun.quant.types import Q4_1, TYPES
 
 ALL_TYPES = list(TYPES.values())  # every type the CPU runs, from the table in quant/types.py
@@ -51,6 +52,25 @@ def test_matmul_bit_identical_for_any_thread_count(qtype, t, n):
     assert not np.isnan(outs[0]).any()
     for threads, out in zip(COUNTS[1:], outs[1:]):
         assert out.tobytes() == outs[0].tobytes(), f"{threads} threads differ from 1"
+
+
+@pytest.mark.parametrize("qtype", [t for t in ALL_TYPES if t.x16], ids=lambda t: t.name)
+@pytest.mark.parametrize("t", [1, 9, 70])
+def test_x16_matmul_bit_identical_for_any_thread_count(qtype, t):
+    """The X16 layout's groups split among the threads (and 70 tokens: past a 64-token pass)."""
+    rng = np.random.default_rng(t)
+    n, k = 400, 2 * max(256, qtype.block_size)  # 25 groups, enough work to thread at T = 1
+    w = ref.quantize((rng.standard_normal((n, k)) * k ** -0.5).astype(np.float32), qtype)
+    w = interleave(w, qtype).tobytes()
+    x = rng.standard_normal((t, k)).astype(np.float32)
+    outs = []
+    for threads in COUNTS:
+        K.set_threads(threads)
+        out = np.full((t, n), np.nan, np.float32)
+        K.matmul(out, x, w, qtype.id, X16)
+        outs.append(out.tobytes())
+    assert not np.isnan(np.frombuffer(outs[0], np.float32)).any()
+    assert all(o == outs[0] for o in outs[1:])
 
 
 def test_matmul_long_prefill_bit_identical():

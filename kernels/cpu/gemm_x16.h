@@ -1,6 +1,7 @@
-/* What the gemm_x16_<isa>.c files share: the weight formats they tell apart, and their five
- * exported kernels, made from the file's own
- *     gemm(fmt, k, t, out, out_stride, w, a, a_stride)
+/* What the gemm_x16_<isa>.c files share: the weight formats they tell apart, q4_k's super-block
+ * geometry and scale unpacking, and their six exported kernels, made from the file's own
+ *     gemm(fmt, k, t, out, out_stride, w, a, a_stride)      (the 32-element formats)
+ *     gemm_q4_k(k, t, out, out_stride, w, a, a_stride)
  * by LLMR_GEMM_X16_KERNELS(isa) at the end of the file. */
 #ifndef LLMRUN_GEMM_X16_H
 #define LLMRUN_GEMM_X16_H
@@ -38,16 +39,64 @@ static const uint16_t X16_Q5_BIT16[4][32] = {{X16_Q5_BITS8(0)}, {X16_Q5_BITS8(1)
 static const uint8_t X16_Q5_BIT[2][16] = {{1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8},
                                           {16, 32, 64, 128, 16, 32, 64, 128, 16, 32, 64, 128, 16, 32, 64, 128}};
 
+/* q4_k: a super-block of a group is 16 rows' 144-byte blocks (2304 bytes): the 16 d (f16), the
+ * 16 dmin, then words 0-2 of the rows' 12 packed scale bytes, then qs words 0-31, each word w of
+ * row r at 4 (16 w + r) from where its kind starts. qs word c holds bytes 4c .. 4c + 3 of each
+ * row's qs: elements 4 (c % 8) .. + 3 of sub-block 2 (c / 8) (low nibbles) and of sub-block
+ * 2 (c / 8) + 1 (high nibbles), which meet activation blocks 2 (c / 8) and 2 (c / 8) + 1. */
+#define X16_Q4K_BLOCK (LLMR_X16 * sizeof(block_q4_K))
+#define X16_Q4K_DMIN (LLMR_X16 * 2)
+#define X16_Q4K_SCALES (LLMR_X16 * 4)
+#define X16_Q4K_QS (X16_Q4K_SCALES + LLMR_X16 * 12)
+
+/* One lane per row of a group (GCC / Clang vector extensions: one zmm on AVX-512, two ymm on
+ * AVX2, four q registers on NEON). */
+typedef int32_t x16_i32 __attribute__((vector_size(64)));
+typedef float x16_f32 __attribute__((vector_size(64)));
+
+/* The 16 rows' sub-block scales of the q4_k super-block at g, as floats: dsc[j][r] = d_r sc_rj and
+ * dmm[j][r] = dmin_r m_rj, both exact (an f16 times a 6-bit integer); d and dmin are the rows'
+ * f16 fields as f32 (each ISA converts them its own way). The unpacking is llmr_q4_k_scale_min
+ * on whole words: with w0, w1, w2 a row's three words of packed bytes, the scales of sub-blocks
+ * 0-3 are the bytes of w0 & 0x3f3f3f3f and the mins those of w1 & 0x3f3f3f3f; sub-blocks 4-7
+ * take the low (scales) or high (mins) nibbles of w2's bytes as their low four bits and the top
+ * two bits of w0's (scales) or w1's (mins) bytes as their top two. */
+static inline void x16_q4k_scales(const uint8_t *g, const float *d, const float *dmin, float dsc[8][LLMR_X16],
+                                  float dmm[8][LLMR_X16]) {
+    x16_i32 w0, w1, w2;
+    memcpy(&w0, g + X16_Q4K_SCALES, sizeof w0);
+    memcpy(&w1, g + X16_Q4K_SCALES + 64, sizeof w1);
+    memcpy(&w2, g + X16_Q4K_SCALES + 128, sizeof w2);
+    const x16_i32 sc[2] = {w0 & 0x3f3f3f3f, (w2 & 0x0f0f0f0f) | ((w0 >> 2) & 0x30303030)};
+    const x16_i32 mn[2] = {w1 & 0x3f3f3f3f, ((w2 >> 4) & 0x0f0f0f0f) | ((w1 >> 2) & 0x30303030)};
+    x16_f32 vd, vdmin;
+    memcpy(&vd, d, sizeof vd);
+    memcpy(&vdmin, dmin, sizeof vdmin);
+    for (int j = 0; j < 8; j++) {
+        const int shift = 8 * (j % 4); /* byte j % 4 of each lane (the & also drops >>'s sign bits) */
+        const x16_f32 s = vd * __builtin_convertvector((sc[j / 4] >> shift) & 0xFF, x16_f32);
+        const x16_f32 m = vdmin * __builtin_convertvector((mn[j / 4] >> shift) & 0xFF, x16_f32);
+        memcpy(dsc[j], &s, sizeof s);
+        memcpy(dmm[j], &m, sizeof m);
+    }
+}
+
 #define LLMR_GEMM_X16_KERNEL(type, fmt, isa)                                                         \
     void gemm_x16_##type##_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
                                        const void *a, size_t a_stride) {                            \
         gemm(fmt, k, t, out, out_stride, w, a, a_stride);                                            \
+    }
+#define LLMR_GEMM_X16_KERNEL_Q4_K(isa)                                                               \
+    void gemm_x16_q4_K_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
+                                   const void *a, size_t a_stride) {                                \
+        gemm_q4_k(k, t, out, out_stride, w, a, a_stride);                                            \
     }
 #define LLMR_GEMM_X16_KERNELS(isa)                                                                   \
     LLMR_GEMM_X16_KERNEL(q8_0, F_Q8_0, isa)                                                          \
     LLMR_GEMM_X16_KERNEL(q4_0, F_Q4_0, isa)                                                          \
     LLMR_GEMM_X16_KERNEL(q4_1, F_Q4_1, isa)                                                          \
     LLMR_GEMM_X16_KERNEL(q5_0, F_Q5_0, isa)                                                          \
-    LLMR_GEMM_X16_KERNEL(q5_1, F_Q5_1, isa)
+    LLMR_GEMM_X16_KERNEL(q5_1, F_Q5_1, isa)                                                          \
+    LLMR_GEMM_X16_KERNEL_Q4_K(isa)
 
 #endif

@@ -1,4 +1,4 @@
-/* AVX2 (+FMA, F16C) products of X16 weight groups (q8_0, q4_0, q4_1, q5_0, q5_1) with q16_a activations,
+/* AVX2 (+FMA, F16C) products of X16 weight groups (q8_0, q4_0, q4_1, q5_0, q5_1; q4_k at the end) with q16_a activations,
  * one token at a time. The arithmetic of gemm_x16_avx512.c on quarter-width vectors: a 16-byte
  * load holds word c of four rows, widened to int16 it is 8 lanes (r, p) of int16 pairs, and
  * pmaddwd with a broadcast of activation elements 4c .. 4c + 3 sums half of row r's block into
@@ -185,6 +185,111 @@ ALWAYS_INLINE void gemm(const int fmt, int64_t k, int64_t t, float *out, size_t 
     for (int64_t i = 0; i < t; i++)
         one_token(fmt, k / QK_Q16_A, /* blocks: these types' are q16_a's (llmrun.h) */
                    out + i * out_stride, w, (const block_q16_a *)((const uint8_t *)a + i * a_stride));
+}
+
+/* q4_k: gemm_x16_avx512.c's arithmetic on quarter-width vectors, one token at a time.
+ * Super-blocks outermost: each one's 16 rows' sub-block scales are unpacked once (x16_q4k_scales)
+ * for up to Q4K_TOKENS tokens, whose running sums wait in memory between super-blocks (unpacking
+ * them per token cost a fifth of the time). Per pair of sub-blocks (the low and the high
+ * nibbles of qs words 8p .. 8p + 7), each quarter of the rows sums each sub-block in its own int32
+ * lanes (r, p'), exact; per sub-block, one conversion and one FMA with the rows' d sc (to each
+ * row's two lanes) times da, and the offsets dmin m sa by FMA into two 8-lane accumulators in row
+ * order, taken off at the end. Same error as there: within (nb + 3) u M, inside
+ * X16_DOT_BOUND(nb); and the same bits whatever t. */
+#define Q4K_TOKENS 64
+
+/* One token's running sums: lanes (r, p') of the four quarters, and the offsets in row order. */
+typedef struct {
+    __m256 acc[4], off[2];
+} q4k_sums;
+
+/* A super-block's scales for every token: per sub-block the rows' d sc to their two lanes (four
+ * quarters), and dmin m in row order (rows 0-7, 8-15). */
+typedef struct {
+    __m256 dp[8][4], mn[8][2];
+} q4k_scales;
+
+ALWAYS_INLINE void q4k_unpack_scales(const uint8_t *g, q4k_scales *sc) {
+    float d[LLMR_X16], dmin[LLMR_X16], dsc[8][LLMR_X16], dmm[8][LLMR_X16];
+    for (int h = 0; h < 2; h++) {
+        _mm256_storeu_ps(d + 8 * h, _mm256_cvtph_ps(load16(g + 16 * h)));
+        _mm256_storeu_ps(dmin + 8 * h, _mm256_cvtph_ps(load16(g + X16_Q4K_DMIN + 16 * h)));
+    }
+    x16_q4k_scales(g, d, dmin, dsc, dmm);
+    for (int j = 0; j < 8; j++) {
+        for (int r = 0; r < 4; r++)
+            sc->dp[j][r] = pairs(_mm256_loadu_ps(dsc[j] + 8 * (r / 2)), r);
+        for (int h = 0; h < 2; h++)
+            sc->mn[j][h] = _mm256_loadu_ps(dmm[j] + 8 * h);
+    }
+}
+
+/* One token's sums += the super-block at g against its activation blocks y[0 .. 8). */
+ALWAYS_INLINE void q4k_token(const uint8_t *g, const q4k_scales *sc, const block_q16_a *y, q4k_sums *sums) {
+    const __m256i nibble = _mm256_set1_epi16(0x0F);
+    __m256 acc[4], off[2];
+    for (int r = 0; r < 4; r++)
+        acc[r] = sums->acc[r];
+    for (int h = 0; h < 2; h++)
+        off[h] = sums->off[h];
+    for (int p = 0; p < 4; p++) {
+        const uint8_t *q = g + X16_Q4K_QS + p * 8 * 64;
+        __m256i isum[2][4]; /* [sub-block 2p, 2p + 1][rows 4r .. 4r + 3] */
+        for (int s = 0; s < 2; s++)
+            for (int r = 0; r < 4; r++)
+                isum[s][r] = _mm256_setzero_si256();
+        for (int c = 0; c < 8; c++) {
+            const __m256i alo = act4(y + 2 * p, c), ahi = act4(y + 2 * p + 1, c);
+            for (int r = 0; r < 4; r++) {
+                const __m256i raw = _mm256_cvtepu8_epi16(load16(q + c * 64 + r * 16));
+                isum[0][r] = madd(isum[0][r], _mm256_and_si256(raw, nibble), alo);
+                isum[1][r] = madd(isum[1][r], _mm256_srli_epi16(raw, 4), ahi);
+            }
+        }
+        for (int s = 0; s < 2; s++) {
+            const int j = 2 * p + s;
+            const __m256 da = _mm256_set1_ps(y[j].d), sa = _mm256_set1_ps(y[j].s);
+            for (int r = 0; r < 4; r++)
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[s][r]), _mm256_mul_ps(sc->dp[j][r], da), acc[r]);
+            for (int h = 0; h < 2; h++)
+                off[h] = _mm256_fmadd_ps(sc->mn[j][h], sa, off[h]);
+        }
+    }
+    for (int r = 0; r < 4; r++)
+        sums->acc[r] = acc[r];
+    for (int h = 0; h < 2; h++)
+        sums->off[h] = off[h];
+}
+
+/* Up to Q4K_TOKENS tokens: every super-block against every token. */
+static void gemm_q4_k_tokens(int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w,
+                             const uint8_t *a, size_t a_stride) {
+    q4k_sums sums[Q4K_TOKENS];
+    for (int64_t i = 0; i < t; i++) {
+        for (int r = 0; r < 4; r++)
+            sums[i].acc[r] = _mm256_setzero_ps();
+        sums[i].off[0] = sums[i].off[1] = _mm256_setzero_ps();
+    }
+    for (int64_t b = 0; b < nsb; b++) {
+        const uint8_t *g = w + b * X16_Q4K_BLOCK;
+        q4k_scales sc;
+        q4k_unpack_scales(g, &sc);
+        for (int64_t i = 0; i < t; i++)
+            q4k_token(g, &sc, (const block_q16_a *)(a + i * a_stride) + b * (QK_K / QK_Q16_A), &sums[i]);
+    }
+    for (int64_t i = 0; i < t; i++)
+        for (int h = 0; h < 2; h++) { /* as one_token's end, less the offsets */
+            const __m256 s = _mm256_hadd_ps(sums[i].acc[2 * h], sums[i].acc[2 * h + 1]);
+            const __m256 rows = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), 0xD8));
+            _mm256_storeu_ps(out + i * out_stride + 8 * h, _mm256_sub_ps(rows, sums[i].off[h]));
+        }
+}
+
+static void gemm_q4_k(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                      size_t a_stride) {
+    for (int64_t t0 = 0; t0 < t; t0 += Q4K_TOKENS)
+        gemm_q4_k_tokens(k / QK_K, t - t0 < Q4K_TOKENS ? t - t0 : Q4K_TOKENS, out + t0 * out_stride, out_stride, w,
+                         (const uint8_t *)a + t0 * a_stride, a_stride);
 }
 
 LLMR_GEMM_X16_KERNELS(avx2)

@@ -248,12 +248,13 @@ typedef void (*llmr_gemm_x16_fn)(int64_t k, int64_t t, float *out, size_t out_st
 /* How a weight matrix's blocks lie in memory (recorded per tensor in a .llmr file).
  *
  * LLMR_LAYOUT_ROWS: GGUF's; each row its blocks in order.
- * LLMR_LAYOUT_X16 (types whose traits say x16: q8_0, q4_0, q4_1, q5_0, q5_1; rows a multiple of 16):
- * groups of 16 consecutive rows, each group its blocks in order, each block of the group as the
- * 16 rows' first f16 field (d), then (q4_1: n_scales = 2) their second (m), then the rows' quant
- * bytes in 4-byte words, word c of row r at (c * 16 + r) * 4. Same bytes as 16 row blocks,
- * moved (q5's word 0 is its qh, words 1-4 its qs): one SIMD load then holds a word of 16 rows, and 16 dot products advance in lanes, with
- * no horizontal sums per block. */
+ * LLMR_LAYOUT_X16 (types whose traits say x16: q8_0, q4_0, q4_1, q5_0, q5_1, q4_k; rows a multiple
+ * of 16): groups of 16 consecutive rows, each group its blocks in order, each block of the group
+ * as the 16 rows' first f16 field (d), then (q4_1, q5_1, q4_k: n_scales = 2) their second (m;
+ * q4_k's dmin), then the rows' remaining bytes in 4-byte words, word c of row r at
+ * (c * 16 + r) * 4. Same bytes as 16 row blocks, moved (q5's word 0 is its qh, words 1-4 its qs;
+ * q4_k's words 0-2 its packed scales, words 3-34 its qs): one SIMD load then holds a word of 16
+ * rows, and 16 dot products advance in lanes, with no horizontal sums per block. */
 enum llmr_layout { LLMR_LAYOUT_ROWS = 0, LLMR_LAYOUT_X16 = 1 };
 #define LLMR_X16 16
 
@@ -373,6 +374,8 @@ void gemm_x16_q5_0_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride
                              const void *a, size_t a_stride);
 void gemm_x16_q5_1_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                              const void *a, size_t a_stride);
+void gemm_x16_q4_K_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
+                             const void *a, size_t a_stride);
 
 void rmsnorm_ref(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
 void rope_ref(float *x, const float *cos_t, const float *sin_t, int64_t t, int64_t h, int64_t hd, int64_t rd);
@@ -474,6 +477,8 @@ void vec_dot_tile_q6_K_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, co
     void gemm_x16_q5_0_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
                                    const void *a, size_t a_stride);                                 \
     void gemm_x16_q5_1_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
+                                   const void *a, size_t a_stride);                                 \
+    void gemm_x16_q4_K_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
                                    const void *a, size_t a_stride);
 LLMR_DECLARE_GEMM_X16(avx2)
 void rmsnorm_avx2(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);

@@ -12,7 +12,8 @@
  *   most K - 1 additions, each off by u times a partial sum <= sum|x w|, plus one final rounding,
  *   give (K + 1) u; one u of slack: the bound of tests/test_kernels.py), and so within twice it of
  *   each other.
- * - X16 groups (kernels/cpu/gemm_x16_neon.c): within X16_DOT_BOUND of the scalar X16 kernels.
+ * - X16 groups (kernels/cpu/gemm_x16_neon.c; q4_k too): within X16_DOT_BOUND of the scalar X16
+ *   kernels.
  * Sizes are awkward: N rows 1, 3, 17; K 32, 96, 2080 (1, 3, 65 blocks), float K also 5, 33, 100
  * (vector tails); weight rows start at an odd byte address. Prints "N passed, M failed"; exits 1
  * on any failure. */
@@ -216,10 +217,31 @@ static void test_quantize_q16a(void) {
     check_q16a(x, 4 * QK_Q16_A, "quantize_q16_a non-finite");
 }
 
+/* The scale d and offset of the 32 values of sub-block s of a rows-layout block (value = d q +
+ * offset, q as the kernels take it: q5_0's and q8_0's signed, the others' unsigned). */
+static void sub_block_scale(int type, const uint8_t *blk, int s, double *d, double *offset) {
+    uint16_t d16, m16;
+    memcpy(&d16, blk, 2);
+    memcpy(&m16, blk + 2, 2);
+    *d = llmr_f16_to_f32(d16);
+    *offset = 0.0;
+    if (type == LLMR_TYPE_Q4_0)
+        *offset = -8.0 * *d;
+    else if (type == LLMR_TYPE_Q4_1 || type == LLMR_TYPE_Q5_1)
+        *offset = llmr_f16_to_f32(m16);
+    else if (type == LLMR_TYPE_Q4_K) {
+        uint8_t sc, m;
+        llmr_q4_k_scale_min(s, ((const block_q4_K *)blk)->scales, &sc, &m);
+        *offset = -(double)llmr_f16_to_f32(m16) * m;
+        *d *= sc;
+    }
+}
+
 /* The X16 layout (16 rows interleaved per block): NEON against the scalar X16 kernels (which
  * are the rows layout's arithmetic, bit for bit), within X16_DOT_BOUND(nb) = (2 nb + 4) u M of
- * each other's exact value, M = sum_b (|d| da sum|qw qa| + |offset| |sa|) (tests/test_kernels.py);
- * so within twice that of each other. Groups of 16 rows: one and three; 1 and 3 tokens. */
+ * each other's exact value, M = sum_b (|d| da sum|qw qa| + |offset| |sa|) over the nb activation
+ * blocks (a q4_k sub-block's d is d sc, its offset -dmin m) (tests/test_kernels.py); so within
+ * twice that of each other. Groups of 16 rows: one and three; 1 and 3 tokens. */
 static void test_x16(void) {
     static const struct { const char *name; int type; llmr_gemm_x16_fn neon, ref; } T[] = {
         {"x16 q8_0", LLMR_TYPE_Q8_0, gemm_x16_q8_0_q16_a_neon, gemm_x16_q8_0_q16_a_ref},
@@ -227,22 +249,25 @@ static void test_x16(void) {
         {"x16 q4_1", LLMR_TYPE_Q4_1, gemm_x16_q4_1_q16_a_neon, gemm_x16_q4_1_q16_a_ref},
         {"x16 q5_0", LLMR_TYPE_Q5_0, gemm_x16_q5_0_q16_a_neon, gemm_x16_q5_0_q16_a_ref},
         {"x16 q5_1", LLMR_TYPE_Q5_1, gemm_x16_q5_1_q16_a_neon, gemm_x16_q5_1_q16_a_ref},
+        {"x16 q4_k", LLMR_TYPE_Q4_K, gemm_x16_q4_K_q16_a_neon, gemm_x16_q4_K_q16_a_ref},
     };
     static const int GROUP_ROWS[] = {16, 48}, TOKENS[] = {1, 3};
-    for (int t = 0; t < 5; t++)
+    for (int t = 0; t < 6; t++)
         for (int ki = 0; ki < 3; ki++)
             for (int ni = 0; ni < 2; ni++)
                 for (int ti = 0; ti < 2; ti++) {
                     const llmr_type_traits *tr = llmr_type_traits_get(T[t].type);
-                    const int64_t k = K_QUANT[ki], n = GROUP_ROWS[ni], tokens = TOKENS[ti], nb = k / QK_Q16_A;
-                    const int64_t row = nb * tr->type_size, group = 16 * row;
+                    const int bs = tr->block_size, subs = bs / QK_Q16_A;
+                    /* super-blocks: as many as K_QUANT has blocks of 32 */
+                    const int64_t k = K_QUANT[ki] * subs, n = GROUP_ROWS[ni], tokens = TOKENS[ti];
+                    const int64_t nb = k / QK_Q16_A, nwb = k / bs, row = nwb * tr->type_size, group = 16 * row;
                     uint8_t *buf = malloc((size_t)(n * row + 1)), *w = buf + 1; /* odd address */
                     float *x = malloc((size_t)(tokens * k) * sizeof(float));
                     block_q16_a *a = malloc((size_t)(tokens * nb) * sizeof(block_q16_a));
                     float *got = malloc((size_t)(tokens * n) * sizeof(float)), *want = malloc((size_t)(tokens * n) * sizeof(float));
                     for (int64_t i = 0; i < n * row; i++) w[i] = (uint8_t)next_u64();
                     for (int64_t g = 0; g < n / 16; g++) /* finite scales (and minimums): the f16 fields */
-                        for (int64_t b = 0; b < nb; b++)
+                        for (int64_t b = 0; b < nwb; b++)
                             for (int f = 0; f < 16 * tr->n_scales; f++) {
                                 const uint16_t h = llmr_f32_to_f16((f < 16 ? 0.01f : 0.1f) * uniform());
                                 memcpy(w + g * group + b * 16 * tr->type_size + 2 * f, &h, 2);
@@ -258,20 +283,19 @@ static void test_x16(void) {
                     for (int64_t i = 0; i < tokens; i++)
                         for (int64_t r = 0; r < n; r++) {
                             double mag = 0.0;
-                            for (int64_t b = 0; b < nb; b++) {
-                                uint8_t blk[sizeof(block_q8_0)];
+                            for (int64_t b = 0; b < nwb; b++) {
+                                uint8_t blk[LLMR_MAX_BLOCK_BYTES];
                                 llmr_x16_get_block(tr, w + r / 16 * group, (int)(r % 16), b, blk);
-                                float wq[QK_Q16_A];
-                                tr->dequantize(blk, wq, QK_Q16_A); /* d q + offset, exactly */
-                                uint16_t d16, m16 = 0;
-                                memcpy(&d16, blk, 2);
-                                if (tr->n_scales == 2) memcpy(&m16, blk + 2, 2);
-                                const double d = llmr_f16_to_f32(d16);
-                                const double off = T[t].type == LLMR_TYPE_Q4_0 ? -8.0 * d : llmr_f16_to_f32(m16);
-                                const block_q16_a *y = &a[i * nb + b];
-                                for (int j = 0; j < QK_Q16_A; j++) /* |d q qa da| from the value: |w - off| = |d q| */
-                                    mag += fabs(((double)wq[j] - off) * y->qs[j] * y->d);
-                                mag += fabs(off * y->s);
+                                float wq[QK_K];
+                                tr->dequantize(blk, wq, bs); /* d q + offset, exactly */
+                                for (int s = 0; s < subs; s++) {
+                                    double d, off;
+                                    sub_block_scale(T[t].type, blk, s, &d, &off);
+                                    const block_q16_a *y = &a[i * nb + b * subs + s];
+                                    for (int j = 0; j < QK_Q16_A; j++) /* |d q qa da| from the value: |w - off| = |d q| */
+                                        mag += fabs(((double)wq[s * QK_Q16_A + j] - off) * y->qs[j] * y->d);
+                                    mag += fabs(off * y->s);
+                                }
                             }
                             const double bound = 2.0 * (double)(2 * nb + 4) * U * mag;
                             const float gv = got[i * n + r], wv = want[i * n + r];
