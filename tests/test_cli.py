@@ -99,7 +99,9 @@ def test_q6_k_from_the_command_line(tmp_path):
     run_cli("convert", tmp_path / "hf", tmp_path / "f32.llmr", "--type", "f32", check=True)
     run_cli("quantize", tmp_path / "f32.llmr", tmp_path / "q.llmr", "--type", "q6_k", check=True)
     r = run_cli("info", tmp_path / "q.llmr", "--tensors", check=True)
-    assert "q6_k x14" in r.stdout  # 7 matrices in each of 2 layers; the tied table is f16 (policy)
+    # 7 matrices in each of 2 layers and the tied table: `q6_k` is the mix, whose output head (here
+    # the embedding table too) is q6_k, as in llama-quantize's Q6_K
+    assert "q6_k x15" in r.stdout
     c, q = llmrun.load(tmp_path / "c.llmr").file, llmrun.load(tmp_path / "q.llmr").file
     assert c.tensors["layers.1.w_down"].type is qtype("q6_k")
     assert all(c.tensor(n).data.tobytes() == q.tensor(n).data.tobytes() for n in c.tensors)
