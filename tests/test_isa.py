@@ -81,17 +81,20 @@ def matmul_cases():
 
 
 # Quantised matmuls run tokens in tiles of LLMR_TILE (4) where the path has a tile kernel and the
-# rest one by one: token counts around the tile (none full, exact tiles, tiles plus a remainder).
+# rest one by one; float weights run gemm tiles of 4 rows x 6 tokens (AVX-512, NEON) or 4 x 3
+# (AVX2), a last partial tile with rows or tokens repeated, and one or two last tokens alone.
+# Token counts around the tiles (none full, exact tiles, tiles plus a remainder), for floats
+# also past matmul's 64-token chunk; 3 rows (no whole tile) and 17 (tiles and one more).
 TILE_TOKENS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 17]
 TILE_ROWS = [3, 17]
 TILE_K = [32, 96, 2080]
 
 
 def tile_cases():
-    for t in QUANTISED:
-        for k in k_for(t, TILE_K):
+    for t in ALL_TYPES:
+        for k in k_for(t, TILE_K) if t.quantized else K_FLOAT:
             for n in TILE_ROWS:
-                for tokens in TILE_TOKENS:
+                for tokens in TILE_TOKENS if t.quantized else TILE_TOKENS + [70]:
                     yield t, tokens, n, k
 
 
@@ -170,9 +173,12 @@ def compute_all() -> dict[str, np.ndarray]:
         K.matmul(y, x, w, t.id)
         out[f"tile/{t.name}/{tokens}/{n}/{k}"] = y
         y1 = np.empty((tokens, n), np.float32)
-        for i in range(tokens):  # one token per call: the single-token kernel, never a tile
+        for i in range(tokens):  # one token per call: never a token tile (for floats, tiles of rows)
             K.matmul(y1[i], x[i], w, t.id)
         out[f"single/{t.name}/{tokens}/{n}/{k}"] = y1
+        y1 = np.empty((tokens, n), np.float32)
+        K._matmul_vec_dot(y1, x, w, t.id)  # each output one vec_dot call: no tile at all
+        out[f"vec_dot/{t.name}/{tokens}/{n}/{k}"] = y1
     for t, tokens, n, k in x16_cases():
         x, w = matmul_inputs(t, tokens, n, k)
         y = np.empty((tokens, n), np.float32)
@@ -327,11 +333,12 @@ def test_matmul(results, isa, t):
             assert (err <= FLOAT_VS_SCALAR * bound).all(), f"{key}: vs scalar, max err {err.max():.3g}"
 
 
-@pytest.mark.parametrize("isa", SIMD_ISAS)
-@pytest.mark.parametrize("t", QUANTISED, ids=lambda t: t.name)
+@pytest.mark.parametrize("isa", ["scalar"] + SIMD_ISAS)
+@pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: t.name)
 def test_matmul_token_tiles_equal_single_token(results, isa, t):
-    """Each output of a token tile is the same path's single-token kernel's arithmetic: bit-identical
-    to it, whatever the token count, and within the bounds of scalar and of the reference."""
+    """Each output of a tile (tokens; for float weights rows x tokens) is the same path's vec_dot's
+    arithmetic: bit-identical to one vec_dot call per output and to one token per matmul, whatever
+    the token and row counts, and within the bounds of scalar and of the reference."""
     needs(isa)
     for tt, tokens, n, k in tile_cases():
         if tt is not t:
@@ -339,15 +346,19 @@ def test_matmul_token_tiles_equal_single_token(results, isa, t):
         key = f"tile/{t.name}/{tokens}/{n}/{k}"
         got = results[isa][key]
         np.testing.assert_array_equal(got, results[isa][f"single/{t.name}/{tokens}/{n}/{k}"], err_msg=key)
-        np.testing.assert_array_equal(results["scalar"][key], results["scalar"][f"single/{t.name}/{tokens}/{n}/{k}"],
-                                      err_msg=key)
+        np.testing.assert_array_equal(got, results[isa][f"vec_dot/{t.name}/{tokens}/{n}/{k}"], err_msg=key)
         x, w = matmul_inputs(t, tokens, n, k)
         mag = matmul_magnitude(w, t, x)
-        bound = QUANT_DOT_SIMD_BOUND(k // 32) * mag
+        if t.quantized:
+            bound = (QUANT_DOT_SIMD_BOUND(k // 32) if isa != "scalar" else QUANT_DOT_BOUND(k // 32)) * mag
+            vs_scalar = bound + QUANT_DOT_BOUND(k // 32) * mag
+        else:
+            bound = FLOAT_DOT_BOUND(k) * mag
+            vs_scalar = FLOAT_VS_SCALAR * bound
         err = np.abs(got.astype(np.float64) - ref.matmul(w, t, x))
         assert (err <= bound).all(), f"{key}: max err {err.max():.3g}"
         err = np.abs(got.astype(np.float64) - results["scalar"][key].astype(np.float64))
-        assert (err <= bound + QUANT_DOT_BOUND(k // 32) * mag).all(), f"{key}: vs scalar, max err {err.max():.3g}"
+        assert (err <= vs_scalar).all(), f"{key}: vs scalar, max err {err.max():.3g}"
 
 
 @pytest.mark.parametrize("isa", ["scalar"] + SIMD_ISAS)
@@ -428,7 +439,8 @@ def test_rmsnorm_silu_mul_and_gelu_mul_within_their_bounds(results, isa):
 @pytest.mark.parametrize("isa", SIMD_ISAS)
 def test_other_ops_equal_scalar(results, isa):
     needs(isa)
-    skip = ("matmul/", "tile/", "single/", "q16a/", "isa", "x16", "rmsnorm", "silu_mul", "gelu_mul", "q6k-")
+    skip = ("matmul/", "tile/", "single/", "vec_dot/", "q16a/", "isa", "x16", "rmsnorm", "silu_mul", "gelu_mul",
+            "q6k-")
     for key in [k for k in results["scalar"] if not k.startswith(skip)]:
         np.testing.assert_array_equal(results[isa][key], results["scalar"][key], err_msg=key)
     for t in ALL_TYPES:  # get_rows dequantises with the reference: exact

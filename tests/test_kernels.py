@@ -771,12 +771,13 @@ def test_a_missing_kernel_is_named_by_the_import_check(t):
     """At import, llmr_dispatch runs llmr_kernels_check on every ISA table the build has (not only
     the ones this CPU runs): a vec_dot for every type, a gemm_x16 for every X16 type. Here the
     same check runs on a copy of the table in use with one entry removed: it names the ISA and
-    the type. The token-tile kernels are optional (NULL: vec_dot per token)."""
+    the type. The token-tile and gemm kernels are optional (NULL: vec_dot per token)."""
     assert K._check_kernels("none", t.id) is None
     assert K._check_kernels("vec_dot", t.id) == \
         f"kernel table {K.isa()} has no vec_dot for {t.name} weights (kernels/cpu/dispatch.c)"
     assert K._check_kernels("gemm_x16", t.id) == \
         (f"kernel table {K.isa()} has no gemm_x16 for {t.name} weights (kernels/cpu/dispatch.c)" if t.x16 else None)
     assert K._check_kernels("vec_dot_tile", t.id) is None
-    with pytest.raises(ValueError, match="vec_dot, vec_dot_tile, gemm_x16 or none"):
+    assert K._check_kernels("gemm", t.id) is None
+    with pytest.raises(ValueError, match="vec_dot, vec_dot_tile, gemm, gemm_x16 or none"):
         K._check_kernels("rope", t.id)

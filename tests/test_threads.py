@@ -13,7 +13,7 @@ import pytest
 import llmrun._kernels as K
 from llmrun.quant import reference as ref
 from llmrun.quant.layout import X16, interleave
-from llmrun.quant.types import Q4_1, TYPES
+from llmrun.quant.types import F16, Q4_1, TYPES
 
 ALL_TYPES = list(TYPES.values())  # every type the CPU runs, from the table in quant/types.py
 COUNTS = [1, 2, 3, 8]
@@ -73,17 +73,19 @@ def test_x16_matmul_bit_identical_for_any_thread_count(qtype, t):
     assert all(o == outs[0] for o in outs[1:])
 
 
-def test_matmul_long_prefill_bit_identical():
-    """Enough tokens that the activation quantisation is split across the pool too."""
+@pytest.mark.parametrize("qtype", [Q4_1, F16], ids=lambda t: t.name)
+def test_matmul_long_prefill_bit_identical(qtype):
+    """Enough tokens that the activation quantisation is split across the pool too, and past one
+    64-token chunk of matmul (float weights: gemm tiles of rows and tokens, rows split in items)."""
     rng = np.random.default_rng(5)
     t, n, k = 70, 131, 256
-    w = ref.quantize(rng.standard_normal((n, k)).astype(np.float32), Q4_1).tobytes()
+    w = ref.quantize(rng.standard_normal((n, k)).astype(np.float32), qtype).tobytes()
     x = rng.standard_normal((t, k)).astype(np.float32)
     outs = []
     for threads in COUNTS:
         K.set_threads(threads)
         out = np.empty((t, n), np.float32)
-        K.matmul(out, x, w, Q4_1.id)
+        K.matmul(out, x, w, qtype.id)
         outs.append(out.tobytes())
     assert all(o == outs[0] for o in outs)
 

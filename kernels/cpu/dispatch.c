@@ -19,6 +19,11 @@ const llmr_kernels llmr_kernels_scalar = {
         [LLMR_TYPE_Q4_K] = vec_dot_q4_K_q16_a_ref,
         [LLMR_TYPE_Q6_K] = vec_dot_q6_K_q16_a_ref,
     },
+    .gemm = {
+        [LLMR_TYPE_F32] = gemm_f32_f32_ref,
+        [LLMR_TYPE_F16] = gemm_f16_f32_ref,
+        [LLMR_TYPE_BF16] = gemm_bf16_f32_ref,
+    },
     .gemm_x16 = {
         [LLMR_TYPE_Q8_0] = gemm_x16_q8_0_q16_a_ref,
         [LLMR_TYPE_Q4_0] = gemm_x16_q4_0_q16_a_ref,
@@ -64,6 +69,11 @@ static const llmr_kernels llmr_kernels_avx2 = {
         [LLMR_TYPE_Q5_1] = vec_dot_tile_q5_1_q16_a_avx2,
         [LLMR_TYPE_Q6_K] = vec_dot_tile_q6_K_q16_a_avx2,
     },
+    .gemm = {
+        [LLMR_TYPE_F32] = gemm_f32_f32_avx2,
+        [LLMR_TYPE_F16] = gemm_f16_f32_avx2,
+        [LLMR_TYPE_BF16] = gemm_bf16_f32_avx2,
+    },
     .gemm_x16 = {
         [LLMR_TYPE_Q8_0] = gemm_x16_q8_0_q16_a_avx2,
         [LLMR_TYPE_Q4_0] = gemm_x16_q4_0_q16_a_avx2,
@@ -101,6 +111,11 @@ static const llmr_kernels llmr_kernels_avx512 = {
         [LLMR_TYPE_Q5_0] = vec_dot_tile_q5_0_q16_a_avx512,
         [LLMR_TYPE_Q5_1] = vec_dot_tile_q5_1_q16_a_avx512,
         [LLMR_TYPE_Q6_K] = vec_dot_tile_q6_K_q16_a_avx512,
+    },
+    .gemm = {
+        [LLMR_TYPE_F32] = gemm_f32_f32_avx512,
+        [LLMR_TYPE_F16] = gemm_f16_f32_avx512,
+        [LLMR_TYPE_BF16] = gemm_bf16_f32_avx512,
     },
     .gemm_x16 = {
         [LLMR_TYPE_Q8_0] = gemm_x16_q8_0_q16_a_avx512,
@@ -140,6 +155,11 @@ static const llmr_kernels llmr_kernels_avx512vnni = {
         [LLMR_TYPE_Q5_0] = vec_dot_tile_q5_0_q16_a_avx512vnni,
         [LLMR_TYPE_Q5_1] = vec_dot_tile_q5_1_q16_a_avx512vnni,
         [LLMR_TYPE_Q6_K] = vec_dot_tile_q6_K_q16_a_avx512vnni,
+    },
+    .gemm = {
+        [LLMR_TYPE_F32] = gemm_f32_f32_avx512,
+        [LLMR_TYPE_F16] = gemm_f16_f32_avx512,
+        [LLMR_TYPE_BF16] = gemm_bf16_f32_avx512,
     },
     .gemm_x16 = {
         [LLMR_TYPE_Q8_0] = gemm_x16_q8_0_q16_a_avx512vnni,
@@ -194,6 +214,11 @@ static const llmr_kernels llmr_kernels_neon = {
     .vec_dot_tile = {
         [LLMR_TYPE_Q6_K] = vec_dot_tile_q6_K_q16_a_neon,
     },
+    .gemm = {
+        [LLMR_TYPE_F32] = gemm_f32_f32_neon,
+        [LLMR_TYPE_F16] = gemm_f16_f32_neon,
+        [LLMR_TYPE_BF16] = gemm_bf16_f32_neon,
+    },
     .gemm_x16 = {
         [LLMR_TYPE_Q8_0] = gemm_x16_q8_0_q16_a_neon,
         [LLMR_TYPE_Q4_0] = gemm_x16_q4_0_q16_a_neon,
@@ -240,7 +265,7 @@ int llmr_kernels_check(const llmr_kernels *k, char *err, size_t err_size) {
     for (int id = 0; id < LLMR_TYPE_COUNT; id++) {
         const llmr_type_traits *t = llmr_type_traits_get(id);
         if (!t) { /* a kernel for a type the traits do not list: one half of a type left out */
-            if (k->vec_dot[id] || k->vec_dot_tile[id] || k->gemm_x16[id]) {
+            if (k->vec_dot[id] || k->vec_dot_tile[id] || k->gemm[id] || k->gemm_x16[id]) {
                 snprintf(err, err_size, "kernel table %s has kernels for weight type id %d, which "
                          "kernels/cpu/types.c's TRAITS does not list", k->isa, id);
                 return -1;

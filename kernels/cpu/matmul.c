@@ -34,6 +34,7 @@ int llmr_matmul_supported(const llmr_kernels *kern, int type, int layout) {
 typedef struct {
     llmr_vec_dot_fn vec_dot;
     llmr_vec_dot_tile_fn vec_dot_tile; /* NULL: vec_dot per token */
+    llmr_gemm_fn gemm;                 /* NULL: vec_dot_tile / vec_dot per row */
     llmr_gemm_x16_fn gemm_x16;         /* the X16 layout's kernel */
     int layout;
     const void *w;
@@ -87,6 +88,13 @@ static void matmul_item(void *ctx, int64_t item) {
         }
         return;
     }
+    /* The float types: one call for all the tokens, which the kernel takes in tiles of a few (their
+     * activations in L1 while the item's rows pass), so it needs no chunks. */
+    if (p->gemm) {
+        p->gemm(j->k, n1 - n0, j->t, p->out + n0, (size_t)p->n, (const uint8_t *)p->w + n0 * p->w_row, act,
+                j->act_row);
+        return;
+    }
     /* Tokens in chunks whose activations stay in cache while the item's rows meet them; within a
      * chunk, in tiles of LLMR_TILE where the table has a tile kernel for the type (it unpacks
      * each weight block once per tile, and equals vec_dot bit for bit), the rest one by one. */
@@ -138,7 +146,8 @@ int llmr_matmul_many(const llmr_kernels *kern, int n_weights, const llmr_weight 
         const llmr_weight *w = &ws[i];
         const int type = w->type;
         const matmul_part part = {.vec_dot = kern->vec_dot[type], .vec_dot_tile = kern->vec_dot_tile[type],
-                                  .gemm_x16 = kern->gemm_x16[type], .layout = w->layout, .w = w->data,
+                                  .gemm = kern->gemm[type], .gemm_x16 = kern->gemm_x16[type],
+                                  .layout = w->layout, .w = w->data,
                                   .out = outs[i], .w_row = (size_t)llmr_row_bytes(llmr_type_traits_get(type), k),
                                   .n = w->rows, .row0 = 0, .row1 = w->rows};
         /* whole X16 groups; and 16 rows anyway, so that no two threads write one cache line of out */

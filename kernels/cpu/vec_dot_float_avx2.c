@@ -1,61 +1,138 @@
-/* AVX2 + FMA + F16C dot products for float weights (f32, f16, bf16) against f32 activations.
- * Compiled with -mavx2 -mfma -mf16c; dispatch.c calls them only on a CPU that has all three.
+/* AVX2 + FMA + F16C kernels for float weights (f32, f16, bf16) against f32 activations:
+ * vec_dot and the rows layout's gemm. Compiled with -mavx2 -mfma -mf16c; dispatch.c calls them
+ * only on a CPU that has all three.
  *
- * Four 8-lane FMA accumulators, so the sum is in a different order from the scalar kernel's
- * (tests/test_isa.py bounds the difference). A row length that is not a multiple of 8 ends
- * with one zero-padded step. */
+ * vec_dot_float_avx512.c's scheme on 8 lanes: every output, in vec_dot and in any tile of gemm,
+ * has one 8-lane accumulator, acc = fma(w[i..i+8), a[i..i+8), acc) for i = 0, 8, ... (the last
+ * k % 8 elements one zero-padded step), its lanes then summed by one fixed tree (reduce4); so no
+ * result depends on the tile it lands in, the token count or the thread count. A gemm tile is
+ * 4 rows x 3 tokens: 12 accumulators, a weight vector (an f16 or bf16 one converted once, then
+ * met by 3 tokens) and the 3 tokens' activation vectors fill the 16 registers. Decode runs tiles
+ * of 4 rows and one token: four independent chains, as the one-row kernel had before.
+ *
+ * Error: each product meets at most ceil(k / 8) additions in its lane and 3 in the tree: within
+ * FLOAT_DOT_BOUND(k) = (k + 2) u sum|x w| of float64 (tests/test_isa.py). */
 #include <immintrin.h>
 
 #include "llmrun.h"
 
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+enum { TILE_ROWS = 4, TILE_TOKENS = 3 };
+/* Rows prefetched this many tiles ahead, as one sequential stream (vec_dot_float_avx512.c). */
+enum { PREFETCH_TILES = 2 };
+
 /* Eight weights as f32; w need not be aligned. */
-typedef __m256 (*load8_fn)(const void *w);
+typedef __m256 (*load8_fn)(const uint8_t *w);
 
-static inline __m256 load8_f32(const void *w) { return _mm256_loadu_ps(w); }
-static inline __m256 load8_f16(const void *w) { return _mm256_cvtph_ps(_mm_loadu_si128(w)); }
-static inline __m256 load8_bf16(const void *w) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(w)), 16));
+ALWAYS_INLINE __m256 load8_f32(const uint8_t *w) { return _mm256_loadu_ps((const float *)w); }
+ALWAYS_INLINE __m256 load8_f16(const uint8_t *w) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w)); }
+ALWAYS_INLINE __m256 load8_bf16(const uint8_t *w) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)w)), 16));
 }
 
-static inline float hsum_ps(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+/* The sums of four accumulators' lanes, lane j of the result from v_j, each by the same tree:
+ * lanes i + (i + 4), then i + (i + 2), i + (i + 1). */
+ALWAYS_INLINE __m128 reduce4(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
+    /* 128-bit halves: {v0 lo+hi, v1 lo+hi}, {v2 lo+hi, v3 lo+hi} */
+    const __m256 s01 = _mm256_add_ps(_mm256_permute2f128_ps(v0, v1, 0x20), _mm256_permute2f128_ps(v0, v1, 0x31));
+    const __m256 s23 = _mm256_add_ps(_mm256_permute2f128_ps(v2, v3, 0x20), _mm256_permute2f128_ps(v2, v3, 0x31));
+    /* {v0 l0+l2, v0 l1+l3, v2 .., v2 .. | v1 .., v1 .., v3 .., v3 ..} */
+    const __m256 s = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(s01), _mm256_castps_pd(s23))),
+                                   _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(s01), _mm256_castps_pd(s23))));
+    const __m256 h = _mm256_hadd_ps(s, s); /* {v0, v2, v0, v2 | v1, v3, v1, v3} */
+    return _mm256_castps256_ps128(_mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 0, 0, 0, 0)));
 }
 
-/* dot(w, a) over k elements of elem_size bytes each; inlined with a constant `load`. */
-static inline __attribute__((always_inline)) float dot(const uint8_t *w, const float *a, int64_t k,
-                                                       int elem_size, load8_fn load) {
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+/* Rows w[0..4) against tokens a[0..NT): out[j * out_stride + r] for j < nt, r < nr (the rest
+ * of the tile repeats a row or a token, and is not stored). NT is a constant where inlined. */
+ALWAYS_INLINE void tile(int64_t k, const uint8_t *const w[TILE_ROWS], int elem, load8_fn load,
+                        const float *const a[], int NT, float *out, size_t out_stride, int nr, int nt) {
+    /* the rows PREFETCH_TILES tiles on, at 4x the pace of a row (vec_dot_float_avx512.c) */
+    const char *ahead = (const char *)w[0] + PREFETCH_TILES * TILE_ROWS * k * elem;
+    __m256 acc[TILE_ROWS][TILE_TOKENS];
+    for (int r = 0; r < TILE_ROWS; r++)
+        for (int j = 0; j < NT; j++)
+            acc[r][j] = _mm256_setzero_ps();
     int64_t i = 0;
-    for (; i + 32 <= k; i += 32) {
-        acc0 = _mm256_fmadd_ps(load(w + (i + 0) * elem_size), _mm256_loadu_ps(a + i + 0), acc0);
-        acc1 = _mm256_fmadd_ps(load(w + (i + 8) * elem_size), _mm256_loadu_ps(a + i + 8), acc1);
-        acc2 = _mm256_fmadd_ps(load(w + (i + 16) * elem_size), _mm256_loadu_ps(a + i + 16), acc2);
-        acc3 = _mm256_fmadd_ps(load(w + (i + 24) * elem_size), _mm256_loadu_ps(a + i + 24), acc3);
+    for (; i + 8 <= k; i += 8) {
+        for (int p = 0; p < TILE_ROWS * 8 * elem; p += 64)
+            _mm_prefetch(ahead + TILE_ROWS * i * elem + p, _MM_HINT_T0);
+        __m256 av[TILE_TOKENS];
+        for (int j = 0; j < NT; j++)
+            av[j] = _mm256_loadu_ps(a[j] + i);
+        for (int r = 0; r < TILE_ROWS; r++) {
+            const __m256 wv = load(w[r] + i * elem);
+            for (int j = 0; j < NT; j++)
+                acc[r][j] = _mm256_fmadd_ps(wv, av[j], acc[r][j]);
+        }
     }
-    for (; i + 8 <= k; i += 8)
-        acc0 = _mm256_fmadd_ps(load(w + i * elem_size), _mm256_loadu_ps(a + i), acc0);
-    if (i < k) { /* the last k % 8 elements, zero-padded */
-        uint8_t wt[32] = {0};
-        float at[8] = {0};
-        memcpy(wt, w + i * elem_size, (size_t)(k - i) * elem_size);
-        memcpy(at, a + i, (size_t)(k - i) * sizeof(float));
-        acc1 = _mm256_fmadd_ps(load(wt), _mm256_loadu_ps(at), acc1);
+    if (i < k) { /* the last k % 8: the same step on zero-padded copies */
+        float at[TILE_TOKENS][8] = {{0}};
+        for (int j = 0; j < NT; j++)
+            memcpy(at[j], a[j] + i, (size_t)(k - i) * sizeof(float));
+        for (int r = 0; r < TILE_ROWS; r++) {
+            uint8_t wt[32] = {0};
+            memcpy(wt, w[r] + i * elem, (size_t)(k - i) * elem);
+            const __m256 wv = load(wt);
+            for (int j = 0; j < NT; j++)
+                acc[r][j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(at[j]), acc[r][j]);
+        }
     }
-    return hsum_ps(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+    const __m128i rows = _mm_cmpgt_epi32(_mm_set1_epi32(nr), _mm_setr_epi32(0, 1, 2, 3));
+    for (int j = 0; j < NT; j++) /* NT, not nt: constant indices keep acc in registers */
+        if (j < nt)
+            _mm_maskstore_ps(out + j * out_stride, rows, reduce4(acc[0][j], acc[1][j], acc[2][j], acc[3][j]));
 }
 
+/* n rows (k * elem bytes apart) x t tokens (a_stride bytes apart), token tiles outside (their
+ * activations stay in L1 while the rows pass); a last 2 tokens as a whole tile, 1 alone. */
+ALWAYS_INLINE void gemm(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const uint8_t *w,
+                        const uint8_t *a, size_t a_stride, int elem, load8_fn load) {
+    const size_t w_row = (size_t)k * elem;
+    for (int64_t j0 = 0; j0 < t; j0 += TILE_TOKENS) {
+        const int nt = t - j0 < TILE_TOKENS ? (int)(t - j0) : TILE_TOKENS;
+        const float *at[TILE_TOKENS];
+        for (int j = 0; j < TILE_TOKENS; j++)
+            at[j] = (const float *)(a + (size_t)(j0 + (j < nt ? j : nt - 1)) * a_stride);
+        for (int64_t r0 = 0; r0 < n; r0 += TILE_ROWS) {
+            const int nr = n - r0 < TILE_ROWS ? (int)(n - r0) : TILE_ROWS;
+            const uint8_t *wr[TILE_ROWS];
+            for (int r = 0; r < TILE_ROWS; r++)
+                wr[r] = w + (size_t)(r0 + (r < nr ? r : nr - 1)) * w_row;
+            float *o = out + j0 * out_stride + r0;
+            if (nt >= 2)
+                tile(k, wr, elem, load, at, TILE_TOKENS, o, out_stride, nr, nt);
+            else
+                tile(k, wr, elem, load, at, 1, o, out_stride, nr, 1);
+        }
+    }
+}
+
+void gemm_f32_f32_avx2(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w,
+                       const void *a, size_t a_stride) {
+    gemm(k, n, t, out, out_stride, w, a, a_stride, 4, load8_f32);
+}
+
+void gemm_f16_f32_avx2(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w,
+                       const void *a, size_t a_stride) {
+    gemm(k, n, t, out, out_stride, w, a, a_stride, 2, load8_f16);
+}
+
+void gemm_bf16_f32_avx2(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w,
+                        const void *a, size_t a_stride) {
+    gemm(k, n, t, out, out_stride, w, a, a_stride, 2, load8_bf16);
+}
+
+/* One row, one token: gemm's arithmetic (a tile with the row repeated). */
 void vec_dot_f32_f32_avx2(int64_t k, float *s, const void *w, const void *a) {
-    *s = dot(w, a, k, 4, load8_f32);
+    gemm_f32_f32_avx2(k, 1, 1, s, 1, w, a, 0);
 }
 
 void vec_dot_f16_f32_avx2(int64_t k, float *s, const void *w, const void *a) {
-    *s = dot(w, a, k, 2, load8_f16);
+    gemm_f16_f32_avx2(k, 1, 1, s, 1, w, a, 0);
 }
 
 void vec_dot_bf16_f32_avx2(int64_t k, float *s, const void *w, const void *a) {
-    *s = dot(w, a, k, 2, load8_bf16);
+    gemm_bf16_f32_avx2(k, 1, 1, s, 1, w, a, 0);
 }

@@ -1,53 +1,149 @@
-/* AVX-512 (F, BW, VL) dot products for float weights (f32, f16, bf16) against f32
- * activations. Compiled with -mavx512f -mavx512bw -mavx512vl -mfma -mf16c; dispatch.c calls
- * them only on a CPU that has AVX-512 F, BW and VL.
+/* AVX-512 (F, BW, VL) kernels for float weights (f32, f16, bf16) against f32 activations:
+ * vec_dot and the rows layout's gemm. Compiled with -mavx512f -mavx512bw -mavx512vl -mfma
+ * -mf16c; dispatch.c calls them only on a CPU that has AVX-512 F, BW and VL.
  *
- * Four 16-lane FMA accumulators (a different order from the scalar kernel's; tests/test_isa.py
- * bounds the difference); the last k % 16 elements are one masked step. */
+ * Every output, in vec_dot and in any tile of gemm, is computed the same way: one 16-lane
+ * accumulator, acc = fma(w[i..i+16), a[i..i+16), acc) for i = 0, 16, ... (the last k % 16
+ * elements one masked step), then its lanes summed by one fixed tree (reduce4). So a result
+ * does not depend on the tile it lands in, how many tokens came together or how many threads
+ * ran. The FMA latency is hidden by many outputs at once rather than by several accumulators
+ * per output: a gemm tile is 4 rows x 6 tokens (24 accumulators, 4 weight vectors and one
+ * activation vector: 29 of the 32 registers), so each weight load (an f16 or bf16 one converted
+ * once) meets 6 tokens and each activation load 4 rows. Decode (one token) runs tiles of 4 rows:
+ * four independent chains, more than the memory feeds.
+ *
+ * Error: each product meets at most ceil(k / 16) additions in its lane and 4 in the tree, so
+ * within FLOAT_DOT_BOUND(k) = (k + 2) u sum|x w| of float64 (tests/test_isa.py), as before. */
 #include <immintrin.h>
 
 #include "llmrun.h"
 
-/* The n <= 16 weights at w as f32 (the rest zero); w need not be aligned. */
-typedef __m512 (*load16_fn)(const void *w, __mmask16 m);
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
 
-static inline __m512 load16_f32(const void *w, __mmask16 m) { return _mm512_maskz_loadu_ps(m, w); }
-static inline __m512 load16_f16(const void *w, __mmask16 m) {
+enum { TILE_ROWS = 4, TILE_TOKENS = 6 };
+/* Decode reads each weight once, from memory: a tile's 4 row streams at once kept the hardware
+ * prefetchers at 0.57x the old one-row kernel's bandwidth (SmolLM2's f16 head), and prefetching
+ * the rows two tiles ahead, sequentially, took it to 1.1-1.3x (f32 0.95x; noisy shared machine). */
+enum { PREFETCH_TILES = 2 };
+
+/* The n <= 16 weights at w as f32 (the rest zero); w need not be aligned. */
+typedef __m512 (*load16_fn)(const uint8_t *w, __mmask16 m);
+
+ALWAYS_INLINE __m512 load16_f32(const uint8_t *w, __mmask16 m) { return _mm512_maskz_loadu_ps(m, w); }
+ALWAYS_INLINE __m512 load16_f16(const uint8_t *w, __mmask16 m) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w));
 }
-static inline __m512 load16_bf16(const void *w, __mmask16 m) {
+ALWAYS_INLINE __m512 load16_bf16(const uint8_t *w, __mmask16 m) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, w)), 16));
 }
 
-static inline __attribute__((always_inline)) float dot(const uint8_t *w, const float *a, int64_t k,
-                                                       int elem_size, load16_fn load) {
-    const __mmask16 all = 0xFFFF;
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    __m512 acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 64 <= k; i += 64) {
-        acc0 = _mm512_fmadd_ps(load(w + (i + 0) * elem_size, all), _mm512_loadu_ps(a + i + 0), acc0);
-        acc1 = _mm512_fmadd_ps(load(w + (i + 16) * elem_size, all), _mm512_loadu_ps(a + i + 16), acc1);
-        acc2 = _mm512_fmadd_ps(load(w + (i + 32) * elem_size, all), _mm512_loadu_ps(a + i + 32), acc2);
-        acc3 = _mm512_fmadd_ps(load(w + (i + 48) * elem_size, all), _mm512_loadu_ps(a + i + 48), acc3);
-    }
-    for (; i + 16 <= k; i += 16)
-        acc0 = _mm512_fmadd_ps(load(w + i * elem_size, all), _mm512_loadu_ps(a + i), acc0);
-    if (i < k) {
-        const __mmask16 m = (__mmask16)((1u << (k - i)) - 1);
-        acc1 = _mm512_fmadd_ps(load(w + i * elem_size, m), _mm512_maskz_loadu_ps(m, a + i), acc1);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));
+/* The sums of four accumulators' lanes, lane j of the result from v_j, each by the same tree:
+ * lanes i + (i + 8), then i + (i + 4), i + (i + 2), i + (i + 1). */
+ALWAYS_INLINE __m128 reduce4(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
+    /* 128-bit quarters: {v0 q0+q2, v0 q1+q3, v1 q0+q2, v1 q1+q3}, and the same for v2, v3 */
+    const __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, 0x44), _mm512_shuffle_f32x4(v0, v1, 0xEE));
+    const __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(v2, v3, 0x44), _mm512_shuffle_f32x4(v2, v3, 0xEE));
+    /* quarter j: v_j's four partial sums */
+    __m512 s = _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88), _mm512_shuffle_f32x4(s01, s23, 0xDD));
+    s = _mm512_add_ps(s, _mm512_permute_ps(s, 0x4E)); /* {l0 + l2, l1 + l3, ..} in each quarter */
+    s = _mm512_add_ps(s, _mm512_permute_ps(s, 0xB1)); /* lane 0 of each quarter: the sum */
+    return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0,
+                                                                          0, 0, 0, 0), s));
 }
 
+/* Rows w[0..4) against tokens a[0..NT): out[j * out_stride + r] for j < nt, r < nr (the rest
+ * of the tile repeats a row or a token, and is not stored). NT is a constant where inlined. */
+ALWAYS_INLINE void tile(int64_t k, const uint8_t *const w[TILE_ROWS], int elem, load16_fn load,
+                        const float *const a[], int NT, float *out, size_t out_stride, int nr, int nt) {
+    /* the rows PREFETCH_TILES tiles on, as one sequential stream: where row 0 starts, past this
+     * tile's 4 rows (k * elem bytes each), at 4x the pace of a row (prefetch never faults, so
+     * past the matrix's end is harmless) */
+    const char *ahead = (const char *)w[0] + PREFETCH_TILES * TILE_ROWS * k * elem;
+    __m512 acc[TILE_ROWS][TILE_TOKENS];
+    for (int r = 0; r < TILE_ROWS; r++)
+        for (int j = 0; j < NT; j++)
+            acc[r][j] = _mm512_setzero_ps();
+    const __mmask16 all = 0xFFFF;
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+        __m512 wv[TILE_ROWS];
+        for (int p = 0; p < TILE_ROWS * 16 * elem; p += 64)
+            _mm_prefetch(ahead + TILE_ROWS * i * elem + p, _MM_HINT_T0);
+        for (int r = 0; r < TILE_ROWS; r++)
+            wv[r] = load(w[r] + i * elem, all);
+        for (int j = 0; j < NT; j++) {
+            const __m512 av = _mm512_loadu_ps(a[j] + i);
+            for (int r = 0; r < TILE_ROWS; r++)
+                acc[r][j] = _mm512_fmadd_ps(wv[r], av, acc[r][j]);
+        }
+    }
+    if (i < k) { /* the last k % 16: the same step with the lanes past k zero */
+        const __mmask16 m = (__mmask16)((1u << (k - i)) - 1);
+        __m512 wv[TILE_ROWS];
+        for (int r = 0; r < TILE_ROWS; r++)
+            wv[r] = load(w[r] + i * elem, m);
+        for (int j = 0; j < NT; j++) {
+            const __m512 av = _mm512_maskz_loadu_ps(m, a[j] + i);
+            for (int r = 0; r < TILE_ROWS; r++)
+                acc[r][j] = _mm512_fmadd_ps(wv[r], av, acc[r][j]);
+        }
+    }
+    const __mmask8 rows = (__mmask8)((1u << nr) - 1);
+    for (int j = 0; j < NT; j++) /* NT, not nt: constant indices keep acc in registers */
+        if (j < nt)
+            _mm_mask_storeu_ps(out + j * out_stride, rows, reduce4(acc[0][j], acc[1][j], acc[2][j], acc[3][j]));
+}
+
+/* n rows (k * elem bytes apart) x t tokens (a_stride bytes apart). Token tiles outside, so a
+ * tile's activations stay in L1 while the rows pass; a last group of 3 to 5 tokens runs as a
+ * whole tile (tokens repeated), 1 or 2 one at a time. */
+ALWAYS_INLINE void gemm(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const uint8_t *w,
+                        const uint8_t *a, size_t a_stride, int elem, load16_fn load) {
+    const size_t w_row = (size_t)k * elem;
+    for (int64_t j0 = 0; j0 < t; j0 += TILE_TOKENS) {
+        const int nt = t - j0 < TILE_TOKENS ? (int)(t - j0) : TILE_TOKENS;
+        const float *at[TILE_TOKENS];
+        for (int j = 0; j < TILE_TOKENS; j++)
+            at[j] = (const float *)(a + (size_t)(j0 + (j < nt ? j : nt - 1)) * a_stride);
+        for (int64_t r0 = 0; r0 < n; r0 += TILE_ROWS) {
+            const int nr = n - r0 < TILE_ROWS ? (int)(n - r0) : TILE_ROWS;
+            const uint8_t *wr[TILE_ROWS];
+            for (int r = 0; r < TILE_ROWS; r++)
+                wr[r] = w + (size_t)(r0 + (r < nr ? r : nr - 1)) * w_row;
+            float *o = out + j0 * out_stride + r0;
+            if (nt >= 3)
+                tile(k, wr, elem, load, at, TILE_TOKENS, o, out_stride, nr, nt);
+            else
+                for (int j = 0; j < nt; j++)
+                    tile(k, wr, elem, load, &at[j], 1, o + j * out_stride, out_stride, nr, 1);
+        }
+    }
+}
+
+void gemm_f32_f32_avx512(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w,
+                         const void *a, size_t a_stride) {
+    gemm(k, n, t, out, out_stride, w, a, a_stride, 4, load16_f32);
+}
+
+void gemm_f16_f32_avx512(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w,
+                         const void *a, size_t a_stride) {
+    gemm(k, n, t, out, out_stride, w, a, a_stride, 2, load16_f16);
+}
+
+void gemm_bf16_f32_avx512(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w,
+                          const void *a, size_t a_stride) {
+    gemm(k, n, t, out, out_stride, w, a, a_stride, 2, load16_bf16);
+}
+
+/* One row, one token: gemm's arithmetic (a tile with the row repeated). */
 void vec_dot_f32_f32_avx512(int64_t k, float *s, const void *w, const void *a) {
-    *s = dot(w, a, k, 4, load16_f32);
+    gemm_f32_f32_avx512(k, 1, 1, s, 1, w, a, 0);
 }
 
 void vec_dot_f16_f32_avx512(int64_t k, float *s, const void *w, const void *a) {
-    *s = dot(w, a, k, 2, load16_f16);
+    gemm_f16_f32_avx512(k, 1, 1, s, 1, w, a, 0);
 }
 
 void vec_dot_bf16_f32_avx512(int64_t k, float *s, const void *w, const void *a) {
-    *s = dot(w, a, k, 2, load16_bf16);
+    gemm_bf16_f32_avx512(k, 1, 1, s, 1, w, a, 0);
 }

@@ -1,58 +1,138 @@
-/* arm64 NEON dot products for float weights (f32, f16, bf16) against f32 activations.
- * NEON is baseline on arm64: no extra flags, no CPU test.
+/* arm64 NEON kernels for float weights (f32, f16, bf16) against f32 activations: vec_dot and
+ * the rows layout's gemm. NEON is baseline on arm64: no extra flags, no CPU test.
  *
- * Four 4-lane accumulators updated by explicit FMAs (vfmaq_f32), so the sum is in a different
- * order from the scalar kernel's; both are within (K + 2) u sum|x w| of float64
- * (tests/test_isa.py, tests/neon/test_neon.c). f16 converts by vcvt_f32_f16 (exact), bf16 by
- * a 16-bit shift (exact). A row length that is not a multiple of 4 ends with one zero-padded
- * step. Weights are loaded as bytes, so rows need no alignment. */
+ * vec_dot_float_avx512.c's scheme on 4 lanes: every output, in vec_dot and in any tile of gemm,
+ * has one 4-lane accumulator, acc = fma(w[i..i+4), a[i..i+4), acc) for i = 0, 4, ... (vfmaq_f32;
+ * the last k % 4 elements one zero-padded step), its lanes then summed by one fixed tree,
+ * (l0 + l1) + (l2 + l3) (reduce4); so no result depends on the tile it lands in, the token count
+ * or the thread count. A gemm tile is 4 rows x 6 tokens: 24 accumulators, 4 weight vectors (an
+ * f16 or bf16 one converted once, then met by 6 tokens) and an activation vector, 29 of the 32
+ * registers. Decode runs tiles of 4 rows and one token: four independent chains, as the one-row
+ * kernel had before. f16 converts by vcvt_f32_f16 (exact), bf16 by a 16-bit shift (exact).
+ * Weights are loaded as bytes, so rows need no alignment.
+ *
+ * Error: each product meets at most ceil(k / 4) additions in its lane and 2 in the tree: within
+ * FLOAT_DOT_BOUND(k) = (k + 2) u sum|x w| of float64 (tests/neon/test_neon.c). */
 #include <arm_neon.h>
 
 #include "llmrun.h"
 
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+enum { TILE_ROWS = 4, TILE_TOKENS = 6 };
+
 /* Four weights as f32. */
 typedef float32x4_t (*load4_fn)(const uint8_t *w);
 
-static inline float32x4_t load4_f32(const uint8_t *w) { return vreinterpretq_f32_u8(vld1q_u8(w)); }
-static inline float32x4_t load4_f16(const uint8_t *w) {
-    return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(w)));
-}
-static inline float32x4_t load4_bf16(const uint8_t *w) {
+ALWAYS_INLINE float32x4_t load4_f32(const uint8_t *w) { return vreinterpretq_f32_u8(vld1q_u8(w)); }
+ALWAYS_INLINE float32x4_t load4_f16(const uint8_t *w) { return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(w))); }
+ALWAYS_INLINE float32x4_t load4_bf16(const uint8_t *w) {
     return vreinterpretq_f32_u32(vshll_n_u16(vreinterpret_u16_u8(vld1_u8(w)), 16));
 }
 
-/* dot(w, a) over k elements of elem_size bytes each; inlined with a constant `load`. */
-static inline __attribute__((always_inline)) float dot(const uint8_t *w, const float *a, int64_t k,
-                                                       int elem_size, load4_fn load) {
-    float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = vdupq_n_f32(0.0f);
-    float32x4_t acc2 = vdupq_n_f32(0.0f), acc3 = vdupq_n_f32(0.0f);
-    int64_t i = 0;
-    for (; i + 16 <= k; i += 16) {
-        acc0 = vfmaq_f32(acc0, load(w + (i + 0) * elem_size), vld1q_f32(a + i + 0));
-        acc1 = vfmaq_f32(acc1, load(w + (i + 4) * elem_size), vld1q_f32(a + i + 4));
-        acc2 = vfmaq_f32(acc2, load(w + (i + 8) * elem_size), vld1q_f32(a + i + 8));
-        acc3 = vfmaq_f32(acc3, load(w + (i + 12) * elem_size), vld1q_f32(a + i + 12));
-    }
-    for (; i + 4 <= k; i += 4)
-        acc0 = vfmaq_f32(acc0, load(w + i * elem_size), vld1q_f32(a + i));
-    if (i < k) { /* the last k % 4 elements, zero-padded */
-        uint8_t wt[16] = {0};
-        float at[4] = {0};
-        memcpy(wt, w + i * elem_size, (size_t)(k - i) * elem_size);
-        memcpy(at, a + i, (size_t)(k - i) * sizeof(float));
-        acc1 = vfmaq_f32(acc1, load(wt), vld1q_f32(at));
-    }
-    return vaddvq_f32(vaddq_f32(vaddq_f32(acc0, acc1), vaddq_f32(acc2, acc3)));
+/* The sums of four accumulators' lanes, lane j of the result from v_j, each (l0 + l1) + (l2 + l3). */
+ALWAYS_INLINE float32x4_t reduce4(float32x4_t v0, float32x4_t v1, float32x4_t v2, float32x4_t v3) {
+    return vpaddq_f32(vpaddq_f32(v0, v1), vpaddq_f32(v2, v3));
 }
 
+/* Rows w[0..4) against tokens a[0..NT): out[j * out_stride + r] for j < nt, r < nr (the rest
+ * of the tile repeats a row or a token, and is not stored). NT is a constant where inlined. */
+ALWAYS_INLINE void tile(int64_t k, const uint8_t *const w[TILE_ROWS], int elem, load4_fn load,
+                        const float *const a[], int NT, float *out, size_t out_stride, int nr, int nt) {
+    float32x4_t acc[TILE_ROWS][TILE_TOKENS];
+    for (int r = 0; r < TILE_ROWS; r++)
+        for (int j = 0; j < NT; j++)
+            acc[r][j] = vdupq_n_f32(0.0f);
+    int64_t i = 0;
+    for (; i + 4 <= k; i += 4) {
+        float32x4_t wv[TILE_ROWS];
+        for (int r = 0; r < TILE_ROWS; r++)
+            wv[r] = load(w[r] + i * elem);
+        for (int j = 0; j < NT; j++) {
+            const float32x4_t av = vld1q_f32(a[j] + i);
+            for (int r = 0; r < TILE_ROWS; r++)
+                acc[r][j] = vfmaq_f32(acc[r][j], wv[r], av);
+        }
+    }
+    if (i < k) { /* the last k % 4: the same step on zero-padded copies */
+        float32x4_t wv[TILE_ROWS];
+        for (int r = 0; r < TILE_ROWS; r++) {
+            uint8_t wt[16] = {0};
+            memcpy(wt, w[r] + i * elem, (size_t)(k - i) * elem);
+            wv[r] = load(wt);
+        }
+        for (int j = 0; j < NT; j++) {
+            float at[4] = {0};
+            memcpy(at, a[j] + i, (size_t)(k - i) * sizeof(float));
+            const float32x4_t av = vld1q_f32(at);
+            for (int r = 0; r < TILE_ROWS; r++)
+                acc[r][j] = vfmaq_f32(acc[r][j], wv[r], av);
+        }
+    }
+    for (int j = 0; j < NT; j++) { /* NT, not nt: constant indices keep acc in registers */
+        if (j >= nt)
+            continue;
+        const float32x4_t s = reduce4(acc[0][j], acc[1][j], acc[2][j], acc[3][j]);
+        if (nr == TILE_ROWS) {
+            vst1q_f32(out + j * out_stride, s);
+        } else {
+            float v[4];
+            vst1q_f32(v, s);
+            memcpy(out + j * out_stride, v, (size_t)nr * sizeof(float));
+        }
+    }
+}
+
+/* n rows (k * elem bytes apart) x t tokens (a_stride bytes apart). Token tiles outside, so a
+ * tile's activations stay in L1 while the rows pass; a last group of 3 to 5 tokens runs as a
+ * whole tile (tokens repeated), 1 or 2 one at a time. */
+ALWAYS_INLINE void gemm(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const uint8_t *w,
+                        const uint8_t *a, size_t a_stride, int elem, load4_fn load) {
+    const size_t w_row = (size_t)k * elem;
+    for (int64_t j0 = 0; j0 < t; j0 += TILE_TOKENS) {
+        const int nt = t - j0 < TILE_TOKENS ? (int)(t - j0) : TILE_TOKENS;
+        const float *at[TILE_TOKENS];
+        for (int j = 0; j < TILE_TOKENS; j++)
+            at[j] = (const float *)(a + (size_t)(j0 + (j < nt ? j : nt - 1)) * a_stride);
+        for (int64_t r0 = 0; r0 < n; r0 += TILE_ROWS) {
+            const int nr = n - r0 < TILE_ROWS ? (int)(n - r0) : TILE_ROWS;
+            const uint8_t *wr[TILE_ROWS];
+            for (int r = 0; r < TILE_ROWS; r++)
+                wr[r] = w + (size_t)(r0 + (r < nr ? r : nr - 1)) * w_row;
+            float *o = out + j0 * out_stride + r0;
+            if (nt >= 3)
+                tile(k, wr, elem, load, at, TILE_TOKENS, o, out_stride, nr, nt);
+            else
+                for (int j = 0; j < nt; j++)
+                    tile(k, wr, elem, load, &at[j], 1, o + j * out_stride, out_stride, nr, 1);
+        }
+    }
+}
+
+void gemm_f32_f32_neon(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w,
+                       const void *a, size_t a_stride) {
+    gemm(k, n, t, out, out_stride, w, a, a_stride, 4, load4_f32);
+}
+
+void gemm_f16_f32_neon(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w,
+                       const void *a, size_t a_stride) {
+    gemm(k, n, t, out, out_stride, w, a, a_stride, 2, load4_f16);
+}
+
+void gemm_bf16_f32_neon(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w,
+                        const void *a, size_t a_stride) {
+    gemm(k, n, t, out, out_stride, w, a, a_stride, 2, load4_bf16);
+}
+
+/* One row, one token: gemm's arithmetic (a tile with the row repeated). */
 void vec_dot_f32_f32_neon(int64_t k, float *s, const void *w, const void *a) {
-    *s = dot(w, a, k, 4, load4_f32);
+    gemm_f32_f32_neon(k, 1, 1, s, 1, w, a, 0);
 }
 
 void vec_dot_f16_f32_neon(int64_t k, float *s, const void *w, const void *a) {
-    *s = dot(w, a, k, 2, load4_f16);
+    gemm_f16_f32_neon(k, 1, 1, s, 1, w, a, 0);
 }
 
 void vec_dot_bf16_f32_neon(int64_t k, float *s, const void *w, const void *a) {
-    *s = dot(w, a, k, 2, load4_bf16);
+    gemm_bf16_f32_neon(k, 1, 1, s, 1, w, a, 0);
 }

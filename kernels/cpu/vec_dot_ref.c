@@ -42,6 +42,43 @@ void vec_dot_bf16_f32_ref(int64_t k, float *s, const void *w, const void *a) {
     vec_dot_converted(k, s, w, a, 2, dequantize_row_bf16_ref);
 }
 
+/* The float gemm: vec_dot's sums, each row's weights converted once per CHUNK for all t tokens
+ * (vec_dot converts them once per token) and met by the tokens while in L1. out holds each
+ * output's running sum over the chunks: from 0, in chunk order, as vec_dot_converted's sum. */
+static void gemm_converted(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const uint8_t *w,
+                           const uint8_t *a, size_t a_stride, int elem_size, llmr_dequantize_fn convert) {
+    float buf[CHUNK];
+    for (int64_t r = 0; r < n; r++) {
+        for (int64_t j = 0; j < t; j++)
+            out[j * out_stride + r] = 0.0f;
+        for (int64_t i = 0; i < k; i += CHUNK) {
+            const int64_t m = k - i < CHUNK ? k - i : CHUNK;
+            convert(w + (r * k + i) * elem_size, buf, m);
+            for (int64_t j = 0; j < t; j++)
+                out[j * out_stride + r] += dot_f32(buf, (const float *)(a + j * a_stride) + i, m);
+        }
+    }
+}
+
+void gemm_f32_f32_ref(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w,
+                      const void *a, size_t a_stride) {
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t j = 0; j < t; j++) {
+            const float *aj = (const float *)((const uint8_t *)a + j * a_stride);
+            out[j * out_stride + r] = dot_f32((const float *)w + r * k, aj, k);
+        }
+}
+
+void gemm_f16_f32_ref(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w,
+                      const void *a, size_t a_stride) {
+    gemm_converted(k, n, t, out, out_stride, w, a, a_stride, 2, dequantize_row_f16_ref);
+}
+
+void gemm_bf16_f32_ref(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w,
+                       const void *a, size_t a_stride) {
+    gemm_converted(k, n, t, out, out_stride, w, a, a_stride, 2, dequantize_row_bf16_ref);
+}
+
 /* Quantised weights: integer sums per block (exact in int32), one float step per block. The
  * rows layout and the X16 layout (each block copied out of its group first) share the block
  * functions, so the two give the same result bit for bit. */

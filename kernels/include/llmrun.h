@@ -240,6 +240,13 @@ typedef void (*llmr_vec_dot_fn)(int64_t k, float *s, const void *w, const void *
 #define LLMR_TILE 4
 typedef void (*llmr_vec_dot_tile_fn)(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                      size_t a_stride);
+/* n consecutive weight rows of the rows layout against t activation rows (a + i * a_stride
+ * bytes): out[i * out_stride + r] = dot(row r, activation row i) for r < n, i < t. Tiles of
+ * several rows x several tokens, so each weight load meets several tokens and each activation
+ * load several rows; every output is computed with exactly the arithmetic of the same table's
+ * vec_dot, so it equals vec_dot's result bit for bit wherever it falls in the tiles. */
+typedef void (*llmr_gemm_fn)(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w,
+                             const void *a, size_t a_stride);
 /* One X16 group of 16 weight rows against t activation rows (a + i * a_stride bytes):
  * out[i * out_stride + r] = dot(row r, activation row i) for r < 16, i < t. */
 typedef void (*llmr_gemm_x16_fn)(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
@@ -288,8 +295,8 @@ int64_t llmr_row_bytes(const llmr_type_traits *t, int64_t k);
 void llmr_x16_get_block(const llmr_type_traits *t, const void *group, int r, int64_t b, void *out);
 
 /* One ISA's kernels. Every entry is filled -- vec_dot for every type the traits table lists,
- * gemm_x16 for exactly those with the X16 layout, every op -- except vec_dot_tile, which is
- * optional; llmr_kernels_check holds each table to that at import. An ISA file that speeds up
+ * gemm_x16 for exactly those with the X16 layout, every op -- except vec_dot_tile and gemm, which
+ * are optional; llmr_kernels_check holds each table to that at import. An ISA file that speeds up
  * only some kernels points the others at the scalar ones. */
 /* Query tokens whose running sums an attention kernel may hold at once (its scratch). */
 #define LLMR_ATTENTION_TOKENS 4
@@ -299,6 +306,9 @@ typedef struct {
     llmr_vec_dot_fn vec_dot[LLMR_TYPE_COUNT]; /* by weight type id */
     /* by weight type id; NULL (the default): matmul calls vec_dot once per token */
     llmr_vec_dot_tile_fn vec_dot_tile[LLMR_TYPE_COUNT];
+    /* by weight type id, for the rows layout; where set, matmul calls it for every token count
+     * instead of vec_dot_tile and vec_dot (the float types) */
+    llmr_gemm_fn gemm[LLMR_TYPE_COUNT];
     llmr_gemm_x16_fn gemm_x16[LLMR_TYPE_COUNT]; /* by weight type id, for the X16 layout */
     void (*quantize_q16_a)(const float *x, block_q16_a *y, int64_t k);
     /* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, for rows r of d elements */
@@ -356,6 +366,15 @@ void dequantize_row_q6_K_ref(const void *x, float *y, int64_t k);
 void vec_dot_f32_f32_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_f16_f32_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_bf16_f32_ref(int64_t k, float *s, const void *w, const void *a);
+/* The float weights' gemm (llmr_gemm_fn) of one ISA: gemm_<f32|f16|bf16>_f32_<isa>. */
+#define LLMR_DECLARE_GEMM_FLOAT(isa)                                                                        \
+    void gemm_f32_f32_##isa(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w,  \
+                            const void *a, size_t a_stride);                                              \
+    void gemm_f16_f32_##isa(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w,  \
+                            const void *a, size_t a_stride);                                              \
+    void gemm_bf16_f32_##isa(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w, \
+                             const void *a, size_t a_stride);
+LLMR_DECLARE_GEMM_FLOAT(ref)
 void vec_dot_q8_0_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_0_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_1_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
@@ -399,6 +418,7 @@ void quantize_row_q16_a_avx2(const float *x, block_q16_a *y, int64_t k);
 void vec_dot_f32_f32_avx2(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_f16_f32_avx2(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_bf16_f32_avx2(int64_t k, float *s, const void *w, const void *a);
+LLMR_DECLARE_GEMM_FLOAT(avx2)
 void vec_dot_q8_0_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_0_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_1_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
@@ -415,6 +435,7 @@ void quantize_row_q16_a_avx512(const float *x, block_q16_a *y, int64_t k);
 void vec_dot_f32_f32_avx512(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_f16_f32_avx512(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_bf16_f32_avx512(int64_t k, float *s, const void *w, const void *a);
+LLMR_DECLARE_GEMM_FLOAT(avx512)
 void vec_dot_q8_0_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_0_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_1_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
@@ -496,6 +517,7 @@ void quantize_row_q16_a_neon(const float *x, block_q16_a *y, int64_t k);
 void vec_dot_f32_f32_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_f16_f32_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_bf16_f32_neon(int64_t k, float *s, const void *w, const void *a);
+LLMR_DECLARE_GEMM_FLOAT(neon)
 void vec_dot_q8_0_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_0_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_1_q16_a_neon(int64_t k, float *s, const void *w, const void *a);

@@ -186,10 +186,11 @@ static int check_x16_rows(int layout, Py_ssize_t rows) {
 
 enum { MAX_NDIM = 64 };
 
-static PyObject *py_matmul(PyObject *self, PyObject *args) {
+/* matmul (below) on the kernel table `use`; fmt names the Python function in errors. */
+static PyObject *matmul_with(const llmr_kernels *use, PyObject *args, const char *fmt) {
     PyObject *o_out, *o_x, *o_w;
     int type, layout = LLMR_LAYOUT_ROWS;
-    if (!PyArg_ParseTuple(args, "OOOi|i:matmul", &o_out, &o_x, &o_w, &type, &layout))
+    if (!PyArg_ParseTuple(args, fmt, &o_out, &o_x, &o_w, &type, &layout))
         return NULL;
     const llmr_type_traits *t = get_type(type);
     if (!t || check_layout(t, type, layout))
@@ -224,16 +225,28 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
     }
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = llmr_matmul(kern, type, layout, out->buf, x->buf, w->buf, tok, n, k, scratch); /* on the thread pool */
+    rc = llmr_matmul(use, type, layout, out->buf, x->buf, w->buf, tok, n, k, scratch); /* on the thread pool */
     Py_END_ALLOW_THREADS
     if (rc) /* check_layout asked the same question above: cannot happen */
-        PyErr_Format(PyExc_SystemError, "matmul: no %s kernel for %s weights", kern->isa, t->name);
+        PyErr_Format(PyExc_SystemError, "matmul: no %s kernel for %s weights", use->isa, t->name);
     else
         ret = Py_NewRef(Py_None);
 done:
     free(scratch);
     release(v, 3);
     return ret;
+}
+
+static PyObject *py_matmul(PyObject *self, PyObject *args) { return matmul_with(kern, args, "OOOi|i:matmul"); }
+
+/* For tests: matmul on a copy of the table in use without its gemm and vec_dot_tile kernels, so
+ * that every output of the rows layout is one call of the table's vec_dot (one row, one token):
+ * what every tile must equal bit for bit. */
+static PyObject *py_matmul_vec_dot(PyObject *self, PyObject *args) {
+    llmr_kernels k = *kern;
+    memset(k.gemm, 0, sizeof k.gemm);
+    memset(k.vec_dot_tile, 0, sizeof k.vec_dot_tile);
+    return matmul_with(&k, args, "OOOi|i:_matmul_vec_dot");
 }
 
 static PyObject *py_get_rows(PyObject *self, PyObject *args) {
@@ -558,7 +571,7 @@ static PyObject *py_type_traits(PyObject *self, PyObject *unused) {
 }
 
 /* For tests of the import-time check: llmr_kernels_check on a copy of the table in use with one
- * entry (vec_dot, vec_dot_tile or gemm_x16 of type id `type`; or "none") set to NULL. Returns the
+ * entry (vec_dot, vec_dot_tile, gemm or gemm_x16 of type id `type`; or "none") set to NULL. Returns the
  * check's message, or None where it passes. */
 static PyObject *py_check_kernels(PyObject *self, PyObject *args) {
     const char *entry;
@@ -574,10 +587,12 @@ static PyObject *py_check_kernels(PyObject *self, PyObject *args) {
         k.vec_dot[type] = NULL;
     else if (!strcmp(entry, "vec_dot_tile"))
         k.vec_dot_tile[type] = NULL;
+    else if (!strcmp(entry, "gemm"))
+        k.gemm[type] = NULL;
     else if (!strcmp(entry, "gemm_x16"))
         k.gemm_x16[type] = NULL;
     else if (strcmp(entry, "none")) {
-        PyErr_Format(PyExc_ValueError, "entry %R: vec_dot, vec_dot_tile, gemm_x16 or none", PyTuple_GET_ITEM(args, 0));
+        PyErr_Format(PyExc_ValueError, "entry %R: vec_dot, vec_dot_tile, gemm, gemm_x16 or none", PyTuple_GET_ITEM(args, 0));
         return NULL;
     }
     char err[512];
@@ -1037,6 +1052,9 @@ static PyMethodDef methods[] = {
      "matmul(out, x, w, wtype, layout=0): out[t, n] = dot(W[n], x[t]). x float32 [T, K] or [K]; out float32\n"
      "[T, N] or [N]; w the bytes of N rows of type id wtype (K a multiple of its block size).\n"
      "Quantised types multiply x quantised to q16_a blocks of 32."},
+    {"_matmul_vec_dot", py_matmul_vec_dot, METH_VARARGS,
+     "_matmul_vec_dot(out, x, w, wtype, layout=0): matmul with the table's gemm and vec_dot_tile kernels set\n"
+     "aside: each rows-layout output one vec_dot call, which every tile must equal bit for bit. For tests."},
     {"get_rows", py_get_rows, METH_VARARGS,
      "get_rows(out, w, wtype, ids, layout=0): out[i] = dequantised row ids[i] of W. out float32 [n, K],\n"
      "ids int32 [n] each in [0, rows of w)."},
@@ -1070,7 +1088,7 @@ static PyMethodDef methods[] = {
      "(kernels/cpu/types.c), which quant/types.py's table must match."},
     {"_check_kernels", py_check_kernels, METH_VARARGS,
      "_check_kernels(entry, type) -> the import-time completeness check's message for the table in use\n"
-     "with entry ('vec_dot', 'vec_dot_tile', 'gemm_x16' or 'none') of type id `type` removed; None if\n"
+     "with entry ('vec_dot', 'vec_dot_tile', 'gemm', 'gemm_x16' or 'none') of type id `type` removed; None if\n"
      "it passes. For tests."},
     {"isas", py_isas, METH_NOARGS, "isas() -> the kernel paths this CPU can run, best first."},
     {"set_threads", py_set_threads, METH_O,

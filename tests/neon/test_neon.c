@@ -12,6 +12,8 @@
  *   most K - 1 additions, each off by u times a partial sum <= sum|x w|, plus one final rounding,
  *   give (K + 1) u; one u of slack: the bound of tests/test_kernels.py), and so within twice it of
  *   each other.
+ * - the f32 / f16 / bf16 gemms (NEON and scalar): each output bit-identical to the same file's
+ *   vec_dot, whatever the row and token counts.
  * - X16 groups (kernels/cpu/gemm_x16_neon.c; q4_k too): within X16_DOT_BOUND of the scalar X16
  *   kernels.
  * Sizes are awkward: N rows 1, 3, 17; K 32, 96, 2080 (1, 3, 65 blocks), float K also 5, 33, 100
@@ -173,6 +175,59 @@ static void test_float_dots(void) {
             }
 }
 
+/* The float gemms (4 rows x 6 tokens tiles, rows or tokens repeated in a last partial tile) against
+ * the same file's vec_dot, one call per output: bit-identical (the same accumulator steps and
+ * tree for every output, wherever it falls in the tiles); the scalar gemm against the scalar
+ * vec_dot likewise. Outputs sit out_stride = n + 3 apart, the 3 between must stay untouched; the
+ * activations k + 1 floats apart. */
+static void test_float_gemm(void) {
+    static const struct { const char *name; int size; llmr_gemm_fn gemm, gemm_ref; llmr_vec_dot_fn dot, dot_ref; } T[] = {
+        {"f32 gemm", 4, gemm_f32_f32_neon, gemm_f32_f32_ref, vec_dot_f32_f32_neon, vec_dot_f32_f32_ref},
+        {"f16 gemm", 2, gemm_f16_f32_neon, gemm_f16_f32_ref, vec_dot_f16_f32_neon, vec_dot_f16_f32_ref},
+        {"bf16 gemm", 2, gemm_bf16_f32_neon, gemm_bf16_f32_ref, vec_dot_bf16_f32_neon, vec_dot_bf16_f32_ref},
+    };
+    static const int TOKENS[] = {1, 2, 3, 5, 6, 7, 9, 13, 17};
+    for (int t = 0; t < 3; t++)
+        for (int ki = 0; ki < 6; ki++)
+            for (int ni = 0; ni < 3; ni++)
+                for (int ti = 0; ti < 9; ti++) {
+                    const int64_t k = K_FLOAT[ki], n = ROWS[ni], row = k * T[t].size, nt = TOKENS[ti];
+                    const int64_t a_stride = k + 1, out_stride = n + 3;
+                    uint8_t *buf = malloc((size_t)(n * row + 1)), *w = buf + 1; /* odd address */
+                    float *x = malloc((size_t)(nt * a_stride) * sizeof(float));
+                    float *got = malloc((size_t)(nt * out_stride) * sizeof(float));
+                    float *got_ref = malloc((size_t)(nt * out_stride) * sizeof(float));
+                    for (int64_t i = 0; i < n * k; i++) {
+                        const float v = 0.1f * uniform();
+                        if (t == 0) memcpy(w + 4 * i, &v, 4);
+                        else { const uint16_t h = t == 1 ? llmr_f32_to_f16(v) : llmr_f32_to_bf16(v); memcpy(w + 2 * i, &h, 2); }
+                    }
+                    for (int64_t j = 0; j < nt; j++)
+                        fill_x(x + j * a_stride, k);
+                    for (int64_t i = 0; i < nt * out_stride; i++)
+                        got[i] = got_ref[i] = NAN;
+                    T[t].gemm(k, n, nt, got, (size_t)out_stride, w, x, (size_t)a_stride * sizeof(float));
+                    T[t].gemm_ref(k, n, nt, got_ref, (size_t)out_stride, w, x, (size_t)a_stride * sizeof(float));
+                    for (int64_t j = 0; j < nt; j++)
+                        for (int64_t r = 0; r < out_stride; r++) {
+                            const float g = got[j * out_stride + r], gr = got_ref[j * out_stride + r];
+                            float want = NAN, want_ref = NAN;
+                            if (r < n) {
+                                T[t].dot(k, &want, w + r * row, x + j * a_stride);
+                                T[t].dot_ref(k, &want_ref, w + r * row, x + j * a_stride);
+                            }
+                            const int ok = r < n ? llmr_f32_to_bits(g) == llmr_f32_to_bits(want) &&
+                                                       llmr_f32_to_bits(gr) == llmr_f32_to_bits(want_ref)
+                                                 : isnan(g) && isnan(gr); /* between rows: not written */
+                            char detail[160];
+                            snprintf(detail, sizeof detail, "token %lld of %lld: gemm %.9g vec_dot %.9g; ref gemm %.9g "
+                                     "vec_dot %.9g", (long long)j, (long long)nt, g, want, gr, want_ref);
+                            check(ok, T[t].name, n, k, r, detail);
+                        }
+                    free(buf); free(x); free(got); free(got_ref);
+                }
+}
+
 static void check_q16a(const float *x, int64_t k, const char *what) {
     const int64_t nb = k / QK_Q16_A;
     block_q16_a *got = calloc((size_t)nb, sizeof *got), *want = calloc((size_t)nb, sizeof *want);
@@ -313,6 +368,7 @@ int main(void) {
     test_quant_dots();
     test_tiles();
     test_float_dots();
+    test_float_gemm();
     test_quantize_q16a();
     printf("%d passed, %d failed\n", passed, failed);
     return failed != 0;
