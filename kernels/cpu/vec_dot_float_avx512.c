@@ -23,7 +23,10 @@
 enum { TILE_ROWS = 4, TILE_TOKENS = 6 };
 /* Decode reads each weight once, from memory: a tile's 4 row streams at once kept the hardware
  * prefetchers at 0.57x the old one-row kernel's bandwidth (SmolLM2's f16 head), and prefetching
- * the rows two tiles ahead, sequentially, took it to 1.1-1.3x (f32 0.95x; noisy shared machine). */
+ * the rows two tiles ahead, sequentially, took it to 1.1-1.3x (f32 0.95x; noisy shared machine).
+ * The prefetch runs on past the call's last rows, into the next matmul item's: on one thread
+ * that is mostly this thread's next item (stopping at the call's end made SmolLM2-shaped f16
+ * decode matmuls 5% slower); on two, the rows read twice cost nothing measurable. */
 enum { PREFETCH_TILES = 2 };
 
 /* The n <= 16 weights at w as f32 (the rest zero); w need not be aligned. */
