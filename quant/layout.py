@@ -1,11 +1,12 @@
 """Weight layouts: how a matrix's blocks lie in a .llmr file (recorded per tensor).
 
 ROWS is GGUF's: each row its blocks in order. X16 (the types whose table entry says x16: q8_0,
-q4_0, q4_1, q5_0, q5_1, q4_k; rows a multiple of 16) is what the SIMD kernels read: groups of 16
+q4_0, q4_1, q5_0, q5_1, q4_k, q5_k; rows a multiple of 16) is what the SIMD kernels read: groups of 16
 consecutive rows; each group its blocks in order; each block of a group stored as the 16 rows'
-first f16 field (d), then (q4_1, q5_1, q4_k: n_scales = 2) their second (m; q4_k's dmin), then
-the rows' remaining bytes as 4-byte words, word c of row r at (c * 16 + r) * 4 (q5: word 0 is qh,
-words 1-4 qs; q4_k: words 0-2 the 12 bytes of packed scales and mins, words 3-34 qs). The
+first f16 field (d), then (q4_1, q5_1, q4_k, q5_k: n_scales = 2) their second (m; the k-quants'
+dmin), then the rows' remaining bytes as 4-byte words, word c of row r at (c * 16 + r) * 4 (q5: word
+0 is qh, words 1-4 qs; q4_k: words 0-2 the 12 bytes of packed scales and mins, words 3-34 qs;
+q5_k: words 0-2 the scales, 3-10 qh, 11-42 qs). The
 bytes are the row blocks' own, moved, so the file is no larger and a row comes back exactly.
 A SIMD load then holds one word of 16 rows, and 16 dot products advance in lanes without
 horizontal sums (kernels/cpu/gemm_x16_*.c). The converter picks X16 wherever it applies.

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConvertError
-from .types import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q6_K, Q8_0, QType, qtype
+from .types import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, QType, qtype
 
 Q16A_BLOCK = 32  # elements per q16_a activation block (kernels/include/llmrun.h's QK_Q16_A)
 F16_MAX = 65504.0  # the largest finite float16: bounds f16 values, and the scales of the block types
@@ -158,8 +158,11 @@ def _make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdel
     return scale, the_min, L.astype(np.uint8)
 
 
-def _quantize_q4_k(b: np.ndarray, lead) -> np.ndarray:
-    """b float32 [..., nb, 256] -> the q4_k bytes [..., nb * 144]."""
+def _quantize_k_scales(b: np.ndarray, nmax: int, rmin: float, nstep: int):
+    """What quantize_row_q4_K_ref and quantize_row_q5_K_ref share: b float32 [..., nb, 256] ->
+    (d, dmin float16 [S], the 12 packed scale bytes [S, 12], the quants L uint8 [S, 8, 32] in
+    0..nmax) for the S super-blocks: make_qkx2_quants(nmax, rmin, rdelta 0.1, nstep) per
+    sub-block, 6-bit scales and mins, then every value quantised again with them."""
     f = np.float32
     sb = b.reshape(-1, 8, 32)  # [S, 8 sub-blocks, 32]
     S = sb.shape[0]
@@ -169,7 +172,7 @@ def _quantize_q4_k(b: np.ndarray, lead) -> np.ndarray:
         sum_x2 = sum_x2 + xs[:, i] * xs[:, i]
     av_x = np.sqrt(sum_x2 / f(32))
     weights = av_x[:, None] + np.abs(xs)
-    scales, mins, L = _make_qkx2_quants(xs, weights, 15, -1.0, 0.1, 20)
+    scales, mins, L = _make_qkx2_quants(xs, weights, nmax, rmin, 0.1, nstep)
     scales, mins, L = scales.reshape(S, 8), mins.reshape(S, 8), L.reshape(S, 8, 32)
     max_scale = np.zeros(S, f)  # [S]; `if (v > max) max = v` from +0: a -0.0 min never gets in
     max_min = np.zeros(S, f)
@@ -190,24 +193,46 @@ def _quantize_q4_k(b: np.ndarray, lead) -> np.ndarray:
     d1 = d.astype(f)[:, None] * ls.astype(f)  # [S, 8]
     dm = dmin.astype(f)[:, None] * lm.astype(f)
     with np.errstate(divide="ignore", invalid="ignore"):
-        requant = np.clip(_nearest_int((sb + dm[..., None]) / d1[..., None]), 0, 15).astype(np.uint8)
+        requant = np.clip(_nearest_int((sb + dm[..., None]) / d1[..., None]), 0, nmax).astype(np.uint8)
     L = np.where((d1 != 0)[..., None], requant, L)  # d = 0: the sub-block keeps make_qkx2_quants' L
-    L = L.reshape(S, 4, 2, 32)
-    qs = (L[:, :, 0] | L[:, :, 1] << 4).reshape(S, 128)
+    return d, dmin, packed, L
+
+
+def _quantize_q4_k(b: np.ndarray, lead) -> np.ndarray:
+    """b float32 [..., nb, 256] -> the q4_k bytes [..., nb * 144]."""
+    d, dmin, packed, L = _quantize_k_scales(b, 15, -1.0, 20)
+    L = L.reshape(-1, 4, 2, 32)
+    qs = (L[:, :, 0] | L[:, :, 1] << 4).reshape(-1, 128)
     out = np.concatenate([d[:, None].view(np.uint8), dmin[:, None].view(np.uint8), packed, qs], axis=-1)
     return out.reshape(*lead, -1)
 
 
+def _quantize_q5_k(b: np.ndarray, lead) -> np.ndarray:
+    """b float32 [..., nb, 256] -> the q5_k bytes [..., nb * 176]: q4_k's nibbles, and the fifth
+    bit of element 32s + l as bit s of qh[l]."""
+    d, dmin, packed, L = _quantize_k_scales(b, 31, -0.5, 15)  # L [S, 8, 32] in 0..31
+    low = (L & 0x0F).reshape(-1, 4, 2, 32)
+    qs = (low[:, :, 0] | low[:, :, 1] << 4).reshape(-1, 128)
+    qh = ((L >> 4) << np.arange(8, dtype=np.uint8)[:, None]).sum(axis=1, dtype=np.uint8)  # [S, 32]
+    out = np.concatenate([d[:, None].view(np.uint8), dmin[:, None].view(np.uint8), packed, qh, qs], axis=-1)
+    return out.reshape(*lead, -1)
+
+
 def q4_k_fields(blocks: np.ndarray):
-    """q4_k blocks [..., nb, 144] -> (d * sc, dmin * m) float64 [..., nb, 8] and the quants uint8
-    [..., nb, 8, 32]: sub-block j is x = (d sc_j) q - (dmin m_j), lined up with q16_a block j."""
-    from .kquants import _k_scales
+    """q4_k (or q5_k) blocks [..., nb, 144 (176)] -> (d * sc, dmin * m) float64 [..., nb, 8] and
+    the quants uint8 [..., nb, 8, 32]: sub-block j is x = (d sc_j) q - (dmin m_j), lined up with
+    q16_a block j; a q5_k quant has its fifth bit (bit j of qh[l]) added."""
+    from .kquants import _k_scales, _planes
     lead = blocks.shape[:-1]
     d = _f16_field(blocks, 0).astype(np.float64)  # [..., nb, 1]
     dmin = _f16_field(blocks, 2).astype(np.float64)
     sc, m = _k_scales(blocks[..., 4:16])
-    qs = blocks[..., 16:].reshape(*lead, 4, 1, 32) >> np.array([0, 4], np.uint8)[:, None]
-    return d * sc, dmin * m, (qs & 0x0F).reshape(*lead, 8, 32)
+    five = blocks.shape[-1] == Q5_K.type_size
+    qs = blocks[..., 48 if five else 16:].reshape(*lead, 4, 1, 32) >> np.array([0, 4], np.uint8)[:, None]
+    q = (qs & 0x0F).reshape(*lead, 8, 32)
+    if five:
+        q = q | _planes(blocks[..., 16:48], 1, 8) << 4  # [..., nb, 8, 32]: bit j of qh[l]
+    return d * sc, dmin * m, q
 
 
 # --- q6_k: llama.cpp's quantize_row_q6_K_ref, vectorised over sub-blocks -----------------------
@@ -354,6 +379,8 @@ def quantize(x: np.ndarray, t) -> np.ndarray:
         return _to_bytes([d.astype(np.float16), lo.astype(np.float16), *_pack_q5(q)], lead)
     if t is Q4_K:  # llama.cpp's quantize_row_q4_K_ref (make_qkx2_quants per sub-block, 6-bit scales)
         return _quantize_q4_k(b, lead)
+    if t is Q5_K:  # llama.cpp's quantize_row_q5_K_ref (q4_k's with 5-bit quants)
+        return _quantize_q5_k(b, lead)
     if t is Q6_K:  # llama.cpp's quantize_row_q6_K_ref (make_qx_quants per sub-block, int8 scales)
         return _quantize_q6_k(b, lead)
     raise ValueError(f"no quantiser for {t.name}")
@@ -400,6 +427,9 @@ def dequantize(data: np.ndarray, t, n: int) -> np.ndarray:
     if t is Q4_K:  # gguf-py's arithmetic (quant/kquants.py, tested bit-identical against it)
         from .kquants import _q4_k
         return _q4_k(blocks).reshape(*lead, n)
+    if t is Q5_K:  # the same, for q5_k
+        from .kquants import _q5_k
+        return _q5_k(blocks).reshape(*lead, n)
     if t is Q6_K:  # the same, for q6_k
         from .kquants import _q6_k
         return _q6_k(blocks).reshape(*lead, n)
@@ -440,6 +470,7 @@ def matmul(w: np.ndarray, t, x: np.ndarray) -> np.ndarray:
         q5_0:  sum_b dw * da * sum((qw - 16) * qa)    (signed weights, no offset term)
         q5_1:  sum_b dw * da * sum(qw * qa) + mw * sa
         q4_k:  sum over sub-blocks j (32 each, q16_a block j): (d sc_j) * da * sum(qw * qa) - (dmin m_j) * sa
+        q5_k:  as q4_k, qw with its fifth bit
         q6_k:  sum over q16_a blocks j: d * da * sum(sc * (qw - 32) * qa), sc that of each
                element's sub-block of 16 (two per q16_a block); signed weights, no offset
     """
@@ -447,12 +478,12 @@ def matmul(w: np.ndarray, t, x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     k = x.shape[-1]
     # below, weight block b meets activation block b: true of these types, whose blocks are q16_a's size
-    if t.quantized and t not in (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K):
+    if t.quantized and t not in (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K):
         raise ValueError(f"no reference matmul for {t.name}")
     if not t.quantized:
         return (x.astype(np.float64) @ dequantize(w, t, k).astype(np.float64).T).astype(np.float32)
     blocks = _split_blocks(w, t, k)  # [N, nb, type_size]
-    if t is Q4_K:
+    if t in (Q4_K, Q5_K):
         dsc, dmm, qw = q4_k_fields(blocks)  # [N, nb, 8], [N, nb, 8], [N, nb, 8, 32]
         n_rows = blocks.shape[0]
         da, sa, qa = quantize_q16a(x)  # [T, nb * 8], ...

@@ -11,6 +11,8 @@ block formats below are byte-for-byte the GGUF ones:
     q4_k  { f16 d; f16 dmin; u8 scales[12]; u8 qs[128]; }   256 values in 8 sub-blocks of 32:
           x = d * sc * q - dmin * m, sc and m 6-bit per sub-block (llama.cpp's get_scale_min_k4);
           sub-block s's quants are the low (s even) or high nibbles of qs[32 (s / 2) .. + 32]
+    q5_k  { f16 d; f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]; }   q4_k's, 5-bit q:
+          the fifth bit of element 32s + l is bit s of qh[l]
     q6_k  { u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d; }   256 values in 16 sub-blocks of 16:
           x = d * sc * (q - 32), sc int8 per sub-block, q 6-bit (bit layout: quant/kquants.py)
     (4-bit: element j is the low nibble of qs[j], element j+16 the high nibble; 5-bit: the
@@ -88,13 +90,14 @@ Q4_0 = QType("q4_0", 2, 32, 18, n_scales=1, act="q16_a", x16=True)
 Q4_1 = QType("q4_1", 3, 32, 20, n_scales=2, act="q16_a", x16=True)
 Q5_0 = QType("q5_0", 6, 32, 22, n_scales=1, act="q16_a", x16=True)  # { f16 d; u8 qh[4]; u8 qs[16]; }
 Q5_1 = QType("q5_1", 7, 32, 24, n_scales=2, act="q16_a", x16=True)  # { f16 d; f16 m; u8 qh[4]; u8 qs[16]; }
-# k-quants, in GGML's order: q4_k and q6_k are stored and run (q4_k's sub-blocks of 32 line up
-# with q16_a blocks, X16: its d and dmin, then 3 words of packed scales and 32 of quants; q6_k's
-# sub-blocks of 16 are halves of them); the others are import-only
+# k-quants, in GGML's order: q4_k, q5_k and q6_k are stored and run (q4_k's sub-blocks of 32 line
+# up with q16_a blocks, X16: its d and dmin, then 3 words of packed scales and 32 of quants; q5_k
+# the same with 8 words of qh between them; q6_k's sub-blocks of 16 are halves of them); the
+# others are import-only
 Q2_K = QType("q2_k", 10, QK_K, 84, fallback="q4_0")  # { u8 scales[16]; u8 qs[64]; f16 d; f16 dmin; }
 Q3_K = QType("q3_k", 11, QK_K, 110, fallback="q4_0")  # { u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d; }
 Q4_K = QType("q4_k", 12, QK_K, 144, n_scales=2, act="q16_a", x16=True, fallback="q5_0")  # { f16 d; f16 dmin; u8 scales[12]; u8 qs[128]; }
-Q5_K = QType("q5_k", 13, QK_K, 176, fallback="q5_1")  # { f16 d; f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]; }
+Q5_K = QType("q5_k", 13, QK_K, 176, n_scales=2, act="q16_a", x16=True, fallback="q5_1")  # { f16 d; f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]; }
 # q6_k's f16 d comes last, after its quants: no leading scale fields (n_scales, for X16, is 0)
 Q6_K = QType("q6_k", 14, QK_K, 210, act="q16_a", fallback="q8_0")  # { u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d; }
 Q8_K = QType("q8_k", 15, QK_K, 292)  # { f32 d; i8 qs[256]; i16 bsums[16]; }

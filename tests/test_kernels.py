@@ -14,7 +14,7 @@ import pytest
 import llmrun._kernels as K
 from llmrun.quant import reference as ref
 from llmrun.quant.layout import X16, deinterleave, interleave
-from llmrun.quant.types import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q6_K, Q8_0, TABLE, TYPES
+from llmrun.quant.types import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TABLE, TYPES
 
 ALL_TYPES = list(TYPES.values())  # every type the CPU runs, from the table in quant/types.py
 QUANTISED = [t for t in ALL_TYPES if t.quantized]
@@ -162,7 +162,7 @@ def block_fields(w: np.ndarray, t):
     W = d * q + offset; the layout the kernels must read (see quant/types.py)."""
     nb = w.shape[-1] // t.type_size
     blocks = w.reshape(w.shape[0], nb, t.type_size)
-    if t is Q4_K:  # per 32-value sub-block: d * sc, offset -dmin * m (quant/reference.py)
+    if t in (Q4_K, Q5_K):  # per 32-value sub-block: d * sc, offset -dmin * m (quant/reference.py)
         dsc, dmm, q = ref.q4_k_fields(blocks)
         return dsc.reshape(w.shape[0], -1), -dmm.reshape(w.shape[0], -1), q.reshape(w.shape[0], -1, 32).astype(np.float64)
     if t is Q6_K:  # per q16_a block: the super-block's d, the integer weights sc * (q - 32)
@@ -316,21 +316,25 @@ def test_x16_matmul_and_get_rows_agree_with_rows_layout(t):
     np.testing.assert_array_equal(rows, ref.dequantize(w, t, k)[ids])
 
 
-def test_x16_q4_k_reads_every_bit_of_the_packed_scales():
-    """q4_k's X16 kernels unpack 16 rows' 6-bit scales and mins at once (gemm_x16.h): on random
-    bytes (every bit pattern of the 12 packed bytes; finite d and dmin of both signs) they must
-    agree with the numpy reference, whose unpacking is gguf-py's."""
-    rng = rng_for("x16 q4_k scales")
+@pytest.mark.parametrize("t", [Q4_K, Q5_K], ids=lambda t: t.name)
+def test_x16_k_quant_reads_every_bit_of_the_packed_scales(t):
+    """q4_k's and q5_k's X16 kernels unpack 16 rows' 6-bit scales and mins at once (gemm_x16.h),
+    and q5_k's its rows' fifth bits: on random bytes (every bit pattern of the 12 packed bytes and
+    of qh; finite d and dmin of both signs) they must agree with the numpy reference, whose
+    unpacking is gguf-py's; so must the rows layout's kernel."""
+    rng = rng_for("x16 k-quant scales", t.name)
     n, nb = 32, 3
-    blocks = rng.integers(0, 256, (n, nb, Q4_K.type_size), dtype=np.uint8)
+    blocks = rng.integers(0, 256, (n, nb, t.type_size), dtype=np.uint8)
     blocks[..., 0:4] = (rng.uniform(-1, 1, (n, nb, 2)) * [0.01, 0.1]).astype(np.float16).view(np.uint8)
     w = blocks.reshape(n, -1)
     x = rand(rng, 5, nb * 256, scale=2.0)
-    got = np.empty((5, n), np.float32)
-    K.matmul(got, x, interleave(w, Q4_K), Q4_K.id, X16)
-    bound = (X16_DOT_BOUND(nb * 8) if K.isa() != "scalar" else QUANT_DOT_BOUND(nb * 8)) * matmul_magnitude(w, Q4_K, x)
-    err = np.abs(got - ref.matmul(w, Q4_K, x))
-    assert (err <= bound).all(), f"max err {err.max():.3g}"
+    bound = (X16_DOT_BOUND(nb * 8) if K.isa() != "scalar" else QUANT_DOT_BOUND(nb * 8)) * matmul_magnitude(w, t, x)
+    want = ref.matmul(w, t, x)
+    for layout, data in ((X16, interleave(w, t)), (0, w)):
+        got = np.empty((5, n), np.float32)
+        K.matmul(got, x, data, t.id, layout)
+        err = np.abs(got - want)
+        assert (err <= bound).all(), f"layout {layout}: max err {err.max():.3g}"
 
 
 def test_x16_bad_input_is_a_clear_error():
@@ -762,8 +766,8 @@ def test_c_traits_match_the_python_table():
 
 def test_unknown_type_id_names_the_known_ones():
     known = ", ".join(f"{t.name}={t.id}" for t in sorted(ALL_TYPES, key=lambda t: t.id))
-    with pytest.raises(ValueError, match=rf"^unknown tensor type id 13 \(known: {known}\)$"):
-        K.row_bytes(13, 256)  # q5_k: import-only, no kernels
+    with pytest.raises(ValueError, match=rf"^unknown tensor type id 11 \(known: {known}\)$"):
+        K.row_bytes(11, 256)  # q3_k: import-only, no kernels
 
 
 @pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: t.name)

@@ -47,8 +47,9 @@ def test_sizes_match_ggml():
 
 
 def test_runnable_types_unchanged():
-    assert sorted(TYPES) == ["bf16", "f16", "f32", "q4_0", "q4_1", "q4_k", "q5_0", "q5_1", "q6_k", "q8_0"]
-    assert sorted(TYPES_BY_ID) == [0, 1, 2, 3, 6, 7, 8, 12, 14, 30]
+    assert sorted(TYPES) == ["bf16", "f16", "f32", "q4_0", "q4_1", "q4_k", "q5_0", "q5_1", "q5_k", "q6_k",
+                             "q8_0"]
+    assert sorted(TYPES_BY_ID) == [0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 30]
     assert len(GGML_TYPES_BY_ID) == 14
     for t in IMPORT_ONLY:
         assert ggml_type(t.id) is t
@@ -58,7 +59,7 @@ def test_runnable_types_unchanged():
             qtype(t.name)
 
 
-@pytest.mark.parametrize("t", [t for t in IMPORT_ONLY if t is not Q8_K] + [Q5_0, Q5_1, Q4_K, Q6_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("t", [t for t in IMPORT_ONLY if t is not Q8_K] + [Q5_0, Q5_1, Q4_K, Q5_K, Q6_K], ids=lambda t: t.name)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_bit_identical_to_gguf(t, shape):
     rng = np.random.default_rng(t.id * 100 + len(shape))
@@ -255,3 +256,61 @@ def test_q6_k_quantiser_round_trip_and_rules():
     g = np.random.default_rng(5).standard_normal((16, 4096)).astype(np.float32)
     dg = dequantize(quantize(g, Q6_K), Q6_K, 4096)
     assert np.sqrt(((dg - g) ** 2).mean()) < 0.025  # 6.56 bits per weight on N(0, 1)
+
+
+def _q5_k_inputs() -> np.ndarray:
+    """4,096 super-blocks: scales from 1e-4 to 1e3, and edge blocks."""
+    rng = np.random.default_rng(513)
+    x = rng.standard_normal((4096, 256)) * 10.0 ** rng.uniform(-4, 3, (4096, 1))
+    x[0] = 0.0  # all zero: every byte 0
+    x[1] = 1.5  # constant
+    x[2] = np.arange(256) - 100.0  # a ramp
+    x[3] = np.abs(x[3]) + 1  # all positive
+    x[4] = np.round(x[4] * 8) / 8  # ties
+    x[5, :32] = 0.0  # one zero sub-block
+    x[6, 200:] = -3.0
+    x[7, :] = 1e-4
+    x[7, 0] = 1e3  # one huge value: the other sub-blocks' 6-bit scales round to 0
+    x[8] = np.arange(256) % 32 - 16.0  # every 5-bit level once per sub-block
+    x[9] = -np.abs(x[9])  # all negative
+    x[10, ::2] = 0.0
+    return x.astype(np.float32)
+
+
+def test_q5_k_quantiser_is_llama_cpps():
+    """gguf-py has no q5_k quantiser. These are the bytes of llama.cpp's quantize_row_q5_K_ref
+    (ggml-quants.c, as vendored by llama-cpp-python 0.3.36, built alone with gcc -O2
+    -ffp-contract=off) for the inputs above; our numpy quantiser must give them (the C one is
+    held to it in test_kernels)."""
+    import hashlib
+    from llmrun.quant import quantize
+    got = quantize(_q5_k_inputs(), Q5_K)
+    assert got.shape == (4096, 176)
+    assert hashlib.sha256(got.tobytes()).hexdigest() == \
+        "18299fbfcc2bb46dd4f942eada19459350afb2972f691a86159562b55b24e027"
+
+
+def test_q5_k_quantiser_round_trip_and_rules():
+    from llmrun.quant import quantize
+    from llmrun.quant.kquants import _k_scales
+    x = _q5_k_inputs()
+    data = quantize(x, Q5_K)
+    blk = data.reshape(4096, 176)
+    assert not blk[0].any()  # all zero: d = dmin = 0, every scale and quant 0
+    back = dequantize(data, Q5_K, 256)
+    sub = x.reshape(4096, 8, 32)
+    span = np.maximum(sub.max(-1), 0) - np.minimum(sub.min(-1), 0)  # the range fitted, with 0 in it
+    sc, m = (a.astype(int) for a in _k_scales(blk[:, 4:16]))
+    live = sc.astype(bool)  # sub-blocks whose 6-bit scale did not round to 0
+    err = np.abs(back - x).reshape(4096, 8, 32).max(-1)
+    assert (err <= 0.15 * span + 1e-30)[live].all()  # a few steps of 1/31 at most, after 6-bit scales
+    assert np.abs(back[8] - x[8]).max() < 0.01  # 32 levels 1 apart: each its own quant (only d's f16 rounding)
+    d = blk[:, 0:2].copy().view(np.float16)[:, 0]
+    dmin = blk[:, 2:4].copy().view(np.float16)[:, 0]
+    assert ((sc.max(1) == 63) | (d == 0)).all() and ((m.max(1) == 63) | (dmin == 0)).all()
+    assert (blk[:, 16:48] != 0).any()  # the fifth bits are used
+    g = np.random.default_rng(5).standard_normal((16, 4096)).astype(np.float32)
+    dg = dequantize(quantize(g, Q5_K), Q5_K, 4096)
+    e4 = np.sqrt(((dequantize(quantize(g, Q4_K), Q4_K, 4096) - g) ** 2).mean())
+    e5 = np.sqrt(((dg - g) ** 2).mean())
+    assert e5 < 0.04 and e5 < 0.55 * e4  # 5.5 bits per weight on N(0, 1): about half q4_k's error

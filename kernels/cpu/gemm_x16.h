@@ -49,6 +49,14 @@ static const uint8_t X16_Q5_BIT[2][16] = {{1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1
 #define X16_Q4K_SCALES (LLMR_X16 * 4)
 #define X16_Q4K_QS (X16_Q4K_SCALES + LLMR_X16 * 12)
 
+/* q5_k: a super-block of a group is 16 rows' 176-byte blocks (2816 bytes): q4_k's d, dmin and
+ * packed scale words at the same offsets, then the rows' qh words 0-7, then qs words 0-31. qh word
+ * c holds qh[4c .. 4c + 3] of each row, the fifth bits of elements 4c .. 4c + 3 of every
+ * sub-block (bit s for sub-block s): the bits of qs words c, 8 + c, 16 + c and 24 + c. */
+#define X16_Q5K_BLOCK (LLMR_X16 * sizeof(block_q5_K))
+#define X16_Q5K_QH (X16_Q4K_SCALES + LLMR_X16 * 12)
+#define X16_Q5K_QS (X16_Q5K_QH + LLMR_X16 * 32)
+
 /* One lane per row of a group (GCC / Clang vector extensions: one zmm on AVX-512, two ymm on
  * AVX2, four q registers on NEON). */
 typedef int32_t x16_i32 __attribute__((vector_size(64)));

@@ -241,7 +241,7 @@ void quantize_row_q16_a_ref(const float *x, block_q16_a *y, int64_t k) {
     }
 }
 
-/* ---- q4_k: llama.cpp's quantize_row_q4_K_ref, operation for operation (float32, no FMA: the
+/* ---- q4_k, q5_k: llama.cpp's quantize_row_q4_K_ref and _q5_K_ref, operation for operation (float32, no FMA: the
  * build has -ffp-contract=off), so the bytes are llama.cpp's and quant/reference.py's. */
 
 /* llama.cpp's nearest_int: round half to even (|v| < 2^22 here). */
@@ -319,53 +319,81 @@ static float make_qkx2_quants(int n, int nmax, const float *x, const float *weig
     return scale;
 }
 
+/* What quantize_row_q4_K_ref and quantize_row_q5_K_ref share, for one super-block x: per
+ * sub-block make_qkx2_quants(nmax, rmin, rdelta 0.1, nstep), then the block's first 16 bytes (the
+ * f16 d and dmin, the 6-bit scales and mins packed in 12 bytes: the same in both), then every
+ * value quantised again with them into L (0..nmax). */
+static void k_quants(const float *x, int nmax, float rmin, int nstep, uint8_t head[16], uint8_t L[QK_K]) {
+    uint8_t *packed = head + 4;
+    uint8_t Laux[32];
+    float weights[32], mins[QK_K / 32], scales[QK_K / 32];
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < QK_K / 32; ++j) {
+        float sum_x2 = 0;
+        for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
+        const float av_x = sqrtf(sum_x2 / 32);
+        for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(x[32 * j + l]);
+        scales[j] = make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, rmin, 0.1f, nstep);
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
+    }
+    const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+    const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    memset(packed, 0, 12);
+    for (int j = 0; j < QK_K / 32; ++j) {
+        int ls = (uint8_t)nearest_int(inv_scale * scales[j]), lm = (uint8_t)nearest_int(inv_min * mins[j]);
+        ls = ls > 63 ? 63 : ls;
+        lm = lm > 63 ? 63 : lm;
+        if (j < 4) {
+            packed[j] = (uint8_t)ls;
+            packed[j + 4] = (uint8_t)lm;
+        } else {
+            packed[j + 4] = (uint8_t)((ls & 0xF) | ((lm & 0xF) << 4));
+            packed[j - 4] |= (uint8_t)((ls >> 4) << 6);
+            packed[j - 0] |= (uint8_t)((lm >> 4) << 6);
+        }
+    }
+    const uint16_t d16 = llmr_f32_to_f16(max_scale / 63.f), dmin16 = llmr_f32_to_f16(max_min / 63.f);
+    memcpy(head, &d16, 2);
+    memcpy(head + 2, &dmin16, 2);
+    for (int j = 0; j < QK_K / 32; ++j) {
+        uint8_t sc, m;
+        llmr_q4_k_scale_min(j, packed, &sc, &m);
+        const float d = llmr_f16_to_f32(d16) * sc;
+        if (!d) continue;
+        const float dm = llmr_f16_to_f32(dmin16) * m;
+        for (int ii = 0; ii < 32; ++ii) {
+            const int l = nearest_int((x[32 * j + ii] + dm) / d);
+            L[32 * j + ii] = (uint8_t)(l < 0 ? 0 : l > nmax ? nmax : l);
+        }
+    }
+}
+
 void quantize_row_q4_K_ref(const float *x, void *y, int64_t k) {
     block_q4_K *b = y;
-    uint8_t L[QK_K], Laux[32];
-    float weights[32], mins[QK_K / 32], scales[QK_K / 32];
+    uint8_t L[QK_K];
     for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
-        float max_scale = 0, max_min = 0;
-        for (int j = 0; j < QK_K / 32; ++j) {
-            float sum_x2 = 0;
-            for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
-            const float av_x = sqrtf(sum_x2 / 32);
-            for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(x[32 * j + l]);
-            scales[j] = make_qkx2_quants(32, 15, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.f, 0.1f, 20);
-            if (scales[j] > max_scale) max_scale = scales[j];
-            if (mins[j] > max_min) max_min = mins[j];
-        }
-        const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
-        const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
-        memset(b[i].scales, 0, sizeof b[i].scales);
-        for (int j = 0; j < QK_K / 32; ++j) {
-            int ls = (uint8_t)nearest_int(inv_scale * scales[j]), lm = (uint8_t)nearest_int(inv_min * mins[j]);
-            ls = ls > 63 ? 63 : ls;
-            lm = lm > 63 ? 63 : lm;
-            if (j < 4) {
-                b[i].scales[j] = (uint8_t)ls;
-                b[i].scales[j + 4] = (uint8_t)lm;
-            } else {
-                b[i].scales[j + 4] = (uint8_t)((ls & 0xF) | ((lm & 0xF) << 4));
-                b[i].scales[j - 4] |= (uint8_t)((ls >> 4) << 6);
-                b[i].scales[j - 0] |= (uint8_t)((lm >> 4) << 6);
-            }
-        }
-        b[i].d = llmr_f32_to_f16(max_scale / 63.f);
-        b[i].dmin = llmr_f32_to_f16(max_min / 63.f);
-        for (int j = 0; j < QK_K / 32; ++j) {
-            uint8_t sc, m;
-            llmr_q4_k_scale_min(j, b[i].scales, &sc, &m);
-            const float d = llmr_f16_to_f32(b[i].d) * sc;
-            if (!d) continue;
-            const float dm = llmr_f16_to_f32(b[i].dmin) * m;
-            for (int ii = 0; ii < 32; ++ii) {
-                const int l = nearest_int((x[32 * j + ii] + dm) / d);
-                L[32 * j + ii] = (uint8_t)(l < 0 ? 0 : l > 15 ? 15 : l);
-            }
-        }
+        k_quants(x, 15, -1.f, 20, (uint8_t *)&b[i], L);
         uint8_t *q = b[i].qs;
         for (int j = 0; j < QK_K; j += 64, q += 32)
             for (int l = 0; l < 32; ++l) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+    }
+}
+
+/* llama.cpp's quantize_row_q5_K_ref: q4_k's with 5-bit quants; element 32s + l keeps its low four
+ * bits as q4_k's and its fifth as bit s of qh[l]. */
+void quantize_row_q5_K_ref(const float *x, void *y, int64_t k) {
+    block_q5_K *b = y;
+    uint8_t L[QK_K];
+    for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
+        k_quants(x, 31, -0.5f, 15, (uint8_t *)&b[i], L);
+        memset(b[i].qh, 0, sizeof b[i].qh);
+        for (int s = 0; s < QK_K / 32; s++)
+            for (int l = 0; l < 32; l++)
+                b[i].qh[l] |= (uint8_t)((L[32 * s + l] >> 4) << s);
+        uint8_t *q = b[i].qs;
+        for (int j = 0; j < QK_K; j += 64, q += 32)
+            for (int l = 0; l < 32; ++l) q[l] = (uint8_t)((L[j + l] & 0xF) | ((L[j + l + 32] & 0xF) << 4));
     }
 }
 
@@ -491,5 +519,20 @@ void dequantize_row_q6_K_ref(const void *x, float *y, int64_t k) {
         const float d = llmr_f16_to_f32(b[i].d);
         for (int e = 0; e < QK_K; e++)
             *y++ = d * b[i].scales[e / Q6_K_SUB] * (float)llmr_q6_k_quant(&b[i], e);
+    }
+}
+
+/* ggml's dequantize_row_q5_K: q4_k's arithmetic, the quant with its fifth bit. */
+void dequantize_row_q5_K_ref(const void *x, float *y, int64_t k) {
+    const block_q5_K *b = x;
+    for (int64_t i = 0; i < k / QK_K; i++) {
+        const float d = llmr_f16_to_f32(b[i].d), dmin = llmr_f16_to_f32(b[i].dmin);
+        for (int j = 0; j < QK_K / 32; j++) {
+            uint8_t sc, m;
+            llmr_q4_k_scale_min(j, b[i].scales, &sc, &m);
+            const float d1 = d * sc, m1 = dmin * m;
+            for (int l = 0; l < 32; l++)
+                *y++ = d1 * (float)llmr_q5_k_quant(&b[i], 32 * j + l) - m1;
+        }
     }
 }

@@ -23,6 +23,8 @@ static const llmr_type_traits TRAITS[LLMR_TYPE_COUNT] = {
                         dequantize_row_q5_1_ref},
     [LLMR_TYPE_Q4_K] = {"q4_k", QK_K, sizeof(block_q4_K), 2, LLMR_ACT_Q16_A, 1, quantize_row_q4_K_ref,
                         dequantize_row_q4_K_ref},
+    [LLMR_TYPE_Q5_K] = {"q5_k", QK_K, sizeof(block_q5_K), 2, LLMR_ACT_Q16_A, 1, quantize_row_q5_K_ref,
+                        dequantize_row_q5_K_ref},
     /* d is the block's last field, not a leading one: n_scales 0 */
     [LLMR_TYPE_Q6_K] = {"q6_k", QK_K, sizeof(block_q6_K), 0, LLMR_ACT_Q16_A, 0, quantize_row_q6_K_ref,
                         dequantize_row_q6_K_ref},

@@ -29,6 +29,7 @@ enum llmr_type {
     LLMR_TYPE_Q5_1 = 7,
     LLMR_TYPE_Q8_0 = 8,
     LLMR_TYPE_Q4_K = 12,
+    LLMR_TYPE_Q5_K = 13,
     LLMR_TYPE_Q6_K = 14,
     LLMR_TYPE_BF16 = 30,
     LLMR_TYPE_COUNT = 31, /* bound for tables indexed by id; most ids below it are unused */
@@ -106,6 +107,22 @@ static inline void llmr_q4_k_scale_min(int j, const uint8_t *q, uint8_t *sc, uin
     }
 }
 
+/* Q5_K: Q4_K plus a fifth bit per quant: element 32s + l (sub-block s) has its low four bits as
+ * Q4_K's and its fifth as bit s of qh[l] (llmr_q5_k_quant). */
+typedef struct {
+    uint16_t d;    /* f16 super-block scale of the sub-block scales */
+    uint16_t dmin; /* f16 super-block scale of the sub-block mins */
+    uint8_t scales[12];
+    uint8_t qh[QK_K / 8];
+    uint8_t qs[QK_K / 2];
+} block_q5_K; /* x = d * sc * q - dmin * m, q 0..31 */
+
+/* Element e's (0..255) quant: 0..31. */
+static inline int llmr_q5_k_quant(const block_q5_K *b, int e) {
+    const int s = e / 32, l = e % 32;
+    return (b->qs[32 * (s / 2) + l] >> 4 * (s % 2) & 0x0F) | (b->qh[l] >> s & 1) << 4;
+}
+
 /* Q6_K: a QK_K super-block of 16 sub-blocks of 16, each with an int8 scale sc; 6-bit quants q,
  * x = d * sc * (q - 32). Element 128h + 32k + l (h < 2, k < 4, l < 32) keeps its low four bits
  * in ql[64h + 32 (k % 2) + l] (the low nibble for k < 2, the high one for k >= 2) and its top
@@ -160,6 +177,7 @@ LLMR_STATIC_ASSERT(sizeof(block_q4_1) == 20, "block_q4_1 must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q5_0) == 22, "block_q5_0 must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q5_1) == 24, "block_q5_1 must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q4_K) == 144, "block_q4_K must be packed");
+LLMR_STATIC_ASSERT(sizeof(block_q5_K) == 176, "block_q5_K must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q6_K) == 210, "block_q6_K must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q16_a) == 72, "block_q16_a has no padding");
 LLMR_STATIC_ASSERT(QK8_0 == QK_Q16_A && QK4_0 == QK_Q16_A && QK4_1 == QK_Q16_A && QK5_0 == QK_Q16_A &&
@@ -349,6 +367,7 @@ void quantize_row_q4_1_ref(const float *x, void *y, int64_t k);
 void quantize_row_q5_0_ref(const float *x, void *y, int64_t k);
 void quantize_row_q5_1_ref(const float *x, void *y, int64_t k);
 void quantize_row_q4_K_ref(const float *x, void *y, int64_t k);
+void quantize_row_q5_K_ref(const float *x, void *y, int64_t k);
 void quantize_row_q6_K_ref(const float *x, void *y, int64_t k);
 void quantize_row_q16_a_ref(const float *x, block_q16_a *y, int64_t k);
 
@@ -361,6 +380,7 @@ void dequantize_row_q4_1_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q5_0_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q5_1_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q4_K_ref(const void *x, float *y, int64_t k);
+void dequantize_row_q5_K_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q6_K_ref(const void *x, float *y, int64_t k);
 
 void vec_dot_f32_f32_ref(int64_t k, float *s, const void *w, const void *a);
@@ -395,6 +415,18 @@ void gemm_x16_q5_1_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride
                              const void *a, size_t a_stride);
 void gemm_x16_q4_K_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                              const void *a, size_t a_stride);
+
+/* q5_K's kernels, every ISA (each in its own file: vec_dot_q5_k_<isa>.c, gemm_x16_q5_k_<isa>.c;
+ * only those of the ISAs built are defined) */
+#define LLMR_DECLARE_Q5_K(isa)                                                                       \
+    void vec_dot_q5_K_q16_a_##isa(int64_t k, float *s, const void *w, const void *a);              \
+    void gemm_x16_q5_K_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
+                                   const void *a, size_t a_stride);
+LLMR_DECLARE_Q5_K(ref)
+LLMR_DECLARE_Q5_K(avx2)
+LLMR_DECLARE_Q5_K(avx512)
+LLMR_DECLARE_Q5_K(avx512vnni)
+LLMR_DECLARE_Q5_K(neon)
 
 void rmsnorm_ref(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
 void rope_ref(float *x, const float *cos_t, const float *sin_t, int64_t t, int64_t h, int64_t hd, int64_t rd);

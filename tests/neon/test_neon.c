@@ -4,7 +4,7 @@
  *   aarch64-linux-gnu-gcc -O2 -static -ffp-contract=off -Ikernels/include tests/neon/test_neon.c \
  *       kernels/cpu/{vec_dot_quant,vec_dot_float,quants}_neon.c kernels/cpu/{vec_dot,quants}_ref.c -lm
  *
- * - q8_0 / q4_0 / q4_1 / q5_0 / q5_1 / q4_k / q6_k dots against q16_a, and quantize_q16_a:
+ * - q8_0 / q4_0 / q4_1 / q5_0 / q5_1 / q4_k / q5_k / q6_k dots against q16_a, and quantize_q16_a:
  *   bit-identical to _ref (the NEON kernels sum each block's integers exactly and repeat the
  *   scalar float steps in order); q6_k's 4-token tile bit-identical to its single-token dot.
  * - f32 / f16 / bf16 dots: the NEON sum order differs, so each of NEON and _ref must be within
@@ -14,7 +14,8 @@
  *   each other.
  * - the f32 / f16 / bf16 gemms (NEON and scalar): each output bit-identical to the same file's
  *   vec_dot, whatever the row and token counts.
- * - X16 groups (kernels/cpu/gemm_x16_neon.c; q4_k too): within X16_DOT_BOUND of the scalar X16
+ * - X16 groups (kernels/cpu/gemm_x16_neon.c; q4_k too; q5_k: gemm_x16_q5_k_neon.c): within
+ *   X16_DOT_BOUND of the scalar X16
  *   kernels.
  * Sizes are awkward: N rows 1, 3, 17; K 32, 96, 2080 (1, 3, 65 blocks), float K also 5, 33, 100
  * (vector tails); weight rows start at an odd byte address. Prints "N passed, M failed"; exits 1
@@ -60,6 +61,7 @@ static void test_quant_dots(void) {
         {"q5_0", 32, 22, 0, -1, vec_dot_q5_0_q16_a_neon, vec_dot_q5_0_q16_a_ref},
         {"q5_1", 32, 24, 0, 2, vec_dot_q5_1_q16_a_neon, vec_dot_q5_1_q16_a_ref},
         {"q4_k", QK_K, 144, 0, 2, vec_dot_q4_K_q16_a_neon, vec_dot_q4_K_q16_a_ref}, /* d, dmin */
+        {"q5_k", QK_K, 176, 0, 2, vec_dot_q5_K_q16_a_neon, vec_dot_q5_K_q16_a_ref}, /* d, dmin */
         {"q6_k", QK_K, 210, 208, -1, vec_dot_q6_K_q16_a_neon, vec_dot_q6_K_q16_a_ref}, /* d last */
     };
     for (int t = 0; t < (int)(sizeof T / sizeof T[0]); t++)
@@ -284,7 +286,7 @@ static void sub_block_scale(int type, const uint8_t *blk, int s, double *d, doub
         *offset = -8.0 * *d;
     else if (type == LLMR_TYPE_Q4_1 || type == LLMR_TYPE_Q5_1)
         *offset = llmr_f16_to_f32(m16);
-    else if (type == LLMR_TYPE_Q4_K) {
+    else if (type == LLMR_TYPE_Q4_K || type == LLMR_TYPE_Q5_K) { /* the same scales, at the same bytes */
         uint8_t sc, m;
         llmr_q4_k_scale_min(s, ((const block_q4_K *)blk)->scales, &sc, &m);
         *offset = -(double)llmr_f16_to_f32(m16) * m;
@@ -305,9 +307,10 @@ static void test_x16(void) {
         {"x16 q5_0", LLMR_TYPE_Q5_0, gemm_x16_q5_0_q16_a_neon, gemm_x16_q5_0_q16_a_ref},
         {"x16 q5_1", LLMR_TYPE_Q5_1, gemm_x16_q5_1_q16_a_neon, gemm_x16_q5_1_q16_a_ref},
         {"x16 q4_k", LLMR_TYPE_Q4_K, gemm_x16_q4_K_q16_a_neon, gemm_x16_q4_K_q16_a_ref},
+        {"x16 q5_k", LLMR_TYPE_Q5_K, gemm_x16_q5_K_q16_a_neon, gemm_x16_q5_K_q16_a_ref},
     };
     static const int GROUP_ROWS[] = {16, 48}, TOKENS[] = {1, 3};
-    for (int t = 0; t < 6; t++)
+    for (int t = 0; t < (int)(sizeof T / sizeof T[0]); t++)
         for (int ki = 0; ki < 3; ki++)
             for (int ni = 0; ni < 2; ni++)
                 for (int ti = 0; ti < 2; ti++) {
