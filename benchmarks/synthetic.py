@@ -30,7 +30,7 @@ def random_blocks(gtype, rows: int, cols: int, rng) -> np.ndarray:
     data[..., 0:2] = np.array([0.01], np.float16).view(np.uint8)  # every other type here starts with its f16 scale
     if gtype == G.Q4_1:
         data[..., 2:4] = np.array([-0.05], np.float16).view(np.uint8)
-    if gtype == G.Q4_K:  # d (above) and dmin scale 6-bit sub-block scales and mins
+    if gtype in (G.Q4_K, G.Q5_K):  # d (above) and dmin scale 6-bit sub-block scales and mins
         data[..., 0:2] = np.array([0.002], np.float16).view(np.uint8)
         data[..., 2:4] = np.array([0.001], np.float16).view(np.uint8)
     return data.reshape(rows, -1)
@@ -39,7 +39,8 @@ def random_blocks(gtype, rows: int, cols: int, rng) -> np.ndarray:
 def write_gguf(path: str, shape: dict, qtype: str, seed: int = 0) -> None:
     import gguf
     G = gguf.GGMLQuantizationType
-    gtype = {"q4_0": G.Q4_0, "q4_1": G.Q4_1, "q8_0": G.Q8_0, "q4_k": G.Q4_K, "q6_k": G.Q6_K}[qtype]
+    gtype = {"q4_0": G.Q4_0, "q4_1": G.Q4_1, "q8_0": G.Q8_0, "q4_k": G.Q4_K, "q5_k": G.Q5_K,
+             "q6_k": G.Q6_K}[qtype]
     rng = np.random.default_rng(seed)
     d, hd = shape["dim"], shape["dim"] // shape["n_heads"]
     w = gguf.GGUFWriter(path, "llama")
@@ -88,7 +89,7 @@ def write_gguf(path: str, shape: dict, qtype: str, seed: int = 0) -> None:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("shape", choices=sorted(SHAPES))
-    ap.add_argument("type", choices=["q4_0", "q4_1", "q8_0", "q4_k", "q6_k"])  # k-quants: rows must be multiples of 256
+    ap.add_argument("type", choices=["q4_0", "q4_1", "q8_0", "q4_k", "q5_k", "q6_k"])  # k-quants: rows must be multiples of 256
     ap.add_argument("out_dir")
     a = ap.parse_args()
     os.makedirs(a.out_dir, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Exact dequantisers for the k-quants (GGUF types we import; of them we run q4_k and q6_k, whose
+"""Exact dequantisers for the k-quants (GGUF types we import; of them we run q4_k, q5_k and q6_k, whose
 dequantisers here are also reference.dequantize's).
 
 The GGUF importer turns these tensors into float32 here and re-quantises them into a runnable
@@ -12,7 +12,7 @@ has 11 significant bits, a sub-block scale at most 7, a quant at most 6: under f
 so the one rounding is the final `+ m` / `- dmin * m`. A C build that fuses it into an FMA
 gives the same bits. q8_k's f32 scale times an int8 rounds once, as in ggml.
 
-q4_k and q6_k are stored and run too: reference.py uses _q4_k and _q6_k below (bit-identical
+q4_k, q5_k and q6_k are stored and run too: reference.py uses _q4_k, _q5_k and _q6_k below (bit-identical
 to gguf-py's, tests/test_kquants.py) and dequantize_ggml sends them there. q5_0 and q5_1 are runnable, stored types now: their exact dequantisers are in reference.py
 (bit-identical to gguf-py's, tests/test_kquants.py), which dequantize_ggml calls for them.
 
