@@ -1,7 +1,9 @@
 /* AVX2 (+FMA, F16C) X16 kernel of q5_k with q16_a activations: gemm_x16_avx2.c's q4_k kernel with
  * the fifth bit, one token at a time. Super-blocks outermost: each one's 16 rows' sub-block scales
  * are unpacked once (x16_q4k_scales: q5_k's lie as q4_k's) for up to Q5K_TOKENS tokens, whose
- * running sums wait in memory between super-blocks. Per pair of sub-blocks 2p (the low nibbles of
+ * running sums wait in memory between super-blocks; for more than one token its quants are also
+ * unpacked once, into int16 (8 KiB, in L1), as gemm_x16_q5_k_avx512.c does (one token unpacks them
+ * as it reads them, into the same integers). Per pair of sub-blocks 2p (the low nibbles of
  * qs words 8p .. 8p + 7) and 2p + 1 (their high nibbles), a 16-byte load of a qs word c of 4 rows
  * widened to int16 is lane 4r + i: row r's qs byte 4c' + i (c' = c mod 8), whose fifth bits are
  * bits 2p and 2p + 1 of the same lane of qh word c' widened alike (and, cmpeq, and, add). Each
@@ -67,17 +69,39 @@ ALWAYS_INLINE void q5k_unpack_scales(const uint8_t *g, q5k_scales *sc) {
     }
 }
 
-/* One token's sums += the super-block at g against its activation blocks y[0 .. 8). */
-ALWAYS_INLINE void q5k_token(const uint8_t *g, const q5k_scales *sc, const block_q16_a *y, q5k_sums *sums) {
+/* A super-block's 5-bit quants as int16, for every token: [pair p][qs word 8p + c][sub-block
+ * 2p + s][rows 4r .. 4r + 3] (8 KiB, in L1). */
+typedef struct {
+    __m256i q[4][8][2][4];
+} q5k_quants;
+
+/* The int16 quants of sub-blocks 2p (lo) and 2p + 1 (hi) in qs word 8p + c, rows 4r .. 4r + 3: the
+ * nibbles plus 16 where their bit of qh word c is set. */
+ALWAYS_INLINE void q5k_word(const uint8_t *g, int p, int c, int r, __m256i *lo, __m256i *hi) {
     const __m256i nibble = _mm256_set1_epi16(0x0F);
+    const __m256i bit_lo = _mm256_set1_epi16((short)(1 << 2 * p)), bit_hi = _mm256_set1_epi16((short)(2 << 2 * p));
+    const __m256i raw = widen(g + X16_Q5K_QS + (8 * p + c) * 64 + r * 16), h = widen(g + X16_Q5K_QH + c * 64 + r * 16);
+    *lo = fifth(_mm256_and_si256(raw, nibble), h, bit_lo);
+    *hi = fifth(_mm256_srli_epi16(raw, 4), h, bit_hi);
+}
+
+static void q5k_unpack_quants(const uint8_t *g, q5k_quants *u) {
+    for (int p = 0; p < 4; p++)
+        for (int c = 0; c < 8; c++)
+            for (int r = 0; r < 4; r++)
+                q5k_word(g, p, c, r, &u->q[p][c][0][r], &u->q[p][c][1][r]);
+}
+
+/* One token's sums += the super-block at g against its activation blocks y[0 .. 8); its quants from
+ * u (unpacked once for all the tokens) or, u NULL, unpacked here. */
+ALWAYS_INLINE void q5k_token(const uint8_t *g, const q5k_scales *sc, const q5k_quants *u, const block_q16_a *y,
+                             q5k_sums *sums) {
     __m256 acc[4], off[2];
     for (int r = 0; r < 4; r++)
         acc[r] = sums->acc[r];
     for (int h = 0; h < 2; h++)
         off[h] = sums->off[h];
     for (int p = 0; p < 4; p++) {
-        const uint8_t *q = g + X16_Q5K_QS + p * 8 * 64;
-        const __m256i bit_lo = _mm256_set1_epi16((short)(1 << 2 * p)), bit_hi = _mm256_set1_epi16((short)(2 << 2 * p));
         __m256i isum[2][4]; /* [sub-block 2p, 2p + 1][rows 4r .. 4r + 3] */
         for (int s = 0; s < 2; s++)
             for (int r = 0; r < 4; r++)
@@ -85,9 +109,15 @@ ALWAYS_INLINE void q5k_token(const uint8_t *g, const q5k_scales *sc, const block
         for (int c = 0; c < 8; c++) {
             const __m256i alo = act4(y + 2 * p, c), ahi = act4(y + 2 * p + 1, c);
             for (int r = 0; r < 4; r++) {
-                const __m256i raw = widen(q + c * 64 + r * 16), h = widen(g + X16_Q5K_QH + c * 64 + r * 16);
-                isum[0][r] = madd(isum[0][r], fifth(_mm256_and_si256(raw, nibble), h, bit_lo), alo);
-                isum[1][r] = madd(isum[1][r], fifth(_mm256_srli_epi16(raw, 4), h, bit_hi), ahi);
+                __m256i lo, hi;
+                if (u) {
+                    lo = u->q[p][c][0][r];
+                    hi = u->q[p][c][1][r];
+                } else {
+                    q5k_word(g, p, c, r, &lo, &hi);
+                }
+                isum[0][r] = madd(isum[0][r], lo, alo);
+                isum[1][r] = madd(isum[1][r], hi, ahi);
             }
         }
         for (int s = 0; s < 2; s++) {
@@ -109,6 +139,7 @@ ALWAYS_INLINE void q5k_token(const uint8_t *g, const q5k_scales *sc, const block
 static void gemm_q5_k_tokens(int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w,
                              const uint8_t *a, size_t a_stride) {
     q5k_sums sums[Q5K_TOKENS];
+    q5k_quants quants;
     for (int64_t i = 0; i < t; i++) {
         for (int r = 0; r < 4; r++)
             sums[i].acc[r] = _mm256_setzero_ps();
@@ -120,8 +151,13 @@ static void gemm_q5_k_tokens(int64_t nsb, int64_t t, float *out, size_t out_stri
             _mm_prefetch((const char *)g + Q5K_PREFETCH_AHEAD + line, _MM_HINT_T0);
         q5k_scales sc;
         q5k_unpack_scales(g, &sc);
+        if (t == 1) { /* decode: unpacked as it is read */
+            q5k_token(g, &sc, NULL, (const block_q16_a *)a + b * (QK_K / QK_Q16_A), &sums[0]);
+            continue;
+        }
+        q5k_unpack_quants(g, &quants);
         for (int64_t i = 0; i < t; i++)
-            q5k_token(g, &sc, (const block_q16_a *)(a + i * a_stride) + b * (QK_K / QK_Q16_A), &sums[i]);
+            q5k_token(g, &sc, &quants, (const block_q16_a *)(a + i * a_stride) + b * (QK_K / QK_Q16_A), &sums[i]);
     }
     for (int64_t i = 0; i < t; i++)
         for (int h = 0; h < 2; h++) { /* lanes (r, 0), (r, 1) added, to row order, less the offsets */
