@@ -44,6 +44,18 @@ ALWAYS_INLINE __m128 reduce4(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
     return _mm256_castps256_ps128(_mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 0, 0, 0, 0)));
 }
 
+/* The first nr (1..4) lanes of s to out; plain stores, no masked ones past out's end
+ * (vec_dot_float_avx512.c). */
+ALWAYS_INLINE void store_rows(float *out, __m128 s, int nr) {
+    if (nr == TILE_ROWS) {
+        _mm_storeu_ps(out, s);
+    } else {
+        float v[TILE_ROWS];
+        _mm_storeu_ps(v, s);
+        memcpy(out, v, (size_t)nr * sizeof(float));
+    }
+}
+
 /* Rows w[0..4) against tokens a[0..NT): out[j * out_stride + r] for j < nt, r < nr (the rest
  * of the tile repeats a row or a token, and is not stored). NT is a constant where inlined. */
 ALWAYS_INLINE void tile(int64_t k, const uint8_t *const w[TILE_ROWS], int elem, load8_fn load,
@@ -79,10 +91,9 @@ ALWAYS_INLINE void tile(int64_t k, const uint8_t *const w[TILE_ROWS], int elem, 
                 acc[r][j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(at[j]), acc[r][j]);
         }
     }
-    const __m128i rows = _mm_cmpgt_epi32(_mm_set1_epi32(nr), _mm_setr_epi32(0, 1, 2, 3));
     for (int j = 0; j < NT; j++) /* NT, not nt: constant indices keep acc in registers */
         if (j < nt)
-            _mm_maskstore_ps(out + j * out_stride, rows, reduce4(acc[0][j], acc[1][j], acc[2][j], acc[3][j]));
+            store_rows(out + j * out_stride, reduce4(acc[0][j], acc[1][j], acc[2][j], acc[3][j]), nr);
 }
 
 /* n rows (k * elem bytes apart) x t tokens (a_stride bytes apart), token tiles outside (their

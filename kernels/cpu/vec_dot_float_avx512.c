@@ -54,6 +54,19 @@ ALWAYS_INLINE __m128 reduce4(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
                                                                           0, 0, 0, 0), s));
 }
 
+/* The first nr (1..4) lanes of s to out. Not a masked store: this CPU (Zen 5, under KVM) faults
+ * on the masked-off lanes of a masked vextractf32x4 to memory, a form GCC picks for
+ * _mm_mask_storeu_ps(cast(...)), and out's last row may end at an unmapped page. */
+ALWAYS_INLINE void store_rows(float *out, __m128 s, int nr) {
+    if (nr == TILE_ROWS) {
+        _mm_storeu_ps(out, s);
+    } else {
+        float v[TILE_ROWS];
+        _mm_storeu_ps(v, s);
+        memcpy(out, v, (size_t)nr * sizeof(float));
+    }
+}
+
 /* Rows w[0..4) against tokens a[0..NT): out[j * out_stride + r] for j < nt, r < nr (the rest
  * of the tile repeats a row or a token, and is not stored). NT is a constant where inlined. */
 ALWAYS_INLINE void tile(int64_t k, const uint8_t *const w[TILE_ROWS], int elem, load16_fn load,
@@ -91,10 +104,9 @@ ALWAYS_INLINE void tile(int64_t k, const uint8_t *const w[TILE_ROWS], int elem, 
                 acc[r][j] = _mm512_fmadd_ps(wv[r], av, acc[r][j]);
         }
     }
-    const __mmask8 rows = (__mmask8)((1u << nr) - 1);
     for (int j = 0; j < NT; j++) /* NT, not nt: constant indices keep acc in registers */
         if (j < nt)
-            _mm_mask_storeu_ps(out + j * out_stride, rows, reduce4(acc[0][j], acc[1][j], acc[2][j], acc[3][j]));
+            store_rows(out + j * out_stride, reduce4(acc[0][j], acc[1][j], acc[2][j], acc[3][j]), nr);
 }
 
 /* n rows (k * elem bytes apart) x t tokens (a_stride bytes apart). Token tiles outside, so a
