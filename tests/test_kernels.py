@@ -279,12 +279,13 @@ def test_get_rows_matches_dequantize(t):
 
 @pytest.mark.parametrize("t", X16_TYPES, ids=lambda t: t.name)
 def test_x16_layout_puts_each_byte_where_documented(t):
-    """Group g, block b: the 16 rows' f16 fields, then quant word c of row r at (c * 16 + r) * 4
-    (kernels/include/llmrun.h); and back again exactly."""
+    """Group g, block b: the 16 rows' f16 scale fields (found at the table's scales_at: q6_k's d
+    is its last field), then word c of the block's other bytes, in order, of row r at
+    (c * 16 + r) * 4 (kernels/include/llmrun.h); and back again exactly."""
     rng = rng_for("x16 layout", t.name)
     rows = ref.quantize(rand(rng, 32, 3 * t.block_size), t)  # two groups of three blocks
     flat = interleave(rows, t).reshape(-1)
-    n_scales = t.n_scales
+    n_scales, at = t.n_scales, t.scales_at
     size, nb = t.type_size, 3
     for g in range(2):
         for b in range(nb):
@@ -292,11 +293,10 @@ def test_x16_layout_puts_each_byte_where_documented(t):
             for r in range(16):
                 block = rows[g * 16 + r, b * size:(b + 1) * size]
                 for f in range(n_scales):
-                    at = base + (f * 16 + r) * 2
-                    np.testing.assert_array_equal(flat[at:at + 2], block[2 * f:2 * f + 2])
+                    np.testing.assert_array_equal(flat[base + (f * 16 + r) * 2:][:2], block[at + 2 * f:at + 2 * f + 2])
+                other = np.concatenate([block[:at], block[at + 2 * n_scales:]])
                 for c in range((size - 2 * n_scales) // 4):
-                    at = base + n_scales * 32 + (c * 16 + r) * 4
-                    np.testing.assert_array_equal(flat[at:at + 4], block[2 * n_scales + 4 * c:2 * n_scales + 4 * c + 4])
+                    np.testing.assert_array_equal(flat[base + n_scales * 32 + (c * 16 + r) * 4:][:4], other[4 * c:4 * c + 4])
     np.testing.assert_array_equal(deinterleave(flat, t, rows.shape[1]), rows)
 
 
@@ -756,7 +756,8 @@ def test_c_traits_match_the_python_table():
     """kernels/cpu/types.c's TRAITS holds the same facts as quant/types.py's table, for the same
     types: a type added to one and not the other, or a field that differs, fails here."""
     python = {t.id: {"name": t.name, "block_size": t.block_size, "type_size": t.type_size,
-                     "n_scales": t.n_scales, "act": t.act, "x16": t.x16} for t in TABLE if t.stored}
+                     "n_scales": t.n_scales, "scales_at": t.scales_at, "act": t.act, "x16": t.x16}
+              for t in TABLE if t.stored}
     assert K.type_traits() == python
 
 
