@@ -493,6 +493,12 @@ void gelu_mul_avx2(float *out, const float *gate, const float *up, int64_t n);
 void gelu_mul_avx512(float *out, const float *gate, const float *up, int64_t n);
 LLMR_DECLARE_GEMM_X16(avx512)
 LLMR_DECLARE_GEMM_X16(avx512vnni)
+void gemm_x16_q6_K_q16_a_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                              size_t a_stride);
+void gemm_x16_q6_K_q16_a_avx512(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                                size_t a_stride);
+void gemm_x16_q6_K_q16_a_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
+                                    const void *a, size_t a_stride);
 
 /* ---- arm64 NEON kernels (*_neon.c; built and called only on arm64, where NEON is baseline) -- */
 
