@@ -205,7 +205,7 @@ static const llmr_kernels llmr_kernels_neon = {
         [LLMR_TYPE_Q5_0] = gemm_x16_q5_0_q16_a_neon,
         [LLMR_TYPE_Q5_1] = gemm_x16_q5_1_q16_a_neon,
         [LLMR_TYPE_Q4_K] = gemm_x16_q4_K_q16_a_neon,
-        [LLMR_TYPE_Q6_K] = gemm_x16_q6_K_q16_a_ref,
+        [LLMR_TYPE_Q6_K] = gemm_x16_q6_K_q16_a_neon,
     },
     .quantize_q16_a = quantize_row_q16_a_neon,
     .rmsnorm = rmsnorm_ref,

@@ -516,6 +516,8 @@ void vec_dot_q6_K_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_tile_q6_K_q16_a_neon(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                   size_t a_stride);
 LLMR_DECLARE_GEMM_X16(neon)
+void gemm_x16_q6_K_q16_a_neon(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                              size_t a_stride);
 
 /* ---- dispatch (dispatch.c) ------------------------------------------------------------------ */
 

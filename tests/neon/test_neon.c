@@ -12,7 +12,7 @@
  *   most K - 1 additions, each off by u times a partial sum <= sum|x w|, plus one final rounding,
  *   give (K + 1) u; one u of slack: the bound of tests/test_kernels.py), and so within twice it of
  *   each other.
- * - X16 groups (kernels/cpu/gemm_x16_neon.c; q4_k too): within X16_DOT_BOUND of the scalar X16
+ * - X16 groups (kernels/cpu/gemm_x16_neon.c, gemm_x16_q6_k_neon.c; q4_k, q6_k too): within X16_DOT_BOUND of the scalar X16
  *   kernels.
  * Sizes are awkward: N rows 1, 3, 17; K 32, 96, 2080 (1, 3, 65 blocks), float K also 5, 33, 100
  * (vector tails); weight rows start at an odd byte address. Prints "N passed, M failed"; exits 1
@@ -250,9 +250,10 @@ static void test_x16(void) {
         {"x16 q5_0", LLMR_TYPE_Q5_0, gemm_x16_q5_0_q16_a_neon, gemm_x16_q5_0_q16_a_ref},
         {"x16 q5_1", LLMR_TYPE_Q5_1, gemm_x16_q5_1_q16_a_neon, gemm_x16_q5_1_q16_a_ref},
         {"x16 q4_k", LLMR_TYPE_Q4_K, gemm_x16_q4_K_q16_a_neon, gemm_x16_q4_K_q16_a_ref},
+        {"x16 q6_k", LLMR_TYPE_Q6_K, gemm_x16_q6_K_q16_a_neon, gemm_x16_q6_K_q16_a_ref},
     };
     static const int GROUP_ROWS[] = {16, 48}, TOKENS[] = {1, 3};
-    for (int t = 0; t < 6; t++)
+    for (int t = 0; t < (int)(sizeof T / sizeof T[0]); t++)
         for (int ki = 0; ki < 3; ki++)
             for (int ni = 0; ni < 2; ni++)
                 for (int ti = 0; ti < 2; ti++) {
