@@ -33,9 +33,8 @@ ALWAYS_INLINE __m256i act4(const block_q16_a *y, int c) {
 /* x16_q6k_unpack (gemm_x16_q6_k.h) in AVX2: per word column and half of the rows, the ql word's
  * nibble and the qh word's bit pair as bytes, less 32, widened to int16 (four rows at a time) and
  * multiplied by their sub-block's scales, which a pshufb spreads from each row's widened scales
- * word to the row's four lanes. */
-static void q6k_unpack(const uint8_t *g, x16_q6k_quants *u) {
-    __m256i sc[QK_K / 16][4];
+ * word to the row's four lanes (q6k_scales: sc[s][q], sub-block s, rows 4q .. 4q + 3). */
+ALWAYS_INLINE void q6k_scales(const uint8_t *g, __m256i sc[QK_K / 16][4]) {
     for (int w = 0; w < 4; w++)
         for (int q = 0; q < 4; q++) {
             const __m256i s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(g + X16_Q6K_SCALES + 64 * w + 16 * q)));
@@ -46,27 +45,35 @@ static void q6k_unpack(const uint8_t *g, x16_q6k_quants *u) {
                 sc[4 * w + i][q] = _mm256_shuffle_epi8(s16, four);
             }
         }
+}
+
+/* Word column c of q16_a blocks 4h .. 4h + 3, rows 8v .. 8v + 7: wv[k][e] = w[4h + k][c], rows
+ * 8v + 4e .. 8v + 4e + 3. */
+ALWAYS_INLINE void q6k_column(const uint8_t *g, const __m256i sc[QK_K / 16][4], int h, int c, int v, __m256i wv[4][2]) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x30), bias = _mm256_set1_epi8(32);
+    const __m256i qh = _mm256_loadu_si256((const __m256i *)(g + X16_Q6K_QH + (8 * h + c) * 64 + 32 * v));
+    const __m256i ql[2] = {_mm256_loadu_si256((const __m256i *)(g + X16_Q6K_QL + (16 * h + c) * 64 + 32 * v)),
+                           _mm256_loadu_si256((const __m256i *)(g + X16_Q6K_QL + (16 * h + 8 + c) * 64 + 32 * v))};
+    const __m256i top[4] = {_mm256_and_si256(_mm256_slli_epi16(qh, 4), m2), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m2),
+                            _mm256_and_si256(qh, m2), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2)};
+    for (int k = 0; k < 4; k++) {
+        const __m256i low = _mm256_and_si256(k < 2 ? ql[k % 2] : _mm256_srli_epi16(ql[k % 2], 4), m4);
+        const __m256i q = _mm256_sub_epi8(_mm256_or_si256(low, top[k]), bias);
+        const __m256i *s = sc[2 * (4 * h + k) + c / 4];
+        wv[k][0] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(q)), s[2 * v]);
+        wv[k][1] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1)), s[2 * v + 1]);
+    }
+}
+
+static void q6k_unpack(const uint8_t *g, const __m256i sc[QK_K / 16][4], x16_q6k_quants *u) {
     for (int h = 0; h < 2; h++)
         for (int c = 0; c < 8; c++)
-            for (int v = 0; v < 2; v++) { /* rows 8v .. 8v + 7 */
-                const __m256i qh = _mm256_loadu_si256((const __m256i *)(g + X16_Q6K_QH + (8 * h + c) * 64 + 32 * v));
-                const __m256i ql[2] = {
-                    _mm256_loadu_si256((const __m256i *)(g + X16_Q6K_QL + (16 * h + c) * 64 + 32 * v)),
-                    _mm256_loadu_si256((const __m256i *)(g + X16_Q6K_QL + (16 * h + 8 + c) * 64 + 32 * v))};
-                const __m256i top[4] = {_mm256_and_si256(_mm256_slli_epi16(qh, 4), m2),
-                                        _mm256_and_si256(_mm256_slli_epi16(qh, 2), m2), _mm256_and_si256(qh, m2),
-                                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2)};
-                for (int k = 0; k < 4; k++) {
-                    const int j = 4 * h + k;
-                    const __m256i low = _mm256_and_si256(k < 2 ? ql[k % 2] : _mm256_srli_epi16(ql[k % 2], 4), m4);
-                    const __m256i q = _mm256_sub_epi8(_mm256_or_si256(low, top[k]), bias);
-                    const __m256i *s = sc[2 * j + c / 4];
-                    _mm256_storeu_si256((__m256i *)(u->w[j][c] + 32 * v),
-                                        _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(q)), s[2 * v]));
-                    _mm256_storeu_si256((__m256i *)(u->w[j][c] + 32 * v + 16),
-                                        _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1)), s[2 * v + 1]));
-                }
+            for (int v = 0; v < 2; v++) {
+                __m256i wv[4][2];
+                q6k_column(g, sc, h, c, v, wv);
+                for (int k = 0; k < 4; k++)
+                    for (int e = 0; e < 2; e++)
+                        _mm256_storeu_si256((__m256i *)(u->w[4 * h + k][c] + 32 * v + 16 * e), wv[k][e]);
             }
 }
 
@@ -98,6 +105,33 @@ ALWAYS_INLINE void q6k_token(const x16_q6k_quants *u, const __m256 *d, const blo
         sums->acc[q] = acc[q];
 }
 
+/* One token alone (decode): q6k_token's operations on the weights as they are unpacked, without
+ * storing them (the same bits: the same exact int32 sums, the same FMAs in the same order). */
+ALWAYS_INLINE void q6k_one(const uint8_t *g, const __m256i sc[QK_K / 16][4], const __m256 *d, const block_q16_a *y,
+                           q6k_sums *sums) {
+    for (int h = 0; h < 2; h++)
+        for (int v = 0; v < 2; v++) { /* rows 8v .. 8v + 7: quarters 2v, 2v + 1 */
+            __m256i isum[4][2];
+            for (int k = 0; k < 4; k++)
+                isum[k][0] = isum[k][1] = _mm256_setzero_si256();
+            for (int c = 0; c < 8; c++) {
+                __m256i wv[4][2];
+                q6k_column(g, sc, h, c, v, wv);
+                for (int k = 0; k < 4; k++) {
+                    const __m256i a = act4(y + 4 * h + k, c);
+                    isum[k][0] = _mm256_add_epi32(isum[k][0], _mm256_madd_epi16(wv[k][0], a));
+                    isum[k][1] = _mm256_add_epi32(isum[k][1], _mm256_madd_epi16(wv[k][1], a));
+                }
+            }
+            for (int k = 0; k < 4; k++) {
+                const __m256 da = _mm256_set1_ps(y[4 * h + k].d);
+                for (int e = 0; e < 2; e++)
+                    sums->acc[2 * v + e] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[k][e]), _mm256_mul_ps(d[2 * v + e], da),
+                                                           sums->acc[2 * v + e]);
+            }
+        }
+}
+
 /* Up to X16_Q6K_TOKENS tokens: every super-block against every token. */
 static void gemm_tokens(int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w, const uint8_t *a,
                         size_t a_stride) {
@@ -110,13 +144,19 @@ static void gemm_tokens(int64_t nsb, int64_t t, float *out, size_t out_stride, c
         const uint8_t *g = w + b * X16_Q6K_BLOCK;
         for (size_t line = 0; line < X16_Q6K_BLOCK; line += 64)
             _mm_prefetch((const char *)g + Q6K_PREFETCH_AHEAD + line, _MM_HINT_T0);
-        q6k_unpack(g, &u);
+        __m256i sc[QK_K / 16][4];
+        q6k_scales(g, sc);
         __m256 d[4];
         for (int q = 0; q < 4; q++) { /* rows 4q .. 4q + 3, each to its two lanes */
             const __m256 half = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(g + 16 * (q / 2))));
             const int o = (q & 1) * 4;
             d[q] = _mm256_permutevar8x32_ps(half, _mm256_setr_epi32(o, o, o + 1, o + 1, o + 2, o + 2, o + 3, o + 3));
         }
+        if (t == 1) {
+            q6k_one(g, sc, d, (const block_q16_a *)a + b * (QK_K / QK_Q16_A), sums);
+            continue;
+        }
+        q6k_unpack(g, sc, &u);
         for (int64_t i = 0; i < t; i++)
             q6k_token(&u, d, (const block_q16_a *)(a + i * a_stride) + b * (QK_K / QK_Q16_A), &sums[i]);
     }

@@ -54,9 +54,9 @@ ALWAYS_INLINE __m512i act4(const block_q16_a *y, int c) {
 /* x16_q6k_unpack (gemm_x16_q6_k.h) in AVX-512 (the generic vectors compiled to a third of this
  * speed): per word column, the ql word's nibble and the qh word's bit pair of 16 rows at once as
  * bytes, less 32, widened to int16 (rows 0-7, rows 8-15) and multiplied by their sub-block's
- * scales, which a vpermw spreads from each row's widened scales word to the row's four lanes. */
-static void q6k_unpack(const uint8_t *g, x16_q6k_quants *u) {
-    __m512i sc[QK_K / 16][2];
+ * scales, which a vpermw spreads from each row's widened scales word to the row's four lanes
+ * (q6k_scales: sc[s][v], sub-block s, rows 8v .. 8v + 7). */
+ALWAYS_INLINE void q6k_scales(const uint8_t *g, __m512i sc[QK_K / 16][2]) {
     for (int w = 0; w < 4; w++)
         for (int v = 0; v < 2; v++) {
             const __m512i s16 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(g + X16_Q6K_SCALES + 64 * w + 32 * v)));
@@ -68,23 +68,33 @@ static void q6k_unpack(const uint8_t *g, x16_q6k_quants *u) {
                 sc[4 * w + i][v] = _mm512_permutexvar_epi16(four, s16);
             }
         }
+}
+
+/* Word column c of q16_a blocks 4h .. 4h + 3: wv[k][v] = w[4h + k][c], rows 8v .. 8v + 7. */
+ALWAYS_INLINE void q6k_column(const uint8_t *g, const __m512i sc[QK_K / 16][2], int h, int c, __m512i wv[4][2]) {
     const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x30), bias = _mm512_set1_epi8(32);
+    const __m512i qh = _mm512_loadu_si512(g + X16_Q6K_QH + (8 * h + c) * 64);
+    const __m512i ql[2] = {_mm512_loadu_si512(g + X16_Q6K_QL + (16 * h + c) * 64),
+                           _mm512_loadu_si512(g + X16_Q6K_QL + (16 * h + 8 + c) * 64)};
+    const __m512i top[4] = {_mm512_and_si512(_mm512_slli_epi16(qh, 4), m2), _mm512_and_si512(_mm512_slli_epi16(qh, 2), m2),
+                            _mm512_and_si512(qh, m2), _mm512_and_si512(_mm512_srli_epi16(qh, 2), m2)};
+    for (int k = 0; k < 4; k++) {
+        const __m512i low = _mm512_and_si512(k < 2 ? ql[k % 2] : _mm512_srli_epi16(ql[k % 2], 4), m4);
+        const __m512i q = _mm512_sub_epi8(_mm512_or_si512(low, top[k]), bias);
+        const __m512i *s = sc[2 * (4 * h + k) + c / 4];
+        wv[k][0] = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(_mm512_castsi512_si256(q)), s[0]);
+        wv[k][1] = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(q, 1)), s[1]);
+    }
+}
+
+static void q6k_unpack(const uint8_t *g, const __m512i sc[QK_K / 16][2], x16_q6k_quants *u) {
     for (int h = 0; h < 2; h++)
         for (int c = 0; c < 8; c++) {
-            const __m512i qh = _mm512_loadu_si512(g + X16_Q6K_QH + (8 * h + c) * 64);
-            const __m512i ql[2] = {_mm512_loadu_si512(g + X16_Q6K_QL + (16 * h + c) * 64),
-                                   _mm512_loadu_si512(g + X16_Q6K_QL + (16 * h + 8 + c) * 64)};
-            const __m512i top[4] = {_mm512_and_si512(_mm512_slli_epi16(qh, 4), m2),
-                                    _mm512_and_si512(_mm512_slli_epi16(qh, 2), m2), _mm512_and_si512(qh, m2),
-                                    _mm512_and_si512(_mm512_srli_epi16(qh, 2), m2)};
+            __m512i wv[4][2];
+            q6k_column(g, sc, h, c, wv);
             for (int k = 0; k < 4; k++) {
-                const int j = 4 * h + k;
-                const __m512i low = _mm512_and_si512(k < 2 ? ql[k % 2] : _mm512_srli_epi16(ql[k % 2], 4), m4);
-                const __m512i q = _mm512_sub_epi8(_mm512_or_si512(low, top[k]), bias);
-                const __m512i *s = sc[2 * j + c / 4];
-                _mm512_storeu_si512(u->w[j][c], _mm512_mullo_epi16(_mm512_cvtepi8_epi16(_mm512_castsi512_si256(q)), s[0]));
-                _mm512_storeu_si512(u->w[j][c] + 32,
-                                    _mm512_mullo_epi16(_mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(q, 1)), s[1]));
+                _mm512_storeu_si512(u->w[4 * h + k][c], wv[k][0]);
+                _mm512_storeu_si512(u->w[4 * h + k][c] + 32, wv[k][1]);
             }
         }
 }
@@ -125,6 +135,34 @@ ALWAYS_INLINE void q6k_tile(const int T, const x16_q6k_quants *u, const __m512 *
             sums[i].acc[v] = acc[i][v];
 }
 
+/* One token alone (decode): q6k_tile's operations on the weights as they are unpacked, without
+ * storing them (the same bits: the same exact int32 sums, the same FMAs in the same order). */
+ALWAYS_INLINE void q6k_one(const uint8_t *g, const __m512i sc[QK_K / 16][2], const __m512 *d, const block_q16_a *y,
+                           q6k_sums *sums) {
+    __m512 acc[2] = {sums->acc[0], sums->acc[1]};
+    for (int h = 0; h < 2; h++) {
+        __m512i isum[4][2];
+        for (int k = 0; k < 4; k++)
+            isum[k][0] = isum[k][1] = _mm512_setzero_si512();
+        for (int c = 0; c < 8; c++) {
+            __m512i wv[4][2];
+            q6k_column(g, sc, h, c, wv);
+            for (int k = 0; k < 4; k++) {
+                const __m512i a = act4(y + 4 * h + k, c);
+                isum[k][0] = madd(isum[k][0], wv[k][0], a);
+                isum[k][1] = madd(isum[k][1], wv[k][1], a);
+            }
+        }
+        for (int k = 0; k < 4; k++) {
+            const __m512 da = _mm512_set1_ps(y[4 * h + k].d);
+            for (int v = 0; v < 2; v++)
+                acc[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[k][v]), _mm512_mul_ps(d[v], da), acc[v]);
+        }
+    }
+    sums->acc[0] = acc[0];
+    sums->acc[1] = acc[1];
+}
+
 /* Up to X16_Q6K_TOKENS tokens: every super-block against every token, tile by tile. */
 static void gemm_tokens(int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w, const uint8_t *a,
                         size_t a_stride) {
@@ -138,9 +176,15 @@ static void gemm_tokens(int64_t nsb, int64_t t, float *out, size_t out_stride, c
         const uint8_t *g = w + b * X16_Q6K_BLOCK;
         for (size_t line = 0; line < X16_Q6K_BLOCK; line += 64)
             _mm_prefetch((const char *)g + Q6K_PREFETCH_AHEAD + line, _MM_HINT_T0);
-        q6k_unpack(g, &u);
+        __m512i sc[QK_K / 16][2];
+        q6k_scales(g, sc);
         const __m512 d16 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
         const __m512 d[2] = {_mm512_permutexvar_ps(pair_lo, d16), _mm512_permutexvar_ps(pair_hi, d16)};
+        if (t == 1) {
+            q6k_one(g, sc, d, (const block_q16_a *)a + b * (QK_K / QK_Q16_A), sums);
+            continue;
+        }
+        q6k_unpack(g, sc, &u);
         for (int64_t ti = 0; ti < t; ti += Q6K_TILE) {
             const block_q16_a *ys[Q6K_TILE];
             const int n = t - ti < Q6K_TILE ? (int)(t - ti) : Q6K_TILE;
