@@ -316,21 +316,28 @@ def test_x16_matmul_and_get_rows_agree_with_rows_layout(t):
     np.testing.assert_array_equal(rows, ref.dequantize(w, t, k)[ids])
 
 
-def test_x16_q4_k_reads_every_bit_of_the_packed_scales():
-    """q4_k's X16 kernels unpack 16 rows' 6-bit scales and mins at once (gemm_x16.h): on random
-    bytes (every bit pattern of the 12 packed bytes; finite d and dmin of both signs) they must
-    agree with the numpy reference, whose unpacking is gguf-py's."""
-    rng = rng_for("x16 q4_k scales")
+@pytest.mark.parametrize("t", [Q4_K, Q6_K], ids=lambda t: t.name)
+def test_x16_super_blocks_read_every_bit(t):
+    """The super-block types' X16 kernels unpack 16 rows' scales and quants at once (q4_k's 6-bit
+    scales and mins, gemm_x16.h; q6_k's int8 scales and split 6-bit quants, gemm_x16_q6_k.h): on
+    random bytes (every bit pattern; finite f16 scales of both signs) they must agree with the
+    numpy reference, whose unpacking is gguf-py's."""
+    rng = rng_for("x16 super-block bits", t.name)
     n, nb = 32, 3
-    blocks = rng.integers(0, 256, (n, nb, Q4_K.type_size), dtype=np.uint8)
-    blocks[..., 0:4] = (rng.uniform(-1, 1, (n, nb, 2)) * [0.01, 0.1]).astype(np.float16).view(np.uint8)
+    blocks = rng.integers(0, 256, (n, nb, t.type_size), dtype=np.uint8)
+    at = t.scales_at
+    blocks[..., at:at + 2 * t.n_scales] = (rng.uniform(-1, 1, (n, nb, t.n_scales)) * [0.01, 0.1][:t.n_scales]
+                                           ).astype(np.float16).view(np.uint8)
     w = blocks.reshape(n, -1)
     x = rand(rng, 5, nb * 256, scale=2.0)
     got = np.empty((5, n), np.float32)
-    K.matmul(got, x, interleave(w, Q4_K), Q4_K.id, X16)
-    bound = (X16_DOT_BOUND(nb * 8) if K.isa() != "scalar" else QUANT_DOT_BOUND(nb * 8)) * matmul_magnitude(w, Q4_K, x)
-    err = np.abs(got - ref.matmul(w, Q4_K, x))
+    K.matmul(got, x, interleave(w, t), t.id, X16)
+    bound = (X16_DOT_BOUND(nb * 8) if K.isa() != "scalar" else QUANT_DOT_BOUND(nb * 8)) * matmul_magnitude(w, t, x)
+    err = np.abs(got - ref.matmul(w, t, x))
     assert (err <= bound).all(), f"max err {err.max():.3g}"
+    one = np.empty((1, n), np.float32)  # one token alone (decode's path) gives the same bits
+    K.matmul(one, x[3:4], interleave(w, t), t.id, X16)
+    np.testing.assert_array_equal(one[0], got[3])
 
 
 def test_x16_bad_input_is_a_clear_error():
