@@ -1,6 +1,8 @@
-/* What the gemm_x16_q6_k_<isa>.c files share: q6_k's X16 super-block geometry, and the unpacking
- * of its 16 rows' quants times their sub-block scales, written once with GCC / Clang vector extensions (each ISA's
- * compiler flags make them zmm, ymm or q registers).
+/* What the gemm_x16_q6_k_<isa>.c files share: q6_k's X16 super-block geometry, and the unpacked
+ * form of a super-block (x16_q6k_quants: its 16 rows' quants times their sub-block scales) with
+ * its unpacking in GCC / Clang vector extensions, which the NEON kernel uses; AVX-512 and AVX2
+ * make the same bytes with their own intrinsics (the generic vectors compiled to a third of
+ * their speed there).
  *
  * A super-block of a group is 16 rows' 210-byte blocks (3360 bytes): the 16 d (f16), then words
  * 0-31 of the rows' ql, 32-47 of their qh, 48-51 of their 16 int8 scales, word w of row r at
