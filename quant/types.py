@@ -45,6 +45,7 @@ class QType:
     # the block; q6_k's d comes last): the X16 layout moves them to the front of a 16-row group
     # and keeps the block's other bytes, in order, as 4-byte words
     n_scales: int = 0
+    scales_at: int = 0
     # what the CPU kernels multiply it against: "f32" (float weights) or "q16_a" (activations
     # quantised in blocks of 32); None: the CPU has no kernels for it, so it is import-only
     act: Optional[str] = None
@@ -52,7 +53,6 @@ class QType:
     # the type a quantiser gives way to where a row is not a whole number of this type's blocks
     # (llama-quantize's choice, so mixes match its files); None: f16
     fallback: Optional[str] = None
-    scales_at: int = 0
 
     @property
     def stored(self) -> bool:
