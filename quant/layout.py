@@ -1,12 +1,13 @@
 """Weight layouts: how a matrix's blocks lie in a .llmr file (recorded per tensor).
 
 ROWS is GGUF's: each row its blocks in order. X16 (the types whose table entry says x16: q8_0,
-q4_0, q4_1, q5_0, q5_1, q4_k, q5_k; rows a multiple of 16) is what the SIMD kernels read: groups of 16
-consecutive rows; each group its blocks in order; each block of a group stored as the 16 rows'
-first f16 field (d), then (q4_1, q5_1, q4_k, q5_k: n_scales = 2) their second (m; the k-quants'
-dmin), then the rows' remaining bytes as 4-byte words, word c of row r at (c * 16 + r) * 4 (q5: word
-0 is qh, words 1-4 qs; q4_k: words 0-2 the 12 bytes of packed scales and mins, words 3-34 qs;
-q5_k: words 0-2 the scales, 3-10 qh, 11-42 qs). The
+q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k; rows a multiple of 16) is what the SIMD kernels read:
+groups of 16 consecutive rows; each group its blocks in order; each block of a group stored as the
+16 rows' first f16 scale field (d), then (q4_1, q5_1, q4_k, q5_k: n_scales = 2) their second (m;
+the k-quants' dmin), then the rows' other bytes, in their order, as 4-byte words, word c of row r
+at (c * 16 + r) * 4 (q5: word 0 is qh, words 1-4 qs; q4_k: words 0-2 the 12 bytes of packed
+scales and mins, words 3-34 qs; q5_k: words 0-2 the scales, 3-10 qh, 11-42 qs; q6_k, whose d is
+its last field (the table's scales_at): words 0-31 ql, 32-47 qh, 48-51 the 16 int8 scales). The
 bytes are the row blocks' own, moved, so the file is no larger and a row comes back exactly.
 A SIMD load then holds one word of 16 rows, and 16 dot products advance in lanes without
 horizontal sums (kernels/cpu/gemm_x16_*.c). The converter picks X16 wherever it applies.
@@ -29,7 +30,7 @@ def kernel_layout(t: QType, shape) -> int:
 
 
 def _split(t: QType):
-    """(f16 fields, 4-byte quant words) of one block of type t."""
+    """(f16 fields, 4-byte words of the other bytes) of one block of type t."""
     if not t.x16:
         raise ValueError(f"{t.name} has no X16 layout")
     return t.n_scales, (t.type_size - 2 * t.n_scales) // 4
@@ -41,8 +42,10 @@ def interleave(rows: np.ndarray, t: QType) -> np.ndarray:
     nb = row_bytes // t.type_size
     n_scales, words = _split(t)
     b = rows.reshape(R // GROUP, GROUP, nb, t.type_size).transpose(0, 2, 1, 3)  # [G, nb, 16, size]
-    scales = b[..., :2 * n_scales].reshape(R // GROUP, nb, GROUP, n_scales, 2).transpose(0, 1, 3, 2, 4)
-    quants = b[..., 2 * n_scales:].reshape(R // GROUP, nb, GROUP, words, 4).transpose(0, 1, 3, 2, 4)
+    at, end = t.scales_at, t.scales_at + 2 * n_scales
+    scales = b[..., at:end].reshape(R // GROUP, nb, GROUP, n_scales, 2).transpose(0, 1, 3, 2, 4)
+    rest = np.concatenate([b[..., :at], b[..., end:]], axis=3)
+    quants = rest.reshape(R // GROUP, nb, GROUP, words, 4).transpose(0, 1, 3, 2, 4)
     out = np.concatenate([scales.reshape(R // GROUP, nb, -1), quants.reshape(R // GROUP, nb, -1)], axis=2)
     return np.ascontiguousarray(out).reshape(R, row_bytes)
 
@@ -56,6 +59,8 @@ def deinterleave(data: np.ndarray, t: QType, row_bytes: int) -> np.ndarray:
     g = data.reshape(R // GROUP, nb, GROUP * t.type_size)
     scales = g[..., :2 * n_scales * GROUP].reshape(R // GROUP, nb, n_scales, GROUP, 2).transpose(0, 1, 3, 2, 4)
     quants = g[..., 2 * n_scales * GROUP:].reshape(R // GROUP, nb, words, GROUP, 4).transpose(0, 1, 3, 2, 4)
-    blocks = np.concatenate([scales.reshape(R // GROUP, nb, GROUP, -1), quants.reshape(R // GROUP, nb, GROUP, -1)],
-                            axis=3)  # [G, nb, 16, size]
+    scales = scales.reshape(R // GROUP, nb, GROUP, -1)
+    quants = quants.reshape(R // GROUP, nb, GROUP, -1)
+    at = t.scales_at
+    blocks = np.concatenate([quants[..., :at], scales, quants[..., at:]], axis=3)  # [G, nb, 16, size]
     return np.ascontiguousarray(blocks.transpose(0, 2, 1, 3)).reshape(R, row_bytes)

@@ -43,9 +43,11 @@ class QType:
     id: int  # GGML's
     block_size: int  # elements per block
     type_size: int  # bytes per block
-    # f16 fields at the start of a block (d; or d and m) before its quants: the X16 layout moves
-    # them to the front of a 16-row group
+    # the block's f16 scale fields (d; or d and m) and the byte at which they start (0: they lead
+    # the block; q6_k's d comes last): the X16 layout moves them to the front of a 16-row group
+    # and keeps the block's other bytes, in order, as 4-byte words
     n_scales: int = 0
+    scales_at: int = 0
     # what the CPU kernels multiply it against: "f32" (float weights) or "q16_a" (activations
     # quantised in blocks of 32); None: the CPU has no kernels for it, so it is import-only
     act: Optional[str] = None
@@ -92,14 +94,14 @@ Q5_0 = QType("q5_0", 6, 32, 22, n_scales=1, act="q16_a", x16=True)  # { f16 d; u
 Q5_1 = QType("q5_1", 7, 32, 24, n_scales=2, act="q16_a", x16=True)  # { f16 d; f16 m; u8 qh[4]; u8 qs[16]; }
 # k-quants, in GGML's order: q4_k, q5_k and q6_k are stored and run (q4_k's sub-blocks of 32 line
 # up with q16_a blocks, X16: its d and dmin, then 3 words of packed scales and 32 of quants; q5_k
-# the same with 8 words of qh between them; q6_k's sub-blocks of 16 are halves of them); the
-# others are import-only
+# the same with 8 words of qh between them; q6_k's sub-blocks of 16 are halves of them, X16: its
+# d, then 32 words of ql, 16 of qh, 4 of scales); the others are import-only
 Q2_K = QType("q2_k", 10, QK_K, 84, fallback="q4_0")  # { u8 scales[16]; u8 qs[64]; f16 d; f16 dmin; }
 Q3_K = QType("q3_k", 11, QK_K, 110, fallback="q4_0")  # { u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d; }
 Q4_K = QType("q4_k", 12, QK_K, 144, n_scales=2, act="q16_a", x16=True, fallback="q5_0")  # { f16 d; f16 dmin; u8 scales[12]; u8 qs[128]; }
 Q5_K = QType("q5_k", 13, QK_K, 176, n_scales=2, act="q16_a", x16=True, fallback="q5_1")  # { f16 d; f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]; }
-# q6_k's f16 d comes last, after its quants: no leading scale fields (n_scales, for X16, is 0)
-Q6_K = QType("q6_k", 14, QK_K, 210, act="q16_a", fallback="q8_0")  # { u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d; }
+# q6_k's f16 d comes last, after its quants and scales (byte 208)
+Q6_K = QType("q6_k", 14, QK_K, 210, n_scales=1, act="q16_a", x16=True, fallback="q8_0", scales_at=208)  # { u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d; }
 Q8_K = QType("q8_k", 15, QK_K, 292)  # { f32 d; i8 qs[256]; i16 bsums[16]; }
 
 # Every type, in the order the command line lists them.

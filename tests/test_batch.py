@@ -14,6 +14,7 @@ from llmrun.backends import cpu
 from llmrun.errors import ContextError, SettingError
 from llmrun.model import Segment
 from llmrun.models import convert
+from llmrun.quant.layout import ROWS, X16
 from llmrun.quant.types import TYPES as QTYPES
 
 from conftest import make_hf_checkpoint
@@ -42,7 +43,9 @@ def model(request, checkpoint):
     out = checkpoint / f"{request.param}.llmr"
     convert(str(checkpoint / "hf"), str(out), request.param)
     m = llmrun.load(out)
-    assert m.file.tensors["layers.0.wq"].type.name == request.param  # the type under test, not a fallback
+    wq = m.file.tensors["layers.0.wq"]
+    assert wq.type.name == request.param  # the type under test, not a fallback
+    assert wq.layout == (X16 if wq.type.x16 else ROWS)  # 256 rows: X16 wherever the type has it
     return m
 
 

@@ -137,6 +137,12 @@ def q6_k_extremes():
     return x, blk.reshape(3, -1)
 
 
+def q6_k_extremes_x16(w):
+    """The extremes' three rows repeated to a group of 16, for the X16 kernels, whose int32 lanes
+    hold sc (q - 32) qa products, 16 to a lane: 2,147,418,112 < 2^31 at these values."""
+    return np.tile(w, (6, 1))[:16]
+
+
 def q16a_inputs():
     rng = rng_for("isa q16a")
     scales = np.repeat(10.0 ** rng.uniform(-4, 4, (5, 65)), 32, axis=-1)  # a scale per block
@@ -200,6 +206,10 @@ def compute_all() -> dict[str, np.ndarray]:
     y = np.empty((x.shape[0], w.shape[0]), np.float32)
     K.matmul(y, x, w, Q6_K.id)
     out["q6k-extremes"] = y
+    w16 = q6_k_extremes_x16(w)
+    y = np.empty((x.shape[0], 16), np.float32)
+    K.matmul(y, x, interleave(w16, Q6_K), Q6_K.id, X16)
+    out["q6k-extremes-x16"] = y
     for name, x in q16a_inputs().items():
         q = np.empty((x.shape[0], x.shape[1] // 32 * ref.Q16A_BYTES), np.uint8)
         K.quantize_q16a(q, x)
@@ -374,6 +384,10 @@ def test_q6_k_largest_terms_stay_exact(results, isa):
     assert (wq[0, 0, 0].astype(np.int64) * qa[0, 0]).sum() == 32 * 4096 * 32767 > 2 ** 31  # past int32
     want = ref.matmul(w, Q6_K, x)
     assert (np.abs(got - want) <= bound * matmul_magnitude(w, Q6_K, x)).all()
+    w16 = q6_k_extremes_x16(w)
+    got = results[isa]["q6k-extremes-x16"].astype(np.float64)
+    bound = (QUANT_DOT_BOUND if isa == "scalar" else X16_DOT_BOUND)(x.shape[1] // 32)
+    assert (np.abs(got - ref.matmul(w16, Q6_K, x)) <= bound * matmul_magnitude(w16, Q6_K, x)).all()
 
 
 def test_x16_scalar_equals_rows_layout(results):

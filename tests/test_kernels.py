@@ -279,12 +279,13 @@ def test_get_rows_matches_dequantize(t):
 
 @pytest.mark.parametrize("t", X16_TYPES, ids=lambda t: t.name)
 def test_x16_layout_puts_each_byte_where_documented(t):
-    """Group g, block b: the 16 rows' f16 fields, then quant word c of row r at (c * 16 + r) * 4
-    (kernels/include/llmrun.h); and back again exactly."""
+    """Group g, block b: the 16 rows' f16 scale fields (found at the table's scales_at: q6_k's d
+    is its last field), then word c of the block's other bytes, in order, of row r at
+    (c * 16 + r) * 4 (kernels/include/llmrun.h); and back again exactly."""
     rng = rng_for("x16 layout", t.name)
     rows = ref.quantize(rand(rng, 32, 3 * t.block_size), t)  # two groups of three blocks
     flat = interleave(rows, t).reshape(-1)
-    n_scales = t.n_scales
+    n_scales, at = t.n_scales, t.scales_at
     size, nb = t.type_size, 3
     for g in range(2):
         for b in range(nb):
@@ -292,11 +293,10 @@ def test_x16_layout_puts_each_byte_where_documented(t):
             for r in range(16):
                 block = rows[g * 16 + r, b * size:(b + 1) * size]
                 for f in range(n_scales):
-                    at = base + (f * 16 + r) * 2
-                    np.testing.assert_array_equal(flat[at:at + 2], block[2 * f:2 * f + 2])
+                    np.testing.assert_array_equal(flat[base + (f * 16 + r) * 2:][:2], block[at + 2 * f:at + 2 * f + 2])
+                other = np.concatenate([block[:at], block[at + 2 * n_scales:]])
                 for c in range((size - 2 * n_scales) // 4):
-                    at = base + n_scales * 32 + (c * 16 + r) * 4
-                    np.testing.assert_array_equal(flat[at:at + 4], block[2 * n_scales + 4 * c:2 * n_scales + 4 * c + 4])
+                    np.testing.assert_array_equal(flat[base + n_scales * 32 + (c * 16 + r) * 4:][:4], other[4 * c:4 * c + 4])
     np.testing.assert_array_equal(deinterleave(flat, t, rows.shape[1]), rows)
 
 
@@ -335,6 +335,30 @@ def test_x16_k_quant_reads_every_bit_of_the_packed_scales(t):
         K.matmul(got, x, data, t.id, layout)
         err = np.abs(got - want)
         assert (err <= bound).all(), f"layout {layout}: max err {err.max():.3g}"
+
+
+@pytest.mark.parametrize("t", [Q4_K, Q6_K], ids=lambda t: t.name)
+def test_x16_super_blocks_read_every_bit(t):
+    """The super-block types' X16 kernels unpack 16 rows' scales and quants at once (q4_k's 6-bit
+    scales and mins, gemm_x16.h; q6_k's int8 scales and split 6-bit quants, gemm_x16_q6_k.h): on
+    random bytes (every bit pattern; finite f16 scales of both signs) they must agree with the
+    numpy reference, whose unpacking is gguf-py's."""
+    rng = rng_for("x16 super-block bits", t.name)
+    n, nb = 32, 3
+    blocks = rng.integers(0, 256, (n, nb, t.type_size), dtype=np.uint8)
+    at = t.scales_at
+    blocks[..., at:at + 2 * t.n_scales] = (rng.uniform(-1, 1, (n, nb, t.n_scales)) * [0.01, 0.1][:t.n_scales]
+                                           ).astype(np.float16).view(np.uint8)
+    w = blocks.reshape(n, -1)
+    x = rand(rng, 5, nb * 256, scale=2.0)
+    got = np.empty((5, n), np.float32)
+    K.matmul(got, x, interleave(w, t), t.id, X16)
+    bound = (X16_DOT_BOUND(nb * 8) if K.isa() != "scalar" else QUANT_DOT_BOUND(nb * 8)) * matmul_magnitude(w, t, x)
+    err = np.abs(got - ref.matmul(w, t, x))
+    assert (err <= bound).all(), f"max err {err.max():.3g}"
+    one = np.empty((1, n), np.float32)  # one token alone (decode's path) gives the same bits
+    K.matmul(one, x[3:4], interleave(w, t), t.id, X16)
+    np.testing.assert_array_equal(one[0], got[3])
 
 
 def test_x16_bad_input_is_a_clear_error():
@@ -760,7 +784,8 @@ def test_c_traits_match_the_python_table():
     """kernels/cpu/types.c's TRAITS holds the same facts as quant/types.py's table, for the same
     types: a type added to one and not the other, or a field that differs, fails here."""
     python = {t.id: {"name": t.name, "block_size": t.block_size, "type_size": t.type_size,
-                     "n_scales": t.n_scales, "act": t.act, "x16": t.x16} for t in TABLE if t.stored}
+                     "n_scales": t.n_scales, "scales_at": t.scales_at, "act": t.act, "x16": t.x16}
+              for t in TABLE if t.stored}
     assert K.type_traits() == python
 
 

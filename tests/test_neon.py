@@ -21,7 +21,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ["tests/neon/test_neon.c", "kernels/cpu/vec_dot_quant_neon.c", "kernels/cpu/vec_dot_float_neon.c",
-           "kernels/cpu/quants_neon.c", "kernels/cpu/gemm_x16_neon.c", "kernels/cpu/vec_dot_ref.c", "kernels/cpu/quants_ref.c",
+           "kernels/cpu/quants_neon.c", "kernels/cpu/gemm_x16_neon.c", "kernels/cpu/gemm_x16_q6_k_neon.c",
+           "kernels/cpu/vec_dot_ref.c", "kernels/cpu/quants_ref.c",
            "kernels/cpu/types.c", "kernels/cpu/vec_dot_q5_k_neon.c", "kernels/cpu/gemm_x16_q5_k_neon.c",
            "kernels/cpu/vec_dot_q5_k_ref.c"]
 NATIVE = platform.machine().lower() in ("aarch64", "arm64")

@@ -202,39 +202,47 @@ void vec_dot_q4_K_q16_a_ref(int64_t k, float *s, const void *w, const void *a) {
  * own int8 scale): sum_j d da_j (sc_2j P_2j + sc_2j+1 P_2j+1), P the sub-block's sum of
  * (q - 32) qa, |P| <= 16 * 32 * 32767 < 2^24 (exact in int32); the two scaled sums, up to 2^32
  * in magnitude, are added in int64 and rounded to float once. Signed weights: no offset term,
- * so q16_a's s is not needed. vec_dot_q6_K_q16_a_neon does the same operations in order. */
+ * so q16_a's s is not needed. vec_dot_q6_K_q16_a_neon does the same operations in order.
+ * block_dot_q6_K adds one super-block's eight terms to `sum`, y its eight activation blocks. */
+static inline float block_dot_q6_K(const block_q6_K *x, const block_q16_a *y, float sum) {
+    const float d = llmr_f16_to_f32(x->d);
+    for (int j = 0; j < QK_K / QK_Q16_A; j++, y++) {
+        int32_t p[2] = {0, 0}; /* sub-blocks 2j, 2j + 1 */
+        for (int l = 0; l < QK_Q16_A; l++)
+            p[l / 16] += llmr_q6_k_quant(x, QK_Q16_A * j + l) * y->qs[l];
+        const int64_t isum = (int64_t)x->scales[2 * j] * p[0] + (int64_t)x->scales[2 * j + 1] * p[1];
+        sum += d * y->d * (float)isum;
+    }
+    return sum;
+}
+
 void vec_dot_q6_K_q16_a_ref(int64_t k, float *s, const void *w, const void *a) {
     const block_q6_K *x = w;
     const block_q16_a *y = a;
     float sum = 0.0f;
-    for (int64_t i = 0; i < k / QK_K; i++) {
-        const float d = llmr_f16_to_f32(x[i].d);
-        for (int j = 0; j < QK_K / QK_Q16_A; j++, y++) {
-            int32_t p[2] = {0, 0}; /* sub-blocks 2j, 2j + 1 */
-            for (int l = 0; l < QK_Q16_A; l++)
-                p[l / 16] += llmr_q6_k_quant(&x[i], QK_Q16_A * j + l) * y->qs[l];
-            const int64_t isum = (int64_t)x[i].scales[2 * j] * p[0] + (int64_t)x[i].scales[2 * j + 1] * p[1];
-            sum += d * y->d * (float)isum;
-        }
-    }
+    for (int64_t i = 0; i < k / QK_K; i++)
+        sum = block_dot_q6_K(&x[i], y + i * (QK_K / QK_Q16_A), sum);
     *s = sum;
 }
 
 /* Each super-block copied out of its group, then the rows layout's arithmetic: bit for bit
- * vec_dot_q4_K_q16_a_ref's result. */
-void gemm_x16_q4_K_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
-                             size_t a_stride) {
-    const llmr_type_traits *tr = llmr_type_traits_get(LLMR_TYPE_Q4_K);
-    block_q4_K x;
-    for (int64_t ti = 0; ti < t; ti++) {
-        const block_q16_a *y = (const block_q16_a *)((const uint8_t *)a + ti * a_stride);
-        for (int r = 0; r < LLMR_X16; r++) {
-            float sum = 0.0f;
-            for (int64_t i = 0; i < k / QK_K; i++) {
-                llmr_x16_get_block(tr, w, r, i, &x);
-                sum = block_dot_q4_K(&x, y + i * (QK_K / QK_Q16_A), sum);
-            }
-            out[ti * out_stride + r] = sum;
-        }
+ * vec_dot_q4_K_q16_a_ref's (vec_dot_q6_K_q16_a_ref's) result. */
+#define SUPER_BLOCK_X16_KERNEL(type, block_t, id)                                                       \
+    void gemm_x16_##type##_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
+                                     const void *a, size_t a_stride) {                                \
+        const llmr_type_traits *tr = llmr_type_traits_get(id);                                         \
+        block_t x;                                                                                    \
+        for (int64_t ti = 0; ti < t; ti++) {                                                          \
+            const block_q16_a *y = (const block_q16_a *)((const uint8_t *)a + ti * a_stride);         \
+            for (int r = 0; r < LLMR_X16; r++) {                                                      \
+                float sum = 0.0f;                                                                     \
+                for (int64_t i = 0; i < k / QK_K; i++) {                                              \
+                    llmr_x16_get_block(tr, w, r, i, &x);                                              \
+                    sum = block_dot_##type(&x, y + i * (QK_K / QK_Q16_A), sum);                       \
+                }                                                                                     \
+                out[ti * out_stride + r] = sum;                                                       \
+            }                                                                                         \
+        }                                                                                             \
     }
-}
+SUPER_BLOCK_X16_KERNEL(q4_K, block_q4_K, LLMR_TYPE_Q4_K)
+SUPER_BLOCK_X16_KERNEL(q6_K, block_q6_K, LLMR_TYPE_Q6_K)

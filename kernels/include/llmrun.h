@@ -273,13 +273,15 @@ typedef void (*llmr_gemm_x16_fn)(int64_t k, int64_t t, float *out, size_t out_st
 /* How a weight matrix's blocks lie in memory (recorded per tensor in a .llmr file).
  *
  * LLMR_LAYOUT_ROWS: GGUF's; each row its blocks in order.
- * LLMR_LAYOUT_X16 (types whose traits say x16: q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k; rows a multiple
- * of 16): groups of 16 consecutive rows, each group its blocks in order, each block of the group
- * as the 16 rows' first f16 field (d), then (q4_1, q5_1, q4_k, q5_k: n_scales = 2) their second (m;
- * the k-quants' dmin), then the rows' remaining bytes in 4-byte words, word c of row r at
- * (c * 16 + r) * 4. Same bytes as 16 row blocks, moved (q5's word 0 is its qh, words 1-4 its qs;
- * q4_k's words 0-2 its packed scales, words 3-34 its qs; q5_k's 0-2 the same, 3-10 its qh, 11-42 its qs): one SIMD load then holds a word of 16
- * rows, and 16 dot products advance in lanes, with no horizontal sums per block. */
+ * LLMR_LAYOUT_X16 (types whose traits say x16: q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k;
+ * rows a multiple of 16): groups of 16 consecutive rows, each group its blocks in order, each
+ * block of the group as the 16 rows' first f16 scale field (d), then (q4_1, q5_1, q4_k, q5_k:
+ * n_scales = 2) their second (m; the k-quants' dmin), then the rows' other bytes, in order, in
+ * 4-byte words, word c of row r at (c * 16 + r) * 4. Same bytes as 16 row blocks, moved (q5's
+ * word 0 is its qh, words 1-4 its qs; q4_k's words 0-2 its packed scales, words 3-34 its qs;
+ * q5_k's 0-2 the same, 3-10 its qh, 11-42 its qs; q6_k's d is its last field (scales_at 208), its
+ * words 0-31 ql, 32-47 qh, 48-51 scales): one SIMD load then holds a word of 16 rows, and 16 dot
+ * products advance in lanes, with no horizontal sums per block. */
 enum llmr_layout { LLMR_LAYOUT_ROWS = 0, LLMR_LAYOUT_X16 = 1 };
 #define LLMR_X16 16
 
@@ -293,11 +295,12 @@ typedef struct {
     const char *name;
     int block_size;   /* elements per block */
     int type_size;    /* bytes per block */
-    int n_scales;     /* f16 fields at the start of a block (d; d and m), before its quants */
+    int n_scales;     /* f16 scale fields of a block (d; d and m), from byte scales_at */
     enum llmr_act act;
     int x16;          /* has the X16 layout: every ISA table then has its gemm_x16 */
     llmr_quantize_fn quantize;     /* reference quantiser, byte-exact with quant/reference.py */
     llmr_dequantize_fn dequantize;
+    int scales_at;    /* the byte at which the scale fields start: 0 (they lead), q6_k's 208 (last) */
 } llmr_type_traits;
 
 /* NULL for an id that is not a supported type. */
@@ -414,6 +417,8 @@ void gemm_x16_q5_0_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride
 void gemm_x16_q5_1_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                              const void *a, size_t a_stride);
 void gemm_x16_q4_K_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
+                             const void *a, size_t a_stride);
+void gemm_x16_q6_K_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                              const void *a, size_t a_stride);
 
 /* q5_K's kernels, every ISA (each in its own file: vec_dot_q5_k_<isa>.c, gemm_x16_q5_k_<isa>.c;
@@ -542,6 +547,12 @@ void gelu_mul_avx2(float *out, const float *gate, const float *up, int64_t n);
 void gelu_mul_avx512(float *out, const float *gate, const float *up, int64_t n);
 LLMR_DECLARE_GEMM_X16(avx512)
 LLMR_DECLARE_GEMM_X16(avx512vnni)
+void gemm_x16_q6_K_q16_a_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                              size_t a_stride);
+void gemm_x16_q6_K_q16_a_avx512(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                                size_t a_stride);
+void gemm_x16_q6_K_q16_a_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
+                                    const void *a, size_t a_stride);
 
 /* ---- arm64 NEON kernels (*_neon.c; built and called only on arm64, where NEON is baseline) -- */
 
@@ -560,6 +571,8 @@ void vec_dot_q6_K_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_tile_q6_K_q16_a_neon(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                   size_t a_stride);
 LLMR_DECLARE_GEMM_X16(neon)
+void gemm_x16_q6_K_q16_a_neon(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                              size_t a_stride);
 
 /* ---- dispatch (dispatch.c) ------------------------------------------------------------------ */
 

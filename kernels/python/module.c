@@ -550,7 +550,7 @@ static PyObject *py_isa(PyObject *self, PyObject *unused) {
     return PyUnicode_FromString(kern->isa);
 }
 
-/* The C traits table as {id: {name, block_size, type_size, n_scales, act, x16}}, for the test
+/* The C traits table as {id: {name, block_size, type_size, n_scales, scales_at, act, x16}}, for the test
  * that holds it to quant/types.py's. */
 static PyObject *py_type_traits(PyObject *self, PyObject *unused) {
     PyObject *d = PyDict_New();
@@ -559,8 +559,9 @@ static PyObject *py_type_traits(PyObject *self, PyObject *unused) {
         if (!t)
             continue;
         PyObject *key = PyLong_FromLong(id);
-        PyObject *v = Py_BuildValue("{s:s, s:i, s:i, s:i, s:s, s:O}", "name", t->name, "block_size", t->block_size,
-                                    "type_size", t->type_size, "n_scales", t->n_scales, "act",
+        PyObject *v = Py_BuildValue("{s:s, s:i, s:i, s:i, s:i, s:s, s:O}", "name", t->name, "block_size",
+                                    t->block_size, "type_size", t->type_size, "n_scales", t->n_scales,
+                                    "scales_at", t->scales_at, "act",
                                     t->act == LLMR_ACT_Q16_A ? "q16_a" : "f32", "x16", t->x16 ? Py_True : Py_False);
         if (!key || !v || PyDict_SetItem(d, key, v) < 0)
             Py_CLEAR(d);
@@ -1084,7 +1085,7 @@ static PyMethodDef methods[] = {
      "first, a tie to the lower index; NaN never taken, so m < len(ids) only when x has too few others."},
     {"isa", py_isa, METH_NOARGS, "isa() -> the kernel path in use, e.g. 'scalar'."},
     {"type_traits", py_type_traits, METH_NOARGS,
-     "type_traits() -> {type id: {name, block_size, type_size, n_scales, act, x16}}: the C traits table\n"
+     "type_traits() -> {type id: {name, block_size, type_size, n_scales, scales_at, act, x16}}: the C traits table\n"
      "(kernels/cpu/types.c), which quant/types.py's table must match."},
     {"_check_kernels", py_check_kernels, METH_VARARGS,
      "_check_kernels(entry, type) -> the import-time completeness check's message for the table in use\n"

@@ -14,8 +14,8 @@
  *   each other.
  * - the f32 / f16 / bf16 gemms (NEON and scalar): each output bit-identical to the same file's
  *   vec_dot, whatever the row and token counts.
- * - X16 groups (kernels/cpu/gemm_x16_neon.c; q4_k too; q5_k: gemm_x16_q5_k_neon.c): within
- *   X16_DOT_BOUND of the scalar X16
+ * - X16 groups (kernels/cpu/gemm_x16_neon.c; q4_k too; q5_k: gemm_x16_q5_k_neon.c; q6_k:
+ *   gemm_x16_q6_k_neon.c): within X16_DOT_BOUND of the scalar X16
  *   kernels.
  * Sizes are awkward: N rows 1, 3, 17; K 32, 96, 2080 (1, 3, 65 blocks), float K also 5, 33, 100
  * (vector tails); weight rows start at an odd byte address. Prints "N passed, M failed"; exits 1
@@ -308,6 +308,7 @@ static void test_x16(void) {
         {"x16 q5_1", LLMR_TYPE_Q5_1, gemm_x16_q5_1_q16_a_neon, gemm_x16_q5_1_q16_a_ref},
         {"x16 q4_k", LLMR_TYPE_Q4_K, gemm_x16_q4_K_q16_a_neon, gemm_x16_q4_K_q16_a_ref},
         {"x16 q5_k", LLMR_TYPE_Q5_K, gemm_x16_q5_K_q16_a_neon, gemm_x16_q5_K_q16_a_ref},
+        {"x16 q6_k", LLMR_TYPE_Q6_K, gemm_x16_q6_K_q16_a_neon, gemm_x16_q6_K_q16_a_ref},
     };
     static const int GROUP_ROWS[] = {16, 48}, TOKENS[] = {1, 3};
     for (int t = 0; t < (int)(sizeof T / sizeof T[0]); t++)
@@ -366,8 +367,42 @@ static void test_x16(void) {
                 }
 }
 
+/* q6_k's X16 kernel at its largest integer terms: every sub-block scale -128 and every quant 0
+ * (sc (q - 32) = 4096) against activations of 32767 (constant rows): a sub-block's 16 products
+ * in a lane make 2,147,418,112, just under 2^31, and a block's 32 would pass it. 16 rows, three
+ * super-blocks, built in the X16 layout directly (ql = qh = 0; d 1e-3, or -2.5 in odd rows);
+ * against the scalar X16 kernel (int64 sums) within twice X16_DOT_BOUND: a wrapped int32 would
+ * be off by 2^32 d da. */
+static void test_x16_q6k_extremes(void) {
+    enum { NB = 3, K = NB * QK_K, NQ = K / QK_Q16_A };
+    static uint8_t w[NB * 16 * sizeof(block_q6_K)];
+    static float x[K], got[16], want[16];
+    static block_q16_a a[NQ];
+    memset(w, 0, sizeof w);
+    for (int b = 0; b < NB; b++) {
+        uint8_t *g = w + b * 16 * sizeof(block_q6_K);
+        for (int r = 0; r < 16; r++) {
+            const uint16_t h = llmr_f32_to_f16(r % 2 ? -2.5f : 1e-3f);
+            memcpy(g + 2 * r, &h, 2);
+        }
+        memset(g + 32 + 48 * 64, 0x80, 4 * 64); /* the scales words: int8 -128 */
+    }
+    for (int i = 0; i < K; i++) x[i] = 3.0f;
+    quantize_row_q16_a_ref(x, a, K);
+    gemm_x16_q6_K_q16_a_neon(K, 1, got, 16, w, a, sizeof a);
+    gemm_x16_q6_K_q16_a_ref(K, 1, want, 16, w, a, sizeof a);
+    for (int r = 0; r < 16; r++) {
+        const double mag = fabs((r % 2 ? -2.5 : llmr_f16_to_f32(llmr_f32_to_f16(1e-3f)))) * a[0].d * 4096.0 * 32767.0 * K;
+        const double bound = 2.0 * (2 * NQ + 4) * U * mag;
+        char detail[128];
+        snprintf(detail, sizeof detail, "neon %.9g ref %.9g, bound %.3g", got[r], want[r], bound);
+        check(a[0].qs[0] == 32767 && fabs((double)got[r] - want[r]) <= bound, "x16 q6_k extremes", 16, K, r, detail);
+    }
+}
+
 int main(void) {
     test_x16();
+    test_x16_q6k_extremes();
     test_quant_dots();
     test_tiles();
     test_float_dots();

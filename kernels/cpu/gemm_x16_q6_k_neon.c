@@ -1,0 +1,73 @@
+/* NEON q6_k X16 kernel, one token at a time (NEON is the arm64 baseline: no flags, no dotprod
+ * extension). Super-blocks outermost, as on x86: each one's integer weights sc (q - 32) are
+ * unpacked once (x16_q6k_unpack, gemm_x16_q6_k.h) for up to X16_Q6K_TOKENS tokens, whose running
+ * sums wait in memory between super-blocks. Per sub-block (word columns 4s .. 4s + 3 of an
+ * activation block) and row, vmlal_s16 sums the row's four int16 weights against activation
+ * elements 4c .. 4c + 3 in four int32 lanes; two rounds of pairwise adds (exact) make four rows'
+ * sub-block sums of 16 products, within 16 * 4096 * 32767 < 2^31 (a whole activation block's 32
+ * could pass it, so the sums are taken per sub-block); each is converted to float once and
+ * multiply-added with the rows' d times the block's da.
+ *
+ * Error against float64: a term c P (c = fl(d da), P's conversion: 1 rounding each) meets at most
+ * 2 nb FMAs: |err| <= (2 nb + 2) u M + O(u^2), inside X16_DOT_BOUND(nb) = (2 nb + 4) u
+ * (tests/neon/test_neon.c). */
+#include <arm_neon.h>
+#include <string.h>
+
+#include "llmrun.h"
+#include "gemm_x16_q6_k.h"
+
+/* One token's sums (rows 4q .. 4q + 3 in acc[q]) += the unpacked super-block against its
+ * activation blocks y[0 .. 8); d: the 16 rows' d. */
+static inline void q6k_token(const x16_q6k_quants *u, const float32x4_t *d, const block_q16_a *y, float32x4_t *acc) {
+    for (int j = 0; j < QK_K / QK_Q16_A; j++)
+        for (int s = 0; s < 2; s++) { /* sub-block 2j + s */
+            int32x4_t p[16];
+            for (int r = 0; r < 16; r++)
+                p[r] = vdupq_n_s32(0);
+            for (int c = 4 * s; c < 4 * s + 4; c++) {
+                const int16x4_t a = vld1_s16(&y[j].qs[4 * c]);
+                for (int r = 0; r < 16; r += 2) {
+                    const int16x8_t w = vld1q_s16(u->w[j][c] + 4 * r); /* rows r, r + 1 */
+                    p[r] = vmlal_s16(p[r], vget_low_s16(w), a);
+                    p[r + 1] = vmlal_s16(p[r + 1], vget_high_s16(w), a);
+                }
+            }
+            for (int q = 0; q < 4; q++) {
+                const int32x4_t isum = vpaddq_s32(vpaddq_s32(p[4 * q], p[4 * q + 1]), vpaddq_s32(p[4 * q + 2], p[4 * q + 3]));
+                acc[q] = vfmaq_f32(acc[q], vcvtq_f32_s32(isum), vmulq_n_f32(d[q], y[j].d));
+            }
+        }
+}
+
+/* Up to X16_Q6K_TOKENS tokens: every super-block against every token. */
+static void gemm_tokens(int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w, const uint8_t *a,
+                        size_t a_stride) {
+    float32x4_t acc[X16_Q6K_TOKENS][4];
+    x16_q6k_quants u;
+    for (int64_t i = 0; i < t; i++)
+        for (int q = 0; q < 4; q++)
+            acc[i][q] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nsb; b++) {
+        const uint8_t *g = w + b * X16_Q6K_BLOCK;
+        x16_q6k_unpack(g, &u);
+        float32x4_t d[4];
+        for (int q = 0; q < 4; q++) {
+            uint16_t h[4];
+            memcpy(h, g + 8 * q, sizeof h);
+            d[q] = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
+        }
+        for (int64_t i = 0; i < t; i++)
+            q6k_token(&u, d, (const block_q16_a *)(a + i * a_stride) + b * (QK_K / QK_Q16_A), acc[i]);
+    }
+    for (int64_t i = 0; i < t; i++)
+        for (int q = 0; q < 4; q++)
+            vst1q_f32(out + i * out_stride + 4 * q, acc[i][q]);
+}
+
+void gemm_x16_q6_K_q16_a_neon(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                              size_t a_stride) {
+    for (int64_t t0 = 0; t0 < t; t0 += X16_Q6K_TOKENS)
+        gemm_tokens(k / QK_K, t - t0 < X16_Q6K_TOKENS ? t - t0 : X16_Q6K_TOKENS, out + t0 * out_stride, out_stride, w,
+                    (const uint8_t *)a + t0 * a_stride, a_stride);
+}
