@@ -57,11 +57,14 @@ def _named_path(name: str) -> str:
 
 def _source_key(src: str) -> str:
     """Identifies a source file or directory by size, mtime and a hash of its first MiB, so an
-    edited or replaced source is converted again; and the format version written, so a newer
-    llmrun converts again into its own layouts."""
+    edited or replaced source is converted again; and the format version written and the types
+    this llmrun stores and their layouts, so a newer llmrun converts again into its own (a GGUF's
+    q6_k re-stored as q8_0 by one that could not run it is kept as q6_k by one that can)."""
     from .format import VERSION
     from .models.gguf_file import split_parts
-    h = hashlib.sha256(f"llmr {VERSION[0]}.{VERSION[1]}".encode())
+    from .quant.types import TABLE
+    stored = [(t.name, t.x16, t.scales_at) for t in TABLE if t.stored]
+    h = hashlib.sha256(f"llmr {VERSION[0]}.{VERSION[1]} {stored}".encode())
     parts = [p for p in split_parts(src) or [] if os.path.isfile(p)]  # a split GGUF: its parts
     files = (parts or [src]) if os.path.isfile(src) else sorted(
         os.path.join(src, f) for f in os.listdir(src) if os.path.isfile(os.path.join(src, f)))

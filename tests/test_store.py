@@ -27,6 +27,20 @@ def test_checkpoint_path_is_converted_once(tmp_path):
     assert any(m.path == first for m in store.cached())
 
 
+def test_a_build_that_stores_more_types_converts_again(tmp_path, monkeypatch):
+    """The cache key covers the types this llmrun stores: one that learns to keep a GGUF's q6_k
+    does not reuse the conversion that re-stored it as q8_0."""
+    import dataclasses
+    from llmrun.quant import types
+    src = tmp_path / "hf"
+    make_hf_checkpoint(src)
+    before = store._converted_path(str(src))
+    assert store._converted_path(str(src)) == before
+    fewer = tuple(dataclasses.replace(t, act=None) if t.name == "q6_k" else t for t in types.TABLE)
+    monkeypatch.setattr(types, "TABLE", fewer)
+    assert store._converted_path(str(src)) != before
+
+
 def test_unknown_name_and_missing_path():
     with pytest.raises(LlmrunError, match="does not exist"):
         store.resolve("no-such-model")
