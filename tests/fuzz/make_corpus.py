@@ -125,6 +125,10 @@ def main() -> None:
     path = tmp / "kquants.gguf"  # k-quant blocks are 256 wide: the smallest model that holds them
     write_tiny_gguf(path, *TYPE_MIXES["llama-kquants"], vocab=272, dim=256, ffn=256, n_layers=1, n_heads=2, n_kv=1)
     write("gguf", "llama-kquants", path.read_bytes())
+    out = tmp / "kquants.llmr"  # its q4_k, q5_k and q6_k kept, in the X16 layout: the super-block types' .llmr
+    convert(str(path), str(out))
+    write("llmr", "kquants", b"\x00" + out.read_bytes())
+    write("llmr", "kquants-fix", b"\x03" + out.read_bytes())
 
     # tokenizers: the kind byte indexes targets.TOKENIZER_NAMES
     write("tokenizer", "bpe-json", b"\x00" + byte_level_tokenizer_json().encode())
