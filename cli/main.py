@@ -303,8 +303,9 @@ def quantize(src: str = typer.Argument(..., help="a .llmr file, Hugging Face che
              allow_requantize: bool = typer.Option(False, "--allow-requantize",
                                                    help="quantise tensors that are already quantised"),
              calibrate: Optional[str] = typer.Option(None, "--calibrate",
-                                                     help="a text to measure activations on: q4_0 / q4_1 "
-                                                          "scales then minimise the error weighted by them"),
+                                                     help="a text to measure activations on: the 4- and 5-bit "
+                                                          "types' and the k-quants' scales then minimise the "
+                                                          "error weighted by them"),
              calibrate_chunks: int = typer.Option(16, "--calibrate-chunks", min=1,
                                                   help="512-token chunks of the --calibrate text to run")):
     """Quantise a model by a per-tensor policy: norms f32, embeddings and output head one step up,
@@ -357,7 +358,7 @@ def quantize(src: str = typer.Argument(..., help="a .llmr file, Hugging Face che
 
 @app.command("quant-report")
 def quant_report(src: str = typer.Argument(..., help="the model to sweep: a checkpoint directory, GGUF or .llmr"),
-                 types: str = typer.Option("f16,q8_0,q4_1,q4_0", "--types", help="comma-separated types"),
+                 types: str = typer.Option("f16,q8_0,q4_1,q4_0", "--types", help="comma-separated types and k-quant mixes"),
                  text_file: str = typer.Option(..., "--file", "-f", help="the text for perplexity and KLD"),
                  ctx: int = typer.Option(512, "--ctx-size", "-c", min=4),
                  chunks: Optional[int] = typer.Option(None, "--chunks", min=1, help="score only the first N chunks"),
@@ -366,7 +367,7 @@ def quant_report(src: str = typer.Argument(..., help="the model to sweep: a chec
                                                             "(default: quant-report-<name> here)"),
                  threads: Optional[int] = typer.Option(None, "--threads", min=1, help="threads for the speed test"),
                  calibrate: Optional[str] = typer.Option(None, "--calibrate",
-                                                         help="also q4_0 / q4_1 calibrated on this text (rows *-cal)")):
+                                                         help="also each type or mix with a calibrated quantiser, calibrated on this text (rows *-cal)")):
     """Quantise a model to several types and measure each: size, PPL, KLD and top-1 agreement against
     the highest-precision type, pp512 / tg128; a Markdown table, CSV, JSON and a PNG."""
     from llmrun import quant_report as qr

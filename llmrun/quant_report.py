@@ -5,6 +5,7 @@ quality and speed against bits per weight."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -14,7 +15,6 @@ import numpy as np
 
 from .atomic import atomic_file
 from .errors import LlmrunError
-from .quant import Policy, qtype
 
 COLUMNS = [("type", "type", "{}"), ("size_mib", "size MiB", "{:.1f}"), ("bpw", "bits/weight", "{:.2f}"),
            ("ppl", "PPL", "{:.4f}"), ("ppl_err", "± PPL", "{:.4f}"), ("kld_mean", "KLD mean", "{:.5f}"),
@@ -33,37 +33,41 @@ def bits_per_weight(model) -> float:
 def sweep(src: str, type_names: list[str], text: str, out_dir: str, n_ctx: int = 512, n_chunks: int | None = None,
           n_prompt: int = 512, n_gen: int = 128, threads: int | None = None,
           say: Callable[[str], None] = print, calibration: str | None = None, calibration_chunks: int = 16) -> list[dict]:
-    """Quantise `src` to each type (kept in out_dir and reused), measure each, return the rows,
-    highest precision first; the KLD columns are against that first row. With a `calibration`
-    text, q4_0 and q4_1 also come calibrated on it (quant/calibrate.py), as rows "q4_0-cal",
-    "q4_1-cal"."""
+    """Quantise `src` to each type or k-quant mix (kept in out_dir and reused), measure each, return
+    the rows, highest precision first; the KLD columns are against that first row. With a
+    `calibration` text, every type or mix with a calibrated quantiser (quant/calibrate.py: the
+    4- and 5-bit types and the k-quants) also comes calibrated on it, as a row "q4_0-cal",
+    "q4_k_m-cal", ..."""
     import llmrun
     from . import _kernels
     from .bench import bench
     from .models import quantize
     from .perplexity import perplexity
-    types = sorted({qtype(t) for t in type_names}, key=lambda t: -t.bits_per_weight)
-    if not types:
+    from .quant.calibrate import weighted_quantizer
+    from .quant.policy import target
+    policies = {p.name: p for p in map(target, type_names)}  # a bad name fails here, before any work
+    policies = sorted(policies.values(), key=lambda p: -p.type.bits_per_weight)
+    if not policies:
         raise LlmrunError("give at least one type")
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.splitext(os.path.basename(os.path.normpath(src)))[0]
     threads = threads or _kernels.get_threads()
     variants = []
-    for t in types:
-        variants.append((t.name, t, False))
-        if calibration is not None and t.name in ("q4_0", "q4_1"):
-            variants.append((t.name + "-cal", t, True))
+    for p in policies:
+        variants.append((p.name, p, False))
+        if calibration is not None and weighted_quantizer(p.type):
+            variants.append((p.name + "-cal", p, True))
     rows, base, stats = [], None, None
-    for label, t, calibrated in variants:
+    for label, policy, calibrated in variants:
         path = os.path.join(out_dir, f"{stem}-{label}.llmr")
         if not os.path.exists(path):
-            policy = Policy(t, allow_requantize=True)
+            policy = dataclasses.replace(policy, allow_requantize=True)
             if calibrated:  # the activations measured once, on the source's own import
                 from .quant.calibrate import importance_of_text
                 if stats is None:
                     say("calibrating")
                     stats = importance_of_text(llmrun.load(src), calibration, calibration_chunks, n_ctx)
-                policy = Policy(t, allow_requantize=True, importance=stats[0], calibration=f"{stats[1]} tokens")
+                policy = dataclasses.replace(policy, importance=stats[0], calibration=f"{stats[1]} tokens")
             say(f"quantising {src} to {label} -> {path}")
             quantize(src, path, policy)
         model = llmrun.load(path)

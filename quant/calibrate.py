@@ -1,19 +1,23 @@
-"""Calibrated 4-bit quantisation: scales chosen to minimise the error that matters.
+"""Calibrated quantisation: scales chosen to minimise the error that matters.
 
 A weight's error costs in proportion to how large the activations it multiplies are. Run the
 model over a calibration text and keep, for every matrix, the mean square of each input column
 (the "importance" of that column, as llama.cpp's imatrix does). Then, block by block, choose the
 q4_0 scale that minimises sum_j w_j (x_j - d q_j)^2 with w_j the importance of the block's
 columns: for each of a few candidate scales, round, then fit d by weighted least squares, and
-keep the best. q4_1 (x = d q + m) likewise, fitting d and m together. The blocks stay q4_0 /
-q4_1 blocks (same size, same kernels).
+keep the best. q4_1 (x = d q + m) likewise, fitting d and m together; q5_0 and q5_1 as q4_0 and
+q4_1 with 5-bit quants. The k-quants run llama.cpp's own quantiser with the importance in its
+fits and keep, per super-block, whichever variant has the least weighted error (_K_VARIANTS).
+The blocks stay the type's blocks (same size, same kernels); q8_0 and the float types are left
+as they are (llama.cpp's imatrix leaves q8_0 alone too).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .reference import _blocks, _pack_nibbles, _to_bytes
-from .types import Q4_0, Q4_1, QType
+from .reference import (_blocks, _pack_nibbles, _pack_q5, _quantize_q4_k, _quantize_q5_k, _quantize_q6_k, _to_bytes,
+                        dequantize)
+from .types import Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, QK_K, QType
 
 # Inverse scales tried per block: -(8 + k / 10) / max for k in -9 .. 9, around plain q4_0's -8 / max.
 CANDIDATES = np.arange(-9, 10, dtype=np.float32) / np.float32(10)
@@ -61,18 +65,19 @@ def importance_of_text(model, text: str, n_chunks: int = 16, n_ctx: int = 512, s
     return importance(model, pieces, say), sum(map(len, pieces))
 
 
-def quantize_q4_0_weighted(x: np.ndarray, col_importance: np.ndarray) -> np.ndarray:
-    """float32 [rows, n] -> q4_0 bytes [rows, row_bytes], each block's scale chosen to minimise
-    the importance-weighted squared error (module docstring)."""
-    b, w = _blocks_and_weights(x, col_importance, Q4_0)
+def _weighted_symmetric(x: np.ndarray, col_importance: np.ndarray, t: QType, half: int, pack) -> np.ndarray:
+    """q4_0 (half 8) or q5_0 (half 16): per block, for each candidate inverse scale
+    -(half + k / 10) / max, round to -half .. half - 1, fit d by weighted least squares, keep
+    the best; `pack` turns (d, q + half) into the block's fields."""
+    b, w = _blocks_and_weights(x, col_importance, t)
     idx = np.abs(b).argmax(axis=-1)[..., None]
     signed_max = np.take_along_axis(b, idx, axis=-1)
     safe_max = np.where(signed_max == 0, 1.0, signed_max)
     best_err = np.full(b.shape[:-1] + (1,), np.inf)
     best_d, best_q = np.zeros_like(best_err), np.zeros_like(b)
     for k in CANDIDATES:
-        iscale = -(8.0 + float(k)) / safe_max
-        q = np.clip(np.round(b * iscale), -8, 7)
+        iscale = -(half + float(k)) / safe_max
+        q = np.clip(np.round(b * iscale), -half, half - 1)
         wq = w * q
         den = (wq * q).sum(axis=-1, keepdims=True)
         d = np.where(den > 0, (wq * b).sum(axis=-1, keepdims=True) / np.where(den > 0, den, 1.0), 0.0)
@@ -82,20 +87,21 @@ def quantize_q4_0_weighted(x: np.ndarray, col_importance: np.ndarray) -> np.ndar
         best_err = np.where(better, err, best_err)
         best_d = np.where(better, d, best_d)
         best_q = np.where(better, q, best_q)
-    return _to_bytes([best_d.astype(np.float16), _pack_nibbles(best_q + 8)], x.shape[:-1])
+    return _to_bytes(pack(best_d.astype(np.float16), best_q + half), x.shape[:-1])
 
 
-def quantize_q4_1_weighted(x: np.ndarray, col_importance: np.ndarray) -> np.ndarray:
-    """float32 [rows, n] -> q4_1 bytes: per block, for each candidate step (max - min) / (15 + k/10),
-    round, then fit d and m by weighted least squares (a 2x2 system), keep the best."""
-    b, w = _blocks_and_weights(x, col_importance, Q4_1)
+def _weighted_affine(x: np.ndarray, col_importance: np.ndarray, t: QType, top: int, pack) -> np.ndarray:
+    """q4_1 (top 15) or q5_1 (top 31): per block, for each candidate step (max - min) / (top + k/10),
+    round, then fit d and m by weighted least squares (a 2x2 system), keep the best; `pack` turns
+    (d, m, q) into the block's fields."""
+    b, w = _blocks_and_weights(x, col_importance, t)
     lo, hi = b.min(axis=-1, keepdims=True), b.max(axis=-1, keepdims=True)
     span = np.where(hi > lo, hi - lo, 1.0)
     best_err = np.full(lo.shape, np.inf)
     best_d, best_m, best_q = np.zeros_like(lo), lo.copy(), np.zeros_like(b)
     sw, swx = w.sum(axis=-1, keepdims=True), (w * b).sum(axis=-1, keepdims=True)
     for k in CANDIDATES:
-        q = np.clip(np.round((b - lo) * ((15.0 + float(k)) / span)), 0, 15)
+        q = np.clip(np.round((b - lo) * ((top + float(k)) / span)), 0, top)
         swq, swqq, swxq = (w * q).sum(-1, keepdims=True), (w * q * q).sum(-1, keepdims=True), (w * b * q).sum(-1, keepdims=True)
         det = sw * swqq - swq * swq
         ok = det > 1e-300 * np.maximum(sw * swqq, 1e-300)
@@ -106,4 +112,73 @@ def quantize_q4_1_weighted(x: np.ndarray, col_importance: np.ndarray) -> np.ndar
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best_d, best_m, best_q = np.where(better, d, best_d), np.where(better, m, best_m), np.where(better, q, best_q)
-    return _to_bytes([best_d.astype(np.float16), best_m.astype(np.float16), _pack_nibbles(best_q)], x.shape[:-1])
+    return _to_bytes(pack(best_d.astype(np.float16), best_m.astype(np.float16), best_q), x.shape[:-1])
+
+
+def quantize_q4_0_weighted(x: np.ndarray, col_importance: np.ndarray) -> np.ndarray:
+    """float32 [rows, n] -> q4_0 bytes [rows, row_bytes], each block's scale chosen to minimise
+    the importance-weighted squared error (module docstring)."""
+    return _weighted_symmetric(x, col_importance, Q4_0, 8, lambda d, q: [d, _pack_nibbles(q)])
+
+
+def quantize_q5_0_weighted(x: np.ndarray, col_importance: np.ndarray) -> np.ndarray:
+    """q4_0's search with 5-bit quants (-16 .. 15)."""
+    return _weighted_symmetric(x, col_importance, Q5_0, 16, lambda d, q: [d, *_pack_q5(q)])
+
+
+def quantize_q4_1_weighted(x: np.ndarray, col_importance: np.ndarray) -> np.ndarray:
+    """float32 [rows, n] -> q4_1 bytes: d and m fitted to the importance (module docstring)."""
+    return _weighted_affine(x, col_importance, Q4_1, 15, lambda d, m, q: [d, m, _pack_nibbles(q)])
+
+
+def quantize_q5_1_weighted(x: np.ndarray, col_importance: np.ndarray) -> np.ndarray:
+    """q4_1's search with 5-bit quants (0 .. 31)."""
+    return _weighted_affine(x, col_importance, Q5_1, 31, lambda d, m, q: [d, m, *_pack_q5(q)])
+
+
+# The k-quants: llama.cpp's own quantisers (quant/reference.py, byte for byte) run with the
+# importance multiplying each value's weight in the sub-block fits, a wider search, and the
+# super-block's 6-bit (q6_k: 8-bit) scale grid shifted a little; every variant, and the plain
+# quantiser's blocks, is scored per super-block by the importance-weighted squared error, and the
+# best kept, so no super-block comes out worse (by that measure) than without calibration.
+_K_VARIANTS = {
+    Q4_K: (_quantize_q4_k, [dict(rmin=-0.9, rdelta=0.05, nstep=36, grid=g) for g in (0.0, -0.3, 0.3)]),
+    Q5_K: (_quantize_q5_k, [dict(rmin=-0.9, rdelta=0.05, nstep=36, grid=g) for g in (0.0, -0.3, 0.3)]),
+    Q6_K: (_quantize_q6_k, [dict(grid=g) for g in (0.0, -0.3, 0.3, -0.6)]),
+}
+
+
+def quantize_k_weighted(x: np.ndarray, col_importance: np.ndarray, t: QType) -> np.ndarray:
+    """float32 [rows, n] -> bytes of k-quant `t`, calibrated (see _K_VARIANTS)."""
+    quantizer, variants = _K_VARIANTS[t]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    rows, n = x.shape
+    sb = x.reshape(-1, QK_K)  # [S, 256]
+    w = np.broadcast_to(col_importance.astype(np.float64), x.shape).reshape(-1, QK_K)
+    w = w + 1e-6 * w.mean(axis=-1, keepdims=True) + 1e-30  # no column wholly ignored
+    imp32 = (w / w.mean(axis=-1, keepdims=True)).astype(np.float32)  # relative: the fits' weights keep their scale
+
+    def error(blocks):
+        return (w * (dequantize(blocks, t, QK_K).astype(np.float64) - sb) ** 2).sum(axis=-1)
+
+    best = quantizer(sb[:, None, :], (sb.shape[0],))  # the plain quantiser's blocks [S, type_size]
+    best_err = error(best)
+    for fit in variants:
+        cand = quantizer(sb[:, None, :], (sb.shape[0],), importance=imp32, **fit)
+        err = error(cand)
+        better = err < best_err
+        best = np.where(better[:, None], cand, best)
+        best_err = np.where(better, err, best_err)
+    return best.reshape(rows, -1)
+
+
+def weighted_quantizer(t: QType):
+    """The calibrated quantiser for type `t` (a function of the rows and their columns'
+    importance), or None where `t` has none (q8_0 and the float types: nothing to gain)."""
+    simple = {Q4_0: quantize_q4_0_weighted, Q4_1: quantize_q4_1_weighted,
+              Q5_0: quantize_q5_0_weighted, Q5_1: quantize_q5_1_weighted}
+    if t in simple:
+        return simple[t]
+    if t in _K_VARIANTS:
+        return lambda x, imp: quantize_k_weighted(x, imp, t)
+    return None

@@ -38,7 +38,7 @@ class Policy:
     pure: bool = False
     allow_requantize: bool = False
     tied: bool = False
-    importance: dict | None = None  # tensor name -> column importance, for calibrated q4_0 / q4_1
+    importance: dict | None = None  # tensor name -> column importance, for the calibrated quantisers
     calibration: str | None = None  # what the importance was measured on
     mix: Mix | None = None  # a k-quant mix (q4_k_m, ...), whose base type is `type`
     n_layers: int = 0
@@ -84,12 +84,12 @@ class Policy:
 def quantize_weights(name: str, values, t: QType, policy: Policy | None = None):
     """What the converters call: float32 rows [rows, n] of tensor `name` -> bytes of type t,
     after refusing NaN, infinity and what f16 cannot hold (reference.check_weights);
-    importance-weighted for q4_0 and q4_1 where `policy` is calibrated (quant/calibrate.py),
-    else the reference quantiser."""
-    from .calibrate import quantize_q4_0_weighted, quantize_q4_1_weighted
+    importance-weighted where `policy` is calibrated and the type has a calibrated quantiser
+    (quant/calibrate.py), else the reference quantiser."""
+    from .calibrate import weighted_quantizer
     from .reference import check_weights, quantize
     check_weights(values, t)
-    weighted = {Q4_0: quantize_q4_0_weighted, Q4_1: quantize_q4_1_weighted}.get(t)
+    weighted = weighted_quantizer(t)
     if weighted and policy and policy.importance and name in policy.importance:
         return weighted(values, policy.importance[name])
     return quantize(values, t)

@@ -158,11 +158,15 @@ def _make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdel
     return scale, the_min, L.astype(np.uint8)
 
 
-def _quantize_k_scales(b: np.ndarray, nmax: int, rmin: float, nstep: int):
+def _quantize_k_scales(b: np.ndarray, nmax: int, rmin: float, nstep: int, importance: np.ndarray | None = None,
+                       rdelta: float = 0.1, grid: float = 0.0):
     """What quantize_row_q4_K_ref and quantize_row_q5_K_ref share: b float32 [..., nb, 256] ->
     (d, dmin float16 [S], the 12 packed scale bytes [S, 12], the quants L uint8 [S, 8, 32] in
     0..nmax) for the S super-blocks: make_qkx2_quants(nmax, rmin, rdelta 0.1, nstep) per
-    sub-block, 6-bit scales and mins, then every value quantised again with them."""
+    sub-block, 6-bit scales and mins, then every value quantised again with them.
+    The calibrated quantiser (quant/calibrate.py) varies it: `importance` (float32, b's shape)
+    multiplies each value's weight in the sub-block fit, `rdelta` and `nstep` widen the search,
+    and `grid` puts the largest 6-bit scale and min at 63 + grid (clipped to 63) rather than 63."""
     f = np.float32
     sb = b.reshape(-1, 8, 32)  # [S, 8 sub-blocks, 32]
     S = sb.shape[0]
@@ -172,24 +176,27 @@ def _quantize_k_scales(b: np.ndarray, nmax: int, rmin: float, nstep: int):
         sum_x2 = sum_x2 + xs[:, i] * xs[:, i]
     av_x = np.sqrt(sum_x2 / f(32))
     weights = av_x[:, None] + np.abs(xs)
-    scales, mins, L = _make_qkx2_quants(xs, weights, nmax, rmin, 0.1, nstep)
+    if importance is not None:
+        weights = weights * importance.reshape(-1, 32).astype(f)
+    scales, mins, L = _make_qkx2_quants(xs, weights, nmax, rmin, rdelta, nstep)
     scales, mins, L = scales.reshape(S, 8), mins.reshape(S, 8), L.reshape(S, 8, 32)
     max_scale = np.zeros(S, f)  # [S]; `if (v > max) max = v` from +0: a -0.0 min never gets in
     max_min = np.zeros(S, f)
     for j in range(8):
         max_scale = np.where(scales[:, j] > max_scale, scales[:, j], max_scale)
         max_min = np.where(mins[:, j] > max_min, mins[:, j], max_min)
+    top = f(63 + grid)
     with np.errstate(divide="ignore"):
-        inv_scale = np.where(max_scale > 0, f(63) / max_scale, f(0)).astype(f)
-        inv_min = np.where(max_min > 0, f(63) / max_min, f(0)).astype(f)
+        inv_scale = np.where(max_scale > 0, top / max_scale, f(0)).astype(f)
+        inv_min = np.where(max_min > 0, top / max_min, f(0)).astype(f)
     ls = np.minimum(63, _nearest_int(inv_scale[:, None] * scales) & 0xFF).astype(np.uint8)  # [S, 8]
     lm = np.minimum(63, _nearest_int(inv_min[:, None] * mins) & 0xFF).astype(np.uint8)
     packed = np.zeros((S, 12), np.uint8)
     packed[:, 0:4] = ls[:, :4] | (ls[:, 4:] >> 4) << 6
     packed[:, 4:8] = lm[:, :4] | (lm[:, 4:] >> 4) << 6
     packed[:, 8:12] = (ls[:, 4:] & 0xF) | (lm[:, 4:] & 0xF) << 4
-    d = (max_scale / f(63)).astype(np.float16)
-    dmin = (max_min / f(63)).astype(np.float16)
+    d = (max_scale / top).astype(np.float16)
+    dmin = (max_min / top).astype(np.float16)
     d1 = d.astype(f)[:, None] * ls.astype(f)  # [S, 8]
     dm = dmin.astype(f)[:, None] * lm.astype(f)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -198,19 +205,20 @@ def _quantize_k_scales(b: np.ndarray, nmax: int, rmin: float, nstep: int):
     return d, dmin, packed, L
 
 
-def _quantize_q4_k(b: np.ndarray, lead) -> np.ndarray:
-    """b float32 [..., nb, 256] -> the q4_k bytes [..., nb * 144]."""
-    d, dmin, packed, L = _quantize_k_scales(b, 15, -1.0, 20)
+def _quantize_q4_k(b: np.ndarray, lead, **fit) -> np.ndarray:
+    """b float32 [..., nb, 256] -> the q4_k bytes [..., nb * 144] (`fit`: _quantize_k_scales's
+    calibrated variations)."""
+    d, dmin, packed, L = _quantize_k_scales(b, 15, **{"rmin": -1.0, "nstep": 20, **fit})
     L = L.reshape(-1, 4, 2, 32)
     qs = (L[:, :, 0] | L[:, :, 1] << 4).reshape(-1, 128)
     out = np.concatenate([d[:, None].view(np.uint8), dmin[:, None].view(np.uint8), packed, qs], axis=-1)
     return out.reshape(*lead, -1)
 
 
-def _quantize_q5_k(b: np.ndarray, lead) -> np.ndarray:
+def _quantize_q5_k(b: np.ndarray, lead, **fit) -> np.ndarray:
     """b float32 [..., nb, 256] -> the q5_k bytes [..., nb * 176]: q4_k's nibbles, and the fifth
     bit of element 32s + l as bit s of qh[l]."""
-    d, dmin, packed, L = _quantize_k_scales(b, 31, -0.5, 15)  # L [S, 8, 32] in 0..31
+    d, dmin, packed, L = _quantize_k_scales(b, 31, **{"rmin": -0.5, "nstep": 15, **fit})  # L [S, 8, 32] in 0..31
     low = (L & 0x0F).reshape(-1, 4, 2, 32)
     qs = (low[:, :, 0] | low[:, :, 1] << 4).reshape(-1, 128)
     qh = ((L >> 4) << np.arange(8, dtype=np.uint8)[:, None]).sum(axis=1, dtype=np.uint8)  # [S, 32]
@@ -242,10 +250,11 @@ def q4_k_fields(blocks: np.ndarray):
 GROUP_MAX_EPS = np.float32(1e-15)  # ggml's: a sub-block (or super-block) of smaller values counts as zero
 
 
-def _make_qx_quants(x: np.ndarray, nmax: int):
+def _make_qx_quants(x: np.ndarray, nmax: int, importance: np.ndarray | None = None):
     """make_qx_quants(n, nmax, x, L, rmse_type = 1, qw = NULL) on each row of x [M, n]: the
     signed scale of the best of 19 trial grids, each scored by the least-squares fit of x to
-    scale * l (l in -nmax .. nmax - 1) weighted by x^2 -> (scale [M], L [M, n] uint8, l + nmax)."""
+    scale * l (l in -nmax .. nmax - 1) weighted by x^2 -> (scale [M], L [M, n] uint8, l + nmax).
+    `importance` (float32 [M, n]; the calibrated quantiser's) multiplies the weights."""
     f = np.float32
     n = x.shape[1]
     amax = np.zeros(x.shape[0], f)
@@ -262,7 +271,7 @@ def _make_qx_quants(x: np.ndarray, nmax: int):
         sumlx = np.zeros_like(iscale)
         suml2 = np.zeros_like(iscale)
         for i in range(n):
-            w = x[:, i] * x[:, i]
+            w = x[:, i] * x[:, i] if importance is None else x[:, i] * x[:, i] * importance[:, i]
             sumlx = sumlx + w * x[:, i] * l[:, i]
             suml2 = suml2 + w * l[:, i] * l[:, i]
         return l, sumlx, suml2
@@ -282,12 +291,14 @@ def _make_qx_quants(x: np.ndarray, nmax: int):
     return scale, L.astype(np.uint8)
 
 
-def _quantize_q6_k(b: np.ndarray, lead) -> np.ndarray:
-    """b float32 [..., nb, 256] -> the q6_k bytes [..., nb * 210]."""
+def _quantize_q6_k(b: np.ndarray, lead, importance: np.ndarray | None = None, grid: float = 0.0) -> np.ndarray:
+    """b float32 [..., nb, 256] -> the q6_k bytes [..., nb * 210]. The calibrated quantiser
+    (quant/calibrate.py) varies it: `importance` (float32, b's shape) multiplies each value's
+    weight in the sub-block fit; `grid` puts the largest int8 scale at -(128 + grid)."""
     f = np.float32
     sb = b.reshape(-1, 16, 16)  # [S, 16 sub-blocks, 16]
     S = sb.shape[0]
-    scales, L = _make_qx_quants(sb.reshape(-1, 16), 32)
+    scales, L = _make_qx_quants(sb.reshape(-1, 16), 32, None if importance is None else importance.reshape(-1, 16))
     scales, L = scales.reshape(S, 16), L.reshape(S, 16, 16)
     max_abs = np.zeros(S, f)  # `if (|v| > max_abs)` from 0: the first of equal magnitudes
     max_scale = np.zeros(S, f)
@@ -297,9 +308,9 @@ def _quantize_q6_k(b: np.ndarray, lead) -> np.ndarray:
         max_scale = np.where(bigger, scales[:, j], max_scale)
     zero = max_abs < GROUP_MAX_EPS  # the whole block is stored as zero bytes
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        iscale = f(-128) / max_scale
+        iscale = f(-128 - grid) / max_scale
         d = (f(1) / iscale).astype(np.float16)
-        sc = np.minimum(127, _nearest_int(iscale[:, None] * scales)).astype(np.int8)  # [S, 16]
+        sc = np.clip(_nearest_int(iscale[:, None] * scales), -128, 127).astype(np.int8)  # [S, 16]
         dq = d.astype(f)[:, None] * sc.astype(f)  # [S, 16]
         requant = np.clip(_nearest_int(sb / dq[..., None]), -32, 31) + 32
     L = np.where((dq != 0)[..., None], requant, L).astype(np.uint8)  # dq = 0: make_qx_quants' L stays

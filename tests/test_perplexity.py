@@ -165,3 +165,25 @@ def test_quant_report_writes_the_table_the_data_and_the_picture(tiny, tmp_path, 
     assert json.loads((tmp_path / "out" / "report.json").read_text())[1]["type"] == "q8_0"
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # without matplotlib: the tables, no picture
     assert qr.plot(rows, str(tmp_path / "none.png"), "tiny") is None and not (tmp_path / "none.png").exists()
+
+
+def test_quant_report_takes_k_quant_mixes_and_calibrates_them(tmp_path):
+    """A mix is a row like a type; with a calibration text every type with a calibrated quantiser
+    gets a -cal row, whose super-blocks differ from the plain ones at the same size (q8_0: none)."""
+    from llmrun import quant_report as qr
+    from llmrun.format import LlmrFile
+    make_hf_checkpoint(tmp_path / "hf", hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                       num_key_value_heads=4, head_dim=64)  # rows of whole super-blocks: q4_k and q6_k
+    text = " ".join(["the cat sat on the mat and the dog ran"] * 60)
+    rows = qr.sweep(str(tmp_path / "hf"), ["q4_k_m", "q8_0"], text, str(tmp_path / "out"), N_CTX, 2,
+                    n_prompt=8, n_gen=4, threads=1, say=lambda msg: None, calibration=text, calibration_chunks=2)
+    assert [r["type"] for r in rows] == ["q8_0", "q4_k_m", "q4_k_m-cal"]
+    plain, cal = (LlmrFile(r["file"]) for r in rows[1:])
+    assert {n: i.type for n, i in plain.tensors.items()} == {n: i.type for n, i in cal.tensors.items()}
+    assert plain.tensors["layers.0.wq"].type.name == "q4_k" and plain.tensors["layers.1.wv"].type.name == "q6_k"
+    for name in ("layers.0.wq", "layers.1.wv"):
+        assert plain.tensor(name).data.tobytes() != cal.tensor(name).data.tobytes()
+    assert "tokens" in cal.metadata["provenance"]["policy"]["calibration"]
+    assert rows[2]["kld_mean"] > 0 and abs(rows[2]["size_mib"] - rows[1]["size_mib"]) < 1e-9
+    with pytest.raises(Exception, match="q9_9"):
+        qr.sweep(str(tmp_path / "hf"), ["q9_9"], text, str(tmp_path / "out"), N_CTX, 2, say=lambda msg: None)

@@ -91,27 +91,36 @@ def test_a_quantised_gguf_is_not_requantised_silently(tmp_path):
 
 # --- calibrated q4_0 ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["q4_0", "q4_1"])
-def test_weighted_4_bit_lowers_the_weighted_error_and_keeps_the_format(name):
+@pytest.mark.parametrize("name", ["q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"])
+def test_weighted_quantizer_lowers_the_weighted_error_and_keeps_the_format(name):
     import numpy as np
     from llmrun.quant import reference as ref
-    from llmrun.quant.calibrate import quantize_q4_0_weighted, quantize_q4_1_weighted
-    t, weighted = qtype(name), {"q4_0": quantize_q4_0_weighted, "q4_1": quantize_q4_1_weighted}[name]
+    from llmrun.quant.calibrate import weighted_quantizer
+    t = qtype(name)
+    weighted = weighted_quantizer(t)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((64, 256)).astype(np.float32)
-    importance = rng.uniform(0, 10, 256) ** 2  # a few columns matter much more
-    cal = weighted(x, importance)
-    assert cal.shape == ref.quantize(x, t).shape and cal.dtype == np.uint8
+    x = rng.standard_normal((64, 512)).astype(np.float32)
+    importance = rng.uniform(0, 10, 512) ** 2  # a few columns matter much more
+    cal, plain = weighted(x, importance), ref.quantize(x, t)
+    assert cal.shape == plain.shape and cal.dtype == np.uint8
 
-    def weighted_error(q):
-        return float((importance * (ref.dequantize(q, t, 256) - x) ** 2).sum())
+    def weighted_error(q, axis=None):  # per block of the type, or in all
+        e = importance * (ref.dequantize(q, t, 512) - x) ** 2
+        return e.reshape(64, -1, t.block_size).sum(axis=-1) if axis else float(e.sum())
 
-    assert weighted_error(cal) < 0.9 * weighted_error(ref.quantize(x, t))
-    zero = np.zeros((1, 32), np.float32)
-    np.testing.assert_array_equal(ref.dequantize(weighted(zero, np.ones(32)), t, 32), zero)
-    if name == "q4_1":  # a constant block is m exactly
+    assert weighted_error(cal) < (0.9 if t.block_size == 32 else 0.95) * weighted_error(plain)
+    if t.block_size > 32:  # each super-block the best of variants that include the plain quantiser's
+        assert (weighted_error(cal, axis=True) <= weighted_error(plain, axis=True)).all()
+    zero = np.zeros((1, t.block_size), np.float32)
+    np.testing.assert_array_equal(ref.dequantize(weighted(zero, np.ones(t.block_size)), t, t.block_size), zero)
+    if name in ("q4_1", "q5_1"):  # a constant block is m exactly
         const = np.full((1, 32), 3.0, np.float32)
         np.testing.assert_array_equal(ref.dequantize(weighted(const, np.ones(32)), t, 32), const)
+
+
+def test_no_calibrated_quantizer_for_q8_0_and_floats():
+    from llmrun.quant.calibrate import weighted_quantizer
+    assert all(weighted_quantizer(qtype(n)) is None for n in ("q8_0", "f16", "bf16", "f32"))
 
 
 def test_importance_covers_every_matrix_input(tiny):
