@@ -31,6 +31,17 @@ WIDE_TYPES = [t for t in GPU_TYPES if qtype(t).quantized] + \
     [m for m, mix in MIXES.items() if m not in GPU_TYPES and mix.types <= set(GPU_TYPES)]
 
 
+def random_blocks(t, rows: int, k: int, rng) -> np.ndarray:
+    """uint8 [rows, row_bytes] of type t in the rows layout: random bytes (every quant and
+    sub-block scale bit pattern), the f16 fields (d; m or dmin) small random normals, so that
+    every value is finite."""
+    blocks = rng.integers(0, 256, (rows, k // t.block_size, t.type_size), dtype=np.uint8)
+    for f in range(t.n_scales):
+        at = t.scales_at + 2 * f
+        blocks[..., at:at + 2] = (rng.standard_normal(blocks.shape[:2]) * 0.01).astype(np.float16)[..., None].view(np.uint8)
+    return blocks.reshape(rows, -1)
+
+
 @pytest.mark.parametrize("type", WIDE_TYPES)
 def test_quantised_models_match_the_cpu(backend, device, bound, wide_models, type):
     """A 256-wide model in each type and mix, prefill then decode steps: the argmax of every

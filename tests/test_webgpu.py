@@ -64,11 +64,7 @@ def test_every_bit_of_a_block(device, type):
     t = qtype(type)
     rows, k, tokens = 32, 2 * max(t.block_size, 64), 3
     rng = np.random.default_rng(9)
-    blocks = rng.integers(0, 256, (rows, k // t.block_size, t.type_size), dtype=np.uint8)
-    for f in range(t.n_scales):  # d (and m / dmin): small normal f16s, some negative
-        at = t.scales_at + 2 * f
-        blocks[..., at:at + 2] = (rng.standard_normal(blocks.shape[:2]) * 0.01).astype(np.float16)[..., None].view(np.uint8)
-    blocks = blocks.reshape(rows, -1)
+    blocks = random_blocks(t, rows, k, rng)
     w = dequantize(blocks, t, k)
     assert np.isfinite(w).all()
     m = device.upload(Tensor("w", t, (rows, k), interleave(blocks, t).reshape(-1), X16))
