@@ -293,6 +293,29 @@ def family_models(tmp_path_factory):
     return out
 
 
+# A checkpoint wide enough for the k-quants' 256-value blocks, whose feed-forward width (384) is
+# not: its w_down falls back (q4_k -> q5_0, q6_k -> q8_0), as SmolLM2's 576 does in a Q4_K_M file.
+WIDE = dict(hidden_size=256, intermediate_size=384, num_attention_heads=4, num_key_value_heads=2)
+
+
+@pytest.fixture(scope="session")
+def wide_models(tmp_path_factory):
+    """The WIDE LLaMA checkpoint converted on demand to a type or a k-quant mix (`--type`):
+    get(type) -> (.llmr path, the set of types its tensors hold)."""
+    from llmrun.models import convert
+    d = tmp_path_factory.mktemp("wide-models")
+    make_hf_checkpoint(d / "hf", **WIDE)
+    made = {}
+
+    def get(type):
+        if type not in made:
+            path = d / f"wide-{type}.llmr"
+            meta = convert(str(d / "hf"), str(path), type)
+            made[type] = path, {c.split("->")[1] for c in meta["provenance"]["tensor_types"]}
+        return made[type]
+    return get
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """Tiny LLaMA, Qwen2 (biases, untied) and Mistral checkpoints in every type the GPU backends

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from llmrun.backends.gpu import TYPES as GPU_TYPES
 from llmrun.quant import dequantize, qtype
 from llmrun.quant.layout import deinterleave
 
 ROOT = Path(__file__).resolve().parent.parent
 CTYPES = {"u64": ctypes.c_uint64, "u32": ctypes.c_uint32, "f32": ctypes.c_float}
 WORKGROUP, MAX_GROUPS = 64, 65535
-WEIGHT_TYPES = ("q8_0", "q4_0", "q4_1", "f16")  # the weight kernels' name endings
+WEIGHT_TYPES = GPU_TYPES  # the weight kernels' name endings
 
 
 def compile_ptx() -> str:

@@ -20,6 +20,61 @@ def device_or_skip(backend: str, lacking: str):
         pytest.skip(f"{lacking}: {e}")
 
 
+from llmrun.backends.gpu import TYPES as GPU_TYPES  # noqa: E402
+from llmrun.quant import TYPES as STORED, qtype  # noqa: E402
+from llmrun.quant.mixes import MIXES  # noqa: E402
+
+# Every quantised type the GPU kernels read, and every k-quant mix made of them alone
+# (q4_k_m: q4_k, q6_k where the mix goes up, and the fallbacks for rows that are not whole
+# super-blocks)
+WIDE_TYPES = [t for t in GPU_TYPES if qtype(t).quantized] + \
+    [m for m, mix in MIXES.items() if m not in GPU_TYPES and mix.types <= set(GPU_TYPES)]
+
+
+def random_blocks(t, rows: int, k: int, rng) -> np.ndarray:
+    """uint8 [rows, row_bytes] of type t in the rows layout: random bytes (every quant and
+    sub-block scale bit pattern), the f16 fields (d; m or dmin) small random normals, so that
+    every value is finite."""
+    blocks = rng.integers(0, 256, (rows, k // t.block_size, t.type_size), dtype=np.uint8)
+    for f in range(t.n_scales):
+        at = t.scales_at + 2 * f
+        blocks[..., at:at + 2] = (rng.standard_normal(blocks.shape[:2]) * 0.01).astype(np.float16)[..., None].view(np.uint8)
+    return blocks.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("type", WIDE_TYPES)
+def test_quantised_models_match_the_cpu(backend, device, bound, wide_models, type):
+    """A 256-wide model in each type and mix, prefill then decode steps: the argmax of every
+    position as on the CPU, logits within the bound. The file holds the type (or the mix's
+    types) itself, not only the fallbacks."""
+    import llmrun
+    path, held = wide_models(type)
+    assert ({type} if type in GPU_TYPES else MIXES[type].types) <= held, held
+    cpu, gpu = llmrun.load(path), llmrun.load(path, backend=backend)
+    ids = np.random.default_rng(6).integers(0, cpu.config.vocab_size, 24)
+    c_cache, g_cache = cpu.new_cache(32), gpu.new_cache(32)
+    for start, stop in ((0, 20), (20, 21), (21, 22), (22, 24)):
+        want, got = cpu.forward(ids[start:stop], c_cache), gpu.forward(ids[start:stop], g_cache)
+        diff = float(np.abs(want - got).max())
+        print(f"wide {type} {backend} tokens {start}..{stop}: max |logit difference| {diff / np.abs(want).max():.1e} "
+              f"of the largest logit; types {sorted(held)}")
+        assert (want.argmax(-1) == got.argmax(-1)).all()
+        assert diff <= bound * np.abs(want).max()
+
+
+@pytest.mark.parametrize("type", [t for t in STORED if t not in GPU_TYPES])
+def test_types_without_kernels_are_one_line(backend, device, wide_models, type):
+    """A model holding a stored type the GPU kernels do not read is refused when it loads, in
+    one line that names the tensor and the type."""
+    import llmrun
+    from llmrun.errors import LlmrunError
+    path, held = wide_models(type)
+    assert type in held
+    with pytest.raises(LlmrunError) as e:
+        llmrun.load(path, backend=backend)
+    assert "\n" not in str(e.value) and f"kernels for {type} weights" in str(e.value), str(e.value)
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
 @pytest.mark.parametrize("type", ["f16", "q8_0", "q4_0", "q4_1"])
 def test_graph_matches_the_cpu(backend, device, bound, tiny_models, arch, type):

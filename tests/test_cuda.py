@@ -8,19 +8,20 @@ from __future__ import annotations
 import ctypes
 import gc
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
 
 from conftest import run_cli
-from cuda_emulator import Emulator, compile_ptx, constants, signatures
+from cuda_emulator import ROOT, Emulator, compile_ptx, constants, signatures
 from gpu_checks import *  # noqa: F401,F403 (the whole-graph checks, run here on the emulator)
+from llmrun.backends.gpu import TYPES
 from llmrun.quant import dequantize, qtype, quantize
 
 if not shutil.which("nvcc"):
     pytest.skip("nvcc is not installed: the CUDA kernels are neither built nor checked", allow_module_level=True)
 
-TYPES = ["q8_0", "q4_0", "q4_1", "f16"]
 # Relative to the largest output: f32 sums of K <= 512 terms; the tensor-core GEMM's activations
 # carry 22 significant bits (hi + lo in f16), its weights are exact.
 BOUND = {"matmul": 2e-6, "gemm": 4e-6}
@@ -91,6 +92,7 @@ def test_matmul_geometry(emulator, type, rows, k, tokens):
     either grid covers every row and token."""
     from llmrun.backends import cuda
     t = qtype(type)
+    k = -(-k // t.block_size) * t.block_size  # whole blocks (256 values for the k-quants)
     rng = np.random.default_rng(rows + k + tokens)
     tensor, blocks = _tensor(rng.standard_normal((rows, k)).astype(np.float32), t)
     x = rng.standard_normal((tokens, k)).astype(np.float32)
@@ -102,6 +104,48 @@ def test_matmul_geometry(emulator, type, rows, k, tokens):
     assert emulator.launches == [(f"{kernel}_{type}", (-(-rows // tile[0]), -(-tokens // tile[1])),
                                   cuda.GEMM_THREADS if kernel == "gemm" else cuda.MATMUL_THREADS)]
     assert np.abs(got - want).max() <= BOUND[kernel] * np.abs(want).max()
+
+
+# The types whose decoding (kernels/cuda/x16.cuh's X16Bytes) tests/cuda_host.cu runs on the host
+HOST_TYPES = [t for t in TYPES if "X16Bytes<" in ((ROOT / "kernels" / "cuda" / f"{t}.cuh").read_text()
+                                                  if (ROOT / "kernels" / "cuda" / f"{t}.cuh").exists() else "")]
+
+
+@pytest.fixture(scope="module")
+def host_decoder(tmp_path_factory):
+    exe = tmp_path_factory.mktemp("cuda-host") / "cuda_host"
+    subprocess.run([shutil.which("nvcc"), "-std=c++17", "-O1", f"-I{ROOT / 'kernels' / 'include'}",
+                    f"-I{ROOT / 'kernels' / 'cuda'}", str(ROOT / "tests" / "cuda_host.cu"), "-o", str(exe)],
+                   check=True, capture_output=True)
+    return exe
+
+
+@pytest.mark.parametrize("type", HOST_TYPES)
+@pytest.mark.parametrize("blocks", ["quantised", "random"])
+def test_the_kernels_decoding_on_the_host(host_decoder, tmp_path, type, blocks):
+    """The CUDA code that reads a type's x16 bytes, compiled for the host (tests/cuda_host.cu):
+    embed's rows are quant/'s dequantisation bit for bit, the decode matvec's lanes (every step
+    and lane of a warp) give the product within the matvec's bound of float64, and the quants
+    the GEMM puts in f16 are exact there. Weights quantised from normals, or random bytes (every
+    bit pattern)."""
+    from llmrun.quant.layout import interleave
+    t = qtype(type)
+    rows, k, tokens = 48, 2 * t.block_size * (1 + (t.block_size == 32)), 3
+    rng = np.random.default_rng(12)
+    data = (quantize(rng.standard_normal((rows, k)).astype(np.float32), t) if blocks == "quantised"
+            else random_blocks(t, rows, k, rng))
+    x = rng.standard_normal((tokens, k)).astype(np.float32)
+    (tmp_path / "in").write_bytes(np.array([rows, k, tokens], np.uint32).tobytes() + interleave(data, t).tobytes()
+                                  + x.tobytes())
+    subprocess.run([host_decoder, type, tmp_path / "in", tmp_path / "out"], check=True)
+    out = np.frombuffer((tmp_path / "out").read_bytes(), np.uint8)
+    table = out[:rows * k * 4].view(np.float32).reshape(rows, k)
+    product = out[rows * k * 4:(rows * k + tokens * rows) * 4].view(np.float32).reshape(tokens, rows)
+    w = dequantize(data, t, k)
+    np.testing.assert_array_equal(table, w)
+    want = x.astype(np.float64) @ w.astype(np.float64).T
+    assert np.abs(product - want).max() <= BOUND["matmul"] * np.abs(want).max()
+    assert out[-4:].view(np.uint32)[0] == 1  # every quant a whole number under 2^11
 
 
 def test_weights_go_up_through_the_staging_buffer_in_pieces(emulator, monkeypatch):
@@ -195,7 +239,7 @@ def test_fused_matvecs_match_the_products(emulator, type):
     from llmrun.backends import cuda
     t = qtype(type)
     rng = np.random.default_rng(3)
-    k, rows = 96, (48, 16, 32)
+    k, rows = -(-96 // t.block_size) * t.block_size, (48, 16, 32)
     ws = [_tensor(rng.standard_normal((r, k)).astype(np.float32), t) for r in rows]
     want_w = [dequantize(b, t, k).astype(np.float64) for _, b in ws]
     dev = cuda.Device()

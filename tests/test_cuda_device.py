@@ -9,6 +9,7 @@ import pytest
 
 from cuda_emulator import Emulator
 from gpu_checks import *  # noqa: F401,F403 (the whole-graph checks, run here on the GPU)
+from llmrun.backends.gpu import TYPES
 from llmrun.quant import dequantize, qtype, quantize
 
 
@@ -27,14 +28,16 @@ def bound():
     return 1e-3  # the CPU's 16-bit activations against f32 (hi + lo f16 on tensor cores)
 
 
-@pytest.mark.parametrize("type", ["q8_0", "q4_0", "q4_1", "f16"])
+@pytest.mark.parametrize("type", TYPES)
 @pytest.mark.parametrize("rows, k, tokens", [(16, 32, 1), (48, 96, 3), (64, 512, 16), (80, 64, 17),
                                              (144, 2048, 70), (576, 1536, 300), (96, 4160, 1), (32, 8192, 2)])
 def test_matmul_matches_reference(device, type, rows, k, tokens):
     """Both products (matvec up to 16 tokens, tensor cores beyond) against float64 over the
-    dequantised weights: f32 sums, relative to the largest output."""
+    dequantised weights: f32 sums, relative to the largest output. k rounded up to whole
+    blocks (256 values for the k-quants)."""
     from llmrun.selftest import tensor
     t = qtype(type)
+    k = -(-k // t.block_size) * t.block_size
     rng = np.random.default_rng(rows + k + tokens)
     w = rng.standard_normal((rows, k)).astype(np.float32)
     x = rng.standard_normal((tokens, k)).astype(np.float32)
@@ -97,13 +100,14 @@ def test_small_ops_match_their_twins(device):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 if kernel != "gelu_mul" else 1e-5)
 
 
-@pytest.mark.parametrize("type", ["q8_0", "q4_0", "q4_1", "f16"])
+@pytest.mark.parametrize("type", TYPES)
 def test_embed_matches_its_twin(device, type):
     from llmrun.selftest import tensor
-    w = np.random.default_rng(5).standard_normal((48, 64)).astype(np.float32)
+    k = max(64, qtype(type).block_size)
+    w = np.random.default_rng(5).standard_normal((48, k)).astype(np.float32)
     data = np.ascontiguousarray(tensor(w, qtype(type)).data).view(np.uint8)
     ids = np.array([47, 0, 16, 16], np.uint32)
-    got, want = _on_both(device, "embed", (64, 48, 0), [data, ids, np.zeros((4, 64), np.float32)], (4, 1), 4,
+    got, want = _on_both(device, "embed", (k, 48, 0), [data, ids, np.zeros((4, k), np.float32)], (4, 1), 4,
                          weight_type=type)
     np.testing.assert_array_equal(got, want)
 
@@ -136,7 +140,8 @@ def _plan_on_both(device, build, T, n_past=0):
 
 
 @pytest.mark.parametrize("types", [("q4_0", "q4_0"), ("q4_0", "q8_0"), ("q4_1", "q8_0"), ("q8_0", "q8_0"),
-                                   ("f16", "f16")])
+                                   ("f16", "f16"), ("q5_0", "q5_0"), ("q5_1", "q5_1"), ("q4_k", "q4_k"),
+                                   ("q5_k", "q5_k"), ("q6_k", "q6_k")])
 @pytest.mark.parametrize("T", [1, 3, 20])
 def test_fused_matvecs_match_their_twins(device, types, T):
     """q/k/v in one launch (matmul3, k and v of another type), gate/up with SiLU or GELU in the

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import run_cli
 from gpu_checks import *  # noqa: F401,F403 (the whole-graph checks, run here on WebGPU)
+from llmrun.backends.gpu import TYPES as GPU_TYPES
 from llmrun.quant import dequantize, qtype, quantize
 
 wgpu = pytest.importorskip("wgpu", reason="the webgpu extra is not installed (pip install -e '.[test]' brings it)")
@@ -38,10 +39,12 @@ def _tensor(w: np.ndarray, t) -> tuple[object, np.ndarray]:
     return tensor(w, t), quantize(w, t)
 
 
-@pytest.mark.parametrize("type", ["q8_0", "q4_0", "q4_1", "f16"])
+@pytest.mark.parametrize("type", GPU_TYPES)
 @pytest.mark.parametrize("rows, k, tokens", [(16, 32, 1), (48, 96, 1), (64, 512, 11), (32, 64, 8), (80, 64, 17)])
 def test_matmul_matches_reference(device, type, rows, k, tokens):
+    """k rounded up to whole blocks of the type (256 for the k-quants)."""
     t = qtype(type)
+    k = -(-k // t.block_size) * t.block_size
     rng = np.random.default_rng(rows * 1000 + k + tokens)
     tensor, blocks = _tensor(rng.standard_normal((rows, k)).astype(np.float32), t)
     x = rng.standard_normal((tokens, k)).astype(np.float32)
@@ -49,6 +52,29 @@ def test_matmul_matches_reference(device, type, rows, k, tokens):
     want = x.astype(np.float64) @ dequantize(blocks, t, k).astype(np.float64).T
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= BOUND * np.abs(want).max()
+
+
+@pytest.mark.parametrize("type", [t for t in GPU_TYPES if qtype(t).x16])
+def test_every_bit_of_a_block(device, type):
+    """Blocks of random bytes (every quant and sub-block scale bit pattern; f16 fields random but
+    finite) in the X16 layout: the product against float64 over quant/'s dequantisation, and
+    the embedding rows bit for bit."""
+    from llmrun.format import Tensor
+    from llmrun.quant.layout import X16, interleave
+    t = qtype(type)
+    rows, k, tokens = 32, 2 * max(t.block_size, 64), 3
+    rng = np.random.default_rng(9)
+    blocks = random_blocks(t, rows, k, rng)
+    w = dequantize(blocks, t, k)
+    assert np.isfinite(w).all()
+    m = device.upload(Tensor("w", t, (rows, k), interleave(blocks, t).reshape(-1), X16))
+    x = rng.standard_normal((tokens, k)).astype(np.float32)
+    want = x.astype(np.float64) @ w.astype(np.float64).T
+    assert np.abs(device.matmul(m, x) - want).max() <= BOUND * np.abs(want).max()
+    ids = np.array([31, 0, 17], np.uint32)
+    (buf, row0, n), = m.parts
+    got = _run_op(device, "embed", (k, n, row0), [buf, ids, np.zeros((3, k), np.float32)], (3, 1), 3, weight_type=type)
+    np.testing.assert_array_equal(got.reshape(3, k), w[ids])
 
 
 def test_f16_rows_not_a_multiple_of_16(device):
@@ -83,7 +109,7 @@ def test_info_lists_the_adapters(device):
 
 def test_selftest_passes(device):
     r = run_cli("selftest", "--backend", "webgpu")
-    assert r.returncode == 0 and r.stdout.count("PASS") == 4, r.stdout + r.stderr
+    assert r.returncode == 0 and r.stdout.count("PASS") == len(GPU_TYPES), r.stdout + r.stderr
 
 
 def test_generate_and_chat_commands(device, tiny_models):
@@ -176,18 +202,19 @@ def test_elementwise_kernels(device):
     np.testing.assert_array_equal(got.reshape(3, 40), g * np.float32(0.3))
 
 
-@pytest.mark.parametrize("type", ["q8_0", "q4_0", "q4_1", "f16"])
+@pytest.mark.parametrize("type", GPU_TYPES)
 def test_embed_kernel(device, type):
     """Rows of the table, dequantised exactly as quant.dequantize does."""
     t = qtype(type)
+    k = max(64, t.block_size)
     rng = np.random.default_rng(5)
-    tensor, blocks = _tensor(rng.standard_normal((48, 64)).astype(np.float32), t)
+    tensor, blocks = _tensor(rng.standard_normal((48, k)).astype(np.float32), t)
     m = device.upload(tensor)
     ids = np.array([47, 0, 16, 16], np.uint32)
-    out = np.zeros((4, 64), np.float32)
+    out = np.zeros((4, k), np.float32)
     (w, row0, rows), = m.parts
-    got = _run_op(device, "embed", (64, rows, row0), [w, ids, out], (4, 1), 4, weight_type=type)
-    np.testing.assert_array_equal(got.reshape(4, 64), dequantize(blocks, t, 64)[ids])
+    got = _run_op(device, "embed", (k, rows, row0), [w, ids, out], (4, 1), 4, weight_type=type)
+    np.testing.assert_array_equal(got.reshape(4, k), dequantize(blocks, t, k)[ids])
 
 
 def test_weights_without_kernels_are_one_line(device, tiny_models, tmp_path):

@@ -16,6 +16,19 @@ struct Step {
     uint32_t first;   // the first token whose logits are wanted
 };
 
+// What the tests also compile for the host (tests/cuda_host.cu): the weight types' decoding.
+#define HOST_DEVICE __host__ __device__
+
+// The (scale, min) of values 4i .. 4i + 3 of block b of a weight type W: one per 32-value
+// block, or (W::SCALES = 2: q6_k's sub-blocks of 16) one per half block.
+template <class W>
+HOST_DEVICE inline float2 scale_of(const uint32_t *w, uint32_t row, uint32_t b, uint32_t nb, uint32_t i) {
+    if constexpr (W::SCALES == 1)
+        return W::scale(w, row, b, nb);
+    else
+        return W::scale(w, row, b, nb, i / 4);
+}
+
 // An entry point of the module: C linkage (llmrun/cuda.py finds it by name), at most `threads`
 // threads a block.
 #define KERNEL(threads) extern "C" __global__ void __launch_bounds__(threads)

@@ -6,6 +6,7 @@
 #include "common.cuh"
 
 struct F16 {
+    static constexpr uint32_t SCALES = 1;  // scale_of (common.cuh)
     __device__ static float2 scale(const uint32_t *, uint32_t, uint32_t, uint32_t) { return make_float2(1.0f, 0.0f); }
     __device__ static float4 quants(const uint32_t *w, uint32_t row, uint32_t b, uint32_t nb, uint32_t i) {
         const uint2 u = reinterpret_cast<const uint2 *>(w + (row * nb + b) * 16)[i];

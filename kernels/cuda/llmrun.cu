@@ -9,6 +9,11 @@
 #include "ops.cuh"
 #include "q4_0.cuh"
 #include "q4_1.cuh"
+#include "q4_k.cuh"
+#include "q5_0.cuh"
+#include "q5_1.cuh"
+#include "q5_k.cuh"
+#include "q6_k.cuh"
 #include "q8_0.cuh"
 
 // The fused matvecs, held to two blocks an SM (128 registers a thread), as the plain matvec fits:
@@ -44,6 +49,11 @@ WEIGHT_KERNELS(q8_0, Q8_0)
 WEIGHT_KERNELS(q4_0, Q4_0)
 WEIGHT_KERNELS(q4_1, Q4_1)
 WEIGHT_KERNELS(f16, F16)
+WEIGHT_KERNELS(q5_0, Q5_0)
+WEIGHT_KERNELS(q5_1, Q5_1)
+WEIGHT_KERNELS(q4_k, Q4_K)
+WEIGHT_KERNELS(q5_k, Q5_K)
+WEIGHT_KERNELS(q6_k, Q6_K)
 
 // q, k and v in one launch: matmul3_<type of q>_<type of k and v>, every type with itself and
 // the 4-bit types with q8_0 (quant/policy.py keeps k and v in q8_0 at 4 bits).
@@ -61,3 +71,8 @@ MATMUL3(q4_1, q4_1, Q4_1, Q4_1)
 MATMUL3(f16, f16, F16, F16)
 MATMUL3(q4_0, q8_0, Q4_0, Q8_0)
 MATMUL3(q4_1, q8_0, Q4_1, Q8_0)
+MATMUL3(q5_0, q5_0, Q5_0, Q5_0)
+MATMUL3(q5_1, q5_1, Q5_1, Q5_1)
+MATMUL3(q4_k, q4_k, Q4_K, Q4_K)
+MATMUL3(q5_k, q5_k, Q5_K, Q5_K)
+MATMUL3(q6_k, q6_k, Q6_K, Q6_K)

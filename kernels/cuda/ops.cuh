@@ -5,8 +5,9 @@
 
 #include "common.cuh"
 
-// out[t] = row ids[t] of the table, dequantised: d * q + m. One block per token; a table in
-// several parts runs once per part, each writing the tokens whose row it holds.
+// out[t] = row ids[t] of the table, dequantised: d * q + m (the scale of each 4 values: q6_k's
+// changes within a block). One block per token; a table in several parts runs once per part,
+// each writing the tokens whose row it holds.
 template <class W>
 __device__ void embed(const Step *step, const uint32_t *w, const uint32_t *ids, float *out, uint32_t k,
                       uint32_t rows, uint32_t row0) {
@@ -16,8 +17,8 @@ __device__ void embed(const Step *step, const uint32_t *w, const uint32_t *ids, 
     const uint32_t row = ids[t] - row0, nb = k / 32;
     float4 *o = reinterpret_cast<float4 *>(out + (size_t)t * k);
     for (uint32_t b = threadIdx.x; b < nb; b += WORKGROUP) {
-        const float2 dm = W::scale(w, row, b, nb);
         for (uint32_t i = 0; i < 8; i++) {
+            const float2 dm = scale_of<W>(w, row, b, nb, i);
             const float4 q = W::quants(w, row, b, nb, i);
             o[b * 8 + i] = make_float4(dm.x * q.x + dm.y, dm.x * q.y + dm.y, dm.x * q.z + dm.y, dm.x * q.w + dm.y);
         }

@@ -19,13 +19,13 @@ import numpy as np
 
 from ..errors import LlmrunError
 from ..format import Tensor
-from .gpu import WORKGROUP, Matrix, check_weight, groups, row_groups
+from .gpu import TYPES, WORKGROUP, Matrix, check_weight, groups, row_groups
 
 MATMUL_ROWS, MATMUL_TOKENS, MATMUL_THREADS = 16, 8, 256  # kernels/cuda/matmul.cuh: a block's tile, 8 warps
 GEMM_ROWS, GEMM_TOKENS, GEMM_THREADS = 64, 64, 128  # kernels/cuda/gemm.cuh
-# matmul3's (q type, k and v type): every type with itself, the 4-bit ones with q8_0 (quant/policy.py)
-MATMUL3_TYPES = {("q8_0", "q8_0"), ("q4_0", "q4_0"), ("q4_1", "q4_1"), ("f16", "f16"), ("q4_0", "q8_0"),
-                 ("q4_1", "q8_0")}
+# matmul3's (q type, k and v type): every type with itself, q4_0 and q4_1 with q8_0 (quant/policy.py);
+# other pairs (a k-quant mix's) run as three matvecs
+MATMUL3_TYPES = {(t, t) for t in TYPES} | {("q4_0", "q8_0"), ("q4_1", "q8_0")}
 GEMM_FROM = 16  # steps of more tokens than this multiply on tensor cores (gemm), fewer read weights once (matmul)
 ATTENTION_THREADS, MAX_HEAD_DIM = 256, 256  # kernels/cuda/attention.cuh
 MIN_CAPABILITY = (7, 5)  # the oldest GPUs the fatbin is built for (Turing)

@@ -28,7 +28,10 @@ from ..errors import ContextError, LlmrunError
 from ..quant.layout import X16
 from ..quant.types import TABLE
 
-TYPES = ("f16", "q8_0", "q4_0", "q4_1")  # the weight types the GPU kernels read
+# The weight types the GPU kernels read: adding one is its kernel file for each backend
+# (kernels/wgsl/matmul_<type>.wgsl; kernels/cuda/<type>.cuh and its line in llmrun.cu) and its
+# name here. A model holding a stored type not listed is refused by check_weight, in one line.
+TYPES = ("f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k")
 X16_TYPES = tuple(t.name for t in TABLE if t.x16 and t.name in TYPES)  # ... those in the x16 layout
 WORKGROUP = 64  # threads of the elementwise kernels' workgroups (CUDA: blocks)
 MAX_GROUPS = 65535  # workgroups per dimension, the WebGPU minimum every adapter allows
