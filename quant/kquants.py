@@ -1,4 +1,4 @@
-"""Exact dequantisers for the k-quants (GGUF types we import; of them we run q4_k, q5_k and q6_k, whose
+"""Exact dequantisers for the k-quants (GGUF types we import; of them we run q2_k .. q6_k, whose
 dequantisers here are also reference.dequantize's).
 
 The GGUF importer turns these tensors into float32 here and re-quantises them into a runnable
@@ -12,7 +12,7 @@ has 11 significant bits, a sub-block scale at most 7, a quant at most 6: under f
 so the one rounding is the final `+ m` / `- dmin * m`. A C build that fuses it into an FMA
 gives the same bits. q8_k's f32 scale times an int8 rounds once, as in ggml.
 
-q4_k, q5_k and q6_k are stored and run too: reference.py uses _q4_k, _q5_k and _q6_k below (bit-identical
+q2_k .. q6_k are stored and run too: reference.py uses _q2_k .. _q6_k below (bit-identical
 to gguf-py's, tests/test_kquants.py) and dequantize_ggml sends them there. q5_0 and q5_1 are runnable, stored types now: their exact dequantisers are in reference.py
 (bit-identical to gguf-py's, tests/test_kquants.py), which dequantize_ggml calls for them.
 
@@ -72,20 +72,30 @@ def _f32(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _q2_k(blk: np.ndarray) -> np.ndarray:
-    """[..., nb, 84] -> [..., nb, 16, 16]: 16 groups of 16."""
+def _q2_k_fields(blk: np.ndarray):
+    """[..., nb, 84] -> (d, dmin float32 [..., nb, 1, 1], sc, m uint8 [..., nb, 16] (0..15), q uint8
+    [..., nb, 16, 16] (0..3)): sub-block s is x = (d * sc_s) * q - dmin * m_s. Shared by the
+    dequantiser below and the reference dot product (reference.q2_k_fields)."""
     lead = blk.shape[:-1]
     scales = blk[..., 0:16]  # [..., nb, 16]
     qs = blk[..., 16:80].reshape(*lead, 2, 32)  # [..., nb, half, 32]
     d, dmin = _f16_field(blk, 80)[..., None], _f16_field(blk, 82)[..., None]  # [..., nb, 1, 1]
     q = _planes(qs, 2, 4).reshape(*lead, 16, 16)  # [..., nb, half, shift, 32] -> groups of 16
-    dl = d * _f32(scales & 15)[..., None]  # [..., nb, 16, 1]
-    ml = dmin * _f32(scales >> 4)[..., None]  # [..., nb, 16, 1]
+    return d, dmin, scales & 15, scales >> 4, q
+
+
+def _q2_k(blk: np.ndarray) -> np.ndarray:
+    """[..., nb, 84] -> [..., nb, 16, 16]: 16 groups of 16."""
+    d, dmin, sc, m, q = _q2_k_fields(blk)
+    dl = d * _f32(sc)[..., None]  # [..., nb, 16, 1]
+    ml = dmin * _f32(m)[..., None]  # [..., nb, 16, 1]
     return dl * _f32(q) - ml
 
 
-def _q3_k(blk: np.ndarray) -> np.ndarray:
-    """[..., nb, 110] -> [..., nb, 16, 16]: 16 groups of 16."""
+def _q3_k_fields(blk: np.ndarray):
+    """[..., nb, 110] -> (d float32 [..., nb, 1, 1], sc int8 [..., nb, 16] (-32..31), q int8
+    [..., nb, 16, 16] (-4..3)): sub-block s is x = (d * sc_s) * q. Shared by the dequantiser
+    below and the reference dot product (reference.q3_k_fields)."""
     lead = blk.shape[:-1]
     hmask = blk[..., 0:32]  # [..., nb, 32]
     qs = blk[..., 32:96].reshape(*lead, 2, 32)  # [..., nb, half, 32]
@@ -93,11 +103,17 @@ def _q3_k(blk: np.ndarray) -> np.ndarray:
     d = _f16_field(blk, 108)[..., None]  # [..., nb, 1, 1]
     lo = _planes(scales[..., 0:8], 4, 2).reshape(*lead, 16)  # group s: nibble s // 8 of byte s % 8
     hi = _planes(scales[..., 8:12], 2, 4).reshape(*lead, 16)  # group s: bits 2(s // 4) of byte 8 + s % 4
-    sc = _f32(lo | hi << 4) - np.float32(32)  # [..., nb, 16], -32..31
+    sc = (lo | hi << 4).astype(np.int8) - np.int8(32)  # [..., nb, 16], -32..31
     ql = _planes(qs, 2, 4).reshape(*lead, 16, 16)  # low 2 bits, as q2_k
     hbit = _planes(hmask, 1, 8).reshape(*lead, 16, 16)  # bit e // 32 of hmask[e % 32]
-    q = _f32(ql) - np.where(hbit == 1, np.float32(0), np.float32(4))  # clear high bit: -4; -4..3
-    return (d * sc[..., None]) * q
+    q = ql.astype(np.int8) - np.where(hbit == 1, np.int8(0), np.int8(4))  # clear high bit: -4; -4..3
+    return d, sc, q
+
+
+def _q3_k(blk: np.ndarray) -> np.ndarray:
+    """[..., nb, 110] -> [..., nb, 16, 16]: 16 groups of 16."""
+    d, sc, q = _q3_k_fields(blk)
+    return (d * _f32(sc)[..., None]) * _f32(q)
 
 
 def _q45_k(blk: np.ndarray, ql: np.ndarray, qh: np.ndarray | None) -> np.ndarray:

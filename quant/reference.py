@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConvertError
-from .types import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, QType, qtype
+from .types import BF16, F16, F32, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, QType, qtype
 
 Q16A_BLOCK = 32  # elements per q16_a activation block (kernels/include/llmrun.h's QK_Q16_A)
 F16_MAX = 65504.0  # the largest finite float16: bounds f16 values, and the scales of the block types
@@ -100,9 +100,11 @@ def _nearest_int(v: np.ndarray) -> np.ndarray:
     return (val.view(np.int32) & 0x007FFFFF) - 0x00400000
 
 
-def _make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int):
-    """make_qkx2_quants(use_mad = false) on each row of x [M, n] with weights w [M, n] ->
-    (scale [M], the_min [M], L [M, n] uint8)."""
+def _make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int,
+                      use_mad: bool = False):
+    """make_qkx2_quants(use_mad) on each row of x [M, n] with weights w [M, n] -> (scale [M],
+    the_min [M], L [M, n] uint8). Errors are weighted squares, or with use_mad (q2_k's)
+    weighted absolute values."""
     f = np.float32
     n = x.shape[1]
     lo, hi = x[:, 0].copy(), x[:, 0].copy()
@@ -122,9 +124,9 @@ def _make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdel
         scale = f(1) / iscale
         L = np.clip(_nearest_int(iscale[:, None] * (x - lo[:, None])), 0, nmax).astype(f)
         best = np.zeros_like(lo)
+        err = np.abs if use_mad else np.square
         for i in range(n):
-            diff = scale * L[:, i] + lo - x[:, i]
-            best = best + w[:, i] * (diff * diff)
+            best = best + w[:, i] * err(scale * L[:, i] + lo - x[:, i])
         for step in range(nstep + 1):
             # as the C: min (lo) is the best fit's so far, so later steps scale from it
             iscale = (f(rmin) + f(rdelta) * f(step) + f(nmax)) / (hi - lo)
@@ -145,8 +147,7 @@ def _make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdel
             this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
             mad = np.zeros_like(lo)
             for i in range(n):
-                diff = this_scale * La[:, i] + this_min - x[:, i]
-                mad = mad + w[:, i] * (diff * diff)
+                mad = mad + w[:, i] * err(this_scale * La[:, i] + this_min - x[:, i])
             better = (D > 0) & (mad < best)
             L = np.where(better[:, None], La, L)
             best = np.where(better, mad, best)
@@ -335,6 +336,145 @@ def q6_k_fields(blocks: np.ndarray):
     return np.broadcast_to(d.reshape(*lead, 1).astype(np.float64), (*lead, 8)), wq.reshape(*lead, 8, 32)
 
 
+# --- q3_k and q2_k: llama.cpp's quantize_row_q3_K_ref and quantize_row_q2_K_ref, vectorised over
+# sub-blocks of 16 as q6_k's above (kernels/cpu/quants_ref.c does the same operations in order).
+
+def _pack_2bit(L: np.ndarray) -> np.ndarray:
+    """L uint8 [S, 256] in 0..3 -> qs [S, 64]: element 128h + 32k + l at bits 2k of qs[32h + l]."""
+    q = L.reshape(-1, 2, 4, 32)  # [S, half, k, l]
+    return (q[:, :, 0] | q[:, :, 1] << 2 | q[:, :, 2] << 4 | q[:, :, 3] << 6).reshape(-1, 64)
+
+
+def _make_q3_quants(x: np.ndarray, nmax: int):
+    """make_q3_quants(n, nmax, x, L, do_rmse = true) on each row of x [M, n]: the grid of
+    -nmax / max (max the value of largest magnitude), then up to five passes that move one quant
+    at a time where that improves the x^2-weighted least-squares fit -> (scale [M], L [M, n]
+    uint8, l + nmax). A pass that changes nothing ends the C's loop; further passes would change
+    nothing either, so all rows take five."""
+    f = np.float32
+    n = x.shape[1]
+    amax = np.zeros(x.shape[0], f)
+    top = np.zeros(x.shape[0], f)  # the value of largest magnitude, the first of equals
+    for i in range(n):
+        bigger = np.abs(x[:, i]) > amax
+        amax = np.where(bigger, np.abs(x[:, i]), amax)
+        top = np.where(bigger, x[:, i], top)
+    zero = amax < GROUP_MAX_EPS
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # zero rows: masked below
+        iscale = f(-nmax) / top
+        L = np.clip(_nearest_int(iscale[:, None] * x), -nmax, nmax - 1).astype(f)
+        w = x * x
+        sumlx = np.zeros_like(iscale)
+        suml2 = np.zeros_like(iscale)
+        for i in range(n):
+            sumlx = sumlx + w[:, i] * x[:, i] * L[:, i]
+            suml2 = suml2 + w[:, i] * L[:, i] * L[:, i]
+        for _ in range(5):
+            for i in range(n):
+                slx = sumlx - w[:, i] * x[:, i] * L[:, i]
+                sl2 = suml2 - w[:, i] * L[:, i] * L[:, i]
+                new_l = np.clip(_nearest_int(x[:, i] * sl2 / slx), -nmax, nmax - 1).astype(f)
+                slx2 = slx + w[:, i] * x[:, i] * new_l
+                sl22 = sl2 + w[:, i] * new_l * new_l
+                take = (slx > 0) & (new_l != L[:, i]) & (sl22 > 0) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
+                L[:, i] = np.where(take, new_l, L[:, i])
+                sumlx = np.where(take, slx2, sumlx)
+                suml2 = np.where(take, sl22, suml2)
+        scale = np.where(suml2 > 0, sumlx / suml2, f(0)).astype(f)
+    scale = np.where(zero, f(0), scale)
+    L = np.where(zero[:, None], f(0), L + f(nmax))
+    return scale, L.astype(np.uint8)
+
+
+def _quantize_q3_k(b: np.ndarray, lead) -> np.ndarray:
+    """b float32 [..., nb, 256] -> the q3_k bytes [..., nb * 110]."""
+    f = np.float32
+    sb = b.reshape(-1, 16, 16)  # [S, 16 sub-blocks, 16]
+    S = sb.shape[0]
+    scales, L = _make_q3_quants(sb.reshape(-1, 16), 4)
+    scales, L = scales.reshape(S, 16), L.reshape(S, 16, 16)
+    amax = np.zeros(S, f)  # `if (|v| > amax)` from 0: the first of equal magnitudes
+    max_scale = np.zeros(S, f)
+    for j in range(16):
+        bigger = np.abs(scales[:, j]) > amax
+        amax = np.where(bigger, np.abs(scales[:, j]), amax)
+        max_scale = np.where(bigger, scales[:, j], max_scale)
+    live = max_scale != 0
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        iscale = f(-32) / max_scale
+        l = np.where(live[:, None], np.clip(_nearest_int(iscale[:, None] * scales), -32, 31) + 32, 0).astype(np.uint8)
+        d = np.where(live, f(1) / iscale, f(0)).astype(np.float16)
+    # 6-bit scale j: low nibble in byte j % 8 (nibble j // 8), high two bits in byte 8 + j % 4
+    # (bits 2 (j // 4)); a dead block's bytes are all zero
+    packed = np.zeros((S, 12), np.uint8)
+    packed[:, 0:8] = (l[:, 0:8] & 0xF) | (l[:, 8:16] & 0xF) << 4
+    hi = (l >> 4).reshape(S, 4, 4)  # [S, j // 4, j % 4]
+    packed[:, 8:12] = hi[:, 0] | hi[:, 1] << 2 | hi[:, 2] << 4 | hi[:, 3] << 6
+    packed = np.where(live[:, None], packed, np.uint8(0))
+    from .kquants import _planes
+    sc = (_planes(packed[:, 0:8], 4, 2).reshape(S, 16) | _planes(packed[:, 8:12], 2, 4).reshape(S, 16) << 4)
+    dq = d.astype(f)[:, None] * (sc.astype(f) - f(32))  # [S, 16]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        requant = np.clip(_nearest_int(sb / dq[..., None]), -4, 3) + 4
+    L = np.where((dq != 0)[..., None], requant, L).astype(np.uint8).reshape(S, 256)  # 0..7
+    # the high bit of element e at bit e // 32 of hmask[e % 32], the low two bits as q2_k's
+    hmask = ((L >> 2).reshape(S, 8, 32) << np.arange(8, dtype=np.uint8)[:, None]).sum(axis=1, dtype=np.uint8)
+    out = np.concatenate([hmask, _pack_2bit(L & 3), packed, d[:, None].view(np.uint8)], axis=-1)
+    return out.reshape(*lead, -1)
+
+
+def _quantize_q2_k(b: np.ndarray, lead) -> np.ndarray:
+    """b float32 [..., nb, 256] -> the q2_k bytes [..., nb * 84]."""
+    f = np.float32
+    sb = b.reshape(-1, 16, 16)  # [S, 16 sub-blocks, 16]
+    S = sb.shape[0]
+    xs = sb.reshape(-1, 16)
+    scales, mins, L = _make_qkx2_quants(xs, np.abs(xs), 3, -0.5, 0.1, 15, use_mad=True)
+    scales, mins, L = scales.reshape(S, 16), mins.reshape(S, 16), L.reshape(S, 16, 16)
+    max_scale = np.zeros(S, f)  # `if (v > max)` from +0
+    max_min = np.zeros(S, f)
+    for j in range(16):
+        max_scale = np.where(scales[:, j] > max_scale, scales[:, j], max_scale)
+        max_min = np.where(mins[:, j] > max_min, mins[:, j], max_min)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # 4-bit codes of each scale and min (the C stores the int unclamped: & 0xFF as a byte)
+        ls = np.where((max_scale > 0)[:, None], _nearest_int((f(15) / max_scale)[:, None] * scales), 0)
+        lm = np.where((max_min > 0)[:, None], _nearest_int((f(15) / max_min)[:, None] * mins), 0)
+        d = np.where(max_scale > 0, max_scale / f(15), f(0)).astype(np.float16)
+        dmin = np.where(max_min > 0, max_min / f(15), f(0)).astype(np.float16)
+    codes = ((ls & 0xFF) | (lm << 4) & 0xFF).astype(np.uint8)  # [S, 16]
+    dq = d.astype(f)[:, None] * (codes & 0xF).astype(f)
+    dm = dmin.astype(f)[:, None] * (codes >> 4).astype(f)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        requant = np.clip(_nearest_int((sb + dm[..., None]) / dq[..., None]), 0, 3)
+    L = np.where((dq != 0)[..., None], requant, L).astype(np.uint8).reshape(S, 256)
+    out = np.concatenate([codes, _pack_2bit(L), d[:, None].view(np.uint8), dmin[:, None].view(np.uint8)], axis=-1)
+    return out.reshape(*lead, -1)
+
+
+def q3_k_fields(blocks: np.ndarray):
+    """q3_k blocks [..., nb, 110] -> d float64 [..., nb, 8] (the super-block's scale, once per
+    q16_a block it spans) and the integer weights sc * q int32 [..., nb, 8, 32] (sc -32..31, q
+    -4..3): q16_a block j meets sub-blocks 2j and 2j + 1, as q6_k's."""
+    from .kquants import _q3_k_fields
+    lead = blocks.shape[:-1]
+    d, sc, q = _q3_k_fields(blocks)
+    wq = sc.astype(np.int32)[..., None] * q.astype(np.int32)
+    return np.broadcast_to(d.reshape(*lead, 1).astype(np.float64), (*lead, 8)), wq.reshape(*lead, 8, 32)
+
+
+def q2_k_fields(blocks: np.ndarray):
+    """q2_k blocks [..., nb, 84] -> (d, dmin float64 [..., nb, 8], once per q16_a block, and int32
+    [..., nb, 8, 32] integer weights sc * q and mins m per element): x = d * (sc q) - dmin * m."""
+    from .kquants import _q2_k_fields
+    lead = blocks.shape[:-1]
+    d, dmin, sc, m, q = _q2_k_fields(blocks)
+    wq = (sc.astype(np.int32)[..., None] * q.astype(np.int32)).reshape(*lead, 8, 32)
+    wm = np.repeat(m.astype(np.int32), 16, axis=-1).reshape(*lead, 8, 32)
+    wide = (lambda v: np.broadcast_to(v.reshape(*lead, 1).astype(np.float64), (*lead, 8)))
+    return wide(d), wide(dmin), wq, wm
+
+
 def check_weights(x: np.ndarray, t) -> None:
     """Refuse model weights that `t` would store as garbage: NaN or infinity anywhere, or
     magnitudes past what float16 values and scales hold (a block's scale is its largest value
@@ -388,6 +528,10 @@ def quantize(x: np.ndarray, t) -> np.ndarray:
         d = (hi - lo) / np.float32(31)
         q = np.minimum(31, np.trunc((b - lo) * _inverse(d) + np.float32(0.5)))
         return _to_bytes([d.astype(np.float16), lo.astype(np.float16), *_pack_q5(q)], lead)
+    if t is Q2_K:  # llama.cpp's quantize_row_q2_K_ref (make_qkx2_quants per sub-block of 16, 4-bit scales)
+        return _quantize_q2_k(b, lead)
+    if t is Q3_K:  # llama.cpp's quantize_row_q3_K_ref (make_q3_quants per sub-block of 16, 6-bit scales)
+        return _quantize_q3_k(b, lead)
     if t is Q4_K:  # llama.cpp's quantize_row_q4_K_ref (make_qkx2_quants per sub-block, 6-bit scales)
         return _quantize_q4_k(b, lead)
     if t is Q5_K:  # llama.cpp's quantize_row_q5_K_ref (q4_k's with 5-bit quants)
@@ -435,7 +579,13 @@ def dequantize(data: np.ndarray, t, n: int) -> np.ndarray:
     if t is Q5_1:  # d * q exact (11 x 5 bits), so the one rounding is + m
         q = _unpack_q5(blocks[..., 4:8], blocks[..., 8:]).astype(np.float32)
         return (_f16_field(blocks, 0) * q + _f16_field(blocks, 2)).reshape(*lead, n)
-    if t is Q4_K:  # gguf-py's arithmetic (quant/kquants.py, tested bit-identical against it)
+    if t is Q2_K:  # gguf-py's arithmetic (quant/kquants.py, tested bit-identical against it)
+        from .kquants import _q2_k
+        return _q2_k(blocks).reshape(*lead, n)
+    if t is Q3_K:  # the same, for q3_k
+        from .kquants import _q3_k
+        return _q3_k(blocks).reshape(*lead, n)
+    if t is Q4_K:  # the same, for q4_k
         from .kquants import _q4_k
         return _q4_k(blocks).reshape(*lead, n)
     if t is Q5_K:  # the same, for q5_k
@@ -484,12 +634,16 @@ def matmul(w: np.ndarray, t, x: np.ndarray) -> np.ndarray:
         q5_k:  as q4_k, qw with its fifth bit
         q6_k:  sum over q16_a blocks j: d * da * sum(sc * (qw - 32) * qa), sc that of each
                element's sub-block of 16 (two per q16_a block); signed weights, no offset
+        q3_k:  as q6_k, the integer weights sc * q (sc -32..31, q -4..3)
+        q2_k:  sum over q16_a blocks j: d * da * sum(sc * qw * qa) - dmin * da * sum(m * qa),
+               sc and m those of each element's sub-block of 16 (the min's sum per sub-block, not
+               q16_a's s, which spans two)
     """
     t = qtype(t) if not isinstance(t, QType) else t
     x = np.ascontiguousarray(x, dtype=np.float32)
     k = x.shape[-1]
     # below, weight block b meets activation block b: true of these types, whose blocks are q16_a's size
-    if t.quantized and t not in (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K):
+    if t.quantized and t not in (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K):
         raise ValueError(f"no reference matmul for {t.name}")
     if not t.quantized:
         return (x.astype(np.float64) @ dequantize(w, t, k).astype(np.float64).T).astype(np.float32)
@@ -503,8 +657,18 @@ def matmul(w: np.ndarray, t, x: np.ndarray) -> np.ndarray:
         da, sa = da.astype(np.float64)[:, None, :], sa.astype(np.float64)[:, None, :]
         y = (dsc.reshape(n_rows, -1) * da * isum - dmm.reshape(n_rows, -1) * sa).sum(-1)
         return y.astype(np.float32)
-    if t is Q6_K:
-        d, wq = q6_k_fields(blocks)  # [N, nb, 8], [N, nb, 8, 32]
+    if t is Q2_K:
+        d, dmin, wq, wm = q2_k_fields(blocks)  # [N, nb, 8] x 2, [N, nb, 8, 32] x 2
+        n_rows = blocks.shape[0]
+        da, _, qa = quantize_q16a(x)
+        qa = qa.astype(np.int64)
+        isum = np.einsum("nbj,tbj->tnb", wq.reshape(n_rows, -1, 32).astype(np.int64), qa).astype(np.float64)
+        msum = np.einsum("nbj,tbj->tnb", wm.reshape(n_rows, -1, 32).astype(np.int64), qa).astype(np.float64)
+        da = da.astype(np.float64)[:, None, :]
+        y = (da * (d.reshape(n_rows, -1) * isum - dmin.reshape(n_rows, -1) * msum)).sum(-1)
+        return y.astype(np.float32)
+    if t in (Q3_K, Q6_K):
+        d, wq = (q3_k_fields if t is Q3_K else q6_k_fields)(blocks)  # [N, nb, 8], [N, nb, 8, 32]
         n_rows = blocks.shape[0]
         da, _, qa = quantize_q16a(x)  # [T, nb * 8], ..., [T, nb * 8, 32]
         isum = np.einsum("nbj,tbj->tnb", wq.reshape(n_rows, -1, 32).astype(np.int64),

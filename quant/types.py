@@ -8,6 +8,10 @@ block formats below are byte-for-byte the GGUF ones:
     q4_1  { f16 d; f16 m; uint8 qs[16]; }    x = d * q + m
     q5_0  { f16 d; u8 qh[4]; u8 qs[16]; }    x = d * (q - 16)
     q5_1  { f16 d; f16 m; u8 qh[4]; u8 qs[16]; }   x = d * q + m
+    q2_k  { u8 scales[16]; u8 qs[64]; f16 d; f16 dmin; }   256 values in 16 sub-blocks of 16:
+          x = d * (sc & 15) * q - dmin * (sc >> 4), q 2-bit (bit layout: quant/kquants.py)
+    q3_k  { u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d; }   16 sub-blocks of 16:
+          x = d * (sc - 32) * (q - 4 if the hmask bit is clear), sc 6-bit, q 2-bit + hmask bit
     q4_k  { f16 d; f16 dmin; u8 scales[12]; u8 qs[128]; }   256 values in 8 sub-blocks of 32:
           x = d * sc * q - dmin * m, sc and m 6-bit per sub-block (llama.cpp's get_scale_min_k4);
           sub-block s's quants are the low (s even) or high nibbles of qs[32 (s / 2) .. + 32]
@@ -25,8 +29,8 @@ kernels/cpu/types.c: C needs it at compile time), and tests/test_kernels.py hold
 field by field through `_kernels.type_traits()`, so the two cannot drift.
 
 Types with `act` set are stored in .llmr files and run by the CPU kernels: `TYPES`,
-`TYPES_BY_ID` and `qtype()`. The others are import-only: GGUF files carry the other
-k-quants (super-blocks of QK_K = 256); the importer dequantises them exactly (quant/kquants.py)
+`TYPES_BY_ID` and `qtype()`. The others are import-only: GGUF files may carry q8_k
+(super-blocks of QK_K = 256); the importer dequantises it exactly (quant/kquants.py)
 and re-quantises into a type we run; `GGML_TYPES_BY_ID` and `ggml_type()` name them all.
 """
 from __future__ import annotations
@@ -92,12 +96,14 @@ Q4_0 = QType("q4_0", 2, 32, 18, n_scales=1, act="q16_a", x16=True)
 Q4_1 = QType("q4_1", 3, 32, 20, n_scales=2, act="q16_a", x16=True)
 Q5_0 = QType("q5_0", 6, 32, 22, n_scales=1, act="q16_a", x16=True)  # { f16 d; u8 qh[4]; u8 qs[16]; }
 Q5_1 = QType("q5_1", 7, 32, 24, n_scales=2, act="q16_a", x16=True)  # { f16 d; f16 m; u8 qh[4]; u8 qs[16]; }
-# k-quants, in GGML's order: q4_k, q5_k and q6_k are stored and run (q4_k's sub-blocks of 32 line
+# k-quants, in GGML's order: q2_k .. q6_k are stored and run (q4_k's sub-blocks of 32 line
 # up with q16_a blocks, X16: its d and dmin, then 3 words of packed scales and 32 of quants; q5_k
 # the same with 8 words of qh between them; q6_k's sub-blocks of 16 are halves of them, X16: its
-# d, then 32 words of ql, 16 of qh, 4 of scales); the others are import-only
-Q2_K = QType("q2_k", 10, QK_K, 84, fallback="q4_0")  # { u8 scales[16]; u8 qs[64]; f16 d; f16 dmin; }
-Q3_K = QType("q3_k", 11, QK_K, 110, fallback="q4_0")  # { u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d; }
+# d, then 32 words of ql, 16 of qh, 4 of scales); q8_k is import-only.
+# q2_k and q3_k are stored in the rows layout (their kernels read GGUF's blocks as they are); their
+# f16 fields come last (q2_k's d and dmin at byte 80, q3_k's d at 108)
+Q2_K = QType("q2_k", 10, QK_K, 84, n_scales=2, act="q16_a", fallback="q4_0", scales_at=80)  # { u8 scales[16]; u8 qs[64]; f16 d; f16 dmin; }
+Q3_K = QType("q3_k", 11, QK_K, 110, n_scales=1, act="q16_a", fallback="q4_0", scales_at=108)  # { u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d; }
 Q4_K = QType("q4_k", 12, QK_K, 144, n_scales=2, act="q16_a", x16=True, fallback="q5_0")  # { f16 d; f16 dmin; u8 scales[12]; u8 qs[128]; }
 Q5_K = QType("q5_k", 13, QK_K, 176, n_scales=2, act="q16_a", x16=True, fallback="q5_1")  # { f16 d; f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]; }
 # q6_k's f16 d comes last, after its quants and scales (byte 208)

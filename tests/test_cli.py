@@ -107,6 +107,27 @@ def test_q6_k_from_the_command_line(tmp_path):
     assert all(c.tensor(n).data.tobytes() == q.tensor(n).data.tobytes() for n in c.tensors)
 
 
+@pytest.mark.parametrize("mix,base", [("q3_k_m", "q3_k"), ("q2_k", "q2_k")])
+def test_q3_k_m_and_q2_k_mixes_from_the_command_line(tmp_path, mix, base):
+    """The low-bit mixes write (256-wide rows: whole super-blocks): the base type on wq, llama-
+    quantize's types elsewhere (quant/mixes.py), each matrix the reference quantiser's bytes for
+    the f32 weights, and the model runs."""
+    import numpy as np
+    from llmrun.quant import qtype, reference
+    make_hf_checkpoint(tmp_path / "hf", hidden_size=256, intermediate_size=512)
+    run_cli("convert", tmp_path / "hf", tmp_path / "f32.llmr", "--type", "f32", check=True)
+    run_cli("quantize", tmp_path / "f32.llmr", tmp_path / "q.llmr", "--type", mix, check=True)
+    r = run_cli("info", tmp_path / "q.llmr", "--tensors", check=True)
+    assert f"{base} x" in r.stdout
+    f32, q = llmrun.load(tmp_path / "f32.llmr").file, llmrun.load(tmp_path / "q.llmr").file
+    for name in ("layers.0.wq", "layers.1.w_up"):
+        t = q.tensors[name].type
+        assert t is qtype(base), name
+        assert q.tensor(name).rows().tobytes() == reference.quantize(f32.tensor(name).numpy(), t).tobytes(), name
+    logits = llmrun.load(tmp_path / "q.llmr").logits([1, 2, 3])
+    assert np.isfinite(logits).all()
+
+
 def test_type_help_comes_from_the_type_table_without_loading_numpy():
     """`--type`'s help lists quant/types.py's stored types; the table loads without numpy (or the
     kernels), so the command line starts as fast as before."""
@@ -116,6 +137,6 @@ def test_type_help_comes_from_the_type_table_without_loading_numpy():
     code = ("import sys, llmrun.cli.main; "
             "assert 'numpy' not in sys.modules and 'llmrun._kernels' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
-    assert names() == "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k or q6_k"
+    assert names() == "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k or q6_k"
     r = run_cli("quantize", "--help", check=True, env={"COLUMNS": "200"})  # wide enough not to wrap
     assert names() in r.stdout

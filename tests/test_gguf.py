@@ -167,6 +167,12 @@ TYPE_MIXES = {
     # wv (rows reordered whole; attn_v is Q5_K in Q4_K_S and Q3_K_M files too)
     "llama-q5k": ("llama", dict(wq=G.Q5_K, wk=G.Q4_K, wv=G.Q5_K, wo=G.Q5_K, w_gate=G.Q5_K, w_up=G.Q5_K,
                                 w_down=G.Q6_K, emb=G.Q6_K)),
+    # Q3_K and Q2_K, run natively, where Q3_K_M and Q2_K files have them, beside the types those
+    # mixes put on attn_v, attn_output and ffn_down
+    "llama-q3k": ("llama", dict(wq=G.Q3_K, wk=G.Q3_K, wv=G.Q5_K, wo=G.Q4_K, w_gate=G.Q3_K, w_up=G.Q3_K,
+                                w_down=G.Q5_K, emb=G.Q6_K)),
+    "llama-q2k": ("llama", dict(wq=G.Q2_K, wk=G.Q2_K, wv=G.Q3_K, wo=G.Q3_K, w_gate=G.Q2_K, w_up=G.Q2_K,
+                                w_down=G.Q3_K, emb=G.Q6_K)),
     "qwen2-mixed": ("qwen2", dict(wq=G.Q4_K, wk=G.Q8_0, wv=G.Q6_K, wo=G.Q4_1, w_gate=G.Q4_0, w_up=G.Q6_K,
                                   w_down=G.Q8_0, emb=G.Q4_0)),
 }
@@ -204,9 +210,10 @@ def test_llama31_rope_factors(tmp_path):
     assert np.abs(unscaled - ref).max() / np.abs(ref).max() > 3 * REQUANT_TOL  # the test can tell
 
 
-@pytest.mark.parametrize("mix", ["llama-runnable", "llama-q5", "llama-q4k", "llama-q5k", "llama-q6k"])
+@pytest.mark.parametrize("mix", ["llama-runnable", "llama-q5", "llama-q4k", "llama-q5k", "llama-q6k", "llama-q3k",
+                                 "llama-q2k"])
 def test_runnable_blocks_are_copied_exactly(tmp_path, mix):
-    """q4_0 / q4_1 / q5_0 / q5_1 / q8_0 / q4_k / q5_k / q6_k / f16 blocks land in the .llmr byte for byte
+    """q4_0 / q4_1 / q5_0 / q5_1 / q8_0 / q2_k .. q6_k / f16 blocks land in the .llmr byte for byte
     (q/k rows reordered whole), in the X16 layout wherever their type has it (rows here are whole
     groups of 16)."""
     arch, types = TYPE_MIXES[mix]

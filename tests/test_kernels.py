@@ -14,7 +14,7 @@ import pytest
 import llmrun._kernels as K
 from llmrun.quant import reference as ref
 from llmrun.quant.layout import X16, deinterleave, interleave
-from llmrun.quant.types import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TABLE, TYPES
+from llmrun.quant.types import BF16, F16, F32, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TABLE, TYPES
 
 ALL_TYPES = list(TYPES.values())  # every type the CPU runs, from the table in quant/types.py
 QUANTISED = [t for t in ALL_TYPES if t.quantized]
@@ -165,8 +165,8 @@ def block_fields(w: np.ndarray, t):
     if t in (Q4_K, Q5_K):  # per 32-value sub-block: d * sc, offset -dmin * m (quant/reference.py)
         dsc, dmm, q = ref.q4_k_fields(blocks)
         return dsc.reshape(w.shape[0], -1), -dmm.reshape(w.shape[0], -1), q.reshape(w.shape[0], -1, 32).astype(np.float64)
-    if t is Q6_K:  # per q16_a block: the super-block's d, the integer weights sc * (q - 32)
-        d, wq = ref.q6_k_fields(blocks)
+    if t in (Q3_K, Q6_K):  # per q16_a block: the super-block's d, the integer weights sc * q
+        d, wq = (ref.q3_k_fields if t is Q3_K else ref.q6_k_fields)(blocks)
         d = d.reshape(w.shape[0], -1)
         return d, np.zeros_like(d), wq.reshape(w.shape[0], -1, 32).astype(np.float64)
     d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float64)
@@ -190,8 +190,12 @@ def matmul_magnitude(w: np.ndarray, t, x: np.ndarray) -> np.ndarray:
     if not t.quantized:
         wd = ref.dequantize(w, t, x.shape[-1]).astype(np.float64)
         return np.abs(x.astype(np.float64)) @ np.abs(wd).T
-    d, off, qw = block_fields(w, t)
     da, sa, qa = (a.astype(np.float64) for a in ref.quantize_q16a(x))
+    if t is Q2_K:  # mins per sub-block of 16: sum_b da (|d| sum |sc q qa| + |dmin| sum m |qa|)
+        d, dmin, wq, wm = ref.q2_k_fields(w.reshape(w.shape[0], -1, t.type_size))
+        per = np.abs(d)[..., None] * wq + np.abs(dmin)[..., None] * wm  # [N, nb, 8, 32]
+        return np.einsum("nbj,tbj->tn", per.reshape(w.shape[0], -1, 32), np.abs(qa) * da[..., None])
+    d, off, qw = block_fields(w, t)
     isum_abs = np.einsum("nbj,tbj->tnb", np.abs(qw), np.abs(qa))
     return (np.abs(d)[None] * da[:, None] * isum_abs + np.abs(off)[None] * np.abs(sa)[:, None]).sum(-1)
 
@@ -791,8 +795,8 @@ def test_c_traits_match_the_python_table():
 
 def test_unknown_type_id_names_the_known_ones():
     known = ", ".join(f"{t.name}={t.id}" for t in sorted(ALL_TYPES, key=lambda t: t.id))
-    with pytest.raises(ValueError, match=rf"^unknown tensor type id 11 \(known: {known}\)$"):
-        K.row_bytes(11, 256)  # q3_k: import-only, no kernels
+    with pytest.raises(ValueError, match=rf"^unknown tensor type id 15 \(known: {known}\)$"):
+        K.row_bytes(15, 256)  # q8_k: import-only, no kernels
 
 
 @pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: t.name)
@@ -810,3 +814,30 @@ def test_a_missing_kernel_is_named_by_the_import_check(t):
     assert K._check_kernels("gemm", t.id) is None
     with pytest.raises(ValueError, match="vec_dot, vec_dot_tile, gemm, gemm_x16 or none"):
         K._check_kernels("rope", t.id)
+
+
+@pytest.mark.parametrize("t", [Q3_K, Q2_K], ids=lambda t: t.name)
+def test_c_q3_k_q2_k_quantisers_are_llama_cpps(t):
+    """The C quantisers (what conversion runs) give llama.cpp's bytes for test_kquants' 4,096
+    super-blocks, as the numpy ones do."""
+    import hashlib
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_kquants import Q23_K_LLAMA_CPP, _q23_k_inputs
+    seed, digest = Q23_K_LLAMA_CPP[t.name]
+    assert hashlib.sha256(kernel_quantize(_q23_k_inputs(seed), t).tobytes()).hexdigest() == digest
+
+
+@pytest.mark.parametrize("t", [Q3_K, Q2_K], ids=lambda t: t.name)
+def test_q3_k_q2_k_read_every_bit(t):
+    """Random bytes (every scale, min, hmask and quant bit pattern; finite f16 scales) against the
+    reference: the kernels read each field where quant/kquants.py does."""
+    rng = rng_for("every bit", t.name)
+    nb = 3
+    w = rng.integers(0, 256, (9, nb * t.type_size), dtype=np.uint8).reshape(9, nb, t.type_size)
+    for at in range(t.scales_at, t.scales_at + 2 * t.n_scales, 2):
+        w[..., at:at + 2] = (rng.standard_normal((9, nb, 1)) * 0.01).astype(np.float16).view(np.uint8)
+    w = w.reshape(9, -1)
+    x = rand(rng, 5, nb * 256, scale=2.0)
+    got = kernel_matmul(x, w, t, 9).astype(np.float64)
+    bound = (QUANT_DOT_BOUND if K.isa() == "scalar" else QUANT_DOT_SIMD_BOUND)(nb * 8) * matmul_magnitude(w, t, x)
+    assert (np.abs(got - ref.matmul(w, t, x)) <= bound).all()

@@ -47,9 +47,9 @@ def test_sizes_match_ggml():
 
 
 def test_runnable_types_unchanged():
-    assert sorted(TYPES) == ["bf16", "f16", "f32", "q4_0", "q4_1", "q4_k", "q5_0", "q5_1", "q5_k", "q6_k",
-                             "q8_0"]
-    assert sorted(TYPES_BY_ID) == [0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 30]
+    assert sorted(TYPES) == ["bf16", "f16", "f32", "q2_k", "q3_k", "q4_0", "q4_1", "q4_k", "q5_0", "q5_1",
+                             "q5_k", "q6_k", "q8_0"]
+    assert sorted(TYPES_BY_ID) == [0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 30]
     assert len(GGML_TYPES_BY_ID) == 14
     for t in IMPORT_ONLY:
         assert ggml_type(t.id) is t
@@ -314,3 +314,92 @@ def test_q5_k_quantiser_round_trip_and_rules():
     e4 = np.sqrt(((dequantize(quantize(g, Q4_K), Q4_K, 4096) - g) ** 2).mean())
     e5 = np.sqrt(((dg - g) ** 2).mean())
     assert e5 < 0.04 and e5 < 0.55 * e4  # 5.5 bits per weight on N(0, 1): about half q4_k's error
+
+
+def _q23_k_inputs(seed: int) -> np.ndarray:
+    """4,096 super-blocks for q3_k and q2_k: scales from 1e-4 to 1e3, and edge blocks."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((4096, 256)) * 10.0 ** rng.uniform(-4, 3, (4096, 1))
+    x[0] = 0.0  # all zero: d (and dmin) 0
+    x[1] = 1.5  # constant
+    x[2] = np.arange(256) - 100.0  # a ramp
+    x[3] = np.abs(x[3]) + 1  # all positive
+    x[4] = np.round(x[4] * 2) / 2  # ties
+    x[5, :16] = 0.0  # one zero sub-block
+    x[6, 200:] = -3.0
+    x[7, :] = 1e-4
+    x[7, 0] = 1e3  # one huge value: the other sub-blocks' scales round to 0
+    x[8, 16:32] = 1e-17  # a sub-block under ggml's GROUP_MAX_EPS (1e-15), not zero
+    x[9] = np.arange(256) % 8 - 4.0  # every 3-bit level, twice per sub-block
+    x[10] = -np.abs(x[10])  # all negative
+    x[11, ::2] = 0.0
+    return x.astype(np.float32)
+
+
+# The bytes of llama.cpp's quantize_row_q3_K_ref and quantize_row_q2_K_ref (ggml-quants.c, as
+# vendored by llama-cpp-python 0.3.36, built alone with gcc -O2 -ffp-contract=off, its asserts on,
+# and fed these inputs as raw float32 by a small C harness) for _q23_k_inputs(311) and (211).
+Q23_K_LLAMA_CPP = {"q3_k": (311, "dd44dfb346ac86cf857576161b2601158f24c986f405ed1aa19d1d28c0c4fc7d"),
+                   "q2_k": (211, "61434f71dbaefb5f8bfe48a6cc5ddb99961bdf5e66de266d1177ee43116d1e95")}
+
+
+@pytest.mark.parametrize("t", [Q3_K, Q2_K], ids=lambda t: t.name)
+def test_q3_k_q2_k_quantisers_are_llama_cpps(t):
+    """gguf-py has no q3_k or q2_k quantiser: our numpy ones must give llama.cpp's bytes (the C
+    ones are held to them in test_kernels)."""
+    import hashlib
+    from llmrun.quant import quantize
+    seed, digest = Q23_K_LLAMA_CPP[t.name]
+    got = quantize(_q23_k_inputs(seed), t)
+    assert got.shape == (4096, t.type_size)
+    assert hashlib.sha256(got.tobytes()).hexdigest() == digest
+
+
+def test_q3_k_quantiser_round_trip_and_rules():
+    from llmrun.quant import quantize
+    from llmrun.quant.kquants import _q3_k_fields
+    x = _q23_k_inputs(311)
+    data = quantize(x, Q3_K)
+    blk = data.reshape(4096, 110)
+    assert not blk[0].any()  # all zero: d = 0, every byte 0
+    d, sc, q = _q3_k_fields(blk)
+    d = d[:, 0, 0]
+    live = d != 0
+    # the sub-block scale of largest magnitude is -32 (d = its scale / -32), the rest 6-bit signed
+    assert (sc[live].astype(int).min(axis=1) == -32).all()
+    # every quant is x / (d sc) rounded to nearest, clamped to -4..3 where d sc != 0
+    v = q.astype(np.float64)
+    step = (d[:, None] * sc)[..., None].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = x.reshape(4096, 16, 16).astype(np.float64) / step
+    inner = (np.abs(ratio - v) <= 0.5 + 1e-6) & (v > -4) & (v < 3)
+    clamped = ((v == 3) & (ratio >= 2.5 - 1e-6)) | ((v == -4) & (ratio <= -3.5 + 1e-6))
+    assert (inner | clamped)[live[:, None] & (sc != 0)].all()
+    assert (blk[:, 0:32] != 0).any()  # the high bits are used
+    g = np.random.default_rng(5).standard_normal((16, 4096)).astype(np.float32)
+    e3 = np.sqrt(((dequantize(quantize(g, Q3_K), Q3_K, 4096) - g) ** 2).mean())
+    e4 = np.sqrt(((dequantize(quantize(g, Q4_K), Q4_K, 4096) - g) ** 2).mean())
+    assert e4 < e3 < 0.16  # 3.44 bits per weight on N(0, 1): 0.149 (q4_k's 4.5: 0.071)
+
+
+def test_q2_k_quantiser_round_trip_and_rules():
+    from llmrun.quant import quantize
+    from llmrun.quant.kquants import _q2_k_fields
+    x = _q23_k_inputs(211)
+    data = quantize(x, Q2_K)
+    blk = data.reshape(4096, 84)
+    assert not blk[0].any()  # all zero: d = dmin = 0, every byte 0
+    d, dmin, sc, m, q = _q2_k_fields(blk)
+    d, dmin = d[:, 0, 0], dmin[:, 0, 0]
+    # the largest sub-block scale and min take the top 4-bit code: d = max scale / 15
+    assert ((sc.max(1) == 15) | (d == 0)).all() and ((m.max(1) == 15) | (dmin == 0)).all()
+    back = dequantize(data, Q2_K, 256).reshape(4096, 16, 16)
+    sub = x.reshape(4096, 16, 16)
+    span = np.maximum(sub.max(-1), 0) - np.minimum(sub.min(-1), 0)  # the range fitted, with 0 in it
+    err = np.abs(back - sub).max(-1)
+    live = sc.astype(bool)
+    assert (err <= 0.75 * span + 1e-30)[live].all()  # about one step of 1/3 at most, after 4-bit scales
+    g = np.random.default_rng(5).standard_normal((16, 4096)).astype(np.float32)
+    e2 = np.sqrt(((dequantize(quantize(g, Q2_K), Q2_K, 4096) - g) ** 2).mean())
+    e3 = np.sqrt(((dequantize(quantize(g, Q3_K), Q3_K, 4096) - g) ** 2).mean())
+    assert e3 < e2 < 0.45  # 2.63 bits per weight on N(0, 1)

@@ -71,7 +71,7 @@ def test_cli_names_the_output_after_the_scheme_and_checks_its_flags(tiny):
     assert (tiny / "f32-q4_1-pure.llmr").exists() and "f32-q4_1-pure.llmr" in r.stdout
     r = run_cli("quantize", tiny / "hf", tiny / "from-hf.llmr", "--type", "q8_0", "--tensor-type", "wq=q4_0", check=True)
     assert types(tiny / "from-hf.llmr")["layers.0.wq"] == "q4_0"
-    for args, message in [(["--type", "q3_k"], "unknown tensor type"), (["--type", "q4_0", "--tensor-type", "wq"],
+    for args, message in [(["--type", "q7_k"], "unknown tensor type"), (["--type", "q4_0", "--tensor-type", "wq"],
                                                                            "REGEX=TYPE"),
                           (["--type", "q4_0", "--tensor-type", "(=q8_0"], "regular expression")]:
         r = run_cli("quantize", tiny / "f32.llmr", tiny / "bad.llmr", *args)

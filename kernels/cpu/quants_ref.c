@@ -252,9 +252,10 @@ static inline int nearest_int(float v) {
     return (i & 0x007fffff) - 0x00400000;
 }
 
-/* make_qkx2_quants(n, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep, use_mad = false) */
+/* make_qkx2_quants(n, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep, use_mad): errors
+ * weighted squares (q4_k, q5_k) or, with use_mad, weighted absolute values (q2_k) */
 static float make_qkx2_quants(int n, int nmax, const float *x, const float *weights, uint8_t *L, float *the_min,
-                              uint8_t *Laux, float rmin, float rdelta, int nstep) {
+                              uint8_t *Laux, float rmin, float rdelta, int nstep, int use_mad) {
     float min = x[0], max = x[0];
     float sum_w = weights[0];
     float sum_x = sum_w * x[0];
@@ -278,7 +279,7 @@ static float make_qkx2_quants(int n, int nmax, const float *x, const float *weig
         int l = nearest_int(iscale * (x[i] - min));
         L[i] = (uint8_t)(l < 0 ? 0 : l > nmax ? nmax : l);
         float diff = scale * L[i] + min - x[i];
-        diff = diff * diff;
+        diff = use_mad ? fabsf(diff) : diff * diff;
         best_mad += weights[i] * diff;
     }
     for (int is = 0; is <= nstep; ++is) {
@@ -304,7 +305,7 @@ static float make_qkx2_quants(int n, int nmax, const float *x, const float *weig
             float mad = 0;
             for (int i = 0; i < n; ++i) {
                 float diff = this_scale * Laux[i] + this_min - x[i];
-                diff = diff * diff;
+                diff = use_mad ? fabsf(diff) : diff * diff;
                 mad += weights[i] * diff;
             }
             if (mad < best_mad) {
@@ -333,7 +334,7 @@ static void k_quants(const float *x, int nmax, float rmin, int nstep, uint8_t he
         for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
         const float av_x = sqrtf(sum_x2 / 32);
         for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(x[32 * j + l]);
-        scales[j] = make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, rmin, 0.1f, nstep);
+        scales[j] = make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, rmin, 0.1f, nstep, 0);
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
@@ -533,6 +534,180 @@ void dequantize_row_q5_K_ref(const void *x, float *y, int64_t k) {
             const float d1 = d * sc, m1 = dmin * m;
             for (int l = 0; l < 32; l++)
                 *y++ = d1 * (float)llmr_q5_k_quant(&b[i], 32 * j + l) - m1;
+        }
+    }
+}
+
+/* ---- q3_k, q2_k: llama.cpp's quantize_row_q3_K_ref and quantize_row_q2_K_ref, operation for
+ * operation (as q4_k's above), so the bytes are llama.cpp's and quant/reference.py's. */
+
+/* The 2-bit fields of 256 values L (0..3) into qs[64]: element 128h + 32k + l at bits 2k of
+ * qs[32h + l] (llmr_q2_k_quant reads them back). */
+static void pack_2bit(const uint8_t *L, uint8_t *qs) {
+    for (int j = 0; j < QK_K; j += 128)
+        for (int l = 0; l < 32; ++l)
+            qs[j / 4 + l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
+}
+
+/* make_q3_quants(16, nmax, x, L, do_rmse = true): the grid of -nmax / max (max the value of
+ * largest magnitude), then up to five passes over the values, each moving one quant where that
+ * improves the x^2-weighted least-squares fit; returns the fit's scale, L = l + nmax. An all-zero
+ * sub-block (below GROUP_MAX_EPS) gets scale 0 and L = 0. */
+static float make_q3_quants(const float *x, int nmax, uint8_t *L) {
+    float amax = 0, max = 0;
+    for (int i = 0; i < Q6_K_SUB; i++)
+        if (fabsf(x[i]) > amax) {
+            amax = fabsf(x[i]);
+            max = x[i];
+        }
+    if (amax < GROUP_MAX_EPS) {
+        memset(L, 0, Q6_K_SUB);
+        return 0.f;
+    }
+    const float iscale = -nmax / max;
+    int l[Q6_K_SUB];
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < Q6_K_SUB; i++) {
+        const int q = nearest_int(iscale * x[i]);
+        l[i] = q < -nmax ? -nmax : q > nmax - 1 ? nmax - 1 : q;
+        const float w = x[i] * x[i];
+        sumlx += w * x[i] * l[i];
+        suml2 += w * l[i] * l[i];
+    }
+    for (int itry = 0; itry < 5; ++itry) {
+        int n_changed = 0;
+        for (int i = 0; i < Q6_K_SUB; i++) {
+            const float w = x[i] * x[i];
+            float slx = sumlx - w * x[i] * l[i];
+            if (slx > 0) {
+                float sl2 = suml2 - w * l[i] * l[i];
+                int new_l = nearest_int(x[i] * sl2 / slx);
+                new_l = new_l < -nmax ? -nmax : new_l > nmax - 1 ? nmax - 1 : new_l;
+                if (new_l != l[i]) {
+                    slx += w * x[i] * new_l;
+                    sl2 += w * new_l * new_l;
+                    if (sl2 > 0 && slx * slx * suml2 > sumlx * sumlx * sl2) {
+                        l[i] = new_l;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        ++n_changed;
+                    }
+                }
+            }
+        }
+        if (!n_changed) break;
+    }
+    for (int i = 0; i < Q6_K_SUB; i++) L[i] = (uint8_t)(l[i] + nmax);
+    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+void quantize_row_q3_K_ref(const float *x, void *y, int64_t k) {
+    block_q3_K *b = y;
+    uint8_t L[QK_K];
+    float scales[QK_K / Q6_K_SUB];
+    for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
+        /* each sub-block's own scale; the largest in magnitude (the first of equals) sets d */
+        float amax = 0, max_scale = 0;
+        for (int j = 0; j < QK_K / Q6_K_SUB; j++) {
+            scales[j] = make_q3_quants(x + Q6_K_SUB * j, 4, L + Q6_K_SUB * j);
+            if (fabsf(scales[j]) > amax) {
+                amax = fabsf(scales[j]);
+                max_scale = scales[j];
+            }
+        }
+        memset(&b[i], 0, sizeof b[i]);
+        if (max_scale) { /* the scales as 6-bit codes in units of d = max_scale / -32 */
+            const float iscale = -32.f / max_scale;
+            for (int j = 0; j < QK_K / Q6_K_SUB; j++) {
+                int l = nearest_int(iscale * scales[j]);
+                l = (l < -32 ? -32 : l > 31 ? 31 : l) + 32;
+                b[i].scales[j % 8] |= (uint8_t)((l & 0xF) << 4 * (j / 8));
+                b[i].scales[8 + j % 4] |= (uint8_t)((l >> 4) << 2 * (j / 4));
+            }
+            b[i].d = llmr_f32_to_f16(1 / iscale);
+        }
+        for (int j = 0; j < QK_K / Q6_K_SUB; j++) {
+            const float d = llmr_f16_to_f32(b[i].d) * llmr_q3_k_scale(b[i].scales, j);
+            if (!d) /* a scale that rounded to 0 keeps make_q3_quants' quants */
+                continue;
+            for (int e = Q6_K_SUB * j; e < Q6_K_SUB * (j + 1); e++) {
+                const int l = nearest_int(x[e] / d);
+                L[e] = (uint8_t)((l < -4 ? -4 : l > 3 ? 3 : l) + 4);
+            }
+        }
+        /* the third bit of element e at bit e / 32 of hmask[e % 32], the low two as q2_k's */
+        for (int e = 0; e < QK_K; e++)
+            if (L[e] > 3) {
+                b[i].hmask[e % 32] |= (uint8_t)(1 << e / 32);
+                L[e] -= 4;
+            }
+        pack_2bit(L, b[i].qs);
+    }
+}
+
+void quantize_row_q2_K_ref(const float *x, void *y, int64_t k) {
+    block_q2_K *b = y;
+    uint8_t L[QK_K], Laux[Q6_K_SUB];
+    float weights[Q6_K_SUB], mins[QK_K / Q6_K_SUB], scales[QK_K / Q6_K_SUB];
+    for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
+        float max_scale = 0, max_min = 0; /* as the C: from +0, so a -0.0 min never gets in */
+        for (int j = 0; j < QK_K / Q6_K_SUB; j++) {
+            for (int l = 0; l < Q6_K_SUB; l++) weights[l] = fabsf(x[Q6_K_SUB * j + l]);
+            scales[j] = make_qkx2_quants(Q6_K_SUB, 3, x + Q6_K_SUB * j, weights, L + Q6_K_SUB * j, &mins[j], Laux,
+                                         -0.5f, 0.1f, 15, 1);
+            if (scales[j] > max_scale) max_scale = scales[j];
+            if (mins[j] > max_min) max_min = mins[j];
+        }
+        /* 4-bit codes of the scales (low nibbles) and mins (high); as llama.cpp, the int code is
+         * stored as a byte unclamped */
+        uint16_t d16 = 0, dmin16 = 0;
+        memset(b[i].scales, 0, sizeof b[i].scales);
+        if (max_scale > 0) {
+            const float iscale = 15.f / max_scale;
+            for (int j = 0; j < QK_K / Q6_K_SUB; j++) b[i].scales[j] = (uint8_t)nearest_int(iscale * scales[j]);
+            d16 = llmr_f32_to_f16(max_scale / 15.f);
+        }
+        if (max_min > 0) {
+            const float iscale = 15.f / max_min;
+            for (int j = 0; j < QK_K / Q6_K_SUB; j++)
+                b[i].scales[j] |= (uint8_t)((unsigned)nearest_int(iscale * mins[j]) << 4);
+            dmin16 = llmr_f32_to_f16(max_min / 15.f);
+        }
+        b[i].d = d16;
+        b[i].dmin = dmin16;
+        for (int j = 0; j < QK_K / Q6_K_SUB; j++) {
+            const float d = llmr_f16_to_f32(d16) * (b[i].scales[j] & 0xF);
+            if (!d) continue;
+            const float dm = llmr_f16_to_f32(dmin16) * (b[i].scales[j] >> 4);
+            for (int e = Q6_K_SUB * j; e < Q6_K_SUB * (j + 1); e++) {
+                const int l = nearest_int((x[e] + dm) / d);
+                L[e] = (uint8_t)(l < 0 ? 0 : l > 3 ? 3 : l);
+            }
+        }
+        pack_2bit(L, b[i].qs);
+    }
+}
+
+/* ggml's dequantize_row_q3_K: d * (sc - 32) first (exact: 11 x 6 bits), then times q. */
+void dequantize_row_q3_K_ref(const void *x, float *y, int64_t k) {
+    const block_q3_K *b = x;
+    for (int64_t i = 0; i < k / QK_K; i++) {
+        const float d = llmr_f16_to_f32(b[i].d);
+        for (int e = 0; e < QK_K; e++)
+            *y++ = d * (float)llmr_q3_k_scale(b[i].scales, e / Q6_K_SUB) * (float)llmr_q3_k_quant(&b[i], e);
+    }
+}
+
+/* ggml's dequantize_row_q2_K: d * sc and dmin * m first (exact), then d1 * q - m1 (one rounding
+ * each, kept apart by -ffp-contract=off). */
+void dequantize_row_q2_K_ref(const void *x, float *y, int64_t k) {
+    const block_q2_K *b = x;
+    for (int64_t i = 0; i < k / QK_K; i++) {
+        const float d = llmr_f16_to_f32(b[i].d), dmin = llmr_f16_to_f32(b[i].dmin);
+        for (int e = 0; e < QK_K; e++) {
+            const uint8_t sc = b[i].scales[e / Q6_K_SUB];
+            const float d1 = d * (float)(sc & 0xF), m1 = dmin * (float)(sc >> 4);
+            *y++ = d1 * (float)llmr_q2_k_quant(b[i].qs, e) - m1;
         }
     }
 }

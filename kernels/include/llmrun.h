@@ -28,6 +28,8 @@ enum llmr_type {
     LLMR_TYPE_Q5_0 = 6,
     LLMR_TYPE_Q5_1 = 7,
     LLMR_TYPE_Q8_0 = 8,
+    LLMR_TYPE_Q2_K = 10,
+    LLMR_TYPE_Q3_K = 11,
     LLMR_TYPE_Q4_K = 12,
     LLMR_TYPE_Q5_K = 13,
     LLMR_TYPE_Q6_K = 14,
@@ -85,6 +87,44 @@ typedef struct {
     uint8_t qh[4];
     uint8_t qs[QK5_1 / 2];
 } block_q5_1; /* x = d * q + m */
+
+/* Q2_K: a QK_K super-block of 16 sub-blocks of 16, each with a 4-bit scale sc (low nibble of
+ * scales[s]) and a 4-bit min m (high nibble); 2-bit quants q, element 128h + 32k + l (h < 2,
+ * k < 4, l < 32) at bits 2k of qs[32h + l] (llmr_q2_k_quant). So q16_a block j = 4h + k of a
+ * super-block reads the 32 bytes qs[32h ..] and spans sub-blocks 2j and 2j + 1. The f16 d and
+ * dmin come last. */
+typedef struct {
+    uint8_t scales[QK_K / 16];
+    uint8_t qs[QK_K / 4];
+    uint16_t d;    /* f16 super-block scale of the sub-block scales */
+    uint16_t dmin; /* f16 super-block scale of the sub-block mins */
+} block_q2_K; /* x = d * sc * q - dmin * m, q 0..3 */
+
+/* Element e's (0..255) quant: 0..3. */
+static inline int llmr_q2_k_quant(const uint8_t *qs, int e) {
+    return qs[32 * (e / 128) + e % 32] >> 2 * (e % 128 / 32) & 3;
+}
+
+/* Q3_K: a QK_K super-block of 16 sub-blocks of 16, each with a 6-bit scale (llmr_q3_k_scale:
+ * its low four bits in scales[s % 8], nibble s / 8, its top two in scales[8 + s % 4], bits
+ * 2 (s / 4)); 3-bit quants: the low two bits as Q2_K's, the third (set: +0, clear: -4) bit e / 32
+ * of hmask[e % 32] (llmr_q3_k_quant). The f16 d comes last. */
+typedef struct {
+    uint8_t hmask[QK_K / 8];
+    uint8_t qs[QK_K / 4];
+    uint8_t scales[12];
+    uint16_t d; /* f16 super-block scale of the sub-block scales */
+} block_q3_K; /* x = d * (sc - 32) * q, q -4..3 */
+
+/* Sub-block s's (0..15) scale less 32: -32..31. */
+static inline int llmr_q3_k_scale(const uint8_t *scales, int s) {
+    return ((scales[s % 8] >> 4 * (s / 8) & 0x0F) | (scales[8 + s % 4] >> 2 * (s / 4) & 3) << 4) - 32;
+}
+
+/* Element e's (0..255) quant: -4..3. */
+static inline int llmr_q3_k_quant(const block_q3_K *b, int e) {
+    return llmr_q2_k_quant(b->qs, e) - (b->hmask[e % 32] >> (e / 32) & 1 ? 0 : 4);
+}
 
 /* Q4_K: a QK_K super-block of 8 sub-blocks of 32, each with a 6-bit scale sc and a 6-bit min m
  * packed in `scales` as llama.cpp's get_scale_min_k4 reads them (llmr_q4_k_scale_min). Sub-block
@@ -369,6 +409,8 @@ void quantize_row_q4_0_ref(const float *x, void *y, int64_t k);
 void quantize_row_q4_1_ref(const float *x, void *y, int64_t k);
 void quantize_row_q5_0_ref(const float *x, void *y, int64_t k);
 void quantize_row_q5_1_ref(const float *x, void *y, int64_t k);
+void quantize_row_q2_K_ref(const float *x, void *y, int64_t k);
+void quantize_row_q3_K_ref(const float *x, void *y, int64_t k);
 void quantize_row_q4_K_ref(const float *x, void *y, int64_t k);
 void quantize_row_q5_K_ref(const float *x, void *y, int64_t k);
 void quantize_row_q6_K_ref(const float *x, void *y, int64_t k);
@@ -382,6 +424,8 @@ void dequantize_row_q4_0_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q4_1_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q5_0_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q5_1_ref(const void *x, float *y, int64_t k);
+void dequantize_row_q2_K_ref(const void *x, float *y, int64_t k);
+void dequantize_row_q3_K_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q4_K_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q5_K_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q6_K_ref(const void *x, float *y, int64_t k);
@@ -432,6 +476,18 @@ LLMR_DECLARE_Q5_K(avx2)
 LLMR_DECLARE_Q5_K(avx512)
 LLMR_DECLARE_Q5_K(avx512vnni)
 LLMR_DECLARE_Q5_K(neon)
+
+/* q3_K's and q2_K's rows-layout dot products, every ISA (each in its own file: vec_dot_q3_k_<isa>.c,
+ * vec_dot_q2_k_<isa>.c; only those of the ISAs built are defined). They have no X16 layout: matmul
+ * runs prefill through vec_dot_tile (4 tokens per weight read) where an ISA has one, else vec_dot. */
+#define LLMR_DECLARE_Q23_K(isa)                                                                        \
+    void vec_dot_q3_K_q16_a_##isa(int64_t k, float *s, const void *w, const void *a);                \
+    void vec_dot_q2_K_q16_a_##isa(int64_t k, float *s, const void *w, const void *a);
+LLMR_DECLARE_Q23_K(ref)
+LLMR_DECLARE_Q23_K(avx2)
+LLMR_DECLARE_Q23_K(avx512)
+LLMR_DECLARE_Q23_K(avx512vnni)
+LLMR_DECLARE_Q23_K(neon)
 
 void rmsnorm_ref(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
 void rope_ref(float *x, const float *cos_t, const float *sin_t, int64_t t, int64_t h, int64_t hd, int64_t rd);

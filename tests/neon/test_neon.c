@@ -4,7 +4,7 @@
  *   aarch64-linux-gnu-gcc -O2 -static -ffp-contract=off -Ikernels/include tests/neon/test_neon.c \
  *       kernels/cpu/{vec_dot_quant,vec_dot_float,quants}_neon.c kernels/cpu/{vec_dot,quants}_ref.c -lm
  *
- * - q8_0 / q4_0 / q4_1 / q5_0 / q5_1 / q4_k / q5_k / q6_k dots against q16_a, and quantize_q16_a:
+ * - q8_0 / q4_0 / q4_1 / q5_0 / q5_1 / q2_k .. q6_k dots against q16_a, and quantize_q16_a:
  *   bit-identical to _ref (the NEON kernels sum each block's integers exactly and repeat the
  *   scalar float steps in order); q6_k's 4-token tile bit-identical to its single-token dot.
  * - f32 / f16 / bf16 dots: the NEON sum order differs, so each of NEON and _ref must be within
@@ -63,6 +63,8 @@ static void test_quant_dots(void) {
         {"q4_k", QK_K, 144, 0, 2, vec_dot_q4_K_q16_a_neon, vec_dot_q4_K_q16_a_ref}, /* d, dmin */
         {"q5_k", QK_K, 176, 0, 2, vec_dot_q5_K_q16_a_neon, vec_dot_q5_K_q16_a_ref}, /* d, dmin */
         {"q6_k", QK_K, 210, 208, -1, vec_dot_q6_K_q16_a_neon, vec_dot_q6_K_q16_a_ref}, /* d last */
+        {"q3_k", QK_K, 110, 108, -1, vec_dot_q3_K_q16_a_neon, vec_dot_q3_K_q16_a_ref}, /* d last */
+        {"q2_k", QK_K, 84, 80, 82, vec_dot_q2_K_q16_a_neon, vec_dot_q2_K_q16_a_ref},   /* d, dmin last */
     };
     for (int t = 0; t < (int)(sizeof T / sizeof T[0]); t++)
         for (int ki = 0; ki < 3; ki++)

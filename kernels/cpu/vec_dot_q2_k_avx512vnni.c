@@ -1,0 +1,4 @@
+/* The avx512vnni dot product of q2_k: vec_dot_q2_k_avx2.c built with VNNI, its int16
+ * multiply-adds one vpdpwssd each. */
+#define Q2K_ISA avx512vnni
+#include "vec_dot_q2_k_avx2.c"
