@@ -1,4 +1,4 @@
-/* AVX2 (+FMA, F16C) products of X16 weight groups (q8_0, q4_0, q4_1, q5_0, q5_1; q4_k at the end) with q16_a activations,
+/* AVX2 (+FMA, F16C) products of X16 weight groups (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl; q4_k at the end) with q16_a activations,
  * one token at a time. The arithmetic of gemm_x16_avx512.c on quarter-width vectors: a 16-byte
  * load holds word c of four rows, widened to int16 it is 8 lanes (r, p) of int16 pairs, and
  * pmaddwd with a broadcast of activation elements 4c .. 4c + 3 sums half of row r's block into
@@ -74,6 +74,19 @@ ALWAYS_INLINE void one_token(const int fmt, int64_t nb, float *out, const uint8_
                     const __m256i raw = _mm256_cvtepu8_epi16(load16(q + 64 + c * 64 + r * 16));
                     const __m256i lo = q5_fifth(fmt, _mm256_and_si256(raw, nibble), hl[r], bit);
                     const __m256i hi = q5_fifth(fmt, _mm256_srli_epi16(raw, 4), hh[r], bit);
+                    isum[r] = madd(madd(isum[r], lo, alo), hi, ahi);
+                }
+            }
+        } else if (fmt == F_IQ4_NL) {
+            /* q4's nibbles replaced by their levels while still bytes (a pshufb of the 16-level
+             * table), widened as signed bytes: then q8_0's lanes, no offset */
+            const __m128i levels = load16((const uint8_t *)llmr_iq4_nl_values), m = _mm_set1_epi8(0x0F);
+            for (int c = 0; c < 4; c++) {
+                const __m256i alo = act4(y, c), ahi = act4(y, c + 4);
+                for (int r = 0; r < 4; r++) {
+                    const __m128i raw = load16(q + c * 64 + r * 16);
+                    const __m256i lo = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(levels, _mm_and_si128(raw, m)));
+                    const __m256i hi = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(levels, _mm_and_si128(_mm_srli_epi16(raw, 4), m)));
                     isum[r] = madd(madd(isum[r], lo, alo), hi, ahi);
                 }
             }

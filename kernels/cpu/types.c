@@ -22,6 +22,8 @@ static const llmr_type_traits TRAITS[LLMR_TYPE_COUNT] = {
                         dequantize_row_q5_0_ref},
     [LLMR_TYPE_Q5_1] = {"q5_1", QK5_1, sizeof(block_q5_1), 2, LLMR_ACT_Q16_A, 1, quantize_row_q5_1_ref,
                         dequantize_row_q5_1_ref},
+    [LLMR_TYPE_IQ4_NL] = {"iq4_nl", QK4_NL, sizeof(block_iq4_nl), 1, LLMR_ACT_Q16_A, 1, quantize_row_iq4_nl_ref,
+                          dequantize_row_iq4_nl_ref},
     [LLMR_TYPE_Q4_K] = {"q4_k", QK_K, sizeof(block_q4_K), 2, LLMR_ACT_Q16_A, 1, quantize_row_q4_K_ref,
                         dequantize_row_q4_K_ref},
     [LLMR_TYPE_Q5_K] = {"q5_k", QK_K, sizeof(block_q5_K), 2, LLMR_ACT_Q16_A, 1, quantize_row_q5_K_ref,
