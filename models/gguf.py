@@ -1,7 +1,7 @@
 """GGUF file → .llmr.
 
-Tensors of a type we run (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K .. Q6_K) are copied
-block for block; other types (Q8_K) are dequantised exactly and re-quantised to
+Tensors of a type we run (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K .. Q6_K) are
+copied block for block; other types (Q8_K) are dequantised exactly and re-quantised to
 q8_0, the nearest type we run that loses little against them. llama.cpp's converter permutes the q/k rows of
 `llama`-style models so that its RoPE rotates adjacent pairs; .llmr uses the rotate-half
 order, so those rows are put back (a permutation of whole rows: lossless for every type). Which

@@ -1,7 +1,7 @@
 """Weight layouts: how a matrix's blocks lie in a .llmr file (recorded per tensor).
 
 ROWS is GGUF's: each row its blocks in order. X16 (the types whose table entry says x16: q8_0,
-q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k; rows a multiple of 16) is what the SIMD kernels read:
+q4_0, q4_1, q5_0, q5_1, iq4_nl, q4_k, q5_k, q6_k; rows a multiple of 16) is what the SIMD kernels read:
 groups of 16 consecutive rows; each group its blocks in order; each block of a group stored as the
 16 rows' first f16 scale field (d), then (q4_1, q5_1, q4_k, q5_k: n_scales = 2) their second (m;
 the k-quants' dmin), then the rows' other bytes, in their order, as 4-byte words, word c of row r

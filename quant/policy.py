@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 from .mixes import MIXES, Mix, fit, missing_types, mix_type
-from .types import F16, F32, Q4_0, Q4_1, Q8_0, QType, qtype
+from .types import F16, F32, IQ4_NL, Q4_0, Q4_1, Q8_0, QType, qtype
 
 EMBEDDINGS = ("tok_embeddings", "output")
 DEFAULT_POLICY = ("quant/policy.py: norms and biases f32; embeddings and output head one step above the "
@@ -85,13 +85,23 @@ def quantize_weights(name: str, values, t: QType, policy: Policy | None = None):
     """What the converters call: float32 rows [rows, n] of tensor `name` -> bytes of type t,
     after refusing NaN, infinity and what f16 cannot hold (reference.check_weights);
     importance-weighted where `policy` is calibrated and the type has a calibrated quantiser
-    (quant/calibrate.py), else the reference quantiser."""
+    (quant/calibrate.py), else the reference quantiser: for iq4_nl its C twin
+    (kernels/cpu/quants_ref.c, the same bytes, tests/test_kernels.py), as numpy's search of 16
+    grids per block took SmolLM2-135M three minutes, the C about six times less."""
     from .calibrate import weighted_quantizer
     from .reference import check_weights, quantize
     check_weights(values, t)
     weighted = weighted_quantizer(t)
     if weighted and policy and policy.importance and name in policy.importance:
         return weighted(values, policy.importance[name])
+    if t is IQ4_NL:
+        import numpy as np
+
+        from .. import _kernels
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        out = np.empty((*values.shape[:-1], t.row_bytes(values.shape[-1])), np.uint8)
+        _kernels.quantize(out, values, t.id)
+        return out
     return quantize(values, t)
 
 

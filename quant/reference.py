@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConvertError
-from .types import BF16, F16, F32, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, QType, qtype
+from .types import BF16, F16, F32, IQ4_NL, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, QType, qtype
 
 Q16A_BLOCK = 32  # elements per q16_a activation block (kernels/include/llmrun.h's QK_Q16_A)
 F16_MAX = 65504.0  # the largest finite float16: bounds f16 values, and the scales of the block types
@@ -475,6 +475,70 @@ def q2_k_fields(blocks: np.ndarray):
     return wide(d), wide(dmin), wq, wm
 
 
+# --- iq4_nl: llama.cpp's quantize_iq4_nl without an importance matrix -----------------------------
+# The same float32 operations in the same order as its quantize_row_iq4_nl_impl for one block of
+# 32 with ntry = 7 (what llama-quantize runs; quantize_row_iq4_nl_ref's ntry = -1 skips the search
+# and the final pass), the sums element by element; kernels/cpu/quants_ref.c does the same in C.
+# tests/test_kquants.py pins the bytes against llama.cpp's own code.
+
+# GGML's kvalues_iq4nl: the 16 levels a 4-bit iq4_nl quant stands for, denser near zero, where
+# most weights are (kernels/include/llmrun.h holds the same table: test_kernels compares them).
+IQ4_NL_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int8)
+_IQ4_NL_F32 = IQ4_NL_VALUES.astype(np.float32)
+
+
+def _iq4_nl_index(v: np.ndarray) -> np.ndarray:
+    """ggml's best_index_int8 over IQ4_NL_VALUES, elementwise on float32 v: the index of the
+    nearest level, the upper one unless v - lower < upper - v (float32 differences, as the C);
+    v at or past an end level takes it; NaN takes 15, as the C's search ends there."""
+    upper = np.clip(np.searchsorted(_IQ4_NL_F32, v, side="right"), 1, 15)  # levels[upper - 1] <= v < levels[upper]
+    with np.errstate(invalid="ignore"):
+        nearer_lower = (v - _IQ4_NL_F32[upper - 1]) < (_IQ4_NL_F32[upper] - v)
+    i = np.where(nearer_lower, upper - 1, upper)
+    return np.where(v <= _IQ4_NL_F32[0], 0, np.where(v >= _IQ4_NL_F32[15], 15, i)).astype(np.uint8)
+
+
+def _iq4_nl_fit(b: np.ndarray, w: np.ndarray, iscale: np.ndarray):
+    """The grid of 1 / iscale over blocks b [M, 32] weighted by w: (sum w q x, sum w q^2) [M]."""
+    q = _IQ4_NL_F32[_iq4_nl_index(iscale[:, None] * b)]  # [M, 32]
+    sumqx = np.zeros(b.shape[0], np.float32)
+    sumq2 = np.zeros(b.shape[0], np.float32)
+    for j in range(b.shape[1]):
+        wq = w[:, j] * q[:, j]
+        sumqx = sumqx + wq * b[:, j]
+        sumq2 = sumq2 + wq * q[:, j]
+    return sumqx, sumq2
+
+
+def _quantize_iq4_nl(b: np.ndarray, lead) -> np.ndarray:
+    """b float32 [..., nb, 32] -> the iq4_nl bytes [..., nb * 18]."""
+    f = np.float32
+    x = b.reshape(-1, 32)
+    amax = np.zeros(x.shape[0], f)
+    top = np.zeros(x.shape[0], f)  # the value of largest magnitude, the first of equals
+    for j in range(32):
+        bigger = np.abs(x[:, j]) > amax
+        amax = np.where(bigger, np.abs(x[:, j]), amax)
+        top = np.where(bigger, x[:, j], top)
+    zero = amax < GROUP_MAX_EPS  # scale 0
+    w = x * x  # no importance matrix: each value weighs its square
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        # the largest magnitude on the end level -127, then 15 grids around it, the best kept
+        sumqx, sumq2 = _iq4_nl_fit(x, w, f(1) / (-top / f(-127)))
+        d = np.where(sumq2 > 0, sumqx / sumq2, f(0)).astype(f)
+        best = d * sumqx
+        for step in range(-7, 8):
+            sumqx, sumq2 = _iq4_nl_fit(x, w, f(step - 127) / top)
+            better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+            d = np.where(better, sumqx / sumq2, d).astype(f)
+            best = np.where(better, d * sumqx, best)
+        d = np.where(zero, f(0), d)
+        # every value again on the chosen (f32, not yet f16) scale
+        L = _iq4_nl_index(np.where(d != 0, f(1) / d, f(0))[:, None] * x)
+    out = np.concatenate([d.astype(np.float16)[:, None].view(np.uint8), _pack_nibbles(L)], axis=-1)
+    return out.reshape(*lead, -1)
+
+
 def check_weights(x: np.ndarray, t) -> None:
     """Refuse model weights that `t` would store as garbage: NaN or infinity anywhere, or
     magnitudes past what float16 values and scales hold (a block's scale is its largest value
@@ -532,6 +596,8 @@ def quantize(x: np.ndarray, t) -> np.ndarray:
         return _quantize_q2_k(b, lead)
     if t is Q3_K:  # llama.cpp's quantize_row_q3_K_ref (make_q3_quants per sub-block of 16, 6-bit scales)
         return _quantize_q3_k(b, lead)
+    if t is IQ4_NL:  # llama.cpp's quantize_iq4_nl without an importance matrix
+        return _quantize_iq4_nl(b, lead)
     if t is Q4_K:  # llama.cpp's quantize_row_q4_K_ref (make_qkx2_quants per sub-block, 6-bit scales)
         return _quantize_q4_k(b, lead)
     if t is Q5_K:  # llama.cpp's quantize_row_q5_K_ref (q4_k's with 5-bit quants)
@@ -579,6 +645,9 @@ def dequantize(data: np.ndarray, t, n: int) -> np.ndarray:
     if t is Q5_1:  # d * q exact (11 x 5 bits), so the one rounding is + m
         q = _unpack_q5(blocks[..., 4:8], blocks[..., 8:]).astype(np.float32)
         return (_f16_field(blocks, 0) * q + _f16_field(blocks, 2)).reshape(*lead, n)
+    if t is IQ4_NL:  # gguf-py's and ggml's: d * level, one rounding
+        q = _IQ4_NL_F32[_unpack_nibbles(blocks[..., 2:])]
+        return (_f16_field(blocks, 0) * q).reshape(*lead, n)
     if t is Q2_K:  # gguf-py's arithmetic (quant/kquants.py, tested bit-identical against it)
         from .kquants import _q2_k
         return _q2_k(blocks).reshape(*lead, n)
@@ -630,6 +699,7 @@ def matmul(w: np.ndarray, t, x: np.ndarray) -> np.ndarray:
         q4_1:  sum_b dw * da * sum(qw * qa) + mw * sa
         q5_0:  sum_b dw * da * sum((qw - 16) * qa)    (signed weights, no offset term)
         q5_1:  sum_b dw * da * sum(qw * qa) + mw * sa
+        iq4_nl: sum_b dw * da * sum(IQ4_NL_VALUES[qw] * qa)    (signed levels, no offset term)
         q4_k:  sum over sub-blocks j (32 each, q16_a block j): (d sc_j) * da * sum(qw * qa) - (dmin m_j) * sa
         q5_k:  as q4_k, qw with its fifth bit
         q6_k:  sum over q16_a blocks j: d * da * sum(sc * (qw - 32) * qa), sc that of each
@@ -643,7 +713,7 @@ def matmul(w: np.ndarray, t, x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     k = x.shape[-1]
     # below, weight block b meets activation block b: true of these types, whose blocks are q16_a's size
-    if t.quantized and t not in (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K):
+    if t.quantized and t not in (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K):
         raise ValueError(f"no reference matmul for {t.name}")
     if not t.quantized:
         return (x.astype(np.float64) @ dequantize(w, t, k).astype(np.float64).T).astype(np.float32)
@@ -683,11 +753,13 @@ def matmul(w: np.ndarray, t, x: np.ndarray) -> np.ndarray:
         qw = _unpack_q5(blocks[..., 2:6], blocks[..., 6:]).astype(np.int64) - 16
     elif t is Q5_1:
         qw = _unpack_q5(blocks[..., 4:8], blocks[..., 8:])
+    elif t is IQ4_NL:
+        qw = IQ4_NL_VALUES[_unpack_nibbles(blocks[..., 2:])]
     else:
         qw = _unpack_nibbles(blocks[..., 4:] if t is Q4_1 else blocks[..., 2:])
     isum = np.einsum("nbj,tbj->tnb", qw.astype(np.int64), qa.astype(np.int64)).astype(np.float64)
     da, sa = da.astype(np.float64)[:, None, :], sa.astype(np.float64)[:, None, :]  # [T, 1, nb]
-    if t in (Q8_0, Q5_0):
+    if t in (Q8_0, Q5_0, IQ4_NL):
         y = (dw * da * isum).sum(-1)
     elif t is Q4_0:
         y = (dw * (da * isum - 8 * sa)).sum(-1)

@@ -19,6 +19,8 @@ block formats below are byte-for-byte the GGUF ones:
           the fifth bit of element 32s + l is bit s of qh[l]
     q6_k  { u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d; }   256 values in 16 sub-blocks of 16:
           x = d * sc * (q - 32), sc int8 per sub-block, q 6-bit (bit layout: quant/kquants.py)
+    iq4_nl { f16 d; u8 qs[16]; }             x = d * IQ4_NL_VALUES[q]: q4_0's nibbles, mapped
+          through GGML's 16-entry non-linear int8 table (kvalues_iq4nl, in quant/reference.py)
     (4-bit: element j is the low nibble of qs[j], element j+16 the high nibble; 5-bit: the
     same, plus bit j of the little-endian u32 qh as the fifth bit, << 4)
 
@@ -96,6 +98,7 @@ Q4_0 = QType("q4_0", 2, 32, 18, n_scales=1, act="q16_a", x16=True)
 Q4_1 = QType("q4_1", 3, 32, 20, n_scales=2, act="q16_a", x16=True)
 Q5_0 = QType("q5_0", 6, 32, 22, n_scales=1, act="q16_a", x16=True)  # { f16 d; u8 qh[4]; u8 qs[16]; }
 Q5_1 = QType("q5_1", 7, 32, 24, n_scales=2, act="q16_a", x16=True)  # { f16 d; f16 m; u8 qh[4]; u8 qs[16]; }
+IQ4_NL = QType("iq4_nl", 20, 32, 18, n_scales=1, act="q16_a", x16=True)  # { f16 d; u8 qs[16]; }: q4_0's layout
 # k-quants, in GGML's order: q2_k .. q6_k are stored and run (q4_k's sub-blocks of 32 line
 # up with q16_a blocks, X16: its d and dmin, then 3 words of packed scales and 32 of quants; q5_k
 # the same with 8 words of qh between them; q6_k's sub-blocks of 16 are halves of them, X16: its
@@ -111,7 +114,7 @@ Q6_K = QType("q6_k", 14, QK_K, 210, n_scales=1, act="q16_a", x16=True, fallback=
 Q8_K = QType("q8_k", 15, QK_K, 292)  # { f32 d; i8 qs[256]; i16 bsums[16]; }
 
 # Every type, in the order the command line lists them.
-TABLE = (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K)
+TABLE = (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K)
 
 TYPES = {t.name: t for t in TABLE if t.stored}
 TYPES_BY_ID = {t.id: t for t in TYPES.values()}
@@ -120,7 +123,7 @@ GGML_TYPES_BY_ID = {t.id: t for t in TABLE}
 # GGML ids we cannot read, named only so the error says what the file holds.
 _UNSUPPORTED_GGML_NAMES = {
     4: "q4_2", 5: "q4_3", 9: "q8_1", 16: "iq2_xxs", 17: "iq2_xs", 18: "iq3_xxs", 19: "iq1_s",
-    20: "iq4_nl", 21: "iq3_s", 22: "iq2_s", 23: "iq4_xs", 24: "i8", 25: "i16", 26: "i32",
+    21: "iq3_s", 22: "iq2_s", 23: "iq4_xs", 24: "i8", 25: "i16", 26: "i32",
     27: "i64", 28: "f64", 29: "iq1_m", 31: "q4_0_4_4", 32: "q4_0_4_8", 33: "q4_0_8_8",
     34: "tq1_0", 35: "tq2_0", 36: "iq4_nl_4_4", 37: "iq4_nl_4_8", 38: "iq4_nl_8_8",
     39: "mxfp4", 40: "nvfp4", 41: "q1_0",

@@ -137,6 +137,6 @@ def test_type_help_comes_from_the_type_table_without_loading_numpy():
     code = ("import sys, llmrun.cli.main; "
             "assert 'numpy' not in sys.modules and 'llmrun._kernels' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
-    assert names() == "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k or q6_k"
+    assert names() == "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q2_k, q3_k, q4_k, q5_k or q6_k"
     r = run_cli("quantize", "--help", check=True, env={"COLUMNS": "200"})  # wide enough not to wrap
     assert names() in r.stdout

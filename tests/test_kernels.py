@@ -14,7 +14,8 @@ import pytest
 import llmrun._kernels as K
 from llmrun.quant import reference as ref
 from llmrun.quant.layout import X16, deinterleave, interleave
-from llmrun.quant.types import BF16, F16, F32, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TABLE, TYPES
+from llmrun.quant.types import (BF16, F16, F32, IQ4_NL, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0,
+                                TABLE, TYPES)
 
 ALL_TYPES = list(TYPES.values())  # every type the CPU runs, from the table in quant/types.py
 QUANTISED = [t for t in ALL_TYPES if t.quantized]
@@ -172,6 +173,9 @@ def block_fields(w: np.ndarray, t):
     d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float64)
     if t is Q8_0:
         return d, np.zeros_like(d), blocks[..., 2:].copy().view(np.int8).astype(np.float64)
+    if t is IQ4_NL:  # the nibbles' signed levels (no offset)
+        q = ref.IQ4_NL_VALUES[ref._unpack_nibbles(blocks[..., 2:])].astype(np.float64)
+        return d, np.zeros_like(d), q
     if t in (Q5_0, Q5_1):  # q5_0: signed q - 16 (no offset); q5_1: q, offset m
         first = 2 if t is Q5_0 else 4
         q = ref._unpack_q5(blocks[..., first:first + 4], blocks[..., first + 4:]).astype(np.float64)
@@ -260,6 +264,7 @@ def test_quantize_q16a_matches_reference():
 
 @pytest.mark.parametrize("t,k,expected", [(F32, 5, 20), (F16, 7, 14), (BF16, 3, 6), (Q8_0, 64, 68),
                                           (Q4_0, 32, 18), (Q4_1, 96, 60), (Q5_0, 64, 44), (Q5_1, 32, 24),
+                                          (IQ4_NL, 64, 36),
                                           (Q6_K, 512, 420)],
                          ids=lambda v: str(v))
 def test_row_bytes(t, k, expected):
@@ -277,6 +282,22 @@ def test_get_rows_matches_dequantize(t):
     out = np.empty((len(ids), k), np.float32)
     K.get_rows(out, w, t.id, ids)
     np.testing.assert_array_equal(out, ref.dequantize(w, t, k)[ids])  # bound 0: same f32 ops
+
+
+def test_iq4_nl_levels_are_ggmls():
+    """llmrun.h's level table is quant/reference.py's (GGML's kvalues_iq4nl): a block with d = 1
+    and every nibble, low and high, comes back as the 16 levels, on every path that reads it."""
+    assert ref.IQ4_NL_VALUES.tolist() == [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113]
+    block = np.r_[np.array([1.0], np.float16).view(np.uint8), np.arange(16, dtype=np.uint8) * 17].astype(np.uint8)
+    out = np.empty((1, 32), np.float32)
+    K.get_rows(out, block[None], IQ4_NL.id, np.zeros(1, np.int32))
+    levels = ref.IQ4_NL_VALUES.astype(np.float32)
+    np.testing.assert_array_equal(out[0], np.r_[levels, levels])
+    np.testing.assert_array_equal(ref.dequantize(block, IQ4_NL, 32), np.r_[levels, levels])
+    # a dot product with one activation per level picks each one out
+    x = np.zeros((16, 32), np.float32)
+    x[np.arange(16), np.arange(16)] = 1.0
+    np.testing.assert_allclose(kernel_matmul(x, block[None], IQ4_NL, 1)[:, 0], levels, rtol=4 * U)  # d_a = 1/32767 rounded
 
 
 # --- the X16 layout -----------------------------------------------------------------------------

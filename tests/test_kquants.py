@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 
-from llmrun.quant import (GGML_TYPES_BY_ID, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K,
+from llmrun.quant import (GGML_TYPES_BY_ID, IQ4_NL, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K,
                           Q8_0, Q8_K, TYPES, dequantize, dequantize_ggml, ggml_type, qtype)
 from llmrun.quant.types import TABLE, TYPES_BY_ID
 
 IMPORT_ONLY = [t for t in TABLE if not t.stored]
 
 # Byte offsets of each block's scale fields, set to finite values so no inf/nan appears.
-F16_FIELDS = {Q5_0: [0], Q5_1: [0, 2], Q2_K: [80, 82], Q3_K: [108], Q4_K: [0, 2], Q5_K: [0, 2],
+F16_FIELDS = {Q5_0: [0], Q5_1: [0, 2], IQ4_NL: [0], Q2_K: [80, 82], Q3_K: [108], Q4_K: [0, 2], Q5_K: [0, 2],
               Q6_K: [208]}
 F32_FIELDS = {Q8_K: [0]}
 
@@ -47,10 +47,10 @@ def test_sizes_match_ggml():
 
 
 def test_runnable_types_unchanged():
-    assert sorted(TYPES) == ["bf16", "f16", "f32", "q2_k", "q3_k", "q4_0", "q4_1", "q4_k", "q5_0", "q5_1",
+    assert sorted(TYPES) == ["bf16", "f16", "f32", "iq4_nl", "q2_k", "q3_k", "q4_0", "q4_1", "q4_k", "q5_0", "q5_1",
                              "q5_k", "q6_k", "q8_0"]
-    assert sorted(TYPES_BY_ID) == [0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 30]
-    assert len(GGML_TYPES_BY_ID) == 14
+    assert sorted(TYPES_BY_ID) == [0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 20, 30]
+    assert len(GGML_TYPES_BY_ID) == 15
     for t in IMPORT_ONLY:
         assert ggml_type(t.id) is t
         with pytest.raises(ValueError):
@@ -59,7 +59,8 @@ def test_runnable_types_unchanged():
             qtype(t.name)
 
 
-@pytest.mark.parametrize("t", [t for t in IMPORT_ONLY if t is not Q8_K] + [Q5_0, Q5_1, Q4_K, Q5_K, Q6_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("t", [t for t in IMPORT_ONLY if t is not Q8_K] + [Q5_0, Q5_1, IQ4_NL, Q4_K, Q5_K, Q6_K],
+                         ids=lambda t: t.name)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_bit_identical_to_gguf(t, shape):
     rng = np.random.default_rng(t.id * 100 + len(shape))
@@ -403,3 +404,62 @@ def test_q2_k_quantiser_round_trip_and_rules():
     e2 = np.sqrt(((dequantize(quantize(g, Q2_K), Q2_K, 4096) - g) ** 2).mean())
     e3 = np.sqrt(((dequantize(quantize(g, Q3_K), Q3_K, 4096) - g) ** 2).mean())
     assert e3 < e2 < 0.45  # 2.63 bits per weight on N(0, 1)
+
+
+def _iq4_nl_inputs() -> np.ndarray:
+    """16,384 blocks of 32 (rows of 256): each block's scale from 1e-4 to 1e3, and edge blocks."""
+    rng = np.random.default_rng(2020)
+    x = rng.standard_normal((2048, 8, 32)) * 10.0 ** rng.uniform(-4, 3, (2048, 8, 1))
+    levels = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float64)
+    x[0, 0] = 0.0  # all zero: d = 0, every quant the level nearest 0 (index 8)
+    x[0, 1] = 1.5  # constant
+    x[0, 2] = np.arange(32) - 10.0  # a ramp
+    x[0, 3] = np.abs(x[0, 3]) + 1  # all positive: the top level is 113, not 127
+    x[0, 4] = -np.abs(x[0, 4])  # all negative
+    x[0, 5] = np.round(x[0, 5] * 4) / 4  # ties in magnitude
+    x[0, 6] = 1e-17  # under ggml's GROUP_MAX_EPS (1e-15): stored as zero
+    x[0, 7] = rng.standard_normal(32) * 1e-13  # squares and cubes of these are float32 subnormals
+    x[1, 0] = 1e-4
+    x[1, 0, 5] = 1e3  # one huge value
+    x[1, 1, :16] = levels  # every level, and the midpoints between them: exact ties on the grid of 1
+    x[1, 1, 16:31] = (levels[:-1] + levels[1:]) / 2
+    x[1, 1, 31] = -127.0
+    x[1, 2] = -x[1, 1]
+    x[1, 3, ::2] = 0.0
+    return x.reshape(2048, 256).astype(np.float32)
+
+
+def test_iq4_nl_quantiser_is_llama_cpps():
+    """gguf-py has no iq4_nl quantiser. These are the bytes of llama.cpp's quantize_iq4_nl (what
+    llama-quantize calls: ntry 7, here without an importance matrix), ggml-quants.c as vendored
+    by llama-cpp-python 0.3.36 built alone with gcc -O2 -ffp-contract=off and called on the rows
+    above (built with -march=native, where GCC contracts its sums into FMAs, 21 of these 16,384
+    blocks come out otherwise); our numpy quantiser must give them (the C one is held to it in
+    test_kernels)."""
+    import hashlib
+    from llmrun.quant import quantize
+    got = quantize(_iq4_nl_inputs(), IQ4_NL)
+    assert got.shape == (2048, 8 * 18)
+    assert hashlib.sha256(got.tobytes()).hexdigest() == \
+        "e81d2f82ffa6bd906a78b85369dc426e794f050b845a888167ee609222d4aaba"
+
+
+def test_iq4_nl_quantiser_rules():
+    from llmrun.quant import quantize
+    from llmrun.quant.reference import IQ4_NL_VALUES
+    x = _iq4_nl_inputs()
+    blk = quantize(x, IQ4_NL).reshape(-1, 18)
+    d = blk[:, :2].copy().view(np.float16)[:, 0]
+    # all zero, and below ggml's GROUP_MAX_EPS: d = 0 and every quant the level nearest 0 (index 8)
+    for b in (0, 6):
+        assert d[b] == 0 and (blk[b, 2:] == 0x88).all()
+    assert (d[1:6] != 0).all()
+    assert d[7] == 0 and (blk[7, 2:] != 0x88).any()  # 1e-13: fitted on an f32 scale that f16 rounds to 0
+    # a block of the levels times 0.5 is a perfect fit: d = 0.5, and it comes back exactly
+    v = np.r_[IQ4_NL_VALUES, IQ4_NL_VALUES[::-1]].astype(np.float32) * np.float32(0.5)
+    assert np.array_equal(dequantize(quantize(v[None], IQ4_NL), IQ4_NL, 32)[0], v)
+    # 4.5 bits per weight on N(0, 1): the non-linear levels beat q4_0's even steps
+    g = np.random.default_rng(5).standard_normal((16, 4096)).astype(np.float32)
+    e_nl = np.sqrt(((dequantize(quantize(g, IQ4_NL), IQ4_NL, 4096) - g) ** 2).mean())
+    e_q4 = np.sqrt(((dequantize(quantize(g, Q4_0), Q4_0, 4096) - g) ** 2).mean())
+    assert e_nl < 0.92 * e_q4

@@ -2,7 +2,7 @@
 
 tests/neon/test_neon.c is cross-compiled with aarch64-linux-gnu-gcc (static) together with the
 NEON files and the scalar *_ref.c files they are held to, and run under qemu-aarch64 (natively
-on an arm64 host). It checks the quantised dots (q8_0, q4_0, q4_1, q5_0, q5_1, q2_k .. q6_k against
+on an arm64 host). It checks the quantised dots (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q2_k .. q6_k against
 q16_a), q6_k's 4-token tile and the q16_a quantiser bit for bit against _ref (the tile against
 the single-token dot), and the float dots (f32, f16, bf16) within
 FLOAT_DOT_BOUND(K) = (K + 2) u sum|x w| of float64 (bounds derived in the C file). This tests

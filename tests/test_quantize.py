@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 
+import numpy as np
 import pytest
 
 import llmrun
@@ -77,6 +78,30 @@ def test_cli_names_the_output_after_the_scheme_and_checks_its_flags(tiny):
         r = run_cli("quantize", tiny / "f32.llmr", tiny / "bad.llmr", *args)
         assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr
     assert not (tiny / "bad.llmr").exists()
+
+
+def test_cli_quantizes_to_iq4_nl(tiny):
+    """iq4_nl is a type like q4_0: the policy's 4-bit rules (4.5 bits per weight), the reference
+    quantiser's bytes (llama.cpp's, tests/test_kquants.py), in the X16 layout, and it runs."""
+    from llmrun.quant import IQ4_NL, quantize as ref_quantize
+    from llmrun.quant.layout import X16
+    run_cli("quantize", tiny / "f32.llmr", tiny / "iq4.llmr", "--type", "iq4_nl", check=True)
+    t = types(tiny / "iq4.llmr")
+    assert t["layers.0.wq"] == t["layers.1.w_up"] == "iq4_nl"
+    assert t["layers.0.w_down"] == "q8_0" and t["layers.0.attn_norm"] == "f32"  # as q4_0's policy
+    src, out = LlmrFile(tiny / "f32.llmr"), LlmrFile(tiny / "iq4.llmr")
+    wq = out.tensor("layers.0.wq")
+    assert wq.layout == X16
+    assert wq.rows().tobytes() == ref_quantize(src.tensor("layers.0.wq").numpy(), IQ4_NL).tobytes()
+    logits = llmrun.load(tiny / "iq4.llmr").logits([1, 2, 3])
+    assert logits.shape[0] == 3 and np.isfinite(logits).all()
+    # the GPU backends have no iq4_nl kernels (yet): one line says so, before anything is uploaded
+    from llmrun.backends.gpu import check_weight
+    from llmrun.errors import LlmrunError
+    for backend in ("WebGPU", "CUDA"):
+        with pytest.raises(LlmrunError, match=rf"^layers\.0\.wq: no {backend} kernels for iq4_nl weights \(have: .*\); "
+                                              r"convert the model to one of those, or use --backend cpu$"):
+            check_weight(wq, backend)
 
 
 def test_a_quantised_gguf_is_not_requantised_silently(tmp_path):

@@ -6,17 +6,18 @@
 #ifndef LLMRUN_GEMM_X16_H
 #define LLMRUN_GEMM_X16_H
 
-enum { F_Q8_0, F_Q4_0, F_Q4_1, F_Q5_0, F_Q5_1 };
+enum { F_Q8_0, F_Q4_0, F_Q4_1, F_Q5_0, F_Q5_1, F_IQ4_NL };
 
 /* Bytes of one block of an X16 group (16 rows' blocks) of format fmt. */
 #define X16_GROUP_BLOCK(fmt)                                                                         \
     (LLMR_X16 * ((fmt) == F_Q8_0 ? sizeof(block_q8_0) : (fmt) == F_Q4_0 ? sizeof(block_q4_0)          \
                  : (fmt) == F_Q4_1 ? sizeof(block_q4_1) : (fmt) == F_Q5_0 ? sizeof(block_q5_0)        \
-                 : sizeof(block_q5_1)))
+                 : (fmt) == F_Q5_1 ? sizeof(block_q5_1) : sizeof(block_iq4_nl)))
 /* The formats with a second f16 field, m (the group's 16 m after its 16 d): offset m sa. */
 #define X16_HAS_M(fmt) ((fmt) == F_Q4_1 || (fmt) == F_Q5_1)
-/* The formats with an offset term per block: q4_0's -8 d sa, and m sa. q8_0's and q5_0's
- * weights are signed integers (q5_0's q - 16 is taken before the multiply-add): none. */
+/* The formats with an offset term per block: q4_0's -8 d sa, and m sa. q8_0's, q5_0's and
+ * iq4_nl's weights are signed integers (q5_0's q - 16 and iq4_nl's levels are taken before the
+ * multiply-add): none. */
 #define X16_HAS_OFFSET(fmt) ((fmt) == F_Q4_0 || X16_HAS_M(fmt))
 /* 5-bit formats: the block's quant word 0 (16 rows' u32 qh, 64 bytes) comes before its four qs
  * words. Within 4 consecutive rows' 16 bytes of a qs word c, byte 4r + i is element 4c + i (low
@@ -105,6 +106,7 @@ static inline void x16_q4k_scales(const uint8_t *g, const float *d, const float 
     LLMR_GEMM_X16_KERNEL(q4_1, F_Q4_1, isa)                                                          \
     LLMR_GEMM_X16_KERNEL(q5_0, F_Q5_0, isa)                                                          \
     LLMR_GEMM_X16_KERNEL(q5_1, F_Q5_1, isa)                                                          \
+    LLMR_GEMM_X16_KERNEL(iq4_nl, F_IQ4_NL, isa)                                                      \
     LLMR_GEMM_X16_KERNEL_Q4_K(isa)
 
 #endif

@@ -1,4 +1,4 @@
-/* AVX2 (+FMA, F16C) products of X16 weight groups (q8_0, q4_0, q4_1, q5_0, q5_1; q4_k at the end) with q16_a activations,
+/* AVX2 (+FMA, F16C) products of X16 weight groups (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl; q4_k at the end) with q16_a activations,
  * one token at a time. The arithmetic of gemm_x16_avx512.c on quarter-width vectors: a 16-byte
  * load holds word c of four rows, widened to int16 it is 8 lanes (r, p) of int16 pairs, and
  * pmaddwd with a broadcast of activation elements 4c .. 4c + 3 sums half of row r's block into
@@ -77,6 +77,19 @@ ALWAYS_INLINE void one_token(const int fmt, int64_t nb, float *out, const uint8_
                     isum[r] = madd(madd(isum[r], lo, alo), hi, ahi);
                 }
             }
+        } else if (fmt == F_IQ4_NL) {
+            /* q4's nibbles replaced by their levels while still bytes (a pshufb of the 16-level
+             * table), widened as signed bytes: then q8_0's lanes, no offset */
+            const __m128i levels = load16((const uint8_t *)llmr_iq4_nl_values), m = _mm_set1_epi8(0x0F);
+            for (int c = 0; c < 4; c++) {
+                const __m256i alo = act4(y, c), ahi = act4(y, c + 4);
+                for (int r = 0; r < 4; r++) {
+                    const __m128i raw = load16(q + c * 64 + r * 16);
+                    const __m256i lo = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(levels, _mm_and_si128(raw, m)));
+                    const __m256i hi = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(levels, _mm_and_si128(_mm_srli_epi16(raw, 4), m)));
+                    isum[r] = madd(madd(isum[r], lo, alo), hi, ahi);
+                }
+            }
         } else {
             for (int c = 0; c < 4; c++) {
                 const __m256i alo = act4(y, c), ahi = act4(y, c + 4);
@@ -108,9 +121,10 @@ ALWAYS_INLINE void one_token(const int fmt, int64_t nb, float *out, const uint8_
     }
 }
 
-/* q5 prefill: a 5-bit block costs about twice a q8_0 block to unpack, so with more than one token
- * each block of the group is unpacked once, into int16 words in L1 (1 KiB), and then meets up to
- * Q5_TOKENS tokens, whose accumulators wait in memory. Per token, the same operations in the same
+/* q5 and iq4_nl prefill: a 5-bit block costs about twice a q8_0 block to unpack (an iq4_nl block,
+ * its nibbles looked up in the level table, 1.35 times a q4_0 block: measured one token at a
+ * time), so with more than one token each block of the group is unpacked once, into int16 words
+ * in L1 (1 KiB), and then meets up to Q5_TOKENS tokens, whose accumulators wait in memory. Per token, the same operations in the same
  * order as one_token: the same result bit for bit, whatever t. */
 #define Q5_TOKENS 64
 ALWAYS_INLINE void gemm_q5(const int fmt, int64_t nb, int64_t t, float *out, size_t out_stride, const uint8_t *w,
@@ -129,18 +143,28 @@ ALWAYS_INLINE void gemm_q5(const int fmt, int64_t nb, int64_t t, float *out, siz
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *g = w + b * group_block;
             const uint8_t *q = g + n_scales * LLMR_X16 * 2;
-            __m256i hl[4], hh[4];
-            for (int r = 0; r < 4; r++) {
-                const __m256i w64 = _mm256_cvtepu32_epi64(load16(q + r * 16));
-                hl[r] = _mm256_shufflehi_epi16(_mm256_shufflelo_epi16(w64, 0x00), 0x00);
-                hh[r] = _mm256_shufflehi_epi16(_mm256_shufflelo_epi16(w64, 0x55), 0x55);
-            }
-            for (int c = 0; c < 4; c++) {
-                const __m256i bit = _mm256_loadu_si256((const __m256i *)X16_Q5_BIT16[c]);
+            if (fmt == F_IQ4_NL) { /* as one_token's */
+                const __m128i levels = load16((const uint8_t *)llmr_iq4_nl_values), m = _mm_set1_epi8(0x0F);
+                for (int c = 0; c < 4; c++)
+                    for (int r = 0; r < 4; r++) {
+                        const __m128i raw = load16(q + c * 64 + r * 16);
+                        wq[c][r][0] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(levels, _mm_and_si128(raw, m)));
+                        wq[c][r][1] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(levels, _mm_and_si128(_mm_srli_epi16(raw, 4), m)));
+                    }
+            } else {
+                __m256i hl[4], hh[4];
                 for (int r = 0; r < 4; r++) {
-                    const __m256i raw = _mm256_cvtepu8_epi16(load16(q + 64 + c * 64 + r * 16));
-                    wq[c][r][0] = q5_fifth(fmt, _mm256_and_si256(raw, nibble), hl[r], bit);
-                    wq[c][r][1] = q5_fifth(fmt, _mm256_srli_epi16(raw, 4), hh[r], bit);
+                    const __m256i w64 = _mm256_cvtepu32_epi64(load16(q + r * 16));
+                    hl[r] = _mm256_shufflehi_epi16(_mm256_shufflelo_epi16(w64, 0x00), 0x00);
+                    hh[r] = _mm256_shufflehi_epi16(_mm256_shufflelo_epi16(w64, 0x55), 0x55);
+                }
+                for (int c = 0; c < 4; c++) {
+                    const __m256i bit = _mm256_loadu_si256((const __m256i *)X16_Q5_BIT16[c]);
+                    for (int r = 0; r < 4; r++) {
+                        const __m256i raw = _mm256_cvtepu8_epi16(load16(q + 64 + c * 64 + r * 16));
+                        wq[c][r][0] = q5_fifth(fmt, _mm256_and_si256(raw, nibble), hl[r], bit);
+                        wq[c][r][1] = q5_fifth(fmt, _mm256_srli_epi16(raw, 4), hh[r], bit);
+                    }
                 }
             }
             const __m256 d[2] = {_mm256_cvtph_ps(load16(g)), _mm256_cvtph_ps(load16(g + 16))};
@@ -178,7 +202,7 @@ ALWAYS_INLINE void gemm_q5(const int fmt, int64_t nb, int64_t t, float *out, siz
 
 ALWAYS_INLINE void gemm(const int fmt, int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                         const void *a, size_t a_stride) {
-    if (X16_IS_Q5(fmt) && t > 1) {
+    if ((X16_IS_Q5(fmt) || fmt == F_IQ4_NL) && t > 1) {
         gemm_q5(fmt, k / QK_Q16_A, t, out, out_stride, w, a, a_stride);
         return;
     }

@@ -1,4 +1,4 @@
-/* AVX-512 (F, BW, VL) products of X16 weight groups (q8_0, q4_0, q4_1, q5_0, q5_1; q4_k at the end) with q16_a activations:
+/* AVX-512 (F, BW, VL) products of X16 weight groups (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl; q4_k at the end) with q16_a activations:
  * decode (one token) and prefill (tokens in tiles of up to four) alike. Compiled as the
  * `avx512` kernels, and again by gemm_x16_avx512vnni.c with -mavx512vnni, where the int16
  * multiply-add becomes one vpdpwssd.
@@ -13,7 +13,10 @@
  * m sa for q4_1) go into the p = 0 lanes by one more FMA; the two lanes of a row are added at
  * the end. q5: the same lanes, each widened nibble plus its fifth bit (a bit test of the rows' qh
  * halves, copied to their lanes once per block, and a masked add); q5_0's weights are q - 16
- * (signed, no offset).
+ * (signed, no offset). iq4_nl: q4's words with each nibble replaced by its level while still a
+ * byte (one pshufb of the 16-level table per 32 bytes of nibbles), widened as signed bytes: then
+ * q8_0's lanes (signed, no offset); the activations are int16, so this is exact where maddubs's
+ * u8 x s8 would need 8-bit ones.
  *
  * Error against the scalar kernel (same exact block sums, other float order): each lane's
  * accumulator meets at most two FMAs per block, so a term's relative error is at most
@@ -119,6 +122,22 @@ ALWAYS_INLINE void tile(const int fmt, const int T, int64_t nb, float *out, size
                     const __m512i raw = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(q + 64 + c * 64 + v * 32)));
                     lo[v] = q5_fifth(fmt, _mm512_and_si512(raw, nibble), h[v][0], bit);
                     hi[v] = q5_fifth(fmt, _mm512_srli_epi16(raw, 4), h[v][1], bit);
+                }
+                for (int i = 0; i < T; i++) {
+                    const __m512i alo = act4(ys[i] + b, c), ahi = act4(ys[i] + b, c + 4);
+                    isum[i][0] = madd(madd(c ? isum[i][0] : _mm512_setzero_si512(), lo[0], alo), hi[0], ahi);
+                    isum[i][1] = madd(madd(c ? isum[i][1] : _mm512_setzero_si512(), lo[1], alo), hi[1], ahi);
+                }
+            }
+        } else if (fmt == F_IQ4_NL) {
+            const __m256i levels = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)llmr_iq4_nl_values));
+            const __m256i m = _mm256_set1_epi8(0x0F);
+            for (int c = 0; c < 4; c++) {
+                __m512i lo[2], hi[2];
+                for (int v = 0; v < 2; v++) {
+                    const __m256i raw = _mm256_loadu_si256((const __m256i *)(q + c * 64 + v * 32));
+                    lo[v] = _mm512_cvtepi8_epi16(_mm256_shuffle_epi8(levels, _mm256_and_si256(raw, m)));
+                    hi[v] = _mm512_cvtepi8_epi16(_mm256_shuffle_epi8(levels, _mm256_and_si256(_mm256_srli_epi16(raw, 4), m)));
                 }
                 for (int i = 0; i < T; i++) {
                     const __m512i alo = act4(ys[i] + b, c), ahi = act4(ys[i] + b, c + 4);

@@ -1,4 +1,4 @@
-/* NEON products of X16 weight groups (q8_0, q4_0, q4_1, q5_0, q5_1; q4_k at the end) with q16_a activations, one token at a
+/* NEON products of X16 weight groups (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl; q4_k at the end) with q16_a activations, one token at a
  * time (NEON is the arm64 baseline: no flags, no dotprod extension).
  *
  * A 16-byte load holds quant word c of four rows (rows 4j .. 4j + 3 of the group); widened to
@@ -67,6 +67,20 @@ static inline void one_token(const int fmt, int64_t nb, float *out, const uint8_
                     const uint8x16_t raw = vld1q_u8(q + 64 + c * 64 + j * 16), h = vld1q_u8(q + j * 16);
                     const int8x16_t lo = q5_bytes(vandq_u8(raw, nibble), h, sel_lo, bit, off);
                     const int8x16_t hi = q5_bytes(vshrq_n_u8(raw, 4), h, sel_hi, bit, off);
+                    mla4(&s[4 * j], vmovl_s8(vget_low_s8(lo)), vmovl_high_s8(lo), alo);
+                    mla4(&s[4 * j], vmovl_s8(vget_low_s8(hi)), vmovl_high_s8(hi), ahi);
+                }
+            }
+        } else if (fmt == F_IQ4_NL) {
+            /* q4's nibbles replaced by their levels (one table lookup each), widened as int8 */
+            const uint8x16_t nibble = vdupq_n_u8(0x0F);
+            const int8x16_t levels = vld1q_s8(llmr_iq4_nl_values);
+            for (int c = 0; c < 4; c++) {
+                const int16x4_t alo = vld1_s16(&y->qs[4 * c]), ahi = vld1_s16(&y->qs[16 + 4 * c]);
+                for (int j = 0; j < 4; j++) {
+                    const uint8x16_t raw = vld1q_u8(q + c * 64 + j * 16);
+                    const int8x16_t lo = vqtbl1q_s8(levels, vandq_u8(raw, nibble));
+                    const int8x16_t hi = vqtbl1q_s8(levels, vshrq_n_u8(raw, 4));
                     mla4(&s[4 * j], vmovl_s8(vget_low_s8(lo)), vmovl_high_s8(lo), alo);
                     mla4(&s[4 * j], vmovl_s8(vget_low_s8(hi)), vmovl_high_s8(hi), ahi);
                 }

@@ -711,3 +711,77 @@ void dequantize_row_q2_K_ref(const void *x, float *y, int64_t k) {
         }
     }
 }
+
+/* ---- iq4_nl: llama.cpp's quantize_iq4_nl without an importance matrix (what llama-quantize
+ * runs: its quantize_row_iq4_nl_impl for one block of 32 with ntry = 7), operation for operation
+ * (float32, no FMA), so the bytes are llama.cpp's and quant/reference.py's. */
+
+/* The index of the level nearest v: the upper of the two around it unless v - lower < upper - v
+ * (float differences, as ggml's best_index_int8); v at or past an end level takes it, NaN 15. */
+static int iq4_nl_index(float v) {
+    const int8_t *lv = llmr_iq4_nl_values;
+    if (v <= lv[0]) return 0;
+    if (v >= lv[15]) return 15;
+    int up = 1;
+    while (up < 15 && !(v < lv[up])) up++; /* the first level above v */
+    return v - lv[up - 1] < lv[up] - v ? up - 1 : up;
+}
+
+/* sum w q x and sum w q^2 over a block on the grid of 1 / iscale, weights w = x^2, in order. */
+static void iq4_nl_fit(const float *x, float iscale, float *sumqx, float *sumq2) {
+    float qx = 0, q2 = 0;
+    for (int j = 0; j < QK4_NL; j++) {
+        const float q = llmr_iq4_nl_values[iq4_nl_index(iscale * x[j])];
+        const float w = x[j] * x[j];
+        qx += w * q * x[j];
+        q2 += w * q * q;
+    }
+    *sumqx = qx;
+    *sumq2 = q2;
+}
+
+void quantize_row_iq4_nl_ref(const float *x, void *y, int64_t k) {
+    block_iq4_nl *b = y;
+    for (int64_t i = 0; i < k / QK4_NL; i++, x += QK4_NL) {
+        float amax = 0, max = 0; /* the value of largest magnitude, the first of equals */
+        for (int j = 0; j < QK4_NL; j++)
+            if (fabsf(x[j]) > amax) {
+                amax = fabsf(x[j]);
+                max = x[j];
+            }
+        float d = 0;
+        if (amax >= GROUP_MAX_EPS) {
+            /* the largest magnitude on the end level -127, then 15 grids around it, the best kept */
+            float sumqx, sumq2;
+            iq4_nl_fit(x, 1 / (-max / -127.0f), &sumqx, &sumq2);
+            d = sumq2 > 0 ? sumqx / sumq2 : 0.f;
+            float best = d * sumqx;
+            for (int s = -7; s <= 7; s++) {
+                iq4_nl_fit(x, (float)(s - 127) / max, &sumqx, &sumq2);
+                if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+                    d = sumqx / sumq2;
+                    best = d * sumqx;
+                }
+            }
+        }
+        /* every value again on the chosen (f32, not yet f16) scale */
+        const float id = d != 0 ? 1 / d : 0.f;
+        uint8_t L[QK4_NL];
+        for (int j = 0; j < QK4_NL; j++)
+            L[j] = (uint8_t)iq4_nl_index(id * x[j]);
+        b[i].d = llmr_f32_to_f16(d);
+        for (int j = 0; j < QK4_NL / 2; j++)
+            b[i].qs[j] = (uint8_t)(L[j] | L[j + QK4_NL / 2] << 4);
+    }
+}
+
+void dequantize_row_iq4_nl_ref(const void *x, float *y, int64_t k) {
+    const block_iq4_nl *b = x;
+    for (int64_t i = 0; i < k / QK4_NL; i++, y += QK4_NL) {
+        const float d = llmr_f16_to_f32(b[i].d);
+        for (int j = 0; j < QK4_NL / 2; j++) {
+            y[j] = d * (float)llmr_iq4_nl_values[b[i].qs[j] & 0x0F];
+            y[j + QK4_NL / 2] = d * (float)llmr_iq4_nl_values[b[i].qs[j] >> 4];
+        }
+    }
+}

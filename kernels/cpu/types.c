@@ -27,6 +27,8 @@ static const llmr_type_traits TRAITS[LLMR_TYPE_COUNT] = {
                         dequantize_row_q2_K_ref, offsetof(block_q2_K, d)},
     [LLMR_TYPE_Q3_K] = {"q3_k", QK_K, sizeof(block_q3_K), 1, LLMR_ACT_Q16_A, 0, quantize_row_q3_K_ref,
                         dequantize_row_q3_K_ref, offsetof(block_q3_K, d)},
+    [LLMR_TYPE_IQ4_NL] = {"iq4_nl", QK4_NL, sizeof(block_iq4_nl), 1, LLMR_ACT_Q16_A, 1, quantize_row_iq4_nl_ref,
+                          dequantize_row_iq4_nl_ref},
     [LLMR_TYPE_Q4_K] = {"q4_k", QK_K, sizeof(block_q4_K), 2, LLMR_ACT_Q16_A, 1, quantize_row_q4_K_ref,
                         dequantize_row_q4_K_ref},
     [LLMR_TYPE_Q5_K] = {"q5_k", QK_K, sizeof(block_q5_K), 2, LLMR_ACT_Q16_A, 1, quantize_row_q5_K_ref,

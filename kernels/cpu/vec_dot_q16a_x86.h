@@ -6,6 +6,8 @@
  *   widen_q8(const int8_t *q), widen_q4(const uint8_t *qs) -> wblock
  *   widen_q5(const uint8_t *qh, const uint8_t *qs, int offset) -> wblock of q - offset (16 for
  *       q5_0's signed weights, 0 for q5_1's)
+ *   widen_iq4_nl(const uint8_t *qs) -> wblock of the iq4_nl levels of q4's nibbles (a pshufb of
+ *       the 16-level table: signed bytes, widened exactly; the products then go as q8_0's)
  *   lanes(wblock, const block_q16_a *) -> __m256i, eight int32 lanes of the block's products
  *   (and q4_K's and q6_K's helpers, described at their sections below)
  * and this file defines the vec_dots and 4-token tiles below.
@@ -14,11 +16,11 @@
  * block; four blocks' lanes are paired by two rounds of phaddd (integer adds: exact) into one
  * vector whose lanes j and j + 4 hold the halves of block j's sum, converted to float and
  * multiplied-added (FMA) with the block's dw*da into one float accumulator; the offsets
- * (-8 dw sa for q4_0, mw sa for q4_1 and q5_1; q5_0's weights, q - 16, are signed as q8_0's
- * and have none) go by FMA into a four-lane accumulator; the row is reduced once, at the end. Not bit-identical to vec_dot_*_ref (another summation order).
+ * (-8 dw sa for q4_0, mw sa for q4_1 and q5_1; q5_0's weights, q - 16, and iq4_nl's levels are
+ * signed as q8_0's and have none) go by FMA into a four-lane accumulator; the row is reduced once, at the end. Not bit-identical to vec_dot_*_ref (another summation order).
  * Error: every term is c_b * P (P a half-block integer sum, c_b = fl(dw*da)) or an offset o_b;
  * sum |terms| <= M = sum_b (|dw| da sum|qw qa| + |off| |sa|), the scalar kernel's magnitude.
- * c_b: 1 rounding; int -> float of P: 1 (|P| may pass 2^24 for q8_0, never for q4 or q5); -8 sa:
+ * c_b: 1 rounding; int -> float of P: 1 (|P| may pass 2^24 for q8_0 and iq4_nl, never for q4 or q5); -8 sa:
  * exact; then each term meets at most G = ceil(nb/4) FMAs in its lane, one fold of the 8 lanes
  * to 4, one add of the offset lanes and two adds of the final 4-lane tree: relative error
  * <= (G + 6) u <= (nb + 6) u per term, so |err| <= (nb + 6) u M (+ O(u^2)):
@@ -68,7 +70,7 @@ ALWAYS_INLINE __m128 act4(const block_q16_a *y, int s, int n) {
     return _mm_setr_ps(v[0], v[1], v[2], v[3]);
 }
 
-enum { F_Q8_0, F_Q4_0, F_Q4_1, F_Q5_0, F_Q5_1 };
+enum { F_Q8_0, F_Q4_0, F_Q4_1, F_Q5_0, F_Q5_1, F_IQ4_NL };
 #define HAS_M(fmt) ((fmt) == F_Q4_1 || (fmt) == F_Q5_1) /* an f16 minimum at byte 2: offset m sa */
 
 /* A block's 32 weights widened, from its block pointer. */
@@ -77,6 +79,7 @@ ALWAYS_INLINE wblock widen_b_q4_0(const block_q4_0 *b) { return widen_q4(b->qs);
 ALWAYS_INLINE wblock widen_b_q4_1(const block_q4_1 *b) { return widen_q4(b->qs); }
 ALWAYS_INLINE wblock widen_b_q5_0(const block_q5_0 *b) { return widen_q5(b->qh, b->qs, 16); }
 ALWAYS_INLINE wblock widen_b_q5_1(const block_q5_1 *b) { return widen_q5(b->qh, b->qs, 0); }
+ALWAYS_INLINE wblock widen_b_iq4_nl(const block_iq4_nl *b) { return widen_iq4_nl(b->qs); }
 
 /* One group of n <= 4 blocks, x[0..n) against T tokens' activation blocks y[t][0..n). */
 #define GROUP(fmt, block_t, WIDEN, T, x, y, n, acc, off)                                        \
@@ -140,6 +143,7 @@ VEC_DOT(q4_0, F_Q4_0)
 VEC_DOT(q4_1, F_Q4_1)
 VEC_DOT(q5_0, F_Q5_0)
 VEC_DOT(q5_1, F_Q5_1)
+VEC_DOT(iq4_nl, F_IQ4_NL)
 
 /* ---- LLMR_TILE (4) tokens per weight row: each weight block is unpacked once and meets the
  * four tokens' activations; per token, the same lanes, operations and order as above. */
@@ -163,6 +167,7 @@ VEC_DOT_TILE(q4_0, F_Q4_0)
 VEC_DOT_TILE(q4_1, F_Q4_1)
 VEC_DOT_TILE(q5_0, F_Q5_0)
 VEC_DOT_TILE(q5_1, F_Q5_1)
+VEC_DOT_TILE(iq4_nl, F_IQ4_NL)
 
 /* ---- q4_K: a super-block of 256 is 8 sub-blocks of 32, each lined up with one q16_a block:
  * sum_j c_j sum(q qa) - dmin m_j sa_j with c_j = fl(fl(d sc_j) da_j) (d sc_j is exact: 11 x 6

@@ -1,4 +1,4 @@
-/* AVX2 dot products for quantised weights (q8_0, q4_0, q4_1, q5_0, q5_1, q4_K, q6_K) against q16_a activations.
+/* AVX2 dot products for quantised weights (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q4_K, q6_K) against q16_a activations.
  * Compiled with -mavx2 -mfma -mf16c; dispatch.c calls them only on a CPU that has all three.
  * This file widens a block's weights to two registers of 16 int16 and multiplies them with the
  * int16 activations by pmaddwd (pairs summed into int32, exact: see block_q16_a); the row loop
@@ -45,6 +45,16 @@ static inline wblock widen_q5(const uint8_t *qh, const uint8_t *qs, int offset) 
     const __m128i lo = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(b, m), flo), off);
     const __m128i hi = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(b, 4), m), fhi), off);
     return (wblock){_mm256_cvtepi8_epi16(lo), _mm256_cvtepi8_epi16(hi)};
+}
+
+/* iq4_nl: q4's nibbles, each replaced by its level (-127..113) by one pshufb of the 16-level
+ * table, widened as int8 (exact). The activations are int16 (q16_a), so pmaddwd multiplies them
+ * as q8_0's weights; maddubs (u8 x s8) would need 8-bit activations. */
+static inline wblock widen_iq4_nl(const uint8_t *qs) {
+    const __m128i b = _mm_loadu_si128((const __m128i *)qs), m = _mm_set1_epi8(0x0F);
+    const __m128i levels = _mm_loadu_si128((const __m128i *)llmr_iq4_nl_values);
+    return (wblock){_mm256_cvtepi8_epi16(_mm_shuffle_epi8(levels, _mm_and_si128(b, m))),
+                    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(levels, _mm_and_si128(_mm_srli_epi16(b, 4), m)))};
 }
 
 /* The pmaddwd sums of one block's weights with activation block y: eight int32 lanes. */

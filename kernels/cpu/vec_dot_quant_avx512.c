@@ -1,4 +1,4 @@
-/* AVX-512 (F, BW, VL) dot products for quantised weights (q8_0, q4_0, q4_1, q5_0, q5_1, q4_K, q6_K) against q16_a
+/* AVX-512 (F, BW, VL) dot products for quantised weights (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q4_K, q6_K) against q16_a
  * activations. Compiled with -mavx512f -mavx512bw -mavx512vl -mfma -mf16c as the `avx512`
  * kernels, and compiled again by vec_dot_quant_avx512vnni.c with -mavx512vnni added as the
  * `avx512vnni` kernels (one source, two builds: the multiply-add below is the only change).
@@ -53,6 +53,17 @@ static inline __m512i widen_q5(const uint8_t *qh, const uint8_t *qs, int offset)
                                               _mm256_set1_epi64x((long long)0x8040201008040201ULL));
     const __m256i q = _mm256_mask_add_epi8(lh, k, lh, _mm256_set1_epi8(0x10));
     return _mm512_cvtepi8_epi16(_mm256_sub_epi8(q, _mm256_set1_epi8((char)offset)));
+}
+
+/* iq4_nl: the nibbles as widen_q4, each replaced by its level (-127..113) by one pshufb of the
+ * 16-level table (in both 128-bit lanes), widened as int8 (exact); then the int16 multiply-add
+ * as q8_0's (the activations are int16, so maddubs / vpdpbusd's u8 x s8 does not apply). */
+static inline __m512i widen_iq4_nl(const uint8_t *qs) {
+    const __m128i b = _mm_loadu_si128((const __m128i *)qs);
+    const __m256i lh = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(b), _mm_srli_epi16(b, 4), 1),
+                                        _mm256_set1_epi8(0x0F));
+    const __m256i levels = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)llmr_iq4_nl_values));
+    return _mm512_cvtepi8_epi16(_mm256_shuffle_epi8(levels, lh));
 }
 
 /* One block's weights wb against activation block y: eight int32 lanes (exact). */

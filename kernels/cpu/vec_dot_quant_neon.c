@@ -1,4 +1,4 @@
-/* arm64 NEON dot products for quantised weights (q8_0, q4_0, q4_1, q5_0, q5_1, q4_K, q6_K) against q16_a activations.
+/* arm64 NEON dot products for quantised weights (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q4_K, q6_K) against q16_a activations.
  * NEON is baseline on arm64: no extra flags, no CPU test (dispatch.c, under __aarch64__).
  *
  * Each block's weights are widened to int16 (vmovl_s8, or nibble masks and vmovl_u8) and
@@ -59,6 +59,16 @@ static inline int32_t isum_q5(const uint8_t *qh, const uint8_t *qs, int offset, 
     return isum_i16(vmovl_s8(vget_low_s8(lo)), vmovl_high_s8(lo), vmovl_s8(vget_low_s8(hi)), vmovl_high_s8(hi), a);
 }
 
+/* iq4_nl: the nibbles as q4's, each replaced by its level (-127..113) by one table lookup
+ * (vqtbl1q_s8 of the 16 levels), widened as int8: exact. */
+static inline int32_t isum_iq4_nl(const uint8_t *qs, const int16_t *a) {
+    const int8x16_t levels = vld1q_s8(llmr_iq4_nl_values);
+    const uint8x16_t b = vld1q_u8(qs);
+    const int8x16_t lo = vqtbl1q_s8(levels, vandq_u8(b, vdupq_n_u8(0x0F)));
+    const int8x16_t hi = vqtbl1q_s8(levels, vshrq_n_u8(b, 4));
+    return isum_i16(vmovl_s8(vget_low_s8(lo)), vmovl_high_s8(lo), vmovl_s8(vget_low_s8(hi)), vmovl_high_s8(hi), a);
+}
+
 /* f16 -> f32 by the hardware conversion: exact, so equal to llmr_f16_to_f32. */
 static inline float f16(uint16_t h) {
     return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0);
@@ -106,6 +116,15 @@ void vec_dot_q5_1_q16_a_neon(int64_t k, float *s, const void *w, const void *a) 
     float sum = 0.0f;
     for (int64_t i = 0; i < k / QK5_1; i++)
         sum += f16(x[i].d) * y[i].d * (float)isum_q5(x[i].qh, x[i].qs, 0, y[i].qs) + f16(x[i].m) * y[i].s;
+    *s = sum;
+}
+
+void vec_dot_iq4_nl_q16_a_neon(int64_t k, float *s, const void *w, const void *a) {
+    const block_iq4_nl *x = w;
+    const block_q16_a *y = a;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < k / QK4_NL; i++)
+        sum += f16(x[i].d) * y[i].d * (float)isum_iq4_nl(x[i].qs, y[i].qs);
     *s = sum;
 }
 

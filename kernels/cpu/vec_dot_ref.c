@@ -137,6 +137,16 @@ static inline float block_dot_q5_1(const void *w, const block_q16_a *y) {
     return llmr_f16_to_f32(x->d) * y->d * (float)isum_q5(x->qh, x->qs, 0, y->qs) + llmr_f16_to_f32(x->m) * y->s;
 }
 
+/* sum d v[q] a = d da sum(v[q] qa), v the iq4_nl levels: signed (-127..113), as q8_0's weights,
+ * so no offset term; |sum| <= 32 * 127 * 32767 < 2^31. */
+static inline float block_dot_iq4_nl(const void *w, const block_q16_a *y) {
+    const block_iq4_nl *x = w;
+    int32_t isum = 0;
+    for (int j = 0; j < QK4_NL / 2; j++)
+        isum += llmr_iq4_nl_values[x->qs[j] & 0x0F] * y->qs[j] + llmr_iq4_nl_values[x->qs[j] >> 4] * y->qs[j + QK4_NL / 2];
+    return llmr_f16_to_f32(x->d) * y->d * (float)isum;
+}
+
 #define QUANT_KERNELS(type, block_t, id, qk)                                                            \
     void vec_dot_##type##_q16_a_ref(int64_t k, float *s, const void *w, const void *a) {              \
         const block_t *x = w;                                                                         \
@@ -169,6 +179,7 @@ QUANT_KERNELS(q4_0, block_q4_0, LLMR_TYPE_Q4_0, QK4_0)
 QUANT_KERNELS(q4_1, block_q4_1, LLMR_TYPE_Q4_1, QK4_1)
 QUANT_KERNELS(q5_0, block_q5_0, LLMR_TYPE_Q5_0, QK5_0)
 QUANT_KERNELS(q5_1, block_q5_1, LLMR_TYPE_Q5_1, QK5_1)
+QUANT_KERNELS(iq4_nl, block_iq4_nl, LLMR_TYPE_IQ4_NL, QK4_NL)
 
 /* q4_K: sub-block j of a super-block (32 values: the low or high nibbles of qs[32 (j / 2) ..])
  * meets activation block j: sum_j (d sc_j) da_j sum(q qa) - (dmin m_j) sa_j, in one running

@@ -30,6 +30,7 @@ enum llmr_type {
     LLMR_TYPE_Q8_0 = 8,
     LLMR_TYPE_Q2_K = 10,
     LLMR_TYPE_Q3_K = 11,
+    LLMR_TYPE_IQ4_NL = 20,
     LLMR_TYPE_Q4_K = 12,
     LLMR_TYPE_Q5_K = 13,
     LLMR_TYPE_Q6_K = 14,
@@ -44,6 +45,7 @@ enum llmr_type {
 #define QK4_1 32
 #define QK5_0 32
 #define QK5_1 32
+#define QK4_NL 32
 #define QK_K 256 /* the k-quants' super-blocks */
 /* The activations' q16_a blocks hold 32 elements whatever the weight type: that is the
  * activation format, not a weight fact. A quantised weight's block spans a whole number of them
@@ -125,6 +127,17 @@ static inline int llmr_q3_k_scale(const uint8_t *scales, int s) {
 static inline int llmr_q3_k_quant(const block_q3_K *b, int e) {
     return llmr_q2_k_quant(b->qs, e) - (b->hmask[e % 32] >> (e / 32) & 1 ? 0 : 4);
 }
+/* IQ4_NL: q4_0's layout, each nibble an index into GGML's 16 non-linear int8 levels
+ * (llmr_iq4_nl_values): element j is the low nibble of qs[j], element j + 16 the high nibble. */
+typedef struct {
+    uint16_t d; /* f16 scale */
+    uint8_t qs[QK4_NL / 2];
+} block_iq4_nl; /* x = d * llmr_iq4_nl_values[q] */
+
+/* GGML's kvalues_iq4nl: the levels an iq4_nl quant stands for, denser near zero, where most
+ * weights are (quant/reference.py's IQ4_NL_VALUES: tests/test_kernels.py compares the two). */
+static const int8_t llmr_iq4_nl_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                              1,    13,   25,  38,  53,  69,  89,  113};
 
 /* Q4_K: a QK_K super-block of 8 sub-blocks of 32, each with a 6-bit scale sc and a 6-bit min m
  * packed in `scales` as llama.cpp's get_scale_min_k4 reads them (llmr_q4_k_scale_min). Sub-block
@@ -216,12 +229,13 @@ LLMR_STATIC_ASSERT(sizeof(block_q4_0) == 18, "block_q4_0 must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q4_1) == 20, "block_q4_1 must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q5_0) == 22, "block_q5_0 must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q5_1) == 24, "block_q5_1 must be packed");
+LLMR_STATIC_ASSERT(sizeof(block_iq4_nl) == 18, "block_iq4_nl must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q4_K) == 144, "block_q4_K must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q5_K) == 176, "block_q5_K must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q6_K) == 210, "block_q6_K must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q16_a) == 72, "block_q16_a has no padding");
 LLMR_STATIC_ASSERT(QK8_0 == QK_Q16_A && QK4_0 == QK_Q16_A && QK4_1 == QK_Q16_A && QK5_0 == QK_Q16_A &&
-                       QK5_1 == QK_Q16_A,
+                       QK5_1 == QK_Q16_A && QK4_NL == QK_Q16_A,
                    "the 32-element types' kernels pair weight block i with activation block i");
 
 /* ---- f16 / bf16 <-> f32 --------------------------------------------------------------------
@@ -313,7 +327,7 @@ typedef void (*llmr_gemm_x16_fn)(int64_t k, int64_t t, float *out, size_t out_st
 /* How a weight matrix's blocks lie in memory (recorded per tensor in a .llmr file).
  *
  * LLMR_LAYOUT_ROWS: GGUF's; each row its blocks in order.
- * LLMR_LAYOUT_X16 (types whose traits say x16: q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k;
+ * LLMR_LAYOUT_X16 (types whose traits say x16: q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q4_k, q5_k, q6_k;
  * rows a multiple of 16): groups of 16 consecutive rows, each group its blocks in order, each
  * block of the group as the 16 rows' first f16 scale field (d), then (q4_1, q5_1, q4_k, q5_k:
  * n_scales = 2) their second (m; the k-quants' dmin), then the rows' other bytes, in order, in
@@ -411,6 +425,7 @@ void quantize_row_q5_0_ref(const float *x, void *y, int64_t k);
 void quantize_row_q5_1_ref(const float *x, void *y, int64_t k);
 void quantize_row_q2_K_ref(const float *x, void *y, int64_t k);
 void quantize_row_q3_K_ref(const float *x, void *y, int64_t k);
+void quantize_row_iq4_nl_ref(const float *x, void *y, int64_t k);
 void quantize_row_q4_K_ref(const float *x, void *y, int64_t k);
 void quantize_row_q5_K_ref(const float *x, void *y, int64_t k);
 void quantize_row_q6_K_ref(const float *x, void *y, int64_t k);
@@ -426,6 +441,7 @@ void dequantize_row_q5_0_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q5_1_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q2_K_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q3_K_ref(const void *x, float *y, int64_t k);
+void dequantize_row_iq4_nl_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q4_K_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q5_K_ref(const void *x, float *y, int64_t k);
 void dequantize_row_q6_K_ref(const void *x, float *y, int64_t k);
@@ -447,6 +463,7 @@ void vec_dot_q4_0_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_1_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_0_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_1_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_iq4_nl_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_K_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q6_K_q16_a_ref(int64_t k, float *s, const void *w, const void *a);
 
@@ -460,6 +477,8 @@ void gemm_x16_q5_0_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride
                              const void *a, size_t a_stride);
 void gemm_x16_q5_1_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                              const void *a, size_t a_stride);
+void gemm_x16_iq4_nl_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
+                               const void *a, size_t a_stride);
 void gemm_x16_q4_K_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                              const void *a, size_t a_stride);
 void gemm_x16_q6_K_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
@@ -517,6 +536,7 @@ void vec_dot_q4_0_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_1_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_0_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_1_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_iq4_nl_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_K_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q6_K_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 
@@ -534,6 +554,7 @@ void vec_dot_q4_0_q16_a_avx512(int64_t k, float *s, const void *w, const void *a
 void vec_dot_q4_1_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_0_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_1_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_iq4_nl_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_K_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q6_K_q16_a_avx512(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q8_0_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
@@ -541,6 +562,7 @@ void vec_dot_q4_0_q16_a_avx512vnni(int64_t k, float *s, const void *w, const voi
 void vec_dot_q4_1_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_0_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_1_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_iq4_nl_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_K_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q6_K_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
 /* LLMR_TILE-token tiles of the quantised dots above (llmr_vec_dot_tile_fn) */
@@ -554,6 +576,8 @@ void vec_dot_tile_q5_0_q16_a_avx2(int64_t k, float *s, size_t s_stride, const vo
                                 size_t a_stride);
 void vec_dot_tile_q5_1_q16_a_avx2(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                 size_t a_stride);
+void vec_dot_tile_iq4_nl_q16_a_avx2(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                size_t a_stride);
 void vec_dot_tile_q6_K_q16_a_avx2(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                 size_t a_stride);
 void vec_dot_tile_q8_0_q16_a_avx512(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
@@ -566,6 +590,8 @@ void vec_dot_tile_q5_0_q16_a_avx512(int64_t k, float *s, size_t s_stride, const 
                                 size_t a_stride);
 void vec_dot_tile_q5_1_q16_a_avx512(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                 size_t a_stride);
+void vec_dot_tile_iq4_nl_q16_a_avx512(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                size_t a_stride);
 void vec_dot_tile_q6_K_q16_a_avx512(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                 size_t a_stride);
 void vec_dot_tile_q8_0_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
@@ -577,6 +603,8 @@ void vec_dot_tile_q4_1_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, co
 void vec_dot_tile_q5_0_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                 size_t a_stride);
 void vec_dot_tile_q5_1_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
+                                size_t a_stride);
+void vec_dot_tile_iq4_nl_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                 size_t a_stride);
 void vec_dot_tile_q6_K_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                 size_t a_stride);
@@ -592,6 +620,8 @@ void vec_dot_tile_q6_K_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, co
                                    const void *a, size_t a_stride);                                 \
     void gemm_x16_q5_1_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
                                    const void *a, size_t a_stride);                                 \
+    void gemm_x16_iq4_nl_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
+                                     const void *a, size_t a_stride);                               \
     void gemm_x16_q4_K_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
                                    const void *a, size_t a_stride);
 LLMR_DECLARE_GEMM_X16(avx2)
@@ -622,6 +652,7 @@ void vec_dot_q4_0_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_1_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_0_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q5_1_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
+void vec_dot_iq4_nl_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q4_K_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q6_K_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_tile_q6_K_q16_a_neon(int64_t k, float *s, size_t s_stride, const void *w, const void *a,

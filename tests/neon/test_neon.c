@@ -4,7 +4,7 @@
  *   aarch64-linux-gnu-gcc -O2 -static -ffp-contract=off -Ikernels/include tests/neon/test_neon.c \
  *       kernels/cpu/{vec_dot_quant,vec_dot_float,quants}_neon.c kernels/cpu/{vec_dot,quants}_ref.c -lm
  *
- * - q8_0 / q4_0 / q4_1 / q5_0 / q5_1 / q2_k .. q6_k dots against q16_a, and quantize_q16_a:
+ * - q8_0 / q4_0 / q4_1 / q5_0 / q5_1 / iq4_nl / q2_k .. q6_k dots against q16_a, and quantize_q16_a:
  *   bit-identical to _ref (the NEON kernels sum each block's integers exactly and repeat the
  *   scalar float steps in order); q6_k's 4-token tile bit-identical to its single-token dot.
  * - f32 / f16 / bf16 dots: the NEON sum order differs, so each of NEON and _ref must be within
@@ -60,6 +60,7 @@ static void test_quant_dots(void) {
         {"q4_1", 32, 20, 0, 2, vec_dot_q4_1_q16_a_neon, vec_dot_q4_1_q16_a_ref},
         {"q5_0", 32, 22, 0, -1, vec_dot_q5_0_q16_a_neon, vec_dot_q5_0_q16_a_ref},
         {"q5_1", 32, 24, 0, 2, vec_dot_q5_1_q16_a_neon, vec_dot_q5_1_q16_a_ref},
+        {"iq4_nl", 32, 18, 0, -1, vec_dot_iq4_nl_q16_a_neon, vec_dot_iq4_nl_q16_a_ref},
         {"q4_k", QK_K, 144, 0, 2, vec_dot_q4_K_q16_a_neon, vec_dot_q4_K_q16_a_ref}, /* d, dmin */
         {"q5_k", QK_K, 176, 0, 2, vec_dot_q5_K_q16_a_neon, vec_dot_q5_K_q16_a_ref}, /* d, dmin */
         {"q6_k", QK_K, 210, 208, -1, vec_dot_q6_K_q16_a_neon, vec_dot_q6_K_q16_a_ref}, /* d last */
@@ -277,7 +278,7 @@ static void test_quantize_q16a(void) {
 }
 
 /* The scale d and offset of the 32 values of sub-block s of a rows-layout block (value = d q +
- * offset, q as the kernels take it: q5_0's and q8_0's signed, the others' unsigned). */
+ * offset, q as the kernels take it: q5_0's, q8_0's and iq4_nl's levels signed, the others' unsigned). */
 static void sub_block_scale(int type, const uint8_t *blk, int s, double *d, double *offset) {
     uint16_t d16, m16;
     memcpy(&d16, blk, 2);
@@ -308,6 +309,7 @@ static void test_x16(void) {
         {"x16 q4_1", LLMR_TYPE_Q4_1, gemm_x16_q4_1_q16_a_neon, gemm_x16_q4_1_q16_a_ref},
         {"x16 q5_0", LLMR_TYPE_Q5_0, gemm_x16_q5_0_q16_a_neon, gemm_x16_q5_0_q16_a_ref},
         {"x16 q5_1", LLMR_TYPE_Q5_1, gemm_x16_q5_1_q16_a_neon, gemm_x16_q5_1_q16_a_ref},
+        {"x16 iq4_nl", LLMR_TYPE_IQ4_NL, gemm_x16_iq4_nl_q16_a_neon, gemm_x16_iq4_nl_q16_a_ref},
         {"x16 q4_k", LLMR_TYPE_Q4_K, gemm_x16_q4_K_q16_a_neon, gemm_x16_q4_K_q16_a_ref},
         {"x16 q5_k", LLMR_TYPE_Q5_K, gemm_x16_q5_K_q16_a_neon, gemm_x16_q5_K_q16_a_ref},
         {"x16 q6_k", LLMR_TYPE_Q6_K, gemm_x16_q6_K_q16_a_neon, gemm_x16_q6_K_q16_a_ref},
