@@ -122,10 +122,16 @@ def main() -> None:
         path = tmp / f"{name}.gguf"
         write_tiny_gguf(path, a, types, vocab=272, dim=32, ffn=64, n_layers=1, n_heads=2, n_kv=1)
         write("gguf", name, path.read_bytes())
+    path = tmp / "iq4nl.gguf"  # iq4_nl beside q5_0 and q8_0, and its .llmr (X16, as q4_0)
+    write_tiny_gguf(path, *TYPE_MIXES["llama-iq4nl"], vocab=272, dim=32, ffn=64, n_layers=1, n_heads=2, n_kv=1)
+    write("gguf", "llama-iq4nl", path.read_bytes())
+    convert(str(path), str(tmp / "iq4nl.llmr"))
+    write("llmr", "iq4nl", b"\x00" + (tmp / "iq4nl.llmr").read_bytes())
+    write("llmr", "iq4nl-fix", b"\x03" + (tmp / "iq4nl.llmr").read_bytes())
     path = tmp / "kquants.gguf"  # k-quant blocks are 256 wide: the smallest model that holds them
     write_tiny_gguf(path, *TYPE_MIXES["llama-kquants"], vocab=272, dim=256, ffn=256, n_layers=1, n_heads=2, n_kv=1)
     write("gguf", "llama-kquants", path.read_bytes())
-    out = tmp / "kquants.llmr"  # its q4_k, q5_k and q6_k kept, in the X16 layout: the super-block types' .llmr
+    out = tmp / "kquants.llmr"  # every k-quant kept: q4_k, q5_k, q6_k in the X16 layout, q2_k and q3_k in rows
     convert(str(path), str(out))
     write("llmr", "kquants", b"\x00" + out.read_bytes())
     write("llmr", "kquants-fix", b"\x03" + out.read_bytes())
