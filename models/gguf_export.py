@@ -15,7 +15,6 @@ tokenizer it reads differently is refused in one line, instead of a file that ru
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections import Counter
@@ -26,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from .. import __version__
-from ..config import ModelConfig, rope_frequencies
+from ..config import ModelConfig, differences, rope_frequencies
 from ..errors import ConvertError
 from ..families import BY_GGUF_ARCH, GGUF_FALLBACK, GGUF_TOP, family as family_of
 from ..format import LlmrFile
@@ -177,33 +176,10 @@ class _PlannedFile:
         return self._data[name]()
 
 
-def _same(a, b) -> bool:
-    """Equal, floats to float32's precision (GGUF stores them as float32)."""
-    if isinstance(a, float) or isinstance(b, float):
-        return a is not None and b is not None and abs(a - b) <= 1e-6 * max(abs(a), abs(b))
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(map(_same, a, b))
-    return a == b
-
-
-def compare_configs(cfg: ModelConfig, back: ModelConfig, arch: str | None = None) -> list[str]:
-    """The settings in which `back` (a config read back from an export) differs from `cfg`:
-    floats to float32's precision, RoPE by the frequencies it gives; `arch` the family name
-    the export is read back as (None: cfg's own)."""
-    a, b = dataclasses.asdict(cfg), dataclasses.asdict(back)
-    a["arch"] = arch or a["arch"]
-    bad = [k for k in sorted(set(a) | set(b)) if k != "rope_scaling" and not _same(a.get(k), b.get(k))]
-    fa, fb = rope_frequencies(cfg), rope_frequencies(back)
-    if fa.keys() != fb.keys() or any(not np.allclose(fa[k], fb[k], rtol=1e-6, atol=0) for k in fa) \
-            or not _same(cfg.rope_mscale, back.rope_mscale):
-        bad.append("rope_scaling")
-    return [f"{k} {a.get(k)!r} would read back as {b.get(k)!r}" for k in bad]
-
-
 def _check_reads_back(src, arch, kv, tensors, cfg, tok_info) -> None:
     planned = _PlannedFile(src, {"general.architecture": arch, **kv}, tensors)
     back = read_config(planned)
-    bad = compare_configs(cfg, back, BY_GGUF_ARCH[arch].name)
+    bad = differences(cfg, back, BY_GGUF_ARCH[arch].name)
     if bad:
         raise ConvertError(f"{src}: a GGUF cannot hold this {cfg.arch} model as llama.cpp reads it: {bad[0]}")
     info, _ = tokenizer_from_gguf(planned.metadata)

@@ -36,9 +36,8 @@ def assert_same_model(a, b, exact_config=True):
     if exact_config:
         assert A.metadata["config"] == B.metadata["config"]
     else:
-        from llmrun.config import ModelConfig
-        from llmrun.models.gguf_export import compare_configs
-        assert not compare_configs(ModelConfig.from_dict(A.metadata["config"]), ModelConfig.from_dict(B.metadata["config"]))
+        from llmrun.config import ModelConfig, differences
+        assert not differences(ModelConfig.from_dict(A.metadata["config"]), ModelConfig.from_dict(B.metadata["config"]))
     assert sorted(A.tensors) == sorted(B.tensors)
     for name, info in A.tensors.items():
         other = B.tensors[name]
@@ -225,3 +224,132 @@ def test_cli_export_errors_are_one_line_and_leave_nothing(tiny, tmp_path):
     assert os.listdir(tmp_path) == []
     r = run_cli("export", src, tmp_path / "ok.gguf", check=True)
     assert "wrote" in r.stderr and os.listdir(tmp_path) == ["ok.gguf"]
+
+
+# --- Hugging Face checkpoints ------------------------------------------------------------------------
+
+def hf_round_trip(src, tmp_path, dtype="f32", name="hf", **kw):
+    from llmrun.models.hf_export import export as export_hf
+    out, back = tmp_path / name, tmp_path / f"{name}-back.llmr"
+    export_hf(str(src), str(out), dtype, **kw)
+    convert(str(out), str(back), dtype)
+    return out, back
+
+
+def assert_values_exact(a, b):
+    """b's tensors hold exactly a's values (a's blocks dequantised), and the same config."""
+    from llmrun.config import ModelConfig, differences
+    A, B = LlmrFile(a), LlmrFile(b)
+    assert not differences(ModelConfig.from_dict(A.metadata["config"]), ModelConfig.from_dict(B.metadata["config"]))
+    assert sorted(A.tensors) == sorted(B.tensors)
+    for name in A.tensors:
+        assert np.array_equal(A.tensor(name).numpy(), B.tensor(name).numpy()), name
+
+
+@pytest.mark.parametrize("type", ["f32", "q8_0", "q4_1", "q4_k", "q6_k"])
+def test_hf_export_dequantises_exactly(tiny, tmp_path, type):
+    src = tiny / "f32.llmr"
+    if type != "f32":
+        src = tmp_path / f"{type}.llmr"
+        quantize(str(tiny / "f32.llmr"), str(src), Policy(qtype(type), pure=True))
+    _, back = hf_round_trip(src, tmp_path)
+    assert_values_exact(src, back)
+    if type == "f32":  # the same bytes, so llmrun's own f32 logits exactly
+        assert np.array_equal(llmrun.load(src).logits(IDS), llmrun.load(back).logits(IDS))
+
+
+def quantize_rows(x, dtype):
+    from llmrun.quant import dequantize
+    from llmrun.quant.reference import quantize as q
+    return dequantize(q(x.reshape(1, -1), qtype(dtype)), qtype(dtype), x.size).reshape(x.shape)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+def test_hf_export_in_a_half_type_keeps_its_bits(tiny, tmp_path, dtype):
+    src = tmp_path / f"{dtype}.llmr"
+    quantize(str(tiny / "f32.llmr"), str(src), Policy(qtype(dtype)))
+    out, back = hf_round_trip(src, tmp_path, dtype)
+    A, B = LlmrFile(src), LlmrFile(back)
+    for name, info in A.tensors.items():  # matrices: their bits; norms (f32 here) rounded as a checkpoint holds them
+        if len(info.shape) == 2:
+            assert np.array_equal(A.tensor(name).data, B.tensor(name).data), name
+        else:
+            assert np.array_equal(quantize_rows(A.tensor(name).numpy(), dtype), B.tensor(name).numpy()), name
+    header = json.loads((out / "model.safetensors").read_bytes()[8:8 + int.from_bytes(
+        (out / "model.safetensors").read_bytes()[:8], "little")])
+    assert header["model.layers.0.self_attn.q_proj.weight"]["dtype"] == dtype.upper()
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == {"bf16": "bfloat16", "f16": "float16"}[dtype]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CHECKPOINTS))
+def test_hf_export_each_family(family, tmp_path):
+    """Every family's checkpoint comes back: its config keys (windows, Gemma's scalars and norm
+    offsets, Granite's multipliers, Phi-3's fused tensors and partial RoPE), values and logits."""
+    make_hf_checkpoint(tmp_path / "src", **FAMILY_CHECKPOINTS[family])
+    src = tmp_path / "f32.llmr"
+    convert(str(tmp_path / "src"), str(src), "f32")
+    out, back = hf_round_trip(src, tmp_path)
+    assert_same_model(src, back)
+    from safetensors.numpy import load_file
+    theirs, ours = load_file(str(tmp_path / "src" / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert sorted(theirs) == sorted(ours)
+    for name in theirs:  # the original checkpoint's tensors, fused and offset as it stored them
+        want = theirs[name]
+        if family == "gemma3" and name.endswith("norm.weight"):  # the import's w + 1 (float32) taken back
+            want = (want + np.float32(1)) - np.float32(1)
+        assert np.array_equal(want, ours[name]), name
+
+
+def test_hf_export_shards_with_an_index(tiny, tmp_path):
+    out, back = hf_round_trip(tiny / "f32.llmr", tmp_path, shard_bytes=1 << 20)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    assert index["metadata"]["total_size"] == sum((out / s).stat().st_size for s in shards) - sum(
+        8 + int.from_bytes((out / s).read_bytes()[:8], "little") for s in shards)
+    assert_same_model(tiny / "f32.llmr", back)
+
+
+def test_real_smollm2_hf_export_is_the_reference_checkpoint(tmp_path, smollm2_hf):
+    """SmolLM2's Q4_1 GGUF -> .llmr -> checkpoint: every tensor is the shared tool's exact
+    dequantisation of the GGUF (../shared/tools/make_smollm2_hf.py, whose checkpoint transformers
+    runs to the reference logits)."""
+    from conftest import ASSETS
+    from safetensors.numpy import load_file
+    src = tmp_path / "q4_1.llmr"
+    convert(str(ASSETS / "SmolLM2-135M-Instruct.Q4_1.gguf"), str(src))
+    r = run_cli("export", src, tmp_path / "hf", "--format", "hf", "--dtype", "f32", check=True)
+    assert "q4_1 x210" in r.stderr and "dequantised exactly" in r.stderr
+    ref, ours = load_file(str(smollm2_hf["float32"] / "model.safetensors")), load_file(str(tmp_path / "hf" / "model.safetensors"))
+    assert sorted(ref) == sorted(ours)
+    assert all(np.array_equal(ref[n], ours[n]) for n in ref)
+    c = json.loads((tmp_path / "hf" / "config.json").read_text())
+    ref_c = json.loads((smollm2_hf["float32"] / "config.json").read_text())
+    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "vocab_size", "tie_word_embeddings", "max_position_embeddings", "bos_token_id", "eos_token_id"):
+        assert c[key] == ref_c[key], key
+    assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == bytes(LlmrFile(src).tokenizer_blob)
+
+
+def test_hf_export_loads_in_transformers(tiny, tmp_path):
+    """transformers runs the export to llmrun's float32 logits (within 1e-4 of their scale)."""
+    torch = pytest.importorskip("torch", reason="torch is not installed here: the round trip through llmrun's "
+                                                "own HF importer (above) stands in")
+    transformers = pytest.importorskip("transformers")
+    for family in ("llama", *sorted(FAMILY_CHECKPOINTS)):
+        d = tmp_path / family
+        make_hf_checkpoint(d / "src", **(TINY if family == "llama" else FAMILY_CHECKPOINTS[family]))
+        convert(str(d / "src"), str(d / "f32.llmr"), "f32")
+        export(str(d / "f32.llmr"), str(d / "hf"), "hf", "f32")
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(d / "hf"), torch_dtype=torch.float32)
+        with torch.no_grad():
+            theirs = model(torch.tensor([IDS])).logits[0].numpy()
+        ours = llmrun.load(d / "f32.llmr").logits(IDS)
+        assert np.abs(theirs - ours).max() <= 1e-4 * np.abs(theirs).max(), family
+
+
+def test_cli_hf_export_refuses_an_existing_folder(tiny, tmp_path):
+    (tmp_path / "hf").mkdir()
+    r = run_cli("export", tiny / "f32.llmr", tmp_path / "hf", "--format", "hf")
+    assert r.returncode == 1 and "already exists" in r.stderr and r.stderr.count("\n") == 1
+    assert os.listdir(tmp_path) == ["hf"] and os.listdir(tmp_path / "hf") == []
