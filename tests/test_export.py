@@ -353,3 +353,25 @@ def test_cli_hf_export_refuses_an_existing_folder(tiny, tmp_path):
     r = run_cli("export", tiny / "f32.llmr", tmp_path / "hf", "--format", "hf")
     assert r.returncode == 1 and "already exists" in r.stderr and r.stderr.count("\n") == 1
     assert os.listdir(tmp_path) == ["hf"] and os.listdir(tmp_path / "hf") == []
+
+
+@pytest.mark.parametrize("vocab", ["llama-spm", "phi-3", "llama-bpe", "qwen2", "gpt-2"])
+def test_llama_cpp_vocabularies_come_back(vocab):
+    """llama.cpp's test vocabularies (sentencepiece and byte-level BPE, four pre-tokenizers):
+    GGUF -> our tokenizer -> GGUF keys -> our tokenizer gives the same blob, and the keys are
+    the file's own tokens, types, merges and ids."""
+    from llmrun.models.gguf_file import GGUFFile
+    from llmrun.models.gguf_tokenizer import tokenizer_from_gguf, tokenizer_to_gguf
+    path = SHARED / "tokenizers" / f"ggml-vocab-{vocab}.gguf"
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    meta = GGUFFile(str(path)).metadata
+    info, blob = tokenizer_from_gguf(meta)
+    keys = tokenizer_to_gguf(info, blob, len(meta["tokenizer.ggml.tokens"]))
+    again = tokenizer_from_gguf({f"tokenizer.ggml.{k}": v for k, v in keys.items()})
+    assert again == (info, blob)
+    assert keys["tokens"] == meta["tokenizer.ggml.tokens"] and keys["model"] == meta["tokenizer.ggml.model"]
+    if keys["model"] == "gpt2":
+        assert keys["merges"] == meta["tokenizer.ggml.merges"]
+    else:
+        assert np.array_equal(np.float32(keys["scores"]), np.float32(meta["tokenizer.ggml.scores"]))
