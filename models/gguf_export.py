@@ -123,8 +123,7 @@ def plan(src: str) -> tuple[str, dict, list[_Planned], LlmrFile]:
 
     left = set(f.tensors)
     top = {ours: name for name, ours in GGUF_TOP.items()}
-    for ours in ("tok_embeddings",):
-        add(top[ours], (ours,))
+    add(top["tok_embeddings"], ("tok_embeddings",))
     for i in range(cfg.n_layers):
         for suffix, ours in target.gguf_layer.items():
             parts = tuple(f"layers.{i}.{o}" for o in (ours if isinstance(ours, tuple) else (ours,)))

@@ -100,7 +100,7 @@ def _tokenizer_files(info: dict, blob: bytes, chat_template: str | None) -> dict
     tok = Tokenizer.from_metadata(info, blob)
 
     def text(i):
-        return None if i is None else _piece(tok, i)
+        return None if i is None else tok.id_to_token(i)
 
     files = {"tokenizer.json" if info["kind"] == "bpe" else "tokenizer.model": blob}
     eos = list(info.get("eos_ids") or [])
@@ -115,12 +115,6 @@ def _tokenizer_files(info: dict, blob: bytes, chat_template: str | None) -> dict
     files["generation_config.json"] = json.dumps({"bos_token_id": info.get("bos_id"), "eos_token_id": _one_or_list(eos),
                                                    "transformers_version": "llmrun " + __version__}, indent=2).encode()
     return files
-
-
-def _piece(tok, i: int) -> str:
-    """A special token's text as the tokenizer spells it (its piece, not its decoded bytes)."""
-    inner = getattr(tok, "_tok", None)
-    return inner.id_to_token(i) if inner is not None else tok._sp.id_to_piece(i)
 
 
 def export(src: str, out: str, dtype: str = "bf16", progress: Callable[[int, int], None] | None = None,
