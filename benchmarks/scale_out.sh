@@ -8,7 +8,7 @@
 # MODEL: anything llmrun loads (default: the default model); N_TOKENS greedy tokens (default 48).
 # llama.cpp is built outside the repository with RPC on:
 #   cmake -B build -DGGML_RPC=ON -DLLAMA_CURL=OFF && cmake --build build -j2 \
-#         --target rpc-server llama-completion
+#         --target rpc-server llama-completion   (ggml-rpc-server in newer trees)
 # The two servers here stand in for two machines: on a real cluster, run `rpc-server -H 0.0.0.0`
 # on each and list them all in --rpc. Results go to $OUT (default /tmp/scale-out).
 # Prints the three continuations, whether they agree, and where llmrun's first differs
@@ -22,8 +22,10 @@ out=${OUT:-/tmp/scale-out}
 prompt=${PROMPT:-"The history of the printing press begins"}
 llmrun=${LLMRUN:-python3 -m llmrun.cli.main}
 mkdir -p "$out"
-for tool in rpc-server llama-completion; do
-    [ -x "$bin/$tool" ] || { echo "no $bin/$tool: build llama.cpp with -DGGML_RPC=ON (see the header)"; exit 1; }
+rpc_server=$bin/rpc-server
+[ -x "$rpc_server" ] || rpc_server=$bin/ggml-rpc-server  # its name in newer llama.cpp
+for tool in "$rpc_server" "$bin/llama-completion"; do
+    [ -x "$tool" ] || { echo "no $tool: build llama.cpp with -DGGML_RPC=ON (see the header)"; exit 1; }
 done
 
 $llmrun export "$model" "$out/model.gguf" || exit 1
@@ -33,7 +35,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; }
 trap cleanup EXIT
 ports=(50152 50153)
 for port in "${ports[@]}"; do
-    "$bin/rpc-server" -H 127.0.0.1 -p "$port" -t 1 >"$out/rpc-$port.log" 2>&1 &
+    "$rpc_server" -H 127.0.0.1 -p "$port" -t 1 >"$out/rpc-$port.log" 2>&1 &
     pids+=($!)
 done
 sleep 2
@@ -45,7 +47,7 @@ greedy() {  # llama.cpp's greedy continuation (extra flags in "$@"), text only
         --no-display-prompt --seed 0 -c 512 -t 2 "$@" 2>>"$out/llama.log" | sed 's/ \[end of text\]$//'
 }
 greedy -ngl 0 >"$out/one-process.txt"
-greedy -ngl 99 --rpc "$rpc" >"$out/rpc.txt"
+greedy -ngl 99 --rpc "$rpc" -lv 4 >"$out/rpc.txt"  # -lv 4: the log says where each layer went
 $llmrun generate "$model" -p "$prompt" --raw -n "$n" --temp 0 2>/dev/null >"$out/llmrun.txt"
 
 python3 - "$out" <<'EOF'
@@ -59,4 +61,24 @@ print("rpc == one process:", rpc == one)
 same = next((i for i, (a, b) in enumerate(zip(ours, one)) if a != b), min(len(ours), len(one)))
 print(f"llmrun == llama.cpp: {ours == one} (the first {same} characters agree of {len(one)})")
 EOF
-grep -m3 -i "rpc\|offload" "$out/llama.log" | sed 's/^/  /'
+# where llmrun's greedy path leaves llama.cpp's: llmrun's logit gap there (a near-tie is what
+# activation precision decides)
+python3 - "$model" "$prompt" "$out/one-process.txt" <<'EOF'
+import sys
+import numpy as np
+import llmrun
+m = llmrun.load(sys.argv[1])
+prompt, theirs = sys.argv[2], open(sys.argv[3]).read().strip()
+ids = m.tokenizer.encode(prompt)
+cont = m.tokenizer.encode(prompt + " " + theirs)[len(ids):]
+logits = m.logits(ids + cont)[len(ids) - 1:]
+for i, tok in enumerate(cont):
+    best = int(np.argmax(logits[i]))
+    if best != tok:
+        print(f"llmrun leaves llama.cpp's path at token {i}: llama.cpp {m.tokenizer.decode([tok])!r}, llmrun "
+              f"{m.tokenizer.decode([best])!r}, {logits[i][best] - logits[i][tok]:.3f} apart in llmrun's logits")
+        break
+else:
+    print("llmrun's greedy choice at every step of llama.cpp's continuation is llama.cpp's")
+EOF
+grep -E "offloaded|RPC.*model buffer size" "$out/llama.log" | sed 's/^/  /'
