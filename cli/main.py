@@ -356,6 +356,32 @@ def quantize(src: str = typer.Argument(..., help="a .llmr file, Hugging Face che
     typer.echo(f"wrote {out} ({_bytes(os.path.getsize(out))}): " + ", ".join(f"{k} x{v}" for k, v in types.items()))
 
 
+@app.command()
+def export(model: str = typer.Argument(..., help=MODEL_HELP.replace(" (default: smollm2-135m-instruct, downloaded "
+                                                                    "on first use)", "")),
+           out: str = typer.Argument(..., help="the GGUF file, or (--format hf) the checkpoint folder, to write"),
+           format: str = typer.Option("gguf", "--format", "-f", help="gguf (llama.cpp, ollama: every tensor in "
+                                      "its stored type, lossless) or hf (transformers, vLLM, SGLang, TGI)"),
+           dtype: Optional[str] = typer.Option(None, "--dtype", help="--format hf: bf16 (default), f16 or f32")):
+    """Export a model to run it on another engine: GGUF for llama.cpp (its RPC backend spans
+    machines), a Hugging Face checkpoint for GPU servers."""
+    from llmrun import store
+    from llmrun.models import check_export, export as run_export
+    check_export(format, dtype)  # before a model is fetched or converted
+    bar = _Progress("converting")
+    try:
+        path = store.resolve(model, download=True, progress=bar)
+    finally:
+        bar.close()
+    bar = _Progress(f"exporting to {format}")
+    try:
+        done = run_export(path, out, format, dtype, bar, say=lambda m: typer.echo(m, err=True))
+    finally:
+        bar.close()
+    types = ", ".join(f"{k} x{v}" for k, v in done["tensor_types"].items())
+    typer.echo(f"wrote {out}: {done['arch']}, {_bytes(done['bytes'])}; tensors: {types}", err=True)
+
+
 @app.command("quant-report")
 def quant_report(src: str = typer.Argument(..., help="the model to sweep: a checkpoint directory, GGUF or .llmr"),
                  types: str = typer.Option("f16,q8_0,q4_1,q4_0", "--types", help="comma-separated types and k-quant mixes"),

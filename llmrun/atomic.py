@@ -1,10 +1,12 @@
-"""Atomic file writes: a temporary file beside the target, fsync, rename, fsync the directory.
-An interrupted write never leaves a partial file under the final name, nor the temporary file."""
+"""Atomic writes: a temporary file (or folder) beside the target, fsync, rename, fsync the
+directory. An interrupted write never leaves a partial file under the final name, nor the
+temporary one."""
 from __future__ import annotations
 
 import errno
 import os
 import secrets
+import shutil
 from contextlib import contextmanager, suppress
 
 
@@ -33,3 +35,41 @@ def atomic_file(path: str, mode: str = "wb"):
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: str, folder: bool = False):
+    """Yield a temporary path beside `path` for a writer that opens files itself (a library's
+    writer; `folder`: a directory of files, created here); on success every file in it is
+    fsynced and it replaces `path`, which must not be a folder already (a folder is not
+    replaced: the rename would fail half-way or mix two exports)."""
+    path = os.path.abspath(path)
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(errno.ENOENT, "no such folder to write into", directory)
+    if os.path.isdir(path):
+        raise FileExistsError(errno.EEXIST, "already exists (remove it first)", path)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.part")
+    try:
+        if folder:
+            os.mkdir(tmp)
+        yield tmp
+        for f in ([os.path.join(tmp, n) for n in os.listdir(tmp)] if folder else []) + [tmp]:
+            _fsync(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if folder:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+    _fsync(directory)

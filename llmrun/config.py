@@ -186,3 +186,26 @@ def rope_inv_freq(cfg: ModelConfig, local: bool = False) -> np.ndarray:
     elif s["type"] == "factors":
         inv_freq = inv_freq / np.asarray(s["factors"], dtype=np.float64)
     return inv_freq.astype(np.float32)
+
+
+def _same(a, b) -> bool:
+    """Equal, floats to float32's precision (GGUF and some configs store them so)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and abs(a - b) <= 1e-6 * max(abs(a), abs(b))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(map(_same, a, b))
+    return a == b
+
+
+def differences(cfg: ModelConfig, back: ModelConfig, arch: str | None = None) -> list[str]:
+    """The settings in which `back` (a config read back from an export) differs from `cfg`:
+    floats to float32's precision, RoPE by the frequencies it gives; `arch` the family name
+    the export is read back as (None: cfg's own)."""
+    a, b = asdict(cfg), asdict(back)
+    a["arch"] = arch or a["arch"]
+    bad = [k for k in sorted(set(a) | set(b)) if k != "rope_scaling" and not _same(a.get(k), b.get(k))]
+    fa, fb = rope_frequencies(cfg), rope_frequencies(back)
+    if fa.keys() != fb.keys() or any(not np.allclose(fa[k], fb[k], rtol=1e-6, atol=0) for k in fa) \
+            or not _same(cfg.rope_mscale, back.rope_mscale):
+        bad.append("rope_scaling")
+    return [f"{k} {a.get(k)!r} would read back as {b.get(k)!r}" for k in bad]

@@ -65,6 +65,13 @@ class Family:
     hf_switches: Callable[[dict, int], dict] = _none
     # GGUF metadata, its arch's key prefix and the layer count -> switches
     gguf_switches: Callable[[dict, str, int], dict] = _none
+    # the inverses, for the exporters (models/gguf_export.py, models/hf_export.py): a config
+    # (ModelConfig) -> the GGUF keys (after "{arch}.") and the config.json keys its switches
+    # are read from; the exporters read them back through the functions above and refuse a
+    # config they do not give back (what the format cannot say)
+    gguf_keys: Callable[[object], dict] = _none
+    hf_keys: Callable[[object], dict] = _none
+    hf_model_type: str = "llama"  # config.json's model_type
 
 
 # --- the switches each family reads -------------------------------------------------------------
@@ -186,19 +193,78 @@ def _gguf_granite(m: dict, arch: str, n_layers: int) -> dict:
             "logit_scale": 1.0 / float(m.get(f"{arch}.logit_scale", 1.0))}
 
 
+# --- the inverses: a config's switches as the keys the readers above take ------------------------
+
+def _hf_window(cfg, default_on: bool) -> dict:
+    """A window as transformers' layer types (with use_sliding_window where the family needs it)."""
+    if not cfg.sliding_window:
+        return {"use_sliding_window": False} if not default_on else {"sliding_window": None}
+    types = ["sliding_attention" if i in cfg.window_layers else "full_attention" for i in range(cfg.n_layers)]
+    return ({} if default_on else {"use_sliding_window": True}) | {"sliding_window": cfg.sliding_window,
+                                                                     "layer_types": types}
+
+
+def _hf_qwen(cfg) -> dict:
+    return _hf_window(cfg, default_on=False)
+
+
+def _hf_mistral(cfg) -> dict:
+    return _hf_window(cfg, default_on=True)
+
+
+def _hf_smollm3(cfg) -> dict:
+    return {"no_rope_layers": [int(i not in cfg.no_rope_layers) for i in range(cfg.n_layers)]} | _hf_window(cfg, False)
+
+
+def _hf_phi3(cfg) -> dict:
+    return {"partial_rotary_factor": cfg.rotary_dims / cfg.head_dim} | _hf_window(cfg, default_on=True)
+
+
+def _near_int(x: float) -> float | int:
+    return round(x) if abs(x - round(x)) < 1e-6 * abs(x) else x
+
+
+def _hf_gemma3(cfg) -> dict:
+    window = _hf_window(cfg, default_on=True)
+    return {"hidden_activation": "gelu_pytorch_tanh", "head_dim": cfg.head_dim,
+            "query_pre_attn_scalar": _near_int((cfg.attn_scale or cfg.head_dim ** -0.5) ** -2),
+            "rope_local_base_freq": cfg.rope_local_theta or 10000.0,
+            "final_logit_softcapping": None, "attn_logit_softcapping": None} | window
+
+
+def _hf_granite(cfg) -> dict:
+    return {"embedding_multiplier": cfg.embed_scale, "residual_multiplier": cfg.residual_scale,
+            "attention_multiplier": cfg.attn_scale if cfg.attn_scale is not None else cfg.head_dim ** -0.5,
+            "logits_scaling": 1.0 / cfg.logit_scale}
+
+
+def _gguf_keys_phi3(cfg) -> dict:
+    return {"attention.sliding_window": cfg.sliding_window}  # 0: none (all layers or none, as read)
+
+
+def _gguf_keys_gemma3(cfg) -> dict:
+    return {"attention.sliding_window": cfg.sliding_window, "rope.freq_base_swa": cfg.rope_local_theta or 10000.0}
+
+
+def _gguf_keys_granite(cfg) -> dict:
+    return {"embedding_scale": cfg.embed_scale, "residual_scale": cfg.residual_scale,
+            "logit_scale": 1.0 / cfg.logit_scale} | ({"attention.scale": cfg.attn_scale} if cfg.attn_scale else {})
+
+
 # --- the registry ---------------------------------------------------------------------------------
 
 FAMILIES = {f.name: f for f in (
     Family("llama", "the LLaMA block itself (LLaMA 1-3)", ("LlamaForCausalLM",), "llama"),
     Family("mistral", "LLaMA with a sliding-window mask when the config sets sliding_window (v0.1); "
-                      "llama.cpp's GGUFs drop the window", ("MistralForCausalLM",), None, hf_switches=_mistral),
+                      "llama.cpp's GGUFs drop the window", ("MistralForCausalLM",), None, hf_switches=_mistral,
+           hf_keys=_hf_mistral, hf_model_type="mistral"),
     Family("qwen2", "q/k/v biases; RoPE in rotate-half order in GGUFs", ("Qwen2ForCausalLM",), "qwen2",
-           gguf_permuted=False, hf_switches=_qwen),
+           gguf_permuted=False, hf_switches=_qwen, hf_keys=_hf_qwen, hf_model_type="qwen2"),
     Family("qwen3", "RMSNorm over each head of q and of k before RoPE; head_dim x heads may differ from hidden",
            ("Qwen3ForCausalLM",), "qwen3", HF_LAYER | HF_QK_NORMS, GGUF_LAYER | GGUF_QK_NORMS, gguf_permuted=False,
-           hf_switches=_qwen3, gguf_switches=_gguf_qwen3),
+           hf_switches=_qwen3, gguf_switches=_gguf_qwen3, hf_keys=_hf_qwen, hf_model_type="qwen3"),
     Family("smollm3", "no RoPE in every fourth layer (no_rope_layers)", ("SmolLM3ForCausalLM",), "smollm3",
-           hf_switches=_smollm3, gguf_switches=_gguf_smollm3),
+           hf_switches=_smollm3, gguf_switches=_gguf_smollm3, hf_keys=_hf_smollm3, hf_model_type="smollm3"),
     Family("phi3", "fused qkv_proj and gate_up_proj, split at import; RoPE on the first partial_rotary_factor "
                    "of each head (Phi-4-mini: 3/4); a sliding window where the config sets one",
            ("Phi3ForCausalLM",), "phi3",
@@ -207,7 +273,8 @@ FAMILIES = {f.name: f for f in (
            | {"self_attn.qkv_proj.weight": ("wq", "wk", "wv"), "mlp.gate_up_proj.weight": ("w_gate", "w_up")},
            {k: v for k, v in GGUF_LAYER.items() if not k.startswith(("attn_q.", "attn_k.", "attn_v.", "ffn_gate."))}
            | {"attn_qkv.weight": ("wq", "wk", "wv"), "ffn_up.weight": ("w_gate", "w_up")},
-           gguf_permuted=False, hf_switches=_phi3, gguf_switches=_gguf_phi3),
+           gguf_permuted=False, hf_switches=_phi3, gguf_switches=_gguf_phi3, gguf_keys=_gguf_keys_phi3,
+           hf_keys=_hf_phi3, hf_model_type="phi3"),
     Family("gemma3", "embeddings x sqrt(hidden); RMSNorm (1 + w); post-attention and post-FFN norms; q/k norms; "
                      "GELU-tanh gate; attention scale query_pre_attn_scalar^-0.5; five sliding-window layers "
                      "(their own RoPE base) to one global", ("Gemma3ForCausalLM",), "gemma3",
@@ -216,13 +283,18 @@ FAMILIES = {f.name: f for f in (
                                       "post_feedforward_layernorm.weight": "ffn_post_norm"},
            GGUF_LAYER | GGUF_QK_NORMS | {"post_attention_norm.weight": "attn_post_norm",
                                           "post_ffw_norm.weight": "ffn_post_norm"},
-           gguf_permuted=False, hf_norm_offset=1.0, hf_switches=_gemma3, gguf_switches=_gguf_gemma3),
+           gguf_permuted=False, hf_norm_offset=1.0, hf_switches=_gemma3, gguf_switches=_gguf_gemma3,
+           gguf_keys=_gguf_keys_gemma3, hf_keys=_hf_gemma3, hf_model_type="gemma3_text"),
     Family("granite", "four scalars: embedding, residual, attention and logit multipliers",
-           ("GraniteForCausalLM",), "granite", hf_switches=_granite, gguf_switches=_gguf_granite),
+           ("GraniteForCausalLM",), "granite", hf_switches=_granite, gguf_switches=_gguf_granite,
+           gguf_keys=_gguf_keys_granite, hf_keys=_hf_granite, hf_model_type="granite"),
 )}
 
 BY_HF_ARCHITECTURE = {a: f for f in FAMILIES.values() for a in f.hf_architectures}
 BY_GGUF_ARCH = {f.gguf_arch: f for f in FAMILIES.values() if f.gguf_arch}
+# A family llama.cpp has no architecture of its own for is written as LLaMA (its converter's
+# choice for Mistral v0.1, whose window it drops)
+GGUF_FALLBACK = "llama"
 
 
 def family(name: str) -> Family:

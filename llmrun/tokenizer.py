@@ -46,6 +46,10 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         raise NotImplementedError
 
+    def id_to_token(self, token: int) -> str:
+        """The token's text as the vocabulary spells it (its piece: "<s>", "Ġthe", "▁the")."""
+        raise NotImplementedError
+
     def token_bytes(self, token: int) -> bytes:
         """The bytes the token stands for, a word-start space included: part of a character
         for some tokens, so decode() of one token alone cannot give them."""
@@ -74,6 +78,9 @@ class BPETokenizer(Tokenizer):
 
     def token_to_id(self, token):
         return self._tok.token_to_id(token)
+
+    def id_to_token(self, token):
+        return self._tok.id_to_token(int(token))
 
     def to_json(self) -> str:
         """The tokenizer as a tokenizer.json (what a grammar engine reads it from)."""
@@ -112,6 +119,9 @@ class SentencePieceTokenizer(Tokenizer):
 
     def decode(self, ids):
         return self._sp.decode([int(i) for i in ids])
+
+    def id_to_token(self, token):
+        return self._sp.id_to_piece(int(token))
 
     def token_to_id(self, token):
         i = self._sp.piece_to_id(token)

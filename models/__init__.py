@@ -70,3 +70,40 @@ def quantize(src: str, out: str, policy, progress: Callable[[int, int], None] | 
     if kind in ("hf", "gguf"):
         return convert(src, out, policy, progress)
     raise ConvertError(f"{src}: neither a .llmr file, a Hugging Face checkpoint directory nor a GGUF file")
+
+
+EXPORT_FORMATS = ("gguf", "hf")
+HF_DTYPES = ("bf16", "f16", "f32")
+
+
+def check_export(format: str, dtype: str | None) -> None:
+    """Refuse an export format or dtype we do not write (before any work)."""
+    if format not in EXPORT_FORMATS:
+        raise ConvertError(f"unknown export format {format!r}; known: {', '.join(EXPORT_FORMATS)}")
+    if format == "gguf" and dtype is not None:
+        raise ConvertError("--dtype is for --format hf: a GGUF export keeps every tensor's stored type "
+                           "(change them with `llmrun quantize` first)")
+    if format == "hf" and (dtype or "bf16") not in HF_DTYPES:
+        raise ConvertError(f"--dtype {dtype!r} for --format hf; one of {', '.join(HF_DTYPES)}")
+
+
+def export(src: str, out: str, format: str = "gguf", dtype: str | None = None,
+           progress: Callable[[int, int], None] | None = None, say: Callable[[str], None] | None = None) -> dict:
+    """Write the .llmr file `src` as `format`: "gguf" (the file `out`, every tensor in its stored
+    type, lossless: models/gguf_export.py) or "hf" (a Hugging Face checkpoint folder `out`,
+    weights in `dtype`, bf16 by default: models/hf_export.py). Written atomically; `say` gets
+    the notes a user should read (quantised weights dequantised). Returns a summary."""
+    import errno
+    check_export(format, dtype)
+    if source_kind(src) != "llmr":
+        raise ConvertError(f"{src}: not a .llmr file (convert it first, or name it as `llmrun run` would)")
+    try:
+        if format == "gguf":
+            from .gguf_export import export as run
+            return run(src, out, progress)
+        from .hf_export import export as run
+        return run(src, out, dtype or "bf16", progress, say)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ConvertError(f"{out}: no space left on the device (nothing was left behind)") from None
+        raise

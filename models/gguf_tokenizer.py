@@ -275,3 +275,135 @@ def _post_processor(texts, bos, eos) -> dict:
             "pair": first + [{"Sequence": {"id": "A", "type_id": 0}}] + last
             + first + [{"Sequence": {"id": "B", "type_id": 1}}] + last,
             "special_tokens": special}
+
+
+# --- the way back: a .llmr tokenizer as GGUF metadata (models/gguf_export.py) ----------------------
+
+def _wire_fields(buf: bytes):
+    """(field number, value) of a protobuf message: ints for varints and fixed32s read as
+    floats where the caller wants them (as raw bytes here), bytes for length-delimited fields."""
+    pos = 0
+
+    def varint():
+        nonlocal pos
+        v = shift = 0
+        while True:
+            b = buf[pos]
+            pos += 1
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return v
+    while pos < len(buf):
+        key = varint()
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            yield field, varint()
+        elif wire == 5:
+            yield field, buf[pos:pos + 4]
+            pos += 4
+        elif wire == 1:
+            yield field, buf[pos:pos + 8]
+            pos += 8
+        elif wire == 2:
+            n = varint()
+            yield field, buf[pos:pos + n]
+            pos += n
+        else:
+            raise ConvertError(f"the sentencepiece model has a protobuf field of wire type {wire}")
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def pre_tokenizer_name(tok: dict) -> str:
+    """The `tokenizer.ggml.pre` name of a tokenizer.json whose pre-tokenizer and normaliser are
+    one of PRE_TOKENIZERS' (the first name of each; trim_offsets changes no ids)."""
+    def steps(p):
+        p = p or {}
+        seq = p.get("pretokenizers") if p.get("type") == "Sequence" else [p]
+        return [{k: v for k, v in s.items() if k != "trim_offsets"} for s in seq]
+    have = steps(tok.get("pre_tokenizer")), tok.get("normalizer") == {"type": "NFC"}
+    if tok.get("normalizer") not in (None, {"type": "NFC"}):
+        raise ConvertError(f"the tokenizer's normaliser {tok['normalizer'].get('type')!r} has no GGUF form")
+    for name, pre in PRE_TOKENIZERS.items():
+        if (steps({"type": "Sequence", "pretokenizers": pre.steps}), pre.nfc) == have:
+            return name
+    raise ConvertError("the tokenizer's pre-tokenizer is none llama.cpp runs (tokenizer.ggml.pre); "
+                       f"llmrun writes: {', '.join(sorted(PRE_TOKENIZERS))}")
+
+
+def tokenizer_to_gguf(info: dict, blob: bytes, n_vocab: int) -> dict:
+    """The `tokenizer.ggml.*` keys (without the prefix) for a .llmr tokenizer: the inverse of
+    tokenizer_from_gguf, so that a GGUF's vocabulary comes back as the same blob. Token lists
+    are padded to `n_vocab` (the embedding's rows) with unused "[PADi]" tokens, as llama.cpp's
+    converter pads them. eos_ids become eos, eot, eom in order (llama.cpp ends a turn on any)."""
+    from ..tokenizer import Tokenizer
+    tok = Tokenizer.from_metadata(info, bytes(blob))
+    if info["kind"] == "spm":
+        out = _spm_keys(bytes(blob))
+    else:
+        out = _bpe_keys(json.loads(bytes(blob)))
+    n = len(out["tokens"])
+    if n > n_vocab:
+        raise ConvertError(f"the tokenizer has {n} tokens, more than the model's {n_vocab} embeddings")
+    out["tokens"] += [f"[PAD{i}]" for i in range(n, n_vocab)]
+    out["token_type"] += [UNUSED] * (n_vocab - n)
+    if "scores" in out:
+        out["scores"] += [0.0] * (n_vocab - n)
+    if info.get("bos_id") is not None:
+        out["bos_token_id"] = info["bos_id"]
+    for key, i in zip(("eos_token_id", "eot_token_id", "eom_token_id"), info.get("eos_ids") or []):
+        out[key] = i
+    # what encode adds, read from the tokenizer itself (a tokenizer.json's post-processor may add
+    # BOS where the checkpoint's config did not say so)
+    with_special, without = tok.encode("a"), tok.encode("a", add_special_tokens=False)
+    out["add_bos_token"] = len(with_special) > len(without) and with_special[0] == info.get("bos_id")
+    out["add_eos_token"] = bool(info.get("add_eos"))
+    return out
+
+
+def _spm_keys(blob: bytes) -> dict:
+    tokens, scores, types, trainer, normalizer = [], [], [], {}, {}
+    for field, v in _wire_fields(blob):
+        if field == 1:
+            piece = dict(_wire_fields(v))
+            tokens.append(piece.get(1, b"").decode("utf-8"))
+            scores.append(struct.unpack("<f", piece[2])[0] if 2 in piece else 0.0)
+            types.append(piece.get(3, NORMAL))
+        elif field == 2:
+            trainer = dict(_wire_fields(v))
+        elif field == 3:
+            normalizer = dict(_wire_fields(v))
+    # llama.cpp's sentencepiece tokenizer merges by score, as a BPE model does, and normalises
+    # nothing: a unigram model or a normalisation rule would tokenise differently there
+    if trainer.get(3, 1) != 2:
+        raise ConvertError("a unigram sentencepiece tokenizer has no GGUF form llama.cpp runs the same "
+                           "(tokenizer.ggml.model llama is sentencepiece BPE)")
+    if normalizer.get(1, b"identity") != b"identity":
+        raise ConvertError(f"the sentencepiece normalisation {normalizer[1].decode(errors='replace')!r} has no GGUF "
+                           "form (llama.cpp normalises nothing)")
+    out = {"model": "llama", "tokens": tokens, "scores": scores, "token_type": types,
+           "add_space_prefix": bool(normalizer.get(3, 1)),
+           "remove_extra_whitespaces": bool(normalizer.get(4, 1))}
+    for key, field in (("unknown_token_id", 40), ("padding_token_id", 43)):
+        v = _signed(trainer.get(field, -1))
+        if 0 <= v < len(tokens):
+            out[key] = v
+    return out
+
+
+def _bpe_keys(tok: dict) -> dict:
+    model = tok.get("model") or {}
+    if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(tok.get("decoder")):
+        raise ConvertError("only byte-level BPE tokenizer.json files have a GGUF form (tokenizer.ggml.model gpt2)")
+    texts = {int(i): t for t, i in model["vocab"].items()}
+    added = {int(a["id"]): a for a in tok.get("added_tokens") or []}
+    texts |= {i: a["content"] for i, a in added.items()}
+    n = max(texts) + 1 if texts else 0
+    tokens = [texts.get(i, f"[PAD{i}]") for i in range(n)]
+    types = [UNUSED if i not in texts else NORMAL if i not in added else CONTROL if added[i].get("special")
+             else USER_DEFINED for i in range(n)]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    return {"model": "gpt2", "pre": pre_tokenizer_name(tok), "tokens": tokens, "token_type": types, "merges": merges}

@@ -93,3 +93,34 @@ class SafetensorsFile:
             raise ConvertError(f"{self.path}: tensor {name} is cut short (did the file change while reading?)")
         shape = e["shape"]
         return out.reshape(stop - start, *shape[1:]) if len(shape) > 1 else out
+
+
+# --- writing (models/hf_export.py) ------------------------------------------------------------------
+
+DTYPE_NAMES = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
+
+
+def write_safetensors(path: str, tensors: list, progress=None) -> None:
+    """Write `tensors`, (name, dtype "f32"|"f16"|"bf16", shape, chunks) each, chunks() yielding
+    the tensor's bytes in order, as one safetensors file at `path` (opened here: the caller makes
+    it atomic). The header is padded with spaces so that the data starts 8-byte aligned, as the
+    safetensors library writes it. `progress(bytes)` follows each chunk."""
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, dtype, shape, _ in tensors:
+        size = math.prod(shape) * (4 if dtype == "f32" else 2)
+        header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "xb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for name, _, _, chunks in tensors:
+            written = 0
+            for chunk in chunks():
+                f.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
+                written += chunk.nbytes
+                if progress:
+                    progress(chunk.nbytes)
+            begin, end = header[name]["data_offsets"]
+            if written != end - begin:
+                raise AssertionError(f"{name}: {written} bytes written, {end - begin} planned")
