@@ -11,6 +11,12 @@ its last field (the table's scales_at): words 0-31 ql, 32-47 qh, 48-51 the 16 in
 bytes are the row blocks' own, moved, so the file is no larger and a row comes back exactly.
 A SIMD load then holds one word of 16 rows, and 16 dot products advance in lanes without
 horizontal sums (kernels/cpu/gemm_x16_*.c). The converter picks X16 wherever it applies.
+
+q2_k and q3_k have an X16 layout too, by the same rule, though files keep them in rows (their
+CPU kernels read GGUF's blocks as they are): the GPU backends re-lay them into X16 as they upload
+them (llmrun/backends/gpu.py), so every quantised type reaches the GPU kernels alike. q2_k: its
+d, then dmin, then words 0-3 the 16 bytes of 4-bit scale and min pairs, 4-19 qs; q3_k: its d,
+then words 0-7 hmask, 8-23 qs, 24-26 the 12 bytes of packed 6-bit scales.
 """
 from __future__ import annotations
 
@@ -29,9 +35,15 @@ def kernel_layout(t: QType, shape) -> int:
     return X16 if t.x16 and len(shape) == 2 and shape[0] % GROUP == 0 else ROWS
 
 
+def has_x16(t: QType) -> bool:
+    """Whether type t has an X16 layout (written to files or not): a block type whose bytes
+    beside its f16 fields are whole 4-byte words."""
+    return t.quantized and (t.type_size - 2 * t.n_scales) % 4 == 0
+
+
 def _split(t: QType):
     """(f16 fields, 4-byte words of the other bytes) of one block of type t."""
-    if not t.x16:
+    if not has_x16(t):
         raise ValueError(f"{t.name} has no X16 layout")
     return t.n_scales, (t.type_size - 2 * t.n_scales) // 4
 

@@ -1,7 +1,7 @@
 // The CUDA weight types' decoding compiled for the host (tests/test_cuda.py runs it): what the
 // numpy twins of tests/cuda_emulator.py cannot check, the kernels' own reading of the x16
-// bytes. For a type that builds its quants from bit fields (X16Bytes: q5_0, q5_1, q4_k, q5_k,
-// q6_k) it runs, on the CPU, the code the kernels run:
+// bytes. For a type that builds its quants from bit fields (X16Bytes: q5_0, q5_1, q2_k, q3_k,
+// q4_k, q5_k, q6_k) it runs, on the CPU, the code the kernels run:
 //   - embed's dequantisation (scale_of, quants: d q + m per value) of every row;
 //   - the decode matvec's lane loads and dots (mv_load, mv_dot) over every step and lane of a
 //     warp, the lanes of each quad of rows summed, for each token;
@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "q2_k.cuh"
+#include "q3_k.cuh"
 #include "q4_k.cuh"
 #include "q5_0.cuh"
 #include "q5_1.cuh"
@@ -82,6 +84,10 @@ int main(int argc, char **argv) {
         run<Q5_0>(w.data(), rows, k, tokens, x.data(), out);
     else if (type == "q5_1")
         run<Q5_1>(w.data(), rows, k, tokens, x.data(), out);
+    else if (type == "q2_k")
+        run<Q2_K>(w.data(), rows, k, tokens, x.data(), out);
+    else if (type == "q3_k")
+        run<Q3_K>(w.data(), rows, k, tokens, x.data(), out);
     else if (type == "q4_k")
         run<Q4_K>(w.data(), rows, k, tokens, x.data(), out);
     else if (type == "q5_k")

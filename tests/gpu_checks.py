@@ -20,7 +20,7 @@ def device_or_skip(backend: str, lacking: str):
         pytest.skip(f"{lacking}: {e}")
 
 
-from llmrun.backends.gpu import TYPES as GPU_TYPES  # noqa: E402
+from llmrun.backends.gpu import TYPES as GPU_TYPES, device_bytes  # noqa: E402
 from llmrun.quant import TYPES as STORED, qtype  # noqa: E402
 from llmrun.quant.mixes import MIXES  # noqa: E402
 
@@ -73,6 +73,25 @@ def test_types_without_kernels_are_one_line(backend, device, wide_models, type):
     with pytest.raises(LlmrunError) as e:
         llmrun.load(path, backend=backend)
     assert "\n" not in str(e.value) and f"kernels for {type} weights" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("type", [t for t in GPU_TYPES if qtype(t).quantized and not qtype(t).x16])
+def test_rows_layout_types_go_up_in_x16(backend, device, type):
+    """q2_k and q3_k, which files keep in rows, go up re-laid into x16 (the product is checked in
+    each backend's matmul test); a matrix that is not whole groups of 16 rows cannot be, and is
+    refused in one line."""
+    from llmrun.backends import device as new_device
+    from llmrun.errors import LlmrunError
+    from llmrun.format import Tensor
+    from llmrun.quant.layout import ROWS, interleave
+    t = qtype(type)
+    dev = new_device(backend)
+    blocks = random_blocks(t, 40, t.block_size, np.random.default_rng(4))
+    assert (np.asarray(device_bytes(Tensor("w", t, (32, t.block_size), blocks[:32].reshape(-1), ROWS), backend))
+            == interleave(blocks[:32], t).reshape(-1)).all()
+    with pytest.raises(LlmrunError) as e:
+        dev.upload(Tensor("w", t, (40, t.block_size), blocks.reshape(-1), ROWS))
+    assert "\n" not in str(e.value) and "whole groups of 16 rows; this matrix has 40" in str(e.value), str(e.value)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])

@@ -102,10 +102,11 @@ def test_small_ops_match_their_twins(device):
 
 @pytest.mark.parametrize("type", TYPES)
 def test_embed_matches_its_twin(device, type):
+    from llmrun.backends.gpu import device_bytes
     from llmrun.selftest import tensor
     k = max(64, qtype(type).block_size)
     w = np.random.default_rng(5).standard_normal((48, k)).astype(np.float32)
-    data = np.ascontiguousarray(tensor(w, qtype(type)).data).view(np.uint8)
+    data = np.ascontiguousarray(device_bytes(tensor(w, qtype(type)), "CUDA")).view(np.uint8)  # as upload() sends it
     ids = np.array([47, 0, 16, 16], np.uint32)
     got, want = _on_both(device, "embed", (k, 48, 0), [data, ids, np.zeros((4, k), np.float32)], (4, 1), 4,
                          weight_type=type)

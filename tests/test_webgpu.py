@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_cli
 from gpu_checks import *  # noqa: F401,F403 (the whole-graph checks, run here on WebGPU)
-from llmrun.backends.gpu import TYPES as GPU_TYPES
+from llmrun.backends.gpu import TYPES as GPU_TYPES, X16_TYPES
 from llmrun.quant import dequantize, qtype, quantize
 
 wgpu = pytest.importorskip("wgpu", reason="the webgpu extra is not installed (pip install -e '.[test]' brings it)")
@@ -54,20 +54,23 @@ def test_matmul_matches_reference(device, type, rows, k, tokens):
     assert np.abs(got - want).max() <= BOUND * np.abs(want).max()
 
 
-@pytest.mark.parametrize("type", [t for t in GPU_TYPES if qtype(t).x16])
+@pytest.mark.parametrize("type", X16_TYPES)
 def test_every_bit_of_a_block(device, type):
     """Blocks of random bytes (every quant and sub-block scale bit pattern; f16 fields random but
-    finite) in the X16 layout: the product against float64 over quant/'s dequantisation, and
-    the embedding rows bit for bit."""
+    finite) in the layout a file holds them in (X16; rows for q2_k and q3_k, re-laid as they go
+    up): the product against float64 over quant/'s dequantisation, and the embedding rows bit
+    for bit."""
     from llmrun.format import Tensor
-    from llmrun.quant.layout import X16, interleave
+    from llmrun.quant.layout import X16, interleave, kernel_layout
     t = qtype(type)
     rows, k, tokens = 32, 2 * max(t.block_size, 64), 3
     rng = np.random.default_rng(9)
     blocks = random_blocks(t, rows, k, rng)
     w = dequantize(blocks, t, k)
     assert np.isfinite(w).all()
-    m = device.upload(Tensor("w", t, (rows, k), interleave(blocks, t).reshape(-1), X16))
+    layout = kernel_layout(t, (rows, k))
+    m = device.upload(Tensor("w", t, (rows, k), (interleave(blocks, t) if layout == X16 else blocks).reshape(-1),
+                             layout))
     x = rng.standard_normal((tokens, k)).astype(np.float32)
     want = x.astype(np.float64) @ w.astype(np.float64).T
     assert np.abs(device.matmul(m, x) - want).max() <= BOUND * np.abs(want).max()

@@ -7,6 +7,8 @@
 #include "gemm.cuh"
 #include "matmul.cuh"
 #include "ops.cuh"
+#include "q2_k.cuh"
+#include "q3_k.cuh"
 #include "q4_0.cuh"
 #include "q4_1.cuh"
 #include "q4_k.cuh"
@@ -51,6 +53,8 @@ WEIGHT_KERNELS(q4_1, Q4_1)
 WEIGHT_KERNELS(f16, F16)
 WEIGHT_KERNELS(q5_0, Q5_0)
 WEIGHT_KERNELS(q5_1, Q5_1)
+WEIGHT_KERNELS(q2_k, Q2_K)
+WEIGHT_KERNELS(q3_k, Q3_K)
 WEIGHT_KERNELS(q4_k, Q4_K)
 WEIGHT_KERNELS(q5_k, Q5_K)
 WEIGHT_KERNELS(q6_k, Q6_K)
@@ -73,6 +77,8 @@ MATMUL3(q4_0, q8_0, Q4_0, Q8_0)
 MATMUL3(q4_1, q8_0, Q4_1, Q8_0)
 MATMUL3(q5_0, q5_0, Q5_0, Q5_0)
 MATMUL3(q5_1, q5_1, Q5_1, Q5_1)
+MATMUL3(q2_k, q2_k, Q2_K, Q2_K)
+MATMUL3(q3_k, q3_k, Q3_K, Q3_K)
 MATMUL3(q4_k, q4_k, Q4_K, Q4_K)
 MATMUL3(q5_k, q5_k, Q5_K, Q5_K)
 MATMUL3(q6_k, q6_k, Q6_K, Q6_K)

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import LlmrunError
 from ..format import Tensor
-from .gpu import TYPES, WORKGROUP, Matrix, check_weight, groups, row_groups
+from .gpu import TYPES, WORKGROUP, Matrix, device_bytes, groups, row_groups
 
 MATMUL_ROWS, MATMUL_TOKENS, MATMUL_THREADS = 16, 8, 256  # kernels/cuda/matmul.cuh: a block's tile, 8 warps
 GEMM_ROWS, GEMM_TOKENS, GEMM_THREADS = 64, 64, 128  # kernels/cuda/gemm.cuh
@@ -274,10 +274,10 @@ class Device:
         return Plan(self, step)
 
     def upload(self, t: Tensor) -> Matrix:
-        """A weight tensor's bytes as they are in the file, in one buffer, through pinned memory."""
+        """A weight tensor's bytes as the kernels read them (gpu.device_bytes: as they are in the
+        file, or re-laid into x16), in one buffer, through pinned memory."""
         rows, k = t.shape
-        check_weight(t, "CUDA")
-        data = np.ascontiguousarray(t.data).reshape(-1).view(np.uint8)
+        data = np.ascontiguousarray(device_bytes(t, "CUDA")).reshape(-1).view(np.uint8)
         self.driver.use(self.context)
         b = Buffer(self.driver, data.nbytes)
         if self._staging is None:

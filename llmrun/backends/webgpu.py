@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import LlmrunError
 from ..format import Tensor
-from .gpu import X16_TYPES, Matrix, check_weight
+from .gpu import X16_TYPES, Matrix, device_bytes
 
 ROWS_PER_WORKGROUP = 16  # matmul.wgsl: a workgroup's rows...
 TOKENS_PER_WORKGROUP = 8  # ...and tokens (its TOKENS)
@@ -117,13 +117,13 @@ class Device:
             {"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}} for i, b in enumerate(buffers)])
 
     def upload(self, t: Tensor) -> Matrix:
-        """A weight tensor's bytes as they are in the file, in buffers of whole 16-row groups
-        within the binding limit."""
+        """A weight tensor's bytes as the kernels read them (gpu.device_bytes: as they are in the
+        file, or re-laid into x16), in buffers of whole 16-row groups within the binding limit."""
         rows, k = t.shape
-        check_weight(t, "WebGPU")
-        row_bytes = t.data.size // rows
+        data = device_bytes(t, "WebGPU")
+        row_bytes = data.size // rows
         step = max(ROWS_PER_WORKGROUP, self.max_binding // row_bytes // ROWS_PER_WORKGROUP * ROWS_PER_WORKGROUP)
-        parts = [(self.buffer(t.data[r0 * row_bytes:min(rows, r0 + step) * row_bytes]), r0, min(rows, r0 + step) - r0)
+        parts = [(self.buffer(data[r0 * row_bytes:min(rows, r0 + step) * row_bytes]), r0, min(rows, r0 + step) - r0)
                  for r0 in range(0, rows, step)]
         return Matrix(t.type.name, rows, k, parts)
 
