@@ -96,7 +96,7 @@ def export(src: str, out: str, format: str = "gguf", dtype: str | None = None,
     import errno
     check_export(format, dtype)
     if source_kind(src) != "llmr":
-        raise ConvertError(f"{src}: not a .llmr file (convert it first, or name it as `llmrun run` would)")
+        raise ConvertError(f"{src}: not a .llmr file (convert it first with `llmrun convert`; the command line's `llmrun export` converts what it is given)")
     try:
         if format == "gguf":
             from .gguf_export import export as run

@@ -15,6 +15,7 @@ tokenizer it reads differently is refused in one line, instead of a file that ru
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections import Counter
@@ -224,7 +225,13 @@ def export(src: str, out: str, progress: Callable[[int, int], None] | None = Non
                 data = np.ascontiguousarray(t.data())
                 if data.nbytes != t.nbytes:
                     raise AssertionError(f"{t.name}: {data.nbytes} bytes, {t.type.name} {list(t.shape)} takes {t.nbytes}")
-                w.write_tensor_data(data)
+                try:
+                    w.write_tensor_data(data)
+                except OSError as e:
+                    if e.errno is None:  # numpy's tofile says "N requested and M written", no errno: on a
+                        # regular file a short write means the disk (or the quota) is full
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), out) from None
+                    raise
                 done += t.nbytes
                 if progress:
                     progress(done, total)

@@ -226,6 +226,33 @@ def test_cli_export_errors_are_one_line_and_leave_nothing(tiny, tmp_path):
     assert "wrote" in r.stderr and os.listdir(tmp_path) == ["ok.gguf"]
 
 
+
+def _unshare_works() -> bool:
+    import shutil
+    import subprocess
+    return shutil.which("unshare") is not None and subprocess.run(
+        ["unshare", "-rm", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs `unshare -rm` (a private mount of a tiny tmpfs)")
+@pytest.mark.parametrize("format", ["gguf", "hf"])
+def test_disk_full_is_one_line_and_leaves_nothing(tiny, tmp_path, format):
+    """An export onto a 128 KiB file system (the tiny model takes about 360 KiB): one line, and
+    neither the output nor a temporary file is left there."""
+    import subprocess
+    import sys
+    full = tmp_path / "full"
+    full.mkdir()
+    out = full / ("m.gguf" if format == "gguf" else "m-hf")
+    args = ["--format", "hf", "--dtype", "f32"] if format == "hf" else []
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o size=128k tmpfs "{full}" && exec "$0" "$@"',
+                        sys.executable, "-c", "from llmrun.cli.main import main; main()", "export",
+                        str(tiny / "f32.llmr"), str(out), *args], capture_output=True, text=True)
+    lines = [line for line in r.stderr.splitlines() if line.strip() and "exporting" not in line]
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[-1] == f"llmrun: error: {out}: no space left on the device (nothing was left behind)", r.stderr
+    assert os.listdir(full) == []  # the mount is gone with its namespace: what is left is what the disk holds
+
 # --- Hugging Face checkpoints ------------------------------------------------------------------------
 
 def hf_round_trip(src, tmp_path, dtype="f32", name="hf", **kw):
