@@ -67,6 +67,9 @@ def hf_config(cfg: ModelConfig, tok: dict, dtype: str) -> dict:
          "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps,
          "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": cfg.attn_bias, "mlp_bias": False,
          "bos_token_id": tok.get("bos_id"), "eos_token_id": _one_or_list(tok.get("eos_ids")),
+         # llmrun keeps no padding id; null, not absent, so that a config class's default (Phi-3's
+         # 32000, SmolLM3's 128004) cannot name a token past a smaller vocabulary
+         "pad_token_id": None,
          "torch_dtype": TORCH_DTYPES[dtype], "use_cache": True}
     return c | _rope(cfg) | family.hf_keys(cfg)
 
