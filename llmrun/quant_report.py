@@ -115,35 +115,40 @@ def write(rows: list[dict], out_dir: str, title: str) -> list[str]:
 
 
 def plot(rows: list[dict], path: str, title: str) -> str | None:
-    """Two panels against bits per weight: quality (KLD mean, PPL), speed (pp, tg). None without
-    matplotlib."""
+    """Two panels against bits per weight: quality (KLD mean on a log scale, the base row left out
+    as it is 0 against itself), speed (pp, tg); calibrated rows ("-cal") drawn apart from the
+    plain ones, each series in order of size. None without matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    bpw = [r["bpw"] for r in rows]
-    fig, (quality, speed) = plt.subplots(1, 2, figsize=(11, 4.2))
-    quality.plot(bpw, [r["kld_mean"] for r in rows], "o-", color="tab:red", label="KLD mean vs " + rows[0]["type"])
+    series = {"plain": sorted((r for r in rows if not r["type"].endswith("-cal")), key=lambda r: r["bpw"]),
+              "calibrated": sorted((r for r in rows if r["type"].endswith("-cal")), key=lambda r: r["bpw"])}
+    fig, (quality, speed) = plt.subplots(1, 2, figsize=(12, 4.6))
+    for (name, group), marker, color in zip(series.items(), ("o-", "^-"), ("tab:red", "tab:green")):
+        scored = [r for r in group if r["kld_mean"] > 0]
+        if scored:
+            quality.plot([r["bpw"] for r in scored], [r["kld_mean"] for r in scored], marker, color=color,
+                         label=f"{name}: KLD mean vs {rows[0]['type']}")
+        for r in scored:
+            quality.annotate(r["type"], (r["bpw"], r["kld_mean"]), textcoords="offset points", xytext=(4, 4),
+                             fontsize=8)
+        for key, label, style in (("pp_ts", "pp", "o"), ("tg_ts", "tg", "s")):
+            timed = [r for r in group if key in r]
+            if timed:
+                speed.plot([r["bpw"] for r in timed], [r[key] for r in timed], style + ("-" if name == "plain" else ":"),
+                           label=f"{label}, {name}")
+    quality.set_yscale("log")
     quality.set_xlabel("bits per weight")
-    quality.set_ylabel("KL divergence (nats)", color="tab:red")
-    ppl_axis = quality.twinx()
-    ppl_axis.errorbar(bpw, [r["ppl"] for r in rows], yerr=[r["ppl_err"] for r in rows], fmt="s--", color="tab:blue")
-    ppl_axis.set_ylabel("perplexity", color="tab:blue")
-    for r in rows:
-        quality.annotate(r["type"], (r["bpw"], r["kld_mean"]), textcoords="offset points", xytext=(4, 6))
+    quality.set_ylabel("KL divergence (nats, log scale)")
     quality.set_title("quality")
-    for key, label, style in (("pp_ts", "prompt (pp)", "o-"), ("tg_ts", "generation (tg)", "s-")):
-        if all(key in r for r in rows):
-            speed.plot(bpw, [r[key] for r in rows], style, label=label)
-    for r in rows:
-        if "tg_ts" in r:
-            speed.annotate(r["type"], (r["bpw"], r["tg_ts"]), textcoords="offset points", xytext=(4, 6))
+    quality.legend(fontsize=8)
     speed.set_xlabel("bits per weight")
     speed.set_ylabel("tokens/s")
     speed.set_title(f"speed ({rows[0].get('threads', '?')} threads)")
-    speed.legend()
+    speed.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     with atomic_file(path) as f:
