@@ -1,7 +1,8 @@
 // The CUDA weight types' decoding compiled for the host (tests/test_cuda.py runs it): what the
 // numpy twins of tests/cuda_emulator.py cannot check, the kernels' own reading of the x16
-// bytes. For a type that builds its quants from bit fields (X16Bytes: q5_0, q5_1, q2_k, q3_k,
-// q4_k, q5_k, q6_k) it runs, on the CPU, the code the kernels run:
+// bytes. For a type that builds its quants as bytes (X16Bytes: from bit fields, q5_0, q5_1, q2_k,
+// q3_k, q4_k, q5_k, q6_k; from a table of levels, iq4_nl) it runs, on the CPU, the code the
+// kernels run:
 //   - embed's dequantisation (scale_of, quants: d q + m per value) of every row;
 //   - the decode matvec's lane loads and dots (mv_load, mv_dot) over every step and lane of a
 //     warp, the lanes of each quad of rows summed, for each token;
@@ -14,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "iq4_nl.cuh"
 #include "q2_k.cuh"
 #include "q3_k.cuh"
 #include "q4_k.cuh"
@@ -84,6 +86,8 @@ int main(int argc, char **argv) {
         run<Q5_0>(w.data(), rows, k, tokens, x.data(), out);
     else if (type == "q5_1")
         run<Q5_1>(w.data(), rows, k, tokens, x.data(), out);
+    else if (type == "iq4_nl")
+        run<IQ4_NL>(w.data(), rows, k, tokens, x.data(), out);
     else if (type == "q2_k")
         run<Q2_K>(w.data(), rows, k, tokens, x.data(), out);
     else if (type == "q3_k")

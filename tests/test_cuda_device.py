@@ -141,8 +141,8 @@ def _plan_on_both(device, build, T, n_past=0):
 
 
 @pytest.mark.parametrize("types", [("q4_0", "q4_0"), ("q4_0", "q8_0"), ("q4_1", "q8_0"), ("q8_0", "q8_0"),
-                                   ("f16", "f16"), ("q5_0", "q5_0"), ("q5_1", "q5_1"), ("q4_k", "q4_k"),
-                                   ("q5_k", "q5_k"), ("q6_k", "q6_k")])
+                                   ("f16", "f16"), ("q5_0", "q5_0"), ("q5_1", "q5_1"), ("iq4_nl", "iq4_nl"),
+                                   ("q4_k", "q4_k"), ("q5_k", "q5_k"), ("q6_k", "q6_k")])
 @pytest.mark.parametrize("T", [1, 3, 20])
 def test_fused_matvecs_match_their_twins(device, types, T):
     """q/k/v in one launch (matmul3, k and v of another type), gate/up with SiLU or GELU in the

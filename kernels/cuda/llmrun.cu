@@ -5,6 +5,7 @@
 #include "attention.cuh"
 #include "f16.cuh"
 #include "gemm.cuh"
+#include "iq4_nl.cuh"
 #include "matmul.cuh"
 #include "ops.cuh"
 #include "q2_k.cuh"
@@ -53,6 +54,7 @@ WEIGHT_KERNELS(q4_1, Q4_1)
 WEIGHT_KERNELS(f16, F16)
 WEIGHT_KERNELS(q5_0, Q5_0)
 WEIGHT_KERNELS(q5_1, Q5_1)
+WEIGHT_KERNELS(iq4_nl, IQ4_NL)
 WEIGHT_KERNELS(q2_k, Q2_K)
 WEIGHT_KERNELS(q3_k, Q3_K)
 WEIGHT_KERNELS(q4_k, Q4_K)
@@ -77,6 +79,7 @@ MATMUL3(q4_0, q8_0, Q4_0, Q8_0)
 MATMUL3(q4_1, q8_0, Q4_1, Q8_0)
 MATMUL3(q5_0, q5_0, Q5_0, Q5_0)
 MATMUL3(q5_1, q5_1, Q5_1, Q5_1)
+MATMUL3(iq4_nl, iq4_nl, IQ4_NL, IQ4_NL)
 MATMUL3(q2_k, q2_k, Q2_K, Q2_K)
 MATMUL3(q3_k, q3_k, Q3_K, Q3_K)
 MATMUL3(q4_k, q4_k, Q4_K, Q4_K)

@@ -104,7 +104,7 @@ HOST_DEVICE inline float byte_dot(uint32_t q, float4 x, float offset) {
 }
 
 // The x16 types whose quants are assembled from several bit fields (q5_0, q5_1 and the
-// k-quants): W gives quant_bytes(w, row, b, nb, i), values 4i .. 4i + 3 of 32-value block b as
+// k-quants) or looked up (iq4_nl's levels): W gives quant_bytes(w, row, b, nb, i), values 4i .. 4i + 3 of 32-value block b as
 // the four bytes of a word, unsigned, W::OFFSET below their value (q5_0: 16, q6_k: 32), and
 // scale(): value = d (q - OFFSET) + m. A k-quant's 32-value block b is sub-block b % 8 of
 // super-block b / 8 (quant/layout.py), whose d * sc (and -dmin * m) are its block's scale (and

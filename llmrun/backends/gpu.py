@@ -31,7 +31,7 @@ from ..quant.types import TABLE
 # The weight types the GPU kernels read: adding one is its kernel file for each backend
 # (kernels/wgsl/matmul_<type>.wgsl; kernels/cuda/<type>.cuh and its line in llmrun.cu) and its
 # name here. A model holding a stored type not listed is refused by device_bytes, in one line.
-TYPES = ("f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
+TYPES = ("f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
 # ... those the kernels read in the x16 layout: every quantised one. Files hold q2_k and q3_k in
 # rows (their CPU kernels' layout); device_bytes() re-lays them as they go up.
 X16_TYPES = tuple(t.name for t in TABLE if t.name in TYPES and has_x16(t))
