@@ -1,7 +1,7 @@
-/* NEON X16 kernel of q5_k with q16_a activations: gemm_x16_neon.c's q4_k kernel with the fifth
- * bit, one token at a time, super-blocks outermost: each one's 16 rows' sub-block scales are
- * unpacked once (x16_q4k_scales: q5_k's lie as q4_k's) for up to Q4K_TOKENS tokens (q4k_gemm, gemm_x16_neon.h), whose
- * running sums wait in memory between super-blocks. Per pair of sub-blocks 2p (the low nibbles of
+/* NEON X16 kernel of q5_k with q16_a activations: gemm_x16_neon.c's q4_k kernel (q4k_gemm,
+ * gemm_x16_neon.h) with the fifth bit, one token at a time, super-blocks outermost: each one's 16
+ * rows' sub-block scales are unpacked once (x16_q4k_scales: q5_k's lie as q4_k's) for up to
+ * Q4K_TOKENS tokens, whose running sums wait in memory between super-blocks. Per pair of sub-blocks 2p (the low nibbles of
  * qs words 8p .. 8p + 7) and 2p + 1 (their high nibbles) and four rows, a 16-byte load of qs word
  * c is byte 4r + i: row r's qs byte 4c' + i (c' = c mod 8), whose fifth bits are bits 2p and 2p + 1
  * of the same byte of qh word c' (vtst, and, or, before widening). Each sub-block sums in its own
