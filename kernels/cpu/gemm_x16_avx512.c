@@ -23,44 +23,11 @@
  * (2 nb + 3) u (the scale product, the int -> float conversion above 2^24 for q8_0, the lane
  * pair add), |err| <= (2 nb + 3) u M with M the scalar kernel's magnitude (tests/test_kernels.py,
  * X16_DOT_BOUND). */
-#include <immintrin.h>
-#include <string.h>
-
-#include "llmrun.h"
-#include "gemm_x16.h"
+#include "gemm_x16_avx512.h"
 
 #ifndef X16_ISA /* this file's own build: the avx512 names */
 #define X16_ISA avx512
 #endif
-
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
-
-/* acc + pairwise sums of w * a, int16 x int16 -> int32 (exact). */
-ALWAYS_INLINE __m512i madd(__m512i acc, __m512i w, __m512i a) {
-#ifdef __AVX512VNNI__
-    return _mm512_dpwssd_epi32(acc, w, a);
-#else
-    return _mm512_add_epi32(acc, _mm512_madd_epi16(w, a));
-#endif
-}
-
-#ifndef PREFETCH_AHEAD
-#define PREFETCH_AHEAD 8192
-#endif
-
-/* Row r's scale to lanes 2r and 2r + 1: rows 0-7, rows 8-15. */
-static const int32_t PAIR_IDX[2][16] = {{0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7},
-                                        {8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15}};
-/* Lanes (r, 0) and (r, 1) of the two halves, gathered to row order. */
-static const int32_t EVEN_IDX[16] = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
-static const int32_t ODD_IDX[16] = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
-
-/* Activation elements 4c .. 4c + 3, to every lane pair. */
-ALWAYS_INLINE __m512i act4(const block_q16_a *y, int c) {
-    int64_t v;
-    memcpy(&v, &y->qs[4 * c], 8);
-    return _mm512_set1_epi64(v);
-}
 
 /* 5-bit weights: a quant-word load of rows 0-7 (or 8-15) widened to int16 is lane 4r + i for row r,
  * byte i: elements 4c + i (low nibble) and 16 + 4c + i (high nibble), whose fifth bits are bits
@@ -78,8 +45,6 @@ ALWAYS_INLINE __m512i q5_fifth(const int fmt, __m512i q, __m512i h, __m512i bit)
     return fmt == F_Q5_0 ? _mm512_mask_sub_epi16(q, _mm512_testn_epi16_mask(h, bit), q, sixteen)
                          : _mm512_mask_add_epi16(q, _mm512_test_epi16_mask(h, bit), q, sixteen);
 }
-
-ALWAYS_INLINE __m512 f16x16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
 
 /* 16 rows (one group) against T <= 4 tokens: ys[i] is token i's activation row. */
 ALWAYS_INLINE void tile(const int fmt, const int T, int64_t nb, float *out, size_t out_stride,
@@ -204,130 +169,20 @@ ALWAYS_INLINE void gemm(const int fmt, int64_t k, int64_t t, float *out, size_t 
     }
 }
 
-/* q4_k. Super-blocks outermost: each one's 16 rows' sub-block scales are unpacked once
- * (x16_q4k_scales) for up to Q4K_TOKENS tokens, whose running sums wait in memory between
- * super-blocks; the tokens meet it in tiles of up to Q4K_TILE. Per pair of sub-blocks (2p: the
- * low nibbles of qs words 8p .. 8p + 7, 2p + 1: their high nibbles) it is q4_1's arithmetic twice
- * over: the lanes (r, p') of each sub-block sum in int32, exact, and are FMA'd into the token's
- * accumulators with the rows' d sc (duplicated to each row's two lanes) times the activation
- * block's da. The offsets dmin m sa go by one FMA per sub-block into a 16-lane accumulator in row
- * order, taken off at the end. A token's operations do not depend on the tokens beside it, so
- * its result is the same bits whatever t. Error: a term c P (c = fl(d sc da): 1 rounding, d sc
- * being exact; P converted exactly, below 2^24) meets at most nb FMAs in its lane (nb = k / 32
- * sub-blocks), the pair add and the subtraction; an offset term (dmin m exact) nb FMAs and the
- * subtraction: within (nb + 3) u M, inside X16_DOT_BOUND(nb). */
-#define Q4K_TOKENS 64
-/* Tokens per tile: four tokens' int32 sums (16 vectors) with the weights and activations
- * spill; tiles of two ran a 512-token 2048 x 2048 product 1.33 times as fast as tiles of four
- * (three: 1.17). */
-#define Q4K_TILE 2
-
-/* One token's running sums: lanes (r, p') of rows 0-7 and 8-15, and the offsets in row order. */
-typedef struct {
-    __m512 acc[2], off;
-} q4k_sums;
-
-/* A super-block's scales for every token: per sub-block the rows' d sc to their two lanes (rows
- * 0-7, rows 8-15), and dmin m in row order. */
-typedef struct {
-    __m512 dp[8][2], mn[8];
-} q4k_scales;
-
-ALWAYS_INLINE void q4k_unpack_scales(const uint8_t *g, q4k_scales *sc) {
-    const __m512i pair_lo = _mm512_loadu_si512(PAIR_IDX[0]), pair_hi = _mm512_loadu_si512(PAIR_IDX[1]);
-    float d[LLMR_X16], dmin[LLMR_X16], dsc[8][LLMR_X16], dmm[8][LLMR_X16];
-    _mm512_storeu_ps(d, f16x16(g));
-    _mm512_storeu_ps(dmin, f16x16(g + X16_Q4K_DMIN));
-    x16_q4k_scales(g, d, dmin, dsc, dmm);
-    for (int j = 0; j < 8; j++) {
-        const __m512 dj = _mm512_loadu_ps(dsc[j]);
-        sc->dp[j][0] = _mm512_permutexvar_ps(pair_lo, dj);
-        sc->dp[j][1] = _mm512_permutexvar_ps(pair_hi, dj);
-        sc->mn[j] = _mm512_loadu_ps(dmm[j]);
-    }
-}
-
-/* T tokens' sums += the super-block at g against their activation blocks ys[i][0 .. 8). */
-ALWAYS_INLINE void q4k_tile(const int T, const uint8_t *g, const q4k_scales *sc, const block_q16_a *const *ys,
-                            q4k_sums *sums) {
+/* q4_k: q4k_gemm (gemm_x16_avx512.h), its quants the nibbles of each qs word. */
+ALWAYS_INLINE void q4k_word(const void *g, int p, int c, __m512i lo[2], __m512i hi[2]) {
     const __m512i nibble = _mm512_set1_epi16(0x0F);
-    __m512 acc[Q4K_TILE][2], off[Q4K_TILE];
-    for (int i = 0; i < T; i++) {
-        acc[i][0] = sums[i].acc[0];
-        acc[i][1] = sums[i].acc[1];
-        off[i] = sums[i].off;
-    }
-    for (int p = 0; p < 4; p++) {
-        const uint8_t *q = g + X16_Q4K_QS + p * 8 * 64;
-        __m512i isum[Q4K_TILE][2][2]; /* [token][sub-block 2p, 2p + 1][rows 0-7, 8-15] */
-        for (int c = 0; c < 8; c++) {
-            const __m512i r0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(q + c * 64)));
-            const __m512i r1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(q + c * 64 + 32)));
-            const __m512i lo0 = _mm512_and_si512(r0, nibble), hi0 = _mm512_srli_epi16(r0, 4);
-            const __m512i lo1 = _mm512_and_si512(r1, nibble), hi1 = _mm512_srli_epi16(r1, 4);
-            for (int i = 0; i < T; i++) {
-                const __m512i alo = act4(ys[i] + 2 * p, c), ahi = act4(ys[i] + 2 * p + 1, c);
-                isum[i][0][0] = madd(c ? isum[i][0][0] : _mm512_setzero_si512(), lo0, alo);
-                isum[i][0][1] = madd(c ? isum[i][0][1] : _mm512_setzero_si512(), lo1, alo);
-                isum[i][1][0] = madd(c ? isum[i][1][0] : _mm512_setzero_si512(), hi0, ahi);
-                isum[i][1][1] = madd(c ? isum[i][1][1] : _mm512_setzero_si512(), hi1, ahi);
-            }
-        }
-        for (int s = 0; s < 2; s++) {
-            const int j = 2 * p + s;
-            for (int i = 0; i < T; i++) {
-                const __m512 da = _mm512_set1_ps(ys[i][j].d);
-                for (int h = 0; h < 2; h++)
-                    acc[i][h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i][s][h]), _mm512_mul_ps(sc->dp[j][h], da),
-                                                acc[i][h]);
-                off[i] = _mm512_fmadd_ps(sc->mn[j], _mm512_set1_ps(ys[i][j].s), off[i]);
-            }
-        }
-    }
-    for (int i = 0; i < T; i++) {
-        sums[i].acc[0] = acc[i][0];
-        sums[i].acc[1] = acc[i][1];
-        sums[i].off = off[i];
-    }
-}
-
-/* Up to Q4K_TOKENS tokens: every super-block against every token, tile by tile. */
-static void gemm_q4_k_tokens(int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w,
-                             const uint8_t *a, size_t a_stride) {
-    q4k_sums sums[Q4K_TOKENS];
-    for (int64_t i = 0; i < t; i++)
-        sums[i].acc[0] = sums[i].acc[1] = sums[i].off = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nsb; b++) {
-        const uint8_t *g = w + b * X16_Q4K_BLOCK;
-        for (size_t line = 0; line < X16_Q4K_BLOCK; line += 64)
-            _mm_prefetch((const char *)g + PREFETCH_AHEAD + line, _MM_HINT_T0);
-        q4k_scales sc;
-        q4k_unpack_scales(g, &sc);
-        for (int64_t ti = 0; ti < t; ti += Q4K_TILE) {
-            const block_q16_a *ys[Q4K_TILE];
-            const int n = t - ti < Q4K_TILE ? (int)(t - ti) : Q4K_TILE;
-            for (int i = 0; i < n; i++)
-                ys[i] = (const block_q16_a *)(a + (ti + i) * a_stride) + b * (QK_K / QK_Q16_A);
-            if (n == Q4K_TILE)
-                q4k_tile(Q4K_TILE, g, &sc, ys, sums + ti);
-            else
-                for (int i = 0; i < n; i++)
-                    q4k_tile(1, g, &sc, ys + i, sums + ti + i);
-        }
-    }
-    const __m512i even = _mm512_loadu_si512(EVEN_IDX), odd = _mm512_loadu_si512(ODD_IDX);
-    for (int64_t i = 0; i < t; i++) {
-        const __m512 rows = _mm512_add_ps(_mm512_permutex2var_ps(sums[i].acc[0], even, sums[i].acc[1]),
-                                          _mm512_permutex2var_ps(sums[i].acc[0], odd, sums[i].acc[1]));
-        _mm512_storeu_ps(out + i * out_stride, _mm512_sub_ps(rows, sums[i].off));
+    const uint8_t *q = (const uint8_t *)g + X16_Q4K_QS + (8 * p + c) * 64;
+    for (int v = 0; v < 2; v++) {
+        const __m512i raw = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(q + v * 32)));
+        lo[v] = _mm512_and_si512(raw, nibble);
+        hi[v] = _mm512_srli_epi16(raw, 4);
     }
 }
 
 static void gemm_q4_k(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                       size_t a_stride) {
-    for (int64_t t0 = 0; t0 < t; t0 += Q4K_TOKENS)
-        gemm_q4_k_tokens(k / QK_K, t - t0 < Q4K_TOKENS ? t - t0 : Q4K_TOKENS, out + t0 * out_stride, out_stride, w,
-                         (const uint8_t *)a + t0 * a_stride, a_stride);
+    q4k_gemm(X16_Q4K_BLOCK, q4k_word, NULL, k, t, out, out_stride, w, a, a_stride);
 }
 
 LLMR_GEMM_X16_KERNELS(X16_ISA)

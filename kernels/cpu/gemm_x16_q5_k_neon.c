@@ -1,7 +1,7 @@
-/* NEON X16 kernel of q5_k with q16_a activations: gemm_x16_neon.c's q4_k kernel with the fifth
- * bit, one token at a time, super-blocks outermost: each one's 16 rows' sub-block scales are
- * unpacked once (x16_q4k_scales: q5_k's lie as q4_k's) for up to Q5K_TOKENS tokens, whose
- * running sums wait in memory between super-blocks. Per pair of sub-blocks 2p (the low nibbles of
+/* NEON X16 kernel of q5_k with q16_a activations: gemm_x16_neon.c's q4_k kernel (q4k_gemm,
+ * gemm_x16_neon.h) with the fifth bit, one token at a time, super-blocks outermost: each one's 16
+ * rows' sub-block scales are unpacked once (x16_q4k_scales: q5_k's lie as q4_k's) for up to
+ * Q4K_TOKENS tokens, whose running sums wait in memory between super-blocks. Per pair of sub-blocks 2p (the low nibbles of
  * qs words 8p .. 8p + 7) and 2p + 1 (their high nibbles) and four rows, a 16-byte load of qs word
  * c is byte 4r + i: row r's qs byte 4c' + i (c' = c mod 8), whose fifth bits are bits 2p and 2p + 1
  * of the same byte of qh word c' (vtst, and, or, before widening). Each sub-block sums in its own
@@ -10,87 +10,18 @@
  * The same bits whatever t. Error: each term (c = fl(d sc da): 1 rounding; offsets exact before the
  * FMS) meets at most 2 nb accumulations in its lane: within (2 nb + 1) u M, inside X16_DOT_BOUND(nb)
  * (tests/neon/test_neon.c). */
-#include <arm_neon.h>
-#include <string.h>
+#include "gemm_x16_neon.h"
 
-#include "llmrun.h"
-#include "gemm_x16.h"
-
-#define Q5K_TOKENS 64
-
-/* Four f16 fields (of four consecutive rows) as f32; p may sit at any byte. */
-static inline float32x4_t f16x4(const uint8_t *p) {
-    uint16_t h[4];
-    memcpy(h, p, sizeof h);
-    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
-}
-
-static inline int16x8_t widen_u8(uint8x8_t v) { return vreinterpretq_s16_u16(vmovl_u8(v)); }
-
-/* Row accumulators s[0..3] += the rows' four int16 weights (bytes q of four rows) times a. */
-static inline void mla4(int32x4_t *s, uint8x16_t q, int16x4_t a) {
-    const int16x8_t w01 = widen_u8(vget_low_u8(q)), w23 = widen_u8(vget_high_u8(q));
-    s[0] = vmlal_s16(s[0], vget_low_s16(w01), a);
-    s[1] = vmlal_s16(s[1], vget_high_s16(w01), a);
-    s[2] = vmlal_s16(s[2], vget_low_s16(w23), a);
-    s[3] = vmlal_s16(s[3], vget_high_s16(w23), a);
-}
-
-/* One token's sums += the super-block at g (its scales unpacked) against its blocks y[0 .. 8). */
-static inline void q5k_token(const uint8_t *g, float dsc[8][LLMR_X16], float dmm[8][LLMR_X16], const block_q16_a *y,
-                             float32x4_t acc[4]) {
+/* q4_k's quants plus 16 where their fifth bit (bit 2p or 2p + 1 of the same byte of qh word c) is set. */
+ALWAYS_INLINE void q5k_word(const uint8_t *g, int p, int c, int j, uint8x16_t *lo, uint8x16_t *hi) {
     const uint8x16_t nibble = vdupq_n_u8(0x0F), sixteen = vdupq_n_u8(0x10);
-    for (int p = 0; p < 4; p++) {
-        const uint8_t *q = g + X16_Q5K_QS + p * 8 * 64;
-        const uint8x16_t bit_lo = vdupq_n_u8((uint8_t)(1 << 2 * p)), bit_hi = vdupq_n_u8((uint8_t)(2 << 2 * p));
-        const block_q16_a *ylo = y + 2 * p, *yhi = y + 2 * p + 1;
-        for (int j = 0; j < 4; j++) { /* rows 4j .. 4j + 3 */
-            int32x4_t slo[4], shi[4];
-            for (int r = 0; r < 4; r++)
-                slo[r] = shi[r] = vdupq_n_s32(0);
-            for (int c = 0; c < 8; c++) {
-                const uint8x16_t raw = vld1q_u8(q + c * 64 + j * 16), h = vld1q_u8(g + X16_Q5K_QH + c * 64 + j * 16);
-                const uint8x16_t lo = vorrq_u8(vandq_u8(raw, nibble), vandq_u8(vtstq_u8(h, bit_lo), sixteen));
-                const uint8x16_t hi = vorrq_u8(vshrq_n_u8(raw, 4), vandq_u8(vtstq_u8(h, bit_hi), sixteen));
-                mla4(slo, lo, vld1_s16(&ylo->qs[4 * c]));
-                mla4(shi, hi, vld1_s16(&yhi->qs[4 * c]));
-            }
-            const int32x4_t ilo = vpaddq_s32(vpaddq_s32(slo[0], slo[1]), vpaddq_s32(slo[2], slo[3]));
-            const int32x4_t ihi = vpaddq_s32(vpaddq_s32(shi[0], shi[1]), vpaddq_s32(shi[2], shi[3]));
-            acc[j] = vfmaq_f32(acc[j], vcvtq_f32_s32(ilo), vmulq_n_f32(vld1q_f32(dsc[2 * p] + 4 * j), ylo->d));
-            acc[j] = vfmsq_f32(acc[j], vld1q_f32(dmm[2 * p] + 4 * j), vdupq_n_f32(ylo->s));
-            acc[j] = vfmaq_f32(acc[j], vcvtq_f32_s32(ihi), vmulq_n_f32(vld1q_f32(dsc[2 * p + 1] + 4 * j), yhi->d));
-            acc[j] = vfmsq_f32(acc[j], vld1q_f32(dmm[2 * p + 1] + 4 * j), vdupq_n_f32(yhi->s));
-        }
-    }
-}
-
-/* Up to Q5K_TOKENS tokens: every super-block against every token. */
-static void gemm_q5_k_tokens(int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w,
-                             const uint8_t *a, size_t a_stride) {
-    float32x4_t acc[Q5K_TOKENS][4];
-    for (int64_t i = 0; i < t; i++)
-        for (int j = 0; j < 4; j++)
-            acc[i][j] = vdupq_n_f32(0.0f);
-    for (int64_t b = 0; b < nsb; b++) {
-        const uint8_t *g = w + b * X16_Q5K_BLOCK;
-        float d[LLMR_X16], dmin[LLMR_X16], dsc[8][LLMR_X16], dmm[8][LLMR_X16];
-        for (int j = 0; j < 4; j++) {
-            vst1q_f32(d + 4 * j, f16x4(g + j * 8));
-            vst1q_f32(dmin + 4 * j, f16x4(g + X16_Q4K_DMIN + j * 8));
-        }
-        x16_q4k_scales(g, d, dmin, dsc, dmm);
-        for (int64_t i = 0; i < t; i++)
-            q5k_token(g, dsc, dmm, (const block_q16_a *)(a + i * a_stride) + b * (QK_K / QK_Q16_A), acc[i]);
-    }
-    for (int64_t i = 0; i < t; i++)
-        for (int j = 0; j < 4; j++)
-            vst1q_f32(out + i * out_stride + 4 * j, acc[i][j]);
+    const uint8x16_t bit_lo = vdupq_n_u8((uint8_t)(1 << 2 * p)), bit_hi = vdupq_n_u8((uint8_t)(2 << 2 * p));
+    const uint8x16_t raw = vld1q_u8(g + X16_Q5K_QS + (8 * p + c) * 64 + j * 16), h = vld1q_u8(g + X16_Q5K_QH + c * 64 + j * 16);
+    *lo = vorrq_u8(vandq_u8(raw, nibble), vandq_u8(vtstq_u8(h, bit_lo), sixteen));
+    *hi = vorrq_u8(vshrq_n_u8(raw, 4), vandq_u8(vtstq_u8(h, bit_hi), sixteen));
 }
 
 void gemm_x16_q5_K_q16_a_neon(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                               size_t a_stride) {
-    for (int64_t t0 = 0; t0 < t; t0 += Q5K_TOKENS)
-        gemm_q5_k_tokens(k / QK_K, t - t0 < Q5K_TOKENS ? t - t0 : Q5K_TOKENS, out + t0 * out_stride, out_stride,
-                         w, (const uint8_t *)a + t0 * a_stride, a_stride);
+    q4k_gemm(X16_Q5K_BLOCK, q5k_word, k, t, out, out_stride, w, a, a_stride);
 }

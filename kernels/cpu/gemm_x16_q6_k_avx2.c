@@ -12,23 +12,8 @@
  * Error against float64: as there, (nb + 3) u M + O(u^2) (a term c P: c = fl(d da) and P's
  * conversion, 1 rounding each; at most nb FMAs in its lane; the pair add), inside
  * X16_DOT_BOUND(nb) = (2 nb + 4) u (tests/test_kernels.py). */
-#include <immintrin.h>
-#include <string.h>
-
-#include "llmrun.h"
+#include "gemm_x16_avx2.h"
 #include "gemm_x16_q6_k.h"
-
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
-
-/* Bytes ahead that each super-block prefetches (as gemm_x16_avx2.c's q4_k kernel does). */
-#define Q6K_PREFETCH_AHEAD 8192
-
-/* Activation elements 4c .. 4c + 3, to every lane pair. */
-ALWAYS_INLINE __m256i act4(const block_q16_a *y, int c) {
-    long long v;
-    memcpy(&v, &y->qs[4 * c], 8);
-    return _mm256_set1_epi64x(v);
-}
 
 /* x16_q6k_unpack (gemm_x16_q6_k.h) in AVX2: per word column and half of the rows, the ql word's
  * nibble and the qh word's bit pair as bytes, less 32, widened to int16 (four rows at a time) and
@@ -143,15 +128,12 @@ static void gemm_tokens(int64_t nsb, int64_t t, float *out, size_t out_stride, c
     for (int64_t b = 0; b < nsb; b++) {
         const uint8_t *g = w + b * X16_Q6K_BLOCK;
         for (size_t line = 0; line < X16_Q6K_BLOCK; line += 64)
-            _mm_prefetch((const char *)g + Q6K_PREFETCH_AHEAD + line, _MM_HINT_T0);
+            _mm_prefetch((const char *)g + PREFETCH_AHEAD + line, _MM_HINT_T0);
         __m256i sc[QK_K / 16][4];
         q6k_scales(g, sc);
         __m256 d[4];
-        for (int q = 0; q < 4; q++) { /* rows 4q .. 4q + 3, each to its two lanes */
-            const __m256 half = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(g + 16 * (q / 2))));
-            const int o = (q & 1) * 4;
-            d[q] = _mm256_permutevar8x32_ps(half, _mm256_setr_epi32(o, o, o + 1, o + 1, o + 2, o + 2, o + 3, o + 3));
-        }
+        for (int q = 0; q < 4; q++) /* rows 4q .. 4q + 3, each to its two lanes */
+            d[q] = pairs(_mm256_cvtph_ps(load16(g + 16 * (q / 2))), q);
         if (t == 1) {
             q6k_one(g, sc, d, (const block_q16_a *)a + b * (QK_K / QK_Q16_A), sums);
             continue;

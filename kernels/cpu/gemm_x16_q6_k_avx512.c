@@ -15,10 +15,7 @@
  * Error against float64: a term c P (c = fl(d da): 1 rounding; P to float: 1, |P| may pass
  * 2^24) meets at most nb FMAs in its lane (nb = k / 32) and the pair add: |err| <= (nb + 3) u M
  * + O(u^2), inside X16_DOT_BOUND(nb) = (2 nb + 4) u (tests/test_kernels.py). */
-#include <immintrin.h>
-#include <string.h>
-
-#include "llmrun.h"
+#include "gemm_x16_avx512.h"
 #include "gemm_x16_q6_k.h"
 
 #ifndef X16_Q6K_ISA /* this file's own build: the avx512 name */
@@ -27,30 +24,10 @@
 #define X16_Q6K_NAME_(isa) gemm_x16_q6_K_q16_a_##isa
 #define X16_Q6K_NAME(isa) X16_Q6K_NAME_(isa)
 
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
-
-/* acc + pairwise sums of w * a, int16 x int16 -> int32 (exact). */
-ALWAYS_INLINE __m512i madd(__m512i acc, __m512i w, __m512i a) {
-#ifdef __AVX512VNNI__
-    return _mm512_dpwssd_epi32(acc, w, a);
-#else
-    return _mm512_add_epi32(acc, _mm512_madd_epi16(w, a));
-#endif
-}
-
-/* Bytes ahead that each super-block prefetches (as gemm_x16_avx512.c's kernels do). */
-#define Q6K_PREFETCH_AHEAD 8192
 /* Tokens per tile: four tokens' int32 sums and float accumulators (16 vectors) fit the 32
  * registers beside the weights and broadcasts. 2048 x 2048, 512 tokens, one thread: tiles of two
  * ran at 0.8 times this speed, tiles of six at the same. */
 #define Q6K_TILE 4
-
-/* Activation elements 4c .. 4c + 3, to every lane pair. */
-ALWAYS_INLINE __m512i act4(const block_q16_a *y, int c) {
-    int64_t v;
-    memcpy(&v, &y->qs[4 * c], 8);
-    return _mm512_set1_epi64(v);
-}
 
 /* x16_q6k_unpack (gemm_x16_q6_k.h) in AVX-512 (the generic vectors compiled to a third of this
  * speed): per word column, the ql word's nibble and the qh word's bit pair of 16 rows at once as
@@ -169,17 +146,16 @@ static void gemm_tokens(int64_t nsb, int64_t t, float *out, size_t out_stride, c
                         size_t a_stride) {
     q6k_sums sums[X16_Q6K_TOKENS];
     x16_q6k_quants u;
-    const __m512i pair_lo = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-    const __m512i pair_hi = _mm512_add_epi32(pair_lo, _mm512_set1_epi32(8));
+    const __m512i pair_lo = _mm512_loadu_si512(PAIR_IDX[0]), pair_hi = _mm512_loadu_si512(PAIR_IDX[1]);
     for (int64_t i = 0; i < t; i++)
         sums[i].acc[0] = sums[i].acc[1] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nsb; b++) {
         const uint8_t *g = w + b * X16_Q6K_BLOCK;
         for (size_t line = 0; line < X16_Q6K_BLOCK; line += 64)
-            _mm_prefetch((const char *)g + Q6K_PREFETCH_AHEAD + line, _MM_HINT_T0);
+            _mm_prefetch((const char *)g + PREFETCH_AHEAD + line, _MM_HINT_T0);
         __m512i sc[QK_K / 16][2];
         q6k_scales(g, sc);
-        const __m512 d16 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
+        const __m512 d16 = f16x16(g);
         const __m512 d[2] = {_mm512_permutexvar_ps(pair_lo, d16), _mm512_permutexvar_ps(pair_hi, d16)};
         if (t == 1) {
             q6k_one(g, sc, d, (const block_q16_a *)a + b * (QK_K / QK_Q16_A), sums);
@@ -198,8 +174,7 @@ static void gemm_tokens(int64_t nsb, int64_t t, float *out, size_t out_stride, c
                     q6k_tile(1, &u, d, ys + i, sums + ti + i);
         }
     }
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const __m512i even = _mm512_loadu_si512(EVEN_IDX), odd = _mm512_loadu_si512(ODD_IDX);
     for (int64_t i = 0; i < t; i++)
         _mm512_storeu_ps(out + i * out_stride, _mm512_add_ps(_mm512_permutex2var_ps(sums[i].acc[0], even, sums[i].acc[1]),
                                                              _mm512_permutex2var_ps(sums[i].acc[0], odd, sums[i].acc[1])));

@@ -18,17 +18,22 @@
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
-enum { TILE_ROWS = 4, TILE_TOKENS = 3 };
+#include "vec_dot_float.h"
+
+enum { TILE_TOKENS = 3 };
 /* Rows prefetched this many tiles ahead, as one sequential stream (vec_dot_float_avx512.c). */
 enum { PREFETCH_TILES = 2 };
 
-/* Eight weights as f32; w need not be aligned. */
-typedef __m256 (*load8_fn)(const uint8_t *w);
-
-ALWAYS_INLINE __m256 load8_f32(const uint8_t *w) { return _mm256_loadu_ps((const float *)w); }
-ALWAYS_INLINE __m256 load8_f16(const uint8_t *w) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w)); }
-ALWAYS_INLINE __m256 load8_bf16(const uint8_t *w) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)w)), 16));
+/* Eight weights of format fmt as f32; w need not be aligned. */
+ALWAYS_INLINE __m256 load8(enum float_format fmt, const uint8_t *w) {
+    switch (fmt) {
+    case FLOAT_F32:
+        return _mm256_loadu_ps((const float *)w);
+    case FLOAT_F16:
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w));
+    default: /* bf16 */
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)w)), 16));
+    }
 }
 
 /* The sums of four accumulators' lanes, lane j of the result from v_j, each by the same tree:
@@ -47,34 +52,34 @@ ALWAYS_INLINE __m128 reduce4(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
 /* The first nr (1..4) lanes of s to out; plain stores, no masked ones past out's end
  * (vec_dot_float_avx512.c). */
 ALWAYS_INLINE void store_rows(float *out, __m128 s, int nr) {
-    if (nr == TILE_ROWS) {
+    if (nr == FLOAT_TILE_ROWS) {
         _mm_storeu_ps(out, s);
     } else {
-        float v[TILE_ROWS];
+        float v[FLOAT_TILE_ROWS];
         _mm_storeu_ps(v, s);
         memcpy(out, v, (size_t)nr * sizeof(float));
     }
 }
 
-/* Rows w[0..4) against tokens a[0..NT): out[j * out_stride + r] for j < nt, r < nr (the rest
- * of the tile repeats a row or a token, and is not stored). NT is a constant where inlined. */
-ALWAYS_INLINE void tile(int64_t k, const uint8_t *const w[TILE_ROWS], int elem, load8_fn load,
+/* A float_tile_fn (vec_dot_float.h). */
+ALWAYS_INLINE void tile(enum float_format fmt, int64_t k, const uint8_t *const w[FLOAT_TILE_ROWS],
                         const float *const a[], int NT, float *out, size_t out_stride, int nr, int nt) {
+    const int elem = FLOAT_ELEM(fmt);
     /* the rows PREFETCH_TILES tiles on, at 4x the pace of a row (vec_dot_float_avx512.c) */
-    const char *ahead = (const char *)w[0] + PREFETCH_TILES * TILE_ROWS * k * elem;
-    __m256 acc[TILE_ROWS][TILE_TOKENS];
-    for (int r = 0; r < TILE_ROWS; r++)
+    const char *ahead = (const char *)w[0] + PREFETCH_TILES * FLOAT_TILE_ROWS * k * elem;
+    __m256 acc[FLOAT_TILE_ROWS][TILE_TOKENS];
+    for (int r = 0; r < FLOAT_TILE_ROWS; r++)
         for (int j = 0; j < NT; j++)
             acc[r][j] = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 8 <= k; i += 8) {
-        for (int p = 0; p < TILE_ROWS * 8 * elem; p += 64)
-            _mm_prefetch(ahead + TILE_ROWS * i * elem + p, _MM_HINT_T0);
+        for (int p = 0; p < FLOAT_TILE_ROWS * 8 * elem; p += 64)
+            _mm_prefetch(ahead + FLOAT_TILE_ROWS * i * elem + p, _MM_HINT_T0);
         __m256 av[TILE_TOKENS];
         for (int j = 0; j < NT; j++)
             av[j] = _mm256_loadu_ps(a[j] + i);
-        for (int r = 0; r < TILE_ROWS; r++) {
-            const __m256 wv = load(w[r] + i * elem);
+        for (int r = 0; r < FLOAT_TILE_ROWS; r++) {
+            const __m256 wv = load8(fmt, w[r] + i * elem);
             for (int j = 0; j < NT; j++)
                 acc[r][j] = _mm256_fmadd_ps(wv, av[j], acc[r][j]);
         }
@@ -83,10 +88,10 @@ ALWAYS_INLINE void tile(int64_t k, const uint8_t *const w[TILE_ROWS], int elem, 
         float at[TILE_TOKENS][8] = {{0}};
         for (int j = 0; j < NT; j++)
             memcpy(at[j], a[j] + i, (size_t)(k - i) * sizeof(float));
-        for (int r = 0; r < TILE_ROWS; r++) {
+        for (int r = 0; r < FLOAT_TILE_ROWS; r++) {
             uint8_t wt[32] = {0};
             memcpy(wt, w[r] + i * elem, (size_t)(k - i) * elem);
-            const __m256 wv = load(wt);
+            const __m256 wv = load8(fmt, wt);
             for (int j = 0; j < NT; j++)
                 acc[r][j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(at[j]), acc[r][j]);
         }
@@ -96,54 +101,5 @@ ALWAYS_INLINE void tile(int64_t k, const uint8_t *const w[TILE_ROWS], int elem, 
             store_rows(out + j * out_stride, reduce4(acc[0][j], acc[1][j], acc[2][j], acc[3][j]), nr);
 }
 
-/* n rows (k * elem bytes apart) x t tokens (a_stride bytes apart), token tiles outside (their
- * activations stay in L1 while the rows pass); a last 2 tokens as a whole tile, 1 alone. */
-ALWAYS_INLINE void gemm(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const uint8_t *w,
-                        const uint8_t *a, size_t a_stride, int elem, load8_fn load) {
-    const size_t w_row = (size_t)k * elem;
-    for (int64_t j0 = 0; j0 < t; j0 += TILE_TOKENS) {
-        const int nt = t - j0 < TILE_TOKENS ? (int)(t - j0) : TILE_TOKENS;
-        const float *at[TILE_TOKENS];
-        for (int j = 0; j < TILE_TOKENS; j++)
-            at[j] = (const float *)(a + (size_t)(j0 + (j < nt ? j : nt - 1)) * a_stride);
-        for (int64_t r0 = 0; r0 < n; r0 += TILE_ROWS) {
-            const int nr = n - r0 < TILE_ROWS ? (int)(n - r0) : TILE_ROWS;
-            const uint8_t *wr[TILE_ROWS];
-            for (int r = 0; r < TILE_ROWS; r++)
-                wr[r] = w + (size_t)(r0 + (r < nr ? r : nr - 1)) * w_row;
-            float *o = out + j0 * out_stride + r0;
-            if (nt >= 2)
-                tile(k, wr, elem, load, at, TILE_TOKENS, o, out_stride, nr, nt);
-            else
-                tile(k, wr, elem, load, at, 1, o, out_stride, nr, 1);
-        }
-    }
-}
-
-void gemm_f32_f32_avx2(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w,
-                       const void *a, size_t a_stride) {
-    gemm(k, n, t, out, out_stride, w, a, a_stride, 4, load8_f32);
-}
-
-void gemm_f16_f32_avx2(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w,
-                       const void *a, size_t a_stride) {
-    gemm(k, n, t, out, out_stride, w, a, a_stride, 2, load8_f16);
-}
-
-void gemm_bf16_f32_avx2(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w,
-                        const void *a, size_t a_stride) {
-    gemm(k, n, t, out, out_stride, w, a, a_stride, 2, load8_bf16);
-}
-
-/* One row, one token: gemm's arithmetic (a tile with the row repeated). */
-void vec_dot_f32_f32_avx2(int64_t k, float *s, const void *w, const void *a) {
-    gemm_f32_f32_avx2(k, 1, 1, s, 1, w, a, 0);
-}
-
-void vec_dot_f16_f32_avx2(int64_t k, float *s, const void *w, const void *a) {
-    gemm_f16_f32_avx2(k, 1, 1, s, 1, w, a, 0);
-}
-
-void vec_dot_bf16_f32_avx2(int64_t k, float *s, const void *w, const void *a) {
-    gemm_bf16_f32_avx2(k, 1, 1, s, 1, w, a, 0);
-}
+/* A last 2 tokens run as a whole tile, 1 alone. */
+LLMR_FLOAT_KERNELS(avx2, TILE_TOKENS, 2)

@@ -20,7 +20,9 @@
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
-enum { TILE_ROWS = 4, TILE_TOKENS = 6 };
+#include "vec_dot_float.h"
+
+enum { TILE_TOKENS = 6 };
 /* Decode reads each weight once, from memory: a tile's 4 row streams at once kept the hardware
  * prefetchers at 0.57x the old one-row kernel's bandwidth (SmolLM2's f16 head), and prefetching
  * the rows two tiles ahead, sequentially, took it to 1.1-1.3x (f32 0.95x; noisy shared machine).
@@ -29,15 +31,17 @@ enum { TILE_ROWS = 4, TILE_TOKENS = 6 };
  * decode matmuls 5% slower); on two, the rows read twice cost nothing measurable. */
 enum { PREFETCH_TILES = 2 };
 
-/* The n <= 16 weights at w as f32 (the rest zero); w need not be aligned. */
-typedef __m512 (*load16_fn)(const uint8_t *w, __mmask16 m);
-
-ALWAYS_INLINE __m512 load16_f32(const uint8_t *w, __mmask16 m) { return _mm512_maskz_loadu_ps(m, w); }
-ALWAYS_INLINE __m512 load16_f16(const uint8_t *w, __mmask16 m) {
-    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w));
-}
-ALWAYS_INLINE __m512 load16_bf16(const uint8_t *w, __mmask16 m) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, w)), 16));
+/* The weights of format fmt at w as f32, lane i from weight i where m has bit i, else zero; w
+ * need not be aligned. */
+ALWAYS_INLINE __m512 load16(enum float_format fmt, const uint8_t *w, __mmask16 m) {
+    switch (fmt) {
+    case FLOAT_F32:
+        return _mm512_maskz_loadu_ps(m, w);
+    case FLOAT_F16:
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w));
+    default: /* bf16 */
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, w)), 16));
+    }
 }
 
 /* The sums of four accumulators' lanes, lane j of the result from v_j, each by the same tree:
@@ -58,49 +62,49 @@ ALWAYS_INLINE __m128 reduce4(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
  * on the masked-off lanes of a masked vextractf32x4 to memory, a form GCC picks for
  * _mm_mask_storeu_ps(cast(...)), and out's last row may end at an unmapped page. */
 ALWAYS_INLINE void store_rows(float *out, __m128 s, int nr) {
-    if (nr == TILE_ROWS) {
+    if (nr == FLOAT_TILE_ROWS) {
         _mm_storeu_ps(out, s);
     } else {
-        float v[TILE_ROWS];
+        float v[FLOAT_TILE_ROWS];
         _mm_storeu_ps(v, s);
         memcpy(out, v, (size_t)nr * sizeof(float));
     }
 }
 
-/* Rows w[0..4) against tokens a[0..NT): out[j * out_stride + r] for j < nt, r < nr (the rest
- * of the tile repeats a row or a token, and is not stored). NT is a constant where inlined. */
-ALWAYS_INLINE void tile(int64_t k, const uint8_t *const w[TILE_ROWS], int elem, load16_fn load,
+/* A float_tile_fn (vec_dot_float.h). */
+ALWAYS_INLINE void tile(enum float_format fmt, int64_t k, const uint8_t *const w[FLOAT_TILE_ROWS],
                         const float *const a[], int NT, float *out, size_t out_stride, int nr, int nt) {
+    const int elem = FLOAT_ELEM(fmt);
     /* the rows PREFETCH_TILES tiles on, as one sequential stream: where row 0 starts, past this
      * tile's 4 rows (k * elem bytes each), at 4x the pace of a row (prefetch never faults, so
      * past the matrix's end is harmless) */
-    const char *ahead = (const char *)w[0] + PREFETCH_TILES * TILE_ROWS * k * elem;
-    __m512 acc[TILE_ROWS][TILE_TOKENS];
-    for (int r = 0; r < TILE_ROWS; r++)
+    const char *ahead = (const char *)w[0] + PREFETCH_TILES * FLOAT_TILE_ROWS * k * elem;
+    __m512 acc[FLOAT_TILE_ROWS][TILE_TOKENS];
+    for (int r = 0; r < FLOAT_TILE_ROWS; r++)
         for (int j = 0; j < NT; j++)
             acc[r][j] = _mm512_setzero_ps();
     const __mmask16 all = 0xFFFF;
     int64_t i = 0;
     for (; i + 16 <= k; i += 16) {
-        __m512 wv[TILE_ROWS];
-        for (int p = 0; p < TILE_ROWS * 16 * elem; p += 64)
-            _mm_prefetch(ahead + TILE_ROWS * i * elem + p, _MM_HINT_T0);
-        for (int r = 0; r < TILE_ROWS; r++)
-            wv[r] = load(w[r] + i * elem, all);
+        __m512 wv[FLOAT_TILE_ROWS];
+        for (int p = 0; p < FLOAT_TILE_ROWS * 16 * elem; p += 64)
+            _mm_prefetch(ahead + FLOAT_TILE_ROWS * i * elem + p, _MM_HINT_T0);
+        for (int r = 0; r < FLOAT_TILE_ROWS; r++)
+            wv[r] = load16(fmt, w[r] + i * elem, all);
         for (int j = 0; j < NT; j++) {
             const __m512 av = _mm512_loadu_ps(a[j] + i);
-            for (int r = 0; r < TILE_ROWS; r++)
+            for (int r = 0; r < FLOAT_TILE_ROWS; r++)
                 acc[r][j] = _mm512_fmadd_ps(wv[r], av, acc[r][j]);
         }
     }
     if (i < k) { /* the last k % 16: the same step with the lanes past k zero */
         const __mmask16 m = (__mmask16)((1u << (k - i)) - 1);
-        __m512 wv[TILE_ROWS];
-        for (int r = 0; r < TILE_ROWS; r++)
-            wv[r] = load(w[r] + i * elem, m);
+        __m512 wv[FLOAT_TILE_ROWS];
+        for (int r = 0; r < FLOAT_TILE_ROWS; r++)
+            wv[r] = load16(fmt, w[r] + i * elem, m);
         for (int j = 0; j < NT; j++) {
             const __m512 av = _mm512_maskz_loadu_ps(m, a[j] + i);
-            for (int r = 0; r < TILE_ROWS; r++)
+            for (int r = 0; r < FLOAT_TILE_ROWS; r++)
                 acc[r][j] = _mm512_fmadd_ps(wv[r], av, acc[r][j]);
         }
     }
@@ -109,56 +113,5 @@ ALWAYS_INLINE void tile(int64_t k, const uint8_t *const w[TILE_ROWS], int elem, 
             store_rows(out + j * out_stride, reduce4(acc[0][j], acc[1][j], acc[2][j], acc[3][j]), nr);
 }
 
-/* n rows (k * elem bytes apart) x t tokens (a_stride bytes apart). Token tiles outside, so a
- * tile's activations stay in L1 while the rows pass; a last group of 3 to 5 tokens runs as a
- * whole tile (tokens repeated), 1 or 2 one at a time. */
-ALWAYS_INLINE void gemm(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const uint8_t *w,
-                        const uint8_t *a, size_t a_stride, int elem, load16_fn load) {
-    const size_t w_row = (size_t)k * elem;
-    for (int64_t j0 = 0; j0 < t; j0 += TILE_TOKENS) {
-        const int nt = t - j0 < TILE_TOKENS ? (int)(t - j0) : TILE_TOKENS;
-        const float *at[TILE_TOKENS];
-        for (int j = 0; j < TILE_TOKENS; j++)
-            at[j] = (const float *)(a + (size_t)(j0 + (j < nt ? j : nt - 1)) * a_stride);
-        for (int64_t r0 = 0; r0 < n; r0 += TILE_ROWS) {
-            const int nr = n - r0 < TILE_ROWS ? (int)(n - r0) : TILE_ROWS;
-            const uint8_t *wr[TILE_ROWS];
-            for (int r = 0; r < TILE_ROWS; r++)
-                wr[r] = w + (size_t)(r0 + (r < nr ? r : nr - 1)) * w_row;
-            float *o = out + j0 * out_stride + r0;
-            if (nt >= 3)
-                tile(k, wr, elem, load, at, TILE_TOKENS, o, out_stride, nr, nt);
-            else
-                for (int j = 0; j < nt; j++)
-                    tile(k, wr, elem, load, &at[j], 1, o + j * out_stride, out_stride, nr, 1);
-        }
-    }
-}
-
-void gemm_f32_f32_avx512(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w,
-                         const void *a, size_t a_stride) {
-    gemm(k, n, t, out, out_stride, w, a, a_stride, 4, load16_f32);
-}
-
-void gemm_f16_f32_avx512(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w,
-                         const void *a, size_t a_stride) {
-    gemm(k, n, t, out, out_stride, w, a, a_stride, 2, load16_f16);
-}
-
-void gemm_bf16_f32_avx512(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w,
-                          const void *a, size_t a_stride) {
-    gemm(k, n, t, out, out_stride, w, a, a_stride, 2, load16_bf16);
-}
-
-/* One row, one token: gemm's arithmetic (a tile with the row repeated). */
-void vec_dot_f32_f32_avx512(int64_t k, float *s, const void *w, const void *a) {
-    gemm_f32_f32_avx512(k, 1, 1, s, 1, w, a, 0);
-}
-
-void vec_dot_f16_f32_avx512(int64_t k, float *s, const void *w, const void *a) {
-    gemm_f16_f32_avx512(k, 1, 1, s, 1, w, a, 0);
-}
-
-void vec_dot_bf16_f32_avx512(int64_t k, float *s, const void *w, const void *a) {
-    gemm_bf16_f32_avx512(k, 1, 1, s, 1, w, a, 0);
-}
+/* A last group of 3 to 5 tokens runs as a whole tile (tokens repeated), 1 or 2 one at a time. */
+LLMR_FLOAT_KERNELS(avx512, TILE_TOKENS, 3)

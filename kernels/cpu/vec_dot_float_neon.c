@@ -19,15 +19,20 @@
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
-enum { TILE_ROWS = 4, TILE_TOKENS = 6 };
+#include "vec_dot_float.h"
 
-/* Four weights as f32. */
-typedef float32x4_t (*load4_fn)(const uint8_t *w);
+enum { TILE_TOKENS = 6 };
 
-ALWAYS_INLINE float32x4_t load4_f32(const uint8_t *w) { return vreinterpretq_f32_u8(vld1q_u8(w)); }
-ALWAYS_INLINE float32x4_t load4_f16(const uint8_t *w) { return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(w))); }
-ALWAYS_INLINE float32x4_t load4_bf16(const uint8_t *w) {
-    return vreinterpretq_f32_u32(vshll_n_u16(vreinterpret_u16_u8(vld1_u8(w)), 16));
+/* Four weights of format fmt as f32. */
+ALWAYS_INLINE float32x4_t load4(enum float_format fmt, const uint8_t *w) {
+    switch (fmt) {
+    case FLOAT_F32:
+        return vreinterpretq_f32_u8(vld1q_u8(w));
+    case FLOAT_F16:
+        return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(w)));
+    default: /* bf16 */
+        return vreinterpretq_f32_u32(vshll_n_u16(vreinterpret_u16_u8(vld1_u8(w)), 16));
+    }
 }
 
 /* The sums of four accumulators' lanes, lane j of the result from v_j, each (l0 + l1) + (l2 + l3). */
@@ -35,37 +40,37 @@ ALWAYS_INLINE float32x4_t reduce4(float32x4_t v0, float32x4_t v1, float32x4_t v2
     return vpaddq_f32(vpaddq_f32(v0, v1), vpaddq_f32(v2, v3));
 }
 
-/* Rows w[0..4) against tokens a[0..NT): out[j * out_stride + r] for j < nt, r < nr (the rest
- * of the tile repeats a row or a token, and is not stored). NT is a constant where inlined. */
-ALWAYS_INLINE void tile(int64_t k, const uint8_t *const w[TILE_ROWS], int elem, load4_fn load,
+/* A float_tile_fn (vec_dot_float.h). */
+ALWAYS_INLINE void tile(enum float_format fmt, int64_t k, const uint8_t *const w[FLOAT_TILE_ROWS],
                         const float *const a[], int NT, float *out, size_t out_stride, int nr, int nt) {
-    float32x4_t acc[TILE_ROWS][TILE_TOKENS];
-    for (int r = 0; r < TILE_ROWS; r++)
+    const int elem = FLOAT_ELEM(fmt);
+    float32x4_t acc[FLOAT_TILE_ROWS][TILE_TOKENS];
+    for (int r = 0; r < FLOAT_TILE_ROWS; r++)
         for (int j = 0; j < NT; j++)
             acc[r][j] = vdupq_n_f32(0.0f);
     int64_t i = 0;
     for (; i + 4 <= k; i += 4) {
-        float32x4_t wv[TILE_ROWS];
-        for (int r = 0; r < TILE_ROWS; r++)
-            wv[r] = load(w[r] + i * elem);
+        float32x4_t wv[FLOAT_TILE_ROWS];
+        for (int r = 0; r < FLOAT_TILE_ROWS; r++)
+            wv[r] = load4(fmt, w[r] + i * elem);
         for (int j = 0; j < NT; j++) {
             const float32x4_t av = vld1q_f32(a[j] + i);
-            for (int r = 0; r < TILE_ROWS; r++)
+            for (int r = 0; r < FLOAT_TILE_ROWS; r++)
                 acc[r][j] = vfmaq_f32(acc[r][j], wv[r], av);
         }
     }
     if (i < k) { /* the last k % 4: the same step on zero-padded copies */
-        float32x4_t wv[TILE_ROWS];
-        for (int r = 0; r < TILE_ROWS; r++) {
+        float32x4_t wv[FLOAT_TILE_ROWS];
+        for (int r = 0; r < FLOAT_TILE_ROWS; r++) {
             uint8_t wt[16] = {0};
             memcpy(wt, w[r] + i * elem, (size_t)(k - i) * elem);
-            wv[r] = load(wt);
+            wv[r] = load4(fmt, wt);
         }
         for (int j = 0; j < NT; j++) {
             float at[4] = {0};
             memcpy(at, a[j] + i, (size_t)(k - i) * sizeof(float));
             const float32x4_t av = vld1q_f32(at);
-            for (int r = 0; r < TILE_ROWS; r++)
+            for (int r = 0; r < FLOAT_TILE_ROWS; r++)
                 acc[r][j] = vfmaq_f32(acc[r][j], wv[r], av);
         }
     }
@@ -73,7 +78,7 @@ ALWAYS_INLINE void tile(int64_t k, const uint8_t *const w[TILE_ROWS], int elem, 
         if (j >= nt)
             continue;
         const float32x4_t s = reduce4(acc[0][j], acc[1][j], acc[2][j], acc[3][j]);
-        if (nr == TILE_ROWS) {
+        if (nr == FLOAT_TILE_ROWS) {
             vst1q_f32(out + j * out_stride, s);
         } else {
             float v[4];
@@ -83,56 +88,5 @@ ALWAYS_INLINE void tile(int64_t k, const uint8_t *const w[TILE_ROWS], int elem, 
     }
 }
 
-/* n rows (k * elem bytes apart) x t tokens (a_stride bytes apart). Token tiles outside, so a
- * tile's activations stay in L1 while the rows pass; a last group of 3 to 5 tokens runs as a
- * whole tile (tokens repeated), 1 or 2 one at a time. */
-ALWAYS_INLINE void gemm(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const uint8_t *w,
-                        const uint8_t *a, size_t a_stride, int elem, load4_fn load) {
-    const size_t w_row = (size_t)k * elem;
-    for (int64_t j0 = 0; j0 < t; j0 += TILE_TOKENS) {
-        const int nt = t - j0 < TILE_TOKENS ? (int)(t - j0) : TILE_TOKENS;
-        const float *at[TILE_TOKENS];
-        for (int j = 0; j < TILE_TOKENS; j++)
-            at[j] = (const float *)(a + (size_t)(j0 + (j < nt ? j : nt - 1)) * a_stride);
-        for (int64_t r0 = 0; r0 < n; r0 += TILE_ROWS) {
-            const int nr = n - r0 < TILE_ROWS ? (int)(n - r0) : TILE_ROWS;
-            const uint8_t *wr[TILE_ROWS];
-            for (int r = 0; r < TILE_ROWS; r++)
-                wr[r] = w + (size_t)(r0 + (r < nr ? r : nr - 1)) * w_row;
-            float *o = out + j0 * out_stride + r0;
-            if (nt >= 3)
-                tile(k, wr, elem, load, at, TILE_TOKENS, o, out_stride, nr, nt);
-            else
-                for (int j = 0; j < nt; j++)
-                    tile(k, wr, elem, load, &at[j], 1, o + j * out_stride, out_stride, nr, 1);
-        }
-    }
-}
-
-void gemm_f32_f32_neon(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w,
-                       const void *a, size_t a_stride) {
-    gemm(k, n, t, out, out_stride, w, a, a_stride, 4, load4_f32);
-}
-
-void gemm_f16_f32_neon(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w,
-                       const void *a, size_t a_stride) {
-    gemm(k, n, t, out, out_stride, w, a, a_stride, 2, load4_f16);
-}
-
-void gemm_bf16_f32_neon(int64_t k, int64_t n, int64_t t, float *out, size_t out_stride, const void *w,
-                        const void *a, size_t a_stride) {
-    gemm(k, n, t, out, out_stride, w, a, a_stride, 2, load4_bf16);
-}
-
-/* One row, one token: gemm's arithmetic (a tile with the row repeated). */
-void vec_dot_f32_f32_neon(int64_t k, float *s, const void *w, const void *a) {
-    gemm_f32_f32_neon(k, 1, 1, s, 1, w, a, 0);
-}
-
-void vec_dot_f16_f32_neon(int64_t k, float *s, const void *w, const void *a) {
-    gemm_f16_f32_neon(k, 1, 1, s, 1, w, a, 0);
-}
-
-void vec_dot_bf16_f32_neon(int64_t k, float *s, const void *w, const void *a) {
-    gemm_bf16_f32_neon(k, 1, 1, s, 1, w, a, 0);
-}
+/* A last group of 3 to 5 tokens runs as a whole tile (tokens repeated), 1 or 2 one at a time. */
+LLMR_FLOAT_KERNELS(neon, TILE_TOKENS, 3)
