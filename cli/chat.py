@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import sys
 import time
 from dataclasses import fields, replace
@@ -78,6 +79,10 @@ def stream_reply(session: ChatSession, replies, dim_reasoning: bool = False) -> 
 def run(session: ChatSession, verbose: bool = False, single: bool = False) -> int:
     if not sys.stdin.isatty():
         return _run_piped(session, single)
+    # At a terminal Ctrl-C is the user's, even where whatever started us ignores SIGINT (a
+    # background job of a non-interactive shell inherits SIG_IGN, and Python then never raises
+    # KeyboardInterrupt: the reply could not be stopped)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     return _Repl(session, verbose).loop()
 
 

@@ -172,10 +172,10 @@ def terminal(smollm2, tmp_path):
     pexpect = pytest.importorskip("pexpect")
     started = []
 
-    def start(*args):
+    def start(*args, preexec_fn=None):
         env = {**os.environ, "LLMRUN_HOME": str(tmp_path / "home")}
         c = pexpect.spawn(sys.executable, ["-m", "llmrun.cli.main", "chat", str(smollm2), "--temp", "0", *args],
-                          env=env, encoding="utf-8", timeout=120, dimensions=(50, 200))
+                          env=env, encoding="utf-8", timeout=120, dimensions=(50, 200), preexec_fn=preexec_fn)
         c.expect_exact(">>> ")
         started.append(c)
         return c
@@ -223,6 +223,23 @@ def test_terminal_ctrl_c_stops_a_reply_and_the_chat_goes_on(terminal, tmp_path):
     messages = json.loads((tmp_path / "conv.json").read_text())["messages"]
     assert messages[1]["role"] == "assistant" and messages[1]["content"].startswith("Once")  # kept, partial
     assert len(messages) == 4
+    c.sendline("/exit")
+    c.expect(pexpect_eof())
+    c.close()
+    assert c.exitstatus == 0
+
+
+def test_terminal_ctrl_c_works_when_started_with_sigint_ignored(terminal):
+    """Started the way a script's background job is (SIGINT inherited as ignored), chat still
+    takes Ctrl-C at the terminal: the reply stops and the prompt comes back."""
+    import signal
+    c = terminal("-n", "400", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    c.sendline("Write a very long story about a dragon and a knight.")
+    c.expect_exact("Once")
+    time.sleep(0.5)
+    c.sendintr()
+    c.expect_exact("[stopped]")
+    c.expect_exact(">>> ")
     c.sendline("/exit")
     c.expect(pexpect_eof())
     c.close()
