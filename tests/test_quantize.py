@@ -95,13 +95,7 @@ def test_cli_quantizes_to_iq4_nl(tiny):
     assert wq.rows().tobytes() == ref_quantize(src.tensor("layers.0.wq").numpy(), IQ4_NL).tobytes()
     logits = llmrun.load(tiny / "iq4.llmr").logits([1, 2, 3])
     assert logits.shape[0] == 3 and np.isfinite(logits).all()
-    # the GPU backends have no iq4_nl kernels (yet): one line says so, before anything is uploaded
-    from llmrun.backends.gpu import check_weight
-    from llmrun.errors import LlmrunError
-    for backend in ("WebGPU", "CUDA"):
-        with pytest.raises(LlmrunError, match=rf"^layers\.0\.wq: no {backend} kernels for iq4_nl weights \(have: .*\); "
-                                              r"convert the model to one of those, or use --backend cpu$"):
-            check_weight(wq, backend)
+    # (the GPU backends run iq4_nl too: tests/test_webgpu.py and tests/test_cuda.py)
 
 
 def test_a_quantised_gguf_is_not_requantised_silently(tmp_path):
