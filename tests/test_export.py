@@ -17,6 +17,7 @@ import llmrun
 from llmrun.format import LlmrFile
 from llmrun.models import convert, export, quantize
 from llmrun.quant import Policy, qtype
+from llmrun.quant.types import TYPES
 
 from conftest import FAMILY_CHECKPOINTS, SHARED, make_hf_checkpoint, run_cli
 
@@ -26,7 +27,7 @@ IDS = [0, 5, 17, 200, 3, 99, 1, 250, 42, 7, 8, 300]
 # so that the k-quants get whole super-blocks; norm_eps a float32 (GGUF stores float32)
 TINY = dict(hidden_size=256, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2,
             rms_norm_eps=float(np.float32(1e-5)))
-STORED = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"]
+STORED = list(TYPES)  # every type llmrun stores, from the type table
 
 
 def assert_same_model(a, b, exact_config=True):
