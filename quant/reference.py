@@ -21,6 +21,7 @@ from .types import BF16, F16, F32, IQ4_NL, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q
 Q16A_BLOCK = 32  # elements per q16_a activation block (kernels/include/llmrun.h's QK_Q16_A)
 F16_MAX = 65504.0  # the largest finite float16: bounds f16 values, and the scales of the block types
 Q16A_BYTES = 72  # bytes per q16_a activation block
+Q16B_BYTES = 80  # bytes per q16_b block: q16_a's integers as byte planes (kernels/include/llmrun.h)
 
 
 def _round_away(v: np.ndarray) -> np.ndarray:
@@ -686,6 +687,17 @@ def quantize_q16a(x: np.ndarray):
 def q16a_to_bytes(d, s, q) -> np.ndarray:
     """The q16_a blocks as bytes [..., nb * 72], for comparing with a kernel's output."""
     return _to_bytes([d[..., None].astype(np.float32), s[..., None].astype(np.float32), q], d.shape[:-1])
+
+
+def q16b_to_bytes(d, s, q) -> np.ndarray:
+    """q16_a blocks (quantize_q16a's d, s, q) as the q16_b blocks made from them, bytes [..., nb * 80]:
+    d, s, s16 (d times the sums of each 16 elements), q's low bytes (unsigned), q's high bytes
+    (signed, q = lo + 256 hi)."""
+    halves = q.astype(np.int32).reshape(*q.shape[:-1], 2, 16).sum(axis=-1).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # inf d (inputs gone to overflow), as quantize_q16a
+        s16 = d[..., None].astype(np.float32) * halves
+    lo, hi = (q & 0xFF).astype(np.uint8), (q >> 8).astype(np.int8)
+    return _to_bytes([d[..., None].astype(np.float32), s[..., None].astype(np.float32), s16, lo, hi], d.shape[:-1])
 
 
 def matmul(w: np.ndarray, t, x: np.ndarray) -> np.ndarray:

@@ -214,6 +214,9 @@ def compute_all() -> dict[str, np.ndarray]:
         q = np.empty((x.shape[0], x.shape[1] // 32 * ref.Q16A_BYTES), np.uint8)
         K.quantize_q16a(q, x)
         out[f"q16a/{name}"] = q
+        q = np.empty((x.shape[0], x.shape[1] // 32 * ref.Q16B_BYTES), np.uint8)
+        K.quantize_q16b(q, x)
+        out[f"q16b/{name}"] = q
     ids = np.array([2, 0, 66, 2], np.int32)
     for t in ALL_TYPES:
         kg = GET_ROWS_K.get(t.block_size, 96)
@@ -312,12 +315,15 @@ def test_forced_isa_runs(results, isa):
 
 
 @pytest.mark.parametrize("isa", SIMD_ISAS)
-def test_quantize_q16a_is_byte_identical(results, isa):
+def test_quantize_q16a_and_q16b_are_byte_identical(results, isa):
     needs(isa)
     for name, x in q16a_inputs().items():
         want = ref.q16a_to_bytes(*ref.quantize_q16a(x))
         np.testing.assert_array_equal(results["scalar"][f"q16a/{name}"], want)
         np.testing.assert_array_equal(results[isa][f"q16a/{name}"], want, err_msg=name)
+        want = ref.q16b_to_bytes(*ref.quantize_q16a(x))
+        np.testing.assert_array_equal(results["scalar"][f"q16b/{name}"], want)
+        np.testing.assert_array_equal(results[isa][f"q16b/{name}"], want, err_msg=name)
 
 
 @pytest.mark.parametrize("isa", SIMD_ISAS)

@@ -196,11 +196,14 @@ static const llmr_kernels llmr_kernels_avx512vnni = {
         [LLMR_TYPE_Q5_0] = gemm_x16_q5_0_q16_a_avx512vnni,
         [LLMR_TYPE_Q5_1] = gemm_x16_q5_1_q16_a_avx512vnni,
         [LLMR_TYPE_IQ4_NL] = gemm_x16_iq4_nl_q16_a_avx512vnni,
-        [LLMR_TYPE_Q4_K] = gemm_x16_q4_K_q16_a_avx512vnni,
+        [LLMR_TYPE_Q4_K] = gemm_x16_q4_K_q16_b_avx512vnni,
         [LLMR_TYPE_Q5_K] = gemm_x16_q5_K_q16_a_avx512vnni,
-        [LLMR_TYPE_Q6_K] = gemm_x16_q6_K_q16_a_avx512vnni,
+        [LLMR_TYPE_Q6_K] = gemm_x16_q6_K_q16_b_avx512vnni,
     },
+    /* u8 x s8 products, twice vpdpwssd's per instruction (gemm_x16_q16b_avx512vnni.h) */
+    .x16_q16_b = {[LLMR_TYPE_Q4_K] = 1, [LLMR_TYPE_Q6_K] = 1},
     .quantize_q16_a = quantize_row_q16_a_avx512,
+    .q16_b_from_a = q16_b_from_a_avx512,
     .rmsnorm = rmsnorm_avx512,
     .rope = rope_ref,
     .attention = attention_avx512,
@@ -322,6 +325,12 @@ int llmr_kernels_check(const llmr_kernels *k, char *err, size_t err_size) {
             return -1;
         }
     }
+    for (int id = 0; id < LLMR_TYPE_COUNT; id++)
+        if (k->x16_q16_b[id] && !k->q16_b_from_a) {
+            snprintf(err, err_size, "kernel table %s reads q16_b for type id %d but has no q16_b_from_a "
+                     "(kernels/cpu/dispatch.c)", k->isa, id);
+            return -1;
+        }
     const char *op = !k->quantize_q16_a ? "quantize_q16_a" : !k->rmsnorm ? "rmsnorm" : !k->rope ? "rope"
                      : !k->attention ? "attention" : !k->silu_mul ? "silu_mul" : !k->gelu_mul ? "gelu_mul" : NULL;
     if (op) {

@@ -1,4 +1,130 @@
-/* The avx512vnni q6_k X16 kernel: gemm_x16_q6_k_avx512.c built again with -mavx512vnni, so its
- * int16 multiply-adds become vpdpwssd; the name gets the _avx512vnni suffix. */
-#define X16_Q6K_ISA avx512vnni
-#include "gemm_x16_q6_k_avx512.c"
+/* AVX-512 VNNI q6_k X16 kernel: 16 weight rows against 1..t tokens of q16_b activations
+ * (gemm_x16_q16b_avx512vnni.h says why bytes; gemm_x16_q6_k.h, where the words lie).
+ *
+ * Super-blocks outermost: each one's rows' d sc (one lane per row, for its 16 sub-blocks) are
+ * made once for up to Q16B_TOKENS tokens, whose running sums wait in memory between
+ * super-blocks. A word column c of q16_a blocks 4h .. 4h + 3 is four vectors of quants q
+ * (0 .. 63, unsigned: the low nibble of an ql word and two bits of the qh word), 16 rows x 4, as
+ * bytes; q16b_madd sums them against the activation blocks into int32 lanes, one per row, exact.
+ * Columns 0-3 of a block are its first 16-element sub-block and 4-7 its second, each with its
+ * own scale: per sub-block, one FMA of the sum with the rows' d sc times the block's da, and one
+ * of d sc with 32 s16 (the block's d times the sum of its 16 activations, times 32) into the
+ * offsets, q - 32 being the weight. With more tokens than a tile, the quants are unpacked once
+ * per super-block into q6k_quants (4 KiB, in L1) and the tiles read them there; the integers are
+ * the same, so a token's result is the same bits whatever t.
+ *
+ * Error against float64: a sum |P| <= 16 * 63 * 32767 may pass 2^24 (1 rounding to float); a
+ * term c P (c = fl(d sc da): 1 rounding, d sc exact) meets 2 nb FMAs in its lane (nb = k / 32)
+ * and the subtraction; an offset term (32 s16: 1 rounding) the same. The offsets are as large as
+ * 32 / |q - 32| times their terms' share of M: within about (2 nb + 3) u M for the weights q6_k
+ * makes, X16_DOT_BOUND(nb) = (2 nb + 4) u M (tests/test_kernels.py). */
+#include "gemm_x16_q16b_avx512vnni.h"
+#include "gemm_x16_q6_k.h"
+
+/* Tokens per tile: 8 int32 sums a token (a column meets four activation blocks, two planes
+ * each), 16 registers for two tokens, beside the column's quants. */
+#define Q6K_TILE 2
+
+/* The rows' d sc_s (one lane per row) of the super-block's 16 sub-blocks. */
+ALWAYS_INLINE void q6k_scales(const uint8_t *g, __m512 dsc[QK_K / 16]) {
+    const __m512 d = q16b_f16x16(g);
+    for (int w = 0; w < 4; w++) {
+        const __m512i word = _mm512_loadu_si512(g + X16_Q6K_SCALES + 64 * w); /* scales 4w .. 4w + 3 */
+        for (int i = 0; i < 4; i++) /* byte i, sign-extended */
+            dsc[4 * w + i] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(word, 24 - 8 * i), 24)));
+    }
+}
+
+/* Word column c of q16_a blocks 4h .. 4h + 3: q[k] the quants (0 .. 63) of block 4h + k, 16 rows x 4. */
+ALWAYS_INLINE void q6k_column(const uint8_t *g, int h, int c, __m512i q[4]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m6 = _mm512_set1_epi8(0x3F);
+    const __m512i qh = _mm512_loadu_si512(g + X16_Q6K_QH + (8 * h + c) * 64);
+    const __m512i ql0 = _mm512_loadu_si512(g + X16_Q6K_QL + (16 * h + c) * 64),
+                  ql1 = _mm512_loadu_si512(g + X16_Q6K_QL + (16 * h + 8 + c) * 64);
+    /* (low & 0x0F) | (top & 0xF0) by one ternary-logic select, then the top two bits cleared */
+#define Q6K_JOIN(low, top) _mm512_and_si512(_mm512_ternarylogic_epi32(m4, low, top, 0xCA), m6)
+    q[0] = Q6K_JOIN(ql0, _mm512_slli_epi16(qh, 4));
+    q[1] = Q6K_JOIN(ql1, _mm512_slli_epi16(qh, 2));
+    q[2] = Q6K_JOIN(_mm512_srli_epi16(ql0, 4), qh);
+    q[3] = Q6K_JOIN(_mm512_srli_epi16(ql1, 4), _mm512_srli_epi16(qh, 2));
+#undef Q6K_JOIN
+}
+
+/* A super-block's quants, unpacked once for more tokens than a tile: [h][c][k]. */
+typedef struct {
+    __m512i q[2][8][4];
+} q6k_quants;
+
+/* T tokens' sums += the super-block (raw at g, or unpacked in u where u is not NULL) against
+ * their activation blocks ys[i][0 .. 8). */
+ALWAYS_INLINE void q6k_tile(const int T, const uint8_t *g, const q6k_quants *u, const __m512 dsc[QK_K / 16],
+                            const block_q16_b *const *ys, q16b_sums *sums) {
+    for (int h = 0; h < 2; h++)
+        for (int half = 0; half < 2; half++) { /* columns 4 half .. 4 half + 3: each block's sub-block `half` */
+            __m512i lo[Q6K_TILE][4], hi[Q6K_TILE][4]; /* [token][block 4h + k] */
+            for (int i = 0; i < T; i++)
+                for (int k = 0; k < 4; k++)
+                    lo[i][k] = hi[i][k] = _mm512_setzero_si512();
+            for (int c = 4 * half; c < 4 * half + 4; c++) {
+                __m512i q[4];
+                if (u)
+                    for (int k = 0; k < 4; k++)
+                        q[k] = u->q[h][c][k];
+                else
+                    q6k_column(g, h, c, q);
+                for (int i = 0; i < T; i++)
+                    for (int k = 0; k < 4; k++)
+                        q16b_madd(&lo[i][k], &hi[i][k], q[k], ys[i] + 4 * h + k, 4 * c);
+            }
+            for (int i = 0; i < T; i++)
+                for (int k = 0; k < 4; k++) {
+                    const block_q16_b *y = ys[i] + 4 * h + k;
+                    const __m512 s = dsc[2 * (4 * h + k) + half];
+                    const __m512 sum = _mm512_cvtepi32_ps(q16b_value(lo[i][k], hi[i][k]));
+                    sums[i].acc = _mm512_fmadd_ps(sum, _mm512_mul_ps(s, _mm512_set1_ps(y->d)), sums[i].acc);
+                    sums[i].off = _mm512_fmadd_ps(s, _mm512_set1_ps(32.0f * y->s16[half]), sums[i].off);
+                }
+        }
+}
+
+/* Up to Q16B_TOKENS tokens: every super-block against every token, tile by tile. */
+static void gemm_tokens(int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w, const uint8_t *a,
+                        size_t a_stride) {
+    q16b_sums sums[Q16B_TOKENS];
+    q6k_quants u;
+    for (int64_t i = 0; i < t; i++)
+        sums[i].acc = sums[i].off = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nsb; b++) {
+        const uint8_t *g = w + b * X16_Q6K_BLOCK;
+        __m512 dsc[QK_K / 16];
+        q6k_scales(g, dsc);
+        const block_q16_b *ys[Q6K_TILE];
+        if (t <= Q6K_TILE) { /* decode: the quants straight from the weights */
+            q16b_token_blocks(a, a_stride, 0, (int)t, b, ys);
+            if (t == 2)
+                q6k_tile(2, g, NULL, dsc, ys, sums);
+            else
+                q6k_tile(1, g, NULL, dsc, ys, sums);
+            continue;
+        }
+        for (int h = 0; h < 2; h++)
+            for (int c = 0; c < 8; c++)
+                q6k_column(g, h, c, u.q[h][c]);
+        for (int64_t ti = 0; ti < t; ti += Q6K_TILE) {
+            const int n = t - ti < Q6K_TILE ? (int)(t - ti) : Q6K_TILE;
+            q16b_token_blocks(a, a_stride, ti, n, b, ys);
+            if (n == 2)
+                q6k_tile(2, g, &u, dsc, ys, sums + ti);
+            else
+                q6k_tile(1, g, &u, dsc, ys, sums + ti);
+        }
+    }
+    q16b_store(t, sums, out, out_stride);
+}
+
+void gemm_x16_q6_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
+                                    const void *a, size_t a_stride) {
+    for (int64_t t0 = 0; t0 < t; t0 += Q16B_TOKENS)
+        gemm_tokens(k / QK_K, t - t0 < Q16B_TOKENS ? t - t0 : Q16B_TOKENS, out + t0 * out_stride, out_stride, w,
+                    (const uint8_t *)a + t0 * a_stride, a_stride);
+}

@@ -5,7 +5,9 @@
 /* Activations are quantised in q16_a blocks of QK_Q16_A whatever the weight's block size: a
  * weight block spans a whole number of them (llmr_types_check), so k is a multiple too. */
 size_t llmr_matmul_scratch(const llmr_type_traits *t, int64_t rows, int64_t k) {
-    return t->act == LLMR_ACT_Q16_A ? (size_t)rows * (size_t)(k / QK_Q16_A) * sizeof(block_q16_a) : 0;
+    /* q16_a blocks, and room for their q16_b copy, which an ISA's X16 kernels may read instead */
+    return t->act == LLMR_ACT_Q16_A ? (size_t)rows * (size_t)(k / QK_Q16_A) * (sizeof(block_q16_a) + sizeof(block_q16_b))
+                                    : 0;
 }
 
 int llmr_matmul_supported(const llmr_kernels *kern, int type, int layout) {
@@ -37,6 +39,7 @@ typedef struct {
     llmr_gemm_fn gemm;                 /* NULL: vec_dot_tile / vec_dot per row */
     llmr_gemm_x16_fn gemm_x16;         /* the X16 layout's kernel */
     int layout;
+    int q16_b; /* gemm_x16 reads the job's q16_b copy of the activations */
     const void *w;
     float *out;
     size_t w_row;
@@ -48,19 +51,23 @@ typedef struct {
 typedef struct {
     const llmr_kernels *kern;
     const float *x;
-    const void *act;
-    size_t act_row;
+    const void *act, *act_b; /* act_b: the q16_b copy, where a weight's kernel reads it (else NULL) */
+    size_t act_row, act_b_row;
     int64_t t, k, rows_per_item; /* rows_per_item: activation rows per quantising item */
     int n_parts;
     matmul_part parts[LLMR_MAX_MATMUL_PARTS + 1]; /* + the last weight's tail */
 } matmul_job;
 
-/* Activation rows [item * rows_per_item, ...) quantised to q16_a. */
+/* Activation rows [item * rows_per_item, ...) quantised to q16_a (and copied to q16_b where wanted). */
 static void quantize_item(void *ctx, int64_t item) {
     const matmul_job *j = ctx;
     const int64_t nb = j->k / QK_Q16_A, r1 = (item + 1) * j->rows_per_item;
-    for (int64_t ti = item * j->rows_per_item; ti < (r1 < j->t ? r1 : j->t); ti++)
-        j->kern->quantize_q16_a(j->x + ti * j->k, (block_q16_a *)j->act + ti * nb, j->k);
+    for (int64_t ti = item * j->rows_per_item; ti < (r1 < j->t ? r1 : j->t); ti++) {
+        block_q16_a *a = (block_q16_a *)j->act + ti * nb;
+        j->kern->quantize_q16_a(j->x + ti * j->k, a, j->k);
+        if (j->act_b)
+            j->kern->q16_b_from_a(a, (block_q16_b *)j->act_b + ti * nb, nb);
+    }
 }
 
 /* Tokens per pass over an item's rows: their activations (72 bytes per 32 elements quantised,
@@ -80,11 +87,13 @@ static void matmul_item(void *ctx, int64_t item) {
     const int64_t n1 = n0 + p->rows_per_item < p->row1 ? n0 + p->rows_per_item : p->row1;
     const uint8_t *act = j->act;
     if (p->layout == LLMR_LAYOUT_X16) {
+        const uint8_t *x16_act = p->q16_b ? j->act_b : act;
+        const size_t x16_act_row = p->q16_b ? j->act_b_row : j->act_row;
         for (int64_t t0 = 0; t0 < j->t; t0 += TOKEN_CHUNK) {
             const int64_t tn = j->t - t0 < TOKEN_CHUNK ? j->t - t0 : TOKEN_CHUNK;
             for (int64_t ni = n0; ni < n1; ni += LLMR_X16)
                 p->gemm_x16(j->k, tn, p->out + t0 * p->n + ni, (size_t)p->n, (const uint8_t *)p->w + ni * p->w_row,
-                            act + t0 * j->act_row, j->act_row);
+                            x16_act + t0 * x16_act_row, x16_act_row);
         }
         return;
     }
@@ -131,6 +140,11 @@ int llmr_matmul_many(const llmr_kernels *kern, int n_weights, const llmr_weight 
     if (tr->act == LLMR_ACT_Q16_A) {
         j.act = scratch;
         j.act_row = (size_t)(k / QK_Q16_A) * sizeof(block_q16_a);
+        for (int i = 0; i < n_weights; i++)
+            if (ws[i].layout == LLMR_LAYOUT_X16 && kern->x16_q16_b[ws[i].type]) {
+                j.act_b = (uint8_t *)scratch + (size_t)t * j.act_row;
+                j.act_b_row = (size_t)(k / QK_Q16_A) * sizeof(block_q16_b);
+            }
         j.rows_per_item = t * k >= 16 * 1024 ? ceil_div(t, threads) : t;
         llmr_parallel_for(ceil_div(t, j.rows_per_item), quantize_item, &j);
     }
@@ -147,7 +161,7 @@ int llmr_matmul_many(const llmr_kernels *kern, int n_weights, const llmr_weight 
         const int type = w->type;
         const matmul_part part = {.vec_dot = kern->vec_dot[type], .vec_dot_tile = kern->vec_dot_tile[type],
                                   .gemm = kern->gemm[type], .gemm_x16 = kern->gemm_x16[type],
-                                  .layout = w->layout, .w = w->data,
+                                  .layout = w->layout, .q16_b = kern->x16_q16_b[type], .w = w->data,
                                   .out = outs[i], .w_row = (size_t)llmr_row_bytes(llmr_type_traits_get(type), k),
                                   .n = w->rows, .row0 = 0, .row1 = w->rows};
         /* whole X16 groups; and 16 rows anyway, so that no two threads write one cache line of out */

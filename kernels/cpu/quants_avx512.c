@@ -34,3 +34,19 @@ void quantize_row_q16_a_avx512(const float *x, block_q16_a *y, int64_t k) {
         y[i].s = d * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
     }
 }
+
+/* q16_b_from_a_ref's bytes: the low byte of each int16 (a truncating vpmovwb), the high byte (an
+ * arithmetic shift first), and the two half-block sums in int32, as the reference adds them. */
+void q16_b_from_a_avx512(const block_q16_a *a, block_q16_b *b, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++) {
+        const __m512i qs = _mm512_loadu_si512(a[i].qs);
+        _mm256_storeu_si256((__m256i *)b[i].lo, _mm512_cvtepi16_epi8(qs));
+        _mm256_storeu_si256((__m256i *)b[i].hi, _mm512_cvtepi16_epi8(_mm512_srai_epi16(qs, 8)));
+        const __m512i wide0 = _mm512_cvtepi16_epi32(_mm512_castsi512_si256(qs));
+        const __m512i wide1 = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(qs, 1));
+        b[i].d = a[i].d;
+        b[i].s = a[i].s;
+        b[i].s16[0] = a[i].d * (float)_mm512_reduce_add_epi32(wide0);
+        b[i].s16[1] = a[i].d * (float)_mm512_reduce_add_epi32(wide1);
+    }
+}

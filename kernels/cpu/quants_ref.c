@@ -241,6 +241,22 @@ void quantize_row_q16_a_ref(const float *x, block_q16_a *y, int64_t k) {
     }
 }
 
+void q16_b_from_a_ref(const block_q16_a *a, block_q16_b *b, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++) {
+        b[i].d = a[i].d;
+        b[i].s = a[i].s;
+        for (int h = 0; h < 2; h++) {
+            int sum = 0;
+            for (int j = 16 * h; j < 16 * h + 16; j++) {
+                b[i].lo[j] = (uint8_t)(a[i].qs[j] & 0xFF);
+                b[i].hi[j] = (int8_t)((a[i].qs[j] - (a[i].qs[j] & 0xFF)) / 256); /* exact: floor(qs / 256) */
+                sum += a[i].qs[j];
+            }
+            b[i].s16[h] = a[i].d * (float)sum;
+        }
+    }
+}
+
 /* ---- q4_k, q5_k: llama.cpp's quantize_row_q4_K_ref and _q5_K_ref, operation for operation (float32, no FMA: the
  * build has -ffp-contract=off), so the bytes are llama.cpp's and quant/reference.py's. */
 

@@ -209,6 +209,20 @@ typedef struct {
     int16_t qs[QK_Q16_A];
 } block_q16_a;
 
+/* q16_b: a q16_a block's integers as two byte planes, for the u8 x s8 multiply-adds of AVX-512
+ * VNNI (vpdpbusd, 64 products an instruction where vpdpwssd's int16 ones make 32): qs[i] =
+ * lo[i] + 256 hi[i], lo the low byte (unsigned), hi the high one (signed), so a weight quant q
+ * of 8 bits or fewer meets qs as q lo + 256 q hi, two byte products, exact. d and s are q16_a's;
+ * s16[h] = d * sum(qs[16h .. 16h + 15]) (q6_k's offsets, per 16-element sub-block). Made from
+ * the q16_a blocks (llmr_kernels.q16_b_from_a), so the integers are the same on every ISA. */
+typedef struct {
+    float d;
+    float s;
+    float s16[2];
+    uint8_t lo[QK_Q16_A];
+    int8_t hi[QK_Q16_A];
+} block_q16_b;
+
 /* 1 / d for a q16_a block of scale d, or 0 where that is not a finite number (d = 0, tiny or
  * infinite: the activations of a model gone to overflow or of a corrupt file). Every q16_a
  * quantiser also leaves NaN out of a block's max and turns a NaN x * id into q = 0, so q
@@ -234,6 +248,7 @@ LLMR_STATIC_ASSERT(sizeof(block_q4_K) == 144, "block_q4_K must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q5_K) == 176, "block_q5_K must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q6_K) == 210, "block_q6_K must be packed");
 LLMR_STATIC_ASSERT(sizeof(block_q16_a) == 72, "block_q16_a has no padding");
+LLMR_STATIC_ASSERT(sizeof(block_q16_b) == 80, "block_q16_b has no padding");
 LLMR_STATIC_ASSERT(QK8_0 == QK_Q16_A && QK4_0 == QK_Q16_A && QK4_1 == QK_Q16_A && QK5_0 == QK_Q16_A &&
                        QK5_1 == QK_Q16_A && QK4_NL == QK_Q16_A,
                    "the 32-element types' kernels pair weight block i with activation block i");
@@ -385,7 +400,11 @@ typedef struct {
      * instead of vec_dot_tile and vec_dot (the float types) */
     llmr_gemm_fn gemm[LLMR_TYPE_COUNT];
     llmr_gemm_x16_fn gemm_x16[LLMR_TYPE_COUNT]; /* by weight type id, for the X16 layout */
+    /* by weight type id: 1 where gemm_x16 reads q16_b activation blocks, not q16_a (0, the default) */
+    uint8_t x16_q16_b[LLMR_TYPE_COUNT];
     void (*quantize_q16_a)(const float *x, block_q16_a *y, int64_t k);
+    /* nb q16_a blocks as q16_b; needed where x16_q16_b is set */
+    void (*q16_b_from_a)(const block_q16_a *a, block_q16_b *b, int64_t nb);
     /* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, for rows r of d elements */
     void (*rmsnorm)(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
     /* in place on x [t][h][hd], rotate-half convention over the first rd (even, <= hd) of each
@@ -430,6 +449,7 @@ void quantize_row_q4_K_ref(const float *x, void *y, int64_t k);
 void quantize_row_q5_K_ref(const float *x, void *y, int64_t k);
 void quantize_row_q6_K_ref(const float *x, void *y, int64_t k);
 void quantize_row_q16_a_ref(const float *x, block_q16_a *y, int64_t k);
+void q16_b_from_a_ref(const block_q16_a *a, block_q16_b *b, int64_t nb);
 
 void dequantize_row_f32_ref(const void *x, float *y, int64_t k);
 void dequantize_row_f16_ref(const void *x, float *y, int64_t k);
@@ -637,7 +657,11 @@ void gemm_x16_q6_K_q16_a_avx2(int64_t k, int64_t t, float *out, size_t out_strid
                               size_t a_stride);
 void gemm_x16_q6_K_q16_a_avx512(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                                 size_t a_stride);
-void gemm_x16_q6_K_q16_a_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
+/* AVX-512 VNNI kernels reading q16_b activations (u8 x s8 multiply-adds) */
+void q16_b_from_a_avx512(const block_q16_a *a, block_q16_b *b, int64_t nb);
+void gemm_x16_q4_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
+                                    const void *a, size_t a_stride);
+void gemm_x16_q6_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                                     const void *a, size_t a_stride);
 
 /* ---- arm64 NEON kernels (*_neon.c; built and called only on arm64, where NEON is baseline) -- */

@@ -335,6 +335,40 @@ done:
     return ret;
 }
 
+static PyObject *py_quantize_q16b(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_x;
+    if (!PyArg_ParseTuple(args, "OO:quantize_q16b", &o_out, &o_x))
+        return NULL;
+    Py_buffer v[2] = {{0}}, *out = &v[0], *x = &v[1];
+    PyObject *ret = NULL;
+    if (get_quantize_buffers(o_out, o_x, out, x, QK_Q16_A, sizeof(block_q16_b), "q16_b"))
+        goto done;
+    if ((uintptr_t)out->buf % _Alignof(block_q16_b)) {
+        PyErr_SetString(PyExc_ValueError, "out: q16_b blocks must be 4-byte aligned");
+        goto done;
+    }
+    const Py_ssize_t k = last_dim(x), rows = leading_rows(x), nb = k / QK_Q16_A;
+    /* the table's own conversion, or the reference's where none of its kernels reads q16_b */
+    void (*from_a)(const block_q16_a *, block_q16_b *, int64_t) = kern->q16_b_from_a ? kern->q16_b_from_a
+                                                                                       : q16_b_from_a_ref;
+    block_q16_a *a = PyMem_RawMalloc((size_t)(nb ? nb : 1) * sizeof(block_q16_a));
+    if (!a) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        kern->quantize_q16_a((const float *)x->buf + r * k, a, k);
+        from_a(a, (block_q16_b *)out->buf + r * nb, nb);
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(a);
+    ret = Py_NewRef(Py_None);
+done:
+    release(v, 2);
+    return ret;
+}
+
 static PyObject *py_quantize_q16a(PyObject *self, PyObject *args) {
     PyObject *o_out, *o_x;
     if (!PyArg_ParseTuple(args, "OO:quantize_q16a", &o_out, &o_x))
@@ -1064,6 +1098,9 @@ static PyMethodDef methods[] = {
      "rows * row_bytes(wtype, K) bytes); byte-exact with quant.reference.quantize."},
     {"quantize_q16a", py_quantize_q16a, METH_VARARGS,
      "quantize_q16a(out, x): float32 x [..., K] -> q16_a activation blocks {f32 d, f32 s, int16 qs[32]}."},
+    {"quantize_q16b", py_quantize_q16b, METH_VARARGS,
+     "quantize_q16b(out, x): float32 x [..., K] -> q16_b activation blocks {f32 d, f32 s, f32 s16[2], u8 lo[32],\n"
+     "i8 hi[32]}: the q16_a blocks' integers as byte planes (what this path's u8 x s8 kernels read)."},
     {"row_bytes", py_row_bytes, METH_VARARGS, "row_bytes(wtype, k) -> bytes in a row of k elements."},
     {"rmsnorm", py_rmsnorm, METH_VARARGS,
      "rmsnorm(out, x, w, eps): out = x / sqrt(mean(x^2, last axis) + eps) * w. x, out float32\n"

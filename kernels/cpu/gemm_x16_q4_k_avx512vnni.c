@@ -1,0 +1,102 @@
+/* AVX-512 VNNI q4_k X16 kernel: 16 weight rows against 1..t tokens of q16_b activations
+ * (gemm_x16_q16b_avx512vnni.h says why bytes). Decode and prefill are one code path.
+ *
+ * Super-blocks outermost: each one's 16 rows' sub-block scales are unpacked once (d sc and
+ * dmin m as floats, one lane per row) for up to Q16B_TOKENS tokens, whose running sums wait in
+ * memory between super-blocks; the tokens meet it in tiles of up to Q4K_TILE. Per pair p of
+ * sub-blocks (2p: the low nibbles of qs words 8p .. 8p + 7, 2p + 1: their high nibbles), a qs
+ * word's 64 bytes masked (and shifted) are the two sub-blocks' quants, 16 rows x 4, as bytes;
+ * q16b_madd sums them against activation blocks 2p and 2p + 1 into int32 lanes, one per row,
+ * exact (|sum| <= 32 * 15 * 32767 < 2^24, so its conversion to float is exact too). Per
+ * sub-block one FMA with the rows' d sc times the block's da, and one of dmin m with its s into
+ * the offsets, taken off at the end. A token's operations do not depend on the tokens beside
+ * it, so its result is the same bits whatever t.
+ *
+ * Error against float64: a term c P (c = fl(d sc da): 1 rounding, d sc being exact) meets nb
+ * FMAs in its lane (nb = k / 32) and the subtraction; an offset term (dmin m exact, s one
+ * rounding) nb FMAs and the subtraction: within (nb + 3) u M, inside X16_DOT_BOUND(nb). */
+#include "gemm_x16_q16b_avx512vnni.h"
+#include "gemm_x16.h"
+
+/* Tokens per tile: 4 int32 sums a token (16 registers for 4 tokens) beside the quant word, its
+ * two nibble halves and the broadcasts. */
+#define Q4K_TILE 4
+
+/* The 16 rows' d sc (dsc[j]) and dmin m (dmm[j]) of sub-block j, one lane per row: q4_k's
+ * 6-bit scales and mins (x16_q4k_scales in gemm_x16.h, the same bytes) unpacked on whole
+ * words, each lane a row's three packed words. */
+ALWAYS_INLINE void q4k_scales(const uint8_t *g, __m512 dsc[8], __m512 dmm[8]) {
+    const __m512 d = q16b_f16x16(g), dmin = q16b_f16x16(g + X16_Q4K_DMIN);
+    const __m512i w0 = _mm512_loadu_si512(g + X16_Q4K_SCALES), w1 = _mm512_loadu_si512(g + X16_Q4K_SCALES + 64),
+                  w2 = _mm512_loadu_si512(g + X16_Q4K_SCALES + 128);
+    const __m512i m6 = _mm512_set1_epi32(0x3f3f3f3f), m4 = _mm512_set1_epi32(0x0f0f0f0f),
+                  top2 = _mm512_set1_epi32(0x30303030), byte = _mm512_set1_epi32(0xFF);
+    const __m512i sc[2] = {_mm512_and_si512(w0, m6), _mm512_or_si512(_mm512_and_si512(w2, m4),
+                                                                     _mm512_and_si512(_mm512_srli_epi32(w0, 2), top2))};
+    const __m512i mn[2] = {_mm512_and_si512(w1, m6),
+                           _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(w2, 4), m4),
+                                           _mm512_and_si512(_mm512_srli_epi32(w1, 2), top2))};
+    for (int j = 0; j < 8; j++) {
+        const int shift = 8 * (j % 4);
+        dsc[j] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(sc[j / 4], shift), byte)));
+        dmm[j] = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(mn[j / 4], shift), byte)));
+    }
+}
+
+/* T tokens' sums += the super-block at g against their activation blocks ys[i][0 .. 8). */
+ALWAYS_INLINE void q4k_tile(const int T, const uint8_t *g, const __m512 dsc[8], const __m512 dmm[8],
+                            const block_q16_b *const *ys, q16b_sums *sums) {
+    const __m512i nibble = _mm512_set1_epi8(0x0F);
+    for (int p = 0; p < 4; p++) {
+        __m512i lo[Q4K_TILE][2], hi[Q4K_TILE][2]; /* [token][sub-block 2p, 2p + 1] */
+        for (int i = 0; i < T; i++)
+            lo[i][0] = lo[i][1] = hi[i][0] = hi[i][1] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) {
+            const __m512i word = _mm512_loadu_si512(g + X16_Q4K_QS + (8 * p + c) * 64);
+            const __m512i q[2] = {_mm512_and_si512(word, nibble), _mm512_and_si512(_mm512_srli_epi16(word, 4), nibble)};
+            for (int i = 0; i < T; i++)
+                for (int s = 0; s < 2; s++)
+                    q16b_madd(&lo[i][s], &hi[i][s], q[s], ys[i] + 2 * p + s, 4 * c);
+        }
+        for (int i = 0; i < T; i++)
+            for (int s = 0; s < 2; s++) {
+                const block_q16_b *y = ys[i] + 2 * p + s;
+                const __m512 sum = _mm512_cvtepi32_ps(q16b_value(lo[i][s], hi[i][s]));
+                sums[i].acc = _mm512_fmadd_ps(sum, _mm512_mul_ps(dsc[2 * p + s], _mm512_set1_ps(y->d)), sums[i].acc);
+                sums[i].off = _mm512_fmadd_ps(dmm[2 * p + s], _mm512_set1_ps(y->s), sums[i].off);
+            }
+    }
+}
+
+/* Up to Q16B_TOKENS tokens: every super-block against every token, tile by tile. */
+static void gemm_tokens(int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w, const uint8_t *a,
+                        size_t a_stride) {
+    q16b_sums sums[Q16B_TOKENS];
+    for (int64_t i = 0; i < t; i++)
+        sums[i].acc = sums[i].off = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nsb; b++) {
+        const uint8_t *g = w + b * X16_Q4K_BLOCK;
+        __m512 dsc[8], dmm[8];
+        q4k_scales(g, dsc, dmm);
+        for (int64_t ti = 0; ti < t; ti += Q4K_TILE) {
+            const block_q16_b *ys[Q4K_TILE];
+            const int n = t - ti < Q4K_TILE ? (int)(t - ti) : Q4K_TILE;
+            q16b_token_blocks(a, a_stride, ti, n, b, ys);
+            switch (n) {
+            case 4: q4k_tile(4, g, dsc, dmm, ys, sums + ti); break;
+            case 3: q4k_tile(3, g, dsc, dmm, ys, sums + ti); break;
+            case 2: q4k_tile(2, g, dsc, dmm, ys, sums + ti); break;
+            default: q4k_tile(1, g, dsc, dmm, ys, sums + ti); break;
+            }
+        }
+    }
+    q16b_store(t, sums, out, out_stride);
+}
+
+void gemm_x16_q4_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
+                                    const void *a, size_t a_stride) {
+    for (int64_t t0 = 0; t0 < t; t0 += Q16B_TOKENS)
+        gemm_tokens(k / QK_K, t - t0 < Q16B_TOKENS ? t - t0 : Q16B_TOKENS, out + t0 * out_stride, out_stride, w,
+                    (const uint8_t *)a + t0 * a_stride, a_stride);
+}
