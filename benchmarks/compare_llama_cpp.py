@@ -13,7 +13,10 @@ llama-cpp-python==0.3.36`, unpack, `cmake -B build vendor/llama.cpp && cmake --b
 Each round also measures the machine's memory read bandwidth (benchmarks/membw.c, compiled here
 with the system C compiler: the median of passes over about a second) at each thread count,
 just before and just after llmrun's runs, so decode's achieved GB/s (every weight read once per
-token) can be set against what the memory gave in the same minute.
+token) can be set against what the memory gave in the same minute; and the read bandwidth of
+each tool's own file's pages (membw over the page cache, after the round's runs): in a virtual
+machine memory's speed differs from page to page (on this project's Zen 4 VM the GGUF and its
+.llmr read at 27 and 24 GB/s on one core), so each tool's decode is also set against its file's.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from llmrun.store import resolve
 
 
 def run_json(cmd: list[str]) -> list[dict]:
@@ -44,9 +49,10 @@ def build_membw(out_dir: str) -> str:
     return exe
 
 
-def read_bandwidth(membw: str, threads: str) -> float:
-    """The median read GB/s of membw's passes."""
-    return float(subprocess.run([membw, threads], capture_output=True, text=True, check=True).stdout.split()[0])
+def read_bandwidth(membw: str, threads: str, file: str | None = None) -> float:
+    """The median read GB/s of membw's passes, over fresh memory or over file's cached pages."""
+    cmd = [membw, threads] + (["1024", "41", file] if file else [])
+    return float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()[0])
 
 
 def main():
@@ -70,12 +76,16 @@ def main():
             for row in run_json([llama_bench, "-m", a.gguf, "-t", t, *common]):
                 test = f"pp{row['n_prompt']}" if row["n_prompt"] else f"tg{row['n_gen']}"
                 rates.setdefault(("llama.cpp", test, int(t)), []).append(row["avg_ts"])
+                if not row["n_prompt"]:  # decode reads the model's tensors once per token
+                    gbs.setdefault(("llama.cpp", int(t)), []).append(row["avg_ts"] * row["model_size"] / 1e9)
             before = read_bandwidth(membw, t)
             for row in run_json([sys.executable, "-m", "llmrun.cli.main", "bench", a.gguf, "-t", t, *common]):
                 rates.setdefault(("llmrun", row["test"], row["threads"]), []).append(row["avg_ts"])
                 if row.get("gb_s"):
                     gbs.setdefault(("llmrun", row["threads"]), []).append(row["gb_s"])
             gbs.setdefault(("memory", int(t)), []).append((before + read_bandwidth(membw, t)) / 2)
+            for tool, path in (("llama.cpp", a.gguf), ("llmrun", resolve(a.gguf))):
+                gbs.setdefault((tool + " file", int(t)), []).append(read_bandwidth(membw, t, path))
     print(f"| test | threads | llama.cpp t/s | llmrun t/s | llmrun / llama.cpp |")
     print("|---|---|---|---|---|")
     for (tool, test, t), values in sorted(rates.items(), key=lambda kv: (kv[0][2], kv[0][1])):
@@ -84,11 +94,14 @@ def main():
         theirs, ours = statistics.median(values), statistics.median(rates[("llmrun", test, t)])
         print(f"| {test} | {t} | {theirs:.1f} | {ours:.1f} | {ours / theirs:.2f} |")
     print()
-    print("| threads | memory read GB/s | llmrun decode GB/s | share |")
-    print("|---|---|---|---|")
+    print("| threads | memory read GB/s | llmrun decode GB/s | share | .llmr pages GB/s | share "
+          "| llama.cpp decode GB/s | GGUF pages GB/s | share |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for t in a.threads.split(","):
-        mem, ours = statistics.median(gbs[("memory", int(t))]), statistics.median(gbs[("llmrun", int(t))])
-        print(f"| {t} | {mem:.1f} | {ours:.1f} | {ours / mem:.0%} |")
+        mem, ours, theirs, our_file, their_file = (statistics.median(gbs[(key, int(t))]) for key in (
+            "memory", "llmrun", "llama.cpp", "llmrun file", "llama.cpp file"))
+        print(f"| {t} | {mem:.1f} | {ours:.1f} | {ours / mem:.0%} | {our_file:.1f} | {ours / our_file:.0%} "
+              f"| {theirs:.1f} | {their_file:.1f} | {theirs / their_file:.0%} |")
 
 
 if __name__ == "__main__":

@@ -98,6 +98,7 @@ static void gemm_tokens(int64_t nsb, int64_t t, float *out, size_t out_stride, c
         sums[i].acc = sums[i].off = _mm512_setzero_ps();
     for (int64_t b = 0; b < nsb; b++) {
         const uint8_t *g = w + b * X16_Q6K_BLOCK;
+        q16b_prefetch(g, X16_Q6K_BLOCK);
         __m512 dsc[QK_K / 16];
         q6k_scales(g, dsc);
         const block_q16_b *ys[Q6K_TILE];
