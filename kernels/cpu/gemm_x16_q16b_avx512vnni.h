@@ -48,16 +48,16 @@ ALWAYS_INLINE __m512 q16b_f16x16(const uint8_t *p) { return _mm512_cvtph_ps(_mm2
  * unpacked once for up to this many. */
 #define Q16B_TOKENS 64
 
-/* Every line of the super-block at g (bytes long) requested at once, before it is read. q6_k's
- * kernel reads a super-block as three interleaved streams (two of ql words, one of qh), which
- * the hardware prefetcher did not follow: on Zen 4 its decode read memory at 7.5 GB/s on one
- * core (20.3 with this, from L2 38 and 32 GB/s); prefetching the next super-block instead ran at
- * 16.6, or a column's lines as it goes at 11, or into L2 only at 11. q4_k reads its super-block
- * in order and runs as fast without (20.3 and 19.9 GB/s), and 1-8 KiB ahead no faster or slower
- * (28.6 / 25.2 / 16 GB/s for none, 1 and 8 KiB from a freshly written file). */
+/* Every line of the super-block at g (bytes long) requested at once, non-temporal, just before it
+ * is read. On Zen 4, one core, decode from a file's cached pages (which a plain streaming read
+ * took at 22.5 GB/s): q6_k, whose three interleaved streams (two of ql words, one of qh) the
+ * hardware prefetcher does not follow, ran at 7.5 GB/s without, 20.3 with T0 prefetches of the
+ * super-block, 24.1 with NTA ones (T1 / T2: 11, the next super-block instead: 17-19, a column's
+ * lines as it goes: 11); q4_k, read in order, 20.3 without and 26.9 with NTA. From L2 the
+ * prefetches cost 38 -> 32 GB/s (q6_k), nothing measurable for q4_k. */
 ALWAYS_INLINE void q16b_prefetch(const uint8_t *g, size_t bytes) {
     for (size_t line = 0; line < bytes; line += 64)
-        _mm_prefetch((const char *)g + line, _MM_HINT_T0);
+        _mm_prefetch((const char *)g + line, _MM_HINT_NTA);
 }
 
 /* The tokens' activation blocks of super-block b: ys[i] = token ti + i's, n of them. */

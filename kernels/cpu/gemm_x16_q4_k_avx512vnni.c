@@ -77,6 +77,7 @@ static void gemm_tokens(int64_t nsb, int64_t t, float *out, size_t out_stride, c
         sums[i].acc = sums[i].off = _mm512_setzero_ps();
     for (int64_t b = 0; b < nsb; b++) {
         const uint8_t *g = w + b * X16_Q4K_BLOCK;
+        q16b_prefetch(g, X16_Q4K_BLOCK);
         __m512 dsc[8], dmm[8];
         q4k_scales(g, dsc, dmm);
         for (int64_t ti = 0; ti < t; ti += Q4K_TILE) {
