@@ -152,7 +152,7 @@ static void gemm_tokens(int64_t nsb, int64_t t, float *out, size_t out_stride, c
     for (int64_t b = 0; b < nsb; b++) {
         const uint8_t *g = w + b * X16_Q6K_BLOCK;
         for (size_t line = 0; line < X16_Q6K_BLOCK; line += 64)
-            _mm_prefetch((const char *)g + PREFETCH_AHEAD + line, _MM_HINT_T0);
+            _mm_prefetch((const char *)g + PREFETCH_AHEAD + line, _MM_HINT_NTA);
         __m512i sc[QK_K / 16][2];
         q6k_scales(g, sc);
         const __m512 d16 = f16x16(g);
