@@ -197,11 +197,11 @@ static const llmr_kernels llmr_kernels_avx512vnni = {
         [LLMR_TYPE_Q5_1] = gemm_x16_q5_1_q16_a_avx512vnni,
         [LLMR_TYPE_IQ4_NL] = gemm_x16_iq4_nl_q16_a_avx512vnni,
         [LLMR_TYPE_Q4_K] = gemm_x16_q4_K_q16_b_avx512vnni,
-        [LLMR_TYPE_Q5_K] = gemm_x16_q5_K_q16_a_avx512vnni,
+        [LLMR_TYPE_Q5_K] = gemm_x16_q5_K_q16_b_avx512vnni,
         [LLMR_TYPE_Q6_K] = gemm_x16_q6_K_q16_b_avx512vnni,
     },
     /* u8 x s8 products, twice vpdpwssd's per instruction (gemm_x16_q16b_avx512vnni.h) */
-    .x16_q16_b = {[LLMR_TYPE_Q4_K] = 1, [LLMR_TYPE_Q6_K] = 1},
+    .x16_q16_b = {[LLMR_TYPE_Q4_K] = 1, [LLMR_TYPE_Q5_K] = 1, [LLMR_TYPE_Q6_K] = 1},
     .quantize_q16_a = quantize_row_q16_a_avx512,
     .q16_b_from_a = q16_b_from_a_avx512,
     .rmsnorm = rmsnorm_avx512,

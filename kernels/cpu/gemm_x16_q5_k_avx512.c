@@ -1,6 +1,6 @@
 /* AVX-512 (F, BW, VL) X16 kernel of q5_k with q16_a activations: gemm_x16_avx512.c's q4_k kernel
- * (q4k_gemm, gemm_x16_avx512.h) with the fifth bit. Compiled as the `avx512` kernel, and again by
- * gemm_x16_q5_k_avx512vnni.c with -mavx512vnni, where the int16 multiply-add becomes one vpdpwssd.
+ * (q4k_gemm, gemm_x16_avx512.h) with the fifth bit. Compiled as the `avx512` kernel (the
+ * avx512vnni path runs q5_k on u8 x s8 products: gemm_x16_q4_k_avx512vnni.c).
  *
  * For more than one token each super-block's quants are unpacked once, into int16 (8 KiB, in
  * L1), for up to Q4K_TOKENS tokens: a 512-token 2048 x 2048 product on one thread took 1.35-1.9x

@@ -661,6 +661,8 @@ void gemm_x16_q6_K_q16_a_avx512(int64_t k, int64_t t, float *out, size_t out_str
 void q16_b_from_a_avx512(const block_q16_a *a, block_q16_b *b, int64_t nb);
 void gemm_x16_q4_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                                     const void *a, size_t a_stride);
+void gemm_x16_q5_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
+                                    const void *a, size_t a_stride);
 void gemm_x16_q6_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                                     const void *a, size_t a_stride);
 
