@@ -41,6 +41,15 @@ typedef struct {
     __m512 acc, off;
 } q16b_sums;
 
+/* A sub-block's partial sums into a token's running sums: acc += their value times the rows' scale
+ * times the activation block's da; off += the rows' offset scale times the block's s_off. */
+ALWAYS_INLINE void q16b_accumulate(q16b_sums *sums, __m512i lo, __m512i hi, __m512 scale, float da, __m512 off_scale,
+                                   float s_off) {
+    const __m512 sum = _mm512_cvtepi32_ps(q16b_value(lo, hi));
+    sums->acc = _mm512_fmadd_ps(sum, _mm512_mul_ps(scale, _mm512_set1_ps(da)), sums->acc);
+    sums->off = _mm512_fmadd_ps(off_scale, _mm512_set1_ps(s_off), sums->off);
+}
+
 /* The 16 rows' f16 fields at p as f32. */
 ALWAYS_INLINE __m512 q16b_f16x16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
 

@@ -82,9 +82,7 @@ ALWAYS_INLINE void q4k_tile(const int T, const int q5, const uint8_t *g, const _
         for (int i = 0; i < T; i++)
             for (int s = 0; s < 2; s++) {
                 const block_q16_b *y = ys[i] + 2 * p + s;
-                const __m512 sum = _mm512_cvtepi32_ps(q16b_value(lo[i][s], hi[i][s]));
-                sums[i].acc = _mm512_fmadd_ps(sum, _mm512_mul_ps(dsc[2 * p + s], _mm512_set1_ps(y->d)), sums[i].acc);
-                sums[i].off = _mm512_fmadd_ps(dmm[2 * p + s], _mm512_set1_ps(y->s), sums[i].off);
+                q16b_accumulate(&sums[i], lo[i][s], hi[i][s], dsc[2 * p + s], y->d, dmm[2 * p + s], y->s);
             }
     }
 }

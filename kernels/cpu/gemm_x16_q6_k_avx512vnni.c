@@ -82,9 +82,7 @@ ALWAYS_INLINE void q6k_tile(const int T, const uint8_t *g, const q6k_quants *u, 
                 for (int k = 0; k < 4; k++) {
                     const block_q16_b *y = ys[i] + 4 * h + k;
                     const __m512 s = dsc[2 * (4 * h + k) + half];
-                    const __m512 sum = _mm512_cvtepi32_ps(q16b_value(lo[i][k], hi[i][k]));
-                    sums[i].acc = _mm512_fmadd_ps(sum, _mm512_mul_ps(s, _mm512_set1_ps(y->d)), sums[i].acc);
-                    sums[i].off = _mm512_fmadd_ps(s, _mm512_set1_ps(y->s16[half]), sums[i].off);
+                    q16b_accumulate(&sums[i], lo[i][k], hi[i][k], s, y->d, s, y->s16[half]);
                 }
         }
 }

@@ -335,62 +335,50 @@ done:
     return ret;
 }
 
-static PyObject *py_quantize_q16b(PyObject *self, PyObject *args) {
+/* quantize_q16a and quantize_q16b: x's rows as q16_a blocks, or (planes) as the q16_b blocks made
+ * from them by the table's own conversion (the reference's where none of its kernels reads q16_b). */
+static PyObject *quantize_activations(PyObject *args, int planes) {
     PyObject *o_out, *o_x;
-    if (!PyArg_ParseTuple(args, "OO:quantize_q16b", &o_out, &o_x))
+    if (!PyArg_ParseTuple(args, planes ? "OO:quantize_q16b" : "OO:quantize_q16a", &o_out, &o_x))
         return NULL;
+    const char *name = planes ? "q16_b" : "q16_a";
     Py_buffer v[2] = {{0}}, *out = &v[0], *x = &v[1];
     PyObject *ret = NULL;
-    if (get_quantize_buffers(o_out, o_x, out, x, QK_Q16_A, sizeof(block_q16_b), "q16_b"))
+    block_q16_a *a = NULL;
+    if (get_quantize_buffers(o_out, o_x, out, x, QK_Q16_A, planes ? sizeof(block_q16_b) : sizeof(block_q16_a), name))
         goto done;
-    if ((uintptr_t)out->buf % _Alignof(block_q16_b)) {
-        PyErr_SetString(PyExc_ValueError, "out: q16_b blocks must be 4-byte aligned");
+    if ((uintptr_t)out->buf % 4) { /* both blocks' alignment */
+        PyErr_Format(PyExc_ValueError, "out: %s blocks must be 4-byte aligned", name);
         goto done;
     }
     const Py_ssize_t k = last_dim(x), rows = leading_rows(x), nb = k / QK_Q16_A;
-    /* the table's own conversion, or the reference's where none of its kernels reads q16_b */
     void (*from_a)(const block_q16_a *, block_q16_b *, int64_t) = kern->q16_b_from_a ? kern->q16_b_from_a
                                                                                        : q16_b_from_a_ref;
-    block_q16_a *a = PyMem_RawMalloc((size_t)(nb ? nb : 1) * sizeof(block_q16_a));
-    if (!a) {
+    if (planes && !(a = PyMem_RawMalloc((size_t)(nb ? nb : 1) * sizeof(block_q16_a)))) {
         PyErr_NoMemory();
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t r = 0; r < rows; r++) {
-        kern->quantize_q16_a((const float *)x->buf + r * k, a, k);
-        from_a(a, (block_q16_b *)out->buf + r * nb, nb);
+        const float *xr = (const float *)x->buf + r * k;
+        if (planes) {
+            kern->quantize_q16_a(xr, a, k);
+            from_a(a, (block_q16_b *)out->buf + r * nb, nb);
+        } else {
+            kern->quantize_q16_a(xr, (block_q16_a *)out->buf + r * nb, k);
+        }
     }
     Py_END_ALLOW_THREADS
-    PyMem_RawFree(a);
     ret = Py_NewRef(Py_None);
 done:
+    PyMem_RawFree(a);
     release(v, 2);
     return ret;
 }
 
-static PyObject *py_quantize_q16a(PyObject *self, PyObject *args) {
-    PyObject *o_out, *o_x;
-    if (!PyArg_ParseTuple(args, "OO:quantize_q16a", &o_out, &o_x))
-        return NULL;
-    Py_buffer v[2] = {{0}}, *out = &v[0], *x = &v[1];
-    PyObject *ret = NULL;
-    if (get_quantize_buffers(o_out, o_x, out, x, QK_Q16_A, sizeof(block_q16_a), "q16_a"))
-        goto done;
-    if ((uintptr_t)out->buf % _Alignof(block_q16_a)) {
-        PyErr_SetString(PyExc_ValueError, "out: q16_a blocks must be 4-byte aligned");
-        goto done;
-    }
-    const Py_ssize_t k = last_dim(x), rows = leading_rows(x);
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t r = 0; r < rows; r++)
-        kern->quantize_q16_a((const float *)x->buf + r * k, (block_q16_a *)out->buf + r * (k / QK_Q16_A), k);
-    Py_END_ALLOW_THREADS
-    ret = Py_NewRef(Py_None);
-done:
-    release(v, 2);
-    return ret;
-}
+static PyObject *py_quantize_q16a(PyObject *self, PyObject *args) { return quantize_activations(args, 0); }
+
+static PyObject *py_quantize_q16b(PyObject *self, PyObject *args) { return quantize_activations(args, 1); }
 
 static PyObject *py_row_bytes(PyObject *self, PyObject *args) {
     int type;
