@@ -1,8 +1,9 @@
 /* What the gemm_x16_<isa>.c files share: the weight formats they tell apart, q4_k's super-block
- * geometry and scale unpacking, and their six exported kernels, made from the file's own
- *     gemm(fmt, k, t, out, out_stride, w, a, a_stride)      (the 32-element formats)
+ * geometry and scale unpacking, and their exported kernels, made from the file's own
+ *     gemm(fmt, k, t, out, out_stride, w, a, a_stride)      (the six 32-element formats)
  *     gemm_q4_k(k, t, out, out_stride, w, a, a_stride)
- * by LLMR_GEMM_X16_KERNELS(isa) at the end of the file. */
+ * by LLMR_GEMM_X16_KERNELS(isa) and LLMR_GEMM_X16_KERNEL_Q4_K(isa) at the end of the file
+ * (avx512vnni's q4_k kernel is another: gemm_x16_q4_k_avx512vnni.c). */
 #ifndef LLMRUN_GEMM_X16_H
 #define LLMRUN_GEMM_X16_H
 
@@ -95,7 +96,9 @@ static inline void x16_q4k_scales(const uint8_t *g, const float *d, const float 
                                        const void *a, size_t a_stride) {                            \
         gemm(fmt, k, t, out, out_stride, w, a, a_stride);                                            \
     }
-#define LLMR_GEMM_X16_KERNEL_Q4_K(isa)                                                               \
+/* (through one more macro, so that an isa given as a macro, X16_ISA, is expanded before ##) */
+#define LLMR_GEMM_X16_KERNEL_Q4_K(isa) LLMR_GEMM_X16_KERNEL_Q4_K_(isa)
+#define LLMR_GEMM_X16_KERNEL_Q4_K_(isa)                                                              \
     void gemm_x16_q4_K_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
                                    const void *a, size_t a_stride) {                                \
         gemm_q4_k(k, t, out, out_stride, w, a, a_stride);                                            \
@@ -106,7 +109,6 @@ static inline void x16_q4k_scales(const uint8_t *g, const float *d, const float 
     LLMR_GEMM_X16_KERNEL(q4_1, F_Q4_1, isa)                                                          \
     LLMR_GEMM_X16_KERNEL(q5_0, F_Q5_0, isa)                                                          \
     LLMR_GEMM_X16_KERNEL(q5_1, F_Q5_1, isa)                                                          \
-    LLMR_GEMM_X16_KERNEL(iq4_nl, F_IQ4_NL, isa)                                                      \
-    LLMR_GEMM_X16_KERNEL_Q4_K(isa)
+    LLMR_GEMM_X16_KERNEL(iq4_nl, F_IQ4_NL, isa)
 
 #endif

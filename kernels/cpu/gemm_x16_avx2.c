@@ -201,3 +201,4 @@ static void gemm_q4_k(int64_t k, int64_t t, float *out, size_t out_stride, const
 }
 
 LLMR_GEMM_X16_KERNELS(avx2)
+LLMR_GEMM_X16_KERNEL_Q4_K(avx2)

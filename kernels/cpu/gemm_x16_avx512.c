@@ -169,6 +169,9 @@ ALWAYS_INLINE void gemm(const int fmt, int64_t k, int64_t t, float *out, size_t 
     }
 }
 
+LLMR_GEMM_X16_KERNELS(X16_ISA)
+
+#ifndef X16_NO_Q4_K
 /* q4_k: q4k_gemm (gemm_x16_avx512.h), its quants the nibbles of each qs word. */
 ALWAYS_INLINE void q4k_word(const void *g, int p, int c, __m512i lo[2], __m512i hi[2]) {
     const __m512i nibble = _mm512_set1_epi16(0x0F);
@@ -185,4 +188,5 @@ static void gemm_q4_k(int64_t k, int64_t t, float *out, size_t out_stride, const
     q4k_gemm(X16_Q4K_BLOCK, q4k_word, NULL, k, t, out, out_stride, w, a, a_stride);
 }
 
-LLMR_GEMM_X16_KERNELS(X16_ISA)
+LLMR_GEMM_X16_KERNEL_Q4_K(X16_ISA)
+#endif

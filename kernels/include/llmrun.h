@@ -505,7 +505,7 @@ void gemm_x16_q6_K_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride
                              const void *a, size_t a_stride);
 
 /* q5_K's kernels, every ISA (each in its own file: vec_dot_q5_k_<isa>.c, gemm_x16_q5_k_<isa>.c;
- * only those of the ISAs built are defined) */
+ * only those of the ISAs built are defined; avx512vnni's gemm_x16 reads q16_b, below) */
 #define LLMR_DECLARE_Q5_K(isa)                                                                       \
     void vec_dot_q5_K_q16_a_##isa(int64_t k, float *s, const void *w, const void *a);              \
     void gemm_x16_q5_K_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
@@ -513,7 +513,7 @@ void gemm_x16_q6_K_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride
 LLMR_DECLARE_Q5_K(ref)
 LLMR_DECLARE_Q5_K(avx2)
 LLMR_DECLARE_Q5_K(avx512)
-LLMR_DECLARE_Q5_K(avx512vnni)
+void vec_dot_q5_K_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
 LLMR_DECLARE_Q5_K(neon)
 
 /* q3_K's and q2_K's rows-layout dot products, every ISA (each in its own file: vec_dot_q3_k_<isa>.c,
@@ -641,10 +641,12 @@ void vec_dot_tile_q6_K_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, co
     void gemm_x16_q5_1_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
                                    const void *a, size_t a_stride);                                 \
     void gemm_x16_iq4_nl_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
-                                     const void *a, size_t a_stride);                               \
+                                     const void *a, size_t a_stride);
+#define LLMR_DECLARE_GEMM_X16_Q4_K(isa)                                                            \
     void gemm_x16_q4_K_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
                                    const void *a, size_t a_stride);
 LLMR_DECLARE_GEMM_X16(avx2)
+LLMR_DECLARE_GEMM_X16_Q4_K(avx2)
 void rmsnorm_avx2(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
 void rmsnorm_avx512(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
 void silu_mul_avx2(float *out, const float *gate, const float *up, int64_t n);
@@ -652,6 +654,7 @@ void silu_mul_avx512(float *out, const float *gate, const float *up, int64_t n);
 void gelu_mul_avx2(float *out, const float *gate, const float *up, int64_t n);
 void gelu_mul_avx512(float *out, const float *gate, const float *up, int64_t n);
 LLMR_DECLARE_GEMM_X16(avx512)
+LLMR_DECLARE_GEMM_X16_Q4_K(avx512)
 LLMR_DECLARE_GEMM_X16(avx512vnni)
 void gemm_x16_q6_K_q16_a_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                               size_t a_stride);
@@ -684,6 +687,7 @@ void vec_dot_q6_K_q16_a_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_tile_q6_K_q16_a_neon(int64_t k, float *s, size_t s_stride, const void *w, const void *a,
                                   size_t a_stride);
 LLMR_DECLARE_GEMM_X16(neon)
+LLMR_DECLARE_GEMM_X16_Q4_K(neon)
 void gemm_x16_q6_K_q16_a_neon(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                               size_t a_stride);
 
