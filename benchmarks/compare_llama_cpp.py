@@ -17,12 +17,18 @@ token) can be set against what the memory gave in the same minute; and the read 
 each tool's own file's pages (membw over the page cache, after the round's runs): in a virtual
 machine memory's speed differs from page to page (on this project's Zen 4 VM the GGUF and its
 .llmr read at 27 and 24 GB/s on one core), so each tool's decode is also set against its file's.
+
+`--fresh-pages` takes the page placement out of the comparison: at the start of each round both
+files are written anew at the same moment (the GGUF copied into a temporary folder beside it,
+under its own name and mtime, which llmrun's cache resolves to the same .llmr; the .llmr
+rewritten in place), so that both tools read pages the machine has just placed.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -55,6 +61,13 @@ def read_bandwidth(membw: str, threads: str, file: str | None = None) -> float:
     return float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()[0])
 
 
+def rewrite(path: str, dest: str) -> None:
+    """Writes path's bytes anew at dest (mtime kept), through a temporary file renamed into place."""
+    tmp = dest + ".fresh-pages"
+    shutil.copy2(path, tmp)
+    os.replace(tmp, dest)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("gguf")
@@ -63,6 +76,8 @@ def main():
     ap.add_argument("-t", "--threads", default="2")
     ap.add_argument("-r", "--repetitions", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--fresh-pages", action="store_true",
+                    help="write both tools' files anew before each round (see the module's text)")
     a = ap.parse_args()
     llama_bench = os.environ.get("LLAMA_BENCH")
     if not llama_bench:
@@ -70,22 +85,42 @@ def main():
     rates: dict[tuple, list[float]] = {}
     gbs: dict[tuple, list[float]] = {}
     membw = build_membw(tempfile.mkdtemp())
-    for _ in range(a.rounds):
-        for t in a.threads.split(","):
-            common = ["-p", str(a.n_prompt), "-n", str(a.n_gen), "-r", str(a.repetitions), "-o", "json"]
-            for row in run_json([llama_bench, "-m", a.gguf, "-t", t, *common]):
-                test = f"pp{row['n_prompt']}" if row["n_prompt"] else f"tg{row['n_gen']}"
-                rates.setdefault(("llama.cpp", test, int(t)), []).append(row["avg_ts"])
-                if not row["n_prompt"]:  # decode reads the model's tensors once per token
-                    gbs.setdefault(("llama.cpp", int(t)), []).append(row["avg_ts"] * row["model_size"] / 1e9)
-            before = read_bandwidth(membw, t)
-            for row in run_json([sys.executable, "-m", "llmrun.cli.main", "bench", a.gguf, "-t", t, *common]):
-                rates.setdefault(("llmrun", row["test"], row["threads"]), []).append(row["avg_ts"])
-                if row.get("gb_s"):
-                    gbs.setdefault(("llmrun", row["threads"]), []).append(row["gb_s"])
-            gbs.setdefault(("memory", int(t)), []).append((before + read_bandwidth(membw, t)) / 2)
-            for tool, path in (("llama.cpp", a.gguf), ("llmrun", resolve(a.gguf))):
-                gbs.setdefault((tool + " file", int(t)), []).append(read_bandwidth(membw, t, path))
+    gguf = a.gguf
+    fresh_dir = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(a.gguf))) if a.fresh_pages else None
+    try:
+        for _ in range(a.rounds):
+            if fresh_dir:
+                gguf = os.path.join(fresh_dir, os.path.basename(a.gguf))
+                rewrite(a.gguf, gguf)
+                rewrite(resolve(gguf), resolve(gguf))
+            run_round(a, llama_bench, membw, gguf, rates, gbs)
+    finally:
+        if fresh_dir:
+            shutil.rmtree(fresh_dir)
+    report(a, rates, gbs)
+
+
+def run_round(a, llama_bench: str, membw: str, gguf: str, rates: dict, gbs: dict) -> None:
+    """Both tools once per thread count, with the memory's and the files' read bandwidth."""
+    common = ["-p", str(a.n_prompt), "-n", str(a.n_gen), "-r", str(a.repetitions), "-o", "json"]
+    for t in a.threads.split(","):
+        for row in run_json([llama_bench, "-m", gguf, "-t", t, *common]):
+            test = f"pp{row['n_prompt']}" if row["n_prompt"] else f"tg{row['n_gen']}"
+            rates.setdefault(("llama.cpp", test, int(t)), []).append(row["avg_ts"])
+            if not row["n_prompt"]:  # decode reads the model's tensors once per token
+                gbs.setdefault(("llama.cpp", int(t)), []).append(row["avg_ts"] * row["model_size"] / 1e9)
+        before = read_bandwidth(membw, t)
+        for row in run_json([sys.executable, "-m", "llmrun.cli.main", "bench", gguf, "-t", t, *common]):
+            rates.setdefault(("llmrun", row["test"], row["threads"]), []).append(row["avg_ts"])
+            if row.get("gb_s"):
+                gbs.setdefault(("llmrun", row["threads"]), []).append(row["gb_s"])
+        gbs.setdefault(("memory", int(t)), []).append((before + read_bandwidth(membw, t)) / 2)
+        for tool, path in (("llama.cpp", gguf), ("llmrun", resolve(gguf))):
+            gbs.setdefault((tool + " file", int(t)), []).append(read_bandwidth(membw, t, path))
+
+
+def report(a, rates: dict, gbs: dict) -> None:
+    """The medians as two markdown tables: speeds and ratios, then decode against read bandwidth."""
     print(f"| test | threads | llama.cpp t/s | llmrun t/s | llmrun / llama.cpp |")
     print("|---|---|---|---|---|")
     for (tool, test, t), values in sorted(rates.items(), key=lambda kv: (kv[0][2], kv[0][1])):
@@ -93,6 +128,8 @@ def main():
             continue
         theirs, ours = statistics.median(values), statistics.median(rates[("llmrun", test, t)])
         print(f"| {test} | {t} | {theirs:.1f} | {ours:.1f} | {ours / theirs:.2f} |")
+    if not a.n_gen:
+        return
     print()
     print("| threads | memory read GB/s | llmrun decode GB/s | share | .llmr pages GB/s | share "
           "| llama.cpp decode GB/s | GGUF pages GB/s | share |")
