@@ -1,4 +1,5 @@
-/* AVX2 (+FMA, F16C) products of X16 weight groups (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl; q4_k at the end) with q16_a activations,
+/* AVX2 (+FMA, F16C) products of X16 weight groups (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl) with q16_a activations
+ * (q4_k and q5_k: gemm_x16_q4_k_avx2.c),
  * one token at a time. The arithmetic of gemm_x16_avx512.c on quarter-width vectors: a 16-byte
  * load holds word c of four rows, widened to int16 it is 8 lanes (r, p) of int16 pairs, and
  * pmaddwd with a broadcast of activation elements 4c .. 4c + 3 sums half of row r's block into
@@ -188,17 +189,4 @@ ALWAYS_INLINE void gemm(const int fmt, int64_t k, int64_t t, float *out, size_t 
                    out + i * out_stride, w, (const block_q16_a *)((const uint8_t *)a + i * a_stride));
 }
 
-/* q4_k: q4k_gemm (gemm_x16_avx2.h), its quants the nibbles of each qs word. */
-ALWAYS_INLINE void q4k_word(const void *g, int p, int c, int r, __m256i *lo, __m256i *hi) {
-    const __m256i raw = _mm256_cvtepu8_epi16(load16((const uint8_t *)g + X16_Q4K_QS + (8 * p + c) * 64 + r * 16));
-    *lo = _mm256_and_si256(raw, _mm256_set1_epi16(0x0F));
-    *hi = _mm256_srli_epi16(raw, 4);
-}
-
-static void gemm_q4_k(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
-                      size_t a_stride) {
-    q4k_gemm(X16_Q4K_BLOCK, q4k_word, NULL, k, t, out, out_stride, w, a, a_stride);
-}
-
 LLMR_GEMM_X16_KERNELS(avx2)
-LLMR_GEMM_X16_KERNEL_Q4_K(avx2)

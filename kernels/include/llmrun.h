@@ -505,13 +505,13 @@ void gemm_x16_q6_K_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride
                              const void *a, size_t a_stride);
 
 /* q5_K's kernels, every ISA (each in its own file: vec_dot_q5_k_<isa>.c, gemm_x16_q5_k_<isa>.c;
- * only those of the ISAs built are defined; avx512vnni's gemm_x16 reads q16_b, below) */
+ * only those of the ISAs built are defined; avx2's and avx512vnni's gemm_x16 read q16_b, below) */
 #define LLMR_DECLARE_Q5_K(isa)                                                                       \
     void vec_dot_q5_K_q16_a_##isa(int64_t k, float *s, const void *w, const void *a);              \
     void gemm_x16_q5_K_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
                                    const void *a, size_t a_stride);
 LLMR_DECLARE_Q5_K(ref)
-LLMR_DECLARE_Q5_K(avx2)
+void vec_dot_q5_K_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 LLMR_DECLARE_Q5_K(avx512)
 void vec_dot_q5_K_q16_a_avx512vnni(int64_t k, float *s, const void *w, const void *a);
 LLMR_DECLARE_Q5_K(neon)
@@ -646,7 +646,6 @@ void vec_dot_tile_q6_K_q16_a_avx512vnni(int64_t k, float *s, size_t s_stride, co
     void gemm_x16_q4_K_q16_a_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
                                    const void *a, size_t a_stride);
 LLMR_DECLARE_GEMM_X16(avx2)
-LLMR_DECLARE_GEMM_X16_Q4_K(avx2)
 void rmsnorm_avx2(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
 void rmsnorm_avx512(float *out, const float *x, const float *w, int64_t rows, int64_t d, float eps);
 void silu_mul_avx2(float *out, const float *gate, const float *up, int64_t n);
@@ -660,7 +659,11 @@ void gemm_x16_q6_K_q16_a_avx2(int64_t k, int64_t t, float *out, size_t out_strid
                               size_t a_stride);
 void gemm_x16_q6_K_q16_a_avx512(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                                 size_t a_stride);
-/* AVX-512 VNNI kernels reading q16_b activations (u8 x s8 multiply-adds) */
+/* AVX2 and AVX-512 VNNI kernels reading q16_b activations (u8 x s8 multiply-adds) */
+void gemm_x16_q4_K_q16_b_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                              size_t a_stride);
+void gemm_x16_q5_K_q16_b_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                              size_t a_stride);
 void q16_b_from_a_avx512(const block_q16_a *a, block_q16_b *b, int64_t nb);
 void gemm_x16_q4_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                                     const void *a, size_t a_stride);
