@@ -95,10 +95,10 @@ static const llmr_kernels llmr_kernels_avx2 = {
         [LLMR_TYPE_IQ4_NL] = gemm_x16_iq4_nl_q16_a_avx2,
         [LLMR_TYPE_Q4_K] = gemm_x16_q4_K_q16_b_avx2,
         [LLMR_TYPE_Q5_K] = gemm_x16_q5_K_q16_b_avx2,
-        [LLMR_TYPE_Q6_K] = gemm_x16_q6_K_q16_a_avx2,
+        [LLMR_TYPE_Q6_K] = gemm_x16_q6_K_q16_b_avx2,
     },
     /* u8 x s8 products (vpmaddubsw), with int16 sums (gemm_x16_q4_k_avx2.c) */
-    .x16_q16_b = {[LLMR_TYPE_Q4_K] = 1, [LLMR_TYPE_Q5_K] = 1},
+    .x16_q16_b = {[LLMR_TYPE_Q4_K] = 1, [LLMR_TYPE_Q5_K] = 1, [LLMR_TYPE_Q6_K] = 1},
     .quantize_q16_a = quantize_row_q16_a_avx2,
     .q16_b_from_a = q16_b_from_a_ref,
     .rmsnorm = rmsnorm_avx2,

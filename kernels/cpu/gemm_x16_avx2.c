@@ -8,7 +8,30 @@
  * the lane pairs are added at the end. Same error bound as there (X16_DOT_BOUND). Sixteen ymm
  * registers hold one token's four quarters (int and float accumulators) with room for the
  * weights, so tokens go one by one; the group's weights stay in L1 between them. */
-#include "gemm_x16_avx2.h"
+#include <immintrin.h>
+#include <string.h>
+
+#include "llmrun.h"
+#include "gemm_x16.h"
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+ALWAYS_INLINE __m256i madd(__m256i acc, __m256i w, __m256i a) { return _mm256_add_epi32(acc, _mm256_madd_epi16(w, a)); }
+
+/* Activation elements 4c .. 4c + 3, to every lane pair. */
+ALWAYS_INLINE __m256i act4(const block_q16_a *y, int c) {
+    long long v;
+    memcpy(&v, &y->qs[4 * c], 8);
+    return _mm256_set1_epi64x(v);
+}
+
+ALWAYS_INLINE __m128i load16(const uint8_t *p) { return _mm_loadu_si128((const __m128i *)p); }
+
+/* Scales of rows 4q .. 4q + 3 (from the 8 of their half) to lanes (r, 0) and (r, 1). */
+ALWAYS_INLINE __m256 pairs(__m256 half, int q) {
+    const int o = (q & 1) * 4;
+    return _mm256_permutevar8x32_ps(half, _mm256_setr_epi32(o, o, o + 1, o + 1, o + 2, o + 2, o + 3, o + 3));
+}
 
 /* 5-bit weights: widened nibbles q (int16 lane 4r + i: row r, byte i of a quant word c) plus 16
  * where bit 4c + i of row r's qh half h (copied to the row's four lanes) is set; q5_0 (signed)

@@ -20,31 +20,12 @@
  * the end. A lane's operations and their order do not depend on t or the tile, so a token's
  * result is the same bits whatever t. Error against float64: as the VNNI kernel's, within
  * (nb + 4) u M, inside X16_DOT_BOUND(nb). */
-#include <immintrin.h>
-#include <string.h>
-
-#include "llmrun.h"
+#include "gemm_x16_q16b_avx2.h"
 #include "gemm_x16.h"
 
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
-
-/* Tokens whose running sums wait in memory between super-blocks (the scales unpacked once for them). */
-#define Q16B_TOKENS 64
 /* Tokens per tile: three registers a token (the sub-block's int32 sum and the group's two
  * int16 ones) beside the quant word, the broadcasts and the constants. */
 #define Q4K_TILE 4
-
-/* One token's running sums, per half of the rows (one lane per row). */
-typedef struct {
-    __m256 acc[2], off[2];
-} q16b_sums;
-
-/* The 4 bytes of plane p at element e, to every int32 lane. */
-ALWAYS_INLINE __m256i bytes4(const void *p) {
-    int32_t v;
-    memcpy(&v, p, sizeof v);
-    return _mm256_set1_epi32(v);
-}
 
 /* The rows' d sc (dsc[j][h]) and dmin m (dmm[j][h]) of sub-block j, half h (rows 8h .. 8h + 7):
  * q4_k's 6-bit scales and mins (x16_q4k_scales in gemm_x16.h, the same bytes) unpacked on whole
@@ -91,7 +72,6 @@ ALWAYS_INLINE __m256i q4k_quants(const int q5, const uint8_t *g, int p, int s, i
 ALWAYS_INLINE void q4k_tile(const int T, const int q5, const uint8_t *g, int h, const __m256 dsc[8][2],
                             const __m256 dmm[8][2], const block_q16_b *const *ys, q16b_sums *sums) {
     const int G = q5 ? 2 : 4; /* words per int16 group (the bounds above) */
-    const __m256i ones = _mm256_set1_epi16(1), x256 = _mm256_set1_epi16(256);
     /* One token's running sums stay in registers for the super-block; more tokens' in memory,
      * where they leave the registers to the sums (the operations are the same) */
     __m256 acc = sums[0].acc[h], off = sums[0].off[h];
@@ -111,13 +91,12 @@ ALWAYS_INLINE void q4k_tile(const int T, const int q5, const uint8_t *g, int h, 
                     const __m256i q = q4k_quants(q5, g, p, s, c, h);
                     for (int i = 0; i < T; i++) {
                         const block_q16_b *y = ys[i] + j;
-                        lo[i] = _mm256_add_epi16(lo[i], _mm256_maddubs_epi16(bytes4(y->lo + 4 * c), q));
-                        hi[i] = _mm256_add_epi16(hi[i], _mm256_maddubs_epi16(q, bytes4(y->hi + 4 * c)));
+                        lo[i] = _mm256_add_epi16(lo[i], q16b_lo_pairs(q, y, 4 * c));
+                        hi[i] = _mm256_add_epi16(hi[i], q16b_hi_pairs(q, y, 4 * c));
                     }
                 }
                 for (int i = 0; i < T; i++)
-                    sum[i] = _mm256_add_epi32(sum[i], _mm256_add_epi32(_mm256_madd_epi16(lo[i], ones),
-                                                                       _mm256_madd_epi16(hi[i], x256)));
+                    sum[i] = q16b_fold(sum[i], lo[i], hi[i]);
             }
             for (int i = 0; i < T; i++) {
                 const block_q16_b *y = ys[i] + j;
@@ -141,15 +120,13 @@ ALWAYS_INLINE void gemm_tokens(const int q5, int64_t nsb, int64_t t, float *out,
         sums[i].acc[0] = sums[i].acc[1] = sums[i].off[0] = sums[i].off[1] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nsb; b++) {
         const uint8_t *g = w + b * block;
-        for (size_t line = 0; line < block; line += 64) /* as gemm_x16_q16b_avx512vnni.h's q16b_prefetch */
-            _mm_prefetch((const char *)g + line, _MM_HINT_NTA);
+        q16b_prefetch(g, block);
         __m256 dsc[8][2], dmm[8][2];
         q4k_scales(g, dsc, dmm);
         for (int64_t ti = 0; ti < t; ti += Q4K_TILE) {
             const block_q16_b *ys[Q4K_TILE];
             const int n = t - ti < Q4K_TILE ? (int)(t - ti) : Q4K_TILE;
-            for (int i = 0; i < n; i++)
-                ys[i] = (const block_q16_b *)(a + (ti + i) * a_stride) + b * (QK_K / QK_Q16_A);
+            q16b_token_blocks(a, a_stride, ti, n, b, ys);
             for (int h = 0; h < 2; h++)
                 switch (n) {
                 case 4: q4k_tile(4, q5, g, h, dsc, dmm, ys, sums + ti); break;

@@ -655,14 +655,14 @@ void gelu_mul_avx512(float *out, const float *gate, const float *up, int64_t n);
 LLMR_DECLARE_GEMM_X16(avx512)
 LLMR_DECLARE_GEMM_X16_Q4_K(avx512)
 LLMR_DECLARE_GEMM_X16(avx512vnni)
-void gemm_x16_q6_K_q16_a_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
-                              size_t a_stride);
 void gemm_x16_q6_K_q16_a_avx512(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                                 size_t a_stride);
 /* AVX2 and AVX-512 VNNI kernels reading q16_b activations (u8 x s8 multiply-adds) */
 void gemm_x16_q4_K_q16_b_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                               size_t a_stride);
 void gemm_x16_q5_K_q16_b_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                              size_t a_stride);
+void gemm_x16_q6_K_q16_b_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                               size_t a_stride);
 void q16_b_from_a_avx512(const block_q16_a *a, block_q16_b *b, int64_t nb);
 void gemm_x16_q4_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
