@@ -1,6 +1,6 @@
 /* What the AVX2 X16 kernels that read q16_b activations share (gemm_x16_q4_k_avx2.c, which says
- * why bytes, and gemm_x16_q6_k_avx2.c): the byte products, a token's running sums per half of the
- * rows, the prefetch and the walk over tokens. */
+ * why bytes, and gemm_x16_q6_k_avx2.c): the byte products and a token's running sums per half of
+ * the rows (the prefetch and the walk over tokens: gemm_x16_q16b.h). */
 #ifndef LLMRUN_GEMM_X16_Q16B_AVX2_H
 #define LLMRUN_GEMM_X16_Q16B_AVX2_H
 
@@ -8,12 +8,7 @@
 #include <string.h>
 
 #include "llmrun.h"
-
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
-
-/* Tokens whose running sums wait in memory between super-blocks (each super-block's scales are
- * unpacked once for them). */
-#define Q16B_TOKENS 64
+#include "gemm_x16_q16b.h"
 
 /* One token's running sums, per half of the 16 rows (one lane per row): the products and the
  * offsets taken off at the end. */
@@ -49,20 +44,6 @@ ALWAYS_INLINE __m256i q16b_fold_hi(__m256i sum, __m256i hi16) {
 ALWAYS_INLINE __m256i q16b_fold(__m256i sum, __m256i lo16, __m256i hi16) {
     return _mm256_add_epi32(sum, _mm256_add_epi32(_mm256_madd_epi16(lo16, _mm256_set1_epi16(1)),
                                                   _mm256_madd_epi16(hi16, _mm256_set1_epi16(256))));
-}
-
-/* Every line of the super-block at g requested at once, non-temporal, just before it is read (as
- * gemm_x16_q16b_avx512vnni.h's q16b_prefetch, which says why). */
-ALWAYS_INLINE void q16b_prefetch(const uint8_t *g, size_t bytes) {
-    for (size_t line = 0; line < bytes; line += 64)
-        _mm_prefetch((const char *)g + line, _MM_HINT_NTA);
-}
-
-/* The tokens' activation blocks of super-block b: ys[i] = token ti + i's, n of them. */
-ALWAYS_INLINE void q16b_token_blocks(const uint8_t *a, size_t a_stride, int64_t ti, int n, int64_t b,
-                                     const block_q16_b **ys) {
-    for (int i = 0; i < n; i++)
-        ys[i] = (const block_q16_b *)(a + (ti + i) * a_stride) + b * (QK_K / QK_Q16_A);
 }
 
 #endif

@@ -16,8 +16,7 @@
 #include <string.h>
 
 #include "llmrun.h"
-
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
+#include "gemm_x16_q16b.h"
 
 /* The 4 bytes of plane p at element e, to every int32 lane. */
 ALWAYS_INLINE __m512i q16b_bytes4(const void *p) {
@@ -52,29 +51,6 @@ ALWAYS_INLINE void q16b_accumulate(q16b_sums *sums, __m512i lo, __m512i hi, __m5
 
 /* The 16 rows' f16 fields at p as f32. */
 ALWAYS_INLINE __m512 q16b_f16x16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
-
-/* Tokens whose running sums wait in memory between super-blocks: each super-block's scales are
- * unpacked once for up to this many. */
-#define Q16B_TOKENS 64
-
-/* Every line of the super-block at g (bytes long) requested at once, non-temporal, just before it
- * is read. On Zen 4, one core, decode from a file's cached pages (which a plain streaming read
- * took at 22.5 GB/s): q6_k, whose three interleaved streams (two of ql words, one of qh) the
- * hardware prefetcher does not follow, ran at 7.5 GB/s without, 20.3 with T0 prefetches of the
- * super-block, 24.1 with NTA ones (T1 / T2: 11, the next super-block instead: 17-19, a column's
- * lines as it goes: 11); q4_k, read in order, 20.3 without and 26.9 with NTA. From L2 the
- * prefetches cost 38 -> 32 GB/s (q6_k), nothing measurable for q4_k. */
-ALWAYS_INLINE void q16b_prefetch(const uint8_t *g, size_t bytes) {
-    for (size_t line = 0; line < bytes; line += 64)
-        _mm_prefetch((const char *)g + line, _MM_HINT_NTA);
-}
-
-/* The tokens' activation blocks of super-block b: ys[i] = token ti + i's, n of them. */
-ALWAYS_INLINE void q16b_token_blocks(const uint8_t *a, size_t a_stride, int64_t ti, int n, int64_t b,
-                                     const block_q16_b **ys) {
-    for (int i = 0; i < n; i++)
-        ys[i] = (const block_q16_b *)(a + (ti + i) * a_stride) + b * (QK_K / QK_Q16_A);
-}
 
 /* out[i] = sums[i].acc - sums[i].off for t tokens. */
 ALWAYS_INLINE void q16b_store(int64_t t, const q16b_sums *sums, float *out, size_t out_stride) {
