@@ -185,5 +185,5 @@ def test_quant_report_takes_k_quant_mixes_and_calibrates_them(tmp_path):
         assert plain.tensor(name).data.tobytes() != cal.tensor(name).data.tobytes()
     assert "tokens" in cal.metadata["provenance"]["policy"]["calibration"]
     assert rows[2]["kld_mean"] > 0 and abs(rows[2]["size_mib"] - rows[1]["size_mib"]) < 1e-9
-    with pytest.raises(Exception, match="q9_9"):
+    with pytest.raises(ValueError, match="unknown tensor type 'q9_9'"):
         qr.sweep(str(tmp_path / "hf"), ["q9_9"], text, str(tmp_path / "out"), N_CTX, 2, say=lambda msg: None)

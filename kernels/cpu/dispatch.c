@@ -100,7 +100,7 @@ static const llmr_kernels llmr_kernels_avx2 = {
     /* u8 x s8 products (vpmaddubsw), with int16 sums (gemm_x16_q4_k_avx2.c) */
     .x16_q16_b = {[LLMR_TYPE_Q4_K] = 1, [LLMR_TYPE_Q5_K] = 1, [LLMR_TYPE_Q6_K] = 1},
     .quantize_q16_a = quantize_row_q16_a_avx2,
-    .q16_b_from_a = q16_b_from_a_ref,
+    .q16_b_from_a = q16_b_from_a_avx2,
     .rmsnorm = rmsnorm_avx2,
     .rope = rope_ref,
     .attention = attention_avx2,

@@ -50,3 +50,28 @@ void quantize_row_q16_a_avx2(const float *x, block_q16_a *y, int64_t k) {
         y[i].s = d * (float)_mm_cvtsi128_si32(s);
     }
 }
+
+/* q16_b_from_a_ref's bytes: the low byte of each int16 (masked, then packed: it fits unsigned),
+ * the high byte (an arithmetic shift, then packed signed), each pack's lane order put back by one
+ * permute, and the two half-block sums in int32, as the reference adds them. */
+void q16_b_from_a_avx2(const block_q16_a *a, block_q16_b *b, int64_t nb) {
+    const __m256i low_byte = _mm256_set1_epi16(0xFF), ones = _mm256_set1_epi16(1);
+    for (int64_t i = 0; i < nb; i++) {
+        const __m256i q0 = _mm256_loadu_si256((const __m256i *)a[i].qs),
+                      q1 = _mm256_loadu_si256((const __m256i *)(a[i].qs + 16));
+        const __m256i lo = _mm256_packus_epi16(_mm256_and_si256(q0, low_byte), _mm256_and_si256(q1, low_byte));
+        const __m256i hi = _mm256_packs_epi16(_mm256_srai_epi16(q0, 8), _mm256_srai_epi16(q1, 8));
+        _mm256_storeu_si256((__m256i *)b[i].lo, _mm256_permute4x64_epi64(lo, 0xD8));
+        _mm256_storeu_si256((__m256i *)b[i].hi, _mm256_permute4x64_epi64(hi, 0xD8));
+        b[i].d = a[i].d;
+        b[i].s = a[i].s;
+        const __m256i q[2] = {q0, q1};
+        for (int h = 0; h < 2; h++) {
+            const __m256i pairs = _mm256_madd_epi16(q[h], ones); /* 8 int32 */
+            __m128i s = _mm_add_epi32(_mm256_castsi256_si128(pairs), _mm256_extracti128_si256(pairs, 1));
+            s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+            s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+            b[i].s16[h] = a[i].d * (float)_mm_cvtsi128_si32(s);
+        }
+    }
+}

@@ -664,6 +664,7 @@ void gemm_x16_q5_K_q16_b_avx2(int64_t k, int64_t t, float *out, size_t out_strid
                               size_t a_stride);
 void gemm_x16_q6_K_q16_b_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                               size_t a_stride);
+void q16_b_from_a_avx2(const block_q16_a *a, block_q16_b *b, int64_t nb);
 void q16_b_from_a_avx512(const block_q16_a *a, block_q16_b *b, int64_t nb);
 void gemm_x16_q4_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                                     const void *a, size_t a_stride);
