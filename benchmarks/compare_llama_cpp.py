@@ -64,8 +64,12 @@ def read_bandwidth(membw: str, threads: str, file: str | None = None) -> float:
 def rewrite(path: str, dest: str) -> None:
     """Writes path's bytes anew at dest (mtime kept), through a temporary file renamed into place."""
     tmp = dest + ".fresh-pages"
-    shutil.copy2(path, tmp)
-    os.replace(tmp, dest)
+    try:
+        shutil.copy2(path, tmp)
+        os.replace(tmp, dest)
+    finally:  # interrupted or disk full: no copy left beside the file
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def main():
@@ -92,7 +96,8 @@ def main():
             if fresh_dir:
                 gguf = os.path.join(fresh_dir, os.path.basename(a.gguf))
                 rewrite(a.gguf, gguf)
-                rewrite(resolve(gguf), resolve(gguf))
+                llmr = resolve(gguf)
+                rewrite(llmr, llmr)
             run_round(a, llama_bench, membw, gguf, rates, gbs)
     finally:
         if fresh_dir:
