@@ -21,7 +21,8 @@ machine memory's speed differs from page to page (on this project's Zen 4 VM the
 `--fresh-pages` takes the page placement out of the comparison: at the start of each round both
 files are written anew at the same moment (the GGUF copied into a temporary folder beside it,
 under its own name and mtime, which llmrun's cache resolves to the same .llmr; the .llmr
-rewritten in place), so that both tools read pages the machine has just placed.
+rewritten in place) and dropped from the page cache, so that both tools read pages the machine
+has just placed, in the folios their own maps ask for (llmrun.format.drop_cached_pages).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from llmrun.format import drop_cached_pages
 from llmrun.store import resolve
 
 
@@ -98,6 +100,8 @@ def main():
                 rewrite(a.gguf, gguf)
                 llmr = resolve(gguf)
                 rewrite(llmr, llmr)
+                for path in (gguf, llmr):  # each read back in the folios its tool's map asks for
+                    drop_cached_pages(path)
             run_round(a, llama_bench, membw, gguf, rates, gbs)
     finally:
         if fresh_dir:

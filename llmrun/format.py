@@ -233,6 +233,24 @@ def write(path: str, metadata: dict, tokenizer_blob: bytes, tensors: list[Pendin
         crc = zlib.crc32(index, zlib.crc32(tokenizer_blob, zlib.crc32(meta, zlib.crc32(header[:CHECKSUM_OFFSET]))))
         f.seek(0)
         f.write(header[:CHECKSUM_OFFSET] + struct.pack("<I", crc) + meta + tokenizer_blob + index)
+    drop_cached_pages(path)
+
+
+def drop_cached_pages(path: str) -> None:
+    """Drops a written (and fsynced, so clean) file's pages from the page cache, so that its next
+    map, which asks for huge pages (LlmrFile), reads it back in 2 MiB folios. A write leaves
+    mostly small ones, each a TLB entry of its own, and decode reads every weight once a token:
+    on Zen 4 (Linux 6.18, ext4), a 1B q4_k_m file's cached pages read at 24.8 GB/s on one core
+    as written and 32.5 once read back this way (40 -> 50 GB/s on two); its decode matmuls went
+    from 39 to 33 ms a token. The price: the first load reads the file from disk. A no-op where
+    the platform has no posix_fadvise."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -266,7 +284,12 @@ class LlmrFile:
             size = os.fstat(f.fileno()).st_size
             head = f.read(HEADER_SIZE)
             self._check_header(head, size)
-            self.mm = _read_into_huge_pages(f, size) if huge_pages else mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            if huge_pages:
+                self.mm = _read_into_huge_pages(f, size)
+            else:
+                self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                if hasattr(mmap, "MADV_HUGEPAGE"):  # pages read in from here on come in 2 MiB folios
+                    self.mm.madvise(mmap.MADV_HUGEPAGE)  # (drop_cached_pages says why)
         fields = HEADER.unpack(head)
         meta_off, meta_size, tok_off, tok_size, index_off, index_size, self.data_offset, data_size = fields[7:15]
         meta = self.mm[meta_off:meta_off + meta_size]

@@ -339,7 +339,8 @@ def load(path, huge_pages: bool | None = None, backend: str | None = None) -> Mo
     with huggingface_hub) is converted into the model cache on first use (see llmrun.store) and
     loaded from there. `huge_pages` (default: the environment
     variable LLMRUN_HUGEPAGES=1) copies the file into memory backed by transparent huge pages,
-    a few percent faster decode for twice the memory (llmrun.format._read_into_huge_pages).
+    for a file whose cached pages are small (llmrun.format._read_into_huge_pages; a file llmrun
+    wrote is read back into huge pages anyway: llmrun.format.drop_cached_pages).
     `backend` is "cpu", "webgpu" or "cuda" (default: the environment variable LLMRUN_BACKEND, else cpu)."""
     from .store import resolve
     path = resolve(str(path), download=True)

@@ -228,3 +228,49 @@ def test_huge_pages_copy_reads_the_same_tensors(good):
         assert a.data.tobytes() == b.data.tobytes() and not b.data.flags.writeable
     assert copied.file.verify() == []
     np.testing.assert_array_equal(mapped.logits([1, 2, 3]), copied.logits([1, 2, 3]))
+
+
+def _pmd_mapped_kib(f: fmt.LlmrFile) -> int:
+    """FilePmdMapped of f's map in /proc/self/smaps, its data touched first: KiB mapped by 2 MiB pages."""
+    data = np.frombuffer(f.mm, np.uint8)
+    int(data[::4096].sum())
+    start, found = data.ctypes.data, False
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            found = lo <= start < hi
+        elif found and head == "FilePmdMapped:":
+            return int(line.split()[1])
+    return 0
+
+
+def _huge_folios_possible(path) -> bool:
+    """Whether this kernel and filesystem read path back into 2 MiB folios when a map asks."""
+    enabled = "/sys/kernel/mm/transparent_hugepage/enabled"
+    if not (os.path.exists("/proc/self/smaps") and os.path.exists(enabled)) or "[never]" in open(enabled).read():
+        return False
+    fmt.drop_cached_pages(str(path))
+    return _pmd_mapped_kib(fmt.LlmrFile(path)) > 0
+
+
+def test_written_file_is_read_back_in_huge_pages(tmp_path):
+    """write() leaves the file out of the page cache, so the map reads it back in 2 MiB folios
+    (decode reads every weight once a token; drop_cached_pages says what it gains); a write
+    in 256 KiB pieces leaves small ones."""
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((1024, 4096)).astype(np.float32)  # 16 MiB
+
+    def write(path):
+        fmt.write(str(path), {"model": "x"}, b"tok",
+                  [fmt.PendingTensor("w", llmrun.quant.qtype("f32"), weight.shape, lambda: (weight[i:i + 16] for i in range(0, 1024, 16)))])
+
+    control = tmp_path / "control.llmr"
+    write(control)
+    if not _huge_folios_possible(control):
+        pytest.skip("this kernel or filesystem keeps no huge folios of file pages")
+    path = tmp_path / "w.llmr"
+    write(path)
+    f = fmt.LlmrFile(path)
+    assert _pmd_mapped_kib(f) >= 8 * 1024
+    np.testing.assert_array_equal(f.tensor("w").numpy(), weight)
