@@ -13,13 +13,14 @@
  * |hi pair| <= 2 * 128 * 31 less still, so nothing saturates or wraps. A group ends in one
  * vpmaddwd of each plane, with ones and with 256, into the sub-block's int32 sum, exact.
  *
- * Super-blocks outermost: each one's rows' d sc and dmin m are unpacked once (floats, per half
- * of 8 rows) for up to Q16B_TOKENS tokens, whose running sums wait in memory; the tokens meet it
- * in tiles of up to Q4K_TILE, each half of the rows in turn. Per sub-block one FMA of the sum
- * with d sc times the block's da, and one of dmin m with its s into the offsets, taken off at
- * the end. A lane's operations and their order do not depend on t or the tile, so a token's
- * result is the same bits whatever t. Error against float64: as the VNNI kernel's, within
- * (nb + 4) u M, inside X16_DOT_BOUND(nb). */
+ * Super-blocks outermost: each one's rows' sc and m are unpacked once (floats, per half of 8
+ * rows) for up to Q16B_TOKENS tokens, whose running sums wait in memory; the tokens meet it in
+ * tiles of up to Q4K_TILE, each half of the rows in turn. Per sub-block one FMA of the sum with
+ * sc times the block's da, and one of m with its s, into the super-block's sums; those go into
+ * the running sums times the rows' d and dmin, the offsets taken off at the end (as in the VNNI
+ * kernel, which says what that saves). A lane's operations and their order do not depend on t
+ * or the tile, so a token's result is the same bits whatever t. Error against float64: as the
+ * VNNI kernel's, within (nb / 8 + 11) u M, inside X16_DOT_BOUND(nb). */
 #include "gemm_x16_q16b_avx2.h"
 #include "gemm_x16.h"
 
@@ -27,15 +28,13 @@
  * int16 ones) beside the quant word, the broadcasts and the constants. */
 #define Q4K_TILE 4
 
-/* The rows' d sc (dsc[j][h]) and dmin m (dmm[j][h]) of sub-block j, half h (rows 8h .. 8h + 7):
+/* The rows' sc (sc_f[j][h]) and m (m_f[j][h]) of sub-block j as floats, half h (rows 8h .. 8h + 7):
  * q4_k's 6-bit scales and mins (x16_q4k_scales in gemm_x16.h, the same bytes) unpacked on whole
  * words, each lane a row's three packed words. */
-ALWAYS_INLINE void q4k_scales(const uint8_t *g, __m256 dsc[8][2], __m256 dmm[8][2]) {
+ALWAYS_INLINE void q4k_scales(const uint8_t *g, __m256 sc_f[8][2], __m256 m_f[8][2]) {
     const __m256i m6 = _mm256_set1_epi32(0x3f3f3f3f), m4 = _mm256_set1_epi32(0x0f0f0f0f),
                   top2 = _mm256_set1_epi32(0x30303030), byte = _mm256_set1_epi32(0xFF);
     for (int h = 0; h < 2; h++) {
-        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(g + 16 * h)));
-        const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(g + X16_Q4K_DMIN + 16 * h)));
         const uint8_t *s = g + X16_Q4K_SCALES + 32 * h;
         const __m256i w0 = _mm256_loadu_si256((const __m256i *)s), w1 = _mm256_loadu_si256((const __m256i *)(s + 64)),
                       w2 = _mm256_loadu_si256((const __m256i *)(s + 128));
@@ -46,8 +45,8 @@ ALWAYS_INLINE void q4k_scales(const uint8_t *g, __m256 dsc[8][2], __m256 dmm[8][
                                                _mm256_and_si256(_mm256_srli_epi32(w1, 2), top2))};
         for (int j = 0; j < 8; j++) {
             const __m128i shift = _mm_cvtsi32_si128(8 * (j % 4));
-            dsc[j][h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srl_epi32(sc[j / 4], shift), byte)));
-            dmm[j][h] = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srl_epi32(mn[j / 4], shift), byte)));
+            sc_f[j][h] = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srl_epi32(sc[j / 4], shift), byte));
+            m_f[j][h] = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srl_epi32(mn[j / 4], shift), byte));
         }
     }
 }
@@ -69,12 +68,12 @@ ALWAYS_INLINE __m256i q4k_quants(const int q5, const uint8_t *g, int p, int s, i
 
 /* T tokens' sums += the super-block at g (q4_k, or q5_k where q5) against their activation
  * blocks ys[i][0 .. 8), half h of the rows. */
-ALWAYS_INLINE void q4k_tile(const int T, const int q5, const uint8_t *g, int h, const __m256 dsc[8][2],
-                            const __m256 dmm[8][2], const block_q16_b *const *ys, q16b_sums *sums) {
+ALWAYS_INLINE void q4k_tile(const int T, const int q5, const uint8_t *g, int h, const __m256 sc_f[8][2],
+                            const __m256 m_f[8][2], const block_q16_b *const *ys, q16b_sums *sums) {
     const int G = q5 ? 2 : 4; /* words per int16 group (the bounds above) */
-    /* One token's running sums stay in registers for the super-block; more tokens' in memory,
-     * where they leave the registers to the sums (the operations are the same) */
-    __m256 acc = sums[0].acc[h], off = sums[0].off[h];
+    __m256 acc[Q4K_TILE], off[Q4K_TILE]; /* the super-block's sums, before d and dmin */
+    for (int i = 0; i < T; i++)
+        acc[i] = off[i] = _mm256_setzero_ps();
     for (int p = 0; p < 4; p++)
         for (int s = 0; s < 2; s++) { /* sub-block j = 2p + s: nibble s of words 8p .. 8p + 7 */
             const int j = 2 * p + s;
@@ -100,14 +99,15 @@ ALWAYS_INLINE void q4k_tile(const int T, const int q5, const uint8_t *g, int h, 
             }
             for (int i = 0; i < T; i++) {
                 const block_q16_b *y = ys[i] + j;
-                __m256 *a = T == 1 ? &acc : &sums[i].acc[h], *o = T == 1 ? &off : &sums[i].off[h];
-                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[i]), _mm256_mul_ps(dsc[j][h], _mm256_set1_ps(y->d)), *a);
-                *o = _mm256_fmadd_ps(dmm[j][h], _mm256_set1_ps(y->s), *o);
+                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[i]), _mm256_mul_ps(sc_f[j][h], _mm256_set1_ps(y->d)), acc[i]);
+                off[i] = _mm256_fmadd_ps(m_f[j][h], _mm256_set1_ps(y->s), off[i]);
             }
         }
-    if (T == 1) {
-        sums[0].acc[h] = acc;
-        sums[0].off[h] = off;
+    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(g + 16 * h)));
+    const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(g + X16_Q4K_DMIN + 16 * h)));
+    for (int i = 0; i < T; i++) {
+        sums[i].acc[h] = _mm256_fmadd_ps(d, acc[i], sums[i].acc[h]);
+        sums[i].off[h] = _mm256_fmadd_ps(dmin, off[i], sums[i].off[h]);
     }
 }
 
@@ -121,18 +121,18 @@ ALWAYS_INLINE void gemm_tokens(const int q5, int64_t nsb, int64_t t, float *out,
     for (int64_t b = 0; b < nsb; b++) {
         const uint8_t *g = w + b * block;
         q16b_prefetch(g, block);
-        __m256 dsc[8][2], dmm[8][2];
-        q4k_scales(g, dsc, dmm);
+        __m256 sc_f[8][2], m_f[8][2];
+        q4k_scales(g, sc_f, m_f);
         for (int64_t ti = 0; ti < t; ti += Q4K_TILE) {
             const block_q16_b *ys[Q4K_TILE];
             const int n = t - ti < Q4K_TILE ? (int)(t - ti) : Q4K_TILE;
             q16b_token_blocks(a, a_stride, ti, n, b, ys);
             for (int h = 0; h < 2; h++)
                 switch (n) {
-                case 4: q4k_tile(4, q5, g, h, dsc, dmm, ys, sums + ti); break;
-                case 3: q4k_tile(3, q5, g, h, dsc, dmm, ys, sums + ti); break;
-                case 2: q4k_tile(2, q5, g, h, dsc, dmm, ys, sums + ti); break;
-                default: q4k_tile(1, q5, g, h, dsc, dmm, ys, sums + ti); break;
+                case 4: q4k_tile(4, q5, g, h, sc_f, m_f, ys, sums + ti); break;
+                case 3: q4k_tile(3, q5, g, h, sc_f, m_f, ys, sums + ti); break;
+                case 2: q4k_tile(2, q5, g, h, sc_f, m_f, ys, sums + ti); break;
+                default: q4k_tile(1, q5, g, h, sc_f, m_f, ys, sums + ti); break;
                 }
         }
     }
