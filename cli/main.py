@@ -303,9 +303,9 @@ def quantize(src: str = typer.Argument(..., help="a .llmr file, Hugging Face che
              allow_requantize: bool = typer.Option(False, "--allow-requantize",
                                                    help="quantise tensors that are already quantised"),
              calibrate: Optional[str] = typer.Option(None, "--calibrate",
-                                                     help="a text to measure activations on: the 4- and 5-bit "
-                                                          "types' and the k-quants' scales then minimise the "
-                                                          "error weighted by them"),
+                                                     help="a text to measure activations on: the scales of every "
+                                                          "quantised type but q8_0 then minimise the error "
+                                                          "weighted by them"),
              calibrate_chunks: int = typer.Option(16, "--calibrate-chunks", min=1,
                                                   help="512-token chunks of the --calibrate text to run")):
     """Quantise a model by a per-tensor policy: norms f32, embeddings and output head one step up,

@@ -85,15 +85,21 @@ def quantize_weights(name: str, values, t: QType, policy: Policy | None = None):
     """What the converters call: float32 rows [rows, n] of tensor `name` -> bytes of type t,
     after refusing NaN, infinity and what f16 cannot hold (reference.check_weights);
     importance-weighted where `policy` is calibrated and the type has a calibrated quantiser
-    (quant/calibrate.py), else the reference quantiser: for iq4_nl its C twin
-    (kernels/cpu/quants_ref.c, the same bytes, tests/test_kernels.py), as numpy's search of 16
-    grids per block took SmolLM2-135M three minutes, the C about six times less."""
+    (quant/calibrate.py), else the plain one (quantize_plain)."""
     from .calibrate import weighted_quantizer
-    from .reference import check_weights, quantize
+    from .reference import check_weights
     check_weights(values, t)
     weighted = weighted_quantizer(t)
     if weighted and policy and policy.importance and name in policy.importance:
         return weighted(values, policy.importance[name])
+    return quantize_plain(values, t)
+
+
+def quantize_plain(values, t: QType):
+    """float32 rows [..., n] -> bytes of type t by the reference quantiser; for iq4_nl by its C
+    twin (kernels/cpu/quants_ref.c, the same bytes, tests/test_kernels.py), as numpy's search of
+    16 grids per block took SmolLM2-135M three minutes, the C about six times less."""
+    from .reference import quantize
     if t is IQ4_NL:
         import numpy as np
 

@@ -346,12 +346,13 @@ def _pack_2bit(L: np.ndarray) -> np.ndarray:
     return (q[:, :, 0] | q[:, :, 1] << 2 | q[:, :, 2] << 4 | q[:, :, 3] << 6).reshape(-1, 64)
 
 
-def _make_q3_quants(x: np.ndarray, nmax: int):
+def _make_q3_quants(x: np.ndarray, nmax: int, importance: np.ndarray | None = None):
     """make_q3_quants(n, nmax, x, L, do_rmse = true) on each row of x [M, n]: the grid of
     -nmax / max (max the value of largest magnitude), then up to five passes that move one quant
     at a time where that improves the x^2-weighted least-squares fit -> (scale [M], L [M, n]
     uint8, l + nmax). A pass that changes nothing ends the C's loop; further passes would change
-    nothing either, so all rows take five."""
+    nothing either, so all rows take five. `importance` (float32 [M, n]; the calibrated
+    quantiser's) multiplies the weights."""
     f = np.float32
     n = x.shape[1]
     amax = np.zeros(x.shape[0], f)
@@ -364,7 +365,7 @@ def _make_q3_quants(x: np.ndarray, nmax: int):
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # zero rows: masked below
         iscale = f(-nmax) / top
         L = np.clip(_nearest_int(iscale[:, None] * x), -nmax, nmax - 1).astype(f)
-        w = x * x
+        w = x * x if importance is None else x * x * importance
         sumlx = np.zeros_like(iscale)
         suml2 = np.zeros_like(iscale)
         for i in range(n):
@@ -387,12 +388,15 @@ def _make_q3_quants(x: np.ndarray, nmax: int):
     return scale, L.astype(np.uint8)
 
 
-def _quantize_q3_k(b: np.ndarray, lead) -> np.ndarray:
-    """b float32 [..., nb, 256] -> the q3_k bytes [..., nb * 110]."""
+def _quantize_q3_k(b: np.ndarray, lead, importance: np.ndarray | None = None, grid: float = 0.0) -> np.ndarray:
+    """b float32 [..., nb, 256] -> the q3_k bytes [..., nb * 110]. The calibrated quantiser
+    (quant/calibrate.py) varies it: `importance` (float32, b's shape) multiplies each value's
+    weight in the sub-block fits, and `grid` puts the largest 6-bit scale at -(32 + grid)
+    (clipped to -32) rather than -32."""
     f = np.float32
     sb = b.reshape(-1, 16, 16)  # [S, 16 sub-blocks, 16]
     S = sb.shape[0]
-    scales, L = _make_q3_quants(sb.reshape(-1, 16), 4)
+    scales, L = _make_q3_quants(sb.reshape(-1, 16), 4, None if importance is None else importance.reshape(-1, 16))
     scales, L = scales.reshape(S, 16), L.reshape(S, 16, 16)
     amax = np.zeros(S, f)  # `if (|v| > amax)` from 0: the first of equal magnitudes
     max_scale = np.zeros(S, f)
@@ -402,7 +406,7 @@ def _quantize_q3_k(b: np.ndarray, lead) -> np.ndarray:
         max_scale = np.where(bigger, scales[:, j], max_scale)
     live = max_scale != 0
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        iscale = f(-32) / max_scale
+        iscale = f(-32 - grid) / max_scale
         l = np.where(live[:, None], np.clip(_nearest_int(iscale[:, None] * scales), -32, 31) + 32, 0).astype(np.uint8)
         d = np.where(live, f(1) / iscale, f(0)).astype(np.float16)
     # 6-bit scale j: low nibble in byte j % 8 (nibble j // 8), high two bits in byte 8 + j % 4
@@ -424,13 +428,18 @@ def _quantize_q3_k(b: np.ndarray, lead) -> np.ndarray:
     return out.reshape(*lead, -1)
 
 
-def _quantize_q2_k(b: np.ndarray, lead) -> np.ndarray:
-    """b float32 [..., nb, 256] -> the q2_k bytes [..., nb * 84]."""
+def _quantize_q2_k(b: np.ndarray, lead, importance: np.ndarray | None = None, rmin: float = -0.5,
+                   rdelta: float = 0.1, nstep: int = 15, grid: float = 0.0) -> np.ndarray:
+    """b float32 [..., nb, 256] -> the q2_k bytes [..., nb * 84]. The calibrated quantiser
+    (quant/calibrate.py) varies it: `importance` (float32, b's shape) multiplies each value's
+    weight in the sub-block fits, `rmin`, `rdelta` and `nstep` move the search, and `grid` puts
+    the largest 4-bit scale and min at 15 + grid (clipped to 15) rather than 15."""
     f = np.float32
     sb = b.reshape(-1, 16, 16)  # [S, 16 sub-blocks, 16]
     S = sb.shape[0]
     xs = sb.reshape(-1, 16)
-    scales, mins, L = _make_qkx2_quants(xs, np.abs(xs), 3, -0.5, 0.1, 15, use_mad=True)
+    weights = np.abs(xs) if importance is None else np.abs(xs) * importance.reshape(-1, 16).astype(f)
+    scales, mins, L = _make_qkx2_quants(xs, weights, 3, rmin, rdelta, nstep, use_mad=True)
     scales, mins, L = scales.reshape(S, 16), mins.reshape(S, 16), L.reshape(S, 16, 16)
     max_scale = np.zeros(S, f)  # `if (v > max)` from +0
     max_min = np.zeros(S, f)
@@ -439,10 +448,11 @@ def _quantize_q2_k(b: np.ndarray, lead) -> np.ndarray:
         max_min = np.where(mins[:, j] > max_min, mins[:, j], max_min)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         # 4-bit codes of each scale and min (the C stores the int unclamped: & 0xFF as a byte)
-        ls = np.where((max_scale > 0)[:, None], _nearest_int((f(15) / max_scale)[:, None] * scales), 0)
-        lm = np.where((max_min > 0)[:, None], _nearest_int((f(15) / max_min)[:, None] * mins), 0)
-        d = np.where(max_scale > 0, max_scale / f(15), f(0)).astype(np.float16)
-        dmin = np.where(max_min > 0, max_min / f(15), f(0)).astype(np.float16)
+        top = f(15 + grid)
+        ls = np.where((max_scale > 0)[:, None], np.minimum(15, _nearest_int((top / max_scale)[:, None] * scales)), 0)
+        lm = np.where((max_min > 0)[:, None], np.minimum(15, _nearest_int((top / max_min)[:, None] * mins)), 0)
+        d = np.where(max_scale > 0, max_scale / top, f(0)).astype(np.float16)
+        dmin = np.where(max_min > 0, max_min / top, f(0)).astype(np.float16)
     codes = ((ls & 0xFF) | (lm << 4) & 0xFF).astype(np.uint8)  # [S, 16]
     dq = d.astype(f)[:, None] * (codes & 0xF).astype(f)
     dm = dmin.astype(f)[:, None] * (codes >> 4).astype(f)
@@ -511,8 +521,10 @@ def _iq4_nl_fit(b: np.ndarray, w: np.ndarray, iscale: np.ndarray):
     return sumqx, sumq2
 
 
-def _quantize_iq4_nl(b: np.ndarray, lead) -> np.ndarray:
-    """b float32 [..., nb, 32] -> the iq4_nl bytes [..., nb * 18]."""
+def _quantize_iq4_nl(b: np.ndarray, lead, importance: np.ndarray | None = None, square: bool = True) -> np.ndarray:
+    """b float32 [..., nb, 32] -> the iq4_nl bytes [..., nb * 18]. The calibrated quantiser
+    (quant/calibrate.py) varies it: `importance` (float32, b's shape) multiplies each value's
+    weight in the fits, its square, or (not `square`) stands for it."""
     f = np.float32
     x = b.reshape(-1, 32)
     amax = np.zeros(x.shape[0], f)
@@ -522,7 +534,9 @@ def _quantize_iq4_nl(b: np.ndarray, lead) -> np.ndarray:
         amax = np.where(bigger, np.abs(x[:, j]), amax)
         top = np.where(bigger, x[:, j], top)
     zero = amax < GROUP_MAX_EPS  # scale 0
-    w = x * x  # no importance matrix: each value weighs its square
+    w = x * x  # without an importance matrix each value weighs its square
+    if importance is not None:
+        w = w * importance.reshape(-1, 32) if square else np.ascontiguousarray(importance.reshape(-1, 32), dtype=f)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
         # the largest magnitude on the end level -127, then 15 grids around it, the best kept
         sumqx, sumq2 = _iq4_nl_fit(x, w, f(1) / (-top / f(-127)))

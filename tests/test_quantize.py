@@ -108,9 +108,9 @@ def test_a_quantised_gguf_is_not_requantised_silently(tmp_path):
     assert not (tmp_path / "q4_0.llmr").exists()
 
 
-# --- calibrated q4_0 ---------------------------------------------------------------------------
+# --- calibrated quantisers ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"])
+@pytest.mark.parametrize("name", ["q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl"])
 def test_weighted_quantizer_lowers_the_weighted_error_and_keeps_the_format(name):
     import numpy as np
     from llmrun.quant import reference as ref
@@ -128,7 +128,7 @@ def test_weighted_quantizer_lowers_the_weighted_error_and_keeps_the_format(name)
         return e.reshape(64, -1, t.block_size).sum(axis=-1) if axis else float(e.sum())
 
     assert weighted_error(cal) < (0.9 if t.block_size == 32 else 0.95) * weighted_error(plain)
-    if t.block_size > 32:  # each super-block the best of variants that include the plain quantiser's
+    if t.block_size > 32 or name == "iq4_nl":  # each block the best of variants that include the plain quantiser's
         assert (weighted_error(cal, axis=True) <= weighted_error(plain, axis=True)).all()
     zero = np.zeros((1, t.block_size), np.float32)
     np.testing.assert_array_equal(ref.dequantize(weighted(zero, np.ones(t.block_size)), t, t.block_size), zero)
