@@ -252,11 +252,12 @@ def q4_k_fields(blocks: np.ndarray):
 GROUP_MAX_EPS = np.float32(1e-15)  # ggml's: a sub-block (or super-block) of smaller values counts as zero
 
 
-def _make_qx_quants(x: np.ndarray, nmax: int, importance: np.ndarray | None = None):
+def _make_qx_quants(x: np.ndarray, nmax: int, importance: np.ndarray | None = None, weights: np.ndarray | None = None):
     """make_qx_quants(n, nmax, x, L, rmse_type = 1, qw = NULL) on each row of x [M, n]: the
     signed scale of the best of 19 trial grids, each scored by the least-squares fit of x to
     scale * l (l in -nmax .. nmax - 1) weighted by x^2 -> (scale [M], L [M, n] uint8, l + nmax).
-    `importance` (float32 [M, n]; the calibrated quantiser's) multiplies the weights."""
+    `importance` (float32 [M, n]; the calibrated quantiser's) multiplies the weights; `weights`
+    (float32 [M, n]) replaces them."""
     f = np.float32
     n = x.shape[1]
     amax = np.zeros(x.shape[0], f)
@@ -273,7 +274,8 @@ def _make_qx_quants(x: np.ndarray, nmax: int, importance: np.ndarray | None = No
         sumlx = np.zeros_like(iscale)
         suml2 = np.zeros_like(iscale)
         for i in range(n):
-            w = x[:, i] * x[:, i] if importance is None else x[:, i] * x[:, i] * importance[:, i]
+            w = (weights[:, i] if weights is not None else x[:, i] * x[:, i] if importance is None
+                 else x[:, i] * x[:, i] * importance[:, i])
             sumlx = sumlx + w * x[:, i] * l[:, i]
             suml2 = suml2 + w * l[:, i] * l[:, i]
         return l, sumlx, suml2
@@ -388,15 +390,27 @@ def _make_q3_quants(x: np.ndarray, nmax: int, importance: np.ndarray | None = No
     return scale, L.astype(np.uint8)
 
 
-def _quantize_q3_k(b: np.ndarray, lead, importance: np.ndarray | None = None, grid: float = 0.0) -> np.ndarray:
+def _quantize_q3_k(b: np.ndarray, lead, importance: np.ndarray | None = None, grid: float = 0.0,
+                   search: bool = False) -> np.ndarray:
     """b float32 [..., nb, 256] -> the q3_k bytes [..., nb * 110]. The calibrated quantiser
     (quant/calibrate.py) varies it: `importance` (float32, b's shape) multiplies each value's
     weight in the sub-block fits, and `grid` puts the largest 6-bit scale at -(32 + grid)
-    (clipped to -32) rather than -32."""
+    (clipped to -32) rather than -32. With `search` (and `importance`) each sub-block's scale is
+    instead the best of make_qx_quants' 19 grids, each value weighted by its importance times
+    sqrt(sigma^2 + x^2) (sigma^2: twice the super-block's mean square, as imatrix quantisers
+    weigh), and the 16 scales are put on the 6-bit grid by the same search, each weighted by
+    its sub-block's summed weight."""
     f = np.float32
     sb = b.reshape(-1, 16, 16)  # [S, 16 sub-blocks, 16]
     S = sb.shape[0]
-    scales, L = _make_q3_quants(sb.reshape(-1, 16), 4, None if importance is None else importance.reshape(-1, 16))
+    sw = None
+    if search and importance is not None:
+        sigma2 = f(2) * (sb.reshape(S, 256) ** 2).mean(axis=-1, dtype=f)
+        w = importance.reshape(S, 16, 16).astype(f) * np.sqrt(sigma2[:, None, None] + sb * sb)
+        scales, L = _make_qx_quants(sb.reshape(-1, 16), 4, weights=w.reshape(-1, 16))
+        sw = w.sum(axis=-1, dtype=f)  # [S, 16]
+    else:
+        scales, L = _make_q3_quants(sb.reshape(-1, 16), 4, None if importance is None else importance.reshape(-1, 16))
     scales, L = scales.reshape(S, 16), L.reshape(S, 16, 16)
     amax = np.zeros(S, f)  # `if (|v| > amax)` from 0: the first of equal magnitudes
     max_scale = np.zeros(S, f)
@@ -406,9 +420,13 @@ def _quantize_q3_k(b: np.ndarray, lead, importance: np.ndarray | None = None, gr
         max_scale = np.where(bigger, scales[:, j], max_scale)
     live = max_scale != 0
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        iscale = f(-32 - grid) / max_scale
-        l = np.where(live[:, None], np.clip(_nearest_int(iscale[:, None] * scales), -32, 31) + 32, 0).astype(np.uint8)
-        d = np.where(live, f(1) / iscale, f(0)).astype(np.float16)
+        if sw is not None:
+            d, l = _make_qx_quants(scales, 32, weights=sw)
+            l, d = np.where(live[:, None], l, 0).astype(np.uint8), np.where(live, d, f(0)).astype(np.float16)
+        else:
+            iscale = f(-32 - grid) / max_scale
+            l = np.where(live[:, None], np.clip(_nearest_int(iscale[:, None] * scales), -32, 31) + 32, 0).astype(np.uint8)
+            d = np.where(live, f(1) / iscale, f(0)).astype(np.float16)
     # 6-bit scale j: low nibble in byte j % 8 (nibble j // 8), high two bits in byte 8 + j % 4
     # (bits 2 (j // 4)); a dead block's bytes are all zero
     packed = np.zeros((S, 12), np.uint8)
@@ -428,18 +446,47 @@ def _quantize_q3_k(b: np.ndarray, lead, importance: np.ndarray | None = None, gr
     return out.reshape(*lead, -1)
 
 
+def _fit_codes(v: np.ndarray, w: np.ndarray, nmax: int):
+    """Non-negative values v [M, n] on a grid d * l, l in 0 .. nmax, least weighted squared error
+    (weights w [M, n]): of the grids nmax / max (and 18 around it, steps of a tenth) each values'
+    codes and then d by weighted least squares, the best kept -> (d float16 [M], l uint8 [M, n])."""
+    f = np.float32
+    vmax = v.max(axis=-1)
+    best_err = np.full(v.shape[0], np.inf, f)
+    d, l = np.zeros(v.shape[0], np.float16), np.zeros(v.shape, np.uint8)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for step in range(-9, 10):
+            lc = np.clip(_nearest_int(((f(nmax) + f(0.1) * f(step)) / vmax)[:, None] * v), 0, nmax).astype(f)
+            den = (w * lc * lc).sum(axis=-1, dtype=f)
+            dc = np.where(den > 0, (w * v * lc).sum(axis=-1, dtype=f) / den, f(0)).astype(np.float16)
+            err = (w * (v - dc.astype(f)[:, None] * lc) ** 2).sum(axis=-1, dtype=f)
+            better = (vmax > 0) & (err < best_err)
+            best_err = np.where(better, err, best_err)
+            d, l = np.where(better, dc, d), np.where(better[:, None], lc, l).astype(np.uint8)
+    return d, l
+
+
 def _quantize_q2_k(b: np.ndarray, lead, importance: np.ndarray | None = None, rmin: float = -0.5,
-                   rdelta: float = 0.1, nstep: int = 15, grid: float = 0.0) -> np.ndarray:
+                   rdelta: float = 0.1, nstep: int = 15, grid: float = 0.0, search: bool = False) -> np.ndarray:
     """b float32 [..., nb, 256] -> the q2_k bytes [..., nb * 84]. The calibrated quantiser
     (quant/calibrate.py) varies it: `importance` (float32, b's shape) multiplies each value's
     weight in the sub-block fits, `rmin`, `rdelta` and `nstep` move the search, and `grid` puts
-    the largest 4-bit scale and min at 15 + grid (clipped to 15) rather than 15."""
+    the largest 4-bit scale and min at 15 + grid (clipped to 15) rather than 15. With `search`
+    (and `importance`), each value weighs its importance times sqrt(sigma^2 + x^2) (sigma^2: the
+    super-block's mean square), the sub-block fits score squared errors, and the 16 scales and
+    16 mins are put on their 4-bit grids by _fit_codes, each weighted by its sub-block's summed
+    weight."""
     f = np.float32
     sb = b.reshape(-1, 16, 16)  # [S, 16 sub-blocks, 16]
     S = sb.shape[0]
     xs = sb.reshape(-1, 16)
-    weights = np.abs(xs) if importance is None else np.abs(xs) * importance.reshape(-1, 16).astype(f)
-    scales, mins, L = _make_qkx2_quants(xs, weights, 3, rmin, rdelta, nstep, use_mad=True)
+    searched = search and importance is not None
+    if searched:
+        sigma2 = (sb.reshape(S, 256) ** 2).mean(axis=-1, dtype=f)
+        weights = (importance.reshape(S, 16, 16).astype(f) * np.sqrt(sigma2[:, None, None] + sb * sb)).reshape(-1, 16)
+    else:
+        weights = np.abs(xs) if importance is None else np.abs(xs) * importance.reshape(-1, 16).astype(f)
+    scales, mins, L = _make_qkx2_quants(xs, weights, 3, rmin, rdelta, nstep, use_mad=not searched)
     scales, mins, L = scales.reshape(S, 16), mins.reshape(S, 16), L.reshape(S, 16, 16)
     max_scale = np.zeros(S, f)  # `if (v > max)` from +0
     max_min = np.zeros(S, f)
@@ -453,6 +500,10 @@ def _quantize_q2_k(b: np.ndarray, lead, importance: np.ndarray | None = None, rm
         lm = np.where((max_min > 0)[:, None], np.minimum(15, _nearest_int((top / max_min)[:, None] * mins)), 0)
         d = np.where(max_scale > 0, max_scale / top, f(0)).astype(np.float16)
         dmin = np.where(max_min > 0, max_min / top, f(0)).astype(np.float16)
+    if searched:
+        sw = weights.reshape(S, 16, 16).sum(axis=-1, dtype=f)
+        d, ls = _fit_codes(scales, sw, 15)
+        dmin, lm = _fit_codes(mins, sw, 15)
     codes = ((ls & 0xFF) | (lm << 4) & 0xFF).astype(np.uint8)  # [S, 16]
     dq = d.astype(f)[:, None] * (codes & 0xF).astype(f)
     dm = dmin.astype(f)[:, None] * (codes >> 4).astype(f)
