@@ -42,8 +42,7 @@ ALWAYS_INLINE __m256i q16b_fold_hi(__m256i sum, __m256i hi16) {
     return _mm256_add_epi32(sum, _mm256_madd_epi16(hi16, _mm256_set1_epi16(256)));
 }
 ALWAYS_INLINE __m256i q16b_fold(__m256i sum, __m256i lo16, __m256i hi16) {
-    return _mm256_add_epi32(sum, _mm256_add_epi32(_mm256_madd_epi16(lo16, _mm256_set1_epi16(1)),
-                                                  _mm256_madd_epi16(hi16, _mm256_set1_epi16(256))));
+    return q16b_fold_hi(q16b_fold_lo(sum, lo16), hi16);
 }
 
 #endif
