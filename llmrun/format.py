@@ -246,11 +246,25 @@ def drop_cached_pages(path: str) -> None:
     the platform has no posix_fadvise."""
     if not hasattr(os, "posix_fadvise"):
         return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    try:  # only advice: a file written in full is not to be failed by it
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def advise(mm: mmap.mmap, flag: str) -> None:
+    """mm.madvise(mmap.<flag>) where the platform has it; a kernel built without transparent
+    huge pages refuses MADV_HUGEPAGE and MADV_NOHUGEPAGE (EINVAL), and advice it cannot take is
+    no reason to fail a load."""
+    if hasattr(mmap, flag):
+        try:
+            mm.madvise(getattr(mmap, flag))
+        except OSError:
+            pass
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -261,8 +275,7 @@ def _read_into_huge_pages(f, size: int) -> mmap.mmap:
     ones (a 1B-parameter q4_0 model: 41.6 -> 43.8 tok/s on one thread, 50.0 -> 52.1 on two).
     The price: a copy beside the page cache's, and reading the file at load."""
     mm = mmap.mmap(-1, size)
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        mm.madvise(mmap.MADV_HUGEPAGE)
+    advise(mm, "MADV_HUGEPAGE")
     f.seek(0)
     view, done = memoryview(mm), 0
     while done < size:
@@ -288,8 +301,7 @@ class LlmrFile:
                 self.mm = _read_into_huge_pages(f, size)
             else:
                 self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-                if hasattr(mmap, "MADV_HUGEPAGE"):  # pages read in from here on come in 2 MiB folios
-                    self.mm.madvise(mmap.MADV_HUGEPAGE)  # (drop_cached_pages says why)
+                advise(self.mm, "MADV_HUGEPAGE")  # pages read in from here on come in 2 MiB folios (drop_cached_pages)
         fields = HEADER.unpack(head)
         meta_off, meta_size, tok_off, tok_size, index_off, index_size, self.data_offset, data_size = fields[7:15]
         meta = self.mm[meta_off:meta_off + meta_size]

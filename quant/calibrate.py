@@ -143,7 +143,8 @@ def quantize_q5_1_weighted(x: np.ndarray, col_importance: np.ndarray) -> np.ndar
 # best kept, so no super-block comes out worse (by that measure) than without calibration.
 # q2_k and q3_k fit their sub-blocks with each value weighted by its importance times
 # sqrt(sigma^2 + x^2), as imatrix quantisers weigh, and put the sub-block scales (q2_k: and mins)
-# on the super-block's grid by a search weighted by the sub-blocks' summed weights (`search`):
+# on the super-block's grid by a search weighted by the sub-blocks' summed weights (q3_k's
+# `search`; q2_k's only calibrated fit):
 # with their plain fits merely importance-weighted, SmolLM2-135M's 30 w_down matrices in q3_k
 # (its q2_k mix), set into llama.cpp's imatrix-calibrated file in place of its own, took the
 # mean KLD on Pride and Prejudice from 0.1717 to 0.1957; with `search` to 0.1711. In q2_k
@@ -154,7 +155,7 @@ def quantize_q5_1_weighted(x: np.ndarray, col_importance: np.ndarray) -> np.ndar
 # each value's square or alone (the first 9% under the plain blocks' weighted error on random
 # rows, the second 13%, the best of them and the plain ones per block 14%).
 _K_VARIANTS = {
-    Q2_K: (_quantize_q2_k, [dict(rmin=-0.9, rdelta=0.05, nstep=36, search=True)]),
+    Q2_K: (_quantize_q2_k, [dict(rmin=-0.9, rdelta=0.05, nstep=36)]),
     Q3_K: (_quantize_q3_k, [dict(search=True), *(dict(grid=g) for g in (0.0, -0.3, 0.3, -0.6))]),
     Q4_K: (_quantize_q4_k, [dict(rmin=-0.9, rdelta=0.05, nstep=36, grid=g) for g in (0.0, -0.3, 0.3)]),
     Q5_K: (_quantize_q5_k, [dict(rmin=-0.9, rdelta=0.05, nstep=36, grid=g) for g in (0.0, -0.3, 0.3)]),

@@ -448,8 +448,8 @@ def _quantize_q3_k(b: np.ndarray, lead, importance: np.ndarray | None = None, gr
 
 def _fit_codes(v: np.ndarray, w: np.ndarray, nmax: int):
     """Non-negative values v [M, n] on a grid d * l, l in 0 .. nmax, least weighted squared error
-    (weights w [M, n]): of the grids nmax / max (and 18 around it, steps of a tenth) each values'
-    codes and then d by weighted least squares, the best kept -> (d float16 [M], l uint8 [M, n])."""
+    (weights w [M, n]): for the grid nmax / max and 18 around it (steps of a tenth), the values'
+    codes and then d by weighted least squares; the best kept -> (d float16 [M], l uint8 [M, n])."""
     f = np.float32
     vmax = v.max(axis=-1)
     best_err = np.full(v.shape[0], np.inf, f)
@@ -467,43 +467,40 @@ def _fit_codes(v: np.ndarray, w: np.ndarray, nmax: int):
 
 
 def _quantize_q2_k(b: np.ndarray, lead, importance: np.ndarray | None = None, rmin: float = -0.5,
-                   rdelta: float = 0.1, nstep: int = 15, grid: float = 0.0, search: bool = False) -> np.ndarray:
+                   rdelta: float = 0.1, nstep: int = 15) -> np.ndarray:
     """b float32 [..., nb, 256] -> the q2_k bytes [..., nb * 84]. The calibrated quantiser
-    (quant/calibrate.py) varies it: `importance` (float32, b's shape) multiplies each value's
-    weight in the sub-block fits, `rmin`, `rdelta` and `nstep` move the search, and `grid` puts
-    the largest 4-bit scale and min at 15 + grid (clipped to 15) rather than 15. With `search`
-    (and `importance`), each value weighs its importance times sqrt(sigma^2 + x^2) (sigma^2: the
-    super-block's mean square), the sub-block fits score squared errors, and the 16 scales and
-    16 mins are put on their 4-bit grids by _fit_codes, each weighted by its sub-block's summed
-    weight."""
+    (quant/calibrate.py) varies it: with `importance` (float32, b's shape) each value weighs its
+    importance times sqrt(sigma^2 + x^2) (sigma^2: the super-block's mean square), the sub-block
+    fits (`rmin`, `rdelta` and `nstep` move their search) score squared errors, and the 16
+    scales and 16 mins are put on their 4-bit grids by _fit_codes, each weighted by its
+    sub-block's summed weight."""
     f = np.float32
     sb = b.reshape(-1, 16, 16)  # [S, 16 sub-blocks, 16]
     S = sb.shape[0]
     xs = sb.reshape(-1, 16)
-    searched = search and importance is not None
-    if searched:
+    if importance is None:
+        weights = np.abs(xs)
+    else:
         sigma2 = (sb.reshape(S, 256) ** 2).mean(axis=-1, dtype=f)
         weights = (importance.reshape(S, 16, 16).astype(f) * np.sqrt(sigma2[:, None, None] + sb * sb)).reshape(-1, 16)
-    else:
-        weights = np.abs(xs) if importance is None else np.abs(xs) * importance.reshape(-1, 16).astype(f)
-    scales, mins, L = _make_qkx2_quants(xs, weights, 3, rmin, rdelta, nstep, use_mad=not searched)
+    scales, mins, L = _make_qkx2_quants(xs, weights, 3, rmin, rdelta, nstep, use_mad=importance is None)
     scales, mins, L = scales.reshape(S, 16), mins.reshape(S, 16), L.reshape(S, 16, 16)
-    max_scale = np.zeros(S, f)  # `if (v > max)` from +0
-    max_min = np.zeros(S, f)
-    for j in range(16):
-        max_scale = np.where(scales[:, j] > max_scale, scales[:, j], max_scale)
-        max_min = np.where(mins[:, j] > max_min, mins[:, j], max_min)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        # 4-bit codes of each scale and min (the C stores the int unclamped: & 0xFF as a byte)
-        top = f(15 + grid)
-        ls = np.where((max_scale > 0)[:, None], np.minimum(15, _nearest_int((top / max_scale)[:, None] * scales)), 0)
-        lm = np.where((max_min > 0)[:, None], np.minimum(15, _nearest_int((top / max_min)[:, None] * mins)), 0)
-        d = np.where(max_scale > 0, max_scale / top, f(0)).astype(np.float16)
-        dmin = np.where(max_min > 0, max_min / top, f(0)).astype(np.float16)
-    if searched:
+    if importance is not None:
         sw = weights.reshape(S, 16, 16).sum(axis=-1, dtype=f)
         d, ls = _fit_codes(scales, sw, 15)
         dmin, lm = _fit_codes(mins, sw, 15)
+    else:
+        max_scale = np.zeros(S, f)  # `if (v > max)` from +0
+        max_min = np.zeros(S, f)
+        for j in range(16):
+            max_scale = np.where(scales[:, j] > max_scale, scales[:, j], max_scale)
+            max_min = np.where(mins[:, j] > max_min, mins[:, j], max_min)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            # 4-bit codes of each scale and min (the C stores the int unclamped: & 0xFF as a byte)
+            ls = np.where((max_scale > 0)[:, None], _nearest_int((f(15) / max_scale)[:, None] * scales), 0)
+            lm = np.where((max_min > 0)[:, None], _nearest_int((f(15) / max_min)[:, None] * mins), 0)
+            d = np.where(max_scale > 0, max_scale / f(15), f(0)).astype(np.float16)
+            dmin = np.where(max_min > 0, max_min / f(15), f(0)).astype(np.float16)
     codes = ((ls & 0xFF) | (lm << 4) & 0xFF).astype(np.uint8)  # [S, 16]
     dq = d.astype(f)[:, None] * (codes & 0xF).astype(f)
     dm = dmin.astype(f)[:, None] * (codes >> 4).astype(f)

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import _kernels as K
 from ..errors import ContextError
-from ..format import Tensor
+from ..format import Tensor, advise
 
 
 def matmul(w: Tensor, x: np.ndarray) -> np.ndarray:
@@ -124,8 +124,7 @@ def _lazy_zeros(shape: tuple) -> np.ndarray:
     made its first prefill 20x slower.)"""
     size = int(np.prod(shape, dtype=np.int64)) * 4
     buf = mmap.mmap(-1, max(size, 1))
-    if hasattr(mmap, "MADV_NOHUGEPAGE"):
-        buf.madvise(mmap.MADV_NOHUGEPAGE)
+    advise(buf, "MADV_NOHUGEPAGE")
     return np.frombuffer(buf, dtype=np.float32, count=size // 4).reshape(shape)
 
 
