@@ -1,4 +1,5 @@
-/* What the gemm_x16_q6_k_<isa>.c files share: q6_k's X16 super-block geometry, and the unpacked
+/* What the gemm_x16_q6_k_<isa>.c files share (they run q3_k too: its geometry at the end): q6_k's
+ * X16 super-block geometry, and the unpacked
  * form of a super-block (x16_q6k_quants: its 16 rows' quants times their sub-block scales) with
  * its unpacking in GCC / Clang vector extensions, which the NEON kernel uses; AVX-512 and AVX2
  * make the same bytes with their own intrinsics (the generic vectors compiled to a third of
@@ -75,6 +76,61 @@ static inline void x16_q6k_unpack(const uint8_t *g, x16_q6k_quants *u) {
                 memcpy(u->w[j][c], &v, sizeof v);
             }
         }
+}
+
+/* q3_k, run by the same kernels (each gemm_x16_q6_k_<isa>.c with its q3 switch): its 16-element
+ * sub-blocks meet the q16_a blocks as q6_k's do. A super-block of a group is 16 rows' 110-byte
+ * blocks (1760 bytes): the 16 d (f16), then words 0-7 of the rows' hmask, 8-23 of their qs,
+ * 24-26 of their 12 packed scale bytes. q16_a block j = 4h + k (h < 2, k < 4), elements 4c ..
+ * 4c + 3 (word column c < 8): bits 2k, 2k + 1 of qs word 8h + c's bytes are the quants' low two
+ * bits, bit 4h + k of hmask word c's bytes their third (set: +0, clear: -4, llmr_q3_k_quant). So
+ * q = low | third << 2 (0 .. 7) and the weight is sc (q - 4), as q6_k's is sc (q - 32). */
+#define X16_Q3K_BLOCK (LLMR_X16 * sizeof(block_q3_K))
+#define X16_Q3K_HMASK (LLMR_X16 * 2)
+#define X16_Q3K_QS (X16_Q3K_HMASK + LLMR_X16 * 32)
+#define X16_Q3K_SCALES (X16_Q3K_QS + LLMR_X16 * 64)
+
+/* q3_k's 16 sub-block scales less 32 (-32 .. 31) as int8 in q6_k's scale words: byte i of row r's
+ * word w (at 64 w + 4 r + i) is sub-block 4w + i's, so that the kernels read them as q6_k's.
+ * llmr_q3_k_scale on whole words: with w0, w1, w2 a row's three words of packed bytes, sub-blocks
+ * 0-3 take the low nibbles of w0's bytes, 4-7 of w1's, 8-11 and 12-15 their high nibbles, and
+ * their top two bits are bits 0-1, 2-3, 4-5 and 6-7 of w2's bytes. */
+static inline void x16_q3k_scale_words(const uint8_t *g, uint8_t words[4 * 64]) {
+    x16_q6k_u32 w0, w1, w2;
+    memcpy(&w0, g + X16_Q3K_SCALES, sizeof w0);
+    memcpy(&w1, g + X16_Q3K_SCALES + 64, sizeof w1);
+    memcpy(&w2, g + X16_Q3K_SCALES + 128, sizeof w2);
+    const x16_q6k_u32 s[4] = {(w0 & 0x0F0F0F0F) | ((w2 << 4) & 0x30303030), (w1 & 0x0F0F0F0F) | ((w2 << 2) & 0x30303030),
+                              ((w0 >> 4) & 0x0F0F0F0F) | (w2 & 0x30303030), ((w1 >> 4) & 0x0F0F0F0F) | ((w2 >> 2) & 0x30303030)};
+    for (int w = 0; w < 4; w++) {
+        const x16_q6k_u8 less32 = (x16_q6k_u8)s[w] - 32; /* byte by byte: -32 .. 31 as int8 */
+        memcpy(words + 64 * w, &less32, sizeof less32);
+    }
+}
+
+
+/* x16_q6k_unpack for q3_k: the integer weights sc (q - 4), |.| <= 32 * 4, in the same places. */
+static inline void x16_q3k_unpack(const uint8_t *g, x16_q6k_quants *u) {
+    uint8_t words[4 * 64];
+    x16_q3k_scale_words(g, words);
+    x16_q6k_i16 sc[QK_K / 16];
+    for (int w = 0; w < 4; w++) {
+        x16_q6k_u32 sw;
+        memcpy(&sw, words + 64 * w, sizeof sw);
+        for (int i = 0; i < 4; i++)
+            sc[4 * w + i] = x16_q6k_scale_lanes(sw, i);
+    }
+    for (int h = 0; h < 2; h++)
+        for (int c = 0; c < 8; c++)
+            for (int k = 0; k < 4; k++) {
+                const int j = 4 * h + k;
+                x16_q6k_u8 qs, hm; /* q (0 .. 7): bits 2k, 2k + 1 of qs, bit 4h + k of hmask */
+                memcpy(&qs, g + X16_Q3K_QS + (8 * h + c) * 64, sizeof qs);
+                memcpy(&hm, g + X16_Q3K_HMASK + c * 64, sizeof hm);
+                const x16_q6k_u8 q = ((qs >> (2 * k)) & 3) | (((hm >> (4 * h + k)) & 1) << 2);
+                const x16_q6k_i16 v = __builtin_convertvector((x16_q6k_i8)(q - 4), x16_q6k_i16) * sc[2 * j + c / 4];
+                memcpy(u->w[j][c], &v, sizeof v);
+            }
 }
 
 #endif

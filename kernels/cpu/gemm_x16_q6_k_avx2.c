@@ -1,20 +1,21 @@
-/* AVX2 (+FMA, F16C) q6_k X16 kernel: 16 weight rows against 1..t tokens of q16_b activations, the
- * byte-plane arithmetic of gemm_x16_q6_k_avx512vnni.c on vpmaddubsw (gemm_x16_q4_k_avx2.c says
- * why bytes; gemm_x16_q6_k.h, where the words lie).
+/* AVX2 (+FMA, F16C) q6_k and q3_k X16 kernels: 16 weight rows against 1..t tokens of q16_b
+ * activations, the byte-plane arithmetic of gemm_x16_q6_k_avx512vnni.c on vpmaddubsw
+ * (gemm_x16_q4_k_avx2.c says why bytes; gemm_x16_q6_k.h, where the words lie).
  *
  * Super-blocks outermost: each one's rows' d sc (floats, per half of 8 rows, for its 16
  * sub-blocks) are made once for up to Q16B_TOKENS tokens, whose running sums wait in memory
  * between super-blocks; the tokens meet it in tiles of up to Q6K_TILE, each half of the rows in
- * turn. q16_a block 4h + k's quants q (0 .. 63, unsigned: a nibble of an ql word and two bits of
- * the qh word) in word column c are a 32-byte vector, 8 rows x 4 (for more than one token made
- * once per super-block into q6k_unpacked, 4 KiB, in L1); vpmaddubsw pairs them with 4
- * activation bytes of a plane. A lo pair sum reaches 2 * 255 * 63 = 32130, so each is folded into
- * int32 at once; a hi one |2 * 128 * 63| = 16128, two of them summed in int16 first. Columns 0-3
- * of a block are its first 16-element sub-block and 4-7 its second, each with its own scale:
- * per sub-block one FMA of the exact int32 sum with the rows' d sc times the block's da, and one
- * of d sc with s16 (the block's d times the sum of its 16 activations) into the offsets, which
- * times 32 are taken off at the end, q - 32 being the weight. A lane's operations and their order
- * do not depend on t or the tile, so a token's result is the same bits whatever t.
+ * turn. q16_a block 4h + k's quants q in word column c (q6_k: 0 .. 63, a nibble of an ql word and
+ * two bits of the qh word; q3_k: 0 .. 7, two bits of the qs word and one of the hmask word) are a
+ * 32-byte vector, 8 rows x 4 (for more than one token made once per super-block into
+ * q6k_unpacked, 4 KiB, in L1); vpmaddubsw pairs them with 4 activation bytes of a plane. A lo
+ * pair sum reaches 2 * 255 * 63 = 32130, so each is folded into int32 at once; a hi one
+ * |2 * 128 * 63| = 16128, two of them summed in int16 first. Columns 0-3 of a block are its first
+ * 16-element sub-block and 4-7 its second, each with its own scale: per sub-block one FMA of the
+ * exact int32 sum with the rows' d sc times the block's da, and one of d sc with s16 (the block's
+ * d times the sum of its 16 activations) into the offsets, which times 32 (q3_k: 4) are taken off
+ * at the end, q - 32 (q - 4) being the weight. A lane's operations and their order do not depend
+ * on t or the tile, so a token's result is the same bits whatever t.
  *
  * Error against float64: as the VNNI kernel's, within about (2 nb + 3) u M, inside
  * X16_DOT_BOUND(nb) = (2 nb + 4) u M (tests/test_kernels.py). */
@@ -26,12 +27,13 @@
  * of 3, 27.6 of 4 (one Zen 4 core). */
 #define Q6K_TILE 2
 
-/* The rows' d sc_s of the super-block's 16 sub-blocks, half h of the rows (one lane per row). */
-ALWAYS_INLINE void q6k_scales(const uint8_t *g, __m256 dsc[QK_K / 16][2]) {
+/* The rows' d sc_s of the super-block's 16 sub-blocks, half h of the rows (one lane per row): d at
+ * g, the int8 scales in the four words at sw (q6_k's own; q3_k's made by x16_q3k_scale_words). */
+ALWAYS_INLINE void q6k_scales(const uint8_t *g, const uint8_t *sw, __m256 dsc[QK_K / 16][2]) {
     for (int h = 0; h < 2; h++) {
         const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(g + 16 * h)));
         for (int w = 0; w < 4; w++) {
-            const __m256i word = _mm256_loadu_si256((const __m256i *)(g + X16_Q6K_SCALES + 64 * w + 32 * h));
+            const __m256i word = _mm256_loadu_si256((const __m256i *)(sw + 64 * w + 32 * h));
             for (int i = 0; i < 4; i++) /* byte i of each row's word: scale 4w + i, sign-extended */
                 dsc[4 * w + i][h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_srai_epi32(
                                                          _mm256_sll_epi32(word, _mm_cvtsi32_si128(24 - 8 * i)), 24)));
@@ -50,6 +52,18 @@ ALWAYS_INLINE __m256i q6k_quants(const uint8_t *g, int hb, int k, int c, int rh)
     return _mm256_or_si256(low, _mm256_and_si256(top, _mm256_set1_epi8(0x30)));
 }
 
+/* q3_k's: the quants of q16_a block 4hb + k in word column c, rows 8 rh .. 8 rh + 7, as bytes
+ * (0 .. 7): bits 2k, 2k + 1 of the qs word and bit 4hb + k of the hmask word, at bit 2 (16-bit
+ * shifts of at most 5 keep it within its byte). */
+ALWAYS_INLINE __m256i q3k_quants(const uint8_t *g, int hb, int k, int c, int rh) {
+    const __m256i qs = _mm256_loadu_si256((const __m256i *)(g + X16_Q3K_QS + (8 * hb + c) * 64 + 32 * rh));
+    const __m256i hm = _mm256_loadu_si256((const __m256i *)(g + X16_Q3K_HMASK + c * 64 + 32 * rh));
+    const int bit = 4 * hb + k;
+    const __m256i third = bit > 2 ? _mm256_srli_epi16(hm, bit - 2) : bit == 2 ? hm : _mm256_slli_epi16(hm, 2 - bit);
+    const __m256i low = k ? _mm256_srli_epi16(qs, 2 * k) : qs;
+    return _mm256_or_si256(_mm256_and_si256(low, _mm256_set1_epi8(0x03)), _mm256_and_si256(third, _mm256_set1_epi8(0x04)));
+}
+
 /* A super-block's quants, unpacked once for more than one token: [hb][k][c][rh]. */
 typedef struct {
     __m256i q[2][4][8][2];
@@ -57,7 +71,7 @@ typedef struct {
 
 /* T tokens' sums += the super-block (raw at g, or unpacked in u where u is not NULL) against their
  * activation blocks ys[i][0 .. 8), half rh of the rows. */
-ALWAYS_INLINE void q6k_tile(const int T, const uint8_t *g, const q6k_unpacked *u, int rh,
+ALWAYS_INLINE void q6k_tile(const int T, const int q3, const uint8_t *g, const q6k_unpacked *u, int rh,
                             const __m256 dsc[QK_K / 16][2], const block_q16_b *const *ys, q16b_sums *sums) {
     /* One token's running sums stay in registers for the super-block; more tokens' in memory */
     __m256 acc = sums[0].acc[rh], off = sums[0].off[rh];
@@ -75,7 +89,9 @@ ALWAYS_INLINE void q6k_tile(const int T, const uint8_t *g, const q6k_unpacked *u
                         hi[i] = _mm256_setzero_si256();
 #pragma GCC unroll 2
                     for (int c = c0; c < c0 + 2; c++) {
-                        const __m256i q = u ? u->q[hb][k][c][rh] : q6k_quants(g, hb, k, c, rh);
+                        const __m256i q = u    ? u->q[hb][k][c][rh]
+                                          : q3 ? q3k_quants(g, hb, k, c, rh)
+                                               : q6k_quants(g, hb, k, c, rh);
                         for (int i = 0; i < T; i++) {
                             const block_q16_b *y = ys[i] + 4 * hb + k;
                             sum[i] = q16b_fold_lo(sum[i], q16b_lo_pairs(q, y, 4 * c));
@@ -99,51 +115,66 @@ ALWAYS_INLINE void q6k_tile(const int T, const uint8_t *g, const q6k_unpacked *u
     }
 }
 
-/* Up to Q16B_TOKENS tokens: every super-block against every token, tile by tile, half by half. */
-static void gemm_tokens(int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w, const uint8_t *a,
-                        size_t a_stride) {
+/* Up to Q16B_TOKENS tokens: every super-block (q6_k's, or q3_k's where q3) against every token,
+ * tile by tile, half by half. */
+ALWAYS_INLINE void gemm_tokens(const int q3, int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w,
+                               const uint8_t *a, size_t a_stride) {
     q16b_sums sums[Q16B_TOKENS];
     q6k_unpacked u;
     for (int64_t i = 0; i < t; i++)
         sums[i].acc[0] = sums[i].acc[1] = sums[i].off[0] = sums[i].off[1] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nsb; b++) {
-        const uint8_t *g = w + b * X16_Q6K_BLOCK;
-        q16b_prefetch(g, X16_Q6K_BLOCK);
+        const size_t block = q3 ? X16_Q3K_BLOCK : X16_Q6K_BLOCK;
+        const uint8_t *g = w + b * block;
+        q16b_prefetch(g, block);
         __m256 dsc[QK_K / 16][2];
-        q6k_scales(g, dsc);
+        uint8_t q3_words[4 * 64];
+        if (q3)
+            x16_q3k_scale_words(g, q3_words);
+        q6k_scales(g, q3 ? q3_words : g + X16_Q6K_SCALES, dsc);
         if (t == 1) { /* decode: the quants straight from the weights */
             const block_q16_b *y;
             q16b_token_blocks(a, a_stride, 0, 1, b, &y);
-            q6k_tile(1, g, NULL, 0, dsc, &y, sums);
-            q6k_tile(1, g, NULL, 1, dsc, &y, sums);
+            q6k_tile(1, q3, g, NULL, 0, dsc, &y, sums);
+            q6k_tile(1, q3, g, NULL, 1, dsc, &y, sums);
             continue;
         }
         for (int hb = 0; hb < 2; hb++)
             for (int k = 0; k < 4; k++)
                 for (int c = 0; c < 8; c++)
                     for (int rh = 0; rh < 2; rh++)
-                        u.q[hb][k][c][rh] = q6k_quants(g, hb, k, c, rh);
+                        u.q[hb][k][c][rh] = q3 ? q3k_quants(g, hb, k, c, rh) : q6k_quants(g, hb, k, c, rh);
         for (int64_t ti = 0; ti < t; ti += Q6K_TILE) {
             const block_q16_b *ys[Q6K_TILE];
             const int n = t - ti < Q6K_TILE ? (int)(t - ti) : Q6K_TILE;
             q16b_token_blocks(a, a_stride, ti, n, b, ys);
             for (int rh = 0; rh < 2; rh++)
                 switch (n) {
-                case 2: q6k_tile(2, g, &u, rh, dsc, ys, sums + ti); break;
-                default: q6k_tile(1, g, &u, rh, dsc, ys, sums + ti); break;
+                case 2: q6k_tile(2, q3, g, &u, rh, dsc, ys, sums + ti); break;
+                default: q6k_tile(1, q3, g, &u, rh, dsc, ys, sums + ti); break;
                 }
         }
     }
-    /* the offsets' 32, taken once: scaling by a power of two commutes with each rounding */
+    /* the offsets' 32 (q3_k: 4), taken once: scaling by a power of two commutes with each rounding */
+    const __m256 bias = _mm256_set1_ps(q3 ? 4.0f : 32.0f);
     for (int64_t i = 0; i < t; i++)
         for (int rh = 0; rh < 2; rh++)
-            _mm256_storeu_ps(out + i * out_stride + 8 * rh,
-                             _mm256_fnmadd_ps(sums[i].off[rh], _mm256_set1_ps(32.0f), sums[i].acc[rh]));
+            _mm256_storeu_ps(out + i * out_stride + 8 * rh, _mm256_fnmadd_ps(sums[i].off[rh], bias, sums[i].acc[rh]));
+}
+
+ALWAYS_INLINE void gemm(const int q3, int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                        size_t a_stride) {
+    for (int64_t t0 = 0; t0 < t; t0 += Q16B_TOKENS)
+        gemm_tokens(q3, k / QK_K, t - t0 < Q16B_TOKENS ? t - t0 : Q16B_TOKENS, out + t0 * out_stride, out_stride, w,
+                    (const uint8_t *)a + t0 * a_stride, a_stride);
 }
 
 void gemm_x16_q6_K_q16_b_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                               size_t a_stride) {
-    for (int64_t t0 = 0; t0 < t; t0 += Q16B_TOKENS)
-        gemm_tokens(k / QK_K, t - t0 < Q16B_TOKENS ? t - t0 : Q16B_TOKENS, out + t0 * out_stride, out_stride, w,
-                    (const uint8_t *)a + t0 * a_stride, a_stride);
+    gemm(0, k, t, out, out_stride, w, a, a_stride);
+}
+
+void gemm_x16_q3_K_q16_b_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                              size_t a_stride) {
+    gemm(1, k, t, out, out_stride, w, a, a_stride);
 }

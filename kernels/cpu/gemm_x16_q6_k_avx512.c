@@ -1,9 +1,7 @@
-/* AVX-512 (F, BW, VL) q6_k X16 kernel: 16 weight rows against 1..t q16_a tokens. Compiled as
- * gemm_x16_q6_K_q16_a_avx512, and again by gemm_x16_q6_k_avx512vnni.c with -mavx512vnni, where
- * the int16 multiply-add becomes one vpdpwssd.
+/* AVX-512 (F, BW, VL) q6_k and q3_k X16 kernels: 16 weight rows against 1..t q16_a tokens.
  *
- * Super-blocks outermost: each one's integer weights sc (q - 32) are unpacked once
- * (q6k_unpack: 8 KiB of int16, in L1) for up to X16_Q6K_TOKENS tokens, whose running sums
+ * Super-blocks outermost: each one's integer weights sc (q - 32) (q3_k: sc (q - 4)) are unpacked
+ * once (q6k_unpack: 8 KiB of int16, in L1) for up to X16_Q6K_TOKENS tokens, whose running sums
  * wait in memory between super-blocks; the tokens meet it in tiles of up to Q6K_TILE. A 512-bit
  * load of word column c of rows 0-7 (or 8-15) is 16 lanes (r, p) of int16 pairs, elements
  * 4c + 2p, 4c + 2p + 1; a broadcast of activation elements 4c .. 4c + 3 multiplies-adds into it,
@@ -18,12 +16,6 @@
 #include "gemm_x16_avx512.h"
 #include "gemm_x16_q6_k.h"
 
-#ifndef X16_Q6K_ISA /* this file's own build: the avx512 name */
-#define X16_Q6K_ISA avx512
-#endif
-#define X16_Q6K_NAME_(isa) gemm_x16_q6_K_q16_a_##isa
-#define X16_Q6K_NAME(isa) X16_Q6K_NAME_(isa)
-
 /* Tokens per tile: four tokens' int32 sums and float accumulators (16 vectors) fit the 32
  * registers beside the weights and broadcasts. 2048 x 2048, 512 tokens, one thread: tiles of two
  * ran at 0.8 times this speed, tiles of six at the same. */
@@ -34,10 +26,10 @@
  * bytes, less 32, widened to int16 (rows 0-7, rows 8-15) and multiplied by their sub-block's
  * scales, which a vpermw spreads from each row's widened scales word to the row's four lanes
  * (q6k_scales: sc[s][v], sub-block s, rows 8v .. 8v + 7). */
-ALWAYS_INLINE void q6k_scales(const uint8_t *g, __m512i sc[QK_K / 16][2]) {
+ALWAYS_INLINE void q6k_scales(const uint8_t *sw, __m512i sc[QK_K / 16][2]) {
     for (int w = 0; w < 4; w++)
         for (int v = 0; v < 2; v++) {
-            const __m512i s16 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(g + X16_Q6K_SCALES + 64 * w + 32 * v)));
+            const __m512i s16 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(sw + 64 * w + 32 * v)));
             for (int i = 0; i < 4; i++) {
                 const __m512i four = _mm512_set_epi16(28 + i, 28 + i, 28 + i, 28 + i, 24 + i, 24 + i, 24 + i, 24 + i,
                                                       20 + i, 20 + i, 20 + i, 20 + i, 16 + i, 16 + i, 16 + i, 16 + i,
@@ -48,28 +40,38 @@ ALWAYS_INLINE void q6k_scales(const uint8_t *g, __m512i sc[QK_K / 16][2]) {
         }
 }
 
-/* Word column c of q16_a blocks 4h .. 4h + 3: wv[k][v] = w[4h + k][c], rows 8v .. 8v + 7. */
-ALWAYS_INLINE void q6k_column(const uint8_t *g, const __m512i sc[QK_K / 16][2], int h, int c, __m512i wv[4][2]) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x30), bias = _mm512_set1_epi8(32);
-    const __m512i qh = _mm512_loadu_si512(g + X16_Q6K_QH + (8 * h + c) * 64);
-    const __m512i ql[2] = {_mm512_loadu_si512(g + X16_Q6K_QL + (16 * h + c) * 64),
-                           _mm512_loadu_si512(g + X16_Q6K_QL + (16 * h + 8 + c) * 64)};
+/* Word column c of q16_a blocks 4h .. 4h + 3: wv[k][v] = w[4h + k][c], rows 8v .. 8v + 7 (q3_k's
+ * where q3: q from two bits of the qs word and one of the hmask word, less 4). */
+ALWAYS_INLINE void q6k_column(const int q3, const uint8_t *g, const __m512i sc[QK_K / 16][2], int h, int c,
+                              __m512i wv[4][2]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x30), bias = _mm512_set1_epi8(q3 ? 4 : 32);
+    const __m512i qh = _mm512_loadu_si512(q3 ? g + X16_Q3K_HMASK + c * 64 : g + X16_Q6K_QH + (8 * h + c) * 64);
+    const __m512i ql[2] = {_mm512_loadu_si512(q3 ? g + X16_Q3K_QS + (8 * h + c) * 64 : g + X16_Q6K_QL + (16 * h + c) * 64),
+                           q3 ? _mm512_setzero_si512() : _mm512_loadu_si512(g + X16_Q6K_QL + (16 * h + 8 + c) * 64)};
     const __m512i top[4] = {_mm512_and_si512(_mm512_slli_epi16(qh, 4), m2), _mm512_and_si512(_mm512_slli_epi16(qh, 2), m2),
                             _mm512_and_si512(qh, m2), _mm512_and_si512(_mm512_srli_epi16(qh, 2), m2)};
     for (int k = 0; k < 4; k++) {
-        const __m512i low = _mm512_and_si512(k < 2 ? ql[k % 2] : _mm512_srli_epi16(ql[k % 2], 4), m4);
-        const __m512i q = _mm512_sub_epi8(_mm512_or_si512(low, top[k]), bias);
+        __m512i u; /* the unsigned quant */
+        if (q3) { /* bits 2k, 2k + 1 of qs; bit 4h + k of hmask to bit 2 (16-bit shifts of at most 5 stay in the byte) */
+            const int bit = 4 * h + k;
+            const __m512i third = bit > 2 ? _mm512_srli_epi16(qh, bit - 2) : bit == 2 ? qh : _mm512_slli_epi16(qh, 2 - bit);
+            u = _mm512_or_si512(_mm512_and_si512(k ? _mm512_srli_epi16(ql[0], 2 * k) : ql[0], _mm512_set1_epi8(0x03)),
+                                _mm512_and_si512(third, _mm512_set1_epi8(0x04)));
+        } else {
+            u = _mm512_or_si512(_mm512_and_si512(k < 2 ? ql[k % 2] : _mm512_srli_epi16(ql[k % 2], 4), m4), top[k]);
+        }
+        const __m512i q = _mm512_sub_epi8(u, bias);
         const __m512i *s = sc[2 * (4 * h + k) + c / 4];
         wv[k][0] = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(_mm512_castsi512_si256(q)), s[0]);
         wv[k][1] = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(q, 1)), s[1]);
     }
 }
 
-static void q6k_unpack(const uint8_t *g, const __m512i sc[QK_K / 16][2], x16_q6k_quants *u) {
+ALWAYS_INLINE void q6k_unpack(const int q3, const uint8_t *g, const __m512i sc[QK_K / 16][2], x16_q6k_quants *u) {
     for (int h = 0; h < 2; h++)
         for (int c = 0; c < 8; c++) {
             __m512i wv[4][2];
-            q6k_column(g, sc, h, c, wv);
+            q6k_column(q3, g, sc, h, c, wv);
             for (int k = 0; k < 4; k++) {
                 _mm512_storeu_si512(u->w[4 * h + k][c], wv[k][0]);
                 _mm512_storeu_si512(u->w[4 * h + k][c] + 32, wv[k][1]);
@@ -115,8 +117,8 @@ ALWAYS_INLINE void q6k_tile(const int T, const x16_q6k_quants *u, const __m512 *
 
 /* One token alone (decode): q6k_tile's operations on the weights as they are unpacked, without
  * storing them (the same bits: the same exact int32 sums, the same FMAs in the same order). */
-ALWAYS_INLINE void q6k_one(const uint8_t *g, const __m512i sc[QK_K / 16][2], const __m512 *d, const block_q16_a *y,
-                           q6k_sums *sums) {
+ALWAYS_INLINE void q6k_one(const int q3, const uint8_t *g, const __m512i sc[QK_K / 16][2], const __m512 *d,
+                           const block_q16_a *y, q6k_sums *sums) {
     __m512 acc[2] = {sums->acc[0], sums->acc[1]};
     for (int h = 0; h < 2; h++) {
         __m512i isum[4][2];
@@ -124,7 +126,7 @@ ALWAYS_INLINE void q6k_one(const uint8_t *g, const __m512i sc[QK_K / 16][2], con
             isum[k][0] = isum[k][1] = _mm512_setzero_si512();
         for (int c = 0; c < 8; c++) {
             __m512i wv[4][2];
-            q6k_column(g, sc, h, c, wv);
+            q6k_column(q3, g, sc, h, c, wv);
             for (int k = 0; k < 4; k++) {
                 const __m512i a = act4(y + 4 * h + k, c);
                 isum[k][0] = madd(isum[k][0], wv[k][0], a);
@@ -141,27 +143,32 @@ ALWAYS_INLINE void q6k_one(const uint8_t *g, const __m512i sc[QK_K / 16][2], con
     sums->acc[1] = acc[1];
 }
 
-/* Up to X16_Q6K_TOKENS tokens: every super-block against every token, tile by tile. */
-static void gemm_tokens(int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w, const uint8_t *a,
-                        size_t a_stride) {
+/* Up to X16_Q6K_TOKENS tokens: every super-block (q6_k's, or q3_k's where q3) against every token,
+ * tile by tile. */
+ALWAYS_INLINE void gemm_tokens(const int q3, int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w,
+                               const uint8_t *a, size_t a_stride) {
     q6k_sums sums[X16_Q6K_TOKENS];
     x16_q6k_quants u;
     const __m512i pair_lo = _mm512_loadu_si512(PAIR_IDX[0]), pair_hi = _mm512_loadu_si512(PAIR_IDX[1]);
     for (int64_t i = 0; i < t; i++)
         sums[i].acc[0] = sums[i].acc[1] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nsb; b++) {
-        const uint8_t *g = w + b * X16_Q6K_BLOCK;
-        for (size_t line = 0; line < X16_Q6K_BLOCK; line += 64)
+        const size_t block = q3 ? X16_Q3K_BLOCK : X16_Q6K_BLOCK;
+        const uint8_t *g = w + b * block;
+        for (size_t line = 0; line < block; line += 64)
             _mm_prefetch((const char *)g + PREFETCH_AHEAD + line, _MM_HINT_NTA);
         __m512i sc[QK_K / 16][2];
-        q6k_scales(g, sc);
+        uint8_t q3_words[4 * 64];
+        if (q3)
+            x16_q3k_scale_words(g, q3_words);
+        q6k_scales(q3 ? q3_words : g + X16_Q6K_SCALES, sc);
         const __m512 d16 = f16x16(g);
         const __m512 d[2] = {_mm512_permutexvar_ps(pair_lo, d16), _mm512_permutexvar_ps(pair_hi, d16)};
         if (t == 1) {
-            q6k_one(g, sc, d, (const block_q16_a *)a + b * (QK_K / QK_Q16_A), sums);
+            q6k_one(q3, g, sc, d, (const block_q16_a *)a + b * (QK_K / QK_Q16_A), sums);
             continue;
         }
-        q6k_unpack(g, sc, &u);
+        q6k_unpack(q3, g, sc, &u);
         for (int64_t ti = 0; ti < t; ti += Q6K_TILE) {
             const block_q16_a *ys[Q6K_TILE];
             const int n = t - ti < Q6K_TILE ? (int)(t - ti) : Q6K_TILE;
@@ -180,9 +187,19 @@ static void gemm_tokens(int64_t nsb, int64_t t, float *out, size_t out_stride, c
                                                              _mm512_permutex2var_ps(sums[i].acc[0], odd, sums[i].acc[1])));
 }
 
-void X16_Q6K_NAME(X16_Q6K_ISA)(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
-                               size_t a_stride) {
+ALWAYS_INLINE void gemm(const int q3, int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                        size_t a_stride) {
     for (int64_t t0 = 0; t0 < t; t0 += X16_Q6K_TOKENS)
-        gemm_tokens(k / QK_K, t - t0 < X16_Q6K_TOKENS ? t - t0 : X16_Q6K_TOKENS, out + t0 * out_stride, out_stride, w,
+        gemm_tokens(q3, k / QK_K, t - t0 < X16_Q6K_TOKENS ? t - t0 : X16_Q6K_TOKENS, out + t0 * out_stride, out_stride, w,
                     (const uint8_t *)a + t0 * a_stride, a_stride);
+}
+
+void gemm_x16_q6_K_q16_a_avx512(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                                size_t a_stride) {
+    gemm(0, k, t, out, out_stride, w, a, a_stride);
+}
+
+void gemm_x16_q3_K_q16_a_avx512(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                                size_t a_stride) {
+    gemm(1, k, t, out, out_stride, w, a, a_stride);
 }

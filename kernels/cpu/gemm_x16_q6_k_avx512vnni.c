@@ -1,23 +1,25 @@
-/* AVX-512 VNNI q6_k X16 kernel: 16 weight rows against 1..t tokens of q16_b activations
+/* AVX-512 VNNI q6_k and q3_k X16 kernels: 16 weight rows against 1..t tokens of q16_b activations
  * (gemm_x16_q16b_avx512vnni.h says why bytes; gemm_x16_q6_k.h, where the words lie).
  *
  * Super-blocks outermost: each one's rows' d sc (one lane per row, for its 16 sub-blocks) are
  * made once for up to Q16B_TOKENS tokens, whose running sums wait in memory between
- * super-blocks. A word column c of q16_a blocks 4h .. 4h + 3 is four vectors of quants q
- * (0 .. 63, unsigned: the low nibble of an ql word and two bits of the qh word), 16 rows x 4, as
- * bytes; q16b_madd sums them against the activation blocks into int32 lanes, one per row, exact.
- * Columns 0-3 of a block are its first 16-element sub-block and 4-7 its second, each with its
- * own scale: per sub-block, one FMA of the sum with the rows' d sc times the block's da, and one
- * of d sc with s16 (the block's d times the sum of its 16 activations) into the offsets, which
- * times 32 are taken off at the end, q - 32 being the weight. With more tokens than a tile, the quants are unpacked once
- * per super-block into q6k_quants (4 KiB, in L1) and the tiles read them there; the integers are
- * the same, so a token's result is the same bits whatever t.
+ * super-blocks. A word column c of q16_a blocks 4h .. 4h + 3 is four vectors of quants q, 16
+ * rows x 4, as bytes (q6_k: 0 .. 63, the low nibble of an ql word and two bits of the qh word;
+ * q3_k: 0 .. 7, two bits of the qs word and one of the hmask word); q16b_madd sums them against
+ * the activation blocks into int32 lanes, one per row, exact. Columns 0-3 of a block are its
+ * first 16-element sub-block and 4-7 its second, each with its own scale: per sub-block, one FMA
+ * of the sum with the rows' d sc times the block's da, and one of d sc with s16 (the block's d
+ * times the sum of its 16 activations) into the offsets, which times 32 (q3_k: 4) are taken off
+ * at the end, q - 32 (q - 4) being the weight. With more tokens than a tile, the quants are
+ * unpacked once per super-block into q6k_quants (4 KiB, in L1) and the tiles read them there; the
+ * integers are the same, so a token's result is the same bits whatever t.
  *
  * Error against float64: a sum |P| <= 16 * 63 * 32767 may pass 2^24 (1 rounding to float); a
  * term c P (c = fl(d sc da): 1 rounding, d sc exact) meets 2 nb FMAs in its lane (nb = k / 32)
- * and the subtraction; an offset term (s16: 1 rounding) the same (the 32 is exact). The offsets are as large as
- * 32 / |q - 32| times their terms' share of M: within about (2 nb + 3) u M for the weights q6_k
- * makes, X16_DOT_BOUND(nb) = (2 nb + 4) u M (tests/test_kernels.py). */
+ * and the subtraction; an offset term (s16: 1 rounding) the same (the 32 is exact). The offsets
+ * are as large as 32 / |q - 32| (q3_k: 4 / |q - 4|) times their terms' share of M: within about
+ * (2 nb + 3) u M for the weights q6_k and q3_k make, X16_DOT_BOUND(nb) = (2 nb + 4) u M
+ * (tests/test_kernels.py). */
 #include "gemm_x16_q16b_avx512vnni.h"
 #include "gemm_x16_q6_k.h"
 
@@ -25,11 +27,12 @@
  * each), 16 registers for two tokens, beside the column's quants. */
 #define Q6K_TILE 2
 
-/* The rows' d sc_s (one lane per row) of the super-block's 16 sub-blocks. */
-ALWAYS_INLINE void q6k_scales(const uint8_t *g, __m512 dsc[QK_K / 16]) {
+/* The rows' d sc_s (one lane per row) of the super-block's 16 sub-blocks: d at g, the int8 scales
+ * in the four words at sw (q6_k's own; q3_k's made by x16_q3k_scale_words). */
+ALWAYS_INLINE void q6k_scales(const uint8_t *g, const uint8_t *sw, __m512 dsc[QK_K / 16]) {
     const __m512 d = q16b_f16x16(g);
     for (int w = 0; w < 4; w++) {
-        const __m512i word = _mm512_loadu_si512(g + X16_Q6K_SCALES + 64 * w); /* scales 4w .. 4w + 3 */
+        const __m512i word = _mm512_loadu_si512(sw + 64 * w); /* scales 4w .. 4w + 3 */
         for (int i = 0; i < 4; i++) /* byte i, sign-extended */
             dsc[4 * w + i] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(word, 24 - 8 * i), 24)));
     }
@@ -50,6 +53,21 @@ ALWAYS_INLINE void q6k_column(const uint8_t *g, int h, int c, __m512i q[4]) {
 #undef Q6K_JOIN
 }
 
+/* q3_k's: q[k] the quants (0 .. 7) of block 4h + k in word column c (gemm_x16_q6_k.h): the two
+ * bits of the qs word at 2k and the hmask word's bit 4h + k moved to bit 2 (16-bit shifts of at
+ * most 5 keep it within its byte), joined by one ternary-logic select. */
+ALWAYS_INLINE void q3k_column(const uint8_t *g, int h, int c, __m512i q[4]) {
+    const __m512i m2 = _mm512_set1_epi8(0x03), m3 = _mm512_set1_epi8(0x07);
+    const __m512i qs = _mm512_loadu_si512(g + X16_Q3K_QS + (8 * h + c) * 64);
+    const __m512i hm = _mm512_loadu_si512(g + X16_Q3K_HMASK + c * 64);
+    for (int k = 0; k < 4; k++) {
+        const int bit = 4 * h + k;
+        const __m512i third = bit > 2 ? _mm512_srli_epi16(hm, bit - 2) : bit == 2 ? hm : _mm512_slli_epi16(hm, 2 - bit);
+        const __m512i low = k ? _mm512_srli_epi16(qs, 2 * k) : qs;
+        q[k] = _mm512_and_si512(_mm512_ternarylogic_epi32(m2, low, third, 0xCA), m3);
+    }
+}
+
 /* A super-block's quants, unpacked once for more tokens than a tile: [h][c][k]. */
 typedef struct {
     __m512i q[2][8][4];
@@ -57,7 +75,7 @@ typedef struct {
 
 /* T tokens' sums += the super-block (raw at g, or unpacked in u where u is not NULL) against
  * their activation blocks ys[i][0 .. 8). */
-ALWAYS_INLINE void q6k_tile(const int T, const uint8_t *g, const q6k_quants *u, const __m512 dsc[QK_K / 16],
+ALWAYS_INLINE void q6k_tile(const int T, const int q3, const uint8_t *g, const q6k_quants *u, const __m512 dsc[QK_K / 16],
                             const block_q16_b *const *ys, q16b_sums *sums) {
     for (int h = 0; h < 2; h++)
         for (int half = 0; half < 2; half++) { /* columns 4 half .. 4 half + 3: each block's sub-block `half` */
@@ -72,6 +90,8 @@ ALWAYS_INLINE void q6k_tile(const int T, const uint8_t *g, const q6k_quants *u, 
                 if (u)
                     for (int k = 0; k < 4; k++)
                         q[k] = u->q[h][c][k];
+                else if (q3)
+                    q3k_column(g, h, c, q);
                 else
                     q6k_column(g, h, c, q);
                 for (int i = 0; i < T; i++)
@@ -87,47 +107,66 @@ ALWAYS_INLINE void q6k_tile(const int T, const uint8_t *g, const q6k_quants *u, 
         }
 }
 
-/* Up to Q16B_TOKENS tokens: every super-block against every token, tile by tile. */
-static void gemm_tokens(int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w, const uint8_t *a,
-                        size_t a_stride) {
+/* Up to Q16B_TOKENS tokens: every super-block (q6_k's, or q3_k's where q3) against every token,
+ * tile by tile. */
+ALWAYS_INLINE void gemm_tokens(const int q3, int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w,
+                               const uint8_t *a, size_t a_stride) {
     q16b_sums sums[Q16B_TOKENS];
     q6k_quants u;
     for (int64_t i = 0; i < t; i++)
         sums[i].acc = sums[i].off = _mm512_setzero_ps();
     for (int64_t b = 0; b < nsb; b++) {
-        const uint8_t *g = w + b * X16_Q6K_BLOCK;
-        q16b_prefetch(g, X16_Q6K_BLOCK);
+        const size_t block = q3 ? X16_Q3K_BLOCK : X16_Q6K_BLOCK;
+        const uint8_t *g = w + b * block;
+        q16b_prefetch(g, block);
         __m512 dsc[QK_K / 16];
-        q6k_scales(g, dsc);
+        uint8_t q3_words[4 * 64];
+        if (q3)
+            x16_q3k_scale_words(g, q3_words);
+        q6k_scales(g, q3 ? q3_words : g + X16_Q6K_SCALES, dsc);
         const block_q16_b *ys[Q6K_TILE];
         if (t <= Q6K_TILE) { /* decode: the quants straight from the weights */
             q16b_token_blocks(a, a_stride, 0, (int)t, b, ys);
             if (t == 2)
-                q6k_tile(2, g, NULL, dsc, ys, sums);
+                q6k_tile(2, q3, g, NULL, dsc, ys, sums);
             else
-                q6k_tile(1, g, NULL, dsc, ys, sums);
+                q6k_tile(1, q3, g, NULL, dsc, ys, sums);
             continue;
         }
         for (int h = 0; h < 2; h++)
             for (int c = 0; c < 8; c++)
-                q6k_column(g, h, c, u.q[h][c]);
+                if (q3)
+                    q3k_column(g, h, c, u.q[h][c]);
+                else
+                    q6k_column(g, h, c, u.q[h][c]);
         for (int64_t ti = 0; ti < t; ti += Q6K_TILE) {
             const int n = t - ti < Q6K_TILE ? (int)(t - ti) : Q6K_TILE;
             q16b_token_blocks(a, a_stride, ti, n, b, ys);
             if (n == 2)
-                q6k_tile(2, g, &u, dsc, ys, sums + ti);
+                q6k_tile(2, q3, g, &u, dsc, ys, sums + ti);
             else
-                q6k_tile(1, g, &u, dsc, ys, sums + ti);
+                q6k_tile(1, q3, g, &u, dsc, ys, sums + ti);
         }
     }
-    /* the offsets' 32, taken once: scaling by a power of two commutes with each rounding */
+    /* the offsets' 32 (q3_k: 4), taken once: scaling by a power of two commutes with each rounding */
+    const __m512 bias = _mm512_set1_ps(q3 ? 4.0f : 32.0f);
     for (int64_t i = 0; i < t; i++)
-        _mm512_storeu_ps(out + i * out_stride, _mm512_fnmadd_ps(sums[i].off, _mm512_set1_ps(32.0f), sums[i].acc));
+        _mm512_storeu_ps(out + i * out_stride, _mm512_fnmadd_ps(sums[i].off, bias, sums[i].acc));
+}
+
+ALWAYS_INLINE void gemm(const int q3, int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                        size_t a_stride) {
+    for (int64_t t0 = 0; t0 < t; t0 += Q16B_TOKENS)
+        gemm_tokens(q3, k / QK_K, t - t0 < Q16B_TOKENS ? t - t0 : Q16B_TOKENS, out + t0 * out_stride, out_stride, w,
+                    (const uint8_t *)a + t0 * a_stride, a_stride);
 }
 
 void gemm_x16_q6_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                                     const void *a, size_t a_stride) {
-    for (int64_t t0 = 0; t0 < t; t0 += Q16B_TOKENS)
-        gemm_tokens(k / QK_K, t - t0 < Q16B_TOKENS ? t - t0 : Q16B_TOKENS, out + t0 * out_stride, out_stride, w,
-                    (const uint8_t *)a + t0 * a_stride, a_stride);
+    gemm(0, k, t, out, out_stride, w, a, a_stride);
+}
+
+void gemm_x16_q3_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
+                                    const void *a, size_t a_stride) {
+    gemm(1, k, t, out, out_stride, w, a, a_stride);
 }

@@ -1,12 +1,12 @@
-/* NEON q6_k X16 kernel, one token at a time (NEON is the arm64 baseline: no flags, no dotprod
- * extension). Super-blocks outermost, as on x86: each one's integer weights sc (q - 32) are
- * unpacked once (x16_q6k_unpack, gemm_x16_q6_k.h) for up to X16_Q6K_TOKENS tokens, whose running
- * sums wait in memory between super-blocks. Per sub-block (word columns 4s .. 4s + 3 of an
- * activation block) and row, vmlal_s16 sums the row's four int16 weights against activation
- * elements 4c .. 4c + 3 in four int32 lanes; two rounds of pairwise adds (exact) make four rows'
- * sub-block sums of 16 products, within 16 * 4096 * 32767 < 2^31 (a whole activation block's 32
- * could pass it, so the sums are taken per sub-block); each is converted to float once and
- * multiply-added with the rows' d times the block's da.
+/* NEON q6_k and q3_k X16 kernels, one token at a time (NEON is the arm64 baseline: no flags, no
+ * dotprod extension). Super-blocks outermost, as on x86: each one's integer weights sc (q - 32) are
+ * unpacked once (x16_q6k_unpack, gemm_x16_q6_k.h; q3_k's sc (q - 4): x16_q3k_unpack) for up to
+ * X16_Q6K_TOKENS tokens, whose running sums wait in memory between super-blocks. Per sub-block
+ * (word columns 4s .. 4s + 3 of an activation block) and row, vmlal_s16 sums the row's four int16
+ * weights against activation elements 4c .. 4c + 3 in four int32 lanes; two rounds of pairwise adds
+ * (exact) make four rows' sub-block sums of 16 products, within 16 * 4096 * 32767 < 2^31 (a whole
+ * activation block's 32 could pass it, so the sums are taken per sub-block); each is converted to
+ * float once and multiply-added with the rows' d times the block's da.
  *
  * Error against float64: a term c P (c = fl(d da), P's conversion: 1 rounding each) meets at most
  * 2 nb FMAs: |err| <= (2 nb + 2) u M + O(u^2), inside X16_DOT_BOUND(nb) = (2 nb + 4) u
@@ -40,17 +40,20 @@ static inline void q6k_token(const x16_q6k_quants *u, const float32x4_t *d, cons
         }
 }
 
-/* Up to X16_Q6K_TOKENS tokens: every super-block against every token. */
-static void gemm_tokens(int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w, const uint8_t *a,
-                        size_t a_stride) {
+/* Up to X16_Q6K_TOKENS tokens: every super-block (q6_k's, or q3_k's where q3) against every token. */
+static inline void gemm_tokens(const int q3, int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w,
+                               const uint8_t *a, size_t a_stride) {
     float32x4_t acc[X16_Q6K_TOKENS][4];
     x16_q6k_quants u;
     for (int64_t i = 0; i < t; i++)
         for (int q = 0; q < 4; q++)
             acc[i][q] = vdupq_n_f32(0.0f);
     for (int64_t b = 0; b < nsb; b++) {
-        const uint8_t *g = w + b * X16_Q6K_BLOCK;
-        x16_q6k_unpack(g, &u);
+        const uint8_t *g = w + b * (q3 ? X16_Q3K_BLOCK : X16_Q6K_BLOCK);
+        if (q3)
+            x16_q3k_unpack(g, &u);
+        else
+            x16_q6k_unpack(g, &u);
         float32x4_t d[4];
         for (int q = 0; q < 4; q++) {
             uint16_t h[4];
@@ -65,9 +68,19 @@ static void gemm_tokens(int64_t nsb, int64_t t, float *out, size_t out_stride, c
             vst1q_f32(out + i * out_stride + 4 * q, acc[i][q]);
 }
 
+static void gemm(const int q3, int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                 size_t a_stride) {
+    for (int64_t t0 = 0; t0 < t; t0 += X16_Q6K_TOKENS)
+        gemm_tokens(q3, k / QK_K, t - t0 < X16_Q6K_TOKENS ? t - t0 : X16_Q6K_TOKENS, out + t0 * out_stride, out_stride, w,
+                    (const uint8_t *)a + t0 * a_stride, a_stride);
+}
+
 void gemm_x16_q6_K_q16_a_neon(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                               size_t a_stride) {
-    for (int64_t t0 = 0; t0 < t; t0 += X16_Q6K_TOKENS)
-        gemm_tokens(k / QK_K, t - t0 < X16_Q6K_TOKENS ? t - t0 : X16_Q6K_TOKENS, out + t0 * out_stride, out_stride, w,
-                    (const uint8_t *)a + t0 * a_stride, a_stride);
+    gemm(0, k, t, out, out_stride, w, a, a_stride);
+}
+
+void gemm_x16_q3_K_q16_a_neon(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                              size_t a_stride) {
+    gemm(1, k, t, out, out_stride, w, a, a_stride);
 }

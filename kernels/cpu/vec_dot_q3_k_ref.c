@@ -6,20 +6,28 @@
  * does the same operations in order (bit for bit). Error against float64: the scalar bound of
  * tests/test_kernels.py. */
 #include "llmrun.h"
+#include "gemm_x16_ref.h"
+
+/* One super-block's eight terms added to sum; y its eight activation blocks. */
+static inline float block_dot_q3_K(const block_q3_K *x, const block_q16_a *y, float sum) {
+    const float d = llmr_f16_to_f32(x->d);
+    for (int j = 0; j < QK_K / QK_Q16_A; j++, y++) {
+        int32_t p[2] = {0, 0}; /* sub-blocks 2j, 2j + 1 */
+        for (int l = 0; l < QK_Q16_A; l++)
+            p[l / 16] += llmr_q3_k_quant(x, QK_Q16_A * j + l) * y->qs[l];
+        const int32_t isum = llmr_q3_k_scale(x->scales, 2 * j) * p[0] + llmr_q3_k_scale(x->scales, 2 * j + 1) * p[1];
+        sum += d * y->d * (float)isum;
+    }
+    return sum;
+}
 
 void vec_dot_q3_K_q16_a_ref(int64_t k, float *s, const void *w, const void *a) {
     const block_q3_K *x = w;
     const block_q16_a *y = a;
     float sum = 0.0f;
-    for (int64_t i = 0; i < k / QK_K; i++) {
-        const float d = llmr_f16_to_f32(x[i].d);
-        for (int j = 0; j < QK_K / QK_Q16_A; j++, y++) {
-            int32_t p[2] = {0, 0}; /* sub-blocks 2j, 2j + 1 */
-            for (int l = 0; l < QK_Q16_A; l++)
-                p[l / 16] += llmr_q3_k_quant(&x[i], QK_Q16_A * j + l) * y->qs[l];
-            const int32_t isum = llmr_q3_k_scale(x[i].scales, 2 * j) * p[0] + llmr_q3_k_scale(x[i].scales, 2 * j + 1) * p[1];
-            sum += d * y->d * (float)isum;
-        }
-    }
+    for (int64_t i = 0; i < k / QK_K; i++)
+        sum = block_dot_q3_K(&x[i], y + i * (QK_K / QK_Q16_A), sum);
     *s = sum;
 }
+
+SUPER_BLOCK_X16_KERNEL(q3_K, block_q3_K, LLMR_TYPE_Q3_K)

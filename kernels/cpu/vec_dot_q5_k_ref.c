@@ -6,6 +6,7 @@
  * operations in order: bit for bit). Error against float64: as q4_k's, the scalar bound of
  * tests/test_kernels.py. */
 #include "llmrun.h"
+#include "gemm_x16_ref.h"
 
 /* One super-block's eight terms added to sum; y its eight activation blocks. */
 static inline float block_dot_q5_K(const block_q5_K *x, const block_q16_a *y, float sum) {
@@ -30,21 +31,4 @@ void vec_dot_q5_K_q16_a_ref(int64_t k, float *s, const void *w, const void *a) {
     *s = sum;
 }
 
-/* Each super-block copied out of its group, then the rows layout's arithmetic: bit for bit
- * vec_dot_q5_K_q16_a_ref's result. */
-void gemm_x16_q5_K_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
-                             size_t a_stride) {
-    const llmr_type_traits *tr = llmr_type_traits_get(LLMR_TYPE_Q5_K);
-    block_q5_K x;
-    for (int64_t ti = 0; ti < t; ti++) {
-        const block_q16_a *y = (const block_q16_a *)((const uint8_t *)a + ti * a_stride);
-        for (int r = 0; r < LLMR_X16; r++) {
-            float sum = 0.0f;
-            for (int64_t i = 0; i < k / QK_K; i++) {
-                llmr_x16_get_block(tr, w, r, i, &x);
-                sum = block_dot_q5_K(&x, y + i * (QK_K / QK_Q16_A), sum);
-            }
-            out[ti * out_stride + r] = sum;
-        }
-    }
-}
+SUPER_BLOCK_X16_KERNEL(q5_K, block_q5_K, LLMR_TYPE_Q5_K)

@@ -1,6 +1,7 @@
 /* Scalar dot products, vec_dot_<weight type>_<activation type>: the reference every SIMD
  * variant is held to (quant.reference.matmul spells out the same arithmetic). */
 #include "llmrun.h"
+#include "gemm_x16_ref.h"
 
 /* Float weights: eight partial sums break the add-latency chain (and let the compiler put
  * them in vector registers) without -ffast-math; the order is fixed, so results are
@@ -236,24 +237,5 @@ void vec_dot_q6_K_q16_a_ref(int64_t k, float *s, const void *w, const void *a) {
     *s = sum;
 }
 
-/* Each super-block copied out of its group, then the rows layout's arithmetic: bit for bit
- * vec_dot_q4_K_q16_a_ref's (vec_dot_q6_K_q16_a_ref's) result. */
-#define SUPER_BLOCK_X16_KERNEL(type, block_t, id)                                                       \
-    void gemm_x16_##type##_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
-                                     const void *a, size_t a_stride) {                                \
-        const llmr_type_traits *tr = llmr_type_traits_get(id);                                         \
-        block_t x;                                                                                    \
-        for (int64_t ti = 0; ti < t; ti++) {                                                          \
-            const block_q16_a *y = (const block_q16_a *)((const uint8_t *)a + ti * a_stride);         \
-            for (int r = 0; r < LLMR_X16; r++) {                                                      \
-                float sum = 0.0f;                                                                     \
-                for (int64_t i = 0; i < k / QK_K; i++) {                                              \
-                    llmr_x16_get_block(tr, w, r, i, &x);                                              \
-                    sum = block_dot_##type(&x, y + i * (QK_K / QK_Q16_A), sum);                       \
-                }                                                                                     \
-                out[ti * out_stride + r] = sum;                                                       \
-            }                                                                                         \
-        }                                                                                             \
-    }
 SUPER_BLOCK_X16_KERNEL(q4_K, block_q4_K, LLMR_TYPE_Q4_K)
 SUPER_BLOCK_X16_KERNEL(q6_K, block_q6_K, LLMR_TYPE_Q6_K)

@@ -517,11 +517,14 @@ void vec_dot_q5_K_q16_a_avx512vnni(int64_t k, float *s, const void *w, const voi
 LLMR_DECLARE_Q5_K(neon)
 
 /* q3_K's and q2_K's rows-layout dot products, every ISA (each in its own file: vec_dot_q3_k_<isa>.c,
- * vec_dot_q2_k_<isa>.c; only those of the ISAs built are defined). They have no X16 layout: matmul
- * runs prefill through vec_dot_tile (4 tokens per weight read) where an ISA has one, else vec_dot. */
+ * vec_dot_q2_k_<isa>.c; only those of the ISAs built are defined). q2_k has no X16 kernels: matmul
+ * runs its prefill through vec_dot per token. q3_k's X16 kernels are q6_k's (gemm_x16_q6_k_<isa>.c;
+ * avx2's and avx512vnni's read q16_b, below). */
 #define LLMR_DECLARE_Q23_K(isa)                                                                        \
     void vec_dot_q3_K_q16_a_##isa(int64_t k, float *s, const void *w, const void *a);                \
     void vec_dot_q2_K_q16_a_##isa(int64_t k, float *s, const void *w, const void *a);
+void gemm_x16_q3_K_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
+                             const void *a, size_t a_stride);
 LLMR_DECLARE_Q23_K(ref)
 LLMR_DECLARE_Q23_K(avx2)
 LLMR_DECLARE_Q23_K(avx512)
@@ -657,12 +660,16 @@ LLMR_DECLARE_GEMM_X16_Q4_K(avx512)
 LLMR_DECLARE_GEMM_X16(avx512vnni)
 void gemm_x16_q6_K_q16_a_avx512(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                                 size_t a_stride);
+void gemm_x16_q3_K_q16_a_avx512(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                                size_t a_stride);
 /* AVX2 and AVX-512 VNNI kernels reading q16_b activations (u8 x s8 multiply-adds) */
 void gemm_x16_q4_K_q16_b_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                               size_t a_stride);
 void gemm_x16_q5_K_q16_b_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                               size_t a_stride);
 void gemm_x16_q6_K_q16_b_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                              size_t a_stride);
+void gemm_x16_q3_K_q16_b_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                               size_t a_stride);
 void q16_b_from_a_avx2(const block_q16_a *a, block_q16_b *b, int64_t nb);
 void q16_b_from_a_avx512(const block_q16_a *a, block_q16_b *b, int64_t nb);
@@ -671,6 +678,8 @@ void gemm_x16_q4_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out
 void gemm_x16_q5_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                                     const void *a, size_t a_stride);
 void gemm_x16_q6_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
+                                    const void *a, size_t a_stride);
+void gemm_x16_q3_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                                     const void *a, size_t a_stride);
 
 /* ---- arm64 NEON kernels (*_neon.c; built and called only on arm64, where NEON is baseline) -- */
@@ -693,6 +702,8 @@ void vec_dot_tile_q6_K_q16_a_neon(int64_t k, float *s, size_t s_stride, const vo
 LLMR_DECLARE_GEMM_X16(neon)
 LLMR_DECLARE_GEMM_X16_Q4_K(neon)
 void gemm_x16_q6_K_q16_a_neon(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                              size_t a_stride);
+void gemm_x16_q3_K_q16_a_neon(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                               size_t a_stride);
 
 /* ---- dispatch (dispatch.c) ------------------------------------------------------------------ */

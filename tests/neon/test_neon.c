@@ -313,6 +313,7 @@ static void test_x16(void) {
         {"x16 q4_k", LLMR_TYPE_Q4_K, gemm_x16_q4_K_q16_a_neon, gemm_x16_q4_K_q16_a_ref},
         {"x16 q5_k", LLMR_TYPE_Q5_K, gemm_x16_q5_K_q16_a_neon, gemm_x16_q5_K_q16_a_ref},
         {"x16 q6_k", LLMR_TYPE_Q6_K, gemm_x16_q6_K_q16_a_neon, gemm_x16_q6_K_q16_a_ref},
+        {"x16 q3_k", LLMR_TYPE_Q3_K, gemm_x16_q3_K_q16_a_neon, gemm_x16_q3_K_q16_a_ref},
     };
     static const int GROUP_ROWS[] = {16, 48}, TOKENS[] = {1, 3};
     for (int t = 0; t < (int)(sizeof T / sizeof T[0]); t++)
