@@ -1,9 +1,9 @@
 """Weight layouts: how a matrix's blocks lie in a .llmr file (recorded per tensor).
 
 ROWS is GGUF's: each row its blocks in order. X16 (the types whose table entry says x16: q8_0,
-q4_0, q4_1, q5_0, q5_1, iq4_nl, q3_k, q4_k, q5_k, q6_k; rows a multiple of 16) is what the SIMD kernels read:
+q4_0, q4_1, q5_0, q5_1, iq4_nl, q2_k .. q6_k; rows a multiple of 16) is what the SIMD kernels read:
 groups of 16 consecutive rows; each group its blocks in order; each block of a group stored as the
-16 rows' first f16 scale field (d), then (q4_1, q5_1, q4_k, q5_k: n_scales = 2) their second (m;
+16 rows' first f16 scale field (d), then (q4_1, q5_1, q2_k, q4_k, q5_k: n_scales = 2) their second (m;
 the k-quants' dmin), then the rows' other bytes, in their order, as 4-byte words, word c of row r
 at (c * 16 + r) * 4 (q5: word 0 is qh, words 1-4 qs; q4_k: words 0-2 the 12 bytes of packed
 scales and mins, words 3-34 qs; q5_k: words 0-2 the scales, 3-10 qh, 11-42 qs; q6_k, whose d is
@@ -12,12 +12,11 @@ bytes are the row blocks' own, moved, so the file is no larger and a row comes b
 A SIMD load then holds one word of 16 rows, and 16 dot products advance in lanes without
 horizontal sums (kernels/cpu/gemm_x16_*.c). The converter picks X16 wherever it applies.
 
-q3_k: its d, then words 0-7 hmask, 8-23 qs, 24-26 the 12 bytes of packed 6-bit scales. q2_k has
-an X16 layout too, by the same rule, though files keep it in rows (its CPU kernels read GGUF's
-blocks as they are), as files written before q3_k's X16 kernels keep q3_k: the GPU backends
-re-lay them into X16 as they upload them (llmrun/backends/gpu.py), so every quantised type
-reaches the GPU kernels alike. q2_k: its d, then dmin, then words 0-3 the 16 bytes of 4-bit
-scale and min pairs, 4-19 qs.
+q3_k: its d, then words 0-7 hmask, 8-23 qs, 24-26 the 12 bytes of packed 6-bit scales; q2_k: its
+d, then dmin, then words 0-3 the 16 bytes of 4-bit scale and min pairs, 4-19 qs. Files written
+before their CPU X16 kernels hold q2_k and q3_k in rows: the CPU runs them so, and the GPU
+backends re-lay them into X16 as they upload them (llmrun/backends/gpu.py), so every quantised
+type reaches the GPU kernels alike.
 """
 from __future__ import annotations
 

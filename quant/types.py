@@ -102,11 +102,11 @@ IQ4_NL = QType("iq4_nl", 20, 32, 18, n_scales=1, act="q16_a", x16=True)  # { f16
 # k-quants, in GGML's order: q2_k .. q6_k are stored and run (q4_k's sub-blocks of 32 line
 # up with q16_a blocks, X16: its d and dmin, then 3 words of packed scales and 32 of quants; q5_k
 # the same with 8 words of qh between them; q6_k's sub-blocks of 16 are halves of them, X16: its
-# d, then 32 words of ql, 16 of qh, 4 of scales; q3_k's, run by q6_k's kernels, X16: its d, then 8
-# words of hmask, 16 of qs, 3 of packed scales); q8_k is import-only. q2_k is stored in the rows
-# layout (its kernels read GGUF's blocks as they are). q2_k's and q3_k's f16 fields come last
-# (q2_k's d and dmin at byte 80, q3_k's d at 108)
-Q2_K = QType("q2_k", 10, QK_K, 84, n_scales=2, act="q16_a", fallback="q4_0", scales_at=80)  # { u8 scales[16]; u8 qs[64]; f16 d; f16 dmin; }
+# d, then 32 words of ql, 16 of qh, 4 of scales; q3_k's and q2_k's, run by q6_k's kernels, X16: q3_k
+# its d, then 8 words of hmask, 16 of qs, 3 of packed scales; q2_k its d and dmin, then 4 words of
+# scales and mins, 16 of qs); q8_k is import-only. q2_k's and q3_k's f16 fields come last (q2_k's d
+# and dmin at byte 80, q3_k's d at 108)
+Q2_K = QType("q2_k", 10, QK_K, 84, n_scales=2, act="q16_a", x16=True, fallback="q4_0", scales_at=80)  # { u8 scales[16]; u8 qs[64]; f16 d; f16 dmin; }
 Q3_K = QType("q3_k", 11, QK_K, 110, n_scales=1, act="q16_a", x16=True, fallback="q4_0", scales_at=108)  # { u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d; }
 Q4_K = QType("q4_k", 12, QK_K, 144, n_scales=2, act="q16_a", x16=True, fallback="q5_0")  # { f16 d; f16 dmin; u8 scales[12]; u8 qs[128]; }
 Q5_K = QType("q5_k", 13, QK_K, 176, n_scales=2, act="q16_a", x16=True, fallback="q5_1")  # { f16 d; f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]; }

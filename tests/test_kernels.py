@@ -306,8 +306,7 @@ def test_iq4_nl_levels_are_ggmls():
 def test_x16_layout_puts_each_byte_where_documented(t):
     """Group g, block b: the 16 rows' f16 scale fields (found at the table's scales_at: q6_k's d
     is its last field), then word c of the block's other bytes, in order, of row r at
-    (c * 16 + r) * 4 (kernels/include/llmrun.h); and back again exactly. Every quantised type,
-    the ones files keep in rows (q2_k, q3_k: the GPU backends re-lay them) too."""
+    (c * 16 + r) * 4 (kernels/include/llmrun.h); and back again exactly. Every quantised type."""
     rng = rng_for("x16 layout", t.name)
     rows = ref.quantize(rand(rng, 32, 3 * t.block_size), t)  # two groups of three blocks
     flat = interleave(rows, t).reshape(-1)
@@ -363,11 +362,11 @@ def test_x16_k_quant_reads_every_bit_of_the_packed_scales(t):
         assert (err <= bound).all(), f"layout {layout}: max err {err.max():.3g}"
 
 
-@pytest.mark.parametrize("t", [Q4_K, Q6_K, Q3_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("t", [Q4_K, Q6_K, Q3_K, Q2_K], ids=lambda t: t.name)
 def test_x16_super_blocks_read_every_bit(t):
     """The super-block types' X16 kernels unpack 16 rows' scales and quants at once (q4_k's 6-bit
     scales and mins, gemm_x16.h; q6_k's int8 scales and split 6-bit quants, q3_k's packed 6-bit
-    scales and split 3-bit quants, gemm_x16_q6_k.h): on
+    scales and split 3-bit quants, q2_k's 4-bit scales and mins, gemm_x16_q6_k.h): on
     random bytes (every bit pattern; finite f16 scales of both signs) they must agree with the
     numpy reference, whose unpacking is gguf-py's."""
     rng = rng_for("x16 super-block bits", t.name)
@@ -379,7 +378,7 @@ def test_x16_super_blocks_read_every_bit(t):
     w = blocks.reshape(n, -1)
     x = rand(rng, 5, nb * 256, scale=2.0)
     bound = (X16_DOT_BOUND(nb * 8) if K.isa() != "scalar" else QUANT_DOT_BOUND(nb * 8)) * matmul_magnitude(w, t, x)
-    rows = np.empty((5, n), np.float32)  # the rows layout too: files written before q3_k had X16 kernels hold it so
+    rows = np.empty((5, n), np.float32)  # the rows layout too: files written before q3_k / q2_k had X16 kernels hold it so
     K.matmul(rows, x, w, t.id, 0)
     err = np.abs(rows - ref.matmul(w, t, x))
     assert (err <= bound).all(), f"rows layout: max err {err.max():.3g}"

@@ -1,5 +1,5 @@
-/* What the gemm_x16_q6_k_<isa>.c files share (they run q3_k too: its geometry at the end): q6_k's
- * X16 super-block geometry, and the unpacked
+/* What the gemm_x16_q6_k_<isa>.c files share (they run q3_k and q2_k too, whose sub-blocks are 16
+ * values as q6_k's: their geometry at the end): q6_k's X16 super-block geometry, and the unpacked
  * form of a super-block (x16_q6k_quants: its 16 rows' quants times their sub-block scales) with
  * its unpacking in GCC / Clang vector extensions, which the NEON kernel uses; AVX-512 and AVX2
  * make the same bytes with their own intrinsics (the generic vectors compiled to a third of
@@ -78,7 +78,10 @@ static inline void x16_q6k_unpack(const uint8_t *g, x16_q6k_quants *u) {
         }
 }
 
-/* q3_k, run by the same kernels (each gemm_x16_q6_k_<isa>.c with its q3 switch): its 16-element
+/* The 16-value sub-block k-quants the gemm_x16_q6_k_<isa>.c kernels run (their fmt switch). */
+enum { K16_Q6_K, K16_Q3_K, K16_Q2_K };
+
+/* q3_k, run by the same kernels: its 16-element
  * sub-blocks meet the q16_a blocks as q6_k's do. A super-block of a group is 16 rows' 110-byte
  * blocks (1760 bytes): the 16 d (f16), then words 0-7 of the rows' hmask, 8-23 of their qs,
  * 24-26 of their 12 packed scale bytes. q16_a block j = 4h + k (h < 2, k < 4), elements 4c ..
@@ -131,6 +134,45 @@ static inline void x16_q3k_unpack(const uint8_t *g, x16_q6k_quants *u) {
                 const x16_q6k_i16 v = __builtin_convertvector((x16_q6k_i8)(q - 4), x16_q6k_i16) * sc[2 * j + c / 4];
                 memcpy(u->w[j][c], &v, sizeof v);
             }
+}
+
+/* q2_k: a super-block of a group is 16 rows' 84-byte blocks (1344 bytes): the 16 d (f16), the 16
+ * dmin, then words 0-3 of the rows' 16 scale bytes (byte i of word w: sub-block 4w + i's scale sc
+ * in its low nibble, its min m in the high one), 4-19 of their qs, whose bits lie as q3_k's: q16_a
+ * block j = 4h + k, word column c, bits 2k, 2k + 1 of qs word 8h + c's bytes, the quant q (0 ..
+ * 3). The weight is d sc q - dmin m: the kernels sum q against the activations as q6_k's, and
+ * the mins go into the offsets with the block's s16. */
+#define X16_Q2K_BLOCK (LLMR_X16 * sizeof(block_q2_K))
+#define X16_Q2K_DMIN (LLMR_X16 * 2)
+#define X16_Q2K_SCALES (LLMR_X16 * 4)
+#define X16_Q2K_QS (X16_Q2K_SCALES + LLMR_X16 * 16)
+
+/* Bytes of one super-block of a group, and the bias the unsigned quants carry (q - 32, q - 4; q2_k
+ * none: its offsets are its mins). */
+#define X16_K16_BLOCK(fmt) ((fmt) == K16_Q6_K ? X16_Q6K_BLOCK : (fmt) == K16_Q3_K ? X16_Q3K_BLOCK : X16_Q2K_BLOCK)
+#define X16_K16_BIAS(fmt) ((fmt) == K16_Q6_K ? 32.0f : (fmt) == K16_Q3_K ? 4.0f : 1.0f)
+
+/* x16_q6k_unpack for q2_k: the integer weights sc q (0 .. 45), in the same places; the mins,
+ * which do not multiply q, are the kernel's. */
+static inline void x16_q2k_unpack(const uint8_t *g, x16_q6k_quants *u) {
+    x16_q6k_i16 sc[QK_K / 16];
+    for (int w = 0; w < 4; w++) {
+        x16_q6k_u32 sw;
+        memcpy(&sw, g + X16_Q2K_SCALES + 64 * w, sizeof sw);
+        for (int i = 0; i < 4; i++)
+            sc[4 * w + i] = x16_q6k_scale_lanes(sw & 0x0F0F0F0F, i);
+    }
+    for (int h = 0; h < 2; h++)
+        for (int c = 0; c < 8; c++) {
+            x16_q6k_u8 qs;
+            memcpy(&qs, g + X16_Q2K_QS + (8 * h + c) * 64, sizeof qs);
+            for (int k = 0; k < 4; k++) {
+                const int j = 4 * h + k;
+                const x16_q6k_u8 q = (qs >> (2 * k)) & 3;
+                const x16_q6k_i16 v = __builtin_convertvector((x16_q6k_i8)q, x16_q6k_i16) * sc[2 * j + c / 4];
+                memcpy(u->w[j][c], &v, sizeof v);
+            }
+        }
 }
 
 #endif

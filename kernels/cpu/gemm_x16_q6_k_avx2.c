@@ -64,15 +64,48 @@ ALWAYS_INLINE __m256i q3k_quants(const uint8_t *g, int hb, int k, int c, int rh)
     return _mm256_or_si256(_mm256_and_si256(low, _mm256_set1_epi8(0x03)), _mm256_and_si256(third, _mm256_set1_epi8(0x04)));
 }
 
+/* q2_k's: the quants (0 .. 3) of q16_a block 4hb + k in word column c, rows 8 rh .. 8 rh + 7: bits
+ * 2k, 2k + 1 of the qs word. */
+ALWAYS_INLINE __m256i q2k_quants(const uint8_t *g, int hb, int k, int c, int rh) {
+    const __m256i qs = _mm256_loadu_si256((const __m256i *)(g + X16_Q2K_QS + (8 * hb + c) * 64 + 32 * rh));
+    return _mm256_and_si256(k ? _mm256_srli_epi16(qs, 2 * k) : qs, _mm256_set1_epi8(0x03));
+}
+
+/* The quants of format fmt. */
+ALWAYS_INLINE __m256i k16_quants(const int fmt, const uint8_t *g, int hb, int k, int c, int rh) {
+    return fmt == K16_Q2_K ? q2k_quants(g, hb, k, c, rh) : fmt == K16_Q3_K ? q3k_quants(g, hb, k, c, rh)
+                                                         : q6k_quants(g, hb, k, c, rh);
+}
+
+/* q2_k's rows' d sc_s and dmin m_s of the super-block's 16 sub-blocks, half h of the rows. */
+ALWAYS_INLINE void q2k_scales(const uint8_t *g, __m256 dsc[QK_K / 16][2], __m256 dmm[QK_K / 16][2]) {
+    const __m256i nibble = _mm256_set1_epi32(0x0F);
+    for (int h = 0; h < 2; h++) {
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(g + 16 * h)));
+        const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(g + X16_Q2K_DMIN + 16 * h)));
+        for (int w = 0; w < 4; w++) {
+            const __m256i word = _mm256_loadu_si256((const __m256i *)(g + X16_Q2K_SCALES + 64 * w + 32 * h));
+            for (int i = 0; i < 4; i++) { /* byte i of each row's word: sub-block 4w + i's sc | m << 4 */
+                const __m256i sc = _mm256_and_si256(_mm256_srl_epi32(word, _mm_cvtsi32_si128(8 * i)), nibble);
+                const __m256i m = _mm256_and_si256(_mm256_srl_epi32(word, _mm_cvtsi32_si128(8 * i + 4)), nibble);
+                dsc[4 * w + i][h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(sc));
+                dmm[4 * w + i][h] = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(m));
+            }
+        }
+    }
+}
+
 /* A super-block's quants, unpacked once for more than one token: [hb][k][c][rh]. */
 typedef struct {
     __m256i q[2][4][8][2];
 } q6k_unpacked;
 
 /* T tokens' sums += the super-block (raw at g, or unpacked in u where u is not NULL) against their
- * activation blocks ys[i][0 .. 8), half rh of the rows. */
-ALWAYS_INLINE void q6k_tile(const int T, const int q3, const uint8_t *g, const q6k_unpacked *u, int rh,
-                            const __m256 dsc[QK_K / 16][2], const block_q16_b *const *ys, q16b_sums *sums) {
+ * activation blocks ys[i][0 .. 8), half rh of the rows: the products times dsc, the offsets times
+ * off (q6_k's and q3_k's d sc, the bias taken at the end; q2_k's dmin m). */
+ALWAYS_INLINE void q6k_tile(const int T, const int fmt, const uint8_t *g, const q6k_unpacked *u, int rh,
+                            const __m256 dsc[QK_K / 16][2], const __m256 off_scale[QK_K / 16][2],
+                            const block_q16_b *const *ys, q16b_sums *sums) {
     /* One token's running sums stay in registers for the super-block; more tokens' in memory */
     __m256 acc = sums[0].acc[rh], off = sums[0].off[rh];
     for (int hb = 0; hb < 2; hb++)
@@ -82,31 +115,46 @@ ALWAYS_INLINE void q6k_tile(const int T, const int q3, const uint8_t *g, const q
                 __m256i sum[Q6K_TILE];
                 for (int i = 0; i < T; i++)
                     sum[i] = _mm256_setzero_si256();
-#pragma GCC unroll 2
-                for (int c0 = 4 * half; c0 < 4 * half + 4; c0 += 2) {
-                    __m256i hi[Q6K_TILE];
+                if (fmt != K16_Q6_K) { /* quants < 8: |pair| <= 2 * 255 * 7; a sub-block's 4 columns in int16 */
+                    __m256i lo[Q6K_TILE], hi[Q6K_TILE];
                     for (int i = 0; i < T; i++)
-                        hi[i] = _mm256_setzero_si256();
-#pragma GCC unroll 2
-                    for (int c = c0; c < c0 + 2; c++) {
-                        const __m256i q = u    ? u->q[hb][k][c][rh]
-                                          : q3 ? q3k_quants(g, hb, k, c, rh)
-                                               : q6k_quants(g, hb, k, c, rh);
+                        lo[i] = hi[i] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+                    for (int c = 4 * half; c < 4 * half + 4; c++) {
+                        const __m256i q = u ? u->q[hb][k][c][rh] : k16_quants(fmt, g, hb, k, c, rh);
                         for (int i = 0; i < T; i++) {
                             const block_q16_b *y = ys[i] + 4 * hb + k;
-                            sum[i] = q16b_fold_lo(sum[i], q16b_lo_pairs(q, y, 4 * c));
+                            lo[i] = _mm256_add_epi16(lo[i], q16b_lo_pairs(q, y, 4 * c));
                             hi[i] = _mm256_add_epi16(hi[i], q16b_hi_pairs(q, y, 4 * c));
                         }
                     }
                     for (int i = 0; i < T; i++)
-                        sum[i] = q16b_fold_hi(sum[i], hi[i]);
+                        sum[i] = q16b_fold(sum[i], lo[i], hi[i]);
+                } else { /* q6_k: |lo pair| <= 2 * 255 * 63, folded at once; two hi pairs in int16 */
+#pragma GCC unroll 2
+                    for (int c0 = 4 * half; c0 < 4 * half + 4; c0 += 2) {
+                        __m256i hi[Q6K_TILE];
+                        for (int i = 0; i < T; i++)
+                            hi[i] = _mm256_setzero_si256();
+#pragma GCC unroll 2
+                        for (int c = c0; c < c0 + 2; c++) {
+                            const __m256i q = u ? u->q[hb][k][c][rh] : q6k_quants(g, hb, k, c, rh);
+                            for (int i = 0; i < T; i++) {
+                                const block_q16_b *y = ys[i] + 4 * hb + k;
+                                sum[i] = q16b_fold_lo(sum[i], q16b_lo_pairs(q, y, 4 * c));
+                                hi[i] = _mm256_add_epi16(hi[i], q16b_hi_pairs(q, y, 4 * c));
+                            }
+                        }
+                        for (int i = 0; i < T; i++)
+                            sum[i] = q16b_fold_hi(sum[i], hi[i]);
+                    }
                 }
-                const __m256 s = dsc[2 * (4 * hb + k) + half][rh];
+                const __m256 s = dsc[2 * (4 * hb + k) + half][rh], os = off_scale[2 * (4 * hb + k) + half][rh];
                 for (int i = 0; i < T; i++) {
                     const block_q16_b *y = ys[i] + 4 * hb + k;
                     __m256 *a = T == 1 ? &acc : &sums[i].acc[rh], *o = T == 1 ? &off : &sums[i].off[rh];
                     *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[i]), _mm256_mul_ps(s, _mm256_set1_ps(y->d)), *a);
-                    *o = _mm256_fmadd_ps(s, _mm256_set1_ps(y->s16[half]), *o);
+                    *o = _mm256_fmadd_ps(os, _mm256_set1_ps(y->s16[half]), *o);
                 }
             }
     if (T == 1) {
@@ -115,66 +163,77 @@ ALWAYS_INLINE void q6k_tile(const int T, const int q3, const uint8_t *g, const q
     }
 }
 
-/* Up to Q16B_TOKENS tokens: every super-block (q6_k's, or q3_k's where q3) against every token,
- * tile by tile, half by half. */
-ALWAYS_INLINE void gemm_tokens(const int q3, int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w,
+/* Up to Q16B_TOKENS tokens: every super-block (of format fmt) against every token, tile by tile,
+ * half by half. */
+ALWAYS_INLINE void gemm_tokens(const int fmt, int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w,
                                const uint8_t *a, size_t a_stride) {
     q16b_sums sums[Q16B_TOKENS];
     q6k_unpacked u;
     for (int64_t i = 0; i < t; i++)
         sums[i].acc[0] = sums[i].acc[1] = sums[i].off[0] = sums[i].off[1] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nsb; b++) {
-        const size_t block = q3 ? X16_Q3K_BLOCK : X16_Q6K_BLOCK;
-        const uint8_t *g = w + b * block;
-        q16b_prefetch(g, block);
-        __m256 dsc[QK_K / 16][2];
-        uint8_t q3_words[4 * 64];
-        if (q3)
-            x16_q3k_scale_words(g, q3_words);
-        q6k_scales(g, q3 ? q3_words : g + X16_Q6K_SCALES, dsc);
+        const uint8_t *g = w + b * X16_K16_BLOCK(fmt);
+        q16b_prefetch(g, X16_K16_BLOCK(fmt));
+        __m256 dsc[QK_K / 16][2], dmm[QK_K / 16][2];
+        if (fmt == K16_Q2_K) {
+            q2k_scales(g, dsc, dmm);
+        } else if (fmt == K16_Q3_K) {
+            uint8_t words[4 * 64];
+            x16_q3k_scale_words(g, words);
+            q6k_scales(g, words, dsc);
+        } else {
+            q6k_scales(g, g + X16_Q6K_SCALES, dsc);
+        }
+        const __m256(*off)[2] = fmt == K16_Q2_K ? dmm : dsc;
         if (t == 1) { /* decode: the quants straight from the weights */
             const block_q16_b *y;
             q16b_token_blocks(a, a_stride, 0, 1, b, &y);
-            q6k_tile(1, q3, g, NULL, 0, dsc, &y, sums);
-            q6k_tile(1, q3, g, NULL, 1, dsc, &y, sums);
+            q6k_tile(1, fmt, g, NULL, 0, dsc, off, &y, sums);
+            q6k_tile(1, fmt, g, NULL, 1, dsc, off, &y, sums);
             continue;
         }
         for (int hb = 0; hb < 2; hb++)
             for (int k = 0; k < 4; k++)
                 for (int c = 0; c < 8; c++)
                     for (int rh = 0; rh < 2; rh++)
-                        u.q[hb][k][c][rh] = q3 ? q3k_quants(g, hb, k, c, rh) : q6k_quants(g, hb, k, c, rh);
+                        u.q[hb][k][c][rh] = k16_quants(fmt, g, hb, k, c, rh);
         for (int64_t ti = 0; ti < t; ti += Q6K_TILE) {
             const block_q16_b *ys[Q6K_TILE];
             const int n = t - ti < Q6K_TILE ? (int)(t - ti) : Q6K_TILE;
             q16b_token_blocks(a, a_stride, ti, n, b, ys);
             for (int rh = 0; rh < 2; rh++)
                 switch (n) {
-                case 2: q6k_tile(2, q3, g, &u, rh, dsc, ys, sums + ti); break;
-                default: q6k_tile(1, q3, g, &u, rh, dsc, ys, sums + ti); break;
+                case 2: q6k_tile(2, fmt, g, &u, rh, dsc, off, ys, sums + ti); break;
+                default: q6k_tile(1, fmt, g, &u, rh, dsc, off, ys, sums + ti); break;
                 }
         }
     }
-    /* the offsets' 32 (q3_k: 4), taken once: scaling by a power of two commutes with each rounding */
-    const __m256 bias = _mm256_set1_ps(q3 ? 4.0f : 32.0f);
+    /* the offsets' 32 (q3_k: 4; q2_k: 1), taken once: scaling by a power of two commutes with each
+     * rounding */
+    const __m256 bias = _mm256_set1_ps(X16_K16_BIAS(fmt));
     for (int64_t i = 0; i < t; i++)
         for (int rh = 0; rh < 2; rh++)
             _mm256_storeu_ps(out + i * out_stride + 8 * rh, _mm256_fnmadd_ps(sums[i].off[rh], bias, sums[i].acc[rh]));
 }
 
-ALWAYS_INLINE void gemm(const int q3, int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+ALWAYS_INLINE void gemm(const int fmt, int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                         size_t a_stride) {
     for (int64_t t0 = 0; t0 < t; t0 += Q16B_TOKENS)
-        gemm_tokens(q3, k / QK_K, t - t0 < Q16B_TOKENS ? t - t0 : Q16B_TOKENS, out + t0 * out_stride, out_stride, w,
+        gemm_tokens(fmt, k / QK_K, t - t0 < Q16B_TOKENS ? t - t0 : Q16B_TOKENS, out + t0 * out_stride, out_stride, w,
                     (const uint8_t *)a + t0 * a_stride, a_stride);
 }
 
 void gemm_x16_q6_K_q16_b_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                               size_t a_stride) {
-    gemm(0, k, t, out, out_stride, w, a, a_stride);
+    gemm(K16_Q6_K, k, t, out, out_stride, w, a, a_stride);
 }
 
 void gemm_x16_q3_K_q16_b_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                               size_t a_stride) {
-    gemm(1, k, t, out, out_stride, w, a, a_stride);
+    gemm(K16_Q3_K, k, t, out, out_stride, w, a, a_stride);
+}
+
+void gemm_x16_q2_K_q16_b_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                              size_t a_stride) {
+    gemm(K16_Q2_K, k, t, out, out_stride, w, a, a_stride);
 }

@@ -68,15 +68,47 @@ ALWAYS_INLINE void q3k_column(const uint8_t *g, int h, int c, __m512i q[4]) {
     }
 }
 
+/* q2_k's: q[k] the quants (0 .. 3) of block 4h + k in word column c: bits 2k, 2k + 1 of the qs word. */
+ALWAYS_INLINE void q2k_column(const uint8_t *g, int h, int c, __m512i q[4]) {
+    const __m512i qs = _mm512_loadu_si512(g + X16_Q2K_QS + (8 * h + c) * 64);
+    for (int k = 0; k < 4; k++)
+        q[k] = _mm512_and_si512(k ? _mm512_srli_epi16(qs, 2 * k) : qs, _mm512_set1_epi8(0x03));
+}
+
+/* q2_k's rows' d sc_s and dmin m_s (one lane per row) of the super-block's 16 sub-blocks. */
+ALWAYS_INLINE void q2k_scales(const uint8_t *g, __m512 dsc[QK_K / 16], __m512 dmm[QK_K / 16]) {
+    const __m512 d = q16b_f16x16(g), dmin = q16b_f16x16(g + X16_Q2K_DMIN);
+    const __m512i nibble = _mm512_set1_epi32(0x0F);
+    for (int w = 0; w < 4; w++) {
+        const __m512i word = _mm512_loadu_si512(g + X16_Q2K_SCALES + 64 * w); /* sub-blocks 4w .. 4w + 3 */
+        for (int i = 0; i < 4; i++) {
+            dsc[4 * w + i] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(word, 8 * i), nibble)));
+            dmm[4 * w + i] = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(word, 8 * i + 4), nibble)));
+        }
+    }
+}
+
+/* Word column c of q16_a blocks 4h .. 4h + 3 of format fmt: q[k] the quants of block 4h + k. */
+ALWAYS_INLINE void k16_column(const int fmt, const uint8_t *g, int h, int c, __m512i q[4]) {
+    if (fmt == K16_Q2_K)
+        q2k_column(g, h, c, q);
+    else if (fmt == K16_Q3_K)
+        q3k_column(g, h, c, q);
+    else
+        q6k_column(g, h, c, q);
+}
+
 /* A super-block's quants, unpacked once for more tokens than a tile: [h][c][k]. */
 typedef struct {
     __m512i q[2][8][4];
 } q6k_quants;
 
 /* T tokens' sums += the super-block (raw at g, or unpacked in u where u is not NULL) against
- * their activation blocks ys[i][0 .. 8). */
-ALWAYS_INLINE void q6k_tile(const int T, const int q3, const uint8_t *g, const q6k_quants *u, const __m512 dsc[QK_K / 16],
-                            const block_q16_b *const *ys, q16b_sums *sums) {
+ * their activation blocks ys[i][0 .. 8): the products times dsc, the offsets times off (q6_k's and
+ * q3_k's d sc, the bias taken at the end; q2_k's dmin m). */
+ALWAYS_INLINE void q6k_tile(const int T, const int fmt, const uint8_t *g, const q6k_quants *u,
+                            const __m512 dsc[QK_K / 16], const __m512 off[QK_K / 16], const block_q16_b *const *ys,
+                            q16b_sums *sums) {
     for (int h = 0; h < 2; h++)
         for (int half = 0; half < 2; half++) { /* columns 4 half .. 4 half + 3: each block's sub-block `half` */
             __m512i lo[Q6K_TILE][4], hi[Q6K_TILE][4]; /* [token][block 4h + k] */
@@ -90,10 +122,8 @@ ALWAYS_INLINE void q6k_tile(const int T, const int q3, const uint8_t *g, const q
                 if (u)
                     for (int k = 0; k < 4; k++)
                         q[k] = u->q[h][c][k];
-                else if (q3)
-                    q3k_column(g, h, c, q);
                 else
-                    q6k_column(g, h, c, q);
+                    k16_column(fmt, g, h, c, q);
                 for (int i = 0; i < T; i++)
                     for (int k = 0; k < 4; k++)
                         q16b_madd(&lo[i][k], &hi[i][k], q[k], ys[i] + 4 * h + k, 4 * c);
@@ -101,72 +131,79 @@ ALWAYS_INLINE void q6k_tile(const int T, const int q3, const uint8_t *g, const q
             for (int i = 0; i < T; i++)
                 for (int k = 0; k < 4; k++) {
                     const block_q16_b *y = ys[i] + 4 * h + k;
-                    const __m512 s = dsc[2 * (4 * h + k) + half];
-                    q16b_accumulate(&sums[i], lo[i][k], hi[i][k], s, y->d, s, y->s16[half]);
+                    const int s = 2 * (4 * h + k) + half;
+                    q16b_accumulate(&sums[i], lo[i][k], hi[i][k], dsc[s], y->d, off[s], y->s16[half]);
                 }
         }
 }
 
-/* Up to Q16B_TOKENS tokens: every super-block (q6_k's, or q3_k's where q3) against every token,
- * tile by tile. */
-ALWAYS_INLINE void gemm_tokens(const int q3, int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w,
+/* Up to Q16B_TOKENS tokens: every super-block (of format fmt) against every token, tile by tile. */
+ALWAYS_INLINE void gemm_tokens(const int fmt, int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w,
                                const uint8_t *a, size_t a_stride) {
     q16b_sums sums[Q16B_TOKENS];
     q6k_quants u;
     for (int64_t i = 0; i < t; i++)
         sums[i].acc = sums[i].off = _mm512_setzero_ps();
     for (int64_t b = 0; b < nsb; b++) {
-        const size_t block = q3 ? X16_Q3K_BLOCK : X16_Q6K_BLOCK;
-        const uint8_t *g = w + b * block;
-        q16b_prefetch(g, block);
-        __m512 dsc[QK_K / 16];
-        uint8_t q3_words[4 * 64];
-        if (q3)
-            x16_q3k_scale_words(g, q3_words);
-        q6k_scales(g, q3 ? q3_words : g + X16_Q6K_SCALES, dsc);
+        const uint8_t *g = w + b * X16_K16_BLOCK(fmt);
+        q16b_prefetch(g, X16_K16_BLOCK(fmt));
+        __m512 dsc[QK_K / 16], dmm[QK_K / 16];
+        if (fmt == K16_Q2_K) {
+            q2k_scales(g, dsc, dmm);
+        } else if (fmt == K16_Q3_K) {
+            uint8_t words[4 * 64];
+            x16_q3k_scale_words(g, words);
+            q6k_scales(g, words, dsc);
+        } else {
+            q6k_scales(g, g + X16_Q6K_SCALES, dsc);
+        }
+        const __m512 *off = fmt == K16_Q2_K ? dmm : dsc;
         const block_q16_b *ys[Q6K_TILE];
         if (t <= Q6K_TILE) { /* decode: the quants straight from the weights */
             q16b_token_blocks(a, a_stride, 0, (int)t, b, ys);
             if (t == 2)
-                q6k_tile(2, q3, g, NULL, dsc, ys, sums);
+                q6k_tile(2, fmt, g, NULL, dsc, off, ys, sums);
             else
-                q6k_tile(1, q3, g, NULL, dsc, ys, sums);
+                q6k_tile(1, fmt, g, NULL, dsc, off, ys, sums);
             continue;
         }
         for (int h = 0; h < 2; h++)
             for (int c = 0; c < 8; c++)
-                if (q3)
-                    q3k_column(g, h, c, u.q[h][c]);
-                else
-                    q6k_column(g, h, c, u.q[h][c]);
+                k16_column(fmt, g, h, c, u.q[h][c]);
         for (int64_t ti = 0; ti < t; ti += Q6K_TILE) {
             const int n = t - ti < Q6K_TILE ? (int)(t - ti) : Q6K_TILE;
             q16b_token_blocks(a, a_stride, ti, n, b, ys);
             if (n == 2)
-                q6k_tile(2, q3, g, &u, dsc, ys, sums + ti);
+                q6k_tile(2, fmt, g, &u, dsc, off, ys, sums + ti);
             else
-                q6k_tile(1, q3, g, &u, dsc, ys, sums + ti);
+                q6k_tile(1, fmt, g, &u, dsc, off, ys, sums + ti);
         }
     }
-    /* the offsets' 32 (q3_k: 4), taken once: scaling by a power of two commutes with each rounding */
-    const __m512 bias = _mm512_set1_ps(q3 ? 4.0f : 32.0f);
+    /* the offsets' 32 (q3_k: 4; q2_k: 1), taken once: scaling by a power of two commutes with each
+     * rounding */
+    const __m512 bias = _mm512_set1_ps(X16_K16_BIAS(fmt));
     for (int64_t i = 0; i < t; i++)
         _mm512_storeu_ps(out + i * out_stride, _mm512_fnmadd_ps(sums[i].off, bias, sums[i].acc));
 }
 
-ALWAYS_INLINE void gemm(const int q3, int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+ALWAYS_INLINE void gemm(const int fmt, int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                         size_t a_stride) {
     for (int64_t t0 = 0; t0 < t; t0 += Q16B_TOKENS)
-        gemm_tokens(q3, k / QK_K, t - t0 < Q16B_TOKENS ? t - t0 : Q16B_TOKENS, out + t0 * out_stride, out_stride, w,
+        gemm_tokens(fmt, k / QK_K, t - t0 < Q16B_TOKENS ? t - t0 : Q16B_TOKENS, out + t0 * out_stride, out_stride, w,
                     (const uint8_t *)a + t0 * a_stride, a_stride);
 }
 
 void gemm_x16_q6_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                                     const void *a, size_t a_stride) {
-    gemm(0, k, t, out, out_stride, w, a, a_stride);
+    gemm(K16_Q6_K, k, t, out, out_stride, w, a, a_stride);
 }
 
 void gemm_x16_q3_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                                     const void *a, size_t a_stride) {
-    gemm(1, k, t, out, out_stride, w, a, a_stride);
+    gemm(K16_Q3_K, k, t, out, out_stride, w, a, a_stride);
+}
+
+void gemm_x16_q2_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
+                                    const void *a, size_t a_stride) {
+    gemm(K16_Q2_K, k, t, out, out_stride, w, a, a_stride);
 }

@@ -1,12 +1,13 @@
-/* NEON q6_k and q3_k X16 kernels, one token at a time (NEON is the arm64 baseline: no flags, no
- * dotprod extension). Super-blocks outermost, as on x86: each one's integer weights sc (q - 32) are
- * unpacked once (x16_q6k_unpack, gemm_x16_q6_k.h; q3_k's sc (q - 4): x16_q3k_unpack) for up to
+/* NEON q6_k, q3_k and q2_k X16 kernels, one token at a time (NEON is the arm64 baseline: no flags,
+ * no dotprod extension). Super-blocks outermost, as on x86: each one's integer weights sc (q - 32)
+ * are unpacked once (x16_q6k_unpack, gemm_x16_q6_k.h; q3_k's sc (q - 4), q2_k's sc q) for up to
  * X16_Q6K_TOKENS tokens, whose running sums wait in memory between super-blocks. Per sub-block
  * (word columns 4s .. 4s + 3 of an activation block) and row, vmlal_s16 sums the row's four int16
  * weights against activation elements 4c .. 4c + 3 in four int32 lanes; two rounds of pairwise adds
  * (exact) make four rows' sub-block sums of 16 products, within 16 * 4096 * 32767 < 2^31 (a whole
  * activation block's 32 could pass it, so the sums are taken per sub-block); each is converted to
- * float once and multiply-added with the rows' d times the block's da.
+ * float once and multiply-added with the rows' d times the block's da (q2_k: less its rows' dmin m
+ * times da and the sub-block's sum of activations).
  *
  * Error against float64: a term c P (c = fl(d da), P's conversion: 1 rounding each) meets at most
  * 2 nb FMAs: |err| <= (2 nb + 2) u M + O(u^2), inside X16_DOT_BOUND(nb) = (2 nb + 4) u
@@ -18,8 +19,10 @@
 #include "gemm_x16_q6_k.h"
 
 /* One token's sums (rows 4q .. 4q + 3 in acc[q]) += the unpacked super-block against its
- * activation blocks y[0 .. 8); d: the 16 rows' d. */
-static inline void q6k_token(const x16_q6k_quants *u, const float32x4_t *d, const block_q16_a *y, float32x4_t *acc) {
+ * activation blocks y[0 .. 8); d: the 16 rows' d; dmm (q2_k; else NULL): the rows' dmin m of each
+ * sub-block, taken times the sub-block's da sum(qa). */
+static inline void q6k_token(const x16_q6k_quants *u, const float32x4_t *d, const float32x4_t (*dmm)[4],
+                             const block_q16_a *y, float32x4_t *acc) {
     for (int j = 0; j < QK_K / QK_Q16_A; j++)
         for (int s = 0; s < 2; s++) { /* sub-block 2j + s */
             int32x4_t p[16];
@@ -37,11 +40,27 @@ static inline void q6k_token(const x16_q6k_quants *u, const float32x4_t *d, cons
                 const int32x4_t isum = vpaddq_s32(vpaddq_s32(p[4 * q], p[4 * q + 1]), vpaddq_s32(p[4 * q + 2], p[4 * q + 3]));
                 acc[q] = vfmaq_f32(acc[q], vcvtq_f32_s32(isum), vmulq_n_f32(d[q], y[j].d));
             }
+            if (dmm) {
+                const int32x4_t pairs = vaddq_s32(vpaddlq_s16(vld1q_s16(&y[j].qs[16 * s])),
+                                                  vpaddlq_s16(vld1q_s16(&y[j].qs[16 * s + 8])));
+                const float32x4_t sa = vdupq_n_f32(y[j].d * (float)vaddvq_s32(pairs));
+                for (int q = 0; q < 4; q++)
+                    acc[q] = vfmsq_f32(acc[q], dmm[2 * j + s][q], sa);
+            }
         }
 }
 
-/* Up to X16_Q6K_TOKENS tokens: every super-block (q6_k's, or q3_k's where q3) against every token. */
-static inline void gemm_tokens(const int q3, int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w,
+/* The 16 rows' f16 fields at p as f32, rows 4q .. 4q + 3 in f[q]. */
+static inline void f16x16(const uint8_t *p, float32x4_t f[4]) {
+    for (int q = 0; q < 4; q++) {
+        uint16_t h[4];
+        memcpy(h, p + 8 * q, sizeof h);
+        f[q] = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
+    }
+}
+
+/* Up to X16_Q6K_TOKENS tokens: every super-block (of format fmt) against every token. */
+static inline void gemm_tokens(const int fmt, int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w,
                                const uint8_t *a, size_t a_stride) {
     float32x4_t acc[X16_Q6K_TOKENS][4];
     x16_q6k_quants u;
@@ -49,38 +68,53 @@ static inline void gemm_tokens(const int q3, int64_t nsb, int64_t t, float *out,
         for (int q = 0; q < 4; q++)
             acc[i][q] = vdupq_n_f32(0.0f);
     for (int64_t b = 0; b < nsb; b++) {
-        const uint8_t *g = w + b * (q3 ? X16_Q3K_BLOCK : X16_Q6K_BLOCK);
-        if (q3)
+        const uint8_t *g = w + b * X16_K16_BLOCK(fmt);
+        float32x4_t d[4], dmm[QK_K / 16][4];
+        f16x16(g, d);
+        if (fmt == K16_Q2_K) {
+            x16_q2k_unpack(g, &u);
+            float32x4_t dmin[4];
+            f16x16(g + X16_Q2K_DMIN, dmin);
+            for (int sb = 0; sb < QK_K / 16; sb++) /* sub-block sb's m: the high nibble of scale byte sb */
+                for (int q = 0; q < 4; q++) {
+                    uint8_t m[4];
+                    for (int r = 0; r < 4; r++)
+                        m[r] = g[X16_Q2K_SCALES + 64 * (sb / 4) + 4 * (4 * q + r) + sb % 4] >> 4;
+                    const uint32x4_t mu = {m[0], m[1], m[2], m[3]};
+                    dmm[sb][q] = vmulq_f32(dmin[q], vcvtq_f32_u32(mu));
+                }
+        } else if (fmt == K16_Q3_K) {
             x16_q3k_unpack(g, &u);
-        else
+        } else {
             x16_q6k_unpack(g, &u);
-        float32x4_t d[4];
-        for (int q = 0; q < 4; q++) {
-            uint16_t h[4];
-            memcpy(h, g + 8 * q, sizeof h);
-            d[q] = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
         }
         for (int64_t i = 0; i < t; i++)
-            q6k_token(&u, d, (const block_q16_a *)(a + i * a_stride) + b * (QK_K / QK_Q16_A), acc[i]);
+            q6k_token(&u, d, fmt == K16_Q2_K ? dmm : NULL, (const block_q16_a *)(a + i * a_stride) + b * (QK_K / QK_Q16_A),
+                      acc[i]);
     }
     for (int64_t i = 0; i < t; i++)
         for (int q = 0; q < 4; q++)
             vst1q_f32(out + i * out_stride + 4 * q, acc[i][q]);
 }
 
-static void gemm(const int q3, int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+static void gemm(const int fmt, int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                  size_t a_stride) {
     for (int64_t t0 = 0; t0 < t; t0 += X16_Q6K_TOKENS)
-        gemm_tokens(q3, k / QK_K, t - t0 < X16_Q6K_TOKENS ? t - t0 : X16_Q6K_TOKENS, out + t0 * out_stride, out_stride, w,
+        gemm_tokens(fmt, k / QK_K, t - t0 < X16_Q6K_TOKENS ? t - t0 : X16_Q6K_TOKENS, out + t0 * out_stride, out_stride, w,
                     (const uint8_t *)a + t0 * a_stride, a_stride);
 }
 
 void gemm_x16_q6_K_q16_a_neon(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                               size_t a_stride) {
-    gemm(0, k, t, out, out_stride, w, a, a_stride);
+    gemm(K16_Q6_K, k, t, out, out_stride, w, a, a_stride);
 }
 
 void gemm_x16_q3_K_q16_a_neon(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                               size_t a_stride) {
-    gemm(1, k, t, out, out_stride, w, a, a_stride);
+    gemm(K16_Q3_K, k, t, out, out_stride, w, a, a_stride);
+}
+
+void gemm_x16_q2_K_q16_a_neon(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                              size_t a_stride) {
+    gemm(K16_Q2_K, k, t, out, out_stride, w, a, a_stride);
 }

@@ -22,8 +22,8 @@ static const llmr_type_traits TRAITS[LLMR_TYPE_COUNT] = {
                         dequantize_row_q5_0_ref},
     [LLMR_TYPE_Q5_1] = {"q5_1", QK5_1, sizeof(block_q5_1), 2, LLMR_ACT_Q16_A, 1, quantize_row_q5_1_ref,
                         dequantize_row_q5_1_ref},
-    /* q2_k's d and dmin, q3_k's d, are their blocks' last fields; q2_k has no X16 kernels */
-    [LLMR_TYPE_Q2_K] = {"q2_k", QK_K, sizeof(block_q2_K), 2, LLMR_ACT_Q16_A, 0, quantize_row_q2_K_ref,
+    /* q2_k's d and dmin, q3_k's d, are their blocks' last fields */
+    [LLMR_TYPE_Q2_K] = {"q2_k", QK_K, sizeof(block_q2_K), 2, LLMR_ACT_Q16_A, 1, quantize_row_q2_K_ref,
                         dequantize_row_q2_K_ref, offsetof(block_q2_K, d)},
     [LLMR_TYPE_Q3_K] = {"q3_k", QK_K, sizeof(block_q3_K), 1, LLMR_ACT_Q16_A, 1, quantize_row_q3_K_ref,
                         dequantize_row_q3_K_ref, offsetof(block_q3_K, d)},

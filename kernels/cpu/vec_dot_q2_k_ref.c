@@ -8,23 +8,31 @@
  * float64: the scalar bound of tests/test_kernels.py, M = sum_j da_j (|d| sum |sc q qa| +
  * |dmin| sum m |qa|). */
 #include "llmrun.h"
+#include "gemm_x16_ref.h"
+
+/* One super-block's eight terms added to sum; y its eight activation blocks. */
+static inline float block_dot_q2_K(const block_q2_K *x, const block_q16_a *y, float sum) {
+    const float d = llmr_f16_to_f32(x->d), dmin = llmr_f16_to_f32(x->dmin);
+    for (int j = 0; j < QK_K / QK_Q16_A; j++, y++) {
+        int32_t p[2] = {0, 0}, as[2] = {0, 0}; /* sub-blocks 2j, 2j + 1 */
+        for (int l = 0; l < QK_Q16_A; l++) {
+            p[l / 16] += llmr_q2_k_quant(x->qs, QK_Q16_A * j + l) * y->qs[l];
+            as[l / 16] += y->qs[l];
+        }
+        const uint8_t s0 = x->scales[2 * j], s1 = x->scales[2 * j + 1];
+        const int32_t pw = (s0 & 0xF) * p[0] + (s1 & 0xF) * p[1], pm = (s0 >> 4) * as[0] + (s1 >> 4) * as[1];
+        sum += d * y->d * (float)pw - dmin * y->d * (float)pm;
+    }
+    return sum;
+}
 
 void vec_dot_q2_K_q16_a_ref(int64_t k, float *s, const void *w, const void *a) {
     const block_q2_K *x = w;
     const block_q16_a *y = a;
     float sum = 0.0f;
-    for (int64_t i = 0; i < k / QK_K; i++) {
-        const float d = llmr_f16_to_f32(x[i].d), dmin = llmr_f16_to_f32(x[i].dmin);
-        for (int j = 0; j < QK_K / QK_Q16_A; j++, y++) {
-            int32_t p[2] = {0, 0}, as[2] = {0, 0}; /* sub-blocks 2j, 2j + 1 */
-            for (int l = 0; l < QK_Q16_A; l++) {
-                p[l / 16] += llmr_q2_k_quant(x[i].qs, QK_Q16_A * j + l) * y->qs[l];
-                as[l / 16] += y->qs[l];
-            }
-            const uint8_t s0 = x[i].scales[2 * j], s1 = x[i].scales[2 * j + 1];
-            const int32_t pw = (s0 & 0xF) * p[0] + (s1 & 0xF) * p[1], pm = (s0 >> 4) * as[0] + (s1 >> 4) * as[1];
-            sum += d * y->d * (float)pw - dmin * y->d * (float)pm;
-        }
-    }
+    for (int64_t i = 0; i < k / QK_K; i++)
+        sum = block_dot_q2_K(&x[i], y + i * (QK_K / QK_Q16_A), sum);
     *s = sum;
 }
+
+SUPER_BLOCK_X16_KERNEL(q2_K, block_q2_K, LLMR_TYPE_Q2_K)

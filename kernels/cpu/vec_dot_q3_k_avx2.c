@@ -1,7 +1,7 @@
 /* q3_k's dot product with q16_a activations on AVX2 (+FMA, F16C). Built as the `avx2` kernel, and
  * by vec_dot_q3_k_avx512.c / vec_dot_q3_k_avx512vnni.c again with their flags (the same 256-bit
- * code; with VNNI the multiply-add is vpdpwssd). q3_k has no X16 layout, so this is also the
- * prefill kernel (matmul calls it per token).
+ * code; with VNNI the multiply-add is vpdpwssd). It runs q3_k matrices a file holds in rows (files
+ * written before the X16 kernels, gemm_x16_q6_k_<isa>.c), for prefill too (matmul calls it per token).
  *
  * Per super-block: the 16 sub-block scales (llmr_q3_k_scale, -32..31) and the 32 hmask bytes
  * once; per half h the 32 bytes qs[32h ..]. q16_a block j = 4h + kk takes bits 2kk of each of

@@ -517,13 +517,14 @@ void vec_dot_q5_K_q16_a_avx512vnni(int64_t k, float *s, const void *w, const voi
 LLMR_DECLARE_Q5_K(neon)
 
 /* q3_K's and q2_K's rows-layout dot products, every ISA (each in its own file: vec_dot_q3_k_<isa>.c,
- * vec_dot_q2_k_<isa>.c; only those of the ISAs built are defined). q2_k has no X16 kernels: matmul
- * runs its prefill through vec_dot per token. q3_k's X16 kernels are q6_k's (gemm_x16_q6_k_<isa>.c;
- * avx2's and avx512vnni's read q16_b, below). */
+ * vec_dot_q2_k_<isa>.c; only those of the ISAs built are defined). Their X16 kernels are q6_k's
+ * (gemm_x16_q6_k_<isa>.c; avx2's and avx512vnni's read q16_b, below). */
 #define LLMR_DECLARE_Q23_K(isa)                                                                        \
     void vec_dot_q3_K_q16_a_##isa(int64_t k, float *s, const void *w, const void *a);                \
     void vec_dot_q2_K_q16_a_##isa(int64_t k, float *s, const void *w, const void *a);
 void gemm_x16_q3_K_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
+                             const void *a, size_t a_stride);
+void gemm_x16_q2_K_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                              const void *a, size_t a_stride);
 LLMR_DECLARE_Q23_K(ref)
 LLMR_DECLARE_Q23_K(avx2)
@@ -671,6 +672,8 @@ void gemm_x16_q6_K_q16_b_avx2(int64_t k, int64_t t, float *out, size_t out_strid
                               size_t a_stride);
 void gemm_x16_q3_K_q16_b_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                               size_t a_stride);
+void gemm_x16_q2_K_q16_b_avx2(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                              size_t a_stride);
 void q16_b_from_a_avx2(const block_q16_a *a, block_q16_b *b, int64_t nb);
 void q16_b_from_a_avx512(const block_q16_a *a, block_q16_b *b, int64_t nb);
 void gemm_x16_q4_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
@@ -680,6 +683,8 @@ void gemm_x16_q5_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out
 void gemm_x16_q6_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                                     const void *a, size_t a_stride);
 void gemm_x16_q3_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
+                                    const void *a, size_t a_stride);
+void gemm_x16_q2_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
                                     const void *a, size_t a_stride);
 
 /* ---- arm64 NEON kernels (*_neon.c; built and called only on arm64, where NEON is baseline) -- */
@@ -704,6 +709,8 @@ LLMR_DECLARE_GEMM_X16_Q4_K(neon)
 void gemm_x16_q6_K_q16_a_neon(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                               size_t a_stride);
 void gemm_x16_q3_K_q16_a_neon(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+                              size_t a_stride);
+void gemm_x16_q2_K_q16_a_neon(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                               size_t a_stride);
 
 /* ---- dispatch (dispatch.c) ------------------------------------------------------------------ */

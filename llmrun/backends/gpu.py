@@ -32,9 +32,8 @@ from ..quant.types import TABLE
 # (kernels/wgsl/matmul_<type>.wgsl; kernels/cuda/<type>.cuh and its line in llmrun.cu) and its
 # name here. A model holding a stored type not listed is refused by device_bytes, in one line.
 TYPES = ("f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
-# ... those the kernels read in the x16 layout: every quantised one. Files hold q2_k in rows (its
-# CPU kernels' layout), and q3_k where written before its CPU kernels read x16; device_bytes()
-# re-lays them as they go up.
+# ... those the kernels read in the x16 layout: every quantised one. Files written before the CPU
+# kernels read q2_k and q3_k in x16 hold them in rows; device_bytes() re-lays them as they go up.
 X16_TYPES = tuple(t.name for t in TABLE if t.name in TYPES and has_x16(t))
 WORKGROUP = 64  # threads of the elementwise kernels' workgroups (CUDA: blocks)
 MAX_GROUPS = 65535  # workgroups per dimension, the WebGPU minimum every adapter allows
@@ -62,7 +61,7 @@ class Matrix:
 
 def device_bytes(t, backend: str) -> np.ndarray:
     """A weight's bytes as the backend ("WebGPU", "CUDA") reads them: f16 in rows, the quantised
-    types in x16, as the file has them or (q2_k; q3_k from older files: rows) re-laid here. A weight
+    types in x16, as the file has them or (q2_k, q3_k from older files: rows) re-laid here. A weight
     the kernels cannot read is refused in one line."""
     if t.type.name not in TYPES:
         raise LlmrunError(f"{t.name}: no {backend} kernels for {t.type.name} weights (have: {', '.join(TYPES)}); "

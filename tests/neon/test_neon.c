@@ -314,6 +314,7 @@ static void test_x16(void) {
         {"x16 q5_k", LLMR_TYPE_Q5_K, gemm_x16_q5_K_q16_a_neon, gemm_x16_q5_K_q16_a_ref},
         {"x16 q6_k", LLMR_TYPE_Q6_K, gemm_x16_q6_K_q16_a_neon, gemm_x16_q6_K_q16_a_ref},
         {"x16 q3_k", LLMR_TYPE_Q3_K, gemm_x16_q3_K_q16_a_neon, gemm_x16_q3_K_q16_a_ref},
+        {"x16 q2_k", LLMR_TYPE_Q2_K, gemm_x16_q2_K_q16_a_neon, gemm_x16_q2_K_q16_a_ref},
     };
     static const int GROUP_ROWS[] = {16, 48}, TOKENS[] = {1, 3};
     for (int t = 0; t < (int)(sizeof T / sizeof T[0]); t++)
@@ -356,6 +357,15 @@ static void test_x16(void) {
                                     double d, off;
                                     sub_block_scale(T[t].type, blk, s, &d, &off);
                                     const block_q16_a *y = &a[i * nb + b * subs + s];
+                                    if (T[t].type == LLMR_TYPE_Q2_K) { /* its mins per 16 values: |d sc q| + |dmin m| */
+                                        const block_q2_K *q2 = (const block_q2_K *)blk;
+                                        for (int j = 0; j < QK_Q16_A; j++) {
+                                            const int e = s * QK_Q16_A + j, sc = q2->scales[e / 16];
+                                            mag += (fabs((double)llmr_f16_to_f32(q2->d) * (sc & 0xF) * llmr_q2_k_quant(q2->qs, e)) +
+                                                    fabs((double)llmr_f16_to_f32(q2->dmin) * (sc >> 4))) * fabs((double)y->qs[j] * y->d);
+                                        }
+                                        continue;
+                                    }
                                     for (int j = 0; j < QK_Q16_A; j++) /* |d q qa da| from the value: |w - off| = |d q| */
                                         mag += fabs(((double)wq[s * QK_Q16_A + j] - off) * y->qs[j] * y->d);
                                     mag += fabs(off * y->s);
