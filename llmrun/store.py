@@ -2,17 +2,24 @@
 and .llmr files converted once from the GGUF files and checkpoint directories users point at.
 
     $LLMRUN_HOME/models/<name>.llmr          pulled by name (`llmrun pull smollm2-135m-instruct`)
-    $LLMRUN_HOME/converted/<stem>-<key>.llmr  converted from a path; key = size, mtime, header hash
-    $LLMRUN_HOME/hub/<org>/<repo>/            Hub names (llmrun/hub.py): <quant>-<commit>.llmr, and
+    $LLMRUN_HOME/converted/<stem>-<key>-<format>.llmr  converted from a path; key = size, mtime,
+                                              header hash; format = what this llmrun writes
+    $LLMRUN_HOME/hub/<org>/<repo>/            Hub names (llmrun/hub.py): <quant>-<commit>-<format>.llmr, and
         <tag>[@<revision>].json               per name asked for, its entry: what it came to (the
                                               commit, quantisation, files and their hashes); its
                                               mtime is when it was last used
 
 The downloads themselves stay in huggingface_hub's cache (HF_HUB_CACHE), shared with other tools.
 A Hub name with an entry loads without the network; `llmrun pull NAME` asks the Hub again.
+
+<format> (format_key) changes when an llmrun writes other types or layouts than before (a type it
+learns to run natively, or in a faster layout): a path is then converted again on its next use and
+its conversion by the earlier llmrun removed; a Hub name's conversion is kept until `llmrun pull`
+converts it again (loading it says so), and removed then.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -55,16 +62,21 @@ def _named_path(name: str) -> str:
     return os.path.join(home(), "models", f"{name}.llmr")
 
 
-def _source_key(src: str) -> str:
-    """Identifies a source file or directory by size, mtime and a hash of its first MiB, so an
-    edited or replaced source is converted again; and the format version written and the types
-    this llmrun stores and their layouts, so a newer llmrun converts again into its own (a GGUF's
-    q6_k re-stored as q8_0 by one that could not run it is kept as q6_k by one that can)."""
+def format_key() -> str:
+    """What this llmrun writes: the format version, the types it stores and their layouts. A newer
+    llmrun with another key converts again into its own (a GGUF's q6_k re-stored as q8_0 by one
+    that could not run it is kept as q6_k by one that can; q3_k in rows goes to x16)."""
     from .format import VERSION
-    from .models.gguf_file import split_parts
     from .quant.types import TABLE
     stored = [(t.name, t.x16, t.scales_at) for t in TABLE if t.stored]
-    h = hashlib.sha256(f"llmr {VERSION[0]}.{VERSION[1]} {stored}".encode())
+    return hashlib.sha256(f"llmr {VERSION[0]}.{VERSION[1]} {stored}".encode()).hexdigest()[:8]
+
+
+def _source_key(src: str) -> str:
+    """Identifies a source file or directory by size, mtime and a hash of its first MiB, so an
+    edited or replaced source is converted again."""
+    from .models.gguf_file import split_parts
+    h = hashlib.sha256()
     parts = [p for p in split_parts(src) or [] if os.path.isfile(p)]  # a split GGUF: its parts
     files = (parts or [src]) if os.path.isfile(src) else sorted(
         os.path.join(src, f) for f in os.listdir(src) if os.path.isfile(os.path.join(src, f)))
@@ -78,7 +90,16 @@ def _source_key(src: str) -> str:
 
 def _converted_path(src: str) -> str:
     stem = os.path.basename(os.path.normpath(src)).removesuffix(".gguf")
-    return os.path.join(home(), "converted", f"{stem}-{_source_key(src)}.llmr")
+    return os.path.join(home(), "converted", f"{stem}-{_source_key(src)}-{format_key()}.llmr")
+
+
+def _superseded(path: str) -> list[str]:
+    """The conversions of the same source (same name and key) that other llmruns wrote beside
+    path (<stem>-<key>-<format>.llmr, another format)."""
+    folder, name = os.path.split(path)
+    same_source = name[:-len(format_key()) - len(".llmr")]  # "<stem>-<key>-"
+    return [os.path.join(folder, f) for f in os.listdir(folder) if f != name and f.startswith(same_source)
+            and f.endswith(".llmr") and len(f) == len(name)]
 
 
 def _say(msg: str) -> None:
@@ -107,6 +128,9 @@ def convert_into_cache(src: str, progress: Progress | None = None) -> str:
         _remove_stale_parts(os.path.dirname(out))
         _say(f"converting {src} into the cache ({out}), once")
         convert(src, out, None, progress)
+        for old in _superseded(out):  # an earlier llmrun's conversion of the same source
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(old)
     return out
 
 
@@ -171,7 +195,7 @@ def pull_hub(name, progress: Progress | None = None) -> str:
     plan = hub.plan(name, say=_say)
     choice = plan.choice
     folder = _hub_dir(name.repo)
-    out = os.path.join(folder, f"{choice.quant.lower()}-{plan.commit[:12]}.llmr")
+    out = os.path.join(folder, f"{choice.quant.lower()}-{plan.commit[:12]}-{format_key()}.llmr")
     if not os.path.exists(out):
         size = sum(f.size for f in choice.files)  # the converted model: about the source's size
         source = plan.fetch(extra_space=size)
@@ -188,8 +212,14 @@ def pull_hub(name, progress: Progress | None = None) -> str:
              "commit": plan.commit, "kind": choice.kind, "quant": choice.quant, "why": choice.why,
              "llmr": os.path.basename(out), "files": [{"name": f.name, "size": f.size, "sha256": f.sha256}
                                                      for f in choice.files]}
+    before = _read_entry(_entry_path(name))
     with atomic_file(_entry_path(name), "w") as f:
         json.dump(entry, f, indent=1)
+    if before is not None and before.get("llmr") != entry["llmr"]:  # this name's earlier conversion, if no other uses it
+        old = os.path.join(folder, before["llmr"])
+        if not any(os.path.join(os.path.dirname(p), e.get("llmr", "")) == old for p, e in _hub_entries()):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(old)
     return out
 
 
@@ -201,6 +231,8 @@ def _hub_model(name, download: bool, progress: Progress | None) -> str:
         out = os.path.join(os.path.dirname(path), entry["llmr"])
         if os.path.exists(out):
             os.utime(path)  # last used
+            if not out.endswith(f"-{format_key()}.llmr"):
+                _say(f"{name} was converted by an earlier llmrun; `llmrun pull {name}` converts it again for this one")
             return out
     if not download:
         raise LlmrunError(f"{name} is not downloaded yet: run `llmrun pull {name}`")

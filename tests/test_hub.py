@@ -155,6 +155,29 @@ def test_gguf_repo_default_quant_then_offline(mock_hub, tmp_path):
     assert r.stdout.strip() == path, r.stderr
 
 
+def test_a_conversion_by_an_earlier_llmrun_is_kept_until_pulled_again(mock_hub, tmp_path):
+    """A Hub name converted by an llmrun that wrote other types or layouts (store.format_key)
+    still loads, offline, saying that `llmrun pull` converts it again; the pull does, and removes
+    the earlier conversion."""
+    import json
+    from pathlib import Path
+    env = mock_hub.env(tmp_path)
+    path = Path(_pull(mock_hub, env, "org/tiny-GGUF").stdout.strip())
+    old = path.with_name(path.name.rsplit("-", 1)[0] + ".llmr")  # <quant>-<commit>.llmr: before format keys
+    path.rename(old)
+    [entry_file] = path.parent.glob("*.json")
+    entry_file.write_text(json.dumps({**json.loads(entry_file.read_text()), "llmr": old.name}))
+    r = run_cli("generate", "org/tiny-GGUF", "-p", "hi", "-n", "2", "--raw", "--temp", "0",
+                env={**env, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr
+    assert ("org/tiny-GGUF was converted by an earlier llmrun; `llmrun pull org/tiny-GGUF` converts it again "
+            "for this one") in r.stderr, r.stderr
+    r = _pull(mock_hub, env, "org/tiny-GGUF")
+    assert r.stdout.strip() == str(path) and path.exists() and not old.exists(), r.stderr
+    r = run_cli("generate", "org/tiny-GGUF", "-p", "hi", "-n", "2", "--raw", "--temp", "0", env=env)
+    assert r.returncode == 0 and "earlier llmrun" not in r.stderr, r.stderr
+
+
 def test_tags_choose_the_file(mock_hub, tmp_path):
     env = mock_hub.env(tmp_path)
     r = _pull(mock_hub, env, "org/tiny-GGUF:q8_0")  # any case

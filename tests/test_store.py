@@ -41,6 +41,20 @@ def test_a_build_that_stores_more_types_converts_again(tmp_path, monkeypatch):
     assert store._converted_path(str(src)) != before
 
 
+def test_an_llmrun_writing_another_format_replaces_its_conversion(tmp_path, monkeypatch):
+    """One that writes other types or layouts (store.format_key) converts a path again on its next
+    use and removes the earlier llmrun's conversion of that source; another source's stays."""
+    src, other = tmp_path / "hf", tmp_path / "other"
+    make_hf_checkpoint(src)
+    make_hf_checkpoint(other)
+    first, kept = llmrun.load(src).file.path, llmrun.load(other).file.path
+    monkeypatch.setattr(store, "format_key", lambda: "0123abcd")
+    second = llmrun.load(src).file.path
+    assert second != first and second.endswith("-0123abcd.llmr")
+    assert not os.path.exists(first) and os.path.exists(kept)
+    assert llmrun.load(src).file.path == second
+
+
 def test_unknown_name_and_missing_path():
     with pytest.raises(LlmrunError, match="does not exist"):
         store.resolve("no-such-model")
