@@ -55,28 +55,6 @@ static inline x16_q6k_i16 x16_q6k_scale_lanes(x16_q6k_u32 sw, int i) {
 #undef X16_Q6K_FOUR
 }
 
-static inline void x16_q6k_unpack(const uint8_t *g, x16_q6k_quants *u) {
-    x16_q6k_i16 sc[QK_K / 16];
-    for (int w = 0; w < 4; w++) {
-        x16_q6k_u32 sw;
-        memcpy(&sw, g + X16_Q6K_SCALES + 64 * w, sizeof sw);
-        for (int i = 0; i < 4; i++)
-            sc[4 * w + i] = x16_q6k_scale_lanes(sw, i);
-    }
-    for (int h = 0; h < 2; h++)
-        for (int c = 0; c < 8; c++) {
-            x16_q6k_u8 qh, ql[2];
-            memcpy(&qh, g + X16_Q6K_QH + (8 * h + c) * 64, sizeof qh);
-            for (int odd = 0; odd < 2; odd++)
-                memcpy(&ql[odd], g + X16_Q6K_QL + (16 * h + 8 * odd + c) * 64, sizeof ql[odd]);
-            for (int k = 0; k < 4; k++) {
-                const int j = 4 * h + k;
-                const x16_q6k_u8 q = ((ql[k % 2] >> (4 * (k / 2))) & 0x0F) | (((qh >> (2 * k)) & 3) << 4);
-                const x16_q6k_i16 v = __builtin_convertvector((x16_q6k_i8)(q - 32), x16_q6k_i16) * sc[2 * j + c / 4];
-                memcpy(u->w[j][c], &v, sizeof v);
-            }
-        }
-}
 
 /* The 16-value sub-block k-quants the gemm_x16_q6_k_<isa>.c kernels run (their fmt switch). */
 enum { K16_Q6_K, K16_Q3_K, K16_Q2_K };
@@ -112,29 +90,6 @@ static inline void x16_q3k_scale_words(const uint8_t *g, uint8_t words[4 * 64]) 
 }
 
 
-/* x16_q6k_unpack for q3_k: the integer weights sc (q - 4), |.| <= 32 * 4, in the same places. */
-static inline void x16_q3k_unpack(const uint8_t *g, x16_q6k_quants *u) {
-    uint8_t words[4 * 64];
-    x16_q3k_scale_words(g, words);
-    x16_q6k_i16 sc[QK_K / 16];
-    for (int w = 0; w < 4; w++) {
-        x16_q6k_u32 sw;
-        memcpy(&sw, words + 64 * w, sizeof sw);
-        for (int i = 0; i < 4; i++)
-            sc[4 * w + i] = x16_q6k_scale_lanes(sw, i);
-    }
-    for (int h = 0; h < 2; h++)
-        for (int c = 0; c < 8; c++)
-            for (int k = 0; k < 4; k++) {
-                const int j = 4 * h + k;
-                x16_q6k_u8 qs, hm; /* q (0 .. 7): bits 2k, 2k + 1 of qs, bit 4h + k of hmask */
-                memcpy(&qs, g + X16_Q3K_QS + (8 * h + c) * 64, sizeof qs);
-                memcpy(&hm, g + X16_Q3K_HMASK + c * 64, sizeof hm);
-                const x16_q6k_u8 q = ((qs >> (2 * k)) & 3) | (((hm >> (4 * h + k)) & 1) << 2);
-                const x16_q6k_i16 v = __builtin_convertvector((x16_q6k_i8)(q - 4), x16_q6k_i16) * sc[2 * j + c / 4];
-                memcpy(u->w[j][c], &v, sizeof v);
-            }
-}
 
 /* q2_k: a super-block of a group is 16 rows' 84-byte blocks (1344 bytes): the 16 d (f16), the 16
  * dmin, then words 0-3 of the rows' 16 scale bytes (byte i of word w: sub-block 4w + i's scale sc
@@ -152,27 +107,53 @@ static inline void x16_q3k_unpack(const uint8_t *g, x16_q6k_quants *u) {
 #define X16_K16_BLOCK(fmt) ((fmt) == K16_Q6_K ? X16_Q6K_BLOCK : (fmt) == K16_Q3_K ? X16_Q3K_BLOCK : X16_Q2K_BLOCK)
 #define X16_K16_BIAS(fmt) ((fmt) == K16_Q6_K ? 32.0f : (fmt) == K16_Q3_K ? 4.0f : 1.0f)
 
-/* x16_q6k_unpack for q2_k: the integer weights sc q (0 .. 45), in the same places; the mins,
- * which do not multiply q, are the kernel's. */
-static inline void x16_q2k_unpack(const uint8_t *g, x16_q6k_quants *u) {
+
+/* A super-block's integer weights, in the order the kernels read them (x16_q6k_quants), in GCC /
+ * Clang vector extensions (the NEON kernel's): q6_k's sc (q - 32), q3_k's sc (q - 4) (|.| <= 32 *
+ * 4), q2_k's sc q (0 .. 45; its mins, which do not multiply q, are the kernel's). */
+static inline void x16_k16_unpack(const int fmt, const uint8_t *g, x16_q6k_quants *u) {
+    uint8_t q3_words[4 * 64];
+    if (fmt == K16_Q3_K)
+        x16_q3k_scale_words(g, q3_words);
+    const uint8_t *words = fmt == K16_Q6_K ? g + X16_Q6K_SCALES : fmt == K16_Q3_K ? q3_words : g + X16_Q2K_SCALES;
     x16_q6k_i16 sc[QK_K / 16];
     for (int w = 0; w < 4; w++) {
         x16_q6k_u32 sw;
-        memcpy(&sw, g + X16_Q2K_SCALES + 64 * w, sizeof sw);
+        memcpy(&sw, words + 64 * w, sizeof sw);
+        if (fmt == K16_Q2_K) /* the scales: low nibbles */
+            sw &= 0x0F0F0F0F;
         for (int i = 0; i < 4; i++)
-            sc[4 * w + i] = x16_q6k_scale_lanes(sw & 0x0F0F0F0F, i);
+            sc[4 * w + i] = x16_q6k_scale_lanes(sw, i);
     }
     for (int h = 0; h < 2; h++)
-        for (int c = 0; c < 8; c++) {
-            x16_q6k_u8 qs;
-            memcpy(&qs, g + X16_Q2K_QS + (8 * h + c) * 64, sizeof qs);
+        for (int c = 0; c < 8; c++)
             for (int k = 0; k < 4; k++) {
                 const int j = 4 * h + k;
-                const x16_q6k_u8 q = (qs >> (2 * k)) & 3;
-                const x16_q6k_i16 v = __builtin_convertvector((x16_q6k_i8)q, x16_q6k_i16) * sc[2 * j + c / 4];
+                x16_q6k_u8 q, a, b; /* q: the quant, unsigned */
+                if (fmt == K16_Q6_K) { /* the low or high nibble of an ql word, bits 2k, 2k + 1 of the qh word */
+                    memcpy(&a, g + X16_Q6K_QL + (16 * h + 8 * (k % 2) + c) * 64, sizeof a);
+                    memcpy(&b, g + X16_Q6K_QH + (8 * h + c) * 64, sizeof b);
+                    q = ((a >> (4 * (k / 2))) & 0x0F) | (((b >> (2 * k)) & 3) << 4);
+                } else if (fmt == K16_Q3_K) { /* bits 2k, 2k + 1 of qs, bit 4h + k of hmask */
+                    memcpy(&a, g + X16_Q3K_QS + (8 * h + c) * 64, sizeof a);
+                    memcpy(&b, g + X16_Q3K_HMASK + c * 64, sizeof b);
+                    q = ((a >> (2 * k)) & 3) | (((b >> (4 * h + k)) & 1) << 2);
+                } else { /* bits 2k, 2k + 1 of qs */
+                    memcpy(&a, g + X16_Q2K_QS + (8 * h + c) * 64, sizeof a);
+                    q = (a >> (2 * k)) & 3;
+                }
+                const uint8_t bias = fmt == K16_Q6_K ? 32 : fmt == K16_Q3_K ? 4 : 0;
+                const x16_q6k_i16 v = __builtin_convertvector((x16_q6k_i8)(q - bias), x16_q6k_i16) * sc[2 * j + c / 4];
                 memcpy(u->w[j][c], &v, sizeof v);
             }
-        }
 }
+
+/* A gemm_x16_q6_k_<isa>.c's exported kernel for one format: the file's gemm(fmt, ...); act names
+ * the activation blocks it reads (q16_a, q16_b). */
+#define X16_K16_KERNEL(type, fmt, act, isa)                                                                 \
+    void gemm_x16_##type##_##act##_##isa(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
+                                         const void *a, size_t a_stride) {                                  \
+        gemm(fmt, k, t, out, out_stride, w, a, a_stride);                                                    \
+    }
 
 #endif

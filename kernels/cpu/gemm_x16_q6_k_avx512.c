@@ -21,7 +21,7 @@
  * ran at 0.8 times this speed, tiles of six at the same. */
 #define Q6K_TILE 4
 
-/* x16_q6k_unpack (gemm_x16_q6_k.h) in AVX-512 (the generic vectors compiled to a third of this
+/* x16_k16_unpack (gemm_x16_q6_k.h) in AVX-512 (the generic vectors compiled to a third of this
  * speed): per word column, the ql word's nibble and the qh word's bit pair of 16 rows at once as
  * bytes, less 32, widened to int16 (rows 0-7, rows 8-15) and multiplied by their sub-block's
  * scales, which a vpermw spreads from each row's widened scales word to the row's four lanes
@@ -40,38 +40,50 @@ ALWAYS_INLINE void q6k_scales(const uint8_t *sw, __m512i sc[QK_K / 16][2]) {
         }
 }
 
-/* Word column c of q16_a blocks 4h .. 4h + 3: wv[k][v] = w[4h + k][c], rows 8v .. 8v + 7 (q3_k's
- * where q3: q from two bits of the qs word and one of the hmask word, less 4). */
-ALWAYS_INLINE void q6k_column(const int q3, const uint8_t *g, const __m512i sc[QK_K / 16][2], int h, int c,
-                              __m512i wv[4][2]) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x30), bias = _mm512_set1_epi8(q3 ? 4 : 32);
-    const __m512i qh = _mm512_loadu_si512(q3 ? g + X16_Q3K_HMASK + c * 64 : g + X16_Q6K_QH + (8 * h + c) * 64);
-    const __m512i ql[2] = {_mm512_loadu_si512(q3 ? g + X16_Q3K_QS + (8 * h + c) * 64 : g + X16_Q6K_QL + (16 * h + c) * 64),
-                           q3 ? _mm512_setzero_si512() : _mm512_loadu_si512(g + X16_Q6K_QL + (16 * h + 8 + c) * 64)};
-    const __m512i top[4] = {_mm512_and_si512(_mm512_slli_epi16(qh, 4), m2), _mm512_and_si512(_mm512_slli_epi16(qh, 2), m2),
-                            _mm512_and_si512(qh, m2), _mm512_and_si512(_mm512_srli_epi16(qh, 2), m2)};
-    for (int k = 0; k < 4; k++) {
-        __m512i u; /* the unsigned quant */
-        if (q3) { /* bits 2k, 2k + 1 of qs; bit 4h + k of hmask to bit 2 (16-bit shifts of at most 5 stay in the byte) */
+/* The unsigned quants of word column c of q16_a blocks 4h .. 4h + 3: q6_k's (0 .. 63) from the low
+ * or high nibbles of an ql word and two bits of the qh word, q3_k's (0 .. 7) from two bits of the
+ * qs word and one of the hmask word (16-bit shifts of at most 5 keep it within its byte). */
+ALWAYS_INLINE void k16_quants(const int fmt, const uint8_t *g, int h, int c, __m512i q[4]) {
+    if (fmt == K16_Q3_K) {
+        const __m512i qs = _mm512_loadu_si512(g + X16_Q3K_QS + (8 * h + c) * 64);
+        const __m512i hm = _mm512_loadu_si512(g + X16_Q3K_HMASK + c * 64);
+        for (int k = 0; k < 4; k++) {
             const int bit = 4 * h + k;
-            const __m512i third = bit > 2 ? _mm512_srli_epi16(qh, bit - 2) : bit == 2 ? qh : _mm512_slli_epi16(qh, 2 - bit);
-            u = _mm512_or_si512(_mm512_and_si512(k ? _mm512_srli_epi16(ql[0], 2 * k) : ql[0], _mm512_set1_epi8(0x03)),
-                                _mm512_and_si512(third, _mm512_set1_epi8(0x04)));
-        } else {
-            u = _mm512_or_si512(_mm512_and_si512(k < 2 ? ql[k % 2] : _mm512_srli_epi16(ql[k % 2], 4), m4), top[k]);
+            const __m512i third = bit > 2 ? _mm512_srli_epi16(hm, bit - 2) : bit == 2 ? hm : _mm512_slli_epi16(hm, 2 - bit);
+            q[k] = _mm512_or_si512(_mm512_and_si512(k ? _mm512_srli_epi16(qs, 2 * k) : qs, _mm512_set1_epi8(0x03)),
+                                   _mm512_and_si512(third, _mm512_set1_epi8(0x04)));
         }
-        const __m512i q = _mm512_sub_epi8(u, bias);
+        return;
+    }
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x30);
+    const __m512i qh = _mm512_loadu_si512(g + X16_Q6K_QH + (8 * h + c) * 64);
+    const __m512i ql[2] = {_mm512_loadu_si512(g + X16_Q6K_QL + (16 * h + c) * 64),
+                           _mm512_loadu_si512(g + X16_Q6K_QL + (16 * h + 8 + c) * 64)};
+    const __m512i top[4] = {_mm512_slli_epi16(qh, 4), _mm512_slli_epi16(qh, 2), qh, _mm512_srli_epi16(qh, 2)};
+    for (int k = 0; k < 4; k++)
+        q[k] = _mm512_or_si512(_mm512_and_si512(k < 2 ? ql[k % 2] : _mm512_srli_epi16(ql[k % 2], 4), m4),
+                               _mm512_and_si512(top[k], m2));
+}
+
+/* Word column c of q16_a blocks 4h .. 4h + 3: wv[k][v] = w[4h + k][c], rows 8v .. 8v + 7: the quants
+ * less 32 (q3_k: 4), widened, times their sub-block's scales. */
+ALWAYS_INLINE void q6k_column(const int fmt, const uint8_t *g, const __m512i sc[QK_K / 16][2], int h, int c,
+                              __m512i wv[4][2]) {
+    __m512i u[4];
+    k16_quants(fmt, g, h, c, u);
+    for (int k = 0; k < 4; k++) {
+        const __m512i q = _mm512_sub_epi8(u[k], _mm512_set1_epi8(fmt == K16_Q3_K ? 4 : 32));
         const __m512i *s = sc[2 * (4 * h + k) + c / 4];
         wv[k][0] = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(_mm512_castsi512_si256(q)), s[0]);
         wv[k][1] = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(q, 1)), s[1]);
     }
 }
 
-ALWAYS_INLINE void q6k_unpack(const int q3, const uint8_t *g, const __m512i sc[QK_K / 16][2], x16_q6k_quants *u) {
+ALWAYS_INLINE void q6k_unpack(const int fmt, const uint8_t *g, const __m512i sc[QK_K / 16][2], x16_q6k_quants *u) {
     for (int h = 0; h < 2; h++)
         for (int c = 0; c < 8; c++) {
             __m512i wv[4][2];
-            q6k_column(q3, g, sc, h, c, wv);
+            q6k_column(fmt, g, sc, h, c, wv);
             for (int k = 0; k < 4; k++) {
                 _mm512_storeu_si512(u->w[4 * h + k][c], wv[k][0]);
                 _mm512_storeu_si512(u->w[4 * h + k][c] + 32, wv[k][1]);
@@ -117,7 +129,7 @@ ALWAYS_INLINE void q6k_tile(const int T, const x16_q6k_quants *u, const __m512 *
 
 /* One token alone (decode): q6k_tile's operations on the weights as they are unpacked, without
  * storing them (the same bits: the same exact int32 sums, the same FMAs in the same order). */
-ALWAYS_INLINE void q6k_one(const int q3, const uint8_t *g, const __m512i sc[QK_K / 16][2], const __m512 *d,
+ALWAYS_INLINE void q6k_one(const int fmt, const uint8_t *g, const __m512i sc[QK_K / 16][2], const __m512 *d,
                            const block_q16_a *y, q6k_sums *sums) {
     __m512 acc[2] = {sums->acc[0], sums->acc[1]};
     for (int h = 0; h < 2; h++) {
@@ -126,7 +138,7 @@ ALWAYS_INLINE void q6k_one(const int q3, const uint8_t *g, const __m512i sc[QK_K
             isum[k][0] = isum[k][1] = _mm512_setzero_si512();
         for (int c = 0; c < 8; c++) {
             __m512i wv[4][2];
-            q6k_column(q3, g, sc, h, c, wv);
+            q6k_column(fmt, g, sc, h, c, wv);
             for (int k = 0; k < 4; k++) {
                 const __m512i a = act4(y + 4 * h + k, c);
                 isum[k][0] = madd(isum[k][0], wv[k][0], a);
@@ -143,9 +155,9 @@ ALWAYS_INLINE void q6k_one(const int q3, const uint8_t *g, const __m512i sc[QK_K
     sums->acc[1] = acc[1];
 }
 
-/* Up to X16_Q6K_TOKENS tokens: every super-block (q6_k's, or q3_k's where q3) against every token,
+/* Up to X16_Q6K_TOKENS tokens: every super-block (q6_k's or q3_k's: fmt) against every token,
  * tile by tile. */
-ALWAYS_INLINE void gemm_tokens(const int q3, int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w,
+ALWAYS_INLINE void gemm_tokens(const int fmt, int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w,
                                const uint8_t *a, size_t a_stride) {
     q6k_sums sums[X16_Q6K_TOKENS];
     x16_q6k_quants u;
@@ -153,22 +165,22 @@ ALWAYS_INLINE void gemm_tokens(const int q3, int64_t nsb, int64_t t, float *out,
     for (int64_t i = 0; i < t; i++)
         sums[i].acc[0] = sums[i].acc[1] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nsb; b++) {
-        const size_t block = q3 ? X16_Q3K_BLOCK : X16_Q6K_BLOCK;
+        const size_t block = fmt == K16_Q3_K ? X16_Q3K_BLOCK : X16_Q6K_BLOCK;
         const uint8_t *g = w + b * block;
         for (size_t line = 0; line < block; line += 64)
             _mm_prefetch((const char *)g + PREFETCH_AHEAD + line, _MM_HINT_NTA);
         __m512i sc[QK_K / 16][2];
         uint8_t q3_words[4 * 64];
-        if (q3)
+        if (fmt == K16_Q3_K)
             x16_q3k_scale_words(g, q3_words);
-        q6k_scales(q3 ? q3_words : g + X16_Q6K_SCALES, sc);
+        q6k_scales(fmt == K16_Q3_K ? q3_words : g + X16_Q6K_SCALES, sc);
         const __m512 d16 = f16x16(g);
         const __m512 d[2] = {_mm512_permutexvar_ps(pair_lo, d16), _mm512_permutexvar_ps(pair_hi, d16)};
         if (t == 1) {
-            q6k_one(q3, g, sc, d, (const block_q16_a *)a + b * (QK_K / QK_Q16_A), sums);
+            q6k_one(fmt, g, sc, d, (const block_q16_a *)a + b * (QK_K / QK_Q16_A), sums);
             continue;
         }
-        q6k_unpack(q3, g, sc, &u);
+        q6k_unpack(fmt, g, sc, &u);
         for (int64_t ti = 0; ti < t; ti += Q6K_TILE) {
             const block_q16_a *ys[Q6K_TILE];
             const int n = t - ti < Q6K_TILE ? (int)(t - ti) : Q6K_TILE;
@@ -187,19 +199,12 @@ ALWAYS_INLINE void gemm_tokens(const int q3, int64_t nsb, int64_t t, float *out,
                                                              _mm512_permutex2var_ps(sums[i].acc[0], odd, sums[i].acc[1])));
 }
 
-ALWAYS_INLINE void gemm(const int q3, int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
+ALWAYS_INLINE void gemm(const int fmt, int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
                         size_t a_stride) {
     for (int64_t t0 = 0; t0 < t; t0 += X16_Q6K_TOKENS)
-        gemm_tokens(q3, k / QK_K, t - t0 < X16_Q6K_TOKENS ? t - t0 : X16_Q6K_TOKENS, out + t0 * out_stride, out_stride, w,
+        gemm_tokens(fmt, k / QK_K, t - t0 < X16_Q6K_TOKENS ? t - t0 : X16_Q6K_TOKENS, out + t0 * out_stride, out_stride, w,
                     (const uint8_t *)a + t0 * a_stride, a_stride);
 }
 
-void gemm_x16_q6_K_q16_a_avx512(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
-                                size_t a_stride) {
-    gemm(0, k, t, out, out_stride, w, a, a_stride);
-}
-
-void gemm_x16_q3_K_q16_a_avx512(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
-                                size_t a_stride) {
-    gemm(1, k, t, out, out_stride, w, a, a_stride);
-}
+X16_K16_KERNEL(q6_K, K16_Q6_K, q16_a, avx512)
+X16_K16_KERNEL(q3_K, K16_Q3_K, q16_a, avx512)

@@ -193,17 +193,6 @@ ALWAYS_INLINE void gemm(const int fmt, int64_t k, int64_t t, float *out, size_t 
                     (const uint8_t *)a + t0 * a_stride, a_stride);
 }
 
-void gemm_x16_q6_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
-                                    const void *a, size_t a_stride) {
-    gemm(K16_Q6_K, k, t, out, out_stride, w, a, a_stride);
-}
-
-void gemm_x16_q3_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
-                                    const void *a, size_t a_stride) {
-    gemm(K16_Q3_K, k, t, out, out_stride, w, a, a_stride);
-}
-
-void gemm_x16_q2_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out_stride, const void *w,
-                                    const void *a, size_t a_stride) {
-    gemm(K16_Q2_K, k, t, out, out_stride, w, a, a_stride);
-}
+X16_K16_KERNEL(q6_K, K16_Q6_K, q16_b, avx512vnni)
+X16_K16_KERNEL(q3_K, K16_Q3_K, q16_b, avx512vnni)
+X16_K16_KERNEL(q2_K, K16_Q2_K, q16_b, avx512vnni)

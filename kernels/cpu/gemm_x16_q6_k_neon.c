@@ -1,6 +1,6 @@
 /* NEON q6_k, q3_k and q2_k X16 kernels, one token at a time (NEON is the arm64 baseline: no flags,
  * no dotprod extension). Super-blocks outermost, as on x86: each one's integer weights sc (q - 32)
- * are unpacked once (x16_q6k_unpack, gemm_x16_q6_k.h; q3_k's sc (q - 4), q2_k's sc q) for up to
+ * are unpacked once (x16_k16_unpack, gemm_x16_q6_k.h; q3_k's sc (q - 4), q2_k's sc q) for up to
  * X16_Q6K_TOKENS tokens, whose running sums wait in memory between super-blocks. Per sub-block
  * (word columns 4s .. 4s + 3 of an activation block) and row, vmlal_s16 sums the row's four int16
  * weights against activation elements 4c .. 4c + 3 in four int32 lanes; two rounds of pairwise adds
@@ -72,7 +72,6 @@ static inline void gemm_tokens(const int fmt, int64_t nsb, int64_t t, float *out
         float32x4_t d[4], dmm[QK_K / 16][4];
         f16x16(g, d);
         if (fmt == K16_Q2_K) {
-            x16_q2k_unpack(g, &u);
             float32x4_t dmin[4];
             f16x16(g + X16_Q2K_DMIN, dmin);
             for (int sb = 0; sb < QK_K / 16; sb++) /* sub-block sb's m: the high nibble of scale byte sb */
@@ -83,11 +82,8 @@ static inline void gemm_tokens(const int fmt, int64_t nsb, int64_t t, float *out
                     const uint32x4_t mu = {m[0], m[1], m[2], m[3]};
                     dmm[sb][q] = vmulq_f32(dmin[q], vcvtq_f32_u32(mu));
                 }
-        } else if (fmt == K16_Q3_K) {
-            x16_q3k_unpack(g, &u);
-        } else {
-            x16_q6k_unpack(g, &u);
         }
+        x16_k16_unpack(fmt, g, &u);
         for (int64_t i = 0; i < t; i++)
             q6k_token(&u, d, fmt == K16_Q2_K ? dmm : NULL, (const block_q16_a *)(a + i * a_stride) + b * (QK_K / QK_Q16_A),
                       acc[i]);
@@ -104,17 +100,6 @@ static void gemm(const int fmt, int64_t k, int64_t t, float *out, size_t out_str
                     (const uint8_t *)a + t0 * a_stride, a_stride);
 }
 
-void gemm_x16_q6_K_q16_a_neon(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
-                              size_t a_stride) {
-    gemm(K16_Q6_K, k, t, out, out_stride, w, a, a_stride);
-}
-
-void gemm_x16_q3_K_q16_a_neon(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
-                              size_t a_stride) {
-    gemm(K16_Q3_K, k, t, out, out_stride, w, a, a_stride);
-}
-
-void gemm_x16_q2_K_q16_a_neon(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,
-                              size_t a_stride) {
-    gemm(K16_Q2_K, k, t, out, out_stride, w, a, a_stride);
-}
+X16_K16_KERNEL(q6_K, K16_Q6_K, q16_a, neon)
+X16_K16_KERNEL(q3_K, K16_Q3_K, q16_a, neon)
+X16_K16_KERNEL(q2_K, K16_Q2_K, q16_a, neon)

@@ -1,7 +1,7 @@
 /* Scalar dot products, vec_dot_<weight type>_<activation type>: the reference every SIMD
  * variant is held to (quant.reference.matmul spells out the same arithmetic). */
 #include "llmrun.h"
-#include "gemm_x16_ref.h"
+#include "kernels_ref.h"
 
 /* Float weights: eight partial sums break the add-latency chain (and let the compiler put
  * them in vector registers) without -ffast-math; the order is fixed, so results are
@@ -148,31 +148,12 @@ static inline float block_dot_iq4_nl(const void *w, const block_q16_a *y) {
     return llmr_f16_to_f32(x->d) * y->d * (float)isum;
 }
 
+/* The 32-element types' block_dot as a step: sum plus the block's term (kernels_ref.h). */
 #define QUANT_KERNELS(type, block_t, id, qk)                                                            \
-    void vec_dot_##type##_q16_a_ref(int64_t k, float *s, const void *w, const void *a) {              \
-        const block_t *x = w;                                                                         \
-        const block_q16_a *y = a;                                                                     \
-        float sum = 0.0f;                                                                             \
-        for (int64_t i = 0; i < k / (qk); i++)                                                        \
-            sum += block_dot_##type(&x[i], &y[i]);                                                    \
-        *s = sum;                                                                                     \
+    static inline float block_step_##type(const block_t *x, const block_q16_a *y, float sum) {        \
+        return sum + block_dot_##type(x, y);                                                          \
     }                                                                                                 \
-    void gemm_x16_##type##_q16_a_ref(int64_t k, int64_t t, float *out, size_t out_stride, const void *w, \
-                                     const void *a, size_t a_stride) {                                \
-        const llmr_type_traits *tr = llmr_type_traits_get(id);                                         \
-        block_t x;                                                                                    \
-        for (int64_t ti = 0; ti < t; ti++) {                                                          \
-            const block_q16_a *y = (const block_q16_a *)((const uint8_t *)a + ti * a_stride);         \
-            for (int r = 0; r < LLMR_X16; r++) {                                                      \
-                float sum = 0.0f;                                                                     \
-                for (int64_t i = 0; i < k / (qk); i++) {                                              \
-                    llmr_x16_get_block(tr, w, r, i, &x);                                              \
-                    sum += block_dot_##type(&x, &y[i]);                                               \
-                }                                                                                     \
-                out[ti * out_stride + r] = sum;                                                       \
-            }                                                                                         \
-        }                                                                                             \
-    }
+    REF_KERNELS(type, block_t, id, qk)
 
 /* weight block i meets activation block i: these types' blocks are q16_a's (llmrun.h asserts it) */
 QUANT_KERNELS(q8_0, block_q8_0, LLMR_TYPE_Q8_0, QK8_0)
@@ -185,8 +166,8 @@ QUANT_KERNELS(iq4_nl, block_iq4_nl, LLMR_TYPE_IQ4_NL, QK4_NL)
 /* q4_K: sub-block j of a super-block (32 values: the low or high nibbles of qs[32 (j / 2) ..])
  * meets activation block j: sum_j (d sc_j) da_j sum(q qa) - (dmin m_j) sa_j, in one running
  * sum over the row's sub-blocks (vec_dot_q4_K_q16_a_neon does the same operations in order).
- * block_dot_q4_K adds one super-block's eight terms to `sum`, y its eight activation blocks. */
-static inline float block_dot_q4_K(const block_q4_K *x, const block_q16_a *y, float sum) {
+ * block_step_q4_K adds one super-block's eight terms to `sum`, y its eight activation blocks. */
+static inline float block_step_q4_K(const block_q4_K *x, const block_q16_a *y, float sum) {
     const float d = llmr_f16_to_f32(x->d), dmin = llmr_f16_to_f32(x->dmin);
     for (int j = 0; j < QK_K / QK_Q16_A; j++, y++) {
         uint8_t sc, m;
@@ -201,22 +182,14 @@ static inline float block_dot_q4_K(const block_q4_K *x, const block_q16_a *y, fl
     return sum;
 }
 
-void vec_dot_q4_K_q16_a_ref(int64_t k, float *s, const void *w, const void *a) {
-    const block_q4_K *x = w;
-    const block_q16_a *y = a;
-    float sum = 0.0f;
-    for (int64_t i = 0; i < k / QK_K; i++)
-        sum = block_dot_q4_K(&x[i], y + i * (QK_K / QK_Q16_A), sum);
-    *s = sum;
-}
 
 /* q6_K: q16_a block j of a super-block spans sub-blocks 2j and 2j + 1 (16 values each, with its
  * own int8 scale): sum_j d da_j (sc_2j P_2j + sc_2j+1 P_2j+1), P the sub-block's sum of
  * (q - 32) qa, |P| <= 16 * 32 * 32767 < 2^24 (exact in int32); the two scaled sums, up to 2^32
  * in magnitude, are added in int64 and rounded to float once. Signed weights: no offset term,
  * so q16_a's s is not needed. vec_dot_q6_K_q16_a_neon does the same operations in order.
- * block_dot_q6_K adds one super-block's eight terms to `sum`, y its eight activation blocks. */
-static inline float block_dot_q6_K(const block_q6_K *x, const block_q16_a *y, float sum) {
+ * block_step_q6_K adds one super-block's eight terms to `sum`, y its eight activation blocks. */
+static inline float block_step_q6_K(const block_q6_K *x, const block_q16_a *y, float sum) {
     const float d = llmr_f16_to_f32(x->d);
     for (int j = 0; j < QK_K / QK_Q16_A; j++, y++) {
         int32_t p[2] = {0, 0}; /* sub-blocks 2j, 2j + 1 */
@@ -228,14 +201,5 @@ static inline float block_dot_q6_K(const block_q6_K *x, const block_q16_a *y, fl
     return sum;
 }
 
-void vec_dot_q6_K_q16_a_ref(int64_t k, float *s, const void *w, const void *a) {
-    const block_q6_K *x = w;
-    const block_q16_a *y = a;
-    float sum = 0.0f;
-    for (int64_t i = 0; i < k / QK_K; i++)
-        sum = block_dot_q6_K(&x[i], y + i * (QK_K / QK_Q16_A), sum);
-    *s = sum;
-}
-
-SUPER_BLOCK_X16_KERNEL(q4_K, block_q4_K, LLMR_TYPE_Q4_K)
-SUPER_BLOCK_X16_KERNEL(q6_K, block_q6_K, LLMR_TYPE_Q6_K)
+REF_KERNELS(q4_K, block_q4_K, LLMR_TYPE_Q4_K, QK_K)
+REF_KERNELS(q6_K, block_q6_K, LLMR_TYPE_Q6_K, QK_K)
