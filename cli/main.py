@@ -621,7 +621,13 @@ def list_models(remote: Optional[str] = typer.Option(None, "--remote", metavar="
                    "one from the Hub", err=True)
         return
     _table(("NAME", "QUANT", "SIZE", "LAST USED", "PATH"),
-           [(m.name, m.quant, hub._size(m.size), _ago(m.last_used), m.path) for m in models])
+           [(m.name + ("*" if m.earlier else ""), m.quant, hub._size(m.size), _ago(m.last_used), m.path)
+            for m in models])
+    earlier = [m for m in models if m.earlier]
+    if earlier:
+        typer.echo(f"* converted by an earlier llmrun ({hub._size(sum(m.size for m in earlier))} in all): "
+                   "`llmrun pull NAME` converts a Hub name again, a path is converted again on its next use, "
+                   "and `llmrun rm PATH` frees an old file", err=True)
 
 
 def _list_remote(text: str) -> None:

@@ -290,6 +290,13 @@ class Cached:
     path: str
     last_used: float  # seconds since the epoch
 
+    @property
+    def earlier(self) -> bool:
+        """Converted by an earlier llmrun, which wrote other types or layouts (format_key): a
+        Hub name's is converted again by `llmrun pull`, a path's on its next use."""
+        release = os.path.dirname(self.path) == os.path.dirname(_named_path("_"))
+        return not release and not self.path.endswith(f"-{format_key()}.llmr")
+
 
 def _hub_entries() -> list[tuple[str, dict]]:
     root = os.path.join(home(), "hub")
