@@ -623,9 +623,9 @@ def list_models(remote: Optional[str] = typer.Option(None, "--remote", metavar="
     _table(("NAME", "QUANT", "SIZE", "LAST USED", "PATH"),
            [(m.name + ("*" if m.earlier else ""), m.quant, hub._size(m.size), _ago(m.last_used), m.path)
             for m in models])
-    earlier = [m for m in models if m.earlier]
+    earlier = {m.path: m.size for m in models if m.earlier}  # by path: two tags may share one file
     if earlier:
-        typer.echo(f"* converted by an earlier llmrun ({hub._size(sum(m.size for m in earlier))} in all): "
+        typer.echo(f"* converted by another llmrun version ({hub._size(sum(earlier.values()))} in all): "
                    "`llmrun pull NAME` converts a Hub name again, a path is converted again on its next use, "
                    "and `llmrun rm PATH` frees an old file", err=True)
 

@@ -15,7 +15,9 @@ A Hub name with an entry loads without the network; `llmrun pull NAME` asks the 
 <format> (format_key) changes when an llmrun writes other types or layouts than before (a type it
 learns to run natively, or in a faster layout): a path is then converted again on its next use and
 its conversion by the earlier llmrun removed; a Hub name's conversion is kept until `llmrun pull`
-converts it again (loading it says so), and removed then.
+converts it again (loading it says so), and removed then. Conversions written before names carried
+the format (<stem>-<key>.llmr, <quant>-<commit>.llmr) cannot be told from another source's: they
+stay until `llmrun rm`, and `llmrun list` marks them.
 """
 from __future__ import annotations
 
@@ -128,8 +130,8 @@ def convert_into_cache(src: str, progress: Progress | None = None) -> str:
         _remove_stale_parts(os.path.dirname(out))
         _say(f"converting {src} into the cache ({out}), once")
         convert(src, out, None, progress)
-        for old in _superseded(out):  # an earlier llmrun's conversion of the same source
-            with contextlib.suppress(FileNotFoundError):
+        for old in _superseded(out):  # another llmrun version's conversion of the same source
+            with contextlib.suppress(OSError):  # gone already, or not ours to remove: it only costs room
                 os.unlink(old)
     return out
 
@@ -216,9 +218,10 @@ def pull_hub(name, progress: Progress | None = None) -> str:
     with atomic_file(_entry_path(name), "w") as f:
         json.dump(entry, f, indent=1)
     if before is not None and before.get("llmr") != entry["llmr"]:  # this name's earlier conversion, if no other uses it
-        old = os.path.join(folder, before["llmr"])
-        if not any(os.path.join(os.path.dirname(p), e.get("llmr", "")) == old for p, e in _hub_entries()):
-            with contextlib.suppress(FileNotFoundError):
+        old = os.path.join(folder, os.path.basename(str(before.get("llmr", ""))))
+        used = (os.path.join(os.path.dirname(p), os.path.basename(str(e.get("llmr", "")))) for p, e in _hub_entries())
+        if os.path.isfile(old) and not any(os.path.exists(u) and os.path.samefile(u, old) for u in used):
+            with contextlib.suppress(OSError):
                 os.unlink(old)
     return out
 
@@ -232,7 +235,7 @@ def _hub_model(name, download: bool, progress: Progress | None) -> str:
         if os.path.exists(out):
             os.utime(path)  # last used
             if not out.endswith(f"-{format_key()}.llmr"):
-                _say(f"{name} was converted by an earlier llmrun; `llmrun pull {name}` converts it again for this one")
+                _say(f"{name} was converted by another llmrun version; `llmrun pull {name}` converts it again for this one")
             return out
     if not download:
         raise LlmrunError(f"{name} is not downloaded yet: run `llmrun pull {name}`")
@@ -292,7 +295,7 @@ class Cached:
 
     @property
     def earlier(self) -> bool:
-        """Converted by an earlier llmrun, which wrote other types or layouts (format_key): a
+        """Converted by another llmrun version, which wrote other types or layouts (format_key): a
         Hub name's is converted again by `llmrun pull`, a path's on its next use."""
         release = os.path.dirname(self.path) == os.path.dirname(_named_path("_"))
         return not release and not self.path.endswith(f"-{format_key()}.llmr")

@@ -170,17 +170,17 @@ def test_a_conversion_by_an_earlier_llmrun_is_kept_until_pulled_again(mock_hub, 
     r = run_cli("generate", "org/tiny-GGUF", "-p", "hi", "-n", "2", "--raw", "--temp", "0",
                 env={**env, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr
-    assert ("org/tiny-GGUF was converted by an earlier llmrun; `llmrun pull org/tiny-GGUF` converts it again "
-            "for this one") in r.stderr, r.stderr
+    assert ("org/tiny-GGUF was converted by another llmrun version; `llmrun pull org/tiny-GGUF` converts it "
+            "again for this one") in r.stderr, r.stderr
     listed = run_cli("list", env=env, check=True)
     assert listed.stdout.splitlines()[1].split()[0] == "org/tiny-GGUF*", listed.stdout
-    assert listed.stderr.startswith("* converted by an earlier llmrun ("), listed.stderr
+    assert listed.stderr.startswith("* converted by another llmrun version ("), listed.stderr
     r = _pull(mock_hub, env, "org/tiny-GGUF")
     assert r.stdout.strip() == str(path) and path.exists() and not old.exists(), r.stderr
     listed = run_cli("list", env=env, check=True)
-    assert listed.stdout.splitlines()[1].split()[0] == "org/tiny-GGUF" and "earlier" not in listed.stderr
+    assert listed.stdout.splitlines()[1].split()[0] == "org/tiny-GGUF" and "another llmrun" not in listed.stderr
     r = run_cli("generate", "org/tiny-GGUF", "-p", "hi", "-n", "2", "--raw", "--temp", "0", env=env)
-    assert r.returncode == 0 and "earlier llmrun" not in r.stderr, r.stderr
+    assert r.returncode == 0 and "another llmrun" not in r.stderr, r.stderr
 
 
 def test_tags_choose_the_file(mock_hub, tmp_path):

@@ -57,27 +57,28 @@ def test_matmul_matches_reference(device, type, rows, k, tokens):
 @pytest.mark.parametrize("type", X16_TYPES)
 def test_every_bit_of_a_block(device, type):
     """Blocks of random bytes (every quant and sub-block scale bit pattern; f16 fields random but
-    finite) in the layout a file holds them in (X16; rows for q2_k and q3_k, re-laid as they go
-    up): the product against float64 over quant/'s dequantisation, and the embedding rows bit
-    for bit."""
+    finite) in the layouts a file holds them in (X16; also rows for q2_k and q3_k, as files
+    written before their CPU X16 kernels hold them, re-laid as they go up): the product against
+    float64 over quant/'s dequantisation, and the embedding rows bit for bit."""
     from llmrun.format import Tensor
-    from llmrun.quant.layout import X16, interleave, kernel_layout
+    from llmrun.quant.layout import ROWS, X16, interleave, kernel_layout
     t = qtype(type)
     rows, k, tokens = 32, 2 * max(t.block_size, 64), 3
     rng = np.random.default_rng(9)
     blocks = random_blocks(t, rows, k, rng)
     w = dequantize(blocks, t, k)
     assert np.isfinite(w).all()
-    layout = kernel_layout(t, (rows, k))
-    m = device.upload(Tensor("w", t, (rows, k), (interleave(blocks, t) if layout == X16 else blocks).reshape(-1),
-                             layout))
     x = rng.standard_normal((tokens, k)).astype(np.float32)
     want = x.astype(np.float64) @ w.astype(np.float64).T
-    assert np.abs(device.matmul(m, x) - want).max() <= BOUND * np.abs(want).max()
-    ids = np.array([31, 0, 17], np.uint32)
-    (buf, row0, n), = m.parts
-    got = _run_op(device, "embed", (k, n, row0), [buf, ids, np.zeros((3, k), np.float32)], (3, 1), 3, weight_type=type)
-    np.testing.assert_array_equal(got.reshape(3, k), w[ids])
+    for layout in {kernel_layout(t, (rows, k))} | ({ROWS} if type in ("q2_k", "q3_k") else set()):
+        m = device.upload(Tensor("w", t, (rows, k), (interleave(blocks, t) if layout == X16 else blocks).reshape(-1),
+                                 layout))
+        assert np.abs(device.matmul(m, x) - want).max() <= BOUND * np.abs(want).max(), layout
+        ids = np.array([31, 0, 17], np.uint32)
+        (buf, row0, n), = m.parts
+        got = _run_op(device, "embed", (k, n, row0), [buf, ids, np.zeros((3, k), np.float32)], (3, 1), 3,
+                      weight_type=type)
+        np.testing.assert_array_equal(got.reshape(3, k), w[ids])
 
 
 def test_f16_rows_not_a_multiple_of_16(device):

@@ -1,4 +1,4 @@
-/* AVX2 (+FMA, F16C) q6_k and q3_k X16 kernels: 16 weight rows against 1..t tokens of q16_b
+/* AVX2 (+FMA, F16C) q6_k, q3_k and q2_k X16 kernels: 16 weight rows against 1..t tokens of q16_b
  * activations, the byte-plane arithmetic of gemm_x16_q6_k_avx512vnni.c on vpmaddubsw
  * (gemm_x16_q4_k_avx2.c says why bytes; gemm_x16_q6_k.h, where the words lie).
  *
@@ -6,16 +6,19 @@
  * sub-blocks) are made once for up to Q16B_TOKENS tokens, whose running sums wait in memory
  * between super-blocks; the tokens meet it in tiles of up to Q6K_TILE, each half of the rows in
  * turn. q16_a block 4h + k's quants q in word column c (q6_k: 0 .. 63, a nibble of an ql word and
- * two bits of the qh word; q3_k: 0 .. 7, two bits of the qs word and one of the hmask word) are a
- * 32-byte vector, 8 rows x 4 (for more than one token made once per super-block into
- * q6k_unpacked, 4 KiB, in L1); vpmaddubsw pairs them with 4 activation bytes of a plane. A lo
- * pair sum reaches 2 * 255 * 63 = 32130, so each is folded into int32 at once; a hi one
- * |2 * 128 * 63| = 16128, two of them summed in int16 first. Columns 0-3 of a block are its first
- * 16-element sub-block and 4-7 its second, each with its own scale: per sub-block one FMA of the
- * exact int32 sum with the rows' d sc times the block's da, and one of d sc with s16 (the block's
- * d times the sum of its 16 activations) into the offsets, which times 32 (q3_k: 4) are taken off
- * at the end, q - 32 (q - 4) being the weight. A lane's operations and their order do not depend
- * on t or the tile, so a token's result is the same bits whatever t.
+ * two bits of the qh word; q3_k: 0 .. 7, two bits of the qs word and one of the hmask word; q2_k:
+ * 0 .. 3, two bits of the qs word) are a 32-byte vector, 8 rows x 4 (for more than one token made
+ * once per super-block into q6k_unpacked, 4 KiB, in L1); vpmaddubsw pairs them with 4 activation
+ * bytes of a plane. q6_k: a lo pair sum reaches 2 * 255 * 63 = 32130, so each is folded into
+ * int32 at once; a hi one |2 * 128 * 63| = 16128, two of them summed in int16 first. q3_k, q2_k
+ * (quants below 8): a sub-block's four columns of pair sums in int16 (|lo| <= 4 * 2 * 255 * 7),
+ * then one fold. Columns 0-3 of a block are its first 16-element sub-block and 4-7 its second,
+ * each with its own scale: per sub-block one FMA of the exact int32 sum with the rows' d sc times
+ * the block's da, and one of an offset scale with s16 (the block's d times the sum of its 16
+ * activations) into the offsets, taken off at the end (q6_k's and q3_k's offset scale is d sc,
+ * times 32 (4) at the end, q - 32 (q - 4) being the weight; q2_k's is dmin m). A lane's
+ * operations and their order do not depend on t or the tile, so a token's result is the same
+ * bits whatever t.
  *
  * Error against float64: as the VNNI kernel's, within about (2 nb + 3) u M, inside
  * X16_DOT_BOUND(nb) = (2 nb + 4) u M (tests/test_kernels.py). */

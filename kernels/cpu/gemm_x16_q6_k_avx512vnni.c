@@ -1,25 +1,26 @@
-/* AVX-512 VNNI q6_k and q3_k X16 kernels: 16 weight rows against 1..t tokens of q16_b activations
- * (gemm_x16_q16b_avx512vnni.h says why bytes; gemm_x16_q6_k.h, where the words lie).
+/* AVX-512 VNNI q6_k, q3_k and q2_k X16 kernels: 16 weight rows against 1..t tokens of q16_b
+ * activations (gemm_x16_q16b_avx512vnni.h says why bytes; gemm_x16_q6_k.h, where the words lie).
  *
  * Super-blocks outermost: each one's rows' d sc (one lane per row, for its 16 sub-blocks) are
  * made once for up to Q16B_TOKENS tokens, whose running sums wait in memory between
  * super-blocks. A word column c of q16_a blocks 4h .. 4h + 3 is four vectors of quants q, 16
  * rows x 4, as bytes (q6_k: 0 .. 63, the low nibble of an ql word and two bits of the qh word;
- * q3_k: 0 .. 7, two bits of the qs word and one of the hmask word); q16b_madd sums them against
- * the activation blocks into int32 lanes, one per row, exact. Columns 0-3 of a block are its
- * first 16-element sub-block and 4-7 its second, each with its own scale: per sub-block, one FMA
- * of the sum with the rows' d sc times the block's da, and one of d sc with s16 (the block's d
- * times the sum of its 16 activations) into the offsets, which times 32 (q3_k: 4) are taken off
- * at the end, q - 32 (q - 4) being the weight. With more tokens than a tile, the quants are
- * unpacked once per super-block into q6k_quants (4 KiB, in L1) and the tiles read them there; the
- * integers are the same, so a token's result is the same bits whatever t.
+ * q3_k: 0 .. 7, two bits of the qs word and one of the hmask word; q2_k: 0 .. 3, two bits of the
+ * qs word); q16b_madd sums them against the activation blocks into int32 lanes, one per row,
+ * exact. Columns 0-3 of a block are its first 16-element sub-block and 4-7 its second, each with
+ * its own scale: per sub-block, one FMA of the sum with the rows' d sc times the block's da, and
+ * one of an offset scale with s16 (the block's d times the sum of its 16 activations) into the
+ * offsets, taken off at the end: q6_k's and q3_k's offset scale is d sc, times 32 (4) at the end,
+ * q - 32 (q - 4) being the weight; q2_k's is its rows' dmin m. With more tokens than a tile, the
+ * quants are unpacked once per super-block into q6k_quants (4 KiB, in L1) and the tiles read them
+ * there; the integers are the same, so a token's result is the same bits whatever t.
  *
  * Error against float64: a sum |P| <= 16 * 63 * 32767 may pass 2^24 (1 rounding to float); a
  * term c P (c = fl(d sc da): 1 rounding, d sc exact) meets 2 nb FMAs in its lane (nb = k / 32)
  * and the subtraction; an offset term (s16: 1 rounding) the same (the 32 is exact). The offsets
  * are as large as 32 / |q - 32| (q3_k: 4 / |q - 4|) times their terms' share of M: within about
  * (2 nb + 3) u M for the weights q6_k and q3_k make, X16_DOT_BOUND(nb) = (2 nb + 4) u M
- * (tests/test_kernels.py). */
+ * (tests/test_kernels.py); q2_k's mins are terms of M themselves. */
 #include "gemm_x16_q16b_avx512vnni.h"
 #include "gemm_x16_q6_k.h"
 

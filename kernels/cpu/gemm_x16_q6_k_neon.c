@@ -6,12 +6,12 @@
  * weights against activation elements 4c .. 4c + 3 in four int32 lanes; two rounds of pairwise adds
  * (exact) make four rows' sub-block sums of 16 products, within 16 * 4096 * 32767 < 2^31 (a whole
  * activation block's 32 could pass it, so the sums are taken per sub-block); each is converted to
- * float once and multiply-added with the rows' d times the block's da (q2_k: less its rows' dmin m
- * times da and the sub-block's sum of activations).
+ * float once and multiply-added with the rows' d times the block's da (q2_k: its rows' dmin m
+ * times da and the sub-block's sum of activations go into offsets, taken off at the end).
  *
  * Error against float64: a term c P (c = fl(d da), P's conversion: 1 rounding each) meets at most
- * 2 nb FMAs: |err| <= (2 nb + 2) u M + O(u^2), inside X16_DOT_BOUND(nb) = (2 nb + 4) u
- * (tests/neon/test_neon.c). */
+ * 2 nb FMAs (q2_k's, and its offsets', then the subtraction): |err| <= (2 nb + 3) u M + O(u^2),
+ * inside X16_DOT_BOUND(nb) = (2 nb + 4) u (tests/neon/test_neon.c). */
 #include <arm_neon.h>
 #include <string.h>
 
@@ -20,9 +20,10 @@
 
 /* One token's sums (rows 4q .. 4q + 3 in acc[q]) += the unpacked super-block against its
  * activation blocks y[0 .. 8); d: the 16 rows' d; dmm (q2_k; else NULL): the rows' dmin m of each
- * sub-block, taken times the sub-block's da sum(qa). */
+ * sub-block, which times the sub-block's da sum(qa) go into off[q] (taken off at the end: kept
+ * apart, each sum meets 2 nb operations, as q6_k's). */
 static inline void q6k_token(const x16_q6k_quants *u, const float32x4_t *d, const float32x4_t (*dmm)[4],
-                             const block_q16_a *y, float32x4_t *acc) {
+                             const block_q16_a *y, float32x4_t *acc, float32x4_t *off) {
     for (int j = 0; j < QK_K / QK_Q16_A; j++)
         for (int s = 0; s < 2; s++) { /* sub-block 2j + s */
             int32x4_t p[16];
@@ -45,7 +46,7 @@ static inline void q6k_token(const x16_q6k_quants *u, const float32x4_t *d, cons
                                                   vpaddlq_s16(vld1q_s16(&y[j].qs[16 * s + 8])));
                 const float32x4_t sa = vdupq_n_f32(y[j].d * (float)vaddvq_s32(pairs));
                 for (int q = 0; q < 4; q++)
-                    acc[q] = vfmsq_f32(acc[q], dmm[2 * j + s][q], sa);
+                    off[q] = vfmaq_f32(off[q], dmm[2 * j + s][q], sa);
             }
         }
 }
@@ -62,11 +63,11 @@ static inline void f16x16(const uint8_t *p, float32x4_t f[4]) {
 /* Up to X16_Q6K_TOKENS tokens: every super-block (of format fmt) against every token. */
 static inline void gemm_tokens(const int fmt, int64_t nsb, int64_t t, float *out, size_t out_stride, const uint8_t *w,
                                const uint8_t *a, size_t a_stride) {
-    float32x4_t acc[X16_Q6K_TOKENS][4];
+    float32x4_t acc[X16_Q6K_TOKENS][4], off[X16_Q6K_TOKENS][4];
     x16_q6k_quants u;
     for (int64_t i = 0; i < t; i++)
         for (int q = 0; q < 4; q++)
-            acc[i][q] = vdupq_n_f32(0.0f);
+            acc[i][q] = off[i][q] = vdupq_n_f32(0.0f);
     for (int64_t b = 0; b < nsb; b++) {
         const uint8_t *g = w + b * X16_K16_BLOCK(fmt);
         float32x4_t d[4], dmm[QK_K / 16][4];
@@ -86,11 +87,11 @@ static inline void gemm_tokens(const int fmt, int64_t nsb, int64_t t, float *out
         x16_k16_unpack(fmt, g, &u);
         for (int64_t i = 0; i < t; i++)
             q6k_token(&u, d, fmt == K16_Q2_K ? dmm : NULL, (const block_q16_a *)(a + i * a_stride) + b * (QK_K / QK_Q16_A),
-                      acc[i]);
+                      acc[i], off[i]);
     }
     for (int64_t i = 0; i < t; i++)
         for (int q = 0; q < 4; q++)
-            vst1q_f32(out + i * out_stride + 4 * q, acc[i][q]);
+            vst1q_f32(out + i * out_stride + 4 * q, vsubq_f32(acc[i][q], off[i][q]));
 }
 
 static void gemm(const int fmt, int64_t k, int64_t t, float *out, size_t out_stride, const void *w, const void *a,

@@ -342,10 +342,10 @@ typedef void (*llmr_gemm_x16_fn)(int64_t k, int64_t t, float *out, size_t out_st
 /* How a weight matrix's blocks lie in memory (recorded per tensor in a .llmr file).
  *
  * LLMR_LAYOUT_ROWS: GGUF's; each row its blocks in order.
- * LLMR_LAYOUT_X16 (types whose traits say x16: q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q4_k, q5_k, q6_k;
+ * LLMR_LAYOUT_X16 (types whose traits say x16: q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q2_k .. q6_k;
  * rows a multiple of 16): groups of 16 consecutive rows, each group its blocks in order, each
- * block of the group as the 16 rows' first f16 scale field (d), then (q4_1, q5_1, q4_k, q5_k:
- * n_scales = 2) their second (m; the k-quants' dmin), then the rows' other bytes, in order, in
+ * block of the group as the 16 rows' first f16 scale field (d), then (q4_1, q5_1, q2_k, q4_k,
+ * q5_k: n_scales = 2) their second (m; the k-quants' dmin), then the rows' other bytes, in order, in
  * 4-byte words, word c of row r at (c * 16 + r) * 4. Same bytes as 16 row blocks, moved (q5's
  * word 0 is its qh, words 1-4 its qs; q4_k's words 0-2 its packed scales, words 3-34 its qs;
  * q5_k's 0-2 the same, 3-10 its qh, 11-42 its qs; q6_k's d is its last field (scales_at 208), its

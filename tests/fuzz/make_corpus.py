@@ -131,7 +131,7 @@ def main() -> None:
     path = tmp / "kquants.gguf"  # k-quant blocks are 256 wide: the smallest model that holds them
     write_tiny_gguf(path, *TYPE_MIXES["llama-kquants"], vocab=272, dim=256, ffn=256, n_layers=1, n_heads=2, n_kv=1)
     write("gguf", "llama-kquants", path.read_bytes())
-    out = tmp / "kquants.llmr"  # every k-quant kept: q4_k, q5_k, q6_k in the X16 layout, q2_k and q3_k in rows
+    out = tmp / "kquants.llmr"  # every k-quant kept, in the X16 layout
     convert(str(path), str(out))
     write("llmr", "kquants", b"\x00" + out.read_bytes())
     write("llmr", "kquants-fix", b"\x03" + out.read_bytes())
