@@ -59,13 +59,13 @@ static inline x16_q6k_i16 x16_q6k_scale_lanes(x16_q6k_u32 sw, int i) {
 /* The 16-value sub-block k-quants the gemm_x16_q6_k_<isa>.c kernels run (their fmt switch). */
 enum { K16_Q6_K, K16_Q3_K, K16_Q2_K };
 
-/* q3_k, run by the same kernels: its 16-element
- * sub-blocks meet the q16_a blocks as q6_k's do. A super-block of a group is 16 rows' 110-byte
- * blocks (1760 bytes): the 16 d (f16), then words 0-7 of the rows' hmask, 8-23 of their qs,
- * 24-26 of their 12 packed scale bytes. q16_a block j = 4h + k (h < 2, k < 4), elements 4c ..
- * 4c + 3 (word column c < 8): bits 2k, 2k + 1 of qs word 8h + c's bytes are the quants' low two
- * bits, bit 4h + k of hmask word c's bytes their third (set: +0, clear: -4, llmr_q3_k_quant). So
- * q = low | third << 2 (0 .. 7) and the weight is sc (q - 4), as q6_k's is sc (q - 32). */
+/* q3_k, run by the same kernels: its 16-element sub-blocks meet the q16_a blocks as q6_k's do. A
+ * super-block of a group is 16 rows' 110-byte blocks (1760 bytes): the 16 d (f16), then words 0-7
+ * of the rows' hmask, 8-23 of their qs, 24-26 of their 12 packed scale bytes. q16_a block j = 4h +
+ * k (h < 2, k < 4), elements 4c .. 4c + 3 (word column c < 8): bits 2k, 2k + 1 of qs word 8h + c's
+ * bytes are the quants' low two bits, bit 4h + k of hmask word c's bytes their third (set: +0,
+ * clear: -4, llmr_q3_k_quant). So q = low | third << 2 (0 .. 7) and the weight is sc (q - 4), as
+ * q6_k's is sc (q - 32). */
 #define X16_Q3K_BLOCK (LLMR_X16 * sizeof(block_q3_K))
 #define X16_Q3K_HMASK (LLMR_X16 * 2)
 #define X16_Q3K_QS (X16_Q3K_HMASK + LLMR_X16 * 32)
@@ -155,5 +155,20 @@ static inline void x16_k16_unpack(const int fmt, const uint8_t *g, x16_q6k_quant
                                          const void *a, size_t a_stride) {                                  \
         gemm(fmt, k, t, out, out_stride, w, a, a_stride);                                                    \
     }
+
+/* A super-block's rows' d sc (dsc) and, for q2_k, dmin m (dmm), by the file's q6k_scales(g, scale
+ * words, dsc) and q2k_scales(g, dsc, dmm): q3_k's packed scales made into q6_k's words first. */
+#define X16_K16_SCALES(fmt, g, dsc, dmm)                  \
+    do {                                                  \
+        if ((fmt) == K16_Q2_K) {                          \
+            q2k_scales(g, dsc, dmm);                      \
+        } else if ((fmt) == K16_Q3_K) {                   \
+            uint8_t words_[4 * 64];                       \
+            x16_q3k_scale_words(g, words_);               \
+            q6k_scales(g, words_, dsc);                   \
+        } else {                                          \
+            q6k_scales(g, (g) + X16_Q6K_SCALES, dsc);     \
+        }                                                 \
+    } while (0)
 
 #endif

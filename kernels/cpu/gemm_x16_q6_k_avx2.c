@@ -178,15 +178,7 @@ ALWAYS_INLINE void gemm_tokens(const int fmt, int64_t nsb, int64_t t, float *out
         const uint8_t *g = w + b * X16_K16_BLOCK(fmt);
         q16b_prefetch(g, X16_K16_BLOCK(fmt));
         __m256 dsc[QK_K / 16][2], dmm[QK_K / 16][2];
-        if (fmt == K16_Q2_K) {
-            q2k_scales(g, dsc, dmm);
-        } else if (fmt == K16_Q3_K) {
-            uint8_t words[4 * 64];
-            x16_q3k_scale_words(g, words);
-            q6k_scales(g, words, dsc);
-        } else {
-            q6k_scales(g, g + X16_Q6K_SCALES, dsc);
-        }
+        X16_K16_SCALES(fmt, g, dsc, dmm);
         const __m256(*off)[2] = fmt == K16_Q2_K ? dmm : dsc;
         if (t == 1) { /* decode: the quants straight from the weights */
             const block_q16_b *y;
