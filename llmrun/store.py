@@ -74,6 +74,11 @@ def format_key() -> str:
     return hashlib.sha256(f"llmr {VERSION[0]}.{VERSION[1]} {stored}".encode()).hexdigest()[:8]
 
 
+def written_here(path: str) -> bool:
+    """Whether a cached conversion's name says it is in this llmrun's format (format_key)."""
+    return path.endswith(f"-{format_key()}.llmr")
+
+
 def _source_key(src: str) -> str:
     """Identifies a source file or directory by size, mtime and a hash of its first MiB, so an
     edited or replaced source is converted again."""
@@ -234,7 +239,7 @@ def _hub_model(name, download: bool, progress: Progress | None) -> str:
         out = os.path.join(os.path.dirname(path), entry["llmr"])
         if os.path.exists(out):
             os.utime(path)  # last used
-            if not out.endswith(f"-{format_key()}.llmr"):
+            if not written_here(out):
                 _say(f"{name} was converted by another llmrun version; `llmrun pull {name}` converts it again for this one")
             return out
     if not download:
@@ -298,7 +303,7 @@ class Cached:
         """Converted by another llmrun version, which wrote other types or layouts (format_key): a
         Hub name's is converted again by `llmrun pull`, a path's on its next use."""
         release = os.path.dirname(self.path) == os.path.dirname(_named_path("_"))
-        return not release and not self.path.endswith(f"-{format_key()}.llmr")
+        return not release and not written_here(self.path)
 
 
 def _hub_entries() -> list[tuple[str, dict]]:

@@ -78,8 +78,9 @@ def test_types_without_kernels_are_one_line(backend, device, wide_models, type):
 @pytest.mark.parametrize("type", [t for t in GPU_TYPES if t in ("q2_k", "q3_k")])
 def test_rows_layout_types_go_up_in_x16(backend, device, type):
     """q2_k and q3_k, which files written before their CPU X16 kernels keep in rows, go up re-laid
-    into x16 (the product is checked in each backend's matmul test); a
-    matrix that is not whole groups of 16 rows cannot be, and is refused in one line."""
+    into x16, byte for byte (the product of a re-laid matrix: test_webgpu.py's
+    test_every_bit_of_a_block); a matrix that is not whole groups of 16 rows cannot be, and is
+    refused in one line."""
     from llmrun.backends import device as new_device
     from llmrun.errors import LlmrunError
     from llmrun.format import Tensor

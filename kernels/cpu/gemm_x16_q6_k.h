@@ -55,7 +55,6 @@ static inline x16_q6k_i16 x16_q6k_scale_lanes(x16_q6k_u32 sw, int i) {
 #undef X16_Q6K_FOUR
 }
 
-
 /* The 16-value sub-block k-quants the gemm_x16_q6_k_<isa>.c kernels run (their fmt switch). */
 enum { K16_Q6_K, K16_Q3_K, K16_Q2_K };
 
@@ -89,8 +88,6 @@ static inline void x16_q3k_scale_words(const uint8_t *g, uint8_t words[4 * 64]) 
     }
 }
 
-
-
 /* q2_k: a super-block of a group is 16 rows' 84-byte blocks (1344 bytes): the 16 d (f16), the 16
  * dmin, then words 0-3 of the rows' 16 scale bytes (byte i of word w: sub-block 4w + i's scale sc
  * in its low nibble, its min m in the high one), 4-19 of their qs, whose bits lie as q3_k's: q16_a
@@ -106,7 +103,6 @@ static inline void x16_q3k_scale_words(const uint8_t *g, uint8_t words[4 * 64]) 
  * none: its offsets are its mins). */
 #define X16_K16_BLOCK(fmt) ((fmt) == K16_Q6_K ? X16_Q6K_BLOCK : (fmt) == K16_Q3_K ? X16_Q3K_BLOCK : X16_Q2K_BLOCK)
 #define X16_K16_BIAS(fmt) ((fmt) == K16_Q6_K ? 32.0f : (fmt) == K16_Q3_K ? 4.0f : 1.0f)
-
 
 /* A super-block's integer weights, in the order the kernels read them (x16_q6k_quants), in GCC /
  * Clang vector extensions (the NEON kernel's): q6_k's sc (q - 32), q3_k's sc (q - 4) (|.| <= 32 *
