@@ -2,12 +2,13 @@
 batching runs them: one forward per step for all B, so each weight is read once per step.
 
     python benchmarks/batch_decode.py [MODEL.llmr] [-b 1,2,4,8] [-t 2] [--prompt 32] [-n 64] [-r 3]
+                                      [--backend cpu|cuda|webgpu]
 
 Without MODEL: SmolLM2-135M-Instruct q4_0, converted into a temporary folder from the float32
 checkpoint the tests keep in the asset cache ($LLMRUN_TEST_ASSETS, else
 ~/.cache/llmrun-test-assets/smollm2-hf-float32). For each B: B caches, each prefilled with its
 own --prompt random tokens (not timed), then -n decode steps of B tokens, one forward_batch a
-step. Prints ms per step, aggregate tokens/s (B tokens a step), its ratio to the first B (1),
+step (on CUDA: one device step, its graph captured at the first). Prints ms per step, aggregate tokens/s (B tokens a step), its ratio to the first B (1),
 and the weight bytes a step reads over its time (GB/s). Speed does not depend on the token
 values, so they are random. Medians of -r rounds, each round every B in turn, after a warm-up.
 """
@@ -60,14 +61,16 @@ def main():
     ap.add_argument("--prompt", type=int, default=32, help="prompt tokens per sequence before decoding")
     ap.add_argument("-n", "--n-gen", type=int, default=64, help="decode steps timed")
     ap.add_argument("-r", "--repetitions", type=int, default=3)
+    ap.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "webgpu"])
     a = ap.parse_args()
     batches = [int(b) for b in a.batch.split(",")]
     _kernels.set_threads(a.threads)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
-        model = llmrun.load(a.model or default_model(tmp))
+        model = llmrun.load(a.model or default_model(tmp), backend=a.backend)
         per_step = bytes_per_token(model)  # weight bytes a step reads, whatever B
-        print(f"{a.model or 'SmolLM2-135M q4_0'}: {_kernels.isa()}, {a.threads} threads, prompt {a.prompt}, "
+        where = f"{_kernels.isa()}, {a.threads} threads" if a.backend == "cpu" else a.backend
+        print(f"{a.model or 'SmolLM2-135M q4_0'}: {where}, prompt {a.prompt}, "
               f"{a.n_gen} steps, median of {a.repetitions}")
         for b in batches:  # warm-up: pages, pool, allocator
             seconds_per_step(model, b, a.prompt, a.n_gen, rng)

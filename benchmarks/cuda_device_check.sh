@@ -8,7 +8,9 @@
 #    skipped without it), then tests/test_cuda.py (the host side, on the emulator);
 # 3. `llmrun bench` pp512 / tg128 with --backend cuda on each MODEL given (e.g. SmolLM2 q4_0 and
 #    q8_0) and on the synthetic LLaMA-3.2-1B shape in q4_0 (made here by benchmarks/synthetic.py,
-#    which needs the gguf package).
+#    which needs the gguf package);
+# 4. benchmarks/batch_decode.py on the 1B shape with --backend cuda: B = 1, 2, 4, 8 contexts
+#    decoding together (the server's --parallel), aggregate tokens/s against B = 1.
 # Results go to $OUT (or /tmp/cuda-check): gpu.txt, build.txt, tests.txt, bench.txt.
 set -uo pipefail
 out=${OUT:-/tmp/cuda-check}
@@ -31,3 +33,7 @@ for m in "${models[@]}"; do
         python3 -m llmrun.cli.main bench "$m" --backend "$backend" -p 512 -n 128 -r 3 2>&1 | tee -a "$out/bench.txt"
     done
 done
+if [ -f /tmp/synthetic/llama-3.2-1b-q4_0.llmr ]; then
+    python3 benchmarks/batch_decode.py /tmp/synthetic/llama-3.2-1b-q4_0.llmr --backend cuda -b 1,2,4,8 -n 64 -r 3 2>&1 \
+        | tee -a "$out/bench.txt"
+fi

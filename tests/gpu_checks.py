@@ -120,9 +120,10 @@ def test_generate_on_the_device_gives_the_cpu_tokens(backend, device, tiny_model
 
 
 def test_the_server_engine_runs_on_the_device(backend, device, tiny_models):
-    """`llmrun serve`'s continuous batching on a device (one sequence a call there): requests
-    sharing the engine get the tokens generate() gives each alone on the device, and slot caches
-    reused for a second round give them again."""
+    """`llmrun serve`'s continuous batching on a device (CUDA: the slots' decode steps as one
+    device step; WebGPU: one sequence a call): requests sharing the engine get the tokens
+    generate() gives each alone on the device, and slot caches reused for a second round give
+    them again."""
     import llmrun
     from llmrun.batching import Engine
     model = llmrun.load(tiny_models["llama", "q8_0"], backend=backend)
@@ -200,30 +201,66 @@ def test_families_match_the_cpu(backend, device, bound, family_models, family_mo
     assert diff <= bound * np.abs(want).max()
 
 
-def test_every_switch_at_once(backend, device, bound):
-    """`llmrun selftest`'s check on a model built in memory with every switch set together, in
-    combinations no family has (a partial rotary with a local RoPE base and a window, a windowed
-    layer without RoPE, LongRoPE's factors and attention factor beside a local base), f16 and
-    q8_0 weights."""
+def every_switch(type_name: str):
+    """A config with every switch set together, in combinations no family has (a partial rotary
+    with a local RoPE base and a window, a windowed layer without RoPE, LongRoPE's factors and
+    attention factor beside a local base), and random weights of type_name for it."""
     from dataclasses import replace
     from llmrun import selftest
-    from llmrun.backends import device as new_device
     cfg = replace(selftest.CONFIG, n_layers=3, qk_norm=True, post_norms=True, act="gelu_tanh", embed_scale=3.0,
                   residual_scale=0.5, attn_scale=0.1, logit_scale=0.25, rope_dims=16, no_rope_layers=(2,),
                   sliding_window=5, window_layers=(0, 2), rope_local_theta=1000.0,
                   rope_scaling={"type": "factors", "factors": [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 9.0],
                                 "attention_factor": 1.2})
-    ids = np.random.default_rng(1).integers(0, cfg.vocab_size, 24).astype(np.int32)
+    w = selftest.random_weights(type_name, cfg)
+    rng = np.random.default_rng(2)
+    for layer in w.layers:
+        for name, n in (("q_norm", cfg.head_dim), ("k_norm", cfg.head_dim), ("attn_post_norm", cfg.dim),
+                        ("ffn_post_norm", cfg.dim)):
+            setattr(layer, name, (1 + 0.1 * rng.standard_normal(n)).astype(np.float32))
+    return cfg, w
+
+
+def test_every_switch_at_once(backend, device, bound):
+    """`llmrun selftest`'s check on a model built in memory with every switch set together
+    (every_switch), f16 and q8_0 weights."""
+    from llmrun import selftest
+    from llmrun.backends import device as new_device
     dev = new_device(backend)  # as a loaded model gets its own
     for type_name in ("f16", "q8_0"):
-        w = selftest.random_weights(type_name, cfg)
-        rng = np.random.default_rng(2)
-        for layer in w.layers:
-            for name, n in (("q_norm", cfg.head_dim), ("k_norm", cfg.head_dim), ("attn_post_norm", cfg.dim),
-                            ("ffn_post_norm", cfg.dim)):
-                setattr(layer, name, (1 + 0.1 * rng.standard_normal(n)).astype(np.float32))
+        cfg, w = every_switch(type_name)
+        ids = np.random.default_rng(1).integers(0, cfg.vocab_size, 24).astype(np.int32)
         want, got = selftest.cpu_and_device_logits(dev, backend, cfg, w, ids, (20, 21, 22, 24))
         diff = float(np.abs(want - got).max())
         print(f"every switch {type_name} {backend}: max |logit difference| {diff:.2e} ({diff / np.abs(want).max():.1e} "
               f"of the largest logit, {np.abs(want).max():.2f})")
         assert (want.argmax(-1) == got.argmax(-1)).all() and diff <= bound * np.abs(want).max()
+
+
+def test_every_switch_with_several_contexts_a_step(backend, device, bound):
+    """Three contexts of the every-switch model (3, 7 and 10 positions: inside and past the
+    window) decoding together (CUDA: one device step, each context's RoPE, cache and window its
+    own) give each context's CPU logits; a prompt beside them runs alone."""
+    from llmrun import selftest
+    from llmrun.backends import cpu
+    from llmrun.backends import device as new_device
+    from llmrun.backends.gpu import Graph
+    from llmrun.model import KVCache
+    cfg, w = every_switch("q8_0")
+    inv_freq = selftest.rope_frequencies(cfg)
+    graph, on_device = cpu.graph(cfg, w, inv_freq), Graph(new_device(backend), cfg, w, inv_freq, backend)
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(0, cfg.vocab_size, n).astype(np.int32) for n in (3, 7, 10)]
+    caches = [(KVCache(cfg, 16), on_device.new_cache(16), len(p)) for p in prompts]
+    for (c, d, _), p in zip(caches, prompts):
+        cpu.forward(graph, p, 0, c.k, c.v, 0, cfg.vocab_size)
+        d.run(p, 0, 0)
+    for step in range(3):
+        ids = [rng.integers(0, cfg.vocab_size, 1 + 3 * (step == 2 and i == 0)).astype(np.int32) for i in range(3)]
+        runs, most = [(t, n, d, len(t) - 1) for t, (_, d, n) in zip(ids, caches)], on_device.max_segments or 3
+        got = [g for i in range(0, 3, most) for g in on_device.forward(runs[i:i + most])]  # WebGPU: one a call
+        for t, (c, _, n), g in zip(ids, caches, got):
+            want = cpu.forward(graph, t, n, c.k, c.v, len(t) - 1, cfg.vocab_size)
+            assert g.shape == want.shape and g.argmax() == want.argmax()
+            assert np.abs(g - want).max() <= bound * np.abs(want).max()
+        caches = [(c, d, n + len(t)) for t, (c, d, n) in zip(ids, caches)]

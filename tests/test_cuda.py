@@ -194,6 +194,48 @@ def test_decode_steps_replay_one_captured_graph(models, emulator):
     assert cache.store.bytes_up == 4 + 12 and cache.store.bytes_down == cpu.config.vocab_size * 4
 
 
+def test_decode_steps_of_several_contexts_run_as_one_step(models, emulator):
+    """forward_batch of several contexts' decode steps is one step on the device: each product
+    one launch over all their tokens (the weights read once), RoPE, the KV store and the
+    attention once per context at its own position and cache; captured once, replayed after.
+    Their logits are what the CPU gives each context; a prompt in the same batch runs alone."""
+    from llmrun.model import Segment
+    cpu, gpu = models("llama", "q4_0")
+    rng = np.random.default_rng(7)
+    prompts = [rng.integers(1, cpu.config.vocab_size, n).tolist() for n in (5, 20, 9)]
+    caches = [(m.new_cache(40), m) for m in (cpu, gpu) for _ in prompts]
+    for (cache, m), p in zip(caches, prompts * 2):
+        m.forward(p, cache)
+    c_caches, g_caches = [c for c, _ in caches[:3]], [c for c, _ in caches[3:]]
+    layers = cpu.config.n_layers
+    for step in range(3):
+        tokens = rng.integers(1, cpu.config.vocab_size, 3).tolist()
+        before = emulator.graph_launches
+        want = cpu.forward_batch([Segment([t], c, last_only=True) for t, c in zip(tokens, c_caches)])
+        got = gpu.forward_batch([Segment([t], c, last_only=True) for t, c in zip(tokens, g_caches)])
+        for w, g in zip(want, got):
+            assert g.shape == w.shape == (1, cpu.config.vocab_size)
+            assert g.argmax() == w.argmax() and np.abs(g - w).max() <= 1e-3 * np.abs(w).max()
+        assert emulator.graph_launches == before + 1  # the batch's graph: captured at the first step
+    (batch,) = gpu.backend.batches.values()
+    launched = [(launch.name, grid) for launch, grid in emulator.graphs[batch.plan.graphs[3, 0][0]]]
+    names = [name for name, _ in launched]
+    layer = ["matmul3_q4_0_q8_0", *["rope_store", "attention"] * 3, "matmul_q4_0", "matmul_gate_q4_0", "matmul_q8_0"]
+    assert names == ["embed_q8_0", *layer * layers, "rmsnorm", "matmul_q8_0"]
+    assert all(grid[1] == 1 for name, grid in launched if name.startswith("attention"))  # one token each
+    assert [c.n for c in g_caches] == [5 + 3, 20 + 3, 9 + 3]
+    # a prompt beside two decode steps: the prompt alone, the two as a batch of their own
+    tokens = rng.integers(1, cpu.config.vocab_size, 6).tolist()
+    segments = lambda cs: [Segment(tokens[:4], cs[0], last_only=True), Segment([tokens[4]], cs[1], last_only=True),  # noqa: E731
+                           Segment([tokens[5]], cs[2], last_only=True)]
+    for w, g in zip(cpu.forward_batch(segments(c_caches)), gpu.forward_batch(segments(g_caches))):
+        assert g.argmax() == w.argmax() and np.abs(g - w).max() <= 1e-3 * np.abs(w).max()
+    assert len(gpu.backend.batches) == 2
+    del caches, c_caches, g_caches, segments
+    gc.collect()
+    assert not gpu.backend.batches  # a context's batch plans go with it (they hold its KV cache)
+
+
 def test_a_decode_step_runs_the_fused_launches(models, emulator):
     """A LLaMA decode step launches 6 kernels a layer: q/k/v in one matvec with the attention's
     pre-norm in its prologue, RoPE and the cache's new rows in one, the attention, o with the

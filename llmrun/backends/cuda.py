@@ -203,6 +203,16 @@ class Buffer:
             pass
 
 
+class View:
+    """Bytes [offset, offset + nbytes) of a buffer, which it keeps alive: one sequence's rows of
+    a batch's activations, or its step state."""
+
+    def __init__(self, base: Buffer, offset: int, nbytes: int):
+        if offset + nbytes > base.nbytes:
+            raise ValueError(f"{nbytes} bytes at {offset} do not fit a buffer of {base.nbytes}")
+        self.base, self.ptr, self.nbytes = base, base.ptr + offset, nbytes
+
+
 class _Null:
     """The null pointer as a buffer argument (a fused matvec without its norm)."""
     ptr = 0
@@ -217,6 +227,7 @@ class Device:
     loaded kernels."""
 
     OutOfMemory = DeviceMemoryError
+    segments = True  # a launch may take its own step state (gpu.DeviceBatch: several contexts a step)
 
     def __init__(self, driver=None):
         self.driver = driver or Driver()
@@ -270,6 +281,9 @@ class Device:
     def step_buffer(self) -> Buffer:
         return self.zeros(16)
 
+    def view(self, buffer: Buffer, offset: int, nbytes: int) -> View:
+        return View(buffer, offset, nbytes)
+
     def plan(self, step: Buffer) -> "Plan":
         return Plan(self, step)
 
@@ -317,10 +331,12 @@ class Launch:
 
 class Plan:
     """A step's launches, built once; run() launches them for a step of T tokens, or replays
-    the CUDA graph captured at the first step of that shape (T, first) when T is 1."""
+    the CUDA graph captured at the first step of that shape (T, first) when T is replay_tokens
+    (1: a decode step; a batch's plan: its sequences, whose grids never change either)."""
 
     def __init__(self, dev: Device, step: Buffer):
         self.dev, self.step = dev, step
+        self.replay_tokens = 1
         self.launches: list[Launch] = []
         self.graphs: dict[tuple[int, int], tuple[int, int]] = {}  # (T, first) -> (graph, its launches)
 
@@ -332,12 +348,14 @@ class Plan:
                 pass
 
     def op(self, kernel: str, params: tuple, buffers: list, grid, weight_type: str | None = None,
-           threads: int = WORKGROUP) -> None:
+           threads: int = WORKGROUP, step=None) -> None:
+        """A launch; its kernel reads the plan's step state, or `step` (a sequence's in a batch)."""
         name = f"{kernel}_{weight_type}" if weight_type else kernel
-        args = [ctypes.c_uint64(self.step.ptr), *(ctypes.c_uint64(b.ptr) for b in buffers),
+        step = step or self.step
+        args = [ctypes.c_uint64(step.ptr), *(ctypes.c_uint64(b.ptr) for b in buffers),
                 *(ctypes.c_float(p) if isinstance(p, float) else ctypes.c_uint32(p) for p in params)]
         pointers = (ctypes.c_void_p * len(args))(*(ctypes.addressof(a) for a in args))
-        self.launches.append(Launch(name, self.dev.function(name), threads, args, pointers, buffers, grid))
+        self.launches.append(Launch(name, self.dev.function(name), threads, args, pointers, [step, *buffers], grid))
 
     # what gpu.py's plan may ask of this one beside the ops every backend has (WebGPU: none):
     # "residual": matmul(..., accumulate=True) adds the product to out (x = x + W a);
@@ -423,41 +441,48 @@ class Plan:
         self.matmul(mu, x, up, gemm_only=True)
         self.op(act, (mg.rows,), [gate, up], lambda T, first: groups(T * mg.rows) if T > GEMM_FROM else (0, 0))
 
-    def rope_store(self, q, k, v, table, kc, vc, heads: int, kv_heads: int, hd: int, rd: int) -> None:
+    # rope_store, store_rows and attention take `step` and `tokens` for one sequence of a batch:
+    # its step state (n_past, 1, 0) and its one token, whatever the batch's T
+
+    def rope_store(self, q, k, v, table, kc, vc, heads: int, kv_heads: int, hd: int, rd: int, step=None,
+                   tokens: int | None = None) -> None:
         """RoPE on q (in place) and k (into the key cache) over the first rd of each head (0:
         none), and v into the value cache, at the step's position: one launch."""
         n = heads * (rd // 2) + 2 * kv_heads * hd
-        self.op("rope_store", (heads, kv_heads, hd, rd), [q, k, v, table, kc, vc], lambda T, first: groups(T * n))
+        self.op("rope_store", (heads, kv_heads, hd, rd), [q, k, v, table, kc, vc],
+                lambda T, first: groups((tokens or T) * n), step=step)
 
-    def store_rows(self, src, cache, row: int) -> None:
+    def store_rows(self, src, cache, row: int, step=None, tokens: int | None = None) -> None:
         """The step's rows of src [T, row] into cache [C, row] at row n_past (a kernel, so that a
         captured step reads n_past from the step buffer)."""
-        self.op("store_rows", (row,), [src, cache], lambda T, first: groups(T * row))
+        self.op("store_rows", (row,), [src, cache], lambda T, first: groups((tokens or T) * row), step=step)
 
-    def attention(self, q, kc, vc, out, cfg, n_ctx: int, capacity: int, scale: float, window: int) -> None:
+    def attention(self, q, kc, vc, out, cfg, n_ctx: int, capacity: int, scale: float, window: int, step=None,
+                  tokens: int | None = None) -> None:
         """Scores q.k * scale, each token seeing its last `window` positions (0: all)."""
         H, Hkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         if hd > MAX_HEAD_DIM:
             raise LlmrunError(f"the CUDA attention kernel takes heads of up to {MAX_HEAD_DIM}, not {hd}; "
                               "use --backend cpu")
-        self.op("attention", (H, Hkv, hd, float(scale), window), [q, kc, vc, out], lambda T, first: (H, T),
-                threads=ATTENTION_THREADS)
+        self.op("attention", (H, Hkv, hd, float(scale), window), [q, kc, vc, out],
+                lambda T, first: (H, tokens or T), threads=ATTENTION_THREADS, step=step)
 
     def run(self, T: int, n_past: int = 0, first: int = 0) -> int:
         """Launch every entry with work in a step of T tokens (the step buffer holds n_past, T and
         first already); returns the kernels launched."""
         driver, stream = self.dev.driver, self.dev.stream
         driver.use(self.dev.context)
-        if T == 1 and (T, first) in self.graphs:  # decode: the same launches every step, replayed
+        replay = T == self.replay_tokens
+        if replay and (T, first) in self.graphs:  # the same launches every step, replayed
             graph, count = self.graphs[T, first]
             driver.launch_graph(graph, stream)
             return count
         live = [(launch, grid) for launch in self.launches for grid in [launch.grid(T, first)] if grid[0] and grid[1]]
-        if T == 1:
+        if replay:
             driver.begin_capture(stream)
         for launch, grid in live:
             driver.launch(launch, grid, stream)
-        if T == 1:
+        if replay:
             self.graphs[T, first] = driver.end_capture(stream), len(live)
             driver.launch_graph(self.graphs[T, first][0], stream)
         return len(live)

@@ -20,6 +20,7 @@ rmsnorm op itself for the steps the matvec does not take).
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,12 +87,17 @@ def rope_table(inv_freq: np.ndarray, n_ctx: int, mscale: float = 1.0) -> np.ndar
 
 class Graph:
     """The model's weights on the device, uploaded once (llmrun.backends' interface);
-    `new_cache(n_ctx)` makes the device state of one context, whose run() does a step."""
-    max_segments = 1  # a step runs one sequence: the plans have no batch of caches yet
+    `new_cache(n_ctx)` makes the device state of one context, whose run() does a step. Where the
+    device's plans can give an op its own step state (`dev.segments`: CUDA's), the decode steps
+    of several contexts run as one step (DeviceBatch): each product reads its weights once for
+    all of them; elsewhere (WebGPU) a forward runs one sequence."""
     cpu_threads = False
+    BATCHES_KEPT = 8  # the batch plans kept, most recently used first (a server's slots come and go)
 
     def __init__(self, dev, cfg, w, inv_freq: dict, name: str = "gpu"):
         self.dev, self.cfg, self.inv_freq, self.name = dev, cfg, inv_freq, name
+        self.max_segments = None if getattr(dev, "segments", False) else 1
+        self.batches: dict[tuple, DeviceBatch] = {}  # by the ids of their caches, in the order last used
 
         def vec(a):
             return dev.buffer(np.asarray(a, np.float32))
@@ -105,12 +111,35 @@ class Graph:
                         if a is not None} for l in w.layers]
 
     def new_cache(self, n_ctx: int) -> "DeviceCache":
-        return DeviceCache(self, n_ctx)
+        cache = DeviceCache(self, n_ctx)
+        weakref.finalize(cache, self._forget, id(cache))  # its batch plans hold its KV buffers
+        return cache
+
+    def _forget(self, cache_id: int) -> None:
+        for key in [key for key in self.batches if cache_id in key]:
+            del self.batches[key]
 
     def forward(self, runs) -> list[np.ndarray]:
-        if len(runs) > self.max_segments:
+        """Each run's logits; where the device batches, the single-token runs that want their
+        logit (decode steps) as one DeviceBatch step, the others one by one."""
+        if self.max_segments is not None and len(runs) > self.max_segments:
             raise LlmrunError(f"the {self.name} backend runs one sequence a call, not {len(runs)}")
-        return [cache.run(ids, n_past, first) for ids, n_past, cache, first in runs]
+        decode = [i for i, (ids, _, _, first) in enumerate(runs) if len(ids) == 1 and first == 0]
+        out = {}
+        if len(decode) > 1:
+            batch = self._batch([runs[i][2] for i in decode])
+            out = dict(zip(decode, batch.run([runs[i] for i in decode])))
+        return [out[i] if i in out else cache.run(ids, n_past, first)
+                for i, (ids, n_past, cache, first) in enumerate(runs)]
+
+    def _batch(self, caches: list) -> "DeviceBatch":
+        """The batch plan of these caches (in this order), made on first use."""
+        key = tuple(id(c) for c in caches)
+        batch = self.batches.pop(key, None) or DeviceBatch(self, caches)
+        self.batches[key] = batch
+        while len(self.batches) > self.BATCHES_KEPT:
+            del self.batches[next(iter(self.batches))]
+        return batch
 
 
 class DeviceCache:
@@ -138,101 +167,8 @@ class DeviceCache:
 
     def _build(self, capacity: int) -> None:
         """Activations for steps of up to `capacity` tokens, and the plan that runs on them."""
-        g, dev, cfg = self.graph, self.dev, self.graph.cfg
-        D, H, Hkv, hd, F, V = cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim, cfg.vocab_size
-        T, q_dim, kv_dim, rd, eps = capacity, H * hd, self.kv_dim, cfg.rotary_dims, float(cfg.norm_eps)
-        self.ids = dev.zeros(T * 4)  # [T]
-        x, h, tmp = dev.zeros(T * D * 4), dev.zeros(T * D * 4), dev.zeros(T * D * 4)  # [T, D]
-        q, att = dev.zeros(T * q_dim * 4), dev.zeros(T * q_dim * 4)  # [T, H, hd]
-        k, v = dev.zeros(T * kv_dim * 4), dev.zeros(T * kv_dim * 4)  # [T, Hkv, hd]
-        # q and k after their per-head norms (a WGSL kernel cannot read and write one buffer)
-        qn, kn = (dev.zeros(T * q_dim * 4), dev.zeros(T * kv_dim * 4)) if cfg.qk_norm else (q, k)
-        gate, up = dev.zeros(T * F * 4), dev.zeros(T * F * 4)  # [T, F]
-        self.logits = dev.zeros(T * V * 4)  # [T - first, V]
-
-        plan = dev.plan(self.step)
-        per_token = lambda n: (lambda T, first: groups(T * n))  # noqa: E731 (elementwise over T rows of n)
-        rows = lambda n: (lambda T, first: row_groups(T * n))  # noqa: E731 (a workgroup per row, n rows a token)
-        gate_op = "gelu_mul" if cfg.act == "gelu_tanh" else "silu_mul"
-        attn_scale = float(cfg.attn_scale or hd ** -0.5)
-
-        def scale(buffer, row, s, from_first=0):
-            if s != 1.0:
-                plan.op("scale", (row, from_first, float(s)), [buffer],
-                        lambda T, first: groups((T - first * from_first) * row))
-
-        fuses = getattr(plan, "fuses", frozenset())
-
-        def add_sublayer(y, post_norm):
-            """x += y [T, D], a sublayer's output: normed first where the family has post-norms
-            (into h: the sublayer no longer needs it), scaled where it has a residual multiplier."""
-            if post_norm is not None:
-                plan.op("rmsnorm", (D, eps, 0, 1), [y, post_norm, h], rows(1))
-                y = h
-            scale(y, D, cfg.residual_scale)
-            plan.op("add", (D, T * D), [x, y], per_token(D))
-
-        def prenorm(weight, fold=True):
-            """h = RMSNorm(x) * weight before a sublayer's products: given to the fused matvec as
-            norm=(x, weight, eps) where the plan folds it into its prologue (fold and "norm"),
-            planned as the rmsnorm op into h otherwise (None)."""
-            if fold and "norm" in fuses:
-                return x, weight, eps
-            plan.op("rmsnorm", (D, eps, 0, 1), [x, weight, h], rows(1))
-            return None
-
-        def project(m, a, post_norm):
-            """x += W_m a (the o and down projections): the add in the product's epilogue where
-            nothing comes between (no post-norm, no residual scale) and the plan has it."""
-            if "residual" in fuses and post_norm is None and cfg.residual_scale == 1.0:
-                plan.matmul(m, a, x, accumulate=True)
-            else:
-                plan.matmul(m, a, tmp)
-                add_sublayer(tmp, post_norm)
-
-        for part, row0, n_rows in g.emb.parts:
-            plan.op("embed", (D, n_rows, row0), [part, self.ids, x], lambda T, first: (T, 1), g.emb.type)
-        scale(x, D, cfg.embed_scale)
-        for l, (layer, kc, vc) in enumerate(zip(g.layers, self.k, self.v)):
-            # attention: x + Wo . attn(RoPE(Wq h), RoPE(Wk h), Wv h),  h = RMSNorm(x)
-            if "qkv" in fuses:
-                plan.matmul_qkv(layer["wq"], layer["wk"], layer["wv"], h, q, k, v, norm=prenorm(layer["attn_norm"]))
-            else:
-                prenorm(layer["attn_norm"], fold=False)
-            for name, out, n in (("wq", q, q_dim), ("wk", k, kv_dim), ("wv", v, kv_dim)):
-                if "qkv" not in fuses:
-                    plan.matmul(layer[name], h, out)
-                if "b" + name[1] in layer:
-                    plan.op("add", (n, n), [out, layer["b" + name[1]]], per_token(n))
-            if cfg.qk_norm:  # each head normed on its own: T * H rows of hd, T * Hkv
-                plan.op("rmsnorm", (hd, eps, 0, H), [q, layer["q_norm"], qn], rows(H))
-                plan.op("rmsnorm", (hd, eps, 0, Hkv), [k, layer["k_norm"], kn], rows(Hkv))
-            rope = cfg.layer_rope(l)
-            if "rope_store" in fuses:
-                table = self.rope_tables[rope if rope != "none" else "global"]
-                plan.rope_store(qn, kn, v, table, kc, vc, H, Hkv, hd, rd if rope != "none" else 0)
-            else:
-                if rope != "none":
-                    plan.op("rope", (H, hd, rd), [qn, self.rope_tables[rope]], per_token(H * rd // 2))
-                    plan.op("rope", (Hkv, hd, rd), [kn, self.rope_tables[rope]], per_token(Hkv * rd // 2))
-                plan.store_rows(kn, kc, kv_dim)
-                plan.store_rows(v, vc, kv_dim)
-            plan.attention(qn, kc, vc, att, cfg, self.n_ctx, T, attn_scale, cfg.layer_window(l))
-            project(layer["wo"], att, layer.get("attn_post_norm"))
-
-            # feed-forward: x + W_down . (act(W_gate h) * W_up h),  h = RMSNorm(x)
-            if "gate" in fuses:
-                plan.matmul_gate(layer["w_gate"], layer["w_up"], h, gate, up, gate_op, norm=prenorm(layer["ffn_norm"]))
-            else:
-                prenorm(layer["ffn_norm"], fold=False)
-                plan.matmul(layer["w_gate"], h, gate)
-                plan.matmul(layer["w_up"], h, up)
-                plan.op(gate_op, (F,), [gate, up], per_token(F))
-            project(layer["w_down"], gate, layer.get("ffn_post_norm"))
-
-        plan.op("rmsnorm", (D, eps, 1, 1), [x, g.norm, h], lambda T, first: row_groups(T - first))
-        plan.matmul(g.output, h, self.logits, from_first=True)
-        scale(self.logits, V, cfg.logit_scale, from_first=1)
+        plan = self.dev.plan(self.step)
+        self.ids, self.logits = record_step(self.graph, plan, capacity, [Sequence(self)])
         self.capacity, self.plan = capacity, plan
 
     def run(self, tokens: np.ndarray, n_past: int, first: int) -> np.ndarray:
@@ -253,3 +189,165 @@ class DeviceCache:
         logits = np.frombuffer(self.dev.read(self.logits, (T - first) * V * 4), dtype=np.float32)
         self.bytes_up, self.bytes_down = ids.nbytes + 12, logits.nbytes
         return logits.reshape(T - first, V).copy()
+
+
+class Sequence:
+    """One context's part of a step's plan: its cache, and in a batch its token's row of the
+    step's activations and its own step state (n_past, 1, 0) in `step`, so that its RoPE, KV
+    store and attention read its own position. Alone (row None) it is the whole step."""
+
+    def __init__(self, cache, row: int | None = None, step=None):
+        self.cache, self.row = cache, row
+        self.tokens = None if row is None else 1  # the grids' tokens: the step's T, or its one
+        self.launch = {} if step is None else {"step": step}  # plan.op's keywords
+        self.own = {} if step is None else {"step": step, "tokens": 1}  # rope_store's, store_rows', attention's
+
+    def rows(self, buffer, n: int):
+        """Its rows of an activation [T, n]."""
+        return buffer if self.row is None else self.cache.dev.view(buffer, self.row * n * 4, n * 4)
+
+    def per_token(self, n: int):
+        return lambda T, first: groups((self.tokens or T) * n)
+
+
+class DeviceBatch:
+    """The decode steps of several contexts, a token each, as one step: one plan over their
+    caches whose products read each weight once for all of them (the server's slots decoding
+    together). The step state is one buffer, written once a step: the batch's (0, B, 0), then
+    each context's (n_past, 1, 0)."""
+
+    def __init__(self, graph: Graph, caches: list):
+        dev, B = graph.dev, len(caches)
+        self.graph, self.dev = graph, dev
+        try:
+            self.state = dev.zeros(16 * (B + 1))
+            plan = dev.plan(dev.view(self.state, 0, 16))
+            plan.replay_tokens = B  # its grids never change: captured once, replayed
+            seqs = [Sequence(c, i, dev.view(self.state, 16 * (i + 1), 16)) for i, c in enumerate(caches)]
+            self.ids, self.logits = record_step(graph, plan, B, seqs)
+        except dev.OutOfMemory as e:
+            raise ContextError(f"the GPU cannot hold the activations of {B} sequences' step ({e}): "
+                               "serve fewer at once (--parallel)") from None
+        self.plan, self.dispatches = plan, 0
+
+    def run(self, runs) -> list[np.ndarray]:
+        """runs: [(ids [1], n_past, cache, 0)] in the caches' order; each one's logits [1, V]."""
+        B, V = len(runs), self.graph.cfg.vocab_size
+        state = np.zeros((B + 1, 4), np.uint32)
+        state[0] = (0, B, 0, 0)
+        for i, (_, n_past, cache, _) in enumerate(runs):
+            if n_past + 1 > cache.n_ctx:
+                raise LlmrunError(f"{n_past} + 1 tokens do not fit in the context of {cache.n_ctx}")
+            state[i + 1] = (n_past, 1, 0, 0)
+        self.dev.write(self.ids, np.array([int(ids[0]) for ids, _, _, _ in runs], np.uint32))
+        self.dev.write(self.state, state)
+        self.dispatches = self.plan.run(B)
+        logits = np.frombuffer(self.dev.read(self.logits, B * V * 4), dtype=np.float32).reshape(B, 1, V)
+        return [row.copy() for row in logits]
+
+
+def record_step(g: Graph, plan, capacity: int, seqs: list[Sequence]):
+    """The graph's ops into plan, over activations for steps of up to `capacity` tokens: the
+    products and elementwise ops over all of them, RoPE, the KV store and the attention for each
+    sequence of seqs over its own rows and cache. Returns the ids [T] and logits [T - first, V]
+    buffers a step writes and reads."""
+    dev, cfg = g.dev, g.cfg
+    D, H, Hkv, hd, F, V = cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim, cfg.vocab_size
+    T, q_dim, kv_dim, rd, eps = capacity, H * hd, Hkv * hd, cfg.rotary_dims, float(cfg.norm_eps)
+    ids = dev.zeros(T * 4)  # [T]
+    x, h, tmp = dev.zeros(T * D * 4), dev.zeros(T * D * 4), dev.zeros(T * D * 4)  # [T, D]
+    q, att = dev.zeros(T * q_dim * 4), dev.zeros(T * q_dim * 4)  # [T, H, hd]
+    k, v = dev.zeros(T * kv_dim * 4), dev.zeros(T * kv_dim * 4)  # [T, Hkv, hd]
+    # q and k after their per-head norms (a WGSL kernel cannot read and write one buffer)
+    qn, kn = (dev.zeros(T * q_dim * 4), dev.zeros(T * kv_dim * 4)) if cfg.qk_norm else (q, k)
+    gate, up = dev.zeros(T * F * 4), dev.zeros(T * F * 4)  # [T, F]
+    logits = dev.zeros(T * V * 4)  # [T - first, V]
+
+    per_token = lambda n: (lambda T, first: groups(T * n))  # noqa: E731 (elementwise over T rows of n)
+    rows = lambda n: (lambda T, first: row_groups(T * n))  # noqa: E731 (a workgroup per row, n rows a token)
+    gate_op = "gelu_mul" if cfg.act == "gelu_tanh" else "silu_mul"
+    attn_scale = float(cfg.attn_scale or hd ** -0.5)
+
+    def scale(buffer, row, s, from_first=0):
+        if s != 1.0:
+            plan.op("scale", (row, from_first, float(s)), [buffer],
+                    lambda T, first: groups((T - first * from_first) * row))
+
+    fuses = getattr(plan, "fuses", frozenset())
+
+    def add_sublayer(y, post_norm):
+        """x += y [T, D], a sublayer's output: normed first where the family has post-norms
+        (into h: the sublayer no longer needs it), scaled where it has a residual multiplier."""
+        if post_norm is not None:
+            plan.op("rmsnorm", (D, eps, 0, 1), [y, post_norm, h], rows(1))
+            y = h
+        scale(y, D, cfg.residual_scale)
+        plan.op("add", (D, T * D), [x, y], per_token(D))
+
+    def prenorm(weight, fold=True):
+        """h = RMSNorm(x) * weight before a sublayer's products: given to the fused matvec as
+        norm=(x, weight, eps) where the plan folds it into its prologue (fold and "norm"),
+        planned as the rmsnorm op into h otherwise (None)."""
+        if fold and "norm" in fuses:
+            return x, weight, eps
+        plan.op("rmsnorm", (D, eps, 0, 1), [x, weight, h], rows(1))
+        return None
+
+    def project(m, a, post_norm):
+        """x += W_m a (the o and down projections): the add in the product's epilogue where
+        nothing comes between (no post-norm, no residual scale) and the plan has it."""
+        if "residual" in fuses and post_norm is None and cfg.residual_scale == 1.0:
+            plan.matmul(m, a, x, accumulate=True)
+        else:
+            plan.matmul(m, a, tmp)
+            add_sublayer(tmp, post_norm)
+
+    for part, row0, n_rows in g.emb.parts:
+        plan.op("embed", (D, n_rows, row0), [part, ids, x], lambda T, first: (T, 1), g.emb.type)
+    scale(x, D, cfg.embed_scale)
+    for l, layer in enumerate(g.layers):
+        # attention: x + Wo . attn(RoPE(Wq h), RoPE(Wk h), Wv h),  h = RMSNorm(x)
+        if "qkv" in fuses:
+            plan.matmul_qkv(layer["wq"], layer["wk"], layer["wv"], h, q, k, v, norm=prenorm(layer["attn_norm"]))
+        else:
+            prenorm(layer["attn_norm"], fold=False)
+        for name, out, n in (("wq", q, q_dim), ("wk", k, kv_dim), ("wv", v, kv_dim)):
+            if "qkv" not in fuses:
+                plan.matmul(layer[name], h, out)
+            if "b" + name[1] in layer:
+                plan.op("add", (n, n), [out, layer["b" + name[1]]], per_token(n))
+        if cfg.qk_norm:  # each head normed on its own: T * H rows of hd, T * Hkv
+            plan.op("rmsnorm", (hd, eps, 0, H), [q, layer["q_norm"], qn], rows(H))
+            plan.op("rmsnorm", (hd, eps, 0, Hkv), [k, layer["k_norm"], kn], rows(Hkv))
+        rope = cfg.layer_rope(l)
+        for seq in seqs:  # each sequence's positions and cache: RoPE, the new rows stored, attention
+            sq, sk, sv, sqn, skn, satt = (seq.rows(b, n) for b, n in ((q, q_dim), (k, kv_dim), (v, kv_dim),
+                                                                       (qn, q_dim), (kn, kv_dim), (att, q_dim)))
+            kc, vc, tables, own = seq.cache.k[l], seq.cache.v[l], seq.cache.rope_tables, seq.own
+            if "rope_store" in fuses:
+                table = tables[rope if rope != "none" else "global"]
+                plan.rope_store(sqn, skn, sv, table, kc, vc, H, Hkv, hd, rd if rope != "none" else 0, **own)
+            else:
+                if rope != "none":
+                    plan.op("rope", (H, hd, rd), [sqn, tables[rope]], seq.per_token(H * rd // 2), **seq.launch)
+                    plan.op("rope", (Hkv, hd, rd), [skn, tables[rope]], seq.per_token(Hkv * rd // 2), **seq.launch)
+                plan.store_rows(skn, kc, kv_dim, **own)
+                plan.store_rows(sv, vc, kv_dim, **own)
+            plan.attention(sqn, kc, vc, satt, cfg, seq.cache.n_ctx, seq.tokens or T, attn_scale, cfg.layer_window(l),
+                           **own)
+        project(layer["wo"], att, layer.get("attn_post_norm"))
+
+        # feed-forward: x + W_down . (act(W_gate h) * W_up h),  h = RMSNorm(x)
+        if "gate" in fuses:
+            plan.matmul_gate(layer["w_gate"], layer["w_up"], h, gate, up, gate_op, norm=prenorm(layer["ffn_norm"]))
+        else:
+            prenorm(layer["ffn_norm"], fold=False)
+            plan.matmul(layer["w_gate"], h, gate)
+            plan.matmul(layer["w_up"], h, up)
+            plan.op(gate_op, (F,), [gate, up], per_token(F))
+        project(layer["w_down"], gate, layer.get("ffn_post_norm"))
+
+    plan.op("rmsnorm", (D, eps, 1, 1), [x, g.norm, h], lambda T, first: row_groups(T - first))
+    plan.matmul(g.output, h, logits, from_first=True)
+    scale(logits, V, cfg.logit_scale, from_first=1)
+    return ids, logits
