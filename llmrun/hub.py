@@ -129,9 +129,9 @@ def quant_of(filename: str) -> str | None:
 
 def bits(quant: str) -> float | None:
     """Bits per weight of a quantisation we can read (from the type table; _S / _M / _L mixes
-    a little under / at / over their base type), None for those we cannot (IQ*, TQ*, ...)."""
+    a little under / at / over their base type), None for those we cannot (IQ3_M, IQ2_XXS, TQ*, ...)."""
     from .quant.types import TABLE
-    m = re.fullmatch(r"(Q\d_[01K]|BF16|F16|F32)(?:_([SML]))?", quant.upper())
+    m = re.fullmatch(r"(Q\d_[01K]|IQ4_NL|IQ4_XS|BF16|F16|F32)(?:_([SML]))?", quant.upper())
     types = {t.name.upper(): t for t in TABLE}
     if not m or m[1] not in types:
         return None

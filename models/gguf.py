@@ -1,8 +1,9 @@
 """GGUF file → .llmr.
 
 Tensors of a type we run (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K .. Q6_K) are
-copied block for block; other types (Q8_K) are dequantised exactly and re-quantised to
-q8_0, the nearest type we run that loses little against them. llama.cpp's converter permutes the q/k rows of
+copied block for block; IQ4_XS blocks become IQ4_NL ones (the same quants, each 32's scale
+multiplied out and rounded to f16: quant/kquants.restore_blocks); Q8_K is dequantised exactly
+and re-quantised to q8_0, the nearest type we run that loses little against it. llama.cpp's converter permutes the q/k rows of
 `llama`-style models so that its RoPE rotates adjacent pairs; .llmr uses the rotate-half
 order, so those rows are put back (a permutation of whole rows: lossless for every type). Which
 architectures were permuted, their tensor names and the metadata their switches come from are
@@ -23,7 +24,7 @@ from ..families import BY_GGUF_ARCH, GGUF_TOP, Family
 from ..format import PendingTensor, write
 from ..quant import F32, Q8_0, TYPES, Policy, choose_type, qtype, quantize_weights
 from ..quant.policy import DEFAULT_POLICY
-from ..quant.kquants import dequantize_ggml
+from ..quant.kquants import dequantize_ggml, restore_blocks
 from . import expected_tensors
 from .gguf_file import GGUFFile
 from .hf import part_shape, split_rows
@@ -129,7 +130,7 @@ def _pending(g: GGUFFile, src: str, part: range | None, ours: str, cfg: ModelCon
     elif info.type.name in TYPES and (len(shape) > 1 or info.type is F32):
         t = info.type  # stored in a type we run: copy the blocks
     else:
-        t = F32 if len(shape) == 1 else Q8_0
+        t = F32 if len(shape) == 1 else qtype(info.type.restored_as or Q8_0.name)
     heads = {"wq": cfg.n_heads, "wk": cfg.n_kv_heads, "bq": cfg.n_heads, "bk": cfg.n_kv_heads}.get(ours.rsplit(".", 1)[-1])
     permuted = heads if permuted else None
 
@@ -144,6 +145,11 @@ def _pending(g: GGUFFile, src: str, part: range | None, ours: str, cfg: ModelCon
             block = rows[start:start + step]
             if t is info.type:
                 yield block
+            elif t.name == info.type.restored_as:
+                try:
+                    yield restore_blocks(block, info.type, shape[-1])
+                except ValueError as e:
+                    raise ConvertError(f"{g.path}: tensor {src}: {e}") from None
             else:
                 values = dequantize_ggml(block, info.type, shape[-1])
                 yield quantize_weights(ours, values, t, target if isinstance(target, Policy) else None)

@@ -42,13 +42,20 @@ multiplies the f16 super-block scale d (and a min that multiplies dmin):
           for element 128h + 32k + l: low 4 bits from ql[64h + 32(k % 2) + l] (nibble k // 2),
           high 2 bits from qh[32h + l] (bits 2k)
     q8_k  { f32 d; i8 qs[256]; i16 bsums[16]; }    x = d * q  (bsums only serve dot products)
+
+iq4_xs (import-only, turned into iq4_nl blocks by restore_blocks): iq4_nl's levels in super-blocks
+
+    iq4_xs { f16 d; u16 scales_h; u8 scales_l[4]; u8 qs[128]; }
+          8 groups of 32: x = (d * (ls - 32)) * IQ4_NL_VALUES[q], ls 6 bits: its low 4 bits the
+          nibble s % 2 of scales_l[s // 2], its high 2 bits bits 2s, 2s + 1 of scales_h;
+          q: group s's 16 bytes qs[16s ..], element j the low nibble of byte j, j + 16 the high
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .reference import _f16_field, _split_blocks, dequantize
-from .types import Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, TYPES_BY_ID, QType, ggml_type
+from .reference import _IQ4_NL_F32, _f16_field, _split_blocks, dequantize
+from .types import IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, TYPES_BY_ID, QType, ggml_type, qtype
 
 
 def _planes(b: np.ndarray, width: int, count: int) -> np.ndarray:
@@ -165,8 +172,49 @@ def _q8_k(blk: np.ndarray) -> np.ndarray:
     return d * _f32(q)
 
 
+def _iq4_xs_fields(blk: np.ndarray):
+    """[..., nb, 136] -> (dl float32 [..., nb, 8, 1]: each group's scale d * (ls - 32), exact in
+    float32 (11 significant bits times 6); q uint8 [..., nb, 8, 16]: the groups' quant bytes)."""
+    d = _f16_field(blk, 0)[..., None]  # [..., nb, 1, 1]
+    low = _planes(blk[..., 4:8], 4, 2).swapaxes(-1, -2).reshape(*blk.shape[:-1], 8)  # group 2j + i: nibble i of byte j
+    ls = (low | _scales_h(blk) << 4).astype(np.int8) - np.int8(32)  # -32 .. 31
+    return d * _f32(ls)[..., None], blk[..., 8:].reshape(*blk.shape[:-1], 8, 16)
+
+
+def _scales_h(blk: np.ndarray) -> np.ndarray:
+    """iq4_xs's scales_h: the high 2 bits of each group's ls, uint8 [..., nb, 8]."""
+    h = blk[..., 2].astype(np.uint16) | blk[..., 3].astype(np.uint16) << 8  # [..., nb]
+    return ((h[..., None] >> (2 * np.arange(8, dtype=np.uint16))) & 3).astype(np.uint8)
+
+
+def _iq4_xs(blk: np.ndarray) -> np.ndarray:
+    """[..., nb, 136] -> [..., nb, 8, 32]"""
+    dl, q = _iq4_xs_fields(blk)
+    return dl * _IQ4_NL_F32[np.concatenate([q & 15, q >> 4], axis=-1)]
+
+
 _DEQUANTIZERS = {Q2_K: _q2_k, Q3_K: _q3_k, Q4_K: _q4_k,
-                 Q5_K: _q5_k, Q6_K: _q6_k, Q8_K: _q8_k}
+                 Q5_K: _q5_k, Q6_K: _q6_k, Q8_K: _q8_k, IQ4_XS: _iq4_xs}
+
+
+def restore_blocks(data: np.ndarray, t: QType, n: int) -> np.ndarray:
+    """uint8 [..., row_bytes(n)] of import-only type t -> the same rows in t.restored_as's blocks.
+
+    iq4_xs -> iq4_nl: each group of 32 becomes an iq4_nl block with the same quant bytes and the
+    scale d * (ls - 32) rounded to f16 (iq4_nl's d): the one rounding, at most 2^-11 of the scale
+    for a normal f16 (the values move by that fraction; 4-bit levels are 2^-4 .. 2^-3 apart).
+    A scale past f16's range (a group of values over about 8e6: no model's weights) is refused."""
+    if t is not IQ4_XS:
+        raise ValueError(f"{t.name} blocks are not restored as another type's")
+    blocks = _split_blocks(data, t, n)  # [..., nb, 136]
+    dl, q = _iq4_xs_fields(blocks)  # [..., nb, 8, 1], [..., nb, 8, 16]
+    with np.errstate(over="ignore"):
+        d16 = dl.astype(np.float16)
+    if not np.isfinite(d16[np.isfinite(dl)]).all():
+        raise ValueError("an iq4_xs scale is past float16's range, which iq4_nl blocks cannot hold: convert with "
+                         "--type q8_0 (or f16) instead")
+    out = np.concatenate([d16.view(np.uint8), q], axis=-1)  # [..., nb, 8, 18]
+    return out.reshape(*blocks.shape[:-2], qtype(t.restored_as).row_bytes(n))
 
 
 def dequantize_ggml(data: np.ndarray, t, n: int) -> np.ndarray:

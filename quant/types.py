@@ -32,8 +32,9 @@ field by field through `_kernels.type_traits()`, so the two cannot drift.
 
 Types with `act` set are stored in .llmr files and run by the CPU kernels: `TYPES`,
 `TYPES_BY_ID` and `qtype()`. The others are import-only: GGUF files may carry q8_k
-(super-blocks of QK_K = 256); the importer dequantises it exactly (quant/kquants.py)
-and re-quantises into a type we run; `GGML_TYPES_BY_ID` and `ggml_type()` name them all.
+(super-blocks of QK_K = 256), which the importer dequantises exactly (quant/kquants.py) and
+re-quantises into a type we run, and iq4_xs, whose blocks it turns into iq4_nl ones
+(`restored_as`); `GGML_TYPES_BY_ID` and `ggml_type()` name them all.
 """
 from __future__ import annotations
 
@@ -61,6 +62,9 @@ class QType:
     # the type a quantiser gives way to where a row is not a whole number of this type's blocks
     # (llama-quantize's choice, so mixes match its files); None: f16
     fallback: Optional[str] = None
+    # import-only types: the stored type the importer turns each block into directly (iq4_xs:
+    # iq4_nl, its sub-blocks' scales multiplied out); None: re-quantised to q8_0 from the floats
+    restored_as: Optional[str] = None
 
     @property
     def stored(self) -> bool:
@@ -113,9 +117,12 @@ Q5_K = QType("q5_k", 13, QK_K, 176, n_scales=2, act="q16_a", x16=True, fallback=
 # q6_k's f16 d comes last, after its quants and scales (byte 208)
 Q6_K = QType("q6_k", 14, QK_K, 210, n_scales=1, act="q16_a", x16=True, fallback="q8_0", scales_at=208)  # { u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d; }
 Q8_K = QType("q8_k", 15, QK_K, 292)  # { f32 d; i8 qs[256]; i16 bsums[16]; }
+# iq4_xs: iq4_nl's levels in super-blocks, 8 sub-blocks of 32 with a 6-bit scale each (x = d (ls -
+# 32) level); import-only: each sub-block becomes an iq4_nl block (quant/kquants.py)
+IQ4_XS = QType("iq4_xs", 23, QK_K, 136, restored_as="iq4_nl")  # { f16 d; u16 scales_h; u8 scales_l[4]; u8 qs[128]; }
 
 # Every type, in the order the command line lists them.
-TABLE = (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K)
+TABLE = (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_XS)
 
 TYPES = {t.name: t for t in TABLE if t.stored}
 TYPES_BY_ID = {t.id: t for t in TYPES.values()}
@@ -124,7 +131,7 @@ GGML_TYPES_BY_ID = {t.id: t for t in TABLE}
 # GGML ids we cannot read, named only so the error says what the file holds.
 _UNSUPPORTED_GGML_NAMES = {
     4: "q4_2", 5: "q4_3", 9: "q8_1", 16: "iq2_xxs", 17: "iq2_xs", 18: "iq3_xxs", 19: "iq1_s",
-    21: "iq3_s", 22: "iq2_s", 23: "iq4_xs", 24: "i8", 25: "i16", 26: "i32",
+    21: "iq3_s", 22: "iq2_s", 24: "i8", 25: "i16", 26: "i32",
     27: "i64", 28: "f64", 29: "iq1_m", 31: "q4_0_4_4", 32: "q4_0_4_8", 33: "q4_0_8_8",
     34: "tq1_0", 35: "tq2_0", 36: "iq4_nl_4_4", 37: "iq4_nl_4_8", 38: "iq4_nl_8_8",
     39: "mxfp4", 40: "nvfp4", 41: "q1_0",

@@ -40,10 +40,10 @@ def mock_hub(tmp_path_factory):
     with MockHub() as h:
         h.add_repo("org/tiny-GGUF", {**_gguf(tmp, "tiny-Q4_K_M.gguf"),
                                      **_gguf(tmp, "tiny-Q8_0.gguf", "llama-runnable", seed=1),
-                                     "tiny-IQ4_XS.gguf": b"GGUF not really", "README.md": b"# tiny\n"})
+                                     "tiny-IQ3_M.gguf": b"GGUF not really", "README.md": b"# tiny\n"})
         h.add_repo("org/other-GGUF", {**_gguf(tmp, "other-Q5_K_M.gguf", "llama-q5", seed=2),
                                       **_gguf(tmp, "other-Q8_0.gguf", "llama-runnable", seed=3),
-                                      "other-IQ4_XS.gguf": b"GGUF not really"})
+                                      "other-IQ3_M.gguf": b"GGUF not really"})
         h.add_repo("org/split-GGUF", _gguf(tmp, "split-Q4_K_M.gguf", seed=4, split=8))
         h.add_repo("org/tiny-ckpt", {p.name: p.read_bytes() for p in ckpt.iterdir()} | {"README.md": b"# ckpt\n"})
         h.add_repo("org/gated-GGUF", _gguf(tmp, "gated-Q4_K_M.gguf", seed=5), gated=True)
@@ -117,7 +117,8 @@ def test_quant_names_and_bits():
     assert hub.quant_of("Phi-3.5-mini-instruct-IQ4_XS.gguf") == "IQ4_XS"
     assert hub.quant_of("gemma-3-1b-it-BF16.gguf") == "BF16"
     assert hub.bits("Q8_0") == 8.5 and hub.bits("q4_k_m") == 4.5 and hub.bits("Q4_K_S") < 4.5 < hub.bits("Q4_K_L")
-    assert hub.bits("IQ4_XS") is None and hub.bits("Q4_K_XL") is None
+    assert hub.bits("IQ3_M") is None and hub.bits("Q4_K_XL") is None
+    assert hub.bits("IQ4_XS") == 4.25 and hub.bits("iq4_nl") == 4.5  # IQ4_XS: re-stored as IQ4_NL
     files = [hub.RemoteFile(n, 1) for n in ("m-Q8_0.gguf", "sub/m-Q2_K-00002-of-00002.gguf",
                                             "sub/m-Q2_K-00001-of-00002.gguf", "mmproj-m-f16.gguf", "README.md")]
     quants = hub.gguf_quants(files)
@@ -191,10 +192,10 @@ def test_tags_choose_the_file(mock_hub, tmp_path):
     assert ("org/other-GGUF: Q5_K_M (other-Q5_K_M.gguf, 881.4 KiB), the closest to Q4_K_M in bits per weight "
             "(5.5 against 4.5; the repository has no Q4_K_M)") in r.stderr, r.stderr
     assert _error(run_cli("pull", "org/tiny-GGUF:Q3_K_S", env=env)) == (
-        "org/tiny-GGUF has no Q3_K_S file; it has: IQ4_XS (15 B, not readable by llmrun), "
+        "org/tiny-GGUF has no Q3_K_S file; it has: IQ3_M (15 B, not readable by llmrun), "
         "Q4_K_M (735.4 KiB), Q8_0 (1.9 MiB)")
-    assert _error(run_cli("pull", "org/tiny-GGUF:iq4_xs", env=env)).startswith(
-        "org/tiny-GGUF: IQ4_XS files are not readable by llmrun yet")
+    assert _error(run_cli("pull", "org/tiny-GGUF:iq3_m", env=env)).startswith(
+        "org/tiny-GGUF: IQ3_M files are not readable by llmrun yet")
     page = f"{mock_hub.url}/org/other-GGUF/blob/main/other-Q8_0.gguf"
     r = _pull(mock_hub, env, page)
     assert "other-Q8_0.gguf, as named" in r.stderr, r.stderr
@@ -343,7 +344,7 @@ def test_list_and_rm(mock_hub, tmp_path):
     r = run_cli("list", "--remote", "org/tiny-GGUF", env=env, check=True)
     out = r.stdout.splitlines()
     assert out[0].startswith("org/tiny-GGUF at ") and out[1].split() == ["QUANT", "SIZE", "BITS/WEIGHT", "FILE"]
-    assert [line.split()[0] for line in out[2:]] == ["IQ4_XS", "Q4_K_M", "Q8_0"]
+    assert [line.split()[0] for line in out[2:]] == ["IQ3_M", "Q4_K_M", "Q8_0"]
     assert "Q4_K_M (default)  735.4 KiB  4.50" in out[3] and "not readable by llmrun" in out[2]
     r = run_cli("list", "--remote", "org/tiny-ckpt", env=env, check=True)
     assert "a safetensors checkpoint" in r.stdout and "in 2 files" in r.stdout

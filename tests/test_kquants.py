@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 
-from llmrun.quant import (GGML_TYPES_BY_ID, IQ4_NL, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K,
+from llmrun.quant import (GGML_TYPES_BY_ID, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K,
                           Q8_0, Q8_K, TYPES, dequantize, dequantize_ggml, ggml_type, qtype)
 from llmrun.quant.types import TABLE, TYPES_BY_ID
 
@@ -13,7 +13,7 @@ IMPORT_ONLY = [t for t in TABLE if not t.stored]
 
 # Byte offsets of each block's scale fields, set to finite values so no inf/nan appears.
 F16_FIELDS = {Q5_0: [0], Q5_1: [0, 2], IQ4_NL: [0], Q2_K: [80, 82], Q3_K: [108], Q4_K: [0, 2], Q5_K: [0, 2],
-              Q6_K: [208]}
+              Q6_K: [208], IQ4_XS: [0]}
 F32_FIELDS = {Q8_K: [0]}
 
 SHAPES = [(1, 1), (3, 2), (2, 5, 4)]  # (leading dims..., blocks per row)
@@ -50,7 +50,7 @@ def test_runnable_types_unchanged():
     assert sorted(TYPES) == ["bf16", "f16", "f32", "iq4_nl", "q2_k", "q3_k", "q4_0", "q4_1", "q4_k", "q5_0", "q5_1",
                              "q5_k", "q6_k", "q8_0"]
     assert sorted(TYPES_BY_ID) == [0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 20, 30]
-    assert len(GGML_TYPES_BY_ID) == 15
+    assert len(GGML_TYPES_BY_ID) == 16
     for t in IMPORT_ONLY:
         assert ggml_type(t.id) is t
         with pytest.raises(ValueError):
@@ -140,13 +140,39 @@ def test_wrong_row_length(t):
         dequantize_ggml(np.zeros((2, t.type_size), np.uint8), t, t.block_size + 1)
 
 
+def test_iq4_xs_restored_as_iq4_nl():
+    """iq4_xs blocks become iq4_nl ones: the same quant bytes, each group's scale d (ls - 32)
+    rounded to f16, so the values move by at most half an f16 step of their group's scale (2^-11
+    of it for a normal f16, half of 2^-24 below); a scale past f16's range is refused."""
+    from llmrun.quant import restore_blocks
+    from llmrun.quant.kquants import _iq4_xs_fields
+    rng = np.random.default_rng(23)
+    data = random_blocks(IQ4_XS, (3, 4), rng)
+    exact = dequantize_ggml(data, IQ4_XS, 1024).reshape(3, 32, 32)  # gguf-py's bits: test_bit_identical_to_gguf
+    got = restore_blocks(data, IQ4_XS, 1024)
+    assert got.shape == (3, IQ4_NL.row_bytes(1024))
+    blocks = got.reshape(3, 32, IQ4_NL.type_size)
+    assert (blocks[..., 2:] == data.reshape(3, 4, 136)[..., 8:].reshape(3, 32, 16)).all()  # the quants as they were
+    values = dequantize(got, IQ4_NL, 1024).reshape(3, 32, 32)
+    scale = np.abs(_iq4_xs_fields(data.reshape(3, 4, 136))[0]).reshape(3, 32, 1)  # each group's |d (ls - 32)|
+    step = np.maximum(scale * 2.0 ** -11, 2.0 ** -25)
+    assert (np.abs(values - exact) <= 127 * step * 1.0001).all()
+    assert not np.array_equal(values, exact)  # the rounding happened: the test can tell
+    big = data.reshape(3, 4, 136).copy()
+    big[0, 0, 0:2] = np.float16(60000.0).reshape(1).view(np.uint8)
+    big[0, 0, 4] = 0x00  # group 0's ls low bits 0, its high bits from scales_h: ls - 32 <= -16
+    big[0, 0, 2] &= 0xFC
+    with pytest.raises(ValueError, match="float16's range"):
+        restore_blocks(big.reshape(3, -1), IQ4_XS, 1024)
+
+
 def test_unsupported_ids_named():
     with pytest.raises(ValueError, match=r"GGML type id 99 \(unknown\) is not supported"):
         ggml_type(99)
     with pytest.raises(ValueError, match=r"GGML type id 16 \(iq2_xxs\) is not supported"):
         ggml_type(16)
-    with pytest.raises(ValueError, match=r"\(iq4_xs\)"):
-        dequantize_ggml(np.zeros((1, 136), np.uint8), 23, 256)
+    with pytest.raises(ValueError, match=r"\(iq3_s\)"):
+        dequantize_ggml(np.zeros((1, 110), np.uint8), 21, 256)
     with pytest.raises(ValueError, match=r"\(mxfp4\)"):
         ggml_type(39)
 

@@ -135,6 +135,9 @@ def main() -> None:
     convert(str(path), str(out))
     write("llmr", "kquants", b"\x00" + out.read_bytes())
     write("llmr", "kquants-fix", b"\x03" + out.read_bytes())
+    path = tmp / "iq4xs.gguf"  # iq4_xs, which the importer turns into iq4_nl blocks
+    write_tiny_gguf(path, *TYPE_MIXES["llama-iq4xs"], vocab=272, dim=256, ffn=256, n_layers=1, n_heads=2, n_kv=1)
+    write("gguf", "llama-iq4xs", path.read_bytes())
 
     # tokenizers: the kind byte indexes targets.TOKENIZER_NAMES
     write("tokenizer", "bpe-json", b"\x00" + byte_level_tokenizer_json().encode())
