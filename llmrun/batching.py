@@ -191,7 +191,7 @@ class Engine:
             else:
                 batch.append((s, Segment([s.token], s.cache, last_only=True)))
         try:
-            most = self.model.backend.max_segments or len(batch)  # WebGPU runs one sequence a call
+            most = self.model.backend.max_segments or len(batch)  # 1 where a GPU cannot batch the model
             segments = [seg for _, seg in batch]
             logits = [x for i in range(0, len(segments), most) for x in self.model.forward_batch(segments[i:i + most])]
         except Exception as e:  # noqa: BLE001 (handed to the requests' threads, which answer it)

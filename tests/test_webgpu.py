@@ -264,3 +264,24 @@ def test_a_step_the_device_cannot_hold_is_one_line(device, tiny_models, monkeypa
     monkeypatch.setattr(type(device), "zeros", small_device)
     with pytest.raises(ContextError, match="fewer tokens"):
         gpu.forward(list(range(64)), cache)
+
+
+def test_a_model_whose_rows_cannot_start_a_binding_runs_one_context_a_call(device, monkeypatch):
+    """A batch binds each context's rows of q and k/v at an offset; where the adapter's storage
+    offset alignment does not divide their size, the model runs one context a call instead
+    (max_segments 1, as before), and a larger forward is refused in one line, not run wrong."""
+    from dataclasses import replace
+    from llmrun import selftest
+    from llmrun.backends.gpu import Graph
+    from llmrun.errors import LlmrunError
+    cfg = selftest.CONFIG  # k/v rows of 2 x 32 floats: 256 bytes
+    w = selftest.random_weights("q8_0", cfg)
+    monkeypatch.setattr(device, "storage_align", 256)
+    assert device.batches(cfg) and Graph(device, cfg, w, selftest.rope_frequencies(cfg), "webgpu").max_segments is None
+    monkeypatch.setattr(device, "storage_align", 512)
+    assert not device.batches(cfg) and device.batches(replace(cfg, n_kv_heads=4))  # k/v rows of 512 bytes
+    graph = Graph(device, cfg, w, selftest.rope_frequencies(cfg), "webgpu")
+    assert graph.max_segments == 1
+    caches = [graph.new_cache(8) for _ in range(2)]
+    with pytest.raises(LlmrunError, match="runs one sequence a call, not 2"):
+        graph.forward([(np.array([1], np.int32), 0, c, 0) for c in caches])

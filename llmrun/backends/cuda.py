@@ -227,7 +227,7 @@ class Device:
     loaded kernels."""
 
     OutOfMemory = DeviceMemoryError
-    segments = True  # a launch may take its own step state (gpu.DeviceBatch: several contexts a step)
+    step_stride = 16  # bytes between the step states of a batch's buffer (gpu.DeviceBatch)
 
     def __init__(self, driver=None):
         self.driver = driver or Driver()
@@ -278,8 +278,13 @@ class Device:
         self.write(b, data)
         return b
 
-    def step_buffer(self) -> Buffer:
-        return self.zeros(16)
+    def step_buffer(self, count: int = 1) -> Buffer:
+        """Step state for `count` steps (a batch's own and each context's), step_stride apart."""
+        return self.zeros(count * self.step_stride)
+
+    def batches(self, cfg) -> bool:
+        """Whether several contexts' decode steps can run as one (gpu.DeviceBatch): always here."""
+        return True
 
     def view(self, buffer: Buffer, offset: int, nbytes: int) -> View:
         return View(buffer, offset, nbytes)

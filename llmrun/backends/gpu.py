@@ -88,15 +88,16 @@ def rope_table(inv_freq: np.ndarray, n_ctx: int, mscale: float = 1.0) -> np.ndar
 class Graph:
     """The model's weights on the device, uploaded once (llmrun.backends' interface);
     `new_cache(n_ctx)` makes the device state of one context, whose run() does a step. Where the
-    device's plans can give an op its own step state (`dev.segments`: CUDA's), the decode steps
-    of several contexts run as one step (DeviceBatch): each product reads its weights once for
-    all of them; elsewhere (WebGPU) a forward runs one sequence."""
+    device can give an op its own step state and rows of a buffer (`dev.batches(cfg)`: CUDA's
+    always, WebGPU's where each context's rows start where a binding may), the decode steps of
+    several contexts run as one step (DeviceBatch): each product reads its weights once for all
+    of them; elsewhere a forward runs one sequence."""
     cpu_threads = False
     BATCHES_KEPT = 8  # the batch plans kept, most recently used first (a server's slots come and go)
 
     def __init__(self, dev, cfg, w, inv_freq: dict, name: str = "gpu"):
         self.dev, self.cfg, self.inv_freq, self.name = dev, cfg, inv_freq, name
-        self.max_segments = None if getattr(dev, "segments", False) else 1
+        self.max_segments = None if dev.batches(cfg) else 1
         self.batches: dict[tuple, DeviceBatch] = {}  # by the ids of their caches, in the order last used
 
         def vec(a):
@@ -214,16 +215,17 @@ class DeviceBatch:
     """The decode steps of several contexts, a token each, as one step: one plan over their
     caches whose products read each weight once for all of them (the server's slots decoding
     together). The step state is one buffer, written once a step: the batch's (0, B, 0), then
-    each context's (n_past, 1, 0)."""
+    each context's (n_past, 1, 0), dev.step_stride bytes apart."""
 
     def __init__(self, graph: Graph, caches: list):
         dev, B = graph.dev, len(caches)
         self.graph, self.dev = graph, dev
         try:
-            self.state = dev.zeros(16 * (B + 1))
-            plan = dev.plan(dev.view(self.state, 0, 16))
-            plan.replay_tokens = B  # its grids never change: captured once, replayed
-            seqs = [Sequence(c, i, dev.view(self.state, 16 * (i + 1), 16)) for i, c in enumerate(caches)]
+            self.state = dev.step_buffer(B + 1)
+            self.steps = [dev.view(self.state, dev.step_stride * i, 16) for i in range(B + 1)]
+            plan = dev.plan(self.steps[0])
+            plan.replay_tokens = B  # CUDA: its grids never change, so it is captured once and replayed
+            seqs = [Sequence(c, i, self.steps[i + 1]) for i, c in enumerate(caches)]
             self.ids, self.logits = record_step(graph, plan, B, seqs)
         except dev.OutOfMemory as e:
             raise ContextError(f"the GPU cannot hold the activations of {B} sequences' step ({e}): "
@@ -233,12 +235,13 @@ class DeviceBatch:
     def run(self, runs) -> list[np.ndarray]:
         """runs: [(ids [1], n_past, cache, 0)] in the caches' order; each one's logits [1, V]."""
         B, V = len(runs), self.graph.cfg.vocab_size
-        state = np.zeros((B + 1, 4), np.uint32)
-        state[0] = (0, B, 0, 0)
+        state = np.zeros((B + 1, self.dev.step_stride // 4), np.uint32)
+        state[0, :3] = (0, B, 0)
         for i, (_, n_past, cache, _) in enumerate(runs):
             if n_past + 1 > cache.n_ctx:
                 raise LlmrunError(f"{n_past} + 1 tokens do not fit in the context of {cache.n_ctx}")
-            state[i + 1] = (n_past, 1, 0, 0)
+            state[i + 1, :3] = (n_past, 1, 0)
+            self.steps[i + 1].n_past = n_past  # for a backend that stores the new rows by a host-side copy
         self.dev.write(self.ids, np.array([int(ids[0]) for ids, _, _, _ in runs], np.uint32))
         self.dev.write(self.state, state)
         self.dispatches = self.plan.run(B)

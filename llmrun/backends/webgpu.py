@@ -22,6 +22,22 @@ TOKENS_PER_WORKGROUP = 8  # ...and tokens (its TOKENS)
 ATTENTION_TOKENS = 16  # tokens per attention dispatch (fewer if [16, heads, ctx] scores outgrow a binding)
 
 
+class View:
+    """Bytes [offset, offset + size) of a buffer, bound with that offset: one context's rows of a
+    batch's activations, or its step state (whose position `n_past` a store copy also needs on
+    the host: gpu.DeviceBatch sets it each step)."""
+
+    def __init__(self, buffer, offset: int, size: int):
+        if offset + size > buffer.size:
+            raise ValueError(f"{size} bytes at {offset} do not fit a buffer of {buffer.size}")
+        self.buffer, self.offset, self.size, self.n_past = buffer, offset, size, 0
+
+
+def _binding(b) -> dict:
+    return {"buffer": b.buffer, "offset": b.offset, "size": b.size} if isinstance(b, View) else \
+        {"buffer": b, "offset": 0, "size": b.size}
+
+
 def _wgpu():
     try:
         import wgpu
@@ -65,6 +81,9 @@ class Device:
             raise LlmrunError("no WebGPU adapter found (on Linux: install a Vulkan driver, e.g. mesa-vulkan-drivers)")
         self.adapter = adapter
         self.max_binding = adapter.limits["max-storage-buffer-binding-size"]
+        # where a binding may start: a batch's per-context rows and step states must fall there
+        self.storage_align = adapter.limits["min-storage-buffer-offset-alignment"]
+        self.step_stride = max(16, adapter.limits["min-uniform-buffer-offset-alignment"])
         self.device = adapter.request_device_sync(
             required_limits={"max-storage-buffer-binding-size": self.max_binding,
                              "max-buffer-size": adapter.limits["max-buffer-size"]})
@@ -106,15 +125,25 @@ class Device:
     def read(self, buffer, nbytes: int):
         return self.device.queue.read_buffer(buffer, 0, nbytes)
 
-    def step_buffer(self):
-        return self.uniform(0, 0, 0)
+    def step_buffer(self, count: int = 1):
+        """Step state for `count` steps (a batch's own and each context's), step_stride apart."""
+        u = self.wgpu.BufferUsage
+        return self.device.create_buffer(size=count * self.step_stride, usage=u.UNIFORM | u.COPY_DST)
+
+    def view(self, buffer, offset: int, nbytes: int) -> View:
+        return View(buffer, offset, nbytes)
+
+    def batches(self, cfg) -> bool:
+        """Whether several contexts' decode steps can run as one (gpu.DeviceBatch): each one's
+        rows of q, k and v must start where a binding may."""
+        return all(n * 4 % self.storage_align == 0 for n in (cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim))
 
     def plan(self, step) -> "Plan":
         return Plan(self, step)
 
     def bind(self, pipeline, *buffers):
         return self.device.create_bind_group(layout=pipeline.get_bind_group_layout(0), entries=[
-            {"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}} for i, b in enumerate(buffers)])
+            {"binding": i, "resource": _binding(b)} for i, b in enumerate(buffers)])
 
     def upload(self, t: Tensor) -> Matrix:
         """A weight tensor's bytes as the kernels read them (gpu.device_bytes: as they are in the
@@ -146,12 +175,14 @@ class Plan:
 
     def __init__(self, dev: Device, step):
         self.dev, self.step = dev, step
-        self.entries = []  # (pipeline, [buffers after step], groups(T, first) -> (x, y)) or ("copy", fn)
+        self.entries = []  # (pipeline, [buffers after step], groups(T, first) -> (x, y), step) or ("copy", fn)
         self._binds = None  # bind groups, made on the first run
         self._scores = None  # the attention's scratch, shared by every layer
 
-    def op(self, kernel: str, params: tuple, buffers: list, groups, weight_type: str | None = None) -> None:
-        self.entries.append((self.dev.pipeline(kernel, weight_type), [self.dev.uniform(*params), *buffers], groups))
+    def op(self, kernel: str, params: tuple, buffers: list, groups, weight_type: str | None = None, step=None) -> None:
+        """A dispatch; its kernel reads the plan's step state, or `step` (a context's in a batch)."""
+        self.entries.append((self.dev.pipeline(kernel, weight_type), [self.dev.uniform(*params), *buffers], groups,
+                             step or self.step))
 
     def matmul(self, m: Matrix, x, out, from_first: bool = False) -> None:
         for w, row0, rows in m.parts:
@@ -160,20 +191,28 @@ class Plan:
                                                  -(-(T - first * from_first) // TOKENS_PER_WORKGROUP)),
                     m.type)
 
-    def store_rows(self, src, cache, row: int) -> None:
-        """The step's rows of src [T, row] into cache [C, row] at row n_past: a buffer copy."""
-        self.entries.append(("copy", lambda encoder, n_past, T: encoder.copy_buffer_to_buffer(
-            src, 0, cache, n_past * row * 4, T * row * 4)))
+    # store_rows and attention take `step` and `tokens` for one context of a batch (gpu.Sequence):
+    # its step state and its one token, whatever the batch's T
 
-    def attention(self, q, kc, vc, out, cfg, n_ctx: int, capacity: int, scale: float, window: int) -> None:
+    def store_rows(self, src, cache, row: int, step=None, tokens: int | None = None) -> None:
+        """The step's rows of src [T, row] into cache [C, row] at row n_past: a buffer copy (a
+        context of a batch: its token's row, at its own n_past)."""
+        src, at = (src.buffer, src.offset) if isinstance(src, View) else (src, 0)
+        self.entries.append(("copy", lambda encoder, n_past, T: encoder.copy_buffer_to_buffer(
+            src, at, cache, (step.n_past if step else n_past) * row * 4, (tokens or T) * row * 4)))
+
+    def attention(self, q, kc, vc, out, cfg, n_ctx: int, capacity: int, scale: float, window: int, step=None,
+                  tokens: int | None = None) -> None:
         """attention.wgsl over chunks of the step's tokens, whose scores [chunk, H, C] fit one
         binding; scores q.k * scale, each token seeing its last `window` positions (0: all)."""
         H, Hkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         chunk = max(1, min(capacity, ATTENTION_TOKENS, self.dev.max_binding // (H * n_ctx * 4)))
-        self._scores = self._scores or self.dev.zeros(chunk * H * n_ctx * 4)
+        if self._scores is None or self._scores.size < chunk * H * n_ctx * 4:  # a batch's contexts differ
+            self._scores = self.dev.zeros(chunk * H * n_ctx * 4)
         for t0 in range(0, capacity, chunk):
             self.op("attention", (H, Hkv, hd, n_ctx, t0, float(scale), window), [q, kc, vc, out, self._scores],
-                    lambda T, first, t0=t0: (H, min(chunk, T - t0)) if T > t0 else (0, 0))
+                    lambda T, first, t0=t0: (H, min(chunk, (tokens or T) - t0)) if (tokens or T) > t0 else (0, 0),
+                    step=step)
 
     def run(self, T: int, n_past: int = 0, first: int = 0) -> int:
         """Record and submit every entry for a step of T tokens; returns the dispatches. The
@@ -182,7 +221,7 @@ class Plan:
         encoder = self.dev.device.create_command_encoder()
         dispatches, compute = 0, None
         if self._binds is None:
-            self._binds = [None if e[0] == "copy" else self.dev.bind(e[0], self.step, *e[1]) for e in self.entries]
+            self._binds = [None if e[0] == "copy" else self.dev.bind(e[0], e[3], *e[1]) for e in self.entries]
         for entry, bind in zip(self.entries, self._binds):
             if entry[0] == "copy":
                 if compute is not None:
@@ -190,7 +229,7 @@ class Plan:
                     compute = None
                 entry[1](encoder, n_past, T)
                 continue
-            pipeline, _, groups = entry
+            pipeline, _, groups, _ = entry
             x, y = groups(T, first)
             if x and y:
                 compute = compute or encoder.begin_compute_pass()
