@@ -10,7 +10,9 @@
 #    q8_0) and on the synthetic LLaMA-3.2-1B shape in q4_0 (made here by benchmarks/synthetic.py,
 #    which needs the gguf package);
 # 4. benchmarks/batch_decode.py on the 1B shape with --backend cuda: B = 1, 2, 4, 8 contexts
-#    decoding together (the server's --parallel), aggregate tokens/s against B = 1.
+#    decoding together, aggregate tokens/s against B = 1; then the server itself
+#    (benchmarks/serve_clients.py --backend cuda --parallel 8, 1 and 8 streaming clients: issue
+#    21's aggregate >= 4x one client's).
 # Results go to $OUT (or /tmp/cuda-check): gpu.txt, build.txt, tests.txt, bench.txt.
 set -uo pipefail
 out=${OUT:-/tmp/cuda-check}
@@ -36,4 +38,6 @@ done
 if [ -f /tmp/synthetic/llama-3.2-1b-q4_0.llmr ]; then
     python3 benchmarks/batch_decode.py /tmp/synthetic/llama-3.2-1b-q4_0.llmr --backend cuda -b 1,2,4,8 -n 64 -r 3 2>&1 \
         | tee -a "$out/bench.txt"
+    python3 benchmarks/serve_clients.py /tmp/synthetic/llama-3.2-1b-q4_0.llmr --backend cuda --parallel 8 -c 1,8 \
+        --prompt-ids 32 -n 128 -s 5 -r 2 2>&1 | tee -a "$out/bench.txt"
 fi

@@ -2,6 +2,7 @@
 HTTP, SSE, the engine's continuous batching and the model together.
 
     python benchmarks/serve_clients.py [MODEL.llmr] [-c 1,2,4] [--parallel 4] [-t 2] [-n 128] [-s 5] [-r 3]
+                                       [--backend cpu|cuda|webgpu]
 
 Without MODEL: SmolLM2-135M-Instruct q4_0, converted into a temporary folder as in
 batch_decode.py. The script starts one server (--port 0) and, for each C, runs C threads, each
@@ -143,17 +144,19 @@ def main():
     ap.add_argument("-s", "--seconds", type=float, default=5.0, help="each round's window, in seconds")
     ap.add_argument("-r", "--repetitions", type=int, default=3)
     ap.add_argument("--prompt-ids", type=int, default=0, help="send N random token ids as each prompt, not text")
+    ap.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "webgpu"], help="the server's backend")
     a = ap.parse_args()
     counts = [int(c) for c in a.clients.split(",")]
     with tempfile.TemporaryDirectory() as tmp, open(os.path.join(tmp, "server.log"), "w") as log:
         # the log is a file, not a pipe: the server writes a line per request, and a pipe nobody
         # drains would stall it
         proc = subprocess.Popen([sys.executable, "-m", "llmrun.cli.main", "serve", a.model or default_model(tmp),
-                                 "--port", "0", "--parallel", str(a.parallel), "--threads", str(a.threads)],
+                                 "--port", "0", "--parallel", str(a.parallel), "--threads", str(a.threads),
+                                 "--backend", a.backend],
                                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:
             url, name = wait_ready(proc, log)
-            print(f"{a.model or 'SmolLM2-135M q4_0'}: {url}, {a.parallel} slots, {a.threads} threads, "
+            print(f"{a.model or 'SmolLM2-135M q4_0'}: {url}, {a.backend}, {a.parallel} slots, {a.threads} threads, "
                   f"{a.seconds:g} s windows of requests of {a.max_tokens} tokens, median of {a.repetitions}", flush=True)
             # warm-up, a request in every slot: a slot's first use commits its KV cache's first pages
             # and the kernels' scratch, which is start-up, not serving
