@@ -45,6 +45,8 @@ def mock_hub(tmp_path_factory):
                                       **_gguf(tmp, "other-Q8_0.gguf", "llama-runnable", seed=3),
                                       "other-IQ3_M.gguf": b"GGUF not really"})
         h.add_repo("org/split-GGUF", _gguf(tmp, "split-Q4_K_M.gguf", seed=4, split=8))
+        h.add_repo("org/iq-GGUF", {**_gguf(tmp, "iq-IQ4_XS.gguf", "llama-iq4xs", seed=7),
+                                   "iq-IQ3_M.gguf": b"GGUF not really"})
         h.add_repo("org/tiny-ckpt", {p.name: p.read_bytes() for p in ckpt.iterdir()} | {"README.md": b"# ckpt\n"})
         h.add_repo("org/gated-GGUF", _gguf(tmp, "gated-Q4_K_M.gguf", seed=5), gated=True)
         h.add_repo("org/private-GGUF", _gguf(tmp, "private-Q4_K_M.gguf", seed=6), private=True)
@@ -208,6 +210,18 @@ def test_split_gguf_repo(mock_hub, tmp_path):
     for i in (1, 2, 3):
         assert mock_hub.file_requests(f"split-Q4_K_M-0000{i}-of-00003.gguf")
     r = run_cli("generate", "org/split-GGUF", "-p", "hi", "-n", "2", "--raw", "--temp", "0", env=env)
+    assert r.returncode == 0, r.stderr
+
+
+def test_an_iq4_xs_repo_pulls_and_runs(mock_hub, tmp_path):
+    """A repository of IQ4_XS (and an unreadable IQ3_M): the IQ4_XS file is the one chosen, its
+    tensors run as iq4_nl."""
+    env = mock_hub.env(tmp_path)
+    r = _pull(mock_hub, env, "org/iq-GGUF")
+    assert "org/iq-GGUF: IQ4_XS (iq-IQ4_XS.gguf" in r.stderr, r.stderr
+    r = run_cli("info", "org/iq-GGUF", env=env, check=True)
+    assert "iq4_xs->iq4_nl" in r.stdout, r.stdout
+    r = run_cli("generate", "org/iq-GGUF", "-p", "hi", "-n", "2", "--raw", "--temp", "0", env=env)
     assert r.returncode == 0, r.stderr
 
 
