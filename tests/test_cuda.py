@@ -220,7 +220,7 @@ def test_decode_steps_of_several_contexts_run_as_one_step(models, emulator):
     (batch,) = gpu.backend.batches.values()
     launched = [(launch.name, grid) for launch, grid in emulator.graphs[batch.plan.graphs[3, 0][0]]]
     names = [name for name, _ in launched]
-    layer = ["matmul3_q4_0_q8_0", *["rope_store", "attention"] * 3, "matmul_q4_0", "matmul_gate_q4_0", "matmul_q8_0"]
+    layer = ["matmul3_q4_0_q8_0", *["rope_store"] * 3, *["attention"] * 3, "matmul_q4_0", "matmul_gate_q4_0", "matmul_q8_0"]
     assert names == ["embed_q8_0", *layer * layers, "rmsnorm", "matmul_q8_0"]
     assert all(grid[1] == 1 for name, grid in launched if name.startswith("attention"))  # one token each
     assert [c.n for c in g_caches] == [5 + 3, 20 + 3, 9 + 3]

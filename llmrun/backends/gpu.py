@@ -323,21 +323,27 @@ def record_step(g: Graph, plan, capacity: int, seqs: list[Sequence]):
             plan.op("rmsnorm", (hd, eps, 0, H), [q, layer["q_norm"], qn], rows(H))
             plan.op("rmsnorm", (hd, eps, 0, Hkv), [k, layer["k_norm"], kn], rows(Hkv))
         rope = cfg.layer_rope(l)
-        for seq in seqs:  # each sequence's positions and cache: RoPE, the new rows stored, attention
-            sq, sk, sv, sqn, skn, satt = (seq.rows(b, n) for b, n in ((q, q_dim), (k, kv_dim), (v, kv_dim),
-                                                                       (qn, q_dim), (kn, kv_dim), (att, q_dim)))
-            kc, vc, tables, own = seq.cache.k[l], seq.cache.v[l], seq.cache.rope_tables, seq.own
-            if "rope_store" in fuses:
-                table = tables[rope if rope != "none" else "global"]
-                plan.rope_store(sqn, skn, sv, table, kc, vc, H, Hkv, hd, rd if rope != "none" else 0, **own)
-            else:
-                if rope != "none":
-                    plan.op("rope", (H, hd, rd), [sqn, tables[rope]], seq.per_token(H * rd // 2), **seq.launch)
-                    plan.op("rope", (Hkv, hd, rd), [skn, tables[rope]], seq.per_token(Hkv * rd // 2), **seq.launch)
-                plan.store_rows(skn, kc, kv_dim, **own)
-                plan.store_rows(sv, vc, kv_dim, **own)
-            plan.attention(sqn, kc, vc, satt, cfg, seq.cache.n_ctx, seq.tokens or T, attn_scale, cfg.layer_window(l),
-                           **own)
+        # each sequence's positions and cache: RoPE and the new rows stored for all of them, then
+        # their attention (so that WebGPU's copies of a batch's rows fall between two passes, not
+        # between every sequence's dispatches)
+        parts = [(seq, *(seq.rows(b, n) for b, n in ((v, kv_dim), (qn, q_dim), (kn, kv_dim), (att, q_dim))))
+                 for seq in seqs]
+        if "rope_store" in fuses:
+            for seq, sv, sqn, skn, _ in parts:
+                table = seq.cache.rope_tables[rope if rope != "none" else "global"]
+                plan.rope_store(sqn, skn, sv, table, seq.cache.k[l], seq.cache.v[l], H, Hkv, hd,
+                                rd if rope != "none" else 0, **seq.own)
+        else:
+            for seq, _, sqn, skn, _ in parts if rope != "none" else ():
+                table = seq.cache.rope_tables[rope]
+                plan.op("rope", (H, hd, rd), [sqn, table], seq.per_token(H * rd // 2), **seq.launch)
+                plan.op("rope", (Hkv, hd, rd), [skn, table], seq.per_token(Hkv * rd // 2), **seq.launch)
+            for seq, sv, _, skn, _ in parts:
+                plan.store_rows(skn, seq.cache.k[l], kv_dim, **seq.own)
+                plan.store_rows(sv, seq.cache.v[l], kv_dim, **seq.own)
+        for seq, _, sqn, _, satt in parts:
+            plan.attention(sqn, seq.cache.k[l], seq.cache.v[l], satt, cfg, seq.cache.n_ctx, seq.tokens or T,
+                           attn_scale, cfg.layer_window(l), **seq.own)
         project(layer["wo"], att, layer.get("attn_post_norm"))
 
         # feed-forward: x + W_down . (act(W_gate h) * W_up h),  h = RMSNorm(x)
