@@ -131,9 +131,10 @@ def bits(quant: str) -> float | None:
     """Bits per weight of a quantisation we can read (from the type table; _S / _M / _L mixes
     a little under / at / over their base type), None for those we cannot (IQ3_M, IQ2_XXS, TQ*, ...)."""
     from .quant.types import TABLE
-    m = re.fullmatch(r"(Q\d_[01K]|IQ4_NL|IQ4_XS|BF16|F16|F32)(?:_([SML]))?", quant.upper())
     types = {t.name.upper(): t for t in TABLE}
-    if not m or m[1] not in types:
+    names = "|".join(sorted(map(re.escape, types), key=len, reverse=True))
+    m = re.fullmatch(rf"({names})(?:_([SML]))?", quant.upper())
+    if not m:
         return None
     return types[m[1]].bits_per_weight + {"S": -0.1, None: 0.0, "M": 0.0, "L": 0.1}[m[2]]
 

@@ -238,8 +238,8 @@ def test_every_switch_at_once(backend, device, bound):
 
 def test_every_switch_with_several_contexts_a_step(backend, device, bound):
     """Three contexts of the every-switch model (3, 7 and 10 positions: inside and past the
-    window; contexts of 16, 24 and 20) decoding together (one device step, each context's RoPE, cache and window its own)
-    give each context's CPU logits; a prompt beside them runs alone."""
+    window; contexts of 16, 24 and 20) decoding together (one device step, each context's RoPE,
+    cache and window its own) give each context's CPU logits; a prompt beside them runs alone."""
     from llmrun import selftest
     from llmrun.backends import cpu
     from llmrun.backends import device as new_device
