@@ -90,9 +90,9 @@ MODEL_HELP = (".llmr file, GGUF file, Hugging Face checkpoint directory, Hub nam
               "or its address) or model name (default: smollm2-135m-instruct, downloaded on first use)")
 
 
-def _open_model(model: Optional[str], backend: Optional[str] = None):
+def _open_model(model: Optional[str], backend: Optional[str] = None, kv_type: Optional[str] = None):
     """Load what the user named, fetching the default model or converting a GGUF/checkpoint
-    into the cache on first use, for the backend asked for."""
+    into the cache on first use, for the backend and KV cache type asked for."""
     import llmrun
     from llmrun import store
     bar = _Progress("converting")
@@ -100,10 +100,12 @@ def _open_model(model: Optional[str], backend: Optional[str] = None):
         path = store.resolve(model, download=True, progress=bar)
     finally:
         bar.close()
-    return llmrun.load(path, backend=backend)
+    return llmrun.load(path, backend=backend, kv_type=kv_type)
 
 
 Backend = Annotated[Optional[str], typer.Option("--backend", help="cpu, webgpu or cuda (default: LLMRUN_BACKEND, else cpu)")]
+KvType = Annotated[Optional[str], typer.Option("--kv-type", help="the KV cache's element type: f32, or f16 for half its "
+                                               "memory (CPU backend) (default: LLMRUN_KV_TYPE, else f32)")]
 
 # Sampling options shared by generate and chat.
 Temp = Annotated[float, typer.Option("--temp", min=0.0, help="temperature; 0 is greedy")]
@@ -137,7 +139,7 @@ def generate(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
              n: int = typer.Option(128, "--n-predict", "--max-tokens", "-n", min=1, help="tokens to generate"),
              temp: Temp = 0.8, top_k: TopK = 40, top_p: TopP = 0.95, min_p: MinP = 0.0,
              repeat_penalty: RepeatPenalty = 1.0, repeat_window: RepeatWindow = 64, seed: Seed = None,
-             stop: Stop = None, ctx: Ctx = None, threads: Threads = None, backend: Backend = None,
+             stop: Stop = None, ctx: Ctx = None, threads: Threads = None, backend: Backend = None, kv_type: KvType = None,
              raw: bool = typer.Option(False, "--raw", help="continue the prompt as is, without the model's chat template"),
              json_schema: Optional[str] = typer.Option(None, "--json-schema", help="a JSON schema file: the answer is "
                                                        "JSON valid against it (needs llmrun[agents])"),
@@ -153,7 +155,7 @@ def generate(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
     if prompt == "-":
         prompt = sys.stdin.read()
     _set_threads(threads)
-    m = _open_model(model, backend)
+    m = _open_model(model, backend, kv_type)
     # checked before any work: a bad schema or grammar is one line
     constraint = as_grammar(m.tokenizer, json_schema=_read_text(json_schema) if json_schema else None,
                             grammar=_read_text(grammar) if grammar else None)
@@ -184,7 +186,7 @@ def chat(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
          max_tokens: int = typer.Option(1024, "--max-tokens", "-n", min=1, help="longest reply, in tokens"),
          temp: Temp = 0.8, top_k: TopK = 40, top_p: TopP = 0.95, min_p: MinP = 0.05,
          repeat_penalty: RepeatPenalty = 1.0, repeat_window: RepeatWindow = 64, seed: Seed = None,
-         stop: Stop = None, ctx: Ctx = None, threads: Threads = None, backend: Backend = None,
+         stop: Stop = None, ctx: Ctx = None, threads: Threads = None, backend: Backend = None, kv_type: KvType = None,
          context_overflow: str = typer.Option("shift", "--context-overflow", help="when the context is full: "
                                               "shift (drop the oldest turns) or stop"),
          verbose: bool = typer.Option(False, "--verbose", "-v", help="speeds and context use after each reply"),
@@ -200,7 +202,7 @@ def chat(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
         with open(chat_template, encoding="utf-8") as f:
             template = f.read()
     _set_threads(threads)
-    m = _open_model(model, backend)
+    m = _open_model(model, backend, kv_type)
     settings = Settings(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
                         repeat_penalty=repeat_penalty, repeat_window=repeat_window, seed=seed, max_tokens=max_tokens)
     session = ChatSession(m, system=system, template=template, n_ctx=ctx, overflow=context_overflow,
@@ -216,7 +218,8 @@ def bench(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
           n_gen: int = typer.Option(128, "--n-gen", "-n", min=0, help="generated tokens (tg test); 0 skips"),
           threads: str = typer.Option("1,2", "--threads", "-t", help="comma-separated thread counts"),
           repetitions: int = typer.Option(3, "--repetitions", "-r", min=1),
-          output: str = typer.Option("md", "--output", "-o", help="md, json or csv"), backend: Backend = None):
+          output: str = typer.Option("md", "--output", "-o", help="md, json or csv"), backend: Backend = None,
+          kv_type: KvType = None):
     """Measure prompt and generation speed, like llama-bench."""
     import json
     from llmrun.bench import bench as run_bench
@@ -226,15 +229,15 @@ def bench(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
         raise typer.BadParameter(f"{threads!r} is not a list of numbers", param_hint="--threads") from None
     if output not in ("md", "json", "csv"):
         raise typer.BadParameter(f"{output!r}: use md, json or csv", param_hint="--output")
-    m = _open_model(model, backend)
+    m = _open_model(model, backend, kv_type)
     results = run_bench(m, os.path.basename(m.file.path), n_prompt, n_gen, counts, repetitions)
     if output == "json":
         typer.echo(json.dumps([r.to_dict() for r in results], indent=1))
         return
-    rows = [(r.model, _bytes(r.model_bytes), f"{r.params / 1e6:.1f}M", r.type, r.isa, str(r.threads), r.test,
+    rows = [(r.model, _bytes(r.model_bytes), f"{r.params / 1e6:.1f}M", r.type, r.kv_type, r.isa, str(r.threads), r.test,
              f"{r.avg_ts:.2f} ± {r.stddev_ts:.2f}", f"{r.gb_s:.1f}" if r.gb_s is not None else "")
             for r in results]
-    head = ("model", "size", "params", "type", "isa", "threads", "test", "t/s", "GB/s")
+    head = ("model", "size", "params", "type", "kv", "isa", "threads", "test", "t/s", "GB/s")
     if output == "csv":
         for row in [head, *rows]:
             typer.echo(",".join(row))
@@ -264,14 +267,14 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
           chat_template: Optional[str] = typer.Option(None, "--chat-template", help="Jinja file to use instead of the "
                                                       "model's template (one that renders tools, say)"),
           temp: Temp = 0.8, top_k: TopK = 40, top_p: TopP = 0.95, min_p: MinP = 0.0,
-          repeat_penalty: RepeatPenalty = 1.0, threads: Threads = None, backend: Backend = None):
+          repeat_penalty: RepeatPenalty = 1.0, threads: Threads = None, backend: Backend = None, kv_type: KvType = None):
     """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions,
     /v1/models), decoding concurrent requests together. Sampling options are the defaults for
     requests that leave them out."""
     from llmrun.server import serve as run_server
     template = _read_text(chat_template) if chat_template else None
     _set_threads(threads)
-    m = _open_model(model, backend)
+    m = _open_model(model, backend, kv_type)
     if template is not None:
         m.chat_template = template
     run_server(m, host, port, parallel=parallel, n_ctx=ctx_size, api_key=api_key, max_queue=max_queue,
@@ -424,7 +427,8 @@ def perplexity(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
                kl_divergence: Optional[str] = typer.Option(None, "--kl-divergence",
                                                            help="compare with log-probabilities saved by "
                                                                 "--save-logits: KLD, top-1 agreement, PPL ratio"),
-               output: str = typer.Option("md", "--output", "-o", help="md or json"), backend: Backend = None):
+               output: str = typer.Option("md", "--output", "-o", help="md or json"), backend: Backend = None,
+               kv_type: KvType = None):
     """Perplexity of a text, by llama.cpp's method: chunks of -c tokens, the second half of each scored."""
     import json
     from llmrun import perplexity as ppl
@@ -432,7 +436,7 @@ def perplexity(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
         raise typer.BadParameter(f"{output!r}: use md or json", param_hint="--output")
     text = _read_text(text_file)
     base = ppl.load(kl_divergence) if kl_divergence else None
-    m = _open_model(model, backend)
+    m = _open_model(model, backend, kv_type)
     tokens = m.tokenizer.encode(text)
     bar = _Progress("perplexity")
 

@@ -21,6 +21,7 @@ from .model import Model
 class BenchResult:
     model: str
     type: str  # the type most of the weight bytes are in
+    kv_type: str  # the KV cache's element type (f32, f16)
     model_bytes: int
     params: int
     isa: str
@@ -86,7 +87,7 @@ def bench(model: Model, name: str, n_prompt: int = 512, n_gen: int = 128, thread
             rates = [timer(model, ids) for _ in range(repetitions)]
             avg = statistics.fmean(rates)
             results.append(BenchResult(
-                model=name, type=_main_type(model), model_bytes=size, params=params,
+                model=name, type=_main_type(model), kv_type=model.kv_type, model_bytes=size, params=params,
                 isa=_kernels.isa() if model.backend.name == "cpu" else model.backend.name,
                 threads=n_threads, test=f"{test}{n}", n_tokens=n, avg_ts=avg,
                 stddev_ts=statistics.stdev(rates) if len(rates) > 1 else 0.0,

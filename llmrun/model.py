@@ -99,11 +99,12 @@ def tensor_shapes(cfg: ModelConfig) -> dict[str, tuple]:
 
 class KVCache:
     """Keys and values of every position seen so far, per layer, where the backend keeps them
-    (`store`: host arrays k, v [L, C, Hkv, hd] on the CPU, committed as they are written; device
-    buffers on a GPU), and the token ids at those positions."""
+    (`store`: host arrays k, v [L, C, Hkv, hd] on the CPU, committed as they are written, of
+    element type kv_type; device buffers on a GPU), and the token ids at those positions."""
 
-    def __init__(self, cfg: ModelConfig, n_ctx: int, backend=None):
-        self.store = backend.new_cache(n_ctx) if backend else ops.new_cache(cfg, n_ctx)
+    def __init__(self, cfg: ModelConfig, n_ctx: int, backend=None, kv_type: str = "f32"):
+        self.store = backend.new_cache(n_ctx, kv_type) if backend else ops.new_cache(cfg, n_ctx, kv_type)
+        self.kv_type = kv_type
         self.n_ctx = n_ctx
         self.n = 0  # positions filled
         self.tokens: list[int] = []  # the ids at those positions
@@ -227,9 +228,9 @@ def forward(cfg: ModelConfig, w: Weights, inv_freq: dict, tokens, cache: KVCache
 MIN_DEFAULT_CONTEXT = 2048  # the default context is capped by memory, but not below this
 
 
-def kv_bytes_per_position(cfg: ModelConfig) -> int:
-    """Bytes the KV cache takes per position: float32 keys and values in every layer."""
-    return 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 4
+def kv_bytes_per_position(cfg: ModelConfig, kv_type: str = "f32") -> int:
+    """Bytes the KV cache takes per position: keys and values in every layer, of kv_type."""
+    return 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * np.dtype(backends.KV_DTYPES[kv_type]).itemsize
 
 
 def available_memory() -> int | None:
@@ -251,10 +252,11 @@ def available_memory() -> int | None:
 class Model:
     """A loaded model: config, weights (zero-copy views of the file), tokenizer, chat template."""
 
-    def __init__(self, path: str, huge_pages: bool = False, backend: str = "cpu"):
+    def __init__(self, path: str, huge_pages: bool = False, backend: str = "cpu", kv_type: str = "f32"):
         from .tokenizer import Tokenizer
         if backend not in backends.NAMES:
             raise SettingError(f"unknown backend {backend!r}; known: {', '.join(backends.NAMES)}")
+        self.kv_type = backends.kv_type_checked(kv_type)  # the element type of the caches new_cache makes
         self.path = path
         self.file = LlmrFile(path, huge_pages)
         meta = self.file.metadata
@@ -269,11 +271,12 @@ class Model:
             raise FormatError(f"{path}: the chat template in the metadata is not text; convert the model again")
         self.inv_freq = rope_frequencies(self.config)  # {"global": [rd/2], "local": [rd/2] (Gemma 3)}
         self.backend = backends.bind(backend, self.config, self.weights, self.inv_freq)  # a GPU's upload: once, here
+        backends.kv_type_checked(kv_type, self.backend)
 
     def new_cache(self, n_ctx: int | None = None) -> KVCache:
         """A fresh KV cache for up to n_ctx positions (default: default_context()), on the
         backend's device."""
-        return KVCache(self.config, n_ctx or self.default_context()[0], self.backend)
+        return KVCache(self.config, n_ctx or self.default_context()[0], self.backend, self.kv_type)
 
     def default_context(self, slots: int = 1) -> tuple[int, str | None]:
         """(positions, why they are fewer than the trained context or None): the trained context,
@@ -284,7 +287,7 @@ class Model:
         free = available_memory()
         if free is None:
             return trained, None
-        per_position = kv_bytes_per_position(self.config) * slots
+        per_position = kv_bytes_per_position(self.config, self.kv_type) * slots
         room = (free - os.path.getsize(self.path)) // 2
         fits = max(MIN_DEFAULT_CONTEXT, room // per_position // 1024 * 1024)
         if fits >= trained:
@@ -333,7 +336,7 @@ class Model:
         return self.forward(ids, self.new_cache(len(ids)))
 
 
-def load(path, huge_pages: bool | None = None, backend: str | None = None) -> Model:
+def load(path, huge_pages: bool | None = None, backend: str | None = None, kv_type: str | None = None) -> Model:
     """Open a .llmr file: weights stay in the page cache; nothing is copied or repacked.
     A GGUF file, a Hugging Face checkpoint directory or a Hub name (`org/repo[:QUANT]`, fetched
     with huggingface_hub) is converted into the model cache on first use (see llmrun.store) and
@@ -341,9 +344,12 @@ def load(path, huge_pages: bool | None = None, backend: str | None = None) -> Mo
     variable LLMRUN_HUGEPAGES=1) copies the file into memory backed by transparent huge pages,
     for a file whose cached pages are small (llmrun.format._read_into_huge_pages; a file llmrun
     wrote is read back into huge pages anyway: llmrun.format.drop_cached_pages).
-    `backend` is "cpu", "webgpu" or "cuda" (default: the environment variable LLMRUN_BACKEND, else cpu)."""
+    `backend` is "cpu", "webgpu" or "cuda" (default: the environment variable LLMRUN_BACKEND, else cpu).
+    `kv_type` is the KV caches' element type, "f32" or "f16" (half the memory; the CPU backend
+    only) (default: the environment variable LLMRUN_KV_TYPE, else f32)."""
     from .store import resolve
     path = resolve(str(path), download=True)
     if huge_pages is None:
         huge_pages = os.environ.get("LLMRUN_HUGEPAGES", "") == "1"
-    return Model(path, huge_pages, backend or os.environ.get("LLMRUN_BACKEND") or "cpu")
+    return Model(path, huge_pages, backend or os.environ.get("LLMRUN_BACKEND") or "cpu",
+                 kv_type or os.environ.get("LLMRUN_KV_TYPE") or "f32")

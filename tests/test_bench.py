@@ -13,7 +13,7 @@ def test_bench_reports_pp_and_tg_per_thread_count(tmp_path):
     assert [(x["test"], x["threads"]) for x in rows] == [("pp16", 1), ("tg8", 1), ("pp16", 2), ("tg8", 2)]
     for x in rows:
         assert x["avg_ts"] > 0 and x["stddev_ts"] >= 0 and x["model_bytes"] > 0
-        assert x["type"] == "f16" and x["isa"]
+        assert x["type"] == "f16" and x["kv_type"] == "f32" and x["isa"]
         assert (x["gb_s"] is None) == x["test"].startswith("pp")
     md = run_cli("bench", tmp_path / "hf", "-p", "8", "-n", "4", "-t", "1", "-r", "1", check=True).stdout.splitlines()
     assert md[0].startswith("| model") and len(md) == 4 and "pp8" in md[2] and "tg4" in md[3]

@@ -341,6 +341,17 @@ def test_a_cache_the_device_cannot_hold_is_one_line(models, emulator):
         gpu.new_cache(100000)
 
 
+def test_an_f16_kv_cache_is_refused_on_the_gpu(tiny_models, emulator):
+    """--kv-type f16 is the CPU's: a GPU backend says so in one line, at load and at new_cache."""
+    import llmrun
+    from llmrun.errors import SettingError
+    with pytest.raises(SettingError, match="the cuda backend keeps its KV cache in f32, not f16"):
+        llmrun.load(tiny_models["llama", "q8_0"], backend="cuda", kv_type="f16")
+    gpu = llmrun.load(tiny_models["llama", "q8_0"], backend="cuda")
+    with pytest.raises(SettingError, match="keeps its KV cache in f32, not f16"):
+        gpu.backend.new_cache(8, "f16")
+
+
 def test_old_gpus_and_missing_kernels_are_one_line(kernels, monkeypatch, tiny_models):
     import llmrun
     from llmrun.backends import cuda

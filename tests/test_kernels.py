@@ -600,7 +600,8 @@ def attention_inputs(n_past, t, hq, hkv, hd, window):
 
 def attention_outputs(path):
     """Run in the subprocess: every case on this process's path, on 1 and 2 threads, and the
-    first token alone (from a cache cut after the last position it sees), saved to path."""
+    first token alone (from a cache cut after the last position it sees); and on 1 thread with
+    the caches in f16, and in f32 holding those f16 values: saved to path."""
     out = {"isa": np.array(K.isa())}
     for case in attention_cases():
         q, kc, vc = attention_inputs(*case)
@@ -613,6 +614,12 @@ def attention_outputs(path):
         y = np.full_like(q[:1], np.nan)
         K.attention(y, q[:1], kc[:n_past + 1].copy(), vc[:n_past + 1].copy(), n_past, window)
         out[f"{case}/first"] = y
+        K.set_threads(1)
+        kc16, vc16 = kc.astype(np.float16), vc.astype(np.float16)
+        for key, (k, v) in (("f16", (kc16, vc16)), ("widened", (kc16.astype(np.float32), vc16.astype(np.float32)))):
+            y = np.full_like(q, np.nan)
+            K.attention(y, q, k, v, n_past, window)
+            out[f"{case}/{key}"] = y
     np.savez(path, **out)
 
 
@@ -638,7 +645,8 @@ def attention_paths(tmp_path_factory):
 def test_attention_every_path(attention_paths, isa):
     """Within the path's bound of float64 for every case; bit-identical on 1 and 2 threads;
     causal: no NaN from the positions no token sees, and the first token's output the same
-    from a cache that ends at its own position."""
+    from a cache that ends at its own position. An f16 cache (--kv-type f16) gives what an f32
+    cache of the same values gives, bit for bit (its rows are widened exactly as loaded)."""
     if isa not in attention_paths:
         pytest.skip(f"this CPU cannot run {isa}")
     got = attention_paths[isa]
@@ -648,6 +656,8 @@ def test_attention_every_path(attention_paths, isa):
         one, two = got[f"{case}/1"], got[f"{case}/2"]
         assert one.tobytes() == two.tobytes(), f"{case}: 2 threads differ from 1"
         np.testing.assert_array_equal(got[f"{case}/first"], one[:1], err_msg=f"{case}: first token")
+        assert got[f"{case}/f16"].tobytes() == got[f"{case}/widened"].tobytes(), f"{case}: f16 cache"
+        assert not np.isnan(got[f"{case}/f16"]).any(), f"{case}: f16 cache read an unseen position"
         check_attention(one, q, kc, vc, case[0], attention_bound_for(isa), case[-1])
 
 

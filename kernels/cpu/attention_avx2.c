@@ -5,7 +5,9 @@
  * cache positions, one position per lane, each block of K and V rows loaded once for a tile of
  * up to 4 tokens x the query heads that share it. Not the scalar kernel's arithmetic;
  * tests/test_kernels.py bounds the difference. A row's arithmetic does not depend on which
- * other tokens and heads share its tile, so any split between threads gives the same bits. */
+ * other tokens and heads share its tile, so any split between threads gives the same bits.
+ * An f16 cache is widened as it is loaded (vcvtph2ps, exact), as in attention_avx512.c: the
+ * f32 arithmetic on the same values, so the same bits. */
 #include <immintrin.h>
 #include <math.h>
 
@@ -47,10 +49,31 @@ static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* Elements i .. i + 7 of a cache row as floats. */
+ALWAYS_INLINE __m256 kv_load8(const void *row, int64_t i, int f16) {
+    if (f16)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i)));
+    return _mm256_loadu_ps((const float *)row + i);
+}
+
+/* The same, only the first n (< 8 where m = lanes(n)) read, the other lanes 0: f32 by maskload,
+ * f16 (which has no masked load here) through a copy of its n elements. */
+ALWAYS_INLINE __m256 kv_load_first(const void *row, int64_t i, __m256i m, int64_t n, int f16) {
+    if (f16) {
+        uint16_t h[8] = {0};
+        if (n > 0)
+            memcpy(h, (const uint16_t *)row + i, (size_t)(n < 8 ? n : 8) * 2);
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+    }
+    return _mm256_maskload_ps((const float *)row + i, m);
+}
+
 /* Lane c = dot(q, row[c]) over hd floats: an FMA chain per row, then hsum8. Plain loads where
  * whole vectors fit (maskload is slower: 8.1 -> 6.9 ms for SmolLM2's 512-token prefill), then a
  * masked tail. */
-static inline __m256 dots(const float *q, const float *const row[BLOCK], int64_t hd) {
+ALWAYS_INLINE __m256 dots(const float *q, const void *const row[BLOCK], int64_t hd, int f16) {
     __m256 acc[BLOCK];
     for (int c = 0; c < BLOCK; c++)
         acc[c] = _mm256_setzero_ps();
@@ -58,13 +81,13 @@ static inline __m256 dots(const float *q, const float *const row[BLOCK], int64_t
     for (; i + 8 <= hd; i += 8) {
         const __m256 qv = _mm256_loadu_ps(q + i);
         for (int c = 0; c < BLOCK; c++)
-            acc[c] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(row[c] + i), acc[c]);
+            acc[c] = _mm256_fmadd_ps(qv, kv_load8(row[c], i, f16), acc[c]);
     }
     if (i < hd) {
         const __m256i m = lanes(hd - i);
         const __m256 qv = _mm256_maskload_ps(q + i, m);
         for (int c = 0; c < BLOCK; c++)
-            acc[c] = _mm256_fmadd_ps(qv, _mm256_maskload_ps(row[c] + i, m), acc[c]);
+            acc[c] = _mm256_fmadd_ps(qv, kv_load_first(row[c], i, m, hd - i, f16), acc[c]);
     }
     return hsum8(acc);
 }
@@ -72,8 +95,8 @@ static inline __m256 dots(const float *q, const float *const row[BLOCK], int64_t
 /* For the nr query rows r < nr of one token (sums at o + r * hd, weights at p + r * BLOCK):
  * o_r = f_r * o_r + sum over c < n of p_r[c] * V row c, attention_avx512.c's add_rows_n with
  * two vectors of o per row in registers, as many as AVX2's 16 registers hold for four rows. */
-static inline __attribute__((always_inline)) void add_rows_n(float *o, const __m256 *f, const float *p, int nr,
-                                                             const float *row, int64_t n, int64_t stride, int64_t hd) {
+ALWAYS_INLINE void add_rows_n(float *o, const __m256 *f, const float *p, int nr, const void *row, int64_t n,
+                              int64_t stride, int64_t hd, int f16) {
     for (int64_t i0 = 0; i0 < hd; i0 += 16) {
         __m256i m[2];
         __m256 acc[4][2];
@@ -83,9 +106,9 @@ static inline __attribute__((always_inline)) void add_rows_n(float *o, const __m
                 acc[r][e] = _mm256_mul_ps(_mm256_maskload_ps(o + r * hd + i0 + 8 * e, m[e]), f[r]);
         }
         for (int64_t c = 0; c < n; c++) {
-            const float *vc = row + c * stride + i0;
+            const void *vc = llmr_kv_skip(row, c * stride + i0, f16);
             for (int e = 0; e < 2; e++) {
-                const __m256 x = _mm256_maskload_ps(vc + 8 * e, m[e]);
+                const __m256 x = kv_load_first(vc, 8 * e, m[e], hd - i0 - 8 * e, f16);
                 for (int r = 0; r < nr; r++)
                     acc[r][e] = _mm256_fmadd_ps(_mm256_set1_ps(p[r * BLOCK + c]), x, acc[r][e]);
             }
@@ -97,22 +120,23 @@ static inline __attribute__((always_inline)) void add_rows_n(float *o, const __m
 }
 
 /* add_rows_n for any nr, in groups of at most 4 compiled with their count fixed. */
-static void add_rows(float *o, const __m256 *f, const float *p, int64_t nr, const float *row, int64_t n,
-                     int64_t stride, int64_t hd) {
+ALWAYS_INLINE void add_rows(float *o, const __m256 *f, const float *p, int64_t nr, const void *row, int64_t n,
+                            int64_t stride, int64_t hd, int f16) {
     for (; nr >= 4; nr -= 4, o += 4 * hd, f += 4, p += 4 * BLOCK)
-        add_rows_n(o, f, p, 4, row, n, stride, hd);
+        add_rows_n(o, f, p, 4, row, n, stride, hd, f16);
     if (nr == 3)
-        add_rows_n(o, f, p, 3, row, n, stride, hd);
+        add_rows_n(o, f, p, 3, row, n, stride, hd, f16);
     else if (nr == 2)
-        add_rows_n(o, f, p, 2, row, n, stride, hd);
+        add_rows_n(o, f, p, 2, row, n, stride, hd, f16);
     else if (nr == 1)
-        add_rows_n(o, f, p, 1, row, n, stride, hd);
+        add_rows_n(o, f, p, 1, row, n, stride, hd, f16);
 }
 
 /* attention_avx512.c's attend: a tile of nt tokens x nh query heads of one kv head, each row
  * with the arithmetic of the row alone. */
-static void attend(float *out, float *acc, const float *q, const float *k, const float *v, int64_t nt, int64_t nh,
-                   int64_t q_stride, int64_t hd, int64_t kv_stride, int64_t n_kv, int64_t window, float scale) {
+ALWAYS_INLINE void attend(float *out, float *acc, const float *q, const void *k, const void *v, int64_t nt, int64_t nh,
+                          int64_t q_stride, int64_t hd, int64_t kv_stride, int64_t n_kv, int64_t window, float scale,
+                          int f16) {
     float max[TOKENS * HEADS];  /* per row, the largest score so far */
     __m256 sum[TOKENS * HEADS]; /* per row and lane, the weights so far, relative to e^max */
     for (int64_t r = 0; r < nt * nh; r++) {
@@ -129,9 +153,9 @@ static void attend(float *out, float *acc, const float *q, const float *k, const
         const int64_t n = end - j0 < BLOCK ? end - j0 : BLOCK;
         /* A short last block repeats its last row in the spare lanes, so that the dot loop
          * below always has 8 accumulators (kept in registers); those lanes are masked out. */
-        const float *kr[BLOCK];
+        const void *kr[BLOCK];
         for (int c = 0; c < BLOCK; c++)
-            kr[c] = k + (j0 + (c < n ? c : n - 1)) * kv_stride;
+            kr[c] = llmr_kv_skip(k, (j0 + (c < n ? c : n - 1)) * kv_stride, f16);
         for (int64_t i = j0 < n_kv ? 0 : j0 - n_kv + 1; i < nt && LO(i) < j0 + n; i++) { /* the tokens that see the block */
             const int64_t ni = n_kv + i - j0 < BLOCK ? n_kv + i - j0 : BLOCK;
             __m256 f[HEADS];
@@ -139,7 +163,7 @@ static void attend(float *out, float *acc, const float *q, const float *k, const
             for (int64_t h = 0; h < nh; h++) {
                 const int64_t r = i * nh + h;
                 const __m256 s = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY),
-                                                  _mm256_mul_ps(dots(q + i * q_stride + h * hd, kr, hd),
+                                                  _mm256_mul_ps(dots(q + i * q_stride + h * hd, kr, hd, f16),
                                                                 _mm256_set1_ps(scale)),
                                                   _mm256_castsi256_ps(_mm256_andnot_si256(lanes(LO(i) - j0), lanes(ni))));
                 const float block_max = hmax(s);
@@ -153,7 +177,8 @@ static void attend(float *out, float *acc, const float *q, const float *k, const
             }
             /* V rows from the row's first position in the block: a window's earlier rows are not read */
             const int64_t c0 = LO(i) > j0 ? LO(i) - j0 : 0;
-            add_rows(acc + i * nh * hd, f, pc + c0, nh, v + (j0 + c0) * kv_stride, ni - c0, kv_stride, hd);
+            add_rows(acc + i * nh * hd, f, pc + c0, nh, llmr_kv_skip(v, (j0 + c0) * kv_stride, f16), ni - c0, kv_stride,
+                     hd, f16);
         }
     }
     for (int64_t i = 0; i < nt; i++)
@@ -168,19 +193,5 @@ static void attend(float *out, float *acc, const float *q, const float *k, const
 
 #undef LO
 
-void attention_avx2(float *out, const float *q, const float *k, const float *v, int64_t t, int64_t hq,
-                    int64_t hkv, int64_t hd, int64_t n_past, int64_t window, float scale, int64_t h0, int64_t h1,
-                    float *scratch) {
-    const int64_t group = hq / hkv;
-    for (int64_t t0 = 0, nt; t0 < t; t0 += nt) {
-        nt = t - t0 < TOKENS ? t - t0 : TOKENS;
-        for (int64_t h = h0, nh; h < h1; h += nh) {
-            /* h and the heads after it in [h, h1) that share its kv head, at most HEADS */
-            const int64_t g = h / group, end = (g + 1) * group < h1 ? (g + 1) * group : h1;
-            nh = end - h < HEADS ? end - h : HEADS;
-            const int64_t off = (t0 * hq + h) * hd;
-            attend(out + off, scratch, q + off, k + g * hd, v + g * hd, nt, nh, hq * hd, hd, hkv * hd,
-                   n_past + t0 + 1, window, scale);
-        }
-    }
-}
+#define ATTENTION_ENTRY attention_avx2
+#include "attention_x86.h"

@@ -9,7 +9,11 @@
  * scalar kernel's arithmetic (another sum order, a polynomial exp, a running max);
  * tests/test_kernels.py bounds the difference. A row's arithmetic does not depend on which
  * other tokens and heads share its tile, so any split between threads, or of a prompt into
- * calls, gives the same bits. */
+ * calls, gives the same bits.
+ *
+ * An f16 cache (--kv-type f16) is widened as it is loaded (vcvtph2ps, exact): the same
+ * arithmetic on the same values as an f32 cache holding them, so the same bits, from half the
+ * bytes. The element type is a constant in each compiled copy of the loops. */
 #include <immintrin.h>
 #include <math.h>
 
@@ -41,9 +45,25 @@ static inline __m512 hsum16(const __m512 a[16]) {
                          _mm512_shuffle_f32x4(d[0], d[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* Elements i .. i + 15 of a cache row as floats, the first lanes of m (the others 0). */
+ALWAYS_INLINE __m512 kv_load(const void *row, int64_t i, __mmask16 m, int f16) {
+    if (f16)
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)row + i));
+    return _mm512_maskz_loadu_ps(m, (const float *)row + i);
+}
+
+/* The same, all 16 lanes. */
+ALWAYS_INLINE __m512 kv_load16(const void *row, int64_t i, int f16) {
+    if (f16)
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + i)));
+    return _mm512_loadu_ps((const float *)row + i);
+}
+
 /* Lane c = dot(q, row[c]) over hd floats: an FMA chain per row, then hsum16. Unmasked loads
  * where whole vectors fit (masked ones cost 5% of the prefill here), then a masked tail. */
-static inline __m512 dots(const float *q, const float *const row[BLOCK], int64_t hd) {
+ALWAYS_INLINE __m512 dots(const float *q, const void *const row[BLOCK], int64_t hd, int f16) {
     __m512 acc[BLOCK];
     for (int c = 0; c < BLOCK; c++)
         acc[c] = _mm512_setzero_ps();
@@ -51,13 +71,13 @@ static inline __m512 dots(const float *q, const float *const row[BLOCK], int64_t
     for (; i + 16 <= hd; i += 16) {
         const __m512 qv = _mm512_loadu_ps(q + i);
         for (int c = 0; c < BLOCK; c++)
-            acc[c] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(row[c] + i), acc[c]);
+            acc[c] = _mm512_fmadd_ps(qv, kv_load16(row[c], i, f16), acc[c]);
     }
     if (i < hd) {
         const __mmask16 m = lanes(hd - i);
         const __m512 qv = _mm512_maskz_loadu_ps(m, q + i);
         for (int c = 0; c < BLOCK; c++)
-            acc[c] = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, row[c] + i), acc[c]);
+            acc[c] = _mm512_fmadd_ps(qv, kv_load(row[c], i, m, f16), acc[c]);
     }
     return hsum16(acc);
 }
@@ -68,8 +88,8 @@ static inline __m512 dots(const float *q, const float *const row[BLOCK], int64_t
  * depends on the data. One FMA chain per vector of o, over c in order, whatever nr: each V
  * vector is loaded once for all the rows, and rows x 4 vectors of o stay in registers, enough
  * chains in flight to hide the FMA latency. */
-static inline __attribute__((always_inline)) void add_rows_n(float *o, const __m512 *f, const float *p, int nr,
-                                                             const float *row, int64_t n, int64_t stride, int64_t hd) {
+ALWAYS_INLINE void add_rows_n(float *o, const __m512 *f, const float *p, int nr, const void *row, int64_t n,
+                              int64_t stride, int64_t hd, int f16) {
     for (int64_t i0 = 0; i0 < hd; i0 += 64) {
         __mmask16 m[4];
         __m512 acc[4][4];
@@ -79,9 +99,9 @@ static inline __attribute__((always_inline)) void add_rows_n(float *o, const __m
                 acc[r][e] = _mm512_mul_ps(_mm512_maskz_loadu_ps(m[e], o + r * hd + i0 + 16 * e), f[r]);
         }
         for (int64_t c = 0; c < n; c++) {
-            const float *vc = row + c * stride + i0;
+            const void *vc = llmr_kv_skip(row, c * stride + i0, f16);
             for (int e = 0; e < 4; e++) {
-                const __m512 x = _mm512_maskz_loadu_ps(m[e], vc + 16 * e);
+                const __m512 x = kv_load(vc, 16 * e, m[e], f16);
                 for (int r = 0; r < nr; r++)
                     acc[r][e] = _mm512_fmadd_ps(_mm512_set1_ps(p[r * BLOCK + c]), x, acc[r][e]);
             }
@@ -93,16 +113,16 @@ static inline __attribute__((always_inline)) void add_rows_n(float *o, const __m
 }
 
 /* add_rows_n for any nr, in groups of at most 4 compiled with their count fixed. */
-static void add_rows(float *o, const __m512 *f, const float *p, int64_t nr, const float *row, int64_t n,
-                     int64_t stride, int64_t hd) {
+ALWAYS_INLINE void add_rows(float *o, const __m512 *f, const float *p, int64_t nr, const void *row, int64_t n,
+                            int64_t stride, int64_t hd, int f16) {
     for (; nr >= 4; nr -= 4, o += 4 * hd, f += 4, p += 4 * BLOCK)
-        add_rows_n(o, f, p, 4, row, n, stride, hd);
+        add_rows_n(o, f, p, 4, row, n, stride, hd, f16);
     if (nr == 3)
-        add_rows_n(o, f, p, 3, row, n, stride, hd);
+        add_rows_n(o, f, p, 3, row, n, stride, hd, f16);
     else if (nr == 2)
-        add_rows_n(o, f, p, 2, row, n, stride, hd);
+        add_rows_n(o, f, p, 2, row, n, stride, hd, f16);
     else if (nr == 1)
-        add_rows_n(o, f, p, 1, row, n, stride, hd);
+        add_rows_n(o, f, p, 1, row, n, stride, hd, f16);
 }
 
 /* In decode the cache comes from memory (a step's weights have streamed through the caches
@@ -110,12 +130,12 @@ static void add_rows(float *o, const __m512 *f, const float *p, int64_t nr, cons
  * PREFETCH_BLOCKS ahead keeps more of them in flight. SmolLM2, 30 layers at 600 positions, a
  * cold cache: 2.16 -> 1.74 ms (4 and 8 blocks ahead: no better). */
 #define PREFETCH_BLOCKS 2
-static inline void prefetch_block(const float *k, const float *v, int64_t j0, int64_t end, int64_t kv_stride,
-                                  int64_t hd) {
+ALWAYS_INLINE void prefetch_block(const void *k, const void *v, int64_t j0, int64_t end, int64_t kv_stride,
+                                  int64_t hd, int f16) {
     for (int64_t j = j0; j < j0 + BLOCK && j < end; j++)
-        for (int64_t i = 0; i < hd; i += 16) {
-            _mm_prefetch((const char *)(k + j * kv_stride + i), _MM_HINT_T0);
-            _mm_prefetch((const char *)(v + j * kv_stride + i), _MM_HINT_T0);
+        for (int64_t i = 0; i < hd; i += f16 ? 32 : 16) { /* a 64-byte line at a time */
+            _mm_prefetch((const char *)llmr_kv_skip(k, j * kv_stride + i, f16), _MM_HINT_T0);
+            _mm_prefetch((const char *)llmr_kv_skip(v, j * kv_stride + i, f16), _MM_HINT_T0);
         }
 }
 
@@ -127,8 +147,9 @@ static inline void prefetch_block(const float *k, const float *v, int64_t j0, in
  * own), so no result depends on which tokens or heads share its tile. The running sums live
  * in acc (nt * nh * hd floats, this thread's own), not in out, which neighbouring heads on
  * other threads may share cache lines with. */
-static void attend(float *out, float *acc, const float *q, const float *k, const float *v, int64_t nt, int64_t nh,
-                   int64_t q_stride, int64_t hd, int64_t kv_stride, int64_t n_kv, int64_t window, float scale) {
+ALWAYS_INLINE void attend(float *out, float *acc, const float *q, const void *k, const void *v, int64_t nt, int64_t nh,
+                          int64_t q_stride, int64_t hd, int64_t kv_stride, int64_t n_kv, int64_t window, float scale,
+                          int f16) {
     float max[TOKENS * HEADS];  /* per row, the largest score so far */
     __m512 sum[TOKENS * HEADS]; /* per row and lane, the weights so far, relative to e^max */
     for (int64_t r = 0; r < nt * nh; r++) {
@@ -144,12 +165,12 @@ static void attend(float *out, float *acc, const float *q, const float *k, const
     for (int64_t j0 = LO(0) / BLOCK * BLOCK; j0 < end; j0 += BLOCK) {
         const int64_t n = end - j0 < BLOCK ? end - j0 : BLOCK;
         if (nt == 1) /* decode; a prefill tile reads its blocks from the cache the last tile warmed */
-            prefetch_block(k, v, j0 + PREFETCH_BLOCKS * BLOCK, end, kv_stride, hd);
+            prefetch_block(k, v, j0 + PREFETCH_BLOCKS * BLOCK, end, kv_stride, hd, f16);
         /* A short last block repeats its last row in the spare lanes, so that the dot loop
          * below always has 16 accumulators (kept in registers); those lanes are masked out. */
-        const float *kr[BLOCK];
+        const void *kr[BLOCK];
         for (int c = 0; c < BLOCK; c++)
-            kr[c] = k + (j0 + (c < n ? c : n - 1)) * kv_stride;
+            kr[c] = llmr_kv_skip(k, (j0 + (c < n ? c : n - 1)) * kv_stride, f16);
         for (int64_t i = j0 < n_kv ? 0 : j0 - n_kv + 1; i < nt && LO(i) < j0 + n; i++) { /* the tokens that see the block */
             const int64_t ni = n_kv + i - j0 < BLOCK ? n_kv + i - j0 : BLOCK;
             __m512 f[HEADS];
@@ -157,7 +178,7 @@ static void attend(float *out, float *acc, const float *q, const float *k, const
             for (int64_t h = 0; h < nh; h++) {
                 const int64_t r = i * nh + h;
                 const __m512 s = _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), lanes(ni) & ~lanes(LO(i) - j0),
-                                                    dots(q + i * q_stride + h * hd, kr, hd), _mm512_set1_ps(scale));
+                                                    dots(q + i * q_stride + h * hd, kr, hd, f16), _mm512_set1_ps(scale));
                 const float block_max = _mm512_reduce_max_ps(s);
                 const float new_max = block_max > max[r] ? block_max : max[r];
                 /* what was summed, rescaled to the new max (first block: by 0) */
@@ -169,7 +190,8 @@ static void attend(float *out, float *acc, const float *q, const float *k, const
             }
             /* V rows from the row's first position in the block: a window's earlier rows are not read */
             const int64_t c0 = LO(i) > j0 ? LO(i) - j0 : 0;
-            add_rows(acc + i * nh * hd, f, pc + c0, nh, v + (j0 + c0) * kv_stride, ni - c0, kv_stride, hd);
+            add_rows(acc + i * nh * hd, f, pc + c0, nh, llmr_kv_skip(v, (j0 + c0) * kv_stride, f16), ni - c0, kv_stride,
+                     hd, f16);
         }
     }
     for (int64_t i = 0; i < nt; i++)
@@ -184,19 +206,5 @@ static void attend(float *out, float *acc, const float *q, const float *k, const
 
 #undef LO
 
-void attention_avx512(float *out, const float *q, const float *k, const float *v, int64_t t, int64_t hq,
-                      int64_t hkv, int64_t hd, int64_t n_past, int64_t window, float scale, int64_t h0, int64_t h1,
-                      float *scratch) {
-    const int64_t group = hq / hkv;
-    for (int64_t t0 = 0, nt; t0 < t; t0 += nt) {
-        nt = t - t0 < TOKENS ? t - t0 : TOKENS;
-        for (int64_t h = h0, nh; h < h1; h += nh) {
-            /* h and the heads after it in [h, h1) that share its kv head, at most HEADS */
-            const int64_t g = h / group, end = (g + 1) * group < h1 ? (g + 1) * group : h1;
-            nh = end - h < HEADS ? end - h : HEADS;
-            const int64_t off = (t0 * hq + h) * hd;
-            attend(out + off, scratch, q + off, k + g * hd, v + g * hd, nt, nh, hq * hd, hd, hkv * hd,
-                   n_past + t0 + 1, window, scale);
-        }
-    }
-}
+#define ATTENTION_ENTRY attention_avx512
+#include "attention_x86.h"

@@ -65,6 +65,17 @@ static void add_sublayer_(const llmr_kernels *kern, const llmr_model *m, float *
     add_(x, h, t * m->dim);
 }
 
+/* n new keys or values into a cache row: copied (f32), or rounded to nearest even (f16). */
+static void store_kv(void *cache, const float *x, int64_t n, int f16) {
+    if (!f16) {
+        memcpy(cache, x, (size_t)n * sizeof(float));
+        return;
+    }
+    uint16_t *h = cache;
+    for (int64_t i = 0; i < n; i++)
+        h[i] = llmr_f32_to_f16(x[i]);
+}
+
 static size_t matmul_scratch(const llmr_weight *w, int64_t t) {
     return llmr_matmul_scratch(llmr_type_traits_get(w->type), t, w->cols);
 }
@@ -160,10 +171,13 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_s
          * queries over that cache alone */
         for (int64_t s = 0, off = 0; s < n_segs; off += segs[s++].t) {
             const llmr_segment *S = &segs[s];
-            float *kc = S->k_cache + l * S->n_ctx * kv_dim, *vc = S->v_cache + l * S->n_ctx * kv_dim; /* [C, Hkv, hd] */
-            memcpy(kc + S->n_past * kv_dim, k + off * kv_dim, (size_t)(S->t * kv_dim) * sizeof(float));
-            memcpy(vc + S->n_past * kv_dim, v + off * kv_dim, (size_t)(S->t * kv_dim) * sizeof(float));
+            const int64_t es = S->kv_f16 ? 2 : 4; /* bytes an element */
+            uint8_t *kc = (uint8_t *)S->k_cache + l * S->n_ctx * kv_dim * es; /* [C, Hkv, hd] */
+            uint8_t *vc = (uint8_t *)S->v_cache + l * S->n_ctx * kv_dim * es;
+            store_kv(kc + S->n_past * kv_dim * es, k + off * kv_dim, S->t * kv_dim, S->kv_f16);
+            store_kv(vc + S->n_past * kv_dim * es, v + off * kv_dim, S->t * kv_dim, S->kv_f16);
             att_seqs[s].out = a + off * q_dim, att_seqs[s].q = q + off * q_dim, att_seqs[s].k = kc, att_seqs[s].v = vc;
+            att_seqs[s].kv_f16 = S->kv_f16;
         }
         llmr_attention(kern, att_seqs, n_segs, H, Hkv, hd, L->window, m->attn_scale, att_scratch, att_slots);
         matmul(kern, &L->wo, h, a, t, act_scratch);

@@ -42,36 +42,46 @@ void rope_ref(float *x, const float *cos_t, const float *sin_t, int64_t t, int64
         }
 }
 
-static float dot(const float *a, const float *b, int64_t n) {
+/* Element i of a cache row: f32, or f16 widened (exactly) where f16. */
+static inline float kv_at(const void *row, int64_t i, int f16) {
+    if (f16) {
+        uint16_t h;
+        memcpy(&h, (const uint8_t *)row + 2 * i, 2);
+        return llmr_f16_to_f32(h);
+    }
+    return ((const float *)row)[i];
+}
+
+static float dot(const float *a, const void *b, int f16, int64_t n) {
     float acc[4] = {0};
     int64_t i = 0;
     for (; i + 4 <= n; i += 4)
         for (int l = 0; l < 4; l++)
-            acc[l] += a[i + l] * b[i + l];
+            acc[l] += a[i + l] * kv_at(b, i + l, f16);
     for (; i < n; i++)
-        acc[0] += a[i] * b[i];
+        acc[0] += a[i] * kv_at(b, i, f16);
     return (acc[0] + acc[2]) + (acc[1] + acc[3]);
 }
 
-void attention_ref(float *out, const float *q, const float *k, const float *v, int64_t t,
+void attention_ref(float *out, const float *q, const void *k, const void *v, int kv_f16, int64_t t,
                    int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, int64_t window, float scale,
                    int64_t h0, int64_t h1, float *scratch) {
     float *scores = scratch, *acc = scratch + n_past + t; /* acc: one head's sums, out of out */
     const int64_t group = hq / hkv; /* query heads per kv head */
-    const int64_t kv_stride = hkv * hd; /* floats between positions in the cache */
+    const int64_t kv_stride = hkv * hd; /* elements between positions in the cache */
     for (int64_t ti = 0; ti < t; ti++) {
         const int64_t end = n_past + ti + 1; /* causal: positions .. n_past + ti */
         const int64_t start = window > 0 && end > window ? end - window : 0; /* a sliding window's first */
         const int64_t n_kv = end - start;
         for (int64_t h = h0; h < h1; h++) {
             const float *qh = q + (ti * hq + h) * hd;
-            const float *kh = k + start * kv_stride + (h / group) * hd;
-            const float *vh = v + start * kv_stride + (h / group) * hd;
+            const int64_t first = start * kv_stride + (h / group) * hd; /* the kv head's row at start */
+            const void *kh = llmr_kv_skip(k, first, kv_f16), *vh = llmr_kv_skip(v, first, kv_f16);
             float *oh = out + (ti * hq + h) * hd;
 
             float max = -INFINITY;
             for (int64_t j = 0; j < n_kv; j++) {
-                scores[j] = dot(qh, kh + j * kv_stride, hd) * scale;
+                scores[j] = dot(qh, llmr_kv_skip(kh, j * kv_stride, kv_f16), kv_f16, hd) * scale;
                 max = scores[j] > max ? scores[j] : max;
             }
             /* Subtracting the max keeps every exp in (0, 1], so nothing overflows. */
@@ -85,9 +95,9 @@ void attention_ref(float *out, const float *q, const float *k, const float *v, i
                 acc[i] = 0.0f;
             for (int64_t j = 0; j < n_kv; j++) {
                 const float p = scores[j] * inv_sum;
-                const float *vj = vh + j * kv_stride;
+                const void *vj = llmr_kv_skip(vh, j * kv_stride, kv_f16);
                 for (int64_t i = 0; i < hd; i++)
-                    acc[i] += p * vj[i];
+                    acc[i] += p * kv_at(vj, i, kv_f16);
             }
             memcpy(oh, acc, (size_t)hd * sizeof(float));
         }

@@ -411,7 +411,9 @@ typedef struct {
      * head's hd elements (the rest kept: a partial rotary, Phi-4-mini), by the angles of
      * llmr_rope_table [t][rd / 2] */
     void (*rope)(float *x, const float *cos_t, const float *sin_t, int64_t t, int64_t h, int64_t hd, int64_t rd);
-    /* out [t][hq][hd]: causal grouped-query attention of q over k, v [n_ctx][hkv][hd], scores
+    /* out [t][hq][hd]: causal grouped-query attention of q over k, v [n_ctx][hkv][hd] (f32, or
+     * f16 where kv_f16: widened exactly as they are loaded, so the result is the f32 kernel's on
+     * the widened cache, bit for bit), scores
      * q.k * scale; token i sees positions 0 .. n_past + i, or with window > 0 only the last
      * `window` of them (a sliding window: n_past + i - window + 1 .. n_past + i). Only query
      * heads [h0, h1) are computed, each with the same arithmetic whatever the range, so ranges
@@ -419,7 +421,7 @@ typedef struct {
      * scratch: n_past + t + LLMR_ATTENTION_TOKENS * hq * hd floats of this call's own (a row of
      * scores, and running sums kept out of out, whose cache lines neighbouring heads on other
      * threads may share). */
-    void (*attention)(float *out, const float *q, const float *k, const float *v, int64_t t,
+    void (*attention)(float *out, const float *q, const void *k, const void *v, int kv_f16, int64_t t,
                       int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, int64_t window, float scale,
                       int64_t h0, int64_t h1, float *scratch);
     /* out = silu(gate) * up */
@@ -538,7 +540,7 @@ void rope_ref(float *x, const float *cos_t, const float *sin_t, int64_t t, int64
  * factor; 1 otherwise), for rope: once per forward call, not once per layer and head. */
 void llmr_rope_table(float *cos_t, float *sin_t, const int32_t *pos, const float *inv_freq, int64_t t,
                      int64_t half, float mscale);
-void attention_ref(float *out, const float *q, const float *k, const float *v, int64_t t,
+void attention_ref(float *out, const float *q, const void *k, const void *v, int kv_f16, int64_t t,
                    int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, int64_t window, float scale,
                    int64_t h0, int64_t h1, float *scratch);
 void silu_mul_ref(float *out, const float *gate, const float *up, int64_t n);
@@ -547,7 +549,7 @@ void gelu_mul_ref(float *out, const float *gate, const float *up, int64_t n);
 /* ---- x86-64 SIMD kernels (*_avx2.c, *_avx512.c; built and called only on x86-64) ---------- */
 
 /* AVX2 + FMA + F16C */
-void attention_avx2(float *out, const float *q, const float *k, const float *v, int64_t t, int64_t hq,
+void attention_avx2(float *out, const float *q, const void *k, const void *v, int kv_f16, int64_t t, int64_t hq,
                     int64_t hkv, int64_t hd, int64_t n_past, int64_t window, float scale, int64_t h0, int64_t h1,
                     float *scratch);
 void quantize_row_q16_a_avx2(const float *x, block_q16_a *y, int64_t k);
@@ -565,7 +567,7 @@ void vec_dot_q4_K_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q6_K_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 
 /* AVX-512 F + BW + VL; the _avx512vnni dots are the same source built with VNNI */
-void attention_avx512(float *out, const float *q, const float *k, const float *v, int64_t t, int64_t hq,
+void attention_avx512(float *out, const float *q, const void *k, const void *v, int kv_f16, int64_t t, int64_t hq,
                       int64_t hkv, int64_t hd, int64_t n_past, int64_t window, float scale, int64_t h0, int64_t h1,
                       float *scratch);
 void quantize_row_q16_a_avx512(const float *x, block_q16_a *y, int64_t k);
@@ -760,12 +762,20 @@ int64_t llmr_get_rows(int type, int layout, float *out, const void *w, int64_t r
 /* ---- threaded attention (attention.c) ------------------------------------------------------ */
 
 /* One sequence's attention in a layer: its t new tokens' queries q [t][hq*hd] over its own cache
- * k, v [C][hkv*hd] (positions 0 .. n_past + t - 1 filled), into out [t][hq*hd]. */
+ * k, v [C][hkv*hd] (positions 0 .. n_past + t - 1 filled; f16 where kv_f16, else f32), into
+ * out [t][hq*hd]. */
 typedef struct {
     float *out;
-    const float *q, *k, *v;
+    const float *q;
+    const void *k, *v;
+    int kv_f16;
     int64_t t, n_past;
 } llmr_attention_seq;
+
+/* n elements on from p in a KV cache of f32 elements, or of f16 ones where f16. */
+static inline const void *llmr_kv_skip(const void *p, int64_t n, int f16) {
+    return (const uint8_t *)p + n * (f16 ? 2 : 4);
+}
 
 /* The table's attention kernel on the pool for n sequences in one job, in units of tokens and a
  * range of query heads. scratch: slots * llmr_attention_scratch(...) floats, with slots =
@@ -818,12 +828,14 @@ typedef struct {
 } llmr_model;
 
 /* One sequence's part of a forward pass: tokens[0 .. t) at positions n_past .. of its own caches
- * k_cache, v_cache [n_layers][n_ctx][n_kv_heads][head_dim], with logits wanted from its token
- * `first` on (0 <= first < t). */
+ * k_cache, v_cache [n_layers][n_ctx][n_kv_heads][head_dim] (f32, or f16 where kv_f16: new rows
+ * rounded to nearest even, as numpy's astype(float16)), with logits wanted from its token `first`
+ * on (0 <= first < t). */
 typedef struct {
     const int32_t *tokens;
     int64_t t, n_past, n_ctx, first;
-    float *k_cache, *v_cache;
+    void *k_cache, *v_cache;
+    int kv_f16;
 } llmr_segment;
 
 /* llmrun/model.py's forward() for n_segs >= 1 segments at once (one segment: a plain prefill or

@@ -17,7 +17,7 @@ static const llmr_kernels *kern; /* chosen once, at import */
 
 /* ---- buffer checking ------------------------------------------------------------------------ */
 
-enum kind { RAW, F32, F64, I32 };
+enum kind { RAW, F32, F64, I32, KV }; /* KV: a KV cache's float32 or float16 */
 
 /* "(2, 3, 4)" for messages. */
 static const char *shape_str(const Py_buffer *v, char *buf, size_t size) {
@@ -61,9 +61,13 @@ static int get_buffer(PyObject *obj, Py_buffer *v, const char *name, enum kind k
         problem = "must be float64";
     else if (kind == I32 && !((f == 'i' || f == 'l') && v->itemsize == 4))
         problem = "must be int32";
+    else if (kind == KV && !((f == 'f' && v->itemsize == 4) || (f == 'e' && v->itemsize == 2)))
+        problem = "must be float32 or float16";
+    else if (kind == KV && (uintptr_t)v->buf % (uintptr_t)v->itemsize)
+        problem = "must be aligned to its elements";
     else if (kind == F64 && (uintptr_t)v->buf % 8)
         problem = "must be 8-byte aligned";
-    else if (kind != RAW && (uintptr_t)v->buf % 4)
+    else if (kind != RAW && kind != KV && (uintptr_t)v->buf % 4)
         problem = "must be 4-byte aligned";
     else if (kind != RAW && (v->ndim < min_ndim || v->ndim > max_ndim)) {
         char s[160];
@@ -462,6 +466,15 @@ done:
     return ret;
 }
 
+/* 1 for float16 caches, 0 for float32 ones, -1 (an error set) where k's and v's differ. */
+static int kv_f16_of(const Py_buffer *k, const Py_buffer *v, const char *name) {
+    if (k->itemsize != v->itemsize) {
+        PyErr_Format(PyExc_ValueError, "%s: the key and value caches must have one element type", name);
+        return -1;
+    }
+    return k->itemsize == 2;
+}
+
 static PyObject *py_attention(PyObject *self, PyObject *args) {
     PyObject *o_out, *o_q, *o_k, *o_v;
     Py_ssize_t n_past, window = 0;
@@ -476,7 +489,10 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
     PyObject *ret = NULL;
     float *scratch = NULL;
     if (get_buffer(o_out, out, "out", F32, 1, 3, 3) || get_buffer(o_q, q, "q", F32, 0, 3, 3) ||
-        get_buffer(o_k, kc, "k_cache", F32, 0, 3, 3) || get_buffer(o_v, vc, "v_cache", F32, 0, 3, 3))
+        get_buffer(o_k, kc, "k_cache", KV, 0, 3, 3) || get_buffer(o_v, vc, "v_cache", KV, 0, 3, 3))
+        goto done;
+    const int kv_f16 = kv_f16_of(kc, vc, "attention");
+    if (kv_f16 < 0)
         goto done;
     const Py_ssize_t t = q->shape[0], hq = q->shape[1], hd = q->shape[2];
     const Py_ssize_t n_ctx = kc->shape[0], hkv = kc->shape[1];
@@ -502,7 +518,7 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
         check_disjoint(out, vc, "out and v_cache", 0))
         goto done;
     /* Scratch for each slot (thread) working at once. */
-    const llmr_attention_seq seq = {out->buf, q->buf, kc->buf, vc->buf, t, n_past};
+    const llmr_attention_seq seq = {out->buf, q->buf, kc->buf, vc->buf, kv_f16, t, n_past};
     const int64_t slots = llmr_attention_slots(&seq, 1, hq, hd);
     if (!(scratch = malloc((size_t)slots * (size_t)llmr_attention_scratch(&seq, 1, hq, hd) * sizeof(float)))) {
         PyErr_NoMemory();
@@ -967,8 +983,11 @@ static int take_segment(const llmr_model *m, PyObject *obj, Py_ssize_t s, Py_buf
     }
     Py_buffer *tokens = &views[3 * s], *kc = tokens + 1, *vc = tokens + 2;
     if (!PyArg_ParseTuple(obj, "OnOOn:forward segment", &o_tokens, &n_past, &o_k, &o_v, &first) ||
-        get_buffer(o_tokens, tokens, name[0], I32, 0, 1, 1) || get_buffer(o_k, kc, name[1], F32, 1, 4, 4) ||
-        get_buffer(o_v, vc, name[2], F32, 1, 4, 4))
+        get_buffer(o_tokens, tokens, name[0], I32, 0, 1, 1) || get_buffer(o_k, kc, name[1], KV, 1, 4, 4) ||
+        get_buffer(o_v, vc, name[2], KV, 1, 4, 4))
+        return -1;
+    const int kv_f16 = kv_f16_of(kc, vc, name[1]);
+    if (kv_f16 < 0)
         return -1;
     const Py_ssize_t t = tokens->shape[0], n_ctx = kc->shape[1];
     const Py_ssize_t cache[4] = {m->n_layers, n_ctx, m->n_kv_heads, m->head_dim};
@@ -994,7 +1013,7 @@ static int take_segment(const llmr_model *m, PyObject *obj, Py_ssize_t s, Py_buf
                 return -1;
             }
     segs[s] = (llmr_segment){.tokens = tokens->buf, .t = t, .n_past = n_past, .n_ctx = n_ctx, .first = first,
-                             .k_cache = kc->buf, .v_cache = vc->buf};
+                             .k_cache = kc->buf, .v_cache = vc->buf, .kv_f16 = kv_f16};
     return 0;
 }
 
@@ -1069,7 +1088,7 @@ static PyMethodDef methods[] = {
     {"forward", py_forward, METH_VARARGS,
      "forward(graph, segments, logits): llmrun.model.forward in C, over one or more sequences at once.\n"
      "segments: (tokens, n_past, k_cache, v_cache, first) each; tokens int32 [T]; caches float32\n"
-     "[layers, n_ctx, kv_heads, head_dim] of their own, rows n_past .. written. logits float32\n"
+     "or float16 (both alike) [layers, n_ctx, kv_heads, head_dim] of their own, rows n_past .. written. logits float32\n"
      "[sum(T - first), V]: each segment's, of its tokens first .. T-1, segment after segment."},
     {"matmul", py_matmul, METH_VARARGS,
      "matmul(out, x, w, wtype, layout=0): out[t, n] = dot(W[n], x[t]). x float32 [T, K] or [K]; out float32\n"
@@ -1099,7 +1118,7 @@ static PyMethodDef methods[] = {
      "rotate; cos and sin are scaled by mscale (LongRoPE's attention factor)."},
     {"attention", py_attention, METH_VARARGS,
      "attention(out, q, k_cache, v_cache, n_past, window=0, scale=hd**-0.5): causal grouped-query\n"
-     "attention. q, out float32 [T, Hq, hd]; caches float32 [n_ctx, Hkv, hd] holding positions\n"
+     "attention. q, out float32 [T, Hq, hd]; caches float32 or float16 [n_ctx, Hkv, hd] holding positions\n"
      "0 .. n_past+T-1; window > 0: each token sees its last `window` positions only."},
     {"silu_mul", py_silu_mul, METH_VARARGS,
      "silu_mul(out, gate, up): out = gate * sigmoid(gate) * up, all float32 of one shape."},

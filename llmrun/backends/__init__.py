@@ -5,7 +5,10 @@ backend it has:
     name                 "cpu", "webgpu" or "cuda"
     max_segments         sequences one forward may run together (None: any number)
     cpu_threads          whether the CPU's thread count sets its speed (bench sweeps threads then)
-    new_cache(n_ctx)     a context's keys and values, where this backend keeps them
+    kv_types             the KV cache element types it keeps (KV_DTYPES' names): "f32"; the CPU
+                         also "f16"
+    new_cache(n_ctx, kv_type="f32")
+                         a context's keys and values, where this backend keeps them
     forward(runs)        runs: [(ids int32 [T], n_past, cache, first)], at most max_segments of
                          them; writes each cache's rows n_past .. n_past + T - 1 and returns the
                          logits [T - first, V] of each run's tokens from `first` on
@@ -20,6 +23,21 @@ from ..errors import SettingError
 
 NAMES = ("cpu", "webgpu", "cuda")
 GPU_NAMES = ("webgpu", "cuda")
+
+# A KV cache's element types, by the name --kv-type takes: numpy's dtype of each. f32 keeps the
+# keys and values as the graph computes them; f16 rounds them to nearest even as they are
+# stored, for half the memory and half the bytes a long context's attention reads.
+KV_DTYPES = {"f32": "float32", "f16": "float16"}
+
+
+def kv_type_checked(kv_type: str, backend=None) -> str:
+    """kv_type, if it names a KV cache element type (and, given a bound backend, one it keeps)."""
+    if kv_type not in KV_DTYPES:
+        raise SettingError(f"unknown KV cache type {kv_type!r}; known: {', '.join(KV_DTYPES)}")
+    if backend is not None and kv_type not in backend.kv_types:
+        raise SettingError(f"the {backend.name} backend keeps its KV cache in {', '.join(backend.kv_types)}, "
+                           f"not {kv_type}")
+    return kv_type
 
 
 def device(name: str):

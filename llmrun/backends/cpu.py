@@ -14,6 +14,7 @@ import numpy as np
 from .. import _kernels as K
 from ..errors import ContextError
 from ..format import Tensor, advise
+from . import KV_DTYPES, kv_type_checked
 
 
 def matmul(w: Tensor, x: np.ndarray) -> np.ndarray:
@@ -117,31 +118,33 @@ def threads() -> int:
     return K.get_threads()
 
 
-def _lazy_zeros(shape: tuple) -> np.ndarray:
-    """float32 zeros in fresh anonymous memory, committed a small page at a time as it is
+def _lazy_zeros(shape: tuple, dtype: str = "float32") -> np.ndarray:
+    """Zeros of dtype in fresh anonymous memory, committed a small page at a time as it is
     written. (np.zeros asks Linux for 2 MiB huge pages on large arrays: a KV cache's first token
     would then commit 2 MiB per layer for K and V alike, ~120 MiB for SmolLM2, and zeroing them
     made its first prefill 20x slower.)"""
-    size = int(np.prod(shape, dtype=np.int64)) * 4
-    buf = mmap.mmap(-1, max(size, 1))
+    count = int(np.prod(shape, dtype=np.int64))
+    buf = mmap.mmap(-1, max(count * np.dtype(dtype).itemsize, 1))
     advise(buf, "MADV_NOHUGEPAGE")
-    return np.frombuffer(buf, dtype=np.float32, count=size // 4).reshape(shape)
+    return np.frombuffer(buf, dtype=dtype, count=count).reshape(shape)
 
 
 @dataclass
 class Cache:
     """A context's keys and values in host memory, pages committed as they are written."""
-    k: np.ndarray  # [L, C, Hkv, hd]
-    v: np.ndarray  # [L, C, Hkv, hd]
+    k: np.ndarray  # [L, C, Hkv, hd], float32 or float16
+    v: np.ndarray  # [L, C, Hkv, hd], the same
 
 
-def new_cache(cfg, n_ctx: int) -> Cache:
-    """Host keys and values for n_ctx positions of a model of config `cfg`."""
+def new_cache(cfg, n_ctx: int, kv_type: str = "f32") -> Cache:
+    """Host keys and values for n_ctx positions of a model of config `cfg`, of element type
+    kv_type (llmrun.backends.KV_DTYPES)."""
     shape = (cfg.n_layers, n_ctx, cfg.n_kv_heads, cfg.head_dim)
+    dtype = KV_DTYPES[kv_type_checked(kv_type)]
     try:
-        return Cache(_lazy_zeros(shape), _lazy_zeros(shape))
+        return Cache(_lazy_zeros(shape, dtype), _lazy_zeros(shape, dtype))
     except (MemoryError, OSError, OverflowError):  # even unbacked: a context past what the machine can map
-        size = 8 * np.prod(shape, dtype=np.float64)
+        size = 2 * np.dtype(dtype).itemsize * np.prod(shape, dtype=np.float64)
         raise ContextError(f"a KV cache for {n_ctx} positions takes {size / 2**30:.1f} GiB, more than "
                            "this machine can map: use a smaller context (--ctx)") from None
 
@@ -151,13 +154,14 @@ class Backend:
     name = "cpu"
     max_segments = None  # any number: one call reads every weight once for all of them
     cpu_threads = True
+    kv_types = tuple(KV_DTYPES)  # the attention kernels widen f16 rows as they load them
 
     def __init__(self, cfg, weights, inv_freq: dict):
         self.cfg = cfg
         self.graph = graph(cfg, weights, inv_freq)
 
-    def new_cache(self, n_ctx: int) -> Cache:
-        return new_cache(self.cfg, n_ctx)
+    def new_cache(self, n_ctx: int, kv_type: str = "f32") -> Cache:
+        return new_cache(self.cfg, n_ctx, kv_type)
 
     def forward(self, runs) -> list[np.ndarray]:
         flat = forward_batch(self.graph, [(ids, n_past, c.k, c.v, first) for ids, n_past, c, first in runs],

@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import ContextError, LlmrunError
 from ..quant.layout import GROUP, X16, has_x16, interleave
 from ..quant.types import TABLE
+from . import kv_type_checked
 
 # The weight types the GPU kernels read: adding one is its kernel file for each backend
 # (kernels/wgsl/matmul_<type>.wgsl; kernels/cuda/<type>.cuh and its line in llmrun.cu) and its
@@ -93,6 +94,7 @@ class Graph:
     several contexts run as one step (DeviceBatch): each product reads its weights once for all
     of them; elsewhere a forward runs one sequence."""
     cpu_threads = False
+    kv_types = ("f32",)  # the kernels read f32 rows (an f16 cache: not yet)
     BATCHES_KEPT = 8  # the batch plans kept, most recently used first (a server's slots come and go)
 
     def __init__(self, dev, cfg, w, inv_freq: dict, name: str = "gpu"):
@@ -111,7 +113,8 @@ class Graph:
         self.layers = [{n: vec(a) if isinstance(a, np.ndarray) else dev.upload(a) for n, a in vars(l).items()
                         if a is not None} for l in w.layers]
 
-    def new_cache(self, n_ctx: int) -> "DeviceCache":
+    def new_cache(self, n_ctx: int, kv_type: str = "f32") -> "DeviceCache":
+        kv_type_checked(kv_type, self)
         cache = DeviceCache(self, n_ctx)
         weakref.finalize(cache, self._forget, id(cache))  # its batch plans hold its KV buffers
         return cache

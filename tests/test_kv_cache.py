@@ -1,0 +1,110 @@
+"""The KV cache's element type (`--kv-type`, llmrun.backends.KV_DTYPES): f16 keys and values,
+rounded to nearest even as they are stored and widened exactly as attention loads them, so that
+the C forward equals the Python graph (numpy's float16 rounding, the same kernels) bit for bit;
+half the memory; logits close to an f32 cache's. The kernels themselves: tests/test_kernels.py
+(every path's f16 attention is its f32 attention on the widened cache, bit for bit)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import llmrun
+from llmrun import model as model_module
+from llmrun.errors import SettingError
+from llmrun.model import Segment
+
+from conftest import FAMILY_CHECKPOINTS, make_hf_checkpoint, run_cli
+
+IDS = [3, 17, 5, 9, 31, 2, 44, 12, 8, 27, 19, 6, 40, 11]
+
+
+def mean_kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
+    """Mean over rows of KL(softmax(p) || softmax(q)), in float64."""
+    def log_softmax(z):
+        z = z.astype(np.float64)
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+    p, q = log_softmax(p_logits), log_softmax(q_logits)
+    return float((np.exp(p) * (p - q)).sum(-1).mean())
+
+
+@pytest.fixture(scope="module")
+def hf(tmp_path_factory):
+    d = tmp_path_factory.mktemp("kv") / "hf"
+    make_hf_checkpoint(d)
+    return d
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CHECKPOINTS))
+def test_f16_cache_forward_equals_the_python_graph(family_models, family):
+    """Prefill in two chunks, then decode steps: the C forward's logits and f16 cache rows are
+    the Python graph's bit for bit, on every family (windows, layers without RoPE, q/k norms)."""
+    model = llmrun.load(family_models[family, "f32"], kv_type="f16")
+    fast, slow = model.new_cache(32), model.new_cache(32)
+    assert fast.k.dtype == fast.v.dtype == np.float16
+    for chunk in (IDS[:6], IDS[6:11], IDS[11:12], IDS[12:13], IDS[13:]):
+        np.testing.assert_array_equal(model.forward(chunk, fast), model.forward(chunk, slow, reference=True))
+    np.testing.assert_array_equal(fast.k, slow.k)
+    np.testing.assert_array_equal(fast.v, slow.v)
+
+
+def test_f16_cache_rows_are_the_f32_rows_rounded(hf):
+    """The first layer's keys and values depend on the embeddings alone: an f16 cache holds an
+    f32 cache's rows rounded to nearest even (numpy's float16), whatever the chunking."""
+    f32, f16 = llmrun.load(hf), llmrun.load(hf, kv_type="f16")
+    a, b = f32.new_cache(16), f16.new_cache(16)
+    f32.forward(IDS[:9], a)
+    f16.forward(IDS[:4], b)
+    f16.forward(IDS[4:9], b)
+    np.testing.assert_array_equal(b.k[0, :9], a.k[0, :9].astype(np.float16))
+    np.testing.assert_array_equal(b.v[0, :9], a.v[0, :9].astype(np.float16))
+    assert not b.k[:, 9:].any()  # nothing past the positions run
+
+
+def test_f16_cache_logits_are_close_to_f32(hf):
+    f32, f16 = llmrun.load(hf), llmrun.load(hf, kv_type="f16")
+    a, b = f32.logits(IDS), f16.logits(IDS)
+    assert not np.array_equal(a, b)  # the rounding is there
+    assert mean_kl(a, b) < 1e-6
+    assert (a.argmax(-1) == b.argmax(-1)).all()
+
+
+def test_a_batch_mixes_f16_and_f32_caches(hf):
+    """forward_batch with one f16 and one f32 context: each gets what it gets alone."""
+    f32, f16 = llmrun.load(hf), llmrun.load(hf, kv_type="f16")
+    c32, c16 = f32.new_cache(16), f16.new_cache(16)
+    got = f32.forward_batch([Segment(IDS[:5], c32, last_only=True), Segment(IDS[5:12], c16, last_only=True)])
+    np.testing.assert_array_equal(got[0], f32.forward(IDS[:5], f32.new_cache(16), last_only=True))
+    np.testing.assert_array_equal(got[1], f16.forward(IDS[5:12], f16.new_cache(16), last_only=True))
+
+
+def test_f16_cache_takes_half_the_memory(tmp_path, monkeypatch):
+    """Half the bytes a position, so the default context (what fits beside the weights) doubles."""
+    make_hf_checkpoint(tmp_path / "long", max_position_embeddings=131072)
+    f32, f16 = llmrun.load(tmp_path / "long"), llmrun.load(tmp_path / "long", kv_type="f16")
+    assert f16.new_cache(64).k.nbytes * 2 == f32.new_cache(64).k.nbytes
+    per_position = model_module.kv_bytes_per_position(f32.config)
+    assert model_module.kv_bytes_per_position(f16.config, "f16") * 2 == per_position
+    weights = os.path.getsize(f32.path)
+    monkeypatch.setattr(model_module, "available_memory", lambda: weights + 64 * per_position * 1024)
+    assert f32.default_context()[0] == 32 * 1024 and f16.default_context()[0] == 64 * 1024
+
+
+def test_kv_type_from_the_environment_and_bad_types(hf, monkeypatch):
+    monkeypatch.setenv("LLMRUN_KV_TYPE", "f16")
+    assert llmrun.load(hf).new_cache(8).k.dtype == np.float16
+    for bad in ("q8_0", "F16", ""):
+        with pytest.raises(SettingError, match="KV cache type"):
+            llmrun.load(hf, kv_type=bad or "?")
+
+
+def test_cli_kv_type(hf):
+    r = run_cli("generate", hf, "-p", "hi", "-n", "4", "--temp", "0", "--raw", "--kv-type", "f16", check=True)
+    assert r.stdout
+    bench = run_cli("bench", hf, "-p", "8", "-n", "4", "-t", "1", "-r", "1", "--kv-type", "f16", check=True).stdout
+    assert "| kv " in bench.splitlines()[0] and "| f16 " in bench.splitlines()[2]
+    r = run_cli("generate", hf, "-p", "hi", "-n", "4", "--kv-type", "q4")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == ["llmrun: error: unknown KV cache type 'q4'; known: f32, f16"]
