@@ -218,6 +218,8 @@ def bench(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
           n_gen: int = typer.Option(128, "--n-gen", "-n", min=0, help="generated tokens (tg test); 0 skips"),
           threads: str = typer.Option("1,2", "--threads", "-t", help="comma-separated thread counts"),
           repetitions: int = typer.Option(3, "--repetitions", "-r", min=1),
+          depth: int = typer.Option(0, "--n-depth", "-d", min=0, help="tokens already in the context when each "
+                                    "test starts (filled once, untimed), as llama-bench's -d"),
           output: str = typer.Option("md", "--output", "-o", help="md, json or csv"), backend: Backend = None,
           kv_type: KvType = None):
     """Measure prompt and generation speed, like llama-bench."""
@@ -230,7 +232,7 @@ def bench(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
     if output not in ("md", "json", "csv"):
         raise typer.BadParameter(f"{output!r}: use md, json or csv", param_hint="--output")
     m = _open_model(model, backend, kv_type)
-    results = run_bench(m, os.path.basename(m.file.path), n_prompt, n_gen, counts, repetitions)
+    results = run_bench(m, os.path.basename(m.file.path), n_prompt, n_gen, counts, repetitions, depth=depth)
     if output == "json":
         typer.echo(json.dumps([r.to_dict() for r in results], indent=1))
         return

@@ -1,9 +1,12 @@
 """Speed tests in the manner of llama-bench: prompt processing (pp) and token generation (tg).
 
 pp<N>: N prompt tokens through one forward from an empty cache. tg<N>: N tokens one forward at a
-time from an empty cache. Each test runs once to warm up, then `repetitions` times; tokens/s is
-reported as mean and standard deviation. For tg the weight bytes read per token (every matrix
-once; the embedding table only when it is also the output head) give the achieved GB/s.
+time from an empty cache. With a depth D (llama-bench's -d), both start instead from a cache
+holding D tokens already (filled once, untimed; each run goes back to it): "pp<N> @ d<D>",
+"tg<N> @ d<D>", where attention over the context, not the weights, may set the speed. Each test
+runs once to warm up, then `repetitions` times; tokens/s is reported as mean and standard
+deviation. For tg the weight bytes read per token (every matrix once; the embedding table only
+when it is also the output head) give the achieved GB/s (the KV cache's bytes not counted).
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ class BenchResult:
     params: int
     isa: str
     threads: int
-    test: str  # "pp512", "tg128"
+    test: str  # "pp512", "tg128", "tg128 @ d4096"
     n_tokens: int
     avg_ts: float  # tokens/s, mean over the repetitions
     stddev_ts: float
@@ -50,25 +53,35 @@ def _main_type(model: Model) -> str:
     return max(by_type, key=by_type.get)
 
 
-def _time_pp(model: Model, ids: list[int]) -> float:
-    cache = model.new_cache(len(ids))
+def _time_pp(model: Model, ids: list[int], cache, depth: int) -> float:
+    cache.truncate(depth)
     start = time.perf_counter()
     model.forward(ids, cache, last_only=True)
     return len(ids) / (time.perf_counter() - start)
 
 
-def _time_tg(model: Model, ids: list[int]) -> float:
-    cache = model.new_cache(len(ids))
+def _time_tg(model: Model, ids: list[int], cache, depth: int) -> float:
+    cache.truncate(depth)
     start = time.perf_counter()
     for token in ids:
         model.forward([token], cache)
     return len(ids) / (time.perf_counter() - start)
 
 
+def _cache_at_depth(model: Model, context: list[int], n: int):
+    """A cache with room for n more tokens after `context`, which it holds (one untimed prefill,
+    in pieces of 512 tokens)."""
+    cache = model.new_cache(len(context) + n)
+    for i in range(0, len(context), 512):
+        model.forward(context[i:i + 512], cache, last_only=True)
+    return cache
+
+
 def bench(model: Model, name: str, n_prompt: int = 512, n_gen: int = 128, threads=(1,), repetitions: int = 3,
-          seed: int = 0) -> list[BenchResult]:
+          seed: int = 0, depth: int = 0) -> list[BenchResult]:
     """Run pp<n_prompt> and tg<n_gen> (either may be 0 to skip) for each thread count (once,
-    with threads 0, for a model on a GPU backend: its kernels use no CPU threads)."""
+    with threads 0, for a model on a GPU backend: its kernels use no CPU threads), from a cache
+    holding `depth` tokens."""
     rng = np.random.default_rng(seed)
     vocab = model.config.vocab_size
     tensors = model.file.tensors.values()
@@ -82,14 +95,15 @@ def bench(model: Model, name: str, n_prompt: int = 512, n_gen: int = 128, thread
         for test, n, timer in (("pp", n_prompt, _time_pp), ("tg", n_gen, _time_tg)):
             if not n:
                 continue
-            ids = rng.integers(0, vocab, n).tolist()
-            timer(model, ids)  # warm-up: page in the weights, size the buffers
-            rates = [timer(model, ids) for _ in range(repetitions)]
+            context, ids = rng.integers(0, vocab, depth).tolist(), rng.integers(0, vocab, n).tolist()
+            cache = _cache_at_depth(model, context, n)
+            timer(model, ids, cache, depth)  # warm-up: page in the weights, size the buffers
+            rates = [timer(model, ids, cache, depth) for _ in range(repetitions)]
             avg = statistics.fmean(rates)
             results.append(BenchResult(
                 model=name, type=_main_type(model), kv_type=model.kv_type, model_bytes=size, params=params,
                 isa=_kernels.isa() if model.backend.name == "cpu" else model.backend.name,
-                threads=n_threads, test=f"{test}{n}", n_tokens=n, avg_ts=avg,
+                threads=n_threads, test=f"{test}{n}" + (f" @ d{depth}" if depth else ""), n_tokens=n, avg_ts=avg,
                 stddev_ts=statistics.stdev(rates) if len(rates) > 1 else 0.0,
                 gb_s=avg * per_token / 1e9 if test == "tg" else None))
     return results
