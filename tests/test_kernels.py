@@ -101,9 +101,9 @@ def ATTENTION_BOUND(q, k, hd, n_kv):
     return 2 * e + (2 * n_kv + 4) * U
 
 
-# The ISAs whose attention is the SIMD kernel (attention_avx2.c, attention_avx512.c); the others
-# run the scalar one.
-ATTENTION_SIMD_ISAS = {"avx2", "avx512", "avx512vnni"}
+# The ISAs whose attention is a SIMD kernel (attention_avx2.c, attention_avx512.c,
+# attention_neon.c); scalar runs the scalar one.
+ATTENTION_SIMD_ISAS = {"avx2", "avx512", "avx512vnni", "neon"}
 # Their polynomial exp, measured against float64 over every f32 in [-1, 0] and every 64th in
 # [-87, -1]: within 1.97 u relative; below -87.7 it returns 0 (e^x < 2^-126, nothing beside the
 # max's e^0 = 1). Bounded here by 2u.
@@ -641,7 +641,7 @@ def attention_paths(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("isa", ["scalar", "neon", *sorted(ATTENTION_SIMD_ISAS)])
+@pytest.mark.parametrize("isa", ["scalar", *sorted(ATTENTION_SIMD_ISAS)])
 def test_attention_every_path(attention_paths, isa):
     """Within the path's bound of float64 for every case; bit-identical on 1 and 2 threads;
     causal: no NaN from the positions no token sees, and the first token's output the same

@@ -6,7 +6,8 @@ on an arm64 host). It checks the quantised dots (q8_0, q4_0, q4_1, q5_0, q5_1, i
 q16_a), q6_k's 4-token tile and the q16_a quantiser bit for bit against _ref (the tile against
 the single-token dot), and the float dots (f32, f16, bf16) within
 FLOAT_DOT_BOUND(K) = (K + 2) u sum|x w| of float64 (bounds derived in the C file). This tests
-the kernels, not the module's dispatch to them (that needs an arm64 build of the module).
+the kernels (attention too: attention_neon.c within the x86 SIMD kernels' bound of float64, an
+f16 cache giving the widened f32 cache's result bit for bit), not the module's dispatch to them (that needs an arm64 build of the module).
 
 Skipped, with the reason, when the cross compiler or qemu is missing (CI installs them:
 gcc-aarch64-linux-gnu, qemu-user)."""
@@ -25,7 +26,7 @@ SOURCES = ["tests/neon/test_neon.c", "kernels/cpu/vec_dot_quant_neon.c", "kernel
            "kernels/cpu/vec_dot_ref.c", "kernels/cpu/quants_ref.c",
            "kernels/cpu/types.c", "kernels/cpu/vec_dot_q5_k_neon.c", "kernels/cpu/gemm_x16_q5_k_neon.c",
            "kernels/cpu/vec_dot_q5_k_ref.c", "kernels/cpu/vec_dot_q3_k_neon.c", "kernels/cpu/vec_dot_q3_k_ref.c",
-           "kernels/cpu/vec_dot_q2_k_neon.c", "kernels/cpu/vec_dot_q2_k_ref.c"]
+           "kernels/cpu/vec_dot_q2_k_neon.c", "kernels/cpu/vec_dot_q2_k_ref.c", "kernels/cpu/attention_neon.c"]
 NATIVE = platform.machine().lower() in ("aarch64", "arm64")
 
 

@@ -194,4 +194,4 @@ ALWAYS_INLINE void attend(float *out, float *acc, const float *q, const void *k,
 #undef LO
 
 #define ATTENTION_ENTRY attention_avx2
-#include "attention_x86.h"
+#include "attention_tiles.h"

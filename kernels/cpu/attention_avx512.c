@@ -207,4 +207,4 @@ ALWAYS_INLINE void attend(float *out, float *acc, const float *q, const void *k,
 #undef LO
 
 #define ATTENTION_ENTRY attention_avx512
-#include "attention_x86.h"
+#include "attention_tiles.h"

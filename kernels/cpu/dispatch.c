@@ -289,7 +289,7 @@ static const llmr_kernels llmr_kernels_neon = {
     .quantize_q16_a = quantize_row_q16_a_neon,
     .rmsnorm = rmsnorm_ref,
     .rope = rope_ref,
-    .attention = attention_ref,
+    .attention = attention_neon,
     .silu_mul = silu_mul_ref,
     .gelu_mul = gelu_mul_ref,
 };

@@ -691,6 +691,9 @@ void gemm_x16_q2_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out
 
 /* ---- arm64 NEON kernels (*_neon.c; built and called only on arm64, where NEON is baseline) -- */
 
+void attention_neon(float *out, const float *q, const void *k, const void *v, int kv_f16, int64_t t, int64_t hq,
+                    int64_t hkv, int64_t hd, int64_t n_past, int64_t window, float scale, int64_t h0, int64_t h1,
+                    float *scratch);
 void quantize_row_q16_a_neon(const float *x, block_q16_a *y, int64_t k);
 void vec_dot_f32_f32_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_f16_f32_neon(int64_t k, float *s, const void *w, const void *a);

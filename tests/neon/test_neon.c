@@ -17,6 +17,8 @@
  * - X16 groups (kernels/cpu/gemm_x16_neon.c; q4_k too; q5_k: gemm_x16_q5_k_neon.c; q6_k:
  *   gemm_x16_q6_k_neon.c): within X16_DOT_BOUND of the scalar X16
  *   kernels.
+ * - attention (attention_neon.c): within the SIMD attention bound of float64 (test_attention);
+ *   with f16 caches, the f32 result on the widened caches bit for bit.
  * Sizes are awkward: N rows 1, 3, 17; K 32, 96, 2080 (1, 3, 65 blocks), float K also 5, 33, 100
  * (vector tails); weight rows start at an odd byte address. Prints "N passed, M failed"; exits 1
  * on any failure. */
@@ -415,7 +417,95 @@ static void test_x16_q6k_extremes(void) {
     }
 }
 
+/* Attention (kernels/cpu/attention_neon.c) against float64, every query row within the bound of
+ * tests/test_kernels.py's ATTENTION_SIMD_BOUND (blocks of 8, an exp within 2 ulp):
+ * (2 (hd + 4) u A + (2 n_kv + 8 ceil(n_kv / 8) + 4) u) max|v|, A = max_j sum|q k_j| / sqrt(hd);
+ * for decode and prefill runs, GQA groups, head dims with and without a vector tail, sliding
+ * windows; rows past the last position and before a window's first are NaN, which must not
+ * reach the output. With the caches in f16: the f32 result on the widened caches, bit for bit. */
+static void attention_case(int64_t n_past, int64_t t, int64_t hq, int64_t hkv, int64_t hd, int64_t window) {
+    const int64_t n_ctx = n_past + t + 3, kv = n_ctx * hkv * hd;
+    float *q = malloc((size_t)(t * hq * hd) * sizeof(float)), *out = malloc((size_t)(t * hq * hd) * sizeof(float));
+    float *out16 = malloc((size_t)(t * hq * hd) * sizeof(float)), *kc = malloc((size_t)kv * sizeof(float));
+    float *vc = malloc((size_t)kv * sizeof(float));
+    uint16_t *kh = malloc((size_t)kv * 2), *vh = malloc((size_t)kv * 2);
+    float *scratch = malloc((size_t)(n_ctx + LLMR_ATTENTION_TOKENS * hq * hd + 16) * sizeof(float));
+    for (int64_t i = 0; i < t * hq * hd; i++) q[i] = 2.0f * uniform();
+    for (int64_t j = 0; j < n_ctx; j++) { /* f16 values, so that the f16 caches hold them exactly */
+        const int seen = j < n_past + t && !(window > 0 && j + window < n_past + 1);
+        for (int64_t e = 0; e < hkv * hd; e++) {
+            kc[j * hkv * hd + e] = seen ? llmr_f16_to_f32(llmr_f32_to_f16(uniform())) : NAN;
+            vc[j * hkv * hd + e] = seen ? llmr_f16_to_f32(llmr_f32_to_f16(uniform())) : NAN;
+        }
+    }
+    for (int64_t e = 0; e < kv; e++) {
+        kh[e] = llmr_f32_to_f16(kc[e]);
+        vh[e] = llmr_f32_to_f16(vc[e]);
+    }
+    const float scale = 1.0f / sqrtf((float)hd);
+    attention_neon(out, q, kc, vc, 0, t, hq, hkv, hd, n_past, window, scale, 0, hq, scratch);
+    attention_neon(out16, q, kh, vh, 1, t, hq, hkv, hd, n_past, window, scale, 0, hq, scratch);
+    char what[96];
+    snprintf(what, sizeof what, "attention n_past=%lld t=%lld heads=%lld/%lld hd=%lld window=%lld",
+             (long long)n_past, (long long)t, (long long)hq, (long long)hkv, (long long)hd, (long long)window);
+    for (int64_t i = 0; i < t; i++)
+        for (int64_t h = 0; h < hq; h++) {
+            const int64_t g = h / (hq / hkv), end = n_past + i + 1, start = window > 0 && end > window ? end - window : 0;
+            const float *qh = q + (i * hq + h) * hd;
+            double a = 0.0, m = -INFINITY, vmax = 0.0, sum = 0.0;
+            double *s = malloc((size_t)(end - start) * sizeof(double)), o[512] = {0};
+            for (int64_t j = start; j < end; j++) {
+                double dot = 0.0, mag = 0.0;
+                for (int64_t e = 0; e < hd; e++) {
+                    dot += (double)qh[e] * kc[(j * hkv + g) * hd + e];
+                    mag += fabs((double)qh[e] * kc[(j * hkv + g) * hd + e]);
+                    vmax = fmax(vmax, fabs((double)vc[(j * hkv + g) * hd + e]));
+                }
+                s[j - start] = dot * scale;
+                a = fmax(a, mag * scale);
+                m = fmax(m, s[j - start]);
+            }
+            for (int64_t j = start; j < end; j++) {
+                const double p = exp(s[j - start] - m);
+                sum += p;
+                for (int64_t e = 0; e < hd; e++) o[e] += p * vc[(j * hkv + g) * hd + e];
+            }
+            const int64_t n_kv = end - start;
+            const double bound = (2.0 * (hd + 4) * U * a + (2.0 * n_kv + 8.0 * ((n_kv + 7) / 8) + 4) * U) * vmax;
+            double err = 0.0;
+            int same16 = 1;
+            for (int64_t e = 0; e < hd; e++) {
+                const float got = out[(i * hq + h) * hd + e];
+                err = isnan(got) ? INFINITY : fmax(err, fabs(got - o[e] / sum));
+                same16 &= llmr_f32_to_bits(got) == llmr_f32_to_bits(out16[(i * hq + h) * hd + e]);
+            }
+            char detail[96];
+            snprintf(detail, sizeof detail, "token %lld head %lld: err %.3g, bound %.3g", (long long)i, (long long)h,
+                     err, bound);
+            check(err <= bound, what, t, hd, h, detail);
+            check(same16, what, t, hd, h, "the f16 cache's result differs from the widened f32 cache's");
+            free(s);
+        }
+    free(q); free(out); free(out16); free(kc); free(vc); free(kh); free(vh); free(scratch);
+}
+
+static void test_attention(void) {
+    static const int64_t N_PAST[] = {0, 1, 37, 300}, T[] = {1, 3, 17}, HD[] = {8, 24, 64, 80, 20, 5};
+    static const int64_t HEADS[][2] = {{9, 3}, {4, 4}, {8, 1}, {32, 8}};
+    for (int a = 0; a < 4; a++)
+        for (int b = 0; b < 3; b++)
+            for (int c = 0; c < 4; c++)
+                for (int d = 0; d < 6; d++)
+                    attention_case(N_PAST[a], T[b], HEADS[c][0], HEADS[c][1], HD[d], 0);
+    static const int64_t WINDOWS[] = {5, 16, 23, 400};
+    for (int a = 1; a < 4; a++)
+        for (int b = 0; b < 3; b++)
+            for (int w = 0; w < 4; w++)
+                attention_case(N_PAST[a], T[b], 9, 3, 24, WINDOWS[w]);
+}
+
 int main(void) {
+    test_attention();
     test_x16();
     test_x16_q6k_extremes();
     test_quant_dots();

@@ -1,8 +1,8 @@
-/* The entry that attention_avx2.c and attention_avx512.c share, included last by each with
- * ATTENTION_ENTRY defined as its name: a call's tokens in runs of TOKENS and its query heads in
- * groups of at most HEADS that share a kv head, each such tile one call of the including file's
- * `attend` (static, always inlined: twice here, so that its loops are compiled for each element
- * type of the cache, f32 and f16). */
+/* The entry the SIMD attention kernels share (attention_avx2.c, attention_avx512.c,
+ * attention_neon.c), included last by each with ATTENTION_ENTRY defined as its name: a call's
+ * tokens in runs of TOKENS and its query heads in groups of at most HEADS that share a kv head,
+ * each such tile one call of the including file's `attend` (static, always inlined: twice here,
+ * so that its loops are compiled for each element type of the cache, f32 and f16). */
 void ATTENTION_ENTRY(float *out, const float *q, const void *k, const void *v, int kv_f16, int64_t t, int64_t hq,
                      int64_t hkv, int64_t hd, int64_t n_past, int64_t window, float scale, int64_t h0, int64_t h1,
                      float *scratch) {
