@@ -99,7 +99,7 @@ def tensor_shapes(cfg: ModelConfig) -> dict[str, tuple]:
 
 class KVCache:
     """Keys and values of every position seen so far, per layer, where the backend keeps them
-    (`store`: host arrays k, v [L, C, Hkv, hd] on the CPU, committed as they are written, of
+    (`store`: host arrays k, v [L, Hkv, C, hd] on the CPU, committed as they are written, of
     element type kv_type; device buffers on a GPU), and the token ids at those positions."""
 
     def __init__(self, cfg: ModelConfig, n_ctx: int, backend=None, kv_type: str = "f32"):
@@ -111,7 +111,7 @@ class KVCache:
 
     @property
     def k(self) -> np.ndarray | None:
-        """[L, C, Hkv, hd] on the host, or None on a device."""
+        """[L, Hkv, C, hd] on the host, or None on a device."""
         return getattr(self.store, "k", None)
 
     @property
@@ -206,8 +206,8 @@ def forward(cfg: ModelConfig, w: Weights, inv_freq: dict, tokens, cache: KVCache
             mscale = cfg.rope_mscale if rope == "global" else 1.0
             ops.rope_(q, positions, inv_freq[rope], mscale)
             ops.rope_(k, positions, inv_freq[rope], mscale)
-        cache.k[l, n_past:n_past + T] = k
-        cache.v[l, n_past:n_past + T] = v
+        cache.k[l, :, n_past:n_past + T] = k.transpose(1, 0, 2)  # [Hkv, T, hd]: the cache is head-major
+        cache.v[l, :, n_past:n_past + T] = v.transpose(1, 0, 2)
         a = ops.attention(q, cache.k[l], cache.v[l], n_past, cfg.layer_window(l), cfg.attn_scale)  # [T, H, hd]
         x += _sublayer_out(cfg, ops.matmul(layer.wo, a.reshape(T, H * hd)), layer.attn_post_norm)  # [T, D]
 

@@ -504,6 +504,11 @@ def seen(n_past, t, window):
     return slice(max(0, end - window) if window else 0, end)
 
 
+def heads_first(cache):
+    """A cache [n_ctx, Hkv, hd] as the kernels take it: [Hkv, n_ctx, hd], each kv head's rows in a run."""
+    return np.ascontiguousarray(cache.transpose(1, 0, 2))
+
+
 def attention_reference(q, kc, vc, n_past, window=0, scale=None):
     T, Hq, hd = q.shape
     group = Hq // kc.shape[1]
@@ -529,7 +534,7 @@ def test_attention(T, Hq, Hkv, hd, n_past, n_ctx):
     q = rand(rng, T, Hq, hd, scale=2.0)
     kc, vc = rand(rng, n_ctx, Hkv, hd), rand(rng, n_ctx, Hkv, hd)
     out = np.empty_like(q)
-    K.attention(out, q, kc, vc, n_past)
+    K.attention(out, q, heads_first(kc), heads_first(vc), n_past)
     check_attention(out, q, kc, vc, n_past, attention_bound_for(K.isa()))
 
 
@@ -551,10 +556,10 @@ def test_attention_is_causal():
     rng = rng_for("causal")
     q, kc, vc = rand(rng, 3, 2, 8), rand(rng, 6, 2, 8), rand(rng, 6, 2, 8)
     a, b = np.empty_like(q), np.empty_like(q)
-    K.attention(a, q, kc, vc, 2)
+    K.attention(a, q, heads_first(kc), heads_first(vc), 2)
     kc[5], vc[5] = 100.0, -100.0  # beyond n_past + T - 1 = 4
     kc[4:, :], vc[4:, :] = kc[4:] * 7, vc[4:] * 7  # position 4 is seen only by the last token
-    K.attention(b, q, kc, vc, 2)
+    K.attention(b, q, heads_first(kc), heads_first(vc), 2)
     np.testing.assert_array_equal(a[:2], b[:2])
     assert not np.array_equal(a[2], b[2])
 
@@ -609,16 +614,16 @@ def attention_outputs(path):
         for threads in (1, 2):
             K.set_threads(threads)
             y = np.full_like(q, np.nan)
-            K.attention(y, q, kc, vc, n_past, window)
+            K.attention(y, q, heads_first(kc), heads_first(vc), n_past, window)
             out[f"{case}/{threads}"] = y
         y = np.full_like(q[:1], np.nan)
-        K.attention(y, q[:1], kc[:n_past + 1].copy(), vc[:n_past + 1].copy(), n_past, window)
+        K.attention(y, q[:1], heads_first(kc[:n_past + 1]), heads_first(vc[:n_past + 1]), n_past, window)
         out[f"{case}/first"] = y
         K.set_threads(1)
         kc16, vc16 = kc.astype(np.float16), vc.astype(np.float16)
         for key, (k, v) in (("f16", (kc16, vc16)), ("widened", (kc16.astype(np.float32), vc16.astype(np.float32)))):
             y = np.full_like(q, np.nan)
-            K.attention(y, q, k, v, n_past, window)
+            K.attention(y, q, heads_first(k), heads_first(v), n_past, window)
             out[f"{case}/{key}"] = y
     np.savez(path, **out)
 
@@ -669,7 +674,7 @@ def test_attention_window_and_scale(window):
     q, kc, vc = rand(rng, 12, 4, 16, scale=2.0), rand(rng, 12, 2, 16), rand(rng, 12, 2, 16)
     for n_past, t in ((0, 9), (9, 1), (10, 2)):
         out = np.empty_like(q[:t])
-        K.attention(out, q[n_past:n_past + t], kc, vc, n_past, window, 0.0625)
+        K.attention(out, q[n_past:n_past + t], heads_first(kc), heads_first(vc), n_past, window, 0.0625)
         want = attention_reference(q[n_past:n_past + t], kc, vc, n_past, window, 0.0625)
         np.testing.assert_allclose(out, want, atol=2e-6 * np.abs(vc).max())
         if window == 1:
@@ -759,13 +764,15 @@ def q8_weights(rows=4, k=64):
      "out of range"),
     # attention
     (lambda: K.attention(np.empty((3, 2, 8), np.float32), np.zeros((3, 2, 8), np.float32),
-                         np.zeros((4, 2, 8), np.float32), np.zeros((4, 2, 8), np.float32), 2), "n_ctx"),
+                         np.zeros((2, 4, 8), np.float32), np.zeros((2, 4, 8), np.float32), 2), "n_ctx"),
     (lambda: K.attention(np.empty((1, 2, 8), np.float32), np.zeros((1, 2, 8), np.float32),
-                         np.zeros((4, 2, 8), np.float32), np.zeros((4, 2, 8), np.float32), -1), "n_ctx"),
+                         np.zeros((2, 4, 8), np.float32), np.zeros((2, 4, 8), np.float32), -1), "n_ctx"),
     (lambda: K.attention(np.empty((1, 4, 8), np.float32), np.zeros((1, 4, 8), np.float32),
-                         np.zeros((4, 3, 8), np.float32), np.zeros((4, 3, 8), np.float32), 0), "multiple"),
+                         np.zeros((3, 4, 8), np.float32), np.zeros((3, 4, 8), np.float32), 0), "multiple"),
     (lambda: K.attention(np.empty((1, 2, 8), np.float32), np.zeros((1, 2, 8), np.float32),
-                         np.zeros((4, 2, 8), np.float32), np.zeros((5, 2, 8), np.float32), 0), "shape"),
+                         np.zeros((2, 4, 8), np.float32), np.zeros((2, 5, 8), np.float32), 0), "shape"),
+    (lambda: K.attention(np.empty((1, 2, 8), np.float32), np.zeros((1, 2, 8), np.float32),
+                         np.zeros((2, 4, 8), np.float32), np.zeros((2, 4, 8), np.float16), 0), "one element type"),
     # layout and writability
     (lambda: K.matmul(np.empty((2, 4), np.float32), np.zeros((2, 128), np.float32)[:, ::2], q8_weights(),
                       Q8_0.id), "contiguous"),

@@ -58,9 +58,10 @@ def test_f16_cache_rows_are_the_f32_rows_rounded(hf):
     f32.forward(IDS[:9], a)
     f16.forward(IDS[:4], b)
     f16.forward(IDS[4:9], b)
-    np.testing.assert_array_equal(b.k[0, :9], a.k[0, :9].astype(np.float16))
-    np.testing.assert_array_equal(b.v[0, :9], a.v[0, :9].astype(np.float16))
-    assert not b.k[:, 9:].any()  # nothing past the positions run
+    assert b.k.shape == (f16.config.n_layers, f16.config.n_kv_heads, 16, f16.config.head_dim)  # head-major
+    np.testing.assert_array_equal(b.k[0, :, :9], a.k[0, :, :9].astype(np.float16))
+    np.testing.assert_array_equal(b.v[0, :, :9], a.v[0, :, :9].astype(np.float16))
+    assert b.k[0, :, :9].all() and not b.k[:, :, 9:].any()  # the positions run, and nothing past them
 
 
 def test_f16_cache_logits_are_close_to_f32(hf):

@@ -98,8 +98,8 @@ def test_attention_bit_identical_for_any_thread_count(t, n_past):
     rng = np.random.default_rng(t * 31 + n_past)
     hq, hkv, hd, n_ctx = 9, 3, 64, 320
     q = rng.standard_normal((t, hq, hd)).astype(np.float32)
-    kc = rng.standard_normal((n_ctx, hkv, hd)).astype(np.float32)
-    vc = rng.standard_normal((n_ctx, hkv, hd)).astype(np.float32)
+    kc = rng.standard_normal((hkv, n_ctx, hd)).astype(np.float32)  # head-major, as the kernels take it
+    vc = rng.standard_normal((hkv, n_ctx, hd)).astype(np.float32)
     outs = []
     for threads in COUNTS:
         K.set_threads(threads)

@@ -184,7 +184,7 @@ def test_attention_kernel(device, window, scale):
     scores = np.zeros((T, H, C), np.float32)
     got = _run_op(device, "attention", (H, Hkv, hd, C, 0, float(scale or hd ** -0.5), window), [q, k, v, out, scores],
                   (H, T), T, n_past, out=3).reshape(T, H, hd)
-    want = cpu.attention(q, k, v, n_past, window, scale)
+    want = cpu.attention(q, *(np.ascontiguousarray(c.transpose(1, 0, 2)) for c in (k, v)), n_past, window, scale)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 

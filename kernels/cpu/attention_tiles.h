@@ -4,8 +4,8 @@
  * each such tile one call of the including file's `attend` (static, always inlined: twice here,
  * so that its loops are compiled for each element type of the cache, f32 and f16). */
 void ATTENTION_ENTRY(float *out, const float *q, const void *k, const void *v, int kv_f16, int64_t t, int64_t hq,
-                     int64_t hkv, int64_t hd, int64_t n_past, int64_t window, float scale, int64_t h0, int64_t h1,
-                     float *scratch) {
+                     int64_t hkv, int64_t hd, int64_t n_ctx, int64_t n_past, int64_t window, float scale, int64_t h0,
+                     int64_t h1, float *scratch) {
     const int64_t group = hq / hkv;
     for (int64_t t0 = 0, nt; t0 < t; t0 += nt) {
         nt = t - t0 < TOKENS ? t - t0 : TOKENS;
@@ -14,12 +14,13 @@ void ATTENTION_ENTRY(float *out, const float *q, const void *k, const void *v, i
             const int64_t g = h / group, end = (g + 1) * group < h1 ? (g + 1) * group : h1;
             nh = end - h < HEADS ? end - h : HEADS;
             const int64_t off = (t0 * hq + h) * hd;
-            const void *kg = llmr_kv_skip(k, g * hd, kv_f16), *vg = llmr_kv_skip(v, g * hd, kv_f16);
+            /* kv head g's rows, hd elements apart */
+            const void *kg = llmr_kv_skip(k, g * n_ctx * hd, kv_f16), *vg = llmr_kv_skip(v, g * n_ctx * hd, kv_f16);
             if (kv_f16)
-                attend(out + off, scratch, q + off, kg, vg, nt, nh, hq * hd, hd, hkv * hd, n_past + t0 + 1, window,
+                attend(out + off, scratch, q + off, kg, vg, nt, nh, hq * hd, hd, hd, n_past + t0 + 1, window,
                        scale, 1);
             else
-                attend(out + off, scratch, q + off, kg, vg, nt, nh, hq * hd, hd, hkv * hd, n_past + t0 + 1, window,
+                attend(out + off, scratch, q + off, kg, vg, nt, nh, hq * hd, hd, hd, n_past + t0 + 1, window,
                        scale, 0);
         }
     }

@@ -65,15 +65,20 @@ static void add_sublayer_(const llmr_kernels *kern, const llmr_model *m, float *
     add_(x, h, t * m->dim);
 }
 
-/* n new keys or values into a cache row: copied (f32), or rounded to nearest even (f16). */
-static void store_kv(void *cache, const float *x, int64_t n, int f16) {
-    if (!f16) {
-        memcpy(cache, x, (size_t)n * sizeof(float));
-        return;
-    }
-    uint16_t *h = cache;
-    for (int64_t i = 0; i < n; i++)
-        h[i] = llmr_f32_to_f16(x[i]);
+/* t tokens' new keys or values x [t][hkv][hd] into a layer's cache [hkv][n_ctx][hd] at positions
+ * n_past ..: copied (f32), or rounded to nearest even (f16). */
+static void store_kv(void *cache, const float *x, int64_t t, int64_t hkv, int64_t hd, int64_t n_ctx, int64_t n_past,
+                     int f16) {
+    for (int64_t g = 0; g < hkv; g++)
+        for (int64_t i = 0; i < t; i++) {
+            const float *row = x + (i * hkv + g) * hd;
+            const int64_t at = (g * n_ctx + n_past + i) * hd;
+            if (f16)
+                for (int64_t e = 0; e < hd; e++)
+                    ((uint16_t *)cache)[at + e] = llmr_f32_to_f16(row[e]);
+            else
+                memcpy((float *)cache + at, row, (size_t)hd * sizeof(float));
+        }
 }
 
 static size_t matmul_scratch(const llmr_weight *w, int64_t t) {
@@ -113,7 +118,7 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_s
     if (!att_seqs)
         return -2;
     for (int64_t s = 0; s < n_segs; s++)
-        att_seqs[s] = (llmr_attention_seq){.t = segs[s].t, .n_past = segs[s].n_past};
+        att_seqs[s] = (llmr_attention_seq){.t = segs[s].t, .n_past = segs[s].n_past, .n_ctx = segs[s].n_ctx};
     const int64_t att_slots = llmr_attention_slots(att_seqs, n_segs, H, hd); /* read once: threads may change */
     const size_t att = (size_t)att_slots * (size_t)llmr_attention_scratch(att_seqs, n_segs, H, hd);
     const size_t floats = (size_t)t * (2 * D + 2 * q_dim + 2 * kv_dim + 2 * F + 4 * half) + att;
@@ -172,10 +177,10 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_s
         for (int64_t s = 0, off = 0; s < n_segs; off += segs[s++].t) {
             const llmr_segment *S = &segs[s];
             const int64_t es = S->kv_f16 ? 2 : 4; /* bytes an element */
-            uint8_t *kc = (uint8_t *)S->k_cache + l * S->n_ctx * kv_dim * es; /* [C, Hkv, hd] */
+            uint8_t *kc = (uint8_t *)S->k_cache + l * S->n_ctx * kv_dim * es; /* [Hkv, C, hd] */
             uint8_t *vc = (uint8_t *)S->v_cache + l * S->n_ctx * kv_dim * es;
-            store_kv(kc + S->n_past * kv_dim * es, k + off * kv_dim, S->t * kv_dim, S->kv_f16);
-            store_kv(vc + S->n_past * kv_dim * es, v + off * kv_dim, S->t * kv_dim, S->kv_f16);
+            store_kv(kc, k + off * kv_dim, S->t, Hkv, hd, S->n_ctx, S->n_past, S->kv_f16);
+            store_kv(vc, v + off * kv_dim, S->t, Hkv, hd, S->n_ctx, S->n_past, S->kv_f16);
             att_seqs[s].out = a + off * q_dim, att_seqs[s].q = q + off * q_dim, att_seqs[s].k = kc, att_seqs[s].v = vc;
             att_seqs[s].kv_f16 = S->kv_f16;
         }

@@ -64,18 +64,18 @@ static float dot(const float *a, const void *b, int f16, int64_t n) {
 }
 
 void attention_ref(float *out, const float *q, const void *k, const void *v, int kv_f16, int64_t t,
-                   int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, int64_t window, float scale,
+                   int64_t hq, int64_t hkv, int64_t hd, int64_t n_ctx, int64_t n_past, int64_t window, float scale,
                    int64_t h0, int64_t h1, float *scratch) {
     float *scores = scratch, *acc = scratch + n_past + t; /* acc: one head's sums, out of out */
     const int64_t group = hq / hkv; /* query heads per kv head */
-    const int64_t kv_stride = hkv * hd; /* elements between positions in the cache */
+    const int64_t kv_stride = hd; /* elements between positions in a kv head's rows */
     for (int64_t ti = 0; ti < t; ti++) {
         const int64_t end = n_past + ti + 1; /* causal: positions .. n_past + ti */
         const int64_t start = window > 0 && end > window ? end - window : 0; /* a sliding window's first */
         const int64_t n_kv = end - start;
         for (int64_t h = h0; h < h1; h++) {
             const float *qh = q + (ti * hq + h) * hd;
-            const int64_t first = start * kv_stride + (h / group) * hd; /* the kv head's row at start */
+            const int64_t first = ((h / group) * n_ctx + start) * hd; /* the kv head's row at start */
             const void *kh = llmr_kv_skip(k, first, kv_f16), *vh = llmr_kv_skip(v, first, kv_f16);
             float *oh = out + (ti * hq + h) * hd;
 

@@ -411,9 +411,10 @@ typedef struct {
      * head's hd elements (the rest kept: a partial rotary, Phi-4-mini), by the angles of
      * llmr_rope_table [t][rd / 2] */
     void (*rope)(float *x, const float *cos_t, const float *sin_t, int64_t t, int64_t h, int64_t hd, int64_t rd);
-    /* out [t][hq][hd]: causal grouped-query attention of q over k, v [n_ctx][hkv][hd] (f32, or
-     * f16 where kv_f16: widened exactly as they are loaded, so the result is the f32 kernel's on
-     * the widened cache, bit for bit), scores
+    /* out [t][hq][hd]: causal grouped-query attention of q over k, v [hkv][n_ctx][hd] (each kv
+     * head's rows one after another, so that a head's pass over the cache reads one contiguous
+     * run; f32, or f16 where kv_f16: widened exactly as they are loaded, so the result is the f32
+     * kernel's on the widened cache, bit for bit), scores
      * q.k * scale; token i sees positions 0 .. n_past + i, or with window > 0 only the last
      * `window` of them (a sliding window: n_past + i - window + 1 .. n_past + i). Only query
      * heads [h0, h1) are computed, each with the same arithmetic whatever the range, so ranges
@@ -422,8 +423,8 @@ typedef struct {
      * scores, and running sums kept out of out, whose cache lines neighbouring heads on other
      * threads may share). */
     void (*attention)(float *out, const float *q, const void *k, const void *v, int kv_f16, int64_t t,
-                      int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, int64_t window, float scale,
-                      int64_t h0, int64_t h1, float *scratch);
+                      int64_t hq, int64_t hkv, int64_t hd, int64_t n_ctx, int64_t n_past, int64_t window,
+                      float scale, int64_t h0, int64_t h1, float *scratch);
     /* out = silu(gate) * up */
     void (*silu_mul)(float *out, const float *gate, const float *up, int64_t n);
     /* out = gelu(gate) * up, GELU's tanh approximation (Gemma) */
@@ -541,7 +542,7 @@ void rope_ref(float *x, const float *cos_t, const float *sin_t, int64_t t, int64
 void llmr_rope_table(float *cos_t, float *sin_t, const int32_t *pos, const float *inv_freq, int64_t t,
                      int64_t half, float mscale);
 void attention_ref(float *out, const float *q, const void *k, const void *v, int kv_f16, int64_t t,
-                   int64_t hq, int64_t hkv, int64_t hd, int64_t n_past, int64_t window, float scale,
+                   int64_t hq, int64_t hkv, int64_t hd, int64_t n_ctx, int64_t n_past, int64_t window, float scale,
                    int64_t h0, int64_t h1, float *scratch);
 void silu_mul_ref(float *out, const float *gate, const float *up, int64_t n);
 void gelu_mul_ref(float *out, const float *gate, const float *up, int64_t n);
@@ -550,7 +551,7 @@ void gelu_mul_ref(float *out, const float *gate, const float *up, int64_t n);
 
 /* AVX2 + FMA + F16C */
 void attention_avx2(float *out, const float *q, const void *k, const void *v, int kv_f16, int64_t t, int64_t hq,
-                    int64_t hkv, int64_t hd, int64_t n_past, int64_t window, float scale, int64_t h0, int64_t h1,
+                    int64_t hkv, int64_t hd, int64_t n_ctx, int64_t n_past, int64_t window, float scale, int64_t h0, int64_t h1,
                     float *scratch);
 void quantize_row_q16_a_avx2(const float *x, block_q16_a *y, int64_t k);
 void vec_dot_f32_f32_avx2(int64_t k, float *s, const void *w, const void *a);
@@ -568,7 +569,7 @@ void vec_dot_q6_K_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 
 /* AVX-512 F + BW + VL; the _avx512vnni dots are the same source built with VNNI */
 void attention_avx512(float *out, const float *q, const void *k, const void *v, int kv_f16, int64_t t, int64_t hq,
-                      int64_t hkv, int64_t hd, int64_t n_past, int64_t window, float scale, int64_t h0, int64_t h1,
+                      int64_t hkv, int64_t hd, int64_t n_ctx, int64_t n_past, int64_t window, float scale, int64_t h0, int64_t h1,
                       float *scratch);
 void quantize_row_q16_a_avx512(const float *x, block_q16_a *y, int64_t k);
 void vec_dot_f32_f32_avx512(int64_t k, float *s, const void *w, const void *a);
@@ -692,7 +693,7 @@ void gemm_x16_q2_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out
 /* ---- arm64 NEON kernels (*_neon.c; built and called only on arm64, where NEON is baseline) -- */
 
 void attention_neon(float *out, const float *q, const void *k, const void *v, int kv_f16, int64_t t, int64_t hq,
-                    int64_t hkv, int64_t hd, int64_t n_past, int64_t window, float scale, int64_t h0, int64_t h1,
+                    int64_t hkv, int64_t hd, int64_t n_ctx, int64_t n_past, int64_t window, float scale, int64_t h0, int64_t h1,
                     float *scratch);
 void quantize_row_q16_a_neon(const float *x, block_q16_a *y, int64_t k);
 void vec_dot_f32_f32_neon(int64_t k, float *s, const void *w, const void *a);
@@ -765,14 +766,14 @@ int64_t llmr_get_rows(int type, int layout, float *out, const void *w, int64_t r
 /* ---- threaded attention (attention.c) ------------------------------------------------------ */
 
 /* One sequence's attention in a layer: its t new tokens' queries q [t][hq*hd] over its own cache
- * k, v [C][hkv*hd] (positions 0 .. n_past + t - 1 filled; f16 where kv_f16, else f32), into
- * out [t][hq*hd]. */
+ * k, v [hkv][n_ctx][hd] (positions 0 .. n_past + t - 1 filled; f16 where kv_f16, else f32),
+ * into out [t][hq*hd]. */
 typedef struct {
     float *out;
     const float *q;
     const void *k, *v;
     int kv_f16;
-    int64_t t, n_past;
+    int64_t t, n_past, n_ctx;
 } llmr_attention_seq;
 
 /* n elements on from p in a KV cache of f32 elements, or of f16 ones where f16. */
@@ -831,7 +832,7 @@ typedef struct {
 } llmr_model;
 
 /* One sequence's part of a forward pass: tokens[0 .. t) at positions n_past .. of its own caches
- * k_cache, v_cache [n_layers][n_ctx][n_kv_heads][head_dim] (f32, or f16 where kv_f16: new rows
+ * k_cache, v_cache [n_layers][n_kv_heads][n_ctx][head_dim] (f32, or f16 where kv_f16: new rows
  * rounded to nearest even, as numpy's astype(float16)), with logits wanted from its token `first`
  * on (0 <= first < t). */
 typedef struct {

@@ -495,7 +495,7 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
     if (kv_f16 < 0)
         goto done;
     const Py_ssize_t t = q->shape[0], hq = q->shape[1], hd = q->shape[2];
-    const Py_ssize_t n_ctx = kc->shape[0], hkv = kc->shape[1];
+    const Py_ssize_t hkv = kc->shape[0], n_ctx = kc->shape[1];
     if (check_same_shape(out, "out", q) || check_same_shape(vc, "v_cache", kc))
         goto done;
     if (kc->shape[2] != hd) {
@@ -518,7 +518,7 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
         check_disjoint(out, vc, "out and v_cache", 0))
         goto done;
     /* Scratch for each slot (thread) working at once. */
-    const llmr_attention_seq seq = {out->buf, q->buf, kc->buf, vc->buf, kv_f16, t, n_past};
+    const llmr_attention_seq seq = {out->buf, q->buf, kc->buf, vc->buf, kv_f16, t, n_past, n_ctx};
     const int64_t slots = llmr_attention_slots(&seq, 1, hq, hd);
     if (!(scratch = malloc((size_t)slots * (size_t)llmr_attention_scratch(&seq, 1, hq, hd) * sizeof(float)))) {
         PyErr_NoMemory();
@@ -989,8 +989,8 @@ static int take_segment(const llmr_model *m, PyObject *obj, Py_ssize_t s, Py_buf
     const int kv_f16 = kv_f16_of(kc, vc, name[1]);
     if (kv_f16 < 0)
         return -1;
-    const Py_ssize_t t = tokens->shape[0], n_ctx = kc->shape[1];
-    const Py_ssize_t cache[4] = {m->n_layers, n_ctx, m->n_kv_heads, m->head_dim};
+    const Py_ssize_t t = tokens->shape[0], n_ctx = kc->shape[2];
+    const Py_ssize_t cache[4] = {m->n_layers, m->n_kv_heads, n_ctx, m->head_dim};
     if (check_shape(kc, name[1], 4, cache) || check_same_shape(vc, name[2], kc))
         return -1;
     if (first < 0 || first >= t) {
@@ -1088,7 +1088,7 @@ static PyMethodDef methods[] = {
     {"forward", py_forward, METH_VARARGS,
      "forward(graph, segments, logits): llmrun.model.forward in C, over one or more sequences at once.\n"
      "segments: (tokens, n_past, k_cache, v_cache, first) each; tokens int32 [T]; caches float32\n"
-     "or float16 (both alike) [layers, n_ctx, kv_heads, head_dim] of their own, rows n_past .. written. logits float32\n"
+     "or float16 (both alike) [layers, kv_heads, n_ctx, head_dim] of their own, rows n_past .. written. logits float32\n"
      "[sum(T - first), V]: each segment's, of its tokens first .. T-1, segment after segment."},
     {"matmul", py_matmul, METH_VARARGS,
      "matmul(out, x, w, wtype, layout=0): out[t, n] = dot(W[n], x[t]). x float32 [T, K] or [K]; out float32\n"
@@ -1118,7 +1118,7 @@ static PyMethodDef methods[] = {
      "rotate; cos and sin are scaled by mscale (LongRoPE's attention factor)."},
     {"attention", py_attention, METH_VARARGS,
      "attention(out, q, k_cache, v_cache, n_past, window=0, scale=hd**-0.5): causal grouped-query\n"
-     "attention. q, out float32 [T, Hq, hd]; caches float32 or float16 [n_ctx, Hkv, hd] holding positions\n"
+     "attention. q, out float32 [T, Hq, hd]; caches float32 or float16 [Hkv, n_ctx, hd] holding positions\n"
      "0 .. n_past+T-1; window > 0: each token sees its last `window` positions only."},
     {"silu_mul", py_silu_mul, METH_VARARGS,
      "silu_mul(out, gate, up): out = gate * sigmoid(gate) * up, all float32 of one shape."},

@@ -45,9 +45,9 @@ def rope_(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray, mscale: fl
 
 def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, n_past: int, window: int = 0,
               scale: float | None = None) -> np.ndarray:
-    """Causal grouped-query attention of q [T, Hq, hd] over cache positions [0, n_past + T), each
-    token seeing its last `window` positions only where window > 0; scores q.k * scale
-    (default hd^-0.5)."""
+    """Causal grouped-query attention of q [T, Hq, hd] over cache positions [0, n_past + T) of
+    k_cache, v_cache [Hkv, n_ctx, hd] (a layer of a Cache), each token seeing its last `window`
+    positions only where window > 0; scores q.k * scale (default hd^-0.5)."""
     out = np.empty_like(q)
     K.attention(out, q, k_cache, v_cache, n_past, window, scale or 0.0)
     return out
@@ -131,15 +131,19 @@ def _lazy_zeros(shape: tuple, dtype: str = "float32") -> np.ndarray:
 
 @dataclass
 class Cache:
-    """A context's keys and values in host memory, pages committed as they are written."""
-    k: np.ndarray  # [L, C, Hkv, hd], float32 or float16
-    v: np.ndarray  # [L, C, Hkv, hd], the same
+    """A context's keys and values in host memory, pages committed as they are written. Each kv
+    head's positions lie one after another ([L, Hkv, C, hd]): a decode step's pass of a head over
+    the cache reads one run of memory, which the prefetchers follow (position-major rows, a
+    head's 128 to 512 bytes every Hkv * hd elements, made LLaMA-3.2-1B's attention over 8k
+    positions 1.5x (f32) to 1.7x (f16) slower, one thread, cold caches)."""
+    k: np.ndarray  # [L, Hkv, C, hd], float32 or float16
+    v: np.ndarray  # [L, Hkv, C, hd], the same
 
 
 def new_cache(cfg, n_ctx: int, kv_type: str = "f32") -> Cache:
     """Host keys and values for n_ctx positions of a model of config `cfg`, of element type
     kv_type (llmrun.backends.KV_DTYPES)."""
-    shape = (cfg.n_layers, n_ctx, cfg.n_kv_heads, cfg.head_dim)
+    shape = (cfg.n_layers, cfg.n_kv_heads, n_ctx, cfg.head_dim)
     dtype = KV_DTYPES[kv_type_checked(kv_type)]
     try:
         return Cache(_lazy_zeros(shape, dtype), _lazy_zeros(shape, dtype))

@@ -431,20 +431,22 @@ static void attention_case(int64_t n_past, int64_t t, int64_t hq, int64_t hkv, i
     uint16_t *kh = malloc((size_t)kv * 2), *vh = malloc((size_t)kv * 2);
     float *scratch = malloc((size_t)(n_ctx + LLMR_ATTENTION_TOKENS * hq * hd + 16) * sizeof(float));
     for (int64_t i = 0; i < t * hq * hd; i++) q[i] = 2.0f * uniform();
-    for (int64_t j = 0; j < n_ctx; j++) { /* f16 values, so that the f16 caches hold them exactly */
-        const int seen = j < n_past + t && !(window > 0 && j + window < n_past + 1);
-        for (int64_t e = 0; e < hkv * hd; e++) {
-            kc[j * hkv * hd + e] = seen ? llmr_f16_to_f32(llmr_f32_to_f16(uniform())) : NAN;
-            vc[j * hkv * hd + e] = seen ? llmr_f16_to_f32(llmr_f32_to_f16(uniform())) : NAN;
+    /* the caches [hkv][n_ctx][hd]; f16 values, so that the f16 caches hold them exactly */
+    for (int64_t g = 0; g < hkv; g++)
+        for (int64_t j = 0; j < n_ctx; j++) {
+            const int seen = j < n_past + t && !(window > 0 && j + window < n_past + 1);
+            for (int64_t e = 0; e < hd; e++) {
+                kc[(g * n_ctx + j) * hd + e] = seen ? llmr_f16_to_f32(llmr_f32_to_f16(uniform())) : NAN;
+                vc[(g * n_ctx + j) * hd + e] = seen ? llmr_f16_to_f32(llmr_f32_to_f16(uniform())) : NAN;
+            }
         }
-    }
     for (int64_t e = 0; e < kv; e++) {
         kh[e] = llmr_f32_to_f16(kc[e]);
         vh[e] = llmr_f32_to_f16(vc[e]);
     }
     const float scale = 1.0f / sqrtf((float)hd);
-    attention_neon(out, q, kc, vc, 0, t, hq, hkv, hd, n_past, window, scale, 0, hq, scratch);
-    attention_neon(out16, q, kh, vh, 1, t, hq, hkv, hd, n_past, window, scale, 0, hq, scratch);
+    attention_neon(out, q, kc, vc, 0, t, hq, hkv, hd, n_ctx, n_past, window, scale, 0, hq, scratch);
+    attention_neon(out16, q, kh, vh, 1, t, hq, hkv, hd, n_ctx, n_past, window, scale, 0, hq, scratch);
     char what[96];
     snprintf(what, sizeof what, "attention n_past=%lld t=%lld heads=%lld/%lld hd=%lld window=%lld",
              (long long)n_past, (long long)t, (long long)hq, (long long)hkv, (long long)hd, (long long)window);
@@ -457,9 +459,9 @@ static void attention_case(int64_t n_past, int64_t t, int64_t hq, int64_t hkv, i
             for (int64_t j = start; j < end; j++) {
                 double dot = 0.0, mag = 0.0;
                 for (int64_t e = 0; e < hd; e++) {
-                    dot += (double)qh[e] * kc[(j * hkv + g) * hd + e];
-                    mag += fabs((double)qh[e] * kc[(j * hkv + g) * hd + e]);
-                    vmax = fmax(vmax, fabs((double)vc[(j * hkv + g) * hd + e]));
+                    dot += (double)qh[e] * kc[(g * n_ctx + j) * hd + e];
+                    mag += fabs((double)qh[e] * kc[(g * n_ctx + j) * hd + e]);
+                    vmax = fmax(vmax, fabs((double)vc[(g * n_ctx + j) * hd + e]));
                 }
                 s[j - start] = dot * scale;
                 a = fmax(a, mag * scale);
@@ -468,7 +470,7 @@ static void attention_case(int64_t n_past, int64_t t, int64_t hq, int64_t hkv, i
             for (int64_t j = start; j < end; j++) {
                 const double p = exp(s[j - start] - m);
                 sum += p;
-                for (int64_t e = 0; e < hd; e++) o[e] += p * vc[(j * hkv + g) * hd + e];
+                for (int64_t e = 0; e < hd; e++) o[e] += p * vc[(g * n_ctx + j) * hd + e];
             }
             const int64_t n_kv = end - start;
             const double bound = (2.0 * (hd + 4) * U * a + (2.0 * n_kv + 8.0 * ((n_kv + 7) / 8) + 4) * U) * vmax;
