@@ -105,17 +105,16 @@ ALWAYS_INLINE void add_rows_n(float *o, const float *f, const float *p, int nr, 
     }
 }
 
-/* add_rows_n for any nr, in groups of at most 4 compiled with their count fixed. */
+/* add_rows_n for any nr: four rows at a time (LLaMA-3's and most GQA models' heads per kv head,
+ * compiled with the count fixed), then what is left. */
 ALWAYS_INLINE void add_rows(float *o, const float *f, const float *p, int64_t nr, const void *row, int64_t n,
                             int64_t stride, int64_t hd, int f16) {
-    for (; nr >= 4; nr -= 4, o += 4 * hd, f += 4, p += 4 * BLOCK)
-        add_rows_n(o, f, p, 4, row, n, stride, hd, f16);
-    if (nr == 3)
-        add_rows_n(o, f, p, 3, row, n, stride, hd, f16);
-    else if (nr == 2)
-        add_rows_n(o, f, p, 2, row, n, stride, hd, f16);
-    else if (nr == 1)
-        add_rows_n(o, f, p, 1, row, n, stride, hd, f16);
+    for (int64_t r = 0; r < nr; r += 4) {
+        if (nr - r >= 4)
+            add_rows_n(o + r * hd, f + r, p + r * BLOCK, 4, row, n, stride, hd, f16);
+        else
+            add_rows_n(o + r * hd, f + r, p + r * BLOCK, (int)(nr - r), row, n, stride, hd, f16);
+    }
 }
 
 /* Lanes j of the block (8 positions, two vectors) with lo <= j < hi: all ones, else 0. */
