@@ -104,7 +104,6 @@ class KVCache:
 
     def __init__(self, cfg: ModelConfig, n_ctx: int, backend=None, kv_type: str = "f32"):
         self.store = backend.new_cache(n_ctx, kv_type) if backend else ops.new_cache(cfg, n_ctx, kv_type)
-        self.kv_type = kv_type
         self.n_ctx = n_ctx
         self.n = 0  # positions filled
         self.tokens: list[int] = []  # the ids at those positions

@@ -59,9 +59,11 @@ ALWAYS_INLINE __m256 kv_load8(const void *row, int64_t i, int f16) {
 }
 
 /* The same, only the first n (< 8 where m = lanes(n)) read, the other lanes 0: f32 by maskload,
- * f16 (which has no masked load here) through a copy of its n elements. */
+ * f16 (which has no masked load here) whole where n >= 8, else through a copy of its n elements. */
 ALWAYS_INLINE __m256 kv_load_first(const void *row, int64_t i, __m256i m, int64_t n, int f16) {
     if (f16) {
+        if (n >= 8)
+            return kv_load8(row, i, 1);
         uint16_t h[8] = {0};
         if (n > 0)
             memcpy(h, (const uint16_t *)row + i, (size_t)(n < 8 ? n : 8) * 2);

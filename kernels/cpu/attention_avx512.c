@@ -125,19 +125,12 @@ ALWAYS_INLINE void add_rows(float *o, const __m512 *f, const float *p, int64_t n
         add_rows_n(o, f, p, 1, row, n, stride, hd, f16);
 }
 
-/* In decode the cache comes from memory (a step's weights have streamed through the caches
- * since the last one), one strided row after another: fetching the K and V rows of the block
- * PREFETCH_BLOCKS ahead keeps more of them in flight. SmolLM2, 30 layers at 600 positions, a
- * cold cache: 2.16 -> 1.74 ms (4 and 8 blocks ahead: no better). */
-#define PREFETCH_BLOCKS 2
-ALWAYS_INLINE void prefetch_block(const void *k, const void *v, int64_t j0, int64_t end, int64_t kv_stride,
-                                  int64_t hd, int f16) {
-    for (int64_t j = j0; j < j0 + BLOCK && j < end; j++)
-        for (int64_t i = 0; i < hd; i += f16 ? 32 : 16) { /* a 64-byte line at a time */
-            _mm_prefetch((const char *)llmr_kv_skip(k, j * kv_stride + i, f16), _MM_HINT_T0);
-            _mm_prefetch((const char *)llmr_kv_skip(v, j * kv_stride + i, f16), _MM_HINT_T0);
-        }
-}
+/* No software prefetch: since the cache became head-major, a kv head's rows are one run that the
+ * hardware prefetchers follow, and fetching the block two ahead (which had taken SmolLM2's
+ * decode attention at 600 positions, strided rows, 2.16 -> 1.74 ms) cost time instead: the 1B
+ * shape at 8k positions, 16 layers, cold, one thread, 45.8 -> 40.5 ns a position and kv head
+ * (f32) and 31.6 -> 22.4 (f16) without it; SmolLM2 at 600, 2.30 -> 1.86 ms (one thread),
+ * 1.78 -> 2.06 (two). */
 
 /* A tile of query rows: nt consecutive tokens x nh query heads of one kv head, row (i, h) at
  * q + i * q_stride + h * hd, token i seeing positions [0, n_kv + i) of the kv head's rows
@@ -164,8 +157,6 @@ ALWAYS_INLINE void attend(float *out, float *acc, const float *q, const void *k,
 #define LO(i) (window > 0 && n_kv + (i) > window ? n_kv + (i) - window : 0)
     for (int64_t j0 = LO(0) / BLOCK * BLOCK; j0 < end; j0 += BLOCK) {
         const int64_t n = end - j0 < BLOCK ? end - j0 : BLOCK;
-        if (nt == 1) /* decode; a prefill tile reads its blocks from the cache the last tile warmed */
-            prefetch_block(k, v, j0 + PREFETCH_BLOCKS * BLOCK, end, kv_stride, hd, f16);
         /* A short last block repeats its last row in the spare lanes, so that the dot loop
          * below always has 16 accumulators (kept in registers); those lanes are masked out. */
         const void *kr[BLOCK];

@@ -176,7 +176,7 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_s
          * queries over that cache alone */
         for (int64_t s = 0, off = 0; s < n_segs; off += segs[s++].t) {
             const llmr_segment *S = &segs[s];
-            const int64_t es = S->kv_f16 ? 2 : 4; /* bytes an element */
+            const int64_t es = llmr_kv_bytes(S->kv_f16);
             uint8_t *kc = (uint8_t *)S->k_cache + l * S->n_ctx * kv_dim * es; /* [Hkv, C, hd] */
             uint8_t *vc = (uint8_t *)S->v_cache + l * S->n_ctx * kv_dim * es;
             store_kv(kc, k + off * kv_dim, S->t, Hkv, hd, S->n_ctx, S->n_past, S->kv_f16);

@@ -776,9 +776,12 @@ typedef struct {
     int64_t t, n_past, n_ctx;
 } llmr_attention_seq;
 
-/* n elements on from p in a KV cache of f32 elements, or of f16 ones where f16. */
+/* Bytes of a KV cache element: f32, or f16 where f16. */
+static inline int64_t llmr_kv_bytes(int f16) { return f16 ? 2 : 4; }
+
+/* n elements on from p in a KV cache. */
 static inline const void *llmr_kv_skip(const void *p, int64_t n, int f16) {
-    return (const uint8_t *)p + n * (f16 ? 2 : 4);
+    return (const uint8_t *)p + n * llmr_kv_bytes(f16);
 }
 
 /* The table's attention kernel on the pool for n sequences in one job, in units of tokens and a
