@@ -205,8 +205,8 @@ def forward(cfg: ModelConfig, w: Weights, inv_freq: dict, tokens, cache: KVCache
             mscale = cfg.rope_mscale if rope == "global" else 1.0
             ops.rope_(q, positions, inv_freq[rope], mscale)
             ops.rope_(k, positions, inv_freq[rope], mscale)
-        cache.k[l, :, n_past:n_past + T] = k.transpose(1, 0, 2)  # [Hkv, T, hd]: the cache is head-major
-        cache.v[l, :, n_past:n_past + T] = v.transpose(1, 0, 2)
+        ops.store_kv(cache.k[l, :, n_past:n_past + T], k.transpose(1, 0, 2))  # [Hkv, T, hd]: head-major
+        ops.store_kv(cache.v[l, :, n_past:n_past + T], v.transpose(1, 0, 2))
         a = ops.attention(q, cache.k[l], cache.v[l], n_past, cfg.layer_window(l), cfg.attn_scale)  # [T, H, hd]
         x += _sublayer_out(cfg, ops.matmul(layer.wo, a.reshape(T, H * hd)), layer.attn_post_norm)  # [T, D]
 
@@ -229,7 +229,8 @@ MIN_DEFAULT_CONTEXT = 2048  # the default context is capped by memory, but not b
 
 def kv_bytes_per_position(cfg: ModelConfig, kv_type: str = "f32") -> int:
     """Bytes the KV cache takes per position: keys and values in every layer, of kv_type."""
-    return 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * np.dtype(backends.KV_DTYPES[kv_type]).itemsize
+    row = backends.kv_row_items(kv_type, cfg.head_dim) * np.dtype(backends.KV_DTYPES[kv_type]).itemsize
+    return 2 * cfg.n_layers * cfg.n_kv_heads * row
 
 
 def available_memory() -> int | None:
@@ -263,6 +264,7 @@ class Model:
             self.config = ModelConfig.from_dict(meta["config"])
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(f"{path}: bad model config in metadata: {e}") from None
+        backends.kv_row_items(self.kv_type, self.config.head_dim)  # q8_0's head dims, before any upload
         self.weights = Weights.from_file(self.file, self.config)
         self.tokenizer = Tokenizer.from_metadata(meta.get("tokenizer"), bytes(self.file.tokenizer_blob), path)
         self.chat_template: str | None = meta.get("chat_template")
@@ -344,8 +346,9 @@ def load(path, huge_pages: bool | None = None, backend: str | None = None, kv_ty
     for a file whose cached pages are small (llmrun.format._read_into_huge_pages; a file llmrun
     wrote is read back into huge pages anyway: llmrun.format.drop_cached_pages).
     `backend` is "cpu", "webgpu" or "cuda" (default: the environment variable LLMRUN_BACKEND, else cpu).
-    `kv_type` is the KV caches' element type, "f32" or "f16" (half the memory; the CPU backend
-    only) (default: the environment variable LLMRUN_KV_TYPE, else f32)."""
+    `kv_type` is the KV caches' element type, "f32", "f16" (half the memory) or "q8_0" (0.27x
+    f32's; a head dim that is a multiple of 32); f16 and q8_0 on the CPU backend only (default:
+    the environment variable LLMRUN_KV_TYPE, else f32)."""
     from .store import resolve
     path = resolve(str(path), download=True)
     if huge_pages is None:

@@ -606,7 +606,8 @@ def attention_inputs(n_past, t, hq, hkv, hd, window):
 def attention_outputs(path):
     """Run in the subprocess: every case on this process's path, on 1 and 2 threads, and the
     first token alone (from a cache cut after the last position it sees); and on 1 thread with
-    the caches in f16, and in f32 holding those f16 values: saved to path."""
+    the caches in f16, and in f32 holding those f16 values; where hd allows, in q8_0, and in f32
+    holding the values of those blocks: saved to path."""
     out = {"isa": np.array(K.isa())}
     for case in attention_cases():
         q, kc, vc = attention_inputs(*case)
@@ -621,11 +622,31 @@ def attention_outputs(path):
         out[f"{case}/first"] = y
         K.set_threads(1)
         kc16, vc16 = kc.astype(np.float16), vc.astype(np.float16)
-        for key, (k, v) in (("f16", (kc16, vc16)), ("widened", (kc16.astype(np.float32), vc16.astype(np.float32)))):
+        caches = {"f16": (heads_first(kc16), heads_first(vc16)),
+                  "widened": (heads_first(kc16.astype(np.float32)), heads_first(vc16.astype(np.float32)))}
+        if case[4] % 32 == 0:  # a q8_0 cache's rows are whole blocks
+            k8, v8 = q8_0_rows(heads_first(kc)), q8_0_rows(heads_first(vc))
+            caches |= {"q8_0": (k8, v8), "q8_0 values": (q8_0_values(k8), q8_0_values(v8))}
+        for key, (k, v) in caches.items():
             y = np.full_like(q, np.nan)
-            K.attention(y, q, heads_first(k), heads_first(v), n_past, window)
+            K.attention(y, q, k, v, n_past, window)
             out[f"{case}/{key}"] = y
     np.savez(path, **out)
+
+
+def q8_0_rows(x):
+    """x [.., hd] as a q8_0 KV cache's rows (uint8, hd / 32 blocks each), by the C quantiser."""
+    out = np.empty(x.shape[:-1] + (x.shape[-1] // 32 * 34,), np.uint8)
+    K.quantize(out, np.ascontiguousarray(x), Q8_0.id)
+    return out
+
+
+def q8_0_values(rows):
+    """The floats a q8_0 cache's rows stand for, d * q, in numpy (each product exact in float32)."""
+    blocks = rows.reshape(rows.shape[:-1] + (-1, 34))
+    d = np.ascontiguousarray(blocks[..., :2]).view(np.float16).astype(np.float32)
+    q = np.ascontiguousarray(blocks[..., 2:]).view(np.int8).astype(np.float32)
+    return (d * q).reshape(rows.shape[:-1] + (-1,))
 
 
 @pytest.fixture(scope="module")
@@ -651,7 +672,9 @@ def test_attention_every_path(attention_paths, isa):
     """Within the path's bound of float64 for every case; bit-identical on 1 and 2 threads;
     causal: no NaN from the positions no token sees, and the first token's output the same
     from a cache that ends at its own position. An f16 cache (--kv-type f16) gives what an f32
-    cache of the same values gives, bit for bit (its rows are widened exactly as loaded)."""
+    cache of the same values gives, bit for bit (its rows are widened exactly as loaded), and so
+    does a q8_0 cache (its d * q, made exactly as loaded; the NaN rows no token sees quantise to
+    blocks that read as NaN)."""
     if isa not in attention_paths:
         pytest.skip(f"this CPU cannot run {isa}")
     got = attention_paths[isa]
@@ -663,6 +686,9 @@ def test_attention_every_path(attention_paths, isa):
         np.testing.assert_array_equal(got[f"{case}/first"], one[:1], err_msg=f"{case}: first token")
         assert got[f"{case}/f16"].tobytes() == got[f"{case}/widened"].tobytes(), f"{case}: f16 cache"
         assert not np.isnan(got[f"{case}/f16"]).any(), f"{case}: f16 cache read an unseen position"
+        if case[4] % 32 == 0:
+            assert got[f"{case}/q8_0"].tobytes() == got[f"{case}/q8_0 values"].tobytes(), f"{case}: q8_0 cache"
+            assert not np.isnan(got[f"{case}/q8_0"]).any(), f"{case}: q8_0 cache read an unseen position"
         check_attention(one, q, kc, vc, case[0], attention_bound_for(isa), case[-1])
 
 

@@ -1,8 +1,10 @@
 """The KV cache's element type (`--kv-type`, llmrun.backends.KV_DTYPES): f16 keys and values,
 rounded to nearest even as they are stored and widened exactly as attention loads them, so that
 the C forward equals the Python graph (numpy's float16 rounding, the same kernels) bit for bit;
-half the memory; logits close to an f32 cache's. The kernels themselves: tests/test_kernels.py
-(every path's f16 attention is its f32 attention on the widened cache, bit for bit)."""
+half the memory; logits close to an f32 cache's. q8_0 the same way: rows stored as q8_0 blocks
+(those of quant/'s numpy reference), each value d * q made exactly as attention loads it; 34 /
+128 of f32's memory. The kernels themselves: tests/test_kernels.py (every path's f16 and q8_0
+attention is its f32 attention on a cache of the same values, bit for bit)."""
 from __future__ import annotations
 
 import os
@@ -12,8 +14,11 @@ import pytest
 
 import llmrun
 from llmrun import model as model_module
+from llmrun import _kernels as K
 from llmrun.errors import SettingError
 from llmrun.model import Segment
+from llmrun.quant import reference as ref
+from llmrun.quant.types import Q8_0
 
 from conftest import FAMILY_CHECKPOINTS, make_hf_checkpoint, run_cli
 
@@ -96,7 +101,7 @@ def test_f16_cache_takes_half_the_memory(tmp_path, monkeypatch):
 def test_kv_type_from_the_environment_and_bad_types(hf, monkeypatch):
     monkeypatch.setenv("LLMRUN_KV_TYPE", "f16")
     assert llmrun.load(hf).new_cache(8).k.dtype == np.float16
-    for bad in ("q8_0", "F16", ""):
+    for bad in ("q4_0", "F16", ""):
         with pytest.raises(SettingError, match="KV cache type"):
             llmrun.load(hf, kv_type=bad or "?")
 
@@ -108,4 +113,97 @@ def test_cli_kv_type(hf):
     assert "| kv " in bench.splitlines()[0] and "| f16 " in bench.splitlines()[2]
     r = run_cli("generate", hf, "-p", "hi", "-n", "4", "--kv-type", "q4")
     assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines() == ["llmrun: error: unknown KV cache type 'q4'; known: f32, f16"]
+    assert r.stderr.strip().splitlines() == ["llmrun: error: unknown KV cache type 'q4'; known: f32, f16, q8_0"]
+
+
+# ---- q8_0 ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hd32(tmp_path_factory):
+    """LLaMA and FAMILY_CHECKPOINTS with heads of 32 elements (a q8_0 block): {family: checkpoint}."""
+    d = tmp_path_factory.mktemp("kv-hd32")
+    out = {}
+    for family, kw in {"llama": {}, **FAMILY_CHECKPOINTS}.items():
+        make_hf_checkpoint(d / family, **{**kw, "head_dim": 32})
+        out[family] = d / family
+    return out
+
+
+@pytest.mark.parametrize("family", ["llama", *sorted(FAMILY_CHECKPOINTS)])
+def test_q8_0_cache_forward_equals_the_python_graph(hd32, family):
+    """As for f16: the C forward's logits and q8_0 cache rows are the Python graph's bit for bit,
+    in chunked prefill and decode, on every family."""
+    model = llmrun.load(hd32[family], kv_type="q8_0")
+    fast, slow = model.new_cache(32), model.new_cache(32)
+    assert fast.k.dtype == np.uint8 and fast.k.shape[-1] == 34  # one block a row
+    for chunk in (IDS[:6], IDS[6:11], IDS[11:12], IDS[12:13], IDS[13:]):
+        np.testing.assert_array_equal(model.forward(chunk, fast), model.forward(chunk, slow, reference=True))
+    np.testing.assert_array_equal(fast.k, slow.k)
+    np.testing.assert_array_equal(fast.v, slow.v)
+
+
+def test_q8_0_cache_rows_are_the_reference_blocks_of_the_f32_rows(hd32):
+    """The first layer's rows (the embeddings' alone) are quant/'s numpy q8_0 blocks of an f32
+    cache's rows, whatever the chunking; nothing is written past the positions run."""
+    f32, q8 = llmrun.load(hd32["llama"]), llmrun.load(hd32["llama"], kv_type="q8_0")
+    a, b = f32.new_cache(16), q8.new_cache(16)
+    f32.forward(IDS[:9], a)
+    q8.forward(IDS[:4], b)
+    q8.forward(IDS[4:9], b)
+    for got, rows in ((b.k, a.k), (b.v, a.v)):
+        want = ref.quantize(rows[0, :, :9].reshape(-1, 32), Q8_0).reshape(got[0, :, :9].shape)
+        np.testing.assert_array_equal(got[0, :, :9], want)
+    assert not b.k[:, :, 9:].any() and not b.v[:, :, 9:].any()
+
+
+def test_q8_0_cache_logits_are_close_to_f32(hd32):
+    f32, q8 = llmrun.load(hd32["llama"]), llmrun.load(hd32["llama"], kv_type="q8_0")
+    a, b = f32.logits(IDS), q8.logits(IDS)
+    assert not np.array_equal(a, b)  # the rounding is there
+    assert mean_kl(a, b) < 1e-6
+    assert (a.argmax(-1) == b.argmax(-1)).all()
+
+
+def test_a_batch_mixes_q8_0_f16_and_f32_caches(hd32):
+    models = {t: llmrun.load(hd32["llama"], kv_type=t) for t in ("f32", "f16", "q8_0")}
+    caches = {t: m.new_cache(16) for t, m in models.items()}
+    runs = {"f32": IDS[:5], "f16": IDS[5:12], "q8_0": IDS[2:9]}
+    got = models["f32"].forward_batch([Segment(runs[t], caches[t], last_only=True) for t in runs])
+    for i, t in enumerate(runs):
+        np.testing.assert_array_equal(got[i], models[t].forward(runs[t], models[t].new_cache(16), last_only=True))
+
+
+def test_q8_0_cache_takes_34_128ths_of_f32s_memory(hd32):
+    f32, q8 = llmrun.load(hd32["llama"]), llmrun.load(hd32["llama"], kv_type="q8_0")
+    assert q8.new_cache(64).k.nbytes * 128 == f32.new_cache(64).k.nbytes * 34
+    assert model_module.kv_bytes_per_position(q8.config, "q8_0") * 128 == \
+        model_module.kv_bytes_per_position(f32.config) * 34
+
+
+def test_q8_0_blocks_of_nan_or_inf_read_as_nan():
+    """A block holding a NaN or an infinity (a model's activations gone) reads back as NaN
+    throughout, not as finite numbers; the blocks beside it are untouched."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 32)).astype(np.float32)
+    x[1, 5], x[2, 30] = np.nan, -np.inf
+    blocks = np.empty((4, 34), np.uint8)
+    K.quantize(blocks, x, Q8_0.id)
+    d = blocks[:, :2].copy().view(np.float16).astype(np.float32)
+    with np.errstate(invalid="ignore"):  # inf * 0
+        values = d * blocks[:, 2:].view(np.int8).astype(np.float32)
+    assert np.isnan(values[1:3]).all()
+    np.testing.assert_array_equal(blocks[[0, 3]], ref.quantize(x[[0, 3]], Q8_0))
+
+
+def test_q8_0_needs_heads_of_whole_blocks(hf):
+    """A head dim that is not a multiple of 32 is refused in one line, before anything is loaded."""
+    with pytest.raises(SettingError, match="multiple of 32, and this model's is 16: use --kv-type f16"):
+        llmrun.load(hf, kv_type="q8_0")
+    r = run_cli("generate", hf, "-p", "hi", "-n", "2", "--kv-type", "q8_0")
+    assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_q8_0(hd32):
+    bench = run_cli("bench", hd32["llama"], "-p", "8", "-n", "4", "-t", "1", "-r", "1", "--kv-type", "q8_0",
+                    check=True).stdout
+    assert "| q8_0 " in bench.splitlines()[2]

@@ -21,7 +21,7 @@ import pytest
 from conftest import ROOT
 
 SUITES = ["tests/test_kernels.py", "tests/test_isa.py", "tests/test_format.py", "tests/test_tiny_models.py",
-          "tests/test_threads.py", "tests/test_batch.py", "tests/test_sampling.py"]
+          "tests/test_threads.py", "tests/test_batch.py", "tests/test_sampling.py", "tests/test_kv_cache.py"]
 
 
 def _runtime(name: str) -> str | None:

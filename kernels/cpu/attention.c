@@ -53,7 +53,7 @@ static void attention_item(void *ctx, int64_t item) {
             first += units_of(j, s++);
         const int64_t t0 = (u - first) / j->units_per_run * j->tokens, h0 = (u - first) % j->units_per_run * j->heads;
         const int64_t nt = s->t - t0 < j->tokens ? s->t - t0 : j->tokens, off = t0 * j->hq * j->hd;
-        j->kern->attention(s->out + off, s->q + off, s->k, s->v, s->kv_f16, nt, j->hq, j->hkv, j->hd, s->n_ctx,
+        j->kern->attention(s->out + off, s->q + off, s->k, s->v, s->kv_type, nt, j->hq, j->hkv, j->hd, s->n_ctx,
                            s->n_past + t0, j->window, j->scale, h0, h0 + j->heads, scratch);
     }
 }
@@ -62,7 +62,7 @@ void llmr_attention(const llmr_kernels *kern, const llmr_attention_seq *seqs, in
                     int64_t hd, int64_t window, float scale, float *scratch, int64_t slots) {
     if (slots <= 1) {
         for (int64_t s = 0; s < n; s++)
-            kern->attention(seqs[s].out, seqs[s].q, seqs[s].k, seqs[s].v, seqs[s].kv_f16, seqs[s].t, hq, hkv, hd,
+            kern->attention(seqs[s].out, seqs[s].q, seqs[s].k, seqs[s].v, seqs[s].kv_type, seqs[s].t, hq, hkv, hd,
                             seqs[s].n_ctx, seqs[s].n_past, window, scale, 0, hq, scratch);
         return;
     }

@@ -6,8 +6,8 @@
  * up to 4 tokens x the query heads that share it. Not the scalar kernel's arithmetic;
  * tests/test_kernels.py bounds the difference. A row's arithmetic does not depend on which
  * other tokens and heads share its tile, so any split between threads gives the same bits.
- * An f16 cache is widened as it is loaded (vcvtph2ps, exact), as in attention_avx512.c: the
- * f32 arithmetic on the same values, so the same bits. */
+ * An f16 cache is widened as it is loaded (vcvtph2ps, exact), a q8_0 one multiplied out (d * q,
+ * exact), as in attention_avx512.c: the f32 arithmetic on the same values, so the same bits. */
 #include <immintrin.h>
 #include <math.h>
 
@@ -51,54 +51,96 @@ static inline float hsum(__m256 v) {
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
-/* Elements i .. i + 7 of a cache row as floats. */
-ALWAYS_INLINE __m256 kv_load8(const void *row, int64_t i, int f16) {
-    if (f16)
+/* Elements i .. i + 7 of a cache row of type kv as the floats they stand for: f16 widened,
+ * q8_0's d * q (i a multiple of 8: within one block). */
+ALWAYS_INLINE __m256 kv_load8(const void *row, int64_t i, int kv) {
+    if (kv == LLMR_KV_F16)
         return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i)));
+    if (kv == LLMR_KV_Q8_0) {
+        const block_q8_0 *b = (const block_q8_0 *)row + i / QK8_0;
+        const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b->qs + i % QK8_0))));
+        return _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(b->d)), q);
+    }
     return _mm256_loadu_ps((const float *)row + i);
 }
 
 /* The same, only the first n (< 8 where m = lanes(n)) read, the other lanes 0: f32 by maskload,
- * f16 (which has no masked load here) whole where n >= 8, else through a copy of its n elements. */
-ALWAYS_INLINE __m256 kv_load_first(const void *row, int64_t i, __m256i m, int64_t n, int f16) {
-    if (f16) {
+ * f16 and q8_0 (which have no masked load here) whole where n >= 8, else through a copy of their
+ * n elements (a q8_0 row's hd being a multiple of 32, n is then 0 or less). */
+ALWAYS_INLINE __m256 kv_load_first(const void *row, int64_t i, __m256i m, int64_t n, int kv) {
+    if (kv == LLMR_KV_F16) {
         if (n >= 8)
-            return kv_load8(row, i, 1);
+            return kv_load8(row, i, kv);
         uint16_t h[8] = {0};
         if (n > 0)
             memcpy(h, (const uint16_t *)row + i, (size_t)(n < 8 ? n : 8) * 2);
         return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
     }
+    if (kv == LLMR_KV_Q8_0)
+        return n >= 8 ? kv_load8(row, i, kv) : _mm256_setzero_ps();
     return _mm256_maskload_ps((const float *)row + i, m);
 }
 
-/* Lane c = dot(q, row[c]) over hd floats: an FMA chain per row, then hsum8. Plain loads where
- * whole vectors fit (maskload is slower: 8.1 -> 6.9 ms for SmolLM2's 512-token prefill), then a
- * masked tail. */
-ALWAYS_INLINE __m256 dots(const float *q, const void *const row[BLOCK], int64_t hd, int f16) {
-    __m256 acc[BLOCK];
-    for (int c = 0; c < BLOCK; c++)
-        acc[c] = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 8 <= hd; i += 8) {
-        const __m256 qv = _mm256_loadu_ps(q + i);
-        for (int c = 0; c < BLOCK; c++)
-            acc[c] = _mm256_fmadd_ps(qv, kv_load8(row[c], i, f16), acc[c]);
+/* Lane c of s[r] = dot(q_r, row[c]) over hd floats, for the R query rows q_r = q + r * hd (heads
+ * of one token that share the kv head), as in attention_avx512.c: each K vector loaded (and
+ * widened or multiplied out) once for the R rows, an FMA chain per row and position, then hsum8:
+ * s[r] does not depend on R. Plain loads where whole vectors fit (maskload is slower: 8.1 -> 6.9
+ * ms for SmolLM2's 512-token prefill), then a masked tail. */
+ALWAYS_INLINE void dots_n(__m256 *s, const float *q, const int R, const void *const row[BLOCK], int64_t hd, int kv) {
+    const int G = R == 1 ? 8 : R == 2 ? 4 : 2; /* positions at once: R * G chains (6 .. 8) in flight */
+    __m256 acc[4][BLOCK];
+    for (int c0 = 0; c0 < BLOCK; c0 += G) {
+        __m256 a[8]; /* [g * R + r] */
+        for (int j = 0; j < G * R; j++)
+            a[j] = _mm256_setzero_ps();
+        int64_t i = 0;
+        for (; i + 8 <= hd; i += 8) {
+            __m256 qv[4];
+            for (int r = 0; r < R; r++)
+                qv[r] = _mm256_loadu_ps(q + r * hd + i);
+            for (int g = 0; g < G; g++) {
+                const __m256 x = kv_load8(row[c0 + g], i, kv);
+                for (int r = 0; r < R; r++)
+                    a[g * R + r] = _mm256_fmadd_ps(qv[r], x, a[g * R + r]);
+            }
+        }
+        if (i < hd) {
+            const __m256i m = lanes(hd - i);
+            __m256 qv[4];
+            for (int r = 0; r < R; r++)
+                qv[r] = _mm256_maskload_ps(q + r * hd + i, m);
+            for (int g = 0; g < G; g++) {
+                const __m256 x = kv_load_first(row[c0 + g], i, m, hd - i, kv);
+                for (int r = 0; r < R; r++)
+                    a[g * R + r] = _mm256_fmadd_ps(qv[r], x, a[g * R + r]);
+            }
+        }
+        for (int g = 0; g < G; g++)
+            for (int r = 0; r < R; r++)
+                acc[r][c0 + g] = a[g * R + r];
     }
-    if (i < hd) {
-        const __m256i m = lanes(hd - i);
-        const __m256 qv = _mm256_maskload_ps(q + i, m);
-        for (int c = 0; c < BLOCK; c++)
-            acc[c] = _mm256_fmadd_ps(qv, kv_load_first(row[c], i, m, hd - i, f16), acc[c]);
-    }
-    return hsum8(acc);
+    for (int r = 0; r < R; r++)
+        s[r] = hsum8(acc[r]);
+}
+
+/* dots_n for the nh heads of one token (rows hd apart from q), in groups of at most 4 compiled
+ * with their count fixed. */
+ALWAYS_INLINE void dots(__m256 *s, const float *q, int64_t nh, const void *const row[BLOCK], int64_t hd, int kv) {
+    for (; nh >= 4; nh -= 4, q += 4 * hd, s += 4)
+        dots_n(s, q, 4, row, hd, kv);
+    if (nh == 3)
+        dots_n(s, q, 3, row, hd, kv);
+    else if (nh == 2)
+        dots_n(s, q, 2, row, hd, kv);
+    else if (nh == 1)
+        dots_n(s, q, 1, row, hd, kv);
 }
 
 /* For the nr query rows r < nr of one token (sums at o + r * hd, weights at p + r * BLOCK):
  * o_r = f_r * o_r + sum over c < n of p_r[c] * V row c, attention_avx512.c's add_rows_n with
  * two vectors of o per row in registers, as many as AVX2's 16 registers hold for four rows. */
 ALWAYS_INLINE void add_rows_n(float *o, const __m256 *f, const float *p, int nr, const void *row, int64_t n,
-                              int64_t stride, int64_t hd, int f16) {
+                              int64_t stride, int64_t hd, int kv) {
     for (int64_t i0 = 0; i0 < hd; i0 += 16) {
         __m256i m[2];
         __m256 acc[4][2];
@@ -108,9 +150,9 @@ ALWAYS_INLINE void add_rows_n(float *o, const __m256 *f, const float *p, int nr,
                 acc[r][e] = _mm256_mul_ps(_mm256_maskload_ps(o + r * hd + i0 + 8 * e, m[e]), f[r]);
         }
         for (int64_t c = 0; c < n; c++) {
-            const void *vc = llmr_kv_skip(row, c * stride + i0, f16);
+            const void *vc = llmr_kv_skip(row, c * stride, kv); /* row c: whole q8_0 blocks from it */
             for (int e = 0; e < 2; e++) {
-                const __m256 x = kv_load_first(vc, 8 * e, m[e], hd - i0 - 8 * e, f16);
+                const __m256 x = kv_load_first(vc, i0 + 8 * e, m[e], hd - i0 - 8 * e, kv);
                 for (int r = 0; r < nr; r++)
                     acc[r][e] = _mm256_fmadd_ps(_mm256_set1_ps(p[r * BLOCK + c]), x, acc[r][e]);
             }
@@ -123,22 +165,22 @@ ALWAYS_INLINE void add_rows_n(float *o, const __m256 *f, const float *p, int nr,
 
 /* add_rows_n for any nr, in groups of at most 4 compiled with their count fixed. */
 ALWAYS_INLINE void add_rows(float *o, const __m256 *f, const float *p, int64_t nr, const void *row, int64_t n,
-                            int64_t stride, int64_t hd, int f16) {
+                            int64_t stride, int64_t hd, int kv) {
     for (; nr >= 4; nr -= 4, o += 4 * hd, f += 4, p += 4 * BLOCK)
-        add_rows_n(o, f, p, 4, row, n, stride, hd, f16);
+        add_rows_n(o, f, p, 4, row, n, stride, hd, kv);
     if (nr == 3)
-        add_rows_n(o, f, p, 3, row, n, stride, hd, f16);
+        add_rows_n(o, f, p, 3, row, n, stride, hd, kv);
     else if (nr == 2)
-        add_rows_n(o, f, p, 2, row, n, stride, hd, f16);
+        add_rows_n(o, f, p, 2, row, n, stride, hd, kv);
     else if (nr == 1)
-        add_rows_n(o, f, p, 1, row, n, stride, hd, f16);
+        add_rows_n(o, f, p, 1, row, n, stride, hd, kv);
 }
 
 /* attention_avx512.c's attend: a tile of nt tokens x nh query heads of one kv head, each row
  * with the arithmetic of the row alone. */
 ALWAYS_INLINE void attend(float *out, float *acc, const float *q, const void *k, const void *v, int64_t nt, int64_t nh,
                           int64_t q_stride, int64_t hd, int64_t kv_stride, int64_t n_kv, int64_t window, float scale,
-                          int f16) {
+                          int kv) {
     float max[TOKENS * HEADS];  /* per row, the largest score so far */
     __m256 sum[TOKENS * HEADS]; /* per row and lane, the weights so far, relative to e^max */
     for (int64_t r = 0; r < nt * nh; r++) {
@@ -157,16 +199,15 @@ ALWAYS_INLINE void attend(float *out, float *acc, const float *q, const void *k,
          * below always has 8 accumulators (kept in registers); those lanes are masked out. */
         const void *kr[BLOCK];
         for (int c = 0; c < BLOCK; c++)
-            kr[c] = llmr_kv_skip(k, (j0 + (c < n ? c : n - 1)) * kv_stride, f16);
+            kr[c] = llmr_kv_skip(k, (j0 + (c < n ? c : n - 1)) * kv_stride, kv);
         for (int64_t i = j0 < n_kv ? 0 : j0 - n_kv + 1; i < nt && LO(i) < j0 + n; i++) { /* the tokens that see the block */
             const int64_t ni = n_kv + i - j0 < BLOCK ? n_kv + i - j0 : BLOCK;
-            __m256 f[HEADS];
+            __m256 f[HEADS], d[HEADS];
             float pc[HEADS * BLOCK];
+            dots(d, q + i * q_stride, nh, kr, hd, kv);
             for (int64_t h = 0; h < nh; h++) {
                 const int64_t r = i * nh + h;
-                const __m256 s = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY),
-                                                  _mm256_mul_ps(dots(q + i * q_stride + h * hd, kr, hd, f16),
-                                                                _mm256_set1_ps(scale)),
+                const __m256 s = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), _mm256_mul_ps(d[h], _mm256_set1_ps(scale)),
                                                   _mm256_castsi256_ps(_mm256_andnot_si256(lanes(LO(i) - j0), lanes(ni))));
                 const float block_max = hmax(s);
                 const float new_max = block_max > max[r] ? block_max : max[r];
@@ -179,8 +220,8 @@ ALWAYS_INLINE void attend(float *out, float *acc, const float *q, const void *k,
             }
             /* V rows from the row's first position in the block: a window's earlier rows are not read */
             const int64_t c0 = LO(i) > j0 ? LO(i) - j0 : 0;
-            add_rows(acc + i * nh * hd, f, pc + c0, nh, llmr_kv_skip(v, (j0 + c0) * kv_stride, f16), ni - c0, kv_stride,
-                     hd, f16);
+            add_rows(acc + i * nh * hd, f, pc + c0, nh, llmr_kv_skip(v, (j0 + c0) * kv_stride, kv), ni - c0, kv_stride,
+                     hd, kv);
         }
     }
     for (int64_t i = 0; i < nt; i++)

@@ -8,7 +8,8 @@
  * reasoning (blocks of 8, an exp within 2 ulp) is this kernel's too; tests/neon/test_neon.c
  * checks it under qemu. A row's arithmetic does not depend on which other tokens and heads
  * share its tile, so any split between threads gives the same bits. An f16 cache is widened
- * as it is loaded (fcvtl, exact): the f32 arithmetic on the same values, the same bits.
+ * as it is loaded (fcvtl, exact), a q8_0 one multiplied out (d * q, exact): the f32 arithmetic
+ * on the same values, the same bits.
  *
  * Not yet timed on arm64 hardware (none here); its instruction counts are the AVX2 kernel's,
  * which ran 2.4x the scalar kernel there. */
@@ -40,12 +41,22 @@ ALWAYS_INLINE float32x4_t exp_nonpos4(float32x4_t x) {
     return vmulq_f32(p, vreinterpretq_f32_s32(e));
 }
 
-/* Elements i .. i + 3 of a cache row (f32, or f16 where f16) as floats; with n < 4 only the first
- * n, through a zeroed copy, the other lanes 0. */
-ALWAYS_INLINE float32x4_t kv_load4(const void *row, int64_t i, int64_t n, int f16) {
+/* Elements i .. i + 3 of a cache row of type kv as the floats they stand for (f16 widened,
+ * q8_0's d * q); with n < 4 only the first n, through a zeroed copy, the other lanes 0 (a q8_0
+ * row's hd being a multiple of 32, n is then 0 or less). */
+ALWAYS_INLINE float32x4_t kv_load4(const void *row, int64_t i, int64_t n, int kv) {
+    if (kv == LLMR_KV_Q8_0) {
+        if (n < 4)
+            return vdupq_n_f32(0.0f);
+        const block_q8_0 *b = (const block_q8_0 *)row + i / QK8_0;
+        int8_t q8[8] = {0};
+        memcpy(q8, b->qs + i % QK8_0, 4);
+        const int32x4_t q = vmovl_s16(vget_low_s16(vmovl_s8(vld1_s8(q8))));
+        return vmulq_n_f32(vcvtq_f32_s32(q), llmr_f16_to_f32(b->d));
+    }
     if (n >= 4)
-        return f16 ? vcvt_f32_f16(vld1_f16((const float16_t *)row + i)) : vld1q_f32((const float *)row + i);
-    if (f16) {
+        return kv == LLMR_KV_F16 ? vcvt_f32_f16(vld1_f16((const float16_t *)row + i)) : vld1q_f32((const float *)row + i);
+    if (kv == LLMR_KV_F16) {
         float16_t h[4] = {0};
         memcpy(h, (const float16_t *)row + i, (size_t)(n > 0 ? n : 0) * sizeof h[0]);
         return vcvt_f32_f16(vld1_f16(h));
@@ -56,37 +67,69 @@ ALWAYS_INLINE float32x4_t kv_load4(const void *row, int64_t i, int64_t n, int f1
 }
 
 /* q's elements i .. i + 3, the first n of them (the others 0). */
-ALWAYS_INLINE float32x4_t q_load4(const float *q, int64_t i, int64_t n) { return kv_load4(q, i, n, 0); }
+ALWAYS_INLINE float32x4_t q_load4(const float *q, int64_t i, int64_t n) { return kv_load4(q, i, n, LLMR_KV_F32); }
 
-/* Lanes: the scores of rows 0-3 (s[0]) and 4-7 (s[1]): dot(q, row c) over hd floats, an FMA
- * chain per row, then pairwise adds (a transpose folded into them). */
-ALWAYS_INLINE void dots(float32x4_t s[2], const float *q, const void *const row[BLOCK], int64_t hd, int f16) {
-    float32x4_t acc[BLOCK];
-    for (int c = 0; c < BLOCK; c++)
-        acc[c] = vdupq_n_f32(0.0f);
-    for (int64_t i = 0; i < hd; i += 4) {
-        const float32x4_t qv = q_load4(q, i, hd - i);
-        for (int c = 0; c < BLOCK; c++)
-            acc[c] = vfmaq_f32(acc[c], qv, kv_load4(row[c], i, hd - i, f16));
+/* For the R query rows q_r = q + r * hd (heads of one token that share the kv head), lanes of
+ * s[r][0] and s[r][1]: the scores of positions 0-3 and 4-7, dot(q_r, row c) over hd floats, as
+ * in attention_avx2.c: each K vector loaded (and widened or multiplied out) once for the R rows,
+ * an FMA chain per row and position, then pairwise adds (a transpose folded into them): s[r]
+ * does not depend on R. */
+ALWAYS_INLINE void dots_n(float32x4_t (*s)[2], const float *q, const int R, const void *const row[BLOCK], int64_t hd,
+                          int kv) {
+    const int G = R <= 2 ? 8 : 4; /* positions at once: R * G chains (8 .. 16) in flight */
+    float32x4_t acc[4][BLOCK];
+    for (int c0 = 0; c0 < BLOCK; c0 += G) {
+        float32x4_t a[16]; /* [g * R + r] */
+        for (int j = 0; j < G * R; j++)
+            a[j] = vdupq_n_f32(0.0f);
+        for (int64_t i = 0; i < hd; i += 4) {
+            float32x4_t qv[4];
+            for (int r = 0; r < R; r++)
+                qv[r] = q_load4(q + r * hd, i, hd - i);
+            for (int g = 0; g < G; g++) {
+                const float32x4_t x = kv_load4(row[c0 + g], i, hd - i, kv);
+                for (int r = 0; r < R; r++)
+                    a[g * R + r] = vfmaq_f32(a[g * R + r], qv[r], x);
+            }
+        }
+        for (int g = 0; g < G; g++)
+            for (int r = 0; r < R; r++)
+                acc[r][c0 + g] = a[g * R + r];
     }
-    for (int h = 0; h < 2; h++)
-        s[h] = vpaddq_f32(vpaddq_f32(acc[4 * h], acc[4 * h + 1]), vpaddq_f32(acc[4 * h + 2], acc[4 * h + 3]));
+    for (int r = 0; r < R; r++)
+        for (int h = 0; h < 2; h++)
+            s[r][h] = vpaddq_f32(vpaddq_f32(acc[r][4 * h], acc[r][4 * h + 1]),
+                                 vpaddq_f32(acc[r][4 * h + 2], acc[r][4 * h + 3]));
+}
+
+/* dots_n for the nh heads of one token (rows hd apart from q), in groups of at most 4 compiled
+ * with their count fixed. */
+ALWAYS_INLINE void dots(float32x4_t (*s)[2], const float *q, int64_t nh, const void *const row[BLOCK], int64_t hd,
+                        int kv) {
+    for (; nh >= 4; nh -= 4, q += 4 * hd, s += 4)
+        dots_n(s, q, 4, row, hd, kv);
+    if (nh == 3)
+        dots_n(s, q, 3, row, hd, kv);
+    else if (nh == 2)
+        dots_n(s, q, 2, row, hd, kv);
+    else if (nh == 1)
+        dots_n(s, q, 1, row, hd, kv);
 }
 
 /* For the nr query rows r < nr of one token (sums at o + r * hd, weights at p + r * BLOCK):
  * o_r = f_r * o_r + sum over c < n of p_r[c] * V row c (rows stride elements apart),
  * attention_avx2.c's add_rows_n with four vectors of o per row in registers. */
 ALWAYS_INLINE void add_rows_n(float *o, const float *f, const float *p, int nr, const void *row, int64_t n,
-                              int64_t stride, int64_t hd, int f16) {
+                              int64_t stride, int64_t hd, int kv) {
     for (int64_t i0 = 0; i0 < hd; i0 += 16) {
         float32x4_t acc[4][4];
         for (int e = 0; e < 4; e++)
             for (int r = 0; r < nr; r++)
                 acc[r][e] = vmulq_n_f32(q_load4(o + r * hd, i0 + 4 * e, hd - i0 - 4 * e), f[r]);
         for (int64_t c = 0; c < n; c++) {
-            const void *vc = llmr_kv_skip(row, c * stride + i0, f16);
+            const void *vc = llmr_kv_skip(row, c * stride, kv); /* row c: whole q8_0 blocks from it */
             for (int e = 0; e < 4; e++) {
-                const float32x4_t x = kv_load4(vc, 4 * e, hd - i0 - 4 * e, f16);
+                const float32x4_t x = kv_load4(vc, i0 + 4 * e, hd - i0 - 4 * e, kv);
                 for (int r = 0; r < nr; r++)
                     acc[r][e] = vfmaq_n_f32(acc[r][e], x, p[r * BLOCK + c]);
             }
@@ -108,12 +151,12 @@ ALWAYS_INLINE void add_rows_n(float *o, const float *f, const float *p, int nr, 
 /* add_rows_n for any nr: four rows at a time (LLaMA-3's and most GQA models' heads per kv head,
  * compiled with the count fixed), then what is left. */
 ALWAYS_INLINE void add_rows(float *o, const float *f, const float *p, int64_t nr, const void *row, int64_t n,
-                            int64_t stride, int64_t hd, int f16) {
+                            int64_t stride, int64_t hd, int kv) {
     for (int64_t r = 0; r < nr; r += 4) {
         if (nr - r >= 4)
-            add_rows_n(o + r * hd, f + r, p + r * BLOCK, 4, row, n, stride, hd, f16);
+            add_rows_n(o + r * hd, f + r, p + r * BLOCK, 4, row, n, stride, hd, kv);
         else
-            add_rows_n(o + r * hd, f + r, p + r * BLOCK, (int)(nr - r), row, n, stride, hd, f16);
+            add_rows_n(o + r * hd, f + r, p + r * BLOCK, (int)(nr - r), row, n, stride, hd, kv);
     }
 }
 
@@ -131,7 +174,7 @@ ALWAYS_INLINE void lanes_between(uint32x4_t m[2], int64_t lo, int64_t hi) {
  * the arithmetic of the row alone, the running sums in acc (this thread's own). */
 ALWAYS_INLINE void attend(float *out, float *acc, const float *q, const void *k, const void *v, int64_t nt, int64_t nh,
                           int64_t q_stride, int64_t hd, int64_t kv_stride, int64_t n_kv, int64_t window, float scale,
-                          int f16) {
+                          int kv) {
     float max[TOKENS * HEADS];        /* per row, the largest score so far */
     float32x4_t sum[TOKENS * HEADS][2]; /* per row and lane, the weights so far, relative to e^max */
     for (int64_t r = 0; r < nt * nh; r++) {
@@ -148,17 +191,18 @@ ALWAYS_INLINE void attend(float *out, float *acc, const float *q, const void *k,
         /* A short last block repeats its last row in the spare lanes (masked out). */
         const void *kr[BLOCK];
         for (int c = 0; c < BLOCK; c++)
-            kr[c] = llmr_kv_skip(k, (j0 + (c < n ? c : n - 1)) * kv_stride, f16);
+            kr[c] = llmr_kv_skip(k, (j0 + (c < n ? c : n - 1)) * kv_stride, kv);
         for (int64_t i = j0 < n_kv ? 0 : j0 - n_kv + 1; i < nt && LO(i) < j0 + n; i++) { /* the tokens that see the block */
             const int64_t ni = n_kv + i - j0 < BLOCK ? n_kv + i - j0 : BLOCK;
             uint32x4_t seen[2];
             lanes_between(seen, LO(i) - j0, ni);
             float f[HEADS];
             float pc[HEADS * BLOCK];
+            float32x4_t d[HEADS][2];
+            dots(d, q + i * q_stride, nh, kr, hd, kv);
             for (int64_t h = 0; h < nh; h++) {
                 const int64_t r = i * nh + h;
-                float32x4_t s[2];
-                dots(s, q + i * q_stride + h * hd, kr, hd, f16);
+                float32x4_t *s = d[h];
                 for (int e = 0; e < 2; e++)
                     s[e] = vbslq_f32(seen[e], vmulq_n_f32(s[e], scale), vdupq_n_f32(-INFINITY));
                 const float block_max = vmaxvq_f32(vmaxq_f32(s[0], s[1]));
@@ -174,8 +218,8 @@ ALWAYS_INLINE void attend(float *out, float *acc, const float *q, const void *k,
             }
             /* V rows from the row's first position in the block: a window's earlier rows are not read */
             const int64_t c0 = LO(i) > j0 ? LO(i) - j0 : 0;
-            add_rows(acc + i * nh * hd, f, pc + c0, nh, llmr_kv_skip(v, (j0 + c0) * kv_stride, f16), ni - c0, kv_stride,
-                     hd, f16);
+            add_rows(acc + i * nh * hd, f, pc + c0, nh, llmr_kv_skip(v, (j0 + c0) * kv_stride, kv), ni - c0, kv_stride,
+                     hd, kv);
         }
     }
 #undef LO

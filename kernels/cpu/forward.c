@@ -65,19 +65,22 @@ static void add_sublayer_(const llmr_kernels *kern, const llmr_model *m, float *
     add_(x, h, t * m->dim);
 }
 
-/* t tokens' new keys or values x [t][hkv][hd] into a layer's cache [hkv][n_ctx][hd] at positions
- * n_past ..: copied (f32), or rounded to nearest even (f16). */
+/* t tokens' new keys or values x [t][hkv][hd] into a layer's cache [hkv][n_ctx][hd] of type kv
+ * at positions n_past ..: copied (f32), rounded to nearest even (f16), or quantised (q8_0,
+ * quantize_row_q8_0_ref; hd a multiple of its 32). */
 static void store_kv(void *cache, const float *x, int64_t t, int64_t hkv, int64_t hd, int64_t n_ctx, int64_t n_past,
-                     int f16) {
+                     int kv) {
     for (int64_t g = 0; g < hkv; g++)
         for (int64_t i = 0; i < t; i++) {
             const float *row = x + (i * hkv + g) * hd;
-            const int64_t at = (g * n_ctx + n_past + i) * hd;
-            if (f16)
+            void *at = (void *)llmr_kv_skip(cache, (g * n_ctx + n_past + i) * hd, kv);
+            if (kv == LLMR_KV_F16)
                 for (int64_t e = 0; e < hd; e++)
-                    ((uint16_t *)cache)[at + e] = llmr_f32_to_f16(row[e]);
+                    ((uint16_t *)at)[e] = llmr_f32_to_f16(row[e]);
+            else if (kv == LLMR_KV_Q8_0)
+                quantize_row_q8_0_ref(row, at, hd);
             else
-                memcpy((float *)cache + at, row, (size_t)hd * sizeof(float));
+                memcpy(at, row, (size_t)hd * sizeof(float));
         }
 }
 
@@ -176,13 +179,12 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_s
          * queries over that cache alone */
         for (int64_t s = 0, off = 0; s < n_segs; off += segs[s++].t) {
             const llmr_segment *S = &segs[s];
-            const int64_t es = llmr_kv_bytes(S->kv_f16);
-            uint8_t *kc = (uint8_t *)S->k_cache + l * S->n_ctx * kv_dim * es; /* [Hkv, C, hd] */
-            uint8_t *vc = (uint8_t *)S->v_cache + l * S->n_ctx * kv_dim * es;
-            store_kv(kc, k + off * kv_dim, S->t, Hkv, hd, S->n_ctx, S->n_past, S->kv_f16);
-            store_kv(vc, v + off * kv_dim, S->t, Hkv, hd, S->n_ctx, S->n_past, S->kv_f16);
+            void *kc = (void *)llmr_kv_skip(S->k_cache, l * S->n_ctx * kv_dim, S->kv_type); /* [Hkv, C, hd] */
+            void *vc = (void *)llmr_kv_skip(S->v_cache, l * S->n_ctx * kv_dim, S->kv_type);
+            store_kv(kc, k + off * kv_dim, S->t, Hkv, hd, S->n_ctx, S->n_past, S->kv_type);
+            store_kv(vc, v + off * kv_dim, S->t, Hkv, hd, S->n_ctx, S->n_past, S->kv_type);
             att_seqs[s].out = a + off * q_dim, att_seqs[s].q = q + off * q_dim, att_seqs[s].k = kc, att_seqs[s].v = vc;
-            att_seqs[s].kv_f16 = S->kv_f16;
+            att_seqs[s].kv_type = S->kv_type;
         }
         llmr_attention(kern, att_seqs, n_segs, H, Hkv, hd, L->window, m->attn_scale, att_scratch, att_slots);
         matmul(kern, &L->wo, h, a, t, act_scratch);

@@ -42,28 +42,33 @@ void rope_ref(float *x, const float *cos_t, const float *sin_t, int64_t t, int64
         }
 }
 
-/* Element i of a cache row: f32, or f16 widened (exactly) where f16. */
-static inline float kv_at(const void *row, int64_t i, int f16) {
-    if (f16) {
+/* Element i of a cache row of type kv as the f32 it stands for: f16 widened, q8_0's d * q (both
+ * exact). */
+static inline float kv_at(const void *row, int64_t i, int kv) {
+    if (kv == LLMR_KV_F16) {
         uint16_t h;
         memcpy(&h, (const uint8_t *)row + 2 * i, 2);
         return llmr_f16_to_f32(h);
     }
+    if (kv == LLMR_KV_Q8_0) {
+        const block_q8_0 *b = (const block_q8_0 *)row + i / QK8_0;
+        return llmr_f16_to_f32(b->d) * b->qs[i % QK8_0];
+    }
     return ((const float *)row)[i];
 }
 
-static float dot(const float *a, const void *b, int f16, int64_t n) {
+static float dot(const float *a, const void *b, int kv, int64_t n) {
     float acc[4] = {0};
     int64_t i = 0;
     for (; i + 4 <= n; i += 4)
         for (int l = 0; l < 4; l++)
-            acc[l] += a[i + l] * kv_at(b, i + l, f16);
+            acc[l] += a[i + l] * kv_at(b, i + l, kv);
     for (; i < n; i++)
-        acc[0] += a[i] * kv_at(b, i, f16);
+        acc[0] += a[i] * kv_at(b, i, kv);
     return (acc[0] + acc[2]) + (acc[1] + acc[3]);
 }
 
-void attention_ref(float *out, const float *q, const void *k, const void *v, int kv_f16, int64_t t,
+void attention_ref(float *out, const float *q, const void *k, const void *v, int kv_type, int64_t t,
                    int64_t hq, int64_t hkv, int64_t hd, int64_t n_ctx, int64_t n_past, int64_t window, float scale,
                    int64_t h0, int64_t h1, float *scratch) {
     float *scores = scratch, *acc = scratch + n_past + t; /* acc: one head's sums, out of out */
@@ -76,12 +81,12 @@ void attention_ref(float *out, const float *q, const void *k, const void *v, int
         for (int64_t h = h0; h < h1; h++) {
             const float *qh = q + (ti * hq + h) * hd;
             const int64_t first = ((h / group) * n_ctx + start) * hd; /* the kv head's row at start */
-            const void *kh = llmr_kv_skip(k, first, kv_f16), *vh = llmr_kv_skip(v, first, kv_f16);
+            const void *kh = llmr_kv_skip(k, first, kv_type), *vh = llmr_kv_skip(v, first, kv_type);
             float *oh = out + (ti * hq + h) * hd;
 
             float max = -INFINITY;
             for (int64_t j = 0; j < n_kv; j++) {
-                scores[j] = dot(qh, llmr_kv_skip(kh, j * kv_stride, kv_f16), kv_f16, hd) * scale;
+                scores[j] = dot(qh, llmr_kv_skip(kh, j * kv_stride, kv_type), kv_type, hd) * scale;
                 max = scores[j] > max ? scores[j] : max;
             }
             /* Subtracting the max keeps every exp in (0, 1], so nothing overflows. */
@@ -95,9 +100,9 @@ void attention_ref(float *out, const float *q, const void *k, const void *v, int
                 acc[i] = 0.0f;
             for (int64_t j = 0; j < n_kv; j++) {
                 const float p = scores[j] * inv_sum;
-                const void *vj = llmr_kv_skip(vh, j * kv_stride, kv_f16);
+                const void *vj = llmr_kv_skip(vh, j * kv_stride, kv_type);
                 for (int64_t i = 0; i < hd; i++)
-                    acc[i] += p * kv_at(vj, i, kv_f16);
+                    acc[i] += p * kv_at(vj, i, kv_type);
             }
             memcpy(oh, acc, (size_t)hd * sizeof(float));
         }

@@ -66,14 +66,22 @@ static float abs_max(const float *x, int n) {
     return amax;
 }
 
+/* A block with a NaN (an infinity) in it gets d NaN (infinite) and every q 0, so that it reads
+ * back as NaN, as its values had gone (what a q8_0 KV cache, whose rows are the model's
+ * activations, needs; weights are finite). */
 void quantize_row_q8_0_ref(const float *x, void *y, int64_t k) {
     block_q8_0 *b = y;
     for (int64_t i = 0; i < k / QK8_0; i++, x += QK8_0) {
-        const float d = abs_max(x, QK8_0) / 127.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        b[i].d = llmr_f32_to_f16(d);
+        float amax = abs_max(x, QK8_0);
         for (int j = 0; j < QK8_0; j++)
-            b[i].qs[j] = (int8_t)round_away(x[j] * id);
+            amax = isnan(x[j]) ? x[j] : amax;
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f && isfinite(d) ? 1.0f / d : 0.0f;
+        b[i].d = llmr_f32_to_f16(d);
+        for (int j = 0; j < QK8_0; j++) {
+            const float v = x[j] * id; /* within +-127.5 where d is finite; else 0 or NaN */
+            b[i].qs[j] = (int8_t)(v == v ? round_away(v) : 0);
+        }
     }
 }
 

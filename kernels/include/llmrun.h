@@ -413,8 +413,8 @@ typedef struct {
     void (*rope)(float *x, const float *cos_t, const float *sin_t, int64_t t, int64_t h, int64_t hd, int64_t rd);
     /* out [t][hq][hd]: causal grouped-query attention of q over k, v [hkv][n_ctx][hd] (each kv
      * head's rows one after another, so that a head's pass over the cache reads one contiguous
-     * run; f32, or f16 where kv_f16: widened exactly as they are loaded, so the result is the f32
-     * kernel's on the widened cache, bit for bit), scores
+     * run; of kv_type LLMR_KV_*: an element becomes the f32 it stands for exactly as it is loaded,
+     * so the result is the f32 kernel's on a cache of those values, bit for bit), scores
      * q.k * scale; token i sees positions 0 .. n_past + i, or with window > 0 only the last
      * `window` of them (a sliding window: n_past + i - window + 1 .. n_past + i). Only query
      * heads [h0, h1) are computed, each with the same arithmetic whatever the range, so ranges
@@ -422,7 +422,7 @@ typedef struct {
      * scratch: n_past + t + LLMR_ATTENTION_TOKENS * hq * hd floats of this call's own (a row of
      * scores, and running sums kept out of out, whose cache lines neighbouring heads on other
      * threads may share). */
-    void (*attention)(float *out, const float *q, const void *k, const void *v, int kv_f16, int64_t t,
+    void (*attention)(float *out, const float *q, const void *k, const void *v, int kv_type, int64_t t,
                       int64_t hq, int64_t hkv, int64_t hd, int64_t n_ctx, int64_t n_past, int64_t window,
                       float scale, int64_t h0, int64_t h1, float *scratch);
     /* out = silu(gate) * up */
@@ -541,7 +541,7 @@ void rope_ref(float *x, const float *cos_t, const float *sin_t, int64_t t, int64
  * factor; 1 otherwise), for rope: once per forward call, not once per layer and head. */
 void llmr_rope_table(float *cos_t, float *sin_t, const int32_t *pos, const float *inv_freq, int64_t t,
                      int64_t half, float mscale);
-void attention_ref(float *out, const float *q, const void *k, const void *v, int kv_f16, int64_t t,
+void attention_ref(float *out, const float *q, const void *k, const void *v, int kv_type, int64_t t,
                    int64_t hq, int64_t hkv, int64_t hd, int64_t n_ctx, int64_t n_past, int64_t window, float scale,
                    int64_t h0, int64_t h1, float *scratch);
 void silu_mul_ref(float *out, const float *gate, const float *up, int64_t n);
@@ -550,7 +550,7 @@ void gelu_mul_ref(float *out, const float *gate, const float *up, int64_t n);
 /* ---- x86-64 SIMD kernels (*_avx2.c, *_avx512.c; built and called only on x86-64) ---------- */
 
 /* AVX2 + FMA + F16C */
-void attention_avx2(float *out, const float *q, const void *k, const void *v, int kv_f16, int64_t t, int64_t hq,
+void attention_avx2(float *out, const float *q, const void *k, const void *v, int kv_type, int64_t t, int64_t hq,
                     int64_t hkv, int64_t hd, int64_t n_ctx, int64_t n_past, int64_t window, float scale, int64_t h0, int64_t h1,
                     float *scratch);
 void quantize_row_q16_a_avx2(const float *x, block_q16_a *y, int64_t k);
@@ -568,7 +568,7 @@ void vec_dot_q4_K_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_q6_K_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 
 /* AVX-512 F + BW + VL; the _avx512vnni dots are the same source built with VNNI */
-void attention_avx512(float *out, const float *q, const void *k, const void *v, int kv_f16, int64_t t, int64_t hq,
+void attention_avx512(float *out, const float *q, const void *k, const void *v, int kv_type, int64_t t, int64_t hq,
                       int64_t hkv, int64_t hd, int64_t n_ctx, int64_t n_past, int64_t window, float scale, int64_t h0, int64_t h1,
                       float *scratch);
 void quantize_row_q16_a_avx512(const float *x, block_q16_a *y, int64_t k);
@@ -692,7 +692,7 @@ void gemm_x16_q2_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out
 
 /* ---- arm64 NEON kernels (*_neon.c; built and called only on arm64, where NEON is baseline) -- */
 
-void attention_neon(float *out, const float *q, const void *k, const void *v, int kv_f16, int64_t t, int64_t hq,
+void attention_neon(float *out, const float *q, const void *k, const void *v, int kv_type, int64_t t, int64_t hq,
                     int64_t hkv, int64_t hd, int64_t n_ctx, int64_t n_past, int64_t window, float scale, int64_t h0, int64_t h1,
                     float *scratch);
 void quantize_row_q16_a_neon(const float *x, block_q16_a *y, int64_t k);
@@ -766,22 +766,31 @@ int64_t llmr_get_rows(int type, int layout, float *out, const void *w, int64_t r
 /* ---- threaded attention (attention.c) ------------------------------------------------------ */
 
 /* One sequence's attention in a layer: its t new tokens' queries q [t][hq*hd] over its own cache
- * k, v [hkv][n_ctx][hd] (positions 0 .. n_past + t - 1 filled; f16 where kv_f16, else f32),
+ * k, v [hkv][n_ctx][hd] (positions 0 .. n_past + t - 1 filled; of kv_type LLMR_KV_*),
  * into out [t][hq*hd]. */
 typedef struct {
     float *out;
     const float *q;
     const void *k, *v;
-    int kv_f16;
+    int kv_type;
     int64_t t, n_past, n_ctx;
 } llmr_attention_seq;
 
-/* Bytes of a KV cache element: f32, or f16 where f16. */
-static inline int64_t llmr_kv_bytes(int f16) { return f16 ? 2 : 4; }
+/* A KV cache's element types (--kv-type; llmrun.backends.KV_TYPES, in this order): f32; f16,
+ * rounded to nearest even as stored; q8_0, each row's blocks of 32 made by
+ * quantize_row_q8_0_ref, as the weight type's. Every attention kernel turns an element into the f32 it stands for
+ * exactly as it loads it (f16 widened; a q8_0 d * q, an 11-bit by 8-bit product), so that its
+ * result is its f32 result on the cache those values would fill, bit for bit. */
+enum { LLMR_KV_F32 = 0, LLMR_KV_F16 = 1, LLMR_KV_Q8_0 = 2 };
 
-/* n elements on from p in a KV cache. */
-static inline const void *llmr_kv_skip(const void *p, int64_t n, int f16) {
-    return (const uint8_t *)p + n * llmr_kv_bytes(f16);
+/* Bytes of n elements of a KV cache of type kv (for q8_0, n is a multiple of its 32). */
+static inline int64_t llmr_kv_row_bytes(int kv, int64_t n) {
+    return kv == LLMR_KV_Q8_0 ? n / QK8_0 * (int64_t)sizeof(block_q8_0) : n * (kv == LLMR_KV_F16 ? 2 : 4);
+}
+
+/* n elements on from p in a KV cache of type kv. */
+static inline const void *llmr_kv_skip(const void *p, int64_t n, int kv) {
+    return (const uint8_t *)p + llmr_kv_row_bytes(kv, n);
 }
 
 /* The table's attention kernel on the pool for n sequences in one job, in units of tokens and a
@@ -835,14 +844,14 @@ typedef struct {
 } llmr_model;
 
 /* One sequence's part of a forward pass: tokens[0 .. t) at positions n_past .. of its own caches
- * k_cache, v_cache [n_layers][n_kv_heads][n_ctx][head_dim] (f32, or f16 where kv_f16: new rows
- * rounded to nearest even, as numpy's astype(float16)), with logits wanted from its token `first`
+ * k_cache, v_cache [n_layers][n_kv_heads][n_ctx][head_dim] of kv_type LLMR_KV_* (f16: new rows
+ * rounded to nearest even, as numpy's astype(float16); q8_0: quantize_row_q8_0_ref), with logits wanted from its token `first`
  * on (0 <= first < t). */
 typedef struct {
     const int32_t *tokens;
     int64_t t, n_past, n_ctx, first;
     void *k_cache, *v_cache;
-    int kv_f16;
+    int kv_type;
 } llmr_segment;
 
 /* llmrun/model.py's forward() for n_segs >= 1 segments at once (one segment: a plain prefill or

@@ -17,7 +17,7 @@ static const llmr_kernels *kern; /* chosen once, at import */
 
 /* ---- buffer checking ------------------------------------------------------------------------ */
 
-enum kind { RAW, F32, F64, I32, KV }; /* KV: a KV cache's float32 or float16 */
+enum kind { RAW, F32, F64, I32, KV }; /* KV: a KV cache's float32, float16 or uint8 (q8_0 blocks) */
 
 /* "(2, 3, 4)" for messages. */
 static const char *shape_str(const Py_buffer *v, char *buf, size_t size) {
@@ -61,8 +61,9 @@ static int get_buffer(PyObject *obj, Py_buffer *v, const char *name, enum kind k
         problem = "must be float64";
     else if (kind == I32 && !((f == 'i' || f == 'l') && v->itemsize == 4))
         problem = "must be int32";
-    else if (kind == KV && !((f == 'f' && v->itemsize == 4) || (f == 'e' && v->itemsize == 2)))
-        problem = "must be float32 or float16";
+    else if (kind == KV && !((f == 'f' && v->itemsize == 4) || (f == 'e' && v->itemsize == 2) ||
+                             (f == 'B' && v->itemsize == 1)))
+        problem = "must be float32, float16 or uint8 (q8_0 blocks)";
     else if (kind == KV && (uintptr_t)v->buf % (uintptr_t)v->itemsize)
         problem = "must be aligned to its elements";
     else if (kind == F64 && (uintptr_t)v->buf % 8)
@@ -466,13 +467,25 @@ done:
     return ret;
 }
 
-/* 1 for float16 caches, 0 for float32 ones, -1 (an error set) where k's and v's differ. */
-static int kv_f16_of(const Py_buffer *k, const Py_buffer *v, const char *name) {
+/* The caches' LLMR_KV_* type (float32, float16, or uint8: q8_0 blocks), -1 (an error set) where
+ * k's and v's differ. */
+static int kv_type_of(const Py_buffer *k, const Py_buffer *v, const char *name) {
     if (k->itemsize != v->itemsize) {
         PyErr_Format(PyExc_ValueError, "%s: the key and value caches must have one element type", name);
         return -1;
     }
-    return k->itemsize == 2;
+    return k->itemsize == 4 ? LLMR_KV_F32 : k->itemsize == 2 ? LLMR_KV_F16 : LLMR_KV_Q8_0;
+}
+
+/* A cache row's length in its buffer's items for head dim hd: hd, or q8_0's bytes (hd / 32
+ * blocks); -1 (an error set) where a q8_0 row cannot hold hd. */
+static Py_ssize_t kv_row_items(int kv, Py_ssize_t hd, const char *name) {
+    if (kv == LLMR_KV_Q8_0 && hd % QK8_0) {
+        PyErr_Format(PyExc_ValueError, "%s: a q8_0 cache needs a head dim that is a multiple of %d, not %zd", name,
+                     QK8_0, hd);
+        return -1;
+    }
+    return (Py_ssize_t)llmr_kv_row_bytes(kv, hd) / (kv == LLMR_KV_F32 ? 4 : kv == LLMR_KV_F16 ? 2 : 1);
 }
 
 static PyObject *py_attention(PyObject *self, PyObject *args) {
@@ -491,19 +504,23 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
     if (get_buffer(o_out, out, "out", F32, 1, 3, 3) || get_buffer(o_q, q, "q", F32, 0, 3, 3) ||
         get_buffer(o_k, kc, "k_cache", KV, 0, 3, 3) || get_buffer(o_v, vc, "v_cache", KV, 0, 3, 3))
         goto done;
-    const int kv_f16 = kv_f16_of(kc, vc, "attention");
-    if (kv_f16 < 0)
+    const int kv_type = kv_type_of(kc, vc, "attention");
+    if (kv_type < 0)
         goto done;
     const Py_ssize_t t = q->shape[0], hq = q->shape[1], hd = q->shape[2];
     const Py_ssize_t hkv = kc->shape[0], n_ctx = kc->shape[1];
     if (check_same_shape(out, "out", q) || check_same_shape(vc, "v_cache", kc))
         goto done;
-    if (kc->shape[2] != hd) {
-        PyErr_Format(PyExc_ValueError, "k_cache: head dim %zd differs from q's %zd", kc->shape[2], hd);
-        goto done;
-    }
     if (hd < 1) {
         PyErr_SetString(PyExc_ValueError, "q: head dim must be at least 1");
+        goto done;
+    }
+    const Py_ssize_t row = kv_row_items(kv_type, hd, "k_cache");
+    if (row < 0)
+        goto done;
+    if (kc->shape[2] != row) {
+        PyErr_Format(PyExc_ValueError, "k_cache: rows of %zd items, not the %zd of q's head dim %zd", kc->shape[2],
+                     row, hd);
         goto done;
     }
     if (hkv < 1 || hq % hkv) {
@@ -518,7 +535,7 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
         check_disjoint(out, vc, "out and v_cache", 0))
         goto done;
     /* Scratch for each slot (thread) working at once. */
-    const llmr_attention_seq seq = {out->buf, q->buf, kc->buf, vc->buf, kv_f16, t, n_past, n_ctx};
+    const llmr_attention_seq seq = {out->buf, q->buf, kc->buf, vc->buf, kv_type, t, n_past, n_ctx};
     const int64_t slots = llmr_attention_slots(&seq, 1, hq, hd);
     if (!(scratch = malloc((size_t)slots * (size_t)llmr_attention_scratch(&seq, 1, hq, hd) * sizeof(float)))) {
         PyErr_NoMemory();
@@ -986,11 +1003,13 @@ static int take_segment(const llmr_model *m, PyObject *obj, Py_ssize_t s, Py_buf
         get_buffer(o_tokens, tokens, name[0], I32, 0, 1, 1) || get_buffer(o_k, kc, name[1], KV, 1, 4, 4) ||
         get_buffer(o_v, vc, name[2], KV, 1, 4, 4))
         return -1;
-    const int kv_f16 = kv_f16_of(kc, vc, name[1]);
-    if (kv_f16 < 0)
+    const int kv_type = kv_type_of(kc, vc, name[1]);
+    if (kv_type < 0)
         return -1;
-    const Py_ssize_t t = tokens->shape[0], n_ctx = kc->shape[2];
-    const Py_ssize_t cache[4] = {m->n_layers, m->n_kv_heads, n_ctx, m->head_dim};
+    const Py_ssize_t t = tokens->shape[0], n_ctx = kc->shape[2], row = kv_row_items(kv_type, m->head_dim, name[1]);
+    if (row < 0)
+        return -1;
+    const Py_ssize_t cache[4] = {m->n_layers, m->n_kv_heads, n_ctx, row};
     if (check_shape(kc, name[1], 4, cache) || check_same_shape(vc, name[2], kc))
         return -1;
     if (first < 0 || first >= t) {
@@ -1013,7 +1032,7 @@ static int take_segment(const llmr_model *m, PyObject *obj, Py_ssize_t s, Py_buf
                 return -1;
             }
     segs[s] = (llmr_segment){.tokens = tokens->buf, .t = t, .n_past = n_past, .n_ctx = n_ctx, .first = first,
-                             .k_cache = kc->buf, .v_cache = vc->buf, .kv_f16 = kv_f16};
+                             .k_cache = kc->buf, .v_cache = vc->buf, .kv_type = kv_type};
     return 0;
 }
 

@@ -6,7 +6,7 @@ backend it has:
     max_segments         sequences one forward may run together (None: any number)
     cpu_threads          whether the CPU's thread count sets its speed (bench sweeps threads then)
     kv_types             the KV cache element types it keeps (KV_DTYPES' names): "f32"; the CPU
-                         also "f16"
+                         also "f16" and "q8_0"
     new_cache(n_ctx, kv_type="f32")
                          a context's keys and values, where this backend keeps them
     forward(runs)        runs: [(ids int32 [T], n_past, cache, first)], at most max_segments of
@@ -24,10 +24,12 @@ from ..errors import SettingError
 NAMES = ("cpu", "webgpu", "cuda")
 GPU_NAMES = ("webgpu", "cuda")
 
-# A KV cache's element types, by the name --kv-type takes: numpy's dtype of each. f32 keeps the
-# keys and values as the graph computes them; f16 rounds them to nearest even as they are
-# stored, for half the memory and half the bytes a long context's attention reads.
-KV_DTYPES = {"f32": "float32", "f16": "float16"}
+# A KV cache's element types, by the name --kv-type takes: numpy's dtype of the cache arrays
+# (the C kernels' LLMR_KV_* tell them apart by its size). f32 keeps the keys and values as the
+# graph computes them; f16 rounds them to nearest even as they are stored, for half the memory
+# and half the bytes a long context's attention reads; q8_0 stores each row as the weight
+# type's blocks of 32 (an f16 scale and 32 int8: 0.53x f16's bytes), the rows being uint8.
+KV_DTYPES = {"f32": "float32", "f16": "float16", "q8_0": "uint8"}
 
 
 def kv_type_checked(kv_type: str, backend=None) -> str:
@@ -38,6 +40,17 @@ def kv_type_checked(kv_type: str, backend=None) -> str:
         raise SettingError(f"the {backend.name} backend keeps its KV cache in {', '.join(backend.kv_types)}, "
                            f"not {kv_type}")
     return kv_type
+
+
+def kv_row_items(kv_type: str, head_dim: int) -> int:
+    """Items of KV_DTYPES[kv_type] in a cache row of head_dim elements: head_dim, or q8_0's bytes."""
+    if kv_type != "q8_0":
+        return head_dim
+    from ..quant.types import Q8_0
+    if head_dim % Q8_0.block_size:
+        raise SettingError(f"a q8_0 KV cache needs a head dim that is a multiple of {Q8_0.block_size}, and this "
+                           f"model's is {head_dim}: use --kv-type f16")
+    return head_dim // Q8_0.block_size * Q8_0.type_size
 
 
 def device(name: str):

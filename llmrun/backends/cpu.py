@@ -14,7 +14,7 @@ import numpy as np
 from .. import _kernels as K
 from ..errors import ContextError
 from ..format import Tensor, advise
-from . import KV_DTYPES, kv_type_checked
+from . import KV_DTYPES, kv_row_items, kv_type_checked
 
 
 def matmul(w: Tensor, x: np.ndarray) -> np.ndarray:
@@ -51,6 +51,18 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, n_past: i
     out = np.empty_like(q)
     K.attention(out, q, k_cache, v_cache, n_past, window, scale or 0.0)
     return out
+
+
+def store_kv(rows: np.ndarray, x: np.ndarray) -> None:
+    """A cache's rows [.., hd] of its element type <- x [.., hd] float32: copied (f32), rounded to
+    nearest even (f16), or quantised by the C forward's own quantiser (q8_0 blocks, uint8 rows)."""
+    if rows.dtype != np.uint8:
+        rows[...] = x
+        return
+    from ..quant.types import Q8_0
+    blocks = np.empty(rows.shape, dtype=np.uint8)
+    K.quantize(blocks, np.ascontiguousarray(x, dtype=np.float32), Q8_0.id)
+    rows[...] = blocks
 
 
 def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
@@ -136,15 +148,15 @@ class Cache:
     the cache reads one run of memory, which the prefetchers follow (position-major rows, a
     head's 128 to 512 bytes every Hkv * hd elements, made LLaMA-3.2-1B's attention over 8k
     positions 1.5x (f32) to 1.7x (f16) slower, one thread, cold caches)."""
-    k: np.ndarray  # [L, Hkv, C, hd], float32 or float16
-    v: np.ndarray  # [L, Hkv, C, hd], the same
+    k: np.ndarray  # [L, Hkv, C, hd], float32 or float16; q8_0: [L, Hkv, C, hd / 32 * 34] uint8
+    v: np.ndarray  # the same
 
 
 def new_cache(cfg, n_ctx: int, kv_type: str = "f32") -> Cache:
     """Host keys and values for n_ctx positions of a model of config `cfg`, of element type
     kv_type (llmrun.backends.KV_DTYPES)."""
-    shape = (cfg.n_layers, cfg.n_kv_heads, n_ctx, cfg.head_dim)
-    dtype = KV_DTYPES[kv_type_checked(kv_type)]
+    shape = (cfg.n_layers, cfg.n_kv_heads, n_ctx, kv_row_items(kv_type_checked(kv_type), cfg.head_dim))
+    dtype = KV_DTYPES[kv_type]
     try:
         return Cache(_lazy_zeros(shape, dtype), _lazy_zeros(shape, dtype))
     except (MemoryError, OSError, OverflowError):  # even unbacked: a context past what the machine can map
@@ -158,7 +170,7 @@ class Backend:
     name = "cpu"
     max_segments = None  # any number: one call reads every weight once for all of them
     cpu_threads = True
-    kv_types = tuple(KV_DTYPES)  # the attention kernels widen f16 rows as they load them
+    kv_types = tuple(KV_DTYPES)  # the attention kernels turn f16 and q8_0 rows into f32 as they load them
 
     def __init__(self, cfg, weights, inv_freq: dict):
         self.cfg = cfg

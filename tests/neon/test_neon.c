@@ -422,7 +422,8 @@ static void test_x16_q6k_extremes(void) {
  * (2 (hd + 4) u A + (2 n_kv + 8 ceil(n_kv / 8) + 4) u) max|v|, A = max_j sum|q k_j| / sqrt(hd);
  * for decode and prefill runs, GQA groups, head dims with and without a vector tail, sliding
  * windows; rows past the last position and before a window's first are NaN, which must not
- * reach the output. With the caches in f16: the f32 result on the widened caches, bit for bit. */
+ * reach the output. With the caches in f16: the f32 result on the widened caches, bit for bit;
+ * in q8_0 (hd a multiple of 32): the f32 result on caches of the blocks' values, bit for bit. */
 static void attention_case(int64_t n_past, int64_t t, int64_t hq, int64_t hkv, int64_t hd, int64_t window) {
     const int64_t n_ctx = n_past + t + 3, kv = n_ctx * hkv * hd;
     float *q = malloc((size_t)(t * hq * hd) * sizeof(float)), *out = malloc((size_t)(t * hq * hd) * sizeof(float));
@@ -445,8 +446,23 @@ static void attention_case(int64_t n_past, int64_t t, int64_t hq, int64_t hkv, i
         vh[e] = llmr_f32_to_f16(vc[e]);
     }
     const float scale = 1.0f / sqrtf((float)hd);
-    attention_neon(out, q, kc, vc, 0, t, hq, hkv, hd, n_ctx, n_past, window, scale, 0, hq, scratch);
-    attention_neon(out16, q, kh, vh, 1, t, hq, hkv, hd, n_ctx, n_past, window, scale, 0, hq, scratch);
+    attention_neon(out, q, kc, vc, LLMR_KV_F32, t, hq, hkv, hd, n_ctx, n_past, window, scale, 0, hq, scratch);
+    attention_neon(out16, q, kh, vh, LLMR_KV_F16, t, hq, hkv, hd, n_ctx, n_past, window, scale, 0, hq, scratch);
+    int same8 = 1;
+    if (hd % QK8_0 == 0) { /* q8_0 caches, and f32 ones of their values (d * q, exact) */
+        block_q8_0 *k8 = malloc((size_t)(kv / QK8_0) * sizeof(block_q8_0)), *v8 = malloc((size_t)(kv / QK8_0) * sizeof(block_q8_0));
+        float *kd = malloc((size_t)kv * sizeof(float)), *vd = malloc((size_t)kv * sizeof(float));
+        float *out8 = malloc((size_t)(t * hq * hd) * sizeof(float)), *outd = malloc((size_t)(t * hq * hd) * sizeof(float));
+        quantize_row_q8_0_ref(kc, k8, kv);
+        quantize_row_q8_0_ref(vc, v8, kv);
+        dequantize_row_q8_0_ref(k8, kd, kv);
+        dequantize_row_q8_0_ref(v8, vd, kv);
+        attention_neon(out8, q, k8, v8, LLMR_KV_Q8_0, t, hq, hkv, hd, n_ctx, n_past, window, scale, 0, hq, scratch);
+        attention_neon(outd, q, kd, vd, LLMR_KV_F32, t, hq, hkv, hd, n_ctx, n_past, window, scale, 0, hq, scratch);
+        for (int64_t e = 0; e < t * hq * hd; e++)
+            same8 &= llmr_f32_to_bits(out8[e]) == llmr_f32_to_bits(outd[e]) && !isnan(out8[e]);
+        free(k8); free(v8); free(kd); free(vd); free(out8); free(outd);
+    }
     char what[96];
     snprintf(what, sizeof what, "attention n_past=%lld t=%lld heads=%lld/%lld hd=%lld window=%lld",
              (long long)n_past, (long long)t, (long long)hq, (long long)hkv, (long long)hd, (long long)window);
@@ -486,6 +502,7 @@ static void attention_case(int64_t n_past, int64_t t, int64_t hq, int64_t hkv, i
                      err, bound);
             check(err <= bound, what, t, hd, h, detail);
             check(same16, what, t, hd, h, "the f16 cache's result differs from the widened f32 cache's");
+            check(same8, what, t, hd, h, "the q8_0 cache's result differs from the f32 cache of its values'");
             free(s);
         }
     free(q); free(out); free(out16); free(kc); free(vc); free(kh); free(vh); free(scratch);
