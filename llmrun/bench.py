@@ -24,7 +24,7 @@ from .model import Model
 class BenchResult:
     model: str
     type: str  # the type most of the weight bytes are in
-    kv_type: str  # the KV cache's element type (f32, f16)
+    kv_type: str  # the KV cache's element type (llmrun.backends.KV_DTYPES: f32, f16, q8_0)
     model_bytes: int
     params: int
     isa: str

@@ -205,9 +205,16 @@ def forward(cfg: ModelConfig, w: Weights, inv_freq: dict, tokens, cache: KVCache
             mscale = cfg.rope_mscale if rope == "global" else 1.0
             ops.rope_(q, positions, inv_freq[rope], mscale)
             ops.rope_(k, positions, inv_freq[rope], mscale)
+        rotated = cache.k.dtype == np.uint8  # a q8_0 cache holds its rows rotated (ops.kv_rotate_)
+        if rotated:
+            ops.kv_rotate_(q, divide=True)
+            ops.kv_rotate_(k)
+            ops.kv_rotate_(v)
         ops.store_kv(cache.k[l, :, n_past:n_past + T], k.transpose(1, 0, 2))  # [Hkv, T, hd]: head-major
         ops.store_kv(cache.v[l, :, n_past:n_past + T], v.transpose(1, 0, 2))
         a = ops.attention(q, cache.k[l], cache.v[l], n_past, cfg.layer_window(l), cfg.attn_scale)  # [T, H, hd]
+        if rotated:
+            ops.kv_rotate_(a, divide=True)
         x += _sublayer_out(cfg, ops.matmul(layer.wo, a.reshape(T, H * hd)), layer.attn_post_norm)  # [T, D]
 
         # feed-forward: x + W_down · (act(W_gate h) * W_up h),  h = RMSNorm(x)
@@ -256,7 +263,7 @@ class Model:
         from .tokenizer import Tokenizer
         if backend not in backends.NAMES:
             raise SettingError(f"unknown backend {backend!r}; known: {', '.join(backends.NAMES)}")
-        self.kv_type = backends.kv_type_checked(kv_type)  # the element type of the caches new_cache makes
+        self.kv_type = backends.kv_type_checked(kv_type, backend)  # the caches' element type, before any upload
         self.path = path
         self.file = LlmrFile(path, huge_pages)
         meta = self.file.metadata
@@ -272,7 +279,6 @@ class Model:
             raise FormatError(f"{path}: the chat template in the metadata is not text; convert the model again")
         self.inv_freq = rope_frequencies(self.config)  # {"global": [rd/2], "local": [rd/2] (Gemma 3)}
         self.backend = backends.bind(backend, self.config, self.weights, self.inv_freq)  # a GPU's upload: once, here
-        backends.kv_type_checked(kv_type, self.backend)
 
     def new_cache(self, n_ctx: int | None = None) -> KVCache:
         """A fresh KV cache for up to n_ctx positions (default: default_context()), on the

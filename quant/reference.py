@@ -35,7 +35,7 @@ def _round_away(v: np.ndarray) -> np.ndarray:
 
 def _inverse(d: np.ndarray) -> np.ndarray:
     """1/d in float32, 0 where d is 0 (an all-zero block)."""
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore"):
         return np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
 
 
@@ -627,10 +627,14 @@ def quantize(x: np.ndarray, t) -> np.ndarray:
     if t is BF16:
         return f32_to_bf16(x).view(np.uint8).reshape(*lead, -1)
     b = _blocks(x, t.block_size)  # [..., nb, 32]
-    if t is Q8_0:
-        amax = np.abs(b).max(axis=-1, keepdims=True)
+    if t is Q8_0:  # as quantize_row_q8_0_ref: a block with a NaN (an infinity) gets d NaN (inf), q 0
+        amax = np.abs(b).max(axis=-1, keepdims=True)  # NaN wins
         d = amax / np.float32(127)
-        q = _round_away(b * _inverse(d)).astype(np.int8)
+        inv = _inverse(d)
+        inv = np.where(np.isfinite(inv), inv, np.float32(0))  # d NaN, inf, or too small to invert
+        with np.errstate(invalid="ignore"):
+            v = b * inv
+        q = _round_away(np.where(np.isnan(v), np.float32(0), v)).astype(np.int8)
         return _to_bytes([d.astype(np.float16), q], lead)
     if t is Q4_0:
         idx = np.abs(b).argmax(axis=-1)[..., None]

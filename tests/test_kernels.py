@@ -567,10 +567,10 @@ def test_attention_is_causal():
 # Every path this CPU runs, each forced in a subprocess (the ISA is chosen at import): shapes
 # around the blocks (n_past + t of 1, 2, 38, 40, 317), runs of tokens that fill the kernels'
 # 4-token tiles and leave 1, 2 or 3 over (t of 3, 17, 70), head dims with and without a vector
-# tail, GQA groups of 3, 1, 8 and 4 (LLaMA-3.2-1B's 32 / 8).
+# tail, GQA groups of 3, 1, 8, 4 (LLaMA-3.2-1B's 32 / 8) and 2 (each group size the kernels compile).
 ATTENTION_N_PAST = [0, 1, 37, 300]
 ATTENTION_TOKENS = [1, 3, 17, 70]
-ATTENTION_HEADS = [(9, 3), (4, 4), (8, 1), (32, 8)]
+ATTENTION_HEADS = [(9, 3), (4, 4), (8, 1), (32, 8), (6, 3)]
 ATTENTION_HD = [8, 24, 64, 80, 128]
 
 

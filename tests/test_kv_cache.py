@@ -142,18 +142,50 @@ def test_q8_0_cache_forward_equals_the_python_graph(hd32, family):
     np.testing.assert_array_equal(fast.v, slow.v)
 
 
-def test_q8_0_cache_rows_are_the_reference_blocks_of_the_f32_rows(hd32):
+def test_q8_0_cache_rows_are_the_reference_blocks_of_the_rotated_f32_rows(hd32):
     """The first layer's rows (the embeddings' alone) are quant/'s numpy q8_0 blocks of an f32
-    cache's rows, whatever the chunking; nothing is written past the positions run."""
+    cache's rows turned by the Walsh-Hadamard rotation, whatever the chunking; nothing is
+    written past the positions run."""
     f32, q8 = llmrun.load(hd32["llama"]), llmrun.load(hd32["llama"], kv_type="q8_0")
     a, b = f32.new_cache(16), q8.new_cache(16)
     f32.forward(IDS[:9], a)
     q8.forward(IDS[:4], b)
     q8.forward(IDS[4:9], b)
     for got, rows in ((b.k, a.k), (b.v, a.v)):
-        want = ref.quantize(rows[0, :, :9].reshape(-1, 32), Q8_0).reshape(got[0, :, :9].shape)
+        turned = np.array(rows[0, :, :9])
+        K.kv_rotate(turned, False)
+        want = ref.quantize(turned.reshape(-1, 32), Q8_0).reshape(got[0, :, :9].shape)
         np.testing.assert_array_equal(got[0, :, :9], want)
     assert not b.k[:, :, 9:].any() and not b.v[:, :, 9:].any()
+
+
+def sylvester(n: int) -> np.ndarray:
+    h = np.ones((1, 1))
+    while len(h) < n:
+        h = np.block([[h, h], [h, -h]])
+    return h
+
+
+@pytest.mark.parametrize("hd", [32, 64, 96, 128, 256])
+def test_kv_rotate_is_the_walsh_hadamard_matrix(hd):
+    """Each run of n (the largest power of two dividing hd: 32, 64, 32, 128, 256) times Sylvester's
+    H_n, within float32's rounding of float64; then / n; and the two in turn give x back, so
+    that q.k and the attention output are unchanged by the rotation."""
+    n = hd & -hd
+    x = np.random.default_rng(hd).standard_normal((5, 3, hd)).astype(np.float32)
+    want = (x.astype(np.float64).reshape(-1, hd // n, n) @ sylvester(n)).reshape(x.shape)
+    y = x.copy()
+    K.kv_rotate(y, False)
+    bound = np.log2(n) * 2.0 ** -24 * (np.abs(x).reshape(-1, hd // n, n).sum(-1, keepdims=True) + 0.0)
+    assert (np.abs(y.reshape(-1, hd // n, n) - want.reshape(-1, hd // n, n)) <= bound).all()
+    z = y.copy()
+    K.kv_rotate(z, True)
+    np.testing.assert_allclose(z, x, rtol=0, atol=4 * np.log2(n) * 2.0 ** -24 * np.abs(x).max() * n ** 0.5)
+    q, k = x[0, 0], x[1, 1]
+    qr, kr = q.copy(), k.copy()
+    K.kv_rotate(qr, True)
+    K.kv_rotate(kr, False)
+    assert abs(float(qr @ kr) - float(q.astype(np.float64) @ k)) < 1e-5 * np.abs(q).sum() * np.abs(k).max()
 
 
 def test_q8_0_cache_logits_are_close_to_f32(hd32):
@@ -184,15 +216,16 @@ def test_q8_0_blocks_of_nan_or_inf_read_as_nan():
     """A block holding a NaN or an infinity (a model's activations gone) reads back as NaN
     throughout, not as finite numbers; the blocks beside it are untouched."""
     rng = np.random.default_rng(7)
-    x = rng.standard_normal((4, 32)).astype(np.float32)
+    x = rng.standard_normal((5, 32)).astype(np.float32)
     x[1, 5], x[2, 30] = np.nan, -np.inf
-    blocks = np.empty((4, 34), np.uint8)
+    x[4] *= np.float32(1e-38)  # a scale too small to invert: the block reads as 0
+    blocks = np.empty((5, 34), np.uint8)
     K.quantize(blocks, x, Q8_0.id)
     d = blocks[:, :2].copy().view(np.float16).astype(np.float32)
     with np.errstate(invalid="ignore"):  # inf * 0
         values = d * blocks[:, 2:].view(np.int8).astype(np.float32)
-    assert np.isnan(values[1:3]).all()
-    np.testing.assert_array_equal(blocks[[0, 3]], ref.quantize(x[[0, 3]], Q8_0))
+    assert np.isnan(values[1:3]).all() and not values[4].any()
+    np.testing.assert_array_equal(blocks, ref.quantize(x, Q8_0))  # quant/'s numpy twin, the same bytes
 
 
 def test_q8_0_needs_heads_of_whole_blocks(hf):

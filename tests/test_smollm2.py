@@ -106,11 +106,12 @@ def test_quantized_last_argmax_and_kl(models, reference, qtype, p):
 
 
 @pytest.mark.parametrize("p", PROMPTS)
-@pytest.mark.parametrize("kv_type, bound", [("f16", 1e-5), ("q8_0", 2e-3)])
+@pytest.mark.parametrize("kv_type, bound", [("f16", 1e-5), ("q8_0", 1e-3)])
 def test_kv_cache_types_against_reference(models, reference, p, kv_type, bound):
     """--kv-type f16 and q8_0 on the f32 weights: transformers' argmax at the last position, and
     its distribution within KL `bound` (the cache's rounding alone: measured 5e-8 .. 1.1e-6 for
-    f16, 4.0e-5 .. 4.0e-4 for q8_0; the f32 cache gives ~1e-11)."""
+    f16, 2.3e-5 .. 1.6e-4 for q8_0 with its rows rotated, 4.0e-5 .. 4.0e-4 without; the f32
+    cache gives ~1e-11)."""
     model = llmrun.load(models["f32"].path, kv_type=kv_type)
     logits = model.logits(reference[f"{p}_ids"].tolist())[-1]
     ref = reference[f"{p}_logits_last"]

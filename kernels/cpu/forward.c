@@ -179,6 +179,11 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_s
          * queries over that cache alone */
         for (int64_t s = 0, off = 0; s < n_segs; off += segs[s++].t) {
             const llmr_segment *S = &segs[s];
+            if (S->kv_type == LLMR_KV_Q8_0) { /* q8_0 rows are stored rotated (llmr_kv_rotate) */
+                llmr_kv_rotate(q + off * q_dim, S->t * H, hd, 1);
+                llmr_kv_rotate(k + off * kv_dim, S->t * Hkv, hd, 0);
+                llmr_kv_rotate(v + off * kv_dim, S->t * Hkv, hd, 0);
+            }
             void *kc = (void *)llmr_kv_skip(S->k_cache, l * S->n_ctx * kv_dim, S->kv_type); /* [Hkv, C, hd] */
             void *vc = (void *)llmr_kv_skip(S->v_cache, l * S->n_ctx * kv_dim, S->kv_type);
             store_kv(kc, k + off * kv_dim, S->t, Hkv, hd, S->n_ctx, S->n_past, S->kv_type);
@@ -187,6 +192,9 @@ int64_t llmr_forward(const llmr_kernels *kern, const llmr_model *m, const llmr_s
             att_seqs[s].kv_type = S->kv_type;
         }
         llmr_attention(kern, att_seqs, n_segs, H, Hkv, hd, L->window, m->attn_scale, att_scratch, att_slots);
+        for (int64_t s = 0, off = 0; s < n_segs; off += segs[s++].t)
+            if (segs[s].kv_type == LLMR_KV_Q8_0) /* back from the rotation */
+                llmr_kv_rotate(a + off * q_dim, segs[s].t * H, hd, 1);
         matmul(kern, &L->wo, h, a, t, act_scratch);
         add_sublayer_(kern, m, x, h, L->attn_post_norm, t);
 

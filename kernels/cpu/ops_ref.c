@@ -42,6 +42,24 @@ void rope_ref(float *x, const float *cos_t, const float *sin_t, int64_t t, int64
         }
 }
 
+void llmr_kv_rotate(float *x, int64_t rows, int64_t hd, int divide) {
+    const int64_t n = hd & -hd; /* the largest power of two dividing hd */
+    const float inv = 1.0f / (float)n;
+    for (int64_t r = 0; r < rows * hd; r += n) { /* each run of n: butterflies, H_n = [[H, H], [H, -H]] */
+        float *v = x + r;
+        for (int64_t len = 1; len < n; len *= 2)
+            for (int64_t i = 0; i < n; i += 2 * len)
+                for (int64_t j = i; j < i + len; j++) {
+                    const float a = v[j], b = v[j + len];
+                    v[j] = a + b;
+                    v[j + len] = a - b;
+                }
+        if (divide)
+            for (int64_t j = 0; j < n; j++)
+                v[j] *= inv;
+    }
+}
+
 /* Element i of a cache row of type kv as the f32 it stands for: f16 widened, q8_0's d * q (both
  * exact). */
 static inline float kv_at(const void *row, int64_t i, int kv) {

@@ -76,10 +76,11 @@ void quantize_row_q8_0_ref(const float *x, void *y, int64_t k) {
         for (int j = 0; j < QK8_0; j++)
             amax = isnan(x[j]) ? x[j] : amax;
         const float d = amax / 127.0f;
-        const float id = d != 0.0f && isfinite(d) ? 1.0f / d : 0.0f;
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        id = isfinite(id) ? id : 0.0f; /* d NaN or infinite, or below ~3.7e-37 (the block then reads as 0) */
         b[i].d = llmr_f32_to_f16(d);
         for (int j = 0; j < QK8_0; j++) {
-            const float v = x[j] * id; /* within +-127.5 where d is finite; else 0 or NaN */
+            const float v = x[j] * id; /* within +-127.5 where id is finite and nonzero; else 0 or NaN */
             b[i].qs[j] = (int8_t)(v == v ? round_away(v) : 0);
         }
     }

@@ -64,8 +64,8 @@ static int get_buffer(PyObject *obj, Py_buffer *v, const char *name, enum kind k
     else if (kind == KV && !((f == 'f' && v->itemsize == 4) || (f == 'e' && v->itemsize == 2) ||
                              (f == 'B' && v->itemsize == 1)))
         problem = "must be float32, float16 or uint8 (q8_0 blocks)";
-    else if (kind == KV && (uintptr_t)v->buf % (uintptr_t)v->itemsize)
-        problem = "must be aligned to its elements";
+    else if (kind == KV && (uintptr_t)v->buf % (uintptr_t)(v->itemsize == 1 ? 2 : v->itemsize))
+        problem = "must be aligned to its elements (q8_0 blocks: 2 bytes, for their f16 scales)";
     else if (kind == F64 && (uintptr_t)v->buf % 8)
         problem = "must be 8-byte aligned";
     else if (kind != RAW && kind != KV && (uintptr_t)v->buf % 4)
@@ -422,6 +422,27 @@ static PyObject *py_rmsnorm(PyObject *self, PyObject *args) {
 done:
     release(v, 3);
     return ret;
+}
+
+static PyObject *py_kv_rotate(PyObject *self, PyObject *args) {
+    PyObject *o_x;
+    int divide;
+    if (!PyArg_ParseTuple(args, "Op:kv_rotate", &o_x, &divide))
+        return NULL;
+    Py_buffer v[1] = {{0}}, *x = &v[0];
+    if (get_buffer(o_x, x, "x", F32, 1, 1, 8))
+        return NULL;
+    const Py_ssize_t hd = last_dim(x), rows = leading_rows(x);
+    if (hd < 1) {
+        release(v, 1);
+        PyErr_SetString(PyExc_ValueError, "kv_rotate: x's rows must hold at least one value");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    llmr_kv_rotate(x->buf, rows, hd, divide);
+    Py_END_ALLOW_THREADS
+    release(v, 1);
+    Py_RETURN_NONE;
 }
 
 static PyObject *py_rope(PyObject *self, PyObject *args) {
@@ -1106,8 +1127,9 @@ static PyMethodDef methods[] = {
      "A weight is (buffer, type id, layout, rows, cols). The buffers stay referenced while the graph lives."},
     {"forward", py_forward, METH_VARARGS,
      "forward(graph, segments, logits): llmrun.model.forward in C, over one or more sequences at once.\n"
-     "segments: (tokens, n_past, k_cache, v_cache, first) each; tokens int32 [T]; caches float32\n"
-     "or float16 (both alike) [layers, kv_heads, n_ctx, head_dim] of their own, rows n_past .. written. logits float32\n"
+     "segments: (tokens, n_past, k_cache, v_cache, first) each; tokens int32 [T]; caches float32,\n"
+     "float16 (both alike) [layers, kv_heads, n_ctx, head_dim] or uint8 [.., head_dim / 32 * 34] (q8_0 blocks of\n"
+     "rotated rows: llmr_kv_rotate) of their own, rows n_past .. written. logits float32\n"
      "[sum(T - first), V]: each segment's, of its tokens first .. T-1, segment after segment."},
     {"matmul", py_matmul, METH_VARARGS,
      "matmul(out, x, w, wtype, layout=0): out[t, n] = dot(W[n], x[t]). x float32 [T, K] or [K]; out float32\n"
@@ -1135,9 +1157,13 @@ static PyMethodDef methods[] = {
      "rope(x, positions, inv_freq, mscale=1): rotate x float32 [T, H, hd] in place, rotate-half\n"
      "convention; positions int32 [T], inv_freq float32 [rd/2]: the first rd (<= hd) of each head\n"
      "rotate; cos and sin are scaled by mscale (LongRoPE's attention factor)."},
+    {"kv_rotate", py_kv_rotate, METH_VARARGS,
+     "kv_rotate(x, divide) -> None: x [.., hd] float32 in place: each run of n (the largest power of two dividing "
+     "hd) times the Walsh-Hadamard matrix H_n, then / n where divide (a q8_0 KV cache's rotation)."},
     {"attention", py_attention, METH_VARARGS,
      "attention(out, q, k_cache, v_cache, n_past, window=0, scale=hd**-0.5): causal grouped-query\n"
-     "attention. q, out float32 [T, Hq, hd]; caches float32 or float16 [Hkv, n_ctx, hd] holding positions\n"
+     "attention. q, out float32 [T, Hq, hd]; caches float32 or float16 [Hkv, n_ctx, hd], or uint8 (q8_0 blocks)\n"
+     "[Hkv, n_ctx, hd / 32 * 34], holding positions\n"
      "0 .. n_past+T-1; window > 0: each token sees its last `window` positions only."},
     {"silu_mul", py_silu_mul, METH_VARARGS,
      "silu_mul(out, gate, up): out = gate * sigmoid(gate) * up, all float32 of one shape."},

@@ -33,12 +33,18 @@ KV_DTYPES = {"f32": "float32", "f16": "float16", "q8_0": "uint8"}
 
 
 def kv_type_checked(kv_type: str, backend=None) -> str:
-    """kv_type, if it names a KV cache element type (and, given a bound backend, one it keeps)."""
+    """kv_type, if it names a KV cache element type (and, given a backend or a backend's name,
+    one it keeps: checked by name before a GPU's upload, not after)."""
     if kv_type not in KV_DTYPES:
         raise SettingError(f"unknown KV cache type {kv_type!r}; known: {', '.join(KV_DTYPES)}")
-    if backend is not None and kv_type not in backend.kv_types:
-        raise SettingError(f"the {backend.name} backend keeps its KV cache in {', '.join(backend.kv_types)}, "
-                           f"not {kv_type}")
+    if isinstance(backend, str):
+        from .cpu import Backend
+        from .gpu import Graph
+        name, kept = backend, (Backend if backend == "cpu" else Graph).kv_types
+    else:
+        name, kept = getattr(backend, "name", None), getattr(backend, "kv_types", KV_DTYPES)
+    if kv_type not in kept:
+        raise SettingError(f"the {name} backend keeps its KV cache in {', '.join(kept)}, not {kv_type}")
     return kv_type
 
 

@@ -53,6 +53,15 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, n_past: i
     return out
 
 
+def kv_rotate_(x: np.ndarray, divide: bool = False) -> None:
+    """x [.., hd] in place: each run of n values (the largest power of two dividing hd) times the
+    Walsh-Hadamard matrix H_n, then / n where `divide`. A q8_0 KV cache stores H k and H v; a
+    query goes in as H q / n and the attention output comes back by H / n (H H = n I), so the
+    attention is unchanged while each q8_0 block holds mixtures of a head's values, its few large
+    ones spread out (what llama.cpp does for its quantised caches)."""
+    K.kv_rotate(x, divide)
+
+
 def store_kv(rows: np.ndarray, x: np.ndarray) -> None:
     """A cache's rows [.., hd] of its element type <- x [.., hd] float32: copied (f32), rounded to
     nearest even (f16), or quantised by the C forward's own quantiser (q8_0 blocks, uint8 rows)."""

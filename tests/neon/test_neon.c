@@ -510,10 +510,10 @@ static void attention_case(int64_t n_past, int64_t t, int64_t hq, int64_t hkv, i
 
 static void test_attention(void) {
     static const int64_t N_PAST[] = {0, 1, 37, 300}, T[] = {1, 3, 17}, HD[] = {8, 24, 64, 80, 20, 5};
-    static const int64_t HEADS[][2] = {{9, 3}, {4, 4}, {8, 1}, {32, 8}};
+    static const int64_t HEADS[][2] = {{9, 3}, {4, 4}, {8, 1}, {32, 8}, {6, 3}}; /* groups of 3, 1, 8, 4, 2 */
     for (int a = 0; a < 4; a++)
         for (int b = 0; b < 3; b++)
-            for (int c = 0; c < 4; c++)
+            for (int c = 0; c < 5; c++)
                 for (int d = 0; d < 6; d++)
                     attention_case(N_PAST[a], T[b], HEADS[c][0], HEADS[c][1], HD[d], 0);
     static const int64_t WINDOWS[] = {5, 16, 23, 400};
