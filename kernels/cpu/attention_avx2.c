@@ -58,7 +58,8 @@ ALWAYS_INLINE __m256 kv_load8(const void *row, int64_t i, int kv) {
         return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i)));
     if (kv == LLMR_KV_Q8_0) {
         const block_q8_0 *b = (const block_q8_0 *)row + i / QK8_0;
-        const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b->qs + i % QK8_0))));
+        const __m128i q8 = _mm_loadl_epi64((const __m128i *)(b->qs + i % QK8_0));
+        const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8));
         return _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(b->d)), q);
     }
     return _mm256_loadu_ps((const float *)row + i);

@@ -55,7 +55,8 @@ ALWAYS_INLINE float32x4_t kv_load4(const void *row, int64_t i, int64_t n, int kv
         return vmulq_n_f32(vcvtq_f32_s32(q), llmr_f16_to_f32(b->d));
     }
     if (n >= 4)
-        return kv == LLMR_KV_F16 ? vcvt_f32_f16(vld1_f16((const float16_t *)row + i)) : vld1q_f32((const float *)row + i);
+        return kv == LLMR_KV_F16 ? vcvt_f32_f16(vld1_f16((const float16_t *)row + i))
+                                 : vld1q_f32((const float *)row + i);
     if (kv == LLMR_KV_F16) {
         float16_t h[4] = {0};
         memcpy(h, (const float16_t *)row + i, (size_t)(n > 0 ? n : 0) * sizeof h[0]);

@@ -550,7 +550,7 @@ void attention_ref(float *out, const float *q, const void *k, const void *v, int
  * divided by n where `divide` (a power of two: exact). K and V rows go in as H k, H v, a query as
  * H q / n, so q.k is unchanged, and the attention output comes back by H / n. A q8_0 block of
  * 32 then holds mixtures of n values, which spreads a head's few large ones (SmolLM2's mean KLD
- * over Pride and Prejudice against an f32 cache: 4.4e-4 unrotated). */
+ * over Pride and Prejudice against an f32 cache: 4.4e-4 unrotated, 1.8e-4 rotated). */
 void llmr_kv_rotate(float *x, int64_t rows, int64_t hd, int divide);
 void silu_mul_ref(float *out, const float *gate, const float *up, int64_t n);
 void gelu_mul_ref(float *out, const float *gate, const float *up, int64_t n);
@@ -559,8 +559,8 @@ void gelu_mul_ref(float *out, const float *gate, const float *up, int64_t n);
 
 /* AVX2 + FMA + F16C */
 void attention_avx2(float *out, const float *q, const void *k, const void *v, int kv_type, int64_t t, int64_t hq,
-                    int64_t hkv, int64_t hd, int64_t n_ctx, int64_t n_past, int64_t window, float scale, int64_t h0, int64_t h1,
-                    float *scratch);
+                    int64_t hkv, int64_t hd, int64_t n_ctx, int64_t n_past, int64_t window, float scale, int64_t h0,
+                    int64_t h1, float *scratch);
 void quantize_row_q16_a_avx2(const float *x, block_q16_a *y, int64_t k);
 void vec_dot_f32_f32_avx2(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_f16_f32_avx2(int64_t k, float *s, const void *w, const void *a);
@@ -577,8 +577,8 @@ void vec_dot_q6_K_q16_a_avx2(int64_t k, float *s, const void *w, const void *a);
 
 /* AVX-512 F + BW + VL; the _avx512vnni dots are the same source built with VNNI */
 void attention_avx512(float *out, const float *q, const void *k, const void *v, int kv_type, int64_t t, int64_t hq,
-                      int64_t hkv, int64_t hd, int64_t n_ctx, int64_t n_past, int64_t window, float scale, int64_t h0, int64_t h1,
-                      float *scratch);
+                      int64_t hkv, int64_t hd, int64_t n_ctx, int64_t n_past, int64_t window, float scale, int64_t h0,
+                      int64_t h1, float *scratch);
 void quantize_row_q16_a_avx512(const float *x, block_q16_a *y, int64_t k);
 void vec_dot_f32_f32_avx512(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_f16_f32_avx512(int64_t k, float *s, const void *w, const void *a);
@@ -701,8 +701,8 @@ void gemm_x16_q2_K_q16_b_avx512vnni(int64_t k, int64_t t, float *out, size_t out
 /* ---- arm64 NEON kernels (*_neon.c; built and called only on arm64, where NEON is baseline) -- */
 
 void attention_neon(float *out, const float *q, const void *k, const void *v, int kv_type, int64_t t, int64_t hq,
-                    int64_t hkv, int64_t hd, int64_t n_ctx, int64_t n_past, int64_t window, float scale, int64_t h0, int64_t h1,
-                    float *scratch);
+                    int64_t hkv, int64_t hd, int64_t n_ctx, int64_t n_past, int64_t window, float scale, int64_t h0,
+                    int64_t h1, float *scratch);
 void quantize_row_q16_a_neon(const float *x, block_q16_a *y, int64_t k);
 void vec_dot_f32_f32_neon(int64_t k, float *s, const void *w, const void *a);
 void vec_dot_f16_f32_neon(int64_t k, float *s, const void *w, const void *a);
@@ -784,11 +784,11 @@ typedef struct {
     int64_t t, n_past, n_ctx;
 } llmr_attention_seq;
 
-/* A KV cache's element types (--kv-type; llmrun.backends.KV_TYPES, in this order): f32; f16,
- * rounded to nearest even as stored; q8_0, each row's blocks of 32 made by
- * quantize_row_q8_0_ref, as the weight type's. Every attention kernel turns an element into the f32 it stands for
- * exactly as it loads it (f16 widened; a q8_0 d * q, an 11-bit by 8-bit product), so that its
- * result is its f32 result on the cache those values would fill, bit for bit. */
+/* A KV cache's element types (--kv-type; llmrun.backends.KV_DTYPES, in this order): f32; f16,
+ * rounded to nearest even as stored; q8_0, each row's blocks of 32 made by quantize_row_q8_0_ref
+ * from the rotated row (llmr_kv_rotate). Every attention kernel turns an element into the f32 it
+ * stands for exactly as it loads it (f16 widened; a q8_0 d * q, an 11-bit by 8-bit product), so
+ * that its result is its f32 result on the cache those values would fill, bit for bit. */
 enum { LLMR_KV_F32 = 0, LLMR_KV_F16 = 1, LLMR_KV_Q8_0 = 2 };
 
 /* Bytes of n elements of a KV cache of type kv (for q8_0, n is a multiple of its 32). */
@@ -853,8 +853,8 @@ typedef struct {
 
 /* One sequence's part of a forward pass: tokens[0 .. t) at positions n_past .. of its own caches
  * k_cache, v_cache [n_layers][n_kv_heads][n_ctx][head_dim] of kv_type LLMR_KV_* (f16: new rows
- * rounded to nearest even, as numpy's astype(float16); q8_0: quantize_row_q8_0_ref), with logits wanted from its token `first`
- * on (0 <= first < t). */
+ * rounded to nearest even, as numpy's astype(float16); q8_0: quantize_row_q8_0_ref of the rotated
+ * rows), with logits wanted from its token `first` on (0 <= first < t). */
 typedef struct {
     const int32_t *tokens;
     int64_t t, n_past, n_ctx, first;

@@ -450,9 +450,10 @@ static void attention_case(int64_t n_past, int64_t t, int64_t hq, int64_t hkv, i
     attention_neon(out16, q, kh, vh, LLMR_KV_F16, t, hq, hkv, hd, n_ctx, n_past, window, scale, 0, hq, scratch);
     int same8 = 1;
     if (hd % QK8_0 == 0) { /* q8_0 caches, and f32 ones of their values (d * q, exact) */
-        block_q8_0 *k8 = malloc((size_t)(kv / QK8_0) * sizeof(block_q8_0)), *v8 = malloc((size_t)(kv / QK8_0) * sizeof(block_q8_0));
+        const size_t blocks = (size_t)(kv / QK8_0) * sizeof(block_q8_0), outs = (size_t)(t * hq * hd) * sizeof(float);
+        block_q8_0 *k8 = malloc(blocks), *v8 = malloc(blocks);
         float *kd = malloc((size_t)kv * sizeof(float)), *vd = malloc((size_t)kv * sizeof(float));
-        float *out8 = malloc((size_t)(t * hq * hd) * sizeof(float)), *outd = malloc((size_t)(t * hq * hd) * sizeof(float));
+        float *out8 = malloc(outs), *outd = malloc(outs);
         quantize_row_q8_0_ref(kc, k8, kv);
         quantize_row_q8_0_ref(vc, v8, kv);
         dequantize_row_q8_0_ref(k8, kd, kv);
