@@ -171,13 +171,16 @@ def test_rope_kernel(device, rd):
     np.testing.assert_allclose(got.reshape(T, H, hd), want, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("window, scale", [(0, None), (3, 0.3)])
-def test_attention_kernel(device, window, scale):
+@pytest.mark.parametrize("window, scale", [(0, None), (3, 0.3), (270, None)])
+@pytest.mark.parametrize("hd, n_past, C", [(16, 4, 8), (64, 290, 300), (96, 5, 16), (256, 258, 264)])
+def test_attention_kernel(device, window, scale, hd, n_past, C):
     """Causal GQA over a cache of n_past + T positions, against the CPU's kernel: every position,
-    or a sliding window of the last 3, with the default or a family's scale."""
+    or a sliding window, with the default or a family's scale; head widths from the tiny models'
+    to Gemma's 256 (the value lanes: 16 columns by 16 lanes .. 64 by 4; 24 by 10 for 96, six
+    invocations idle), and more positions than the workgroup's 256 invocations."""
     from llmrun.backends import cpu
     rng = np.random.default_rng(3)
-    T, H, Hkv, hd, n_past, C = 3, 4, 2, 16, 4, 8
+    T, H, Hkv = 3, 4, 2
     q = rng.standard_normal((T, H, hd)).astype(np.float32)
     k, v = rng.standard_normal((2, C, Hkv, hd)).astype(np.float32)
     out = np.zeros_like(q)
@@ -185,7 +188,18 @@ def test_attention_kernel(device, window, scale):
     got = _run_op(device, "attention", (H, Hkv, hd, C, 0, float(scale or hd ** -0.5), window), [q, k, v, out, scores],
                   (H, T), T, n_past, out=3).reshape(T, H, hd)
     want = cpu.attention(q, *(np.ascontiguousarray(c.transpose(1, 0, 2)) for c in (k, v)), n_past, window, scale)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # both f32, summed in their own orders: scores over hd products, values over the positions
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("hd", [260, 18])
+def test_heads_the_attention_kernel_cannot_take_are_one_line(device, hd):
+    from types import SimpleNamespace
+    from llmrun.backends.webgpu import Plan
+    from llmrun.errors import LlmrunError
+    cfg = SimpleNamespace(n_heads=2, n_kv_heads=1, head_dim=hd)
+    with pytest.raises(LlmrunError, match=f"heads of up to 256, a multiple of 4, not {hd}"):
+        Plan(device, device.uniform(0, 1, 0)).attention(None, None, None, None, cfg, 8, 1, 1.0, 0)
 
 
 def test_elementwise_kernels(device):

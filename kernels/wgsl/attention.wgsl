@@ -1,8 +1,15 @@
-// Causal grouped-query attention for a chunk of a step's tokens, from t0: one workgroup per
-// (head, token); token t (position n_past + t) sees cache positions 0 ..= n_past + t, or the
-// last `window` of them in a sliding-window layer (Mistral, Gemma 3). Scores go to a scratch
-// row of the context's length, so any context fits; max and sum are reduced in workgroup
-// memory.
+// Causal grouped-query attention for a chunk of a step's tokens, from t0: one workgroup of 256
+// per (head, token); token t (position n_past + t) sees cache positions 0 ..= n_past + t, or
+// the last `window` of them in a sliding-window layer (Mistral, Gemma 3). Scores go to a
+// scratch row of the context's length, so any context fits; max and sum are reduced in
+// workgroup memory, whatever the device's subgroup size.
+//
+// The cache is read four floats at a time (heads of up to MAX_HEAD_DIM, a multiple of 4;
+// webgpu.py refuses others). Scores: each invocation takes every 256th position, its key
+// against the query held in workgroup memory. Values: the invocations are hd / 4 columns of
+// four dimensions by 256 / (hd / 4) lanes of positions, so a position's value row is read by
+// neighbouring invocations at once and every lane sums its own positions; the lanes meet in
+// workgroup memory.
 struct Params {
     heads: u32,
     kv_heads: u32,
@@ -15,16 +22,20 @@ struct Params {
 
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> q: array<f32>;              // [tokens, heads, hd]
-@group(0) @binding(3) var<storage, read> kc: array<f32>;             // [ctx, kv_heads, hd]
-@group(0) @binding(4) var<storage, read> vc: array<f32>;             // [ctx, kv_heads, hd]
+@group(0) @binding(3) var<storage, read> kc: array<vec4<f32>>;       // [ctx, kv_heads, hd / 4]
+@group(0) @binding(4) var<storage, read> vc: array<vec4<f32>>;       // [ctx, kv_heads, hd / 4]
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;      // [tokens, heads, hd]
 @group(0) @binding(6) var<storage, read_write> scores: array<f32>;   // [chunk, heads, ctx]
 
-var<workgroup> part: array<f32, 64>;
+const THREADS: u32 = 256u;
+const MAX_HEAD_DIM: u32 = 256u;
+var<workgroup> query: array<vec4<f32>, MAX_HEAD_DIM / 4>;
+var<workgroup> part: array<f32, THREADS>;
+var<workgroup> vpart: array<vec4<f32>, THREADS>;  // [position lane, column]
 
 fn reduce(li: u32, is_max: bool) -> f32 {
     workgroupBarrier();
-    for (var half = 32u; half > 0u; half >>= 1u) {
+    for (var half = THREADS / 2u; half > 0u; half >>= 1u) {
         if (li < half) {
             part[li] = select(part[li] + part[li + half], max(part[li], part[li + half]), is_max);
         }
@@ -35,7 +46,7 @@ fn reduce(li: u32, is_max: bool) -> f32 {
     return r;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let h = wg.x;
     let t = p.t0 + wg.y;
@@ -43,15 +54,21 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
     let n = step.n_past + t + 1u;  // positions this token sees: start .. n - 1
     let start = select(0u, n - p.window, p.window > 0u && n > p.window);
     let kvh = h / (p.heads / p.kv_heads);
+    let hd4 = p.hd / 4u;
     let qo = (t * p.heads + h) * p.hd;
     let so = (wg.y * p.heads + h) * p.ctx;
 
+    if (li < hd4 && live) {
+        query[li] = vec4<f32>(q[qo + 4u * li], q[qo + 4u * li + 1u], q[qo + 4u * li + 2u], q[qo + 4u * li + 3u]);
+    }
+    workgroupBarrier();
+
     var m = -3.4e38;
-    for (var j = start + li; j < n && live; j += 64u) {
-        let ko = (j * p.kv_heads + kvh) * p.hd;
+    for (var j = start + li; j < n && live; j += THREADS) {
+        let ko = (j * p.kv_heads + kvh) * hd4;
         var s = 0.0;
-        for (var d = 0u; d < p.hd; d++) {
-            s += q[qo + d] * kc[ko + d];
+        for (var d = 0u; d < hd4; d++) {
+            s += dot(query[d], kc[ko + d]);
         }
         s *= p.scale;
         scores[so + j] = s;
@@ -61,7 +78,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
     m = reduce(li, true);
 
     var l = 0.0;
-    for (var j = start + li; j < n && live; j += 64u) {
+    for (var j = start + li; j < n && live; j += THREADS) {
         let e = exp(scores[so + j] - m);
         scores[so + j] = e;
         l += e;
@@ -70,11 +87,24 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
     l = reduce(li, false);
     storageBarrier();  // every lane's exp(scores) written before any lane reads them all
 
-    for (var d = li; d < p.hd && live; d += 64u) {
-        var acc = 0.0;
-        for (var j = start; j < n; j++) {
-            acc += scores[so + j] * vc[(j * p.kv_heads + kvh) * p.hd + d];
+    let lanes = THREADS / hd4;  // lanes of positions
+    let c = li % hd4;
+    let lane = li / hd4;
+    var acc = vec4<f32>();
+    for (var j = start + lane; j < n && lane < lanes && live; j += lanes) {
+        acc += scores[so + j] * vc[(j * p.kv_heads + kvh) * hd4 + c];
+    }
+    vpart[li] = acc;
+    workgroupBarrier();
+    if (li < hd4 && live) {
+        var o = vec4<f32>();
+        for (var k = 0u; k < lanes; k++) {
+            o += vpart[k * hd4 + li];
         }
-        out[qo + d] = acc / l;
+        o /= l;
+        out[qo + 4u * li] = o.x;
+        out[qo + 4u * li + 1u] = o.y;
+        out[qo + 4u * li + 2u] = o.z;
+        out[qo + 4u * li + 3u] = o.w;
     }
 }

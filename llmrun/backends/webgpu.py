@@ -15,11 +15,12 @@ import numpy as np
 
 from ..errors import LlmrunError
 from ..format import Tensor
-from .gpu import X16_TYPES, Matrix, device_bytes
+from .gpu import GROUP, X16_TYPES, Matrix, device_bytes
 
-ROWS_PER_WORKGROUP = 16  # matmul.wgsl: a workgroup's rows...
+ROWS_PER_WORKGROUP = 8  # matmul.wgsl: a workgroup's rows (ROWS)...
 TOKENS_PER_WORKGROUP = 8  # ...and tokens (its TOKENS)
 ATTENTION_TOKENS = 16  # tokens per attention dispatch (fewer if [16, heads, ctx] scores outgrow a binding)
+MAX_HEAD_DIM = 256  # attention.wgsl: its query in workgroup memory, read four dimensions at a time
 
 
 class View:
@@ -151,7 +152,7 @@ class Device:
         rows, k = t.shape
         data = device_bytes(t, "WebGPU")
         row_bytes = data.size // rows
-        step = max(ROWS_PER_WORKGROUP, self.max_binding // row_bytes // ROWS_PER_WORKGROUP * ROWS_PER_WORKGROUP)
+        step = max(GROUP, self.max_binding // row_bytes // GROUP * GROUP)
         parts = [(self.buffer(data[r0 * row_bytes:min(rows, r0 + step) * row_bytes]), r0, min(rows, r0 + step) - r0)
                  for r0 in range(0, rows, step)]
         return Matrix(t.type.name, rows, k, parts)
@@ -206,6 +207,9 @@ class Plan:
         """attention.wgsl over chunks of the step's tokens, whose scores [chunk, H, C] fit one
         binding; scores q.k * scale, each token seeing its last `window` positions (0: all)."""
         H, Hkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        if hd > MAX_HEAD_DIM or hd % 4:
+            raise LlmrunError(f"the WebGPU attention kernel takes heads of up to {MAX_HEAD_DIM}, a multiple of 4, "
+                              f"not {hd}; use --backend cpu")
         chunk = max(1, min(capacity, ATTENTION_TOKENS, self.dev.max_binding // (H * n_ctx * 4)))
         if self._scores is None or self._scores.size < chunk * H * n_ctx * 4:  # a batch's contexts differ
             self._scores = self.dev.zeros(chunk * H * n_ctx * 4)
