@@ -280,13 +280,6 @@ class Emulator:
             row = self.f32(x, (t + skip + 1) * d)[(t + skip) * d:].astype(np.float64)
             self.f32(out, (t + 1) * d)[t * d:] = row / np.sqrt((row ** 2).mean() + np.float32(eps)) * self.f32(weight, d)
 
-    def k_rope(self, grid, step, x, table, heads, hd, rd):
-        n_past, T, _ = self.step(step)
-        half = rd // 2
-        n = min(T * heads * half, _covered(grid))
-        xs = self.f32(x, T * heads * hd).reshape(T * heads, hd)
-        xs[:] = _turned(xs, self.f32(table, (n_past + T) * rd).reshape(-1, half, 2), n_past, heads, half, n)
-
     def k_rope_store(self, grid, step, q, k, v, table, kc, vc, heads, kv_heads, hd, rd):
         """rope on q in place and on k into the key cache, v into the value cache, over the
         elements a grid covers: q's turned pairs first, then k's elements, then v's."""
@@ -326,11 +319,6 @@ class Emulator:
         _, T, _ = self.step(step)
         count = min(T * row, _covered(grid))
         self.f32(x, count)[:] += self.f32(y, n)[np.arange(count) % n]
-
-    def k_store_rows(self, grid, step, src, cache, row):
-        n_past, T, _ = self.step(step)
-        count = min(T * row, _covered(grid))
-        self.f32(cache, n_past * row + count)[n_past * row:] = self.f32(src, count)
 
     def k_attention(self, grid, step, q, kc, vc, out, heads, kv_heads, hd, scale, window):
         n_past, T, _ = self.step(step)

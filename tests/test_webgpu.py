@@ -155,20 +155,37 @@ def test_rmsnorm_kernel(device, per_token):
     np.testing.assert_allclose(out.reshape(5 * per_token, 96), want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("rd", [16, 12])
-def test_rope_kernel(device, rd):
-    """Every element of each head turned, or the first rd (a partial rotary): the rest pass."""
+@pytest.mark.parametrize("rd", [16, 12, 0])
+def test_rope_store_kernel(device, rd):
+    """RoPE on q in place and on k into the key cache (every element of each head, the first rd
+    of them, a partial rotary whose rest pass, or none), v into the value cache, at rows n_past
+    .. n_past + T - 1 read from the step state on the device; the cache's other rows stay."""
     from llmrun.backends import cpu
+    from llmrun.backends.webgpu import Plan
     rng = np.random.default_rng(2)
-    T, H, hd, n_past = 3, 4, 16, 5
-    x = rng.standard_normal((T, H, hd)).astype(np.float32)
-    inv_freq = (10000.0 ** (-np.arange(0, rd, 2) / rd)).astype(np.float32)
-    angle = np.arange(16, dtype=np.float32)[:, None] * inv_freq[None, :]
+    T, H, Hkv, hd, n_past, C = 3, 4, 2, 16, 5, 10
+    q = rng.standard_normal((T, H, hd)).astype(np.float32)
+    k, v = rng.standard_normal((2, T, Hkv, hd)).astype(np.float32)
+    kc, vc = rng.standard_normal((2, C, Hkv, hd)).astype(np.float32)
+    inv_freq = (10000.0 ** (-np.arange(0, rd or 16, 2) / (rd or 16))).astype(np.float32)
+    angle = np.arange(C, dtype=np.float32)[:, None] * inv_freq[None, :]
     table = np.stack([np.cos(angle.astype(np.float64)), np.sin(angle.astype(np.float64))], -1).astype(np.float32)
-    got = _run_op(device, "rope", (H, hd, rd), [x, table], (T * H * rd // 2 // 64 + 1, 1), T, n_past, out=0)
-    want = x.copy()
-    cpu.rope_(want, np.arange(n_past, n_past + T, dtype=np.int32), inv_freq)  # the CPU's kernel
-    np.testing.assert_allclose(got.reshape(T, H, hd), want, rtol=1e-6, atol=1e-6)
+    u = device.wgpu.BufferUsage
+    qb, kb, vb, tb, kcb, vcb = (device.buffer(a, u.STORAGE | u.COPY_SRC) for a in (q, k, v, table, kc, vc))
+    plan = Plan(device, device.uniform(n_past, T, 0))
+    plan.rope_store(qb, kb, vb, tb, kcb, vcb, H, Hkv, hd, rd)
+    assert plan.run(T, n_past) == 1
+    want_q, want_k = q.copy(), k.copy()
+    if rd:
+        for x in (want_q, want_k):
+            cpu.rope_(x, np.arange(n_past, n_past + T, dtype=np.int32), inv_freq)  # the CPU's kernel
+    want_kc, want_vc = kc.copy(), vc.copy()
+    want_kc[n_past:n_past + T], want_vc[n_past:n_past + T] = want_k, v
+    got = {name: np.frombuffer(device.device.queue.read_buffer(b), np.float32) for name, b in
+           (("q", qb), ("kc", kcb), ("vc", vcb))}
+    np.testing.assert_allclose(got["q"].reshape(q.shape), want_q, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got["kc"].reshape(kc.shape), want_kc, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(got["vc"].reshape(vc.shape), want_vc)
 
 
 @pytest.mark.parametrize("window, scale", [(0, None), (3, 0.3), (270, None)])
@@ -200,6 +217,19 @@ def test_heads_the_attention_kernel_cannot_take_are_one_line(device, hd):
     cfg = SimpleNamespace(n_heads=2, n_kv_heads=1, head_dim=hd)
     with pytest.raises(LlmrunError, match=f"heads of up to 256, a multiple of 4, not {hd}"):
         Plan(device, device.uniform(0, 1, 0)).attention(None, None, None, None, cfg, 8, 1, 1.0, 0)
+
+
+@pytest.mark.parametrize("arch, per_layer", [("llama", 12), ("qwen2", 15)])
+def test_a_decode_step_s_dispatches(device, tiny_models, arch, per_layer):
+    """A layer: norm, q, k, v, rope_store, attention, o adding into the residual, norm, gate, up,
+    the gate op, down adding into the residual (and Qwen2's three bias adds); then the final
+    norm and the head, after the embedding."""
+    import llmrun
+    model = llmrun.load(tiny_models[arch, "q4_0"], backend="webgpu")
+    cache = model.new_cache(16)
+    model.forward(np.array([1, 2, 3], np.int32), cache)
+    model.forward(np.array([4], np.int32), cache)
+    assert cache.store.dispatches == per_layer * model.config.n_layers + 3
 
 
 def test_elementwise_kernels(device):

@@ -69,21 +69,6 @@ KERNEL(WORKGROUP) rmsnorm(const Step *step, const float *x, const float *weight,
     }
 }
 
-// Rotate x [tokens, heads, hd] in place by each token's position (rotate-half over the first
-// rd elements of each head: element i pairs with i + rd/2; the rest pass, as Phi-3's partial
-// rotary has it), cos and sin from the table of every position [ctx, rd/2, 2] made on the host.
-KERNEL(WORKGROUP) rope(const Step *step, float *x, const float *table, uint32_t heads, uint32_t hd, uint32_t rd) {
-    const uint32_t half = rd / 2, i = element_index();
-    if (i >= step->tokens * heads * half)
-        return;
-    const uint32_t j = i % half, row = i / half, t = row / heads;  // row: token * heads + head
-    const float2 cs = reinterpret_cast<const float2 *>(table)[(size_t)(step->n_past + t) * half + j];
-    float *xr = x + (size_t)row * hd;
-    const float a = xr[j], b = xr[j + half];
-    xr[j] = a * cs.x - b * cs.y;
-    xr[j + half] = b * cs.x + a * cs.y;
-}
-
 // gate = silu(gate) * up = gate / (1 + exp(-gate)) * up, in place; row: elements per token.
 KERNEL(WORKGROUP) silu_mul(const Step *step, float *gate, const float *up, uint32_t row) {
     const uint32_t i = element_index();
@@ -117,15 +102,10 @@ KERNEL(WORKGROUP) add(const Step *step, float *x, const float *y, uint32_t row, 
         x[i] += y[i % n];
 }
 
-// The step's keys or values [tokens, row] into the cache [ctx, row] at position n_past.
-KERNEL(WORKGROUP) store_rows(const Step *step, const float *src, float *cache, uint32_t row) {
-    const uint32_t i = element_index();
-    if (i < step->tokens * row)
-        cache[(size_t)step->n_past * row + i] = src[i];
-}
-
-// RoPE and the KV cache's new rows in one launch (a decode step's rope, rope, store_rows,
-// store_rows): q [tokens, heads, hd] turned in place as rope() turns it; k [tokens, kv_heads,
+// RoPE and the KV cache's new rows in one launch: q [tokens, heads, hd] turned in place by each
+// token's position (rotate-half over the first rd elements of each head: element i pairs with
+// i + rd/2; the rest pass, as Phi-3's partial rotary has it; cos and sin from the table of
+// every position [ctx, rd/2, 2] made on the host); k [tokens, kv_heads,
 // hd] turned into the key cache at position n_past (k itself is left as it was: nothing reads
 // it after); v copied into the value cache. rd = 0: no RoPE (a layer without it), stores only.
 // One thread per turned pair of q, then per element of k, then of v.

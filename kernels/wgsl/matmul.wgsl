@@ -20,6 +20,7 @@ struct Params {
     row0: u32,       // the binding's first row in the whole matrix (where its outputs go)
     out_rows: u32,   // the whole matrix's rows: out's row stride
     from_first: u32, // 1: x holds only the tokens from step.first on (the output head)
+    accumulate: u32, // 1: out += the product (the residual add of the o and down products)
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
@@ -72,6 +73,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
         for (var l = 0u; l < LANES; l++) {
             s += partial[(l * ROWS + r) * TOKENS + t];
         }
-        out[(t0 + t) * p.out_rows + p.row0 + row] = s;
+        let o = (t0 + t) * p.out_rows + p.row0 + row;
+        out[o] = select(s, out[o] + s, p.accumulate == 1u);  // x + W a: model.py's f32 order
     }
 }

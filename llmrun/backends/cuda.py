@@ -446,7 +446,7 @@ class Plan:
         self.matmul(mu, x, up, gemm_only=True)
         self.op(act, (mg.rows,), [gate, up], lambda T, first: groups(T * mg.rows) if T > GEMM_FROM else (0, 0))
 
-    # rope_store, store_rows and attention take `step` and `tokens` for one sequence of a batch:
+    # rope_store and attention take `step` and `tokens` for one sequence of a batch:
     # its step state (n_past, 1, 0) and its one token, whatever the batch's T
 
     def rope_store(self, q, k, v, table, kc, vc, heads: int, kv_heads: int, hd: int, rd: int, step=None,
@@ -456,11 +456,6 @@ class Plan:
         n = heads * (rd // 2) + 2 * kv_heads * hd
         self.op("rope_store", (heads, kv_heads, hd, rd), [q, k, v, table, kc, vc],
                 lambda T, first: groups((tokens or T) * n), step=step)
-
-    def store_rows(self, src, cache, row: int, step=None, tokens: int | None = None) -> None:
-        """The step's rows of src [T, row] into cache [C, row] at row n_past (a kernel, so that a
-        captured step reads n_past from the step buffer)."""
-        self.op("store_rows", (row,), [src, cache], lambda T, first: groups((tokens or T) * row), step=step)
 
     def attention(self, q, kc, vc, out, cfg, n_ctx: int, capacity: int, scale: float, window: int, step=None,
                   tokens: int | None = None) -> None:

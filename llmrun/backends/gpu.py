@@ -9,14 +9,14 @@ f32 where the CPU quantises them to 16 bits per block, so logits agree with the 
 
 A backend's device gives: upload(tensor) -> Matrix, buffer(array), zeros(nbytes),
 write(buffer, array), read(buffer, nbytes), step_buffer(), plan(step), and OutOfMemory (what
-it raises when memory runs out); its plan: op(), matmul(), attention(), store_rows(), run(),
-and `fuses`, the fused launches it has beyond those (CUDA's; WebGPU has none and runs the
-unfused ops): "qkv" (matmul_qkv: q, k and v of one input in one launch), "gate" (matmul_gate:
+it raises when memory runs out); its plan: op(), matmul(), rope_store() (both RoPEs and the KV
+cache's new rows in one launch, at the position the step state holds on the device),
+attention(), run(), and `fuses`, the fused launches it has beyond those (CUDA's all; WebGPU's
+"residual"): "qkv" (matmul_qkv: q, k and v of one input in one launch), "gate" (matmul_gate:
 gate and up, the gate applied as they are stored), "residual" (matmul(..., accumulate=True):
-x += W a, where no post-norm or residual scale comes between), "rope_store" (both RoPEs and
-the KV cache's new rows in one launch) and "norm" (with "qkv" and "gate": the pre-norm before
-them given as norm=(x, weight, eps), folded into the fused matvec's prologue; the plan runs the
-rmsnorm op itself for the steps the matvec does not take).
+x += W a, where no post-norm or residual scale comes between) and "norm" (with "qkv" and
+"gate": the pre-norm before them given as norm=(x, weight, eps), folded into the fused
+matvec's prologue; the plan runs the rmsnorm op itself for the steps the matvec does not take).
 """
 from __future__ import annotations
 
@@ -203,15 +203,11 @@ class Sequence:
     def __init__(self, cache, row: int | None = None, step=None):
         self.cache, self.row = cache, row
         self.tokens = None if row is None else 1  # the grids' tokens: the step's T, or its one
-        self.launch = {} if step is None else {"step": step}  # plan.op's keywords
-        self.own = {} if step is None else {"step": step, "tokens": 1}  # rope_store's, store_rows', attention's
+        self.own = {} if step is None else {"step": step, "tokens": 1}  # rope_store's and attention's
 
     def rows(self, buffer, n: int):
         """Its rows of an activation [T, n]."""
         return buffer if self.row is None else self.cache.dev.view(buffer, self.row * n * 4, n * 4)
-
-    def per_token(self, n: int):
-        return lambda T, first: groups((self.tokens or T) * n)
 
 
 class DeviceBatch:
@@ -244,7 +240,6 @@ class DeviceBatch:
             if n_past + 1 > cache.n_ctx:
                 raise LlmrunError(f"{n_past} + 1 tokens do not fit in the context of {cache.n_ctx}")
             state[i + 1, :3] = (n_past, 1, 0)
-            self.steps[i + 1].n_past = n_past  # for a backend that stores the new rows by a host-side copy
         self.dev.write(self.ids, np.array([int(ids[0]) for ids, _, _, _ in runs], np.uint32))
         self.dev.write(self.state, state)
         self.dispatches = self.plan.run(B)
@@ -326,24 +321,13 @@ def record_step(g: Graph, plan, capacity: int, seqs: list[Sequence]):
             plan.op("rmsnorm", (hd, eps, 0, H), [q, layer["q_norm"], qn], rows(H))
             plan.op("rmsnorm", (hd, eps, 0, Hkv), [k, layer["k_norm"], kn], rows(Hkv))
         rope = cfg.layer_rope(l)
-        # each sequence's positions and cache: RoPE and the new rows stored for all of them, then
-        # their attention (so that WebGPU's copies of a batch's rows fall between two passes, not
-        # between every sequence's dispatches)
+        # each sequence's RoPE and new cache rows at its own position, then its attention
         parts = [(seq, *(seq.rows(b, n) for b, n in ((v, kv_dim), (qn, q_dim), (kn, kv_dim), (att, q_dim))))
                  for seq in seqs]
-        if "rope_store" in fuses:
-            for seq, sv, sqn, skn, _ in parts:
-                table = seq.cache.rope_tables[rope if rope != "none" else "global"]
-                plan.rope_store(sqn, skn, sv, table, seq.cache.k[l], seq.cache.v[l], H, Hkv, hd,
-                                rd if rope != "none" else 0, **seq.own)
-        else:
-            for seq, _, sqn, skn, _ in parts if rope != "none" else ():
-                table = seq.cache.rope_tables[rope]
-                plan.op("rope", (H, hd, rd), [sqn, table], seq.per_token(H * rd // 2), **seq.launch)
-                plan.op("rope", (Hkv, hd, rd), [skn, table], seq.per_token(Hkv * rd // 2), **seq.launch)
-            for seq, sv, _, skn, _ in parts:
-                plan.store_rows(skn, seq.cache.k[l], kv_dim, **seq.own)
-                plan.store_rows(sv, seq.cache.v[l], kv_dim, **seq.own)
+        for seq, sv, sqn, skn, _ in parts:
+            table = seq.cache.rope_tables[rope if rope != "none" else "global"]
+            plan.rope_store(sqn, skn, sv, table, seq.cache.k[l], seq.cache.v[l], H, Hkv, hd,
+                            rd if rope != "none" else 0, **seq.own)
         for seq, _, sqn, _, satt in parts:
             plan.attention(sqn, seq.cache.k[l], seq.cache.v[l], satt, cfg, seq.cache.n_ctx, seq.tokens or T,
                            attn_scale, cfg.layer_window(l), **seq.own)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import LlmrunError
 from ..format import Tensor
-from .gpu import GROUP, X16_TYPES, Matrix, device_bytes
+from .gpu import GROUP, X16_TYPES, Matrix, device_bytes, groups
 
 ROWS_PER_WORKGROUP = 8  # matmul.wgsl: a workgroup's rows (ROWS)...
 TOKENS_PER_WORKGROUP = 8  # ...and tokens (its TOKENS)
@@ -25,13 +25,12 @@ MAX_HEAD_DIM = 256  # attention.wgsl: its query in workgroup memory, read four d
 
 class View:
     """Bytes [offset, offset + size) of a buffer, bound with that offset: one context's rows of a
-    batch's activations, or its step state (whose position `n_past` a store copy also needs on
-    the host: gpu.DeviceBatch sets it each step)."""
+    batch's activations, or its step state."""
 
     def __init__(self, buffer, offset: int, size: int):
         if offset + size > buffer.size:
             raise ValueError(f"{size} bytes at {offset} do not fit a buffer of {buffer.size}")
-        self.buffer, self.offset, self.size, self.n_past = buffer, offset, size, 0
+        self.buffer, self.offset, self.size = buffer, offset, size
 
 
 def _binding(b) -> dict:
@@ -171,12 +170,16 @@ class Device:
 
 class Plan:
     """A step's dispatches, built once (pipelines, parameters, bind groups), recorded into a
-    command buffer per step: each entry's workgroup count is a function of the step's tokens T
-    (and of `first`, for the output rows)."""
+    command buffer per step, in one compute pass: each entry's workgroup count is a function of
+    the step's tokens T (and of `first`, for the output rows). Fused beyond gpu.py's ops: the
+    residual add in the o and down products' epilogue (matmul(..., accumulate=True)), and RoPE
+    with the KV cache's new rows (rope_store)."""
+
+    fuses = frozenset({"residual", "rope_store"})
 
     def __init__(self, dev: Device, step):
         self.dev, self.step = dev, step
-        self.entries = []  # (pipeline, [buffers after step], groups(T, first) -> (x, y), step) or ("copy", fn)
+        self.entries = []  # (pipeline, [buffers after step], groups(T, first) -> (x, y), step)
         self._binds = None  # bind groups, made on the first run
         self._scores = None  # the attention's scratch, shared by every layer
 
@@ -185,22 +188,24 @@ class Plan:
         self.entries.append((self.dev.pipeline(kernel, weight_type), [self.dev.uniform(*params), *buffers], groups,
                              step or self.step))
 
-    def matmul(self, m: Matrix, x, out, from_first: bool = False) -> None:
+    def matmul(self, m: Matrix, x, out, from_first: bool = False, accumulate: bool = False) -> None:
+        """out = x m^T, or out += it (accumulate: the residual add)."""
         for w, row0, rows in m.parts:
-            self.op("matmul", (m.k, rows, row0, m.rows, int(from_first)), [w, x, out],
+            self.op("matmul", (m.k, rows, row0, m.rows, int(from_first), int(accumulate)), [w, x, out],
                     lambda T, first, rows=rows: (-(-rows // ROWS_PER_WORKGROUP),
                                                  -(-(T - first * from_first) // TOKENS_PER_WORKGROUP)),
                     m.type)
 
-    # store_rows and attention take `step` and `tokens` for one context of a batch (gpu.Sequence):
+    # rope_store and attention take `step` and `tokens` for one context of a batch (gpu.Sequence):
     # its step state and its one token, whatever the batch's T
 
-    def store_rows(self, src, cache, row: int, step=None, tokens: int | None = None) -> None:
-        """The step's rows of src [T, row] into cache [C, row] at row n_past: a buffer copy (a
-        context of a batch: its token's row, at its own n_past)."""
-        src, at = (src.buffer, src.offset) if isinstance(src, View) else (src, 0)
-        self.entries.append(("copy", lambda encoder, n_past, T: encoder.copy_buffer_to_buffer(
-            src, at, cache, (step.n_past if step else n_past) * row * 4, (tokens or T) * row * 4)))
+    def rope_store(self, q, k, v, table, kc, vc, heads: int, kv_heads: int, hd: int, rd: int, step=None,
+                   tokens: int | None = None) -> None:
+        """RoPE on q (in place) and k (into the key cache) over the first rd of each head (0:
+        none), and v into the value cache, at the step's position: one dispatch."""
+        n = heads * (rd // 2) + 2 * kv_heads * hd
+        self.op("rope_store", (heads, kv_heads, hd, rd), [q, k, v, table, kc, vc],
+                lambda T, first: groups((tokens or T) * n), step=step)
 
     def attention(self, q, kc, vc, out, cfg, n_ctx: int, capacity: int, scale: float, window: int, step=None,
                   tokens: int | None = None) -> None:
@@ -219,29 +224,20 @@ class Plan:
                     step=step)
 
     def run(self, T: int, n_past: int = 0, first: int = 0) -> int:
-        """Record and submit every entry for a step of T tokens; returns the dispatches. The
-        dispatches between two copies share one compute pass (WebGPU orders and makes visible
-        each dispatch's writes to the next within a pass)."""
+        """Record and submit every entry for a step of T tokens, in one compute pass (WebGPU
+        orders each dispatch's writes before the next one's reads within a pass); returns the
+        dispatches. n_past is the step state's, which the kernels read on the device."""
         encoder = self.dev.device.create_command_encoder()
-        dispatches, compute = 0, None
         if self._binds is None:
-            self._binds = [None if e[0] == "copy" else self.dev.bind(e[0], e[3], *e[1]) for e in self.entries]
-        for entry, bind in zip(self.entries, self._binds):
-            if entry[0] == "copy":
-                if compute is not None:
-                    compute.end()
-                    compute = None
-                entry[1](encoder, n_past, T)
-                continue
-            pipeline, _, groups, _ = entry
+            self._binds = [self.dev.bind(pipeline, step, *buffers) for pipeline, buffers, _, step in self.entries]
+        compute, dispatches = encoder.begin_compute_pass(), 0
+        for (pipeline, _, groups, _), bind in zip(self.entries, self._binds):
             x, y = groups(T, first)
             if x and y:
-                compute = compute or encoder.begin_compute_pass()
                 compute.set_pipeline(pipeline)
                 compute.set_bind_group(0, bind)
                 compute.dispatch_workgroups(x, y, 1)
                 dispatches += 1
-        if compute is not None:
-            compute.end()
+        compute.end()
         self.dev.device.queue.submit([encoder.finish()])
         return dispatches
