@@ -105,7 +105,8 @@ def _open_model(model: Optional[str], backend: Optional[str] = None, kv_type: Op
 
 Backend = Annotated[Optional[str], typer.Option("--backend", help="cpu, webgpu or cuda (default: LLMRUN_BACKEND, else cpu)")]
 KvType = Annotated[Optional[str], typer.Option("--kv-type", help="the KV cache's element type: f32; f16 for half its "
-                                               "memory; q8_0 for 0.27x (CPU backend) (default: LLMRUN_KV_TYPE, else f32)")]
+                                               "memory (CPU, WebGPU); q8_0 for 0.27x (CPU) (default: LLMRUN_KV_TYPE, "
+                                               "else f32)")]
 
 # Sampling options shared by generate and chat.
 Temp = Annotated[float, typer.Option("--temp", min=0.0, help="temperature; 0 is greedy")]

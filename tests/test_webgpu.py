@@ -8,6 +8,7 @@ import pytest
 
 from conftest import run_cli
 from gpu_checks import *  # noqa: F401,F403 (the whole-graph checks, run here on WebGPU)
+from llmrun.backends import KV_DTYPES
 from llmrun.backends.gpu import TYPES as GPU_TYPES, X16_TYPES
 from llmrun.quant import dequantize, qtype, quantize
 
@@ -40,9 +41,11 @@ def _tensor(w: np.ndarray, t) -> tuple[object, np.ndarray]:
 
 
 @pytest.mark.parametrize("type", GPU_TYPES)
-@pytest.mark.parametrize("rows, k, tokens", [(16, 32, 1), (48, 96, 1), (64, 512, 11), (32, 64, 8), (80, 64, 17)])
+@pytest.mark.parametrize("rows, k, tokens", [(16, 32, 1), (48, 96, 1), (64, 512, 11), (32, 64, 8), (80, 64, 17),
+                                             (48, 96, 70)])
 def test_matmul_matches_reference(device, type, rows, k, tokens):
-    """k rounded up to whole blocks of the type (256 for the k-quants)."""
+    """k rounded up to whole blocks of the type (256 for the k-quants). Up to 16 tokens the
+    matvec, beyond the tiled GEMM (64 x 64 tiles: here the last one partial in rows or tokens)."""
     t = qtype(type)
     k = -(-k // t.block_size) * t.block_size
     rng = np.random.default_rng(rows * 1000 + k + tokens)
@@ -54,16 +57,18 @@ def test_matmul_matches_reference(device, type, rows, k, tokens):
     assert np.abs(got - want).max() <= BOUND * np.abs(want).max()
 
 
+@pytest.mark.parametrize("tokens", [3, 20])
 @pytest.mark.parametrize("type", X16_TYPES)
-def test_every_bit_of_a_block(device, type):
+def test_every_bit_of_a_block(device, type, tokens):
     """Blocks of random bytes (every quant and sub-block scale bit pattern; f16 fields random but
     finite) in the layouts a file holds them in (X16; also rows for q2_k and q3_k, as files
     written before their CPU X16 kernels hold them, re-laid as they go up): the product against
-    float64 over quant/'s dequantisation, and the embedding rows bit for bit."""
+    float64 over quant/'s dequantisation (the matvec's 3 tokens and the GEMM's 20), and the
+    embedding rows bit for bit."""
     from llmrun.format import Tensor
     from llmrun.quant.layout import ROWS, X16, interleave, kernel_layout
     t = qtype(type)
-    rows, k, tokens = 32, 2 * max(t.block_size, 64), 3
+    rows, k = 32, 2 * max(t.block_size, 64)
     rng = np.random.default_rng(9)
     blocks = random_blocks(t, rows, k, rng)
     w = dequantize(blocks, t, k)
@@ -132,14 +137,14 @@ def test_unknown_backend_is_one_line(tiny_models):
 
 # --- each kernel against numpy -----------------------------------------------------------------
 
-def _run_op(device, kernel, params, buffers, groups, T, n_past=0, weight_type=None, out=-1):
+def _run_op(device, kernel, params, buffers, groups, T, n_past=0, weight_type=None, out=-1, kv_type=None):
     """One kernel on a step of T tokens (numpy arrays go up as buffers); buffer `out` afterwards."""
     from llmrun.backends.webgpu import Plan
     u = device.wgpu.BufferUsage
     bufs = [device.buffer(np.ascontiguousarray(b), u.STORAGE | u.COPY_SRC) if isinstance(b, np.ndarray) else b
             for b in buffers]
     plan = Plan(device, device.uniform(n_past, T, 0))
-    plan.op(kernel, params, bufs, lambda T, first: groups, weight_type)
+    plan.op(kernel, params, bufs, lambda T, first: groups, weight_type, kv_type=kv_type)
     plan.run(T, n_past)
     return np.frombuffer(device.device.queue.read_buffer(bufs[out]), dtype=np.float32)
 
@@ -155,25 +160,29 @@ def test_rmsnorm_kernel(device, per_token):
     np.testing.assert_allclose(out.reshape(5 * per_token, 96), want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("kv_type", ["f32", "f16"])
 @pytest.mark.parametrize("rd", [16, 12, 0])
-def test_rope_store_kernel(device, rd):
+def test_rope_store_kernel(device, rd, kv_type):
     """RoPE on q in place and on k into the key cache (every element of each head, the first rd
     of them, a partial rotary whose rest pass, or none), v into the value cache, at rows n_past
-    .. n_past + T - 1 read from the step state on the device; the cache's other rows stay."""
+    .. n_past + T - 1 read from the step state on the device; the cache's other rows stay. An
+    f16 cache gets each value rounded once to nearest (numpy's astype, but for ties, which WGSL
+    leaves to the device: within one f16 step)."""
     from llmrun.backends import cpu
     from llmrun.backends.webgpu import Plan
     rng = np.random.default_rng(2)
     T, H, Hkv, hd, n_past, C = 3, 4, 2, 16, 5, 10
     q = rng.standard_normal((T, H, hd)).astype(np.float32)
     k, v = rng.standard_normal((2, T, Hkv, hd)).astype(np.float32)
-    kc, vc = rng.standard_normal((2, C, Hkv, hd)).astype(np.float32)
+    dtype = np.dtype(KV_DTYPES[kv_type])
+    kc, vc = rng.standard_normal((2, C, Hkv, hd)).astype(np.float32).astype(dtype)
     inv_freq = (10000.0 ** (-np.arange(0, rd or 16, 2) / (rd or 16))).astype(np.float32)
     angle = np.arange(C, dtype=np.float32)[:, None] * inv_freq[None, :]
     table = np.stack([np.cos(angle.astype(np.float64)), np.sin(angle.astype(np.float64))], -1).astype(np.float32)
     u = device.wgpu.BufferUsage
     qb, kb, vb, tb, kcb, vcb = (device.buffer(a, u.STORAGE | u.COPY_SRC) for a in (q, k, v, table, kc, vc))
     plan = Plan(device, device.uniform(n_past, T, 0))
-    plan.rope_store(qb, kb, vb, tb, kcb, vcb, H, Hkv, hd, rd)
+    plan.rope_store(qb, kb, vb, tb, kcb, vcb, H, Hkv, hd, rd, kv_type=kv_type)
     assert plan.run(T, n_past) == 1
     want_q, want_k = q.copy(), k.copy()
     if rd:
@@ -181,30 +190,39 @@ def test_rope_store_kernel(device, rd):
             cpu.rope_(x, np.arange(n_past, n_past + T, dtype=np.int32), inv_freq)  # the CPU's kernel
     want_kc, want_vc = kc.copy(), vc.copy()
     want_kc[n_past:n_past + T], want_vc[n_past:n_past + T] = want_k, v
-    got = {name: np.frombuffer(device.device.queue.read_buffer(b), np.float32) for name, b in
-           (("q", qb), ("kc", kcb), ("vc", vcb))}
+    got = {name: np.frombuffer(device.device.queue.read_buffer(b), t) for name, b, t in
+           (("q", qb, np.float32), ("kc", kcb, dtype), ("vc", vcb, dtype))}
     np.testing.assert_allclose(got["q"].reshape(q.shape), want_q, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(got["kc"].reshape(kc.shape), want_kc, rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(got["vc"].reshape(vc.shape), want_vc)
+    if kv_type == "f32":
+        np.testing.assert_allclose(got["kc"].reshape(kc.shape), want_kc, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(got["vc"].reshape(vc.shape), want_vc)
+    else:  # within one f16 step of the f32 values (2^-10 relative; 2^-24 below f16's normals)
+        for name, want in (("kc", want_kc), ("vc", want_vc)):
+            g = got[name].reshape(want.shape).astype(np.float64)
+            assert (np.abs(g - want) <= np.maximum(np.abs(want) * 2.0 ** -10, 2.0 ** -24)).all(), name
+        assert (got["kc"].reshape(kc.shape)[:n_past] == kc[:n_past]).all()  # the other rows stay
 
 
 @pytest.mark.parametrize("window, scale", [(0, None), (3, 0.3), (270, None)])
 @pytest.mark.parametrize("hd, n_past, C", [(16, 4, 8), (64, 290, 300), (96, 5, 16), (256, 258, 264)])
-def test_attention_kernel(device, window, scale, hd, n_past, C):
+@pytest.mark.parametrize("kv_type", ["f32", "f16"])
+def test_attention_kernel(device, window, scale, hd, n_past, C, kv_type):
     """Causal GQA over a cache of n_past + T positions, against the CPU's kernel: every position,
     or a sliding window, with the default or a family's scale; head widths from the tiny models'
     to Gemma's 256 (the value lanes: 16 columns by 16 lanes .. 64 by 4; 24 by 10 for 96, six
-    invocations idle), and more positions than the workgroup's 256 invocations."""
+    invocations idle), and more positions than the workgroup's 256 invocations. An f16 cache
+    is read as the f32 values it holds (the CPU's kernel on those)."""
     from llmrun.backends import cpu
     rng = np.random.default_rng(3)
     T, H, Hkv = 3, 4, 2
     q = rng.standard_normal((T, H, hd)).astype(np.float32)
-    k, v = rng.standard_normal((2, C, Hkv, hd)).astype(np.float32)
+    k, v = rng.standard_normal((2, C, Hkv, hd)).astype(np.float32).astype(KV_DTYPES[kv_type])
     out = np.zeros_like(q)
     scores = np.zeros((T, H, C), np.float32)
     got = _run_op(device, "attention", (H, Hkv, hd, C, 0, float(scale or hd ** -0.5), window), [q, k, v, out, scores],
-                  (H, T), T, n_past, out=3).reshape(T, H, hd)
-    want = cpu.attention(q, *(np.ascontiguousarray(c.transpose(1, 0, 2)) for c in (k, v)), n_past, window, scale)
+                  (H, T), T, n_past, out=3, kv_type=kv_type).reshape(T, H, hd)
+    want = cpu.attention(q, *(np.ascontiguousarray(c.transpose(1, 0, 2), np.float32) for c in (k, v)), n_past,
+                         window, scale)
     # both f32, summed in their own orders: scores over hd products, values over the positions
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
 
@@ -220,14 +238,16 @@ def test_heads_the_attention_kernel_cannot_take_are_one_line(device, hd):
 
 
 @pytest.mark.parametrize("arch, per_layer", [("llama", 12), ("qwen2", 15)])
-def test_a_decode_step_s_dispatches(device, tiny_models, arch, per_layer):
+def test_the_dispatches_of_a_prompt_and_a_decode_step(device, tiny_models, arch, per_layer):
     """A layer: norm, q, k, v, rope_store, attention, o adding into the residual, norm, gate, up,
     the gate op, down adding into the residual (and Qwen2's three bias adds); then the final
-    norm and the head, after the embedding."""
+    norm and the head, after the embedding. A prompt of 20 runs each product once too (the
+    GEMM, not the matvec as well) and a second attention dispatch a layer (16 tokens each)."""
     import llmrun
     model = llmrun.load(tiny_models[arch, "q4_0"], backend="webgpu")
-    cache = model.new_cache(16)
-    model.forward(np.array([1, 2, 3], np.int32), cache)
+    cache = model.new_cache(32)
+    model.forward(np.arange(1, 21, dtype=np.int32), cache)
+    assert cache.store.dispatches == (per_layer + 1) * model.config.n_layers + 3
     model.forward(np.array([4], np.int32), cache)
     assert cache.store.dispatches == per_layer * model.config.n_layers + 3
 
@@ -329,3 +349,34 @@ def test_a_model_whose_rows_cannot_start_a_binding_runs_one_context_a_call(devic
     caches = [graph.new_cache(8) for _ in range(2)]
     with pytest.raises(LlmrunError, match="runs one sequence a call, not 2"):
         graph.forward([(np.array([1], np.int32), 0, c, 0) for c in caches])
+
+
+def test_an_f16_kv_cache_beside_f32_ones(device, bound):
+    """The every-switch model (windows, no-RoPE layers, q/k norms) with contexts of f16, f32 and
+    f16 caches: prompts, then decode steps of the three as one device step (each context's
+    rope_store and attention of its own cache's type), against the CPU with the same caches.
+    An f16 cache takes half the bytes of an f32 one."""
+    from llmrun import selftest
+    from llmrun.backends import cpu
+    from llmrun.backends.gpu import Graph
+    from llmrun.model import KVCache
+    cfg, w = every_switch("q8_0")
+    inv_freq = selftest.rope_frequencies(cfg)
+    graph, on_device = cpu.graph(cfg, w, inv_freq), Graph(device, cfg, w, inv_freq, "webgpu")
+    rng = np.random.default_rng(4)
+    kv_types = ("f16", "f32", "f16")
+    prompts = [rng.integers(0, cfg.vocab_size, n).astype(np.int32) for n in (3, 18, 10)]
+    caches = [(KVCache(cfg, 24, kv_type=t), on_device.new_cache(24, t), len(p)) for p, t in zip(prompts, kv_types)]
+    assert [d.k[0].size for _, d, _ in caches] == [24 * cfg.n_kv_heads * cfg.head_dim * (2 if t == "f16" else 4)
+                                                  for t in kv_types]
+    for (c, d, _), p in zip(caches, prompts):
+        want, got = cpu.forward(graph, p, 0, c.k, c.v, 0, cfg.vocab_size), d.run(p, 0, 0)
+        assert np.abs(got - want).max() <= bound * np.abs(want).max()
+    for step in range(3):
+        ids = [rng.integers(0, cfg.vocab_size, 1).astype(np.int32) for _ in range(3)]
+        got = on_device.forward([(t, n, d, 0) for t, (_, d, n) in zip(ids, caches)])
+        for t, (c, _, n), g in zip(ids, caches, got):
+            want = cpu.forward(graph, t, n, c.k, c.v, 0, cfg.vocab_size)
+            assert g.argmax() == want.argmax() and np.abs(g - want).max() <= bound * np.abs(want).max()
+        caches = [(c, d, n + 1) for t, (c, d, n) in zip(ids, caches)]
+    assert len(on_device.batches) == 1

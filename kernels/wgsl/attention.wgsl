@@ -4,8 +4,8 @@
 // scratch row of the context's length, so any context fits; max and sum are reduced in
 // workgroup memory, whatever the device's subgroup size.
 //
-// The cache is read four floats at a time (heads of up to MAX_HEAD_DIM, a multiple of 4;
-// webgpu.py refuses others). Scores: each invocation takes every 256th position, its key
+// The cache is read four elements at a time (heads of up to MAX_HEAD_DIM, a multiple of 4;
+// webgpu.py refuses others), in its element type (kv_<type>.wgsl: f32, or f16 widened as read). Scores: each invocation takes every 256th position, its key
 // against the query held in workgroup memory. Values: the invocations are hd / 4 columns of
 // four dimensions by 256 / (hd / 4) lanes of positions, so a position's value row is read by
 // neighbouring invocations at once and every lane sums its own positions; the lanes meet in
@@ -22,8 +22,8 @@ struct Params {
 
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> q: array<f32>;              // [tokens, heads, hd]
-@group(0) @binding(3) var<storage, read> kc: array<vec4<f32>>;       // [ctx, kv_heads, hd / 4]
-@group(0) @binding(4) var<storage, read> vc: array<vec4<f32>>;       // [ctx, kv_heads, hd / 4]
+@group(0) @binding(3) var<storage, read> kc: array<Kv4>;             // [ctx, kv_heads, hd / 4]
+@group(0) @binding(4) var<storage, read> vc: array<Kv4>;             // [ctx, kv_heads, hd / 4]
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;      // [tokens, heads, hd]
 @group(0) @binding(6) var<storage, read_write> scores: array<f32>;   // [chunk, heads, ctx]
 
@@ -68,7 +68,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
         let ko = (j * p.kv_heads + kvh) * hd4;
         var s = 0.0;
         for (var d = 0u; d < hd4; d++) {
-            s += dot(query[d], kc[ko + d]);
+            s += dot(query[d], kv4(kc[ko + d]));
         }
         s *= p.scale;
         scores[so + j] = s;
@@ -92,7 +92,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
     let lane = li / hd4;
     var acc = vec4<f32>();
     for (var j = start + lane; j < n && lane < lanes && live; j += lanes) {
-        acc += scores[so + j] * vc[(j * p.kv_heads + kvh) * hd4 + c];
+        acc += scores[so + j] * kv4(vc[(j * p.kv_heads + kvh) * hd4 + c]);
     }
     vpart[li] = acc;
     workgroupBarrier();

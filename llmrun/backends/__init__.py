@@ -6,7 +6,7 @@ backend it has:
     max_segments         sequences one forward may run together (None: any number)
     cpu_threads          whether the CPU's thread count sets its speed (bench sweeps threads then)
     kv_types             the KV cache element types it keeps (KV_DTYPES' names): "f32"; the CPU
-                         also "f16" and "q8_0"
+                         also "f16" and "q8_0", WebGPU "f16"
     new_cache(n_ctx, kv_type="f32")
                          a context's keys and values, where this backend keeps them
     forward(runs)        runs: [(ids int32 [T], n_past, cache, first)], at most max_segments of
@@ -38,9 +38,8 @@ def kv_type_checked(kv_type: str, backend=None) -> str:
     if kv_type not in KV_DTYPES:
         raise SettingError(f"unknown KV cache type {kv_type!r}; known: {', '.join(KV_DTYPES)}")
     if isinstance(backend, str):
-        from .cpu import Backend
-        from .gpu import Graph
-        name, kept = backend, (Backend if backend == "cpu" else Graph).kv_types
+        from . import cpu, cuda, webgpu
+        name, kept = backend, {"cpu": cpu.Backend, "webgpu": webgpu.Device, "cuda": cuda.Device}[backend].kv_types
     else:
         name, kept = getattr(backend, "name", None), getattr(backend, "kv_types", KV_DTYPES)
     if kv_type not in kept:

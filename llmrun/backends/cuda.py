@@ -227,6 +227,7 @@ class Device:
     loaded kernels."""
 
     OutOfMemory = DeviceMemoryError
+    kv_types = ("f32",)  # its rope_store and attention kernels keep f32 rows (f16: WebGPU's, not yet here)
     step_stride = 16  # bytes between the step states of a batch's buffer (gpu.DeviceBatch)
 
     def __init__(self, driver=None):
@@ -450,15 +451,16 @@ class Plan:
     # its step state (n_past, 1, 0) and its one token, whatever the batch's T
 
     def rope_store(self, q, k, v, table, kc, vc, heads: int, kv_heads: int, hd: int, rd: int, step=None,
-                   tokens: int | None = None) -> None:
+                   tokens: int | None = None, kv_type: str = "f32") -> None:
         """RoPE on q (in place) and k (into the key cache) over the first rd of each head (0:
-        none), and v into the value cache, at the step's position: one launch."""
+        none), and v into the value cache, at the step's position: one launch. kv_type: f32
+        (Device.kv_types; gpu.Graph.new_cache checked it)."""
         n = heads * (rd // 2) + 2 * kv_heads * hd
         self.op("rope_store", (heads, kv_heads, hd, rd), [q, k, v, table, kc, vc],
                 lambda T, first: groups((tokens or T) * n), step=step)
 
     def attention(self, q, kc, vc, out, cfg, n_ctx: int, capacity: int, scale: float, window: int, step=None,
-                  tokens: int | None = None) -> None:
+                  tokens: int | None = None, kv_type: str = "f32") -> None:
         """Scores q.k * scale, each token seeing its last `window` positions (0: all)."""
         H, Hkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         if hd > MAX_HEAD_DIM:

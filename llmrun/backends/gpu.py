@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import ContextError, LlmrunError
 from ..quant.layout import GROUP, X16, has_x16, interleave
 from ..quant.types import TABLE
-from . import kv_type_checked
+from . import KV_DTYPES, kv_type_checked
 
 # The weight types the GPU kernels read: adding one is its kernel file for each backend
 # (kernels/wgsl/matmul_<type>.wgsl; kernels/cuda/<type>.cuh and its line in llmrun.cu) and its
@@ -94,11 +94,11 @@ class Graph:
     several contexts run as one step (DeviceBatch): each product reads its weights once for all
     of them; elsewhere a forward runs one sequence."""
     cpu_threads = False
-    kv_types = ("f32",)  # the kernels read f32 rows (an f16 cache: not yet)
     BATCHES_KEPT = 8  # the batch plans kept, most recently used first (a server's slots come and go)
 
     def __init__(self, dev, cfg, w, inv_freq: dict, name: str = "gpu"):
         self.dev, self.cfg, self.inv_freq, self.name = dev, cfg, inv_freq, name
+        self.kv_types = dev.kv_types  # the element types its rope_store and attention kernels keep
         self.max_segments = None if dev.batches(cfg) else 1
         self.batches: dict[tuple, DeviceBatch] = {}  # by the ids of their caches, in the order last used
 
@@ -114,8 +114,7 @@ class Graph:
                         if a is not None} for l in w.layers]
 
     def new_cache(self, n_ctx: int, kv_type: str = "f32") -> "DeviceCache":
-        kv_type_checked(kv_type, self)
-        cache = DeviceCache(self, n_ctx)
+        cache = DeviceCache(self, n_ctx, kv_type_checked(kv_type, self))
         weakref.finalize(cache, self._forget, id(cache))  # its batch plans hold its KV buffers
         return cache
 
@@ -150,13 +149,14 @@ class DeviceCache:
     """One context on the device: its KV cache, RoPE table, activations, and the plan of a
     step over them (rebuilt only when a step has more tokens than any before)."""
 
-    def __init__(self, graph: Graph, n_ctx: int):
+    def __init__(self, graph: Graph, n_ctx: int, kv_type: str = "f32"):
         dev, cfg = graph.dev, graph.cfg
-        self.graph, self.dev, self.n_ctx = graph, dev, n_ctx
+        self.graph, self.dev, self.n_ctx, self.kv_type = graph, dev, n_ctx, kv_type
         self.kv_dim = cfg.n_kv_heads * cfg.head_dim
+        row_bytes = self.kv_dim * np.dtype(KV_DTYPES[kv_type]).itemsize
         try:
-            self.k = [dev.zeros(n_ctx * self.kv_dim * 4) for _ in graph.layers]  # [C, Hkv, hd] each
-            self.v = [dev.zeros(n_ctx * self.kv_dim * 4) for _ in graph.layers]
+            self.k = [dev.zeros(n_ctx * row_bytes) for _ in graph.layers]  # [C, Hkv, hd] each
+            self.v = [dev.zeros(n_ctx * row_bytes) for _ in graph.layers]
         except dev.OutOfMemory as e:
             raise ContextError(f"the GPU cannot hold a KV cache of {n_ctx} positions ({e}): use a smaller "
                                "context (--ctx)") from None
@@ -327,10 +327,10 @@ def record_step(g: Graph, plan, capacity: int, seqs: list[Sequence]):
         for seq, sv, sqn, skn, _ in parts:
             table = seq.cache.rope_tables[rope if rope != "none" else "global"]
             plan.rope_store(sqn, skn, sv, table, seq.cache.k[l], seq.cache.v[l], H, Hkv, hd,
-                            rd if rope != "none" else 0, **seq.own)
+                            rd if rope != "none" else 0, kv_type=seq.cache.kv_type, **seq.own)
         for seq, _, sqn, _, satt in parts:
             plan.attention(sqn, seq.cache.k[l], seq.cache.v[l], satt, cfg, seq.cache.n_ctx, seq.tokens or T,
-                           attn_scale, cfg.layer_window(l), **seq.own)
+                           attn_scale, cfg.layer_window(l), kv_type=seq.cache.kv_type, **seq.own)
         project(layer["wo"], att, layer.get("attn_post_norm"))
 
         # feed-forward: x + W_down . (act(W_gate h) * W_up h),  h = RMSNorm(x)

@@ -19,6 +19,8 @@ from .gpu import GROUP, X16_TYPES, Matrix, device_bytes, groups
 
 ROWS_PER_WORKGROUP = 8  # matmul.wgsl: a workgroup's rows (ROWS)...
 TOKENS_PER_WORKGROUP = 8  # ...and tokens (its TOKENS)
+GEMM_TILE = 64  # gemm.wgsl: a workgroup's rows and tokens (its TILE)
+GEMM_FROM = 16  # steps of more tokens than this run gemm.wgsl, fewer the matvec (as CUDA's)
 ATTENTION_TOKENS = 16  # tokens per attention dispatch (fewer if [16, heads, ctx] scores outgrow a binding)
 MAX_HEAD_DIM = 256  # attention.wgsl: its query in workgroup memory, read four dimensions at a time
 
@@ -73,6 +75,8 @@ def adapters() -> list[dict]:
 class Device:
     """One wgpu device with the adapter's own limits, and the compiled kernels."""
 
+    kv_types = ("f32", "f16")  # the KV cache's element types (kernels/wgsl/kv_<type>.wgsl)
+
     def __init__(self):
         wgpu = _wgpu()
         self.wgpu = wgpu
@@ -90,12 +94,14 @@ class Device:
         self._pipelines: dict[tuple, object] = {}
         self.OutOfMemory = wgpu.GPUError
 
-    def pipeline(self, kernel: str, weight_type: str | None = None):
+    def pipeline(self, kernel: str, weight_type: str | None = None, kv_type: str | None = None):
         """kernels/wgsl/<kernel>.wgsl behind step.wgsl and, for kernels that read weights, the
-        weight type's stub (matmul_<type>.wgsl, after x16.wgsl for the x16 types)."""
-        key = (kernel, weight_type)
+        weight type's stub (matmul_<type>.wgsl, after x16.wgsl for the x16 types), for those
+        that read or write the KV cache its element type's (kv_<type>.wgsl)."""
+        key = (kernel, weight_type, kv_type)
         if key not in self._pipelines:
-            stubs = ["x16"] * (weight_type in X16_TYPES) + [f"matmul_{weight_type}"] * bool(weight_type)
+            stubs = ["x16"] * (weight_type in X16_TYPES) + [f"matmul_{weight_type}"] * bool(weight_type) + \
+                [f"kv_{kv_type}"] * bool(kv_type)
             code = "".join(wgsl(name) for name in ["step", *stubs, kernel])
             module = self.device.create_shader_module(code=code)
             self._pipelines[key] = self.device.create_compute_pipeline(
@@ -183,32 +189,39 @@ class Plan:
         self._binds = None  # bind groups, made on the first run
         self._scores = None  # the attention's scratch, shared by every layer
 
-    def op(self, kernel: str, params: tuple, buffers: list, groups, weight_type: str | None = None, step=None) -> None:
+    def op(self, kernel: str, params: tuple, buffers: list, groups, weight_type: str | None = None, step=None,
+           kv_type: str | None = None) -> None:
         """A dispatch; its kernel reads the plan's step state, or `step` (a context's in a batch)."""
-        self.entries.append((self.dev.pipeline(kernel, weight_type), [self.dev.uniform(*params), *buffers], groups,
-                             step or self.step))
+        self.entries.append((self.dev.pipeline(kernel, weight_type, kv_type), [self.dev.uniform(*params), *buffers],
+                             groups, step or self.step))
 
     def matmul(self, m: Matrix, x, out, from_first: bool = False, accumulate: bool = False) -> None:
-        """out = x m^T, or out += it (accumulate: the residual add)."""
+        """out = x m^T, or out += it (accumulate: the residual add). Both kernels are planned; a
+        step runs the matvec (matmul.wgsl) up to GEMM_FROM tokens, the tiled GEMM beyond."""
+        def grid(rows: int, tile_rows: int, tile_tokens: int, gemm: bool):
+            def groups(T, first):
+                tokens = T - first * from_first
+                return (-(-rows // tile_rows), -(-tokens // tile_tokens)) if (tokens > GEMM_FROM) == gemm else (0, 0)
+            return groups
         for w, row0, rows in m.parts:
-            self.op("matmul", (m.k, rows, row0, m.rows, int(from_first), int(accumulate)), [w, x, out],
-                    lambda T, first, rows=rows: (-(-rows // ROWS_PER_WORKGROUP),
-                                                 -(-(T - first * from_first) // TOKENS_PER_WORKGROUP)),
-                    m.type)
+            params = (m.k, rows, row0, m.rows, int(from_first), int(accumulate))
+            self.op("matmul", params, [w, x, out], grid(rows, ROWS_PER_WORKGROUP, TOKENS_PER_WORKGROUP, False), m.type)
+            self.op("gemm", params, [w, x, out], grid(rows, GEMM_TILE, GEMM_TILE, True), m.type)
 
     # rope_store and attention take `step` and `tokens` for one context of a batch (gpu.Sequence):
     # its step state and its one token, whatever the batch's T
 
     def rope_store(self, q, k, v, table, kc, vc, heads: int, kv_heads: int, hd: int, rd: int, step=None,
-                   tokens: int | None = None) -> None:
+                   tokens: int | None = None, kv_type: str = "f32") -> None:
         """RoPE on q (in place) and k (into the key cache) over the first rd of each head (0:
-        none), and v into the value cache, at the step's position: one dispatch."""
-        n = heads * (rd // 2) + 2 * kv_heads * hd
+        none), and v into the value cache (of kv_type elements), at the step's position: one
+        dispatch, an invocation per turned pair of q and per two elements of k and of v."""
+        n = heads * (rd // 2) + kv_heads * hd
         self.op("rope_store", (heads, kv_heads, hd, rd), [q, k, v, table, kc, vc],
-                lambda T, first: groups((tokens or T) * n), step=step)
+                lambda T, first: groups((tokens or T) * n), step=step, kv_type=kv_type)
 
     def attention(self, q, kc, vc, out, cfg, n_ctx: int, capacity: int, scale: float, window: int, step=None,
-                  tokens: int | None = None) -> None:
+                  tokens: int | None = None, kv_type: str = "f32") -> None:
         """attention.wgsl over chunks of the step's tokens, whose scores [chunk, H, C] fit one
         binding; scores q.k * scale, each token seeing its last `window` positions (0: all)."""
         H, Hkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -221,7 +234,7 @@ class Plan:
         for t0 in range(0, capacity, chunk):
             self.op("attention", (H, Hkv, hd, n_ctx, t0, float(scale), window), [q, kc, vc, out, self._scores],
                     lambda T, first, t0=t0: (H, min(chunk, (tokens or T) - t0)) if (tokens or T) > t0 else (0, 0),
-                    step=step)
+                    step=step, kv_type=kv_type)
 
     def run(self, T: int, n_past: int = 0, first: int = 0) -> int:
         """Record and submit every entry for a step of T tokens, in one compute pass (WebGPU

@@ -1,0 +1,83 @@
+// out[t, row] = sum_k w[row, k] * x[t, k] for steps of more than MATMUL_TOKENS tokens (prompts):
+// a workgroup of 256 computes a tile of 64 rows by 64 tokens, each invocation 4 rows by 4
+// tokens of it. Per block of 32 values along k the workgroup dequantises the tile's weights
+// (the weight type's stub, as matmul.wgsl and embed.wgsl read it: d * q + m, the reference's
+// f32 values) and copies the tokens' activations into workgroup memory, once for the whole
+// tile: each weight is decoded once for 64 tokens (the matvec: for 8), and an invocation's 16
+// sums take two 16-byte reads of workgroup memory per 16 multiply-adds. Sums in f32: a
+// block's 32 products in order, then added to the row's sum (as the matvec sums by blocks: the
+// error grows with k / 32, not k).
+
+struct Params {
+    k: u32,          // row length (a multiple of 32)
+    rows: u32,       // rows in this binding of w
+    row0: u32,       // the binding's first row in the whole matrix (where its outputs go)
+    out_rows: u32,   // the whole matrix's rows: out's row stride
+    from_first: u32, // 1: x holds only the tokens from step.first on (the output head)
+    accumulate: u32, // 1: out += the product (the residual add of the o and down products)
+}
+
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;   // [tokens, k / 4]
+@group(0) @binding(4) var<storage, read_write> out: array<f32>; // [tokens, out_rows]
+
+const TILE: u32 = 64u;  // rows, and tokens, of a workgroup's tile
+// one block of the tile: [k][row / 4] of 4 rows' values, [k][token / 4] of 4 tokens'
+var<workgroup> wt: array<vec4<f32>, 32 * TILE / 4>;
+var<workgroup> xt: array<vec4<f32>, 32 * TILE / 4>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let r0 = wg.x * TILE;
+    let t0 = wg.y * TILE;
+    let tokens = step.tokens - p.from_first * step.first;
+    let nb = p.k / 32u;
+    let rq = li % 16u;  // this invocation's rows r0 + 4 rq .. + 3
+    let tq = li / 16u;  // and tokens t0 + 4 tq .. + 3
+    var acc = array<vec4<f32>, 4>();  // acc[c]: its 4 rows for token 4 tq + c
+    for (var b = 0u; b < nb; b++) {
+        // the tile's 512 pieces of 4 values (8 a row) of weights and of activations, two each
+        for (var e = li; e < 8u * TILE; e += 256u) {
+            let r = e % TILE;
+            let i = e / TILE;
+            var v = vec4<f32>();
+            if (r0 + r < p.rows) {
+                let dm = scale(r0 + r, b, nb);
+                v = dm.x * quants(r0 + r, b, nb, i) + dm.y;
+            }
+            var xv = vec4<f32>();
+            if (t0 + r < tokens) {
+                xv = x[(t0 + r) * (p.k / 4u) + 8u * b + i];
+            }
+            for (var c = 0u; c < 4u; c++) {
+                wt[(4u * i + c) * 16u + r / 4u][r % 4u] = v[c];
+                xt[(4u * i + c) * 16u + r / 4u][r % 4u] = xv[c];
+            }
+        }
+        workgroupBarrier();
+        var blk = array<vec4<f32>, 4>();  // the block's sums, then added to the whole's
+        for (var kk = 0u; kk < 32u; kk++) {
+            let a = wt[kk * 16u + rq];
+            let xs = xt[kk * 16u + tq];
+            blk[0] += a * xs.x;
+            blk[1] += a * xs.y;
+            blk[2] += a * xs.z;
+            blk[3] += a * xs.w;
+        }
+        for (var c = 0u; c < 4u; c++) {
+            acc[c] += blk[c];
+        }
+        workgroupBarrier();
+    }
+    for (var c = 0u; c < 4u; c++) {
+        let t = t0 + 4u * tq + c;
+        for (var j = 0u; j < 4u; j++) {
+            let row = r0 + 4u * rq + j;
+            if (t < tokens && row < p.rows) {
+                let o = t * p.out_rows + p.row0 + row;
+                out[o] = select(acc[c][j], out[o] + acc[c][j], p.accumulate == 1u);  // x + W a
+            }
+        }
+    }
+}
