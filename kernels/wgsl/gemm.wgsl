@@ -1,5 +1,5 @@
-// out[t, row] = sum_k w[row, k] * x[t, k] for steps of more than MATMUL_TOKENS tokens (prompts):
-// a workgroup of 256 computes a tile of 64 rows by 64 tokens, each invocation 4 rows by 4
+// out[t, row] = sum_k w[row, k] * x[t, k] for steps of more than 16 tokens (prompts; webgpu.py's
+// GEMM_FROM; parameters and bindings: products.wgsl, as the matvec's): a workgroup of 256 computes a tile of 64 rows by 64 tokens, each invocation 4 rows by 4
 // tokens of it. Per block of 32 values along k the workgroup dequantises the tile's weights
 // (the weight type's stub, as matmul.wgsl and embed.wgsl read it: d * q + m, the reference's
 // f32 values) and copies the tokens' activations into workgroup memory, once for the whole
@@ -7,20 +7,6 @@
 // sums take two 16-byte reads of workgroup memory per 16 multiply-adds. Sums in f32: a
 // block's 32 products in order, then added to the row's sum (as the matvec sums by blocks: the
 // error grows with k / 32, not k).
-
-struct Params {
-    k: u32,          // row length (a multiple of 32)
-    rows: u32,       // rows in this binding of w
-    row0: u32,       // the binding's first row in the whole matrix (where its outputs go)
-    out_rows: u32,   // the whole matrix's rows: out's row stride
-    from_first: u32, // 1: x holds only the tokens from step.first on (the output head)
-    accumulate: u32, // 1: out += the product (the residual add of the o and down products)
-}
-
-@group(0) @binding(1) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read> w: array<u32>;
-@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;   // [tokens, k / 4]
-@group(0) @binding(4) var<storage, read_write> out: array<f32>; // [tokens, out_rows]
 
 const TILE: u32 = 64u;  // rows, and tokens, of a workgroup's tile
 // one block of the tile: [k][row / 4] of 4 rows' values, [k][token / 4] of 4 tokens'

@@ -1,8 +1,10 @@
-// out[t, row] = sum_k w[row, k] * x[t, k] for a range of weight rows and tokens: decode (one
-// token) and prefill (many) alike. The weight format comes from the stub prepended to this
-// file (matmul_<type>.wgsl): `scale(row, b, nb)` gives block b's (d, m) and `quants(row, b,
-// nb, i)` its values 4i .. 4i + 3 before scaling, so a value is d * q + m, read from `w` in
-// the layout the CPU uses. A piece (4 values) of a block dots with x as d * sum(q x) + m * sum(x).
+// out[t, row] = sum_k w[row, k] * x[t, k] for a range of weight rows and tokens: any number of
+// tokens, but webgpu.py runs it up to 16 (decode, a batch of contexts' decode steps) and
+// gemm.wgsl beyond (parameters and bindings of both: products.wgsl). The weight format comes
+// from the stub prepended to this file (matmul_<type>.wgsl): `scale(row, b, nb)` gives block
+// b's (d, m) and `quants(row, b, nb, i)` its values 4i .. 4i + 3 before scaling, so a value is
+// d * q + m, read from `w` in the layout the CPU uses. A piece (4 values) of a block dots with x
+// as d * sum(q x) + m * sum(x).
 //
 // Decode is a stream of weights, so the GPU must keep many bytes in flight (as the CUDA
 // matvec does, kernels/cuda/matmul.cuh). A workgroup of 256 takes ROWS (8) rows, half an x16
@@ -13,20 +15,6 @@
 // group, for the 512- to 2048-row matrices of a small model's decode. The LANES (32) partial
 // sums of a row meet in workgroup memory, whatever the device's subgroup size. A block's
 // weights are decoded once for all the tile's tokens.
-
-struct Params {
-    k: u32,          // row length (a multiple of 32)
-    rows: u32,       // rows in this binding of w
-    row0: u32,       // the binding's first row in the whole matrix (where its outputs go)
-    out_rows: u32,   // the whole matrix's rows: out's row stride
-    from_first: u32, // 1: x holds only the tokens from step.first on (the output head)
-    accumulate: u32, // 1: out += the product (the residual add of the o and down products)
-}
-
-@group(0) @binding(1) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read> w: array<u32>;
-@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;   // [tokens, k / 4]
-@group(0) @binding(4) var<storage, read_write> out: array<f32>; // [tokens, out_rows]
 
 const ROWS: u32 = 8u;     // a workgroup's rows: half an x16 group
 const LANES: u32 = 32u;   // invocations sharing a row

@@ -97,11 +97,12 @@ class Device:
     def pipeline(self, kernel: str, weight_type: str | None = None, kv_type: str | None = None):
         """kernels/wgsl/<kernel>.wgsl behind step.wgsl and, for kernels that read weights, the
         weight type's stub (matmul_<type>.wgsl, after x16.wgsl for the x16 types), for those
-        that read or write the KV cache its element type's (kv_<type>.wgsl)."""
+        that read or write the KV cache its element type's (kv_<type>.wgsl), for the two
+        products their parameters and bindings (products.wgsl)."""
         key = (kernel, weight_type, kv_type)
         if key not in self._pipelines:
             stubs = ["x16"] * (weight_type in X16_TYPES) + [f"matmul_{weight_type}"] * bool(weight_type) + \
-                [f"kv_{kv_type}"] * bool(kv_type)
+                [f"kv_{kv_type}"] * bool(kv_type) + ["products"] * (kernel in ("matmul", "gemm"))
             code = "".join(wgsl(name) for name in ["step", *stubs, kernel])
             module = self.device.create_shader_module(code=code)
             self._pipelines[key] = self.device.create_compute_pipeline(
