@@ -203,6 +203,49 @@ def test_rope_store_kernel(device, rd, kv_type):
         assert (got["kc"].reshape(kc.shape)[:n_past] == kc[:n_past]).all()  # the other rows stay
 
 
+def test_an_f16_cache_stores_values_past_its_range_as_infinities(device):
+    """As the CPU's f16 cache (numpy's astype): 65519 rounds to 65504, 65520 and beyond to inf
+    (pack2x16float alone leaves them undefined)."""
+    from llmrun.backends.webgpu import Plan
+    values = np.array([65504, 65519, 65520, 1e6, -1e6, -65519, 3.0, -0.5], np.float32)
+    v = values.reshape(1, 1, 8)
+    u = device.wgpu.BufferUsage
+    kc, vc = (device.buffer(np.zeros((2, 1, 8), np.float16), u.STORAGE | u.COPY_SRC) for _ in range(2))
+    plan = Plan(device, device.uniform(1, 1, 0))
+    plan.rope_store(*(device.buffer(a) for a in (np.zeros(8, np.float32), v, v, np.zeros(2, np.float32))), kc, vc,
+                    1, 1, 8, 0, kv_type="f16")
+    plan.run(1, 1)
+    for cache in (kc, vc):
+        got = np.frombuffer(device.device.queue.read_buffer(cache), np.float16).reshape(2, 8)
+        with np.errstate(over="ignore"):
+            np.testing.assert_array_equal(got[1], values.astype(np.float16))
+        assert (got[0] == 0).all()
+
+
+@pytest.mark.parametrize("type", ["f16", "q4_0", "q4_k"])
+@pytest.mark.parametrize("T, first", [(20, 5), (40, 5), (70, 0)])
+def test_products_add_into_out_from_the_first_token(device, type, T, first):
+    """accumulate (out += x W^T: the residual add) and from_first (x holds the tokens from
+    step.first on: the output head), on the matvec (15 tokens) and the GEMM (35, 70); f16 in
+    rows with 37 rows (a partial group of 8 and tile of 64)."""
+    from llmrun.backends.webgpu import Plan
+    t = qtype(type)
+    rows, k = (37 if type == "f16" else 80), 256
+    rng = np.random.default_rng(T)
+    tensor, blocks = _tensor(rng.standard_normal((rows, k)).astype(np.float32), t)
+    m = device.upload(tensor)
+    x = rng.standard_normal((T - first, k)).astype(np.float32)
+    before = rng.standard_normal((T - first, rows)).astype(np.float32)
+    u = device.wgpu.BufferUsage
+    out = device.buffer(before, u.STORAGE | u.COPY_SRC)
+    plan = Plan(device, device.uniform(0, T, first))
+    plan.matmul(m, device.buffer(x), out, from_first=True, accumulate=True)
+    assert plan.run(T, 0, first) == 1
+    got = np.frombuffer(device.device.queue.read_buffer(out), np.float32).reshape(T - first, rows)
+    want = before + x.astype(np.float64) @ dequantize(blocks, t, k).astype(np.float64).T
+    assert np.abs(got - want).max() <= BOUND * np.abs(want).max()
+
+
 @pytest.mark.parametrize("window, scale", [(0, None), (3, 0.3), (270, None)])
 @pytest.mark.parametrize("hd, n_past, C", [(16, 4, 8), (64, 290, 300), (96, 5, 16), (256, 258, 264)])
 @pytest.mark.parametrize("kv_type", ["f32", "f16"])
@@ -380,3 +423,16 @@ def test_an_f16_kv_cache_beside_f32_ones(device, bound):
             assert g.argmax() == want.argmax() and np.abs(g - want).max() <= bound * np.abs(want).max()
         caches = [(c, d, n + 1) for t, (c, d, n) in zip(ids, caches)]
     assert len(on_device.batches) == 1
+
+
+def test_no_kernel_writes_one_component_of_a_shared_vector():
+    """A write to one component of a vector in workgroup memory may write the whole vector
+    (WGSL's memory model; seen on Apple's GPUs): invocations writing different components of
+    one vector race. Every kernel writes its workgroup vectors whole."""
+    import re
+    from pathlib import Path
+    for path in sorted((Path(__file__).parent.parent / "kernels" / "wgsl").glob("*.wgsl")):
+        code = path.read_text()
+        for name in re.findall(r"var<workgroup>\s+(\w+)\s*:\s*array<vec", code):
+            bad = re.findall(rf"\b{name}\[[^\]]*\](?:\[[^\]]*\]|\.[xyzwrgba]+)\s*[-+*/]?=(?!=)", code)
+            assert not bad, f"{path.name}: {bad}"

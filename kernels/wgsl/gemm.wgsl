@@ -23,22 +23,29 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
     let tq = li / 16u;  // and tokens t0 + 4 tq .. + 3
     var acc = array<vec4<f32>, 4>();  // acc[c]: its 4 rows for token 4 tq + c
     for (var b = 0u; b < nb; b++) {
-        // the tile's 512 pieces of 4 values (8 a row) of weights and of activations, two each
-        for (var e = li; e < 8u * TILE; e += 256u) {
-            let r = e % TILE;
-            let i = e / TILE;
-            var v = vec4<f32>();
-            if (r0 + r < p.rows) {
-                let dm = scale(r0 + r, b, nb);
-                v = dm.x * quants(r0 + r, b, nb, i) + dm.y;
+        // the block's weights of the tile, dequantised, and its activations: invocation li < 128
+        // takes 4 rows' piece (li / 16) % 8 (values 4i .. 4i + 3), li >= 128 4 tokens'; each
+        // writes whole vectors of workgroup memory (a write to one component of a vector may
+        // write the whole vector: four invocations sharing one would race)
+        let quad = li % 16u;
+        let i = (li / 16u) % 8u;
+        var v = array<vec4<f32>, 4>();  // v[j]: row (or token) 4 quad + j's values 4i .. 4i + 3
+        for (var j = 0u; j < 4u; j++) {
+            let r = r0 + 4u * quad + j;
+            let t = t0 + 4u * quad + j;
+            if (li < 128u && r < p.rows) {
+                let dm = scale(r, b, nb);
+                v[j] = dm.x * quants(r, b, nb, i) + dm.y;
+            } else if (li >= 128u && t < tokens) {
+                v[j] = x[t * (p.k / 4u) + 8u * b + i];
             }
-            var xv = vec4<f32>();
-            if (t0 + r < tokens) {
-                xv = x[(t0 + r) * (p.k / 4u) + 8u * b + i];
-            }
-            for (var c = 0u; c < 4u; c++) {
-                wt[(4u * i + c) * 16u + r / 4u][r % 4u] = v[c];
-                xt[(4u * i + c) * 16u + r / 4u][r % 4u] = xv[c];
+        }
+        for (var c = 0u; c < 4u; c++) {
+            let value = vec4<f32>(v[0][c], v[1][c], v[2][c], v[3][c]);  // value 4i + c of the 4
+            if (li < 128u) {
+                wt[(4u * i + c) * 16u + quad] = value;
+            } else {
+                xt[(4u * i + c) * 16u + quad] = value;
             }
         }
         workgroupBarrier();
