@@ -425,6 +425,15 @@ def test_an_f16_kv_cache_beside_f32_ones(device, bound):
     assert len(on_device.batches) == 1
 
 
+def test_the_plan_s_tiles_are_the_kernels():
+    """webgpu.py sizes its grids by the kernels' constants: each one as the WGSL declares it."""
+    from llmrun.backends import webgpu
+    for kernel, name, value in (("matmul", "ROWS", webgpu.ROWS_PER_WORKGROUP),
+                                ("matmul", "TOKENS", webgpu.TOKENS_PER_WORKGROUP),
+                                ("gemm", "TILE", webgpu.GEMM_TILE), ("attention", "MAX_HEAD_DIM", webgpu.MAX_HEAD_DIM)):
+        assert f"const {name}: u32 = {value}u;" in webgpu.wgsl(kernel), (kernel, name)
+
+
 def test_no_kernel_writes_one_component_of_a_shared_vector():
     """A write to one component of a vector in workgroup memory may write the whole vector
     (WGSL's memory model; seen on Apple's GPUs): invocations writing different components of

@@ -367,7 +367,7 @@ class Plan:
     # "residual": matmul(..., accumulate=True) adds the product to out (x = x + W a);
     # "qkv": matmul_qkv(); "gate": matmul_gate(); "rope_store": rope_store(); "norm": the
     # pre-norm given to matmul_qkv / matmul_gate (norm=(x, weight, eps)), folded into the matvec
-    fuses = frozenset({"residual", "qkv", "gate", "rope_store", "norm"})
+    fuses = frozenset({"residual", "qkv", "gate", "norm"})
 
     @staticmethod
     def _grid(rows: int, from_first: bool, gemm: bool):

@@ -179,10 +179,9 @@ class Plan:
     """A step's dispatches, built once (pipelines, parameters, bind groups), recorded into a
     command buffer per step, in one compute pass: each entry's workgroup count is a function of
     the step's tokens T (and of `first`, for the output rows). Fused beyond gpu.py's ops: the
-    residual add in the o and down products' epilogue (matmul(..., accumulate=True)), and RoPE
-    with the KV cache's new rows (rope_store)."""
+    residual add in the o and down products' epilogue (matmul(..., accumulate=True))."""
 
-    fuses = frozenset({"residual", "rope_store"})
+    fuses = frozenset({"residual"})
 
     def __init__(self, dev: Device, step):
         self.dev, self.step = dev, step
@@ -200,10 +199,10 @@ class Plan:
         """out = x m^T, or out += it (accumulate: the residual add). Both kernels are planned; a
         step runs the matvec (matmul.wgsl) up to GEMM_FROM tokens, the tiled GEMM beyond."""
         def grid(rows: int, tile_rows: int, tile_tokens: int, gemm: bool):
-            def groups(T, first):
+            def workgroups(T, first):
                 tokens = T - first * from_first
                 return (-(-rows // tile_rows), -(-tokens // tile_tokens)) if (tokens > GEMM_FROM) == gemm else (0, 0)
-            return groups
+            return workgroups
         for w, row0, rows in m.parts:
             params = (m.k, rows, row0, m.rows, int(from_first), int(accumulate))
             self.op("matmul", params, [w, x, out], grid(rows, ROWS_PER_WORKGROUP, TOKENS_PER_WORKGROUP, False), m.type)
