@@ -67,7 +67,9 @@ class _Progress:
 def convert(src: str = typer.Argument(..., help="Hugging Face checkpoint directory, GGUF file or Hub name (org/repo[:QUANT])"),
             out: str = typer.Argument(..., help="the .llmr file to write"),
             type: Optional[str] = typer.Option(None, "--type", "-t", help=f"{_types_help()} (default: a GGUF's own "
-                                               "types, f16 for a checkpoint)")):
+                                               "types, f16 for a checkpoint)"),
+            allow_requantize: bool = typer.Option(False, "--allow-requantize",
+                                                  help="let a k-quant mix quantise a GGUF's quantised tensors again")):
     """Convert a checkpoint into one .llmr file (norms and biases stay f32)."""
     from llmrun import store
     from llmrun.models import convert as run_convert
@@ -77,7 +79,7 @@ def convert(src: str = typer.Argument(..., help="Hugging Face checkpoint directo
     src = store.source(src)
     bar = _Progress(f"converting to {type or 'llmr'}")
     try:
-        meta = run_convert(src, out, type, bar)
+        meta = run_convert(src, out, type, bar, allow_requantize=allow_requantize)
     finally:
         bar.close()
     cfg, prov = meta["config"], meta["provenance"]

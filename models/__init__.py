@@ -40,14 +40,16 @@ def expected_tensors(src: str, cfg, found: dict) -> dict[str, tuple]:
 
 
 def convert(src: str, out: str, type: str | None = None,
-            progress: Callable[[int, int], None] | None = None) -> dict:
+            progress: Callable[[int, int], None] | None = None, allow_requantize: bool = False) -> dict:
     """Convert `src` (a Hugging Face checkpoint directory or a GGUF file) into the .llmr file
     `out`. `type` None keeps a GGUF's types where we run them, and means f16 for a checkpoint; a
-    k-quant mix's name (q4_k_m) means its rules (quant/mixes.py)."""
+    k-quant mix's name (q4_k_m) means its rules (quant/mixes.py), which refuse to quantise a GGUF's
+    quantised tensors again unless `allow_requantize`."""
     from ..quant.mixes import MIXES
     if isinstance(type, str) and type in MIXES:
+        import dataclasses
         from ..quant.policy import target
-        type = target(type)
+        type = dataclasses.replace(target(type), allow_requantize=allow_requantize)
     kind = source_kind(src)
     if kind == "hf":
         from .hf import convert as convert_hf

@@ -403,3 +403,18 @@ def test_llama_cpp_vocabularies_come_back(vocab):
         assert keys["merges"] == meta["tokenizer.ggml.merges"]
     else:
         assert np.array_equal(np.float32(keys["scores"]), np.float32(meta["tokenizer.ggml.scores"]))
+
+
+def test_convert_to_a_mix_requantises_a_quantised_gguf_only_when_asked(tiny, tmp_path):
+    """convert's refusal names a flag convert has, and the flag lets the mix through."""
+    src = tmp_path / "q8_0.llmr"
+    quantize(str(tiny / "f32.llmr"), str(src), Policy(qtype("q8_0"), pure=True))
+    gguf_path = tmp_path / "q8_0.gguf"
+    export(str(src), str(gguf_path))
+    out = tmp_path / "q4_k_m.llmr"
+    r = run_cli("convert", gguf_path, out, "--type", "q4_k_m")
+    assert r.returncode == 1 and "is already q8_0" in r.stderr and "--allow-requantize" in r.stderr
+    assert "Traceback" not in r.stderr and not out.exists()
+    r = run_cli("convert", gguf_path, out, "--type", "q4_k_m", "--allow-requantize")
+    assert r.returncode == 0, r.stderr
+    assert "q4_k" in {i.type.name for i in LlmrFile(out).tensors.values()}
