@@ -519,7 +519,8 @@ def info(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
                f"{prov.get('converter', '?')}, type {prov.get('type', '?')}")
     if prov.get("tensor_types"):
         typer.echo("conversion:  " + ", ".join(f"{k} x{v}" for k, v in prov["tensor_types"].items()))
-    typer.echo(f"kernels:     {cpu.isa()}, {cpu.threads()} threads")
+    prefetch = f", {cpu.prefetch()} prefetch" if cpu.prefetch() else ""
+    typer.echo(f"kernels:     {cpu.isa()}, {cpu.threads()} threads{prefetch}")
     if tensors:
         for t in f.tensors.values():
             layout = LAYOUT_NAMES[t.layout]

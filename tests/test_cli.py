@@ -74,6 +74,7 @@ def test_info_and_verify(converted):
     r = run_cli("info", out, "--verify", check=True)
     from llmrun.backends import cpu
     assert "2 layers" in r.stdout and "q8_0" in r.stdout and f"kernels:     {cpu.isa()}, " in r.stdout
+    assert (f"threads, {cpu.prefetch()} prefetch" in r.stdout) == (cpu.prefetch() is not None)
     assert "checksums match" in r.stdout
 
 

@@ -167,7 +167,7 @@ def other_inputs():
 
 def compute_all() -> dict[str, np.ndarray]:
     """Every output of this process's kernel path, by name."""
-    out = {"isa": np.array(K.isa())}
+    out = {"isa": np.array(K.isa()), "prefetch": np.array(K.prefetch())}
     for t, tokens, n, k in matmul_cases():
         x, w = matmul_inputs(t, tokens, n, k)
         y = np.empty((tokens, n), np.float32)
@@ -258,19 +258,22 @@ def cpu_flags() -> set[str] | None:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict[str, dict[str, np.ndarray]]:
-    """isa -> its outputs, for scalar and every SIMD path this CPU runs (all started at once)."""
+    """isa -> its outputs, for scalar and every SIMD path this CPU runs (all started at once), and
+    "isa:mode" -> a SIMD path's outputs under the prefetch mode this CPU does not choose."""
     tmp = tmp_path_factory.mktemp("isa")
+    other = {"nta": "l2", "l2": "nta"}[K.prefetch()]
+    runs = {isa: {"LLMRUN_ISA": isa} for isa in ["scalar"] + [i for i in SIMD_ISAS if i in K.isas()]}
+    runs.update({f"{isa}:{other}": {"LLMRUN_ISA": isa, "LLMRUN_PREFETCH": other} for isa in SIMD_ISAS if isa in runs})
     procs = {}
-    for isa in ["scalar"] + [i for i in SIMD_ISAS if i in K.isas()]:
-        env = {**os.environ, "LLMRUN_ISA": isa}
-        procs[isa] = subprocess.Popen([sys.executable, __file__, str(tmp / f"{isa}.npz")], env=env,
+    for key, env in runs.items():
+        procs[key] = subprocess.Popen([sys.executable, __file__, str(tmp / f"{key}.npz")], env={**os.environ, **env},
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out = {}
-    for isa, p in procs.items():
-        _, err = p.communicate(timeout=120)
-        assert p.returncode == 0, f"LLMRUN_ISA={isa}: {err}"
-        with np.load(tmp / f"{isa}.npz") as f:
-            out[isa] = dict(f)
+    for key, p in procs.items():
+        _, err = p.communicate(timeout=240)
+        assert p.returncode == 0, f"{runs[key]}: {err}"
+        with np.load(tmp / f"{key}.npz") as f:
+            out[key] = dict(f)
     return out
 
 
@@ -312,6 +315,35 @@ def test_unknown_isa_fails_listing_the_known_ones():
 def test_forced_isa_runs(results, isa):
     needs(isa)
     assert str(results[isa]["isa"]) == isa
+
+
+def test_prefetch_mode_is_the_cpus_unless_forced():
+    """AMD's cores take NTA prefetches, other x86 cores L2 ones (kernels/cpu/prefetch_x86.h)."""
+    if platform.machine() in ("x86_64", "AMD64"):
+        amd = "AuthenticAMD" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else None
+        if amd is not None:
+            assert K.prefetch() == ("nta" if amd else "l2")
+    for mode in ("nta", "l2"):
+        r = subprocess.run([sys.executable, "-c", "import llmrun._kernels as K; print(K.prefetch())"],
+                           env={**os.environ, "LLMRUN_PREFETCH": mode}, capture_output=True, text=True, timeout=60)
+        assert r.stdout.strip() == mode, r.stderr
+    r = subprocess.run([sys.executable, "-c", "import llmrun._kernels"], env={**os.environ, "LLMRUN_PREFETCH": "t0"},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "LLMRUN_PREFETCH=t0: unknown prefetch mode; known: nta, l2" in r.stderr
+
+
+@pytest.mark.parametrize("isa", SIMD_ISAS)
+def test_prefetch_modes_give_the_same_bits(results, isa):
+    """A prefetch changes when lines arrive, never what a kernel computes: every output of the
+    other mode is the default mode's, bit for bit (and it ran in that mode)."""
+    needs(isa)
+    (key,) = [k for k in results if k.startswith(f"{isa}:")]
+    other = results[key]
+    assert str(other["prefetch"]) == key.split(":")[1] != str(results[isa]["prefetch"])
+    assert other.keys() == results[isa].keys()
+    for name, value in results[isa].items():
+        if name not in ("isa", "prefetch"):
+            np.testing.assert_array_equal(other[name], value, err_msg=name)
 
 
 @pytest.mark.parametrize("isa", SIMD_ISAS)

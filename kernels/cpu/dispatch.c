@@ -2,6 +2,7 @@
  * run it. Chosen once at import, so one wheel runs on any x86-64 or arm64 and the hot loops
  * never branch on the CPU. */
 #include <stdio.h>
+#include <string.h>
 
 #include "llmrun.h"
 
@@ -382,4 +383,24 @@ const llmr_kernels *llmr_dispatch(const char *forced, char *err, size_t err_size
     }
     snprintf(err, err_size, "LLMRUN_ISA=%s: unknown kernel path; known: %s", forced, known);
     return NULL;
+}
+
+llmr_prefetch_mode llmr_prefetch = LLMR_PREFETCH_NTA;
+
+const char *llmr_prefetch_choose(const char *forced, char *err, size_t err_size) {
+    static const char *const NAMES[] = {[LLMR_PREFETCH_NTA] = "nta", [LLMR_PREFETCH_L2] = "l2"};
+    if (forced != NULL && forced[0] != '\0') {
+        for (int m = 0; m < 2; m++)
+            if (strcmp(forced, NAMES[m]) == 0) {
+                llmr_prefetch = (llmr_prefetch_mode)m;
+                return NAMES[m];
+            }
+        snprintf(err, err_size, "LLMRUN_PREFETCH=%s: unknown prefetch mode; known: nta, l2", forced);
+        return NULL;
+    }
+#ifdef LLMR_X86
+    __builtin_cpu_init();
+    llmr_prefetch = __builtin_cpu_is("amd") ? LLMR_PREFETCH_NTA : LLMR_PREFETCH_L2; /* prefetch_x86.h */
+#endif
+    return NAMES[llmr_prefetch];
 }

@@ -10,6 +10,7 @@
 
 #include "llmrun.h"
 #include "gemm_x16.h"
+#include "prefetch_x86.h"
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
@@ -22,13 +23,11 @@ ALWAYS_INLINE __m512i madd(__m512i acc, __m512i w, __m512i a) {
 #endif
 }
 
-/* Bytes ahead that each block (or super-block) of a group prefetches, non-temporal (NTA): the
- * weights are read once per token. On Zen 4, 1B-shape q4_0 decode from a file's cached pages,
- * alternating runs: 22.3 / 22.2 -> 24.3 / 22.4 GB/s on one core, about the same on two (AVX2's
- * kernels: no difference, left at T0). */
-#ifndef PREFETCH_AHEAD
+/* Bytes ahead that each block (or super-block) of a group prefetches, by the chosen mode
+ * (prefetch_x86.h). On Zen 4, NTA, 1B-shape q4_0 decode from a file's cached pages, alternating
+ * runs: 22.3 / 22.2 -> 24.3 / 22.4 GB/s on one core, about the same on two (AVX2's kernels, which
+ * do not prefetch: no difference). */
 #define PREFETCH_AHEAD 8192
-#endif
 
 /* Row r's scale to lanes 2r and 2r + 1: rows 0-7, rows 8-15. */
 static const int32_t PAIR_IDX[2][16] = {{0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7},
@@ -181,8 +180,7 @@ ALWAYS_INLINE void q4k_gemm_tokens(size_t block, q4k_word_fn word, q4k_unpack_fn
         sums[i].acc[0] = sums[i].acc[1] = sums[i].off = _mm512_setzero_ps();
     for (int64_t b = 0; b < nsb; b++) {
         const uint8_t *g = w + b * block;
-        for (size_t line = 0; line < block; line += 64)
-            _mm_prefetch((const char *)g + PREFETCH_AHEAD + line, _MM_HINT_NTA);
+        llmr_prefetch_lines(g + PREFETCH_AHEAD, block);
         q4k_scales sc;
         q4k_unpack_scales(g, &sc);
         if (!unpack) {

@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include "llmrun.h"
+#include "prefetch_x86.h"
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
@@ -14,16 +15,12 @@
  * unpacked once for up to this many. */
 #define Q16B_TOKENS 64
 
-/* Every line of the super-block at g (bytes long) requested at once, non-temporal, just before it
- * is read. On Zen 4, one core, decode from a file's cached pages (which a plain streaming read
- * took at 22.5 GB/s): q6_k, whose three interleaved streams (two of ql words, one of qh) the
- * hardware prefetcher does not follow, ran at 7.5 GB/s without, 20.3 with T0 prefetches of the
- * super-block, 24.1 with NTA ones (T1 / T2: 11, the next super-block instead: 17-19, a column's
- * lines as it goes: 11); q4_k, read in order, 20.3 without and 26.9 with NTA. From L2 the
- * prefetches cost 38 -> 32 GB/s (q6_k), nothing measurable for q4_k. */
+/* The super-block at g (bytes long) that a kernel reads next, whole (prefetch_x86.h): NTA, the
+ * super-block itself, just before it is read (q6_k's three interleaved streams, two of ql words and
+ * one of qh, are ones the hardware prefetcher does not follow); L2, the one two ahead. From L2 on
+ * Zen 4 the NTA prefetches cost q6_k 38 -> 32 GB/s and nothing measurable for q4_k. */
 ALWAYS_INLINE void q16b_prefetch(const uint8_t *g, size_t bytes) {
-    for (size_t line = 0; line < bytes; line += 64)
-        _mm_prefetch((const char *)g + line, _MM_HINT_NTA);
+    llmr_prefetch_lines(llmr_prefetch == LLMR_PREFETCH_L2 ? g + 2 * bytes : g, bytes);
 }
 
 /* The tokens' activation blocks of super-block b: ys[i] = token ti + i's, n of them. */

@@ -167,8 +167,7 @@ ALWAYS_INLINE void gemm_tokens(const int fmt, int64_t nsb, int64_t t, float *out
     for (int64_t b = 0; b < nsb; b++) {
         const size_t block = fmt == K16_Q3_K ? X16_Q3K_BLOCK : X16_Q6K_BLOCK;
         const uint8_t *g = w + b * block;
-        for (size_t line = 0; line < block; line += 64)
-            _mm_prefetch((const char *)g + PREFETCH_AHEAD + line, _MM_HINT_NTA);
+        llmr_prefetch_lines(g + PREFETCH_AHEAD, block);
         __m512i sc[QK_K / 16][2];
         uint8_t q3_words[4 * 64];
         if (fmt == K16_Q3_K)

@@ -740,6 +740,15 @@ int llmr_kernels_check(const llmr_kernels *k, char *err, size_t err_size);
 /* The ISAs this CPU can run, best first; returns how many (at most cap) names it wrote. */
 int llmr_isas(const char **names, int cap);
 
+/* How the x86 kernels prefetch the weights they stream (kernels/cpu/prefetch_x86.h): NTA, the
+ * block about to be read, non-temporal; L2, blocks ahead, into L2. Set once, at import. */
+typedef enum { LLMR_PREFETCH_NTA, LLMR_PREFETCH_L2 } llmr_prefetch_mode;
+extern llmr_prefetch_mode llmr_prefetch;
+/* Choose it: `forced` (LLMRUN_PREFETCH) "nta" or "l2", or NULL/empty for this CPU's (AMD: nta;
+ * other x86: l2; arm64, whose kernels do not prefetch: nta). Returns the mode's name, or NULL and a
+ * message in err for an unknown name. */
+const char *llmr_prefetch_choose(const char *forced, char *err, size_t err_size);
+
 /* ---- type-agnostic loops (matmul.c) ------------------------------------------------------- */
 
 /* Bytes of q16_a scratch llmr_matmul needs for t rows of k (0 for float weight types). */

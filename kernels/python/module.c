@@ -626,6 +626,12 @@ static PyObject *py_isa(PyObject *self, PyObject *unused) {
     return PyUnicode_FromString(kern->isa);
 }
 
+static const char *prefetch_name; /* llmr_prefetch_choose's, at import */
+
+static PyObject *py_prefetch(PyObject *self, PyObject *unused) {
+    return PyUnicode_FromString(prefetch_name);
+}
+
 /* The C traits table as {id: {name, block_size, type_size, n_scales, scales_at, act, x16}}, for the test
  * that holds it to quant/types.py's. */
 static PyObject *py_type_traits(PyObject *self, PyObject *unused) {
@@ -1173,6 +1179,8 @@ static PyMethodDef methods[] = {
      "top_k(ids, x) -> m: ids[:m] = the indices of the len(ids) largest of x (float64 [n]), largest\n"
      "first, a tie to the lower index; NaN never taken, so m < len(ids) only when x has too few others."},
     {"isa", py_isa, METH_NOARGS, "isa() -> the kernel path in use, e.g. 'scalar'."},
+    {"prefetch", py_prefetch, METH_NOARGS,
+     "prefetch() -> how the x86 kernels prefetch the weights they stream: 'nta' or 'l2'."},
     {"type_traits", py_type_traits, METH_NOARGS,
      "type_traits() -> {type id: {name, block_size, type_size, n_scales, scales_at, act, x16}}: the C traits table\n"
      "(kernels/cpu/types.c), which quant/types.py's table must match."},
@@ -1196,6 +1204,7 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "_kernels",
     .m_doc = "llmrun's native kernels. LLMRUN_ISA (read once, at import) forces a kernel path;\n"
+             "LLMRUN_PREFETCH (nta or l2, read once, at import) how its x86 kernels prefetch weights;\n"
              "LLMRUN_THREADS (read once, at import) sets the thread count (default: physical cores).",
     .m_size = -1,
     .m_methods = methods,
@@ -1205,6 +1214,11 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     char err[512];
     kern = llmr_dispatch(getenv("LLMRUN_ISA"), err, sizeof err);
     if (!kern) {
+        PyErr_SetString(PyExc_ImportError, err);
+        return NULL;
+    }
+    prefetch_name = llmr_prefetch_choose(getenv("LLMRUN_PREFETCH"), err, sizeof err);
+    if (!prefetch_name) {
         PyErr_SetString(PyExc_ImportError, err);
         return NULL;
     }

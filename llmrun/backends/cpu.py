@@ -134,6 +134,12 @@ def isa() -> str:
     return K.isa()
 
 
+def prefetch() -> str | None:
+    """How the x86 kernels prefetch the weights they stream, "nta" or "l2" (LLMRUN_PREFETCH forces
+    one; docs/kernels.md, Prefetch); None on a path that does not prefetch (scalar, NEON)."""
+    return K.prefetch() if K.isa().startswith("avx") else None
+
+
 def threads() -> int:
     """Threads the kernels use (LLMRUN_THREADS, else the physical cores; set_threads changes it)."""
     return K.get_threads()
