@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 from collections import Counter
 from typing import Annotated, Optional
@@ -673,8 +674,17 @@ def remove(model: str = typer.Argument(..., help="a name as `llmrun list` shows 
         typer.echo(f"removed {path}")
 
 
+def _on_sigterm(signum, frame):
+    """SIGTERM (`kill`, `timeout`, a service manager's stop) as an exit raised where Python is, so
+    that the process unwinds: an atomic write in progress removes its temporary file, `serve`
+    ends its requests in flight, `chat` saves its history (a KeyboardInterrupt would be taken
+    for a Ctrl-C, which only stops a reply)."""
+    sys.exit(143)
+
+
 def main() -> None:
     from llmrun.errors import LlmrunError
+    signal.signal(signal.SIGTERM, _on_sigterm)
     # click's UsageError, from click itself or from the copy newer typers carry
     usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
     try:

@@ -201,8 +201,9 @@ def test_full_disk_is_one_line_and_leaves_nothing(tiny, tmp_path, command):
     assert out.read_bytes() == b"the previous file" and _leftovers(tmp_path) == []
 
 
-def test_interrupted_convert_leaves_nothing(tmp_path):
-    """Ctrl-C in the middle of writing: exit 130, no partial file under either name."""
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_convert_leaves_nothing(tmp_path, sig, code):
+    """Ctrl-C (or a `kill`) in the middle of writing: exit 130 (143), no partial file under either name."""
     make_hf_checkpoint(tmp_path / "hf", hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
                        num_attention_heads=8, num_key_value_heads=4, vocab_size=8192)
     out = tmp_path / "out" / "model.llmr"
@@ -213,9 +214,9 @@ def test_interrupted_convert_leaves_nothing(tmp_path):
     while not _leftovers(out.parent) and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
     assert p.poll() is None, "the conversion ended before it could be interrupted"
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     _, err = p.communicate(timeout=60)
-    assert p.returncode == 130 and "Traceback" not in err, err
+    assert p.returncode == code and "Traceback" not in err, err
     assert list(out.parent.iterdir()) == []
 
 
