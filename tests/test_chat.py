@@ -229,6 +229,21 @@ def test_terminal_ctrl_c_stops_a_reply_and_the_chat_goes_on(terminal, tmp_path):
     assert c.exitstatus == 0
 
 
+def test_terminal_sigterm_during_a_reply_ends_chat_and_keeps_its_history(terminal, tmp_path):
+    """A `kill` is no Ctrl-C: chat does not go on to the next prompt; it leaves with 143 and its
+    line history saved."""
+    import signal
+    c = terminal("-n", "400")
+    c.sendline("Write a very long story about a dragon and a knight.")
+    c.expect_exact("Once")
+    time.sleep(0.5)
+    c.kill(signal.SIGTERM)
+    c.expect(pexpect_eof())
+    c.close()
+    assert c.exitstatus == 143 and "[stopped]" not in c.before
+    assert "dragon and a knight" in (tmp_path / "home" / "chat_history").read_text()
+
+
 def test_terminal_ctrl_c_works_when_started_with_sigint_ignored(terminal):
     """Started the way a script's background job is (SIGINT inherited as ignored), chat still
     takes Ctrl-C at the terminal: the reply stops and the prompt comes back."""
