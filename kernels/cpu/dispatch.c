@@ -1,6 +1,7 @@
 /* Which kernels run: every ISA's table, best first, each with a test of whether this CPU can
  * run it. Chosen once at import, so one wheel runs on any x86-64 or arm64 and the hot loops
- * never branch on the CPU. */
+ * never branch on the CPU (but for the x86 prefetch mode, also chosen here: one branch a
+ * super-block, prefetch_x86.h). */
 #include <stdio.h>
 #include <string.h>
 

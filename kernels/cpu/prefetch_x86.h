@@ -1,16 +1,16 @@
 /* Software prefetch of the weights the x86 X16 kernels stream: a decode step reads every weight
  * once, from memory, so a kernel's speed there is how well its loads overlap its arithmetic.
- * Which prefetch does that best depends on the core (one core, decode matvecs of 150-220 MB
- * from memory, GB/s, against a plain streaming read of about 12-14 on both machines' days):
+ * Which prefetch does that best depends on the core (one core, decode matvecs from memory, GB/s):
  *
- *   - Zen 4 (sessions 13-16): non-temporal (NTA) prefetches of the super-block about to be read
- *     ran q6_k at 24.1 (T0 ones: 20.3; the next super-block's: 17-19), q4_k 26.9 against 20.3
- *     without; the other types 8 KiB ahead, NTA: q4_0 22.3 -> 24.3.
- *   - Intel Xeon (Emerald Rapids, a 2-core VM): those same NTA prefetches held every type near
- *     7-9 (q4_0 7.2, q8_0 8.9, q4_k 9.1, q6_k 7.3) and cost q6_k from L2 26 -> 14; into L2 (T1),
- *     two super-blocks ahead for q4_k and q6_k and 8 KiB ahead for the others: q4_0 14.5, q8_0
- *     15.1, q5_0 14.4, iq4_nl 13.8, q4_k 13.5, q6_k 11.6 (T0 one super-block ahead: 12.1, 12.3).
- *     The 1B shape's Q4_K_M decode went from 9.7 to 14.9 tokens/s on one thread, 19.0 to 28.4 on two.
+ *   - Zen 4 (sessions 13-16; a plain streaming read: 22.5): non-temporal (NTA) prefetches of the
+ *     super-block about to be read ran q6_k at 24.1 (T0 ones: 20.3; the next super-block's:
+ *     17-19), q4_k 26.9 against 20.3 without; the other types 8 KiB ahead, NTA: q4_0 22.3 -> 24.3.
+ *   - Intel Xeon (Emerald Rapids, a 2-core VM; a plain streaming read: 12-15), NTA as above ->
+ *     into L2 (T1), two super-blocks ahead for q4_k and q6_k and 8 KiB ahead for the others:
+ *     q4_0 9.1 -> 14.3, q8_0 9.9 -> 14.6, q5_0 8.9 -> 13.5, iq4_nl 9.0 -> 13.5, q4_k 9.0 -> 13.0,
+ *     q5_k 8.4 -> 12.5, q6_k 7.1 -> 11.6 (T0 one super-block ahead was within noise of T1); from
+ *     L2 the NTA prefetches had cost q6_k 22 -> 14. The 1B shape's Q4_K_M decode: 9.9 -> 14.8
+ *     tokens/s on one thread, 19.4 -> 26.9 on two.
  *
  * So the mode is chosen once at import (llmr_prefetch_choose: AMD NTA, other x86 L2;
  * LLMRUN_PREFETCH=nta|l2 forces one), and a kernel asks for its lines through llmr_prefetch_lines,
