@@ -391,7 +391,7 @@ llmr_prefetch_mode llmr_prefetch = LLMR_PREFETCH_NTA;
 const char *llmr_prefetch_choose(const char *forced, char *err, size_t err_size) {
     static const char *const NAMES[] = {[LLMR_PREFETCH_NTA] = "nta", [LLMR_PREFETCH_L2] = "l2"};
     if (forced != NULL && forced[0] != '\0') {
-        for (int m = 0; m < 2; m++)
+        for (int m = 0; m < (int)(sizeof NAMES / sizeof NAMES[0]); m++)
             if (strcmp(forced, NAMES[m]) == 0) {
                 llmr_prefetch = (llmr_prefetch_mode)m;
                 return NAMES[m];
