@@ -23,8 +23,8 @@ ALWAYS_INLINE __m512i madd(__m512i acc, __m512i w, __m512i a) {
 #endif
 }
 
-/* Bytes ahead that each block (or super-block) of a group prefetches, by the chosen mode
- * (prefetch_x86.h). On Zen 4, NTA, 1B-shape q4_0 decode from a file's cached pages, alternating
+/* Bytes ahead that each block of a group of the 32-element types prefetches, by the chosen mode
+ * (prefetch_x86.h; q4_k's and q5_k's super-blocks: llmr_prefetch_block). On Zen 4, NTA, 1B-shape q4_0 decode from a file's cached pages, alternating
  * runs: 22.3 / 22.2 -> 24.3 / 22.4 GB/s on one core, about the same on two (AVX2's kernels, which
  * do not prefetch: no difference). */
 #define PREFETCH_AHEAD 8192
@@ -111,8 +111,10 @@ ALWAYS_INLINE void q4k_unpacked(const void *src, int p, int c, __m512i lo[2], __
 }
 
 /* T tokens' sums += the super-block (its quants from word(src, ..)) against their activation
- * blocks ys[i][0 .. 8). */
-ALWAYS_INLINE void q4k_tile(const int T, q4k_word_fn word, const void *src, const q4k_scales *sc,
+ * blocks ys[i][0 .. 8). A part of the super-block at pf (pf_bytes long) is prefetched a word
+ * (llmr_prefetch_part). */
+ALWAYS_INLINE void q4k_tile(const int T, q4k_word_fn word, const void *src, const uint8_t *pf, size_t pf_bytes,
+                            const q4k_scales *sc,
                             const block_q16_a *const *ys, q4k_sums *sums) {
     __m512 acc[Q4K_TILE][2], off[Q4K_TILE];
     for (int i = 0; i < T; i++) {
@@ -126,6 +128,7 @@ ALWAYS_INLINE void q4k_tile(const int T, q4k_word_fn word, const void *src, cons
         for (int c = 0; c < 8; c++) {
             __m512i lo[2], hi[2];
             word(src, p, c, lo, hi);
+            llmr_prefetch_part(pf, pf_bytes, 8 * p + c, 32);
             for (int i = 0; i < T; i++) {
                 const __m512i alo = act4(ys[i] + 2 * p, c), ahi = act4(ys[i] + 2 * p + 1, c);
                 for (int v = 0; v < 2; v++) {
@@ -152,8 +155,9 @@ ALWAYS_INLINE void q4k_tile(const int T, q4k_word_fn word, const void *src, cons
     }
 }
 
-/* Super-block b against tokens 0 .. t, tile by tile. */
-ALWAYS_INLINE void q4k_tiles(q4k_word_fn word, const void *src, const q4k_scales *sc, int64_t b, int64_t t,
+/* Super-block b against tokens 0 .. t, tile by tile: the first tile prefetches pf's parts. */
+ALWAYS_INLINE void q4k_tiles(q4k_word_fn word, const void *src, const uint8_t *pf, size_t pf_bytes,
+                             const q4k_scales *sc, int64_t b, int64_t t,
                              const uint8_t *a, size_t a_stride, q4k_sums *sums) {
     for (int64_t ti = 0; ti < t; ti += Q4K_TILE) {
         const block_q16_a *ys[Q4K_TILE];
@@ -161,10 +165,10 @@ ALWAYS_INLINE void q4k_tiles(q4k_word_fn word, const void *src, const q4k_scales
         for (int i = 0; i < n; i++)
             ys[i] = (const block_q16_a *)(a + (ti + i) * a_stride) + b * (QK_K / QK_Q16_A);
         if (n == Q4K_TILE)
-            q4k_tile(Q4K_TILE, word, src, sc, ys, sums + ti);
+            q4k_tile(Q4K_TILE, word, src, ti ? NULL : pf, pf_bytes, sc, ys, sums + ti);
         else
             for (int i = 0; i < n; i++)
-                q4k_tile(1, word, src, sc, ys + i, sums + ti + i);
+                q4k_tile(1, word, src, ti || i ? NULL : pf, pf_bytes, sc, ys + i, sums + ti + i);
     }
 }
 
@@ -180,17 +184,17 @@ ALWAYS_INLINE void q4k_gemm_tokens(size_t block, q4k_word_fn word, q4k_unpack_fn
         sums[i].acc[0] = sums[i].acc[1] = sums[i].off = _mm512_setzero_ps();
     for (int64_t b = 0; b < nsb; b++) {
         const uint8_t *g = w + b * block;
-        llmr_prefetch_lines(g + PREFETCH_AHEAD, block);
+        const uint8_t *pf = llmr_prefetch_block(g, block);
         q4k_scales sc;
         q4k_unpack_scales(g, &sc);
         if (!unpack) {
-            q4k_tiles(word, g, &sc, b, t, a, a_stride, sums);
+            q4k_tiles(word, g, pf, block, &sc, b, t, a, a_stride, sums);
         } else if (t == 1) {
             const block_q16_a *y = (const block_q16_a *)a + b * (QK_K / QK_Q16_A);
-            q4k_tile(1, word, g, &sc, &y, sums);
+            q4k_tile(1, word, g, pf, block, &sc, &y, sums);
         } else {
             unpack(g, &quants);
-            q4k_tiles(q4k_unpacked, &quants, &sc, b, t, a, a_stride, sums);
+            q4k_tiles(q4k_unpacked, &quants, pf, block, &sc, b, t, a, a_stride, sums);
         }
     }
     const __m512i even = _mm512_loadu_si512(EVEN_IDX), odd = _mm512_loadu_si512(ODD_IDX);

@@ -1,6 +1,6 @@
 /* What the x86 X16 kernels that read q16_b activations share whatever their ISA
  * (gemm_x16_q16b_avx512vnni.h, gemm_x16_q16b_avx2.h): how many tokens' sums wait between
- * super-blocks, the prefetch of a super-block and the walk over the tokens' activation blocks. */
+ * super-blocks and the walk over the tokens' activation blocks. */
 #ifndef LLMRUN_GEMM_X16_Q16B_H
 #define LLMRUN_GEMM_X16_Q16B_H
 
@@ -14,14 +14,6 @@
 /* Tokens whose running sums wait in memory between super-blocks: each super-block's scales are
  * unpacked once for up to this many. */
 #define Q16B_TOKENS 64
-
-/* The super-block at g (bytes long) that a kernel reads next, whole (prefetch_x86.h): NTA, the
- * super-block itself, just before it is read (q6_k's three interleaved streams, two of ql words and
- * one of qh, are ones the hardware prefetcher does not follow); L2, the one two ahead. From L2 on
- * Zen 4 the NTA prefetches cost q6_k 38 -> 32 GB/s and nothing measurable for q4_k. */
-ALWAYS_INLINE void q16b_prefetch(const uint8_t *g, size_t bytes) {
-    llmr_prefetch_lines(llmr_prefetch == LLMR_PREFETCH_L2 ? g + 2 * bytes : g, bytes);
-}
 
 /* The tokens' activation blocks of super-block b: ys[i] = token ti + i's, n of them. */
 ALWAYS_INLINE void q16b_token_blocks(const uint8_t *a, size_t a_stride, int64_t ti, int n, int64_t b,

@@ -67,8 +67,9 @@ ALWAYS_INLINE __m256i q4k_quants(const int q5, const uint8_t *g, int p, int s, i
 }
 
 /* T tokens' sums += the super-block at g (q4_k, or q5_k where q5) against their activation
- * blocks ys[i][0 .. 8), half h of the rows. */
-ALWAYS_INLINE void q4k_tile(const int T, const int q5, const uint8_t *g, int h, const __m256 sc_f[8][2],
+ * blocks ys[i][0 .. 8), half h of the rows. A part of the super-block at pf is prefetched a
+ * sub-block (llmr_prefetch_part). */
+ALWAYS_INLINE void q4k_tile(const int T, const int q5, const uint8_t *g, const uint8_t *pf, int h, const __m256 sc_f[8][2],
                             const __m256 m_f[8][2], const block_q16_b *const *ys, q16b_sums *sums) {
     const int G = q5 ? 2 : 4; /* words per int16 group (the bounds above) */
     __m256 acc[Q4K_TILE], off[Q4K_TILE]; /* the super-block's sums, before d and dmin */
@@ -77,6 +78,7 @@ ALWAYS_INLINE void q4k_tile(const int T, const int q5, const uint8_t *g, int h, 
     for (int p = 0; p < 4; p++)
         for (int s = 0; s < 2; s++) { /* sub-block j = 2p + s: nibble s of words 8p .. 8p + 7 */
             const int j = 2 * p + s;
+            llmr_prefetch_part(pf, q5 ? X16_Q5K_BLOCK : X16_Q4K_BLOCK, 8 * h + j, 16);
             __m256i sum[Q4K_TILE];
             for (int i = 0; i < T; i++)
                 sum[i] = _mm256_setzero_si256();
@@ -120,7 +122,7 @@ ALWAYS_INLINE void gemm_tokens(const int q5, int64_t nsb, int64_t t, float *out,
         sums[i].acc[0] = sums[i].acc[1] = sums[i].off[0] = sums[i].off[1] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nsb; b++) {
         const uint8_t *g = w + b * block;
-        q16b_prefetch(g, block);
+        const uint8_t *pf = llmr_prefetch_block(g, block); /* by the first tile */
         __m256 sc_f[8][2], m_f[8][2];
         q4k_scales(g, sc_f, m_f);
         for (int64_t ti = 0; ti < t; ti += Q4K_TILE) {
@@ -129,10 +131,10 @@ ALWAYS_INLINE void gemm_tokens(const int q5, int64_t nsb, int64_t t, float *out,
             q16b_token_blocks(a, a_stride, ti, n, b, ys);
             for (int h = 0; h < 2; h++)
                 switch (n) {
-                case 4: q4k_tile(4, q5, g, h, sc_f, m_f, ys, sums + ti); break;
-                case 3: q4k_tile(3, q5, g, h, sc_f, m_f, ys, sums + ti); break;
-                case 2: q4k_tile(2, q5, g, h, sc_f, m_f, ys, sums + ti); break;
-                default: q4k_tile(1, q5, g, h, sc_f, m_f, ys, sums + ti); break;
+                case 4: q4k_tile(4, q5, g, ti ? NULL : pf, h, sc_f, m_f, ys, sums + ti); break;
+                case 3: q4k_tile(3, q5, g, ti ? NULL : pf, h, sc_f, m_f, ys, sums + ti); break;
+                case 2: q4k_tile(2, q5, g, ti ? NULL : pf, h, sc_f, m_f, ys, sums + ti); break;
+                default: q4k_tile(1, q5, g, ti ? NULL : pf, h, sc_f, m_f, ys, sums + ti); break;
                 }
         }
     }

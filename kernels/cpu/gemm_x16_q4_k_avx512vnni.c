@@ -57,8 +57,8 @@ ALWAYS_INLINE __m512i q5k_bit4(__m512i qh, int s) {
 }
 
 /* T tokens' sums += the super-block at g (q4_k, or q5_k where q5) against their activation blocks
- * ys[i][0 .. 8). */
-ALWAYS_INLINE void q4k_tile(const int T, const int q5, const uint8_t *g, const __m512 sc_f[8], const __m512 m_f[8],
+ * ys[i][0 .. 8). A part of the super-block at pf is prefetched a word (llmr_prefetch_part). */
+ALWAYS_INLINE void q4k_tile(const int T, const int q5, const uint8_t *g, const uint8_t *pf, const __m512 sc_f[8], const __m512 m_f[8],
                             const block_q16_b *const *ys, q16b_sums *sums) {
     const __m512i nibble = _mm512_set1_epi8(0x0F);
     const uint8_t *qs = g + (q5 ? X16_Q5K_QS : X16_Q4K_QS);
@@ -72,6 +72,7 @@ ALWAYS_INLINE void q4k_tile(const int T, const int q5, const uint8_t *g, const _
 #pragma GCC unroll 8
         for (int c = 0; c < 8; c++) {
             const __m512i word = _mm512_loadu_si512(qs + (8 * p + c) * 64);
+            llmr_prefetch_part(pf, q5 ? X16_Q5K_BLOCK : X16_Q4K_BLOCK, 8 * p + c, 32);
             __m512i q[2];
             if (q5) { /* the nibble where the mask is set, bit 4 from qh: one select (0xCA: a ? b : c) */
                 const __m512i qh = _mm512_loadu_si512(g + X16_Q5K_QH + c * 64);
@@ -107,7 +108,7 @@ ALWAYS_INLINE void gemm_tokens(const int q5, int64_t nsb, int64_t t, float *out,
         sums[i].acc = sums[i].off = _mm512_setzero_ps();
     for (int64_t b = 0; b < nsb; b++) {
         const uint8_t *g = w + b * block;
-        q16b_prefetch(g, block);
+        const uint8_t *pf = llmr_prefetch_block(g, block); /* by the first tile */
         __m512 sc_f[8], m_f[8];
         q4k_scales(g, sc_f, m_f);
         for (int64_t ti = 0; ti < t; ti += Q4K_TILE) {
@@ -115,10 +116,10 @@ ALWAYS_INLINE void gemm_tokens(const int q5, int64_t nsb, int64_t t, float *out,
             const int n = t - ti < Q4K_TILE ? (int)(t - ti) : Q4K_TILE;
             q16b_token_blocks(a, a_stride, ti, n, b, ys);
             switch (n) {
-            case 4: q4k_tile(4, q5, g, sc_f, m_f, ys, sums + ti); break;
-            case 3: q4k_tile(3, q5, g, sc_f, m_f, ys, sums + ti); break;
-            case 2: q4k_tile(2, q5, g, sc_f, m_f, ys, sums + ti); break;
-            default: q4k_tile(1, q5, g, sc_f, m_f, ys, sums + ti); break;
+            case 4: q4k_tile(4, q5, g, ti ? NULL : pf, sc_f, m_f, ys, sums + ti); break;
+            case 3: q4k_tile(3, q5, g, ti ? NULL : pf, sc_f, m_f, ys, sums + ti); break;
+            case 2: q4k_tile(2, q5, g, ti ? NULL : pf, sc_f, m_f, ys, sums + ti); break;
+            default: q4k_tile(1, q5, g, ti ? NULL : pf, sc_f, m_f, ys, sums + ti); break;
             }
         }
     }

@@ -105,8 +105,9 @@ typedef struct {
 
 /* T tokens' sums += the super-block (raw at g, or unpacked in u where u is not NULL) against their
  * activation blocks ys[i][0 .. 8), half rh of the rows: the products times dsc, the offsets times
- * off (q6_k's and q3_k's d sc, the bias taken at the end; q2_k's dmin m). */
-ALWAYS_INLINE void q6k_tile(const int T, const int fmt, const uint8_t *g, const q6k_unpacked *u, int rh,
+ * off (q6_k's and q3_k's d sc, the bias taken at the end; q2_k's dmin m). A part of the
+ * super-block at pf is prefetched a sub-block (llmr_prefetch_part). */
+ALWAYS_INLINE void q6k_tile(const int T, const int fmt, const uint8_t *g, const uint8_t *pf, const q6k_unpacked *u, int rh,
                             const __m256 dsc[QK_K / 16][2], const __m256 off_scale[QK_K / 16][2],
                             const block_q16_b *const *ys, q16b_sums *sums) {
     /* One token's running sums stay in registers for the super-block; more tokens' in memory */
@@ -115,6 +116,7 @@ ALWAYS_INLINE void q6k_tile(const int T, const int fmt, const uint8_t *g, const 
         for (int k = 0; k < 4; k++) /* q16_a block 4hb + k */
 #pragma GCC unroll 2
             for (int half = 0; half < 2; half++) { /* its 16-element sub-block: columns 4 half .. 4 half + 3 */
+                llmr_prefetch_part(pf, X16_K16_BLOCK(fmt), 16 * rh + 8 * hb + 2 * k + half, 32);
                 __m256i sum[Q6K_TILE];
                 for (int i = 0; i < T; i++)
                     sum[i] = _mm256_setzero_si256();
@@ -176,30 +178,32 @@ ALWAYS_INLINE void gemm_tokens(const int fmt, int64_t nsb, int64_t t, float *out
         sums[i].acc[0] = sums[i].acc[1] = sums[i].off[0] = sums[i].off[1] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nsb; b++) {
         const uint8_t *g = w + b * X16_K16_BLOCK(fmt);
-        q16b_prefetch(g, X16_K16_BLOCK(fmt));
+        const uint8_t *pf = llmr_prefetch_block(g, X16_K16_BLOCK(fmt));
         __m256 dsc[QK_K / 16][2], dmm[QK_K / 16][2];
         X16_K16_SCALES(fmt, g, dsc, dmm);
         const __m256(*off)[2] = fmt == K16_Q2_K ? dmm : dsc;
         if (t == 1) { /* decode: the quants straight from the weights */
             const block_q16_b *y;
             q16b_token_blocks(a, a_stride, 0, 1, b, &y);
-            q6k_tile(1, fmt, g, NULL, 0, dsc, off, &y, sums);
-            q6k_tile(1, fmt, g, NULL, 1, dsc, off, &y, sums);
+            q6k_tile(1, fmt, g, pf, NULL, 0, dsc, off, &y, sums);
+            q6k_tile(1, fmt, g, pf, NULL, 1, dsc, off, &y, sums);
             continue;
         }
         for (int hb = 0; hb < 2; hb++)
             for (int k = 0; k < 4; k++)
-                for (int c = 0; c < 8; c++)
+                for (int c = 0; c < 8; c++) {
+                    llmr_prefetch_part(pf, X16_K16_BLOCK(fmt), 32 * hb + 8 * k + c, 64);
                     for (int rh = 0; rh < 2; rh++)
                         u.q[hb][k][c][rh] = k16_quants(fmt, g, hb, k, c, rh);
+                }
         for (int64_t ti = 0; ti < t; ti += Q6K_TILE) {
             const block_q16_b *ys[Q6K_TILE];
             const int n = t - ti < Q6K_TILE ? (int)(t - ti) : Q6K_TILE;
             q16b_token_blocks(a, a_stride, ti, n, b, ys);
             for (int rh = 0; rh < 2; rh++)
                 switch (n) {
-                case 2: q6k_tile(2, fmt, g, &u, rh, dsc, off, ys, sums + ti); break;
-                default: q6k_tile(1, fmt, g, &u, rh, dsc, off, ys, sums + ti); break;
+                case 2: q6k_tile(2, fmt, g, NULL, &u, rh, dsc, off, ys, sums + ti); break;
+                default: q6k_tile(1, fmt, g, NULL, &u, rh, dsc, off, ys, sums + ti); break;
                 }
         }
     }

@@ -79,11 +79,15 @@ ALWAYS_INLINE void q6k_column(const int fmt, const uint8_t *g, const __m512i sc[
     }
 }
 
-ALWAYS_INLINE void q6k_unpack(const int fmt, const uint8_t *g, const __m512i sc[QK_K / 16][2], x16_q6k_quants *u) {
+/* The super-block at g unpacked into u, a part of the one at pf prefetched a column
+ * (llmr_prefetch_part). */
+ALWAYS_INLINE void q6k_unpack(const int fmt, const uint8_t *g, const uint8_t *pf, const __m512i sc[QK_K / 16][2],
+                              x16_q6k_quants *u) {
     for (int h = 0; h < 2; h++)
         for (int c = 0; c < 8; c++) {
             __m512i wv[4][2];
             q6k_column(fmt, g, sc, h, c, wv);
+            llmr_prefetch_part(pf, X16_K16_BLOCK(fmt), 8 * h + c, 16);
             for (int k = 0; k < 4; k++) {
                 _mm512_storeu_si512(u->w[4 * h + k][c], wv[k][0]);
                 _mm512_storeu_si512(u->w[4 * h + k][c] + 32, wv[k][1]);
@@ -129,7 +133,7 @@ ALWAYS_INLINE void q6k_tile(const int T, const x16_q6k_quants *u, const __m512 *
 
 /* One token alone (decode): q6k_tile's operations on the weights as they are unpacked, without
  * storing them (the same bits: the same exact int32 sums, the same FMAs in the same order). */
-ALWAYS_INLINE void q6k_one(const int fmt, const uint8_t *g, const __m512i sc[QK_K / 16][2], const __m512 *d,
+ALWAYS_INLINE void q6k_one(const int fmt, const uint8_t *g, const uint8_t *pf, const __m512i sc[QK_K / 16][2], const __m512 *d,
                            const block_q16_a *y, q6k_sums *sums) {
     __m512 acc[2] = {sums->acc[0], sums->acc[1]};
     for (int h = 0; h < 2; h++) {
@@ -139,6 +143,7 @@ ALWAYS_INLINE void q6k_one(const int fmt, const uint8_t *g, const __m512i sc[QK_
         for (int c = 0; c < 8; c++) {
             __m512i wv[4][2];
             q6k_column(fmt, g, sc, h, c, wv);
+            llmr_prefetch_part(pf, X16_K16_BLOCK(fmt), 8 * h + c, 16);
             for (int k = 0; k < 4; k++) {
                 const __m512i a = act4(y + 4 * h + k, c);
                 isum[k][0] = madd(isum[k][0], wv[k][0], a);
@@ -167,7 +172,7 @@ ALWAYS_INLINE void gemm_tokens(const int fmt, int64_t nsb, int64_t t, float *out
     for (int64_t b = 0; b < nsb; b++) {
         const size_t block = fmt == K16_Q3_K ? X16_Q3K_BLOCK : X16_Q6K_BLOCK;
         const uint8_t *g = w + b * block;
-        llmr_prefetch_lines(g + PREFETCH_AHEAD, block);
+        const uint8_t *pf = llmr_prefetch_block(g, block);
         __m512i sc[QK_K / 16][2];
         uint8_t q3_words[4 * 64];
         if (fmt == K16_Q3_K)
@@ -176,10 +181,10 @@ ALWAYS_INLINE void gemm_tokens(const int fmt, int64_t nsb, int64_t t, float *out
         const __m512 d16 = f16x16(g);
         const __m512 d[2] = {_mm512_permutexvar_ps(pair_lo, d16), _mm512_permutexvar_ps(pair_hi, d16)};
         if (t == 1) {
-            q6k_one(fmt, g, sc, d, (const block_q16_a *)a + b * (QK_K / QK_Q16_A), sums);
+            q6k_one(fmt, g, pf, sc, d, (const block_q16_a *)a + b * (QK_K / QK_Q16_A), sums);
             continue;
         }
-        q6k_unpack(fmt, g, sc, &u);
+        q6k_unpack(fmt, g, pf, sc, &u);
         for (int64_t ti = 0; ti < t; ti += Q6K_TILE) {
             const block_q16_a *ys[Q6K_TILE];
             const int n = t - ti < Q6K_TILE ? (int)(t - ti) : Q6K_TILE;

@@ -106,8 +106,9 @@ typedef struct {
 
 /* T tokens' sums += the super-block (raw at g, or unpacked in u where u is not NULL) against
  * their activation blocks ys[i][0 .. 8): the products times dsc, the offsets times off (q6_k's and
- * q3_k's d sc, the bias taken at the end; q2_k's dmin m). */
-ALWAYS_INLINE void q6k_tile(const int T, const int fmt, const uint8_t *g, const q6k_quants *u,
+ * q3_k's d sc, the bias taken at the end; q2_k's dmin m). A part of the super-block at pf is
+ * prefetched a column (llmr_prefetch_part). */
+ALWAYS_INLINE void q6k_tile(const int T, const int fmt, const uint8_t *g, const uint8_t *pf, const q6k_quants *u,
                             const __m512 dsc[QK_K / 16], const __m512 off[QK_K / 16], const block_q16_b *const *ys,
                             q16b_sums *sums) {
     for (int h = 0; h < 2; h++)
@@ -125,6 +126,7 @@ ALWAYS_INLINE void q6k_tile(const int T, const int fmt, const uint8_t *g, const 
                         q[k] = u->q[h][c][k];
                 else
                     k16_column(fmt, g, h, c, q);
+                llmr_prefetch_part(pf, X16_K16_BLOCK(fmt), 8 * h + c, 16);
                 for (int i = 0; i < T; i++)
                     for (int k = 0; k < 4; k++)
                         q16b_madd(&lo[i][k], &hi[i][k], q[k], ys[i] + 4 * h + k, 4 * c);
@@ -147,7 +149,7 @@ ALWAYS_INLINE void gemm_tokens(const int fmt, int64_t nsb, int64_t t, float *out
         sums[i].acc = sums[i].off = _mm512_setzero_ps();
     for (int64_t b = 0; b < nsb; b++) {
         const uint8_t *g = w + b * X16_K16_BLOCK(fmt);
-        q16b_prefetch(g, X16_K16_BLOCK(fmt));
+        const uint8_t *pf = llmr_prefetch_block(g, X16_K16_BLOCK(fmt));
         __m512 dsc[QK_K / 16], dmm[QK_K / 16];
         X16_K16_SCALES(fmt, g, dsc, dmm);
         const __m512 *off = fmt == K16_Q2_K ? dmm : dsc;
@@ -155,21 +157,23 @@ ALWAYS_INLINE void gemm_tokens(const int fmt, int64_t nsb, int64_t t, float *out
         if (t <= Q6K_TILE) { /* decode: the quants straight from the weights */
             q16b_token_blocks(a, a_stride, 0, (int)t, b, ys);
             if (t == 2)
-                q6k_tile(2, fmt, g, NULL, dsc, off, ys, sums);
+                q6k_tile(2, fmt, g, pf, NULL, dsc, off, ys, sums);
             else
-                q6k_tile(1, fmt, g, NULL, dsc, off, ys, sums);
+                q6k_tile(1, fmt, g, pf, NULL, dsc, off, ys, sums);
             continue;
         }
         for (int h = 0; h < 2; h++)
-            for (int c = 0; c < 8; c++)
+            for (int c = 0; c < 8; c++) {
                 k16_column(fmt, g, h, c, u.q[h][c]);
+                llmr_prefetch_part(pf, X16_K16_BLOCK(fmt), 8 * h + c, 16);
+            }
         for (int64_t ti = 0; ti < t; ti += Q6K_TILE) {
             const int n = t - ti < Q6K_TILE ? (int)(t - ti) : Q6K_TILE;
             q16b_token_blocks(a, a_stride, ti, n, b, ys);
             if (n == 2)
-                q6k_tile(2, fmt, g, &u, dsc, off, ys, sums + ti);
+                q6k_tile(2, fmt, g, NULL, &u, dsc, off, ys, sums + ti);
             else
-                q6k_tile(1, fmt, g, &u, dsc, off, ys, sums + ti);
+                q6k_tile(1, fmt, g, NULL, &u, dsc, off, ys, sums + ti);
         }
     }
     /* the offsets' 32 (q3_k: 4; q2_k: 1), taken once: scaling by a power of two commutes with each
