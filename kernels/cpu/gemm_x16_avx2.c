@@ -13,6 +13,7 @@
 
 #include "llmrun.h"
 #include "gemm_x16.h"
+#include "prefetch_x86.h"
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
@@ -51,6 +52,7 @@ ALWAYS_INLINE void one_token(const int fmt, int64_t nb, float *out, const uint8_
 
     for (int64_t b = 0; b < nb; b++, y++) {
         const uint8_t *g = w + b * group_block;
+        llmr_prefetch_lines(g + LLMR_PREFETCH_AHEAD, group_block);
         const uint8_t *q = g + n_scales * LLMR_X16 * 2;
         __m256i isum[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
                            _mm256_setzero_si256()};
@@ -143,6 +145,7 @@ ALWAYS_INLINE void gemm_q5(const int fmt, int64_t nb, int64_t t, float *out, siz
                 acc[i][r] = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *g = w + b * group_block;
+            llmr_prefetch_lines(g + LLMR_PREFETCH_AHEAD, group_block);
             const uint8_t *q = g + n_scales * LLMR_X16 * 2;
             if (fmt == F_IQ4_NL) { /* as one_token's */
                 const __m128i levels = load16((const uint8_t *)llmr_iq4_nl_values), m = _mm_set1_epi8(0x0F);

@@ -59,7 +59,7 @@ ALWAYS_INLINE void tile(const int fmt, const int T, int64_t nb, float *out, size
 
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *g = w + b * group_block;
-        llmr_prefetch_lines(g + PREFETCH_AHEAD, group_block);
+        llmr_prefetch_lines(g + LLMR_PREFETCH_AHEAD, group_block);
         const uint8_t *q = g + n_scales * LLMR_X16 * 2;
         __m512i isum[4][2];
         if (fmt == F_Q8_0) {

@@ -23,11 +23,6 @@ ALWAYS_INLINE __m512i madd(__m512i acc, __m512i w, __m512i a) {
 #endif
 }
 
-/* Bytes ahead that each block of a group of the 32-element types prefetches, by the chosen mode
- * (prefetch_x86.h; q4_k's and q5_k's super-blocks: llmr_prefetch_block). On Zen 4, NTA, 1B-shape q4_0 decode from a file's cached pages, alternating
- * runs: 22.3 / 22.2 -> 24.3 / 22.4 GB/s on one core, about the same on two (AVX2's kernels, which
- * do not prefetch: no difference). */
-#define PREFETCH_AHEAD 8192
 
 /* Row r's scale to lanes 2r and 2r + 1: rows 0-7, rows 8-15. */
 static const int32_t PAIR_IDX[2][16] = {{0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7},
