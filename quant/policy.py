@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 from .mixes import MIXES, Mix, fit, missing_types, mix_type
-from .types import F16, F32, IQ4_NL, Q4_0, Q4_1, Q8_0, QType, qtype
+from .types import F16, F32, Q4_0, Q4_1, Q8_0, QType, qtype
 
 EMBEDDINGS = ("tok_embeddings", "output")
 DEFAULT_POLICY = ("quant/policy.py: norms and biases f32; embeddings and output head one step above the "
@@ -96,19 +96,17 @@ def quantize_weights(name: str, values, t: QType, policy: Policy | None = None):
 
 
 def quantize_plain(values, t: QType):
-    """float32 rows [..., n] -> bytes of type t by the reference quantiser; for iq4_nl by its C
-    twin (kernels/cpu/quants_ref.c, the same bytes, tests/test_kernels.py), as numpy's search of
-    16 grids per block took SmolLM2-135M three minutes, the C about six times less."""
-    from .reference import quantize
-    if t is IQ4_NL:
-        import numpy as np
+    """float32 rows [..., n] -> bytes of type t by the C quantisers (kernels/cpu/quants_ref.c), rows
+    among the kernels' threads: reference.quantize's bytes (tests/test_kernels.py holds them to it
+    on random and edge rows), about ten times faster for the k-quants and iq4_nl, whose numpy
+    searches took a 1B model's conversion to q4_k_m over 20 minutes."""
+    import numpy as np
 
-        from .. import _kernels
-        values = np.ascontiguousarray(values, dtype=np.float32)
-        out = np.empty((*values.shape[:-1], t.row_bytes(values.shape[-1])), np.uint8)
-        _kernels.quantize(out, values, t.id)
-        return out
-    return quantize(values, t)
+    from .. import _kernels
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    out = np.empty((*values.shape[:-1], t.row_bytes(values.shape[-1])), np.uint8)
+    _kernels.quantize(out, values, t.id)
+    return out
 
 
 def choose_type(name: str, shape, target) -> QType:

@@ -317,6 +317,23 @@ static int get_quantize_buffers(PyObject *o_out, PyObject *o_x, Py_buffer *out, 
     return check_disjoint(out, x, "out and x", 0);
 }
 
+/* Rows [item * rows_per_item, ...) of a quantize call. */
+typedef struct {
+    const llmr_type_traits *t;
+    const float *x;
+    uint8_t *out;
+    int64_t k, rows, row_bytes, rows_per_item;
+} quantize_job;
+
+static void quantize_rows(void *ctx, int64_t item) {
+    const quantize_job *j = ctx;
+    const int64_t r1 = (item + 1) * j->rows_per_item < j->rows ? (item + 1) * j->rows_per_item : j->rows;
+    for (int64_t r = item * j->rows_per_item; r < r1; r++)
+        j->t->quantize(j->x + r * j->k, j->out + r * j->row_bytes, j->k);
+}
+
+/* Rows in items of about 64K values, among the kernels' threads: a row's bytes are its quantiser's
+ * alone, whatever the thread count (converting to the k-quants is mostly this search). */
 static PyObject *py_quantize(PyObject *self, PyObject *args) {
     PyObject *o_out, *o_x;
     int type;
@@ -329,10 +346,11 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
     PyObject *ret = NULL;
     if (get_quantize_buffers(o_out, o_x, out, x, t->block_size, t->type_size, t->name))
         goto done;
-    const Py_ssize_t k = last_dim(x), rows = leading_rows(x), rb = (Py_ssize_t)llmr_row_bytes(t, k);
+    const Py_ssize_t k = last_dim(x);
+    quantize_job j = {t, x->buf, out->buf, k, leading_rows(x), (int64_t)llmr_row_bytes(t, k),
+                      k >= 65536 ? 1 : 65536 / (k ? k : 1)};
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t r = 0; r < rows; r++)
-        t->quantize((const float *)x->buf + r * k, (uint8_t *)out->buf + r * rb, k);
+    llmr_parallel_for((j.rows + j.rows_per_item - 1) / j.rows_per_item, quantize_rows, &j);
     Py_END_ALLOW_THREADS
     ret = Py_NewRef(Py_None);
 done:
