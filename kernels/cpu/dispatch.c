@@ -360,6 +360,13 @@ int llmr_kernels_check(const llmr_kernels *k, char *err, size_t err_size) {
     return 0;
 }
 
+/* Appends name to the comma-separated list in known (size bytes), for a refusal's "known: ...". */
+static void append_known(char *known, size_t size, const char *name) {
+    if (known[0])
+        strncat(known, ", ", size - strlen(known) - 1);
+    strncat(known, name, size - strlen(known) - 1);
+}
+
 const llmr_kernels *llmr_dispatch(const char *forced, char *err, size_t err_size) {
     /* Every table this build has, not only those this CPU runs: a gap shows on any machine. */
     if (llmr_types_check(err, err_size))
@@ -378,10 +385,8 @@ const llmr_kernels *llmr_dispatch(const char *forced, char *err, size_t err_size
     }
     /* The scalar row always runs, so only an unknown name gets here. */
     char known[256] = "";
-    for (int i = 0; i < N_ISAS; i++) {
-        if (i) strncat(known, ", ", sizeof known - strlen(known) - 1);
-        strncat(known, ISAS[i].kernels->isa, sizeof known - strlen(known) - 1);
-    }
+    for (int i = 0; i < N_ISAS; i++)
+        append_known(known, sizeof known, ISAS[i].kernels->isa);
     snprintf(err, err_size, "LLMRUN_ISA=%s: unknown kernel path; known: %s", forced, known);
     return NULL;
 }
@@ -390,13 +395,17 @@ llmr_prefetch_mode llmr_prefetch = LLMR_PREFETCH_NTA;
 
 const char *llmr_prefetch_choose(const char *forced, char *err, size_t err_size) {
     static const char *const NAMES[] = {[LLMR_PREFETCH_NTA] = "nta", [LLMR_PREFETCH_L2] = "l2"};
+    const int n_modes = (int)(sizeof NAMES / sizeof NAMES[0]);
     if (forced != NULL && forced[0] != '\0') {
-        for (int m = 0; m < (int)(sizeof NAMES / sizeof NAMES[0]); m++)
+        char known[64] = "";
+        for (int m = 0; m < n_modes; m++) {
             if (strcmp(forced, NAMES[m]) == 0) {
                 llmr_prefetch = (llmr_prefetch_mode)m;
                 return NAMES[m];
             }
-        snprintf(err, err_size, "LLMRUN_PREFETCH=%s: unknown prefetch mode; known: nta, l2", forced);
+            append_known(known, sizeof known, NAMES[m]);
+        }
+        snprintf(err, err_size, "LLMRUN_PREFETCH=%s: unknown prefetch mode; known: %s", forced, known);
         return NULL;
     }
 #ifdef LLMR_X86
