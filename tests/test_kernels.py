@@ -235,6 +235,18 @@ def test_quantize_random_matches_reference(t, shape, scale):
     np.testing.assert_array_equal(kernel_quantize(x, t), ref.quantize(x, t))
 
 
+@pytest.mark.parametrize("t", [t for t in ALL_TYPES if t.quantized], ids=lambda t: t.name)
+def test_quantize_rows_among_threads_match_reference(t):
+    # 600 rows of 512: items of 128 rows (65536 values), five of them, taken by two threads
+    x = rand(rng_for("quantize threads", t.name), 600, 512)
+    before = K.get_threads()
+    K.set_threads(2)
+    try:
+        np.testing.assert_array_equal(kernel_quantize(x, t), ref.quantize(x, t))
+    finally:
+        K.set_threads(before)
+
+
 @pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: t.name)
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # numpy, on the f16 corners
 def test_quantize_edge_cases_match_reference(t):

@@ -23,7 +23,6 @@ ALWAYS_INLINE __m512i madd(__m512i acc, __m512i w, __m512i a) {
 #endif
 }
 
-
 /* Row r's scale to lanes 2r and 2r + 1: rows 0-7, rows 8-15. */
 static const int32_t PAIR_IDX[2][16] = {{0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7},
                                         {8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15}};

@@ -14,7 +14,7 @@
  *
  * So the mode is chosen once at import (llmr_prefetch_choose: AMD NTA, other x86 L2;
  * LLMRUN_PREFETCH=nta|l2 forces one), and a kernel asks for its lines through llmr_prefetch_lines
- * (the 32-element types: a block's bytes 8 KiB ahead, gemm_x16_avx512.h) or, for a k-quant's
+ * (the 32-element types: a block's bytes LLMR_PREFETCH_AHEAD ahead) or, for a k-quant's
  * super-block, llmr_prefetch_block and llmr_prefetch_part: a branch or two per super-block. The
  * results do not depend on it: a prefetch never changes what a load reads. */
 #ifndef LLMRUN_PREFETCH_X86_H

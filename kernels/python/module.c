@@ -332,8 +332,10 @@ static void quantize_rows(void *ctx, int64_t item) {
         j->t->quantize(j->x + r * j->k, j->out + r * j->row_bytes, j->k);
 }
 
-/* Rows in items of about 64K values, among the kernels' threads: a row's bytes are its quantiser's
- * alone, whatever the thread count (converting to the k-quants is mostly this search). */
+/* Rows in items of about QUANTIZE_ITEM_VALUES values, among the kernels' threads: a row's bytes are
+ * its quantiser's alone, whatever the thread count (converting to the k-quants is mostly this
+ * search). */
+#define QUANTIZE_ITEM_VALUES 65536
 static PyObject *py_quantize(PyObject *self, PyObject *args) {
     PyObject *o_out, *o_x;
     int type;
@@ -348,7 +350,7 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
         goto done;
     const Py_ssize_t k = last_dim(x);
     quantize_job j = {t, x->buf, out->buf, k, leading_rows(x), (int64_t)llmr_row_bytes(t, k),
-                      k >= 65536 ? 1 : 65536 / (k ? k : 1)};
+                      k >= QUANTIZE_ITEM_VALUES ? 1 : QUANTIZE_ITEM_VALUES / (k ? k : 1)};
     Py_BEGIN_ALLOW_THREADS
     llmr_parallel_for((j.rows + j.rows_per_item - 1) / j.rows_per_item, quantize_rows, &j);
     Py_END_ALLOW_THREADS
