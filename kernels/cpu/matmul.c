@@ -27,8 +27,14 @@ int llmr_matmul_supported(const llmr_kernels *kern, int type, int layout) {
  * contiguous, and in decode (one token) long runs matter: 16 KiB items, handed out alternately
  * to two threads, left a 1B-parameter model's decode slower on two threads than on one (26 vs
  * 30 GB/s); 256 KiB gave the prefetchers whole streams (44 GB/s), 512 KiB a few percent more
- * (alternating runs: 80.9 / 79.9 tok/s against 76.7 / 75.6; 1 and 2 MiB no better). */
-#define ITEM_WORK (512 * 1024)
+ * (Zen 4, alternating runs: 80.9 / 79.9 tok/s against 76.7 / 75.6; 1 and 2 MiB no better). On
+ * the Intel Xeon, where a core's reads are bound by how many misses it keeps in flight, each
+ * item's start (its first super-blocks, not yet prefetched) shows: 1B-shape Q4_K_M decode on
+ * two threads, decode steps alternating between builds within one run, 2 MiB against 512 KiB
+ * took 0.7-1.8% less time in four runs (1 MiB: 1.2 and 0.9% less; 3, 4 MiB: as 2; 8 MiB: 4%
+ * more, two items a weight). In prefill, where an item meets many tokens, it is a few 16-row
+ * groups either way. */
+#define ITEM_WORK (2048 * 1024)
 /* Less work than this is not worth waking a thread for. */
 #define MIN_THREADED_WORK 4096
 
@@ -151,9 +157,11 @@ int llmr_matmul_many(const llmr_kernels *kern, int n_weights, const llmr_weight 
 
     /* Each weight in items of about ITEM_WORK, as many for each thread (so they even out), of
      * whole groups in the X16 layout; all of them on the pool at once when there is enough. The
-     * last weight ends in items an eighth the size, so that the threads finish the job nearly
-     * together: a decode step ends some 80 jobs, and a thread idle for half a large item at
-     * each end cost 1B-parameter decode on two threads a few percent. */
+     * job's last weight ends in items an eighth the size, so that the threads finish the job
+     * nearly together: a decode step ends some 80 jobs, and a thread idle for half a large item
+     * at each end cost 1B-parameter decode on two threads a few percent. (That is so whenever
+     * the job is more than an item a thread, its last weight small or not: q, k, v's job ends
+     * in v.) */
     int64_t items = 0, work = 0;
     j.n_parts = 0;
     for (int i = 0; i < n_weights; i++) {
@@ -168,7 +176,7 @@ int llmr_matmul_many(const llmr_kernels *kern, int n_weights, const llmr_weight 
         const int64_t unit = LLMR_X16;
         const int64_t w_work = (int64_t)part.w_row * w->rows * t;
         const int64_t rows = ceil_div(ceil_div(w->rows, threads * ceil_div(w_work, threads * ITEM_WORK)), unit) * unit;
-        const int64_t tail_rows = i == n_weights - 1 && w_work > threads * ITEM_WORK
+        const int64_t tail_rows = i == n_weights - 1 && work + w_work > threads * ITEM_WORK
                                       ? ceil_div(w->rows / 8, rows) * rows : 0;
         matmul_part *p = &j.parts[j.n_parts++];
         *p = part;
