@@ -346,10 +346,13 @@ static float make_qkx2_quants(int n, int nmax, const float *x, const float *weig
 }
 
 /* What quantize_row_q4_K_ref and quantize_row_q5_K_ref share, for one super-block x: per
- * sub-block make_qkx2_quants(nmax, rmin, rdelta 0.1, nstep), then the block's first 16 bytes (the
- * f16 d and dmin, the 6-bit scales and mins packed in 12 bytes: the same in both), then every
- * value quantised again with them into L (0..nmax). */
-static void k_quants(const float *x, int nmax, float rmin, int nstep, uint8_t head[16], uint8_t L[QK_K]) {
+ * sub-block make_qkx2_quants(nmax, fit's rmin, rdelta, nstep), then the block's first 16 bytes
+ * (the f16 d and dmin, the 6-bit scales and mins packed in 12 bytes: the same in both), then
+ * every value quantised again with them into L (0..nmax). llama.cpp's fit: rdelta 0.1, grid 0, no
+ * importance; the calibrated quantiser's (llmr_k_fit) multiplies each value's weight by its
+ * importance (the super-block's 256, or NULL) and puts the largest scale and min at 63 + grid. */
+static void k_quants(const float *x, int nmax, const llmr_k_fit *fit, const float *importance, uint8_t head[16],
+                     uint8_t L[QK_K]) {
     uint8_t *packed = head + 4;
     uint8_t Laux[32];
     float weights[32], mins[QK_K / 32], scales[QK_K / 32];
@@ -359,12 +362,16 @@ static void k_quants(const float *x, int nmax, float rmin, int nstep, uint8_t he
         for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
         const float av_x = sqrtf(sum_x2 / 32);
         for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(x[32 * j + l]);
-        scales[j] = make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, rmin, 0.1f, nstep, 0);
+        if (importance)
+            for (int l = 0; l < 32; ++l) weights[l] *= importance[32 * j + l];
+        scales[j] = make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, fit->rmin,
+                                     fit->rdelta, fit->nstep, 0);
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
-    const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
-    const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    const float top = (float)(63.0 + fit->grid);
+    const float inv_scale = max_scale > 0 ? top / max_scale : 0.f;
+    const float inv_min = max_min > 0 ? top / max_min : 0.f;
     memset(packed, 0, 12);
     for (int j = 0; j < QK_K / 32; ++j) {
         int ls = (uint8_t)nearest_int(inv_scale * scales[j]), lm = (uint8_t)nearest_int(inv_min * mins[j]);
@@ -379,7 +386,7 @@ static void k_quants(const float *x, int nmax, float rmin, int nstep, uint8_t he
             packed[j - 0] |= (uint8_t)((lm >> 4) << 6);
         }
     }
-    const uint16_t d16 = llmr_f32_to_f16(max_scale / 63.f), dmin16 = llmr_f32_to_f16(max_min / 63.f);
+    const uint16_t d16 = llmr_f32_to_f16(max_scale / top), dmin16 = llmr_f32_to_f16(max_min / top);
     memcpy(head, &d16, 2);
     memcpy(head + 2, &dmin16, 2);
     for (int j = 0; j < QK_K / 32; ++j) {
@@ -395,11 +402,11 @@ static void k_quants(const float *x, int nmax, float rmin, int nstep, uint8_t he
     }
 }
 
-void quantize_row_q4_K_ref(const float *x, void *y, int64_t k) {
+void quantize_row_q4_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance) {
     block_q4_K *b = y;
     uint8_t L[QK_K];
     for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
-        k_quants(x, 15, -1.f, 20, (uint8_t *)&b[i], L);
+        k_quants(x, 15, fit, importance ? importance + i * QK_K : NULL, (uint8_t *)&b[i], L);
         uint8_t *q = b[i].qs;
         for (int j = 0; j < QK_K; j += 64, q += 32)
             for (int l = 0; l < 32; ++l) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
@@ -408,11 +415,11 @@ void quantize_row_q4_K_ref(const float *x, void *y, int64_t k) {
 
 /* llama.cpp's quantize_row_q5_K_ref: q4_k's with 5-bit quants; element 32s + l keeps its low four
  * bits as q4_k's and its fifth as bit s of qh[l]. */
-void quantize_row_q5_K_ref(const float *x, void *y, int64_t k) {
+void quantize_row_q5_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance) {
     block_q5_K *b = y;
     uint8_t L[QK_K];
     for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
-        k_quants(x, 31, -0.5f, 15, (uint8_t *)&b[i], L);
+        k_quants(x, 31, fit, importance ? importance + i * QK_K : NULL, (uint8_t *)&b[i], L);
         memset(b[i].qh, 0, sizeof b[i].qh);
         for (int s = 0; s < QK_K / 32; s++)
             for (int l = 0; l < 32; l++)
@@ -422,6 +429,13 @@ void quantize_row_q5_K_ref(const float *x, void *y, int64_t k) {
             for (int l = 0; l < 32; ++l) q[l] = (uint8_t)((L[j + l] & 0xF) | ((L[j + l + 32] & 0xF) << 4));
     }
 }
+
+const llmr_k_fit llmr_q4_k_fit = {.rmin = -1.f, .rdelta = 0.1f, .nstep = 20, .grid = 0};
+const llmr_k_fit llmr_q5_k_fit = {.rmin = -0.5f, .rdelta = 0.1f, .nstep = 15, .grid = 0};
+const llmr_k_fit llmr_q6_k_fit = {.grid = 0}; /* its search is make_qx_quants' fixed 19 grids */
+
+void quantize_row_q4_K_ref(const float *x, void *y, int64_t k) { quantize_row_q4_K_fit(x, y, k, &llmr_q4_k_fit, NULL); }
+void quantize_row_q5_K_ref(const float *x, void *y, int64_t k) { quantize_row_q5_K_fit(x, y, k, &llmr_q5_k_fit, NULL); }
 
 /* ggml's dequantize_row_q4_K: d * sc and dmin * m first (exact), then d1 * q - m1 (one rounding
  * each; -ffp-contract=off keeps them apart, as gguf-py's numpy). */
@@ -449,13 +463,16 @@ void dequantize_row_q4_K_ref(const void *x, float *y, int64_t k) {
 
 /* One trial grid of make_qx_quants: l = round(iscale x) clamped to -nmax .. nmax - 1, and the
  * sums of w x l and w l^2 with weights w = x^2, in element order. */
-static void qx_trial(const float *x, int nmax, float iscale, int8_t *l, float *sumlx, float *suml2) {
+static void qx_trial(const float *x, int nmax, float iscale, int8_t *l, float *sumlx, float *suml2,
+                     const float *importance) {
     float lx = 0, l2 = 0;
     for (int i = 0; i < Q6_K_SUB; i++) {
         int q = nearest_int(iscale * x[i]);
         q = q < -nmax ? -nmax : q > nmax - 1 ? nmax - 1 : q;
         l[i] = (int8_t)q;
-        const float w = x[i] * x[i];
+        float w = x[i] * x[i];
+        if (importance)
+            w *= importance[i];
         lx += w * x[i] * q;
         l2 += w * q * q;
     }
@@ -467,7 +484,7 @@ static void qx_trial(const float *x, int nmax, float iscale, int8_t *l, float *s
  * best (least squares weighted by x^2) among 1 / iscale for iscale = -(nmax + 0.1 s) / max,
  * s = 0, -9 .. 9, max the value of largest magnitude; L = l + nmax. An all-zero sub-block (below
  * GROUP_MAX_EPS) gets scale 0 and L = 0. */
-static float make_qx_quants(const float *x, int nmax, uint8_t *L) {
+static float make_qx_quants(const float *x, int nmax, uint8_t *L, const float *importance) {
     float amax = 0, max = 0;
     for (int i = 0; i < Q6_K_SUB; i++)
         if (fabsf(x[i]) > amax) {
@@ -480,13 +497,13 @@ static float make_qx_quants(const float *x, int nmax, uint8_t *L) {
     }
     int8_t l[Q6_K_SUB];
     float sumlx, suml2;
-    qx_trial(x, nmax, -nmax / max, l, &sumlx, &suml2);
+    qx_trial(x, nmax, -nmax / max, l, &sumlx, &suml2, importance);
     for (int i = 0; i < Q6_K_SUB; i++) L[i] = (uint8_t)(l[i] + nmax);
     float scale = suml2 ? sumlx / suml2 : 0.0f;
     float best = scale * sumlx;
     for (int s = -9; s <= 9; s++) {
         if (s == 0) continue;
-        qx_trial(x, nmax, -(nmax + 0.1f * s) / max, l, &sumlx, &suml2);
+        qx_trial(x, nmax, -(nmax + 0.1f * s) / max, l, &sumlx, &suml2, importance);
         if (suml2 > 0 && sumlx * sumlx > best * suml2) {
             for (int i = 0; i < Q6_K_SUB; i++) L[i] = (uint8_t)(l[i] + nmax);
             scale = sumlx / suml2;
@@ -496,15 +513,16 @@ static float make_qx_quants(const float *x, int nmax, uint8_t *L) {
     return scale;
 }
 
-void quantize_row_q6_K_ref(const float *x, void *y, int64_t k) {
+void quantize_row_q6_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance) {
     block_q6_K *b = y;
     uint8_t L[QK_K];
     float scales[QK_K / Q6_K_SUB];
     for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
+        const float *imp = importance ? importance + i * QK_K : NULL;
         /* each sub-block's own scale; the largest in magnitude (the first of equals) sets d */
         float max_abs = 0, max_scale = 0;
         for (int j = 0; j < QK_K / Q6_K_SUB; j++) {
-            scales[j] = make_qx_quants(x + Q6_K_SUB * j, 32, L + Q6_K_SUB * j);
+            scales[j] = make_qx_quants(x + Q6_K_SUB * j, 32, L + Q6_K_SUB * j, imp ? imp + Q6_K_SUB * j : NULL);
             if (fabsf(scales[j]) > max_abs) {
                 max_abs = fabsf(scales[j]);
                 max_scale = scales[j];
@@ -513,8 +531,8 @@ void quantize_row_q6_K_ref(const float *x, void *y, int64_t k) {
         memset(&b[i], 0, sizeof b[i]);
         if (max_abs < GROUP_MAX_EPS) /* all zero: d = 0, every byte 0 */
             continue;
-        /* the scales as int8 in units of d = max_scale / -128, then the quants again against them */
-        const float iscale = -128.f / max_scale;
+        /* the scales as int8 in units of d = max_scale / -(128 + grid), then the quants again against them */
+        const float iscale = (float)(-128.0 - fit->grid) / max_scale;
         b[i].d = llmr_f32_to_f16(1 / iscale);
         for (int j = 0; j < QK_K / Q6_K_SUB; j++) {
             const int sc = nearest_int(iscale * scales[j]);
@@ -537,6 +555,8 @@ void quantize_row_q6_K_ref(const float *x, void *y, int64_t k) {
         }
     }
 }
+
+void quantize_row_q6_K_ref(const float *x, void *y, int64_t k) { quantize_row_q6_K_fit(x, y, k, &llmr_q6_k_fit, NULL); }
 
 /* ggml's dequantize_row_q6_K: d * sc first (exact: 11 x 8 bits), then times q - 32. */
 void dequantize_row_q6_K_ref(const void *x, float *y, int64_t k) {

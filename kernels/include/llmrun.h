@@ -450,6 +450,23 @@ void quantize_row_q3_K_ref(const float *x, void *y, int64_t k);
 void quantize_row_iq4_nl_ref(const float *x, void *y, int64_t k);
 void quantize_row_q4_K_ref(const float *x, void *y, int64_t k);
 void quantize_row_q5_K_ref(const float *x, void *y, int64_t k);
+/* The q4_k / q5_k / q6_k fits' knobs: llama.cpp's (llmr_q4_k_fit, llmr_q5_k_fit, llmr_q6_k_fit),
+ * or the calibrated quantiser's variations of them (quant/calibrate.py's _K_VARIANTS): the search
+ * q4_k's and q5_k's make_qkx2_quants runs (rmin + rdelta * i for i in 0 .. nstep), and the largest
+ * 6-bit scale and min put at 63 + grid (q6_k: its largest int8 scale at -(128 + grid); its
+ * search is fixed). */
+typedef struct {
+    float rmin, rdelta;
+    int nstep;
+    double grid;
+} llmr_k_fit;
+extern const llmr_k_fit llmr_q4_k_fit, llmr_q5_k_fit, llmr_q6_k_fit;
+/* quantize_row_q4_K_ref / _q5_K_ref / _q6_K_ref with fit, each value's weight in the sub-block
+ * fits times its importance (k values, the row's columns; NULL: none), as quant/reference.py's
+ * with `importance`. */
+void quantize_row_q4_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance);
+void quantize_row_q5_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance);
+void quantize_row_q6_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance);
 void quantize_row_q6_K_ref(const float *x, void *y, int64_t k);
 void quantize_row_q16_a_ref(const float *x, block_q16_a *y, int64_t k);
 void q16_b_from_a_ref(const block_q16_a *a, block_q16_b *b, int64_t nb);

@@ -317,25 +317,40 @@ static int get_quantize_buffers(PyObject *o_out, PyObject *o_x, Py_buffer *out, 
     return check_disjoint(out, x, "out and x", 0);
 }
 
-/* Rows [item * rows_per_item, ...) of a quantize call. */
+/* Rows in items of about QUANTIZE_ITEM_VALUES values, among the kernels' threads: a row's bytes are
+ * its quantiser's alone, whatever the thread count (converting to the k-quants is mostly this
+ * search). */
+#define QUANTIZE_ITEM_VALUES 65536
+
+/* Rows [item * rows_per_item, ...) of a quantize call: by the type's quantiser, or (k_fit) by a
+ * q4_k / q5_k fit with the columns' importance. */
 typedef struct {
     const llmr_type_traits *t;
     const float *x;
     uint8_t *out;
     int64_t k, rows, row_bytes, rows_per_item;
+    void (*k_fit)(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance);
+    llmr_k_fit fit;
+    const float *importance;
 } quantize_job;
 
 static void quantize_rows(void *ctx, int64_t item) {
     const quantize_job *j = ctx;
     const int64_t r1 = (item + 1) * j->rows_per_item < j->rows ? (item + 1) * j->rows_per_item : j->rows;
     for (int64_t r = item * j->rows_per_item; r < r1; r++)
-        j->t->quantize(j->x + r * j->k, j->out + r * j->row_bytes, j->k);
+        if (j->k_fit)
+            j->k_fit(j->x + r * j->k, j->out + r * j->row_bytes, j->k, &j->fit, j->importance);
+        else
+            j->t->quantize(j->x + r * j->k, j->out + r * j->row_bytes, j->k);
 }
 
-/* Rows in items of about QUANTIZE_ITEM_VALUES values, among the kernels' threads: a row's bytes are
- * its quantiser's alone, whatever the thread count (converting to the k-quants is mostly this
- * search). */
-#define QUANTIZE_ITEM_VALUES 65536
+static void run_quantize_job(quantize_job *j) {
+    j->rows_per_item = j->k >= QUANTIZE_ITEM_VALUES ? 1 : QUANTIZE_ITEM_VALUES / (j->k ? j->k : 1);
+    Py_BEGIN_ALLOW_THREADS
+    llmr_parallel_for((j->rows + j->rows_per_item - 1) / j->rows_per_item, quantize_rows, j);
+    Py_END_ALLOW_THREADS
+}
+
 static PyObject *py_quantize(PyObject *self, PyObject *args) {
     PyObject *o_out, *o_x;
     int type;
@@ -349,14 +364,54 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
     if (get_quantize_buffers(o_out, o_x, out, x, t->block_size, t->type_size, t->name))
         goto done;
     const Py_ssize_t k = last_dim(x);
-    quantize_job j = {t, x->buf, out->buf, k, leading_rows(x), (int64_t)llmr_row_bytes(t, k),
-                      k >= QUANTIZE_ITEM_VALUES ? 1 : QUANTIZE_ITEM_VALUES / (k ? k : 1)};
-    Py_BEGIN_ALLOW_THREADS
-    llmr_parallel_for((j.rows + j.rows_per_item - 1) / j.rows_per_item, quantize_rows, &j);
-    Py_END_ALLOW_THREADS
+    quantize_job j = {.t = t, .x = x->buf, .out = out->buf, .k = k, .rows = leading_rows(x),
+                      .row_bytes = (int64_t)llmr_row_bytes(t, k)};
+    run_quantize_job(&j);
     ret = Py_NewRef(Py_None);
 done:
     release(v, 2);
+    return ret;
+}
+
+static PyObject *py_quantize_k_fit(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_x, *o_imp;
+    int type, nstep;
+    double rmin, rdelta, grid;
+    if (!PyArg_ParseTuple(args, "OOiOddid:quantize_k_fit", &o_out, &o_x, &type, &o_imp, &rmin, &rdelta, &nstep,
+                          &grid))
+        return NULL;
+    void (*const k_fit)(const float *, void *, int64_t, const llmr_k_fit *, const float *) =
+        type == LLMR_TYPE_Q4_K ? quantize_row_q4_K_fit : type == LLMR_TYPE_Q5_K ? quantize_row_q5_K_fit
+        : type == LLMR_TYPE_Q6_K ? quantize_row_q6_K_fit : NULL;
+    if (!k_fit) {
+        PyErr_Format(PyExc_ValueError, "quantize_k_fit: type %d is not q4_k, q5_k or q6_k", type);
+        return NULL;
+    }
+    if (nstep < 0 || nstep > 1000) {
+        PyErr_Format(PyExc_ValueError, "quantize_k_fit: nstep %d outside 0 .. 1000", nstep);
+        return NULL;
+    }
+    const llmr_type_traits *t = get_type(type);
+    Py_buffer v[3] = {{0}}, *out = &v[0], *x = &v[1], *imp = &v[2];
+    PyObject *ret = NULL;
+    if (get_quantize_buffers(o_out, o_x, out, x, t->block_size, t->type_size, t->name) ||
+        get_buffer(o_imp, imp, "importance", F32, 0, 1, 1))
+        goto done;
+    const Py_ssize_t k = last_dim(x);
+    if (imp->len != k * (Py_ssize_t)sizeof(float)) {
+        PyErr_Format(PyExc_ValueError, "importance: expected %zd values (x's columns), got %zd", k,
+                     imp->len / (Py_ssize_t)sizeof(float));
+        goto done;
+    }
+    quantize_job j = {.t = t, .x = x->buf, .out = out->buf, .k = k, .rows = leading_rows(x),
+                      .row_bytes = (int64_t)llmr_row_bytes(t, k),
+                      .k_fit = k_fit,
+                      .fit = {.rmin = (float)rmin, .rdelta = (float)rdelta, .nstep = nstep, .grid = grid},
+                      .importance = imp->buf};
+    run_quantize_job(&j);
+    ret = Py_NewRef(Py_None);
+done:
+    release(v, 3);
     return ret;
 }
 
@@ -1170,6 +1225,12 @@ static PyMethodDef methods[] = {
     {"quantize", py_quantize, METH_VARARGS,
      "quantize(out, x, wtype): float32 x [..., K] -> the bytes of type wtype into out (exactly\n"
      "rows * row_bytes(wtype, K) bytes); byte-exact with quant.reference.quantize."},
+    {"quantize_k_fit", py_quantize_k_fit, METH_VARARGS,
+     "quantize_k_fit(out, x, wtype, importance, rmin, rdelta, nstep, grid): float32 x [..., K] -> q4_k, q5_k or\n"
+     "q6_k bytes into out, each value's weight in the sub-block fits times importance[column] (float32 [K]);\n"
+     "q4_k, q5_k: the search rmin + rdelta * i (i in 0 .. nstep), the largest 6-bit scale and min at 63 + grid;\n"
+     "q6_k: the largest int8 scale at -(128 + grid) (rmin, rdelta, nstep unused). Byte-exact with\n"
+     "quant.reference's _quantize_q4_k / _q5_k / _q6_k given the same (the calibrated quantiser's fits)."},
     {"quantize_q16a", py_quantize_q16a, METH_VARARGS,
      "quantize_q16a(out, x): float32 x [..., K] -> q16_a activation blocks {f32 d, f32 s, int16 qs[32]}."},
     {"quantize_q16b", py_quantize_q16b, METH_VARARGS,
