@@ -65,6 +65,20 @@ def importance_of_text(model, text: str, n_chunks: int = 16, n_ctx: int = 512, s
     return importance(model, pieces, say), sum(map(len, pieces))
 
 
+def _sum(a: np.ndarray) -> np.ndarray:
+    """a [..., n] summed over its last axis in order, a[..., 0] first (keepdims): as the C twin
+    (kernels' quantize_weighted) adds, so that its bytes are these."""
+    s = a[..., 0:1]
+    for i in range(1, a.shape[-1]):
+        s = s + a[..., i:i + 1]
+    return s
+
+
+def _as_stored(v: np.ndarray) -> np.ndarray:
+    """A fitted float64 scale (or min) as the block stores it: float32, then float16, and back."""
+    return v.astype(np.float32).astype(np.float16).astype(np.float64)
+
+
 def _weighted_symmetric(x: np.ndarray, col_importance: np.ndarray, t: QType, half: int, pack) -> np.ndarray:
     """q4_0 (half 8) or q5_0 (half 16): per block, for each candidate inverse scale
     -(half + k / 10) / max, round to -half .. half - 1, fit d by weighted least squares, keep
@@ -79,10 +93,9 @@ def _weighted_symmetric(x: np.ndarray, col_importance: np.ndarray, t: QType, hal
         iscale = -(half + float(k)) / safe_max
         q = np.clip(np.round(b * iscale), -half, half - 1)
         wq = w * q
-        den = (wq * q).sum(axis=-1, keepdims=True)
-        d = np.where(den > 0, (wq * b).sum(axis=-1, keepdims=True) / np.where(den > 0, den, 1.0), 0.0)
-        d = d.astype(np.float16).astype(np.float64)  # the scale as stored
-        err = (w * (b - d * q) ** 2).sum(axis=-1, keepdims=True)
+        den = _sum(wq * q)
+        d = _as_stored(np.where(den > 0, _sum(wq * b) / np.where(den > 0, den, 1.0), 0.0))
+        err = _sum(w * (b - d * q) ** 2)
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best_d = np.where(better, d, best_d)
@@ -99,20 +112,31 @@ def _weighted_affine(x: np.ndarray, col_importance: np.ndarray, t: QType, top: i
     span = np.where(hi > lo, hi - lo, 1.0)
     best_err = np.full(lo.shape, np.inf)
     best_d, best_m, best_q = np.zeros_like(lo), lo.copy(), np.zeros_like(b)
-    sw, swx = w.sum(axis=-1, keepdims=True), (w * b).sum(axis=-1, keepdims=True)
+    sw, swx = _sum(w), _sum(w * b)
     for k in CANDIDATES:
         q = np.clip(np.round((b - lo) * ((top + float(k)) / span)), 0, top)
-        swq, swqq, swxq = (w * q).sum(-1, keepdims=True), (w * q * q).sum(-1, keepdims=True), (w * b * q).sum(-1, keepdims=True)
+        swq, swqq, swxq = _sum(w * q), _sum(w * q * q), _sum(w * b * q)
         det = sw * swqq - swq * swq
         ok = det > 1e-300 * np.maximum(sw * swqq, 1e-300)
-        d = np.where(ok, (sw * swxq - swq * swx) / np.where(ok, det, 1.0), 0.0)
-        m = np.where(ok, (swqq * swx - swq * swxq) / np.where(ok, det, 1.0), swx / sw)
-        d, m = d.astype(np.float16).astype(np.float64), m.astype(np.float16).astype(np.float64)  # as stored
-        err = (w * (b - d * q - m) ** 2).sum(axis=-1, keepdims=True)
+        d = _as_stored(np.where(ok, (sw * swxq - swq * swx) / np.where(ok, det, 1.0), 0.0))
+        m = _as_stored(np.where(ok, (swqq * swx - swq * swxq) / np.where(ok, det, 1.0), swx / sw))
+        err = _sum(w * (b - d * q - m) ** 2)
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best_d, best_m, best_q = np.where(better, d, best_d), np.where(better, m, best_m), np.where(better, q, best_q)
     return _to_bytes(pack(best_d.astype(np.float16), best_m.astype(np.float16), best_q), x.shape[:-1])
+
+
+def _weighted_in_c(x: np.ndarray, col_importance: np.ndarray, t: QType) -> np.ndarray:
+    """_weighted_symmetric's or _weighted_affine's bytes for type t by their C twin (kernels'
+    quantize_weighted, rows among the threads; tests/test_quantize.py holds the two to the same
+    bytes), many times faster: every row's columns weigh alike, so one row's weights serve all."""
+    from .. import _kernels
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    _, w = _blocks_and_weights(x[:1], col_importance, t)
+    out = np.empty((*x.shape[:-1], t.row_bytes(x.shape[-1])), np.uint8)
+    _kernels.quantize_weighted(out, x, t.id, np.ascontiguousarray(w.reshape(-1)))
+    return out
 
 
 def quantize_q4_0_weighted(x: np.ndarray, col_importance: np.ndarray) -> np.ndarray:
@@ -210,10 +234,8 @@ def quantize_k_weighted(x: np.ndarray, col_importance: np.ndarray, t: QType) -> 
 def weighted_quantizer(t: QType):
     """The calibrated quantiser for type `t` (a function of the rows and their columns'
     importance), or None where `t` has none (q8_0 and the float types: nothing to gain)."""
-    simple = {Q4_0: quantize_q4_0_weighted, Q4_1: quantize_q4_1_weighted,
-              Q5_0: quantize_q5_0_weighted, Q5_1: quantize_q5_1_weighted}
-    if t in simple:
-        return simple[t]
+    if t in (Q4_0, Q4_1, Q5_0, Q5_1):  # quantize_q4_0_weighted and its kin, in C
+        return lambda x, imp: _weighted_in_c(x, imp, t)
     if t in _K_VARIANTS:
         return lambda x, imp: quantize_k_weighted(x, imp, t)
     return None

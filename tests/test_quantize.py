@@ -170,6 +170,30 @@ def test_calibrated_fits_in_c_are_the_references_bytes(name):
         _kernels.quantize_k_fit(np.empty_like(want), x, qtype("q4_0").id, importance, 0.0, 0.0, 0, 0.0)
 
 
+@pytest.mark.parametrize("name", ["q4_0", "q5_0", "q4_1", "q5_1"])
+def test_calibrated_32_value_searches_in_c_are_the_references_bytes(name):
+    """weighted_quantizer runs these types' searches in C (kernels' quantize_weighted): the bytes
+    of the numpy reference (quantize_q4_0_weighted and its kin) on rows with all-zero, constant,
+    tiny, negative and heavy-tailed blocks; wrong weights or a type without the search refused."""
+    from llmrun import _kernels
+    from llmrun.quant import calibrate
+    t = qtype(name)
+    reference = getattr(calibrate, f"quantize_{name}_weighted")
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((40, 576)) * rng.exponential(1.0, (40, 576))).astype(np.float32)
+    x[1, :32] = 0
+    x[2, 32:64] = 2.5
+    x[3] *= np.float32(1e-20)
+    x[4, :64] = -np.abs(x[4, :64])
+    for importance in (rng.uniform(0, 10, 576) ** 2, np.ones(576)):
+        np.testing.assert_array_equal(calibrate.weighted_quantizer(t)(x, importance), reference(x, importance))
+    out = np.empty((40, t.row_bytes(576)), np.uint8)
+    with pytest.raises(ValueError, match="weights"):
+        _kernels.quantize_weighted(out, x, t.id, np.ones(575))
+    with pytest.raises(ValueError, match="not q4_0, q5_0, q4_1 or q5_1"):
+        _kernels.quantize_weighted(out, x, qtype("q8_0").id, np.ones(576))
+
+
 def test_no_calibrated_quantizer_for_q8_0_and_floats():
     from llmrun.quant.calibrate import weighted_quantizer
     assert all(weighted_quantizer(qtype(n)) is None for n in ("q8_0", "f16", "bf16", "f32"))

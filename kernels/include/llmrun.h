@@ -467,6 +467,10 @@ extern const llmr_k_fit llmr_q4_k_fit, llmr_q5_k_fit, llmr_q6_k_fit;
 void quantize_row_q4_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance);
 void quantize_row_q5_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance);
 void quantize_row_q6_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance);
+/* The calibrated q4_0 / q5_0 / q4_1 / q5_1 quantiser (quant/calibrate.py's _weighted_symmetric and
+ * _weighted_affine, the same bytes): per block, the best of 19 grids by the weighted squared error,
+ * w the columns' weights (k doubles). -1 for another type. */
+int quantize_row_weighted(int type, const float *x, void *y, int64_t k, const double *w);
 void quantize_row_q6_K_ref(const float *x, void *y, int64_t k);
 void quantize_row_q16_a_ref(const float *x, block_q16_a *y, int64_t k);
 void q16_b_from_a_ref(const block_q16_a *a, block_q16_b *b, int64_t nb);

@@ -332,6 +332,8 @@ typedef struct {
     void (*k_fit)(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance);
     llmr_k_fit fit;
     const float *importance;
+    const double *weights; /* quantize_row_weighted's, where not NULL, for type */
+    int type;
 } quantize_job;
 
 static void quantize_rows(void *ctx, int64_t item) {
@@ -340,6 +342,8 @@ static void quantize_rows(void *ctx, int64_t item) {
     for (int64_t r = item * j->rows_per_item; r < r1; r++)
         if (j->k_fit)
             j->k_fit(j->x + r * j->k, j->out + r * j->row_bytes, j->k, &j->fit, j->importance);
+        else if (j->weights)
+            (void)quantize_row_weighted(j->type, j->x + r * j->k, j->out + r * j->row_bytes, j->k, j->weights);
         else
             j->t->quantize(j->x + r * j->k, j->out + r * j->row_bytes, j->k);
 }
@@ -370,6 +374,36 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
     ret = Py_NewRef(Py_None);
 done:
     release(v, 2);
+    return ret;
+}
+
+static PyObject *py_quantize_weighted(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_x, *o_w;
+    int type;
+    if (!PyArg_ParseTuple(args, "OOiO:quantize_weighted", &o_out, &o_x, &type, &o_w))
+        return NULL;
+    if (type != LLMR_TYPE_Q4_0 && type != LLMR_TYPE_Q5_0 && type != LLMR_TYPE_Q4_1 && type != LLMR_TYPE_Q5_1) {
+        PyErr_Format(PyExc_ValueError, "quantize_weighted: type %d is not q4_0, q5_0, q4_1 or q5_1", type);
+        return NULL;
+    }
+    const llmr_type_traits *t = get_type(type);
+    Py_buffer v[3] = {{0}}, *out = &v[0], *x = &v[1], *w = &v[2];
+    PyObject *ret = NULL;
+    if (get_quantize_buffers(o_out, o_x, out, x, t->block_size, t->type_size, t->name) ||
+        get_buffer(o_w, w, "weights", F64, 0, 1, 1))
+        goto done;
+    const Py_ssize_t k = last_dim(x);
+    if (w->len != k * (Py_ssize_t)sizeof(double)) {
+        PyErr_Format(PyExc_ValueError, "weights: expected %zd values (x's columns), got %zd", k,
+                     w->len / (Py_ssize_t)sizeof(double));
+        goto done;
+    }
+    quantize_job j = {.t = t, .x = x->buf, .out = out->buf, .k = k, .rows = leading_rows(x),
+                      .row_bytes = (int64_t)llmr_row_bytes(t, k), .weights = w->buf, .type = type};
+    run_quantize_job(&j);
+    ret = Py_NewRef(Py_None);
+done:
+    release(v, 3);
     return ret;
 }
 
@@ -1225,6 +1259,10 @@ static PyMethodDef methods[] = {
     {"quantize", py_quantize, METH_VARARGS,
      "quantize(out, x, wtype): float32 x [..., K] -> the bytes of type wtype into out (exactly\n"
      "rows * row_bytes(wtype, K) bytes); byte-exact with quant.reference.quantize."},
+    {"quantize_weighted", py_quantize_weighted, METH_VARARGS,
+     "quantize_weighted(out, x, wtype, weights): float32 x [..., K] -> q4_0, q5_0, q4_1 or q5_1 bytes into out,\n"
+     "each block the best of 19 grids by the squared error weighted by weights[column] (float64 [K]);\n"
+     "byte-exact with quant.calibrate's _weighted_symmetric / _weighted_affine given the same."},
     {"quantize_k_fit", py_quantize_k_fit, METH_VARARGS,
      "quantize_k_fit(out, x, wtype, importance, rmin, rdelta, nstep, grid): float32 x [..., K] -> q4_k, q5_k or\n"
      "q6_k bytes into out, each value's weight in the sub-block fits times importance[column] (float32 [K]);\n"
