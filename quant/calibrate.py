@@ -189,7 +189,7 @@ _K_VARIANTS = {
 
 
 # The fits the C quantiser runs (kernels' quantize_k_fit, rows among the threads): the numpy
-# reference's bytes (tests/test_kquants.py holds them to it), many times faster.
+# reference's bytes (tests/test_quantize.py holds them to it), many times faster.
 _FITS_IN_C = (Q4_K, Q5_K, Q6_K)
 
 

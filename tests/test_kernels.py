@@ -454,6 +454,24 @@ def test_matmul_matches_reference(t, T, N, Kd):
     assert (err <= bound).all(), f"max err {err.max():.3g}, bound there {bound.flat[err.argmax()]:.3g}"
 
 
+@pytest.mark.parametrize("n", [12, 40])
+def test_matmul_weight_smaller_than_an_item_in_a_long_job(n):
+    # 12 or 40 rows of 4096 met by 128 tokens on two threads: more work than an item a thread, in
+    # rows fewer than an item's (16, rounded up to whole X16 groups): the job's small tail items
+    # must stay within the weight's rows (the sanitizer build runs this too)
+    rng = rng_for("small last weight", n)
+    x, w = rand(rng, 128, 4096), ref.quantize(rand(rng, n, 4096, scale=0.1), F32)
+    before = K.get_threads()
+    K.set_threads(2)
+    try:
+        out = np.full((130, n), 7.0, np.float32)  # a row either side that no item may write
+        K.matmul(out[1:-1], x, w, F32.id)
+    finally:
+        K.set_threads(before)
+    np.testing.assert_array_equal(out[[0, -1]], 7.0)
+    np.testing.assert_allclose(out[1:-1], ref.matmul(w, F32, x), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("t", [F32, Q4_0], ids=lambda t: t.name)
 def test_matmul_one_token_1d(t):
     rng = rng_for("decode", t.name)

@@ -176,8 +176,10 @@ int llmr_matmul_many(const llmr_kernels *kern, int n_weights, const llmr_weight 
         const int64_t unit = LLMR_X16;
         const int64_t w_work = (int64_t)part.w_row * w->rows * t;
         const int64_t rows = ceil_div(ceil_div(w->rows, threads * ceil_div(w_work, threads * ITEM_WORK)), unit) * unit;
-        const int64_t tail_rows = i == n_weights - 1 && work + w_work > threads * ITEM_WORK
-                                      ? ceil_div(w->rows / 8, rows) * rows : 0;
+        /* (a whole item, or all of a weight smaller than one: rows may round past w->rows) */
+        const int64_t tail = threads > 1 && i == n_weights - 1 && work + w_work > threads * ITEM_WORK
+                                 ? ceil_div(w->rows / 8, rows) * rows : 0;
+        const int64_t tail_rows = tail < w->rows ? tail : w->rows;
         matmul_part *p = &j.parts[j.n_parts++];
         *p = part;
         p->row1 = w->rows - tail_rows;

@@ -832,8 +832,9 @@ void dequantize_row_iq4_nl_ref(const void *x, float *y, int64_t k) {
 }
 
 /* ---- q4_0, q5_0, q4_1, q5_1 calibrated: quant/calibrate.py's _weighted_symmetric and
- * _weighted_affine, operation for operation in double, the sums in order from the first term.
- * w: each column's weight (k doubles, the row's columns). */
+ * _weighted_affine, operation for operation in double, each sum in order from its first term (a
+ * sum starts at -0.0, which adds to any term exactly, the sign of a zero included: d = num / den
+ * may be -0.0, stored as f16 0x8000). w: each column's weight (k doubles, the row's columns). */
 
 /* The candidate grids: k / 10 for k in -9 .. 9, as float32 (calibrate.py's CANDIDATES). */
 static double candidate(int s) { return (double)((float)s / 10.0f); }
@@ -842,88 +843,91 @@ static double candidate(int s) { return (double)((float)s / 10.0f); }
 static uint16_t as_stored(double v) { return llmr_f32_to_f16((float)v); }
 
 /* q4_0 (half 8), q5_0 (half 16): for each candidate inverse scale -(half + c) / max, round to
- * -half .. half - 1, fit d by weighted least squares, keep the least weighted error -> d, q + half. */
+ * -half .. half - 1, fit d by weighted least squares, keep the least weighted error -> d, q + half
+ * (none finite: d 0, every q + half = half, as the reference's). */
 static void weighted_symmetric(const float *xf, const double *w, int half, uint16_t *d_out, int q_out[32]) {
-    double b[32], max = b[0] = xf[0];
-    for (int j = 1; j < 32; j++) { /* the value of largest magnitude, the first of equals (argmax) */
+    double b[32];
+    for (int j = 0; j < 32; j++)
         b[j] = xf[j];
+    double max = b[0]; /* the value of largest magnitude, the first of equals (argmax) */
+    for (int j = 1; j < 32; j++)
         max = fabs(b[j]) > fabs(max) ? b[j] : max;
-    }
     const double safe_max = max == 0 ? 1.0 : max;
     double best_err = INFINITY;
-    uint16_t best_d = 0;
-    int best_q[32] = {0};
+    *d_out = 0;
+    for (int j = 0; j < 32; j++)
+        q_out[j] = half;
     for (int s = -9; s <= 9; s++) {
         const double iscale = -(half + candidate(s)) / safe_max;
-        double q[32], den = 0, num = 0, err = 0;
+        double q[32], den = -0.0, num = -0.0, err = -0.0;
         for (int j = 0; j < 32; j++) {
             const double v = rint(b[j] * iscale);
             q[j] = v < -half ? -half : v > half - 1 ? half - 1 : v;
             const double wq = w[j] * q[j];
-            den = j ? den + wq * q[j] : wq * q[j];
-            num = j ? num + wq * b[j] : wq * b[j];
+            den += wq * q[j];
+            num += wq * b[j];
         }
         const uint16_t d16 = as_stored(den > 0 ? num / den : 0.0);
         const double d = llmr_f16_to_f32(d16);
         for (int j = 0; j < 32; j++) {
             const double e = b[j] - d * q[j];
-            err = j ? err + w[j] * (e * e) : w[j] * (e * e);
+            err += w[j] * (e * e);
         }
         if (err < best_err) {
             best_err = err;
-            best_d = d16;
-            for (int j = 0; j < 32; j++) best_q[j] = (int)q[j] + half;
+            *d_out = d16;
+            for (int j = 0; j < 32; j++)
+                q_out[j] = (int)q[j] + half;
         }
     }
-    *d_out = best_d;
-    memcpy(q_out, best_q, sizeof best_q);
 }
 
 /* q4_1 (top 15), q5_1 (top 31): for each candidate step (max - min) / (top + c), round, fit d and
- * m by weighted least squares (a 2x2 system), keep the least weighted error -> d, m, q. */
+ * m by weighted least squares (a 2x2 system), keep the least weighted error -> d, m, q (none
+ * finite: d 0, m the minimum, every q 0, as the reference's). */
 static void weighted_affine(const float *xf, const double *w, int top, uint16_t *d_out, uint16_t *m_out,
                             int q_out[32]) {
-    double b[32], lo = xf[0], hi = xf[0], sw = 0, swx = 0;
+    double b[32], lo = xf[0], hi = xf[0], sw = -0.0, swx = -0.0;
     for (int j = 0; j < 32; j++) {
         b[j] = xf[j];
         lo = b[j] < lo ? b[j] : lo;
         hi = b[j] > hi ? b[j] : hi;
-        sw = j ? sw + w[j] : w[j];
-        swx = j ? swx + w[j] * b[j] : w[j] * b[j];
+        sw += w[j];
+        swx += w[j] * b[j];
     }
     const double span = hi > lo ? hi - lo : 1.0;
     double best_err = INFINITY;
-    uint16_t best_d = 0, best_m = as_stored(lo);
-    int best_q[32] = {0};
+    *d_out = 0;
+    *m_out = as_stored(lo);
+    memset(q_out, 0, 32 * sizeof *q_out);
     for (int s = -9; s <= 9; s++) {
         const double step = (top + candidate(s)) / span;
-        double q[32], swq = 0, swqq = 0, swxq = 0, err = 0;
+        double q[32], swq = -0.0, swqq = -0.0, swxq = -0.0, err = -0.0;
         for (int j = 0; j < 32; j++) {
             const double v = rint((b[j] - lo) * step);
             q[j] = v < 0 ? 0 : v > top ? top : v;
-            swq = j ? swq + w[j] * q[j] : w[j] * q[j];
-            swqq = j ? swqq + w[j] * q[j] * q[j] : w[j] * q[j] * q[j];
-            swxq = j ? swxq + w[j] * b[j] * q[j] : w[j] * b[j] * q[j];
+            swq += w[j] * q[j];
+            swqq += w[j] * q[j] * q[j];
+            swxq += w[j] * b[j] * q[j];
         }
-        const double det = sw * swqq - swq * swq, floor_ = sw * swqq > 1e-300 ? sw * swqq : 1e-300;
-        const int ok = det > 1e-300 * floor_;
+        /* a determinant this small against its terms' scale is a singular system: m alone */
+        const double det = sw * swqq - swq * swq, det_scale = sw * swqq > 1e-300 ? sw * swqq : 1e-300;
+        const int ok = det > 1e-300 * det_scale;
         const uint16_t d16 = as_stored(ok ? (sw * swxq - swq * swx) / det : 0.0);
         const uint16_t m16 = as_stored(ok ? (swqq * swx - swq * swxq) / det : swx / sw);
         const double d = llmr_f16_to_f32(d16), m = llmr_f16_to_f32(m16);
         for (int j = 0; j < 32; j++) {
             const double e = b[j] - d * q[j] - m;
-            err = j ? err + w[j] * (e * e) : w[j] * (e * e);
+            err += w[j] * (e * e);
         }
         if (err < best_err) {
             best_err = err;
-            best_d = d16;
-            best_m = m16;
-            for (int j = 0; j < 32; j++) best_q[j] = (int)q[j];
+            *d_out = d16;
+            *m_out = m16;
+            for (int j = 0; j < 32; j++)
+                q_out[j] = (int)q[j];
         }
     }
-    *d_out = best_d;
-    *m_out = best_m;
-    memcpy(q_out, best_q, sizeof best_q);
 }
 
 static void pack_nibbles(const int *q, uint8_t *qs) {
@@ -932,27 +936,22 @@ static void pack_nibbles(const int *q, uint8_t *qs) {
 }
 
 int quantize_row_weighted(int type, const float *x, void *y, int64_t k, const double *w) {
+    if (type != LLMR_TYPE_Q4_0 && type != LLMR_TYPE_Q5_0 && type != LLMR_TYPE_Q4_1 && type != LLMR_TYPE_Q5_1)
+        return -1;
     int q[32];
     for (int64_t i = 0; i < k / 32; i++, x += 32, w += 32)
-        switch (type) {
-        case LLMR_TYPE_Q4_0:
+        if (type == LLMR_TYPE_Q4_0) {
             weighted_symmetric(x, w, 8, &((block_q4_0 *)y)[i].d, q);
             pack_nibbles(q, ((block_q4_0 *)y)[i].qs);
-            break;
-        case LLMR_TYPE_Q5_0:
+        } else if (type == LLMR_TYPE_Q5_0) {
             weighted_symmetric(x, w, 16, &((block_q5_0 *)y)[i].d, q);
             pack_q5(q, ((block_q5_0 *)y)[i].qh, ((block_q5_0 *)y)[i].qs);
-            break;
-        case LLMR_TYPE_Q4_1:
+        } else if (type == LLMR_TYPE_Q4_1) {
             weighted_affine(x, w, 15, &((block_q4_1 *)y)[i].d, &((block_q4_1 *)y)[i].m, q);
             pack_nibbles(q, ((block_q4_1 *)y)[i].qs);
-            break;
-        case LLMR_TYPE_Q5_1:
+        } else {
             weighted_affine(x, w, 31, &((block_q5_1 *)y)[i].d, &((block_q5_1 *)y)[i].m, q);
             pack_q5(q, ((block_q5_1 *)y)[i].qh, ((block_q5_1 *)y)[i].qs);
-            break;
-        default:
-            return -1;
         }
     return 0;
 }

@@ -331,9 +331,8 @@ typedef struct {
     int64_t k, rows, row_bytes, rows_per_item;
     void (*k_fit)(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance);
     llmr_k_fit fit;
-    const float *importance;
-    const double *weights; /* quantize_row_weighted's, where not NULL, for type */
-    int type;
+    int weighted_type;   /* else quantize_row_weighted's type, where not 0 (else the type's quantiser) */
+    const void *columns; /* k_fit's importance (float) or quantize_row_weighted's weights (double) */
 } quantize_job;
 
 static void quantize_rows(void *ctx, int64_t item) {
@@ -341,9 +340,10 @@ static void quantize_rows(void *ctx, int64_t item) {
     const int64_t r1 = (item + 1) * j->rows_per_item < j->rows ? (item + 1) * j->rows_per_item : j->rows;
     for (int64_t r = item * j->rows_per_item; r < r1; r++)
         if (j->k_fit)
-            j->k_fit(j->x + r * j->k, j->out + r * j->row_bytes, j->k, &j->fit, j->importance);
-        else if (j->weights)
-            (void)quantize_row_weighted(j->type, j->x + r * j->k, j->out + r * j->row_bytes, j->k, j->weights);
+            j->k_fit(j->x + r * j->k, j->out + r * j->row_bytes, j->k, &j->fit, j->columns);
+        else if (j->weighted_type) /* a type it takes: quantize_weighted checked */
+            (void)quantize_row_weighted(j->weighted_type, j->x + r * j->k, j->out + r * j->row_bytes, j->k,
+                                        j->columns);
         else
             j->t->quantize(j->x + r * j->k, j->out + r * j->row_bytes, j->k);
 }
@@ -377,6 +377,37 @@ done:
     return ret;
 }
 
+/* What quantize_weighted and quantize_k_fit share: out and x as quantize's, and a vector of one
+ * value per column of x (`name`: float32 or float64), then j (its own fields set) over x's rows. */
+static PyObject *quantize_with_columns(quantize_job *j, PyObject *o_out, PyObject *o_x, PyObject *o_columns,
+                                       const char *name, enum kind kind) {
+    Py_buffer v[3] = {{0}}, *out = &v[0], *x = &v[1], *columns = &v[2];
+    PyObject *ret = NULL;
+    if (get_quantize_buffers(o_out, o_x, out, x, j->t->block_size, j->t->type_size, j->t->name) ||
+        get_buffer(o_columns, columns, name, kind, 0, 1, 1))
+        goto done;
+    const Py_ssize_t k = last_dim(x), size = kind == F64 ? sizeof(double) : sizeof(float);
+    if (columns->len != k * size) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd values (x's columns), got %zd", name, k, columns->len / size);
+        goto done;
+    }
+    char both[48];
+    snprintf(both, sizeof both, "out and %s", name);
+    if (check_disjoint(out, columns, both, 0)) /* the threads write out while they read it */
+        goto done;
+    j->x = x->buf;
+    j->out = out->buf;
+    j->k = k;
+    j->rows = leading_rows(x);
+    j->row_bytes = (int64_t)llmr_row_bytes(j->t, k);
+    j->columns = columns->buf;
+    run_quantize_job(j);
+    ret = Py_NewRef(Py_None);
+done:
+    release(v, 3);
+    return ret;
+}
+
 static PyObject *py_quantize_weighted(PyObject *self, PyObject *args) {
     PyObject *o_out, *o_x, *o_w;
     int type;
@@ -386,25 +417,8 @@ static PyObject *py_quantize_weighted(PyObject *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "quantize_weighted: type %d is not q4_0, q5_0, q4_1 or q5_1", type);
         return NULL;
     }
-    const llmr_type_traits *t = get_type(type);
-    Py_buffer v[3] = {{0}}, *out = &v[0], *x = &v[1], *w = &v[2];
-    PyObject *ret = NULL;
-    if (get_quantize_buffers(o_out, o_x, out, x, t->block_size, t->type_size, t->name) ||
-        get_buffer(o_w, w, "weights", F64, 0, 1, 1))
-        goto done;
-    const Py_ssize_t k = last_dim(x);
-    if (w->len != k * (Py_ssize_t)sizeof(double)) {
-        PyErr_Format(PyExc_ValueError, "weights: expected %zd values (x's columns), got %zd", k,
-                     w->len / (Py_ssize_t)sizeof(double));
-        goto done;
-    }
-    quantize_job j = {.t = t, .x = x->buf, .out = out->buf, .k = k, .rows = leading_rows(x),
-                      .row_bytes = (int64_t)llmr_row_bytes(t, k), .weights = w->buf, .type = type};
-    run_quantize_job(&j);
-    ret = Py_NewRef(Py_None);
-done:
-    release(v, 3);
-    return ret;
+    quantize_job j = {.t = get_type(type), .weighted_type = type};
+    return quantize_with_columns(&j, o_out, o_x, o_w, "weights", F64);
 }
 
 static PyObject *py_quantize_k_fit(PyObject *self, PyObject *args) {
@@ -421,32 +435,14 @@ static PyObject *py_quantize_k_fit(PyObject *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "quantize_k_fit: type %d is not q4_k, q5_k or q6_k", type);
         return NULL;
     }
-    if (nstep < 0 || nstep > 1000) {
-        PyErr_Format(PyExc_ValueError, "quantize_k_fit: nstep %d outside 0 .. 1000", nstep);
+    if (nstep < 0 || nstep > 1000 || !(fabs(grid) < 8)) { /* grid: a shift of the largest scale, not a new grid */
+        PyErr_Format(PyExc_ValueError, "quantize_k_fit: nstep %d outside 0 .. 1000, or grid %g outside (-8, 8)", nstep,
+                     grid);
         return NULL;
     }
-    const llmr_type_traits *t = get_type(type);
-    Py_buffer v[3] = {{0}}, *out = &v[0], *x = &v[1], *imp = &v[2];
-    PyObject *ret = NULL;
-    if (get_quantize_buffers(o_out, o_x, out, x, t->block_size, t->type_size, t->name) ||
-        get_buffer(o_imp, imp, "importance", F32, 0, 1, 1))
-        goto done;
-    const Py_ssize_t k = last_dim(x);
-    if (imp->len != k * (Py_ssize_t)sizeof(float)) {
-        PyErr_Format(PyExc_ValueError, "importance: expected %zd values (x's columns), got %zd", k,
-                     imp->len / (Py_ssize_t)sizeof(float));
-        goto done;
-    }
-    quantize_job j = {.t = t, .x = x->buf, .out = out->buf, .k = k, .rows = leading_rows(x),
-                      .row_bytes = (int64_t)llmr_row_bytes(t, k),
-                      .k_fit = k_fit,
-                      .fit = {.rmin = (float)rmin, .rdelta = (float)rdelta, .nstep = nstep, .grid = grid},
-                      .importance = imp->buf};
-    run_quantize_job(&j);
-    ret = Py_NewRef(Py_None);
-done:
-    release(v, 3);
-    return ret;
+    quantize_job j = {.t = get_type(type), .k_fit = k_fit,
+                      .fit = {.rmin = (float)rmin, .rdelta = (float)rdelta, .nstep = nstep, .grid = grid}};
+    return quantize_with_columns(&j, o_out, o_x, o_imp, "importance", F32);
 }
 
 /* quantize_q16a and quantize_q16b: x's rows as q16_a blocks, or (planes) as the q16_b blocks made
