@@ -127,6 +127,10 @@ def _weighted_affine(x: np.ndarray, col_importance: np.ndarray, t: QType, top: i
     return _to_bytes(pack(best_d.astype(np.float16), best_m.astype(np.float16), best_q), x.shape[:-1])
 
 
+# The 32-value searches the C runs (kernels' quantize_weighted, which refuses any other type).
+_SEARCHES_IN_C = (Q4_0, Q4_1, Q5_0, Q5_1)
+
+
 def _weighted_in_c(x: np.ndarray, col_importance: np.ndarray, t: QType) -> np.ndarray:
     """_weighted_symmetric's or _weighted_affine's bytes for type t by their C twin (kernels'
     quantize_weighted, rows among the threads; tests/test_quantize.py holds the two to the same
@@ -234,7 +238,7 @@ def quantize_k_weighted(x: np.ndarray, col_importance: np.ndarray, t: QType) -> 
 def weighted_quantizer(t: QType):
     """The calibrated quantiser for type `t` (a function of the rows and their columns'
     importance), or None where `t` has none (q8_0 and the float types: nothing to gain)."""
-    if t in (Q4_0, Q4_1, Q5_0, Q5_1):  # quantize_q4_0_weighted and its kin, in C
+    if t in _SEARCHES_IN_C:  # quantize_q4_0_weighted and its kin, in C
         return lambda x, imp: _weighted_in_c(x, imp, t)
     if t in _K_VARIANTS:
         return lambda x, imp: quantize_k_weighted(x, imp, t)

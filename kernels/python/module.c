@@ -322,8 +322,9 @@ static int get_quantize_buffers(PyObject *o_out, PyObject *o_x, Py_buffer *out, 
  * search). */
 #define QUANTIZE_ITEM_VALUES 65536
 
-/* Rows [item * rows_per_item, ...) of a quantize call: by the type's quantiser, or (k_fit) by a
- * q4_k / q5_k fit with the columns' importance. */
+/* Rows [item * rows_per_item, ...) of a quantize call: by the type's quantiser, by a q4_k / q5_k /
+ * q6_k fit with the columns' importance (k_fit), or by the calibrated q4_0 / q5_0 / q4_1 / q5_1
+ * search with the columns' weights (weighted_type). */
 typedef struct {
     const llmr_type_traits *t;
     const float *x;
