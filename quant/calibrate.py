@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .reference import (_blocks, _pack_nibbles, _pack_q5, _quantize_iq4_nl, _quantize_q2_k, _quantize_q3_k,
-                        _quantize_q4_k, _quantize_q5_k, _quantize_q6_k, _to_bytes, dequantize)
+                        _quantize_q4_k, _quantize_q5_k, _quantize_q6_k, _sum, _to_bytes, dequantize)
 from .types import IQ4_NL, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, QType
 
 # Inverse scales tried per block: -(8 + k / 10) / max for k in -9 .. 9, around plain q4_0's -8 / max.
@@ -63,15 +63,6 @@ def importance_of_text(model, text: str, n_chunks: int = 16, n_ctx: int = 512, s
     if not pieces or len(pieces[0]) < 2:
         raise LlmrunError("too little text to calibrate on")
     return importance(model, pieces, say), sum(map(len, pieces))
-
-
-def _sum(a: np.ndarray) -> np.ndarray:
-    """a [..., n] summed over its last axis in order, a[..., 0] first (keepdims): as the C twin
-    (kernels' quantize_weighted) adds, so that its bytes are these."""
-    s = a[..., 0:1]
-    for i in range(1, a.shape[-1]):
-        s = s + a[..., i:i + 1]
-    return s
 
 
 def _as_stored(v: np.ndarray) -> np.ndarray:
@@ -182,6 +173,7 @@ def quantize_q5_1_weighted(x: np.ndarray, col_importance: np.ndarray) -> np.ndar
 # mixes for rows that are not whole super-blocks) has the importance in its grid fits, times
 # each value's square or alone (the first 9% under the plain blocks' weighted error on random
 # rows, the second 13%, the best of them and the plain ones per block 14%).
+# Each type: its numpy reference (the definition) and the variants; the C runs them (_fit_in_c).
 _K_VARIANTS = {
     Q2_K: (_quantize_q2_k, [dict(rmin=-0.9, rdelta=0.05, nstep=36)]),
     Q3_K: (_quantize_q3_k, [dict(search=True), *(dict(grid=g) for g in (0.0, -0.3, 0.3, -0.6))]),
@@ -192,24 +184,22 @@ _K_VARIANTS = {
 }
 
 
-# The fits the C quantiser runs (kernels' quantize_k_fit, rows among the threads): the numpy
-# reference's bytes (tests/test_quantize.py holds them to it), many times faster.
-_FITS_IN_C = (Q4_K, Q5_K, Q6_K)
-
-
 def _fit_in_c(t: QType, x: np.ndarray, imp_row: np.ndarray, fit: dict) -> np.ndarray:
-    """Rows x [rows, n] in type t by _K_VARIANTS' `fit`, imp_row [n] the columns' relative importance."""
+    """Rows x [rows, n] in type t by _K_VARIANTS' `fit`, imp_row [n] the columns' relative importance:
+    the C quantiser's fit (kernels' quantize_k_fit, rows among the threads), the reference's bytes
+    (tests/test_quantize.py holds every variant to them), many times faster."""
     from .. import _kernels
     out = np.empty((x.shape[0], t.row_bytes(x.shape[1])), np.uint8)
     _kernels.quantize_k_fit(out, x, t.id, imp_row, fit.get("rmin", 0.0), fit.get("rdelta", 0.0),
-                            fit.get("nstep", 0), fit["grid"])
+                            fit.get("nstep", 0), fit.get("grid", 0.0), fit.get("search", False),
+                            fit.get("square", True))
     return out
 
 
 def quantize_k_weighted(x: np.ndarray, col_importance: np.ndarray, t: QType) -> np.ndarray:
     """float32 [rows, n] -> bytes of `t` (a k-quant, or iq4_nl), calibrated (see _K_VARIANTS)."""
     from .policy import quantize_plain
-    quantizer, variants = _K_VARIANTS[t]
+    variants = _K_VARIANTS[t][1]
     x = np.ascontiguousarray(x, dtype=np.float32)
     rows, n = x.shape
     size = t.block_size
@@ -223,11 +213,9 @@ def quantize_k_weighted(x: np.ndarray, col_importance: np.ndarray, t: QType) -> 
 
     best = quantize_plain(sb, t)  # the plain quantiser's blocks [S, type_size]
     best_err = error(best)
+    imp_row = np.ascontiguousarray(imp32[:n // size].reshape(n))  # every row's columns weigh alike
     for fit in variants:
-        if t in _FITS_IN_C:  # every row's columns weigh alike: the first row's importance serves all
-            cand = _fit_in_c(t, x, np.ascontiguousarray(imp32[:n // size].reshape(n)), fit).reshape(sb.shape[0], -1)
-        else:
-            cand = quantizer(sb[:, None, :], (sb.shape[0],), importance=imp32, **fit)
+        cand = _fit_in_c(t, x, imp_row, fit).reshape(sb.shape[0], -1)
         err = error(cand)
         better = err < best_err
         best = np.where(better[:, None], cand, best)

@@ -93,6 +93,16 @@ def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
 # Every float32 operation of the C (kernels/cpu/quants_ref.c) in the same order, the sums taken
 # element by element as the C loops take them, so the bytes match it (and llama.cpp) exactly.
 
+def _sum(a: np.ndarray) -> np.ndarray:
+    """a [..., n] summed over its last axis in order, a[..., 0] first (keepdims), in a's dtype:
+    as the C adds (a sum from -0.0, which adds to any first term exactly), so that the C twins
+    of the calibrated searches give these bytes (numpy's own sums go pairwise)."""
+    s = a[..., 0:1]
+    for i in range(1, a.shape[-1]):
+        s = s + a[..., i:i + 1]
+    return s
+
+
 def _nearest_int(v: np.ndarray) -> np.ndarray:
     """llama.cpp's nearest_int: the low mantissa bits of v + 1.5 * 2^23 (round half to even for
     |v| < 2^22; the same bits as the C beyond that)."""
@@ -405,10 +415,10 @@ def _quantize_q3_k(b: np.ndarray, lead, importance: np.ndarray | None = None, gr
     S = sb.shape[0]
     sw = None
     if search and importance is not None:
-        sigma2 = f(2) * (sb.reshape(S, 256) ** 2).mean(axis=-1, dtype=f)
+        sigma2 = f(2) * (_sum(sb.reshape(S, 256) ** 2)[:, 0] / f(256))
         w = importance.reshape(S, 16, 16).astype(f) * np.sqrt(sigma2[:, None, None] + sb * sb)
         scales, L = _make_qx_quants(sb.reshape(-1, 16), 4, weights=w.reshape(-1, 16))
-        sw = w.sum(axis=-1, dtype=f)  # [S, 16]
+        sw = _sum(w)[..., 0]  # [S, 16]
     else:
         scales, L = _make_q3_quants(sb.reshape(-1, 16), 4, None if importance is None else importance.reshape(-1, 16))
     scales, L = scales.reshape(S, 16), L.reshape(S, 16, 16)
@@ -457,9 +467,9 @@ def _fit_codes(v: np.ndarray, w: np.ndarray, nmax: int):
     with np.errstate(divide="ignore", invalid="ignore"):
         for step in range(-9, 10):
             lc = np.clip(_nearest_int(((f(nmax) + f(0.1) * f(step)) / vmax)[:, None] * v), 0, nmax).astype(f)
-            den = (w * lc * lc).sum(axis=-1, dtype=f)
-            dc = np.where(den > 0, (w * v * lc).sum(axis=-1, dtype=f) / den, f(0)).astype(np.float16)
-            err = (w * (v - dc.astype(f)[:, None] * lc) ** 2).sum(axis=-1, dtype=f)
+            den = _sum(w * lc * lc)[:, 0]
+            dc = np.where(den > 0, _sum(w * v * lc)[:, 0] / den, f(0)).astype(np.float16)
+            err = _sum(w * (v - dc.astype(f)[:, None] * lc) ** 2)[:, 0]
             better = (vmax > 0) & (err < best_err)
             best_err = np.where(better, err, best_err)
             d, l = np.where(better, dc, d), np.where(better[:, None], lc, l).astype(np.uint8)
@@ -481,12 +491,12 @@ def _quantize_q2_k(b: np.ndarray, lead, importance: np.ndarray | None = None, rm
     if importance is None:
         weights = np.abs(xs)
     else:
-        sigma2 = (sb.reshape(S, 256) ** 2).mean(axis=-1, dtype=f)
+        sigma2 = _sum(sb.reshape(S, 256) ** 2)[:, 0] / f(256)
         weights = (importance.reshape(S, 16, 16).astype(f) * np.sqrt(sigma2[:, None, None] + sb * sb)).reshape(-1, 16)
     scales, mins, L = _make_qkx2_quants(xs, weights, 3, rmin, rdelta, nstep, use_mad=importance is None)
     scales, mins, L = scales.reshape(S, 16), mins.reshape(S, 16), L.reshape(S, 16, 16)
     if importance is not None:
-        sw = weights.reshape(S, 16, 16).sum(axis=-1, dtype=f)
+        sw = _sum(weights.reshape(S, 16, 16))[..., 0]
         d, ls = _fit_codes(scales, sw, 15)
         dmin, lm = _fit_codes(mins, sw, 15)
     else:

@@ -137,16 +137,18 @@ def test_weighted_quantizer_lowers_the_weighted_error_and_keeps_the_format(name)
         np.testing.assert_array_equal(ref.dequantize(weighted(const, np.ones(32)), t, 32), const)
 
 
-@pytest.mark.parametrize("name", ["q4_k", "q5_k", "q6_k"])
+@pytest.mark.parametrize("name", ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl"])
 def test_calibrated_fits_in_c_are_the_references_bytes(name):
     """The calibrated quantiser runs these types' fits in C (kernels' quantize_k_fit): every
-    variant of _K_VARIANTS, on rows with all-zero, constant, tiny and heavy-tailed super-blocks,
-    gives the numpy reference's bytes, with the importance and without."""
+    variant of _K_VARIANTS, and llama.cpp's own fit, on rows with all-zero, constant, tiny,
+    negative and heavy-tailed super-blocks, gives the numpy reference's bytes, with the importance
+    and without."""
     from llmrun import _kernels
-    from llmrun.quant.calibrate import _FITS_IN_C, _K_VARIANTS
+    from llmrun.quant.calibrate import _K_VARIANTS, _fit_in_c
     t = qtype(name)
-    assert t in _FITS_IN_C
     reference, variants = _K_VARIANTS[t]
+    plain = {"q2_k": {"rmin": -0.5, "rdelta": 0.1, "nstep": 15}, "q4_k": {"rmin": -1.0, "rdelta": 0.1, "nstep": 20},
+             "q5_k": {"rmin": -0.5, "rdelta": 0.1, "nstep": 15}}.get(name, {})
     rng = np.random.default_rng(7)
     rows, n = 24, 768
     x = (rng.standard_normal((rows, n)) * rng.exponential(1.0, (rows, n))).astype(np.float32)
@@ -155,19 +157,19 @@ def test_calibrated_fits_in_c_are_the_references_bytes(name):
     x[3, 512:] *= np.float32(1e-12)
     x[4] = -np.abs(x[4])
     x[5] *= np.float32(1e-5)  # scales among f16's subnormals
+    x[6, :32] = 0  # iq4_nl: one zero block beside live ones
     importance = rng.exponential(1.0, n).astype(np.float32)
+    importance[:16] *= np.float32(1e-6)  # a sub-block whose values barely count
+    size = t.block_size
+    blocks = x.reshape(-1, size)
     for imp in (importance, np.ones(n, np.float32)):
-        blocks = x.reshape(-1, 256)
-        for fit in variants + [{"grid": 0.0} if name == "q6_k" else {"rmin": -1.0, "rdelta": 0.1, "nstep": 20, "grid": 0.0}]:
+        for fit in variants + [plain]:
             want = reference(blocks[:, None, :], (blocks.shape[0],),
-                             importance=np.broadcast_to(imp, x.shape).reshape(-1, 256), **fit).reshape(rows, -1)
-            got = np.empty_like(want)
-            _kernels.quantize_k_fit(got, x, t.id, imp, fit.get("rmin", 0.0), fit.get("rdelta", 0.0),
-                                    fit.get("nstep", 0), fit["grid"])
-            np.testing.assert_array_equal(got, want, err_msg=f"{name} {fit}")
+                             importance=np.broadcast_to(imp, x.shape).reshape(-1, size), **fit).reshape(rows, -1)
+            np.testing.assert_array_equal(_fit_in_c(t, x, imp, fit), want, err_msg=f"{name} {fit}")
     with pytest.raises(ValueError, match="importance"):
         _kernels.quantize_k_fit(np.empty_like(want), x, t.id, importance[:-1], 0.0, 0.0, 0, 0.0)
-    with pytest.raises(ValueError, match="not q4_k, q5_k or q6_k"):
+    with pytest.raises(ValueError, match="is not q2_k"):
         _kernels.quantize_k_fit(np.empty_like(want), x, qtype("q4_0").id, importance, 0.0, 0.0, 0, 0.0)
 
 

@@ -462,16 +462,19 @@ void dequantize_row_q4_K_ref(const void *x, float *y, int64_t k) {
 #define Q6_K_SUB 16           /* values per q6_k sub-block, each with its own int8 scale */
 
 /* One trial grid of make_qx_quants: l = round(iscale x) clamped to -nmax .. nmax - 1, and the
- * sums of w x l and w l^2 with weights w = x^2, in element order. */
+ * sums of w x l and w l^2 with weights w = x^2 (times the importance), or the given weights, in
+ * element order. */
 static void qx_trial(const float *x, int nmax, float iscale, int8_t *l, float *sumlx, float *suml2,
-                     const float *importance) {
+                     const float *importance, const float *weights) {
     float lx = 0, l2 = 0;
     for (int i = 0; i < Q6_K_SUB; i++) {
         int q = nearest_int(iscale * x[i]);
         q = q < -nmax ? -nmax : q > nmax - 1 ? nmax - 1 : q;
         l[i] = (int8_t)q;
         float w = x[i] * x[i];
-        if (importance)
+        if (weights)
+            w = weights[i];
+        else if (importance)
             w *= importance[i];
         lx += w * x[i] * q;
         l2 += w * q * q;
@@ -483,8 +486,9 @@ static void qx_trial(const float *x, int nmax, float iscale, int8_t *l, float *s
 /* make_qx_quants(16, nmax, x, L, rmse_type = 1, qw = NULL): the signed scale whose grid fits x
  * best (least squares weighted by x^2) among 1 / iscale for iscale = -(nmax + 0.1 s) / max,
  * s = 0, -9 .. 9, max the value of largest magnitude; L = l + nmax. An all-zero sub-block (below
- * GROUP_MAX_EPS) gets scale 0 and L = 0. */
-static float make_qx_quants(const float *x, int nmax, uint8_t *L, const float *importance) {
+ * GROUP_MAX_EPS) gets scale 0 and L = 0. `importance` multiplies the weights, or `weights` replace
+ * them (NULL: neither). */
+static float make_qx_quants(const float *x, int nmax, uint8_t *L, const float *importance, const float *weights) {
     float amax = 0, max = 0;
     for (int i = 0; i < Q6_K_SUB; i++)
         if (fabsf(x[i]) > amax) {
@@ -497,13 +501,13 @@ static float make_qx_quants(const float *x, int nmax, uint8_t *L, const float *i
     }
     int8_t l[Q6_K_SUB];
     float sumlx, suml2;
-    qx_trial(x, nmax, -nmax / max, l, &sumlx, &suml2, importance);
+    qx_trial(x, nmax, -nmax / max, l, &sumlx, &suml2, importance, weights);
     for (int i = 0; i < Q6_K_SUB; i++) L[i] = (uint8_t)(l[i] + nmax);
     float scale = suml2 ? sumlx / suml2 : 0.0f;
     float best = scale * sumlx;
     for (int s = -9; s <= 9; s++) {
         if (s == 0) continue;
-        qx_trial(x, nmax, -(nmax + 0.1f * s) / max, l, &sumlx, &suml2, importance);
+        qx_trial(x, nmax, -(nmax + 0.1f * s) / max, l, &sumlx, &suml2, importance, weights);
         if (suml2 > 0 && sumlx * sumlx > best * suml2) {
             for (int i = 0; i < Q6_K_SUB; i++) L[i] = (uint8_t)(l[i] + nmax);
             scale = sumlx / suml2;
@@ -522,7 +526,7 @@ void quantize_row_q6_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit 
         /* each sub-block's own scale; the largest in magnitude (the first of equals) sets d */
         float max_abs = 0, max_scale = 0;
         for (int j = 0; j < QK_K / Q6_K_SUB; j++) {
-            scales[j] = make_qx_quants(x + Q6_K_SUB * j, 32, L + Q6_K_SUB * j, imp ? imp + Q6_K_SUB * j : NULL);
+            scales[j] = make_qx_quants(x + Q6_K_SUB * j, 32, L + Q6_K_SUB * j, imp ? imp + Q6_K_SUB * j : NULL, NULL);
             if (fabsf(scales[j]) > max_abs) {
                 max_abs = fabsf(scales[j]);
                 max_scale = scales[j];
@@ -597,8 +601,9 @@ static void pack_2bit(const uint8_t *L, uint8_t *qs) {
 /* make_q3_quants(16, nmax, x, L, do_rmse = true): the grid of -nmax / max (max the value of
  * largest magnitude), then up to five passes over the values, each moving one quant where that
  * improves the x^2-weighted least-squares fit; returns the fit's scale, L = l + nmax. An all-zero
- * sub-block (below GROUP_MAX_EPS) gets scale 0 and L = 0. */
-static float make_q3_quants(const float *x, int nmax, uint8_t *L) {
+ * sub-block (below GROUP_MAX_EPS) gets scale 0 and L = 0. `importance` (NULL: none) multiplies the
+ * weights. */
+static float make_q3_quants(const float *x, int nmax, uint8_t *L, const float *importance) {
     float amax = 0, max = 0;
     for (int i = 0; i < Q6_K_SUB; i++)
         if (fabsf(x[i]) > amax) {
@@ -611,26 +616,27 @@ static float make_q3_quants(const float *x, int nmax, uint8_t *L) {
     }
     const float iscale = -nmax / max;
     int l[Q6_K_SUB];
-    float sumlx = 0, suml2 = 0;
+    float w[Q6_K_SUB], sumlx = 0, suml2 = 0;
     for (int i = 0; i < Q6_K_SUB; i++) {
         const int q = nearest_int(iscale * x[i]);
         l[i] = q < -nmax ? -nmax : q > nmax - 1 ? nmax - 1 : q;
-        const float w = x[i] * x[i];
-        sumlx += w * x[i] * l[i];
-        suml2 += w * l[i] * l[i];
+        w[i] = x[i] * x[i];
+        if (importance)
+            w[i] *= importance[i];
+        sumlx += w[i] * x[i] * l[i];
+        suml2 += w[i] * l[i] * l[i];
     }
     for (int itry = 0; itry < 5; ++itry) {
         int n_changed = 0;
         for (int i = 0; i < Q6_K_SUB; i++) {
-            const float w = x[i] * x[i];
-            float slx = sumlx - w * x[i] * l[i];
+            float slx = sumlx - w[i] * x[i] * l[i];
             if (slx > 0) {
-                float sl2 = suml2 - w * l[i] * l[i];
+                float sl2 = suml2 - w[i] * l[i] * l[i];
                 int new_l = nearest_int(x[i] * sl2 / slx);
                 new_l = new_l < -nmax ? -nmax : new_l > nmax - 1 ? nmax - 1 : new_l;
                 if (new_l != l[i]) {
-                    slx += w * x[i] * new_l;
-                    sl2 += w * new_l * new_l;
+                    slx += w[i] * x[i] * new_l;
+                    sl2 += w[i] * new_l * new_l;
                     if (sl2 > 0 && slx * slx * suml2 > sumlx * sumlx * sl2) {
                         l[i] = new_l;
                         sumlx = slx;
@@ -646,30 +652,68 @@ static float make_q3_quants(const float *x, int nmax, uint8_t *L) {
     return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
 }
 
-void quantize_row_q3_K_ref(const float *x, void *y, int64_t k) {
+/* A super-block's mean square, summed in order (as quant/reference.py's _sum). */
+static float mean_square(const float *x) {
+    float s = -0.f;
+    for (int e = 0; e < QK_K; e++) s += x[e] * x[e];
+    return s / QK_K;
+}
+
+/* The weights of the calibrated q2_k and q3_k sub-block fits: each value's importance times
+ * sqrt(sigma2 + x^2), as imatrix quantisers weigh; and each sub-block's summed weight, in order. */
+static void spread_weights(const float *x, const float *importance, float sigma2, float w[QK_K],
+                           float sub_w[QK_K / Q6_K_SUB]) {
+    for (int e = 0; e < QK_K; e++) w[e] = importance[e] * sqrtf(sigma2 + x[e] * x[e]);
+    for (int j = 0; j < QK_K / Q6_K_SUB; j++) {
+        float s = -0.f;
+        for (int l = 0; l < Q6_K_SUB; l++) s += w[Q6_K_SUB * j + l];
+        sub_w[j] = s;
+    }
+}
+
+/* With importance, fit's `search` fits each sub-block by make_qx_quants' grids with spread_weights
+ * (sigma2 twice the mean square) and its scales on the 6-bit grid by the same search, weighted by
+ * the sub-blocks' summed weights; else make_q3_quants (the importance in its weights) and the
+ * largest scale at -(32 + grid). */
+void quantize_row_q3_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance) {
     block_q3_K *b = y;
     uint8_t L[QK_K];
-    float scales[QK_K / Q6_K_SUB];
+    float scales[QK_K / Q6_K_SUB], w[QK_K], sub_w[QK_K / Q6_K_SUB];
     for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
+        const float *imp = importance ? importance + i * QK_K : NULL;
+        const int search = fit->search && imp;
+        if (search)
+            spread_weights(x, imp, 2.f * mean_square(x), w, sub_w);
         /* each sub-block's own scale; the largest in magnitude (the first of equals) sets d */
         float amax = 0, max_scale = 0;
         for (int j = 0; j < QK_K / Q6_K_SUB; j++) {
-            scales[j] = make_q3_quants(x + Q6_K_SUB * j, 4, L + Q6_K_SUB * j);
+            const int at = Q6_K_SUB * j;
+            scales[j] = search ? make_qx_quants(x + at, 4, L + at, NULL, w + at)
+                               : make_q3_quants(x + at, 4, L + at, imp ? imp + at : NULL);
             if (fabsf(scales[j]) > amax) {
                 amax = fabsf(scales[j]);
                 max_scale = scales[j];
             }
         }
         memset(&b[i], 0, sizeof b[i]);
-        if (max_scale) { /* the scales as 6-bit codes in units of d = max_scale / -32 */
-            const float iscale = -32.f / max_scale;
-            for (int j = 0; j < QK_K / Q6_K_SUB; j++) {
-                int l = nearest_int(iscale * scales[j]);
-                l = (l < -32 ? -32 : l > 31 ? 31 : l) + 32;
-                b[i].scales[j % 8] |= (uint8_t)((l & 0xF) << 4 * (j / 8));
-                b[i].scales[8 + j % 4] |= (uint8_t)((l >> 4) << 2 * (j / 4));
+        if (max_scale) { /* the scales as 6-bit codes l - 32 in units of d */
+            uint8_t l[QK_K / Q6_K_SUB];
+            float d;
+            if (search) {
+                d = make_qx_quants(scales, 32, l, NULL, sub_w);
+            } else { /* d = max_scale / -(32 + grid) */
+                const float iscale = (float)(-32.0 - fit->grid) / max_scale;
+                for (int j = 0; j < QK_K / Q6_K_SUB; j++) {
+                    const int c = nearest_int(iscale * scales[j]);
+                    l[j] = (uint8_t)((c < -32 ? -32 : c > 31 ? 31 : c) + 32);
+                }
+                d = 1 / iscale;
             }
-            b[i].d = llmr_f32_to_f16(1 / iscale);
+            for (int j = 0; j < QK_K / Q6_K_SUB; j++) {
+                b[i].scales[j % 8] |= (uint8_t)((l[j] & 0xF) << 4 * (j / 8));
+                b[i].scales[8 + j % 4] |= (uint8_t)((l[j] >> 4) << 2 * (j / 4));
+            }
+            b[i].d = llmr_f32_to_f16(d);
         }
         for (int j = 0; j < QK_K / Q6_K_SUB; j++) {
             const float d = llmr_f16_to_f32(b[i].d) * llmr_q3_k_scale(b[i].scales, j);
@@ -690,16 +734,67 @@ void quantize_row_q3_K_ref(const float *x, void *y, int64_t k) {
     }
 }
 
-void quantize_row_q2_K_ref(const float *x, void *y, int64_t k) {
+void quantize_row_q3_K_ref(const float *x, void *y, int64_t k) {
+    const llmr_k_fit plain = {0};
+    quantize_row_q3_K_fit(x, y, k, &plain, NULL);
+}
+
+/* quant/reference.py's _fit_codes: non-negative values v[16] on the grid d * l, l in 0 .. nmax, by
+ * the least squared error weighted by w, among the grids nmax / max and 18 around it (each d
+ * fitted by weighted least squares, as f16): d's f16 bits, the codes into l. */
+static uint16_t fit_codes(const float *v, const float *w, int nmax, uint8_t l[Q6_K_SUB]) {
+    float vmax = v[0];
+    for (int i = 1; i < Q6_K_SUB; i++)
+        if (v[i] > vmax) vmax = v[i];
+    uint16_t d = 0;
+    memset(l, 0, Q6_K_SUB);
+    if (!(vmax > 0))
+        return d;
+    float best_err = INFINITY;
+    for (int s = -9; s <= 9; s++) {
+        const float iscale = ((float)nmax + 0.1f * (float)s) / vmax;
+        uint8_t lc[Q6_K_SUB];
+        float num = -0.f, den = -0.f;
+        for (int i = 0; i < Q6_K_SUB; i++) {
+            const int c = nearest_int(iscale * v[i]);
+            lc[i] = (uint8_t)(c < 0 ? 0 : c > nmax ? nmax : c);
+            den += w[i] * (float)lc[i] * (float)lc[i];
+            num += w[i] * v[i] * (float)lc[i];
+        }
+        const uint16_t dc = llmr_f32_to_f16(den > 0 ? num / den : 0.f);
+        const float dcf = llmr_f16_to_f32(dc);
+        float err = -0.f;
+        for (int i = 0; i < Q6_K_SUB; i++) {
+            const float diff = v[i] - dcf * (float)lc[i];
+            err += w[i] * (diff * diff);
+        }
+        if (err < best_err) {
+            best_err = err;
+            d = dc;
+            memcpy(l, lc, Q6_K_SUB);
+        }
+    }
+    return d;
+}
+
+/* With importance, each value weighs spread_weights' (sigma2 the mean square) in fit's search of
+ * squared errors, and the scales and mins go on their 4-bit grids by fit_codes, weighted by the
+ * sub-blocks' summed weights; else llama.cpp's (weights |x|, absolute errors). */
+void quantize_row_q2_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance) {
     block_q2_K *b = y;
     uint8_t L[QK_K], Laux[Q6_K_SUB];
-    float weights[Q6_K_SUB], mins[QK_K / Q6_K_SUB], scales[QK_K / Q6_K_SUB];
+    float w[QK_K], sub_w[QK_K / Q6_K_SUB], mins[QK_K / Q6_K_SUB], scales[QK_K / Q6_K_SUB];
     for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
+        const float *imp = importance ? importance + i * QK_K : NULL;
+        if (imp)
+            spread_weights(x, imp, mean_square(x), w, sub_w);
+        else
+            for (int e = 0; e < QK_K; e++) w[e] = fabsf(x[e]);
         float max_scale = 0, max_min = 0; /* as the C: from +0, so a -0.0 min never gets in */
         for (int j = 0; j < QK_K / Q6_K_SUB; j++) {
-            for (int l = 0; l < Q6_K_SUB; l++) weights[l] = fabsf(x[Q6_K_SUB * j + l]);
-            scales[j] = make_qkx2_quants(Q6_K_SUB, 3, x + Q6_K_SUB * j, weights, L + Q6_K_SUB * j, &mins[j], Laux,
-                                         -0.5f, 0.1f, 15, 1);
+            const int at = Q6_K_SUB * j;
+            scales[j] = make_qkx2_quants(Q6_K_SUB, 3, x + at, w + at, L + at, &mins[j], Laux, fit->rmin, fit->rdelta,
+                                         fit->nstep, !imp);
             if (scales[j] > max_scale) max_scale = scales[j];
             if (mins[j] > max_min) max_min = mins[j];
         }
@@ -707,12 +802,17 @@ void quantize_row_q2_K_ref(const float *x, void *y, int64_t k) {
          * stored as a byte unclamped */
         uint16_t d16 = 0, dmin16 = 0;
         memset(b[i].scales, 0, sizeof b[i].scales);
-        if (max_scale > 0) {
+        if (imp) {
+            uint8_t ls[Q6_K_SUB], lm[Q6_K_SUB];
+            d16 = fit_codes(scales, sub_w, 15, ls);
+            dmin16 = fit_codes(mins, sub_w, 15, lm);
+            for (int j = 0; j < QK_K / Q6_K_SUB; j++) b[i].scales[j] = (uint8_t)(ls[j] | lm[j] << 4);
+        } else if (max_scale > 0) {
             const float iscale = 15.f / max_scale;
             for (int j = 0; j < QK_K / Q6_K_SUB; j++) b[i].scales[j] = (uint8_t)nearest_int(iscale * scales[j]);
             d16 = llmr_f32_to_f16(max_scale / 15.f);
         }
-        if (max_min > 0) {
+        if (!imp && max_min > 0) {
             const float iscale = 15.f / max_min;
             for (int j = 0; j < QK_K / Q6_K_SUB; j++)
                 b[i].scales[j] |= (uint8_t)((unsigned)nearest_int(iscale * mins[j]) << 4);
@@ -732,6 +832,10 @@ void quantize_row_q2_K_ref(const float *x, void *y, int64_t k) {
         pack_2bit(L, b[i].qs);
     }
 }
+
+const llmr_k_fit llmr_q2_k_fit = {.rmin = -0.5f, .rdelta = 0.1f, .nstep = 15};
+
+void quantize_row_q2_K_ref(const float *x, void *y, int64_t k) { quantize_row_q2_K_fit(x, y, k, &llmr_q2_k_fit, NULL); }
 
 /* ggml's dequantize_row_q3_K: d * (sc - 32) first (exact: 11 x 6 bits), then times q. */
 void dequantize_row_q3_K_ref(const void *x, float *y, int64_t k) {
@@ -772,12 +876,16 @@ static int iq4_nl_index(float v) {
     return v - lv[up - 1] < lv[up] - v ? up - 1 : up;
 }
 
-/* sum w q x and sum w q^2 over a block on the grid of 1 / iscale, weights w = x^2, in order. */
-static void iq4_nl_fit(const float *x, float iscale, float *sumqx, float *sumq2) {
+/* sum w q x and sum w q^2 over a block on the grid of 1 / iscale, in order, each value's weight w
+ * its square, times its importance where `importance` (else NULL), or with !square the
+ * importance alone. */
+static void iq4_nl_fit(const float *x, float iscale, float *sumqx, float *sumq2, const float *importance, int square) {
     float qx = 0, q2 = 0;
     for (int j = 0; j < QK4_NL; j++) {
         const float q = llmr_iq4_nl_values[iq4_nl_index(iscale * x[j])];
-        const float w = x[j] * x[j];
+        float w = x[j] * x[j];
+        if (importance)
+            w = square ? w * importance[j] : importance[j];
         qx += w * q * x[j];
         q2 += w * q * q;
     }
@@ -785,9 +893,10 @@ static void iq4_nl_fit(const float *x, float iscale, float *sumqx, float *sumq2)
     *sumq2 = q2;
 }
 
-void quantize_row_iq4_nl_ref(const float *x, void *y, int64_t k) {
+void quantize_row_iq4_nl_fit(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance) {
     block_iq4_nl *b = y;
     for (int64_t i = 0; i < k / QK4_NL; i++, x += QK4_NL) {
+        const float *imp = importance ? importance + i * QK4_NL : NULL;
         float amax = 0, max = 0; /* the value of largest magnitude, the first of equals */
         for (int j = 0; j < QK4_NL; j++)
             if (fabsf(x[j]) > amax) {
@@ -798,11 +907,11 @@ void quantize_row_iq4_nl_ref(const float *x, void *y, int64_t k) {
         if (amax >= GROUP_MAX_EPS) {
             /* the largest magnitude on the end level -127, then 15 grids around it, the best kept */
             float sumqx, sumq2;
-            iq4_nl_fit(x, 1 / (-max / -127.0f), &sumqx, &sumq2);
+            iq4_nl_fit(x, 1 / (-max / -127.0f), &sumqx, &sumq2, imp, fit->square);
             d = sumq2 > 0 ? sumqx / sumq2 : 0.f;
             float best = d * sumqx;
             for (int s = -7; s <= 7; s++) {
-                iq4_nl_fit(x, (float)(s - 127) / max, &sumqx, &sumq2);
+                iq4_nl_fit(x, (float)(s - 127) / max, &sumqx, &sumq2, imp, fit->square);
                 if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
                     d = sumqx / sumq2;
                     best = d * sumqx;
@@ -818,6 +927,11 @@ void quantize_row_iq4_nl_ref(const float *x, void *y, int64_t k) {
         for (int j = 0; j < QK4_NL / 2; j++)
             b[i].qs[j] = (uint8_t)(L[j] | L[j + QK4_NL / 2] << 4);
     }
+}
+
+void quantize_row_iq4_nl_ref(const float *x, void *y, int64_t k) {
+    const llmr_k_fit plain = {0};
+    quantize_row_iq4_nl_fit(x, y, k, &plain, NULL);
 }
 
 void dequantize_row_iq4_nl_ref(const void *x, float *y, int64_t k) {

@@ -450,23 +450,29 @@ void quantize_row_q3_K_ref(const float *x, void *y, int64_t k);
 void quantize_row_iq4_nl_ref(const float *x, void *y, int64_t k);
 void quantize_row_q4_K_ref(const float *x, void *y, int64_t k);
 void quantize_row_q5_K_ref(const float *x, void *y, int64_t k);
-/* The q4_k / q5_k / q6_k fits' knobs: llama.cpp's (llmr_q4_k_fit, llmr_q5_k_fit, llmr_q6_k_fit),
- * or the calibrated quantiser's variations of them (quant/calibrate.py's _K_VARIANTS): the search
- * q4_k's and q5_k's make_qkx2_quants runs (rmin + rdelta * i for i in 0 .. nstep), and the largest
- * 6-bit scale and min put at 63 + grid (q6_k: its largest int8 scale at -(128 + grid); its
- * search is fixed). */
+/* The k-quant and iq4_nl fits' knobs: llama.cpp's (llmr_q2_k_fit .. llmr_q6_k_fit, and zeros for
+ * q3_k and iq4_nl), or the calibrated quantiser's variations of them (quant/calibrate.py's
+ * _K_VARIANTS): the search q2_k's, q4_k's and q5_k's make_qkx2_quants runs (rmin + rdelta * i for
+ * i in 0 .. nstep); the largest 6-bit scale and min put at 63 + grid (q3_k: its largest scale at
+ * -(32 + grid); q6_k: its largest int8 scale at -(128 + grid), its search fixed); q3_k's `search`
+ * (quant/reference.py's _quantize_q3_k); iq4_nl's `square` (each value weighs its square times its
+ * importance, else its importance alone). */
 typedef struct {
     float rmin, rdelta;
     int nstep;
     double grid;
+    int search, square;
 } llmr_k_fit;
-extern const llmr_k_fit llmr_q4_k_fit, llmr_q5_k_fit, llmr_q6_k_fit;
-/* quantize_row_q4_K_ref / _q5_K_ref / _q6_K_ref with fit, each value's weight in the sub-block
- * fits times its importance (k values, the row's columns; NULL: none), as quant/reference.py's
- * with `importance`. */
+extern const llmr_k_fit llmr_q2_k_fit, llmr_q4_k_fit, llmr_q5_k_fit, llmr_q6_k_fit;
+/* The types' quantisers (quantize_row_q4_K_ref ...) with fit, and the importance of each value (k
+ * values, the row's columns; NULL: none) in their fits, as quant/reference.py's with
+ * `importance`. */
+void quantize_row_q2_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance);
+void quantize_row_q3_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance);
 void quantize_row_q4_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance);
 void quantize_row_q5_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance);
 void quantize_row_q6_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance);
+void quantize_row_iq4_nl_fit(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance);
 /* The calibrated q4_0 / q5_0 / q4_1 / q5_1 quantiser (quant/calibrate.py's _weighted_symmetric and
  * _weighted_affine, the same bytes): per block, the best of 19 grids by the weighted squared error,
  * w the columns' weights (k doubles). -1 for another type. */

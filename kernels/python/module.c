@@ -322,8 +322,8 @@ static int get_quantize_buffers(PyObject *o_out, PyObject *o_x, Py_buffer *out, 
  * search). */
 #define QUANTIZE_ITEM_VALUES 65536
 
-/* Rows [item * rows_per_item, ...) of a quantize call: by the type's quantiser, by a q4_k / q5_k /
- * q6_k fit with the columns' importance (k_fit), or by the calibrated q4_0 / q5_0 / q4_1 / q5_1
+/* Rows [item * rows_per_item, ...) of a quantize call: by the type's quantiser, by a k-quant or
+ * iq4_nl fit with the columns' importance (k_fit), or by the calibrated q4_0 / q5_0 / q4_1 / q5_1
  * search with the columns' weights (weighted_type). */
 typedef struct {
     const llmr_type_traits *t;
@@ -424,16 +424,17 @@ static PyObject *py_quantize_weighted(PyObject *self, PyObject *args) {
 
 static PyObject *py_quantize_k_fit(PyObject *self, PyObject *args) {
     PyObject *o_out, *o_x, *o_imp;
-    int type, nstep;
+    int type, nstep, search = 0, square = 1;
     double rmin, rdelta, grid;
-    if (!PyArg_ParseTuple(args, "OOiOddid:quantize_k_fit", &o_out, &o_x, &type, &o_imp, &rmin, &rdelta, &nstep,
-                          &grid))
+    if (!PyArg_ParseTuple(args, "OOiOddid|pp:quantize_k_fit", &o_out, &o_x, &type, &o_imp, &rmin, &rdelta, &nstep,
+                          &grid, &search, &square))
         return NULL;
     void (*const k_fit)(const float *, void *, int64_t, const llmr_k_fit *, const float *) =
-        type == LLMR_TYPE_Q4_K ? quantize_row_q4_K_fit : type == LLMR_TYPE_Q5_K ? quantize_row_q5_K_fit
-        : type == LLMR_TYPE_Q6_K ? quantize_row_q6_K_fit : NULL;
+        type == LLMR_TYPE_Q2_K ? quantize_row_q2_K_fit : type == LLMR_TYPE_Q3_K ? quantize_row_q3_K_fit
+        : type == LLMR_TYPE_Q4_K ? quantize_row_q4_K_fit : type == LLMR_TYPE_Q5_K ? quantize_row_q5_K_fit
+        : type == LLMR_TYPE_Q6_K ? quantize_row_q6_K_fit : type == LLMR_TYPE_IQ4_NL ? quantize_row_iq4_nl_fit : NULL;
     if (!k_fit) {
-        PyErr_Format(PyExc_ValueError, "quantize_k_fit: type %d is not q4_k, q5_k or q6_k", type);
+        PyErr_Format(PyExc_ValueError, "quantize_k_fit: type %d is not q2_k, q3_k, q4_k, q5_k, q6_k or iq4_nl", type);
         return NULL;
     }
     if (nstep < 0 || nstep > 1000 || !(fabs(grid) < 8)) { /* grid: a shift of the largest scale, not a new grid */
@@ -442,7 +443,8 @@ static PyObject *py_quantize_k_fit(PyObject *self, PyObject *args) {
         return NULL;
     }
     quantize_job j = {.t = get_type(type), .k_fit = k_fit,
-                      .fit = {.rmin = (float)rmin, .rdelta = (float)rdelta, .nstep = nstep, .grid = grid}};
+                      .fit = {.rmin = (float)rmin, .rdelta = (float)rdelta, .nstep = nstep, .grid = grid,
+                              .search = search, .square = square}};
     return quantize_with_columns(&j, o_out, o_x, o_imp, "importance", F32);
 }
 
@@ -1261,11 +1263,13 @@ static PyMethodDef methods[] = {
      "each block the best of 19 grids by the squared error weighted by weights[column] (float64 [K]);\n"
      "byte-exact with quant.calibrate's _weighted_symmetric / _weighted_affine given the same."},
     {"quantize_k_fit", py_quantize_k_fit, METH_VARARGS,
-     "quantize_k_fit(out, x, wtype, importance, rmin, rdelta, nstep, grid): float32 x [..., K] -> q4_k, q5_k or\n"
-     "q6_k bytes into out, each value's weight in the sub-block fits times importance[column] (float32 [K]);\n"
-     "q4_k, q5_k: the search rmin + rdelta * i (i in 0 .. nstep), the largest 6-bit scale and min at 63 + grid;\n"
-     "q6_k: the largest int8 scale at -(128 + grid) (rmin, rdelta, nstep unused). Byte-exact with\n"
-     "quant.reference's _quantize_q4_k / _q5_k / _q6_k given the same (the calibrated quantiser's fits)."},
+     "quantize_k_fit(out, x, wtype, importance, rmin, rdelta, nstep, grid, search=False, square=True): float32\n"
+     "x [..., K] -> q2_k, q3_k, q4_k, q5_k, q6_k or iq4_nl bytes into out, fitted with importance[column]\n"
+     "(float32 [K]) in the weights; q2_k, q4_k, q5_k: the search rmin + rdelta * i (i in 0 .. nstep); q4_k,\n"
+     "q5_k: the largest 6-bit scale and min at 63 + grid; q3_k: the largest scale at -(32 + grid), or with\n"
+     "search the spread-weighted grid searches; q6_k: the largest int8 scale at -(128 + grid); iq4_nl: each\n"
+     "value weighing its square times its importance, or (not square) its importance. Byte-exact with\n"
+     "quant.reference's _quantize_q2_k .. _q6_k and _quantize_iq4_nl given the same (the calibrated fits)."},
     {"quantize_q16a", py_quantize_q16a, METH_VARARGS,
      "quantize_q16a(out, x): float32 x [..., K] -> q16_a activation blocks {f32 d, f32 s, int16 qs[32]}."},
     {"quantize_q16b", py_quantize_q16b, METH_VARARGS,
