@@ -277,72 +277,138 @@ static inline int nearest_int(float v) {
     return (i & 0x007fffff) - 0x00400000;
 }
 
-/* make_qkx2_quants(n, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep, use_mad): errors
- * weighted squares (q4_k, q5_k) or, with use_mad, weighted absolute values (q2_k) */
-static float make_qkx2_quants(int n, int nmax, const float *x, const float *weights, uint8_t *L, float *the_min,
-                              uint8_t *Laux, float rmin, float rdelta, int nstep, int use_mad) {
-    float min = x[0], max = x[0];
-    float sum_w = weights[0];
-    float sum_x = sum_w * x[0];
+/* The k-quants' searches fit each sub-block alone, in float32 operations whose order fixes the
+ * bytes; their sums make long chains, each add waiting on the last. So they run LANES sub-blocks
+ * side by side, as vectors where the compiler has them (GCC's and Clang's vector types: the same
+ * IEEE operations lane by lane, none contracted into an FMA by this build), one at a time where
+ * not (LANES 1, the same code on plain floats): the bytes are the same either way. A call fits
+ * `lanes` (at most LANES) sub-blocks of n values, the i-th value of sub-block j at x[n j + i];
+ * spare lanes repeat sub-block 0. */
+#if defined(__GNUC__) && !defined(LLMR_ONE_LANE) /* LLMR_ONE_LANE: the plain-float build, to test it here */
+#define LANES 8
+typedef float lanes_f __attribute__((vector_size(4 * LANES)));
+typedef int32_t lanes_i __attribute__((vector_size(4 * LANES))); /* comparisons: -1 true, 0 false */
+#define LANE(v, j) ((v)[j])
+#define AS_BITS(v) ((lanes_i)(v)) /* the same bits */
+#define AS_FLOATS(b) ((lanes_f)(b))
+/* and where the toolchain can, the lane searches built for AVX2 and AVX-512 too, the loader picking
+ * one for the CPU (the same operations, so the same bytes) */
+#if defined(__x86_64__) && defined(__ELF__) && !defined(__clang__)
+#define LANE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define LANE_CLONES
+#endif
+#define PICK(m, a, b) ((lanes_f)(((m) & (lanes_i)(a)) | (~(m) & (lanes_i)(b)))) /* m ? a : b */
+#define PICK_I(m, a, b) (((m) & (a)) | (~(m) & (b)))
+#define TO_FLOAT(v) __builtin_convertvector(v, lanes_f)
+#else
+#define LANES 1
+#define LANE_CLONES
+typedef float lanes_f;
+typedef int32_t lanes_i;
+#define LANE(v, j) (v)
+static inline int32_t float_bits(float v) {
+    int32_t b;
+    memcpy(&b, &v, sizeof b);
+    return b;
+}
+static inline float bits_float(int32_t b) {
+    float v;
+    memcpy(&v, &b, sizeof v);
+    return v;
+}
+#define AS_BITS(v) float_bits(v)
+#define AS_FLOATS(b) bits_float(b)
+#define PICK(m, a, b) ((m) ? (a) : (b))
+#define PICK_I(m, a, b) ((m) ? (a) : (b))
+#define TO_FLOAT(v) ((float)(v))
+#endif
+#define LANE_MAX_N 32 /* values per sub-block, at most */
+
+/* nearest_int lane by lane (an expression: no vector is passed to a function, whose ABI for
+ * vectors wider than the baseline's registers the compiler warns about) */
+#define NEAREST_INTS(v) ((AS_BITS((v) + 12582912.f) & 0x007fffff) - 0x00400000)
+#define ABS_LANES(v) AS_FLOATS(AS_BITS(v) & 0x7fffffff)
+/* the lanes of l clamped to lo .. hi (one comparison a step) */
+#define CLAMP_INTS(l, lo, hi) ((l) = PICK_I((l) < (lo), (lo), (l)), (l) = PICK_I((l) > (hi), (hi), (l)))
+
+/* values[i] lane j = v[n j + i] (j < lanes; spare lanes sub-block 0's) */
+static void to_lanes(int lanes, int n, const float *v, lanes_f values[LANE_MAX_N]) {
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < LANES; j++) LANE(values[i], j) = v[n * (j < lanes ? j : 0) + i];
+}
+
+/* make_qkx2_quants(n, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep, use_mad) on each
+ * lane: the sub-block's scale and -min (the_min) and its quants L (0 .. nmax); errors weighted
+ * squares (q4_k, q5_k) or, with use_mad, weighted absolute values (q2_k). */
+LANE_CLONES static void qkx2_lanes(int lanes, int n, int nmax, const float *x, const float *weights, uint8_t *L,
+                                   float *scale_out, float *the_min, float rmin, float rdelta, int nstep,
+                                   int use_mad) {
+    const lanes_f zero = {0};
+    lanes_f X[LANE_MAX_N] = {0}, W[LANE_MAX_N] = {0};
+    to_lanes(lanes, n, x, X);
+    to_lanes(lanes, n, weights, W);
+    lanes_f min = X[0], max = X[0], sum_w = W[0], sum_x = sum_w * X[0];
     for (int i = 1; i < n; ++i) {
-        if (x[i] < min) min = x[i];
-        if (x[i] > max) max = x[i];
-        const float w = weights[i];
-        sum_w += w;
-        sum_x += w * x[i];
+        min = PICK(X[i] < min, X[i], min);
+        max = PICK(X[i] > max, X[i], max);
+        sum_w += W[i];
+        sum_x += W[i] * X[i];
     }
-    if (min > 0) min = 0;
-    if (max == min) {
-        for (int i = 0; i < n; ++i) L[i] = 0;
-        *the_min = -min;
-        return 0.f;
-    }
-    float iscale = nmax / (max - min);
-    float scale = 1 / iscale;
-    float best_mad = 0;
+    min = PICK(min > 0.f, zero, min);
+    /* a flat sub-block (max == min) keeps L = 0, scale 0 and this min: its lane's search below is
+     * noise, never read */
+    const lanes_f flat_min = min;
+    lanes_f iscale = (float)nmax / (max - min), scale = 1.f / iscale, best_mad = zero;
+    lanes_i Lbest[LANE_MAX_N], Laux[LANE_MAX_N];
     for (int i = 0; i < n; ++i) {
-        int l = nearest_int(iscale * (x[i] - min));
-        L[i] = (uint8_t)(l < 0 ? 0 : l > nmax ? nmax : l);
-        float diff = scale * L[i] + min - x[i];
-        diff = use_mad ? fabsf(diff) : diff * diff;
-        best_mad += weights[i] * diff;
+        Lbest[i] = NEAREST_INTS(iscale * (X[i] - min));
+        CLAMP_INTS(Lbest[i], 0, nmax);
+        const lanes_f diff = scale * TO_FLOAT(Lbest[i]) + min - X[i];
+        best_mad += W[i] * (use_mad ? ABS_LANES(diff) : diff * diff);
     }
     for (int is = 0; is <= nstep; ++is) {
-        iscale = (rmin + rdelta * is + nmax) / (max - min);
-        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        iscale = (rmin + rdelta * is + nmax) / (max - min); /* min: the best fit's so far */
+        lanes_f sum_l = zero, sum_l2 = zero, sum_xl = zero;
         for (int i = 0; i < n; ++i) {
-            int l = nearest_int(iscale * (x[i] - min));
-            l = l < 0 ? 0 : l > nmax ? nmax : l;
-            Laux[i] = (uint8_t)l;
-            const float w = weights[i];
+            Laux[i] = NEAREST_INTS(iscale * (X[i] - min));
+            CLAMP_INTS(Laux[i], 0, nmax);
+            const lanes_f l = TO_FLOAT(Laux[i]), w = W[i];
             sum_l += w * l;
             sum_l2 += w * l * l;
-            sum_xl += w * l * x[i];
+            sum_xl += w * l * X[i];
         }
-        const float D = sum_w * sum_l2 - sum_l * sum_l;
-        if (D > 0) {
-            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
-            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
-            if (this_min > 0) {
-                this_min = 0;
-                this_scale = sum_xl / sum_l2;
-            }
-            float mad = 0;
-            for (int i = 0; i < n; ++i) {
-                float diff = this_scale * Laux[i] + this_min - x[i];
-                diff = use_mad ? fabsf(diff) : diff * diff;
-                mad += weights[i] * diff;
-            }
-            if (mad < best_mad) {
-                for (int i = 0; i < n; ++i) L[i] = Laux[i];
-                best_mad = mad;
-                scale = this_scale;
-                min = this_min;
-            }
+        const lanes_f D = sum_w * sum_l2 - sum_l * sum_l;
+        lanes_f this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+        lanes_f this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+        const lanes_i positive = this_min > 0.f;
+        this_min = PICK(positive, zero, this_min);
+        this_scale = PICK(positive, sum_xl / sum_l2, this_scale);
+        lanes_f mad = zero;
+        for (int i = 0; i < n; ++i) {
+            const lanes_f diff = this_scale * TO_FLOAT(Laux[i]) + this_min - X[i];
+            mad += W[i] * (use_mad ? ABS_LANES(diff) : diff * diff);
         }
+        const lanes_i better = (D > 0.f) & (mad < best_mad);
+        best_mad = PICK(better, mad, best_mad);
+        scale = PICK(better, this_scale, scale);
+        min = PICK(better, this_min, min);
+        for (int i = 0; i < n; ++i) Lbest[i] = PICK_I(better, Laux[i], Lbest[i]);
     }
-    *the_min = -min;
-    return scale;
+    for (int j = 0; j < lanes; j++) {
+        const int flat = LANE(max, j) == LANE(flat_min, j);
+        scale_out[j] = flat ? 0.f : LANE(scale, j);
+        the_min[j] = -(flat ? LANE(flat_min, j) : LANE(min, j));
+        for (int i = 0; i < n; i++) L[n * j + i] = (uint8_t)(flat ? 0 : LANE(Lbest[i], j));
+    }
+}
+
+/* qkx2_lanes over `count` sub-blocks, LANES at a time */
+static void make_qkx2_quants(int count, int n, int nmax, const float *x, const float *weights, uint8_t *L,
+                             float *scale, float *the_min, float rmin, float rdelta, int nstep, int use_mad) {
+    for (int j = 0; j < count; j += LANES)
+        qkx2_lanes(count - j < LANES ? count - j : LANES, n, nmax, x + n * j, weights + n * j, L + n * j, scale + j,
+                   the_min + j, rmin, rdelta, nstep, use_mad);
 }
 
 /* What quantize_row_q4_K_ref and quantize_row_q5_K_ref share, for one super-block x: per
@@ -354,18 +420,18 @@ static float make_qkx2_quants(int n, int nmax, const float *x, const float *weig
 static void k_quants(const float *x, int nmax, const llmr_k_fit *fit, const float *importance, uint8_t head[16],
                      uint8_t L[QK_K]) {
     uint8_t *packed = head + 4;
-    uint8_t Laux[32];
-    float weights[32], mins[QK_K / 32], scales[QK_K / 32];
-    float max_scale = 0, max_min = 0;
+    float weights[QK_K], mins[QK_K / 32], scales[QK_K / 32];
     for (int j = 0; j < QK_K / 32; ++j) {
         float sum_x2 = 0;
         for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
         const float av_x = sqrtf(sum_x2 / 32);
-        for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(x[32 * j + l]);
+        for (int l = 0; l < 32; ++l) weights[32 * j + l] = av_x + fabsf(x[32 * j + l]);
         if (importance)
-            for (int l = 0; l < 32; ++l) weights[l] *= importance[32 * j + l];
-        scales[j] = make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, fit->rmin,
-                                     fit->rdelta, fit->nstep, 0);
+            for (int l = 0; l < 32; ++l) weights[32 * j + l] *= importance[32 * j + l];
+    }
+    make_qkx2_quants(QK_K / 32, 32, nmax, x, weights, L, scales, mins, fit->rmin, fit->rdelta, fit->nstep, 0);
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < QK_K / 32; ++j) {
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
@@ -782,7 +848,7 @@ static uint16_t fit_codes(const float *v, const float *w, int nmax, uint8_t l[Q6
  * sub-blocks' summed weights; else llama.cpp's (weights |x|, absolute errors). */
 void quantize_row_q2_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance) {
     block_q2_K *b = y;
-    uint8_t L[QK_K], Laux[Q6_K_SUB];
+    uint8_t L[QK_K];
     float w[QK_K], sub_w[QK_K / Q6_K_SUB], mins[QK_K / Q6_K_SUB], scales[QK_K / Q6_K_SUB];
     for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
         const float *imp = importance ? importance + i * QK_K : NULL;
@@ -790,11 +856,9 @@ void quantize_row_q2_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit 
             spread_weights(x, imp, mean_square(x), w, sub_w);
         else
             for (int e = 0; e < QK_K; e++) w[e] = fabsf(x[e]);
+        make_qkx2_quants(QK_K / Q6_K_SUB, Q6_K_SUB, 3, x, w, L, scales, mins, fit->rmin, fit->rdelta, fit->nstep, !imp);
         float max_scale = 0, max_min = 0; /* as the C: from +0, so a -0.0 min never gets in */
         for (int j = 0; j < QK_K / Q6_K_SUB; j++) {
-            const int at = Q6_K_SUB * j;
-            scales[j] = make_qkx2_quants(Q6_K_SUB, 3, x + at, w + at, L + at, &mins[j], Laux, fit->rmin, fit->rdelta,
-                                         fit->nstep, !imp);
             if (scales[j] > max_scale) max_scale = scales[j];
             if (mins[j] > max_min) max_min = mins[j];
         }
