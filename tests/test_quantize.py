@@ -232,3 +232,48 @@ def test_cli_calibrate_records_the_calibration_and_changes_the_4_bit_blocks(tiny
     assert cal.tensor("layers.0.w_down").data.tobytes() == plain.tensor("layers.0.w_down").data.tobytes()  # q8_0
     r = run_cli("quantize", tiny / "f32.llmr", tmp_path / "x.llmr", "--type", "q4_0", "--calibrate", tmp_path / "no.txt")
     assert r.returncode == 1 and "cannot read" in r.stderr and not (tmp_path / "x.llmr").exists()
+
+
+def test_the_lane_searches_give_the_same_bytes_without_vector_types(tmp_path):
+    """The k-quant searches run eight sub-blocks side by side as GCC/Clang vectors, or one at a
+    time on plain floats where the compiler has no vector types (LLMR_ONE_LANE builds that here):
+    tests/lanes/quantize_rows.c built both ways gives the module's bytes (which the tests above
+    hold to the numpy reference) for the plain quantisers, and the same bytes as each other for
+    the calibrated q2_k and q3_k fits, on rows with zero, constant, tiny and heavy-tailed blocks."""
+    import shutil
+    from pathlib import Path
+
+    from llmrun import _kernels
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler (cc) to build tests/lanes/quantize_rows.c")
+    root = Path(__file__).resolve().parent.parent
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(256 * 40) * rng.exponential(1.0, 256 * 40)).astype(np.float32)
+    x[:256] = 0
+    x[256:512] = 1.5
+    x[512:768] *= np.float32(1e-12)
+    x[768:1024] = -np.abs(x[768:1024])
+    x[1024:1280] *= np.float32(1e-5)
+    x[1280:1296] = 0  # one zero sub-block among live ones
+    (tmp_path / "x.f32").write_bytes(x.tobytes())
+    outputs = []
+    for defines in ([], ["-DLLMR_ONE_LANE"]):
+        exe = tmp_path / f"quantize_rows{len(defines)}"
+        cmd = [cc, "-O2", "-std=c11", "-ffp-contract=off", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror",
+               *defines, "-I", str(root / "kernels/include"), str(root / "tests/lanes/quantize_rows.c"),
+               str(root / "kernels/cpu/quants_ref.c"), str(root / "kernels/cpu/types.c"), "-lm", "-o", str(exe)]
+        build = subprocess.run(cmd, capture_output=True, text=True)
+        assert build.returncode == 0, f"build failed:\n{' '.join(cmd)}\n{build.stderr}"
+        subprocess.run([str(exe), str(tmp_path / "x.f32"), str(tmp_path / "out")], check=True, timeout=120)
+        outputs.append((tmp_path / "out").read_bytes())
+    assert outputs[0] == outputs[1]
+    want = []
+    for name in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl"):
+        t = qtype(name)
+        out = np.empty((1, t.row_bytes(x.size)), np.uint8)
+        _kernels.quantize(out, x[None], t.id)
+        want.append(out.tobytes())
+    plain = b"".join(want)
+    assert outputs[0][:len(plain)] == plain
+    assert len(outputs[0]) == len(plain) + qtype("q2_k").row_bytes(x.size) + qtype("q3_k").row_bytes(x.size)

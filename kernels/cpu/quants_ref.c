@@ -527,60 +527,83 @@ void dequantize_row_q4_K_ref(const void *x, float *y, int64_t k) {
 #define GROUP_MAX_EPS 1e-15f /* ggml's: a sub-block of smaller values counts as all zero */
 #define Q6_K_SUB 16           /* values per q6_k sub-block, each with its own int8 scale */
 
-/* One trial grid of make_qx_quants: l = round(iscale x) clamped to -nmax .. nmax - 1, and the
- * sums of w x l and w l^2 with weights w = x^2 (times the importance), or the given weights, in
- * element order. */
-static void qx_trial(const float *x, int nmax, float iscale, int8_t *l, float *sumlx, float *suml2,
-                     const float *importance, const float *weights) {
-    float lx = 0, l2 = 0;
-    for (int i = 0; i < Q6_K_SUB; i++) {
-        int q = nearest_int(iscale * x[i]);
-        q = q < -nmax ? -nmax : q > nmax - 1 ? nmax - 1 : q;
-        l[i] = (int8_t)q;
-        float w = x[i] * x[i];
-        if (weights)
-            w = weights[i];
-        else if (importance)
-            w *= importance[i];
-        lx += w * x[i] * q;
-        l2 += w * q * q;
+/* Each lane's weights, as make_qx_quants and make_q3_quants weigh: x^2 (times the importance), or
+ * the given weights. */
+static void qx_weights(int lanes, const lanes_f X[Q6_K_SUB], const float *importance, const float *weights,
+                       lanes_f W[LANE_MAX_N]) {
+    if (weights) {
+        to_lanes(lanes, Q6_K_SUB, weights, W);
+        return;
     }
-    *sumlx = lx;
-    *suml2 = l2;
+    if (importance)
+        to_lanes(lanes, Q6_K_SUB, importance, W);
+    for (int i = 0; i < Q6_K_SUB; i++) W[i] = importance ? X[i] * X[i] * W[i] : X[i] * X[i];
 }
 
-/* make_qx_quants(16, nmax, x, L, rmse_type = 1, qw = NULL): the signed scale whose grid fits x
- * best (least squares weighted by x^2) among 1 / iscale for iscale = -(nmax + 0.1 s) / max,
- * s = 0, -9 .. 9, max the value of largest magnitude; L = l + nmax. An all-zero sub-block (below
- * GROUP_MAX_EPS) gets scale 0 and L = 0. `importance` multiplies the weights, or `weights` replace
- * them (NULL: neither). */
-static float make_qx_quants(const float *x, int nmax, uint8_t *L, const float *importance, const float *weights) {
-    float amax = 0, max = 0;
-    for (int i = 0; i < Q6_K_SUB; i++)
-        if (fabsf(x[i]) > amax) {
-            amax = fabsf(x[i]);
-            max = x[i];
-        }
-    if (amax < GROUP_MAX_EPS) {
-        memset(L, 0, Q6_K_SUB);
-        return 0.f;
+/* The value of largest magnitude in each lane, the first of equals (amax: its magnitude). */
+static void largest(const lanes_f X[Q6_K_SUB], lanes_f *amax, lanes_f *max) {
+    const lanes_f zero = {0};
+    *amax = *max = zero;
+    for (int i = 0; i < Q6_K_SUB; i++) {
+        const lanes_i bigger = ABS_LANES(X[i]) > *amax;
+        *amax = PICK(bigger, ABS_LANES(X[i]), *amax);
+        *max = PICK(bigger, X[i], *max);
     }
-    int8_t l[Q6_K_SUB];
-    float sumlx, suml2;
-    qx_trial(x, nmax, -nmax / max, l, &sumlx, &suml2, importance, weights);
-    for (int i = 0; i < Q6_K_SUB; i++) L[i] = (uint8_t)(l[i] + nmax);
-    float scale = suml2 ? sumlx / suml2 : 0.0f;
-    float best = scale * sumlx;
+}
+
+/* One trial grid of make_qx_quants: l = round(iscale x) clamped to -nmax .. nmax - 1, and the
+ * sums of w x l and w l^2, in element order. */
+#define QX_TRIAL(iscale, l, sumlx, suml2)                                                                         \
+    do {                                                                                                       \
+        sumlx = suml2 = zero;                                                                                  \
+        for (int i = 0; i < Q6_K_SUB; i++) {                                                                   \
+            l[i] = NEAREST_INTS((iscale) * X[i]);                                                              \
+            CLAMP_INTS(l[i], -nmax, nmax - 1);                                                                 \
+            const lanes_f q = TO_FLOAT(l[i]);                                                                  \
+            sumlx += W[i] * X[i] * q;                                                                          \
+            suml2 += W[i] * q * q;                                                                             \
+        }                                                                                                      \
+    } while (0)
+
+/* make_qx_quants(16, nmax, x, L, rmse_type = 1, qw = NULL) on each lane: the signed scale whose
+ * grid fits the sub-block best (least squares weighted by x^2) among 1 / iscale for iscale =
+ * -(nmax + 0.1 s) / max, s = 0, -9 .. 9, max the value of largest magnitude; L = l + nmax. An
+ * all-zero sub-block (below GROUP_MAX_EPS) gets scale 0 and L = 0. `importance` multiplies the
+ * weights, or `weights` replace them (NULL: neither). */
+LANE_CLONES static void qx_lanes(int lanes, int nmax, const float *x, uint8_t *L, float *scale_out,
+                                 const float *importance, const float *weights) {
+    const lanes_f zero = {0};
+    lanes_f X[LANE_MAX_N] = {0}, W[LANE_MAX_N] = {0}, amax, max, sumlx, suml2;
+    to_lanes(lanes, Q6_K_SUB, x, X);
+    qx_weights(lanes, X, importance, weights, W);
+    largest(X, &amax, &max);
+    lanes_i l[Q6_K_SUB], best_l[Q6_K_SUB];
+    QX_TRIAL((float)-nmax / max, best_l, sumlx, suml2);
+    lanes_f scale = PICK(suml2 != 0.f, sumlx / suml2, zero);
+    lanes_f best = scale * sumlx;
     for (int s = -9; s <= 9; s++) {
         if (s == 0) continue;
-        qx_trial(x, nmax, -(nmax + 0.1f * s) / max, l, &sumlx, &suml2, importance, weights);
-        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
-            for (int i = 0; i < Q6_K_SUB; i++) L[i] = (uint8_t)(l[i] + nmax);
-            scale = sumlx / suml2;
-            best = scale * sumlx;
-        }
+        QX_TRIAL(-(nmax + 0.1f * s) / max, l, sumlx, suml2);
+        const lanes_i better = (suml2 > 0.f) & (sumlx * sumlx > best * suml2);
+        for (int i = 0; i < Q6_K_SUB; i++) best_l[i] = PICK_I(better, l[i], best_l[i]);
+        scale = PICK(better, sumlx / suml2, scale);
+        best = PICK(better, scale * sumlx, best);
     }
-    return scale;
+    for (int j = 0; j < lanes; j++) {
+        const int all_zero = LANE(amax, j) < GROUP_MAX_EPS;
+        scale_out[j] = all_zero ? 0.f : LANE(scale, j);
+        for (int i = 0; i < Q6_K_SUB; i++) L[Q6_K_SUB * j + i] = (uint8_t)(all_zero ? 0 : LANE(best_l[i], j) + nmax);
+    }
+}
+
+/* qx_lanes over `count` sub-blocks of 16, LANES at a time (importance and weights: theirs, or NULL) */
+static void make_qx_quants(int count, int nmax, const float *x, uint8_t *L, float *scale, const float *importance,
+                           const float *weights) {
+    for (int j = 0; j < count; j += LANES) {
+        const int at = Q6_K_SUB * j;
+        qx_lanes(count - j < LANES ? count - j : LANES, nmax, x + at, L + at, scale + j,
+                 importance ? importance + at : NULL, weights ? weights + at : NULL);
+    }
 }
 
 void quantize_row_q6_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance) {
@@ -591,8 +614,8 @@ void quantize_row_q6_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit 
         const float *imp = importance ? importance + i * QK_K : NULL;
         /* each sub-block's own scale; the largest in magnitude (the first of equals) sets d */
         float max_abs = 0, max_scale = 0;
+        make_qx_quants(QK_K / Q6_K_SUB, 32, x, L, scales, imp, NULL);
         for (int j = 0; j < QK_K / Q6_K_SUB; j++) {
-            scales[j] = make_qx_quants(x + Q6_K_SUB * j, 32, L + Q6_K_SUB * j, imp ? imp + Q6_K_SUB * j : NULL, NULL);
             if (fabsf(scales[j]) > max_abs) {
                 max_abs = fabsf(scales[j]);
                 max_scale = scales[j];
@@ -664,58 +687,48 @@ static void pack_2bit(const uint8_t *L, uint8_t *qs) {
             qs[j / 4 + l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
 }
 
-/* make_q3_quants(16, nmax, x, L, do_rmse = true): the grid of -nmax / max (max the value of
- * largest magnitude), then up to five passes over the values, each moving one quant where that
- * improves the x^2-weighted least-squares fit; returns the fit's scale, L = l + nmax. An all-zero
- * sub-block (below GROUP_MAX_EPS) gets scale 0 and L = 0. `importance` (NULL: none) multiplies the
- * weights. */
-static float make_q3_quants(const float *x, int nmax, uint8_t *L, const float *importance) {
-    float amax = 0, max = 0;
-    for (int i = 0; i < Q6_K_SUB; i++)
-        if (fabsf(x[i]) > amax) {
-            amax = fabsf(x[i]);
-            max = x[i];
-        }
-    if (amax < GROUP_MAX_EPS) {
-        memset(L, 0, Q6_K_SUB);
-        return 0.f;
-    }
-    const float iscale = -nmax / max;
-    int l[Q6_K_SUB];
-    float w[Q6_K_SUB], sumlx = 0, suml2 = 0;
+/* make_q3_quants(16, nmax, x, L, do_rmse = true) on each lane: the grid of -nmax / max (max the
+ * value of largest magnitude), then passes over the values, each moving one quant where that
+ * improves the x^2-weighted least-squares fit; the fit's scale, L = l + nmax. The C stops after
+ * five passes or one that changes nothing; the lanes take five (a pass that changed nothing would
+ * change nothing again). An all-zero sub-block (below GROUP_MAX_EPS) gets scale 0 and L = 0.
+ * `importance` (NULL: none) multiplies the weights. */
+LANE_CLONES static void q3_lanes(int lanes, int nmax, const float *x, uint8_t *L, float *scale_out,
+                                 const float *importance) {
+    const lanes_f zero = {0};
+    lanes_f X[LANE_MAX_N] = {0}, W[LANE_MAX_N] = {0}, amax, max, sumlx = zero, suml2 = zero;
+    to_lanes(lanes, Q6_K_SUB, x, X);
+    qx_weights(lanes, X, importance, NULL, W);
+    largest(X, &amax, &max);
+    const lanes_f iscale = (float)-nmax / max;
+    lanes_i l[Q6_K_SUB];
     for (int i = 0; i < Q6_K_SUB; i++) {
-        const int q = nearest_int(iscale * x[i]);
-        l[i] = q < -nmax ? -nmax : q > nmax - 1 ? nmax - 1 : q;
-        w[i] = x[i] * x[i];
-        if (importance)
-            w[i] *= importance[i];
-        sumlx += w[i] * x[i] * l[i];
-        suml2 += w[i] * l[i] * l[i];
+        l[i] = NEAREST_INTS(iscale * X[i]);
+        CLAMP_INTS(l[i], -nmax, nmax - 1);
+        sumlx += W[i] * X[i] * TO_FLOAT(l[i]);
+        suml2 += W[i] * TO_FLOAT(l[i]) * TO_FLOAT(l[i]);
     }
-    for (int itry = 0; itry < 5; ++itry) {
-        int n_changed = 0;
+    for (int itry = 0; itry < 5; ++itry)
         for (int i = 0; i < Q6_K_SUB; i++) {
-            float slx = sumlx - w[i] * x[i] * l[i];
-            if (slx > 0) {
-                float sl2 = suml2 - w[i] * l[i] * l[i];
-                int new_l = nearest_int(x[i] * sl2 / slx);
-                new_l = new_l < -nmax ? -nmax : new_l > nmax - 1 ? nmax - 1 : new_l;
-                if (new_l != l[i]) {
-                    slx += w[i] * x[i] * new_l;
-                    sl2 += w[i] * new_l * new_l;
-                    if (sl2 > 0 && slx * slx * suml2 > sumlx * sumlx * sl2) {
-                        l[i] = new_l;
-                        sumlx = slx;
-                        suml2 = sl2;
-                        ++n_changed;
-                    }
-                }
-            }
+            const lanes_f q = TO_FLOAT(l[i]);
+            lanes_f slx = sumlx - W[i] * X[i] * q, sl2 = suml2 - W[i] * q * q;
+            lanes_i new_l = NEAREST_INTS(X[i] * sl2 / slx);
+            CLAMP_INTS(new_l, -nmax, nmax - 1);
+            const lanes_i movable = (slx > 0.f) & (new_l != l[i]);
+            const lanes_f nq = TO_FLOAT(new_l);
+            slx += W[i] * X[i] * nq;
+            sl2 += W[i] * nq * nq;
+            const lanes_i take = movable & (sl2 > 0.f) & (slx * slx * suml2 > sumlx * sumlx * sl2);
+            l[i] = PICK_I(take, new_l, l[i]);
+            sumlx = PICK(take, slx, sumlx);
+            suml2 = PICK(take, sl2, suml2);
         }
-        if (!n_changed) break;
+    const lanes_f scale = PICK(suml2 > 0.f, sumlx / suml2, zero);
+    for (int j = 0; j < lanes; j++) {
+        const int all_zero = LANE(amax, j) < GROUP_MAX_EPS;
+        scale_out[j] = all_zero ? 0.f : LANE(scale, j);
+        for (int i = 0; i < Q6_K_SUB; i++) L[Q6_K_SUB * j + i] = (uint8_t)(all_zero ? 0 : LANE(l[i], j) + nmax);
     }
-    for (int i = 0; i < Q6_K_SUB; i++) L[i] = (uint8_t)(l[i] + nmax);
-    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
 }
 
 /* A super-block's mean square, summed in order (as quant/reference.py's _sum). */
@@ -751,11 +764,13 @@ void quantize_row_q3_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit 
         if (search)
             spread_weights(x, imp, 2.f * mean_square(x), w, sub_w);
         /* each sub-block's own scale; the largest in magnitude (the first of equals) sets d */
+        if (search)
+            make_qx_quants(QK_K / Q6_K_SUB, 4, x, L, scales, NULL, w);
+        else
+            for (int j = 0; j < QK_K / Q6_K_SUB; j += LANES)
+                q3_lanes(LANES, 4, x + Q6_K_SUB * j, L + Q6_K_SUB * j, scales + j, imp ? imp + Q6_K_SUB * j : NULL);
         float amax = 0, max_scale = 0;
         for (int j = 0; j < QK_K / Q6_K_SUB; j++) {
-            const int at = Q6_K_SUB * j;
-            scales[j] = search ? make_qx_quants(x + at, 4, L + at, NULL, w + at)
-                               : make_q3_quants(x + at, 4, L + at, imp ? imp + at : NULL);
             if (fabsf(scales[j]) > amax) {
                 amax = fabsf(scales[j]);
                 max_scale = scales[j];
@@ -766,7 +781,7 @@ void quantize_row_q3_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit 
             uint8_t l[QK_K / Q6_K_SUB];
             float d;
             if (search) {
-                d = make_qx_quants(scales, 32, l, NULL, sub_w);
+                make_qx_quants(1, 32, scales, l, &d, NULL, sub_w);
             } else { /* d = max_scale / -(32 + grid) */
                 const float iscale = (float)(-32.0 - fit->grid) / max_scale;
                 for (int j = 0; j < QK_K / Q6_K_SUB; j++) {
