@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .reference import (_blocks, _pack_nibbles, _pack_q5, _quantize_iq4_nl, _quantize_q2_k, _quantize_q3_k,
-                        _quantize_q4_k, _quantize_q5_k, _quantize_q6_k, _sum, _to_bytes, dequantize)
+                        _quantize_q4_k, _quantize_q5_k, _quantize_q6_k, _sum, _to_bytes)
 from .types import IQ4_NL, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, QType
 
 # Inverse scales tried per block: -(8 + k / 10) / max for k in -9 .. 9, around plain q4_0's -8 / max.
@@ -173,7 +173,7 @@ def quantize_q5_1_weighted(x: np.ndarray, col_importance: np.ndarray) -> np.ndar
 # mixes for rows that are not whole super-blocks) has the importance in its grid fits, times
 # each value's square or alone (the first 9% under the plain blocks' weighted error on random
 # rows, the second 13%, the best of them and the plain ones per block 14%).
-# Each type: its numpy reference (the definition) and the variants; the C runs them (_fit_in_c).
+# Each type: its numpy reference (the definition) and the variants; the C runs them (fit_args).
 _K_VARIANTS = {
     Q2_K: (_quantize_q2_k, [dict(rmin=-0.9, rdelta=0.05, nstep=36)]),
     Q3_K: (_quantize_q3_k, [dict(search=True), *(dict(grid=g) for g in (0.0, -0.3, 0.3, -0.6))]),
@@ -184,43 +184,28 @@ _K_VARIANTS = {
 }
 
 
-def _fit_in_c(t: QType, x: np.ndarray, imp_row: np.ndarray, fit: dict) -> np.ndarray:
-    """Rows x [rows, n] in type t by _K_VARIANTS' `fit`, imp_row [n] the columns' relative importance:
-    the C quantiser's fit (kernels' quantize_k_fit, rows among the threads), the reference's bytes
-    (tests/test_quantize.py holds every variant to them), many times faster."""
-    from .. import _kernels
-    out = np.empty((x.shape[0], t.row_bytes(x.shape[1])), np.uint8)
-    _kernels.quantize_k_fit(out, x, t.id, imp_row, fit.get("rmin", 0.0), fit.get("rdelta", 0.0),
-                            fit.get("nstep", 0), fit.get("grid", 0.0), fit.get("search", False),
-                            fit.get("square", True))
-    return out
+def fit_args(fit: dict) -> tuple:
+    """A _K_VARIANTS fit as the C takes it (kernels' quantize_k_fit and quantize_k_best): rmin,
+    rdelta, nstep, grid, search, square."""
+    return (fit.get("rmin", 0.0), fit.get("rdelta", 0.0), fit.get("nstep", 0), fit.get("grid", 0.0),
+            fit.get("search", False), fit.get("square", True))
 
 
 def quantize_k_weighted(x: np.ndarray, col_importance: np.ndarray, t: QType) -> np.ndarray:
-    """float32 [rows, n] -> bytes of `t` (a k-quant, or iq4_nl), calibrated (see _K_VARIANTS)."""
-    from .policy import quantize_plain
-    variants = _K_VARIANTS[t][1]
+    """float32 [rows, n] -> bytes of `t` (a k-quant, or iq4_nl), calibrated (see _K_VARIANTS): per
+    block, of the plain quantiser's block and each variant's fit, the one with the least squared
+    error weighted by the columns' importance (summed in order, in double), the first of equals.
+    The C does it all (kernels' quantize_k_best, rows among the threads)."""
+    from .. import _kernels
     x = np.ascontiguousarray(x, dtype=np.float32)
-    rows, n = x.shape
-    size = t.block_size
-    sb = x.reshape(-1, size)  # [S, block]
-    w = np.broadcast_to(col_importance.astype(np.float64), x.shape).reshape(-1, size)
+    n = x.shape[-1]
+    w = col_importance.astype(np.float64).reshape(-1, t.block_size)  # every row's columns weigh alike
     w = w + 1e-6 * w.mean(axis=-1, keepdims=True) + 1e-30  # no column wholly ignored
     imp32 = (w / w.mean(axis=-1, keepdims=True)).astype(np.float32)  # relative: the fits' weights keep their scale
-
-    def error(blocks):
-        return (w * (dequantize(blocks, t, size).astype(np.float64) - sb) ** 2).sum(axis=-1)
-
-    best = quantize_plain(sb, t)  # the plain quantiser's blocks [S, type_size]
-    best_err = error(best)
-    imp_row = np.ascontiguousarray(imp32[:n // size].reshape(n))  # every row's columns weigh alike
-    for fit in variants:
-        cand = _fit_in_c(t, x, imp_row, fit).reshape(sb.shape[0], -1)
-        err = error(cand)
-        better = err < best_err
-        best = np.where(better[:, None], cand, best)
-        best_err = np.where(better, err, best_err)
-    return best.reshape(rows, -1)
+    fits = [fit_args(f) for f in _K_VARIANTS[t][1]]
+    out = np.empty((*x.shape[:-1], t.row_bytes(n)), np.uint8)
+    _kernels.quantize_k_best(out, x, t.id, imp32.reshape(n), w.reshape(n), fits)
+    return out
 
 
 def weighted_quantizer(t: QType):

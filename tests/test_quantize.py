@@ -144,7 +144,7 @@ def test_calibrated_fits_in_c_are_the_references_bytes(name):
     negative and heavy-tailed super-blocks, gives the numpy reference's bytes, with the importance
     and without."""
     from llmrun import _kernels
-    from llmrun.quant.calibrate import _K_VARIANTS, _fit_in_c
+    from llmrun.quant.calibrate import _K_VARIANTS, fit_args
     t = qtype(name)
     reference, variants = _K_VARIANTS[t]
     plain = {"q2_k": {"rmin": -0.5, "rdelta": 0.1, "nstep": 15}, "q4_k": {"rmin": -1.0, "rdelta": 0.1, "nstep": 20},
@@ -166,7 +166,9 @@ def test_calibrated_fits_in_c_are_the_references_bytes(name):
         for fit in variants + [plain]:
             want = reference(blocks[:, None, :], (blocks.shape[0],),
                              importance=np.broadcast_to(imp, x.shape).reshape(-1, size), **fit).reshape(rows, -1)
-            np.testing.assert_array_equal(_fit_in_c(t, x, imp, fit), want, err_msg=f"{name} {fit}")
+            got = np.empty_like(want)
+            _kernels.quantize_k_fit(got, x, t.id, imp, *fit_args(fit))
+            np.testing.assert_array_equal(got, want, err_msg=f"{name} {fit}")
     with pytest.raises(ValueError, match="importance"):
         _kernels.quantize_k_fit(np.empty_like(want), x, t.id, importance[:-1], 0.0, 0.0, 0, 0.0)
     with pytest.raises(ValueError, match="is not q2_k"):
@@ -277,3 +279,48 @@ def test_the_lane_searches_give_the_same_bytes_without_vector_types(tmp_path):
     plain = b"".join(want)
     assert outputs[0][:len(plain)] == plain
     assert len(outputs[0]) == len(plain) + qtype("q2_k").row_bytes(x.size) + qtype("q3_k").row_bytes(x.size)
+
+
+@pytest.mark.parametrize("name", ["q2_k", "q3_k", "q4_k", "iq4_nl"])
+def test_the_calibrated_choice_in_c_is_the_definitions(name):
+    """quantize_k_weighted (kernels' quantize_k_best) keeps, per block, the plain quantiser's block or
+    a variant's, whichever has the least importance-weighted squared error (in double, summed in
+    order), the first of equals: the same bytes as that choice made here in numpy from the numpy
+    reference's blocks, on rows with zero, constant and heavy-tailed blocks."""
+    from llmrun.quant import reference as ref
+    from llmrun.quant.calibrate import _K_VARIANTS, quantize_k_weighted
+    from llmrun.quant.reference import _sum
+    t = qtype(name)
+    reference, variants = _K_VARIANTS[t]
+    rng = np.random.default_rng(9)
+    rows, n, size = 12, 512, t.block_size
+    x = (rng.standard_normal((rows, n)) * rng.exponential(1.0, (rows, n))).astype(np.float32)
+    x[1, :256] = 0
+    x[2, 256:] = 0.75
+    col = rng.exponential(1.0, n) ** 2
+    w = col.reshape(-1, size) + 1e-6 * col.reshape(-1, size).mean(axis=-1, keepdims=True) + 1e-30
+    imp32 = np.broadcast_to((w / w.mean(axis=-1, keepdims=True)).astype(np.float32).reshape(n), x.shape)
+    sb, wb = x.reshape(-1, size), np.broadcast_to(w.reshape(n), x.shape).reshape(-1, size)
+
+    def error(blocks):
+        return _sum(wb * (ref.dequantize(blocks, t, size).astype(np.float64) - sb) ** 2)[:, 0]
+
+    best = ref.quantize(sb, t)
+    best_err = error(best)
+    for fit in variants:
+        cand = reference(sb[:, None, :], (sb.shape[0],), importance=imp32.reshape(-1, size), **fit)
+        err = error(cand)
+        best = np.where((err < best_err)[:, None], cand, best)
+        best_err = np.minimum(err, best_err)
+    np.testing.assert_array_equal(quantize_k_weighted(x, col, t), best.reshape(rows, -1))
+    with pytest.raises(ValueError, match="at most"):
+        _kernels_k_best(t, x, imp32[0], w.reshape(n), [(0.0, 0.0, 0, 0.0, False, True)] * 17)
+    with pytest.raises(ValueError, match="weights"):
+        _kernels_k_best(t, x, imp32[0], w.reshape(n)[:-1], [])
+
+
+def _kernels_k_best(t, x, imp, w, fits):
+    from llmrun import _kernels
+    out = np.empty((x.shape[0], t.row_bytes(x.shape[1])), np.uint8)
+    _kernels.quantize_k_best(out, x, t.id, np.ascontiguousarray(imp), np.ascontiguousarray(w), fits)
+    return out

@@ -1148,3 +1148,55 @@ int quantize_row_weighted(int type, const float *x, void *y, int64_t k, const do
         }
     return 0;
 }
+
+/* ---- the calibrated k-quants' choice: quant/calibrate.py's quantize_k_weighted */
+
+llmr_k_fit_fn llmr_k_fit_for(int type) {
+    switch (type) {
+    case LLMR_TYPE_Q2_K: return quantize_row_q2_K_fit;
+    case LLMR_TYPE_Q3_K: return quantize_row_q3_K_fit;
+    case LLMR_TYPE_Q4_K: return quantize_row_q4_K_fit;
+    case LLMR_TYPE_Q5_K: return quantize_row_q5_K_fit;
+    case LLMR_TYPE_Q6_K: return quantize_row_q6_K_fit;
+    case LLMR_TYPE_IQ4_NL: return quantize_row_iq4_nl_fit;
+    default: return NULL;
+    }
+}
+
+/* sum_i w_i (dequantised_i - x_i)^2 over one block, in double, in order */
+static double block_error(const llmr_type_traits *t, const uint8_t *block, const float *x, const double *w,
+                          float *values) {
+    t->dequantize(block, values, t->block_size);
+    double e = -0.0;
+    for (int i = 0; i < t->block_size; i++) {
+        const double d = (double)values[i] - (double)x[i];
+        e += w[i] * (d * d);
+    }
+    return e;
+}
+
+int quantize_row_k_best(int type, const float *x, void *y, int64_t k, const llmr_k_fit *fits, int n_fits,
+                        const float *importance, const double *w) {
+    const llmr_k_fit_fn fit = llmr_k_fit_for(type);
+    if (!fit)
+        return -1;
+    const llmr_type_traits *t = llmr_type_traits_get(type);
+    const int bs = t->block_size;
+    uint8_t candidate[LLMR_MAX_BLOCK_BYTES];
+    float values[QK_K];
+    for (int64_t b = 0; b < k / bs; b++) {
+        const float *xb = x + b * bs;
+        uint8_t *yb = (uint8_t *)y + b * t->type_size;
+        t->quantize(xb, yb, bs);
+        double best = block_error(t, yb, xb, w + b * bs, values);
+        for (int f = 0; f < n_fits; f++) {
+            fit(xb, candidate, bs, &fits[f], importance + b * bs);
+            const double e = block_error(t, candidate, xb, w + b * bs, values);
+            if (e < best) {
+                best = e;
+                memcpy(yb, candidate, t->type_size);
+            }
+        }
+    }
+    return 0;
+}

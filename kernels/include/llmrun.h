@@ -473,6 +473,15 @@ void quantize_row_q4_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit 
 void quantize_row_q5_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance);
 void quantize_row_q6_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance);
 void quantize_row_iq4_nl_fit(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance);
+typedef void (*llmr_k_fit_fn)(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance);
+/* The fit above of a type (q2_k .. q6_k, iq4_nl), or NULL. */
+llmr_k_fit_fn llmr_k_fit_for(int type);
+/* The calibrated k-quant (and iq4_nl) quantiser (quant/calibrate.py's quantize_k_weighted): per
+ * block, of the type's own quantiser's block and the n_fits fits' (importance: the row's k values),
+ * the one with the least weighted squared error sum w_i (dequantised_i - x_i)^2 (w: k doubles; in
+ * double, in order), the first of equals. -1 for a type without fits. */
+int quantize_row_k_best(int type, const float *x, void *y, int64_t k, const llmr_k_fit *fits, int n_fits,
+                        const float *importance, const double *w);
 /* The calibrated q4_0 / q5_0 / q4_1 / q5_1 quantiser (quant/calibrate.py's _weighted_symmetric and
  * _weighted_affine, the same bytes): per block, the best of 19 grids by the weighted squared error,
  * w the columns' weights (k doubles). -1 for another type. */

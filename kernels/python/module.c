@@ -330,17 +330,24 @@ typedef struct {
     const float *x;
     uint8_t *out;
     int64_t k, rows, row_bytes, rows_per_item;
-    void (*k_fit)(const float *x, void *y, int64_t k, const llmr_k_fit *fit, const float *importance);
+    llmr_k_fit_fn k_fit;
     llmr_k_fit fit;
     int weighted_type;   /* else quantize_row_weighted's type, where not 0 (else the type's quantiser) */
     const void *columns; /* k_fit's importance (float) or quantize_row_weighted's weights (double) */
+    /* quantize_row_k_best's type (where not 0), its fits and its error weights */
+    int best_type, n_fits;
+    const llmr_k_fit *fits;
+    const double *error_w;
 } quantize_job;
 
 static void quantize_rows(void *ctx, int64_t item) {
     const quantize_job *j = ctx;
     const int64_t r1 = (item + 1) * j->rows_per_item < j->rows ? (item + 1) * j->rows_per_item : j->rows;
     for (int64_t r = item * j->rows_per_item; r < r1; r++)
-        if (j->k_fit)
+        if (j->best_type) /* a type it takes: quantize_k_best checked */
+            (void)quantize_row_k_best(j->best_type, j->x + r * j->k, j->out + r * j->row_bytes, j->k, j->fits, j->n_fits,
+                                      j->columns, j->error_w);
+        else if (j->k_fit)
             j->k_fit(j->x + r * j->k, j->out + r * j->row_bytes, j->k, &j->fit, j->columns);
         else if (j->weighted_type) /* a type it takes: quantize_weighted checked */
             (void)quantize_row_weighted(j->weighted_type, j->x + r * j->k, j->out + r * j->row_bytes, j->k,
@@ -429,10 +436,7 @@ static PyObject *py_quantize_k_fit(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOiOddid|pp:quantize_k_fit", &o_out, &o_x, &type, &o_imp, &rmin, &rdelta, &nstep,
                           &grid, &search, &square))
         return NULL;
-    void (*const k_fit)(const float *, void *, int64_t, const llmr_k_fit *, const float *) =
-        type == LLMR_TYPE_Q2_K ? quantize_row_q2_K_fit : type == LLMR_TYPE_Q3_K ? quantize_row_q3_K_fit
-        : type == LLMR_TYPE_Q4_K ? quantize_row_q4_K_fit : type == LLMR_TYPE_Q5_K ? quantize_row_q5_K_fit
-        : type == LLMR_TYPE_Q6_K ? quantize_row_q6_K_fit : type == LLMR_TYPE_IQ4_NL ? quantize_row_iq4_nl_fit : NULL;
+    const llmr_k_fit_fn k_fit = llmr_k_fit_for(type);
     if (!k_fit) {
         PyErr_Format(PyExc_ValueError, "quantize_k_fit: type %d is not q2_k, q3_k, q4_k, q5_k, q6_k or iq4_nl", type);
         return NULL;
@@ -446,6 +450,70 @@ static PyObject *py_quantize_k_fit(PyObject *self, PyObject *args) {
                       .fit = {.rmin = (float)rmin, .rdelta = (float)rdelta, .nstep = nstep, .grid = grid,
                               .search = search, .square = square}};
     return quantize_with_columns(&j, o_out, o_x, o_imp, "importance", F32);
+}
+
+#define MAX_K_FITS 16
+
+static PyObject *py_quantize_k_best(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_x, *o_imp, *o_w, *o_fits;
+    int type;
+    if (!PyArg_ParseTuple(args, "OOiOOO:quantize_k_best", &o_out, &o_x, &type, &o_imp, &o_w, &o_fits))
+        return NULL;
+    if (!llmr_k_fit_for(type)) {
+        PyErr_Format(PyExc_ValueError, "quantize_k_best: type %d is not q2_k, q3_k, q4_k, q5_k, q6_k or iq4_nl", type);
+        return NULL;
+    }
+    llmr_k_fit fits[MAX_K_FITS];
+    PyObject *seq = PySequence_Fast(o_fits, "quantize_k_best: fits must be a sequence");
+    if (!seq)
+        return NULL;
+    const Py_ssize_t n_fits = PySequence_Fast_GET_SIZE(seq);
+    if (n_fits > MAX_K_FITS) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "quantize_k_best: at most %d fits, got %zd", MAX_K_FITS, n_fits);
+        return NULL;
+    }
+    for (Py_ssize_t f = 0; f < n_fits; f++) {
+        double rmin, rdelta, grid;
+        int nstep, search, square;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, f), "ddidpp:a fit (rmin, rdelta, nstep, grid, search, square)",
+                              &rmin, &rdelta, &nstep, &grid, &search, &square)) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        if (nstep < 0 || nstep > 1000 || !(fabs(grid) < 8)) {
+            Py_DECREF(seq);
+            PyErr_Format(PyExc_ValueError, "quantize_k_best: nstep %d outside 0 .. 1000, or grid %g outside (-8, 8)",
+                         nstep, grid);
+            return NULL;
+        }
+        fits[f] = (llmr_k_fit){.rmin = (float)rmin, .rdelta = (float)rdelta, .nstep = nstep, .grid = grid,
+                               .search = search, .square = square};
+    }
+    Py_DECREF(seq);
+    Py_buffer w = {0};
+    if (get_buffer(o_w, &w, "weights", F64, 0, 1, 1))
+        return NULL;
+    const Py_ssize_t k = PyObject_Length(o_imp);
+    PyObject *ret = NULL;
+    if (k < 0 || w.len != k * (Py_ssize_t)sizeof(double)) {
+        if (k >= 0)
+            PyErr_Format(PyExc_ValueError, "weights: expected %zd values (importance's), got %zd", k,
+                         w.len / (Py_ssize_t)sizeof(double));
+    } else { /* a copy: no write to out can reach them */
+        double *error_w = malloc((size_t)(k ? k : 1) * sizeof(double));
+        if (!error_w) {
+            PyErr_NoMemory();
+        } else {
+            memcpy(error_w, w.buf, (size_t)k * sizeof(double));
+            quantize_job j = {.t = get_type(type), .best_type = type, .fits = fits, .n_fits = (int)n_fits,
+                              .error_w = error_w};
+            ret = quantize_with_columns(&j, o_out, o_x, o_imp, "importance", F32);
+            free(error_w);
+        }
+    }
+    release(&w, 1);
+    return ret;
 }
 
 /* quantize_q16a and quantize_q16b: x's rows as q16_a blocks, or (planes) as the q16_b blocks made
@@ -1270,6 +1338,12 @@ static PyMethodDef methods[] = {
      "search the spread-weighted grid searches; q6_k: the largest int8 scale at -(128 + grid); iq4_nl: each\n"
      "value weighing its square times its importance, or (not square) its importance. Byte-exact with\n"
      "quant.reference's _quantize_q2_k .. _q6_k and _quantize_iq4_nl given the same (the calibrated fits)."},
+    {"quantize_k_best", py_quantize_k_best, METH_VARARGS,
+     "quantize_k_best(out, x, wtype, importance, weights, fits): float32 x [..., K] -> q2_k .. q6_k or iq4_nl bytes\n"
+     "into out: per block, of the type's own quantiser's block and each fit's (a fit: (rmin, rdelta, nstep, grid,\n"
+     "search, square), as quantize_k_fit's, with importance float32 [K]), the one with the least error\n"
+     "sum weights[i] (dequantised[i] - x[i])^2 (weights float64 [K]; in double, in order), the first of equals.\n"
+     "The calibrated k-quant quantiser (quant.calibrate.quantize_k_weighted)."},
     {"quantize_q16a", py_quantize_q16a, METH_VARARGS,
      "quantize_q16a(out, x): float32 x [..., K] -> q16_a activation blocks {f32 d, f32 s, int16 qs[32]}."},
     {"quantize_q16b", py_quantize_q16b, METH_VARARGS,
