@@ -291,9 +291,9 @@ typedef int32_t lanes_i __attribute__((vector_size(4 * LANES))); /* comparisons:
 #define LANE(v, j) ((v)[j])
 #define AS_BITS(v) ((lanes_i)(v)) /* the same bits */
 #define AS_FLOATS(b) ((lanes_f)(b))
-/* and where the toolchain can, the lane searches built for AVX2 and AVX-512 too, the loader picking
- * one for the CPU (the same operations, so the same bytes) */
-#if defined(__x86_64__) && defined(__ELF__) && !defined(__clang__)
+/* and where the toolchain can (GCC, x86-64, glibc's ifunc), the lane searches built for AVX2 and
+ * AVX-512 too, the loader picking one for the CPU (the same operations, so the same bytes) */
+#if defined(__x86_64__) && defined(__ELF__) && defined(__GLIBC__) && !defined(__clang__)
 #define LANE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define LANE_CLONES
