@@ -186,7 +186,8 @@ _K_VARIANTS = {
 
 def fit_args(fit: dict) -> tuple:
     """A _K_VARIANTS fit as the C takes it (kernels' quantize_k_fit and quantize_k_best): rmin,
-    rdelta, nstep, grid, search, square."""
+    rdelta, nstep, grid, search, square. (A q2_k, q4_k or q5_k variant names its rmin, rdelta and
+    nstep: the zeros here are not the reference's defaults.)"""
     return (fit.get("rmin", 0.0), fit.get("rdelta", 0.0), fit.get("nstep", 0), fit.get("grid", 0.0),
             fit.get("search", False), fit.get("square", True))
 

@@ -238,10 +238,12 @@ def test_cli_calibrate_records_the_calibration_and_changes_the_4_bit_blocks(tiny
 
 def test_the_lane_searches_give_the_same_bytes_without_vector_types(tmp_path):
     """The k-quant searches run eight sub-blocks side by side as GCC/Clang vectors, or one at a
-    time on plain floats where the compiler has no vector types (LLMR_ONE_LANE builds that here):
-    tests/lanes/quantize_rows.c built both ways gives the module's bytes (which the tests above
+    time on plain floats where the compiler has no vector types (LLMR_ONE_LANE builds that here),
+    with AVX2 / AVX-512 clones where GCC makes them (LLMR_NO_CLONES: the baseline build alone):
+    tests/lanes/quantize_rows.c built the three ways gives the module's bytes (which the tests above
     hold to the numpy reference) for the plain quantisers, and the same bytes as each other for
-    the calibrated q2_k and q3_k fits, on rows with zero, constant, tiny and heavy-tailed blocks."""
+    every type's calibrated fits and a calibrated choice, on rows with zero, constant, tiny and
+    heavy-tailed blocks."""
     import shutil
     from pathlib import Path
 
@@ -260,8 +262,8 @@ def test_the_lane_searches_give_the_same_bytes_without_vector_types(tmp_path):
     x[1280:1296] = 0  # one zero sub-block among live ones
     (tmp_path / "x.f32").write_bytes(x.tobytes())
     outputs = []
-    for defines in ([], ["-DLLMR_ONE_LANE"]):
-        exe = tmp_path / f"quantize_rows{len(defines)}"
+    for defines in ([], ["-DLLMR_ONE_LANE"], ["-DLLMR_NO_CLONES"]):
+        exe = tmp_path / f"quantize_rows{''.join(defines)}"
         cmd = [cc, "-O2", "-std=c11", "-ffp-contract=off", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror",
                *defines, "-I", str(root / "kernels/include"), str(root / "tests/lanes/quantize_rows.c"),
                str(root / "kernels/cpu/quants_ref.c"), str(root / "kernels/cpu/types.c"), "-lm", "-o", str(exe)]
@@ -269,7 +271,7 @@ def test_the_lane_searches_give_the_same_bytes_without_vector_types(tmp_path):
         assert build.returncode == 0, f"build failed:\n{' '.join(cmd)}\n{build.stderr}"
         subprocess.run([str(exe), str(tmp_path / "x.f32"), str(tmp_path / "out")], check=True, timeout=120)
         outputs.append((tmp_path / "out").read_bytes())
-    assert outputs[0] == outputs[1]
+    assert outputs[0] == outputs[1] == outputs[2]
     want = []
     for name in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl"):
         t = qtype(name)
@@ -278,10 +280,11 @@ def test_the_lane_searches_give_the_same_bytes_without_vector_types(tmp_path):
         want.append(out.tobytes())
     plain = b"".join(want)
     assert outputs[0][:len(plain)] == plain
-    assert len(outputs[0]) == len(plain) + qtype("q2_k").row_bytes(x.size) + qtype("q3_k").row_bytes(x.size)
+    fitted = ("q2_k", "q3_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl", "iq4_nl", "q4_k")
+    assert len(outputs[0]) == len(plain) + sum(qtype(name).row_bytes(x.size) for name in fitted)
 
 
-@pytest.mark.parametrize("name", ["q2_k", "q3_k", "q4_k", "iq4_nl"])
+@pytest.mark.parametrize("name", ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl"])
 def test_the_calibrated_choice_in_c_is_the_definitions(name):
     """quantize_k_weighted (kernels' quantize_k_best) keeps, per block, the plain quantiser's block or
     a variant's, whichever has the least importance-weighted squared error (in double, summed in
@@ -312,7 +315,15 @@ def test_the_calibrated_choice_in_c_is_the_definitions(name):
         err = error(cand)
         best = np.where((err < best_err)[:, None], cand, best)
         best_err = np.minimum(err, best_err)
+    plain = ref.quantize(sb, t)
+    assert 0 < (best != plain).any(axis=-1).sum() < len(sb)  # some blocks a fit's, some the plain quantiser's
     np.testing.assert_array_equal(quantize_k_weighted(x, col, t), best.reshape(rows, -1))
+    fit = [list(f) for f in ((0.0, 0.0, 0, 0.0, False, True),)]  # any sequence of six
+    _kernels_k_best(t, x, imp32[0], w.reshape(n), fit)
+    with pytest.raises(ValueError, match="nstep"):
+        _kernels_k_best(t, x, imp32[0], w.reshape(n), [(0.0, 0.0, -1, 0.0, False, True)])
+    with pytest.raises(TypeError):
+        _kernels_k_best(t, x, imp32[0], w.reshape(n), [(0.0, 0.0, 0)])
     with pytest.raises(ValueError, match="at most"):
         _kernels_k_best(t, x, imp32[0], w.reshape(n), [(0.0, 0.0, 0, 0.0, False, True)] * 17)
     with pytest.raises(ValueError, match="weights"):

@@ -284,16 +284,19 @@ static inline int nearest_int(float v) {
  * not (LANES 1, the same code on plain floats): the bytes are the same either way. A call fits
  * `lanes` (at most LANES) sub-blocks of n values, the i-th value of sub-block j at x[n j + i];
  * spare lanes repeat sub-block 0. */
-#if defined(__GNUC__) && !defined(LLMR_ONE_LANE) /* LLMR_ONE_LANE: the plain-float build, to test it here */
+/* (GCC 9 has __builtin_convertvector; LLMR_ONE_LANE: the plain-float build, to test it here) */
+#if (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 9)) && !defined(LLMR_ONE_LANE)
 #define LANES 8
 typedef float lanes_f __attribute__((vector_size(4 * LANES)));
 typedef int32_t lanes_i __attribute__((vector_size(4 * LANES))); /* comparisons: -1 true, 0 false */
 #define LANE(v, j) ((v)[j])
 #define AS_BITS(v) ((lanes_i)(v)) /* the same bits */
 #define AS_FLOATS(b) ((lanes_f)(b))
-/* and where the toolchain can (GCC, x86-64, glibc's ifunc), the lane searches built for AVX2 and
- * AVX-512 too, the loader picking one for the CPU (the same operations, so the same bytes) */
-#if defined(__x86_64__) && defined(__ELF__) && defined(__GLIBC__) && !defined(__clang__)
+/* and where the toolchain can (GCC 12, x86-64, glibc's ifunc), the lane searches built for AVX2 and
+ * AVX-512 too, the loader picking one for the CPU (the same operations, so the same bytes;
+ * LLMR_NO_CLONES: the baseline build alone, to test it on any CPU) */
+#if defined(__x86_64__) && defined(__ELF__) && defined(__GLIBC__) && !defined(__clang__) && __GNUC__ >= 12 && \
+    !defined(LLMR_NO_CLONES)
 #define LANE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define LANE_CLONES
@@ -768,7 +771,8 @@ void quantize_row_q3_K_fit(const float *x, void *y, int64_t k, const llmr_k_fit 
             make_qx_quants(QK_K / Q6_K_SUB, 4, x, L, scales, NULL, w);
         else
             for (int j = 0; j < QK_K / Q6_K_SUB; j += LANES)
-                q3_lanes(LANES, 4, x + Q6_K_SUB * j, L + Q6_K_SUB * j, scales + j, imp ? imp + Q6_K_SUB * j : NULL);
+                q3_lanes(QK_K / Q6_K_SUB - j < LANES ? QK_K / Q6_K_SUB - j : LANES, 4, x + Q6_K_SUB * j, L + Q6_K_SUB * j,
+                         scales + j, imp ? imp + Q6_K_SUB * j : NULL);
         float amax = 0, max_scale = 0;
         for (int j = 0; j < QK_K / Q6_K_SUB; j++) {
             if (fabsf(scales[j]) > amax) {
@@ -1190,7 +1194,7 @@ int quantize_row_k_best(int type, const float *x, void *y, int64_t k, const llmr
         t->quantize(xb, yb, bs);
         double best = block_error(t, yb, xb, w + b * bs, values);
         for (int f = 0; f < n_fits; f++) {
-            fit(xb, candidate, bs, &fits[f], importance + b * bs);
+            fit(xb, candidate, bs, &fits[f], importance ? importance + b * bs : NULL);
             const double e = block_error(t, candidate, xb, w + b * bs, values);
             if (e < best) {
                 best = e;

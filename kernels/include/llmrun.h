@@ -450,8 +450,8 @@ void quantize_row_q3_K_ref(const float *x, void *y, int64_t k);
 void quantize_row_iq4_nl_ref(const float *x, void *y, int64_t k);
 void quantize_row_q4_K_ref(const float *x, void *y, int64_t k);
 void quantize_row_q5_K_ref(const float *x, void *y, int64_t k);
-/* The k-quant and iq4_nl fits' knobs: llama.cpp's (llmr_q2_k_fit .. llmr_q6_k_fit, and zeros for
- * q3_k and iq4_nl), or the calibrated quantiser's variations of them (quant/calibrate.py's
+/* The k-quant and iq4_nl fits' knobs: llama.cpp's (llmr_q2_k_fit, llmr_q4_k_fit, llmr_q5_k_fit,
+ * llmr_q6_k_fit, and zeros for q3_k and iq4_nl), or the calibrated quantiser's variations of them (quant/calibrate.py's
  * _K_VARIANTS): the search q2_k's, q4_k's and q5_k's make_qkx2_quants runs (rmin + rdelta * i for
  * i in 0 .. nstep); the largest 6-bit scale and min put at 63 + grid (q3_k: its largest scale at
  * -(32 + grid); q6_k: its largest int8 scale at -(128 + grid), its search fixed); q3_k's `search`
@@ -477,7 +477,7 @@ typedef void (*llmr_k_fit_fn)(const float *x, void *y, int64_t k, const llmr_k_f
 /* The fit above of a type (q2_k .. q6_k, iq4_nl), or NULL. */
 llmr_k_fit_fn llmr_k_fit_for(int type);
 /* The calibrated k-quant (and iq4_nl) quantiser (quant/calibrate.py's quantize_k_weighted): per
- * block, of the type's own quantiser's block and the n_fits fits' (importance: the row's k values),
+ * block, of the type's own quantiser's block and the n_fits fits' (importance: the row's k values, or NULL),
  * the one with the least weighted squared error sum w_i (dequantised_i - x_i)^2 (w: k doubles; in
  * double, in order), the first of equals. -1 for a type without fits. */
 int quantize_row_k_best(int type, const float *x, void *y, int64_t k, const llmr_k_fit *fits, int n_fits,

@@ -476,8 +476,11 @@ static PyObject *py_quantize_k_best(PyObject *self, PyObject *args) {
     for (Py_ssize_t f = 0; f < n_fits; f++) {
         double rmin, rdelta, grid;
         int nstep, search, square;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, f), "ddidpp:a fit (rmin, rdelta, nstep, grid, search, square)",
-                              &rmin, &rdelta, &nstep, &grid, &search, &square)) {
+        PyObject *fit = PySequence_Tuple(PySequence_Fast_GET_ITEM(seq, f)); /* any sequence of six */
+        const int ok = fit && PyArg_ParseTuple(fit, "ddidpp:a fit (rmin, rdelta, nstep, grid, search, square)", &rmin,
+                                               &rdelta, &nstep, &grid, &search, &square);
+        Py_XDECREF(fit);
+        if (!ok) {
             Py_DECREF(seq);
             return NULL;
         }
