@@ -429,6 +429,27 @@ static PyObject *py_quantize_weighted(PyObject *self, PyObject *args) {
     return quantize_with_columns(&j, o_out, o_x, o_w, "weights", F64);
 }
 
+/* A fit's knobs as the C takes them, checked (what quantize_k_fit and quantize_k_best share);
+ * -1 with the error set. */
+static int make_fit(const char *who, double rmin, double rdelta, int nstep, double grid, int search, int square,
+                    llmr_k_fit *fit) {
+    if (nstep < 0 || nstep > 1000 || !(fabs(grid) < 8)) { /* grid: a shift of the largest scale, not a new grid */
+        PyErr_Format(PyExc_ValueError, "%s: nstep %d outside 0 .. 1000, or grid %g outside (-8, 8)", who, nstep, grid);
+        return -1;
+    }
+    *fit = (llmr_k_fit){.rmin = (float)rmin, .rdelta = (float)rdelta, .nstep = nstep, .grid = grid, .search = search,
+                        .square = square};
+    return 0;
+}
+
+/* The type's fit function (llmr_k_fit_for), or NULL with the error set. */
+static llmr_k_fit_fn fit_for(const char *who, int type) {
+    const llmr_k_fit_fn k_fit = llmr_k_fit_for(type);
+    if (!k_fit)
+        PyErr_Format(PyExc_ValueError, "%s: type %d is not q2_k, q3_k, q4_k, q5_k, q6_k or iq4_nl", who, type);
+    return k_fit;
+}
+
 static PyObject *py_quantize_k_fit(PyObject *self, PyObject *args) {
     PyObject *o_out, *o_x, *o_imp;
     int type, nstep, search = 0, square = 1;
@@ -436,19 +457,9 @@ static PyObject *py_quantize_k_fit(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOiOddid|pp:quantize_k_fit", &o_out, &o_x, &type, &o_imp, &rmin, &rdelta, &nstep,
                           &grid, &search, &square))
         return NULL;
-    const llmr_k_fit_fn k_fit = llmr_k_fit_for(type);
-    if (!k_fit) {
-        PyErr_Format(PyExc_ValueError, "quantize_k_fit: type %d is not q2_k, q3_k, q4_k, q5_k, q6_k or iq4_nl", type);
+    quantize_job j = {.t = get_type(type), .k_fit = fit_for("quantize_k_fit", type)};
+    if (!j.k_fit || make_fit("quantize_k_fit", rmin, rdelta, nstep, grid, search, square, &j.fit))
         return NULL;
-    }
-    if (nstep < 0 || nstep > 1000 || !(fabs(grid) < 8)) { /* grid: a shift of the largest scale, not a new grid */
-        PyErr_Format(PyExc_ValueError, "quantize_k_fit: nstep %d outside 0 .. 1000, or grid %g outside (-8, 8)", nstep,
-                     grid);
-        return NULL;
-    }
-    quantize_job j = {.t = get_type(type), .k_fit = k_fit,
-                      .fit = {.rmin = (float)rmin, .rdelta = (float)rdelta, .nstep = nstep, .grid = grid,
-                              .search = search, .square = square}};
     return quantize_with_columns(&j, o_out, o_x, o_imp, "importance", F32);
 }
 
@@ -459,10 +470,8 @@ static PyObject *py_quantize_k_best(PyObject *self, PyObject *args) {
     int type;
     if (!PyArg_ParseTuple(args, "OOiOOO:quantize_k_best", &o_out, &o_x, &type, &o_imp, &o_w, &o_fits))
         return NULL;
-    if (!llmr_k_fit_for(type)) {
-        PyErr_Format(PyExc_ValueError, "quantize_k_best: type %d is not q2_k, q3_k, q4_k, q5_k, q6_k or iq4_nl", type);
+    if (!fit_for("quantize_k_best", type))
         return NULL;
-    }
     llmr_k_fit fits[MAX_K_FITS];
     PyObject *seq = PySequence_Fast(o_fits, "quantize_k_best: fits must be a sequence");
     if (!seq)
@@ -478,20 +487,13 @@ static PyObject *py_quantize_k_best(PyObject *self, PyObject *args) {
         int nstep, search, square;
         PyObject *fit = PySequence_Tuple(PySequence_Fast_GET_ITEM(seq, f)); /* any sequence of six */
         const int ok = fit && PyArg_ParseTuple(fit, "ddidpp:a fit (rmin, rdelta, nstep, grid, search, square)", &rmin,
-                                               &rdelta, &nstep, &grid, &search, &square);
+                                               &rdelta, &nstep, &grid, &search, &square) &&
+                       !make_fit("quantize_k_best", rmin, rdelta, nstep, grid, search, square, &fits[f]);
         Py_XDECREF(fit);
         if (!ok) {
             Py_DECREF(seq);
             return NULL;
         }
-        if (nstep < 0 || nstep > 1000 || !(fabs(grid) < 8)) {
-            Py_DECREF(seq);
-            PyErr_Format(PyExc_ValueError, "quantize_k_best: nstep %d outside 0 .. 1000, or grid %g outside (-8, 8)",
-                         nstep, grid);
-            return NULL;
-        }
-        fits[f] = (llmr_k_fit){.rmin = (float)rmin, .rdelta = (float)rdelta, .nstep = nstep, .grid = grid,
-                               .search = search, .square = square};
     }
     Py_DECREF(seq);
     Py_buffer w = {0};
